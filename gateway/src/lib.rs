@@ -1,0 +1,3 @@
+//! Switchyard: a routing gateway for ML inference.
+
+pub mod testkit;
