@@ -1,3 +1,26 @@
-//! Switchyard: a routing gateway for ML inference.
+//! Switchyard: a routing gateway for ML inference, built on Pingora.
+//!
+//! ```text
+//! client ──▶ classify ──▶ (cache) ──▶ route ──▶ edge pool | central GPU pool | batch pool
+//!              │                        │
+//!              └── region (GeoIP),      └── estimate latency and cost per candidate pool,
+//!                  tier, model,             pick the cheapest that meets the deadline,
+//!                  cacheability             power-of-two-choices inside the pool
+//! control plane: YAML policy ─▶ validate ─▶ compile ─▶ ArcSwap snapshot (reload keeps last good)
+//! ```
+//!
+//! The modules follow the request path: [`classify`] turns request facts into a `Class`,
+//! [`route`] turns a `Class` into a `Decision`, [`proxy`] is the Pingora glue that calls them
+//! in order, [`policy`] is the control plane, [`admin`] the admin listener, [`telemetry`] the
+//! metric names, and [`error`] the one mapping from errors to HTTP responses.
 
+pub mod admin;
+pub mod classify;
+// pub mod demo; (re-enabled when testkit lands)
+pub mod error;
+pub mod policy;
+pub mod proxy;
+pub mod route;
+pub mod server;
+pub mod telemetry;
 pub mod testkit;

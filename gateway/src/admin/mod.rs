@@ -1,0 +1,319 @@
+//! The admin listener: Prometheus metrics, health and readiness, the serving policy, policy
+//! reload, and `explain` — a dry run of classification and routing for a described request.
+//!
+//! It listens apart from the proxy (loopback by default) and never sits on the request path.
+//! Gauges that describe live state (in-flight, service-time estimates, endpoint up/down) are
+//! computed here when Prometheus scrapes, instead of being updated on every request.
+
+use crate::classify::{self, RequestFacts};
+use crate::policy::{self, Snapshot};
+use crate::route::state::{now_ms, Fleet};
+use crate::route::{self, CandidateReport};
+use crate::telemetry as t;
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode};
+use metrics_exporter_prometheus::PrometheusHandle;
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::UNIX_EPOCH;
+
+/// Largest admin request body (explain requests carry a sample body).
+const MAX_ADMIN_BODY: usize = 1024 * 1024;
+
+/// Shared by the admin listener and whatever reloads the policy.
+pub struct ControlPlane {
+    pub snapshot: Snapshot,
+    pub fleet: Arc<Fleet>,
+    pub policy_path: Option<PathBuf>,
+    pub last_error: Mutex<Option<String>>,
+}
+
+impl ControlPlane {
+    /// Reload the policy from its file. A policy that fails to load never replaces the one
+    /// serving; the error is kept for `GET /admin/policy` and counted.
+    pub fn reload(&self) -> Result<String, policy::PolicyErrors> {
+        let Some(path) = &self.policy_path else {
+            return Err(policy::PolicyErrors(vec![policy::PolicyError {
+                file: PathBuf::from("(embedded)"),
+                line: 0,
+                column: 0,
+                message: "this gateway runs an embedded policy; there is no file to reload".into(),
+            }]));
+        };
+        match policy::load_file(path, &self.fleet) {
+            Ok(table) => {
+                let old = self.snapshot.load();
+                if old.proxy_listener != table.proxy_listener || old.admin_listener != table.admin_listener {
+                    tracing::warn!("listener addresses changed in the policy; that takes a restart");
+                }
+                let version = table.version.clone();
+                self.snapshot.store(Arc::new(table));
+                if let Ok(mut e) = self.last_error.lock() {
+                    *e = None;
+                }
+                metrics::counter!(t::POLICY_RELOADS, "result" => "ok").increment(1);
+                tracing::info!(%version, "policy reloaded");
+                Ok(version)
+            }
+            Err(errors) => {
+                if let Ok(mut e) = self.last_error.lock() {
+                    *e = Some(errors.to_string());
+                }
+                metrics::counter!(t::POLICY_RELOADS, "result" => "error").increment(1);
+                tracing::error!(%errors, "policy rejected; the previous policy keeps serving");
+                Err(errors)
+            }
+        }
+    }
+}
+
+pub struct AdminApp {
+    pub control: Arc<ControlPlane>,
+    pub metrics: PrometheusHandle,
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response<Vec<u8>> {
+    let bytes = body.to_string().into_bytes();
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .header("content-length", bytes.len())
+        .body(bytes)
+        .unwrap_or_else(|_| Response::new(Vec::new()))
+}
+
+fn error(status: StatusCode, message: &str) -> Response<Vec<u8>> {
+    json_response(
+        status,
+        &json!({"error": {"type": status.canonical_reason().unwrap_or("error").to_lowercase().replace(' ', "_"), "message": message, "status": status.as_u16()}}),
+    )
+}
+
+async fn read_body(session: &mut ServerSession) -> Result<Bytes, Response<Vec<u8>>> {
+    let mut buf = Vec::new();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if buf.len() + chunk.len() > MAX_ADMIN_BODY {
+                    return Err(error(StatusCode::PAYLOAD_TOO_LARGE, "admin request body too large"));
+                }
+                buf.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(Bytes::from(buf)),
+            Err(e) => return Err(error(StatusCode::BAD_REQUEST, &e.to_string())),
+        }
+    }
+}
+
+#[async_trait]
+impl ServeHttp for AdminApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let method = session.req_header().method.clone();
+        let path = session.req_header().uri.path().to_string();
+        match (&method, path.as_str()) {
+            (&Method::GET, "/metrics") => {
+                self.refresh_gauges();
+                let text = self.metrics.render().into_bytes();
+                Response::builder()
+                    .status(200)
+                    .header("content-type", "text/plain; version=0.0.4")
+                    .header("content-length", text.len())
+                    .body(text)
+                    .unwrap_or_else(|_| Response::new(Vec::new()))
+            }
+            (&Method::GET, "/healthz") => json_response(StatusCode::OK, &json!({"status": "ok"})),
+            (&Method::GET, "/readyz") => {
+                let table = self.control.snapshot.load();
+                let now = now_ms();
+                let up = table
+                    .pools
+                    .iter()
+                    .flat_map(|p| p.endpoints.iter())
+                    .filter(|e| e.state.is_up(now))
+                    .count();
+                json_response(
+                    StatusCode::OK,
+                    &json!({"ready": true, "policy_version": table.version, "endpoints_up": up}),
+                )
+            }
+            (&Method::GET, "/admin/policy") => self.policy(),
+            (&Method::POST, "/admin/reload") => match self.control.reload() {
+                Ok(version) => json_response(StatusCode::OK, &json!({"reloaded": true, "version": version})),
+                Err(errors) => json_response(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    &json!({"reloaded": false, "version": self.control.snapshot.load().version,
+                            "errors": errors.0.iter().map(|e| e.to_string()).collect::<Vec<_>>()}),
+                ),
+            },
+            (&Method::POST, "/admin/explain") => match read_body(session).await {
+                Ok(body) => self.explain(&body),
+                Err(resp) => resp,
+            },
+            (_, "/metrics" | "/healthz" | "/readyz" | "/admin/policy" | "/admin/reload" | "/admin/explain") => {
+                error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+            }
+            _ => error(StatusCode::NOT_FOUND, "not found"),
+        }
+    }
+}
+
+impl AdminApp {
+    fn refresh_gauges(&self) {
+        let table = self.control.snapshot.load();
+        let now = now_ms();
+        for pool in &table.pools {
+            metrics::gauge!(t::POOL_IN_FLIGHT, "pool" => pool.name.clone()).set(pool.state.in_flight() as f64);
+            metrics::gauge!(t::POOL_SERVICE_TIME, "pool" => pool.name.clone())
+                .set(pool.state.service_time().as_secs_f64());
+            for ep in &pool.endpoints {
+                metrics::gauge!(t::ENDPOINT_UP, "pool" => pool.name.clone(), "endpoint" => ep.name.clone())
+                    .set(if ep.state.is_up(now) { 1.0 } else { 0.0 });
+            }
+        }
+        metrics::gauge!(t::POLICY_INFO, "version" => table.version.clone()).set(1.0);
+    }
+
+    fn policy(&self) -> Response<Vec<u8>> {
+        let table = self.control.snapshot.load();
+        let loaded_at = table
+            .loaded_at
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let last_error = self.control.last_error.lock().ok().and_then(|e| e.clone());
+        let now = now_ms();
+        let pools: Vec<Value> = table
+            .pools
+            .iter()
+            .map(|p| {
+                json!({
+                    "name": p.name, "kind": p.kind.as_str(), "region": table.regions[p.region as usize],
+                    "in_flight": p.state.in_flight(),
+                    "service_time_ms": p.state.service_time().as_secs_f64() * 1e3,
+                    "endpoints": p.endpoints.iter().map(|e| json!({
+                        "endpoint": e.name, "up": e.state.is_up(now), "in_flight": e.state.in_flight(),
+                        "latency_ms": e.state.latency().as_secs_f64() * 1e3,
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        json_response(
+            StatusCode::OK,
+            &json!({
+                "version": table.version,
+                "source": table.source.display().to_string(),
+                "loaded_at_unix": loaded_at,
+                "last_error": last_error,
+                "geoip": table.geo.description,
+                "regions": table.regions,
+                "tiers": table.tiers.iter().map(|t| json!({
+                    "name": t.name, "deadline_ms": t.deadline.as_millis() as u64, "weight": t.weight,
+                })).collect::<Vec<_>>(),
+                "pools": pools,
+                "routes": table.routes.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+            }),
+        )
+    }
+
+    fn explain(&self, body: &[u8]) -> Response<Vec<u8>> {
+        let req: ExplainRequest = match serde_json::from_slice(body) {
+            Ok(r) => r,
+            Err(e) => return error(StatusCode::BAD_REQUEST, &format!("explain request: {e}")),
+        };
+        let table = self.control.snapshot.load_full();
+        match explain(&table, &req) {
+            Ok(v) => json_response(StatusCode::OK, &v),
+            Err((status, msg)) => error(status, &msg),
+        }
+    }
+}
+
+/// A request described for a dry run.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExplainRequest {
+    /// The client address as the gateway would see it (the socket peer).
+    pub client_ip: IpAddr,
+    #[serde(default = "default_method")]
+    pub method: String,
+    pub path: String,
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// The request body: a JSON value, sent as its JSON text.
+    #[serde(default)]
+    pub body: Option<Value>,
+    /// Shorthand for OpenAI routes: the model, when no body is given.
+    #[serde(default)]
+    pub model: Option<String>,
+}
+
+fn default_method() -> String {
+    "POST".into()
+}
+
+/// Classify and route a described request against `table`, reporting every candidate.
+pub fn explain(
+    table: &policy::RoutingTable,
+    req: &ExplainRequest,
+) -> Result<Value, (StatusCode, String)> {
+    let bad = |m: String| (StatusCode::BAD_REQUEST, m);
+    let mut headers = HeaderMap::new();
+    for (k, v) in &req.headers {
+        let name = HeaderName::from_bytes(k.as_bytes()).map_err(|e| bad(format!("header {k}: {e}")))?;
+        let value = HeaderValue::from_str(v).map_err(|e| bad(format!("header {k}: {e}")))?;
+        headers.append(name, value);
+    }
+    let method = Method::from_bytes(req.method.as_bytes()).map_err(|e| bad(e.to_string()))?;
+    let body = match (&req.body, &req.model) {
+        (Some(Value::String(s)), _) => s.clone().into_bytes(),
+        (Some(v), _) => v.to_string().into_bytes(),
+        (None, Some(m)) => json!({"model": m}).to_string().into_bytes(),
+        (None, None) => Vec::new(),
+    };
+    let path = req.path.split('?').next().unwrap_or("");
+    let route = table
+        .match_route(path)
+        .ok_or_else(|| (StatusCode::NOT_FOUND, format!("no route matches `{path}`")))?;
+    let facts = RequestFacts {
+        peer: req.client_ip,
+        method: &method,
+        path,
+        headers: &headers,
+        body: Some(&body),
+    };
+    let class = classify::classify(&facts, route, table).map_err(|e| bad(e.to_string()))?;
+    let (decision, candidates): (_, Vec<CandidateReport>) = route::explain(&class, table, now_ms());
+    let tier = &table.tiers[class.tier as usize];
+    Ok(json!({
+        "policy_version": table.version,
+        "class": {
+            "route": table.routes[class.route as usize].name,
+            "client_ip": class.client_ip.to_string(),
+            "country": class.country.and_then(|c| String::from_utf8(c.to_vec()).ok()),
+            "region": table.regions[class.region as usize],
+            "tenant": class.tenant.map(|t| table.tenants[t as usize].name.clone()),
+            "tier": tier.name,
+            "tier_source": class.tier_source.as_str(),
+            "deadline_ms": class.deadline.as_millis() as u64,
+            "model": class.model,
+            "model_version": class.model_version,
+            "streaming": class.streaming,
+            "cacheable": class.cacheable,
+        },
+        "decision": {
+            "pool": decision.target.map(|(p, _)| table.pools[p as usize].name.clone()),
+            "endpoint": decision.target.map(|(p, e)| table.pools[p as usize].endpoints[e as usize].name.clone()),
+            "reason": decision.reason,
+            "estimate": decision.estimate,
+            "candidates": decision.candidates,
+            "feasible": decision.feasible,
+        },
+        "candidates": candidates,
+    }))
+}

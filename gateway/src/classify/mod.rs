@@ -1,0 +1,376 @@
+//! Classification: who is asking, from where, with what objective, for which model, and
+//! whether the answer may be cached.
+//!
+//! [`classify`] is a pure function of the request facts and the routing table: no I/O, no
+//! locks, no globals. It is unit-tested and benchmarked directly, and the proxy only gathers
+//! the facts and acts on the [`Class`] it returns.
+
+pub mod geo;
+
+use crate::policy::compile::{RegionId, RouteId, TenantId, TierId};
+use crate::policy::raw::Protocol;
+use crate::policy::RoutingTable;
+use http::HeaderMap;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use std::borrow::Cow;
+use std::net::IpAddr;
+use std::time::Duration;
+
+/// What the proxy knows about a request before classifying it.
+pub struct RequestFacts<'a> {
+    /// The socket peer.
+    pub peer: IpAddr,
+    pub method: &'a http::Method,
+    /// The path without the query string.
+    pub path: &'a str,
+    pub headers: &'a HeaderMap,
+    /// The body, when it was read before routing (see `policy::INSPECT_LIMIT`).
+    pub body: Option<&'a [u8]>,
+}
+
+/// Where the tier came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TierSource {
+    Tenant,
+    Header,
+    Route,
+}
+
+impl TierSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TierSource::Tenant => "tenant",
+            TierSource::Header => "header",
+            TierSource::Route => "route",
+        }
+    }
+}
+
+/// The classification of one request.
+#[derive(Debug, Clone)]
+pub struct Class {
+    pub route: RouteId,
+    pub client_ip: IpAddr,
+    pub country: Option<[u8; 2]>,
+    pub region: RegionId,
+    pub tenant: Option<TenantId>,
+    /// SHA-256 of the API key presented, if any, known tenant or not: the cache scopes
+    /// entries by it so that two callers never share answers by accident.
+    pub credential: Option<[u8; 32]>,
+    pub tier: TierId,
+    pub tier_source: TierSource,
+    /// The tier's deadline, tightened by `x-deadline-ms` if the client asked.
+    pub deadline: Duration,
+    pub model: String,
+    pub model_version: Option<String>,
+    pub streaming: bool,
+    pub cacheable: bool,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ClassifyError {
+    #[error("unknown SLO tier `{0}` in x-slo-tier")]
+    UnknownTier(String),
+    #[error("x-deadline-ms must be a positive whole number of milliseconds")]
+    BadDeadline,
+    #[error("request body is not valid JSON: {0}")]
+    BadJson(String),
+    #[error("request body has no `model` field")]
+    MissingModel,
+    #[error("cannot find the model in the path `{0}`")]
+    NoModelInPath(String),
+}
+
+/// Classify a request. `route` is the route its path matched.
+pub fn classify(
+    facts: &RequestFacts,
+    route: RouteId,
+    table: &RoutingTable,
+) -> Result<Class, ClassifyError> {
+    let r = &table.routes[route as usize];
+    let client_ip = client_ip(facts.peer, facts.headers, table);
+    let geo = table.geo.lookup(client_ip);
+    let region = geo
+        .country
+        .and_then(|c| table.region_of_country(&c))
+        .or_else(|| geo.continent.and_then(|c| table.region_of_continent(&c)))
+        .unwrap_or(table.default_region);
+
+    // Tier: the tenant's, else a tier header naming a known tier, else the route's.
+    let credential = api_key(facts.headers).map(|key| {
+        let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+        digest
+    });
+    let tenant = credential.and_then(|h| table.tenant_by_key_hash(&h));
+    let (tier, tier_source) = if let Some(t) = tenant {
+        (table.tenants[t as usize].tier, TierSource::Tenant)
+    } else if let Some(name) = facts.headers.get("x-slo-tier") {
+        let name = name.to_str().unwrap_or("");
+        match table.tier_by_name(name.trim()) {
+            Some(t) => (t, TierSource::Header),
+            None => return Err(ClassifyError::UnknownTier(truncate(name, 64))),
+        }
+    } else {
+        (r.tier, TierSource::Route)
+    };
+    let mut deadline = table.tiers[tier as usize].deadline;
+    if let Some(v) = facts.headers.get("x-deadline-ms") {
+        let ms: u64 = v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .filter(|ms| *ms > 0)
+            .ok_or(ClassifyError::BadDeadline)?;
+        deadline = deadline.min(Duration::from_millis(ms));
+    }
+
+    let is_post = facts.method == http::Method::POST;
+    let peek = match r.protocol {
+        Protocol::OpenAi => peek_openai(facts.path, facts.body)?,
+        Protocol::OipV2 => peek_path(facts.path, "/v2/models/", facts.body, is_post)?,
+        Protocol::TfServing => peek_path(facts.path, "/v1/models/", facts.body, is_post)?,
+    };
+    let cacheable = r.cacheable
+        && is_post
+        && facts.body.is_some()
+        && peek.deterministic
+        && !peek.streaming
+        && !client_forbids_cache(facts.headers);
+
+    Ok(Class {
+        route,
+        client_ip,
+        country: geo.country,
+        region,
+        tenant,
+        credential,
+        tier,
+        tier_source,
+        deadline,
+        model: peek.model,
+        model_version: peek.version,
+        streaming: peek.streaming,
+        cacheable,
+    })
+}
+
+/// The client address: the socket peer, or — only when the peer is a trusted proxy — the
+/// right-most `X-Forwarded-For` hop that is not itself a trusted proxy. Hops are read right
+/// to left because only the right-most ones were written by proxies we trust; anything to
+/// the left of an untrusted hop may be forged.
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, table: &RoutingTable) -> IpAddr {
+    let trusted = |ip: &IpAddr| table.trusted_proxies.iter().any(|n| n.contains(ip));
+    let peer = canonical(peer);
+    if !trusted(&peer) {
+        return peer;
+    }
+    let mut client = peer;
+    let values = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .rev()
+        .filter_map(|v| v.to_str().ok());
+    for value in values {
+        for hop in value.rsplit(',') {
+            let hop = hop.trim();
+            if hop.is_empty() {
+                continue;
+            }
+            let Some(ip) = parse_hop(hop) else {
+                // Garbage in the chain: stop at the last address we could vouch for.
+                return client;
+            };
+            let ip = canonical(ip);
+            client = ip;
+            if !trusted(&ip) {
+                return ip;
+            }
+        }
+    }
+    client
+}
+
+fn parse_hop(hop: &str) -> Option<IpAddr> {
+    if let Ok(ip) = hop.parse() {
+        return Some(ip);
+    }
+    // `[v6]:port` or `v4:port`
+    if let Ok(sa) = hop.parse::<std::net::SocketAddr>() {
+        return Some(sa.ip());
+    }
+    hop.strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .and_then(|h| h.parse().ok())
+}
+
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
+/// The API key from `Authorization: Bearer KEY` or `x-api-key: KEY`.
+pub fn api_key(headers: &HeaderMap) -> Option<&str> {
+    if let Some(v) = headers.get(http::header::AUTHORIZATION) {
+        if let Ok(s) = v.to_str() {
+            let s = s.trim();
+            if s.len() > 7 && s[..7].eq_ignore_ascii_case("bearer ") {
+                let key = s[7..].trim();
+                if !key.is_empty() {
+                    return Some(key);
+                }
+            }
+        }
+    }
+    headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+}
+
+fn client_forbids_cache(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(http::header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|d| {
+            let d = d.trim();
+            d.eq_ignore_ascii_case("no-store") || d.eq_ignore_ascii_case("no-cache")
+        })
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    s.chars().take(max).collect()
+}
+
+struct Peek {
+    model: String,
+    version: Option<String>,
+    streaming: bool,
+    deterministic: bool,
+}
+
+/// The fields of an OpenAI-style body that routing and caching care about. Deserialising
+/// into it validates the whole body as JSON while allocating only for the model name.
+#[derive(Deserialize)]
+struct OpenAiBody<'a> {
+    #[serde(borrow, default)]
+    model: Option<Cow<'a, str>>,
+    #[serde(default)]
+    stream: Option<bool>,
+    #[serde(default)]
+    temperature: Option<f64>,
+    #[serde(default)]
+    n: Option<u32>,
+}
+
+fn peek_openai(path: &str, body: Option<&[u8]>) -> Result<Peek, ClassifyError> {
+    let body = body.unwrap_or(b"");
+    let parsed: OpenAiBody =
+        serde_json::from_slice(body).map_err(|e| ClassifyError::BadJson(e.to_string()))?;
+    let model = parsed
+        .model
+        .filter(|m| !m.is_empty())
+        .ok_or(ClassifyError::MissingModel)?;
+    let streaming = parsed.stream.unwrap_or(false);
+    // Embeddings are a function of the input; generation is deterministic only when
+    // sampling is switched off and one choice is asked for.
+    let deterministic = path.ends_with("/embeddings")
+        || (parsed.temperature == Some(0.0) && parsed.n.unwrap_or(1) <= 1);
+    Ok(Peek {
+        model: model.into_owned(),
+        version: None,
+        streaming,
+        deterministic,
+    })
+}
+
+/// OIP v2 `/v2/models/{m}[/versions/{v}]/…` and TF-Serving `/v1/models/{m}[/versions/{v}]:verb`.
+fn peek_path(
+    path: &str,
+    prefix: &str,
+    body: Option<&[u8]>,
+    is_post: bool,
+) -> Result<Peek, ClassifyError> {
+    let rest = path
+        .strip_prefix(prefix)
+        .ok_or_else(|| ClassifyError::NoModelInPath(truncate(path, 128)))?;
+    let end = rest.find(['/', ':']).unwrap_or(rest.len());
+    let model = &rest[..end];
+    if model.is_empty() {
+        return Err(ClassifyError::NoModelInPath(truncate(path, 128)));
+    }
+    let version = rest[end..].strip_prefix("/versions/").map(|v| {
+        let vend = v.find(['/', ':']).unwrap_or(v.len());
+        v[..vend].to_string()
+    });
+    if let (true, Some(body)) = (is_post, body) {
+        serde_json::from_slice::<serde::de::IgnoredAny>(body)
+            .map_err(|e| ClassifyError::BadJson(e.to_string()))?;
+    }
+    Ok(Peek {
+        model: model.to_string(),
+        version,
+        streaming: false,
+        deterministic: true,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openai_model_and_determinism() {
+        let p = peek_openai(
+            "/v1/chat/completions",
+            Some(br#"{"model":"m1","temperature":0,"messages":[]}"#),
+        )
+        .unwrap();
+        assert_eq!(p.model, "m1");
+        assert!(p.deterministic && !p.streaming);
+        let p = peek_openai("/v1/chat/completions", Some(br#"{"model":"m1","stream":true}"#))
+            .unwrap();
+        assert!(p.streaming && !p.deterministic);
+        let p = peek_openai("/v1/embeddings", Some(br#"{"model":"e","input":"x"}"#)).unwrap();
+        assert!(p.deterministic);
+        assert_eq!(
+            peek_openai("/v1/chat/completions", Some(b"{\"model\": ")).err().map(|e| matches!(e, ClassifyError::BadJson(_))),
+            Some(true)
+        );
+        assert_eq!(
+            peek_openai("/v1/chat/completions", Some(b"{}")).err(),
+            Some(ClassifyError::MissingModel)
+        );
+    }
+
+    #[test]
+    fn path_models() {
+        let p = peek_path("/v2/models/resnet/versions/3/infer", "/v2/models/", Some(b"{}"), true)
+            .unwrap();
+        assert_eq!((p.model.as_str(), p.version.as_deref()), ("resnet", Some("3")));
+        let p = peek_path("/v1/models/bert:predict", "/v1/models/", Some(b"{}"), true).unwrap();
+        assert_eq!((p.model.as_str(), p.version), ("bert", None));
+        let p = peek_path("/v1/models/bert/versions/2:predict", "/v1/models/", None, true).unwrap();
+        assert_eq!(p.version.as_deref(), Some("2"));
+        assert!(peek_path("/v2/models/", "/v2/models/", None, true).is_err());
+        assert!(peek_path("/v2/models/x/infer", "/v2/models/", Some(b"nope"), true).is_err());
+    }
+
+    #[test]
+    fn api_key_sources() {
+        let mut h = HeaderMap::new();
+        h.insert("authorization", "Bearer sk-1".parse().unwrap());
+        assert_eq!(api_key(&h), Some("sk-1"));
+        let mut h = HeaderMap::new();
+        h.insert("x-api-key", "k2".parse().unwrap());
+        assert_eq!(api_key(&h), Some("k2"));
+        let mut h = HeaderMap::new();
+        h.insert("authorization", "Basic abc".parse().unwrap());
+        assert_eq!(api_key(&h), None);
+    }
+}

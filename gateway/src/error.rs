@@ -1,0 +1,92 @@
+//! Errors a client can see, and their one mapping to an HTTP status and JSON body.
+//!
+//! Every refusal the gateway makes itself — bad input, no capacity, upstream trouble — goes
+//! through [`GatewayError`], so the status codes, the `Retry-After` header and the body shape
+//! (`{"error": {"type", "message", "status"}}`, close to what OpenAI-compatible clients
+//! expect) are decided in exactly one place.
+
+use crate::classify::ClassifyError;
+use bytes::Bytes;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("no route matches `{0}`")]
+    NoRoute(String),
+    #[error("method {0} is not allowed here")]
+    MethodNotAllowed(String),
+    #[error("request body is larger than this route's limit of {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error(transparent)]
+    BadRequest(#[from] ClassifyError),
+    #[error("could not read the request body: {0}")]
+    BodyRead(String),
+    #[error("no pool can meet the {deadline_ms} ms deadline of tier `{tier}`; request shed")]
+    Shed { tier: String, deadline_ms: u128 },
+    #[error("no healthy pool serves model `{model}` for tier `{tier}`")]
+    NoCandidate { model: String, tier: String },
+    #[error("upstream did not answer within {0} ms")]
+    UpstreamTimeout(u128),
+    #[error("no upstream could be reached: {0}")]
+    UpstreamUnavailable(String),
+    #[error("upstream failed: {0}")]
+    UpstreamFailed(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl GatewayError {
+    pub fn status(&self) -> u16 {
+        match self {
+            GatewayError::NoRoute(_) => 404,
+            GatewayError::MethodNotAllowed(_) => 405,
+            GatewayError::PayloadTooLarge { .. } => 413,
+            GatewayError::BadRequest(_) | GatewayError::BodyRead(_) => 400,
+            GatewayError::Shed { .. }
+            | GatewayError::NoCandidate { .. }
+            | GatewayError::UpstreamUnavailable(_) => 503,
+            GatewayError::UpstreamTimeout(_) => 504,
+            GatewayError::UpstreamFailed(_) => 502,
+            GatewayError::Internal(_) => 500,
+        }
+    }
+
+    /// Machine-readable error type.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            GatewayError::NoRoute(_) => "not_found",
+            GatewayError::MethodNotAllowed(_) => "method_not_allowed",
+            GatewayError::PayloadTooLarge { .. } => "payload_too_large",
+            GatewayError::BadRequest(ClassifyError::UnknownTier(_)) => "unknown_tier",
+            GatewayError::BadRequest(ClassifyError::BadJson(_)) => "invalid_json",
+            GatewayError::BadRequest(_) | GatewayError::BodyRead(_) => "invalid_request",
+            GatewayError::Shed { .. } => "slo_unattainable",
+            GatewayError::NoCandidate { .. } => "no_capacity",
+            GatewayError::UpstreamTimeout(_) => "upstream_timeout",
+            GatewayError::UpstreamUnavailable(_) => "upstream_unavailable",
+            GatewayError::UpstreamFailed(_) => "upstream_failed",
+            GatewayError::Internal(_) => "internal",
+        }
+    }
+
+    /// Seconds a client should wait before retrying, for the errors where that helps.
+    pub fn retry_after(&self) -> Option<u32> {
+        match self {
+            GatewayError::Shed { .. } => Some(1),
+            GatewayError::NoCandidate { .. } => Some(5),
+            GatewayError::UpstreamUnavailable(_) => Some(5),
+            _ => None,
+        }
+    }
+
+    pub fn body(&self) -> Bytes {
+        json_error(self.status(), self.kind(), &self.to_string())
+    }
+}
+
+/// The JSON error body used for every error response.
+pub fn json_error(status: u16, kind: &str, message: &str) -> Bytes {
+    let v = serde_json::json!({
+        "error": { "type": kind, "message": message, "status": status }
+    });
+    Bytes::from(v.to_string())
+}

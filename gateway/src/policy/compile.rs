@@ -1,0 +1,834 @@
+//! Validation and compilation: the as-written [`raw::Policy`] becomes an immutable
+//! [`RoutingTable`] with every reference resolved to an index, every duration and size typed,
+//! every CIDR parsed and every endpoint address resolved.
+//!
+//! Validation reports *every* problem it finds, each with the line and column of the node to
+//! fix, not just the first. Compilation does blocking work (reading the GeoIP database,
+//! resolving endpoint host names) and therefore never runs on the request path: it runs at
+//! start-up and on reload, and the result is published with one atomic pointer swap.
+//!
+//! Live measurements (latency EWMAs, in-flight counts, endpoints marked down) are not part of
+//! the table: they live in [`Fleet`] and are attached here by pool and endpoint name, so they
+//! survive a reload of a policy that still has the same pools.
+
+use super::raw::{self, OnSloMiss, PoolKind, Price, Protocol};
+use super::{PolicyError, PolicyErrors};
+use crate::classify::geo::GeoDb;
+use crate::route::state::{EndpointState, Fleet, PoolState};
+use ipnet::IpNet;
+use serde_saphyr::{Location, Spanned};
+use sha2::{Digest, Sha256};
+use std::collections::{HashMap, HashSet};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// Index of a region in [`RoutingTable::regions`].
+pub type RegionId = u16;
+/// Index of a tier in [`RoutingTable::tiers`].
+pub type TierId = u16;
+/// Index of a pool in [`RoutingTable::pools`].
+pub type PoolId = u16;
+/// Index of a route in [`RoutingTable::routes`].
+pub type RouteId = u16;
+/// Index of a tenant in [`RoutingTable::tenants`].
+pub type TenantId = u16;
+
+/// Request bodies the gateway reads before routing (to find the model, check the JSON and
+/// compute cacheability) are held in memory and re-sent on retry; this is the most it holds.
+pub const INSPECT_LIMIT: usize = 64 * 1024;
+/// The largest `max_body` a route may declare.
+pub const MAX_BODY_LIMIT: usize = 256 * 1024 * 1024;
+
+/// The compiled policy: everything the request path reads, immutable once built.
+pub struct RoutingTable {
+    /// Short content hash of the policy text; reported in responses and the admin API.
+    pub version: String,
+    pub source: PathBuf,
+    pub loaded_at: SystemTime,
+    pub proxy_listener: SocketAddr,
+    pub admin_listener: SocketAddr,
+    pub threads: Option<usize>,
+    pub trusted_proxies: Vec<IpNet>,
+    pub geo: Arc<GeoDb>,
+    pub regions: Vec<String>,
+    pub default_region: RegionId,
+    country_region: HashMap<[u8; 2], RegionId>,
+    continent_region: HashMap<[u8; 2], RegionId>,
+    /// `rtt_ms[from * regions + to]`.
+    rtt_ms: Vec<f64>,
+    pub tiers: Vec<Tier>,
+    tier_by_name: HashMap<String, TierId>,
+    pub tenants: Vec<Tenant>,
+    tenant_by_key: HashMap<[u8; 32], TenantId>,
+    pub pools: Vec<Pool>,
+    pub routes: Vec<Route>,
+    pub upstream: Upstream,
+}
+
+pub struct Tier {
+    pub name: String,
+    pub deadline: Duration,
+    pub weight: f64,
+    pub kinds: KindSet,
+    pub on_slo_miss: OnSloMiss,
+    pub timeout: Duration,
+}
+
+/// A set of pool kinds as a bit mask.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KindSet(u8);
+
+impl KindSet {
+    pub fn insert(&mut self, kind: PoolKind) {
+        self.0 |= kind_bit(kind);
+    }
+    pub fn contains(self, kind: PoolKind) -> bool {
+        self.0 & kind_bit(kind) != 0
+    }
+}
+
+fn kind_bit(kind: PoolKind) -> u8 {
+    match kind {
+        PoolKind::Edge => 1,
+        PoolKind::Gpu => 2,
+        PoolKind::Batch => 4,
+    }
+}
+
+impl PoolKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PoolKind::Edge => "edge",
+            PoolKind::Gpu => "gpu",
+            PoolKind::Batch => "batch",
+        }
+    }
+}
+
+pub struct Tenant {
+    pub name: String,
+    pub tier: TierId,
+}
+
+pub struct Pool {
+    pub name: String,
+    pub kind: PoolKind,
+    pub region: RegionId,
+    pub endpoints: Vec<Endpoint>,
+    pub models: ModelSet,
+    pub concurrency: u32,
+    pub service_time: Duration,
+    pub price: Price,
+    pub state: Arc<PoolState>,
+}
+
+pub struct Endpoint {
+    /// As written in the policy (`host:port`); used in metrics and headers.
+    pub name: String,
+    pub addr: SocketAddr,
+    pub state: Arc<EndpointState>,
+}
+
+/// The models a pool serves.
+pub struct ModelSet {
+    pub any: bool,
+    pub names: HashSet<String>,
+}
+
+impl ModelSet {
+    pub fn serves(&self, model: &str) -> bool {
+        self.any || self.names.contains(model)
+    }
+}
+
+pub struct Route {
+    pub name: String,
+    pub matcher: PathMatch,
+    pub protocol: Protocol,
+    pub max_body: usize,
+    pub tier: TierId,
+    pub cacheable: bool,
+}
+
+pub enum PathMatch {
+    Exact(String),
+    Prefix(String),
+}
+
+impl PathMatch {
+    fn matches(&self, path: &str) -> bool {
+        match self {
+            PathMatch::Exact(p) => path == p,
+            PathMatch::Prefix(p) => path.starts_with(p.as_str()),
+        }
+    }
+}
+
+pub struct Upstream {
+    pub connect_timeout: Duration,
+    pub max_attempts: u32,
+    pub down_backoff: Duration,
+}
+
+impl RoutingTable {
+    /// The first route whose match fits `path` (query string already removed).
+    pub fn match_route(&self, path: &str) -> Option<RouteId> {
+        self.routes
+            .iter()
+            .position(|r| r.matcher.matches(path))
+            .map(|i| i as RouteId)
+    }
+
+    pub fn tier_by_name(&self, name: &str) -> Option<TierId> {
+        self.tier_by_name.get(name).copied()
+    }
+
+    pub fn tenant_by_key_hash(&self, hash: &[u8; 32]) -> Option<TenantId> {
+        self.tenant_by_key.get(hash).copied()
+    }
+
+    pub fn region_of_country(&self, iso: &[u8]) -> Option<RegionId> {
+        let key: [u8; 2] = iso.try_into().ok()?;
+        self.country_region.get(&key).copied()
+    }
+
+    pub fn region_of_continent(&self, code: &[u8]) -> Option<RegionId> {
+        let key: [u8; 2] = code.try_into().ok()?;
+        self.continent_region.get(&key).copied()
+    }
+
+    pub fn rtt(&self, from: RegionId, to: RegionId) -> Duration {
+        let n = self.regions.len();
+        let ms = self
+            .rtt_ms
+            .get(from as usize * n + to as usize)
+            .copied()
+            .unwrap_or(0.0);
+        Duration::from_secs_f64(ms / 1000.0)
+    }
+
+    pub fn region_by_name(&self, name: &str) -> Option<RegionId> {
+        self.regions
+            .iter()
+            .position(|r| r == name)
+            .map(|i| i as RegionId)
+    }
+}
+
+/// Parse a duration such as `150ms`, `2s`, `10m`, `1h`, `250us`.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number.parse().ok()?;
+    if !value.is_finite() || value < 0.0 {
+        return None;
+    }
+    let seconds = match unit.trim() {
+        "us" | "µs" => value / 1e6,
+        "ms" => value / 1e3,
+        "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return None,
+    };
+    Duration::try_from_secs_f64(seconds).ok()
+}
+
+/// Parse a size such as `1MiB`, `64KiB`, `500KB`, `2048`.
+pub fn parse_size(text: &str) -> Option<usize> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: usize = number.parse().ok()?;
+    let factor = match unit.trim() {
+        "" | "B" => 1,
+        "KB" => 1000,
+        "KiB" => 1024,
+        "MB" => 1000 * 1000,
+        "MiB" => 1024 * 1024,
+        "GB" => 1000 * 1000 * 1000,
+        "GiB" => 1024 * 1024 * 1024,
+        _ => return None,
+    };
+    value.checked_mul(factor)
+}
+
+/// Collects problems while compiling, each at a location in the policy file.
+struct Problems<'a> {
+    file: &'a Path,
+    list: Vec<PolicyError>,
+}
+
+impl Problems<'_> {
+    fn at(&mut self, loc: &Location, message: impl Into<String>) {
+        self.list.push(PolicyError {
+            file: self.file.to_path_buf(),
+            line: loc.line(),
+            column: loc.column(),
+            message: message.into(),
+        });
+    }
+    fn on<T>(&mut self, node: &Spanned<T>, message: impl Into<String>) {
+        self.at(&node.referenced, message);
+    }
+}
+
+fn duration_field(p: &mut Problems, node: &Spanned<String>, what: &str) -> Duration {
+    match parse_duration(&node.value) {
+        Some(d) => d,
+        None => {
+            p.on(
+                node,
+                format!(
+                    "{what}: expected a duration such as `150ms`, `2s`, `10m` or `1h`, found `{}`",
+                    node.value
+                ),
+            );
+            Duration::ZERO
+        }
+    }
+}
+
+fn socket_field(p: &mut Problems, node: &Spanned<String>, what: &str) -> SocketAddr {
+    match node.value.parse() {
+        Ok(a) => a,
+        Err(_) => {
+            p.on(
+                node,
+                format!(
+                    "{what}: expected `ip:port` such as `127.0.0.1:9090`, found `{}`",
+                    node.value
+                ),
+            );
+            SocketAddr::from(([0, 0, 0, 0], 0))
+        }
+    }
+}
+
+/// Everything `compile` needs besides the policy text.
+pub struct CompileContext<'a> {
+    /// The file the policy came from: named in every error, and the base for relative paths.
+    pub file: &'a Path,
+    /// Live state to attach pools and endpoints to.
+    pub fleet: &'a Fleet,
+}
+
+/// Parse, validate and compile policy text.
+pub fn compile_str(text: &str, cx: &CompileContext) -> Result<RoutingTable, PolicyErrors> {
+    let raw = super::parse(text, cx.file)?;
+    let version = content_version(text);
+    compile(raw, version, cx)
+}
+
+/// A short, stable hash of the policy text, used as its version.
+pub fn content_version(text: &str) -> String {
+    let digest = Sha256::digest(text.as_bytes());
+    digest[..6].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn compile(
+    raw: raw::Policy,
+    version: String,
+    cx: &CompileContext,
+) -> Result<RoutingTable, PolicyErrors> {
+    let mut p = Problems {
+        file: cx.file,
+        list: Vec::new(),
+    };
+
+    let proxy_listener = socket_field(&mut p, &raw.listeners.proxy, "listeners.proxy");
+    let admin_listener = socket_field(&mut p, &raw.listeners.admin, "listeners.admin");
+
+    let mut trusted_proxies = Vec::new();
+    for cidr in &raw.trusted_proxies {
+        let parsed = cidr
+            .value
+            .parse::<IpNet>()
+            .or_else(|_| cidr.value.parse::<std::net::IpAddr>().map(IpNet::from));
+        match parsed {
+            Ok(net) => trusted_proxies.push(net),
+            Err(_) => p.on(
+                cidr,
+                format!(
+                    "trusted_proxies: expected a CIDR such as `10.0.0.0/8`, found `{}`",
+                    cidr.value
+                ),
+            ),
+        }
+    }
+
+    // Regions.
+    let mut regions: Vec<String> = Vec::new();
+    let mut country_region = HashMap::new();
+    let mut continent_region = HashMap::new();
+    for def in &raw.regions.map {
+        let name = &def.value.name;
+        if regions.contains(&name.value) {
+            p.on(name, format!("duplicate region name `{}`", name.value));
+            continue;
+        }
+        let id = regions.len() as RegionId;
+        regions.push(name.value.clone());
+        for (codes, table, what) in [
+            (&def.value.countries, &mut country_region, "country"),
+            (&def.value.continents, &mut continent_region, "continent"),
+        ] {
+            for code in codes {
+                let key: Option<[u8; 2]> = code.value.as_bytes().try_into().ok();
+                match key {
+                    Some(k) if k.iter().all(u8::is_ascii_uppercase) => {
+                        if let Some(other) = table.insert(k, id) {
+                            p.on(
+                                code,
+                                format!(
+                                    "{what} `{}` is in two regions: `{}` and `{}`",
+                                    code.value, regions[other as usize], name.value
+                                ),
+                            );
+                        }
+                    }
+                    _ => p.on(
+                        code,
+                        format!(
+                            "expected a two-letter upper-case {what} code such as `DE` or `EU`, found `{}`",
+                            code.value
+                        ),
+                    ),
+                }
+            }
+        }
+    }
+    let region_id = |p: &mut Problems, node: &Spanned<String>, what: &str| -> RegionId {
+        match regions.iter().position(|r| *r == node.value) {
+            Some(i) => i as RegionId,
+            None => {
+                p.on(
+                    node,
+                    format!(
+                        "{what}: unknown region `{}` (regions: {})",
+                        node.value,
+                        regions.join(", ")
+                    ),
+                );
+                0
+            }
+        }
+    };
+    let default_region = region_id(&mut p, &raw.regions.default, "regions.default");
+
+    // RTT matrix: every unordered pair at least once, symmetric.
+    let n = regions.len();
+    let mut rtt_ms = vec![f64::NAN; n * n];
+    for (from, row) in &raw.rtt_ms {
+        for (to, ms) in row {
+            let (Some(a), Some(b)) = (
+                regions.iter().position(|r| r == from),
+                regions.iter().position(|r| r == to),
+            ) else {
+                p.on(
+                    ms,
+                    format!("rtt_ms: unknown region in pair `{from}` → `{to}`"),
+                );
+                continue;
+            };
+            if !(ms.value.is_finite() && ms.value >= 0.0) {
+                p.on(ms, "rtt_ms: expected a non-negative number of milliseconds");
+                continue;
+            }
+            rtt_ms[a * n + b] = ms.value;
+            if rtt_ms[b * n + a].is_nan() {
+                rtt_ms[b * n + a] = ms.value;
+            }
+        }
+    }
+    let mut missing = Vec::new();
+    for a in 0..n {
+        for b in a..n {
+            if rtt_ms[a * n + b].is_nan() {
+                if a == b {
+                    // A region's distance to itself defaults to zero.
+                    rtt_ms[a * n + a] = 0.0;
+                } else {
+                    missing.push(format!("{} ↔ {}", regions[a], regions[b]));
+                }
+            }
+        }
+    }
+    if !missing.is_empty() {
+        p.at(
+            &Location::UNKNOWN,
+            format!("rtt_ms: missing pairs: {}", missing.join(", ")),
+        );
+    }
+
+    // Tiers.
+    let mut tiers = Vec::new();
+    let mut tier_by_name = HashMap::new();
+    for (name, tier) in &raw.tiers {
+        let t = &tier.value;
+        let deadline = duration_field(&mut p, &t.deadline, "deadline");
+        if deadline.is_zero() && parse_duration(&t.deadline.value).is_some() {
+            p.on(&t.deadline, "deadline must be greater than zero");
+        }
+        if !(0.0..=1.0).contains(&t.weight.value) {
+            p.on(
+                &t.weight,
+                format!(
+                    "weight: expected a number from 0.0 (cost only) to 1.0 (latency only), found {}",
+                    t.weight.value
+                ),
+            );
+        }
+        let mut kinds = KindSet::default();
+        for k in &t.pools {
+            kinds.insert(k.value);
+        }
+        if t.pools.is_empty() {
+            p.on(tier, format!("tier `{name}`: `pools` must name at least one pool kind"));
+        }
+        let timeout = match &t.timeout {
+            Some(node) => duration_field(&mut p, node, "timeout"),
+            None => (deadline * 4).clamp(Duration::from_secs(5), Duration::from_secs(600)),
+        };
+        tier_by_name.insert(name.clone(), tiers.len() as TierId);
+        tiers.push(Tier {
+            name: name.clone(),
+            deadline,
+            weight: t.weight.value,
+            kinds,
+            on_slo_miss: t.on_slo_miss,
+            timeout,
+        });
+    }
+    let tier_id = |p: &mut Problems, node: &Spanned<String>, what: &str| -> TierId {
+        match tier_by_name.get(&node.value) {
+            Some(id) => *id,
+            None => {
+                let mut names: Vec<&str> = tier_by_name.keys().map(String::as_str).collect();
+                names.sort_unstable();
+                p.on(
+                    node,
+                    format!(
+                        "{what}: unknown tier `{}` (tiers: {})",
+                        node.value,
+                        names.join(", ")
+                    ),
+                );
+                0
+            }
+        }
+    };
+
+    // Tenants.
+    let mut tenants = Vec::new();
+    let mut tenant_by_key = HashMap::new();
+    let mut tenant_names = HashSet::new();
+    for tenant in &raw.tenants {
+        let t = &tenant.value;
+        if !tenant_names.insert(t.name.value.clone()) {
+            p.on(&t.name, format!("duplicate tenant name `{}`", t.name.value));
+        }
+        let tier = tier_id(&mut p, &t.tier, "tenant tier");
+        let key = &t.key_sha256.value;
+        match decode_sha256_hex(key) {
+            Some(hash) => {
+                if tenant_by_key
+                    .insert(hash, tenants.len() as TenantId)
+                    .is_some()
+                {
+                    p.on(&t.key_sha256, "two tenants have the same key_sha256");
+                }
+            }
+            None => p.on(
+                &t.key_sha256,
+                "key_sha256: expected 64 lower-case hex characters (the SHA-256 of the API key, \
+                 e.g. from `printf %s \"$KEY\" | sha256sum`)",
+            ),
+        }
+        tenants.push(Tenant {
+            name: t.name.value.clone(),
+            tier,
+        });
+    }
+
+    // Pools.
+    let mut pools = Vec::new();
+    let mut pool_names = HashSet::new();
+    for pool in &raw.pools {
+        let r = &pool.value;
+        let name = r.name.value.clone();
+        if !pool_names.insert(name.clone()) {
+            p.on(&r.name, format!("duplicate pool name `{name}`"));
+        }
+        let region = region_id(&mut p, &r.region, "pool region");
+        if r.endpoints.is_empty() {
+            p.on(pool, format!("pool `{name}`: `endpoints` is empty"));
+        }
+        if r.models.is_empty() {
+            p.on(
+                pool,
+                format!("pool `{name}`: `models` is empty (use `*` to serve every model)"),
+            );
+        }
+        if r.concurrency.value == 0 {
+            p.on(&r.concurrency, format!("pool `{name}`: concurrency must be at least 1"));
+        }
+        let service_time = duration_field(&mut p, &r.service_time, "service_time");
+        let price_ok = |v: f64| v.is_finite() && v >= 0.0;
+        if !price_ok(r.price.per_request) || !price_ok(r.price.per_gpu_hour) {
+            p.on(pool, format!("pool `{name}`: prices must be non-negative numbers"));
+        }
+        let state = cx.fleet.pool(&name, service_time);
+        let mut endpoints = Vec::new();
+        let mut seen = HashSet::new();
+        for ep in &r.endpoints {
+            if !seen.insert(ep.value.clone()) {
+                p.on(ep, format!("duplicate endpoint `{}` in pool `{name}`", ep.value));
+                continue;
+            }
+            let addr = match resolve(&ep.value) {
+                Ok(a) => a,
+                Err(why) => {
+                    p.on(ep, format!("endpoint `{}`: {why}", ep.value));
+                    continue;
+                }
+            };
+            endpoints.push(Endpoint {
+                name: ep.value.clone(),
+                addr,
+                state: cx.fleet.endpoint(&name, &ep.value),
+            });
+        }
+        let any = r.models.iter().any(|m| m.value == "*");
+        let names = r.models.iter().map(|m| m.value.clone()).collect();
+        pools.push(Pool {
+            state,
+            name,
+            kind: r.kind,
+            region,
+            endpoints,
+            models: ModelSet { any, names },
+            concurrency: r.concurrency.value.max(1),
+            service_time,
+            price: r.price,
+        });
+    }
+    for tier in &raw.tiers {
+        let (name, t) = tier;
+        if !pools.iter().any(|pool| t.value.pools.iter().any(|k| k.value == pool.kind)) {
+            let kinds: Vec<&str> = t.value.pools.iter().map(|k| k.value.as_str()).collect();
+            p.on(
+                t,
+                format!(
+                    "tier `{name}` can use pool kinds [{}] but no pool has one of those kinds",
+                    kinds.join(", ")
+                ),
+            );
+        }
+    }
+
+    // Routes.
+    let mut routes = Vec::new();
+    let mut route_names = HashSet::new();
+    for route in &raw.routes {
+        let r = &route.value;
+        if !route_names.insert(r.name.value.clone()) {
+            p.on(&r.name, format!("duplicate route name `{}`", r.name.value));
+        }
+        let path = &r.path.value;
+        let matcher = if !path.starts_with('/') {
+            p.on(&r.path, format!("match: a path must start with `/`, found `{path}`"));
+            PathMatch::Exact(path.clone())
+        } else if let Some(prefix) = path.strip_suffix('*') {
+            PathMatch::Prefix(prefix.to_string())
+        } else {
+            PathMatch::Exact(path.clone())
+        };
+        let max_body = match &r.max_body {
+            None => 1024 * 1024,
+            Some(node) => match parse_size(&node.value) {
+                Some(size) if size <= MAX_BODY_LIMIT => size,
+                Some(_) => {
+                    p.on(node, format!("max_body: at most {MAX_BODY_LIMIT} bytes"));
+                    0
+                }
+                None => {
+                    p.on(
+                        node,
+                        format!(
+                            "max_body: expected a size such as `1MiB`, `64KiB` or `2048`, found `{}`",
+                            node.value
+                        ),
+                    );
+                    0
+                }
+            },
+        };
+        if r.protocol == Protocol::OpenAi && max_body > INSPECT_LIMIT {
+            // The model is in the body, so the body is read before routing; see INSPECT_LIMIT.
+            // Reported as an error rather than silently lowered so the operator knows.
+            if let Some(node) = &r.max_body {
+                p.on(
+                    node,
+                    format!(
+                        "max_body: routes with protocol `openai` carry the model in the body, which \
+                         the gateway reads before routing; at most {INSPECT_LIMIT} bytes (64KiB)"
+                    ),
+                );
+            }
+        }
+        let max_body = if r.protocol == Protocol::OpenAi {
+            max_body.min(INSPECT_LIMIT)
+        } else {
+            max_body
+        };
+        let tier = tier_id(&mut p, &r.tier, "route tier");
+        routes.push(Route {
+            name: r.name.value.clone(),
+            matcher,
+            protocol: r.protocol,
+            max_body,
+            tier,
+            cacheable: r.cacheable,
+        });
+    }
+    if routes.is_empty() {
+        p.at(&Location::UNKNOWN, "routes: at least one route is required");
+    }
+
+    let upstream = Upstream {
+        connect_timeout: match &raw.upstream.connect_timeout {
+            Some(node) => duration_field(&mut p, node, "upstream.connect_timeout"),
+            None => Duration::from_secs(1),
+        },
+        max_attempts: raw.upstream.max_attempts.clamp(1, 10),
+        down_backoff: match &raw.upstream.down_backoff {
+            Some(node) => duration_field(&mut p, node, "upstream.down_backoff"),
+            None => Duration::from_secs(5),
+        },
+    };
+
+    // The GeoIP database is opened last so that a policy with typos is reported in full even
+    // when the database path is also wrong.
+    let geo = match &raw.geoip.database {
+        None => GeoDb::embedded().map_err(|e| {
+            p.at(&Location::UNKNOWN, format!("geoip: {e}"));
+        }),
+        Some(node) if node.value == "embedded" => GeoDb::embedded().map_err(|e| {
+            p.on(node, format!("geoip.database: {e}"));
+        }),
+        Some(node) => {
+            let path = cx
+                .file
+                .parent()
+                .unwrap_or_else(|| Path::new("."))
+                .join(&node.value);
+            GeoDb::open(&path).map_err(|e| {
+                p.on(node, format!("geoip.database: {e}"));
+            })
+        }
+    };
+
+    if !p.list.is_empty() {
+        return Err(PolicyErrors(p.list));
+    }
+    let geo = match geo {
+        Ok(g) => g,
+        Err(()) => return Err(PolicyErrors(p.list)),
+    };
+    Ok(RoutingTable {
+        version,
+        source: cx.file.to_path_buf(),
+        loaded_at: SystemTime::now(),
+        proxy_listener,
+        admin_listener,
+        threads: raw.listeners.threads,
+        trusted_proxies,
+        geo: Arc::new(geo),
+        regions,
+        default_region,
+        country_region,
+        continent_region,
+        rtt_ms,
+        tiers,
+        tier_by_name,
+        tenants,
+        tenant_by_key,
+        pools,
+        routes,
+        upstream,
+    })
+}
+
+fn resolve(hostport: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = hostport.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    if !hostport.contains(':') {
+        return Err("expected `host:port`".into());
+    }
+    match hostport.to_socket_addrs() {
+        Ok(mut addrs) => addrs
+            .next()
+            .ok_or_else(|| "the host name resolved to no address".into()),
+        Err(e) => Err(format!("cannot resolve: {e}")),
+    }
+}
+
+fn decode_sha256_hex(text: &str) -> Option<[u8; 32]> {
+    if text.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in text.as_bytes().chunks(2).enumerate() {
+        let hi = hex_digit(pair[0])?;
+        let lo = hex_digit(pair[1])?;
+        out[i] = (hi << 4) | lo;
+    }
+    Some(out)
+}
+
+fn hex_digit(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_sizes() {
+        assert_eq!(parse_duration("150ms"), Some(Duration::from_millis(150)));
+        assert_eq!(parse_duration("2s"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_duration("10m"), Some(Duration::from_secs(600)));
+        assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("10"), None);
+        assert_eq!(parse_duration("-1s"), None);
+        assert_eq!(parse_duration("fast"), None);
+        assert_eq!(parse_size("1MiB"), Some(1024 * 1024));
+        assert_eq!(parse_size("64KiB"), Some(65536));
+        assert_eq!(parse_size("2048"), Some(2048));
+        assert_eq!(parse_size("1 MB"), Some(1_000_000));
+        assert_eq!(parse_size("lots"), None);
+    }
+
+    #[test]
+    fn sha256_hex() {
+        let hex = "a".repeat(64);
+        assert_eq!(decode_sha256_hex(&hex), Some([0xaa; 32]));
+        assert_eq!(decode_sha256_hex(&"A".repeat(64)), None);
+        assert_eq!(decode_sha256_hex("abc"), None);
+    }
+}

@@ -1,0 +1,352 @@
+//! Routing: from a [`Class`] and the routing table to a [`Decision`] — which pool, which
+//! endpoint, and why.
+//!
+//! Every pool is a candidate if it serves the model, its kind is allowed for the tier and it
+//! has an endpoint up. Each candidate gets an estimate:
+//! `latency = rtt(client region, pool region) + observed service time × queueing factor`
+//! and `cost = per request + per GPU-hour × expected service time`. Among candidates whose
+//! latency meets the deadline, the lowest `weight × latency/deadline + (1 − weight) ×
+//! cost/max cost` wins; none meets it → the tier's `on_slo_miss`. Inside the chosen pool the
+//! endpoint is picked by power of two choices on latency × in-flight.
+//!
+//! [`decide`] is a pure function of its inputs plus the live atomics in `state`: no
+//! allocation, no locks. [`explain`] runs the same code and also reports every candidate, so
+//! the admin API's explanation cannot disagree with what the proxy does.
+
+pub mod state;
+
+use crate::classify::Class;
+use crate::policy::compile::{Pool, PoolId, RoutingTable};
+use crate::policy::raw::OnSloMiss;
+use serde::Serialize;
+use std::time::Duration;
+
+/// Expected latency and cost of sending a request to a pool.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Estimate {
+    #[serde(serialize_with = "ser_ms")]
+    pub latency: Duration,
+    pub cost_usd: f64,
+}
+
+fn ser_ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64((d.as_secs_f64() * 1e6).round() / 1e3)
+}
+
+/// Why the decision came out the way it did (reported in `x-switchyard-decision`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// The best trade-off among candidates that meet the deadline.
+    MeetsDeadline,
+    /// Nothing meets the deadline; the tier says send it to the fastest anyway.
+    FallbackFastest,
+    /// Nothing meets the deadline; the tier says refuse.
+    Shed,
+    /// No pool can take the request at all.
+    NoCandidate,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::MeetsDeadline => "meets-deadline",
+            Reason::FallbackFastest => "slo-miss-fastest",
+            Reason::Shed => "slo-miss-shed",
+            Reason::NoCandidate => "no-candidate",
+        }
+    }
+}
+
+/// Where a request goes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Decision {
+    /// Pool and endpoint index; `None` for shed / no candidate.
+    pub target: Option<(PoolId, u16)>,
+    pub estimate: Option<Estimate>,
+    pub reason: Reason,
+    /// How many pools were candidates, and how many of those met the deadline.
+    pub candidates: u16,
+    pub feasible: u16,
+}
+
+/// Why a pool is not a candidate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Exclusion {
+    ModelNotServed,
+    KindNotAllowedForTier,
+    NoEndpointUp,
+    AlreadyTried,
+}
+
+/// One pool's part in a decision, for `explain`.
+#[derive(Debug, Clone, Serialize)]
+pub struct CandidateReport {
+    pub pool: String,
+    pub kind: &'static str,
+    pub region: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub excluded: Option<Exclusion>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub estimate: Option<Estimate>,
+    pub meets_deadline: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub score: Option<f64>,
+    pub chosen: bool,
+    pub why: String,
+}
+
+/// Endpoints already tried by this request (pool, endpoint), so a retry goes elsewhere.
+pub type Tried<'a> = &'a [(PoolId, u16)];
+
+fn endpoint_available(pool_id: PoolId, ep: u16, pool: &Pool, tried: Tried, now_ms: u64) -> bool {
+    pool.endpoints[ep as usize].state.is_up(now_ms) && !tried.contains(&(pool_id, ep))
+}
+
+fn exclusion(
+    pool_id: PoolId,
+    pool: &Pool,
+    class: &Class,
+    table: &RoutingTable,
+    tried: Tried,
+    now_ms: u64,
+) -> Option<Exclusion> {
+    if !table.tiers[class.tier as usize].kinds.contains(pool.kind) {
+        return Some(Exclusion::KindNotAllowedForTier);
+    }
+    if !pool.models.serves(&class.model) {
+        return Some(Exclusion::ModelNotServed);
+    }
+    let mut up = false;
+    for ep in 0..pool.endpoints.len() as u16 {
+        if pool.endpoints[ep as usize].state.is_up(now_ms) {
+            up = true;
+            if !tried.contains(&(pool_id, ep)) {
+                return None;
+            }
+        }
+    }
+    Some(if up {
+        Exclusion::AlreadyTried
+    } else {
+        Exclusion::NoEndpointUp
+    })
+}
+
+/// The estimate for sending `class` to `pool` now.
+pub fn estimate(pool: &Pool, class: &Class, table: &RoutingTable) -> Estimate {
+    let service = pool.state.service_time();
+    // M/M/1-style queueing factor on the pool's utilisation, capped so that a saturated
+    // pool looks 10× slower rather than infinitely slow.
+    let rho = (pool.state.in_flight() as f64 / pool.concurrency as f64).min(0.9);
+    let queued = service.mul_f64(1.0 / (1.0 - rho));
+    let latency = table.rtt(class.region, pool.region) + queued;
+    let cost_usd = pool.price.per_request + pool.price.per_gpu_hour * service.as_secs_f64() / 3600.0;
+    Estimate { latency, cost_usd }
+}
+
+fn score(est: &Estimate, weight: f64, deadline: Duration, max_cost: f64) -> f64 {
+    let lat = est.latency.as_secs_f64() / deadline.as_secs_f64().max(1e-9);
+    let cost = if max_cost > 0.0 {
+        est.cost_usd / max_cost
+    } else {
+        0.0
+    };
+    weight * lat + (1.0 - weight) * cost
+}
+
+/// Decide where `class` goes.
+pub fn decide(class: &Class, table: &RoutingTable, tried: Tried, now_ms: u64) -> Decision {
+    let tier = &table.tiers[class.tier as usize];
+    let deadline = class.deadline;
+
+    // Pass 1: the cost scale among feasible candidates, and the fastest candidate overall.
+    let mut candidates = 0u16;
+    let mut feasible = 0u16;
+    let mut max_cost = 0.0f64;
+    let mut fastest: Option<(PoolId, Estimate)> = None;
+    for (i, pool) in table.pools.iter().enumerate() {
+        let id = i as PoolId;
+        if exclusion(id, pool, class, table, tried, now_ms).is_some() {
+            continue;
+        }
+        candidates += 1;
+        let est = estimate(pool, class, table);
+        if est.latency <= deadline {
+            feasible += 1;
+            max_cost = max_cost.max(est.cost_usd);
+        }
+        if fastest.is_none_or(|(_, f)| est.latency < f.latency) {
+            fastest = Some((id, est));
+        }
+    }
+
+    let chosen = if feasible > 0 {
+        // Pass 2: the best trade-off among those that meet the deadline.
+        let mut best: Option<(PoolId, Estimate, f64)> = None;
+        for (i, pool) in table.pools.iter().enumerate() {
+            let id = i as PoolId;
+            if exclusion(id, pool, class, table, tried, now_ms).is_some() {
+                continue;
+            }
+            let est = estimate(pool, class, table);
+            if est.latency > deadline {
+                continue;
+            }
+            let s = score(&est, tier.weight, deadline, max_cost);
+            if best.is_none_or(|(_, _, b)| s < b) {
+                best = Some((id, est, s));
+            }
+        }
+        best.map(|(id, est, _)| (id, est, Reason::MeetsDeadline))
+    } else {
+        match (fastest, tier.on_slo_miss) {
+            (None, _) => None,
+            (Some(_), OnSloMiss::Shed) => {
+                return Decision {
+                    target: None,
+                    estimate: fastest.map(|(_, e)| e),
+                    reason: Reason::Shed,
+                    candidates,
+                    feasible,
+                }
+            }
+            (Some((id, est)), OnSloMiss::Fastest) => Some((id, est, Reason::FallbackFastest)),
+        }
+    };
+
+    match chosen {
+        Some((pool_id, est, reason)) => {
+            let pool = &table.pools[pool_id as usize];
+            match pick_endpoint(pool_id, pool, tried, now_ms) {
+                Some(ep) => Decision {
+                    target: Some((pool_id, ep)),
+                    estimate: Some(est),
+                    reason,
+                    candidates,
+                    feasible,
+                },
+                None => no_candidate(candidates, feasible),
+            }
+        }
+        None => no_candidate(candidates, feasible),
+    }
+}
+
+fn no_candidate(candidates: u16, feasible: u16) -> Decision {
+    Decision {
+        target: None,
+        estimate: None,
+        reason: Reason::NoCandidate,
+        candidates,
+        feasible,
+    }
+}
+
+/// Power of two choices among the available endpoints, on latency × (in-flight + 1).
+pub fn pick_endpoint(pool_id: PoolId, pool: &Pool, tried: Tried, now_ms: u64) -> Option<u16> {
+    let n = pool.endpoints.len() as u16;
+    let available = (0..n)
+        .filter(|&e| endpoint_available(pool_id, e, pool, tried, now_ms))
+        .count() as u16;
+    let nth = |k: u16| {
+        (0..n)
+            .filter(|&e| endpoint_available(pool_id, e, pool, tried, now_ms))
+            .nth(k as usize)
+    };
+    match available {
+        0 => None,
+        1 => nth(0),
+        _ => {
+            let a = fastrand::u16(0..available);
+            let mut b = fastrand::u16(0..available - 1);
+            if b >= a {
+                b += 1;
+            }
+            let (a, b) = (nth(a)?, nth(b)?);
+            let sa = pool.endpoints[a as usize].state.load_score();
+            let sb = pool.endpoints[b as usize].state.load_score();
+            Some(if sb < sa { b } else { a })
+        }
+    }
+}
+
+/// The decision plus a report on every pool: what the admin API's explain returns.
+pub fn explain(
+    class: &Class,
+    table: &RoutingTable,
+    now_ms: u64,
+) -> (Decision, Vec<CandidateReport>) {
+    let decision = decide(class, table, &[], now_ms);
+    let tier = &table.tiers[class.tier as usize];
+    let max_cost = table
+        .pools
+        .iter()
+        .enumerate()
+        .filter(|(i, p)| exclusion(*i as PoolId, p, class, table, &[], now_ms).is_none())
+        .map(|(_, p)| estimate(p, class, table))
+        .filter(|e| e.latency <= class.deadline)
+        .map(|e| e.cost_usd)
+        .fold(0.0, f64::max);
+    let chosen_pool = decision.target.map(|(p, _)| p);
+    let reports = table
+        .pools
+        .iter()
+        .enumerate()
+        .map(|(i, pool)| {
+            let id = i as PoolId;
+            let base = CandidateReport {
+                pool: pool.name.clone(),
+                kind: pool.kind.as_str(),
+                region: table.regions[pool.region as usize].clone(),
+                excluded: None,
+                estimate: None,
+                meets_deadline: false,
+                score: None,
+                chosen: chosen_pool == Some(id),
+                why: String::new(),
+            };
+            if let Some(ex) = exclusion(id, pool, class, table, &[], now_ms) {
+                return CandidateReport {
+                    excluded: Some(ex),
+                    why: match ex {
+                        Exclusion::ModelNotServed => format!("does not serve `{}`", class.model),
+                        Exclusion::KindNotAllowedForTier => {
+                            format!("{} pools are not allowed for tier `{}`", pool.kind.as_str(), tier.name)
+                        }
+                        Exclusion::NoEndpointUp => "no endpoint is up".into(),
+                        Exclusion::AlreadyTried => "already tried".into(),
+                    },
+                    ..base
+                };
+            }
+            let est = estimate(pool, class, table);
+            let meets = est.latency <= class.deadline;
+            let score = meets.then(|| score(&est, tier.weight, class.deadline, max_cost));
+            let why = match (base.chosen, meets, decision.reason) {
+                (true, _, Reason::MeetsDeadline) => format!(
+                    "best latency/cost trade-off (weight {}) among {} pools meeting the {} ms deadline",
+                    tier.weight,
+                    decision.feasible,
+                    class.deadline.as_millis()
+                ),
+                (true, _, _) => "fastest candidate; nothing meets the deadline".into(),
+                (false, true, _) => "meets the deadline but scores worse".into(),
+                (false, false, _) => format!(
+                    "estimated {:.1} ms exceeds the {} ms deadline",
+                    est.latency.as_secs_f64() * 1e3,
+                    class.deadline.as_millis()
+                ),
+            };
+            CandidateReport {
+                estimate: Some(est),
+                meets_deadline: meets,
+                score,
+                why,
+                ..base
+            }
+        })
+        .collect();
+    (decision, reports)
+}
