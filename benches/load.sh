@@ -1,0 +1,266 @@
+#!/usr/bin/env bash
+# End-to-end load comparison, in one run, on this machine:
+#   direct   wrk → mock backend
+#   gateway  wrk → switchyard (full classification + routing) → mock backend
+#   nginx    wrk → nginx (plain keep-alive reverse proxy) → the same mock backend
+# Same POST workload for all (1 KB OpenAI-style JSON, benches/post_1k.lua), 32 connections,
+# runs interleaved (direct, gateway, nginx, direct, …) and the median of ROUNDS reported.
+#
+# Usage: benches/load.sh [DURATION] [ROUNDS] [CONNECTIONS]      (defaults: 10s 3 32)
+# Needs: wrk and nginx (apt-get install -y wrk nginx-light). Only 127.0.0.1 is used; every
+# process started here is stopped on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${1:-10s}
+ROUNDS=${2:-3}
+CONNS=${3:-32}
+PROXY_THREADS=${PROXY_THREADS:-1}
+MOCK=127.0.0.1:18001
+GATEWAY=127.0.0.1:18080
+GATEWAY_ADMIN=127.0.0.1:18090
+NGINX=127.0.0.1:18081
+
+for tool in wrk nginx; do
+    command -v "$tool" >/dev/null || { echo "need $tool: apt-get install -y wrk nginx-light" >&2; exit 1; }
+done
+
+# ---- MODE=queue (batch queue, issue 4): durable enqueue throughput and latency of the 202
+# path with the embedded store. The batch pool's dispatch window is closed for the run, so
+# only enqueues (fsync'd, group-committed) are measured. Usage:
+#   MODE=queue benches/load.sh [DURATION] [ROUNDS] [CONNECTIONS]
+if [ "${MODE:-}" = queue ]; then
+    TARGET=${CARGO_TARGET_DIR:-target}
+    cargo build --release --quiet --bin switchyard
+    QWORK=$(mktemp -d)
+    trap 'kill $QPID 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$QWORK"' EXIT
+    NOW_MIN=$(( ($(date -u +%s) / 60 + 30) % 1440 ))
+    END_MIN=$(( (NOW_MIN + 10) % 1440 ))
+    WINDOW=$(printf '%02d:%02d-%02d:%02d' $((NOW_MIN / 60)) $((NOW_MIN % 60)) $((END_MIN / 60)) $((END_MIN % 60)))
+    cat >"$QWORK/policy.yaml" <<YAML
+listeners: { proxy: $GATEWAY, admin: $GATEWAY_ADMIN, threads: $PROXY_THREADS }
+geoip: { database: embedded }
+regions: { default: us, map: [ { name: us, continents: [NA] } ] }
+rtt_ms: { us: { us: 5 } }
+tiers:
+  standard: { deadline: 1s, pools: [edge] }
+  batch: { deadline: 1h, weight: 0.0, pools: [batch] }
+pools:
+  - { name: edge, kind: edge, region: us, endpoints: [$MOCK], models: ["*"], concurrency: 64, service_time: 5ms }
+  - { name: batch, kind: batch, region: us, endpoints: [$MOCK], models: ["*"], concurrency: 64, service_time: 1s }
+routes:
+  - { name: chat, match: /v1/chat/completions, protocol: openai, tier: standard }
+queue:
+  path: $QWORK/queue.redb
+  max_jobs: 10000000
+  pools: { batch: { window: "$WINDOW" } }
+YAML
+    RUST_LOG=warn "$TARGET/release/switchyard" run --policy "$QWORK/policy.yaml" >"$QWORK/gateway.log" 2>&1 &
+    QPID=$!
+    for _ in $(seq 100); do curl -s -o /dev/null "http://$GATEWAY_ADMIN/readyz" && break; sleep 0.1; done
+    code=$(curl -s -o /dev/null -w '%{http_code}' "http://$GATEWAY/v1/chat/completions" -H 'x-slo-tier: batch' -d '{"model":"m"}')
+    [ "$code" = 202 ] || { echo "enqueue answered $code" >&2; cat "$QWORK/gateway.log" >&2; exit 1; }
+    for r in $(seq "$ROUNDS"); do
+        wrk -t1 -c"$CONNS" -d"$DURATION" --latency -s benches/queue_enqueue.lua "http://$GATEWAY/v1/chat/completions" | tee "$QWORK/q.$r.txt" \
+            | grep -E 'Requests/sec|50%|99%|Non-2xx|Socket errors' | sed "s/^/round $r: /"
+    done
+    echo "durable enqueues (202) on $(df -T "$QWORK" | awk 'NR==2 {print $2}'); jobs stored: $(curl -s "http://$GATEWAY_ADMIN/metrics" | awk '/^switchyard_jobs_enqueued_total/ {s += $2} END {print s}')"
+    exit 0
+fi
+
+# ---- MODE=cache (prediction cache, issue 3): in one run, interleaved, the same ~1 KB
+# deterministic chat request as
+#   hit      wrk → switchyard, identical body: answered from the cache
+#   miss     wrk → switchyard, every body different (benches/post_1k_unique.lua): the full
+#            miss path (key, flight, route, proxy, capture, store) → mock backend
+#   direct   wrk → mock backend
+#   static   wrk → nginx answering `return 200` with a body of the same size
+# Targets: hit ≥ 2× miss req/s, hit ≥ 60% of static req/s, hit p99 < 2 ms. Usage:
+#   MODE=cache benches/load.sh [DURATION] [ROUNDS] [CONNECTIONS]
+if [ "${MODE:-}" = cache ]; then
+    TARGET=${CARGO_TARGET_DIR:-target}
+    cargo build --release --quiet --bin switchyard --example mock_backend
+    CWORK=$(mktemp -d)
+    CPIDS=()
+    trap 'for p in "${CPIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$CWORK"' EXIT
+    "$TARGET/release/examples/mock_backend" --listen "$MOCK" --name bench --threads 1 >"$CWORK/mock.log" 2>&1 &
+    CPIDS+=($!)
+    cat >"$CWORK/policy.yaml" <<YAML
+listeners: { proxy: $GATEWAY, admin: $GATEWAY_ADMIN, threads: $PROXY_THREADS }
+geoip: { database: embedded }
+regions: { default: us, map: [ { name: us, continents: [NA] } ] }
+rtt_ms: { us: { us: 5 } }
+tiers:
+  standard: { deadline: 1s, pools: [gpu] }
+pools:
+  - { name: gpu, kind: gpu, region: us, endpoints: [$MOCK], models: ["*"], concurrency: 256, service_time: 5ms, price: { per_gpu_hour: 12 } }
+routes:
+  - { name: chat, match: /v1/chat/completions, protocol: openai, max_body: 64KiB, tier: standard, cache: { ttl: 1h } }
+cache: { max_bytes: 256MiB }
+YAML
+    RUST_LOG=warn "$TARGET/release/switchyard" run --policy "$CWORK/policy.yaml" >"$CWORK/gateway.log" 2>&1 &
+    CPIDS+=($!)
+    for _ in $(seq 100); do curl -s -o /dev/null "http://$GATEWAY_ADMIN/readyz" && break; sleep 0.1; done
+    # nginx answers a static body as long as the backend's answer.
+    BODY=$(curl -s "http://$MOCK/v1/chat/completions" -H 'content-type: application/json' \
+        -d '{"model":"llama-3-8b","temperature":0,"messages":[]}' | tr -d "'\\\\")
+    cat >"$CWORK/nginx.conf" <<NGINX
+worker_processes $PROXY_THREADS;
+daemon off;
+pid $CWORK/nginx.pid;
+error_log $CWORK/nginx-error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $CWORK/nginx-body;
+    server {
+        listen $NGINX;
+        location / { default_type application/json; return 200 '$BODY'; }
+    }
+}
+NGINX
+    nginx -c "$CWORK/nginx.conf" &
+    CPIDS+=($!)
+    for _ in $(seq 100); do curl -s -o /dev/null "http://$NGINX/" && break; sleep 0.1; done
+    # Warm the entry and check that the hit path really hits.
+    # (The body is the one benches/cache_hit_1k.lua sends.)
+    CONTENT=$(printf 'The quick brown fox jumps over the lazy dog. %.0s' $(seq 20))
+    HIT_BODY="{\"model\":\"llama-3-8b\",\"temperature\":0,\"messages\":[{\"role\":\"user\",\"content\":\"$CONTENT\"}]}"
+    for _ in 1 2; do
+        hdr=$(curl -s -o /dev/null -D - "http://$GATEWAY/v1/chat/completions" -H 'content-type: application/json' \
+            --data-binary "$HIT_BODY" | tr -d '\r' | awk -F': ' 'tolower($1) == "x-switchyard-cache" { print $2 }')
+    done
+    [ "$hdr" = hit ] || { echo "the warm-up repeat was '$hdr', not a hit" >&2; cat "$CWORK/gateway.log" >&2; exit 1; }
+    crun() { # name addr script round
+        wrk -t1 -c"$CONNS" -d"$DURATION" --latency -s "$3" "http://$2/v1/chat/completions" >"$CWORK/$1.$4.txt"
+        errs=$(grep -E 'Non-2xx|Socket errors' "$CWORK/$1.$4.txt" || true)
+        [ -z "$errs" ] || echo "warning: $1 round $4: $errs" >&2
+    }
+    cms() { awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n += 0; else if (v ~ /s$/) n *= 1000; printf "%.3f", n }'; }
+    for r in $(seq "$ROUNDS"); do
+        crun hit "$GATEWAY" benches/cache_hit_1k.lua "$r"
+        crun miss "$GATEWAY" benches/post_1k_unique.lua "$r"
+        crun direct "$MOCK" benches/cache_hit_1k.lua "$r"
+        crun static "$NGINX" benches/cache_hit_1k.lua "$r"
+    done
+    cmedian() { sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
+    declare -A CRPS CP50 CP99
+    for t in hit miss direct static; do
+        CRPS[$t]=$(for r in $(seq "$ROUNDS"); do awk '/Requests\/sec/ { print $2 }' "$CWORK/$t.$r.txt"; done | cmedian)
+        CP50[$t]=$(for r in $(seq "$ROUNDS"); do cms "$(awk '$1 == "50%" { print $2 }' "$CWORK/$t.$r.txt")"; echo; done | cmedian)
+        CP99[$t]=$(for r in $(seq "$ROUNDS"); do cms "$(awk '$1 == "99%" { print $2 }' "$CWORK/$t.$r.txt")"; echo; done | cmedian)
+    done
+    echo
+    echo "prediction cache: ~1 KB chat POST, $CONNS connections, $DURATION x $ROUNDS interleaved rounds (medians); proxy threads: $PROXY_THREADS"
+    printf '%-8s %12s %10s %10s\n' target 'req/s' 'p50 ms' 'p99 ms'
+    for t in hit miss direct static; do
+        printf '%-8s %12.0f %10.3f %10.3f\n' "$t" "${CRPS[$t]}" "${CP50[$t]}" "${CP99[$t]}"
+    done
+    curl -s "http://$GATEWAY_ADMIN/metrics" | grep -E '^switchyard_cache_(lookups_total|entries|bytes)' || true
+    awk -v h="${CRPS[hit]}" -v m="${CRPS[miss]}" -v s="${CRPS[static]}" -v p="${CP99[hit]}" 'BEGIN {
+        printf "\nhit/miss req/s: %.2f (target >= 2)   hit/static req/s: %.2f (target >= 0.60)   hit p99: %.3f ms (target < 2)\n", h / m, h / s, p
+    }'
+    exit 0
+fi
+
+cargo build --release --quiet --bin switchyard --example mock_backend
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+./target/release/examples/mock_backend --listen "$MOCK" --name bench --threads 1 >"$WORK/mock.log" 2>&1 &
+PIDS+=($!)
+
+cat >"$WORK/policy.yaml" <<YAML
+listeners: { proxy: $GATEWAY, admin: $GATEWAY_ADMIN, threads: $PROXY_THREADS }
+trusted_proxies: [127.0.0.0/8]
+geoip: { database: embedded }
+regions:
+  default: us
+  map:
+    - { name: eu, continents: [EU] }
+    - { name: us, continents: [NA, SA] }
+rtt_ms: { eu: { eu: 5, us: 90 }, us: { us: 5 } }
+tiers:
+  realtime: { deadline: 150ms, weight: 0.8, pools: [edge, gpu] }
+  standard: { deadline: 1s, weight: 0.3, pools: [edge, gpu] }
+pools:
+  - { name: edge-us, kind: edge, region: us, endpoints: [$MOCK], models: ["*"], concurrency: 256, service_time: 5ms, price: { per_request: 0.00002 } }
+  - { name: gpu, kind: gpu, region: us, endpoints: [$MOCK], models: ["*"], concurrency: 256, service_time: 40ms, price: { per_gpu_hour: 12 } }
+routes:
+  - { name: chat, match: /v1/chat/completions, protocol: openai, max_body: 64KiB, tier: standard }
+YAML
+RUST_LOG=warn ./target/release/switchyard run --policy "$WORK/policy.yaml" >"$WORK/gateway.log" 2>&1 &
+PIDS+=($!)
+
+cat >"$WORK/nginx.conf" <<NGINX
+worker_processes $PROXY_THREADS;
+daemon off;
+pid $WORK/nginx.pid;
+error_log $WORK/nginx-error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $WORK/nginx-body;
+    proxy_temp_path $WORK/nginx-proxy;
+    upstream backend { server $MOCK; keepalive 128; }
+    server {
+        listen $NGINX;
+        location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+NGINX
+nginx -c "$WORK/nginx.conf" &
+PIDS+=($!)
+
+for addr in $MOCK $GATEWAY $NGINX; do
+    for _ in $(seq 100); do
+        curl -s -o /dev/null "http://$addr/" && break
+        sleep 0.1
+    done
+done
+
+# Every target must answer the workload correctly before it is timed.
+for addr in $MOCK $GATEWAY $NGINX; do
+    code=$(curl -s -o /dev/null -w '%{http_code}' "http://$addr/v1/chat/completions" \
+        -H 'content-type: application/json' -d '{"model":"llama-3-8b","messages":[]}')
+    [ "$code" = 200 ] || { echo "target $addr answered $code" >&2; cat "$WORK"/*.log >&2; exit 1; }
+done
+
+run() { # name addr round
+    wrk -t1 -c"$CONNS" -d"$DURATION" --latency -s benches/post_1k.lua "http://$2/v1/chat/completions" >"$WORK/$1.$3.txt"
+}
+to_ms() { # wrk latency like 812.00us / 1.23ms / 1.01s → ms
+    awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n += 0; else if (v ~ /s$/) n *= 1000; printf "%.3f", n }'
+}
+for r in $(seq "$ROUNDS"); do
+    for t in direct gateway nginx; do
+        case $t in direct) a=$MOCK ;; gateway) a=$GATEWAY ;; nginx) a=$NGINX ;; esac
+        run "$t" "$a" "$r"
+        errs=$(grep -E 'Non-2xx|Socket errors' "$WORK/$t.$r.txt" || true)
+        [ -z "$errs" ] || echo "warning: $t round $r: $errs" >&2
+    done
+done
+
+median() { sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
+declare -A RPS P50 P99
+for t in direct gateway nginx; do
+    RPS[$t]=$(for r in $(seq "$ROUNDS"); do awk '/Requests\/sec/ { print $2 }' "$WORK/$t.$r.txt"; done | median)
+    P50[$t]=$(for r in $(seq "$ROUNDS"); do to_ms "$(awk '$1 == "50%" { print $2 }' "$WORK/$t.$r.txt")"; echo; done | median)
+    P99[$t]=$(for r in $(seq "$ROUNDS"); do to_ms "$(awk '$1 == "99%" { print $2 }' "$WORK/$t.$r.txt")"; echo; done | median)
+done
+
+echo
+echo "POST 1 KB JSON, $CONNS connections, $DURATION x $ROUNDS interleaved rounds (medians); proxy threads: $PROXY_THREADS"
+printf '%-8s %12s %10s %10s\n' target 'req/s' 'p50 ms' 'p99 ms'
+for t in direct gateway nginx; do
+    printf '%-8s %12.0f %10.3f %10.3f\n' "$t" "${RPS[$t]}" "${P50[$t]}" "${P99[$t]}"
+done
+awk -v g="${RPS[gateway]}" -v n="${RPS[nginx]}" -v d="${RPS[direct]}" -v gp="${P50[gateway]}" -v np="${P50[nginx]}" 'BEGIN {
+    printf "\ngateway/nginx req/s: %.2f   gateway/nginx p50: %.2f   gateway/direct req/s: %.2f   nginx/direct req/s: %.2f\n", g / n, gp / np, g / d, n / d
+}'

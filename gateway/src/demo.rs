@@ -1,0 +1,421 @@
+//! `switchyard demo`: the whole system on one machine, on embedded defaults.
+//!
+//! Starts mock backends for every endpoint in `policies/demo.yaml` (two edge regions, a
+//! central GPU pool with two endpoints, a batch pool), the gateway on 127.0.0.1:8080 with its
+//! admin listener on 127.0.0.1:9090, then sends a burst of mixed traffic — three client
+//! regions (named through `X-Forwarded-For`, loopback being a trusted proxy in the demo
+//! policy), three tiers, several models and all three protocol families — and prints where it
+//! went, how fast, and what it cost next to sending it all to the GPU pool. Then it keeps
+//! serving until Ctrl-C (or exits, with `--once`).
+
+use crate::policy::compile::{self, CompileContext};
+use crate::policy::raw::PoolKind;
+use crate::policy::{RoutingTable, Snapshot};
+use crate::route::state::Fleet;
+use crate::server;
+use crate::testkit::client::{Connection, Request};
+use crate::testkit::mock::{MockBackend, MockConfig};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The demo policy, compiled in so the demo needs no files.
+pub const DEMO_POLICY: &str = include_str!("../../policies/demo.yaml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyErrors),
+    #[error(transparent)]
+    Server(#[from] server::ServerError),
+    #[error("cannot start the mock fleet: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub struct DemoOptions {
+    pub once: bool,
+    pub requests: usize,
+}
+
+/// Run the demo. Does not return unless start-up fails (it exits the process itself).
+pub fn run(opts: DemoOptions) -> Result<(), DemoError> {
+    let fleet = Fleet::new();
+    let table = compile::compile_str(
+        DEMO_POLICY,
+        &CompileContext {
+            file: Path::new("policies/demo.yaml"),
+            fleet: &fleet,
+        },
+    )?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let mocks = runtime.block_on(start_mocks(&table))?;
+    let built = server::build(
+        table,
+        fleet,
+        server::Options {
+            policy_path: None,
+            listen: None,
+            admin_listen: None,
+        },
+    )?;
+    let (proxy, admin) = (built.proxy_addr, built.admin_addr);
+    let snapshot = built.control.snapshot.clone();
+    std::thread::spawn(move || {
+        runtime.block_on(async move {
+            let _mocks = mocks;
+            if !wait_ready(proxy).await {
+                eprintln!("switchyard demo: the gateway did not start on {proxy}");
+                std::process::exit(1);
+            }
+            let results = send_traffic(proxy, opts.requests).await;
+            let report = render_report(&results, &snapshot);
+            println!("{report}");
+            let failed = results.iter().filter(|r| !answered(r.status)).count();
+            if opts.once {
+                std::process::exit(if failed == 0 { 0 } else { 1 });
+            }
+            println!("{}", try_it(proxy, admin));
+            std::future::pending::<()>().await;
+        })
+    });
+    built.server.run_forever()
+}
+
+/// Mock service times per pool kind: edge is quick, the GPU pool slower, batch slowest.
+fn mock_profile(kind: PoolKind) -> (Duration, Duration) {
+    match kind {
+        PoolKind::Edge => (Duration::from_millis(6), Duration::from_millis(6)),
+        PoolKind::Gpu => (Duration::from_millis(30), Duration::from_millis(20)),
+        PoolKind::Batch => (Duration::from_millis(120), Duration::from_millis(60)),
+    }
+}
+
+async fn start_mocks(table: &RoutingTable) -> Result<Vec<MockBackend>, std::io::Error> {
+    let mut mocks = Vec::new();
+    for pool in &table.pools {
+        let (latency, jitter) = mock_profile(pool.kind);
+        for ep in &pool.endpoints {
+            let cfg = MockConfig {
+                name: format!("{}@{}", pool.name, ep.name),
+                latency,
+                jitter,
+                ..MockConfig::default()
+            };
+            mocks.push(MockBackend::start(cfg, ep.addr).await?);
+        }
+    }
+    Ok(mocks)
+}
+
+async fn wait_ready(proxy: SocketAddr) -> bool {
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(proxy).await.is_ok() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+/// One sample request and what happened to it.
+pub struct Outcome {
+    pub tier: String,
+    pub status: u16,
+    pub latency: Duration,
+    pub pool: String,
+    pub cost_usd: f64,
+    pub model: &'static str,
+    /// Answered from the prediction cache (`hit` or `coalesced`).
+    pub cached: bool,
+    /// What a cached answer would have cost upstream.
+    pub saved_usd: f64,
+}
+
+const CLIENTS: &[(&str, &str)] = &[
+    ("eu", "192.0.2.10"),
+    ("us", "198.51.100.20"),
+    ("ap", "203.0.113.30"),
+];
+
+/// A request of the mix: (method path, body, model, extra header).
+fn sample(i: usize) -> (String, String, &'static str) {
+    match i % 6 {
+        0 | 1 => (
+            "/v1/chat/completions".into(),
+            r#"{"model":"llama-3-8b","messages":[{"role":"user","content":"Where is my parcel?"}],"temperature":0}"#.into(),
+            "llama-3-8b",
+        ),
+        2 => (
+            "/v1/chat/completions".into(),
+            r#"{"model":"mixtral-8x22b","messages":[{"role":"user","content":"Summarise this contract."}]}"#.into(),
+            "mixtral-8x22b",
+        ),
+        3 => (
+            "/v1/embeddings".into(),
+            r#"{"model":"all-minilm-l6","input":"switchyard routes inference"}"#.into(),
+            "all-minilm-l6",
+        ),
+        4 => (
+            "/v2/models/resnet-50/infer".into(),
+            r#"{"inputs":[{"name":"input0","shape":[1,4],"datatype":"FP32","data":[0.1,0.2,0.3,0.4]}]}"#.into(),
+            "resnet-50",
+        ),
+        _ => (
+            "/v1/models/bert-base:predict".into(),
+            r#"{"instances":[{"text":"great product"}]}"#.into(),
+            "bert-base",
+        ),
+    }
+}
+
+/// Send `n` requests over 16 keep-alive connections.
+pub async fn send_traffic(proxy: SocketAddr, n: usize) -> Vec<Outcome> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let next = next.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            let mut conn: Option<Connection> = None;
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    break;
+                }
+                let (path, body, model) = sample(i);
+                let (_, client) = CLIENTS[(i / 6) % CLIENTS.len()];
+                // A third of the traffic is real-time (by header or by the acme key), a
+                // sixth is the batch tenant, the rest uses the route's default tier.
+                let mut headers = vec![
+                    ("content-type", "application/json".to_string()),
+                    ("x-forwarded-for", client.to_string()),
+                ];
+                match (i / 18) % 6 {
+                    0 => headers.push(("x-slo-tier", "realtime".to_string())),
+                    1 => headers.push(("authorization", "Bearer demo-key-acme".to_string())),
+                    2 => headers.push(("x-api-key", "demo-key-globex".to_string())),
+                    _ => {}
+                }
+                let req = Request {
+                    method: "POST",
+                    path: &path,
+                    headers,
+                    body: body.as_bytes(),
+                };
+                let started = Instant::now();
+                if conn.is_none() {
+                    conn = Connection::connect(proxy).await.ok();
+                }
+                let result = match conn.as_mut() {
+                    Some(c) => c.send(&req).await,
+                    None => Err(crate::testkit::client::ClientError::Closed),
+                };
+                let latency = started.elapsed();
+                match result {
+                    Ok(resp) => {
+                        let cost_usd = resp
+                            .header("x-switchyard-decision")
+                            .and_then(|d| d.split("est_usd=").nth(1))
+                            .and_then(|v| v.split(';').next())
+                            .and_then(|v| v.trim().parse().ok())
+                            .unwrap_or(0.0);
+                        let saved_usd = resp
+                            .header("x-switchyard-decision")
+                            .and_then(|d| d.split("saved_usd=").nth(1))
+                            .and_then(|v| v.split(';').next())
+                            .and_then(|v| v.trim().parse().ok())
+                            .unwrap_or(0.0);
+                        out.push(Outcome {
+                            tier: resp.header("x-switchyard-tier").unwrap_or("?").to_string(),
+                            status: resp.status,
+                            latency,
+                            pool: placement(&resp),
+                            cost_usd,
+                            model,
+                            cached: matches!(
+                                resp.header("x-switchyard-cache"),
+                                Some("hit" | "coalesced")
+                            ),
+                            saved_usd,
+                        });
+                    }
+                    Err(_) => {
+                        conn = None;
+                        out.push(Outcome {
+                            tier: "?".into(),
+                            status: 0,
+                            latency,
+                            pool: "-".into(),
+                            cost_usd: 0.0,
+                            model,
+                            cached: false,
+                            saved_usd: 0.0,
+                        });
+                    }
+                }
+            }
+            out
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        if let Ok(mut v) = t.await {
+            all.append(&mut v);
+        }
+    }
+    all
+}
+
+/// 200 answered, or 202 accepted as a batch job: both are the gateway doing its job.
+fn answered(status: u16) -> bool {
+    status == 200 || status == 202
+}
+
+/// Where a response came from: a pool, the cache, or the batch queue.
+fn placement(resp: &crate::testkit::client::Response) -> String {
+    if resp.status == 202 {
+        return "queued".into();
+    }
+    if matches!(resp.header("x-switchyard-cache"), Some("hit" | "coalesced")) {
+        return "cache".into();
+    }
+    resp.header("x-switchyard-pool").unwrap_or("-").to_string()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)].as_secs_f64() * 1e3
+}
+
+/// The per-tier table: requests, latency, SLO attainment, where they went, and cost next to
+/// an all-GPU deployment.
+pub fn render_report(results: &[Outcome], snapshot: &Snapshot) -> String {
+    let table = snapshot.load();
+    let gpu_cost = table
+        .pools
+        .iter()
+        .find(|p| p.kind == PoolKind::Gpu)
+        .map(|p| {
+            p.price.per_request
+                + p.price.per_gpu_hour * p.state.service_time().as_secs_f64() / 3600.0
+        })
+        .unwrap_or(0.0);
+    let mut by_tier: BTreeMap<&str, Vec<&Outcome>> = BTreeMap::new();
+    for r in results {
+        by_tier.entry(r.tier.as_str()).or_default().push(r);
+    }
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "\n{:<10} {:>5} {:>5} {:>8} {:>8} {:>8}  {:<44} {:>7} {:>11} {:>11} {:>11}",
+        "tier",
+        "reqs",
+        "ok",
+        "p50 ms",
+        "p99 ms",
+        "SLO met",
+        "where it went",
+        "cache",
+        "est. cost",
+        "avoided",
+        "GPU-only"
+    );
+    let (mut total_cost, mut total_gpu, mut total_saved) = (0.0, 0.0, 0.0);
+    for (tier, rs) in &by_tier {
+        let deadline = table
+            .tier_by_name(tier)
+            .map(|t| table.tiers[t as usize].deadline)
+            .unwrap_or(Duration::MAX);
+        let mut lat: Vec<Duration> = rs.iter().map(|r| r.latency).collect();
+        lat.sort_unstable();
+        let ok = rs.iter().filter(|r| answered(r.status)).count();
+        let met = rs
+            .iter()
+            .filter(|r| answered(r.status) && r.latency <= deadline)
+            .count();
+        let mut pools: BTreeMap<&str, usize> = BTreeMap::new();
+        for r in rs {
+            *pools.entry(r.pool.as_str()).or_default() += 1;
+        }
+        let went: Vec<String> = pools.iter().map(|(p, n)| format!("{p} {n}")).collect();
+        let cost: f64 = rs.iter().map(|r| r.cost_usd).sum();
+        let gpu = gpu_cost * ok as f64;
+        let hits = rs.iter().filter(|r| r.cached).count();
+        let avoided: f64 = rs.iter().map(|r| r.saved_usd).sum();
+        total_cost += cost;
+        total_gpu += gpu;
+        total_saved += avoided;
+        let _ = writeln!(
+            s,
+            "{:<10} {:>5} {:>5} {:>8.1} {:>8.1} {:>7.1}%  {:<44} {:>7} {:>11} {:>11} {:>11}",
+            tier,
+            rs.len(),
+            ok,
+            percentile(&lat, 0.5),
+            percentile(&lat, 0.99),
+            100.0 * met as f64 / rs.len().max(1) as f64,
+            went.join(", "),
+            format!("{hits} hit"),
+            format!("${cost:.5}"),
+            format!("${avoided:.5}"),
+            format!("${gpu:.5}"),
+        );
+    }
+    let saved = if total_gpu > 0.0 {
+        100.0 * (1.0 - total_cost / total_gpu)
+    } else {
+        0.0
+    };
+    let _ = writeln!(
+        s,
+        "\n{} requests; estimated spend ${total_cost:.5} vs ${total_gpu:.5} on the GPU pool alone ({saved:.0}% saved).",
+        results.len()
+    );
+    let cached = results.iter().filter(|r| r.cached).count();
+    let _ = writeln!(
+        s,
+        "prediction cache: {cached} of {} answered from memory; spend avoided ${total_saved:.5}.",
+        results.len()
+    );
+    let models: std::collections::BTreeSet<&str> = results.iter().map(|r| r.model).collect();
+    let _ = writeln!(
+        s,
+        "models: {}",
+        models.into_iter().collect::<Vec<_>>().join(", ")
+    );
+    s
+}
+
+fn try_it(proxy: SocketAddr, admin: SocketAddr) -> String {
+    format!(
+        r#"
+The gateway keeps serving on http://{proxy} (admin on http://{admin}). Try:
+
+  # a European client, default tier: goes to the EU edge pool
+  curl -s -i http://{proxy}/v1/chat/completions -H 'x-forwarded-for: 192.0.2.10' \
+       -H 'content-type: application/json' -d '{{"model":"llama-3-8b","messages":[{{"role":"user","content":"hi"}}]}}'
+
+  # a model the edge does not serve goes to the GPU pool
+  curl -s -i http://{proxy}/v1/chat/completions -H 'content-type: application/json' -d '{{"model":"any-model-you-like","messages":[]}}'
+
+  # the batch tenant's requests go to the cheap batch pool
+  curl -s -i http://{proxy}/v2/models/resnet-50/infer -H 'x-api-key: demo-key-globex' -d '{{"inputs":[]}}'
+
+  # why was that decided? (dry run)
+  curl -s http://{admin}/admin/explain -d '{{"client_ip":"203.0.113.30","path":"/v1/chat/completions","model":"llama-3-8b","headers":{{"x-slo-tier":"realtime"}}}}'
+
+  curl -s http://{admin}/metrics | grep switchyard_
+
+Ctrl-C to stop."#
+    )
+}

@@ -1,0 +1,633 @@
+//! The core gateway, end to end on loopback: the real binary, real mock backends, real YAML
+//! and the embedded MMDB. Each test is one thing an operator or client relies on.
+
+mod support;
+
+use serde_json::Value;
+use std::time::Duration;
+use support::*;
+
+const EU: &str = "192.0.2.10";
+const US: &str = "198.51.100.20";
+const AP: &str = "203.0.113.30";
+
+fn served_by(r: &switchyard::testkit::client::Response) -> String {
+    r.header("x-served-by").unwrap_or("").to_string()
+}
+
+#[tokio::test]
+async fn region_from_trusted_forwarded_for_picks_the_near_edge() {
+    let eu = mock("edge-eu", 0).await;
+    let us = mock("edge-us", 0).await;
+    let gpu = mock("gpu", 0).await;
+    let pools = pool(
+        "edge-eu",
+        "edge",
+        "eu",
+        &[eu.addr()],
+        "[llama-3-8b]",
+        "{ per_request: 0.00002 }",
+    ) + &pool(
+        "edge-us",
+        "edge",
+        "us",
+        &[us.addr()],
+        "[llama-3-8b]",
+        "{ per_request: 0.00002 }",
+    ) + &pool(
+        "gpu",
+        "gpu",
+        "us",
+        &[gpu.addr()],
+        "[\"*\"]",
+        "{ per_gpu_hour: 12 }",
+    );
+    let gw = Gateway::start(&policy(&pools, "")).await;
+
+    let r = gw
+        .post(
+            "/v1/chat/completions",
+            &[("x-forwarded-for", EU), ("x-slo-tier", "realtime")],
+            &chat("llama-3-8b"),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.header("x-switchyard-region"), Some("eu"));
+    assert_eq!(r.header("x-switchyard-pool"), Some("edge-eu"));
+    assert_eq!(served_by(&r), "edge-eu");
+
+    let r = gw
+        .post(
+            "/v1/chat/completions",
+            &[("x-forwarded-for", US), ("x-slo-tier", "realtime")],
+            &chat("llama-3-8b"),
+        )
+        .await;
+    assert_eq!(r.header("x-switchyard-region"), Some("us"));
+    assert_eq!(served_by(&r), "edge-us");
+
+    // A chain: the right-most untrusted hop is the client; a forged left-most hop is ignored.
+    let chain = format!("{EU}, {US}, 127.0.0.1");
+    let r = gw
+        .post(
+            "/v1/chat/completions",
+            &[("x-forwarded-for", &chain), ("x-slo-tier", "realtime")],
+            &chat("llama-3-8b"),
+        )
+        .await;
+    assert_eq!(r.header("x-switchyard-region"), Some("us"));
+
+    // Asia has no edge pool and every pool is too far for 150 ms: the fastest one anyway.
+    let r = gw
+        .post(
+            "/v1/chat/completions",
+            &[("x-forwarded-for", AP), ("x-slo-tier", "realtime")],
+            &chat("llama-3-8b"),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-switchyard-region"), Some("ap"));
+    assert!(r
+        .header("x-switchyard-decision")
+        .unwrap_or("")
+        .starts_with("slo-miss-fastest"));
+}
+
+#[tokio::test]
+async fn forwarded_for_from_an_untrusted_peer_is_ignored() {
+    let eu = mock("edge-eu", 0).await;
+    let us = mock("edge-us", 0).await;
+    let pools = pool(
+        "edge-eu",
+        "edge",
+        "eu",
+        &[eu.addr()],
+        "[\"*\"]",
+        "{ per_request: 0.00002 }",
+    ) + &pool(
+        "edge-us",
+        "edge",
+        "us",
+        &[us.addr()],
+        "[\"*\"]",
+        "{ per_request: 0.00002 }",
+    );
+    // Only 10.0.0.0/8 is trusted; the test connects from 127.0.0.1.
+    let text = policy(&pools, "").replace(
+        "trusted_proxies: [127.0.0.0/8]",
+        "trusted_proxies: [10.0.0.0/8]",
+    );
+    let gw = Gateway::start(&text).await;
+    let r = gw
+        .post(
+            "/v1/chat/completions",
+            &[("x-forwarded-for", EU), ("x-slo-tier", "realtime")],
+            &chat("m"),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    // Loopback is unmapped: the default region, not the spoofed European address.
+    assert_eq!(r.header("x-switchyard-region"), Some("us"));
+    assert_eq!(served_by(&r), "edge-us");
+}
+
+#[tokio::test]
+async fn tier_comes_from_api_key_then_header_then_route() {
+    let edge = mock("edge", 0).await;
+    let batch = mock("batch", 0).await;
+    let pools = pool(
+        "edge-us",
+        "edge",
+        "us",
+        &[edge.addr()],
+        "[\"*\"]",
+        "{ per_request: 0.00002 }",
+    ) + &pool(
+        "batch",
+        "batch",
+        "us",
+        &[batch.addr()],
+        "[\"*\"]",
+        "{ per_gpu_hour: 0.5 }",
+    );
+    let gw = Gateway::start(&policy(&pools, "")).await;
+
+    let r = gw.post("/v1/chat/completions", &[], &chat("m")).await;
+    assert_eq!(r.header("x-switchyard-tier"), Some("standard"));
+    let r = gw
+        .post(
+            "/v1/chat/completions",
+            &[("x-slo-tier", "batch")],
+            &chat("m"),
+        )
+        .await;
+    assert_eq!(r.header("x-switchyard-tier"), Some("batch"));
+    assert_eq!(served_by(&r), "batch");
+    // The tenant's tier wins over the header: a key cannot be talked into another tier.
+    let r = gw
+        .post(
+            "/v1/chat/completions",
+            &[
+                ("authorization", "Bearer key-acme"),
+                ("x-slo-tier", "batch"),
+            ],
+            &chat("m"),
+        )
+        .await;
+    assert_eq!(r.header("x-switchyard-tier"), Some("realtime"));
+    assert_eq!(served_by(&r), "edge");
+    let r = gw
+        .post(
+            "/v1/chat/completions",
+            &[("x-api-key", "key-acme")],
+            &chat("m"),
+        )
+        .await;
+    assert_eq!(r.header("x-switchyard-tier"), Some("realtime"));
+
+    let r = gw
+        .post(
+            "/v1/chat/completions",
+            &[("x-slo-tier", "platinum")],
+            &chat("m"),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    let v: Value = r.json().unwrap();
+    assert_eq!(v["error"]["type"], "unknown_tier");
+}
+
+#[tokio::test]
+async fn a_model_the_edge_does_not_serve_goes_to_the_gpu_pool() {
+    let edge = mock("edge", 0).await;
+    let gpu = mock("gpu", 0).await;
+    let pools = pool(
+        "edge-eu",
+        "edge",
+        "eu",
+        &[edge.addr()],
+        "[llama-3-8b]",
+        "{ per_request: 0.00002 }",
+    ) + &pool(
+        "gpu",
+        "gpu",
+        "us",
+        &[gpu.addr()],
+        "[\"*\"]",
+        "{ per_gpu_hour: 12 }",
+    );
+    let gw = Gateway::start(&policy(&pools, "")).await;
+    let r = gw
+        .post(
+            "/v1/chat/completions",
+            &[("x-forwarded-for", EU)],
+            &chat("mixtral-8x22b"),
+        )
+        .await;
+    assert_eq!(served_by(&r), "gpu");
+    let r = gw
+        .post(
+            "/v1/chat/completions",
+            &[("x-forwarded-for", EU)],
+            &chat("llama-3-8b"),
+        )
+        .await;
+    assert_eq!(served_by(&r), "edge");
+    // Path-routed protocols too.
+    let r = gw
+        .post(
+            "/v2/models/resnet-50/versions/2/infer",
+            &[("x-forwarded-for", EU)],
+            r#"{"inputs":[]}"#,
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(served_by(&r), "gpu");
+    assert_eq!(r.json().unwrap()["model_name"], "resnet-50");
+    let r = gw
+        .post(
+            "/v1/models/llama-3-8b:predict",
+            &[("x-forwarded-for", EU)],
+            r#"{"instances":[1]}"#,
+        )
+        .await;
+    assert_eq!(served_by(&r), "edge");
+}
+
+#[tokio::test]
+async fn tight_deadline_picks_the_near_pool_and_loose_deadline_the_cheap_one() {
+    let near = mock("near", 0).await;
+    let far = mock("far", 0).await;
+    // Near (EU) is expensive per request; far (US) is cheap but 90 ms away from an EU client.
+    let pools = pool(
+        "near",
+        "edge",
+        "eu",
+        &[near.addr()],
+        "[\"*\"]",
+        "{ per_request: 0.001 }",
+    ) + &pool(
+        "far",
+        "gpu",
+        "us",
+        &[far.addr()],
+        "[\"*\"]",
+        "{ per_request: 0.0001 }",
+    );
+    let gw = Gateway::start(&policy(&pools, "")).await;
+    let r = gw
+        .post(
+            "/v1/chat/completions",
+            &[("x-forwarded-for", EU), ("x-deadline-ms", "50")],
+            &chat("m"),
+        )
+        .await;
+    assert_eq!(
+        served_by(&r),
+        "near",
+        "{:?}",
+        r.header("x-switchyard-decision")
+    );
+    let r = gw
+        .post(
+            "/v1/chat/completions",
+            &[("x-forwarded-for", EU)],
+            &chat("m"),
+        )
+        .await;
+    assert_eq!(
+        served_by(&r),
+        "far",
+        "{:?}",
+        r.header("x-switchyard-decision")
+    );
+    // x-deadline-ms only tightens: asking for more than the tier gives nothing.
+    let r = gw
+        .post(
+            "/v1/chat/completions",
+            &[
+                ("x-forwarded-for", EU),
+                ("x-slo-tier", "strict"),
+                ("x-deadline-ms", "100000"),
+            ],
+            &chat("m"),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(served_by(&r), "near");
+    let r = gw
+        .post(
+            "/v1/chat/completions",
+            &[("x-deadline-ms", "soon")],
+            &chat("m"),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+}
+
+#[tokio::test]
+async fn a_dead_endpoint_fails_over_and_all_dead_is_a_503_with_retry_after() {
+    let live = mock("live", 0).await;
+    let dead = dead_addr();
+    // The edge pool (cheaper, chosen first) has only a dead endpoint; the GPU pool is up.
+    let pools = pool("edge", "edge", "us", &[dead], "[\"*\"]", "{ per_request: 0.00002 }")
+        + &pool("gpu", "gpu", "us", &[live.addr()], "[\"*\"]", "{ per_gpu_hour: 12 }");
+    let gw = Gateway::start(&policy(&pools, "")).await;
+    let r = gw.post("/v1/chat/completions", &[], &chat("m")).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(served_by(&r), "live");
+    let decision = r.header("x-switchyard-decision").unwrap_or("");
+    assert!(decision.contains("attempts=2"), "{decision}");
+    for _ in 0..10 {
+        let r = gw.post("/v1/chat/completions", &[], &chat("m")).await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(served_by(&r), "live");
+        // Marked down: not tried again within the back-off.
+        assert!(r.header("x-switchyard-decision").unwrap_or("").contains("attempts=1"));
+    }
+    let metrics = gw.metrics().await;
+    assert_eq!(metric_sum(&metrics, "switchyard_upstream_retries_total", &[("pool", "edge")]), 1.0, "{metrics}");
+    assert_eq!(metric_sum(&metrics, "switchyard_endpoint_up", &[("endpoint", &dead.to_string())]), 0.0);
+    assert_eq!(metric_sum(&metrics, "switchyard_endpoint_up", &[("endpoint", &live.addr().to_string())]), 1.0);
+
+    live.shutdown();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let r = gw.post("/v1/chat/completions", &[], &chat("m")).await;
+    assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
+    assert!(r.header("retry-after").is_some());
+    let v: Value = r.json().unwrap();
+    assert!(v["error"]["message"].as_str().unwrap().len() > 10);
+    // Both now marked down: refused at once, still JSON with Retry-After.
+    let r = gw.post("/v1/chat/completions", &[], &chat("m")).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json().unwrap()["error"]["type"], "no_capacity");
+    assert!(r.header("retry-after").is_some());
+}
+
+#[tokio::test]
+async fn bad_input_gets_json_4xx() {
+    let edge = mock("edge", 0).await;
+    let pools = pool(
+        "edge",
+        "edge",
+        "us",
+        &[edge.addr()],
+        "[\"*\"]",
+        "{ per_request: 0.00002 }",
+    );
+    let gw = Gateway::start(&policy(&pools, "")).await;
+
+    let big = format!(r#"{{"model":"m","input":"{}"}}"#, "x".repeat(20 * 1024));
+    let r = gw.post("/v1/chat/completions", &[], &big).await;
+    assert_eq!(r.status, 413);
+    assert_eq!(r.json().unwrap()["error"]["type"], "payload_too_large");
+
+    let r = gw
+        .post(
+            "/v1/chat/completions",
+            &[],
+            r#"{"model": "m", "messages": [}"#,
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json().unwrap()["error"]["type"], "invalid_json");
+
+    let r = gw
+        .post("/v1/chat/completions", &[], r#"{"messages": []}"#)
+        .await;
+    assert_eq!(r.status, 400);
+
+    let r = gw.post("/v2/models/x/infer", &[], "not json").await;
+    assert_eq!(r.status, 400);
+
+    let r = gw.post("/nowhere", &[], "{}").await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.json().unwrap()["error"]["type"], "not_found");
+    assert_eq!(edge.stats().requests, 0, "nothing bad reached the backend");
+}
+
+#[tokio::test]
+async fn metrics_count_requests_cost_and_decisions() {
+    let edge = mock("edge", 0).await;
+    let pools = pool(
+        "edge",
+        "edge",
+        "us",
+        &[edge.addr()],
+        "[\"*\"]",
+        "{ per_request: 0.5 }",
+    );
+    let gw = Gateway::start(&policy(&pools, "")).await;
+    for _ in 0..4 {
+        let r = gw
+            .post(
+                "/v1/chat/completions",
+                &[("x-forwarded-for", US)],
+                &chat("m"),
+            )
+            .await;
+        assert_eq!(r.status, 200);
+    }
+    let _ = gw
+        .post(
+            "/v1/chat/completions",
+            &[("x-slo-tier", "nope")],
+            &chat("m"),
+        )
+        .await;
+    let m = gw
+        .metrics_when(|m| metric_sum(m, "switchyard_requests_total", &[]) >= 5.0)
+        .await;
+    let ok = [
+        ("route", "chat"),
+        ("tier", "standard"),
+        ("region", "us"),
+        ("pool", "edge"),
+        ("status", "200"),
+    ];
+    assert_eq!(metric_sum(&m, "switchyard_requests_total", &ok), 4.0, "{m}");
+    assert_eq!(
+        metric_sum(&m, "switchyard_requests_total", &[("status", "400")]),
+        1.0
+    );
+    assert!(
+        (metric_sum(
+            &m,
+            "switchyard_cost_usd_total",
+            &[("pool", "edge"), ("tier", "standard")]
+        ) - 2.0)
+            .abs()
+            < 1e-9,
+        "{m}"
+    );
+    assert_eq!(
+        metric_sum(
+            &m,
+            "switchyard_decisions_total",
+            &[("reason", "meets-deadline")]
+        ),
+        4.0
+    );
+    assert!(m.contains("switchyard_request_duration_seconds_bucket"));
+    assert!(m.contains("switchyard_upstream_duration_seconds_bucket"));
+    assert_eq!(
+        metric_sum(&m, "switchyard_endpoint_up", &[("pool", "edge")]),
+        1.0
+    );
+    assert!(m.contains("switchyard_pool_in_flight"));
+}
+
+#[tokio::test]
+async fn explain_agrees_with_what_the_proxy_did() {
+    let eu = mock("edge-eu", 0).await;
+    let gpu = mock("gpu", 0).await;
+    let pools = pool(
+        "edge-eu",
+        "edge",
+        "eu",
+        &[eu.addr()],
+        "[llama-3-8b]",
+        "{ per_request: 0.00002 }",
+    ) + &pool(
+        "gpu",
+        "gpu",
+        "us",
+        &[gpu.addr()],
+        "[\"*\"]",
+        "{ per_gpu_hour: 12 }",
+    );
+    let gw = Gateway::start(&policy(&pools, "")).await;
+    for (ip, model, tier) in [
+        (EU, "llama-3-8b", "realtime"),
+        (EU, "other", "realtime"),
+        (AP, "llama-3-8b", "standard"),
+        (US, "llama-3-8b", "batch"),
+    ] {
+        let body = format!(
+            r#"{{"client_ip":"127.0.0.1","path":"/v1/chat/completions","headers":{{"x-forwarded-for":"{ip}","x-slo-tier":"{tier}"}},"model":"{model}"}}"#
+        );
+        let e = gw.admin_post("/admin/explain", &body).await;
+        assert_eq!(e.status, 200, "{}", String::from_utf8_lossy(&e.body));
+        let e: Value = e.json().unwrap();
+        let r = gw
+            .post(
+                "/v1/chat/completions",
+                &[("x-forwarded-for", ip), ("x-slo-tier", tier)],
+                &chat(model),
+            )
+            .await;
+        assert_eq!(
+            e["class"]["region"].as_str(),
+            r.header("x-switchyard-region"),
+            "{e}"
+        );
+        assert_eq!(
+            e["decision"]["pool"].as_str(),
+            r.header("x-switchyard-pool"),
+            "{e}"
+        );
+        let reason = e["decision"]["reason"].as_str().unwrap().replace('_', "-");
+        let header = r.header("x-switchyard-decision").unwrap_or("");
+        let expect = match reason.as_str() {
+            "fallback-fastest" => "slo-miss-fastest",
+            other => other,
+        };
+        assert!(header.starts_with(expect), "{header} vs {reason}");
+        assert_eq!(e["candidates"].as_array().unwrap().len(), 2);
+    }
+    // Explain reports why a pool was excluded.
+    let e: Value = gw
+        .admin_post(
+            "/admin/explain",
+            r#"{"client_ip":"192.0.2.1","path":"/v1/chat/completions","model":"other"}"#,
+        )
+        .await
+        .json()
+        .unwrap();
+    let edge = e["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["pool"] == "edge-eu")
+        .unwrap()
+        .clone();
+    assert_eq!(edge["excluded"], "model_not_served");
+}
+
+#[tokio::test]
+async fn streaming_responses_pass_through_unbuffered() {
+    let edge = mock("edge", 0).await;
+    let pools = pool(
+        "edge",
+        "edge",
+        "us",
+        &[edge.addr()],
+        "[\"*\"]",
+        "{ per_request: 0.00002 }",
+    );
+    let gw = Gateway::start(&policy(&pools, "")).await;
+    let mut conn = switchyard::testkit::client::Connection::connect(gw.proxy)
+        .await
+        .unwrap();
+    let req = switchyard::testkit::client::Request::post(
+        "/v1/chat/completions",
+        br#"{"model":"m","stream":true,"messages":[]}"#,
+    )
+    .header("content-type", "application/json");
+    let (status, _headers, chunks) = conn.send_streaming(&req).await.unwrap();
+    assert_eq!(status, 200);
+    assert!(chunks.len() >= 3, "{} chunks", chunks.len());
+    let first = chunks.first().unwrap().0;
+    let last = chunks.last().unwrap().0;
+    assert!(
+        last - first >= Duration::from_millis(40),
+        "chunks arrived together: {first:?}..{last:?}"
+    );
+    let all: Vec<u8> = chunks.iter().flat_map(|(_, b)| b.to_vec()).collect();
+    assert!(String::from_utf8_lossy(&all).contains("[DONE]"));
+}
+
+#[tokio::test]
+async fn upstream_timeout_is_a_504() {
+    let slow = mock("slow", 3000).await;
+    let pools = pool(
+        "edge",
+        "edge",
+        "us",
+        &[slow.addr()],
+        "[\"*\"]",
+        "{ per_request: 0.00002 }",
+    );
+    let text = policy(&pools, "").replace(
+        "standard: { deadline: 1s, weight: 0.3, pools: [edge, gpu] }",
+        "standard: { deadline: 100ms, weight: 0.3, pools: [edge, gpu], timeout: 300ms }",
+    );
+    let gw = Gateway::start(&text).await;
+    let r = gw.post("/v1/chat/completions", &[], &chat("m")).await;
+    assert_eq!(r.status, 504, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json().unwrap()["error"]["type"], "upstream_timeout");
+}
+
+#[tokio::test]
+async fn admin_reports_the_policy_and_health() {
+    let edge = mock("edge", 0).await;
+    let pools = pool(
+        "edge",
+        "edge",
+        "us",
+        &[edge.addr()],
+        "[\"*\"]",
+        "{ per_request: 0.00002 }",
+    );
+    let gw = Gateway::start(&policy(&pools, "")).await;
+    assert_eq!(gw.admin_get("/healthz").await.status, 200);
+    let p: Value = gw.admin_get("/admin/policy").await.json().unwrap();
+    assert_eq!(p["version"].as_str().unwrap().len(), 12);
+    assert_eq!(p["pools"][0]["name"], "edge");
+    let r = gw.post("/v1/chat/completions", &[], &chat("m")).await;
+    assert_eq!(
+        r.header("x-switchyard-policy-version"),
+        p["version"].as_str()
+    );
+    assert_eq!(gw.admin_get("/nope").await.status, 404);
+}

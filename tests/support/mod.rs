@@ -1,0 +1,421 @@
+//! Shared harness for the integration tests: start the real `switchyard` binary on
+//! ephemeral loopback ports with a policy written by the test, start mock backends, send
+//! requests, read metrics. Each test reads as a user story on top of this.
+
+#![allow(dead_code)]
+
+pub mod json_schema;
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use switchyard::testkit::client::{self, Request, Response};
+use switchyard::testkit::mock::{MockBackend, MockConfig};
+
+/// A free port on 127.0.0.1 (bound, read, released: the usual small race is accepted).
+pub fn free_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
+}
+
+/// An address nothing listens on (bound then closed).
+pub fn dead_addr() -> SocketAddr {
+    free_addr()
+}
+
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_switchyard"))
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A running gateway (child process) and where it listens.
+pub struct Gateway {
+    pub proxy: SocketAddr,
+    pub admin: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub policy_path: PathBuf,
+    child: Child,
+}
+
+impl Gateway {
+    /// Write `policy` to a temp file and start `switchyard run` on fresh ports.
+    pub async fn start(policy: &str) -> Gateway {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let policy_path = dir.path().join("policy.yaml");
+        std::fs::write(&policy_path, policy).expect("write policy");
+        Self::start_file(dir, policy_path).await
+    }
+
+    pub async fn start_file(dir: tempfile::TempDir, policy_path: PathBuf) -> Gateway {
+        let proxy = free_addr();
+        let admin = free_addr();
+        let log = std::fs::File::create(dir.path().join("gateway.log")).expect("log file");
+        let child = Command::new(binary())
+            .args(["run", "--policy"])
+            .arg(&policy_path)
+            .args([
+                "--listen",
+                &proxy.to_string(),
+                "--admin-listen",
+                &admin.to_string(),
+            ])
+            .env("RUST_LOG", "warn,switchyard::access=off")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn switchyard");
+        let mut gw = Gateway {
+            proxy,
+            admin,
+            dir,
+            policy_path,
+            child,
+        };
+        gw.wait_ready().await;
+        gw
+    }
+
+    async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("switchyard exited early ({status}):\n{}", self.log());
+            }
+            if let Ok(r) = client::send(self.admin, &Request::get("/readyz")).await {
+                if r.status == 200 && tokio::net::TcpStream::connect(self.proxy).await.is_ok() {
+                    return;
+                }
+            }
+            if Instant::now() > deadline {
+                panic!("switchyard did not become ready:\n{}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The gateway's process id (to send it signals).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Send the gateway a signal by name (`HUP`, `TERM`, …) with `kill`.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    pub fn log(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(self.dir.path().join("gateway.log")) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    /// POST a JSON body to the proxy with extra headers.
+    pub async fn post(&self, path: &str, headers: &[(&str, &str)], body: &str) -> Response {
+        let mut req =
+            Request::post(path, body.as_bytes()).header("content-type", "application/json");
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        client::send(self.proxy, &req)
+            .await
+            .expect("request to gateway")
+    }
+
+    pub async fn admin_get(&self, path: &str) -> Response {
+        client::send(self.admin, &Request::get(path))
+            .await
+            .expect("admin request")
+    }
+
+    pub async fn admin_post(&self, path: &str, body: &str) -> Response {
+        let req = Request::post(path, body.as_bytes()).header("content-type", "application/json");
+        client::send(self.admin, &req).await.expect("admin request")
+    }
+
+    /// Scrape `/metrics` until `ready` holds (the access-log phase that counts a request
+    /// runs just after its response is written), at most 5 s; returns the last scrape.
+    pub async fn metrics_when(&self, ready: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let m = self.metrics().await;
+            if ready(&m) || Instant::now() > deadline {
+                return m;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn metrics(&self) -> String {
+        let r = self.admin_get("/metrics").await;
+        assert_eq!(r.status, 200);
+        String::from_utf8_lossy(&r.body).into_owned()
+    }
+}
+
+impl Gateway {
+    /// `SIGKILL` the gateway (no shutdown at all), as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Start the gateway again (same policy file and directory, fresh ports), e.g. after
+    /// [`kill`](Self::kill).
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.proxy = free_addr();
+        self.admin = free_addr();
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(self.dir.path().join("gateway.log"))
+            .expect("log file");
+        self.child = Command::new(binary())
+            .args(["run", "--policy"])
+            .arg(&self.policy_path)
+            .args([
+                "--listen",
+                &self.proxy.to_string(),
+                "--admin-listen",
+                &self.admin.to_string(),
+            ])
+            .env("RUST_LOG", "warn,switchyard::access=off")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn switchyard");
+        self.wait_ready().await;
+    }
+
+    /// GET on the proxy with extra headers.
+    pub async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Response {
+        let mut req = Request::get(path);
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        client::send(self.proxy, &req)
+            .await
+            .expect("request to gateway")
+    }
+
+    /// Any method on the proxy, without a body: (status, body).
+    pub async fn raw(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+        raw_request(self.proxy, method, path, headers).await
+    }
+}
+
+/// A bare HTTP/1.1 request without a body, for methods the test client does not model.
+pub async fn raw_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\ncontent-length: 0\r\n"
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// An HTTP sink on loopback that answers 200 to anything and keeps each request's body:
+/// for callbacks and other outbound deliveries.
+pub async fn sink() -> (SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind sink");
+    let addr = listener.local_addr().expect("addr");
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let kept = kept.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 8192];
+                loop {
+                    let Ok(n) = s.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).into_owned();
+                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                        let len = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        if body.len() >= len {
+                            kept.lock().unwrap().push(body.to_string());
+                            let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await;
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Start a mock backend on a fresh loopback port.
+pub async fn mock(name: &str, latency_ms: u64) -> MockBackend {
+    let cfg = MockConfig {
+        name: name.to_string(),
+        latency: Duration::from_millis(latency_ms),
+        jitter: Duration::ZERO,
+        ..MockConfig::default()
+    };
+    MockBackend::start(cfg, "127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("start mock")
+}
+
+/// The sum of a metric's samples whose label set contains every `k="v"` in `labels`.
+pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The routes of [`policy`]: chat, embeddings, OIP v2 and TF-Serving, none cached.
+pub const ROUTES: &str = r#"  - { name: chat, match: /v1/chat/completions, protocol: openai, max_body: 16KiB, tier: standard }
+  - { name: embeddings, match: /v1/embeddings, protocol: openai, tier: standard }
+  - { name: oip, match: /v2/models/*, protocol: oip-v2, max_body: 1MiB, tier: standard }
+  - { name: tf, match: /v1/models/*, protocol: tf-serving, tier: standard }
+"#;
+
+/// The common part of test policies: three regions, three tiers, the embedded GeoIP
+/// database, loopback trusted. `pools` and `extra` are appended YAML.
+pub fn policy(pools: &str, extra: &str) -> String {
+    policy_with_routes(pools, ROUTES, extra)
+}
+
+/// [`policy`] with its own `routes` (YAML list items).
+pub fn policy_with_routes(pools: &str, routes: &str, extra: &str) -> String {
+    format!(
+        r#"
+trusted_proxies: [127.0.0.0/8]
+geoip: {{ database: embedded }}
+regions:
+  default: us
+  map:
+    - {{ name: eu, continents: [EU] }}
+    - {{ name: us, continents: [NA, SA] }}
+    - {{ name: ap, continents: [AS, OC] }}
+rtt_ms:
+  eu: {{ eu: 5, us: 90, ap: 230 }}
+  us: {{ us: 5, ap: 150 }}
+  ap: {{ ap: 5 }}
+tiers:
+  realtime: {{ deadline: 150ms, weight: 0.8, pools: [edge, gpu], on_slo_miss: fastest }}
+  standard: {{ deadline: 1s, weight: 0.3, pools: [edge, gpu] }}
+  strict: {{ deadline: 20ms, weight: 0.5, pools: [edge, gpu], on_slo_miss: shed }}
+  batch: {{ deadline: 1h, weight: 0.0, pools: [batch, gpu, edge], on_slo_miss: shed }}
+tenants:
+  - name: acme          # key "key-acme"
+    key_sha256: {acme}
+    tier: realtime
+pools:
+{pools}
+routes:
+{routes}upstream: {{ connect_timeout: 300ms, max_attempts: 3, down_backoff: 30s }}
+{extra}
+"#,
+        acme = sha256_hex("key-acme"),
+    )
+}
+
+/// A pool entry for [`policy`].
+pub fn pool(
+    name: &str,
+    kind: &str,
+    region: &str,
+    endpoints: &[SocketAddr],
+    models: &str,
+    price: &str,
+) -> String {
+    let eps: Vec<String> = endpoints.iter().map(|a| a.to_string()).collect();
+    format!(
+        "  - {{ name: {name}, kind: {kind}, region: {region}, endpoints: [{}], models: {models}, concurrency: 64, service_time: 10ms, price: {price} }}\n",
+        eps.join(", ")
+    )
+}
+
+pub fn sha256_hex(s: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(s.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Run `switchyard` with arguments; returns (exit code, stdout, stderr).
+pub fn run_cli(args: &[&str], cwd: &Path) -> (i32, String, String) {
+    let out = Command::new(binary())
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("run switchyard");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The chat request body used across tests.
+pub fn chat(model: &str) -> String {
+    format!(r#"{{"model":"{model}","messages":[{{"role":"user","content":"hello"}}]}}"#)
+}
