@@ -8,3 +8,4 @@
 pub mod client;
 pub mod mmdb;
 pub mod mock;
+pub mod traffic;

@@ -1,0 +1,615 @@
+//! The status page: `GET /` serves one self-contained HTML page (`status.html`, inline CSS
+//! and JS, charts drawn as SVG by the page) that polls `GET /admin/status`, a JSON summary of
+//! the gateway for when no Prometheus is around.
+//!
+//! Live state (endpoint health, in-flight, service-time estimates, policy version, last
+//! reload error) is read from the serving snapshot when the page asks. Rates, percentiles,
+//! the traffic split and spend need history, so the proxy calls [`record`] once per request
+//! from its `logging` phase, and this module keeps a small in-process aggregate:
+//!
+//! * a ring of [`SLOTS`] time slots of [`SLOT_MS`] each (a sliding window of about a
+//!   minute) holding, per tier, a request count, a count of answers within the deadline and
+//!   a fixed-bucket latency histogram, and per pool a request count and the estimated spend;
+//! * totals since start.
+//!
+//! Recording is atomics only: no lock, no allocation, no hashing (tiers and pools are counted
+//! by their index in the policy). A slot is cleared by the first request that enters it
+//! again; a request racing with that clear may be lost, which a glance page can afford.
+//! Because counts are kept by index, a reload that reorders tiers or pools attributes at most
+//! one window of history to the wrong name; Prometheus (`/metrics`) is the record, this is
+//! the glance. Policies with more than [`MAX_TIERS`] tiers or [`MAX_POOLS`] pools are
+//! summarised for the first ones only.
+//!
+//! The aggregate is process-wide (one gateway per process is how Switchyard runs).
+
+use super::ControlPlane;
+use crate::classify::Class;
+use crate::policy::compile::PoolId;
+use crate::route::state::now_ms;
+use crate::route::Decision;
+use http::{Response, StatusCode};
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, UNIX_EPOCH};
+
+/// Tiers summarised per policy (the rest are left out of the page).
+pub const MAX_TIERS: usize = 16;
+/// Pools summarised per policy (the rest are left out of the page).
+pub const MAX_POOLS: usize = 32;
+/// Slots in the sliding window.
+pub const SLOTS: usize = 6;
+/// Length of one slot.
+pub const SLOT_MS: u64 = 10_000;
+/// Latency histogram buckets: four per power of two from 16 µs, so the last bucket starts
+/// at about 4.5 minutes and every bucket is at most 25% wide.
+const BUCKETS: usize = 96;
+/// Spend is accumulated in nano-dollars so that it fits an integer atomic.
+const NANO: f64 = 1e9;
+
+/// The page itself, compiled in: no files to ship, no build step.
+const PAGE: &str = include_str!("status.html");
+
+const fn zeros<const N: usize>() -> [AtomicU64; N] {
+    [const { AtomicU64::new(0) }; N]
+}
+
+struct TierCell {
+    requests: AtomicU64,
+    /// Answered 2xx within the request's deadline.
+    met: AtomicU64,
+    /// 5xx, or no response at all.
+    errors: AtomicU64,
+    latency: [AtomicU64; BUCKETS],
+}
+
+impl TierCell {
+    const fn new() -> Self {
+        TierCell {
+            requests: AtomicU64::new(0),
+            met: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            latency: zeros::<BUCKETS>(),
+        }
+    }
+
+    fn clear(&self) {
+        self.requests.store(0, Ordering::Relaxed);
+        self.met.store(0, Ordering::Relaxed);
+        self.errors.store(0, Ordering::Relaxed);
+        for b in &self.latency {
+            b.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+struct Slot {
+    /// Which slot of time this holds (`now_ms / SLOT_MS + 1`); 0 when never used.
+    epoch: AtomicU64,
+    tiers: [TierCell; MAX_TIERS],
+    pool_requests: [AtomicU64; MAX_POOLS],
+    pool_cost_nusd: [AtomicU64; MAX_POOLS],
+    /// Requests by tier and pool; the last column counts requests no pool answered.
+    split: [[AtomicU64; MAX_POOLS + 1]; MAX_TIERS],
+}
+
+impl Slot {
+    const fn new() -> Self {
+        Slot {
+            epoch: AtomicU64::new(0),
+            tiers: [const { TierCell::new() }; MAX_TIERS],
+            pool_requests: zeros::<MAX_POOLS>(),
+            pool_cost_nusd: zeros::<MAX_POOLS>(),
+            split: [const { zeros::<{ MAX_POOLS + 1 }>() }; MAX_TIERS],
+        }
+    }
+
+    fn clear(&self) {
+        for t in &self.tiers {
+            t.clear();
+        }
+        for a in self.pool_requests.iter().chain(&self.pool_cost_nusd) {
+            a.store(0, Ordering::Relaxed);
+        }
+        for row in &self.split {
+            for a in row {
+                a.store(0, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Per-request aggregate behind the status page.
+pub struct Aggregate {
+    slots: [Slot; SLOTS],
+    requests: AtomicU64,
+    tier_requests: [AtomicU64; MAX_TIERS],
+    tier_met: [AtomicU64; MAX_TIERS],
+    pool_requests: [AtomicU64; MAX_POOLS],
+    pool_cost_nusd: [AtomicU64; MAX_POOLS],
+}
+
+/// The process-wide aggregate the proxy records into.
+pub static AGGREGATE: Aggregate = Aggregate::new();
+
+/// Record one finished request (called once from the proxy's `logging` phase).
+///
+/// `pool` is the pool that answered (the last one tried), `status` the status sent (0 when
+/// none was). Spend is counted by the same rule as `switchyard_cost_usd_total`.
+#[inline]
+pub fn record(
+    class: Option<&Class>,
+    decision: Option<&Decision>,
+    pool: Option<PoolId>,
+    status: u16,
+    elapsed: Duration,
+) {
+    AGGREGATE.record(class, decision, pool, status, elapsed, now_ms());
+}
+
+impl Default for Aggregate {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Aggregate {
+    pub const fn new() -> Self {
+        Aggregate {
+            slots: [const { Slot::new() }; SLOTS],
+            requests: AtomicU64::new(0),
+            tier_requests: zeros::<MAX_TIERS>(),
+            tier_met: zeros::<MAX_TIERS>(),
+            pool_requests: zeros::<MAX_POOLS>(),
+            pool_cost_nusd: zeros::<MAX_POOLS>(),
+        }
+    }
+
+    /// The slot for `now`, cleared first if it last held an older stretch of time.
+    fn slot(&self, now: u64) -> &Slot {
+        let epoch = now / SLOT_MS + 1;
+        let slot = &self.slots[(epoch as usize) % SLOTS];
+        let seen = slot.epoch.load(Ordering::Acquire);
+        if seen < epoch
+            && slot
+                .epoch
+                .compare_exchange(seen, epoch, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            slot.clear();
+        }
+        slot
+    }
+
+    pub fn record(
+        &self,
+        class: Option<&Class>,
+        decision: Option<&Decision>,
+        pool: Option<PoolId>,
+        status: u16,
+        elapsed: Duration,
+        now: u64,
+    ) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let slot = self.slot(now);
+        let pool = pool.map(usize::from).filter(|&p| p < MAX_POOLS);
+        if let Some(p) = pool {
+            self.pool_requests[p].fetch_add(1, Ordering::Relaxed);
+            slot.pool_requests[p].fetch_add(1, Ordering::Relaxed);
+            let cost = decision.and_then(|d| d.estimate).map(|e| e.cost_usd);
+            if let (Some(cost), true) = (cost, (200..500).contains(&status)) {
+                let nusd = (cost.max(0.0) * NANO) as u64;
+                self.pool_cost_nusd[p].fetch_add(nusd, Ordering::Relaxed);
+                slot.pool_cost_nusd[p].fetch_add(nusd, Ordering::Relaxed);
+            }
+        }
+        let Some(class) = class else { return };
+        let tier = usize::from(class.tier);
+        if tier >= MAX_TIERS {
+            return;
+        }
+        let cell = &slot.tiers[tier];
+        cell.requests.fetch_add(1, Ordering::Relaxed);
+        self.tier_requests[tier].fetch_add(1, Ordering::Relaxed);
+        if (200..300).contains(&status) && elapsed <= class.deadline {
+            cell.met.fetch_add(1, Ordering::Relaxed);
+            self.tier_met[tier].fetch_add(1, Ordering::Relaxed);
+        }
+        if status == 0 || status >= 500 {
+            cell.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        cell.latency[bucket(elapsed.as_micros() as u64)].fetch_add(1, Ordering::Relaxed);
+        slot.split[tier][pool.unwrap_or(MAX_POOLS)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Sum the slots inside the window ending at `now`.
+    pub fn window(&self, now: u64) -> Window {
+        let current = now / SLOT_MS + 1;
+        let oldest = current.saturating_sub(SLOTS as u64 - 1).max(1);
+        // The window runs from the start of the oldest slot kept (or process start) to now.
+        let span_ms = now.saturating_sub((oldest - 1) * SLOT_MS).max(1);
+        let mut w = Window {
+            seconds: span_ms as f64 / 1e3,
+            ..Window::default()
+        };
+        for slot in &self.slots {
+            let epoch = slot.epoch.load(Ordering::Acquire);
+            if epoch < oldest || epoch > current {
+                continue;
+            }
+            for (t, cell) in slot.tiers.iter().enumerate() {
+                w.tiers[t].requests += cell.requests.load(Ordering::Relaxed);
+                w.tiers[t].met += cell.met.load(Ordering::Relaxed);
+                w.tiers[t].errors += cell.errors.load(Ordering::Relaxed);
+                for (b, n) in cell.latency.iter().enumerate() {
+                    w.tiers[t].latency[b] += n.load(Ordering::Relaxed);
+                }
+                for (p, n) in slot.split[t].iter().enumerate() {
+                    w.split[t][p] += n.load(Ordering::Relaxed);
+                }
+            }
+            for p in 0..MAX_POOLS {
+                w.pool_requests[p] += slot.pool_requests[p].load(Ordering::Relaxed);
+                w.pool_cost_nusd[p] += slot.pool_cost_nusd[p].load(Ordering::Relaxed);
+            }
+        }
+        w
+    }
+}
+
+/// Bucket of a latency in microseconds: four buckets per power of two, from 16 µs.
+fn bucket(us: u64) -> usize {
+    let us = us.max(16);
+    let msb = 63 - us.leading_zeros() as usize;
+    let sub = ((us >> (msb - 2)) & 3) as usize;
+    ((msb - 4) * 4 + sub).min(BUCKETS - 1)
+}
+
+/// Lower and upper bound of a bucket, in microseconds.
+fn bucket_bounds(i: usize) -> (f64, f64) {
+    let msb = i / 4 + 4;
+    let sub = (i % 4) as u64;
+    let unit = 1u64 << (msb - 2);
+    (((4 + sub) * unit) as f64, ((5 + sub) * unit) as f64)
+}
+
+/// One tier's part of the window.
+#[derive(Clone)]
+pub struct TierWindow {
+    pub requests: u64,
+    pub met: u64,
+    pub errors: u64,
+    latency: [u64; BUCKETS],
+}
+
+impl Default for TierWindow {
+    fn default() -> Self {
+        TierWindow {
+            requests: 0,
+            met: 0,
+            errors: 0,
+            latency: [0; BUCKETS],
+        }
+    }
+}
+
+impl TierWindow {
+    /// The `q` quantile of end-to-end latency in milliseconds (the geometric middle of the
+    /// bucket it falls in, so within about 12%), or `None` without samples.
+    pub fn quantile_ms(&self, q: f64) -> Option<f64> {
+        let total: u64 = self.latency.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = ((total as f64) * q).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, n) in self.latency.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                let (lo, hi) = bucket_bounds(i);
+                return Some((lo * hi).sqrt() / 1e3);
+            }
+        }
+        None
+    }
+}
+
+/// The sliding window, summed.
+pub struct Window {
+    pub seconds: f64,
+    pub tiers: Vec<TierWindow>,
+    pub pool_requests: [u64; MAX_POOLS],
+    pub pool_cost_nusd: [u64; MAX_POOLS],
+    pub split: [[u64; MAX_POOLS + 1]; MAX_TIERS],
+}
+
+impl Default for Window {
+    fn default() -> Self {
+        Window {
+            seconds: 0.0,
+            tiers: vec![TierWindow::default(); MAX_TIERS],
+            pool_requests: [0; MAX_POOLS],
+            pool_cost_nusd: [0; MAX_POOLS],
+            split: [[0; MAX_POOLS + 1]; MAX_TIERS],
+        }
+    }
+}
+
+fn round(x: f64, digits: i32) -> f64 {
+    let f = 10f64.powi(digits);
+    (x * f).round() / f
+}
+
+/// `GET /`: the page.
+pub fn page() -> Response<Vec<u8>> {
+    let body = PAGE.as_bytes().to_vec();
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "text/html; charset=utf-8")
+        .header("cache-control", "no-store")
+        .header("content-length", body.len())
+        .body(body)
+        .unwrap_or_else(|_| Response::new(Vec::new()))
+}
+
+/// `GET /admin/status`: live state of the serving policy plus the window.
+pub fn status(control: &ControlPlane) -> Value {
+    status_of(control, &AGGREGATE, now_ms())
+}
+
+/// [`status`] against any aggregate and clock (for tests).
+pub fn status_of(control: &ControlPlane, agg: &Aggregate, now: u64) -> Value {
+    let table = control.snapshot.load();
+    let w = agg.window(now);
+    let per_s = |n: u64| round(n as f64 / w.seconds, 3);
+    let per_hour = |nusd: u64| round(nusd as f64 / NANO / w.seconds * 3600.0, 6);
+
+    let pools: Vec<Value> = table
+        .pools
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let up = p.endpoints.iter().filter(|e| e.state.is_up(now)).count();
+            let in_flight = p.state.in_flight();
+            let (win_req, win_nusd, total_req, total_nusd) = if i < MAX_POOLS {
+                (
+                    w.pool_requests[i],
+                    w.pool_cost_nusd[i],
+                    agg.pool_requests[i].load(Ordering::Relaxed),
+                    agg.pool_cost_nusd[i].load(Ordering::Relaxed),
+                )
+            } else {
+                (0, 0, 0, 0)
+            };
+            json!({
+                "name": p.name,
+                "kind": p.kind.as_str(),
+                "region": table.regions.get(p.region as usize),
+                "health": if up == p.endpoints.len() { "up" } else if up == 0 { "down" } else { "degraded" },
+                "endpoints_up": up,
+                "endpoints_total": p.endpoints.len(),
+                "in_flight": in_flight,
+                "concurrency": p.concurrency,
+                "utilisation": round(in_flight as f64 / p.concurrency.max(1) as f64, 3),
+                "service_time_ms": round(p.state.service_time().as_secs_f64() * 1e3, 2),
+                "baseline_ms": round(p.service_time.as_secs_f64() * 1e3, 2),
+                "samples": p.state.samples(),
+                "rps": per_s(win_req),
+                "requests_total": total_req,
+                "spend_usd_per_hour": per_hour(win_nusd),
+                "spend_usd_total": round(total_nusd as f64 / NANO, 6),
+                "endpoints": p.endpoints.iter().map(|e| json!({
+                    "endpoint": e.name,
+                    "up": e.state.is_up(now),
+                    "in_flight": e.state.in_flight(),
+                    "latency_ms": round(e.state.latency().as_secs_f64() * 1e3, 2),
+                    "consecutive_failures": e.state.consecutive_failures(),
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+
+    let pool_name = |p: usize| -> &str {
+        table
+            .pools
+            .get(p)
+            .map(|p| p.name.as_str())
+            .unwrap_or("(none)")
+    };
+    let mut split = Vec::new();
+    let (mut win_requests, mut win_met) = (0u64, 0u64);
+    let tiers: Vec<Value> = table
+        .tiers
+        .iter()
+        .enumerate()
+        .take(MAX_TIERS)
+        .map(|(t, tier)| {
+            let tw = &w.tiers[t];
+            win_requests += tw.requests;
+            win_met += tw.met;
+            for (p, &n) in w.split[t].iter().enumerate() {
+                if n > 0 {
+                    split.push(json!({"tier": tier.name, "pool": pool_name(p), "requests": n, "rps": per_s(n)}));
+                }
+            }
+            let deadline_ms = tier.deadline.as_secs_f64() * 1e3;
+            json!({
+                "name": tier.name,
+                "deadline_ms": round(deadline_ms, 3),
+                "requests": tw.requests,
+                "rps": per_s(tw.requests),
+                "errors": tw.errors,
+                "p50_ms": tw.quantile_ms(0.50).map(|v| round(v, 2)),
+                "p99_ms": tw.quantile_ms(0.99).map(|v| round(v, 2)),
+                "slo_attainment": (tw.requests > 0).then(|| round(tw.met as f64 / tw.requests as f64, 4)),
+                "requests_total": agg.tier_requests[t].load(Ordering::Relaxed),
+                "met_total": agg.tier_met[t].load(Ordering::Relaxed),
+            })
+        })
+        .collect();
+
+    let pool_count = table.pools.len().min(MAX_POOLS);
+    let win_nusd: u64 = w.pool_cost_nusd[..pool_count].iter().sum();
+    let win_pool_req: u64 = w.pool_requests[..pool_count].iter().sum();
+    let last_error = control.last_error.lock().ok().and_then(|e| e.clone());
+    let loaded_at = table
+        .loaded_at
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    json!({
+        "policy": {
+            "version": table.version,
+            "source": table.source.display().to_string(),
+            "loaded_at_unix": loaded_at,
+            "last_error": last_error,
+        },
+        "uptime_s": round(now as f64 / 1e3, 1),
+        "window_s": round(w.seconds, 1),
+        "totals": {
+            "requests_total": agg.requests.load(Ordering::Relaxed),
+            "rps": per_s(win_requests),
+            "proxied_rps": per_s(win_pool_req),
+            "slo_attainment": (win_requests > 0).then(|| round(win_met as f64 / win_requests as f64, 4)),
+            "spend_usd_per_hour": per_hour(win_nusd),
+        },
+        "pools": pools,
+        "tiers": tiers,
+        "split": split,
+        // Filled in by the response cache and the batch queue once they exist; the page
+        // shows "—" while these are null.
+        "cache": Value::Null,
+        "queue": Value::Null,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_monotonic_and_cover_their_values() {
+        let mut last = 0;
+        for us in [
+            1u64, 16, 17, 20, 24, 31, 32, 100, 1_000, 10_000, 123_456, 60_000_000,
+        ] {
+            let b = bucket(us);
+            assert!(b >= last, "{us}");
+            last = b;
+            let (lo, hi) = bucket_bounds(b);
+            if us >= 16 && b < BUCKETS - 1 {
+                assert!(lo <= us as f64 && (us as f64) < hi, "{us} in [{lo}, {hi})");
+                assert!(hi / lo <= 1.25 + 1e-9);
+            }
+        }
+        assert_eq!(bucket(u64::MAX), BUCKETS - 1);
+    }
+
+    #[test]
+    fn quantiles_land_near_the_truth() {
+        let mut tw = TierWindow::default();
+        // 1..=1000 ms, one sample each.
+        for ms in 1..=1000u64 {
+            tw.latency[bucket(ms * 1000)] += 1;
+        }
+        let p50 = tw.quantile_ms(0.5).unwrap_or(0.0);
+        let p99 = tw.quantile_ms(0.99).unwrap_or(0.0);
+        assert!((p50 - 500.0).abs() / 500.0 < 0.13, "{p50}");
+        assert!((p99 - 990.0).abs() / 990.0 < 0.13, "{p99}");
+        assert_eq!(TierWindow::default().quantile_ms(0.5), None);
+    }
+
+    #[test]
+    fn the_window_slides_and_old_slots_are_cleared() {
+        let agg = Aggregate::new();
+        let t0 = 5 * SLOT_MS;
+        agg.record(None, None, Some(1), 200, Duration::from_millis(3), t0);
+        agg.record(None, None, Some(1), 200, Duration::from_millis(3), t0 + 1);
+        assert_eq!(agg.window(t0 + 2).pool_requests[1], 2);
+        // Still inside the window a few slots later.
+        let later = t0 + (SLOTS as u64 - 1) * SLOT_MS;
+        assert_eq!(agg.window(later).pool_requests[1], 2);
+        // Out of it once the ring has come round, and the slot is reused cleanly.
+        let much_later = t0 + SLOTS as u64 * SLOT_MS;
+        assert_eq!(agg.window(much_later).pool_requests[1], 0);
+        agg.record(
+            None,
+            None,
+            Some(1),
+            200,
+            Duration::from_millis(3),
+            much_later,
+        );
+        assert_eq!(agg.window(much_later).pool_requests[1], 1);
+        // Totals never slide.
+        assert_eq!(agg.pool_requests[1].load(Ordering::Relaxed), 3);
+        // Pools past the limit are ignored, not a panic.
+        agg.record(
+            None,
+            None,
+            Some(MAX_POOLS as PoolId),
+            200,
+            Duration::ZERO,
+            much_later,
+        );
+    }
+
+    fn class(tier: u16, deadline_ms: u64) -> Class {
+        Class {
+            route: 0,
+            client_ip: std::net::IpAddr::from([192, 0, 2, 1]),
+            country: None,
+            region: 0,
+            tenant: None,
+            credential: None,
+            tier,
+            tier_source: crate::classify::TierSource::Route,
+            deadline: Duration::from_millis(deadline_ms),
+            model: "m".into(),
+            model_version: None,
+            streaming: false,
+            cacheable: false,
+        }
+    }
+
+    #[test]
+    fn tiers_count_deadline_attainment_errors_and_the_split() {
+        let agg = Aggregate::new();
+        let now = 42 * SLOT_MS;
+        let rt = class(1, 100);
+        agg.record(
+            Some(&rt),
+            None,
+            Some(0),
+            200,
+            Duration::from_millis(20),
+            now,
+        );
+        agg.record(
+            Some(&rt),
+            None,
+            Some(2),
+            200,
+            Duration::from_millis(200),
+            now,
+        ); // too slow
+        agg.record(Some(&rt), None, None, 503, Duration::from_millis(1), now); // shed
+        let w = agg.window(now);
+        let t = &w.tiers[1];
+        assert_eq!((t.requests, t.met, t.errors), (3, 1, 1));
+        assert_eq!(w.split[1][0], 1);
+        assert_eq!(w.split[1][2], 1);
+        assert_eq!(w.split[1][MAX_POOLS], 1);
+        let p99 = t.quantile_ms(0.99).unwrap_or(0.0);
+        assert!((180.0..230.0).contains(&p99), "{p99}");
+        // Tiers past the limit are ignored.
+        agg.record(
+            Some(&class(MAX_TIERS as u16, 1)),
+            None,
+            None,
+            200,
+            Duration::ZERO,
+            now,
+        );
+        assert_eq!(agg.requests.load(Ordering::Relaxed), 4);
+    }
+}
