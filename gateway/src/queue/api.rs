@@ -1,0 +1,348 @@
+//! The queue's face on the proxy listener: accepting a request as a job (the `202` path) and
+//! the jobs API, `GET /v1/jobs/{id}` (status and, when finished, the result inline),
+//! `GET /v1/jobs/{id}/result` (the pool's response body byte for byte) and
+//! `DELETE /v1/jobs/{id}` (cancel a job that has not started).
+//!
+//! Jobs are scoped to whoever created them: the tenant of the API key, else the key itself
+//! (its SHA-256), else "anonymous" (then the unguessable id is the only secret). Any other
+//! caller gets the same 404 as for a job that does not exist.
+//!
+//! Which requests are queued ([`takes`]): those whose decision is `on_slo_miss: queue`, and
+//! those routed to a pool of kind `batch` — when the policy has a `queue:` section. Without
+//! one, batch pools are proxied synchronously like any other.
+
+use super::http::parse_url;
+use super::{unix_ms, Enqueued, Job, JobClass, JobRequest, JobStatus, Queue, QueueError};
+use crate::classify::{self, Class};
+use crate::error::GatewayError;
+use crate::policy::compile::RoutingTable;
+use crate::policy::raw::PoolKind;
+use crate::route::{Decision, Reason};
+use crate::telemetry as t;
+use bytes::{Bytes, BytesMut};
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use sha2::{Digest, Sha256};
+
+/// Request headers stored with a job and replayed to the pool. Credentials are never
+/// stored: the pool sees the job as coming from the gateway.
+pub const KEPT_HEADERS: &[&str] = &[
+    "content-type",
+    "accept",
+    "user-agent",
+    "x-request-id",
+    "traceparent",
+    "tracestate",
+];
+
+/// Whether this decision sends the request to the queue instead of an upstream.
+pub fn takes(table: &RoutingTable, decision: &Decision) -> bool {
+    if table.queue.is_none() {
+        return false;
+    }
+    decision.reason == Reason::Queued
+        || decision
+            .target
+            .is_some_and(|(p, _)| table.pools[p as usize].kind == PoolKind::Batch)
+}
+
+/// Who may see a job: the tenant, else the credential, else anonymous.
+pub fn scope(headers: &http::HeaderMap, table: &RoutingTable) -> String {
+    match classify::api_key(headers) {
+        Some(key) => {
+            let hash: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+            match table.tenant_by_key_hash(&hash) {
+                Some(t) => format!("tenant:{}", table.tenants[t as usize].name),
+                None => format!(
+                    "key:{}",
+                    hash.iter().map(|b| format!("{b:02x}")).collect::<String>()
+                ),
+            }
+        }
+        None => "anonymous".into(),
+    }
+}
+
+/// Store the request as a job and answer `202 Accepted`. The job is durable before the
+/// answer is written. Returns the status written.
+pub async fn enqueue(
+    session: &mut Session,
+    queue: &Queue,
+    table: &RoutingTable,
+    class: &Class,
+    decision: &Decision,
+    body: Option<Bytes>,
+) -> Result<u16, GatewayError> {
+    let settings = table
+        .queue
+        .as_ref()
+        .ok_or_else(|| GatewayError::Internal("no queue configured".into()))?;
+    let Some((pool_id, _)) = decision.target else {
+        return Err(GatewayError::Internal(
+            "queued decision without a pool".into(),
+        ));
+    };
+    let pool = &table.pools[pool_id as usize];
+    let header = session.req_header();
+
+    let callback_url = match header.headers.get("x-switchyard-callback-url") {
+        None => None,
+        Some(v) => {
+            let text = v
+                .to_str()
+                .map_err(|_| GatewayError::BadCallback("not a valid URL".into()))?
+                .trim()
+                .to_string();
+            let url = parse_url(&text).ok_or_else(|| {
+                GatewayError::BadCallback("expected http://host[:port]/path".into())
+            })?;
+            if !settings.callback_allowed(&url.host) {
+                return Err(GatewayError::BadCallback(format!(
+                    "host `{}` is not allowed by the policy (queue.callback_allow)",
+                    url.host.chars().take(100).collect::<String>()
+                )));
+            }
+            Some(text)
+        }
+    };
+    let idempotency_key = match header.headers.get("idempotency-key") {
+        None => None,
+        Some(v) => {
+            let k = v
+                .to_str()
+                .map_err(|_| GatewayError::BadIdempotencyKey)?
+                .trim();
+            if k.is_empty() || k.len() > 255 || !k.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(GatewayError::BadIdempotencyKey);
+            }
+            Some(k.to_string())
+        }
+    };
+    let method = header.method.as_str().to_string();
+    let path = header
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| header.uri.path().to_string());
+    let headers: Vec<(String, String)> = KEPT_HEADERS
+        .iter()
+        .filter_map(|name| {
+            let v = header.headers.get(*name)?.to_str().ok()?;
+            Some((name.to_string(), v.to_string()))
+        })
+        .collect();
+    let scope = scope(&header.headers, table);
+
+    // The whole body is held: bodies the proxy streams (large path-routed requests) are
+    // read here, up to the smaller of the route's and the queue's limit.
+    let route = &table.routes[class.route as usize];
+    let limit = route.max_body.min(settings.max_body);
+    let body = match body {
+        Some(b) if b.len() > limit => return Err(GatewayError::PayloadTooLarge { limit }),
+        Some(b) => b,
+        None => read_rest(session, limit).await?,
+    };
+
+    let now = unix_ms();
+    let tier = &table.tiers[class.tier as usize];
+    let job = Job {
+        id: Job::new_id(),
+        scope,
+        idempotency_key,
+        status: JobStatus::Queued,
+        priority: tier.deadline.as_millis() as u64,
+        created_ms: now,
+        started_ms: None,
+        finished_ms: None,
+        expires_ms: None,
+        attempts: 0,
+        not_before_ms: 0,
+        last_error: None,
+        request: JobRequest {
+            method,
+            path,
+            headers,
+        },
+        class: JobClass {
+            route: route.name.clone(),
+            tier: tier.name.clone(),
+            model: class.model.clone(),
+            region: table.regions[class.region as usize].clone(),
+            pool: pool.name.clone(),
+            client_ip: class.client_ip.to_string(),
+        },
+        callback_url,
+        result: None,
+        body,
+        result_body: Bytes::new(),
+    };
+    let (job, replayed) = match queue.store.enqueue(job, settings.max_jobs).await {
+        Ok(Enqueued::Created(job)) => {
+            queue.wake.notify_one();
+            metrics::counter!(t::JOBS_ENQUEUED, "tier" => tier.name.clone(), "pool" => pool.name.clone())
+                .increment(1);
+            (job, false)
+        }
+        Ok(Enqueued::Existing(job)) => (job, true),
+        Err(QueueError::Full(max_jobs)) => return Err(GatewayError::QueueFull { max_jobs }),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot enqueue job");
+            return Err(GatewayError::QueueUnavailable(e.to_string()));
+        }
+    };
+
+    let status_url = format!("/v1/jobs/{}", job.id);
+    let body = serde_json::json!({
+        "job_id": job.id,
+        "status_url": status_url,
+        "status": job.status.as_str(),
+    })
+    .to_string();
+    let write = async {
+        let mut resp = ResponseHeader::build(202, Some(10))?;
+        resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+        resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+        resp.insert_header(http::header::LOCATION, status_url.as_str())?;
+        resp.insert_header("x-switchyard-job-id", job.id.as_str())?;
+        resp.insert_header("x-switchyard-pool", pool.name.as_str())?;
+        resp.insert_header("x-switchyard-tier", tier.name.as_str())?;
+        resp.insert_header("x-switchyard-policy-version", table.version.as_str())?;
+        resp.insert_header(
+            "x-switchyard-decision",
+            format!("queued; {}; pool={}", decision.reason.as_str(), pool.name),
+        )?;
+        if replayed {
+            resp.insert_header("idempotent-replayed", "true")?;
+        }
+        session.write_response_header(Box::new(resp), false).await?;
+        session
+            .write_response_body(Some(Bytes::from(body)), true)
+            .await?;
+        Ok::<(), Box<pingora::Error>>(())
+    };
+    if let Err(e) = write.await {
+        // The job is stored either way; the client can retry with its idempotency key.
+        tracing::debug!(error = %e, job = %job.id, "could not write the 202");
+    }
+    Ok(202)
+}
+
+async fn read_rest(session: &mut Session, limit: usize) -> Result<Bytes, GatewayError> {
+    let mut buf = BytesMut::new();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if buf.len() + chunk.len() > limit {
+                    return Err(GatewayError::PayloadTooLarge { limit });
+                }
+                buf.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(buf.freeze()),
+            Err(e) => return Err(GatewayError::BodyRead(e.to_string())),
+        }
+    }
+}
+
+/// Serve the jobs API if the path is under `/v1/jobs/`. `Ok(None)`: not a jobs request.
+/// Otherwise the response has been written and its status is returned.
+pub async fn serve(
+    session: &mut Session,
+    queue: &Queue,
+    table: &RoutingTable,
+) -> pingora::Result<Option<u16>> {
+    let path = session.req_header().uri.path();
+    let Some(rest) = path.strip_prefix("/v1/jobs/") else {
+        return Ok(None);
+    };
+    let (id, result_only) = match rest.strip_suffix("/result") {
+        Some(id) => (id.to_string(), true),
+        None => (rest.to_string(), false),
+    };
+    let outcome = answer(session, queue, table, &id, result_only).await;
+    let (status, content_type, body, extra) = match outcome {
+        Ok(ok) => ok,
+        Err(e) => (
+            e.status(),
+            "application/json".to_string(),
+            e.body(),
+            e.retry_after().map(|s| ("retry-after", s.to_string())),
+        ),
+    };
+    let mut resp = ResponseHeader::build(status, Some(4))?;
+    resp.insert_header(http::header::CONTENT_TYPE, content_type)?;
+    resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+    if let Some((k, v)) = extra {
+        resp.insert_header(k, v)?;
+    }
+    session.write_response_header(Box::new(resp), false).await?;
+    session.write_response_body(Some(body), true).await?;
+    Ok(Some(status))
+}
+
+type Answer = (u16, String, Bytes, Option<(&'static str, String)>);
+
+async fn answer(
+    session: &mut Session,
+    queue: &Queue,
+    table: &RoutingTable,
+    id: &str,
+    result_only: bool,
+) -> Result<Answer, GatewayError> {
+    let valid =
+        id.len() == 36 && id.starts_with("job_") && id[4..].bytes().all(|b| b.is_ascii_hexdigit());
+    if !valid {
+        return Err(GatewayError::JobNotFound);
+    }
+    let header = session.req_header();
+    let scope = scope(&header.headers, table);
+    let unavailable = |e: QueueError| GatewayError::QueueUnavailable(e.to_string());
+    let json = |job: &Job| {
+        (
+            200,
+            "application/json".to_string(),
+            Bytes::from(job.view().to_string()),
+            Some(("x-switchyard-job-status", job.status.as_str().to_string())),
+        )
+    };
+    match (&header.method, result_only) {
+        (&http::Method::GET, false) => match queue.store.get(id).await.map_err(unavailable)? {
+            Some(job) if job.scope == scope => Ok(json(&job)),
+            _ => Err(GatewayError::JobNotFound),
+        },
+        (&http::Method::GET, true) => match queue.store.get(id).await.map_err(unavailable)? {
+            Some(job) if job.scope == scope => match &job.result {
+                Some(r) => Ok((
+                    r.status,
+                    r.content_type
+                        .clone()
+                        .unwrap_or_else(|| "application/octet-stream".into()),
+                    job.result_body.clone(),
+                    Some(("x-switchyard-job-status", job.status.as_str().to_string())),
+                )),
+                None => Err(GatewayError::JobNotFinished(job.status.as_str())),
+            },
+            _ => Err(GatewayError::JobNotFound),
+        },
+        (&http::Method::DELETE, false) => {
+            let ttl = table
+                .queue
+                .as_ref()
+                .map(|q| q.result_ttl)
+                .unwrap_or(std::time::Duration::from_secs(3600));
+            match queue
+                .store
+                .cancel(id, &scope, ttl)
+                .await
+                .map_err(unavailable)?
+            {
+                Some(job) if job.status == JobStatus::Cancelled => {
+                    metrics::counter!(t::JOBS, "status" => "cancelled").increment(1);
+                    Ok(json(&job))
+                }
+                Some(job) => Err(GatewayError::JobNotCancellable(job.status.as_str())),
+                None => Err(GatewayError::JobNotFound),
+            }
+        }
+        (m, _) => Err(GatewayError::MethodNotAllowed(m.to_string())),
+    }
+}
