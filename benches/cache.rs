@@ -1,0 +1,142 @@
+//! Criterion benchmarks of the prediction cache's request-path work: the key of a 1 KB JSON
+//! body (canonical form + BLAKE3; target under 5 µs), and a whole hit lookup (key, the
+//! per-model generation read, the moka read) against a warm store.
+//!
+//! Run: `cargo bench --bench cache`
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use http::{HeaderMap, Method};
+use std::hint::black_box;
+use std::net::IpAddr;
+use std::path::Path;
+use switchyard::cache::key::{self, KeyParts, Scope};
+use switchyard::cache::{Cache, Lookup};
+use switchyard::classify::{classify, RequestFacts};
+use switchyard::policy::compile::{compile_str, CompileContext};
+use switchyard::route::state::Fleet;
+
+const POLICY: &str = r#"
+regions:
+  default: us
+  map: [{ name: us, continents: [NA] }]
+rtt_ms: { us: { us: 2 } }
+tiers:
+  standard: { deadline: 1s, weight: 0.3, pools: [gpu] }
+pools:
+  - { name: gpu, kind: gpu, region: us, endpoints: [127.0.0.1:1], models: ["*"], concurrency: 64, service_time: 20ms }
+routes:
+  - { name: chat, match: /v1/chat/completions, protocol: openai, max_body: 64KiB, tier: standard, cache: { ttl: 10m } }
+"#;
+
+/// A chat request of about 1 KB, keys deliberately out of order.
+fn body_1k() -> String {
+    let content = "The quick brown fox jumps over the lazy dog. ".repeat(19);
+    let body = format!(
+        r#"{{"temperature":0,"messages":[{{"role":"system","content":"You are terse."}},{{"content":"{content}","role":"user"}}],"model":"llama-3-8b","max_tokens":64,"top_p":1}}"#
+    );
+    assert!((950..1100).contains(&body.len()), "{}", body.len());
+    body
+}
+
+fn benches(c: &mut Criterion) {
+    let body = body_1k();
+    let parts = KeyParts {
+        epoch: 0,
+        generation: 0,
+        scope: Scope::Tenant("acme"),
+        route: "chat",
+        target: "/v1/chat/completions",
+        model: "llama-3-8b",
+        path_version: None,
+        policy_version: Some("2024-06-01"),
+    };
+    let mut g = c.benchmark_group("cache");
+    g.throughput(Throughput::Bytes(body.len() as u64));
+    g.bench_function("key_1k_body", |b| {
+        b.iter(|| key::compute(black_box(&parts), black_box(body.as_bytes())).unwrap())
+    });
+    // The two halves, to see where the time goes.
+    g.bench_function("canonical_1k_body", |b| {
+        b.iter(|| {
+            let mut out = Vec::with_capacity(body.len());
+            key::canonical_json(black_box(body.as_bytes()), &mut out).unwrap();
+            out
+        })
+    });
+    g.bench_function("blake3_1k", |b| {
+        b.iter(|| blake3::hash(black_box(body.as_bytes())))
+    });
+    g.finish();
+
+    let fleet = Fleet::default();
+    let table = compile_str(
+        POLICY,
+        &CompileContext {
+            file: Path::new("bench.yaml"),
+            fleet: &fleet,
+        },
+    )
+    .expect("bench policy compiles");
+    let headers = HeaderMap::new();
+    let facts = RequestFacts {
+        peer: IpAddr::from([127, 0, 0, 1]),
+        method: &Method::POST,
+        path: "/v1/chat/completions",
+        headers: &headers,
+        body: Some(body.as_bytes()),
+    };
+    let class = classify(&facts, 0, &table).expect("classifies");
+    assert!(class.cacheable);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let cache = Cache::new(&table.cache);
+    // Warm the store through the real capture path: a miss, a response, its body.
+    rt.block_on(async {
+        let lookup = cache
+            .lookup(
+                &class,
+                &table,
+                "/v1/chat/completions",
+                &headers,
+                Some(body.as_bytes()),
+            )
+            .await;
+        let mut ctx = switchyard::cache::CacheCtx::default();
+        assert!(ctx
+            .settle(lookup, std::time::Duration::from_secs(1))
+            .await
+            .is_none());
+        let mut resp = pingora::http::ResponseHeader::build(200, None).unwrap();
+        resp.insert_header("content-type", "application/json")
+            .unwrap();
+        ctx.on_response_header(&mut resp, &table);
+        ctx.on_body(&Some(bytes::Bytes::from(vec![b'x'; 600])), true);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let again = cache
+            .lookup(
+                &class,
+                &table,
+                "/v1/chat/completions",
+                &headers,
+                Some(body.as_bytes()),
+            )
+            .await;
+        assert!(matches!(again, Lookup::Hit(_)), "the store is warm");
+    });
+    c.bench_function("cache/hit_lookup_1k_body", |b| {
+        b.iter(|| {
+            rt.block_on(cache.lookup(
+                black_box(&class),
+                &table,
+                "/v1/chat/completions",
+                &headers,
+                Some(body.as_bytes()),
+            ))
+        })
+    });
+}
+
+criterion_group!(cache_benches, benches);
+criterion_main!(cache_benches);

@@ -1,0 +1,418 @@
+//! The cache key: which answers are "the same prediction".
+//!
+//! A key is a BLAKE3 hash (256 bits, collision resistant: an attacker who controls request
+//! bodies cannot make two different requests share an entry) over, in order and each length
+//! prefixed so that no two field sequences serialise alike:
+//!
+//! - the purge epoch (`purge all`) and the model's purge generation (`purge model`),
+//! - the scope: the tenant, else the SHA-256 of an unknown API key, else "anonymous", or
+//!   "shared" on routes that declare `scope: shared`,
+//! - the route name and the request target (path and query: `:predict` and `:classify` on the
+//!   same model are different questions),
+//! - the model, the version named in the path (OIP / TF-Serving) and the version the policy
+//!   declares for the model (`models:` map), so a version bump misses by construction,
+//! - the **canonical** body: parsed as JSON and written back with object keys sorted and no
+//!   insignificant whitespace, so key order and formatting do not matter while any change of
+//!   a value does. Numbers are written as parsed (`1` and `1.0` stay different: a miss, never
+//!   a wrong answer). If an object repeats a key the last one counts, as in `serde_json`.
+//!
+//! Hot path: computing a key parses the body once more (classification already validated it)
+//! into a tree that borrows its strings from the body (only containers and strings with
+//! escapes allocate), and writes one output buffer the size of the body; the benchmark
+//! `benches/cache.rs` keeps this under 5 µs for a 1 KB body.
+
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use std::borrow::Cow;
+use std::fmt;
+
+/// A cache key: 32 bytes of BLAKE3.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CacheKey(pub [u8; 32]);
+
+impl CacheKey {
+    /// Lower-case hex, as reported in `x-switchyard-cache-key` and accepted by the purge API.
+    pub fn to_hex(&self) -> String {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut s = String::with_capacity(64);
+        for b in self.0 {
+            s.push(HEX[(b >> 4) as usize] as char);
+            s.push(HEX[(b & 15) as usize] as char);
+        }
+        s
+    }
+
+    /// Parse 64 hex characters (either case).
+    pub fn from_hex(text: &str) -> Option<CacheKey> {
+        let text = text.trim().as_bytes();
+        if text.len() != 64 {
+            return None;
+        }
+        let digit = |c: u8| -> Option<u8> {
+            match c {
+                b'0'..=b'9' => Some(c - b'0'),
+                b'a'..=b'f' => Some(c - b'a' + 10),
+                b'A'..=b'F' => Some(c - b'A' + 10),
+                _ => None,
+            }
+        };
+        let mut out = [0u8; 32];
+        for (i, pair) in text.chunks(2).enumerate() {
+            out[i] = (digit(pair[0])? << 4) | digit(pair[1])?;
+        }
+        Some(CacheKey(out))
+    }
+
+    /// Which of the coalescing map's shards the key lives in.
+    pub(crate) fn shard(&self, shards: usize) -> usize {
+        self.0[0] as usize % shards
+    }
+}
+
+impl fmt::Debug for CacheKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CacheKey({})", self.to_hex())
+    }
+}
+
+/// Who may see an entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope<'a> {
+    /// Every caller (`scope: shared`, for public models).
+    Shared,
+    /// A tenant of the policy, by name.
+    Tenant(&'a str),
+    /// An API key the policy does not know, by its SHA-256: two such callers never share.
+    Credential(&'a [u8; 32]),
+    /// Callers without any API key.
+    Anonymous,
+}
+
+/// Everything besides the body that goes into a key.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyParts<'a> {
+    pub epoch: u64,
+    pub generation: u64,
+    pub scope: Scope<'a>,
+    pub route: &'a str,
+    /// Path and query of the request.
+    pub target: &'a str,
+    pub model: &'a str,
+    /// The version named in the request path, if any.
+    pub path_version: Option<&'a str>,
+    /// The version the policy declares for the model, if any.
+    pub policy_version: Option<&'a str>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum KeyError {
+    #[error("the body is not JSON, so it has no canonical form: {0}")]
+    NotJson(String),
+}
+
+/// The key of a request: `parts` and the canonical form of `body` (JSON).
+pub fn compute(parts: &KeyParts, body: &[u8]) -> Result<CacheKey, KeyError> {
+    // One buffer, sized for the usual case that the canonical form is no longer than the
+    // body as sent; hashing one contiguous slice lets BLAKE3 use its SIMD paths.
+    let mut canonical = Vec::with_capacity(body.len());
+    canonical_json(body, &mut canonical)?;
+    Ok(compute_canonical(parts, &canonical))
+}
+
+/// The key over an already canonical body.
+pub fn compute_canonical(parts: &KeyParts, canonical: &[u8]) -> CacheKey {
+    let mut h = blake3::Hasher::new();
+    h.update(b"switchyard prediction cache v1");
+    h.update(&parts.epoch.to_le_bytes());
+    h.update(&parts.generation.to_le_bytes());
+    match parts.scope {
+        Scope::Shared => field(&mut h, b'S', b""),
+        Scope::Tenant(name) => field(&mut h, b'T', name.as_bytes()),
+        Scope::Credential(digest) => field(&mut h, b'K', digest),
+        Scope::Anonymous => field(&mut h, b'A', b""),
+    }
+    field(&mut h, b'r', parts.route.as_bytes());
+    field(&mut h, b'p', parts.target.as_bytes());
+    field(&mut h, b'm', parts.model.as_bytes());
+    optional(&mut h, b'v', parts.path_version);
+    optional(&mut h, b'V', parts.policy_version);
+    field(&mut h, b'b', canonical);
+    CacheKey(*h.finalize().as_bytes())
+}
+
+fn field(h: &mut blake3::Hasher, tag: u8, bytes: &[u8]) {
+    h.update(&[tag]);
+    h.update(&(bytes.len() as u64).to_le_bytes());
+    h.update(bytes);
+}
+
+fn optional(h: &mut blake3::Hasher, tag: u8, value: Option<&str>) {
+    match value {
+        Some(v) => field(h, tag, v.as_bytes()),
+        // A length no real field can have: `None` never equals `Some("")`.
+        None => {
+            h.update(&[tag]);
+            h.update(&u64::MAX.to_le_bytes());
+        }
+    }
+}
+
+/// Write the canonical form of the JSON text `body` to `out`: object keys sorted (by their
+/// UTF-8 bytes), no whitespace, strings with `serde_json`'s escaping, numbers as parsed.
+pub fn canonical_json(body: &[u8], out: &mut Vec<u8>) -> Result<(), KeyError> {
+    let tree: Node = serde_json::from_slice(body).map_err(|e| KeyError::NotJson(e.to_string()))?;
+    tree.write(out);
+    Ok(())
+}
+
+/// A parsed JSON value that borrows its strings from the body where it can (no escapes),
+/// so that canonicalising allocates only the containers, not the text. Object members are
+/// sorted once, when the object is complete.
+enum Node<'a> {
+    Null,
+    Bool(bool),
+    Number(serde_json::Number),
+    String(Cow<'a, str>),
+    Array(Vec<Node<'a>>),
+    Object(Vec<(Cow<'a, str>, Node<'a>)>),
+}
+
+impl Node<'_> {
+    fn write(&self, out: &mut Vec<u8>) {
+        match self {
+            Node::Null => out.extend_from_slice(b"null"),
+            Node::Bool(true) => out.extend_from_slice(b"true"),
+            Node::Bool(false) => out.extend_from_slice(b"false"),
+            Node::Number(n) => {
+                use std::io::Write;
+                // Writing to a Vec cannot fail.
+                let _ = write!(out, "{n}");
+            }
+            Node::String(s) => write_string(s, out),
+            Node::Array(items) => {
+                out.push(b'[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    item.write(out);
+                }
+                out.push(b']');
+            }
+            Node::Object(members) => {
+                out.push(b'{');
+                for (i, (k, v)) in members.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    write_string(k, out);
+                    out.push(b':');
+                    v.write(out);
+                }
+                out.push(b'}');
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Node<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(NodeVisitor)
+    }
+}
+
+/// An object key, borrowed when it has no escapes.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(KeyVisitor)
+    }
+}
+
+struct NodeVisitor;
+
+impl<'de> Visitor<'de> for NodeVisitor {
+    type Value = Node<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Node<'de>, E> {
+        Ok(Node::Null)
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Node<'de>, E> {
+        Ok(Node::Bool(v))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Node<'de>, E> {
+        Ok(Node::Number(v.into()))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Node<'de>, E> {
+        Ok(Node::Number(v.into()))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Node<'de>, E> {
+        serde_json::Number::from_f64(v)
+            .map(Node::Number)
+            .ok_or_else(|| E::custom("a number that is not finite"))
+    }
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Node<'de>, E> {
+        Ok(Node::String(Cow::Borrowed(v)))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Node<'de>, E> {
+        Ok(Node::String(Cow::Owned(v.to_owned())))
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Node<'de>, E> {
+        Ok(Node::String(Cow::Owned(v)))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Node<'de>, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+        while let Some(item) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Node::Array(items))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node<'de>, A::Error> {
+        let mut members: Vec<(Cow<'de, str>, Node<'de>)> = Vec::new();
+        while let Some((Key(k), v)) = map.next_entry::<Key, Node>()? {
+            members.push((k, v));
+        }
+        // Stable sort, then keep the last of equal keys: what `serde_json::Value` does.
+        members.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut deduped: Vec<(Cow<'de, str>, Node<'de>)> = Vec::with_capacity(members.len());
+        for (k, v) in members {
+            match deduped.last_mut() {
+                Some(last) if last.0 == k => last.1 = v,
+                _ => deduped.push((k, v)),
+            }
+        }
+        Ok(Node::Object(deduped))
+    }
+}
+
+fn write_string(s: &str, out: &mut Vec<u8>) {
+    // serde_json's escaping is deterministic; writing into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn canon(s: &str) -> String {
+        let mut out = Vec::new();
+        canonical_json(s.as_bytes(), &mut out).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    fn parts(scope: Scope<'_>) -> KeyParts<'_> {
+        KeyParts {
+            epoch: 0,
+            generation: 0,
+            scope,
+            route: "chat",
+            target: "/v1/chat/completions",
+            model: "m",
+            path_version: None,
+            policy_version: None,
+        }
+    }
+
+    #[test]
+    fn canonical_form_sorts_keys_and_drops_whitespace() {
+        assert_eq!(canon(r#"{ "b": 2, "a": 1 }"#), r#"{"a":1,"b":2}"#);
+        assert_eq!(
+            canon(r#"{"z":[ {"y":true,"x":null} ],"a":"\u0041\n"}"#),
+            r#"{"a":"A\n","z":[{"x":null,"y":true}]}"#
+        );
+        assert_eq!(canon("1.5"), "1.5");
+        assert_ne!(canon(r#"{"a":1}"#), canon(r#"{"a":1.0}"#));
+        assert!(canonical_json(b"{nope", &mut Vec::new()).is_err());
+    }
+
+    #[test]
+    fn keys_differ_by_every_part() {
+        let body = br#"{"model":"m","input":"x"}"#;
+        let base = compute(&parts(Scope::Anonymous), body).unwrap();
+        let reordered = compute(&parts(Scope::Anonymous), br#"{"input":"x","model":"m"}"#);
+        assert_eq!(reordered.unwrap(), base);
+        let digest = [7u8; 32];
+        let variants = [
+            compute(&parts(Scope::Shared), body),
+            compute(&parts(Scope::Tenant("acme")), body),
+            compute(&parts(Scope::Credential(&digest)), body),
+            compute(&parts(Scope::Anonymous), br#"{"model":"m","input":"y"}"#),
+            compute(
+                &KeyParts {
+                    generation: 1,
+                    ..parts(Scope::Anonymous)
+                },
+                body,
+            ),
+            compute(
+                &KeyParts {
+                    policy_version: Some("2"),
+                    ..parts(Scope::Anonymous)
+                },
+                body,
+            ),
+            compute(
+                &KeyParts {
+                    path_version: Some("2"),
+                    ..parts(Scope::Anonymous)
+                },
+                body,
+            ),
+            compute(
+                &KeyParts {
+                    target: "/v1/chat/completions?x=1",
+                    ..parts(Scope::Anonymous)
+                },
+                body,
+            ),
+        ];
+        for v in &variants {
+            assert_ne!(v.as_ref().unwrap(), &base);
+        }
+        // A tenant named like a path/route mix cannot collide with another split of fields.
+        let a = compute(
+            &KeyParts {
+                route: "ab",
+                target: "c",
+                ..parts(Scope::Anonymous)
+            },
+            body,
+        );
+        let b = compute(
+            &KeyParts {
+                route: "a",
+                target: "bc",
+                ..parts(Scope::Anonymous)
+            },
+            body,
+        );
+        assert_ne!(a.unwrap(), b.unwrap());
+    }
+
+    #[test]
+    fn hex_round_trip() {
+        let k = compute(&parts(Scope::Anonymous), b"{}").unwrap();
+        assert_eq!(CacheKey::from_hex(&k.to_hex()), Some(k));
+        assert_eq!(CacheKey::from_hex(&k.to_hex().to_uppercase()), Some(k));
+        assert_eq!(CacheKey::from_hex("abc"), None);
+    }
+}
