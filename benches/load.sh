@@ -3,6 +3,7 @@
 #   direct   wrk → mock backend
 #   gateway  wrk → switchyard (full classification + routing) → mock backend
 #   nginx    wrk → nginx (plain keep-alive reverse proxy) → the same mock backend
+#   pingora  wrk → a bare Pingora proxy (no logic, same allocator/threads): the framework's ceiling
 # Same POST workload for all (1 KB OpenAI-style JSON, benches/post_1k.lua), 32 connections,
 # runs interleaved (direct, gateway, nginx, direct, …) and the median of ROUNDS reported.
 #
@@ -20,6 +21,7 @@ MOCK=127.0.0.1:18001
 GATEWAY=127.0.0.1:18080
 GATEWAY_ADMIN=127.0.0.1:18090
 NGINX=127.0.0.1:18081
+BARE=127.0.0.1:18082
 
 for tool in wrk nginx; do
     command -v "$tool" >/dev/null || { echo "need $tool: apt-get install -y wrk nginx-light" >&2; exit 1; }
@@ -163,13 +165,14 @@ NGINX
     exit 0
 fi
 
-cargo build --release --quiet --bin switchyard --example mock_backend
+TARGET=${CARGO_TARGET_DIR:-target}
+cargo build --release --quiet --bin switchyard --example mock_backend --example bare_pingora
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
 
-./target/release/examples/mock_backend --listen "$MOCK" --name bench --threads 1 >"$WORK/mock.log" 2>&1 &
+"$TARGET/release/examples/mock_backend" --listen "$MOCK" --name bench --threads 1 >"$WORK/mock.log" 2>&1 &
 PIDS+=($!)
 
 cat >"$WORK/policy.yaml" <<YAML
@@ -191,7 +194,7 @@ pools:
 routes:
   - { name: chat, match: /v1/chat/completions, protocol: openai, max_body: 64KiB, tier: standard }
 YAML
-RUST_LOG=warn ./target/release/switchyard run --policy "$WORK/policy.yaml" >"$WORK/gateway.log" 2>&1 &
+RUST_LOG=warn "$TARGET/release/switchyard" run --policy "$WORK/policy.yaml" >"$WORK/gateway.log" 2>&1 &
 PIDS+=($!)
 
 cat >"$WORK/nginx.conf" <<NGINX
@@ -217,8 +220,10 @@ http {
 NGINX
 nginx -c "$WORK/nginx.conf" &
 PIDS+=($!)
+"$TARGET/release/examples/bare_pingora" "$BARE" "$MOCK" "$PROXY_THREADS" >"$WORK/bare.log" 2>&1 &
+PIDS+=($!)
 
-for addr in $MOCK $GATEWAY $NGINX; do
+for addr in $MOCK $GATEWAY $NGINX $BARE; do
     for _ in $(seq 100); do
         curl -s -o /dev/null "http://$addr/" && break
         sleep 0.1
@@ -226,7 +231,7 @@ for addr in $MOCK $GATEWAY $NGINX; do
 done
 
 # Every target must answer the workload correctly before it is timed.
-for addr in $MOCK $GATEWAY $NGINX; do
+for addr in $MOCK $GATEWAY $NGINX $BARE; do
     code=$(curl -s -o /dev/null -w '%{http_code}' "http://$addr/v1/chat/completions" \
         -H 'content-type: application/json' -d '{"model":"llama-3-8b","messages":[]}')
     [ "$code" = 200 ] || { echo "target $addr answered $code" >&2; cat "$WORK"/*.log >&2; exit 1; }
@@ -239,8 +244,8 @@ to_ms() { # wrk latency like 812.00us / 1.23ms / 1.01s → ms
     awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n += 0; else if (v ~ /s$/) n *= 1000; printf "%.3f", n }'
 }
 for r in $(seq "$ROUNDS"); do
-    for t in direct gateway nginx; do
-        case $t in direct) a=$MOCK ;; gateway) a=$GATEWAY ;; nginx) a=$NGINX ;; esac
+    for t in direct gateway nginx pingora; do
+        case $t in direct) a=$MOCK ;; gateway) a=$GATEWAY ;; nginx) a=$NGINX ;; pingora) a=$BARE ;; esac
         run "$t" "$a" "$r"
         errs=$(grep -E 'Non-2xx|Socket errors' "$WORK/$t.$r.txt" || true)
         [ -z "$errs" ] || echo "warning: $t round $r: $errs" >&2
@@ -249,7 +254,7 @@ done
 
 median() { sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 declare -A RPS P50 P99
-for t in direct gateway nginx; do
+for t in direct gateway nginx pingora; do
     RPS[$t]=$(for r in $(seq "$ROUNDS"); do awk '/Requests\/sec/ { print $2 }' "$WORK/$t.$r.txt"; done | median)
     P50[$t]=$(for r in $(seq "$ROUNDS"); do to_ms "$(awk '$1 == "50%" { print $2 }' "$WORK/$t.$r.txt")"; echo; done | median)
     P99[$t]=$(for r in $(seq "$ROUNDS"); do to_ms "$(awk '$1 == "99%" { print $2 }' "$WORK/$t.$r.txt")"; echo; done | median)
@@ -258,9 +263,10 @@ done
 echo
 echo "POST 1 KB JSON, $CONNS connections, $DURATION x $ROUNDS interleaved rounds (medians); proxy threads: $PROXY_THREADS"
 printf '%-8s %12s %10s %10s\n' target 'req/s' 'p50 ms' 'p99 ms'
-for t in direct gateway nginx; do
+for t in direct gateway nginx pingora; do
     printf '%-8s %12.0f %10.3f %10.3f\n' "$t" "${RPS[$t]}" "${P50[$t]}" "${P99[$t]}"
 done
-awk -v g="${RPS[gateway]}" -v n="${RPS[nginx]}" -v d="${RPS[direct]}" -v gp="${P50[gateway]}" -v np="${P50[nginx]}" 'BEGIN {
-    printf "\ngateway/nginx req/s: %.2f   gateway/nginx p50: %.2f   gateway/direct req/s: %.2f   nginx/direct req/s: %.2f\n", g / n, gp / np, g / d, n / d
+awk -v g="${RPS[gateway]}" -v n="${RPS[nginx]}" -v d="${RPS[direct]}" -v b="${RPS[pingora]}" -v gp="${P50[gateway]}" -v np="${P50[nginx]}" 'BEGIN {
+    printf "\ngateway/nginx req/s: %.2f (target >= 0.80)   gateway/nginx p50: %.2f (target <= 1.3)\n", g / n, gp / np
+    printf "gateway/bare-pingora req/s: %.2f   bare-pingora/nginx req/s: %.2f   gateway/direct: %.2f   nginx/direct: %.2f\n", g / b, b / n, g / d, n / d
 }'

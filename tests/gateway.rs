@@ -330,8 +330,21 @@ async fn a_dead_endpoint_fails_over_and_all_dead_is_a_503_with_retry_after() {
     let live = mock("live", 0).await;
     let dead = dead_addr();
     // The edge pool (cheaper, chosen first) has only a dead endpoint; the GPU pool is up.
-    let pools = pool("edge", "edge", "us", &[dead], "[\"*\"]", "{ per_request: 0.00002 }")
-        + &pool("gpu", "gpu", "us", &[live.addr()], "[\"*\"]", "{ per_gpu_hour: 12 }");
+    let pools = pool(
+        "edge",
+        "edge",
+        "us",
+        &[dead],
+        "[\"*\"]",
+        "{ per_request: 0.00002 }",
+    ) + &pool(
+        "gpu",
+        "gpu",
+        "us",
+        &[live.addr()],
+        "[\"*\"]",
+        "{ per_gpu_hour: 12 }",
+    );
     let gw = Gateway::start(&policy(&pools, "")).await;
     let r = gw.post("/v1/chat/completions", &[], &chat("m")).await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
@@ -343,12 +356,37 @@ async fn a_dead_endpoint_fails_over_and_all_dead_is_a_503_with_retry_after() {
         assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
         assert_eq!(served_by(&r), "live");
         // Marked down: not tried again within the back-off.
-        assert!(r.header("x-switchyard-decision").unwrap_or("").contains("attempts=1"));
+        assert!(r
+            .header("x-switchyard-decision")
+            .unwrap_or("")
+            .contains("attempts=1"));
     }
     let metrics = gw.metrics().await;
-    assert_eq!(metric_sum(&metrics, "switchyard_upstream_retries_total", &[("pool", "edge")]), 1.0, "{metrics}");
-    assert_eq!(metric_sum(&metrics, "switchyard_endpoint_up", &[("endpoint", &dead.to_string())]), 0.0);
-    assert_eq!(metric_sum(&metrics, "switchyard_endpoint_up", &[("endpoint", &live.addr().to_string())]), 1.0);
+    assert_eq!(
+        metric_sum(
+            &metrics,
+            "switchyard_upstream_retries_total",
+            &[("pool", "edge")]
+        ),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric_sum(
+            &metrics,
+            "switchyard_endpoint_up",
+            &[("endpoint", &dead.to_string())]
+        ),
+        0.0
+    );
+    assert_eq!(
+        metric_sum(
+            &metrics,
+            "switchyard_endpoint_up",
+            &[("endpoint", &live.addr().to_string())]
+        ),
+        1.0
+    );
 
     live.shutdown();
     tokio::time::sleep(Duration::from_millis(50)).await;

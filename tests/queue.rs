@@ -293,7 +293,13 @@ async fn jobs_survive_a_crash() {
         }
         while let Some(r) = set.join_next().await {
             let r = r.expect("task");
-            assert_eq!(r.status, 202, "{:?} {}", r.header("x-switchyard-decision"), r.text());
+            assert_eq!(
+                r.status,
+                202,
+                "{:?} {}",
+                r.header("x-switchyard-decision"),
+                r.text()
+            );
             ids.push(json(&r.body)["job_id"].as_str().unwrap().to_string());
         }
     }
@@ -316,7 +322,10 @@ async fn jobs_survive_a_crash() {
         succeeded += 1;
     }
     assert_eq!(succeeded, 200);
-    let m = gw.metrics().await;
+    // The depth gauges are refreshed by the dispatcher about once a second.
+    let m = gw
+        .metrics_when(|m| support::metric_sum(m, "switchyard_queue_depth", &[]) == 0.0)
+        .await;
     assert_eq!(
         support::metric_sum(&m, "switchyard_queue_depth", &[]),
         0.0,

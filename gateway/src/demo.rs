@@ -317,7 +317,7 @@ pub fn render_report(results: &[Outcome], snapshot: &Snapshot) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "\n{:<10} {:>5} {:>5} {:>8} {:>8} {:>8}  {:<44} {:>7} {:>11} {:>11} {:>11}",
+        "\n{:<10} {:>5} {:>5} {:>8} {:>8} {:>8}  {:<52} {:>7} {:>11} {:>11} {:>11}",
         "tier",
         "reqs",
         "ok",
@@ -357,7 +357,7 @@ pub fn render_report(results: &[Outcome], snapshot: &Snapshot) -> String {
         total_saved += avoided;
         let _ = writeln!(
             s,
-            "{:<10} {:>5} {:>5} {:>8.1} {:>8.1} {:>7.1}%  {:<44} {:>7} {:>11} {:>11} {:>11}",
+            "{:<10} {:>5} {:>5} {:>8.1} {:>8.1} {:>7.1}%  {:<52} {:>7} {:>11} {:>11} {:>11}",
             tier,
             rs.len(),
             ok,

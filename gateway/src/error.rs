@@ -24,6 +24,10 @@ pub enum GatewayError {
     Shed { tier: String, deadline_ms: u128 },
     #[error("no healthy pool serves model `{model}` for tier `{tier}`")]
     NoCandidate { model: String, tier: String },
+    #[error(
+        "every pool that can serve tier `{tier}` is at its concurrency limit; try again shortly"
+    )]
+    Overloaded { tier: String },
     #[error("upstream did not answer within {0} ms")]
     UpstreamTimeout(u128),
     #[error("no upstream could be reached: {0}")]
@@ -32,6 +36,20 @@ pub enum GatewayError {
     UpstreamFailed(String),
     #[error("internal error: {0}")]
     Internal(String),
+    #[error("the job queue is full ({max_jobs} unfinished jobs); try again later")]
+    QueueFull { max_jobs: u64 },
+    #[error("the job queue is unavailable: {0}")]
+    QueueUnavailable(String),
+    #[error("no such job")]
+    JobNotFound,
+    #[error("the job is {0} and can no longer be cancelled")]
+    JobNotCancellable(&'static str),
+    #[error("the job is {0} and has no result yet")]
+    JobNotFinished(&'static str),
+    #[error("x-switchyard-callback-url: {0}")]
+    BadCallback(String),
+    #[error("Idempotency-Key must be 1 to 255 visible ASCII characters")]
+    BadIdempotencyKey,
 }
 
 impl GatewayError {
@@ -43,10 +61,15 @@ impl GatewayError {
             GatewayError::BadRequest(_) | GatewayError::BodyRead(_) => 400,
             GatewayError::Shed { .. }
             | GatewayError::NoCandidate { .. }
+            | GatewayError::Overloaded { .. }
             | GatewayError::UpstreamUnavailable(_) => 503,
             GatewayError::UpstreamTimeout(_) => 504,
             GatewayError::UpstreamFailed(_) => 502,
             GatewayError::Internal(_) => 500,
+            GatewayError::QueueFull { .. } | GatewayError::QueueUnavailable(_) => 503,
+            GatewayError::JobNotFound => 404,
+            GatewayError::JobNotCancellable(_) | GatewayError::JobNotFinished(_) => 409,
+            GatewayError::BadCallback(_) | GatewayError::BadIdempotencyKey => 400,
         }
     }
 
@@ -61,10 +84,16 @@ impl GatewayError {
             GatewayError::BadRequest(_) | GatewayError::BodyRead(_) => "invalid_request",
             GatewayError::Shed { .. } => "slo_unattainable",
             GatewayError::NoCandidate { .. } => "no_capacity",
+            GatewayError::Overloaded { .. } => "overloaded",
             GatewayError::UpstreamTimeout(_) => "upstream_timeout",
             GatewayError::UpstreamUnavailable(_) => "upstream_unavailable",
             GatewayError::UpstreamFailed(_) => "upstream_failed",
             GatewayError::Internal(_) => "internal",
+            GatewayError::QueueFull { .. } => "queue_full",
+            GatewayError::QueueUnavailable(_) => "queue_unavailable",
+            GatewayError::JobNotFound => "not_found",
+            GatewayError::JobNotCancellable(_) | GatewayError::JobNotFinished(_) => "conflict",
+            GatewayError::BadCallback(_) | GatewayError::BadIdempotencyKey => "invalid_request",
         }
     }
 
@@ -73,7 +102,10 @@ impl GatewayError {
         match self {
             GatewayError::Shed { .. } => Some(1),
             GatewayError::NoCandidate { .. } => Some(5),
+            GatewayError::Overloaded { .. } => Some(1),
             GatewayError::UpstreamUnavailable(_) => Some(5),
+            GatewayError::QueueFull { .. } => Some(30),
+            GatewayError::QueueUnavailable(_) => Some(5),
             _ => None,
         }
     }

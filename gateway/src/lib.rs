@@ -15,12 +15,17 @@
 //! metric names, and [`error`] the one mapping from errors to HTTP responses.
 
 pub mod admin;
+pub mod cache;
 pub mod classify;
-// pub mod demo; (re-enabled when testkit lands)
+pub mod demo;
 pub mod error;
+pub mod hedge;
 pub mod policy;
 pub mod proxy;
+pub mod queue;
 pub mod route;
+pub mod scenario;
 pub mod server;
 pub mod telemetry;
 pub mod testkit;
+pub mod tools;

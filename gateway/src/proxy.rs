@@ -11,11 +11,13 @@
 //! (the `Class` already carries `cacheable`), and a queue destination is another outcome of
 //! the decision, answered from `request_filter` without an upstream.
 
+use crate::cache::{Cache, CacheCtx, Lookup};
 use crate::classify::{self, Class, RequestFacts};
 use crate::error::GatewayError;
 use crate::policy::compile::{PoolId, RoutingTable, INSPECT_LIMIT};
 use crate::policy::raw::Protocol;
 use crate::policy::Snapshot;
+use crate::queue::{self, Queue};
 use crate::route::state::now_ms;
 use crate::route::{self, Decision};
 use crate::telemetry as t;
@@ -32,11 +34,31 @@ use std::time::{Duration, Instant};
 /// The gateway's proxy service.
 pub struct Gateway {
     snapshot: Snapshot,
+    /// The batch queue, when the policy has one at start-up.
+    queue: Option<Arc<Queue>>,
+    /// The prediction cache (built once, survives reloads).
+    cache: Option<Arc<Cache>>,
 }
 
 impl Gateway {
     pub fn new(snapshot: Snapshot) -> Self {
-        Gateway { snapshot }
+        Gateway {
+            snapshot,
+            queue: None,
+            cache: None,
+        }
+    }
+
+    /// Answer repeat predictions from `cache` and store new ones in it.
+    pub fn with_cache(mut self, cache: Option<Arc<Cache>>) -> Self {
+        self.cache = cache;
+        self
+    }
+
+    /// Accept queued work into `queue` and serve the jobs API from it.
+    pub fn with_queue(mut self, queue: Option<Arc<Queue>>) -> Self {
+        self.queue = queue;
+        self
     }
 }
 
@@ -49,11 +71,18 @@ pub struct RequestCtx {
     /// The attempt in flight: pool and endpoint, and when it was sent.
     current: Option<(PoolId, u16)>,
     attempt_start: Option<Instant>,
+    /// The pool's slot remembering when the attempt in flight started (overdue detection).
+    attempt_slot: Option<u8>,
     tried: Vec<(PoolId, u16)>,
+    /// An upstream 5xx being turned into a retry (set in `upstream_response_filter`, read in
+    /// `error_while_proxy`).
+    retry_status: Option<u16>,
     /// An error decided before or instead of proxying, rendered by `fail_to_proxy`.
     pending: Option<GatewayError>,
     /// Status of a response the gateway wrote itself.
     own_status: Option<u16>,
+    /// What the prediction cache did, and a response being captured for it.
+    cache: CacheCtx,
 }
 
 impl RequestCtx {
@@ -68,6 +97,9 @@ impl RequestCtx {
     fn release(&mut self) {
         if let (Some(table), Some((p, e))) = (&self.table, self.current.take()) {
             let pool = &table.pools[p as usize];
+            if let Some(slot) = self.attempt_slot.take() {
+                pool.state.untrack(slot);
+            }
             pool.state.release();
             pool.endpoints[e as usize].state.release();
         }
@@ -86,9 +118,12 @@ impl ProxyHttp for Gateway {
             decision: None,
             current: None,
             attempt_start: None,
+            attempt_slot: None,
             tried: Vec::new(),
+            retry_status: None,
             pending: None,
             own_status: None,
+            cache: CacheCtx::default(),
         }
     }
 
@@ -96,8 +131,55 @@ impl ProxyHttp for Gateway {
         // One snapshot per request: a reload mid-request never changes its rules.
         let table = self.snapshot.load_full();
         ctx.table = Some(table.clone());
-        match prepare(session, &table).await {
-            Ok((class, decision)) => {
+        if let Some(queue) = &self.queue {
+            // The jobs API (`/v1/jobs/{id}`) answers before route matching.
+            if let Some(status) = queue::api::serve(session, queue, &table).await? {
+                ctx.own_status = Some(status);
+                return Ok(true);
+            }
+        }
+        match prepare(session, &table, self.cache.as_ref()).await {
+            Ok((class, decision, body, lookup)) => {
+                // A hit, or the answer of an identical request in flight, is served here
+                // before any upstream work; waiters wait at most the tier's upstream timeout.
+                let bound = table.tiers[class.tier as usize].timeout;
+                if let Some(entry) = ctx.cache.settle(lookup, bound).await {
+                    ctx.class = Some(class);
+                    answer_from_cache(session, ctx, &table, &decision, &entry).await?;
+                    return Ok(true);
+                }
+                if let Some(queue) = self
+                    .queue
+                    .as_ref()
+                    .filter(|_| queue::api::takes(&table, &decision))
+                {
+                    // A batch pool or `on_slo_miss: queue`: stored durably, answered 202.
+                    let result =
+                        queue::api::enqueue(session, queue, &table, &class, &decision, body).await;
+                    ctx.class = Some(class);
+                    ctx.decision = Some(decision);
+                    match result {
+                        Ok(status) => ctx.own_status = Some(status),
+                        Err(err) => {
+                            ctx.own_status = Some(err.status());
+                            respond_error(session, &err, ctx).await?;
+                        }
+                    }
+                    return Ok(true);
+                }
+                // A hedging tier: two attempts may be in flight, which Pingora's proxy loop
+                // cannot do; the buffered request goes through `hedge` instead.
+                let hedge_after = table.tiers[class.tier as usize].hedge_after;
+                if let (Some(factor), Some(target), Some(body)) =
+                    (hedge_after, decision.target, body.as_ref())
+                {
+                    if !class.streaming && !class.cacheable {
+                        ctx.class = Some(class);
+                        ctx.decision = Some(decision);
+                        answer_hedged(session, ctx, &table, target, body, factor).await?;
+                        return Ok(true);
+                    }
+                }
                 ctx.class = Some(class);
                 ctx.decision = Some(decision);
                 Ok(false)
@@ -117,9 +199,14 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         let (Some(table), Some(class)) = (ctx.table.clone(), ctx.class.as_ref()) else {
-            return Err(Error::explain(ErrorType::InternalError, "no classification"));
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "no classification",
+            ));
         };
-        let decision = if ctx.tried.is_empty() {
+        let mut decision = if ctx.tried.is_empty() {
+            // Every request earns the retry budget a fraction of a retry.
+            table.upstream.budget.deposit(&table.upstream.retry_budget);
             ctx.decision
         } else {
             // A retry: decide again without the endpoints that already failed.
@@ -127,11 +214,41 @@ impl ProxyHttp for Gateway {
             ctx.decision = Some(d);
             Some(d)
         };
-        let Some((pool_id, ep)) = decision.and_then(|d| d.target) else {
+        // Take an in-flight slot in the pool and the endpoint with compare-and-swap, so a
+        // burst cannot overshoot `concurrency`. Lost a race for the last slot: decide again
+        // on the fresh counts (the next candidate, or the tier's fallback).
+        let mut target = None;
+        for _ in 0..4 {
+            let Some((pool_id, ep)) = decision.and_then(|d| d.target) else {
+                break;
+            };
+            let pool = &table.pools[pool_id as usize];
+            if pool.state.try_acquire(pool.concurrency) {
+                if pool.endpoints[ep as usize]
+                    .state
+                    .try_acquire(pool.endpoint_limit())
+                {
+                    target = Some((pool_id, ep));
+                    break;
+                }
+                pool.state.release();
+            }
+            let d = route::decide(class, &table, &ctx.tried, now_ms());
+            ctx.decision = Some(d);
+            decision = Some(d);
+        }
+        let Some((pool_id, ep)) = target else {
             let tier = &table.tiers[class.tier as usize];
-            ctx.pending = Some(GatewayError::NoCandidate {
-                model: class.model.clone(),
-                tier: tier.name.clone(),
+            ctx.pending = Some(match decision.map(|d| d.reason) {
+                Some(route::Reason::Overloaded | route::Reason::MeetsDeadline) => {
+                    GatewayError::Overloaded {
+                        tier: tier.name.clone(),
+                    }
+                }
+                _ => GatewayError::NoCandidate {
+                    model: class.model.clone(),
+                    tier: tier.name.clone(),
+                },
             });
             return Err(Error::explain(
                 ErrorType::HTTPStatus(503),
@@ -140,9 +257,8 @@ impl ProxyHttp for Gateway {
         };
         let pool = &table.pools[pool_id as usize];
         let endpoint = &pool.endpoints[ep as usize];
-        pool.state.acquire();
-        endpoint.state.acquire();
         ctx.current = Some((pool_id, ep));
+        ctx.attempt_slot = pool.state.track_start(now_ms());
         ctx.tried.push((pool_id, ep));
         ctx.attempt_start = Some(Instant::now());
 
@@ -164,7 +280,10 @@ impl ProxyHttp for Gateway {
         if let Some(class) = &ctx.class {
             // Tell the backend how long it has left, so it can give up early too.
             let remaining = class.deadline.saturating_sub(ctx.start.elapsed());
-            upstream_request.insert_header("x-switchyard-deadline-ms", remaining.as_millis().to_string())?;
+            upstream_request.insert_header(
+                "x-switchyard-deadline-ms",
+                remaining.as_millis().to_string(),
+            )?;
         }
         if let Some(peer) = peer_ip(session) {
             let xff = match session.req_header().headers.get("x-forwarded-for") {
@@ -178,20 +297,56 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
-        _upstream_response: &mut ResponseHeader,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         // Time to the response header is the service time the estimates track.
-        if let (Some(table), Some((p, e)), Some(sent)) = (&ctx.table, ctx.current, ctx.attempt_start) {
-            let took = sent.elapsed();
-            let pool = &table.pools[p as usize];
-            pool.state.observe(took);
-            let ep = &pool.endpoints[e as usize].state;
-            ep.observe(took);
-            ep.mark_success();
-            metrics::histogram!(t::UPSTREAM_DURATION, "pool" => pool.name.clone())
-                .record(took.as_secs_f64());
+        let Some(table) = ctx.table.clone() else {
+            return Ok(());
+        };
+        let (Some((p, e)), Some(sent)) = (ctx.current, ctx.attempt_start) else {
+            return Ok(());
+        };
+        let took = sent.elapsed();
+        let pool = &table.pools[p as usize];
+        pool.state.observe(took);
+        // Answered: no longer a candidate for "overdue" (a streamed body may go on for long).
+        if let Some(slot) = ctx.attempt_slot.take() {
+            pool.state.untrack(slot);
+        }
+        let ep = &pool.endpoints[e as usize];
+        ep.state.observe(took);
+        metrics::histogram!(t::UPSTREAM_DURATION, "pool" => pool.name.clone())
+            .record(took.as_secs_f64());
+        let status = upstream_response.status.as_u16();
+        if status < 500 {
+            ep.state.mark_success();
+            return Ok(());
+        }
+        // A 5xx counts towards ejecting the endpoint.
+        if let Some(backoff) = ep.state.failed(now_ms(), &table.upstream.ejection) {
+            metrics::counter!(t::EJECTIONS, "pool" => pool.name.clone(), "cause" => "5xx")
+                .increment(1);
+            tracing::warn!(pool = %pool.name, endpoint = %ep.name, status, backoff_ms = backoff.as_millis() as u64, "endpoint ejected after consecutive failures");
+        }
+        // Idempotent routes retry it elsewhere, before anything is sent downstream: the
+        // error returned here ends this attempt and `error_while_proxy` marks it retryable.
+        let idempotent = ctx
+            .class
+            .as_ref()
+            .is_some_and(|c| table.routes[c.route as usize].idempotent);
+        if idempotent
+            && !session.as_ref().retry_buffer_truncated()
+            && has_other_candidate(ctx, &table)
+            && retry_allowed(ctx, &table)
+        {
+            metrics::counter!(t::RETRIES, "pool" => pool.name.clone()).increment(1);
+            ctx.retry_status = Some(status);
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(status),
+                "upstream 5xx; retrying elsewhere",
+            ));
         }
         Ok(())
     }
@@ -203,7 +358,23 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         decision_headers(upstream_response, ctx);
+        if let Some(table) = &ctx.table {
+            // Label the response and decide whether its body is captured for the cache.
+            ctx.cache.on_response_header(upstream_response, table);
+        }
         Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        // Copies the body (bounded) only while a storable response is being captured.
+        ctx.cache.on_body(body, end_of_stream);
+        Ok(None)
     }
 
     fn fail_to_connect(
@@ -215,16 +386,17 @@ impl ProxyHttp for Gateway {
     ) -> Box<Error> {
         if let (Some(table), Some((p, ep))) = (ctx.table.clone(), ctx.current) {
             let pool = &table.pools[p as usize];
-            pool.endpoints[ep as usize]
+            // A refused or timed-out connect is certain: ejected at once, with a back-off
+            // that doubles while the endpoint keeps failing.
+            let backoff = pool.endpoints[ep as usize]
                 .state
-                .mark_down(now_ms(), table.upstream.down_backoff);
-            tracing::warn!(pool = %pool.name, endpoint = %pool.endpoints[ep as usize].name, error = %e, "upstream connect failed; endpoint marked down");
+                .connect_failed(now_ms(), &table.upstream.ejection);
+            metrics::counter!(t::EJECTIONS, "pool" => pool.name.clone(), "cause" => "connect")
+                .increment(1);
+            tracing::warn!(pool = %pool.name, endpoint = %pool.endpoints[ep as usize].name, error = %e, backoff_ms = backoff.as_millis() as u64, "upstream connect failed; endpoint ejected");
             ctx.release();
-            let within_deadline = ctx
-                .class
-                .as_ref()
-                .is_some_and(|c| ctx.start.elapsed() < c.deadline.max(Duration::from_millis(10)));
-            if (ctx.tried.len() as u32) < table.upstream.max_attempts && within_deadline {
+            // Nothing reached the backend: always safe to retry (within deadline and budget).
+            if retry_allowed(ctx, &table) {
                 metrics::counter!(t::RETRIES, "pool" => pool.name.clone()).increment(1);
                 e.set_retry(true);
             }
@@ -240,12 +412,48 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
         client_reused: bool,
     ) -> Box<Error> {
+        // A timeout, or the backend cutting the connection before answering (not a stale
+        // keep-alive connection: Pingora's reuse rule below covers that), counts towards
+        // ejection, and idempotent routes may retry it elsewhere while nothing has been
+        // written downstream yet.
+        let upstream_failed = ctx.retry_status.is_none()
+            && session.response_written().is_none()
+            && (matches!(
+                e.etype(),
+                ErrorType::ReadTimedout | ErrorType::WriteTimedout
+            ) || (e.esource() == &pingora::ErrorSource::Upstream && !client_reused));
+        let mut retry_timeout = false;
+        if let (true, Some(table), Some((p, ep))) =
+            (upstream_failed, ctx.table.clone(), ctx.current)
+        {
+            let pool = &table.pools[p as usize];
+            if pool.endpoints[ep as usize]
+                .state
+                .failed(now_ms(), &table.upstream.ejection)
+                .is_some()
+            {
+                metrics::counter!(t::EJECTIONS, "pool" => pool.name.clone(), "cause" => "error")
+                    .increment(1);
+            }
+            let idempotent = ctx
+                .class
+                .as_ref()
+                .is_some_and(|c| table.routes[c.route as usize].idempotent);
+            retry_timeout = idempotent
+                && !session.as_ref().retry_buffer_truncated()
+                && has_other_candidate(ctx, &table)
+                && retry_allowed(ctx, &table);
+        }
         ctx.release();
         let mut e = e.more_context(format!("Peer: {peer}"));
-        // Inference requests are safe to resend when the failure was a stale keep-alive
-        // connection and the whole body is still buffered; Pingora's default would refuse
-        // because the method is POST.
-        if session.as_ref().retry_buffer_truncated() {
+        if ctx.retry_status.take().is_some() || retry_timeout {
+            // An upstream 5xx (turned into this error before the header went downstream) or
+            // a timeout on an idempotent route: the checks were made above.
+            e.set_retry(true);
+        } else if session.as_ref().retry_buffer_truncated() {
+            // Inference requests are safe to resend when the failure was a stale keep-alive
+            // connection and the whole body is still buffered; Pingora's default would refuse
+            // because the method is POST.
             e.set_retry(false);
         } else {
             e.retry.decide_reuse(client_reused);
@@ -304,6 +512,13 @@ impl ProxyHttp for Gateway {
             .or(ctx.own_status)
             .unwrap_or(0);
         let elapsed = ctx.start.elapsed();
+        crate::admin::status::record(
+            ctx.class.as_ref(),
+            ctx.decision.as_ref(),
+            ctx.tried.last().map(|t| t.0),
+            status,
+            elapsed,
+        );
         let Some(table) = ctx.table.clone() else {
             return;
         };
@@ -316,26 +531,44 @@ impl ProxyHttp for Gateway {
             None => ("none", "none", "none"),
         };
         let pool = ctx.pool_name();
-        metrics::counter!(t::REQUESTS,
-            "route" => route.to_string(), "tier" => tier.to_string(), "region" => region.to_string(),
-            "pool" => pool.to_string(), "status" => status_label(status))
-        .increment(1);
-        metrics::histogram!(t::REQUEST_DURATION, "route" => route.to_string(), "tier" => tier.to_string())
-            .record(elapsed.as_secs_f64());
+        let none = u16::MAX;
+        let key = t::HandleKey {
+            table: table.generation,
+            route: ctx.class.as_ref().map_or(none, |c| c.route),
+            tier: ctx.class.as_ref().map_or(none, |c| c.tier),
+            region: ctx.class.as_ref().map_or(none, |c| c.region),
+            pool: ctx
+                .current
+                .or(ctx.tried.last().copied())
+                .map_or(none, |(p, _)| p),
+            status,
+            reason: ctx.decision.map_or(u8::MAX, |d| d.reason as u8),
+        };
+        let reason = ctx.decision.map(|d| d.reason.as_str()).unwrap_or("none");
+        let handles = t::request_handles(key, || t::RequestHandles {
+            requests: metrics::counter!(t::REQUESTS,
+                "route" => route.to_string(), "tier" => tier.to_string(), "region" => region.to_string(),
+                "pool" => pool.to_string(), "status" => status_label(status)),
+            duration: metrics::histogram!(t::REQUEST_DURATION, "route" => route.to_string(), "tier" => tier.to_string()),
+            decisions: metrics::counter!(t::DECISIONS, "tier" => tier.to_string(), "reason" => reason),
+            deadline_misses: metrics::counter!(t::DEADLINE_MISSES, "tier" => tier.to_string()),
+            cost: metrics::gauge!(t::COST, "pool" => pool.to_string(), "tier" => tier.to_string()),
+        });
+        handles.requests.increment(1);
+        handles.duration.record(elapsed.as_secs_f64());
         if let (Some(class), Some(d)) = (&ctx.class, &ctx.decision) {
-            metrics::counter!(t::DECISIONS, "tier" => tier.to_string(), "reason" => d.reason.as_str())
-                .increment(1);
+            handles.decisions.increment(1);
             if elapsed > class.deadline {
-                metrics::counter!(t::DEADLINE_MISSES, "tier" => tier.to_string()).increment(1);
+                handles.deadline_misses.increment(1);
             }
-            if let (Some(est), true) = (d.estimate, (200..500).contains(&status) && pool != "none") {
-                metrics::gauge!(t::COST, "pool" => pool.to_string(), "tier" => tier.to_string())
-                    .increment(est.cost_usd);
+            if let (Some(est), true) = (d.estimate, (200..500).contains(&status) && pool != "none")
+            {
+                handles.cost.increment(est.cost_usd);
             }
         }
+        drop(handles);
         let client = ctx.class.as_ref().map(|c| c.client_ip);
         let model = ctx.class.as_ref().map(|c| c.model.as_str()).unwrap_or("");
-        let reason = ctx.decision.map(|d| d.reason.as_str()).unwrap_or("");
         tracing::info!(
             target: "switchyard::access",
             method = %session.req_header().method,
@@ -349,6 +582,36 @@ impl ProxyHttp for Gateway {
             "request"
         );
     }
+}
+
+/// Whether another attempt may be made: attempts left, time left before the deadline, and a
+/// token in the retry budget (an empty budget is counted).
+fn retry_allowed(ctx: &RequestCtx, table: &RoutingTable) -> bool {
+    let within_deadline = ctx
+        .class
+        .as_ref()
+        .is_some_and(|c| ctx.start.elapsed() < c.deadline.max(Duration::from_millis(10)));
+    if (ctx.tried.len() as u32) >= table.upstream.max_attempts || !within_deadline {
+        return false;
+    }
+    if table
+        .upstream
+        .budget
+        .try_withdraw(&table.upstream.retry_budget)
+    {
+        return true;
+    }
+    metrics::counter!(t::RETRY_BUDGET_EXHAUSTED).increment(1);
+    false
+}
+
+/// Whether a retry would find somewhere else to go (so a 5xx is not swapped for a 503).
+fn has_other_candidate(ctx: &RequestCtx, table: &RoutingTable) -> bool {
+    ctx.class.as_ref().is_some_and(|c| {
+        route::decide(c, table, &ctx.tried, now_ms())
+            .target
+            .is_some()
+    })
 }
 
 fn status_label(status: u16) -> &'static str {
@@ -395,7 +658,8 @@ fn peer_ip(session: &Session) -> Option<IpAddr> {
 async fn prepare(
     session: &mut Session,
     table: &RoutingTable,
-) -> std::result::Result<(Class, Decision), (Option<Class>, GatewayError)> {
+    cache: Option<&Arc<Cache>>,
+) -> std::result::Result<(Class, Decision, Option<Bytes>, Lookup), (Option<Class>, GatewayError)> {
     let path = session.req_header().uri.path().to_string();
     let route_id = table
         .match_route(&path)
@@ -417,9 +681,25 @@ async fn prepare(
     };
     let class = classify::classify(&facts, route_id, table).map_err(|e| (None, e.into()))?;
 
-    // Cache seam: a lookup keyed on `class` goes here when `class.cacheable`.
+    // The cache: looked up before deciding, so that a hit is answered even when no pool
+    // could take the request now (the decision is still made, for the spend avoided).
+    let lookup = match cache {
+        Some(cache) => {
+            let target = header
+                .uri
+                .path_and_query()
+                .map_or(path.as_str(), |pq| pq.as_str());
+            cache
+                .lookup(&class, table, target, &header.headers, body.as_deref())
+                .await
+        }
+        None => Lookup::Bypass,
+    };
 
     let decision = route::decide(&class, table, &[], now_ms());
+    if lookup.is_hit() {
+        return Ok((class, decision, body, lookup));
+    }
     let tier = &table.tiers[class.tier as usize];
     match decision.reason {
         route::Reason::Shed => {
@@ -429,6 +709,12 @@ async fn prepare(
             };
             Err((Some(class), err))
         }
+        route::Reason::Overloaded => Err((
+            Some(class),
+            GatewayError::Overloaded {
+                tier: tier.name.clone(),
+            },
+        )),
         route::Reason::NoCandidate => {
             let err = GatewayError::NoCandidate {
                 model: class.model.clone(),
@@ -436,8 +722,98 @@ async fn prepare(
             };
             Err((Some(class), err))
         }
-        _ => Ok((class, decision)),
+        _ => Ok((class, decision, body, lookup)),
     }
+}
+
+/// Answer from the prediction cache: the stored status, content headers and body, the cache
+/// and classification headers, and the spend the request did not cause.
+async fn answer_from_cache(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    table: &RoutingTable,
+    decision: &Decision,
+    entry: &crate::cache::Stored,
+) -> Result<()> {
+    let mut resp = ctx.cache.answer_header(entry)?;
+    decision_headers(&mut resp, ctx);
+    let saved = match (decision.target, decision.estimate) {
+        (Some(_), Some(est)) => est.cost_usd,
+        _ => 0.0,
+    };
+    resp.insert_header(
+        "x-switchyard-decision",
+        format!("cache-hit; est_usd=0.000000; saved_usd={saved:.6}"),
+    )?;
+    if let Some(class) = &ctx.class {
+        metrics::gauge!(t::COST_SAVED, "tier" => table.tiers[class.tier as usize].name.clone())
+            .increment(saved);
+    }
+    ctx.own_status = Some(entry.status);
+    session.write_response_header(Box::new(resp), false).await?;
+    session
+        .write_response_body(Some(entry.body.clone()), true)
+        .await?;
+    Ok(())
+}
+
+/// Serve a request of a hedging tier through [`crate::hedge::run`] and write its answer
+/// (buffered; the headers the gateway adds are the same as on the proxied path, plus
+/// `x-switchyard-hedged`).
+async fn answer_hedged(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    table: &RoutingTable,
+    target: (PoolId, u16),
+    body: &Bytes,
+    factor: f64,
+) -> Result<()> {
+    let Some(class) = ctx.class.take() else {
+        return Ok(());
+    };
+    let mut req = session.req_header().clone();
+    let remaining = class.deadline.saturating_sub(ctx.start.elapsed());
+    req.insert_header(
+        "x-switchyard-deadline-ms",
+        remaining.as_millis().to_string(),
+    )?;
+    if let Some(peer) = peer_ip(session) {
+        let xff = match session.req_header().headers.get("x-forwarded-for") {
+            Some(prev) => format!("{}, {peer}", prev.to_str().unwrap_or("")),
+            None => peer.to_string(),
+        };
+        req.insert_header("x-forwarded-for", xff)?;
+    }
+    req.remove_header(&http::header::TRANSFER_ENCODING);
+    req.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+    let result = crate::hedge::run(table, &class, target, &req, body, factor).await;
+    ctx.class = Some(class);
+    match result {
+        Ok(answer) => {
+            ctx.tried = answer.tried;
+            let status = answer.header.status.as_u16();
+            let mut resp = ResponseHeader::build(answer.header.status, None)?;
+            for (name, value) in answer.header.headers.iter() {
+                if !matches!(
+                    name.as_str(),
+                    "connection" | "keep-alive" | "transfer-encoding" | "content-length"
+                ) {
+                    resp.append_header(name.clone(), value.clone())?;
+                }
+            }
+            resp.insert_header(http::header::CONTENT_LENGTH, answer.body.len().to_string())?;
+            resp.insert_header("x-switchyard-hedged", if answer.hedged { "1" } else { "0" })?;
+            decision_headers(&mut resp, ctx);
+            ctx.own_status = Some(status);
+            session.write_response_header(Box::new(resp), false).await?;
+            session.write_response_body(Some(answer.body), true).await?;
+        }
+        Err(err) => {
+            ctx.own_status = Some(err.status());
+            respond_error(session, &err, ctx).await?;
+        }
+    }
+    Ok(())
 }
 
 /// Read the request body before routing when it is small enough to hold (and must be read
@@ -496,13 +872,22 @@ fn decision_headers(resp: &mut ResponseHeader, ctx: &RequestCtx) {
     let Some(table) = &ctx.table else { return };
     let _ = resp.insert_header("x-switchyard-policy-version", table.version.as_str());
     if let Some(class) = &ctx.class {
-        let _ = resp.insert_header("x-switchyard-tier", table.tiers[class.tier as usize].name.as_str());
-        let _ = resp.insert_header("x-switchyard-region", table.regions[class.region as usize].as_str());
+        let _ = resp.insert_header(
+            "x-switchyard-tier",
+            table.tiers[class.tier as usize].name.as_str(),
+        );
+        let _ = resp.insert_header(
+            "x-switchyard-region",
+            table.regions[class.region as usize].as_str(),
+        );
     }
     if let Some((p, e)) = ctx.tried.last() {
         let pool = &table.pools[*p as usize];
         let _ = resp.insert_header("x-switchyard-pool", pool.name.as_str());
-        let _ = resp.insert_header("x-switchyard-endpoint", pool.endpoints[*e as usize].name.as_str());
+        let _ = resp.insert_header(
+            "x-switchyard-endpoint",
+            pool.endpoints[*e as usize].name.as_str(),
+        );
     }
     if let Some(d) = &ctx.decision {
         let value = match d.estimate {
@@ -522,11 +907,7 @@ fn decision_headers(resp: &mut ResponseHeader, ctx: &RequestCtx) {
 }
 
 /// Write a JSON error response (with `Retry-After` when the error suggests one).
-async fn respond_error(
-    session: &mut Session,
-    err: &GatewayError,
-    ctx: &RequestCtx,
-) -> Result<()> {
+async fn respond_error(session: &mut Session, err: &GatewayError, ctx: &RequestCtx) -> Result<()> {
     let body = err.body();
     let mut resp = ResponseHeader::build(err.status(), Some(6))?;
     resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;

@@ -5,6 +5,7 @@
 //! and report why, but it holds nothing the request path needs beyond the snapshot.
 
 use crate::admin::{AdminApp, ControlPlane};
+use crate::policy::reload::{HangupReloader, PolicyWatcher};
 use crate::policy::{self, RoutingTable};
 use crate::proxy::Gateway;
 use crate::route::state::Fleet;
@@ -17,7 +18,7 @@ use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +29,8 @@ pub enum ServerError {
     Metrics(String),
     #[error("cannot create the server: {0}")]
     Pingora(String),
+    #[error("cannot open the job queue: {0}")]
+    Queue(#[from] crate::queue::QueueError),
 }
 
 /// How to start a gateway.
@@ -63,32 +66,44 @@ pub fn build(table: RoutingTable, fleet: Arc<Fleet>, opts: Options) -> Result<Bu
     let metrics = telemetry::install().map_err(|e| ServerError::Metrics(e.to_string()))?;
     let proxy_addr = opts.listen.unwrap_or(table.proxy_listener);
     let admin_addr = opts.admin_listen.unwrap_or(table.admin_listener);
-    let threads = table
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
+    let threads = table.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+    });
     metrics::counter!(telemetry::POLICY_RELOADS, "result" => "ok").increment(1);
 
+    // SIGTERM: Pingora stops accepting, then sleeps `grace_period_seconds` while requests in
+    // flight finish, then shuts the runtimes down (tasks still running after that are
+    // dropped; `graceful_shutdown_timeout_seconds` only bounds that shutdown itself).
+    let grace = table.shutdown_grace.as_secs_f64().ceil() as u64;
     let conf = ServerConf {
         threads,
-        grace_period_seconds: Some(1),
-        graceful_shutdown_timeout_seconds: Some(10),
+        grace_period_seconds: Some(grace),
+        graceful_shutdown_timeout_seconds: Some(5),
         upstream_keepalive_pool_size: 1024,
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
     server.bootstrap();
 
+    // The queue's backend is fixed at start-up (a reload that changes it is reported as
+    // needing a restart); opening it recovers jobs a crash left running.
+    let queue = match &table.queue {
+        Some(settings) => Some(crate::queue::Queue::open(settings)?),
+        None => None,
+    };
+    // The prediction cache is built once and outlives reloads (its size limits are fixed
+    // at start-up); the proxy fills it and the admin API purges it.
+    let cache = crate::cache::Cache::new(&table.cache);
     let snapshot = policy::snapshot(table);
-    let control = Arc::new(ControlPlane {
-        snapshot: snapshot.clone(),
-        fleet,
-        policy_path: opts.policy_path,
-        last_error: Mutex::new(None),
-    });
+    let control = Arc::new(ControlPlane::new(snapshot.clone(), fleet, opts.policy_path));
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
-        Gateway::new(snapshot),
+        Gateway::new(snapshot.clone())
+            .with_queue(queue.clone())
+            .with_cache(Some(cache.clone())),
         "switchyard proxy",
     );
     let mut options = HttpServerOptions::default();
@@ -103,16 +118,47 @@ pub fn build(table: RoutingTable, fleet: Arc<Fleet>, opts: Options) -> Result<Bu
         pingora::apps::http_app::HttpServer::new_app(AdminApp {
             control: control.clone(),
             metrics: metrics.clone(),
+            cache: Some(cache),
         }),
     );
     admin.add_tcp(&admin_addr.to_string());
     admin.threads = Some(1);
 
     let upkeep = background_service("metrics upkeep", Upkeep(metrics));
+    // Active health checks; reads the current snapshot every round, so it follows reloads.
+    let health = background_service(
+        "health checks",
+        crate::route::health::HealthChecker {
+            snapshot: snapshot.clone(),
+        },
+    );
 
     server.add_service(proxy);
     server.add_service(admin);
     server.add_service(upkeep);
+    server.add_service(health);
+    if let Some(queue) = queue {
+        server.add_service(background_service(
+            "job dispatcher",
+            crate::queue::dispatcher::Dispatcher::new(queue, snapshot),
+        ));
+    }
+    if let Some(path) = control.policy_path.clone() {
+        // Reload triggers besides `POST /admin/reload`: the file changing, and SIGHUP.
+        server.add_service(background_service(
+            "policy watcher",
+            PolicyWatcher {
+                control: control.clone(),
+                path,
+            },
+        ));
+        server.add_service(background_service(
+            "sighup reload",
+            HangupReloader {
+                control: control.clone(),
+            },
+        ));
+    }
     Ok(Built {
         server,
         control,

@@ -16,6 +16,17 @@ pub const REQUEST_DURATION: &str = "switchyard_request_duration_seconds";
 pub const UPSTREAM_DURATION: &str = "switchyard_upstream_duration_seconds";
 /// Estimated spend. Labels: pool, tier.
 pub const COST: &str = "switchyard_cost_usd_total";
+/// Estimated spend avoided by answering from the prediction cache: what the request would
+/// have cost where routing would have sent it. Labels: tier.
+pub const COST_SAVED: &str = "switchyard_cost_saved_usd_total";
+/// Prediction cache lookups. Labels: result (`hit`, `miss`, `bypass`, `coalesced`).
+pub const CACHE_LOOKUPS: &str = "switchyard_cache_lookups_total";
+/// Entries in the prediction cache (refreshed at scrape).
+pub const CACHE_ENTRIES: &str = "switchyard_cache_entries";
+/// Weighted size of the prediction cache in bytes (refreshed at scrape).
+pub const CACHE_BYTES: &str = "switchyard_cache_bytes";
+/// Entries the prediction cache evicted. Labels: cause (`size`, `expired`).
+pub const CACHE_EVICTIONS: &str = "switchyard_cache_evictions_total";
 /// Requests whose end-to-end time exceeded their deadline. Labels: tier.
 pub const DEADLINE_MISSES: &str = "switchyard_deadline_misses_total";
 /// Routing decisions. Labels: tier, reason.
@@ -28,10 +39,40 @@ pub const POOL_IN_FLIGHT: &str = "switchyard_pool_in_flight";
 pub const POOL_SERVICE_TIME: &str = "switchyard_pool_service_time_seconds";
 /// 1 when an endpoint is up, 0 while marked down. Labels: pool, endpoint.
 pub const ENDPOINT_UP: &str = "switchyard_endpoint_up";
+/// Observed latency estimate per endpoint (what power-of-two-choices compares), seconds.
+/// Labels: pool, endpoint.
+pub const ENDPOINT_LATENCY: &str = "switchyard_endpoint_latency_seconds";
+/// Requests in flight to an endpoint. Labels: pool, endpoint.
+pub const ENDPOINT_IN_FLIGHT: &str = "switchyard_endpoint_in_flight";
+/// Outlier ejections. Labels: pool, cause (`connect`, `5xx`, `error`: timeout or cut connection).
+pub const EJECTIONS: &str = "switchyard_endpoint_ejections_total";
+/// Active health checks. Labels: pool, result (`pass`, `fail`).
+pub const HEALTH_CHECKS: &str = "switchyard_health_checks_total";
+/// Hedged second attempts sent. Labels: pool (of the hedge).
+pub const HEDGES: &str = "switchyard_hedges_total";
+/// Estimated extra spend of hedged second attempts. Labels: tier.
+pub const HEDGE_COST: &str = "switchyard_hedge_cost_usd_total";
+/// Retries refused because the retry budget was empty.
+pub const RETRY_BUDGET_EXHAUSTED: &str = "switchyard_retry_budget_exhausted_total";
 /// Policy loads. Labels: result (`ok`, `error`).
 pub const POLICY_RELOADS: &str = "switchyard_policy_reloads_total";
 /// Info metric carrying the serving policy's version. Labels: version.
 pub const POLICY_INFO: &str = "switchyard_policy_info";
+/// Each tier's deadline, seconds, so dashboards can draw latency against it. Labels: tier.
+pub const TIER_DEADLINE: &str = "switchyard_tier_deadline_seconds";
+
+/// Unfinished jobs in the queue. Labels: status (`queued`, `running`).
+pub const QUEUE_DEPTH: &str = "switchyard_queue_depth";
+/// Age of the oldest queued job, seconds (0 when none).
+pub const QUEUE_OLDEST: &str = "switchyard_queue_oldest_job_seconds";
+/// Jobs that reached a final status. Labels: status (`succeeded`, `failed`, `cancelled`).
+pub const JOBS: &str = "switchyard_jobs_total";
+/// Job dispatch attempts. Labels: pool.
+pub const JOB_ATTEMPTS: &str = "switchyard_job_attempts_total";
+/// Time of one dispatch attempt, from connecting to the whole response read. Labels: pool.
+pub const JOB_DISPATCH: &str = "switchyard_job_dispatch_seconds";
+/// Jobs accepted (202). Labels: tier, pool.
+pub const JOBS_ENQUEUED: &str = "switchyard_jobs_enqueued_total";
 
 /// Latency buckets from 1 ms to 60 s.
 const BUCKETS: &[f64] = &[
@@ -53,16 +94,146 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
 }
 
 fn describe() {
-    describe_counter!(REQUESTS, "Requests answered, by route, tier, region, pool and status");
-    describe_histogram!(REQUEST_DURATION, Unit::Seconds, "End-to-end request time in the gateway");
-    describe_histogram!(UPSTREAM_DURATION, Unit::Seconds, "Time to the upstream response header");
+    describe_counter!(
+        REQUESTS,
+        "Requests answered, by route, tier, region, pool and status"
+    );
+    describe_histogram!(
+        REQUEST_DURATION,
+        Unit::Seconds,
+        "End-to-end request time in the gateway"
+    );
+    describe_histogram!(
+        UPSTREAM_DURATION,
+        Unit::Seconds,
+        "Time to the upstream response header"
+    );
     describe_counter!(COST, "Estimated spend in USD, by pool and tier");
-    describe_counter!(DEADLINE_MISSES, "Requests that took longer than their deadline");
+    describe_counter!(
+        COST_SAVED,
+        "Estimated spend in USD avoided by answering from the prediction cache, by tier"
+    );
+    describe_counter!(
+        CACHE_LOOKUPS,
+        "Prediction cache lookups, by result (hit, miss, bypass, coalesced)"
+    );
+    describe_gauge!(CACHE_ENTRIES, "Entries in the prediction cache");
+    describe_gauge!(
+        CACHE_BYTES,
+        Unit::Bytes,
+        "Weighted size of the prediction cache (bodies, headers, per-entry overhead)"
+    );
+    describe_counter!(
+        CACHE_EVICTIONS,
+        "Prediction cache entries evicted, by cause (size, expired)"
+    );
+    describe_counter!(
+        DEADLINE_MISSES,
+        "Requests that took longer than their deadline"
+    );
     describe_counter!(DECISIONS, "Routing decisions, by tier and reason");
     describe_counter!(RETRIES, "Upstream attempts that failed and were retried");
     describe_gauge!(POOL_IN_FLIGHT, "Requests in flight to a pool");
-    describe_gauge!(POOL_SERVICE_TIME, Unit::Seconds, "Observed service time estimate of a pool");
-    describe_gauge!(ENDPOINT_UP, "1 when an endpoint is up, 0 while it is marked down");
+    describe_gauge!(
+        POOL_SERVICE_TIME,
+        Unit::Seconds,
+        "Observed service time estimate of a pool"
+    );
+    describe_gauge!(
+        ENDPOINT_UP,
+        "1 when an endpoint is up, 0 while it is marked down"
+    );
+    describe_gauge!(
+        ENDPOINT_LATENCY,
+        Unit::Seconds,
+        "Latency estimate of an endpoint (what power-of-two-choices compares)"
+    );
+    describe_gauge!(ENDPOINT_IN_FLIGHT, "Requests in flight to an endpoint");
+    describe_counter!(
+        EJECTIONS,
+        "Outlier ejections of endpoints, by pool and cause"
+    );
+    describe_counter!(HEALTH_CHECKS, "Active health checks, by pool and result");
+    describe_counter!(HEDGES, "Hedged second attempts sent, by pool");
+    describe_counter!(
+        HEDGE_COST,
+        "Estimated extra spend in USD of hedged second attempts, by tier"
+    );
+    describe_counter!(
+        RETRY_BUDGET_EXHAUSTED,
+        "Retries refused because the retry budget was empty"
+    );
     describe_counter!(POLICY_RELOADS, "Policy loads by result");
-    describe_gauge!(POLICY_INFO, "The serving policy's version (value is always 1)");
+    describe_gauge!(
+        POLICY_INFO,
+        "The serving policy's version (value is always 1)"
+    );
+    describe_gauge!(QUEUE_DEPTH, "Unfinished jobs in the queue, by status");
+    describe_gauge!(QUEUE_OLDEST, Unit::Seconds, "Age of the oldest queued job");
+    describe_counter!(JOBS, "Jobs that reached a final status, by status");
+    describe_counter!(JOB_ATTEMPTS, "Job dispatch attempts, by pool");
+    describe_histogram!(
+        JOB_DISPATCH,
+        Unit::Seconds,
+        "Time of one job dispatch attempt, by pool"
+    );
+    describe_counter!(JOBS_ENQUEUED, "Jobs accepted with 202, by tier and pool");
+    describe_gauge!(
+        TIER_DEADLINE,
+        Unit::Seconds,
+        "The deadline of each SLO tier in the serving policy"
+    );
+}
+
+/// The metric handles one request records into, for one combination of labels.
+pub struct RequestHandles {
+    pub requests: metrics::Counter,
+    pub duration: metrics::Histogram,
+    pub decisions: metrics::Counter,
+    pub deadline_misses: metrics::Counter,
+    pub cost: metrics::Gauge,
+}
+
+/// Labels of a request by index into the routing table that served it (`u16::MAX` = none).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct HandleKey {
+    /// [`crate::policy::RoutingTable::generation`]: indices mean nothing across tables.
+    pub table: u64,
+    pub route: u16,
+    pub tier: u16,
+    pub region: u16,
+    pub pool: u16,
+    pub status: u16,
+    pub reason: u8,
+}
+
+/// Most cached combinations per thread before the cache is dropped and rebuilt (reloads
+/// leave stale keys behind; this bounds them).
+const MAX_CACHED: usize = 4096;
+
+thread_local! {
+    static HANDLES: std::cell::RefCell<std::collections::HashMap<HandleKey, std::rc::Rc<RequestHandles>>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+/// The handles for `key`, built by `make` (which formats the label strings and registers
+/// them) only the first time a thread sees the combination. Registering a labelled metric
+/// means allocating its label strings and hashing them into the recorder's registry; doing
+/// that once per combination instead of once per request takes it off the hot path.
+pub fn request_handles(
+    key: HandleKey,
+    make: impl FnOnce() -> RequestHandles,
+) -> std::rc::Rc<RequestHandles> {
+    HANDLES.with(|cell| {
+        let mut map = cell.borrow_mut();
+        if let Some(h) = map.get(&key) {
+            return h.clone();
+        }
+        if map.len() >= MAX_CACHED {
+            map.clear();
+        }
+        let h = std::rc::Rc::new(make());
+        map.insert(key, h.clone());
+        h
+    })
 }

@@ -103,6 +103,27 @@ impl Gateway {
         self.child.id()
     }
 
+    /// Wait up to `patience` for the gateway process to exit; its exit status if it did.
+    pub async fn wait_exit(&mut self, patience: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + patience;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// `GET /admin/pools` as JSON.
+    pub async fn pools(&self) -> serde_json::Value {
+        let r = self.admin_get("/admin/pools").await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json().expect("pools json")
+    }
+
     /// Send the gateway a signal by name (`HUP`, `TERM`, …) with `kill`.
     pub fn signal(&self, name: &str) {
         let status = Command::new("kill")

@@ -6,6 +6,7 @@
 //! computed here when Prometheus scrapes, instead of being updated on every request.
 
 use crate::classify::{self, RequestFacts};
+use crate::policy::reload::{LastReload, ReloadStatus, StartupSettings, Trigger};
 use crate::policy::{self, Snapshot};
 use crate::route::state::{now_ms, Fleet};
 use crate::route::{self, CandidateReport};
@@ -23,6 +24,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::UNIX_EPOCH;
 
+mod cache;
+pub mod status;
+
 /// Largest admin request body (explain requests carry a sample body).
 const MAX_ADMIN_BODY: usize = 1024 * 1024;
 
@@ -32,12 +36,49 @@ pub struct ControlPlane {
     pub fleet: Arc<Fleet>,
     pub policy_path: Option<PathBuf>,
     pub last_error: Mutex<Option<String>>,
+    /// Restart-only changes, the last trigger, which triggers are armed (see `policy::reload`).
+    pub reload_status: ReloadStatus,
 }
 
 impl ControlPlane {
+    /// The control plane for a gateway that starts serving `snapshot`.
+    pub fn new(snapshot: Snapshot, fleet: Arc<Fleet>, policy_path: Option<PathBuf>) -> Self {
+        let started = StartupSettings::of(&snapshot.load());
+        ControlPlane {
+            snapshot,
+            fleet,
+            policy_path,
+            last_error: Mutex::new(None),
+            reload_status: ReloadStatus::new(started),
+        }
+    }
+
     /// Reload the policy from its file. A policy that fails to load never replaces the one
     /// serving; the error is kept for `GET /admin/policy` and counted.
     pub fn reload(&self) -> Result<String, policy::PolicyErrors> {
+        self.reload_by(Trigger::Admin)
+    }
+
+    /// [`reload`](Self::reload), saying what asked for it (file watcher, SIGHUP, admin API).
+    pub fn reload_by(&self, trigger: Trigger) -> Result<String, policy::PolicyErrors> {
+        // One reload at a time: a slow compile must not publish after a newer one.
+        let _serial = self
+            .reload_status
+            .serialize
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let result = self.reload_locked(trigger);
+        if let Ok(mut last) = self.reload_status.last.lock() {
+            *last = Some(LastReload {
+                trigger,
+                at: std::time::SystemTime::now(),
+                ok: result.is_ok(),
+            });
+        }
+        result
+    }
+
+    fn reload_locked(&self, trigger: Trigger) -> Result<String, policy::PolicyErrors> {
         let Some(path) = &self.policy_path else {
             return Err(policy::PolicyErrors(vec![policy::PolicyError {
                 file: PathBuf::from("(embedded)"),
@@ -48,9 +89,15 @@ impl ControlPlane {
         };
         match policy::load_file(path, &self.fleet) {
             Ok(table) => {
-                let old = self.snapshot.load();
-                if old.proxy_listener != table.proxy_listener || old.admin_listener != table.admin_listener {
-                    tracing::warn!("listener addresses changed in the policy; that takes a restart");
+                let restart = self
+                    .reload_status
+                    .started
+                    .restart_required(&StartupSettings::of(&table));
+                for change in &restart {
+                    tracing::warn!(%change, "policy change is not applied until a restart");
+                }
+                if let Ok(mut r) = self.reload_status.restart_required.lock() {
+                    *r = restart;
                 }
                 let version = table.version.clone();
                 self.snapshot.store(Arc::new(table));
@@ -58,7 +105,7 @@ impl ControlPlane {
                     *e = None;
                 }
                 metrics::counter!(t::POLICY_RELOADS, "result" => "ok").increment(1);
-                tracing::info!(%version, "policy reloaded");
+                tracing::info!(%version, trigger = trigger.as_str(), "policy reloaded");
                 Ok(version)
             }
             Err(errors) => {
@@ -66,7 +113,7 @@ impl ControlPlane {
                     *e = Some(errors.to_string());
                 }
                 metrics::counter!(t::POLICY_RELOADS, "result" => "error").increment(1);
-                tracing::error!(%errors, "policy rejected; the previous policy keeps serving");
+                tracing::error!(%errors, trigger = trigger.as_str(), "policy rejected; the previous policy keeps serving");
                 Err(errors)
             }
         }
@@ -76,6 +123,8 @@ impl ControlPlane {
 pub struct AdminApp {
     pub control: Arc<ControlPlane>,
     pub metrics: PrometheusHandle,
+    /// The prediction cache, for purges and its gauges.
+    pub cache: Option<Arc<crate::cache::Cache>>,
 }
 
 fn json_response(status: StatusCode, body: &Value) -> Response<Vec<u8>> {
@@ -101,7 +150,10 @@ async fn read_body(session: &mut ServerSession) -> Result<Bytes, Response<Vec<u8
         match session.read_request_body().await {
             Ok(Some(chunk)) => {
                 if buf.len() + chunk.len() > MAX_ADMIN_BODY {
-                    return Err(error(StatusCode::PAYLOAD_TOO_LARGE, "admin request body too large"));
+                    return Err(error(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "admin request body too large",
+                    ));
                 }
                 buf.extend_from_slice(&chunk);
             }
@@ -118,6 +170,10 @@ impl ServeHttp for AdminApp {
         let path = session.req_header().uri.path().to_string();
         match (&method, path.as_str()) {
             (&Method::GET, "/metrics") => {
+                if let Some(cache) = &self.cache {
+                    // Run the cache's pending bookkeeping so its gauges are exact.
+                    cache.settle().await;
+                }
                 self.refresh_gauges();
                 let text = self.metrics.render().into_bytes();
                 Response::builder()
@@ -126,6 +182,10 @@ impl ServeHttp for AdminApp {
                     .header("content-length", text.len())
                     .body(text)
                     .unwrap_or_else(|_| Response::new(Vec::new()))
+            }
+            (&Method::GET, "/") => status::page(),
+            (&Method::GET, "/admin/status") => {
+                json_response(StatusCode::OK, &status::status(&self.control))
             }
             (&Method::GET, "/healthz") => json_response(StatusCode::OK, &json!({"status": "ok"})),
             (&Method::GET, "/readyz") => {
@@ -143,8 +203,14 @@ impl ServeHttp for AdminApp {
                 )
             }
             (&Method::GET, "/admin/policy") => self.policy(),
+            (&Method::GET, "/admin/pools") => {
+                json_response(StatusCode::OK, &pools(&self.control.snapshot.load()))
+            }
             (&Method::POST, "/admin/reload") => match self.control.reload() {
-                Ok(version) => json_response(StatusCode::OK, &json!({"reloaded": true, "version": version})),
+                Ok(version) => json_response(
+                    StatusCode::OK,
+                    &json!({"reloaded": true, "version": version}),
+                ),
                 Err(errors) => json_response(
                     StatusCode::UNPROCESSABLE_ENTITY,
                     &json!({"reloaded": false, "version": self.control.snapshot.load().version,
@@ -155,9 +221,19 @@ impl ServeHttp for AdminApp {
                 Ok(body) => self.explain(&body),
                 Err(resp) => resp,
             },
-            (_, "/metrics" | "/healthz" | "/readyz" | "/admin/policy" | "/admin/reload" | "/admin/explain") => {
+            (&Method::POST, "/admin/cache/purge") => match read_body(session).await {
+                Ok(body) => cache::purge(self.cache.as_deref(), &body).await,
+                Err(resp) => resp,
+            },
+            (&Method::GET, "/admin/cache") => cache::stats(self.cache.as_deref()).await,
+            (_, "/admin/cache/purge" | "/admin/cache") => {
                 error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
             }
+            (
+                _,
+                "/" | "/admin/status" | "/metrics" | "/healthz" | "/readyz" | "/admin/policy"
+                | "/admin/reload" | "/admin/explain" | "/admin/pools",
+            ) => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
             _ => error(StatusCode::NOT_FOUND, "not found"),
         }
     }
@@ -168,15 +244,38 @@ impl AdminApp {
         let table = self.control.snapshot.load();
         let now = now_ms();
         for pool in &table.pools {
-            metrics::gauge!(t::POOL_IN_FLIGHT, "pool" => pool.name.clone()).set(pool.state.in_flight() as f64);
+            metrics::gauge!(t::POOL_IN_FLIGHT, "pool" => pool.name.clone())
+                .set(pool.state.in_flight() as f64);
             metrics::gauge!(t::POOL_SERVICE_TIME, "pool" => pool.name.clone())
                 .set(pool.state.service_time().as_secs_f64());
             for ep in &pool.endpoints {
                 metrics::gauge!(t::ENDPOINT_UP, "pool" => pool.name.clone(), "endpoint" => ep.name.clone())
                     .set(if ep.state.is_up(now) { 1.0 } else { 0.0 });
+                metrics::gauge!(t::ENDPOINT_LATENCY, "pool" => pool.name.clone(), "endpoint" => ep.name.clone())
+                    .set(ep.state.latency().as_secs_f64());
+                metrics::gauge!(t::ENDPOINT_IN_FLIGHT, "pool" => pool.name.clone(), "endpoint" => ep.name.clone())
+                    .set(ep.state.in_flight() as f64);
+            }
+        }
+        // Exactly one version is 1: the one serving now; the previous one drops to 0.
+        static EXPORTED: Mutex<String> = Mutex::new(String::new());
+        if let Ok(mut previous) = EXPORTED.lock() {
+            if *previous != table.version {
+                if !previous.is_empty() {
+                    metrics::gauge!(t::POLICY_INFO, "version" => previous.clone()).set(0.0);
+                }
+                previous.clone_from(&table.version);
             }
         }
         metrics::gauge!(t::POLICY_INFO, "version" => table.version.clone()).set(1.0);
+        crate::queue::refresh_gauges();
+        if let Some(cache) = &self.cache {
+            cache.refresh_gauges();
+        }
+        for tier in &table.tiers {
+            metrics::gauge!(t::TIER_DEADLINE, "tier" => tier.name.clone())
+                .set(tier.deadline.as_secs_f64());
+        }
     }
 
     fn policy(&self) -> Response<Vec<u8>> {
@@ -210,6 +309,17 @@ impl AdminApp {
                 "source": table.source.display().to_string(),
                 "loaded_at_unix": loaded_at,
                 "last_error": last_error,
+                "restart_required": self.control.reload_status.restart_required(),
+                "last_reload": self.control.reload_status.last().map(|l| json!({
+                    "trigger": l.trigger.as_str(),
+                    "at_unix": l.at.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+                    "ok": l.ok,
+                })),
+                "reload_triggers": {
+                    "file_watch": self.control.reload_status.watching.load(std::sync::atomic::Ordering::Relaxed),
+                    "sighup": self.control.reload_status.sighup_armed.load(std::sync::atomic::Ordering::Relaxed),
+                    "admin": self.control.policy_path.is_some(),
+                },
                 "geoip": table.geo.description,
                 "regions": table.regions,
                 "tiers": table.tiers.iter().map(|t| json!({
@@ -234,12 +344,83 @@ impl AdminApp {
     }
 }
 
+/// `GET /admin/pools`: the live estimates and health of every pool and endpoint.
+pub fn pools(table: &policy::RoutingTable) -> Value {
+    let now = now_ms();
+    let ms = |d: std::time::Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
+    let pools: Vec<Value> = table
+        .pools
+        .iter()
+        .map(|p| {
+            let samples = p.state.samples();
+            json!({
+                "name": p.name,
+                "kind": p.kind.as_str(),
+                "region": table.regions[p.region as usize],
+                "concurrency": p.concurrency,
+                "endpoint_limit": p.endpoint_limit(),
+                "in_flight": p.state.in_flight(),
+                "samples": samples,
+                "baseline_ms": ms(p.state.baseline()),
+                "ewma_ms": ms(p.state.ewma()),
+                "estimate_ms": ms(p.state.service_time_at(now)),
+                "estimate_source": if samples >= route::state::MIN_SAMPLES { "live" } else { "baseline" },
+                "health_check": p.health.as_ref().map(|h| json!({
+                    "path": h.path, "interval_ms": h.interval.as_millis() as u64,
+                    "timeout_ms": h.timeout.as_millis() as u64,
+                    "healthy_threshold": h.healthy_threshold, "unhealthy_threshold": h.unhealthy_threshold,
+                })),
+                "endpoints": p.endpoints.iter().map(|e| {
+                    let s = &e.state;
+                    let until = s.ejected_until_ms();
+                    let state = if !s.healthy() {
+                        "unhealthy"
+                    } else if until > now {
+                        "ejected"
+                    } else if s.ejections() > 0 {
+                        "half_open"
+                    } else {
+                        "up"
+                    };
+                    json!({
+                        "endpoint": e.name,
+                        "state": state,
+                        "up": s.is_up(now),
+                        "healthy": s.healthy(),
+                        "ejected_for_ms": until.saturating_sub(now),
+                        "ejections": s.ejections(),
+                        "consecutive_failures": s.consecutive_failures(),
+                        "in_flight": s.in_flight(),
+                        "samples": s.samples(),
+                        "ewma_ms": ms(s.ewma()),
+                        "latency_ms": ms(s.latency()),
+                    })
+                }).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    json!({
+        "policy_version": table.version,
+        "retry_budget": {
+            "tokens": table.upstream.budget.tokens(),
+            "ratio": table.upstream.retry_budget.ratio,
+            "min_per_second": table.upstream.retry_budget.min_per_second,
+        },
+        "pools": pools,
+    })
+}
+
 /// A request described for a dry run.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExplainRequest {
-    /// The client address as the gateway would see it (the socket peer).
+    /// The client address as the gateway would see it (the socket peer). Default
+    /// `0.0.0.0` (unmapped: the default region), for use with `region`.
+    #[serde(default = "unspecified_ip")]
     pub client_ip: IpAddr,
+    /// Force the client region instead of looking the address up (what-if for a region).
+    #[serde(default)]
+    pub region: Option<String>,
     #[serde(default = "default_method")]
     pub method: String,
     pub path: String,
@@ -257,6 +438,10 @@ fn default_method() -> String {
     "POST".into()
 }
 
+fn unspecified_ip() -> IpAddr {
+    IpAddr::from([0, 0, 0, 0])
+}
+
 /// Classify and route a described request against `table`, reporting every candidate.
 pub fn explain(
     table: &policy::RoutingTable,
@@ -265,7 +450,8 @@ pub fn explain(
     let bad = |m: String| (StatusCode::BAD_REQUEST, m);
     let mut headers = HeaderMap::new();
     for (k, v) in &req.headers {
-        let name = HeaderName::from_bytes(k.as_bytes()).map_err(|e| bad(format!("header {k}: {e}")))?;
+        let name =
+            HeaderName::from_bytes(k.as_bytes()).map_err(|e| bad(format!("header {k}: {e}")))?;
         let value = HeaderValue::from_str(v).map_err(|e| bad(format!("header {k}: {e}")))?;
         headers.append(name, value);
     }
@@ -287,7 +473,20 @@ pub fn explain(
         headers: &headers,
         body: Some(&body),
     };
-    let class = classify::classify(&facts, route, table).map_err(|e| bad(e.to_string()))?;
+    let mut class = classify::classify(&facts, route, table).map_err(|e| bad(e.to_string()))?;
+    if let Some(name) = &req.region {
+        class.region = table.region_by_name(name).ok_or_else(|| {
+            bad(format!(
+                "unknown region `{name}` (regions: {})",
+                table.regions.join(", ")
+            ))
+        })?;
+    }
+    let residency: Option<Vec<&str>> = table.residency(class.region).map(|r| {
+        r.iter()
+            .map(|id| table.regions[*id as usize].as_str())
+            .collect()
+    });
     let (decision, candidates): (_, Vec<CandidateReport>) = route::explain(&class, table, now_ms());
     let tier = &table.tiers[class.tier as usize];
     Ok(json!({
@@ -297,6 +496,7 @@ pub fn explain(
             "client_ip": class.client_ip.to_string(),
             "country": class.country.and_then(|c| String::from_utf8(c.to_vec()).ok()),
             "region": table.regions[class.region as usize],
+            "residency": residency,
             "tenant": class.tenant.map(|t| table.tenants[t as usize].name.clone()),
             "tier": tier.name,
             "tier_source": class.tier_source.as_str(),

@@ -36,10 +36,14 @@ pub struct GeoInfo {
 
 impl GeoInfo {
     pub fn country_str(&self) -> Option<&str> {
-        self.country.as_ref().and_then(|c| std::str::from_utf8(c).ok())
+        self.country
+            .as_ref()
+            .and_then(|c| std::str::from_utf8(c).ok())
     }
     pub fn continent_str(&self) -> Option<&str> {
-        self.continent.as_ref().and_then(|c| std::str::from_utf8(c).ok())
+        self.continent
+            .as_ref()
+            .and_then(|c| std::str::from_utf8(c).ok())
     }
 }
 

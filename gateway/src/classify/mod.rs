@@ -65,7 +65,39 @@ pub struct Class {
     pub model: String,
     pub model_version: Option<String>,
     pub streaming: bool,
+    /// The answer may be read from and written to the prediction cache: the route has a
+    /// `cache:` block, POST with its body read, deterministic, not streaming, no client
+    /// `no-store`. (A client `no-cache` only skips the read: see [`client_no_cache`].)
     pub cacheable: bool,
+}
+
+impl Class {
+    /// The class of a hypothetical request: a client in `region` asking `route` for `model`
+    /// in `tier`, no tenant, nothing else known; the deadline is the tier's. For what-if
+    /// tools (`switchyard diff`, `check`'s warnings), never for real traffic.
+    pub fn what_if(
+        table: &RoutingTable,
+        route: RouteId,
+        region: RegionId,
+        tier: TierId,
+        model: &str,
+    ) -> Class {
+        Class {
+            route,
+            client_ip: IpAddr::from([0, 0, 0, 0]),
+            country: None,
+            region,
+            tenant: None,
+            credential: None,
+            tier,
+            tier_source: TierSource::Header,
+            deadline: table.tiers[tier as usize].deadline,
+            model: model.to_string(),
+            model_version: None,
+            streaming: false,
+            cacheable: false,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -131,7 +163,7 @@ pub fn classify(
         Protocol::OipV2 => peek_path(facts.path, "/v2/models/", facts.body, is_post)?,
         Protocol::TfServing => peek_path(facts.path, "/v1/models/", facts.body, is_post)?,
     };
-    let cacheable = r.cacheable
+    let cacheable = r.cache.is_some()
         && is_post
         && facts.body.is_some()
         && peek.deterministic
@@ -231,16 +263,29 @@ pub fn api_key(headers: &HeaderMap) -> Option<&str> {
         .filter(|k| !k.is_empty())
 }
 
+/// Client `Cache-Control: no-store`: the answer must be neither read from nor written to
+/// the cache.
 fn client_forbids_cache(headers: &HeaderMap) -> bool {
+    cache_directive(headers, "no-store")
+}
+
+/// Client `Cache-Control: no-cache` (or `Pragma: no-cache`): do not answer from the cache,
+/// but the fresh answer may replace the entry.
+pub fn client_no_cache(headers: &HeaderMap) -> bool {
+    cache_directive(headers, "no-cache")
+        || headers
+            .get(http::header::PRAGMA)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("no-cache"))
+}
+
+fn cache_directive(headers: &HeaderMap, directive: &str) -> bool {
     headers
         .get_all(http::header::CACHE_CONTROL)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|d| {
-            let d = d.trim();
-            d.eq_ignore_ascii_case("no-store") || d.eq_ignore_ascii_case("no-cache")
-        })
+        .any(|d| d.trim().eq_ignore_ascii_case(directive))
 }
 
 fn truncate(s: &str, max: usize) -> String {
@@ -333,13 +378,18 @@ mod tests {
         .unwrap();
         assert_eq!(p.model, "m1");
         assert!(p.deterministic && !p.streaming);
-        let p = peek_openai("/v1/chat/completions", Some(br#"{"model":"m1","stream":true}"#))
-            .unwrap();
+        let p = peek_openai(
+            "/v1/chat/completions",
+            Some(br#"{"model":"m1","stream":true}"#),
+        )
+        .unwrap();
         assert!(p.streaming && !p.deterministic);
         let p = peek_openai("/v1/embeddings", Some(br#"{"model":"e","input":"x"}"#)).unwrap();
         assert!(p.deterministic);
         assert_eq!(
-            peek_openai("/v1/chat/completions", Some(b"{\"model\": ")).err().map(|e| matches!(e, ClassifyError::BadJson(_))),
+            peek_openai("/v1/chat/completions", Some(b"{\"model\": "))
+                .err()
+                .map(|e| matches!(e, ClassifyError::BadJson(_))),
             Some(true)
         );
         assert_eq!(
@@ -350,12 +400,26 @@ mod tests {
 
     #[test]
     fn path_models() {
-        let p = peek_path("/v2/models/resnet/versions/3/infer", "/v2/models/", Some(b"{}"), true)
-            .unwrap();
-        assert_eq!((p.model.as_str(), p.version.as_deref()), ("resnet", Some("3")));
+        let p = peek_path(
+            "/v2/models/resnet/versions/3/infer",
+            "/v2/models/",
+            Some(b"{}"),
+            true,
+        )
+        .unwrap();
+        assert_eq!(
+            (p.model.as_str(), p.version.as_deref()),
+            ("resnet", Some("3"))
+        );
         let p = peek_path("/v1/models/bert:predict", "/v1/models/", Some(b"{}"), true).unwrap();
         assert_eq!((p.model.as_str(), p.version), ("bert", None));
-        let p = peek_path("/v1/models/bert/versions/2:predict", "/v1/models/", None, true).unwrap();
+        let p = peek_path(
+            "/v1/models/bert/versions/2:predict",
+            "/v1/models/",
+            None,
+            true,
+        )
+        .unwrap();
         assert_eq!(p.version.as_deref(), Some("2"));
         assert!(peek_path("/v2/models/", "/v2/models/", None, true).is_err());
         assert!(peek_path("/v2/models/x/infer", "/v2/models/", Some(b"nope"), true).is_err());

@@ -14,7 +14,8 @@
 use super::raw::{self, OnSloMiss, PoolKind, Price, Protocol};
 use super::{PolicyError, PolicyErrors};
 use crate::classify::geo::GeoDb;
-use crate::route::state::{EndpointState, Fleet, PoolState};
+use crate::route::budget::BudgetSettings;
+use crate::route::state::{Ejection, EndpointState, Fleet, PoolState, RetryBudget};
 use ipnet::IpNet;
 use serde_saphyr::{Location, Spanned};
 use sha2::{Digest, Sha256};
@@ -40,16 +41,23 @@ pub type TenantId = u16;
 pub const INSPECT_LIMIT: usize = 64 * 1024;
 /// The largest `max_body` a route may declare.
 pub const MAX_BODY_LIMIT: usize = 256 * 1024 * 1024;
+/// The largest `cache.max_bytes`.
+pub const MAX_CACHE_BYTES: usize = 64 * 1024 * 1024 * 1024;
 
 /// The compiled policy: everything the request path reads, immutable once built.
 pub struct RoutingTable {
     /// Short content hash of the policy text; reported in responses and the admin API.
     pub version: String,
+    /// Unique per compiled table in this process (unlike `version`, which repeats when the
+    /// same text is loaded again); keys per-table caches such as metric handles.
+    pub generation: u64,
     pub source: PathBuf,
     pub loaded_at: SystemTime,
     pub proxy_listener: SocketAddr,
     pub admin_listener: SocketAddr,
     pub threads: Option<usize>,
+    /// How long in-flight requests may finish after `SIGTERM` (start-up only).
+    pub shutdown_grace: Duration,
     pub trusted_proxies: Vec<IpNet>,
     pub geo: Arc<GeoDb>,
     pub regions: Vec<String>,
@@ -58,6 +66,8 @@ pub struct RoutingTable {
     continent_region: HashMap<[u8; 2], RegionId>,
     /// `rtt_ms[from * regions + to]`.
     rtt_ms: Vec<f64>,
+    /// Per client region, the pool regions allowed to serve it (`None`: any).
+    residency: Vec<Option<Vec<RegionId>>>,
     pub tiers: Vec<Tier>,
     tier_by_name: HashMap<String, TierId>,
     pub tenants: Vec<Tenant>,
@@ -65,6 +75,39 @@ pub struct RoutingTable {
     pub pools: Vec<Pool>,
     pub routes: Vec<Route>,
     pub upstream: Upstream,
+    /// The batch queue, when the policy has a `queue:` section.
+    pub queue: Option<QueueSettings>,
+    /// The prediction cache's limits.
+    pub cache: CacheSettings,
+    /// Model → the version the policy declares (`models:`), part of the cache key.
+    pub model_versions: HashMap<String, String>,
+}
+
+pub use super::raw::CacheScope;
+
+/// The compiled `cache:` section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheSettings {
+    pub max_bytes: u64,
+    pub max_entry_bytes: usize,
+    pub idle: Option<Duration>,
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        CacheSettings {
+            max_bytes: 64 * 1024 * 1024,
+            max_entry_bytes: 1024 * 1024,
+            idle: None,
+        }
+    }
+}
+
+/// A route's compiled `cache:` block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteCache {
+    pub ttl: Duration,
+    pub scope: CacheScope,
 }
 
 pub struct Tier {
@@ -74,6 +117,8 @@ pub struct Tier {
     pub kinds: KindSet,
     pub on_slo_miss: OnSloMiss,
     pub timeout: Duration,
+    /// Hedge after this many times the pool's service-time estimate (`None`: never).
+    pub hedge_after: Option<f64>,
 }
 
 /// A set of pool kinds as a bit mask.
@@ -122,6 +167,32 @@ pub struct Pool {
     pub service_time: Duration,
     pub price: Price,
     pub state: Arc<PoolState>,
+    /// A batch pool behind the queue: requests for it become jobs, and the dispatcher keeps
+    /// it within `concurrency`, so routing does not treat it as full (see `endpoint_limit`).
+    pub queue_fed: bool,
+    /// Active health checks, when the policy asks for them.
+    pub health: Option<HealthCheck>,
+}
+
+/// A pool's compiled `health:` block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
+}
+
+impl Pool {
+    /// The most requests one endpoint may have in flight: its share of `concurrency`.
+    pub fn endpoint_limit(&self) -> u32 {
+        if self.queue_fed {
+            return u32::MAX;
+        }
+        let n = (self.endpoints.len() as u32).max(1);
+        self.concurrency.div_ceil(n).max(1)
+    }
 }
 
 pub struct Endpoint {
@@ -135,11 +206,30 @@ pub struct Endpoint {
 pub struct ModelSet {
     pub any: bool,
     pub names: HashSet<String>,
+    /// The same names when there are few: comparing a handful of short strings is cheaper
+    /// than hashing the model once per pool, and `decide` asks every pool.
+    few: Vec<String>,
 }
 
 impl ModelSet {
+    const FEW: usize = 8;
+
+    pub fn new(any: bool, names: HashSet<String>) -> Self {
+        let few = if names.len() <= Self::FEW {
+            names.iter().cloned().collect()
+        } else {
+            Vec::new()
+        };
+        ModelSet { any, names, few }
+    }
+
     pub fn serves(&self, model: &str) -> bool {
-        self.any || self.names.contains(model)
+        self.any
+            || if self.names.len() <= Self::FEW {
+                self.few.iter().any(|m| m == model)
+            } else {
+                self.names.contains(model)
+            }
     }
 }
 
@@ -149,7 +239,10 @@ pub struct Route {
     pub protocol: Protocol,
     pub max_body: usize,
     pub tier: TierId,
-    pub cacheable: bool,
+    /// Present: the route's deterministic answers are cached.
+    pub cache: Option<RouteCache>,
+    /// 5xx answers and timeouts may be retried elsewhere.
+    pub idempotent: bool,
 }
 
 pub enum PathMatch {
@@ -166,10 +259,77 @@ impl PathMatch {
     }
 }
 
+/// The compiled `queue:` section (see `policy::raw::Queue` for what each field means).
+pub struct QueueSettings {
+    pub backend: QueueBackend,
+    pub max_jobs: u64,
+    pub max_attempts: u32,
+    pub result_ttl: Duration,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    pub max_body: usize,
+    pub lease: Duration,
+    /// Lower-case host names / addresses, or `*.suffix` patterns.
+    pub callback_allow: Vec<String>,
+    /// Dispatch rules by pool name.
+    pub pools: HashMap<String, PoolDispatch>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueueBackend {
+    /// A redb file (absolute, or relative to the policy file when written).
+    Embedded {
+        path: PathBuf,
+    },
+    Redis {
+        url: String,
+        prefix: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PoolDispatch {
+    /// Daily UTC window in minutes after midnight, `[start, end)`; wraps if start > end.
+    pub window: Option<(u32, u32)>,
+    pub max_utilisation: f64,
+}
+
+impl PoolDispatch {
+    /// Whether batch work may be sent at `minute_of_day` (UTC).
+    pub fn open_at(&self, minute_of_day: u32) -> bool {
+        match self.window {
+            None => true,
+            Some((a, b)) if a <= b => (a..b).contains(&minute_of_day),
+            Some((a, b)) => minute_of_day >= a || minute_of_day < b,
+        }
+    }
+}
+
+impl QueueSettings {
+    /// Whether a callback may go to `host` (already lower-case).
+    pub fn callback_allowed(&self, host: &str) -> bool {
+        self.callback_allow
+            .iter()
+            .any(|pat| match pat.strip_prefix("*.") {
+                Some(suffix) => {
+                    host.len() > suffix.len() + 1
+                        && host.ends_with(suffix)
+                        && host[..host.len() - suffix.len()].ends_with('.')
+                }
+                None => pat == host,
+            })
+    }
+}
+
 pub struct Upstream {
     pub connect_timeout: Duration,
     pub max_attempts: u32,
     pub down_backoff: Duration,
+    /// Outlier ejection: when and for how long.
+    pub ejection: Ejection,
+    pub retry_budget: BudgetSettings,
+    /// The shared bucket (from the `Fleet`: it survives reloads).
+    pub budget: Arc<RetryBudget>,
 }
 
 impl RoutingTable {
@@ -209,12 +369,91 @@ impl RoutingTable {
         Duration::from_secs_f64(ms / 1000.0)
     }
 
+    /// Whether residency rules let a pool in `pool` serve a client in `client`.
+    pub fn residency_allows(&self, client: RegionId, pool: RegionId) -> bool {
+        match self.residency.get(client as usize) {
+            Some(Some(allowed)) => allowed.contains(&pool),
+            _ => true,
+        }
+    }
+
+    /// The pool regions allowed for clients in `client`, if the policy restricts them.
+    pub fn residency(&self, client: RegionId) -> Option<&[RegionId]> {
+        self.residency.get(client as usize)?.as_deref()
+    }
+
     pub fn region_by_name(&self, name: &str) -> Option<RegionId> {
         self.regions
             .iter()
             .position(|r| r == name)
             .map(|i| i as RegionId)
     }
+}
+
+fn compile_health(p: &mut Problems, pool: &str, node: &Spanned<raw::HealthCheck>) -> HealthCheck {
+    let h = &node.value;
+    let path = h
+        .path
+        .as_ref()
+        .map_or("/healthz".to_string(), |n| n.value.clone());
+    if !path.starts_with('/') {
+        if let Some(n) = &h.path {
+            p.on(n, format!("pool `{pool}`: health.path must start with `/`"));
+        }
+    }
+    let dur = |p: &mut Problems, n: &Option<Spanned<String>>, what: &str, default: u64| match n {
+        Some(n) => duration_field(p, n, what),
+        None => Duration::from_millis(default),
+    };
+    let interval = dur(p, &h.interval, "health.interval", 1000);
+    let timeout = dur(p, &h.timeout, "health.timeout", 500);
+    if interval < Duration::from_millis(10) {
+        p.on(
+            node,
+            format!("pool `{pool}`: health.interval must be at least 10ms"),
+        );
+    }
+    let threshold = |p: &mut Problems, n: &Option<Spanned<u32>>, what: &str| match n {
+        Some(n) if n.value == 0 => {
+            p.on(
+                n,
+                format!("pool `{pool}`: health.{what} must be at least 1"),
+            );
+            1
+        }
+        Some(n) => n.value,
+        None => 2,
+    };
+    HealthCheck {
+        path,
+        interval,
+        timeout,
+        healthy_threshold: threshold(p, &h.healthy_threshold, "healthy_threshold"),
+        unhealthy_threshold: threshold(p, &h.unhealthy_threshold, "unhealthy_threshold"),
+    }
+}
+
+fn compile_budget(p: &mut Problems, node: Option<&Spanned<raw::RetryBudget>>) -> BudgetSettings {
+    let mut s = BudgetSettings::default();
+    let Some(node) = node else { return s };
+    if let Some(r) = &node.value.ratio {
+        if (0.0..=1.0).contains(&r.value) {
+            s.ratio = r.value;
+        } else {
+            p.on(r, "upstream.retry_budget.ratio: expected 0.0 to 1.0");
+        }
+    }
+    if let Some(m) = &node.value.min_per_second {
+        if m.value.is_finite() && (0.0..=1000.0).contains(&m.value) {
+            s.min_per_second = m.value;
+        } else {
+            p.on(
+                m,
+                "upstream.retry_budget.min_per_second: expected 0 to 1000",
+            );
+        }
+    }
+    s
 }
 
 /// Parse a duration such as `150ms`, `2s`, `10m`, `1h`, `250us`.
@@ -422,6 +661,27 @@ fn compile(
         }
     };
     let default_region = region_id(&mut p, &raw.regions.default, "regions.default");
+    let mut residency = Vec::with_capacity(regions.len());
+    for def in &raw.regions.map {
+        if regions.get(residency.len()) != Some(&def.value.name.value) {
+            continue; // a duplicate region name, already reported
+        }
+        residency.push(def.value.residency.as_ref().map(|allowed| {
+            if allowed.is_empty() {
+                p.on(
+                    &def.value.name,
+                    format!(
+                        "region `{}`: `residency: []` would refuse every request; omit it to allow any region",
+                        def.value.name.value
+                    ),
+                );
+            }
+            allowed
+                .iter()
+                .map(|r| region_id(&mut p, r, "residency"))
+                .collect::<Vec<_>>()
+        }));
+    }
 
     // RTT matrix: every unordered pair at least once, symmetric.
     let n = regions.len();
@@ -491,7 +751,10 @@ fn compile(
             kinds.insert(k.value);
         }
         if t.pools.is_empty() {
-            p.on(tier, format!("tier `{name}`: `pools` must name at least one pool kind"));
+            p.on(
+                tier,
+                format!("tier `{name}`: `pools` must name at least one pool kind"),
+            );
         }
         let timeout = match &t.timeout {
             Some(node) => duration_field(&mut p, node, "timeout"),
@@ -505,6 +768,17 @@ fn compile(
             kinds,
             on_slo_miss: t.on_slo_miss,
             timeout,
+            hedge_after: t.hedge_after.as_ref().and_then(|h| {
+                if h.value.is_finite() && (1.0..=100.0).contains(&h.value) {
+                    Some(h.value)
+                } else {
+                    p.on(
+                        h,
+                        format!("tier `{name}`: hedge_after: expected 1.0 to 100"),
+                    );
+                    None
+                }
+            }),
         });
     }
     let tier_id = |p: &mut Problems, node: &Spanned<String>, what: &str| -> TierId {
@@ -578,19 +852,29 @@ fn compile(
             );
         }
         if r.concurrency.value == 0 {
-            p.on(&r.concurrency, format!("pool `{name}`: concurrency must be at least 1"));
+            p.on(
+                &r.concurrency,
+                format!("pool `{name}`: concurrency must be at least 1"),
+            );
         }
         let service_time = duration_field(&mut p, &r.service_time, "service_time");
         let price_ok = |v: f64| v.is_finite() && v >= 0.0;
         if !price_ok(r.price.per_request) || !price_ok(r.price.per_gpu_hour) {
-            p.on(pool, format!("pool `{name}`: prices must be non-negative numbers"));
+            p.on(
+                pool,
+                format!("pool `{name}`: prices must be non-negative numbers"),
+            );
         }
+        let health = r.health.as_ref().map(|h| compile_health(&mut p, &name, h));
         let state = cx.fleet.pool(&name, service_time);
         let mut endpoints = Vec::new();
         let mut seen = HashSet::new();
         for ep in &r.endpoints {
             if !seen.insert(ep.value.clone()) {
-                p.on(ep, format!("duplicate endpoint `{}` in pool `{name}`", ep.value));
+                p.on(
+                    ep,
+                    format!("duplicate endpoint `{}` in pool `{name}`", ep.value),
+                );
                 continue;
             }
             let addr = match resolve(&ep.value) {
@@ -610,19 +894,24 @@ fn compile(
         let names = r.models.iter().map(|m| m.value.clone()).collect();
         pools.push(Pool {
             state,
+            queue_fed: false,
             name,
             kind: r.kind,
             region,
             endpoints,
-            models: ModelSet { any, names },
+            models: ModelSet::new(any, names),
             concurrency: r.concurrency.value.max(1),
             service_time,
             price: r.price,
+            health,
         });
     }
     for tier in &raw.tiers {
         let (name, t) = tier;
-        if !pools.iter().any(|pool| t.value.pools.iter().any(|k| k.value == pool.kind)) {
+        if !pools
+            .iter()
+            .any(|pool| t.value.pools.iter().any(|k| k.value == pool.kind))
+        {
             let kinds: Vec<&str> = t.value.pools.iter().map(|k| k.value.as_str()).collect();
             p.on(
                 t,
@@ -644,7 +933,10 @@ fn compile(
         }
         let path = &r.path.value;
         let matcher = if !path.starts_with('/') {
-            p.on(&r.path, format!("match: a path must start with `/`, found `{path}`"));
+            p.on(
+                &r.path,
+                format!("match: a path must start with `/`, found `{path}`"),
+            );
             PathMatch::Exact(path.clone())
         } else if let Some(prefix) = path.strip_suffix('*') {
             PathMatch::Prefix(prefix.to_string())
@@ -690,30 +982,110 @@ fn compile(
             max_body
         };
         let tier = tier_id(&mut p, &r.tier, "route tier");
+        let cache = r.cache.as_ref().map(|node| {
+            let ttl = match &node.value.ttl {
+                Some(t) => duration_field(&mut p, t, "cache.ttl"),
+                None => Duration::from_secs(300),
+            };
+            if ttl.is_zero() && node.value.ttl.as_ref().is_some_and(|t| parse_duration(&t.value).is_some()) {
+                p.on(
+                    node,
+                    format!(
+                        "route `{}`: cache.ttl must be greater than zero (omit `cache:` to not cache)",
+                        r.name.value
+                    ),
+                );
+            }
+            RouteCache {
+                ttl,
+                scope: node.value.scope,
+            }
+        });
         routes.push(Route {
             name: r.name.value.clone(),
             matcher,
             protocol: r.protocol,
             max_body,
             tier,
-            cacheable: r.cacheable,
+            cache,
+            idempotent: r.idempotent,
         });
     }
     if routes.is_empty() {
         p.at(&Location::UNKNOWN, "routes: at least one route is required");
     }
 
+    let down_backoff = match &raw.upstream.down_backoff {
+        Some(node) => duration_field(&mut p, node, "upstream.down_backoff"),
+        None => Duration::from_secs(5),
+    };
+    let shutdown_grace = match &raw.listeners.shutdown_grace {
+        Some(node) => duration_field(&mut p, node, "listeners.shutdown_grace"),
+        None => Duration::from_secs(5),
+    };
     let upstream = Upstream {
         connect_timeout: match &raw.upstream.connect_timeout {
             Some(node) => duration_field(&mut p, node, "upstream.connect_timeout"),
             None => Duration::from_secs(1),
         },
         max_attempts: raw.upstream.max_attempts.clamp(1, 10),
-        down_backoff: match &raw.upstream.down_backoff {
-            Some(node) => duration_field(&mut p, node, "upstream.down_backoff"),
-            None => Duration::from_secs(5),
+        down_backoff,
+        ejection: Ejection {
+            after: match &raw.upstream.eject_after {
+                Some(node) if node.value == 0 => {
+                    p.on(node, "upstream.eject_after: at least 1");
+                    1
+                }
+                Some(node) => node.value,
+                None => 5,
+            },
+            base: down_backoff,
+            max: match &raw.upstream.max_backoff {
+                Some(node) => duration_field(&mut p, node, "upstream.max_backoff"),
+                None => Duration::from_secs(60),
+            },
         },
+        retry_budget: compile_budget(&mut p, raw.upstream.retry_budget.as_ref()),
+        budget: cx.fleet.retry_budget(),
     };
+
+    let queue = raw
+        .queue
+        .as_ref()
+        .map(|q| compile_queue(&mut p, q, &pools, cx.file));
+    if queue.is_some() {
+        for pool in pools.iter_mut().filter(|pool| pool.kind == PoolKind::Batch) {
+            pool.queue_fed = true;
+        }
+    }
+    for (name, tier) in &raw.tiers {
+        if tier.value.on_slo_miss == OnSloMiss::Queue && queue.is_none() {
+            p.on(
+                tier,
+                format!("tier `{name}`: `on_slo_miss: queue` needs a `queue:` section"),
+            );
+        }
+    }
+
+    let cache = raw
+        .cache
+        .as_ref()
+        .map(|c| compile_cache(&mut p, c))
+        .unwrap_or_default();
+    let mut model_versions = HashMap::new();
+    for (model, def) in &raw.models {
+        let version = def.value.version.value.trim();
+        if version.is_empty() {
+            p.on(
+                &def.value.version,
+                format!("models.{model}.version: must not be empty"),
+            );
+        }
+        if !pools.iter().any(|pool| pool.models.serves(model)) {
+            p.on(def, format!("models: no pool serves model `{model}`"));
+        }
+        model_versions.insert(model.clone(), version.to_string());
+    }
 
     // The GeoIP database is opened last so that a policy with typos is reported in full even
     // when the database path is also wrong.
@@ -743,13 +1115,16 @@ fn compile(
         Ok(g) => g,
         Err(()) => return Err(PolicyErrors(p.list)),
     };
+    static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     Ok(RoutingTable {
+        generation: GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         version,
         source: cx.file.to_path_buf(),
         loaded_at: SystemTime::now(),
         proxy_listener,
         admin_listener,
         threads: raw.listeners.threads,
+        shutdown_grace,
         trusted_proxies,
         geo: Arc::new(geo),
         regions,
@@ -757,6 +1132,7 @@ fn compile(
         country_region,
         continent_region,
         rtt_ms,
+        residency,
         tiers,
         tier_by_name,
         tenants,
@@ -764,7 +1140,231 @@ fn compile(
         pools,
         routes,
         upstream,
+        queue,
+        cache,
+        model_versions,
     })
+}
+
+fn compile_cache(p: &mut Problems, node: &Spanned<raw::CacheSection>) -> CacheSettings {
+    let c = &node.value;
+    let defaults = CacheSettings::default();
+    let size = |p: &mut Problems, f: &Option<Spanned<String>>, what: &str, default: usize| {
+        let Some(n) = f else { return default };
+        match parse_size(&n.value) {
+            Some(s) if s > 0 && s <= MAX_CACHE_BYTES => s,
+            _ => {
+                p.on(
+                    n,
+                    format!(
+                        "cache.{what}: expected a size from 1 byte to 64GiB such as `256MiB`, found `{}`",
+                        n.value
+                    ),
+                );
+                default
+            }
+        }
+    };
+    let max_bytes = size(p, &c.max_bytes, "max_bytes", defaults.max_bytes as usize);
+    let max_entry_bytes = size(
+        p,
+        &c.max_entry_bytes,
+        "max_entry_bytes",
+        defaults.max_entry_bytes.min(max_bytes),
+    );
+    if max_entry_bytes > max_bytes || max_entry_bytes > MAX_BODY_LIMIT {
+        if let Some(n) = &c.max_entry_bytes {
+            p.on(
+                n,
+                format!(
+                    "cache.max_entry_bytes: at most cache.max_bytes ({max_bytes}) and {MAX_BODY_LIMIT} bytes"
+                ),
+            );
+        }
+    }
+    let idle = c.idle.as_ref().map(|n| {
+        let d = duration_field(p, n, "cache.idle");
+        if d.is_zero() && parse_duration(&n.value).is_some() {
+            p.on(
+                n,
+                "cache.idle must be greater than zero (omit it for no idle timeout)",
+            );
+        }
+        d
+    });
+    CacheSettings {
+        max_bytes: max_bytes as u64,
+        max_entry_bytes: max_entry_bytes.min(MAX_BODY_LIMIT),
+        idle,
+    }
+}
+
+fn compile_queue(
+    p: &mut Problems,
+    node: &Spanned<raw::Queue>,
+    pools: &[Pool],
+    file: &Path,
+) -> QueueSettings {
+    let q = &node.value;
+    let dur = |p: &mut Problems, f: &Option<Spanned<String>>, what: &str, default: Duration| match f
+    {
+        Some(n) => duration_field(p, n, what),
+        None => default,
+    };
+    let backend = match q.backend {
+        raw::QueueBackend::Embedded => {
+            if let Some(url) = &q.redis_url {
+                p.on(url, "queue.redis_url: only used with `backend: redis`");
+            }
+            let written = q
+                .path
+                .as_ref()
+                .map(|n| n.value.clone())
+                .unwrap_or_else(|| "switchyard-queue.redb".into());
+            let path = Path::new(&written);
+            let path = if path.is_absolute() {
+                path.to_path_buf()
+            } else {
+                file.parent().unwrap_or_else(|| Path::new(".")).join(path)
+            };
+            QueueBackend::Embedded { path }
+        }
+        raw::QueueBackend::Redis => {
+            let url = match &q.redis_url {
+                Some(n) if n.value.starts_with("redis://") => n.value.clone(),
+                Some(n) => {
+                    p.on(
+                        n,
+                        format!(
+                            "queue.redis_url: expected `redis://host:port[/db]`, found `{}`",
+                            n.value
+                        ),
+                    );
+                    String::new()
+                }
+                None => {
+                    p.on(node, "queue: `backend: redis` needs `redis_url`");
+                    String::new()
+                }
+            };
+            let prefix = q
+                .redis_prefix
+                .as_ref()
+                .map(|n| n.value.clone())
+                .unwrap_or_else(|| "switchyard".into());
+            QueueBackend::Redis { url, prefix }
+        }
+    };
+    if q.max_jobs.value == 0 {
+        p.on(&q.max_jobs, "queue.max_jobs must be at least 1");
+    }
+    if q.max_attempts.value == 0 || q.max_attempts.value > 100 {
+        p.on(&q.max_attempts, "queue.max_attempts: expected 1 to 100");
+    }
+    let result_ttl = dur(
+        p,
+        &q.result_ttl,
+        "queue.result_ttl",
+        Duration::from_secs(24 * 3600),
+    );
+    let backoff_base = dur(
+        p,
+        &q.backoff.base,
+        "queue.backoff.base",
+        Duration::from_millis(500),
+    );
+    let backoff_max = dur(
+        p,
+        &q.backoff.max,
+        "queue.backoff.max",
+        Duration::from_secs(30),
+    );
+    if backoff_max < backoff_base {
+        if let Some(n) = &q.backoff.max {
+            p.on(n, "queue.backoff.max must not be below queue.backoff.base");
+        }
+    }
+    let lease = dur(p, &q.lease, "queue.lease", Duration::from_secs(300));
+    let max_body = match &q.max_body {
+        None => 1024 * 1024,
+        Some(n) => match parse_size(&n.value) {
+            Some(s) if s > 0 && s <= MAX_BODY_LIMIT => s,
+            _ => {
+                p.on(n, format!("queue.max_body: expected a size up to {MAX_BODY_LIMIT} bytes such as `1MiB`, found `{}`", n.value));
+                0
+            }
+        },
+    };
+    let mut callback_allow = Vec::new();
+    for host in &q.callback_allow {
+        let h = host.value.trim().to_ascii_lowercase();
+        let bare = h.strip_prefix("*.").unwrap_or(&h);
+        if bare.is_empty()
+            || (bare.contains(['/', ':', '*', ' ']) && bare.parse::<std::net::IpAddr>().is_err())
+        {
+            p.on(host, format!("queue.callback_allow: expected a host name, an address or `*.domain`, found `{}`", host.value));
+            continue;
+        }
+        callback_allow.push(h);
+    }
+    let mut dispatch = HashMap::new();
+    for (name, rule) in &q.pools {
+        if !pools.iter().any(|pool| &pool.name == name) {
+            p.on(rule, format!("queue.pools: unknown pool `{name}`"));
+        }
+        let window = rule.value.window.as_ref().and_then(|w| {
+            let parsed = parse_window(&w.value);
+            if parsed.is_none() {
+                p.on(
+                    w,
+                    format!(
+                        "queue.pools.{name}.window: expected `HH:MM-HH:MM` (UTC), found `{}`",
+                        w.value
+                    ),
+                );
+            }
+            parsed
+        });
+        let max_utilisation = match &rule.value.max_utilisation {
+            Some(u) if (0.0..=1.0).contains(&u.value) && u.value > 0.0 => u.value,
+            Some(u) => {
+                p.on(u, format!("queue.pools.{name}.max_utilisation: expected a fraction in (0, 1], found {}", u.value));
+                1.0
+            }
+            None => 1.0,
+        };
+        dispatch.insert(
+            name.clone(),
+            PoolDispatch {
+                window,
+                max_utilisation,
+            },
+        );
+    }
+    QueueSettings {
+        backend,
+        max_jobs: q.max_jobs.value.max(1),
+        max_attempts: q.max_attempts.value.clamp(1, 100),
+        result_ttl,
+        backoff_base,
+        backoff_max,
+        max_body,
+        lease,
+        callback_allow,
+        pools: dispatch,
+    }
+}
+
+/// `HH:MM-HH:MM` → minutes after midnight.
+fn parse_window(text: &str) -> Option<(u32, u32)> {
+    let (a, b) = text.trim().split_once('-')?;
+    let minutes = |t: &str| -> Option<u32> {
+        let (h, m) = t.trim().split_once(':')?;
+        let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
+        (h < 24 && m < 60).then_some(h * 60 + m)
+    };
+    let (a, b) = (minutes(a)?, minutes(b)?);
+    (a != b).then_some((a, b))
 }
 
 fn resolve(hostport: &str) -> Result<SocketAddr, String> {

@@ -9,6 +9,7 @@
 
 pub mod compile;
 pub mod raw;
+pub mod reload;
 
 pub use compile::{RoutingTable, INSPECT_LIMIT};
 
@@ -114,13 +115,9 @@ fn yaml_message(e: &serde_saphyr::Error) -> String {
 
 /// Read, parse, validate and compile a policy file.
 pub fn load_file(path: &Path, fleet: &Fleet) -> Result<RoutingTable, PolicyErrors> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        PolicyErrors::single(path, 0, 0, format!("cannot read policy file: {e}"))
-    })?;
-    compile::compile_str(
-        &text,
-        &compile::CompileContext { file: path, fleet },
-    )
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| PolicyErrors::single(path, 0, 0, format!("cannot read policy file: {e}")))?;
+    compile::compile_str(&text, &compile::CompileContext { file: path, fleet })
 }
 
 /// The routing table currently serving, swapped atomically on reload.

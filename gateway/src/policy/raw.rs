@@ -40,6 +40,65 @@ pub struct Policy {
     /// Upstream behaviour shared by all pools.
     #[serde(default)]
     pub upstream: Upstream,
+    /// The batch queue (asynchronous jobs). Absent: no queue; requests routed to batch pools
+    /// are proxied synchronously like any other.
+    #[serde(default)]
+    pub queue: Option<Spanned<Queue>>,
+    /// The prediction cache's size limits. Absent: the defaults below. Whether a route caches
+    /// at all is the route's `cache:` block.
+    #[serde(default)]
+    pub cache: Option<Spanned<CacheSection>>,
+    /// Per model: the version being served. Part of every cache key for the model, so
+    /// bumping it makes the old answers unreachable. Optional.
+    #[serde(default)]
+    pub models: BTreeMap<String, Spanned<ModelDef>>,
+}
+
+/// The `cache:` section. `max_bytes` and `idle` take effect at start-up (a reload that
+/// changes them reports that a restart is needed); `max_entry_bytes` on reload.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSection {
+    /// Memory bound of the whole cache (bodies, headers, per-entry overhead), e.g. `256MiB`.
+    /// Default `64MiB`.
+    #[serde(default)]
+    pub max_bytes: Option<Spanned<String>>,
+    /// Largest response body stored; larger ones are served but not stored. Default `1MiB`.
+    #[serde(default)]
+    pub max_entry_bytes: Option<Spanned<String>>,
+    /// Drop entries not read for this long, e.g. `2m`. Default: none (TTL only).
+    #[serde(default)]
+    pub idle: Option<Spanned<String>>,
+}
+
+/// A route's `cache:` block: present means the route's deterministic answers are cached.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteCache {
+    /// How long an answer is kept, e.g. `10m` (an upstream `max-age` may shorten it).
+    /// Default `5m`.
+    #[serde(default)]
+    pub ttl: Option<Spanned<String>>,
+    /// `tenant` (default): entries are per tenant (per API key when the key is unknown);
+    /// `shared`: every caller shares them (public models only).
+    #[serde(default)]
+    pub scope: CacheScope,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheScope {
+    #[default]
+    Tenant,
+    Shared,
+}
+
+/// An entry of the `models:` map.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelDef {
+    /// The version being served, e.g. `2024-06-01` or `"3"`.
+    pub version: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -54,6 +113,10 @@ pub struct Listeners {
     /// Worker threads for the proxy. Default: the number of CPUs.
     #[serde(default)]
     pub threads: Option<usize>,
+    /// On `SIGTERM`: stop accepting, then let requests in flight finish for this long
+    /// before exiting (whole seconds, rounded up). Default `5s`.
+    #[serde(default)]
+    pub shutdown_grace: Option<Spanned<String>>,
 }
 
 impl Default for Listeners {
@@ -62,6 +125,7 @@ impl Default for Listeners {
             proxy: default_proxy_listener(),
             admin: default_admin_listener(),
             threads: None,
+            shutdown_grace: None,
         }
     }
 }
@@ -110,6 +174,11 @@ pub struct RegionDef {
     /// Continent codes as in GeoIP: AF, AN, AS, EU, NA, OC, SA.
     #[serde(default)]
     pub continents: Vec<Spanned<String>>,
+    /// Data residency: the regions whose pools may serve this region's clients, e.g. `[eu]`.
+    /// Default (absent): any region. A request no allowed pool can take is refused (503),
+    /// never sent elsewhere.
+    #[serde(default)]
+    pub residency: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -129,6 +198,12 @@ pub struct Tier {
     /// deadline and 5s, at most 10m.
     #[serde(default)]
     pub timeout: Option<Spanned<String>>,
+    /// Hedged requests: when the first attempt has not answered after this many times its
+    /// pool's service-time estimate (a peak EWMA: roughly a high percentile), a second
+    /// attempt goes to the next-best candidate and the first answer wins. 1.0–100.
+    /// Absent: no hedging. Only for non-streaming requests whose body is read.
+    #[serde(default)]
+    pub hedge_after: Option<Spanned<f64>>,
 }
 
 fn default_weight() -> Spanned<f64> {
@@ -143,6 +218,9 @@ pub enum OnSloMiss {
     Fastest,
     /// Refuse with 503 and `Retry-After`.
     Shed,
+    /// Accept it as an asynchronous job (`202` + job id) for the cheapest candidate pool;
+    /// needs a `queue:` section.
+    Queue,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Hash)]
@@ -179,6 +257,30 @@ pub struct Pool {
     pub service_time: Spanned<String>,
     #[serde(default)]
     pub price: Price,
+    /// Active health checks of every endpoint. Absent: none (passive ejection only).
+    #[serde(default)]
+    pub health: Option<Spanned<HealthCheck>>,
+}
+
+/// A pool's `health:` block: `GET path` on every endpoint every `interval`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    /// Path to `GET`; a 2xx answer is healthy. Default `/healthz`.
+    #[serde(default)]
+    pub path: Option<Spanned<String>>,
+    /// Time between checks of one endpoint. Default `1s`.
+    #[serde(default)]
+    pub interval: Option<Spanned<String>>,
+    /// A check not answered within this long failed. Default `500ms`.
+    #[serde(default)]
+    pub timeout: Option<Spanned<String>>,
+    /// Passed checks in a row that make an unhealthy endpoint healthy. Default 2.
+    #[serde(default)]
+    pub healthy_threshold: Option<Spanned<u32>>,
+    /// Failed checks in a row that make a healthy endpoint unhealthy. Default 2.
+    #[serde(default)]
+    pub unhealthy_threshold: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Deserialize, Default, Clone, Copy)]
@@ -207,13 +309,14 @@ pub struct Route {
     pub max_body: Option<Spanned<String>>,
     /// Tier for requests that name none (no tenant key, no `x-slo-tier`).
     pub tier: Spanned<String>,
-    /// Whether responses on this route may be cached. Default true.
-    #[serde(default = "default_true")]
-    pub cacheable: bool,
-}
-
-fn default_true() -> bool {
-    true
+    /// Prediction caching for this route. Absent: never cached.
+    #[serde(default)]
+    pub cache: Option<Spanned<RouteCache>>,
+    /// Requests on this route may be sent twice: an upstream 5xx or timeout is retried on
+    /// another endpoint or pool (within the deadline and the retry budget). Default false:
+    /// only connect failures are retried.
+    #[serde(default)]
+    pub idempotent: bool,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -235,9 +338,32 @@ pub struct Upstream {
     /// Most attempts per request (first try + retries on connect failure). Default 3.
     #[serde(default = "default_attempts")]
     pub max_attempts: u32,
-    /// How long an endpoint that failed to connect is skipped. Default `5s`.
+    /// How long an endpoint that failed to connect is skipped. Default `5s`. Also the first
+    /// outlier-ejection back-off: the k-th ejection in a row lasts `down_backoff × 2^k`.
     #[serde(default)]
     pub down_backoff: Option<Spanned<String>>,
+    /// Longest ejection back-off. Default `60s`.
+    #[serde(default)]
+    pub max_backoff: Option<Spanned<String>>,
+    /// Consecutive 5xx answers or timeouts that eject an endpoint (a refused connect
+    /// ejects at once). Default 5.
+    #[serde(default)]
+    pub eject_after: Option<Spanned<u32>>,
+    /// How many retries the gateway may add to the load. Default ratio 0.2, 5 per second.
+    #[serde(default)]
+    pub retry_budget: Option<Spanned<RetryBudget>>,
+}
+
+/// `upstream.retry_budget`: retries ≤ `ratio` × requests + `min_per_second` × seconds.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryBudget {
+    /// Retries allowed per request, 0.0–1.0. Default 0.2 (at most 20% extra load).
+    #[serde(default)]
+    pub ratio: Option<Spanned<f64>>,
+    /// Retries allowed per second on top, so a quiet gateway can still retry. Default 5.
+    #[serde(default)]
+    pub min_per_second: Option<Spanned<f64>>,
 }
 
 impl Default for Upstream {
@@ -246,10 +372,98 @@ impl Default for Upstream {
             connect_timeout: None,
             max_attempts: default_attempts(),
             down_backoff: None,
+            max_backoff: None,
+            eject_after: None,
+            retry_budget: None,
         }
     }
 }
 
 fn default_attempts() -> u32 {
     3
+}
+
+/// The `queue:` section: where jobs are stored and how they are dispatched.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Queue {
+    /// `embedded` (default: a local redb file, no external service) or `redis` (Redis
+    /// Streams, shared by several gateway instances). Changing it takes a restart.
+    #[serde(default)]
+    pub backend: QueueBackend,
+    /// Embedded store file, relative to the policy file. Default `switchyard-queue.redb`.
+    #[serde(default)]
+    pub path: Option<Spanned<String>>,
+    /// Redis URL for `backend: redis`, e.g. `redis://127.0.0.1:6379/0`.
+    #[serde(default)]
+    pub redis_url: Option<Spanned<String>>,
+    /// Prefix of every Redis key, so several queues can share one Redis. Default `switchyard`.
+    #[serde(default)]
+    pub redis_prefix: Option<Spanned<String>>,
+    /// Most unfinished (queued + running) jobs; beyond it enqueue answers 503. Default 100000.
+    #[serde(default = "default_max_jobs")]
+    pub max_jobs: Spanned<u64>,
+    /// Dispatch attempts per job before it is `failed`. Default 5.
+    #[serde(default = "default_job_attempts")]
+    pub max_attempts: Spanned<u32>,
+    /// How long a finished job (and its result) is kept. Default `24h`.
+    #[serde(default)]
+    pub result_ttl: Option<Spanned<String>>,
+    /// Back-off between attempts: `base × 2^(attempt−1)`, at most `max`, ±20% jitter.
+    #[serde(default)]
+    pub backoff: Backoff,
+    /// Largest request body a job may carry, e.g. `1MiB` (also bounded by the route's
+    /// `max_body`). Default `1MiB`.
+    #[serde(default)]
+    pub max_body: Option<Spanned<String>>,
+    /// A running job not finished within this long is taken over by another dispatcher
+    /// (Redis: the instance running it died). Default `5m`.
+    #[serde(default)]
+    pub lease: Option<Spanned<String>>,
+    /// Hosts `x-switchyard-callback-url` may point at: exact names or addresses, or
+    /// `*.example.com` for subdomains. Empty (default): callbacks are refused.
+    #[serde(default)]
+    pub callback_allow: Vec<Spanned<String>>,
+    /// Per pool: when and how hard batch work may use it.
+    #[serde(default)]
+    pub pools: BTreeMap<String, Spanned<PoolDispatch>>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueBackend {
+    #[default]
+    Embedded,
+    Redis,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Backoff {
+    /// First retry delay. Default `500ms`.
+    #[serde(default)]
+    pub base: Option<Spanned<String>>,
+    /// Longest retry delay. Default `30s`.
+    #[serde(default)]
+    pub max: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolDispatch {
+    /// Dispatch only inside this daily UTC window, `HH:MM-HH:MM` (may wrap midnight).
+    #[serde(default)]
+    pub window: Option<Spanned<String>>,
+    /// Dispatch only while the pool's in-flight requests (real-time + batch) are below this
+    /// fraction of its `concurrency`, 0.0–1.0. Default 1.0.
+    #[serde(default)]
+    pub max_utilisation: Option<Spanned<f64>>,
+}
+
+fn default_max_jobs() -> Spanned<u64> {
+    unspanned(100_000)
+}
+
+fn default_job_attempts() -> Spanned<u32> {
+    unspanned(5)
 }

@@ -63,6 +63,8 @@ pub struct StartupSettings {
     pub threads: Option<usize>,
     /// The prediction cache is built once: `cache.max_bytes` and `cache.idle`.
     pub cache_size: (u64, Option<Duration>),
+    /// Pingora's grace period on SIGTERM is fixed when the server is built.
+    pub shutdown_grace: Duration,
 }
 
 impl StartupSettings {
@@ -72,6 +74,7 @@ impl StartupSettings {
             admin_listener: table.admin_listener,
             threads: table.threads,
             cache_size: (table.cache.max_bytes, table.cache.idle),
+            shutdown_grace: table.shutdown_grace,
         }
     }
 
@@ -107,6 +110,12 @@ impl StartupSettings {
                 "cache: running with {}, policy says {}",
                 show(self.cache_size),
                 show(new.cache_size)
+            ));
+        }
+        if self.shutdown_grace != new.shutdown_grace {
+            out.push(format!(
+                "listeners.shutdown_grace: running with {:?}, policy says {:?}",
+                self.shutdown_grace, new.shutdown_grace
             ));
         }
         out
@@ -333,6 +342,7 @@ mod tests {
             admin_listener: "127.0.0.1:9090".parse().unwrap(),
             threads: None,
             cache_size: (1024, None),
+            shutdown_grace: Duration::from_secs(5),
         };
         assert!(a.restart_required(&a.clone()).is_empty());
         let b = StartupSettings {

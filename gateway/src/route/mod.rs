@@ -13,6 +13,8 @@
 //! allocation, no locks. [`explain`] runs the same code and also reports every candidate, so
 //! the admin API's explanation cannot disagree with what the proxy does.
 
+pub mod budget;
+pub mod health;
 pub mod state;
 
 use crate::classify::Class;
@@ -45,6 +47,12 @@ pub enum Reason {
     Shed,
     /// No pool can take the request at all.
     NoCandidate,
+    /// Nothing meets the deadline; the tier says queue it as a job for the cheapest
+    /// candidate (`on_slo_miss: queue`).
+    Queued,
+    /// Every pool that could take it is at its concurrency limit (and the tier does not
+    /// queue): refused with 503 and `Retry-After`, never held in a local queue.
+    Overloaded,
 }
 
 impl Reason {
@@ -54,6 +62,8 @@ impl Reason {
             Reason::FallbackFastest => "slo-miss-fastest",
             Reason::Shed => "slo-miss-shed",
             Reason::NoCandidate => "no-candidate",
+            Reason::Queued => "slo-miss-queue",
+            Reason::Overloaded => "overloaded",
         }
     }
 }
@@ -76,8 +86,12 @@ pub struct Decision {
 pub enum Exclusion {
     ModelNotServed,
     KindNotAllowedForTier,
+    /// The client's region may not be served from this pool's region (data residency).
+    Residency,
     NoEndpointUp,
     AlreadyTried,
+    /// Every endpoint left is at its share of the pool's `concurrency` (or the pool is full).
+    AtCapacity,
 }
 
 /// One pool's part in a decision, for `explain`.
@@ -101,7 +115,10 @@ pub struct CandidateReport {
 pub type Tried<'a> = &'a [(PoolId, u16)];
 
 fn endpoint_available(pool_id: PoolId, ep: u16, pool: &Pool, tried: Tried, now_ms: u64) -> bool {
-    pool.endpoints[ep as usize].state.is_up(now_ms) && !tried.contains(&(pool_id, ep))
+    pool.endpoints[ep as usize]
+        .state
+        .is_available(now_ms, pool.endpoint_limit())
+        && !tried.contains(&(pool_id, ep))
 }
 
 fn exclusion(
@@ -115,34 +132,59 @@ fn exclusion(
     if !table.tiers[class.tier as usize].kinds.contains(pool.kind) {
         return Some(Exclusion::KindNotAllowedForTier);
     }
+    if !table.residency_allows(class.region, pool.region) {
+        return Some(Exclusion::Residency);
+    }
     if !pool.models.serves(&class.model) {
         return Some(Exclusion::ModelNotServed);
     }
-    let mut up = false;
+    let (mut up, mut untried, mut room) = (false, false, false);
+    let limit = pool.endpoint_limit();
     for ep in 0..pool.endpoints.len() as u16 {
-        if pool.endpoints[ep as usize].state.is_up(now_ms) {
+        let state = &pool.endpoints[ep as usize].state;
+        if state.is_up(now_ms) {
             up = true;
             if !tried.contains(&(pool_id, ep)) {
-                return None;
+                untried = true;
+                if state.is_available(now_ms, limit) {
+                    room = true;
+                    break;
+                }
             }
         }
     }
-    Some(if up {
-        Exclusion::AlreadyTried
-    } else {
-        Exclusion::NoEndpointUp
-    })
+    if !up {
+        return Some(Exclusion::NoEndpointUp);
+    }
+    if !untried {
+        return Some(Exclusion::AlreadyTried);
+    }
+    if !room || (!pool.queue_fed && pool.state.in_flight() >= pool.concurrency) {
+        return Some(Exclusion::AtCapacity);
+    }
+    None
 }
 
 /// The estimate for sending `class` to `pool` now.
 pub fn estimate(pool: &Pool, class: &Class, table: &RoutingTable) -> Estimate {
-    let service = pool.state.service_time();
+    estimate_at(pool, class, table, now_ms_clock())
+}
+
+fn now_ms_clock() -> u64 {
+    state::now_ms()
+}
+
+/// [`estimate`] at a given time: the decision reads the clock once, not once per pool.
+pub fn estimate_at(pool: &Pool, class: &Class, table: &RoutingTable, now_ms: u64) -> Estimate {
+    // Live once enough samples exist (the baseline before), idle-decayed: see `state`.
+    let service = pool.state.service_time_at(now_ms);
     // M/M/1-style queueing factor on the pool's utilisation, capped so that a saturated
     // pool looks 10× slower rather than infinitely slow.
     let rho = (pool.state.in_flight() as f64 / pool.concurrency as f64).min(0.9);
     let queued = service.mul_f64(1.0 / (1.0 - rho));
     let latency = table.rtt(class.region, pool.region) + queued;
-    let cost_usd = pool.price.per_request + pool.price.per_gpu_hour * service.as_secs_f64() / 3600.0;
+    let cost_usd =
+        pool.price.per_request + pool.price.per_gpu_hour * service.as_secs_f64() / 3600.0;
     Estimate { latency, cost_usd }
 }
 
@@ -166,34 +208,44 @@ pub fn decide(class: &Class, table: &RoutingTable, tried: Tried, now_ms: u64) ->
     let mut feasible = 0u16;
     let mut max_cost = 0.0f64;
     let mut fastest: Option<(PoolId, Estimate)> = None;
+    let mut cheapest: Option<(PoolId, Estimate)> = None;
+    // Pools that could take the request but for being at their concurrency limit.
+    let mut cheapest_full: Option<(PoolId, Estimate)> = None;
+    // Candidates that meet the deadline, kept for pass 2 so that nothing is estimated twice
+    // (one small allocation instead of a second round of exclusion checks and estimates).
+    let mut meeting: Vec<(PoolId, Estimate)> = Vec::with_capacity(table.pools.len());
     for (i, pool) in table.pools.iter().enumerate() {
         let id = i as PoolId;
-        if exclusion(id, pool, class, table, tried, now_ms).is_some() {
-            continue;
+        match exclusion(id, pool, class, table, tried, now_ms) {
+            None => {}
+            Some(Exclusion::AtCapacity) => {
+                let est = estimate_at(pool, class, table, now_ms);
+                if cheapest_full.is_none_or(|(_, c)| est.cost_usd < c.cost_usd) {
+                    cheapest_full = Some((id, est));
+                }
+                continue;
+            }
+            Some(_) => continue,
         }
         candidates += 1;
-        let est = estimate(pool, class, table);
+        let est = estimate_at(pool, class, table, now_ms);
         if est.latency <= deadline {
             feasible += 1;
             max_cost = max_cost.max(est.cost_usd);
+            meeting.push((id, est));
         }
         if fastest.is_none_or(|(_, f)| est.latency < f.latency) {
             fastest = Some((id, est));
+        }
+        if cheapest.is_none_or(|(_, c)| est.cost_usd < c.cost_usd) {
+            cheapest = Some((id, est));
         }
     }
 
     let chosen = if feasible > 0 {
         // Pass 2: the best trade-off among those that meet the deadline.
         let mut best: Option<(PoolId, Estimate, f64)> = None;
-        for (i, pool) in table.pools.iter().enumerate() {
-            let id = i as PoolId;
-            if exclusion(id, pool, class, table, tried, now_ms).is_some() {
-                continue;
-            }
-            let est = estimate(pool, class, table);
-            if est.latency > deadline {
-                continue;
-            }
+        for &(id, est) in &meeting {
             let s = score(&est, tier.weight, deadline, max_cost);
             if best.is_none_or(|(_, _, b)| s < b) {
                 best = Some((id, est, s));
@@ -202,6 +254,26 @@ pub fn decide(class: &Class, table: &RoutingTable, tried: Tried, now_ms: u64) ->
         best.map(|(id, est, _)| (id, est, Reason::MeetsDeadline))
     } else {
         match (fastest, tier.on_slo_miss) {
+            // Everything that could take it is full: queue it when the tier queues, else
+            // refuse now (overflow never waits in a local queue).
+            (None, OnSloMiss::Queue) if cheapest_full.is_some() => {
+                return Decision {
+                    target: cheapest_full.map(|(id, _)| (id, 0)),
+                    estimate: cheapest_full.map(|(_, e)| e),
+                    reason: Reason::Queued,
+                    candidates,
+                    feasible,
+                }
+            }
+            (None, _) if cheapest_full.is_some() => {
+                return Decision {
+                    target: None,
+                    estimate: cheapest_full.map(|(_, e)| e),
+                    reason: Reason::Overloaded,
+                    candidates,
+                    feasible,
+                }
+            }
             (None, _) => None,
             (Some(_), OnSloMiss::Shed) => {
                 return Decision {
@@ -213,6 +285,8 @@ pub fn decide(class: &Class, table: &RoutingTable, tried: Tried, now_ms: u64) ->
                 }
             }
             (Some((id, est)), OnSloMiss::Fastest) => Some((id, est, Reason::FallbackFastest)),
+            // Late anyway: take the cheapest; the queue answers 202 and dispatches later.
+            (Some(_), OnSloMiss::Queue) => cheapest.map(|(id, est)| (id, est, Reason::Queued)),
         }
     };
 
@@ -315,8 +389,24 @@ pub fn explain(
                         Exclusion::KindNotAllowedForTier => {
                             format!("{} pools are not allowed for tier `{}`", pool.kind.as_str(), tier.name)
                         }
+                        Exclusion::Residency => format!(
+                            "clients in `{}` may only be served from [{}]",
+                            table.regions[class.region as usize],
+                            table
+                                .residency(class.region)
+                                .unwrap_or(&[])
+                                .iter()
+                                .map(|r| table.regions[*r as usize].as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
                         Exclusion::NoEndpointUp => "no endpoint is up".into(),
                         Exclusion::AlreadyTried => "already tried".into(),
+                        Exclusion::AtCapacity => format!(
+                            "at its concurrency limit ({} in flight of {})",
+                            pool.state.in_flight(),
+                            pool.concurrency
+                        ),
                     },
                     ..base
                 };
@@ -349,4 +439,144 @@ pub fn explain(
         })
         .collect();
     (decision, reports)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::classify::{Class, TierSource};
+    use crate::policy::compile::{compile_str, CompileContext};
+    use crate::route::state::Fleet;
+    use std::path::Path;
+
+    const POLICY: &str = r#"
+regions:
+  default: us
+  map: [{ name: eu, continents: [EU] }, { name: us, continents: [NA] }]
+rtt_ms: { eu: { eu: 5, us: 90 }, us: { us: 5 } }
+tiers:
+  tight: { deadline: 50ms, weight: 0.5, pools: [edge, gpu], on_slo_miss: shed }
+  loose: { deadline: 2s, weight: 0.0, pools: [edge, gpu] }
+  fast: { deadline: 10ms, weight: 1.0, pools: [edge, gpu], on_slo_miss: fastest }
+pools:
+  - { name: near, kind: edge, region: eu, endpoints: [127.0.0.1:1, 127.0.0.1:2], models: [m], concurrency: 8, service_time: 10ms, price: { per_request: 0.001 } }
+  - { name: far, kind: gpu, region: us, endpoints: [127.0.0.1:3], models: ["*"], concurrency: 8, service_time: 10ms, price: { per_request: 0.0001 } }
+routes:
+  - { name: r, match: /x, protocol: openai, tier: loose }
+"#;
+
+    fn setup() -> (RoutingTable, Fleet) {
+        let fleet = Fleet::default();
+        let table = compile_str(
+            POLICY,
+            &CompileContext {
+                file: Path::new("t.yaml"),
+                fleet: &fleet,
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        (table, fleet)
+    }
+
+    fn class(table: &RoutingTable, tier: &str, model: &str) -> Class {
+        let tier = table.tier_by_name(tier).unwrap();
+        let mut c = Class::what_if(table, 0, table.region_by_name("eu").unwrap(), tier, model);
+        c.tier_source = TierSource::Route;
+        c
+    }
+
+    #[test]
+    fn deadline_and_cost_trade_off() {
+        let (table, _f) = setup();
+        let near = |d: &Decision| d.target.map(|(p, _)| table.pools[p as usize].name.as_str());
+        let d = decide(&class(&table, "tight", "m"), &table, &[], 0);
+        assert_eq!(near(&d), Some("near"));
+        assert_eq!((d.candidates, d.feasible), (2, 1));
+        let d = decide(&class(&table, "loose", "m"), &table, &[], 0);
+        assert_eq!(near(&d), Some("far"), "cheapest that meets the deadline");
+        let d = decide(&class(&table, "loose", "other"), &table, &[], 0);
+        assert_eq!(near(&d), Some("far"), "only far serves it");
+        let d = decide(&class(&table, "tight", "other"), &table, &[], 0);
+        assert_eq!(d.reason, Reason::Shed);
+        let d = decide(&class(&table, "fast", "m"), &table, &[], 0);
+        assert_eq!(
+            (near(&d), d.reason),
+            (Some("near"), Reason::FallbackFastest)
+        );
+    }
+
+    #[test]
+    fn retries_avoid_tried_and_down_endpoints() {
+        let (table, _f) = setup();
+        let c = class(&table, "tight", "m");
+        let d = decide(&c, &table, &[(0, 0)], 0);
+        assert_eq!(d.target, Some((0, 1)));
+        let d = decide(&c, &table, &[(0, 0), (0, 1)], 0);
+        assert_eq!(d.reason, Reason::Shed, "far is too far for 50 ms");
+        table.pools[0].endpoints[0]
+            .state
+            .mark_down(0, Duration::from_secs(60));
+        table.pools[0].endpoints[1]
+            .state
+            .mark_down(0, Duration::from_secs(60));
+        let d = decide(&class(&table, "loose", "m"), &table, &[], 1);
+        assert_eq!(d.target, Some((1, 0)));
+        let (_, reports) = explain(&c, &table, 1);
+        assert_eq!(reports[0].excluded, Some(Exclusion::NoEndpointUp));
+    }
+
+    #[test]
+    fn load_raises_the_latency_estimate() {
+        let (table, _f) = setup();
+        let c = class(&table, "loose", "m");
+        let idle = estimate(&table.pools[0], &c, &table);
+        for _ in 0..6 {
+            table.pools[0].state.acquire();
+        }
+        let busy = estimate(&table.pools[0], &c, &table);
+        assert!(
+            busy.latency > idle.latency + Duration::from_millis(20),
+            "{idle:?} {busy:?}"
+        );
+    }
+
+    #[test]
+    fn a_full_pool_is_not_a_candidate_and_all_full_is_overloaded() {
+        let (table, _f) = setup();
+        let c = class(&table, "tight", "m");
+        // `near` has concurrency 8 over two endpoints: 4 each.
+        assert_eq!(table.pools[0].endpoint_limit(), 4);
+        for _ in 0..4 {
+            assert!(table.pools[0].endpoints[0].state.try_acquire(4));
+        }
+        assert!(!table.pools[0].endpoints[0].state.try_acquire(4));
+        let d = decide(&c, &table, &[], 0);
+        assert_eq!(
+            d.target,
+            Some((0, 1)),
+            "the endpoint at its limit is skipped"
+        );
+        for _ in 0..4 {
+            assert!(table.pools[0].endpoints[1].state.try_acquire(4));
+        }
+        let d = decide(&class(&table, "loose", "m"), &table, &[], 0);
+        assert_eq!(
+            d.target.map(|t| t.0),
+            Some(1),
+            "overflow goes to the next pool"
+        );
+        let d = decide(&c, &table, &[], 0);
+        assert_eq!(
+            d.reason,
+            Reason::Shed,
+            "far is too far, near is full: the tier sheds"
+        );
+        for _ in 0..8 {
+            assert!(table.pools[1].endpoints[0].state.try_acquire(8));
+        }
+        let d = decide(&class(&table, "loose", "m"), &table, &[], 0);
+        assert_eq!(d.reason, Reason::Overloaded, "everything is full");
+        let (_, reports) = explain(&c, &table, 0);
+        assert_eq!(reports[0].excluded, Some(Exclusion::AtCapacity));
+    }
 }

@@ -7,9 +7,11 @@
 //! that keeps its name.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
+
+pub use super::budget::RetryBudget;
 
 /// Milliseconds on a process-wide monotonic clock.
 pub fn now_ms() -> u64 {
@@ -17,42 +19,178 @@ pub fn now_ms() -> u64 {
     START.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
 
-/// Smoothing: rise quickly towards slower samples, decay slowly towards faster ones, so a
-/// pool that starts to struggle is avoided quickly and trusted again only gradually.
-const ALPHA_UP: f64 = 0.3;
+/// Smoothing: a slower sample is taken at once (a peak EWMA, as in Finagle's and Linkerd's
+/// balancers), faster ones pull the estimate down slowly, so a pool that starts to struggle
+/// is avoided after its first slow answer and trusted again only gradually.
+const ALPHA_UP: f64 = 1.0;
 const ALPHA_DOWN: f64 = 0.05;
 
-fn ewma_update(cell: &AtomicU64, sample_us: u64) {
+/// Time constant of the downward step for sparse samples: a sample that arrives `gap` ms
+/// after the previous one weighs at least `1 − e^(−gap/τ)`, so an endpoint probed rarely
+/// (because it was slow) is believed when its probe comes back fast.
+const SPARSE_TAU_MS: f64 = 1000.0;
+
+fn ewma_update(cell: &AtomicU64, sample_us: u64, gap_ms: u64) {
     // A lost update under contention only drops one sample; no loop needed for that, but
     // fetch_update keeps the value consistent.
+    let down = ALPHA_DOWN.max(1.0 - (-(gap_ms as f64) / SPARSE_TAU_MS).exp());
     let _ = cell.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
         let old_f = old as f64;
         let s = sample_us as f64;
-        let alpha = if s > old_f { ALPHA_UP } else { ALPHA_DOWN };
+        let alpha = if s > old_f { ALPHA_UP } else { down };
         Some((old_f + alpha * (s - old_f)).max(1.0) as u64)
     });
 }
+
+/// Samples needed before a live estimate replaces the policy's baseline `service_time`.
+pub const MIN_SAMPLES: u64 = 5;
+/// An estimate that has seen no sample for longer than this starts to decay towards its
+/// baseline (only while nothing is in flight), so that a pool or endpoint that was avoided
+/// for being slow is probed again now and then and can win its traffic back.
+const IDLE_GRACE_MS: u64 = 500;
+/// Time constant of that decay, for pools (a probe of a pool is a whole request that may
+/// miss its deadline, so pools are probed less eagerly) and for endpoints.
+const POOL_IDLE_DECAY_MS: f64 = 3000.0;
+const ENDPOINT_IDLE_DECAY_MS: f64 = 1000.0;
+
+/// The estimate to route on: the baseline until [`MIN_SAMPLES`] exist, then the EWMA —
+/// decayed towards the baseline when idle (nothing in flight, no recent sample).
+fn effective_us(
+    (ewma, baseline, samples, last_ms): (u64, u64, u64, u64),
+    in_flight: u32,
+    now: u64,
+    tau_ms: f64,
+) -> u64 {
+    if samples < MIN_SAMPLES {
+        return baseline;
+    }
+    let idle = now.saturating_sub(last_ms);
+    if ewma <= baseline || in_flight > 0 || idle <= IDLE_GRACE_MS {
+        return ewma;
+    }
+    let w = (-((idle - IDLE_GRACE_MS) as f64) / tau_ms).exp();
+    baseline + ((ewma - baseline) as f64 * w) as u64
+}
+
+/// Take one in-flight slot if fewer than `limit` are taken (compare-and-swap, so a burst
+/// cannot overshoot).
+fn try_take(cell: &AtomicU32, limit: u32) -> bool {
+    cell.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+        (v < limit).then_some(v + 1)
+    })
+    .is_ok()
+}
+
+fn give_back(cell: &AtomicU32) {
+    let _ = cell.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| v.checked_sub(1));
+}
+
+/// Start times of attempts in flight that a pool keeps, to see one that is overdue.
+const TRACKED: usize = 16;
+/// An attempt outstanding for more than 1.5× the (peak) estimate is evidence that the
+/// service time jumped (the answers that would show it have not come back yet) …
+const OVERDUE_AFTER_HALVES: u64 = 3;
+/// … and the pool is then taken to be at least this many times its oldest attempt's age.
+const OVERDUE_FACTOR: u64 = 4;
 
 /// Live state of one pool.
 #[derive(Debug)]
 pub struct PoolState {
     ewma_us: AtomicU64,
+    baseline_us: AtomicU64,
     samples: AtomicU64,
+    last_sample_ms: AtomicU64,
     in_flight: AtomicU32,
+    /// `start ms + 1` of up to [`TRACKED`] attempts in flight; 0 = free slot.
+    started: [AtomicU64; TRACKED],
 }
 
 impl PoolState {
     fn new(baseline: Duration) -> Self {
+        let us = (baseline.as_micros() as u64).max(1);
         PoolState {
-            ewma_us: AtomicU64::new((baseline.as_micros() as u64).max(1)),
+            ewma_us: AtomicU64::new(us),
+            baseline_us: AtomicU64::new(us),
             samples: AtomicU64::new(0),
+            last_sample_ms: AtomicU64::new(0),
             in_flight: AtomicU32::new(0),
+            started: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
 
-    /// The pool's observed service time (seeded by the policy's baseline).
+    /// Remember that an attempt started at `now` (a free slot, if any; `None` when all
+    /// [`TRACKED`] slots are taken, which only loses precision).
+    pub fn track_start(&self, now: u64) -> Option<u8> {
+        (0..TRACKED)
+            .find(|&i| {
+                self.started[i]
+                    .compare_exchange(0, now + 1, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+            })
+            .map(|i| i as u8)
+    }
+
+    pub fn untrack(&self, slot: u8) {
+        if let Some(cell) = self.started.get(slot as usize) {
+            cell.store(0, Ordering::Release);
+        }
+    }
+
+    /// Age in ms of the oldest tracked attempt in flight (0 if none).
+    pub fn oldest_in_flight_ms(&self, now: u64) -> u64 {
+        // Idle pools (the common case for most pools in a decision) skip the slot scan.
+        if self.in_flight.load(Ordering::Relaxed) == 0 {
+            return 0;
+        }
+        self.started
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .filter(|&v| v != 0)
+            .min()
+            .map_or(0, |oldest| (now + 1).saturating_sub(oldest))
+    }
+
+    /// The service time the decision uses now: the policy's baseline until enough samples
+    /// exist, then the live EWMA (see [`effective_us`]).
     pub fn service_time(&self) -> Duration {
+        self.service_time_at(now_ms())
+    }
+
+    pub fn service_time_at(&self, now: u64) -> Duration {
+        let estimate = effective_us(
+            (
+                self.ewma_us.load(Ordering::Relaxed),
+                self.baseline_us.load(Ordering::Relaxed),
+                self.samples.load(Ordering::Relaxed),
+                self.last_sample_ms.load(Ordering::Relaxed),
+            ),
+            self.in_flight.load(Ordering::Relaxed),
+            now,
+            POOL_IDLE_DECAY_MS,
+        );
+        // Peak sensitivity before any slow answer is back: an attempt far overdue means the
+        // pool got slower now, not when its answer finally arrives.
+        let age_us = self.oldest_in_flight_ms(now).saturating_mul(1000);
+        let estimate = if age_us.saturating_mul(2) > OVERDUE_AFTER_HALVES * estimate {
+            estimate.max(age_us * OVERDUE_FACTOR)
+        } else {
+            estimate
+        };
+        Duration::from_micros(estimate)
+    }
+
+    /// The raw EWMA of observed service times (seeded by the baseline).
+    pub fn ewma(&self) -> Duration {
         Duration::from_micros(self.ewma_us.load(Ordering::Relaxed))
+    }
+
+    pub fn baseline(&self) -> Duration {
+        Duration::from_micros(self.baseline_us.load(Ordering::Relaxed))
+    }
+
+    fn set_baseline(&self, baseline: Duration) {
+        self.baseline_us
+            .store((baseline.as_micros() as u64).max(1), Ordering::Relaxed);
     }
 
     pub fn samples(&self) -> u64 {
@@ -64,18 +202,42 @@ impl PoolState {
     }
 
     pub fn observe(&self, upstream: Duration) {
-        ewma_update(&self.ewma_us, upstream.as_micros() as u64);
+        let now = now_ms();
+        let gap = now.saturating_sub(self.last_sample_ms.swap(now, Ordering::Relaxed));
+        ewma_update(&self.ewma_us, upstream.as_micros() as u64, gap);
         self.samples.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Count a request in flight without a limit (the batch dispatcher sizes itself).
     pub fn acquire(&self) {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Count a request in flight if the pool has fewer than `limit`.
+    pub fn try_acquire(&self, limit: u32) -> bool {
+        try_take(&self.in_flight, limit)
+    }
+
     pub fn release(&self) {
-        let _ = self
-            .in_flight
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1));
+        give_back(&self.in_flight);
+    }
+}
+
+/// Outlier-ejection settings, from the policy's `upstream:` section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ejection {
+    /// Consecutive 5xx / timeouts that eject an endpoint (a refused connect ejects at once).
+    pub after: u32,
+    /// First ejection back-off; the k-th in a row lasts `base × 2^k`, at most `max`.
+    pub base: Duration,
+    pub max: Duration,
+}
+
+impl Ejection {
+    fn backoff(&self, k: u32) -> Duration {
+        self.base
+            .saturating_mul(1u32 << k.min(16))
+            .min(self.max.max(self.base))
     }
 }
 
@@ -83,35 +245,98 @@ impl PoolState {
 #[derive(Debug)]
 pub struct EndpointState {
     ewma_us: AtomicU64,
+    baseline_us: AtomicU64,
+    samples: AtomicU64,
+    last_sample_ms: AtomicU64,
     in_flight: AtomicU32,
     down_until_ms: AtomicU64,
     consecutive_failures: AtomicU32,
+    /// Ejections in a row without a success since; non-zero after a back-off ends means
+    /// half-open: one probe request at a time until one succeeds.
+    ejections: AtomicU32,
+    probing: AtomicBool,
+    /// Active health checks: the verdict and the streaks that move it.
+    healthy: AtomicBool,
+    health_ok_streak: AtomicU32,
+    health_fail_streak: AtomicU32,
+}
+
+/// What [`EndpointState::health_result`] changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthChange {
+    None,
+    BecameHealthy,
+    BecameUnhealthy,
 }
 
 impl EndpointState {
     fn new(baseline: Duration) -> Self {
+        let us = (baseline.as_micros() as u64).max(1);
         EndpointState {
-            ewma_us: AtomicU64::new((baseline.as_micros() as u64).max(1)),
+            ewma_us: AtomicU64::new(us),
+            baseline_us: AtomicU64::new(us),
+            samples: AtomicU64::new(0),
+            last_sample_ms: AtomicU64::new(0),
             in_flight: AtomicU32::new(0),
             down_until_ms: AtomicU64::new(0),
             consecutive_failures: AtomicU32::new(0),
+            ejections: AtomicU32::new(0),
+            probing: AtomicBool::new(false),
+            healthy: AtomicBool::new(true),
+            health_ok_streak: AtomicU32::new(0),
+            health_fail_streak: AtomicU32::new(0),
         }
     }
 
+    /// Not ejected and not failing its health checks.
     pub fn is_up(&self, now_ms: u64) -> bool {
-        self.down_until_ms.load(Ordering::Relaxed) <= now_ms
+        self.down_until_ms.load(Ordering::Relaxed) <= now_ms && self.healthy.load(Ordering::Relaxed)
     }
 
-    /// Mark the endpoint down until `now + backoff`.
+    /// Up, below `limit` in flight, and not a half-open endpoint whose probe is out.
+    pub fn is_available(&self, now_ms: u64, limit: u32) -> bool {
+        self.is_up(now_ms)
+            && self.in_flight.load(Ordering::Relaxed) < limit
+            && !(self.ejections.load(Ordering::Relaxed) > 0 && self.probing.load(Ordering::Relaxed))
+    }
+
+    /// Mark the endpoint down until `now + backoff` (the batch dispatcher's connect failures).
     pub fn mark_down(&self, now_ms: u64, backoff: Duration) {
         self.consecutive_failures.fetch_add(1, Ordering::Relaxed);
         self.down_until_ms
             .fetch_max(now_ms + backoff.as_millis() as u64, Ordering::Relaxed);
     }
 
+    /// A connect failure: certain, so the endpoint is ejected at once. Returns the back-off.
+    pub fn connect_failed(&self, now_ms: u64, ejection: &Ejection) -> Duration {
+        self.consecutive_failures.fetch_add(1, Ordering::Relaxed);
+        self.eject(now_ms, ejection)
+    }
+
+    /// A 5xx answer or a timeout: ejects after `ejection.after` in a row, or at once when
+    /// it was the half-open probe. Returns the back-off when it ejected.
+    pub fn failed(&self, now_ms: u64, ejection: &Ejection) -> Option<Duration> {
+        let n = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        let half_open = self.ejections.load(Ordering::Relaxed) > 0;
+        (half_open || n >= ejection.after.max(1)).then(|| self.eject(now_ms, ejection))
+    }
+
+    fn eject(&self, now_ms: u64, ejection: &Ejection) -> Duration {
+        let k = self.ejections.fetch_add(1, Ordering::Relaxed);
+        let backoff = ejection.backoff(k);
+        self.down_until_ms
+            .fetch_max(now_ms + backoff.as_millis() as u64, Ordering::Relaxed);
+        self.probing.store(false, Ordering::Relaxed);
+        backoff
+    }
+
+    /// A good answer: the failure streak ends and a half-open endpoint is re-admitted.
     pub fn mark_success(&self) {
         if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
             self.consecutive_failures.store(0, Ordering::Relaxed);
+        }
+        if self.ejections.load(Ordering::Relaxed) != 0 {
+            self.ejections.store(0, Ordering::Relaxed);
         }
     }
 
@@ -119,8 +344,81 @@ impl EndpointState {
         self.consecutive_failures.load(Ordering::Relaxed)
     }
 
+    /// Ejections in a row (the exponent of the next back-off).
+    pub fn ejections(&self) -> u32 {
+        self.ejections.load(Ordering::Relaxed)
+    }
+
+    /// When the current ejection ends (process-clock ms; `<= now` when not ejected).
+    pub fn ejected_until_ms(&self) -> u64 {
+        self.down_until_ms.load(Ordering::Relaxed)
+    }
+
+    pub fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// One active health-check result, with the pool's thresholds.
+    pub fn health_result(
+        &self,
+        ok: bool,
+        healthy_after: u32,
+        unhealthy_after: u32,
+    ) -> HealthChange {
+        if ok {
+            self.health_fail_streak.store(0, Ordering::Relaxed);
+            let n = self.health_ok_streak.fetch_add(1, Ordering::Relaxed) + 1;
+            if !self.healthy() && n >= healthy_after.max(1) {
+                self.healthy.store(true, Ordering::Relaxed);
+                return HealthChange::BecameHealthy;
+            }
+        } else {
+            self.health_ok_streak.store(0, Ordering::Relaxed);
+            let n = self.health_fail_streak.fetch_add(1, Ordering::Relaxed) + 1;
+            if self.healthy() && n >= unhealthy_after.max(1) {
+                self.healthy.store(false, Ordering::Relaxed);
+                return HealthChange::BecameUnhealthy;
+            }
+        }
+        HealthChange::None
+    }
+
+    /// Forget active health checks (the pool no longer has any).
+    pub fn clear_health(&self) {
+        self.healthy.store(true, Ordering::Relaxed);
+        self.health_ok_streak.store(0, Ordering::Relaxed);
+        self.health_fail_streak.store(0, Ordering::Relaxed);
+    }
+
+    /// The latency P2C compares: the (idle-decayed) EWMA.
     pub fn latency(&self) -> Duration {
+        Duration::from_micros(self.latency_us(now_ms()))
+    }
+
+    fn latency_us(&self, now: u64) -> u64 {
+        effective_us(
+            (
+                self.ewma_us.load(Ordering::Relaxed),
+                self.baseline_us.load(Ordering::Relaxed),
+                // No baseline phase inside a pool: a new endpoint compared on the policy's
+                // baseline against a measured sibling could starve; its EWMA starts at the
+                // baseline and its first samples weigh heavily anyway (sparse-sample α).
+                MIN_SAMPLES,
+                self.last_sample_ms.load(Ordering::Relaxed),
+            ),
+            self.in_flight.load(Ordering::Relaxed),
+            now,
+            ENDPOINT_IDLE_DECAY_MS,
+        )
+    }
+
+    /// The raw EWMA of observed service times.
+    pub fn ewma(&self) -> Duration {
         Duration::from_micros(self.ewma_us.load(Ordering::Relaxed))
+    }
+
+    pub fn samples(&self) -> u64 {
+        self.samples.load(Ordering::Relaxed)
     }
 
     pub fn in_flight(&self) -> u32 {
@@ -129,23 +427,45 @@ impl EndpointState {
 
     /// Power-of-two-choices score: expected latency times the queue it would join.
     pub fn load_score(&self) -> u64 {
-        self.ewma_us
-            .load(Ordering::Relaxed)
+        self.load_score_at(now_ms())
+    }
+
+    pub fn load_score_at(&self, now: u64) -> u64 {
+        self.latency_us(now)
             .saturating_mul(self.in_flight.load(Ordering::Relaxed) as u64 + 1)
     }
 
     pub fn observe(&self, upstream: Duration) {
-        ewma_update(&self.ewma_us, upstream.as_micros() as u64);
+        let now = now_ms();
+        let gap = now.saturating_sub(self.last_sample_ms.swap(now, Ordering::Relaxed));
+        ewma_update(&self.ewma_us, upstream.as_micros() as u64, gap);
+        self.samples.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Count a request in flight without a limit (the batch dispatcher sizes itself).
     pub fn acquire(&self) {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Take a slot if fewer than `limit` are in flight; a half-open endpoint takes only its
+    /// one probe. Atomic, so concurrent requests cannot overshoot the limit.
+    pub fn try_acquire(&self, limit: u32) -> bool {
+        let half_open = self.ejections.load(Ordering::Relaxed) > 0;
+        if half_open && self.probing.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        let ok = try_take(&self.in_flight, limit);
+        if !ok && half_open {
+            self.probing.store(false, Ordering::Release);
+        }
+        ok
+    }
+
     pub fn release(&self) {
-        let _ = self
-            .in_flight
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1));
+        give_back(&self.in_flight);
+        if self.probing.load(Ordering::Relaxed) {
+            self.probing.store(false, Ordering::Relaxed);
+        }
     }
 }
 
@@ -154,6 +474,8 @@ impl EndpointState {
 pub struct Fleet {
     pools: Mutex<HashMap<String, Arc<PoolState>>>,
     endpoints: Mutex<HashMap<(String, String), Arc<EndpointState>>>,
+    /// The retry budget: shared by every request, kept across reloads.
+    retry_budget: Arc<RetryBudget>,
 }
 
 impl Fleet {
@@ -161,28 +483,40 @@ impl Fleet {
         Arc::new(Fleet::default())
     }
 
-    /// The state of pool `name`, created with `baseline` as its first estimate if new.
+    /// The state of pool `name`, created with `baseline` as its first estimate if new; an
+    /// existing pool keeps its measurements and takes the (possibly changed) baseline.
     pub fn pool(&self, name: &str, baseline: Duration) -> Arc<PoolState> {
         let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
-        pools
+        let state = pools
             .entry(name.to_string())
             .or_insert_with(|| Arc::new(PoolState::new(baseline)))
-            .clone()
+            .clone();
+        state.set_baseline(baseline);
+        state
     }
 
-    /// The state of endpoint `endpoint` of pool `pool`.
+    /// The state of endpoint `endpoint` of pool `pool` (baseline: the pool's).
     pub fn endpoint(&self, pool: &str, endpoint: &str) -> Arc<EndpointState> {
         let baseline = {
             let pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
             pools
                 .get(pool)
-                .map(|p| p.service_time())
+                .map(|p| p.baseline())
                 .unwrap_or(Duration::from_millis(50))
         };
         let mut eps = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
-        eps.entry((pool.to_string(), endpoint.to_string()))
+        let state = eps
+            .entry((pool.to_string(), endpoint.to_string()))
             .or_insert_with(|| Arc::new(EndpointState::new(baseline)))
-            .clone()
+            .clone();
+        state
+            .baseline_us
+            .store((baseline.as_micros() as u64).max(1), Ordering::Relaxed);
+        state
+    }
+
+    pub fn retry_budget(&self) -> Arc<RetryBudget> {
+        self.retry_budget.clone()
     }
 }
 
@@ -194,10 +528,10 @@ mod tests {
     fn ewma_rises_fast_and_decays_slowly() {
         let p = PoolState::new(Duration::from_millis(10));
         p.observe(Duration::from_millis(110));
-        let up = p.service_time();
+        let up = p.ewma();
         assert!(up >= Duration::from_millis(39), "{up:?}");
         p.observe(Duration::from_millis(10));
-        let down = p.service_time();
+        let down = p.ewma();
         assert!(down < up && down > Duration::from_millis(30), "{down:?}");
     }
 
@@ -207,10 +541,96 @@ mod tests {
         let a = fleet.pool("gpu", Duration::from_millis(5));
         a.observe(Duration::from_millis(100));
         let b = fleet.pool("gpu", Duration::from_millis(5));
-        assert_eq!(a.service_time(), b.service_time());
+        assert_eq!(a.ewma(), b.ewma());
         let e1 = fleet.endpoint("gpu", "127.0.0.1:1");
         e1.mark_down(now_ms(), Duration::from_secs(60));
         assert!(!fleet.endpoint("gpu", "127.0.0.1:1").is_up(now_ms()));
         assert!(fleet.endpoint("gpu", "127.0.0.1:2").is_up(now_ms()));
+    }
+
+    #[test]
+    fn baseline_until_enough_samples_then_live() {
+        let p = PoolState::new(Duration::from_millis(10));
+        for _ in 0..MIN_SAMPLES - 1 {
+            p.observe(Duration::from_millis(100));
+        }
+        let now = now_ms();
+        p.acquire(); // in flight: no idle decay
+        assert_eq!(p.service_time_at(now), Duration::from_millis(10));
+        p.observe(Duration::from_millis(100));
+        assert!(p.service_time_at(now) > Duration::from_millis(50));
+        p.release();
+        // Idle for a long time: decays back towards the baseline, so it is probed again.
+        let later = p.service_time_at(now + 20_000);
+        assert!(later < Duration::from_millis(12), "{later:?}");
+    }
+
+    #[test]
+    fn ejection_backs_off_exponentially_and_half_open_takes_one_probe() {
+        let e = EndpointState::new(Duration::from_millis(10));
+        let ej = Ejection {
+            after: 3,
+            base: Duration::from_secs(1),
+            max: Duration::from_secs(5),
+        };
+        assert_eq!(e.failed(0, &ej), None);
+        assert_eq!(e.failed(0, &ej), None);
+        assert_eq!(e.failed(0, &ej), Some(Duration::from_secs(1)));
+        assert!(!e.is_up(500));
+        assert!(e.is_up(1000));
+        // Half-open: one probe at a time.
+        assert!(e.try_acquire(10));
+        assert!(!e.try_acquire(10));
+        assert!(!e.is_available(1000, 10));
+        // The probe fails: ejected again at once, for twice as long.
+        assert_eq!(e.failed(1000, &ej), Some(Duration::from_secs(2)));
+        e.release();
+        assert!(!e.is_up(2999));
+        assert_eq!(e.connect_failed(3000, &ej), Duration::from_secs(4));
+        assert_eq!(
+            e.connect_failed(3000, &ej),
+            Duration::from_secs(5),
+            "capped"
+        );
+        e.mark_success();
+        assert_eq!((e.ejections(), e.consecutive_failures()), (0, 0));
+        assert!(
+            e.try_acquire(10) && e.try_acquire(10),
+            "closed again: no probe limit"
+        );
+    }
+
+    #[test]
+    fn acquisition_never_overshoots_the_limit() {
+        let e = Arc::new(EndpointState::new(Duration::from_millis(10)));
+        let taken = Arc::new(AtomicU32::new(0));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let (e, taken) = (e.clone(), taken.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..1000 {
+                        if e.try_acquire(5) {
+                            taken.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            let _ = t.join();
+        }
+        assert_eq!(taken.load(Ordering::Relaxed), 5);
+        assert_eq!(e.in_flight(), 5);
+    }
+
+    #[test]
+    fn health_thresholds_move_the_verdict() {
+        let e = EndpointState::new(Duration::from_millis(10));
+        assert_eq!(e.health_result(false, 2, 2), HealthChange::None);
+        assert_eq!(e.health_result(false, 2, 2), HealthChange::BecameUnhealthy);
+        assert!(!e.is_up(0));
+        assert_eq!(e.health_result(true, 2, 2), HealthChange::None);
+        assert_eq!(e.health_result(true, 2, 2), HealthChange::BecameHealthy);
+        assert!(e.is_up(0));
     }
 }

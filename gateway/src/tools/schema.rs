@@ -96,6 +96,7 @@ pub fn policy_schema() -> Value {
             "pools": { "type": "array", "items": enumeration("Pool kind.", kinds), "description": "Pool kinds this tier may use." },
             "on_slo_miss": enumeration("When no pool is estimated to meet the deadline: send to the fastest anyway, refuse with 503, or queue as a job for the cheapest pool (needs `queue:`). Default fastest.", &["fastest", "shed", "queue"]),
             "timeout": optional_string("Upstream timeout before 504, e.g. 5s. Default max(4 × deadline, 5s), at most 10m."),
+            "hedge_after": { "type": ["number", "null"], "minimum": 1, "maximum": 100, "description": "Hedged requests: when the first attempt has not answered after this many times its pool's service-time estimate, a second attempt goes to the next-best candidate and the first answer wins. Absent: no hedging." },
         }),
     );
     let tenant = object(

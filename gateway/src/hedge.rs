@@ -1,0 +1,233 @@
+//! Hedged requests, for tiers with `hedge_after`: when the first attempt has not answered
+//! after `hedge_after` × its pool's service-time estimate, a second attempt goes to the
+//! next-best candidate and whichever answers first (with a non-5xx) is the answer.
+//!
+//! Pingora's `ProxyHttp` drives exactly one upstream attempt at a time (a retry starts only
+//! after the attempt failed), so two attempts in flight for one request cannot go through
+//! it. This module is therefore a small upstream client of its own, on Pingora's HTTP/1.1
+//! connector (with its keep-alive pool): it is used only for requests whose body the gateway
+//! has already read, that do not stream and are not cacheable, and it buffers the answer
+//! (bounded) before writing it downstream. Both attempts take in-flight slots like any other
+//! (compare-and-swap, within the limits), feed the live estimates and count towards
+//! ejection; the hedge's extra spend is counted. The losing attempt is dropped (its
+//! connection is closed, so the backend sees the client go away).
+
+use crate::classify::Class;
+use crate::error::GatewayError;
+use crate::policy::compile::{PoolId, RoutingTable};
+use crate::route::state::now_ms;
+use crate::route::{self, Reason};
+use crate::telemetry as t;
+use bytes::{Bytes, BytesMut};
+use pingora::connectors::http::v1::Connector;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::upstreams::peer::HttpPeer;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// Largest answer body a hedged request buffers.
+const MAX_ANSWER: usize = 8 * 1024 * 1024;
+
+fn connector() -> &'static Connector {
+    static CONNECTOR: OnceLock<Connector> = OnceLock::new();
+    CONNECTOR.get_or_init(|| Connector::new(None))
+}
+
+/// The answer that won.
+pub struct Answer {
+    pub header: ResponseHeader,
+    pub body: Bytes,
+    /// Every attempt made, the winner last.
+    pub tried: Vec<(PoolId, u16)>,
+    /// Whether a second attempt was sent.
+    pub hedged: bool,
+}
+
+/// In-flight slots of one attempt, given back when dropped.
+struct Slot<'a> {
+    table: &'a RoutingTable,
+    target: (PoolId, u16),
+}
+
+impl<'a> Slot<'a> {
+    fn take(table: &'a RoutingTable, target: (PoolId, u16)) -> Option<Slot<'a>> {
+        let pool = &table.pools[target.0 as usize];
+        if !pool.state.try_acquire(pool.concurrency) {
+            return None;
+        }
+        if !pool.endpoints[target.1 as usize]
+            .state
+            .try_acquire(pool.endpoint_limit())
+        {
+            pool.state.release();
+            return None;
+        }
+        Some(Slot { table, target })
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        let pool = &self.table.pools[self.target.0 as usize];
+        pool.state.release();
+        pool.endpoints[self.target.1 as usize].state.release();
+    }
+}
+
+type Attempt = Result<(ResponseHeader, Bytes), GatewayError>;
+
+/// One attempt: send the buffered request, read the whole answer.
+async fn attempt(slot: Slot<'_>, timeout: Duration, req: &RequestHeader, body: &Bytes) -> Attempt {
+    let table = slot.table;
+    let pool = &table.pools[slot.target.0 as usize];
+    let endpoint = &pool.endpoints[slot.target.1 as usize];
+    let mut peer = HttpPeer::new(endpoint.addr, false, String::new());
+    peer.options.connection_timeout = Some(table.upstream.connect_timeout);
+    peer.options.read_timeout = Some(timeout);
+    peer.options.write_timeout = Some(timeout);
+    let idle = Some(Duration::from_secs(60));
+    peer.options.idle_timeout = idle;
+    let started = Instant::now();
+    let failed = |e: &dyn std::fmt::Display| {
+        if endpoint
+            .state
+            .failed(now_ms(), &table.upstream.ejection)
+            .is_some()
+        {
+            metrics::counter!(t::EJECTIONS, "pool" => pool.name.clone(), "cause" => "error")
+                .increment(1);
+        }
+        GatewayError::UpstreamFailed(e.to_string())
+    };
+    let (mut session, _reused) = connector()
+        .get_http_session(&peer)
+        .await
+        .map_err(|e| failed(&e))?;
+    let sent = async {
+        session.write_request_header(Box::new(req.clone())).await?;
+        if !body.is_empty() {
+            session.write_body(body).await?;
+        }
+        session.finish_body().await?;
+        session.read_response().await?;
+        Ok::<_, Box<pingora::Error>>(())
+    };
+    sent.await.map_err(|e| failed(&e))?;
+    let header = session
+        .resp_header()
+        .cloned()
+        .ok_or_else(|| GatewayError::UpstreamFailed("no response header".into()))?;
+    let took = started.elapsed();
+    pool.state.observe(took);
+    endpoint.state.observe(took);
+    if header.status.as_u16() < 500 {
+        endpoint.state.mark_success();
+    } else {
+        failed(&header.status);
+    }
+    let mut buf = BytesMut::new();
+    loop {
+        match session.read_body_bytes().await {
+            Ok(Some(chunk)) => {
+                if buf.len() + chunk.len() > MAX_ANSWER {
+                    return Err(GatewayError::UpstreamFailed(
+                        "hedged answer larger than 8 MiB".into(),
+                    ));
+                }
+                buf.extend_from_slice(&chunk);
+            }
+            Ok(None) => break,
+            Err(e) => return Err(failed(&e)),
+        }
+    }
+    connector().release_http_session(session, &peer, idle).await;
+    drop(slot);
+    Ok((header, buf.freeze()))
+}
+
+fn good(a: &Attempt) -> bool {
+    matches!(a, Ok((h, _)) if h.status.as_u16() < 500)
+}
+
+/// Send `req` to `first`, hedge to the next-best candidate after `hedge_after` × the
+/// pool's estimate, return the first good answer (or the last answer if none is good).
+pub async fn run(
+    table: &RoutingTable,
+    class: &Class,
+    first: (PoolId, u16),
+    req: &RequestHeader,
+    body: &Bytes,
+    hedge_after: f64,
+) -> Result<Answer, GatewayError> {
+    let tier = &table.tiers[class.tier as usize];
+    let overloaded = || GatewayError::Overloaded {
+        tier: tier.name.clone(),
+    };
+    let slot = Slot::take(table, first).ok_or_else(overloaded)?;
+    let delay = table.pools[first.0 as usize]
+        .state
+        .service_time()
+        .mul_f64(hedge_after);
+    let primary = attempt(slot, tier.timeout, req, body);
+    tokio::pin!(primary);
+    let early = tokio::select! {
+        done = &mut primary => Some(done),
+        _ = tokio::time::sleep(delay) => None,
+    };
+    if let Some(done) = early {
+        return done.map(|(header, body)| Answer {
+            header,
+            body,
+            tried: vec![first],
+            hedged: false,
+        });
+    }
+    // Not answered in time: the next-best candidate, if one can take it now.
+    let next = route::decide(class, table, &[first], now_ms());
+    let second = next
+        .target
+        .filter(|_| matches!(next.reason, Reason::MeetsDeadline | Reason::FallbackFastest))
+        .and_then(|target| Slot::take(table, target).map(|slot| (target, slot)));
+    let Some((target, slot)) = second else {
+        return primary.await.map(|(header, body)| Answer {
+            header,
+            body,
+            tried: vec![first],
+            hedged: false,
+        });
+    };
+    let pool = &table.pools[target.0 as usize];
+    metrics::counter!(t::HEDGES, "pool" => pool.name.clone()).increment(1);
+    if let Some(est) = next.estimate {
+        metrics::gauge!(t::HEDGE_COST, "tier" => tier.name.clone()).increment(est.cost_usd);
+    }
+    let hedge = attempt(slot, tier.timeout, req, body);
+    tokio::pin!(hedge);
+    let answer = |won: (PoolId, u16), (header, body): (ResponseHeader, Bytes)| {
+        let lost = if won == first { target } else { first };
+        Answer {
+            header,
+            body,
+            tried: vec![lost, won],
+            hedged: true,
+        }
+    };
+    tokio::select! {
+        a = &mut primary => {
+            if good(&a) {
+                a.map(|r| answer(first, r))
+            } else {
+                let b = hedge.await;
+                if good(&b) { b.map(|r| answer(target, r)) } else { a.map(|r| answer(first, r)) }
+            }
+        }
+        b = &mut hedge => {
+            if good(&b) {
+                b.map(|r| answer(target, r))
+            } else {
+                let a = primary.await;
+                if good(&a) { a.map(|r| answer(first, r)) } else { b.map(|r| answer(target, r)) }
+            }
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! Active health checks: a Pingora background service that `GET`s each pool's health path
+//! on every endpoint at the pool's interval and moves the endpoint between healthy and
+//! unhealthy after the pool's thresholds of passed / failed checks in a row.
+//!
+//! It reads the current policy snapshot every round, so a reload that adds, changes or
+//! removes a pool's `health:` block takes effect at the next tick (removing it re-admits the
+//! endpoints it had marked unhealthy). The verdict lives in the endpoint's live state
+//! (`EndpointState::healthy`), which the router reads with one atomic load; nothing here is
+//! on the request path.
+
+use crate::policy::Snapshot;
+use crate::route::state::{EndpointState, HealthChange};
+use crate::telemetry as t;
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// How often the service looks for checks that are due.
+const TICK: Duration = Duration::from_millis(25);
+
+/// The health-check service.
+pub struct HealthChecker {
+    pub snapshot: Snapshot,
+}
+
+#[async_trait]
+impl BackgroundService for HealthChecker {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut next_due: HashMap<(String, String), Instant> = HashMap::new();
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => break,
+            }
+            let table = self.snapshot.load_full();
+            let now = Instant::now();
+            for pool in &table.pools {
+                let Some(hc) = &pool.health else {
+                    for ep in &pool.endpoints {
+                        if !ep.state.healthy() {
+                            ep.state.clear_health();
+                        }
+                    }
+                    continue;
+                };
+                for ep in &pool.endpoints {
+                    let key = (pool.name.clone(), ep.name.clone());
+                    if next_due.get(&key).is_some_and(|due| now < *due) {
+                        continue;
+                    }
+                    next_due.insert(key, now + hc.interval);
+                    let job = Check {
+                        pool: pool.name.clone(),
+                        endpoint: ep.name.clone(),
+                        addr: ep.addr,
+                        path: hc.path.clone(),
+                        timeout: hc.timeout,
+                        healthy_after: hc.healthy_threshold,
+                        unhealthy_after: hc.unhealthy_threshold,
+                        state: ep.state.clone(),
+                    };
+                    tokio::spawn(job.run());
+                }
+            }
+            // Forget endpoints a reload removed.
+            if next_due.len()
+                > 4 * table.pools.iter().map(|p| p.endpoints.len()).sum::<usize>() + 16
+            {
+                next_due.retain(|_, due| *due + Duration::from_secs(60) > now);
+            }
+        }
+    }
+}
+
+/// One check of one endpoint.
+struct Check {
+    pool: String,
+    endpoint: String,
+    addr: SocketAddr,
+    path: String,
+    timeout: Duration,
+    healthy_after: u32,
+    unhealthy_after: u32,
+    state: Arc<EndpointState>,
+}
+
+impl Check {
+    async fn run(self) {
+        let ok = matches!(
+            tokio::time::timeout(self.timeout, probe(self.addr, &self.path)).await,
+            Ok(Ok(200..=299))
+        );
+        metrics::counter!(t::HEALTH_CHECKS, "pool" => self.pool.clone(), "result" => if ok { "pass" } else { "fail" })
+            .increment(1);
+        match self
+            .state
+            .health_result(ok, self.healthy_after, self.unhealthy_after)
+        {
+            HealthChange::None => {}
+            HealthChange::BecameHealthy => {
+                tracing::info!(pool = %self.pool, endpoint = %self.endpoint, "health check passed; endpoint healthy again");
+            }
+            HealthChange::BecameUnhealthy => {
+                tracing::warn!(pool = %self.pool, endpoint = %self.endpoint, path = %self.path, "health checks failing; endpoint marked unhealthy");
+            }
+        }
+    }
+}
+
+/// `GET path` over a fresh connection; the status code of the answer.
+async fn probe(addr: SocketAddr, path: &str) -> std::io::Result<u16> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nhost: {addr}\r\nuser-agent: switchyard-health\r\nconnection: close\r\n\r\n"
+    );
+    stream.write_all(req.as_bytes()).await?;
+    let mut buf = [0u8; 64];
+    let mut have = 0;
+    // The status line is all we need: `HTTP/1.1 200 ...`.
+    while have < 12 {
+        let n = stream.read(&mut buf[have..]).await?;
+        if n == 0 {
+            break;
+        }
+        have += n;
+    }
+    let line = std::str::from_utf8(&buf[..have]).unwrap_or("");
+    line.split(' ')
+        .nth(1)
+        .and_then(|code| code.trim().parse().ok())
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "no HTTP status line"))
+}

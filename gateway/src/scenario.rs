@@ -1,0 +1,687 @@
+//! `switchyard demo --scenario fleet-faults`: the trade-off under real faults, measured.
+//!
+//! Three identical mock fleets (two edge pools — Europe and Asia-Pacific —, a GPU pool in the
+//! US with two endpoints, and a batch pool in the US) serve the same open-loop traffic
+//! schedule at the same time: one through a Switchyard gateway (in this process, real
+//! Pingora, the real policy), one through a naive client-side round-robin over every pool
+//! that serves the model, one that always uses the GPU pool. The phases hit all three fleets
+//! at once: baseline → the Europe edge pool becomes 10× slower → a GPU endpoint dies (the
+//! edge pool is still slow) → everything recovers. Each phase is reported per system: SLO
+//! attainment and p50/p99 per tier, spend per 1,000 requests and where the traffic went.
+//!
+//! **WAN latency is simulated by the client, not the network.** All mocks are on loopback,
+//! so every observed latency gets the policy's round-trip time between the client's region
+//! and the serving pool's region added (`rtt_ms` below) before it is compared with the
+//! tier's deadline; the gateway knows the same matrix and nothing more. Spend is the pool's
+//! price model applied to the measured service time, the same formula for every system.
+//! The baselines retry a refused connection once on the next pool / endpoint, so they are
+//! not punished for lacking what a trivial client would have.
+
+use crate::policy::compile::{self, CompileContext};
+use crate::route::state::Fleet;
+use crate::server;
+use crate::testkit::client::{Connection, Request};
+use crate::testkit::mock::{MockBackend, MockConfig};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, Mutex};
+
+/// The scenarios `--scenario` knows.
+pub const SCENARIOS: &[&str] = &["fleet-faults"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    #[error("unknown scenario `{0}` (known: fleet-faults)")]
+    Unknown(String),
+    #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyErrors),
+    #[error(transparent)]
+    Server(#[from] server::ServerError),
+    #[error("cannot start the mock fleet: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// How to run it.
+#[derive(Debug, Clone)]
+pub struct ScenarioOptions {
+    pub name: String,
+    /// Length of each of the four phases.
+    pub phase: Duration,
+    /// Requests per second (the same schedule goes to every system).
+    pub rate: f64,
+    /// Print the report as JSON instead of tables.
+    pub json: bool,
+}
+
+/// Client addresses the embedded GeoIP database places in eu, us and ap (sent as
+/// `X-Forwarded-For`; loopback is a trusted proxy in the scenario policy).
+const CLIENT_IPS: [&str; 3] = ["192.0.2.10", "198.51.100.20", "203.0.113.30"];
+const TIERS: [&str; 3] = ["realtime", "standard", "batch"];
+/// Deadlines of the tiers above (as in the policy).
+const DEADLINES_MS: [f64; 3] = [150.0, 1000.0, 30_000.0];
+const PHASES: [&str; 4] = [
+    "1 baseline",
+    "2 edge-eu 10x slower",
+    "3 + gpu endpoint dead",
+    "4 recovered",
+];
+const SYSTEMS: [&str; 3] = ["switchyard", "round-robin", "always-gpu"];
+
+/// Mock service times (base, jitter) in ms.
+const EDGE_MS: (u64, u64) = (15, 5);
+const GPU_MS: (u64, u64) = (40, 10);
+const BATCH_MS: (u64, u64) = (200, 50);
+
+/// Pools: name, region index, price per request, price per GPU-hour.
+const POOLS: [(&str, usize, f64, f64); 4] = [
+    ("edge-eu", 0, 0.00002, 0.0),
+    ("edge-ap", 2, 0.00002, 0.0),
+    ("gpu", 1, 0.00005, 12.0),
+    ("batch", 1, 0.0, 0.9),
+];
+
+fn rtt_ms(a: usize, b: usize) -> f64 {
+    const M: [[f64; 3]; 3] = [[5.0, 90.0, 230.0], [90.0, 5.0, 150.0], [230.0, 150.0, 5.0]];
+    M[a][b]
+}
+
+fn pool_index(name: &str) -> Option<usize> {
+    POOLS.iter().position(|p| p.0 == name)
+}
+
+/// One fleet: edge-eu, edge-ap, gpu (two endpoints), batch.
+struct MockFleet {
+    edge_eu: MockBackend,
+    edge_ap: MockBackend,
+    gpu: [MockBackend; 2],
+    batch: MockBackend,
+}
+
+impl MockFleet {
+    async fn start(tag: &str) -> std::io::Result<MockFleet> {
+        let any: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 0));
+        let cfg = |name: &str, (base, jitter): (u64, u64)| MockConfig {
+            name: format!("{tag}/{name}"),
+            latency: Duration::from_millis(base),
+            jitter: Duration::from_millis(jitter),
+            ..MockConfig::default()
+        };
+        Ok(MockFleet {
+            edge_eu: MockBackend::start(cfg("edge-eu", EDGE_MS), any).await?,
+            edge_ap: MockBackend::start(cfg("edge-ap", EDGE_MS), any).await?,
+            gpu: [
+                MockBackend::start(cfg("gpu-0", GPU_MS), any).await?,
+                MockBackend::start(cfg("gpu-1", GPU_MS), any).await?,
+            ],
+            batch: MockBackend::start(cfg("batch", BATCH_MS), any).await?,
+        })
+    }
+
+    /// Endpoints of pool `i` (index into [`POOLS`]).
+    fn endpoints(&self, i: usize) -> Vec<SocketAddr> {
+        match i {
+            0 => vec![self.edge_eu.addr()],
+            1 => vec![self.edge_ap.addr()],
+            2 => vec![self.gpu[0].addr(), self.gpu[1].addr()],
+            _ => vec![self.batch.addr()],
+        }
+    }
+
+    fn shutdown(&self) {
+        for m in [
+            &self.edge_eu,
+            &self.edge_ap,
+            &self.gpu[0],
+            &self.gpu[1],
+            &self.batch,
+        ] {
+            m.shutdown();
+        }
+    }
+
+    fn apply_phase(&self, phase: usize) {
+        match phase {
+            1 => self
+                .edge_eu
+                .faults()
+                .set_extra_latency(Duration::from_millis(EDGE_MS.0 * 9)),
+            2 => self.gpu[0].faults().set_down(true),
+            3 => {
+                self.edge_eu.faults().set_extra_latency(Duration::ZERO);
+                self.gpu[0].faults().set_down(false);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The policy Switchyard runs in the scenario.
+fn policy(fleet: &MockFleet) -> String {
+    let eps = |i: usize| {
+        fleet
+            .endpoints(i)
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        r#"
+listeners: {{ threads: 2, shutdown_grace: 1s }}
+trusted_proxies: [127.0.0.0/8]
+geoip: {{ database: embedded }}
+regions:
+  default: us
+  map:
+    - {{ name: eu, continents: [EU, AF] }}
+    - {{ name: us, continents: [NA, SA] }}
+    - {{ name: ap, continents: [AS, OC] }}
+rtt_ms:
+  eu: {{ eu: 5, us: 90, ap: 230 }}
+  us: {{ us: 5, ap: 150 }}
+  ap: {{ ap: 5 }}
+tiers:
+  realtime: {{ deadline: 150ms, weight: 0.8, pools: [edge, gpu], on_slo_miss: fastest }}
+  standard: {{ deadline: 1s, weight: 0.3, pools: [edge, gpu], on_slo_miss: fastest }}
+  batch: {{ deadline: 30s, weight: 0.0, pools: [batch, gpu, edge], on_slo_miss: fastest }}
+pools:
+  - {{ name: edge-eu, kind: edge, region: eu, endpoints: [{e0}], models: [small], concurrency: 64, service_time: 17ms, price: {{ per_request: 0.00002 }} }}
+  - {{ name: edge-ap, kind: edge, region: ap, endpoints: [{e1}], models: [small], concurrency: 64, service_time: 17ms, price: {{ per_request: 0.00002 }} }}
+  - {{ name: gpu, kind: gpu, region: us, endpoints: [{e2}], models: ["*"], concurrency: 128, service_time: 45ms, price: {{ per_request: 0.00005, per_gpu_hour: 12.0 }} }}
+  - {{ name: batch, kind: batch, region: us, endpoints: [{e3}], models: ["*"], concurrency: 64, service_time: 225ms, price: {{ per_gpu_hour: 0.9 }} }}
+routes:
+  - {{ name: chat, match: /v1/chat/completions, protocol: openai, tier: standard, idempotent: true }}
+upstream: {{ connect_timeout: 200ms, max_attempts: 3, down_backoff: 1s, max_backoff: 8s, eject_after: 5 }}
+"#,
+        e0 = eps(0),
+        e1 = eps(1),
+        e2 = eps(2),
+        e3 = eps(3),
+    )
+}
+
+/// One request of the schedule.
+#[derive(Debug, Clone, Copy)]
+struct Job {
+    at: Duration,
+    region: usize,
+    tier: usize,
+    big: bool,
+}
+
+/// The open-loop schedule: regions us 50% / eu 25% / ap 25%; tiers realtime 50% /
+/// standard 30% / batch 20%; real-time asks for the small model, standard for the big one
+/// 30% of the time, batch half of the time. Seeded: every run sends the same traffic.
+fn schedule(rate: f64, total: Duration) -> Vec<Job> {
+    let mut rng = fastrand::Rng::with_seed(6);
+    let n = (rate * total.as_secs_f64()) as usize;
+    (0..n)
+        .map(|i| {
+            let region = match rng.u8(0..4) {
+                0 => 0,
+                1 => 2,
+                _ => 1,
+            };
+            let tier = match rng.u8(0..10) {
+                0..=4 => 0,
+                5..=7 => 1,
+                _ => 2,
+            };
+            let big = match tier {
+                0 => false,
+                1 => rng.u8(0..10) < 3,
+                _ => rng.bool(),
+            };
+            Job {
+                at: Duration::from_secs_f64(i as f64 / rate),
+                region,
+                tier,
+                big,
+            }
+        })
+        .collect()
+}
+
+/// What happened to one request.
+#[derive(Debug, Clone)]
+struct Outcome {
+    phase: usize,
+    tier: usize,
+    ok: bool,
+    /// Observed latency plus the simulated round trip, ms.
+    latency_ms: f64,
+    pool: Option<usize>,
+    cost_usd: f64,
+}
+
+fn cost(pool: usize, service: Duration) -> f64 {
+    let (_, _, per_request, per_gpu_hour) = POOLS[pool];
+    per_request + per_gpu_hour * service.as_secs_f64() / 3600.0
+}
+
+/// Which system the traffic goes to.
+#[derive(Clone)]
+enum Target {
+    Gateway(SocketAddr),
+    RoundRobin(Arc<Vec<Vec<SocketAddr>>>, Arc<AtomicUsize>),
+    AlwaysGpu(Arc<Vec<SocketAddr>>, Arc<AtomicUsize>),
+}
+
+fn body(big: bool) -> String {
+    let model = if big { "big" } else { "small" };
+    format!(r#"{{"model":"{model}","messages":[{{"role":"user","content":"route me"}}]}}"#)
+}
+
+/// Connections a worker keeps, by address.
+#[derive(Default)]
+struct Conns(HashMap<SocketAddr, Connection>);
+
+impl Conns {
+    /// POST to `addr`; `(status, x-switchyard-pool, elapsed)`, or `None` if it failed.
+    async fn post(
+        &mut self,
+        addr: SocketAddr,
+        job: &Job,
+        gateway: bool,
+    ) -> Option<(u16, Option<String>, Duration)> {
+        let text = body(job.big);
+        let mut req = Request::post("/v1/chat/completions", text.as_bytes())
+            .header("content-type", "application/json");
+        if gateway {
+            req = req
+                .header("x-forwarded-for", CLIENT_IPS[job.region])
+                .header("x-slo-tier", TIERS[job.tier]);
+        }
+        let started = Instant::now();
+        let conn = match self.0.entry(addr) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let c = Connection::connect(addr).await.ok()?;
+                e.insert(c.with_timeout(Duration::from_secs(10)))
+            }
+        };
+        match conn.send(&req).await {
+            Ok(r) => {
+                let pool = r.header("x-switchyard-pool").map(str::to_string);
+                Some((r.status, pool, started.elapsed()))
+            }
+            Err(_) => {
+                self.0.remove(&addr);
+                None
+            }
+        }
+    }
+}
+
+async fn serve_job(target: &Target, conns: &mut Conns, job: Job, phase: usize) -> Outcome {
+    let failed = Outcome {
+        phase,
+        tier: job.tier,
+        ok: false,
+        latency_ms: f64::INFINITY,
+        pool: None,
+        cost_usd: 0.0,
+    };
+    // (pool, addresses to try in order)
+    let attempts: Vec<(Option<usize>, SocketAddr)> = match target {
+        Target::Gateway(addr) => vec![(None, *addr)],
+        Target::RoundRobin(pools, next) => {
+            let serving: &[usize] = if job.big { &[2, 3] } else { &[0, 1, 2, 3] };
+            let k = next.fetch_add(1, Ordering::Relaxed);
+            (0..2)
+                .map(|j| {
+                    let p = serving[(k + j) % serving.len()];
+                    let eps = &pools[p];
+                    (Some(p), eps[(k / serving.len()) % eps.len()])
+                })
+                .collect()
+        }
+        Target::AlwaysGpu(eps, next) => {
+            let k = next.fetch_add(1, Ordering::Relaxed);
+            (0..2)
+                .map(|j| (Some(2), eps[(k + j) % eps.len()]))
+                .collect()
+        }
+    };
+    let started = Instant::now();
+    for (pool, addr) in attempts {
+        let gateway = pool.is_none();
+        match conns.post(addr, &job, gateway).await {
+            Some((status, header_pool, service)) => {
+                let pool = pool.or_else(|| header_pool.as_deref().and_then(pool_index));
+                let ok = (200..300).contains(&status);
+                let rtt = pool.map_or(0.0, |p| rtt_ms(job.region, POOLS[p].1));
+                return Outcome {
+                    phase,
+                    tier: job.tier,
+                    ok,
+                    latency_ms: started.elapsed().as_secs_f64() * 1e3 + rtt,
+                    pool,
+                    cost_usd: match (ok, pool) {
+                        (true, Some(p)) => cost(p, service),
+                        _ => 0.0,
+                    },
+                };
+            }
+            None => continue,
+        }
+    }
+    failed
+}
+
+/// Send the schedule to one system; the outcomes in schedule order.
+async fn drive(
+    target: Target,
+    jobs: Arc<Vec<Job>>,
+    start: Instant,
+    phase_len: Duration,
+) -> Vec<Outcome> {
+    let (tx, rx) = mpsc::channel::<(usize, Job)>(4096);
+    let rx = Arc::new(Mutex::new(rx));
+    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<(usize, Outcome)>();
+    let mut workers = Vec::new();
+    for _ in 0..48 {
+        let (rx, out_tx, target) = (rx.clone(), out_tx.clone(), target.clone());
+        workers.push(tokio::spawn(async move {
+            let mut conns = Conns::default();
+            loop {
+                let next = rx.lock().await.recv().await;
+                let Some((i, job)) = next else { break };
+                let phase = ((job.at.as_secs_f64() / phase_len.as_secs_f64()) as usize).min(3);
+                let outcome = serve_job(&target, &mut conns, job, phase).await;
+                let _ = out_tx.send((i, outcome));
+            }
+        }));
+    }
+    drop(out_tx);
+    for (i, job) in jobs.iter().enumerate() {
+        tokio::time::sleep_until((start + job.at).into()).await;
+        if tx.send((i, *job)).await.is_err() {
+            break;
+        }
+    }
+    drop(tx);
+    for w in workers {
+        let _ = w.await;
+    }
+    let mut all = Vec::with_capacity(jobs.len());
+    while let Some(o) = out_rx.recv().await {
+        all.push(o);
+    }
+    all.sort_by_key(|(i, _)| *i);
+    all.into_iter().map(|(_, o)| o).collect()
+}
+
+/// Per tier in one phase.
+#[derive(Debug, Clone, Serialize)]
+pub struct TierReport {
+    pub tier: String,
+    pub requests: usize,
+    /// Percentage of requests answered 2xx within the deadline (simulated RTT included).
+    pub slo_attainment: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+/// One system in one phase.
+#[derive(Debug, Clone, Serialize)]
+pub struct SystemReport {
+    pub system: String,
+    pub requests: usize,
+    pub errors: usize,
+    pub spend_per_1k_usd: f64,
+    pub tiers: Vec<TierReport>,
+    /// Share of answered requests per pool, percent.
+    pub traffic: BTreeMap<String, f64>,
+}
+
+/// One phase.
+#[derive(Debug, Clone, Serialize)]
+pub struct PhaseReport {
+    pub phase: String,
+    pub systems: Vec<SystemReport>,
+}
+
+/// The whole run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub scenario: String,
+    pub phase_secs: f64,
+    pub rate_per_sec: f64,
+    pub note: String,
+    pub phases: Vec<PhaseReport>,
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    let v = sorted[idx.min(sorted.len() - 1)];
+    if v.is_finite() {
+        (v * 10.0).round() / 10.0
+    } else {
+        -1.0
+    }
+}
+
+fn summarise(system: &str, outcomes: &[Outcome], phase: usize) -> SystemReport {
+    let in_phase: Vec<&Outcome> = outcomes.iter().filter(|o| o.phase == phase).collect();
+    let mut tiers = Vec::new();
+    for (t, name) in TIERS.iter().enumerate() {
+        let of_tier: Vec<&&Outcome> = in_phase.iter().filter(|o| o.tier == t).collect();
+        let met = of_tier
+            .iter()
+            .filter(|o| o.ok && o.latency_ms <= DEADLINES_MS[t])
+            .count();
+        let mut lat: Vec<f64> = of_tier.iter().map(|o| o.latency_ms).collect();
+        lat.sort_by(|a, b| a.total_cmp(b));
+        tiers.push(TierReport {
+            tier: name.to_string(),
+            requests: of_tier.len(),
+            slo_attainment: if of_tier.is_empty() {
+                100.0
+            } else {
+                (met as f64 * 1e4 / of_tier.len() as f64).round() / 100.0
+            },
+            p50_ms: percentile(&lat, 0.5),
+            p99_ms: percentile(&lat, 0.99),
+        });
+    }
+    let answered = in_phase.iter().filter(|o| o.ok).count().max(1);
+    let mut traffic = BTreeMap::new();
+    for o in in_phase.iter().filter(|o| o.ok) {
+        if let Some(p) = o.pool {
+            *traffic.entry(POOLS[p].0.to_string()).or_insert(0.0) += 100.0 / answered as f64;
+        }
+    }
+    for v in traffic.values_mut() {
+        *v = (*v * 10.0_f64).round() / 10.0;
+    }
+    let spend: f64 = in_phase.iter().map(|o| o.cost_usd).sum();
+    SystemReport {
+        system: system.to_string(),
+        requests: in_phase.len(),
+        errors: in_phase.iter().filter(|o| !o.ok).count(),
+        spend_per_1k_usd: (spend * 1000.0 / in_phase.len().max(1) as f64 * 1e5).round() / 1e5,
+        tiers,
+        traffic,
+    }
+}
+
+/// The report as text tables.
+pub fn render(report: &Report) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "scenario {}: {} phases of {:.0} s, {:.0} req/s (same schedule to every system)",
+        report.scenario,
+        report.phases.len(),
+        report.phase_secs,
+        report.rate_per_sec
+    );
+    let _ = writeln!(s, "{}\n", report.note);
+    for phase in &report.phases {
+        let _ = writeln!(s, "phase {}", phase.phase);
+        let _ = writeln!(
+            s,
+            "  {:<12} {:>10} {:>16} {:>16} {:>16} {:>9}  traffic",
+            "system", "$/1k req", "realtime SLO p99", "standard SLO p99", "batch SLO p99", "errors"
+        );
+        for sys in &phase.systems {
+            let t = |i: usize| {
+                let r = &sys.tiers[i];
+                format!("{:>6.2}% {:>6.0}ms", r.slo_attainment, r.p99_ms)
+            };
+            let traffic: Vec<String> = sys
+                .traffic
+                .iter()
+                .map(|(p, v)| format!("{p} {v:.0}%"))
+                .collect();
+            let _ = writeln!(
+                s,
+                "  {:<12} {:>10.4} {:>16} {:>16} {:>16} {:>9}  {}",
+                sys.system,
+                sys.spend_per_1k_usd,
+                t(0),
+                t(1),
+                t(2),
+                sys.errors,
+                traffic.join(", ")
+            );
+        }
+        let _ = writeln!(
+            s,
+            "  p50 ms (realtime/standard/batch): {}",
+            phase
+                .systems
+                .iter()
+                .map(|sys| format!(
+                    "{} {:.0}/{:.0}/{:.0}",
+                    sys.system, sys.tiers[0].p50_ms, sys.tiers[1].p50_ms, sys.tiers[2].p50_ms
+                ))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+        s.push('\n');
+    }
+    s
+}
+
+/// Run the scenario: start three fleets, the gateway (in this process) and the traffic,
+/// print the report and exit the process.
+pub fn run(opts: ScenarioOptions) -> Result<(), ScenarioError> {
+    if !SCENARIOS.contains(&opts.name.as_str()) {
+        return Err(ScenarioError::Unknown(opts.name));
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let fleets = runtime.block_on(async {
+        Ok::<_, std::io::Error>([
+            MockFleet::start("switchyard").await?,
+            MockFleet::start("round-robin").await?,
+            MockFleet::start("always-gpu").await?,
+        ])
+    })?;
+    let fleet_state = Fleet::new();
+    let text = policy(&fleets[0]);
+    let table = compile::compile_str(
+        &text,
+        &CompileContext {
+            file: Path::new("scenario.yaml"),
+            fleet: &fleet_state,
+        },
+    )?;
+    let free = || -> std::io::Result<SocketAddr> {
+        std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
+    };
+    let built = server::build(
+        table,
+        fleet_state,
+        server::Options {
+            policy_path: None,
+            listen: Some(free()?),
+            admin_listen: Some(free()?),
+        },
+    )?;
+    let proxy = built.proxy_addr;
+    std::thread::spawn(move || {
+        runtime.block_on(async move {
+            let report = scenario(&opts, proxy, &fleets).await;
+            for f in &fleets {
+                f.shutdown();
+            }
+            if opts.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).unwrap_or_default()
+                );
+            } else {
+                print!("{}", render(&report));
+            }
+            std::process::exit(0);
+        })
+    });
+    built.server.run_forever()
+}
+
+async fn scenario(opts: &ScenarioOptions, proxy: SocketAddr, fleets: &[MockFleet; 3]) -> Report {
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(proxy).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let jobs = Arc::new(schedule(opts.rate, opts.phase * 4));
+    let pools_of =
+        |f: &MockFleet| Arc::new((0..POOLS.len()).map(|i| f.endpoints(i)).collect::<Vec<_>>());
+    let targets = [
+        Target::Gateway(proxy),
+        Target::RoundRobin(pools_of(&fleets[1]), Arc::new(AtomicUsize::new(0))),
+        Target::AlwaysGpu(
+            Arc::new(fleets[2].endpoints(2)),
+            Arc::new(AtomicUsize::new(0)),
+        ),
+    ];
+    let start = Instant::now() + Duration::from_millis(200);
+    let mut runs = Vec::new();
+    for target in targets {
+        runs.push(tokio::spawn(drive(target, jobs.clone(), start, opts.phase)));
+    }
+    // The faults hit every fleet at the same moment.
+    for phase in 1..4 {
+        tokio::time::sleep_until((start + opts.phase * phase as u32).into()).await;
+        for f in fleets {
+            f.apply_phase(phase);
+        }
+    }
+    let mut results = Vec::new();
+    for r in runs {
+        results.push(r.await.unwrap_or_default());
+    }
+    let phases = (0..4)
+        .map(|p| PhaseReport {
+            phase: PHASES[p].to_string(),
+            systems: SYSTEMS
+                .iter()
+                .zip(&results)
+                .map(|(name, outcomes)| summarise(name, outcomes, p))
+                .collect(),
+        })
+        .collect();
+    Report {
+        scenario: opts.name.clone(),
+        phase_secs: opts.phase.as_secs_f64(),
+        rate_per_sec: opts.rate,
+        note: "WAN RTT is simulated: each observed (loopback) latency gets the policy's rtt_ms between the client's region and the serving pool's region added before it is compared with the deadline. Spend = pool price model x measured service time, same formula for every system.".into(),
+        phases,
+    }
+}

@@ -1,0 +1,81 @@
+//! The fault scenario, shortened (4 phases × 6 s): Switchyard keeps the real-time tier at or
+//! above 99% SLO attainment through a slow edge pool, a dead GPU endpoint and the recovery,
+//! while naive round-robin over the same fleet misses it, and it spends less per 1,000
+//! requests than sending everything to the GPU pool. `switchyard demo --scenario
+//! fleet-faults --json` is run as a child process, exactly as an operator would run it.
+
+mod support;
+
+use serde_json::Value;
+use std::process::Command;
+use support::binary;
+
+fn system<'a>(phase: &'a Value, name: &str) -> &'a Value {
+    phase["systems"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["system"] == name))
+        .unwrap_or_else(|| panic!("no {name} in {phase}"))
+}
+
+fn realtime(sys: &Value) -> f64 {
+    sys["tiers"][0]["slo_attainment"].as_f64().unwrap_or(0.0)
+}
+
+#[test]
+fn switchyard_holds_the_realtime_slo_through_faults_at_less_than_gpu_cost() {
+    let out = Command::new(binary())
+        .args([
+            "demo",
+            "--scenario",
+            "fleet-faults",
+            "--phase-secs",
+            "6",
+            "--json",
+        ])
+        .env("RUST_LOG", "error")
+        .output()
+        .expect("run the scenario");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    let phases = report["phases"].as_array().expect("phases");
+    assert_eq!(phases.len(), 4);
+    for phase in phases {
+        let (sy, rr, gpu) = (
+            system(phase, "switchyard"),
+            system(phase, "round-robin"),
+            system(phase, "always-gpu"),
+        );
+        assert!(
+            realtime(sy) >= 99.0,
+            "switchyard real-time SLO in {}: {phase:#}",
+            phase["phase"]
+        );
+        assert!(
+            realtime(rr) < 99.0,
+            "round-robin should miss it in {}: {phase:#}",
+            phase["phase"]
+        );
+        assert_eq!(sy["errors"], 0, "{phase:#}");
+        let (spend, gpu_spend) = (
+            sy["spend_per_1k_usd"].as_f64().unwrap_or(f64::MAX),
+            gpu["spend_per_1k_usd"].as_f64().unwrap_or(0.0),
+        );
+        assert!(
+            spend < gpu_spend,
+            "spend {spend} vs always-GPU {gpu_spend}: {phase:#}"
+        );
+    }
+    // The slow edge pool lost its real-time traffic and won it back after recovery.
+    let share = |p: usize| {
+        system(&phases[p], "switchyard")["traffic"]["edge-eu"]
+            .as_f64()
+            .unwrap_or(0.0)
+    };
+    assert!(share(1) < share(0) * 0.6, "{} vs {}", share(1), share(0));
+    assert!(share(3) > share(1), "{} vs {}", share(3), share(1));
+}
