@@ -869,37 +869,48 @@ fn truncate(s: &str, max: usize) -> String {
 }
 
 fn decision_headers(resp: &mut ResponseHeader, ctx: &RequestCtx) {
+    // Names and values come ready-made from the compiled table (a refcount bump each), so a
+    // response pays for map inserts only; the decision line is formatted with integers.
     let Some(table) = &ctx.table else { return };
-    let _ = resp.insert_header("x-switchyard-policy-version", table.version.as_str());
+    let _ = resp.insert_header("x-switchyard-policy-version", table.version_header.clone());
     if let Some(class) = &ctx.class {
         let _ = resp.insert_header(
             "x-switchyard-tier",
-            table.tiers[class.tier as usize].name.as_str(),
+            table.tiers[class.tier as usize].header.clone(),
         );
-        let _ = resp.insert_header(
-            "x-switchyard-region",
-            table.regions[class.region as usize].as_str(),
-        );
+        if let Some(region) = table.region_headers.get(class.region as usize) {
+            let _ = resp.insert_header("x-switchyard-region", region.clone());
+        }
     }
     if let Some((p, e)) = ctx.tried.last() {
         let pool = &table.pools[*p as usize];
-        let _ = resp.insert_header("x-switchyard-pool", pool.name.as_str());
+        let _ = resp.insert_header("x-switchyard-pool", pool.header.clone());
         let _ = resp.insert_header(
             "x-switchyard-endpoint",
-            pool.endpoints[*e as usize].name.as_str(),
+            pool.endpoints[*e as usize].header.clone(),
         );
     }
     if let Some(d) = &ctx.decision {
         let value = match d.estimate {
-            Some(est) => format!(
-                "{}; est_ms={:.1}; est_usd={:.6}; candidates={}; feasible={}; attempts={}",
-                d.reason.as_str(),
-                est.latency.as_secs_f64() * 1e3,
-                est.cost_usd,
-                d.candidates,
-                d.feasible,
-                ctx.tried.len()
-            ),
+            Some(est) => {
+                use std::fmt::Write as _;
+                let tenths_ms = (est.latency.as_secs_f64() * 1e4).round() as u64;
+                let micro_usd = (est.cost_usd * 1e6).round() as u64;
+                let mut v = String::with_capacity(96);
+                let _ = write!(
+                    v,
+                    "{}; est_ms={}.{}; est_usd={}.{:06}; candidates={}; feasible={}; attempts={}",
+                    d.reason.as_str(),
+                    tenths_ms / 10,
+                    tenths_ms % 10,
+                    micro_usd / 1_000_000,
+                    micro_usd % 1_000_000,
+                    d.candidates,
+                    d.feasible,
+                    ctx.tried.len()
+                );
+                v
+            }
             None => d.reason.as_str().to_string(),
         };
         let _ = resp.insert_header("x-switchyard-decision", value);

@@ -16,6 +16,7 @@ use super::{PolicyError, PolicyErrors};
 use crate::classify::geo::GeoDb;
 use crate::route::budget::BudgetSettings;
 use crate::route::state::{Ejection, EndpointState, Fleet, PoolState, RetryBudget};
+use http::HeaderValue;
 use ipnet::IpNet;
 use serde_saphyr::{Location, Spanned};
 use sha2::{Digest, Sha256};
@@ -61,6 +62,9 @@ pub struct RoutingTable {
     pub trusted_proxies: Vec<IpNet>,
     pub geo: Arc<GeoDb>,
     pub regions: Vec<String>,
+    /// `regions` and `version` as ready header values (see [`header_value`]).
+    pub region_headers: Vec<HeaderValue>,
+    pub version_header: HeaderValue,
     pub default_region: RegionId,
     country_region: HashMap<[u8; 2], RegionId>,
     continent_region: HashMap<[u8; 2], RegionId>,
@@ -112,6 +116,8 @@ pub struct RouteCache {
 
 pub struct Tier {
     pub name: String,
+    /// `name` as a ready header value: responses carry it without re-validating it.
+    pub header: HeaderValue,
     pub deadline: Duration,
     pub weight: f64,
     pub kinds: KindSet,
@@ -159,6 +165,7 @@ pub struct Tenant {
 
 pub struct Pool {
     pub name: String,
+    pub header: HeaderValue,
     pub kind: PoolKind,
     pub region: RegionId,
     pub endpoints: Vec<Endpoint>,
@@ -198,6 +205,7 @@ impl Pool {
 pub struct Endpoint {
     /// As written in the policy (`host:port`); used in metrics and headers.
     pub name: String,
+    pub header: HeaderValue,
     pub addr: SocketAddr,
     pub state: Arc<EndpointState>,
 }
@@ -454,6 +462,12 @@ fn compile_budget(p: &mut Problems, node: Option<&Spanned<raw::RetryBudget>>) ->
         }
     }
     s
+}
+
+/// A policy name as a response header value, validated once at compile time instead of on
+/// every response. Names that are not valid header text (control characters) show as `-`.
+pub fn header_value(text: &str) -> HeaderValue {
+    HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
 /// Parse a duration such as `150ms`, `2s`, `10m`, `1h`, `250us`.
@@ -762,6 +776,7 @@ fn compile(
         };
         tier_by_name.insert(name.clone(), tiers.len() as TierId);
         tiers.push(Tier {
+            header: header_value(name),
             name: name.clone(),
             deadline,
             weight: t.weight.value,
@@ -885,6 +900,7 @@ fn compile(
                 }
             };
             endpoints.push(Endpoint {
+                header: header_value(&ep.value),
                 name: ep.value.clone(),
                 addr,
                 state: cx.fleet.endpoint(&name, &ep.value),
@@ -893,6 +909,7 @@ fn compile(
         let any = r.models.iter().any(|m| m.value == "*");
         let names = r.models.iter().map(|m| m.value.clone()).collect();
         pools.push(Pool {
+            header: header_value(&name),
             state,
             queue_fed: false,
             name,
@@ -1118,6 +1135,8 @@ fn compile(
     static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     Ok(RoutingTable {
         generation: GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        version_header: header_value(&version),
+        region_headers: regions.iter().map(|r| header_value(r)).collect(),
         version,
         source: cx.file.to_path_buf(),
         loaded_at: SystemTime::now(),
