@@ -70,6 +70,77 @@ YAML
     exit 0
 fi
 
+# ---- MODE=large (request bodies, issue 15): a ~5 MiB OpenAI chat body (base64 image,
+# benches/post_5m.lua) sent straight to the mock backend and through the gateway, which reads
+# it whole, routes it by model and sends it on through its own sender (bodies > 64 KiB).
+#   latency  1 connection: p50/p99 per request, direct vs gateway (target: added p50 ≤ 2 ms)
+#   memory   32 connections: the gateway's peak RSS (VmHWM) vs its RSS at rest
+# Usage: MODE=large benches/load.sh [DURATION] [ROUNDS] [CONNECTIONS]
+if [ "${MODE:-}" = large ]; then
+    TARGET=${CARGO_TARGET_DIR:-target}
+    cargo build --release --quiet --bin switchyard --example mock_backend
+    LWORK=$(mktemp -d)
+    LPIDS=()
+    trap 'for p in "${LPIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$LWORK"' EXIT
+    "$TARGET/release/examples/mock_backend" --listen "$MOCK" --name bench --threads 1 >"$LWORK/mock.log" 2>&1 &
+    LPIDS+=($!)
+    cat >"$LWORK/policy.yaml" <<YAML
+listeners: { proxy: $GATEWAY, admin: $GATEWAY_ADMIN, threads: $PROXY_THREADS }
+geoip: { database: embedded }
+regions: { default: us, map: [ { name: us, continents: [NA] } ] }
+rtt_ms: { us: { us: 5 } }
+tiers:
+  standard: { deadline: 5s, pools: [gpu] }
+pools:
+  - { name: gpu, kind: gpu, region: us, endpoints: [$MOCK], models: ["*"], concurrency: 256, service_time: 5ms, price: { per_gpu_hour: 12 } }
+routes:
+  - { name: chat, match: /v1/chat/completions, protocol: openai, max_body: 16MiB, tier: standard }
+YAML
+    RUST_LOG=warn "$TARGET/release/switchyard" run --policy "$LWORK/policy.yaml" >"$LWORK/gateway.log" 2>&1 &
+    GPID=$!
+    LPIDS+=($GPID)
+    for _ in $(seq 100); do curl -s -o /dev/null "http://$GATEWAY_ADMIN/readyz" && break; sleep 0.1; done
+    lrun() { # name addr conns round
+        wrk -t1 -c"$3" -d"$DURATION" --latency -s benches/post_5m.lua "http://$2/v1/chat/completions" >"$LWORK/$1.$4.txt"
+        errs=$(grep -E 'Non-2xx|Socket errors' "$LWORK/$1.$4.txt" || true)
+        [ -z "$errs" ] || echo "warning: $1 round $4: $errs" >&2
+    }
+    lms() { awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n += 0; else if (v ~ /s$/) n *= 1000; printf "%.3f", n }'; }
+    lmedian() { sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
+    lrun warm "$GATEWAY" 1 0
+    RSS_REST=$(awk '/^VmRSS/ { print $2 }' "/proc/$GPID/status")
+    for r in $(seq "$ROUNDS"); do
+        lrun direct "$MOCK" 1 "$r"
+        lrun gateway "$GATEWAY" 1 "$r"
+    done
+    lrun gateway32 "$GATEWAY" "$CONNS" 1
+    lrun direct32 "$MOCK" "$CONNS" 1
+    PEAK=$(awk '/^VmHWM/ { print $2 }' "/proc/$GPID/status")
+    declare -A LRPS LP50 LP99
+    for t in direct gateway; do
+        LRPS[$t]=$(for r in $(seq "$ROUNDS"); do awk '/Requests\/sec/ { print $2 }' "$LWORK/$t.$r.txt"; done | lmedian)
+        LP50[$t]=$(for r in $(seq "$ROUNDS"); do lms "$(awk '$1 == "50%" { print $2 }' "$LWORK/$t.$r.txt")"; echo; done | lmedian)
+        LP99[$t]=$(for r in $(seq "$ROUNDS"); do lms "$(awk '$1 == "99%" { print $2 }' "$LWORK/$t.$r.txt")"; echo; done | lmedian)
+    done
+    for t in direct32 gateway32; do
+        LRPS[$t]=$(awk '/Requests\/sec/ { print $2 }' "$LWORK/$t.1.txt")
+        LP50[$t]=$(lms "$(awk '$1 == "50%" { print $2 }' "$LWORK/$t.1.txt")")
+        LP99[$t]=$(lms "$(awk '$1 == "99%" { print $2 }' "$LWORK/$t.1.txt")")
+    done
+    echo
+    echo "POST ~5 MiB chat body (base64 image), $DURATION x $ROUNDS interleaved rounds (medians); proxy threads: $PROXY_THREADS"
+    printf '%-10s %6s %10s %10s %10s\n' target conns 'req/s' 'p50 ms' 'p99 ms'
+    printf '%-10s %6s %10.1f %10.3f %10.3f\n' direct 1 "${LRPS[direct]}" "${LP50[direct]}" "${LP99[direct]}"
+    printf '%-10s %6s %10.1f %10.3f %10.3f\n' gateway 1 "${LRPS[gateway]}" "${LP50[gateway]}" "${LP99[gateway]}"
+    printf '%-10s %6s %10.1f %10.3f %10.3f\n' direct "$CONNS" "${LRPS[direct32]}" "${LP50[direct32]}" "${LP99[direct32]}"
+    printf '%-10s %6s %10.1f %10.3f %10.3f\n' gateway "$CONNS" "${LRPS[gateway32]}" "${LP50[gateway32]}" "${LP99[gateway32]}"
+    awk -v g="${LP50[gateway]}" -v d="${LP50[direct]}" -v rest="$RSS_REST" -v peak="$PEAK" -v c="$CONNS" 'BEGIN {
+        printf "\nadded p50 at 1 connection: %.3f ms (target <= 2)\n", g - d
+        printf "gateway RSS at rest %.1f MiB, peak with %d connections of 5 MiB bodies %.1f MiB (%.1f MiB per request in flight)\n", rest / 1024, c, peak / 1024, (peak - rest) / 1024 / c
+    }'
+    exit 0
+fi
+
 # ---- MODE=cache (prediction cache, issue 3): in one run, interleaved, the same ~1 KB
 # deterministic chat request as
 #   hit      wrk → switchyard, identical body: answered from the cache

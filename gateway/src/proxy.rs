@@ -11,18 +11,23 @@
 //! (the `Class` already carries `cacheable`), and a queue destination is another outcome of
 //! the decision, answered from `request_filter` without an upstream.
 
+mod body;
+mod buffered;
+
+pub use body::BodyBudget;
+
 use crate::cache::{Cache, CacheCtx, Lookup};
 use crate::classify::{self, Class, RequestFacts};
 use crate::error::GatewayError;
 use crate::policy::compile::{PoolId, RoutingTable, INSPECT_LIMIT};
-use crate::policy::raw::Protocol;
 use crate::policy::Snapshot;
 use crate::queue::{self, Queue};
 use crate::route::state::now_ms;
 use crate::route::{self, Decision};
 use crate::telemetry as t;
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
+use body::{BodyLimits, BodyPermit};
+use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -38,6 +43,8 @@ pub struct Gateway {
     queue: Option<Arc<Queue>>,
     /// The prediction cache (built once, survives reloads).
     cache: Option<Arc<Cache>>,
+    /// Request-body bytes held by all requests in flight.
+    bodies: Arc<BodyBudget>,
 }
 
 impl Gateway {
@@ -46,7 +53,13 @@ impl Gateway {
             snapshot,
             queue: None,
             cache: None,
+            bodies: BodyBudget::new(),
         }
+    }
+
+    /// The request-body budget (the admin listener exports how much of it is held).
+    pub fn body_budget(&self) -> Arc<BodyBudget> {
+        self.bodies.clone()
     }
 
     /// Answer repeat predictions from `cache` and store new ones in it.
@@ -83,6 +96,8 @@ pub struct RequestCtx {
     own_status: Option<u16>,
     /// What the prediction cache did, and a response being captured for it.
     cache: CacheCtx,
+    /// The request body's bytes in the gateway's body budget (given back on drop).
+    body_permit: Option<BodyPermit>,
 }
 
 impl RequestCtx {
@@ -124,6 +139,7 @@ impl ProxyHttp for Gateway {
             pending: None,
             own_status: None,
             cache: CacheCtx::default(),
+            body_permit: None,
         }
     }
 
@@ -138,7 +154,8 @@ impl ProxyHttp for Gateway {
                 return Ok(true);
             }
         }
-        match prepare(session, &table, self.cache.as_ref()).await {
+        let bodies = (&self.bodies, &mut ctx.body_permit);
+        match prepare(session, &table, self.cache.as_ref(), bodies).await {
             Ok((class, decision, body, lookup)) => {
                 // A hit, or the answer of an identical request in flight, is served here
                 // before any upstream work; waiters wait at most the tier's upstream timeout.
@@ -170,18 +187,21 @@ impl ProxyHttp for Gateway {
                 // A hedging tier: two attempts may be in flight, which Pingora's proxy loop
                 // cannot do; the buffered request goes through `hedge` instead.
                 let hedge_after = table.tiers[class.tier as usize].hedge_after;
-                if let (Some(factor), Some(target), Some(body)) =
-                    (hedge_after, decision.target, body.as_ref())
-                {
+                if let (Some(factor), Some(target)) = (hedge_after, decision.target) {
                     if !class.streaming && !class.cacheable {
                         ctx.class = Some(class);
                         ctx.decision = Some(decision);
-                        answer_hedged(session, ctx, &table, target, body, factor).await?;
+                        answer_hedged(session, ctx, &table, target, &body, factor).await?;
                         return Ok(true);
                     }
                 }
                 ctx.class = Some(class);
                 ctx.decision = Some(decision);
+                if body.len() > INSPECT_LIMIT {
+                    // Larger than Pingora can re-send on a failover: the gateway sends it.
+                    buffered::serve(session, ctx, &table, body).await?;
+                    return Ok(true);
+                }
                 Ok(false)
             }
             Err((class, err)) => {
@@ -198,77 +218,22 @@ impl ProxyHttp for Gateway {
         _session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        let (Some(table), Some(class)) = (ctx.table.clone(), ctx.class.as_ref()) else {
+        let Some(table) = ctx.table.clone() else {
             return Err(Error::explain(
                 ErrorType::InternalError,
-                "no classification",
+                "no policy snapshot",
             ));
         };
-        let mut decision = if ctx.tried.is_empty() {
-            // Every request earns the retry budget a fraction of a retry.
-            table.upstream.budget.deposit(&table.upstream.retry_budget);
-            ctx.decision
-        } else {
-            // A retry: decide again without the endpoints that already failed.
-            let d = route::decide(class, &table, &ctx.tried, now_ms());
-            ctx.decision = Some(d);
-            Some(d)
-        };
-        // Take an in-flight slot in the pool and the endpoint with compare-and-swap, so a
-        // burst cannot overshoot `concurrency`. Lost a race for the last slot: decide again
-        // on the fresh counts (the next candidate, or the tier's fallback).
-        let mut target = None;
-        for _ in 0..4 {
-            let Some((pool_id, ep)) = decision.and_then(|d| d.target) else {
-                break;
-            };
-            let pool = &table.pools[pool_id as usize];
-            if pool.state.try_acquire(pool.concurrency) {
-                if pool.endpoints[ep as usize]
-                    .state
-                    .try_acquire(pool.endpoint_limit())
-                {
-                    target = Some((pool_id, ep));
-                    break;
-                }
-                pool.state.release();
+        match acquire(ctx, &table) {
+            Ok(target) => Ok(Box::new(http_peer(ctx, &table, target))),
+            Err(err) => {
+                ctx.pending = Some(err);
+                Err(Error::explain(
+                    ErrorType::HTTPStatus(503),
+                    "no candidate endpoint left",
+                ))
             }
-            let d = route::decide(class, &table, &ctx.tried, now_ms());
-            ctx.decision = Some(d);
-            decision = Some(d);
         }
-        let Some((pool_id, ep)) = target else {
-            let tier = &table.tiers[class.tier as usize];
-            ctx.pending = Some(match decision.map(|d| d.reason) {
-                Some(route::Reason::Overloaded | route::Reason::MeetsDeadline) => {
-                    GatewayError::Overloaded {
-                        tier: tier.name.clone(),
-                    }
-                }
-                _ => GatewayError::NoCandidate {
-                    model: class.model.clone(),
-                    tier: tier.name.clone(),
-                },
-            });
-            return Err(Error::explain(
-                ErrorType::HTTPStatus(503),
-                "no candidate endpoint left",
-            ));
-        };
-        let pool = &table.pools[pool_id as usize];
-        let endpoint = &pool.endpoints[ep as usize];
-        ctx.current = Some((pool_id, ep));
-        ctx.attempt_slot = pool.state.track_start(now_ms());
-        ctx.tried.push((pool_id, ep));
-        ctx.attempt_start = Some(Instant::now());
-
-        let tier = &table.tiers[class.tier as usize];
-        let mut peer = HttpPeer::new(endpoint.addr, false, String::new());
-        peer.options.connection_timeout = Some(table.upstream.connect_timeout);
-        peer.options.read_timeout = Some(tier.timeout);
-        peer.options.write_timeout = Some(tier.timeout);
-        peer.options.idle_timeout = Some(Duration::from_secs(60));
-        Ok(Box::new(peer))
     }
 
     async fn upstream_request_filter(
@@ -277,22 +242,7 @@ impl ProxyHttp for Gateway {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let Some(class) = &ctx.class {
-            // Tell the backend how long it has left, so it can give up early too.
-            let remaining = class.deadline.saturating_sub(ctx.start.elapsed());
-            upstream_request.insert_header(
-                "x-switchyard-deadline-ms",
-                remaining.as_millis().to_string(),
-            )?;
-        }
-        if let Some(peer) = peer_ip(session) {
-            let xff = match session.req_header().headers.get("x-forwarded-for") {
-                Some(prev) => format!("{}, {peer}", prev.to_str().unwrap_or("")),
-                None => peer.to_string(),
-            };
-            upstream_request.insert_header("x-forwarded-for", xff)?;
-        }
-        Ok(())
+        forward_headers(upstream_request, ctx, session)
     }
 
     async fn upstream_response_filter(
@@ -301,47 +251,11 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        // Time to the response header is the service time the estimates track.
-        let Some(table) = ctx.table.clone() else {
-            return Ok(());
-        };
-        let (Some((p, e)), Some(sent)) = (ctx.current, ctx.attempt_start) else {
-            return Ok(());
-        };
-        let took = sent.elapsed();
-        let pool = &table.pools[p as usize];
-        pool.state.observe(took);
-        // Answered: no longer a candidate for "overdue" (a streamed body may go on for long).
-        if let Some(slot) = ctx.attempt_slot.take() {
-            pool.state.untrack(slot);
-        }
-        let ep = &pool.endpoints[e as usize];
-        ep.state.observe(took);
-        metrics::histogram!(t::UPSTREAM_DURATION, "pool" => pool.name.clone())
-            .record(took.as_secs_f64());
         let status = upstream_response.status.as_u16();
-        if status < 500 {
-            ep.state.mark_success();
-            return Ok(());
-        }
-        // A 5xx counts towards ejecting the endpoint.
-        if let Some(backoff) = ep.state.failed(now_ms(), &table.upstream.ejection) {
-            metrics::counter!(t::EJECTIONS, "pool" => pool.name.clone(), "cause" => "5xx")
-                .increment(1);
-            tracing::warn!(pool = %pool.name, endpoint = %ep.name, status, backoff_ms = backoff.as_millis() as u64, "endpoint ejected after consecutive failures");
-        }
-        // Idempotent routes retry it elsewhere, before anything is sent downstream: the
-        // error returned here ends this attempt and `error_while_proxy` marks it retryable.
-        let idempotent = ctx
-            .class
-            .as_ref()
-            .is_some_and(|c| table.routes[c.route as usize].idempotent);
-        if idempotent
-            && !session.as_ref().retry_buffer_truncated()
-            && has_other_candidate(ctx, &table)
-            && retry_allowed(ctx, &table)
-        {
-            metrics::counter!(t::RETRIES, "pool" => pool.name.clone()).increment(1);
+        let replayable = !session.as_ref().retry_buffer_truncated();
+        if on_upstream_header(ctx, status, replayable) {
+            // Ends this attempt before anything is sent downstream; `error_while_proxy`
+            // marks it retryable.
             ctx.retry_status = Some(status);
             return Err(Error::explain(
                 ErrorType::HTTPStatus(status),
@@ -384,22 +298,8 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        if let (Some(table), Some((p, ep))) = (ctx.table.clone(), ctx.current) {
-            let pool = &table.pools[p as usize];
-            // A refused or timed-out connect is certain: ejected at once, with a back-off
-            // that doubles while the endpoint keeps failing.
-            let backoff = pool.endpoints[ep as usize]
-                .state
-                .connect_failed(now_ms(), &table.upstream.ejection);
-            metrics::counter!(t::EJECTIONS, "pool" => pool.name.clone(), "cause" => "connect")
-                .increment(1);
-            tracing::warn!(pool = %pool.name, endpoint = %pool.endpoints[ep as usize].name, error = %e, backoff_ms = backoff.as_millis() as u64, "upstream connect failed; endpoint ejected");
-            ctx.release();
-            // Nothing reached the backend: always safe to retry (within deadline and budget).
-            if retry_allowed(ctx, &table) {
-                metrics::counter!(t::RETRIES, "pool" => pool.name.clone()).increment(1);
-                e.set_retry(true);
-            }
+        if on_connect_failure(ctx, &e) {
+            e.set_retry(true);
         }
         e
     }
@@ -422,28 +322,8 @@ impl ProxyHttp for Gateway {
                 e.etype(),
                 ErrorType::ReadTimedout | ErrorType::WriteTimedout
             ) || (e.esource() == &pingora::ErrorSource::Upstream && !client_reused));
-        let mut retry_timeout = false;
-        if let (true, Some(table), Some((p, ep))) =
-            (upstream_failed, ctx.table.clone(), ctx.current)
-        {
-            let pool = &table.pools[p as usize];
-            if pool.endpoints[ep as usize]
-                .state
-                .failed(now_ms(), &table.upstream.ejection)
-                .is_some()
-            {
-                metrics::counter!(t::EJECTIONS, "pool" => pool.name.clone(), "cause" => "error")
-                    .increment(1);
-            }
-            let idempotent = ctx
-                .class
-                .as_ref()
-                .is_some_and(|c| table.routes[c.route as usize].idempotent);
-            retry_timeout = idempotent
-                && !session.as_ref().retry_buffer_truncated()
-                && has_other_candidate(ctx, &table)
-                && retry_allowed(ctx, &table);
-        }
+        let retry_timeout =
+            upstream_failed && on_attempt_failed(ctx, !session.as_ref().retry_buffer_truncated());
         ctx.release();
         let mut e = e.more_context(format!("Peer: {peer}"));
         if ctx.retry_status.take().is_some() || retry_timeout {
@@ -584,6 +464,195 @@ impl ProxyHttp for Gateway {
     }
 }
 
+// The steps of one upstream attempt, shared by Pingora's proxy loop (the phases above) and
+// the gateway's own sender for bodies Pingora cannot replay (`buffered`).
+
+/// Take an in-flight slot on the decided endpoint and record it as the attempt in flight.
+/// The first attempt uses the decision made in `request_filter`; a retry decides again
+/// without the endpoints already tried. Slots are taken with compare-and-swap so a burst
+/// cannot overshoot `concurrency`; a lost race for the last slot decides again on the fresh
+/// counts (the next candidate, or the tier's fallback).
+fn acquire(
+    ctx: &mut RequestCtx,
+    table: &RoutingTable,
+) -> std::result::Result<(PoolId, u16), GatewayError> {
+    let Some(class) = ctx.class.as_ref() else {
+        return Err(GatewayError::Internal("no classification".into()));
+    };
+    let mut decision = if ctx.tried.is_empty() {
+        // Every request earns the retry budget a fraction of a retry.
+        table.upstream.budget.deposit(&table.upstream.retry_budget);
+        ctx.decision
+    } else {
+        let d = route::decide(class, table, &ctx.tried, now_ms());
+        ctx.decision = Some(d);
+        Some(d)
+    };
+    let mut target = None;
+    for _ in 0..4 {
+        let Some((pool_id, ep)) = decision.and_then(|d| d.target) else {
+            break;
+        };
+        let pool = &table.pools[pool_id as usize];
+        if pool.state.try_acquire(pool.concurrency) {
+            if pool.endpoints[ep as usize]
+                .state
+                .try_acquire(pool.endpoint_limit())
+            {
+                target = Some((pool_id, ep));
+                break;
+            }
+            pool.state.release();
+        }
+        let d = route::decide(class, table, &ctx.tried, now_ms());
+        ctx.decision = Some(d);
+        decision = Some(d);
+    }
+    let Some((pool_id, ep)) = target else {
+        let tier = &table.tiers[class.tier as usize];
+        return Err(match decision.map(|d| d.reason) {
+            Some(route::Reason::Overloaded | route::Reason::MeetsDeadline) => {
+                GatewayError::Overloaded {
+                    tier: tier.name.clone(),
+                }
+            }
+            _ => GatewayError::NoCandidate {
+                model: class.model.clone(),
+                tier: tier.name.clone(),
+            },
+        });
+    };
+    let pool = &table.pools[pool_id as usize];
+    ctx.current = Some((pool_id, ep));
+    ctx.attempt_slot = pool.state.track_start(now_ms());
+    ctx.tried.push((pool_id, ep));
+    ctx.attempt_start = Some(Instant::now());
+    Ok((pool_id, ep))
+}
+
+/// The peer for an attempt on `target`, with the tier's timeouts.
+fn http_peer(ctx: &RequestCtx, table: &RoutingTable, (pool, ep): (PoolId, u16)) -> HttpPeer {
+    let endpoint = &table.pools[pool as usize].endpoints[ep as usize];
+    let timeout = ctx.class.as_ref().map_or(Duration::from_secs(5), |c| {
+        table.tiers[c.tier as usize].timeout
+    });
+    let mut peer = HttpPeer::new(endpoint.addr, false, String::new());
+    peer.options.connection_timeout = Some(table.upstream.connect_timeout);
+    peer.options.read_timeout = Some(timeout);
+    peer.options.write_timeout = Some(timeout);
+    peer.options.idle_timeout = Some(Duration::from_secs(60));
+    peer
+}
+
+/// Headers the gateway adds to every upstream request: the time left before the deadline
+/// (so the backend can give up early too) and the client in `X-Forwarded-For`.
+fn forward_headers(req: &mut RequestHeader, ctx: &RequestCtx, session: &Session) -> Result<()> {
+    if let Some(class) = &ctx.class {
+        let remaining = class.deadline.saturating_sub(ctx.start.elapsed());
+        req.insert_header(
+            "x-switchyard-deadline-ms",
+            remaining.as_millis().to_string(),
+        )?;
+    }
+    if let Some(peer) = peer_ip(session) {
+        let xff = match session.req_header().headers.get("x-forwarded-for") {
+            Some(prev) => format!("{}, {peer}", prev.to_str().unwrap_or("")),
+            None => peer.to_string(),
+        };
+        req.insert_header("x-forwarded-for", xff)?;
+    }
+    Ok(())
+}
+
+/// The attempt in flight answered with `status`: time to the response header is the service
+/// time the estimates track; a 5xx counts towards ejecting the endpoint. Returns whether to
+/// retry elsewhere instead of answering: idempotent routes, a body that can be sent again,
+/// another candidate, and a token in the retry budget.
+fn on_upstream_header(ctx: &mut RequestCtx, status: u16, replayable: bool) -> bool {
+    let Some(table) = ctx.table.clone() else {
+        return false;
+    };
+    let (Some((p, e)), Some(sent)) = (ctx.current, ctx.attempt_start) else {
+        return false;
+    };
+    let took = sent.elapsed();
+    let pool = &table.pools[p as usize];
+    pool.state.observe(took);
+    // Answered: no longer a candidate for "overdue" (a streamed body may go on for long).
+    if let Some(slot) = ctx.attempt_slot.take() {
+        pool.state.untrack(slot);
+    }
+    let ep = &pool.endpoints[e as usize];
+    ep.state.observe(took);
+    metrics::histogram!(t::UPSTREAM_DURATION, "pool" => pool.name.clone())
+        .record(took.as_secs_f64());
+    if status < 500 {
+        ep.state.mark_success();
+        return false;
+    }
+    if let Some(backoff) = ep.state.failed(now_ms(), &table.upstream.ejection) {
+        metrics::counter!(t::EJECTIONS, "pool" => pool.name.clone(), "cause" => "5xx").increment(1);
+        tracing::warn!(pool = %pool.name, endpoint = %ep.name, status, backoff_ms = backoff.as_millis() as u64, "endpoint ejected after consecutive failures");
+    }
+    let retry = replayable
+        && is_idempotent(ctx, &table)
+        && has_other_candidate(ctx, &table)
+        && retry_allowed(ctx, &table);
+    if retry {
+        metrics::counter!(t::RETRIES, "pool" => pool.name.clone()).increment(1);
+    }
+    retry
+}
+
+/// The attempt in flight could not connect: nothing reached the backend, so the endpoint is
+/// ejected at once (with a back-off that doubles while it keeps failing), its slots are given
+/// back, and another attempt is always safe (within the deadline and the retry budget).
+fn on_connect_failure(ctx: &mut RequestCtx, e: &dyn std::fmt::Display) -> bool {
+    let (Some(table), Some((p, ep))) = (ctx.table.clone(), ctx.current) else {
+        return false;
+    };
+    let pool = &table.pools[p as usize];
+    let backoff = pool.endpoints[ep as usize]
+        .state
+        .connect_failed(now_ms(), &table.upstream.ejection);
+    metrics::counter!(t::EJECTIONS, "pool" => pool.name.clone(), "cause" => "connect").increment(1);
+    tracing::warn!(pool = %pool.name, endpoint = %pool.endpoints[ep as usize].name, error = %e, backoff_ms = backoff.as_millis() as u64, "upstream connect failed; endpoint ejected");
+    ctx.release();
+    let retry = retry_allowed(ctx, &table);
+    if retry {
+        metrics::counter!(t::RETRIES, "pool" => pool.name.clone()).increment(1);
+    }
+    retry
+}
+
+/// The attempt in flight failed before answering (a timeout, or the backend cutting the
+/// connection): counts towards ejection. Returns whether an idempotent route may retry it
+/// elsewhere (the body must still be whole to send again).
+fn on_attempt_failed(ctx: &mut RequestCtx, replayable: bool) -> bool {
+    let (Some(table), Some((p, ep))) = (ctx.table.clone(), ctx.current) else {
+        return false;
+    };
+    let pool = &table.pools[p as usize];
+    if pool.endpoints[ep as usize]
+        .state
+        .failed(now_ms(), &table.upstream.ejection)
+        .is_some()
+    {
+        metrics::counter!(t::EJECTIONS, "pool" => pool.name.clone(), "cause" => "error")
+            .increment(1);
+    }
+    replayable
+        && is_idempotent(ctx, &table)
+        && has_other_candidate(ctx, &table)
+        && retry_allowed(ctx, &table)
+}
+
+fn is_idempotent(ctx: &RequestCtx, table: &RoutingTable) -> bool {
+    ctx.class
+        .as_ref()
+        .is_some_and(|c| table.routes[c.route as usize].idempotent)
+}
+
 /// Whether another attempt may be made: attempts left, time left before the deadline, and a
 /// token in the retry budget (an empty budget is counted).
 fn retry_allowed(ctx: &RequestCtx, table: &RoutingTable) -> bool {
@@ -659,14 +728,21 @@ async fn prepare(
     session: &mut Session,
     table: &RoutingTable,
     cache: Option<&Arc<Cache>>,
-) -> std::result::Result<(Class, Decision, Option<Bytes>, Lookup), (Option<Class>, GatewayError)> {
+    (budget, permit): (&Arc<BodyBudget>, &mut Option<BodyPermit>),
+) -> std::result::Result<(Class, Decision, Bytes, Lookup), (Option<Class>, GatewayError)> {
     let path = session.req_header().uri.path().to_string();
     let route_id = table
         .match_route(&path)
         .ok_or_else(|| (None, GatewayError::NoRoute(truncate(&path, 200))))?;
     let route = &table.routes[route_id as usize];
 
-    let body = read_body(session, route.max_body, route.protocol)
+    let limits = BodyLimits {
+        max_body: route.max_body,
+        budget,
+        max_buffered: table.limits.max_buffered_bytes,
+        tier: &table.tiers[route.tier as usize].name,
+    };
+    let body = body::read(session, &limits, permit)
         .await
         .map_err(|e| (None, e))?;
 
@@ -677,7 +753,7 @@ async fn prepare(
         method: &header.method,
         path: &path,
         headers: &header.headers,
-        body: body.as_deref(),
+        body: Some(&body),
     };
     let class = classify::classify(&facts, route_id, table).map_err(|e| (None, e.into()))?;
 
@@ -690,7 +766,7 @@ async fn prepare(
                 .path_and_query()
                 .map_or(path.as_str(), |pq| pq.as_str());
             cache
-                .lookup(&class, table, target, &header.headers, body.as_deref())
+                .lookup(&class, table, target, &header.headers, Some(&body))
                 .await
         }
         None => Lookup::Bypass,
@@ -772,18 +848,11 @@ async fn answer_hedged(
         return Ok(());
     };
     let mut req = session.req_header().clone();
-    let remaining = class.deadline.saturating_sub(ctx.start.elapsed());
-    req.insert_header(
-        "x-switchyard-deadline-ms",
-        remaining.as_millis().to_string(),
-    )?;
-    if let Some(peer) = peer_ip(session) {
-        let xff = match session.req_header().headers.get("x-forwarded-for") {
-            Some(prev) => format!("{}, {peer}", prev.to_str().unwrap_or("")),
-            None => peer.to_string(),
-        };
-        req.insert_header("x-forwarded-for", xff)?;
-    }
+    ctx.class = Some(class);
+    forward_headers(&mut req, ctx, session)?;
+    let Some(class) = ctx.class.take() else {
+        return Ok(());
+    };
     req.remove_header(&http::header::TRANSFER_ENCODING);
     req.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
     let result = crate::hedge::run(table, &class, target, &req, body, factor).await;
@@ -814,54 +883,6 @@ async fn answer_hedged(
         }
     }
     Ok(())
-}
-
-/// Read the request body before routing when it is small enough to hold (and must be read
-/// for routes whose model is in the body). Larger bodies of path-routed protocols stream
-/// through Pingora unbuffered, with their declared length checked against the limit here.
-async fn read_body(
-    session: &mut Session,
-    max_body: usize,
-    protocol: Protocol,
-) -> std::result::Result<Option<Bytes>, GatewayError> {
-    let header = session.req_header();
-    let declared = match header.headers.get(http::header::CONTENT_LENGTH) {
-        Some(v) => Some(
-            v.to_str()
-                .ok()
-                .and_then(|s| s.trim().parse::<usize>().ok())
-                .ok_or_else(|| GatewayError::BodyRead("invalid Content-Length".into()))?,
-        ),
-        None => None,
-    };
-    let chunked = header.headers.contains_key(http::header::TRANSFER_ENCODING);
-    if let Some(len) = declared {
-        if len > max_body {
-            return Err(GatewayError::PayloadTooLarge { limit: max_body });
-        }
-        if len > INSPECT_LIMIT && protocol != Protocol::OpenAi {
-            return Ok(None);
-        }
-    } else if !chunked {
-        return Ok(Some(Bytes::new()));
-    }
-    let limit = max_body.min(INSPECT_LIMIT);
-    // Pingora keeps a copy (up to 64 KiB) and re-sends it on a retry to another endpoint.
-    session.as_mut().enable_retry_buffering();
-    let mut buf = BytesMut::with_capacity(declared.unwrap_or(4096).min(limit));
-    loop {
-        match session.read_request_body().await {
-            Ok(Some(chunk)) => {
-                if buf.len() + chunk.len() > limit {
-                    return Err(GatewayError::PayloadTooLarge { limit });
-                }
-                buf.extend_from_slice(&chunk);
-            }
-            Ok(None) => break,
-            Err(e) => return Err(GatewayError::BodyRead(e.to_string())),
-        }
-    }
-    Ok(Some(buf.freeze()))
 }
 
 fn truncate(s: &str, max: usize) -> String {
@@ -927,12 +948,16 @@ async fn respond_error(session: &mut Session, err: &GatewayError, ctx: &RequestC
         resp.insert_header(http::header::RETRY_AFTER, secs.to_string())?;
     }
     decision_headers(&mut resp, ctx);
-    if err.status() == 413 || err.status() == 400 {
+    let unread = !session.as_mut().is_body_done();
+    if unread || err.status() == 413 || err.status() == 400 {
         // The rest of an unread body would be taken for the next request on this connection.
         resp.insert_header(http::header::CONNECTION, "close")?;
         session.set_keepalive(None);
     }
     session.write_response_header(Box::new(resp), false).await?;
     session.write_response_body(Some(body), true).await?;
+    if unread {
+        body::linger(session).await;
+    }
     Ok(())
 }

@@ -99,11 +99,13 @@ pub fn build(table: RoutingTable, fleet: Arc<Fleet>, opts: Options) -> Result<Bu
     let snapshot = policy::snapshot(table);
     let control = Arc::new(ControlPlane::new(snapshot.clone(), fleet, opts.policy_path));
 
+    let gateway = Gateway::new(snapshot.clone())
+        .with_queue(queue.clone())
+        .with_cache(Some(cache.clone()));
+    let bodies = gateway.body_budget();
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
-        Gateway::new(snapshot.clone())
-            .with_queue(queue.clone())
-            .with_cache(Some(cache.clone())),
+        gateway,
         "switchyard proxy",
     );
     let mut options = HttpServerOptions::default();
@@ -119,6 +121,7 @@ pub fn build(table: RoutingTable, fleet: Arc<Fleet>, opts: Options) -> Result<Bu
             control: control.clone(),
             metrics: metrics.clone(),
             cache: Some(cache),
+            bodies: Some(bodies),
         }),
     );
     admin.add_tcp(&admin_addr.to_string());

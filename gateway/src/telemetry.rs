@@ -19,6 +19,9 @@ pub const COST: &str = "switchyard_cost_usd_total";
 /// Estimated spend avoided by answering from the prediction cache: what the request would
 /// have cost where routing would have sent it. Labels: tier.
 pub const COST_SAVED: &str = "switchyard_cost_saved_usd_total";
+/// Request-body bytes held in memory by all requests in flight (refreshed at scrape); bounded
+/// by `limits.max_buffered_bytes`.
+pub const BUFFERED_BODY_BYTES: &str = "switchyard_buffered_body_bytes";
 /// Prediction cache lookups. Labels: result (`hit`, `miss`, `bypass`, `coalesced`).
 pub const CACHE_LOOKUPS: &str = "switchyard_cache_lookups_total";
 /// Entries in the prediction cache (refreshed at scrape).
@@ -94,6 +97,11 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
 }
 
 fn describe() {
+    describe_gauge!(
+        BUFFERED_BODY_BYTES,
+        Unit::Bytes,
+        "Request-body bytes held in memory by all requests in flight (limit: limits.max_buffered_bytes)"
+    );
     describe_counter!(
         REQUESTS,
         "Requests answered, by route, tier, region, pool and status"

@@ -125,6 +125,8 @@ pub struct AdminApp {
     pub metrics: PrometheusHandle,
     /// The prediction cache, for purges and its gauges.
     pub cache: Option<Arc<crate::cache::Cache>>,
+    /// The proxy's request-body budget, for its gauge.
+    pub bodies: Option<Arc<crate::proxy::BodyBudget>>,
 }
 
 fn json_response(status: StatusCode, body: &Value) -> Response<Vec<u8>> {
@@ -271,6 +273,9 @@ impl AdminApp {
         crate::queue::refresh_gauges();
         if let Some(cache) = &self.cache {
             cache.refresh_gauges();
+        }
+        if let Some(bodies) = &self.bodies {
+            metrics::gauge!(t::BUFFERED_BODY_BYTES).set(bodies.held() as f64);
         }
         for tier in &table.tiers {
             metrics::gauge!(t::TIER_DEADLINE, "tier" => tier.name.clone())

@@ -108,6 +108,8 @@ pub enum ClassifyError {
     BadDeadline,
     #[error("request body is not valid JSON: {0}")]
     BadJson(String),
+    #[error("Inference-Header-Content-Length is not a length within the body")]
+    BadBinaryHeader,
     #[error("request body has no `model` field")]
     MissingModel,
     #[error("cannot find the model in the path `{0}`")]
@@ -160,7 +162,23 @@ pub fn classify(
     let is_post = facts.method == http::Method::POST;
     let peek = match r.protocol {
         Protocol::OpenAi => peek_openai(facts.path, facts.body)?,
-        Protocol::OipV2 => peek_path(facts.path, "/v2/models/", facts.body, is_post)?,
+        Protocol::OipV2 => {
+            // Triton's binary tensor extension: a JSON header of this many bytes, then raw
+            // tensor data (tritonclient sends inputs this way by default).
+            let json = match facts.headers.get("inference-header-content-length") {
+                Some(v) => {
+                    let len = v
+                        .to_str()
+                        .ok()
+                        .and_then(|v| v.trim().parse::<usize>().ok())
+                        .filter(|len| facts.body.is_some_and(|b| *len <= b.len()))
+                        .ok_or(ClassifyError::BadBinaryHeader)?;
+                    facts.body.map(|b| &b[..len])
+                }
+                None => facts.body,
+            };
+            peek_path(facts.path, "/v2/models/", json, is_post)?
+        }
         Protocol::TfServing => peek_path(facts.path, "/v1/models/", facts.body, is_post)?,
     };
     let cacheable = r.cache.is_some()

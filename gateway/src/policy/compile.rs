@@ -42,6 +42,11 @@ pub type TenantId = u16;
 pub const INSPECT_LIMIT: usize = 64 * 1024;
 /// The largest `max_body` a route may declare.
 pub const MAX_BODY_LIMIT: usize = 256 * 1024 * 1024;
+/// A route's `max_body` when it names none: real chat bodies (long prompts, tool
+/// definitions, base64 images) run to several MB.
+pub const DEFAULT_MAX_BODY: usize = 32 * 1024 * 1024;
+/// `limits.max_buffered_bytes` when the policy names none.
+pub const DEFAULT_MAX_BUFFERED: u64 = 512 * 1024 * 1024;
 /// The largest `cache.max_bytes`.
 pub const MAX_CACHE_BYTES: usize = 64 * 1024 * 1024 * 1024;
 
@@ -83,11 +88,29 @@ pub struct RoutingTable {
     pub queue: Option<QueueSettings>,
     /// The prediction cache's limits.
     pub cache: CacheSettings,
+    /// Gateway-wide limits.
+    pub limits: Limits,
     /// Model → the version the policy declares (`models:`), part of the cache key.
     pub model_versions: HashMap<String, String>,
 }
 
 pub use super::raw::CacheScope;
+
+/// The compiled `limits:` section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Request-body bytes held in memory at once, over all requests; a large body that would
+    /// go beyond it is refused with 503 (small bodies are always admitted).
+    pub max_buffered_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_buffered_bytes: DEFAULT_MAX_BUFFERED,
+        }
+    }
+}
 
 /// The compiled `cache:` section.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -961,11 +984,14 @@ fn compile(
             PathMatch::Exact(path.clone())
         };
         let max_body = match &r.max_body {
-            None => 1024 * 1024,
+            None => DEFAULT_MAX_BODY,
             Some(node) => match parse_size(&node.value) {
                 Some(size) if size <= MAX_BODY_LIMIT => size,
                 Some(_) => {
-                    p.on(node, format!("max_body: at most {MAX_BODY_LIMIT} bytes"));
+                    p.on(
+                        node,
+                        format!("max_body: at most {MAX_BODY_LIMIT} bytes (256MiB)"),
+                    );
                     0
                 }
                 None => {
@@ -979,24 +1005,6 @@ fn compile(
                     0
                 }
             },
-        };
-        if r.protocol == Protocol::OpenAi && max_body > INSPECT_LIMIT {
-            // The model is in the body, so the body is read before routing; see INSPECT_LIMIT.
-            // Reported as an error rather than silently lowered so the operator knows.
-            if let Some(node) = &r.max_body {
-                p.on(
-                    node,
-                    format!(
-                        "max_body: routes with protocol `openai` carry the model in the body, which \
-                         the gateway reads before routing; at most {INSPECT_LIMIT} bytes (64KiB)"
-                    ),
-                );
-            }
-        }
-        let max_body = if r.protocol == Protocol::OpenAi {
-            max_body.min(INSPECT_LIMIT)
-        } else {
-            max_body
         };
         let tier = tier_id(&mut p, &r.tier, "route tier");
         let cache = r.cache.as_ref().map(|node| {
@@ -1089,6 +1097,11 @@ fn compile(
         .as_ref()
         .map(|c| compile_cache(&mut p, c))
         .unwrap_or_default();
+    let limits = raw
+        .limits
+        .as_ref()
+        .map(|l| compile_limits(&mut p, l))
+        .unwrap_or_default();
     let mut model_versions = HashMap::new();
     for (model, def) in &raw.models {
         let version = def.value.version.value.trim();
@@ -1161,8 +1174,29 @@ fn compile(
         upstream,
         queue,
         cache,
+        limits,
         model_versions,
     })
+}
+
+/// The `limits:` section.
+fn compile_limits(p: &mut Problems, node: &Spanned<raw::Limits>) -> Limits {
+    let mut limits = Limits::default();
+    if let Some(n) = &node.value.max_buffered_bytes {
+        match parse_size(&n.value) {
+            Some(s) if (INSPECT_LIMIT..=MAX_CACHE_BYTES).contains(&s) => {
+                limits.max_buffered_bytes = s as u64
+            }
+            _ => p.on(
+                n,
+                format!(
+                    "limits.max_buffered_bytes: expected a size from 64KiB to 64GiB such as `512MiB`, found `{}`",
+                    n.value
+                ),
+            ),
+        }
+    }
+    limits
 }
 
 fn compile_cache(p: &mut Problems, node: &Spanned<raw::CacheSection>) -> CacheSettings {

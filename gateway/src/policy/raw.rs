@@ -48,6 +48,9 @@ pub struct Policy {
     /// at all is the route's `cache:` block.
     #[serde(default)]
     pub cache: Option<Spanned<CacheSection>>,
+    /// Gateway-wide limits. Absent: the defaults below.
+    #[serde(default)]
+    pub limits: Option<Spanned<Limits>>,
     /// Per model: the version being served. Part of every cache key for the model, so
     /// bumping it makes the old answers unreachable. Optional.
     #[serde(default)]
@@ -91,6 +94,18 @@ pub enum CacheScope {
     #[default]
     Tenant,
     Shared,
+}
+
+/// The `limits:` section.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Request-body bytes the gateway holds in memory at once, over all requests in flight
+    /// (bodies are read whole before routing, so a failover can re-send them). A request
+    /// whose body would go beyond it gets 503 `overloaded` with `Retry-After`; bodies up to
+    /// 64KiB are always admitted. Default `512MiB`.
+    #[serde(default)]
+    pub max_buffered_bytes: Option<Spanned<String>>,
 }
 
 /// An entry of the `models:` map.
@@ -304,7 +319,8 @@ pub struct Route {
     /// How to find the model: `openai` (JSON body field `model`), `oip-v2`
     /// (`/v2/models/{m}[/versions/{v}]/infer`), `tf-serving` (`/v1/models/{m}[/versions/{v}]:predict`).
     pub protocol: Protocol,
-    /// Largest request body accepted, e.g. `1MiB`. Default 1MiB.
+    /// Largest request body accepted, e.g. `64MiB`; at most `256MiB`. Default `32MiB`. The
+    /// whole body is read before routing (and re-sent whole on a failover); see `limits`.
     #[serde(default)]
     pub max_body: Option<Spanned<String>>,
     /// Tier for requests that name none (no tenant key, no `x-slo-tier`).

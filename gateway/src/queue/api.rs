@@ -19,7 +19,7 @@ use crate::policy::compile::RoutingTable;
 use crate::policy::raw::PoolKind;
 use crate::route::{Decision, Reason};
 use crate::telemetry as t;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use sha2::{Digest, Sha256};
@@ -71,7 +71,7 @@ pub async fn enqueue(
     table: &RoutingTable,
     class: &Class,
     decision: &Decision,
-    body: Option<Bytes>,
+    body: Bytes,
 ) -> Result<u16, GatewayError> {
     let settings = table
         .queue
@@ -133,15 +133,13 @@ pub async fn enqueue(
         .collect();
     let scope = scope(&header.headers, table);
 
-    // The whole body is held: bodies the proxy streams (large path-routed requests) are
-    // read here, up to the smaller of the route's and the queue's limit.
+    // The proxy has read the whole body (within the route's limit); a job is also bounded
+    // by the queue's.
     let route = &table.routes[class.route as usize];
     let limit = route.max_body.min(settings.max_body);
-    let body = match body {
-        Some(b) if b.len() > limit => return Err(GatewayError::PayloadTooLarge { limit }),
-        Some(b) => b,
-        None => read_rest(session, limit).await?,
-    };
+    if body.len() > limit {
+        return Err(GatewayError::PayloadTooLarge { limit });
+    }
 
     let now = unix_ms();
     let tier = &table.tiers[class.tier as usize];
@@ -225,22 +223,6 @@ pub async fn enqueue(
         tracing::debug!(error = %e, job = %job.id, "could not write the 202");
     }
     Ok(202)
-}
-
-async fn read_rest(session: &mut Session, limit: usize) -> Result<Bytes, GatewayError> {
-    let mut buf = BytesMut::new();
-    loop {
-        match session.read_request_body().await {
-            Ok(Some(chunk)) => {
-                if buf.len() + chunk.len() > limit {
-                    return Err(GatewayError::PayloadTooLarge { limit });
-                }
-                buf.extend_from_slice(&chunk);
-            }
-            Ok(None) => return Ok(buf.freeze()),
-            Err(e) => return Err(GatewayError::BodyRead(e.to_string())),
-        }
-    }
 }
 
 /// Serve the jobs API if the path is under `/v1/jobs/`. `Ok(None)`: not a jobs request.

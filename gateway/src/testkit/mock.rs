@@ -28,8 +28,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-/// Largest request body the mock accepts; larger ones get 413.
-pub const MAX_BODY: usize = 16 * 1024 * 1024;
+/// Largest request body the mock accepts (the gateway's own `max_body` ceiling); larger
+/// ones get 413.
+pub const MAX_BODY: usize = 256 * 1024 * 1024;
 /// Largest request head (request line + headers); larger ones get 431.
 const MAX_HEAD: usize = 64 * 1024;
 const MAX_HEADERS: usize = 64;
@@ -558,6 +559,9 @@ struct Head {
     deadline_ms: Option<String>,
     /// `x-mock-cache-control: V` asks for `cache-control: V` on the answer (cache tests).
     cache_control: Option<String>,
+    /// `x-mock-digest: 1` asks OpenAI answers to carry `request_bytes` and `request_blake3`
+    /// of the body received (so tests can see a large body arrived byte for byte).
+    digest: bool,
 }
 
 /// A request the mock refuses before reading its body; the connection is closed after.
@@ -617,6 +621,7 @@ fn parse_head(buf: &[u8], health_path: &str) -> Result<Option<Head>, Reject> {
     let mut request_id = None;
     let mut deadline_ms = None;
     let mut cache_control = None;
+    let mut digest = false;
     for h in req.headers.iter() {
         let name = h.name;
         if name.eq_ignore_ascii_case("content-length") {
@@ -645,6 +650,8 @@ fn parse_head(buf: &[u8], health_path: &str) -> Result<Option<Head>, Reject> {
             deadline_ms = header_string(h.value);
         } else if name.eq_ignore_ascii_case("x-mock-cache-control") {
             cache_control = header_string(h.value);
+        } else if name.eq_ignore_ascii_case("x-mock-digest") {
+            digest = true;
         }
     }
     let framing = match (chunked, length) {
@@ -667,6 +674,7 @@ fn parse_head(buf: &[u8], health_path: &str) -> Result<Option<Head>, Reject> {
         request_id,
         deadline_ms,
         cache_control,
+        digest,
     }))
 }
 
@@ -1097,7 +1105,7 @@ async fn respond(
                     c.streams.fetch_add(1, Relaxed);
                     return stream_sse(stream, sh, head, *kind, &model, id, service, out).await;
                 }
-                openai_body(json, sh, head, *kind, &model, id, body.len());
+                openai_body(json, sh, head, *kind, &model, id, body);
                 200
             }
             Route::Oip { model, version } => {
@@ -1217,9 +1225,9 @@ fn openai_body(
     kind: OpenAi,
     model: &str,
     id: u64,
-    body_len: usize,
+    body: &[u8],
 ) {
-    let prompt_tokens = (body_len / 4).max(1);
+    let prompt_tokens = (body.len() / 4).max(1);
     match kind {
         OpenAi::Chat => {
             let _ = write!(
@@ -1244,6 +1252,14 @@ fn openai_body(
     push_json_bytes(json, model);
     json.extend_from_slice(b",\"served_by\":");
     json.extend_from_slice(sh.name_json.as_bytes());
+    if head.digest {
+        let _ = write!(
+            json,
+            ",\"request_bytes\":{},\"request_blake3\":\"{}\"",
+            body.len(),
+            blake3::hash(body).to_hex()
+        );
+    }
     let completion_tokens = match kind {
         OpenAi::Chat => {
             let _ = write!(

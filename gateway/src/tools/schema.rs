@@ -152,7 +152,7 @@ pub fn policy_schema() -> Value {
             "name": string("Route name."),
             "match": string("Path: exact, or a prefix when it ends in `*`."),
             "protocol": enumeration("How to find the model.", &["openai", "oip-v2", "tf-serving"]),
-            "max_body": optional_string("Largest request body, e.g. 1MiB (at most 64KiB for openai). Default 1MiB."),
+            "max_body": optional_string("Largest request body, e.g. 64MiB (at most 256MiB). Default 32MiB."),
             "tier": string("Tier for requests that name none."),
             "idempotent": { "type": "boolean", "description": "Upstream 5xx answers and timeouts may be retried on another endpoint or pool (within the deadline and the retry budget). Default false: only connect failures are retried." },
             "cache": object("Prediction caching for this route. Absent: never cached.", &[], json!({
@@ -238,6 +238,9 @@ pub fn policy_schema() -> Value {
             "upstream": upstream,
             "queue": queue,
             "cache": cache,
+            "limits": object("Gateway-wide limits. Absent: the defaults.", &[], json!({
+                "max_buffered_bytes": optional_string("Request-body bytes held in memory at once over all requests; beyond it large requests get 503. Default 512MiB."),
+            })),
             "models": { "type": "object", "description": "Per model: the version being served (cache keys).", "additionalProperties": model },
         }),
     ) else {
