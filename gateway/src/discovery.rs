@@ -340,6 +340,38 @@ routes:
     }
 
     #[test]
+    fn metadata_reads_are_routed_by_model_but_not_inference() {
+        use crate::classify::{classify, RequestFacts};
+        let t = table(ALL);
+        let headers = HeaderMap::new();
+        let class = |method: &Method, path: &str, body: Option<&[u8]>| {
+            let route = t.match_route(path).unwrap();
+            let facts = RequestFacts {
+                peer: [127, 0, 0, 1].into(),
+                method,
+                path,
+                headers: &headers,
+                body,
+            };
+            classify(&facts, route, &t).unwrap()
+        };
+        for path in [
+            "/v2/models/small/ready",
+            "/v2/models/small/versions/2/config",
+            "/v2/models/small",
+            "/v1/models/small/metadata",
+        ] {
+            let c = class(&Method::GET, path, Some(b""));
+            assert_eq!(c.model, "small", "{path}");
+            assert!(!c.inference && !c.cacheable, "{path}");
+        }
+        let c = class(&Method::GET, "/v2/models/small/versions/2/ready", Some(b""));
+        assert_eq!(c.model_version.as_deref(), Some("2"));
+        let c = class(&Method::POST, "/v2/models/small/infer", Some(b"{}"));
+        assert!(c.inference);
+    }
+
+    #[test]
     fn percent_escapes() {
         assert_eq!(percent_decode("a%2Fb"), "a/b");
         assert_eq!(percent_decode("a%2"), "a%2");
