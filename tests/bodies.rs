@@ -208,15 +208,19 @@ async fn a_failover_resends_the_whole_large_body() {
     );
     let gw = Gateway::start(&policy_with_routes(&pools, &routes(""), "")).await;
     broken.faults().set_error_rate(1.0);
+    // A retry is made only within the deadline; reading 64 MiB in a debug build can take
+    // longer than the standard tier's second, so these requests ask for the batch tier
+    // (1 h, cost first: the cheap edge pools are still tried first).
+    let tier = [("x-slo-tier", "batch")];
 
     let body = image_chat("llava", 5 * MIB, true, "");
-    let r = send(gw.proxy, "/v1/chat/completions", &body, &[]).await;
+    let r = send(gw.proxy, "/v1/chat/completions", &body, &tier).await;
     assert_whole(&r, &body, "far-gpu");
     let decision = r.header("x-switchyard-decision").unwrap_or("");
     assert!(decision.contains("attempts=2"), "{decision}");
 
     let body = image_chat("llama", 64 * MIB, false, "");
-    let r = send(gw.proxy, "/v1/chat/completions", &body, &[]).await;
+    let r = send(gw.proxy, "/v1/chat/completions", &body, &tier).await;
     assert_whole(&r, &body, "far-gpu");
     assert_eq!(broken.stats().errors, 1, "the broken pool was tried first");
     let decision = r.header("x-switchyard-decision").unwrap_or("");

@@ -50,6 +50,10 @@ pub enum GatewayError {
     BadCallback(String),
     #[error("Idempotency-Key must be 1 to 255 visible ASCII characters")]
     BadIdempotencyKey,
+    /// `GET /v1/models/{id}` for a model the caller's tier cannot reach: answered in
+    /// OpenAI's own error shape (see [`GatewayError::body`]), which its SDKs parse.
+    #[error("The model `{0}` does not exist or you do not have access to it.")]
+    ModelNotFound(String),
 }
 
 impl GatewayError {
@@ -70,6 +74,7 @@ impl GatewayError {
             GatewayError::JobNotFound => 404,
             GatewayError::JobNotCancellable(_) | GatewayError::JobNotFinished(_) => 409,
             GatewayError::BadCallback(_) | GatewayError::BadIdempotencyKey => 400,
+            GatewayError::ModelNotFound(_) => 404,
         }
     }
 
@@ -94,6 +99,7 @@ impl GatewayError {
             GatewayError::JobNotFound => "not_found",
             GatewayError::JobNotCancellable(_) | GatewayError::JobNotFinished(_) => "conflict",
             GatewayError::BadCallback(_) | GatewayError::BadIdempotencyKey => "invalid_request",
+            GatewayError::ModelNotFound(_) => "invalid_request_error",
         }
     }
 
@@ -111,7 +117,12 @@ impl GatewayError {
     }
 
     pub fn body(&self) -> Bytes {
-        json_error(self.status(), self.kind(), &self.to_string())
+        match self {
+            GatewayError::ModelNotFound(_) => {
+                openai_error(self.kind(), &self.to_string(), "model_not_found")
+            }
+            _ => json_error(self.status(), self.kind(), &self.to_string()),
+        }
     }
 }
 
@@ -119,6 +130,15 @@ impl GatewayError {
 pub fn json_error(status: u16, kind: &str, message: &str) -> Bytes {
     let v = serde_json::json!({
         "error": { "type": kind, "message": message, "status": status }
+    });
+    Bytes::from(v.to_string())
+}
+
+/// An error body in OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`, for
+/// answers the official OpenAI SDKs read field by field (`NotFoundError.code`).
+pub fn openai_error(kind: &str, message: &str, code: &str) -> Bytes {
+    let v = serde_json::json!({
+        "error": { "message": message, "type": kind, "param": null, "code": code }
     });
     Bytes::from(v.to_string())
 }

@@ -18,6 +18,7 @@ pub mod admin;
 pub mod cache;
 pub mod classify;
 pub mod demo;
+pub mod discovery;
 pub mod error;
 pub mod hedge;
 pub mod policy;

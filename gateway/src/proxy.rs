@@ -147,6 +147,12 @@ impl ProxyHttp for Gateway {
         // One snapshot per request: a reload mid-request never changes its rules.
         let table = self.snapshot.load_full();
         ctx.table = Some(table.clone());
+        // Each protocol's discovery and health endpoints (`/v1/models`, `/v2/health/*`, `/v2`)
+        // answer before route matching.
+        if let Some(status) = crate::discovery::serve(session, &table).await? {
+            ctx.own_status = Some(status);
+            return Ok(true);
+        }
         if let Some(queue) = &self.queue {
             // The jobs API (`/v1/jobs/{id}`) answers before route matching.
             if let Some(status) = queue::api::serve(session, queue, &table).await? {
@@ -168,7 +174,7 @@ impl ProxyHttp for Gateway {
                 if let Some(queue) = self
                     .queue
                     .as_ref()
-                    .filter(|_| queue::api::takes(&table, &decision))
+                    .filter(|_| class.inference && queue::api::takes(&table, &decision))
                 {
                     // A batch pool or `on_slo_miss: queue`: stored durably, answered 202.
                     let result =
@@ -188,7 +194,7 @@ impl ProxyHttp for Gateway {
                 // cannot do; the buffered request goes through `hedge` instead.
                 let hedge_after = table.tiers[class.tier as usize].hedge_after;
                 if let (Some(factor), Some(target)) = (hedge_after, decision.target) {
-                    if !class.streaming && !class.cacheable {
+                    if class.inference && !class.streaming && !class.cacheable {
                         ctx.class = Some(class);
                         ctx.decision = Some(decision);
                         answer_hedged(session, ctx, &table, target, &body, factor).await?;
@@ -441,8 +447,10 @@ impl ProxyHttp for Gateway {
             if elapsed > class.deadline {
                 handles.deadline_misses.increment(1);
             }
-            if let (Some(est), true) = (d.estimate, (200..500).contains(&status) && pool != "none")
-            {
+            // Metadata reads (`Class::inference` false) are routed like inference but are
+            // not spend.
+            let spent = class.inference && (200..500).contains(&status) && pool != "none";
+            if let (Some(est), true) = (d.estimate, spent) {
                 handles.cost.increment(est.cost_usd);
             }
         }

@@ -195,7 +195,11 @@ impl Aggregate {
         if let Some(p) = pool {
             self.pool_requests[p].fetch_add(1, Ordering::Relaxed);
             slot.pool_requests[p].fetch_add(1, Ordering::Relaxed);
-            let cost = decision.and_then(|d| d.estimate).map(|e| e.cost_usd);
+            // Metadata reads (`Class::inference` false) are routed but cost nothing.
+            let cost = decision
+                .and_then(|d| d.estimate)
+                .filter(|_| class.is_none_or(|c| c.inference))
+                .map(|e| e.cost_usd);
             if let (Some(cost), true) = (cost, (200..500).contains(&status)) {
                 let nusd = (cost.max(0.0) * NANO) as u64;
                 self.pool_cost_nusd[p].fetch_add(nusd, Ordering::Relaxed);
@@ -568,6 +572,7 @@ mod tests {
             model_version: None,
             streaming: false,
             cacheable: false,
+            inference: true,
         }
     }
 

@@ -69,6 +69,10 @@ pub struct Class {
     /// `cache:` block, POST with its body read, deterministic, not streaming, no client
     /// `no-store`. (A client `no-cache` only skips the read: see [`client_no_cache`].)
     pub cacheable: bool,
+    /// An inference request (counted as spend). `false` for the metadata, readiness and
+    /// config reads of OIP v2 and TF-Serving (`GET /v2/models/{m}/ready`, …), which are
+    /// routed by the model in the path but cost nothing, are never cached, queued or hedged.
+    pub inference: bool,
 }
 
 impl Class {
@@ -96,6 +100,7 @@ impl Class {
             model_version: None,
             streaming: false,
             cacheable: false,
+            inference: true,
         }
     }
 }
@@ -131,23 +136,12 @@ pub fn classify(
         .or_else(|| geo.continent.and_then(|c| table.region_of_continent(&c)))
         .unwrap_or(table.default_region);
 
-    // Tier: the tenant's, else a tier header naming a known tier, else the route's.
-    let credential = api_key(facts.headers).map(|key| {
-        let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
-        digest
-    });
-    let tenant = credential.and_then(|h| table.tenant_by_key_hash(&h));
-    let (tier, tier_source) = if let Some(t) = tenant {
-        (table.tenants[t as usize].tier, TierSource::Tenant)
-    } else if let Some(name) = facts.headers.get("x-slo-tier") {
-        let name = name.to_str().unwrap_or("");
-        match table.tier_by_name(name.trim()) {
-            Some(t) => (t, TierSource::Header),
-            None => return Err(ClassifyError::UnknownTier(truncate(name, 64))),
-        }
-    } else {
-        (r.tier, TierSource::Route)
-    };
+    let Caller {
+        credential,
+        tenant,
+        tier,
+        tier_source,
+    } = caller(facts.headers, r.tier, table)?;
     let mut deadline = table.tiers[tier as usize].deadline;
     if let Some(v) = facts.headers.get("x-deadline-ms") {
         let ms: u64 = v
@@ -181,7 +175,12 @@ pub fn classify(
         }
         Protocol::TfServing => peek_path(facts.path, "/v1/models/", facts.body, is_post)?,
     };
-    let cacheable = r.cache.is_some()
+    // Path-routed protocols read model metadata, readiness and config with GET: proxied to
+    // a pool that serves the model like inference, but neither spend nor cacheable.
+    let inference = r.protocol == Protocol::OpenAi
+        || !matches!(*facts.method, http::Method::GET | http::Method::HEAD);
+    let cacheable = inference
+        && r.cache.is_some()
         && is_post
         && facts.body.is_some()
         && peek.deterministic
@@ -202,6 +201,48 @@ pub fn classify(
         model_version: peek.version,
         streaming: peek.streaming,
         cacheable,
+        inference,
+    })
+}
+
+/// Who is asking and in which tier: the part of [`classify`] that needs only the headers,
+/// shared with the gateway's own answers that depend on the tier (`discovery`).
+#[derive(Debug, Clone, Copy)]
+pub struct Caller {
+    pub credential: Option<[u8; 32]>,
+    pub tenant: Option<TenantId>,
+    pub tier: TierId,
+    pub tier_source: TierSource,
+}
+
+/// The tier: the tenant's, else a tier header naming a known tier, else `default_tier` (the
+/// route's).
+pub fn caller(
+    headers: &HeaderMap,
+    default_tier: TierId,
+    table: &RoutingTable,
+) -> Result<Caller, ClassifyError> {
+    let credential = api_key(headers).map(|key| {
+        let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+        digest
+    });
+    let tenant = credential.and_then(|h| table.tenant_by_key_hash(&h));
+    let (tier, tier_source) = if let Some(t) = tenant {
+        (table.tenants[t as usize].tier, TierSource::Tenant)
+    } else if let Some(name) = headers.get("x-slo-tier") {
+        let name = name.to_str().unwrap_or("");
+        match table.tier_by_name(name.trim()) {
+            Some(t) => (t, TierSource::Header),
+            None => return Err(ClassifyError::UnknownTier(truncate(name, 64))),
+        }
+    } else {
+        (default_tier, TierSource::Route)
+    };
+    Ok(Caller {
+        credential,
+        tenant,
+        tier,
+        tier_source,
     })
 }
 

@@ -1,6 +1,6 @@
 //! The mock ML backend: an HTTP/1.1 server that answers the three protocol families the
 //! gateway routes (OpenAI-compatible, Open Inference Protocol v2, TF-Serving/KServe v1) in
-//! their shapes, with configurable service time, jitter and error rate, and faults that can
+//! their shapes (inference, and the model metadata, readiness and config reads), with configurable service time, jitter and error rate, and faults that can
 //! be changed at run time (from Rust through [`Faults`] or over HTTP on `/_mock/faults`).
 //! The demo, the integration tests, the `mock_backend` example and the load benchmarks all
 //! use it, so it must be correct HTTP/1.1 and fast enough never to be the bottleneck.
@@ -86,6 +86,9 @@ pub struct MockStats {
     pub embeddings: u64,
     pub oip_infer: u64,
     pub tf_predict: u64,
+    /// Model metadata, readiness and config reads (`GET /v2/models/{m}[/ready|/config]`,
+    /// `GET /v1/models/{m}[/metadata]`).
+    pub metadata: u64,
     /// Requests being answered right now (counted ones only).
     pub in_flight: u64,
     /// Most requests in flight at once since start or the last reset.
@@ -105,6 +108,7 @@ struct Counters {
     embeddings: AtomicU64,
     oip_infer: AtomicU64,
     tf_predict: AtomicU64,
+    metadata: AtomicU64,
     in_flight: AtomicU64,
     peak_in_flight: AtomicU64,
     connections: AtomicU64,
@@ -122,6 +126,7 @@ impl Counters {
             embeddings: self.embeddings.load(Relaxed),
             oip_infer: self.oip_infer.load(Relaxed),
             tf_predict: self.tf_predict.load(Relaxed),
+            metadata: self.metadata.load(Relaxed),
             in_flight: self.in_flight.load(Relaxed),
             peak_in_flight: self.peak_in_flight.load(Relaxed),
             connections: self.connections.load(Relaxed),
@@ -139,6 +144,7 @@ impl Counters {
             &self.embeddings,
             &self.oip_infer,
             &self.tf_predict,
+            &self.metadata,
             &self.connections,
         ] {
             c.store(0, Relaxed);
@@ -477,6 +483,15 @@ enum Route {
     Tf {
         model: String,
     },
+    /// A model metadata read; `what` names it (`metadata`, `ready`, `config` for OIP v2;
+    /// `status`, `metadata` for TF-Serving) and the answer echoes `path`.
+    Meta {
+        oip: bool,
+        what: &'static str,
+        model: String,
+        version: Option<String>,
+        path: String,
+    },
     NotFound,
 }
 
@@ -534,8 +549,86 @@ fn route(method: Method, path: &str, health_path: &str) -> Route {
             }
             Route::NotFound
         }
+        _ if get => metadata_route(path),
         _ => Route::NotFound,
     }
+}
+
+/// OIP v2 `/v2/models/{m}[/versions/{v}][/ready|/config]` and TF-Serving
+/// `/v1/models/{m}[/versions/{v}][/metadata]`.
+fn metadata_route(path: &str) -> Route {
+    let (oip, rest) = match (
+        path.strip_prefix("/v2/models/"),
+        path.strip_prefix("/v1/models/"),
+    ) {
+        (Some(rest), _) => (true, rest),
+        (_, Some(rest)) => (false, rest),
+        _ => return Route::NotFound,
+    };
+    let suffixes: &[&'static str] = if oip {
+        &["ready", "config"]
+    } else {
+        &["metadata"]
+    };
+    let (rest, what) = suffixes
+        .iter()
+        .find_map(|w| {
+            rest.strip_suffix(*w)
+                .and_then(|r| r.strip_suffix('/'))
+                .map(|r| (r, *w))
+        })
+        .unwrap_or((rest, if oip { "metadata" } else { "status" }));
+    let (model, version) = match rest.split_once("/versions/") {
+        Some((m, v)) => (m, Some(v)),
+        None => (rest, None),
+    };
+    let ok = |s: &str| !s.is_empty() && !s.contains(['/', ':']);
+    if !ok(model) || !version.is_none_or(ok) {
+        return Route::NotFound;
+    }
+    Route::Meta {
+        oip,
+        what,
+        model: model.to_string(),
+        version: version.map(str::to_string),
+        path: path.to_string(),
+    }
+}
+
+/// The answer to a metadata read, in the shape of the protocol (not on the hot path).
+fn metadata_body(
+    json: &mut Vec<u8>,
+    sh: &Shared,
+    (oip, what): (bool, &str),
+    model: &str,
+    version: Option<&str>,
+    path: &str,
+) {
+    let v = version.unwrap_or("1");
+    let mut body = match (oip, what) {
+        (true, "ready") => serde_json::json!({ "name": model, "ready": true }),
+        (true, "config") => {
+            serde_json::json!({ "name": model, "platform": "mock", "max_batch_size": 0 })
+        }
+        (true, _) => serde_json::json!({
+            "name": model, "versions": [v], "platform": "mock",
+            "inputs": [{ "name": "input0", "datatype": "FP32", "shape": [-1, 2] }],
+            "outputs": [{ "name": "output0", "datatype": "FP32", "shape": [-1, 2] }],
+        }),
+        (false, "metadata") => serde_json::json!({
+            "model_spec": { "name": model, "signature_name": "", "version": v },
+            "metadata": { "signature_def": { "signature_def": {} } },
+        }),
+        (false, _) => serde_json::json!({
+            "model_version_status": [{
+                "version": v, "state": "AVAILABLE",
+                "status": { "error_code": "OK", "error_message": "" },
+            }],
+        }),
+    };
+    body["served_by"] = serde_json::Value::String(sh.name.clone());
+    body["path"] = serde_json::Value::String(path.to_string());
+    let _ = serde_json::to_writer(&mut *json, &body);
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1136,6 +1229,21 @@ async fn respond(
                 json.push(b'}');
                 200
             }
+            Route::Meta {
+                oip,
+                what,
+                model,
+                version,
+                path,
+            } => {
+                c.metadata.fetch_add(1, Relaxed);
+                if !sh.serves(model) {
+                    break 'answer not_served(sh, json);
+                }
+                prepare(sh).await;
+                metadata_body(json, sh, (*oip, what), model, version.as_deref(), path);
+                200
+            }
             Route::Tf { model } => {
                 c.tf_predict.fetch_add(1, Relaxed);
                 if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_err() {
@@ -1419,6 +1527,38 @@ mod tests {
             }
         );
         assert_eq!(r(Method::Post, "/v1/models/:predict"), Route::NotFound);
+        let meta = |oip, what, version: Option<&str>, path: &str| Route::Meta {
+            oip,
+            what,
+            model: "m".into(),
+            version: version.map(str::to_string),
+            path: path.into(),
+        };
+        for (path, want) in [
+            ("/v2/models/m", meta(true, "metadata", None, "/v2/models/m")),
+            (
+                "/v2/models/m/versions/2/ready",
+                meta(true, "ready", Some("2"), "/v2/models/m/versions/2/ready"),
+            ),
+            (
+                "/v2/models/m/config",
+                meta(true, "config", None, "/v2/models/m/config"),
+            ),
+            ("/v1/models/m", meta(false, "status", None, "/v1/models/m")),
+            (
+                "/v1/models/m/versions/3/metadata",
+                meta(
+                    false,
+                    "metadata",
+                    Some("3"),
+                    "/v1/models/m/versions/3/metadata",
+                ),
+            ),
+        ] {
+            assert_eq!(r(Method::Get, path), want, "{path}");
+        }
+        assert_eq!(r(Method::Get, "/v2/models/"), Route::NotFound);
+        assert_eq!(r(Method::Get, "/v2/models/a/b/ready"), Route::NotFound);
         assert_eq!(r(Method::Post, "/_mock/faults"), Route::SetFaults);
         assert!(!r(Method::Get, "/_mock/stats").counted());
     }
