@@ -19,6 +19,7 @@ pub mod cache;
 pub mod classify;
 pub mod demo;
 pub mod error;
+pub mod grpc;
 pub mod hedge;
 pub mod policy;
 pub mod proxy;

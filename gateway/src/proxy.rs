@@ -83,6 +83,8 @@ pub struct RequestCtx {
     own_status: Option<u16>,
     /// What the prediction cache did, and a response being captured for it.
     cache: CacheCtx,
+    /// The request is gRPC (`content-type: application/grpc*`): errors are gRPC statuses.
+    grpc: bool,
 }
 
 impl RequestCtx {
@@ -124,6 +126,7 @@ impl ProxyHttp for Gateway {
             pending: None,
             own_status: None,
             cache: CacheCtx::default(),
+            grpc: false,
         }
     }
 
@@ -134,6 +137,20 @@ impl ProxyHttp for Gateway {
         if let Some(queue) = &self.queue {
             // The jobs API (`/v1/jobs/{id}`) answers before route matching.
             if let Some(status) = queue::api::serve(session, queue, &table).await? {
+                ctx.own_status = Some(status);
+                return Ok(true);
+            }
+        }
+        ctx.grpc = classify::grpc::is_grpc_content_type(
+            session
+                .req_header()
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .map(|v| v.as_bytes()),
+        );
+        if ctx.grpc {
+            // ServerLive / ServerReady / ServerMetadata: answered here, without a pool.
+            if let Some(status) = answer_grpc_server(session, &table).await? {
                 ctx.own_status = Some(status);
                 return Ok(true);
             }
@@ -151,7 +168,7 @@ impl ProxyHttp for Gateway {
                 if let Some(queue) = self
                     .queue
                     .as_ref()
-                    .filter(|_| queue::api::takes(&table, &decision))
+                    .filter(|_| !ctx.grpc && queue::api::takes(&table, &decision))
                 {
                     // A batch pool or `on_slo_miss: queue`: stored durably, answered 202.
                     let result =
@@ -173,7 +190,7 @@ impl ProxyHttp for Gateway {
                 if let (Some(factor), Some(target), Some(body)) =
                     (hedge_after, decision.target, body.as_ref())
                 {
-                    if !class.streaming && !class.cacheable {
+                    if !class.streaming && !class.cacheable && !ctx.grpc {
                         ctx.class = Some(class);
                         ctx.decision = Some(decision);
                         answer_hedged(session, ctx, &table, target, body, factor).await?;
@@ -263,7 +280,23 @@ impl ProxyHttp for Gateway {
         ctx.attempt_start = Some(Instant::now());
 
         let tier = &table.tiers[class.tier as usize];
-        let mut peer = HttpPeer::new(endpoint.addr, false, String::new());
+        let grpc = table.routes[class.route as usize].protocol == Protocol::OipV2Grpc;
+        let addr = match (grpc, endpoint.grpc) {
+            (false, _) => endpoint.addr,
+            (true, Some(addr)) => addr,
+            // `decide` only offers pools whose endpoints all have a gRPC address.
+            (true, None) => {
+                return Err(Error::explain(
+                    ErrorType::InternalError,
+                    "gRPC request routed to an endpoint without a grpc address",
+                ))
+            }
+        };
+        let mut peer = HttpPeer::new(addr, false, String::new());
+        if grpc {
+            // h2c with prior knowledge: gRPC servers speak HTTP/2 only.
+            peer.options.set_http_version(2, 2);
+        }
         peer.options.connection_timeout = Some(table.upstream.connect_timeout);
         peer.options.read_timeout = Some(tier.timeout);
         peer.options.write_timeout = Some(tier.timeout);
@@ -362,7 +395,27 @@ impl ProxyHttp for Gateway {
             // Label the response and decide whether its body is captured for the cache.
             ctx.cache.on_response_header(upstream_response, table);
         }
+        if ctx.grpc && upstream_response.headers.contains_key("grpc-status") {
+            // A trailers-only answer is a gRPC error: never stored.
+            ctx.cache.abandon();
+        }
         Ok(())
+    }
+
+    async fn response_trailer_filter(
+        &self,
+        _session: &mut Session,
+        upstream_trailers: &mut http::HeaderMap,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Bytes>> {
+        // A gRPC answer ends in its trailers: only `grpc-status: 0` completes a cache entry.
+        if ctx.grpc {
+            match upstream_trailers.get("grpc-status").map(|v| v.as_bytes()) {
+                Some(b"0") => ctx.cache.on_body(&None, true),
+                _ => ctx.cache.abandon(),
+            }
+        }
+        Ok(None)
     }
 
     fn response_body_filter(
@@ -506,11 +559,13 @@ impl ProxyHttp for Gateway {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         ctx.release();
-        let status = session
-            .response_written()
-            .map(|r| r.status.as_u16())
-            .or(ctx.own_status)
-            .unwrap_or(0);
+        let written = session.response_written().map(|r| r.status.as_u16());
+        let status = if ctx.grpc {
+            // A gRPC error is written as HTTP 200: count it by the status it stands for.
+            ctx.own_status.or(written).unwrap_or(0)
+        } else {
+            written.or(ctx.own_status).unwrap_or(0)
+        };
         let elapsed = ctx.start.elapsed();
         crate::admin::status::record(
             ctx.class.as_ref(),
@@ -561,8 +616,10 @@ impl ProxyHttp for Gateway {
             if elapsed > class.deadline {
                 handles.deadline_misses.increment(1);
             }
-            if let (Some(est), true) = (d.estimate, (200..500).contains(&status) && pool != "none")
-            {
+            if let (Some(est), true) = (
+                d.estimate,
+                (200..500).contains(&status) && pool != "none" && counts_spend(session, ctx),
+            ) {
                 handles.cost.increment(est.cost_usd);
             }
         }
@@ -750,6 +807,10 @@ async fn answer_from_cache(
             .increment(saved);
     }
     ctx.own_status = Some(entry.status);
+    if ctx.grpc {
+        // Only answers that ended in `grpc-status: 0` are stored: replay those trailers.
+        return crate::grpc::write_ok(session, resp, entry.body.clone()).await;
+    }
     session.write_response_header(Box::new(resp), false).await?;
     session
         .write_response_body(Some(entry.body.clone()), true)
@@ -835,14 +896,17 @@ async fn read_body(
         None => None,
     };
     let chunked = header.headers.contains_key(http::header::TRANSFER_ENCODING);
+    // A gRPC body carries the model in its message and, over HTTP/2, usually comes without
+    // a length: always read (up to the inspect limit).
+    let grpc = protocol == Protocol::OipV2Grpc;
     if let Some(len) = declared {
         if len > max_body {
             return Err(GatewayError::PayloadTooLarge { limit: max_body });
         }
-        if len > INSPECT_LIMIT && protocol != Protocol::OpenAi {
+        if len > INSPECT_LIMIT && protocol != Protocol::OpenAi && !grpc {
             return Ok(None);
         }
-    } else if !chunked {
+    } else if !chunked && !grpc {
         return Ok(Some(Bytes::new()));
     }
     let limit = max_body.min(INSPECT_LIMIT);
@@ -917,8 +981,12 @@ fn decision_headers(resp: &mut ResponseHeader, ctx: &RequestCtx) {
     }
 }
 
-/// Write a JSON error response (with `Retry-After` when the error suggests one).
+/// Write a JSON error response (with `Retry-After` when the error suggests one); a gRPC
+/// request gets a trailers-only gRPC status instead.
 async fn respond_error(session: &mut Session, err: &GatewayError, ctx: &RequestCtx) -> Result<()> {
+    if ctx.grpc {
+        return respond_grpc_error(session, err, ctx).await;
+    }
     let body = err.body();
     let mut resp = ResponseHeader::build(err.status(), Some(6))?;
     resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
@@ -935,4 +1003,56 @@ async fn respond_error(session: &mut Session, err: &GatewayError, ctx: &RequestC
     session.write_response_header(Box::new(resp), false).await?;
     session.write_response_body(Some(body), true).await?;
     Ok(())
+}
+
+/// The gRPC shape of an error: HTTP 200, trailers-only, `grpc-status` from
+/// [`GatewayError::grpc_status`], with the decision headers as metadata.
+async fn respond_grpc_error(
+    session: &mut Session,
+    err: &GatewayError,
+    ctx: &RequestCtx,
+) -> Result<()> {
+    let mut code = err.grpc_status();
+    if let (GatewayError::NoCandidate { model, .. }, Some(table)) = (err, &ctx.table) {
+        // A model some gRPC pool serves, but none can take now: UNAVAILABLE (retryable),
+        // not NOT_FOUND.
+        if !crate::grpc::model_unknown(table, model) {
+            code = 14;
+        }
+    }
+    let mut resp = crate::grpc::status_header(code, &err.to_string())?;
+    if let Some(secs) = err.retry_after() {
+        resp.insert_header(http::header::RETRY_AFTER, secs.to_string())?;
+    }
+    decision_headers(&mut resp, ctx);
+    crate::grpc::write_status(session, resp).await
+}
+
+/// Answer the gRPC server methods (`ServerLive`, `ServerReady`, `ServerMetadata`) of a path
+/// whose route is `oip-v2-grpc`; `None` when the request is not one of them.
+async fn answer_grpc_server(session: &mut Session, table: &RoutingTable) -> Result<Option<u16>> {
+    let path = session.req_header().uri.path();
+    let Some(method) = classify::grpc::Method::from_path(path).filter(|m| m.is_server()) else {
+        return Ok(None);
+    };
+    let grpc_route = table
+        .match_route(path)
+        .is_some_and(|r| table.routes[r as usize].protocol == Protocol::OipV2Grpc);
+    let Some(body) = crate::grpc::server_answer(method, table).filter(|_| grpc_route) else {
+        return Ok(None);
+    };
+    // The (empty) request message is read so the stream closes cleanly; its content is moot.
+    let _ = read_body(session, INSPECT_LIMIT, Protocol::OipV2Grpc).await;
+    let mut resp = ResponseHeader::build(200, Some(4))?;
+    resp.insert_header("x-switchyard-policy-version", table.version_header.clone())?;
+    crate::grpc::write_ok(session, resp, body).await?;
+    Ok(Some(200))
+}
+
+/// Whether a request counts as inference spend: everything but gRPC metadata methods
+/// (`ModelReady`, `ModelMetadata`, `ModelConfig`).
+fn counts_spend(session: &Session, ctx: &RequestCtx) -> bool {
+    !ctx.grpc
+        || classify::grpc::Method::from_path(session.req_header().uri.path())
+            .is_some_and(|m| m.is_inference())
 }

@@ -6,6 +6,7 @@
 //! the facts and acts on the [`Class`] it returns.
 
 pub mod geo;
+pub mod grpc;
 
 use crate::policy::compile::{RegionId, RouteId, TenantId, TierId};
 use crate::policy::raw::Protocol;
@@ -112,6 +113,14 @@ pub enum ClassifyError {
     MissingModel,
     #[error("cannot find the model in the path `{0}`")]
     NoModelInPath(String),
+    #[error("malformed protobuf request: {0}")]
+    BadProtobuf(&'static str),
+    #[error("compressed gRPC messages are not supported; send them uncompressed")]
+    GrpcCompressed,
+    #[error("gRPC method not routed: {0}")]
+    GrpcUnimplemented(String),
+    #[error("grpc-timeout must be 1 to 8 digits and a unit (H, M, S, m, u, n)")]
+    BadGrpcTimeout,
 }
 
 /// Classify a request. `route` is the route its path matched.
@@ -162,6 +171,19 @@ pub fn classify(
         Protocol::OpenAi => peek_openai(facts.path, facts.body)?,
         Protocol::OipV2 => peek_path(facts.path, "/v2/models/", facts.body, is_post)?,
         Protocol::TfServing => peek_path(facts.path, "/v1/models/", facts.body, is_post)?,
+        Protocol::OipV2Grpc => {
+            if let Some(v) = facts.headers.get("grpc-timeout") {
+                let t = grpc::parse_timeout(v.as_bytes()).ok_or(ClassifyError::BadGrpcTimeout)?;
+                deadline = deadline.min(t);
+            }
+            let p = grpc::peek(facts.path, facts.body)?;
+            Peek {
+                deterministic: p.method.is_inference(),
+                model: p.model,
+                version: p.version,
+                streaming: false,
+            }
+        }
     };
     let cacheable = r.cache.is_some()
         && is_post

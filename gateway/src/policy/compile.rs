@@ -192,6 +192,12 @@ pub struct HealthCheck {
 }
 
 impl Pool {
+    /// Whether the pool takes gRPC requests (its endpoints name `grpc` addresses; compile
+    /// makes that all or none, so the first one tells).
+    pub fn serves_grpc(&self) -> bool {
+        self.endpoints.first().is_some_and(|e| e.grpc.is_some())
+    }
+
     /// The most requests one endpoint may have in flight: its share of `concurrency`.
     pub fn endpoint_limit(&self) -> u32 {
         if self.queue_fed {
@@ -207,6 +213,8 @@ pub struct Endpoint {
     pub name: String,
     pub header: HeaderValue,
     pub addr: SocketAddr,
+    /// The gRPC (h2c) address, when the policy names one.
+    pub grpc: Option<SocketAddr>,
     pub state: Arc<EndpointState>,
 }
 
@@ -885,26 +893,52 @@ fn compile(
         let mut endpoints = Vec::new();
         let mut seen = HashSet::new();
         for ep in &r.endpoints {
-            if !seen.insert(ep.value.clone()) {
+            let written = ep.value.http();
+            if !seen.insert(written.to_string()) {
                 p.on(
                     ep,
-                    format!("duplicate endpoint `{}` in pool `{name}`", ep.value),
+                    format!("duplicate endpoint `{written}` in pool `{name}`"),
                 );
                 continue;
             }
-            let addr = match resolve(&ep.value) {
+            let addr = match resolve(written) {
                 Ok(a) => a,
                 Err(why) => {
-                    p.on(ep, format!("endpoint `{}`: {why}", ep.value));
+                    p.on(ep, format!("endpoint `{written}`: {why}"));
+                    continue;
+                }
+            };
+            let grpc = match ep.value.grpc().map(resolve) {
+                None => None,
+                Some(Ok(a)) => Some(a),
+                Some(Err(why)) => {
+                    p.on(ep, format!("endpoint `{written}`: grpc: {why}"));
                     continue;
                 }
             };
             endpoints.push(Endpoint {
-                header: header_value(&ep.value),
-                name: ep.value.clone(),
+                header: header_value(written),
+                name: written.to_string(),
                 addr,
-                state: cx.fleet.endpoint(&name, &ep.value),
+                grpc,
+                state: cx.fleet.endpoint(&name, written),
             });
+        }
+        // gRPC routing picks a pool, then any endpoint in it: all of them must take gRPC.
+        let with_grpc = r
+            .endpoints
+            .iter()
+            .filter(|e| e.value.grpc().is_some())
+            .count();
+        if with_grpc > 0 && with_grpc < r.endpoints.len() {
+            p.on(
+                pool,
+                format!(
+                    "pool `{name}`: either every endpoint names a `grpc` address or none does \
+                     ({with_grpc} of {} do)",
+                    r.endpoints.len()
+                ),
+            );
         }
         let any = r.models.iter().any(|m| m.value == "*");
         let names = r.models.iter().map(|m| m.value.clone()).collect();

@@ -247,8 +247,9 @@ pub struct Pool {
     pub name: Spanned<String>,
     pub kind: PoolKind,
     pub region: Spanned<String>,
-    /// `host:port` of each endpoint (plain HTTP/1.1).
-    pub endpoints: Vec<Spanned<String>>,
+    /// Each endpoint: `host:port` (plain HTTP/1.1 only), or `{ http: host:port, grpc: host:port }`
+    /// when the server also speaks gRPC (h2c) on its own port.
+    pub endpoints: Vec<Spanned<EndpointEntry>>,
     /// Model names served; `*` serves every model.
     pub models: Vec<Spanned<String>>,
     /// Requests in flight the whole pool is sized for.
@@ -260,6 +261,45 @@ pub struct Pool {
     /// Active health checks of every endpoint. Absent: none (passive ejection only).
     #[serde(default)]
     pub health: Option<Spanned<HealthCheck>>,
+}
+
+/// One endpoint as written: a plain `host:port` string (HTTP only), or a map naming the
+/// HTTP address and, optionally, the gRPC (h2c) address of the same server.
+#[derive(Debug, Deserialize, Clone, PartialEq, Eq, Hash)]
+#[serde(untagged)]
+pub enum EndpointEntry {
+    Http(String),
+    Ports(EndpointPorts),
+}
+
+/// The map form of an endpoint.
+#[derive(Debug, Deserialize, Clone, PartialEq, Eq, Hash)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointPorts {
+    /// `host:port` of the HTTP/1.1 listener.
+    pub http: String,
+    /// `host:port` of the gRPC listener (h2c, `inference.GRPCInferenceService`). Absent: the
+    /// endpoint takes no gRPC requests.
+    #[serde(default)]
+    pub grpc: Option<String>,
+}
+
+impl EndpointEntry {
+    /// The HTTP address as written.
+    pub fn http(&self) -> &str {
+        match self {
+            EndpointEntry::Http(a) => a,
+            EndpointEntry::Ports(p) => &p.http,
+        }
+    }
+
+    /// The gRPC address as written, if any.
+    pub fn grpc(&self) -> Option<&str> {
+        match self {
+            EndpointEntry::Http(_) => None,
+            EndpointEntry::Ports(p) => p.grpc.as_deref(),
+        }
+    }
 }
 
 /// A pool's `health:` block: `GET path` on every endpoint every `interval`.
@@ -302,7 +342,8 @@ pub struct Route {
     #[serde(rename = "match")]
     pub path: Spanned<String>,
     /// How to find the model: `openai` (JSON body field `model`), `oip-v2`
-    /// (`/v2/models/{m}[/versions/{v}]/infer`), `tf-serving` (`/v1/models/{m}[/versions/{v}]:predict`).
+    /// (`/v2/models/{m}[/versions/{v}]/infer`), `tf-serving` (`/v1/models/{m}[/versions/{v}]:predict`),
+    /// `oip-v2-grpc` (gRPC `/inference.GRPCInferenceService/{Method}`, model in the protobuf).
     pub protocol: Protocol,
     /// Largest request body accepted, e.g. `1MiB`. Default 1MiB.
     #[serde(default)]
@@ -327,6 +368,10 @@ pub enum Protocol {
     OipV2,
     #[serde(rename = "tf-serving")]
     TfServing,
+    /// gRPC `inference.GRPCInferenceService` (OIP v2 / KServe / Triton) over h2c; the model is
+    /// field 1 of the request message.
+    #[serde(rename = "oip-v2-grpc")]
+    OipV2Grpc,
 }
 
 #[derive(Debug, Deserialize)]
