@@ -234,6 +234,19 @@ async fn model_ready_goes_to_a_pool_serving_the_model() {
         .expect("call");
     assert_eq!(r.string_field(1).as_deref(), Some("resnet"));
     assert_eq!(f.edge.infer_calls(), 0);
+
+    // Metadata calls are no inference spend; a ModelInfer is.
+    let counted = |n: f64| {
+        move |m: &str| metric_sum(m, "switchyard_requests_total", &[("route", "grpc")]) >= n
+    };
+    let m = f.gw.metrics_when(counted(2.0)).await;
+    assert_eq!(
+        metric_sum(&m, "switchyard_cost_usd_total", &[("pool", "edge")]),
+        0.0
+    );
+    infer(&f.gw, "resnet", &[]).await;
+    let m = f.gw.metrics_when(counted(3.0)).await;
+    assert!(metric_sum(&m, "switchyard_cost_usd_total", &[("pool", "edge")]) > 0.0);
 }
 
 #[tokio::test]

@@ -1477,6 +1477,61 @@ mod tests {
         assert_eq!(parse_size("lots"), None);
     }
 
+    fn compile_pools(pools: &str) -> Result<RoutingTable, PolicyErrors> {
+        let text = format!(
+            r#"
+regions: {{ default: us, map: [{{ name: us, continents: [NA] }}] }}
+rtt_ms: {{ us: {{ us: 5 }} }}
+tiers: {{ t: {{ deadline: 1s, weight: 0.5, pools: [edge] }} }}
+pools:
+{pools}
+routes:
+  - {{ name: g, match: "/inference.GRPCInferenceService/*", protocol: oip-v2-grpc, tier: t }}
+"#
+        );
+        let fleet = crate::route::state::Fleet::default();
+        compile_str(
+            &text,
+            &CompileContext {
+                file: std::path::Path::new("t.yaml"),
+                fleet: &fleet,
+            },
+        )
+    }
+
+    #[test]
+    fn endpoints_name_an_http_and_optionally_a_grpc_address() {
+        let table = compile_pools(
+            "  - { name: p, kind: edge, region: us, endpoints: [{ http: \"127.0.0.1:8000\", grpc: \"127.0.0.1:8001\" }], models: [m], concurrency: 4, service_time: 10ms }\n\
+             \x20 - { name: q, kind: edge, region: us, endpoints: [\"127.0.0.1:9000\", { http: \"127.0.0.1:9100\" }], models: [m], concurrency: 4, service_time: 10ms }",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let p = &table.pools[0];
+        assert_eq!(p.endpoints[0].name, "127.0.0.1:8000");
+        assert_eq!(p.endpoints[0].addr.port(), 8000);
+        assert_eq!(p.endpoints[0].grpc.map(|a| a.port()), Some(8001));
+        assert!(p.serves_grpc());
+        assert!(!table.pools[1].serves_grpc());
+        assert_eq!(table.routes[0].protocol, Protocol::OipV2Grpc);
+
+        // Half a pool on gRPC cannot be routed to consistently: refused, with the reason.
+        let err = compile_pools(
+            "  - { name: p, kind: edge, region: us, endpoints: [{ http: \"127.0.0.1:8000\", grpc: \"127.0.0.1:8001\" }, \"127.0.0.1:9000\"], models: [m], concurrency: 4, service_time: 10ms }",
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(
+            err.contains("every endpoint names a `grpc` address or none"),
+            "{err}"
+        );
+        // Unknown keys in the map form are rejected like everywhere else.
+        assert!(compile_pools(
+            "  - { name: p, kind: edge, region: us, endpoints: [{ http: \"127.0.0.1:8000\", grcp: \"127.0.0.1:8001\" }], models: [m], concurrency: 4, service_time: 10ms }",
+        )
+        .is_err());
+    }
+
     #[test]
     fn sha256_hex() {
         let hex = "a".repeat(64);

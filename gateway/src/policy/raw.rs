@@ -265,11 +265,35 @@ pub struct Pool {
 
 /// One endpoint as written: a plain `host:port` string (HTTP only), or a map naming the
 /// HTTP address and, optionally, the gRPC (h2c) address of the same server.
-#[derive(Debug, Deserialize, Clone, PartialEq, Eq, Hash)]
-#[serde(untagged)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum EndpointEntry {
     Http(String),
     Ports(EndpointPorts),
+}
+
+impl<'de> Deserialize<'de> for EndpointEntry {
+    // By hand rather than `untagged`, so that a mistake in the map form is reported as what
+    // it is (`unknown field `grcp`, expected `http` or `grpc``), not as "no variant matched".
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Entry;
+        impl<'de> serde::de::Visitor<'de> for Entry {
+            type Value = EndpointEntry;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("`host:port` or `{ http: host:port, grpc: host:port }`")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<EndpointEntry, E> {
+                Ok(EndpointEntry::Http(v.to_string()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<EndpointEntry, A::Error> {
+                EndpointPorts::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(EndpointEntry::Ports)
+            }
+        }
+        d.deserialize_any(Entry)
+    }
 }
 
 /// The map form of an endpoint.
