@@ -284,6 +284,32 @@ async fn an_upstream_grpc_error_reaches_the_client_unchanged() {
 }
 
 #[tokio::test]
+async fn an_unavailable_backend_is_retried_elsewhere_on_an_idempotent_route() {
+    let edge = grpc_mock("edge").await;
+    let gpu = grpc_mock("gpu").await;
+    let pools = grpc_pool(
+        "edge",
+        "edge",
+        &[(dead_addr(), edge.addr())],
+        "[resnet]",
+        "{ per_request: 0.00002 }",
+    ) + &grpc_pool(
+        "gpu",
+        "gpu",
+        &[(dead_addr(), gpu.addr())],
+        "[\"*\"]",
+        "{ per_gpu_hour: 12 }",
+    );
+    let routes = grpc_routes(", idempotent: true");
+    let gw = Gateway::start(&policy_with_routes(&pools, &routes, "")).await;
+    edge.fail_with(14);
+    let r = infer(&gw, "resnet", &[]).await;
+    assert_eq!(r.grpc_status(), Some(0), "{r:?}");
+    assert_eq!(r.string_field(3).as_deref(), Some("gpu"));
+    assert_eq!((edge.infer_calls(), gpu.infer_calls()), (1, 1));
+}
+
+#[tokio::test]
 async fn a_cacheable_route_answers_a_repeated_model_infer_from_the_cache() {
     let f = fleet(", cache: { ttl: 10m }").await;
     let first = infer(&f.gw, "resnet", &[]).await;
@@ -316,6 +342,13 @@ async fn grpc_timeout_tightens_the_deadline_sent_upstream() {
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
         .expect("deadline header upstream");
     assert!(sent <= 200, "deadline sent upstream: {sent} ms");
+    // What a gRPC server checks reaches it unchanged.
+    let h = f.edge.last_headers().expect("headers");
+    assert_eq!(
+        h.get("content-type").map(|v| v.as_bytes()),
+        Some(&b"application/grpc"[..])
+    );
+    assert_eq!(h.get("te").map(|v| v.as_bytes()), Some(&b"trailers"[..]));
     let r = infer(&f.gw, "resnet", &[("grpc-timeout", "soon")]).await;
     assert_eq!(r.grpc_status(), Some(3), "{r:?}");
 }

@@ -353,10 +353,17 @@ impl ProxyHttp for Gateway {
         metrics::histogram!(t::UPSTREAM_DURATION, "pool" => pool.name.clone())
             .record(took.as_secs_f64());
         let status = upstream_response.status.as_u16();
-        if status < 500 {
+        // A trailers-only gRPC UNAVAILABLE is the gRPC server's 503: the same treatment.
+        let grpc_unavailable = ctx.grpc
+            && upstream_response
+                .headers
+                .get("grpc-status")
+                .is_some_and(|v| v.as_bytes() == b"14");
+        if status < 500 && !grpc_unavailable {
             ep.state.mark_success();
             return Ok(());
         }
+        let status = if grpc_unavailable { 503 } else { status };
         // A 5xx counts towards ejecting the endpoint.
         if let Some(backoff) = ep.state.failed(now_ms(), &table.upstream.ejection) {
             metrics::counter!(t::EJECTIONS, "pool" => pool.name.clone(), "cause" => "5xx")
