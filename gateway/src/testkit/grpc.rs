@@ -3,8 +3,8 @@
 //! trailers.
 //!
 //! Both are on the `h2` crate (already in the tree through Pingora), not hand-written
-//! HTTP/2. The mock answers `ModelInfer` with a `ModelInferResponse` naming the model (field
-//! 1) and the backend (field 3, `id`; also the `x-mock-backend` metadata), so a test sees who
+//! HTTP/2. The mock answers `ModelInfer` with a `ModelInferResponse` naming the model
+//! (field 1) and the backend (field 3, `id`; also the `x-mock-backend` metadata), so a test sees who
 //! answered; `ModelReady`, `ModelMetadata`, `ModelConfig` and the server methods are
 //! answered too. It counts calls per method, remembers the last request's metadata, and can
 //! be made to fail every call with a gRPC status, or stop listening (connection refused).
