@@ -173,6 +173,11 @@ async fn refusals_are_grpc_statuses_with_http_200() {
     .expect("call");
     assert_eq!(r.grpc_status(), Some(12), "{r:?}");
 
+    // A message larger than the gateway reads before routing: RESOURCE_EXHAUSTED.
+    let big = infer_request("resnet", "", &vec![7u8; 80 * 1024]);
+    let r = call(f.gw.proxy, INFER, &big, &[]).await.expect("call");
+    assert_eq!(r.grpc_status(), Some(8), "{r:?}");
+
     // An unknown SLO tier in the metadata: INVALID_ARGUMENT, not a JSON 400.
     let r = infer(&f.gw, "resnet", &[("x-slo-tier", "gold")]).await;
     assert_eq!((r.http_status, r.grpc_status()), (200, Some(3)), "{r:?}");
