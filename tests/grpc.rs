@@ -286,6 +286,19 @@ async fn an_upstream_grpc_error_reaches_the_client_unchanged() {
     let r = infer(&f.gw, "resnet", &[]).await;
     assert_eq!(r.grpc_status(), Some(9), "{r:?}");
     assert_eq!(r.grpc_message(), Some("mock told to fail"));
+    // Counted as the failure it is (FAILED_PRECONDITION ~ 400), not as HTTP 200.
+    let m = f
+        .gw
+        .metrics_when(|m| metric_sum(m, "switchyard_requests_total", &[("route", "grpc")]) >= 1.0)
+        .await;
+    let with = |s: &str| {
+        metric_sum(
+            &m,
+            "switchyard_requests_total",
+            &[("route", "grpc"), ("status", s)],
+        )
+    };
+    assert_eq!((with("400"), with("200")), (1.0, 0.0), "{m}");
 }
 
 #[tokio::test]

@@ -143,6 +143,27 @@ pub fn server_answer(method: Method, table: &RoutingTable) -> Option<Bytes> {
     Some(wire::frame(&msg))
 }
 
+/// The HTTP status a backend's non-zero `grpc-status` stands for in the metrics and the
+/// access log (every gRPC answer is HTTP 200 on the wire), by the usual gRPC/HTTP
+/// correspondence; `None` for OK or an unreadable value.
+pub fn http_equivalent(grpc_status: &[u8]) -> Option<u16> {
+    let code: u32 = std::str::from_utf8(grpc_status).ok()?.trim().parse().ok()?;
+    Some(match code {
+        0 => return None,
+        1 => 499,
+        3 | 9 | 11 => 400,
+        16 => 401,
+        7 => 403,
+        5 => 404,
+        6 | 10 => 409,
+        8 => 429,
+        12 => 501,
+        14 => 503,
+        4 => 504,
+        _ => 500,
+    })
+}
+
 /// Whether no pool in the table serves `model` over gRPC at all (NOT_FOUND), as opposed to
 /// pools that do but cannot take the request now (UNAVAILABLE).
 pub fn model_unknown(table: &RoutingTable, model: &str) -> bool {
@@ -171,5 +192,14 @@ mod tests {
         let mut v = Vec::new();
         wire::put_varint(&mut v, 300);
         assert_eq!(v, vec![0xac, 0x02]);
+    }
+
+    #[test]
+    fn backend_statuses_count_as_their_http_equivalents() {
+        assert_eq!(http_equivalent(b"0"), None);
+        assert_eq!(http_equivalent(b"14"), Some(503));
+        assert_eq!(http_equivalent(b"5"), Some(404));
+        assert_eq!(http_equivalent(b"13"), Some(500));
+        assert_eq!(http_equivalent(b"x"), None);
     }
 }

@@ -402,8 +402,13 @@ impl ProxyHttp for Gateway {
             // Label the response and decide whether its body is captured for the cache.
             ctx.cache.on_response_header(upstream_response, table);
         }
-        if ctx.grpc && upstream_response.headers.contains_key("grpc-status") {
-            // A trailers-only answer is a gRPC error: never stored.
+        if let Some(code) = upstream_response
+            .headers
+            .get("grpc-status")
+            .filter(|_| ctx.grpc)
+        {
+            // A trailers-only answer is a gRPC error: never stored, counted as what it is.
+            ctx.own_status = crate::grpc::http_equivalent(code.as_bytes());
             ctx.cache.abandon();
         }
         Ok(())
@@ -417,9 +422,13 @@ impl ProxyHttp for Gateway {
     ) -> Result<Option<Bytes>> {
         // A gRPC answer ends in its trailers: only `grpc-status: 0` completes a cache entry.
         if ctx.grpc {
-            match upstream_trailers.get("grpc-status").map(|v| v.as_bytes()) {
+            let status = upstream_trailers.get("grpc-status").map(|v| v.as_bytes());
+            match status {
                 Some(b"0") => ctx.cache.on_body(&None, true),
-                _ => ctx.cache.abandon(),
+                _ => {
+                    ctx.cache.abandon();
+                    ctx.own_status = status.and_then(crate::grpc::http_equivalent);
+                }
             }
         }
         Ok(None)
