@@ -123,6 +123,25 @@ fn benches(c: &mut Criterion) {
         })
     });
     g.finish();
+
+    // Real payload sizes: a ~5 MiB chat body with a base64 image and the model after it (the
+    // order of clients that sort keys). Classification parses the whole body once.
+    let image = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+        .repeat(5 * 1024 * 1024 / 64);
+    let large = format!(
+        r#"{{"messages":[{{"content":[{{"text":"What is in this image?","type":"text"}},{{"image_url":{{"url":"data:image/png;base64,{image}"}},"type":"image_url"}}],"role":"user"}}],"model":"llama-3-8b"}}"#
+    );
+    let facts_large = RequestFacts {
+        body: Some(large.as_bytes()),
+        ..facts
+    };
+    let mut g = c.benchmark_group("large_body");
+    g.sample_size(20);
+    g.throughput(criterion::Throughput::Bytes(large.len() as u64));
+    g.bench_function("classify_5mib_model_last", |b| {
+        b.iter(|| classify(black_box(&facts_large), route, &table).unwrap())
+    });
+    g.finish();
 }
 
 criterion_group!(hot, benches);

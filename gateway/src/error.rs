@@ -116,6 +116,42 @@ impl GatewayError {
         }
     }
 
+    /// The gRPC status code for this error, for requests that came in as gRPC (which get
+    /// HTTP 200 and a trailers-only response with `grpc-status` instead of a JSON body).
+    pub fn grpc_status(&self) -> u32 {
+        const INVALID_ARGUMENT: u32 = 3;
+        const DEADLINE_EXCEEDED: u32 = 4;
+        const NOT_FOUND: u32 = 5;
+        const FAILED_PRECONDITION: u32 = 9;
+        const RESOURCE_EXHAUSTED: u32 = 8;
+        const UNIMPLEMENTED: u32 = 12;
+        const INTERNAL: u32 = 13;
+        const UNAVAILABLE: u32 = 14;
+        match self {
+            GatewayError::NoRoute(_) | GatewayError::MethodNotAllowed(_) => UNIMPLEMENTED,
+            GatewayError::PayloadTooLarge { .. } => RESOURCE_EXHAUSTED,
+            GatewayError::BadRequest(
+                ClassifyError::GrpcCompressed | ClassifyError::GrpcUnimplemented(_),
+            ) => UNIMPLEMENTED,
+            GatewayError::BadRequest(_) | GatewayError::BodyRead(_) => INVALID_ARGUMENT,
+            GatewayError::NoCandidate { .. }
+            | GatewayError::ModelNotFound(_)
+            | GatewayError::JobNotFound => NOT_FOUND,
+            GatewayError::Shed { .. }
+            | GatewayError::Overloaded { .. }
+            | GatewayError::UpstreamUnavailable(_)
+            | GatewayError::UpstreamFailed(_)
+            | GatewayError::QueueFull { .. }
+            | GatewayError::QueueUnavailable(_) => UNAVAILABLE,
+            GatewayError::UpstreamTimeout(_) => DEADLINE_EXCEEDED,
+            GatewayError::Internal(_) => INTERNAL,
+            GatewayError::JobNotCancellable(_) | GatewayError::JobNotFinished(_) => {
+                FAILED_PRECONDITION
+            }
+            GatewayError::BadCallback(_) | GatewayError::BadIdempotencyKey => INVALID_ARGUMENT,
+        }
+    }
+
     pub fn body(&self) -> Bytes {
         match self {
             GatewayError::ModelNotFound(_) => {

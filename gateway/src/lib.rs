@@ -20,6 +20,7 @@ pub mod classify;
 pub mod demo;
 pub mod discovery;
 pub mod error;
+pub mod grpc;
 pub mod hedge;
 pub mod policy;
 pub mod proxy;

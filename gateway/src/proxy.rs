@@ -98,6 +98,8 @@ pub struct RequestCtx {
     cache: CacheCtx,
     /// The request body's bytes in the gateway's body budget (given back on drop).
     body_permit: Option<BodyPermit>,
+    /// The request is gRPC (`content-type: application/grpc*`): errors are gRPC statuses.
+    grpc: bool,
 }
 
 impl RequestCtx {
@@ -140,6 +142,7 @@ impl ProxyHttp for Gateway {
             own_status: None,
             cache: CacheCtx::default(),
             body_permit: None,
+            grpc: false,
         }
     }
 
@@ -160,6 +163,20 @@ impl ProxyHttp for Gateway {
                 return Ok(true);
             }
         }
+        ctx.grpc = classify::grpc::is_grpc_content_type(
+            session
+                .req_header()
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .map(|v| v.as_bytes()),
+        );
+        if ctx.grpc {
+            // ServerLive / ServerReady / ServerMetadata: answered here, without a pool.
+            if let Some(status) = answer_grpc_server(session, &table).await? {
+                ctx.own_status = Some(status);
+                return Ok(true);
+            }
+        }
         let bodies = (&self.bodies, &mut ctx.body_permit);
         match prepare(session, &table, self.cache.as_ref(), bodies).await {
             Ok((class, decision, body, lookup)) => {
@@ -171,11 +188,9 @@ impl ProxyHttp for Gateway {
                     answer_from_cache(session, ctx, &table, &decision, &entry).await?;
                     return Ok(true);
                 }
-                if let Some(queue) = self
-                    .queue
-                    .as_ref()
-                    .filter(|_| class.inference && queue::api::takes(&table, &decision))
-                {
+                if let Some(queue) = self.queue.as_ref().filter(|_| {
+                    class.inference && !ctx.grpc && queue::api::takes(&table, &decision)
+                }) {
                     // A batch pool or `on_slo_miss: queue`: stored durably, answered 202.
                     let result =
                         queue::api::enqueue(session, queue, &table, &class, &decision, body).await;
@@ -194,7 +209,7 @@ impl ProxyHttp for Gateway {
                 // cannot do; the buffered request goes through `hedge` instead.
                 let hedge_after = table.tiers[class.tier as usize].hedge_after;
                 if let (Some(factor), Some(target)) = (hedge_after, decision.target) {
-                    if class.inference && !class.streaming && !class.cacheable {
+                    if class.inference && !class.streaming && !class.cacheable && !ctx.grpc {
                         ctx.class = Some(class);
                         ctx.decision = Some(decision);
                         answer_hedged(session, ctx, &table, target, &body, factor).await?;
@@ -257,7 +272,8 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let status = upstream_response.status.as_u16();
+        // A trailers-only gRPC UNAVAILABLE is the gRPC server's 503: the same treatment.
+        let status = upstream_status(ctx, upstream_response);
         let replayable = !session.as_ref().retry_buffer_truncated();
         if on_upstream_header(ctx, status, replayable) {
             // Ends this attempt before anything is sent downstream; `error_while_proxy`
@@ -277,12 +293,18 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        decision_headers(upstream_response, ctx);
-        if let Some(table) = &ctx.table {
-            // Label the response and decide whether its body is captured for the cache.
-            ctx.cache.on_response_header(upstream_response, table);
-        }
+        on_response(ctx, upstream_response);
         Ok(())
+    }
+
+    async fn response_trailer_filter(
+        &self,
+        _session: &mut Session,
+        upstream_trailers: &mut http::HeaderMap,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Bytes>> {
+        on_trailers(ctx, upstream_trailers);
+        Ok(None)
     }
 
     fn response_body_filter(
@@ -392,11 +414,13 @@ impl ProxyHttp for Gateway {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         ctx.release();
-        let status = session
-            .response_written()
-            .map(|r| r.status.as_u16())
-            .or(ctx.own_status)
-            .unwrap_or(0);
+        let written = session.response_written().map(|r| r.status.as_u16());
+        let status = if ctx.grpc {
+            // A gRPC error is written as HTTP 200: count it by the status it stands for.
+            ctx.own_status.or(written).unwrap_or(0)
+        } else {
+            written.or(ctx.own_status).unwrap_or(0)
+        };
         let elapsed = ctx.start.elapsed();
         crate::admin::status::record(
             ctx.class.as_ref(),
@@ -448,8 +472,11 @@ impl ProxyHttp for Gateway {
                 handles.deadline_misses.increment(1);
             }
             // Metadata reads (`Class::inference` false) are routed like inference but are
-            // not spend.
-            let spent = class.inference && (200..500).contains(&status) && pool != "none";
+            // not spend; neither is a gRPC error answer.
+            let spent = class.inference
+                && (200..500).contains(&status)
+                && pool != "none"
+                && counts_spend(session, ctx);
             if let (Some(est), true) = (d.estimate, spent) {
                 handles.cost.increment(est.cost_usd);
             }
@@ -544,7 +571,20 @@ fn http_peer(ctx: &RequestCtx, table: &RoutingTable, (pool, ep): (PoolId, u16)) 
     let timeout = ctx.class.as_ref().map_or(Duration::from_secs(5), |c| {
         table.tiers[c.tier as usize].timeout
     });
-    let mut peer = HttpPeer::new(endpoint.addr, false, String::new());
+    // gRPC goes to the endpoint's gRPC port (`decide` offers gRPC routes only pools whose
+    // endpoints all have one), as h2c with prior knowledge: gRPC servers speak HTTP/2 only.
+    let grpc = ctx.grpc
+        && ctx.class.as_ref().is_some_and(|c| {
+            table.routes[c.route as usize].protocol == crate::policy::raw::Protocol::OipV2Grpc
+        });
+    let addr = match endpoint.grpc {
+        Some(addr) if grpc => addr,
+        _ => endpoint.addr,
+    };
+    let mut peer = HttpPeer::new(addr, false, String::new());
+    if grpc {
+        peer.options.set_http_version(2, 2);
+    }
     peer.options.connection_timeout = Some(table.upstream.connect_timeout);
     peer.options.read_timeout = Some(timeout);
     peer.options.write_timeout = Some(timeout);
@@ -653,6 +693,50 @@ fn on_attempt_failed(ctx: &mut RequestCtx, replayable: bool) -> bool {
         && is_idempotent(ctx, &table)
         && has_other_candidate(ctx, &table)
         && retry_allowed(ctx, &table)
+}
+
+/// The answer's header is about to go downstream: the decision headers, and the cache
+/// deciding whether to capture it. A gRPC trailers-only answer is an error: never stored,
+/// counted as what it is.
+fn on_response(ctx: &mut RequestCtx, resp: &mut ResponseHeader) {
+    decision_headers(resp, ctx);
+    if let Some(table) = &ctx.table {
+        ctx.cache.on_response_header(resp, table);
+    }
+    if let Some(code) = resp.headers.get("grpc-status").filter(|_| ctx.grpc) {
+        ctx.own_status = crate::grpc::http_equivalent(code.as_bytes());
+        ctx.cache.abandon();
+    }
+}
+
+/// The answer's trailers: a gRPC answer ends in them, and only `grpc-status: 0` completes
+/// a cache entry.
+fn on_trailers(ctx: &mut RequestCtx, trailers: &http::HeaderMap) {
+    if ctx.grpc {
+        let status = trailers.get("grpc-status").map(|v| v.as_bytes());
+        match status {
+            Some(b"0") => ctx.cache.on_body(&None, true),
+            _ => {
+                ctx.cache.abandon();
+                ctx.own_status = status.and_then(crate::grpc::http_equivalent);
+            }
+        }
+    }
+}
+
+/// The status an upstream answer counts as: a gRPC trailers-only `UNAVAILABLE` (14) is the
+/// gRPC server's 503 (ejection, retry elsewhere on idempotent routes).
+fn upstream_status(ctx: &RequestCtx, resp: &ResponseHeader) -> u16 {
+    let grpc_unavailable = ctx.grpc
+        && resp
+            .headers
+            .get("grpc-status")
+            .is_some_and(|v| v.as_bytes() == b"14");
+    if grpc_unavailable {
+        503
+    } else {
+        resp.status.as_u16()
+    }
 }
 
 fn is_idempotent(ctx: &RequestCtx, table: &RoutingTable) -> bool {
@@ -834,6 +918,10 @@ async fn answer_from_cache(
             .increment(saved);
     }
     ctx.own_status = Some(entry.status);
+    if ctx.grpc {
+        // Only answers that ended in `grpc-status: 0` are stored: replay those trailers.
+        return crate::grpc::write_ok(session, resp, entry.body.clone()).await;
+    }
     session.write_response_header(Box::new(resp), false).await?;
     session
         .write_response_body(Some(entry.body.clone()), true)
@@ -946,8 +1034,12 @@ fn decision_headers(resp: &mut ResponseHeader, ctx: &RequestCtx) {
     }
 }
 
-/// Write a JSON error response (with `Retry-After` when the error suggests one).
+/// Write a JSON error response (with `Retry-After` when the error suggests one); a gRPC
+/// request gets a trailers-only gRPC status instead.
 async fn respond_error(session: &mut Session, err: &GatewayError, ctx: &RequestCtx) -> Result<()> {
+    if ctx.grpc {
+        return respond_grpc_error(session, err, ctx).await;
+    }
     let body = err.body();
     let mut resp = ResponseHeader::build(err.status(), Some(6))?;
     resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
@@ -968,4 +1060,56 @@ async fn respond_error(session: &mut Session, err: &GatewayError, ctx: &RequestC
         body::linger(session).await;
     }
     Ok(())
+}
+
+/// The gRPC shape of an error: HTTP 200, trailers-only, `grpc-status` from
+/// [`GatewayError::grpc_status`], with the decision headers as metadata.
+async fn respond_grpc_error(
+    session: &mut Session,
+    err: &GatewayError,
+    ctx: &RequestCtx,
+) -> Result<()> {
+    let mut code = err.grpc_status();
+    if let (GatewayError::NoCandidate { model, .. }, Some(table)) = (err, &ctx.table) {
+        // A model some gRPC pool serves, but none can take now: UNAVAILABLE (retryable),
+        // not NOT_FOUND.
+        if !crate::grpc::model_unknown(table, model) {
+            code = 14;
+        }
+    }
+    let mut resp = crate::grpc::status_header(code, &err.to_string())?;
+    if let Some(secs) = err.retry_after() {
+        resp.insert_header(http::header::RETRY_AFTER, secs.to_string())?;
+    }
+    decision_headers(&mut resp, ctx);
+    crate::grpc::write_status(session, resp).await
+}
+
+/// Answer the gRPC server methods (`ServerLive`, `ServerReady`, `ServerMetadata`) of a path
+/// whose route is `oip-v2-grpc`; `None` when the request is not one of them.
+async fn answer_grpc_server(session: &mut Session, table: &RoutingTable) -> Result<Option<u16>> {
+    let path = session.req_header().uri.path();
+    let Some(method) = classify::grpc::Method::from_path(path).filter(|m| m.is_server()) else {
+        return Ok(None);
+    };
+    let grpc_route = table.match_route(path).is_some_and(|r| {
+        table.routes[r as usize].protocol == crate::policy::raw::Protocol::OipV2Grpc
+    });
+    let Some(body) = crate::grpc::server_answer(method, table).filter(|_| grpc_route) else {
+        return Ok(None);
+    };
+    // The (empty) request message is read so the stream closes cleanly; its content is moot.
+    body::linger(session).await;
+    let mut resp = ResponseHeader::build(200, Some(4))?;
+    resp.insert_header("x-switchyard-policy-version", table.version_header.clone())?;
+    crate::grpc::write_ok(session, resp, body).await?;
+    Ok(Some(200))
+}
+
+/// Whether a request counts as inference spend: everything but gRPC metadata methods
+/// (`ModelReady`, `ModelMetadata`, `ModelConfig`).
+fn counts_spend(session: &Session, ctx: &RequestCtx) -> bool {
+    !ctx.grpc
+        || classify::grpc::Method::from_path(session.req_header().uri.path())
+            .is_some_and(|m| m.is_inference())
 }

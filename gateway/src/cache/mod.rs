@@ -188,7 +188,13 @@ impl Cache {
                 .get(class.model.as_str())
                 .map(String::as_str),
         };
-        key::compute(&parts, body).ok().map(|k| (k, generation))
+        // Protobuf has no canonical text form here: a gRPC message is keyed by its bytes.
+        let key = if route.protocol == crate::policy::raw::Protocol::OipV2Grpc {
+            Some(key::compute_canonical(&parts, body))
+        } else {
+            key::compute(&parts, body).ok()
+        };
+        key.map(|k| (k, generation))
     }
 
     /// Look a classified request up. `target` is its path and query.
@@ -365,6 +371,13 @@ impl CacheCtx {
                 self.pending = None;
             }
         }
+    }
+
+    /// The response turned out not to be storable after its header (a gRPC error status):
+    /// capture nothing, and let any waiters go upstream themselves.
+    pub fn abandon(&mut self) {
+        self.capture = None;
+        self.pending = None;
     }
 
     /// A piece of the upstream body passes to the client. Copies it (bounded by

@@ -6,6 +6,7 @@
 //! the facts and acts on the [`Class`] it returns.
 
 pub mod geo;
+pub mod grpc;
 
 use crate::policy::compile::{RegionId, RouteId, TenantId, TierId};
 use crate::policy::raw::Protocol;
@@ -119,6 +120,14 @@ pub enum ClassifyError {
     MissingModel,
     #[error("cannot find the model in the path `{0}`")]
     NoModelInPath(String),
+    #[error("malformed protobuf request: {0}")]
+    BadProtobuf(&'static str),
+    #[error("compressed gRPC messages are not supported; send them uncompressed")]
+    GrpcCompressed,
+    #[error("gRPC method not routed: {0}")]
+    GrpcUnimplemented(String),
+    #[error("grpc-timeout must be 1 to 8 digits and a unit (H, M, S, m, u, n)")]
+    BadGrpcTimeout,
 }
 
 /// Classify a request. `route` is the route its path matched.
@@ -174,6 +183,19 @@ pub fn classify(
             peek_path(facts.path, "/v2/models/", json, is_post)?
         }
         Protocol::TfServing => peek_path(facts.path, "/v1/models/", facts.body, is_post)?,
+        Protocol::OipV2Grpc => {
+            if let Some(v) = facts.headers.get("grpc-timeout") {
+                let t = grpc::parse_timeout(v.as_bytes()).ok_or(ClassifyError::BadGrpcTimeout)?;
+                deadline = deadline.min(t);
+            }
+            let p = grpc::peek(facts.path, facts.body)?;
+            Peek {
+                deterministic: p.method.is_inference(),
+                model: p.model,
+                version: p.version,
+                streaming: false,
+            }
+        }
     };
     // Path-routed protocols read model metadata, readiness and config with GET: proxied to
     // a pool that serves the model like inference, but neither spend nor cacheable.

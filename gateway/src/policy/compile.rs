@@ -215,6 +215,12 @@ pub struct HealthCheck {
 }
 
 impl Pool {
+    /// Whether the pool takes gRPC requests (its endpoints name `grpc` addresses; compile
+    /// makes that all or none, so the first one tells).
+    pub fn serves_grpc(&self) -> bool {
+        self.endpoints.first().is_some_and(|e| e.grpc.is_some())
+    }
+
     /// The most requests one endpoint may have in flight: its share of `concurrency`.
     pub fn endpoint_limit(&self) -> u32 {
         if self.queue_fed {
@@ -230,6 +236,8 @@ pub struct Endpoint {
     pub name: String,
     pub header: HeaderValue,
     pub addr: SocketAddr,
+    /// The gRPC (h2c) address, when the policy names one.
+    pub grpc: Option<SocketAddr>,
     pub state: Arc<EndpointState>,
 }
 
@@ -908,26 +916,52 @@ fn compile(
         let mut endpoints = Vec::new();
         let mut seen = HashSet::new();
         for ep in &r.endpoints {
-            if !seen.insert(ep.value.clone()) {
+            let written = ep.value.http();
+            if !seen.insert(written.to_string()) {
                 p.on(
                     ep,
-                    format!("duplicate endpoint `{}` in pool `{name}`", ep.value),
+                    format!("duplicate endpoint `{written}` in pool `{name}`"),
                 );
                 continue;
             }
-            let addr = match resolve(&ep.value) {
+            let addr = match resolve(written) {
                 Ok(a) => a,
                 Err(why) => {
-                    p.on(ep, format!("endpoint `{}`: {why}", ep.value));
+                    p.on(ep, format!("endpoint `{written}`: {why}"));
+                    continue;
+                }
+            };
+            let grpc = match ep.value.grpc().map(resolve) {
+                None => None,
+                Some(Ok(a)) => Some(a),
+                Some(Err(why)) => {
+                    p.on(ep, format!("endpoint `{written}`: grpc: {why}"));
                     continue;
                 }
             };
             endpoints.push(Endpoint {
-                header: header_value(&ep.value),
-                name: ep.value.clone(),
+                header: header_value(written),
+                name: written.to_string(),
                 addr,
-                state: cx.fleet.endpoint(&name, &ep.value),
+                grpc,
+                state: cx.fleet.endpoint(&name, written),
             });
+        }
+        // gRPC routing picks a pool, then any endpoint in it: all of them must take gRPC.
+        let with_grpc = r
+            .endpoints
+            .iter()
+            .filter(|e| e.value.grpc().is_some())
+            .count();
+        if with_grpc > 0 && with_grpc < r.endpoints.len() {
+            p.on(
+                pool,
+                format!(
+                    "pool `{name}`: either every endpoint names a `grpc` address or none does \
+                     ({with_grpc} of {} do)",
+                    r.endpoints.len()
+                ),
+            );
         }
         let any = r.models.iter().any(|m| m.value == "*");
         let names = r.models.iter().map(|m| m.value.clone()).collect();
@@ -1475,6 +1509,61 @@ mod tests {
         assert_eq!(parse_size("2048"), Some(2048));
         assert_eq!(parse_size("1 MB"), Some(1_000_000));
         assert_eq!(parse_size("lots"), None);
+    }
+
+    fn compile_pools(pools: &str) -> Result<RoutingTable, PolicyErrors> {
+        let text = format!(
+            r#"
+regions: {{ default: us, map: [{{ name: us, continents: [NA] }}] }}
+rtt_ms: {{ us: {{ us: 5 }} }}
+tiers: {{ t: {{ deadline: 1s, weight: 0.5, pools: [edge] }} }}
+pools:
+{pools}
+routes:
+  - {{ name: g, match: "/inference.GRPCInferenceService/*", protocol: oip-v2-grpc, tier: t }}
+"#
+        );
+        let fleet = crate::route::state::Fleet::default();
+        compile_str(
+            &text,
+            &CompileContext {
+                file: std::path::Path::new("t.yaml"),
+                fleet: &fleet,
+            },
+        )
+    }
+
+    #[test]
+    fn endpoints_name_an_http_and_optionally_a_grpc_address() {
+        let table = compile_pools(
+            "  - { name: p, kind: edge, region: us, endpoints: [{ http: \"127.0.0.1:8000\", grpc: \"127.0.0.1:8001\" }], models: [m], concurrency: 4, service_time: 10ms }\n\
+             \x20 - { name: q, kind: edge, region: us, endpoints: [\"127.0.0.1:9000\", { http: \"127.0.0.1:9100\" }], models: [m], concurrency: 4, service_time: 10ms }",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let p = &table.pools[0];
+        assert_eq!(p.endpoints[0].name, "127.0.0.1:8000");
+        assert_eq!(p.endpoints[0].addr.port(), 8000);
+        assert_eq!(p.endpoints[0].grpc.map(|a| a.port()), Some(8001));
+        assert!(p.serves_grpc());
+        assert!(!table.pools[1].serves_grpc());
+        assert_eq!(table.routes[0].protocol, Protocol::OipV2Grpc);
+
+        // Half a pool on gRPC cannot be routed to consistently: refused, with the reason.
+        let err = compile_pools(
+            "  - { name: p, kind: edge, region: us, endpoints: [{ http: \"127.0.0.1:8000\", grpc: \"127.0.0.1:8001\" }, \"127.0.0.1:9000\"], models: [m], concurrency: 4, service_time: 10ms }",
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(
+            err.contains("every endpoint names a `grpc` address or none"),
+            "{err}"
+        );
+        // Unknown keys in the map form are rejected like everywhere else.
+        assert!(compile_pools(
+            "  - { name: p, kind: edge, region: us, endpoints: [{ http: \"127.0.0.1:8000\", grcp: \"127.0.0.1:8001\" }], models: [m], concurrency: 4, service_time: 10ms }",
+        )
+        .is_err());
     }
 
     #[test]

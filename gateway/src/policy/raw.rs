@@ -262,8 +262,9 @@ pub struct Pool {
     pub name: Spanned<String>,
     pub kind: PoolKind,
     pub region: Spanned<String>,
-    /// `host:port` of each endpoint (plain HTTP/1.1).
-    pub endpoints: Vec<Spanned<String>>,
+    /// Each endpoint: `host:port` (plain HTTP/1.1 only), or `{ http: host:port, grpc: host:port }`
+    /// when the server also speaks gRPC (h2c) on its own port.
+    pub endpoints: Vec<Spanned<EndpointEntry>>,
     /// Model names served; `*` serves every model.
     pub models: Vec<Spanned<String>>,
     /// Requests in flight the whole pool is sized for.
@@ -275,6 +276,69 @@ pub struct Pool {
     /// Active health checks of every endpoint. Absent: none (passive ejection only).
     #[serde(default)]
     pub health: Option<Spanned<HealthCheck>>,
+}
+
+/// One endpoint as written: a plain `host:port` string (HTTP only), or a map naming the
+/// HTTP address and, optionally, the gRPC (h2c) address of the same server.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum EndpointEntry {
+    Http(String),
+    Ports(EndpointPorts),
+}
+
+impl<'de> Deserialize<'de> for EndpointEntry {
+    // By hand rather than `untagged`, so that a mistake in the map form is reported as what
+    // it is (`unknown field `grcp`, expected `http` or `grpc``), not as "no variant matched".
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Entry;
+        impl<'de> serde::de::Visitor<'de> for Entry {
+            type Value = EndpointEntry;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("`host:port` or `{ http: host:port, grpc: host:port }`")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<EndpointEntry, E> {
+                Ok(EndpointEntry::Http(v.to_string()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<EndpointEntry, A::Error> {
+                EndpointPorts::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(EndpointEntry::Ports)
+            }
+        }
+        d.deserialize_any(Entry)
+    }
+}
+
+/// The map form of an endpoint.
+#[derive(Debug, Deserialize, Clone, PartialEq, Eq, Hash)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointPorts {
+    /// `host:port` of the HTTP/1.1 listener.
+    pub http: String,
+    /// `host:port` of the gRPC listener (h2c, `inference.GRPCInferenceService`). Absent: the
+    /// endpoint takes no gRPC requests.
+    #[serde(default)]
+    pub grpc: Option<String>,
+}
+
+impl EndpointEntry {
+    /// The HTTP address as written.
+    pub fn http(&self) -> &str {
+        match self {
+            EndpointEntry::Http(a) => a,
+            EndpointEntry::Ports(p) => &p.http,
+        }
+    }
+
+    /// The gRPC address as written, if any.
+    pub fn grpc(&self) -> Option<&str> {
+        match self {
+            EndpointEntry::Http(_) => None,
+            EndpointEntry::Ports(p) => p.grpc.as_deref(),
+        }
+    }
 }
 
 /// A pool's `health:` block: `GET path` on every endpoint every `interval`.
@@ -317,7 +381,8 @@ pub struct Route {
     #[serde(rename = "match")]
     pub path: Spanned<String>,
     /// How to find the model: `openai` (JSON body field `model`), `oip-v2`
-    /// (`/v2/models/{m}[/versions/{v}]/infer`), `tf-serving` (`/v1/models/{m}[/versions/{v}]:predict`).
+    /// (`/v2/models/{m}[/versions/{v}]/infer`), `tf-serving` (`/v1/models/{m}[/versions/{v}]:predict`),
+    /// `oip-v2-grpc` (gRPC `/inference.GRPCInferenceService/{Method}`, model in the protobuf).
     pub protocol: Protocol,
     /// Largest request body accepted, e.g. `64MiB`; at most `256MiB`. Default `32MiB`. The
     /// whole body is read before routing (and re-sent whole on a failover); see `limits`.
@@ -343,6 +408,10 @@ pub enum Protocol {
     OipV2,
     #[serde(rename = "tf-serving")]
     TfServing,
+    /// gRPC `inference.GRPCInferenceService` (OIP v2 / KServe / Triton) over h2c; the model is
+    /// field 1 of the request message.
+    #[serde(rename = "oip-v2-grpc")]
+    OipV2Grpc,
 }
 
 #[derive(Debug, Deserialize)]

@@ -15,8 +15,8 @@
 //! connector is one per process, so large requests do not share Pingora's own upstream pool.
 
 use super::{
-    acquire, decision_headers, forward_headers, http_peer, on_attempt_failed, on_connect_failure,
-    on_upstream_header, respond_error, RequestCtx,
+    acquire, forward_headers, http_peer, on_attempt_failed, on_connect_failure, on_response,
+    on_trailers, on_upstream_header, respond_error, upstream_status, RequestCtx,
 };
 use crate::error::GatewayError;
 use crate::policy::compile::RoutingTable;
@@ -53,7 +53,10 @@ pub(super) async fn serve(
 ) -> Result<()> {
     let mut req = session.req_header().clone();
     req.remove_header(&http::header::TRANSFER_ENCODING);
-    req.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+    if !ctx.grpc {
+        // (gRPC over HTTP/2 frames its messages itself and sends no length.)
+        req.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+    }
     loop {
         let target = match acquire(ctx, table) {
             Ok(target) => target,
@@ -101,13 +104,13 @@ pub(super) async fn serve(
             let err = GatewayError::UpstreamFailed("no response header".into());
             return fail(session, ctx, err).await;
         };
-        if on_upstream_header(ctx, header.status.as_u16(), true) {
+        if on_upstream_header(ctx, upstream_status(ctx, &header), true) {
             // A 5xx on an idempotent route, retried elsewhere with the whole body.
             upstream.shutdown().await;
             ctx.release();
             continue;
         }
-        return relay(session, ctx, table, upstream, header, &peer).await;
+        return relay(session, ctx, upstream, header, &peer).await;
     }
 }
 
@@ -140,7 +143,6 @@ async fn exchange(
 async fn relay(
     session: &mut Session,
     ctx: &mut RequestCtx,
-    table: &RoutingTable,
     mut upstream: HttpSession,
     header: ResponseHeader,
     peer: &HttpPeer,
@@ -160,9 +162,16 @@ async fn relay(
         resp.remove_header("connection");
         resp.remove_header("keep-alive");
     }
-    decision_headers(&mut resp, ctx);
-    ctx.cache.on_response_header(&mut resp, table);
-    session.write_response_header(Box::new(resp), false).await?;
+    on_response(ctx, &mut resp);
+    // A gRPC trailers-only answer (its status in the header) ends with the header.
+    let trailers_only = ctx.grpc && resp.headers.contains_key("grpc-status");
+    session
+        .write_response_header(Box::new(resp), trailers_only)
+        .await?;
+    if trailers_only {
+        release(upstream, peer).await;
+        return Ok(());
+    }
     loop {
         match upstream.read_response_body().await {
             Ok(Some(chunk)) => {
@@ -179,22 +188,37 @@ async fn relay(
             }
         }
     }
-    ctx.cache.on_body(&None, true);
     let trailers = match &mut upstream {
         HttpSession::H2(h2) => h2.read_trailers().await?,
         _ => None,
     };
     match trailers {
         // Trailers end the stream (gRPC's status travels in them).
-        Some(trailers) => session.as_mut().write_response_trailers(trailers).await?,
-        None => session.write_response_body(None, true).await?,
+        Some(trailers) => {
+            on_trailers(ctx, &trailers);
+            if !ctx.grpc {
+                ctx.cache.on_body(&None, true);
+            }
+            session.as_mut().write_response_trailers(trailers).await?;
+        }
+        None => {
+            ctx.cache.on_body(&None, true);
+            session.write_response_body(None, true).await?;
+        }
     }
+    release(upstream, peer).await;
+    Ok(())
+}
+
+/// Give a finished upstream session back to the connector's pool.
+async fn release(mut upstream: HttpSession, peer: &HttpPeer) {
     if upstream.response_done() {
         connector()
             .release_http_session(upstream, peer, peer.options.idle_timeout)
             .await;
+    } else {
+        upstream.shutdown().await;
     }
-    Ok(())
 }
 
 /// The error an attempt that failed mid-exchange is reported as.

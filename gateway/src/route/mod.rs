@@ -19,7 +19,7 @@ pub mod state;
 
 use crate::classify::Class;
 use crate::policy::compile::{Pool, PoolId, RoutingTable};
-use crate::policy::raw::OnSloMiss;
+use crate::policy::raw::{OnSloMiss, Protocol};
 use serde::Serialize;
 use std::time::Duration;
 
@@ -92,6 +92,8 @@ pub enum Exclusion {
     AlreadyTried,
     /// Every endpoint left is at its share of the pool's `concurrency` (or the pool is full).
     AtCapacity,
+    /// A gRPC request, and the pool's endpoints name no `grpc` address.
+    NoGrpcEndpoint,
 }
 
 /// One pool's part in a decision, for `explain`.
@@ -137,6 +139,9 @@ fn exclusion(
     }
     if !pool.models.serves(&class.model) {
         return Some(Exclusion::ModelNotServed);
+    }
+    if table.routes[class.route as usize].protocol == Protocol::OipV2Grpc && !pool.serves_grpc() {
+        return Some(Exclusion::NoGrpcEndpoint);
     }
     let (mut up, mut untried, mut room) = (false, false, false);
     let limit = pool.endpoint_limit();
@@ -402,6 +407,7 @@ pub fn explain(
                         ),
                         Exclusion::NoEndpointUp => "no endpoint is up".into(),
                         Exclusion::AlreadyTried => "already tried".into(),
+                        Exclusion::NoGrpcEndpoint => "has no gRPC endpoint".into(),
                         Exclusion::AtCapacity => format!(
                             "at its concurrency limit ({} in flight of {})",
                             pool.state.in_flight(),

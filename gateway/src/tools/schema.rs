@@ -131,7 +131,20 @@ pub fn policy_schema() -> Value {
             "name": string("Pool name; live estimates carry over reloads by this name."),
             "kind": enumeration("Pool kind.", kinds),
             "region": string("Region the pool is in."),
-            "endpoints": strings("`host:port` of each endpoint (plain HTTP/1.1)."),
+            "endpoints": {
+                "type": "array",
+                "description": "Each endpoint: `host:port` (HTTP/1.1 only), or `{ http: host:port, grpc: host:port }` when the server also speaks gRPC (h2c) on its own port.",
+                "items": {
+                    "type": ["string", "object"],
+                    "description": "`host:port`, or a map naming the HTTP and the gRPC address.",
+                    "additionalProperties": false,
+                    "required": ["http"],
+                    "properties": {
+                        "http": string("`host:port` of the HTTP/1.1 listener."),
+                        "grpc": optional_string("`host:port` of the gRPC listener (h2c). Absent: no gRPC requests."),
+                    },
+                },
+            },
             "models": strings("Model names served; `*` serves every model."),
             "concurrency": { "type": "integer", "minimum": 1, "description": "Requests in flight the pool is sized for." },
             "service_time": string("Expected service time before any is measured, e.g. 40ms."),
@@ -151,7 +164,7 @@ pub fn policy_schema() -> Value {
         json!({
             "name": string("Route name."),
             "match": string("Path: exact, or a prefix when it ends in `*`."),
-            "protocol": enumeration("How to find the model.", &["openai", "oip-v2", "tf-serving"]),
+            "protocol": enumeration("How to find the model.", &["openai", "oip-v2", "tf-serving", "oip-v2-grpc"]),
             "max_body": optional_string("Largest request body, e.g. 64MiB (at most 256MiB). Default 32MiB."),
             "tier": string("Tier for requests that name none."),
             "idempotent": { "type": "boolean", "description": "Upstream 5xx answers and timeouts may be retried on another endpoint or pool (within the deadline and the retry budget). Default false: only connect failures are retried." },

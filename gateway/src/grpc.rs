@@ -1,0 +1,205 @@
+//! gRPC responses the gateway writes itself: status responses (its errors, as gRPC clients
+//! expect them), the server health methods it answers without a pool, and the trailers of
+//! an answer served from the prediction cache.
+//!
+//! A gRPC error is HTTP 200 with `content-type: application/grpc` and a *trailers-only*
+//! response: one HEADERS frame that ends the stream and carries `grpc-status` and the
+//! percent-encoded `grpc-message`. Which status an error becomes is decided in `error.rs`
+//! (`GatewayError::grpc_status`); this module only frames it. [`wire`] holds the few
+//! protobuf encoders the gateway (and the test mock) need; decoding lives in
+//! `classify::grpc`. Nothing here is protocol-generic: it knows only
+//! `inference.GRPCInferenceService`.
+
+use crate::classify::grpc::Method;
+use crate::policy::compile::RoutingTable;
+use crate::route::state::now_ms;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue};
+use pingora::http::ResponseHeader;
+use pingora::protocols::http::HttpTask;
+use pingora::proxy::Session;
+use pingora::Result;
+
+/// The protobuf and gRPC framing encoders (enough for the service's small messages).
+pub mod wire {
+    use bytes::{BufMut, Bytes, BytesMut};
+
+    pub fn put_varint(buf: &mut Vec<u8>, mut v: u64) {
+        while v >= 0x80 {
+            buf.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        buf.push(v as u8);
+    }
+
+    /// A varint field (wire type 0): ints, enums, bools.
+    pub fn put_varint_field(buf: &mut Vec<u8>, field: u32, v: u64) {
+        put_varint(buf, u64::from(field) << 3);
+        put_varint(buf, v);
+    }
+
+    /// A length-delimited field (wire type 2): strings, bytes, nested messages.
+    pub fn put_bytes(buf: &mut Vec<u8>, field: u32, bytes: &[u8]) {
+        put_varint(buf, (u64::from(field) << 3) | 2);
+        put_varint(buf, bytes.len() as u64);
+        buf.extend_from_slice(bytes);
+    }
+
+    /// One gRPC message: not compressed, u32 big-endian length, the message.
+    pub fn frame(msg: &[u8]) -> Bytes {
+        let mut out = BytesMut::with_capacity(5 + msg.len());
+        out.put_u8(0);
+        out.put_u32(msg.len() as u32);
+        out.extend_from_slice(msg);
+        out.freeze()
+    }
+}
+
+/// `grpc-message` is percent-encoded: everything outside printable ASCII, and `%` itself.
+pub fn percent_encode(message: &str) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(message.len());
+    for &b in message.as_bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+/// The header of a trailers-only status response (HTTP 200, `application/grpc`,
+/// `grpc-status`, `grpc-message`); the caller adds its own metadata.
+pub fn status_header(code: u32, message: &str) -> Result<ResponseHeader> {
+    let mut resp = ResponseHeader::build(200, Some(8))?;
+    resp.insert_header(http::header::CONTENT_TYPE, "application/grpc")?;
+    resp.insert_header("grpc-status", code.to_string())?;
+    if !message.is_empty() {
+        resp.insert_header("grpc-message", percent_encode(message))?;
+    }
+    Ok(resp)
+}
+
+/// Write a status response built by [`status_header`]: one HEADERS frame ending the stream.
+pub async fn write_status(session: &mut Session, resp: ResponseHeader) -> Result<()> {
+    session
+        .write_response_tasks(vec![HttpTask::Header(Box::new(resp), true)])
+        .await?;
+    Ok(())
+}
+
+/// The trailers of a successful call.
+pub fn ok_trailers() -> HeaderMap {
+    let mut t = HeaderMap::with_capacity(1);
+    t.insert("grpc-status", HeaderValue::from_static("0"));
+    t
+}
+
+/// Write a successful unary answer: `header` (status 200, the caller's metadata), the body
+/// (already framed) and `grpc-status: 0` trailers.
+pub async fn write_ok(
+    session: &mut Session,
+    mut header: ResponseHeader,
+    body: Bytes,
+) -> Result<()> {
+    header.insert_header(http::header::CONTENT_TYPE, "application/grpc")?;
+    header.remove_header(&http::header::CONTENT_LENGTH);
+    session
+        .write_response_tasks(vec![
+            HttpTask::Header(Box::new(header), false),
+            HttpTask::Body(Some(body), false),
+            HttpTask::Trailer(Some(Box::new(ok_trailers()))),
+        ])
+        .await?;
+    Ok(())
+}
+
+/// The body answering a server method (`ServerLive`, `ServerReady`, `ServerMetadata`), or
+/// `None` for the methods that go to a pool.
+pub fn server_answer(method: Method, table: &RoutingTable) -> Option<Bytes> {
+    let mut msg = Vec::with_capacity(32);
+    match method {
+        // ServerLiveResponse { bool live = 1; }: the gateway answers, so it is live.
+        Method::ServerLive => wire::put_varint_field(&mut msg, 1, 1),
+        // ServerReadyResponse { bool ready = 1; }: some gRPC pool has an endpoint up.
+        Method::ServerReady => {
+            let now = now_ms();
+            let ready = table
+                .pools
+                .iter()
+                .any(|p| p.serves_grpc() && p.endpoints.iter().any(|e| e.state.is_up(now)));
+            if ready {
+                wire::put_varint_field(&mut msg, 1, 1);
+            }
+        }
+        // ServerMetadataResponse { string name = 1; string version = 2; repeated string extensions = 3; }
+        Method::ServerMetadata => {
+            wire::put_bytes(&mut msg, 1, b"switchyard");
+            wire::put_bytes(&mut msg, 2, env!("CARGO_PKG_VERSION").as_bytes());
+        }
+        _ => return None,
+    }
+    Some(wire::frame(&msg))
+}
+
+/// The HTTP status a backend's non-zero `grpc-status` stands for in the metrics and the
+/// access log (every gRPC answer is HTTP 200 on the wire), by the usual gRPC/HTTP
+/// correspondence; `None` for OK or an unreadable value.
+pub fn http_equivalent(grpc_status: &[u8]) -> Option<u16> {
+    let code: u32 = std::str::from_utf8(grpc_status).ok()?.trim().parse().ok()?;
+    Some(match code {
+        0 => return None,
+        1 => 499,
+        3 | 9 | 11 => 400,
+        16 => 401,
+        7 => 403,
+        5 => 404,
+        6 | 10 => 409,
+        8 => 429,
+        12 => 501,
+        14 => 503,
+        4 => 504,
+        _ => 500,
+    })
+}
+
+/// Whether no pool in the table serves `model` over gRPC at all (NOT_FOUND), as opposed to
+/// pools that do but cannot take the request now (UNAVAILABLE).
+pub fn model_unknown(table: &RoutingTable, model: &str) -> bool {
+    !table
+        .pools
+        .iter()
+        .any(|p| p.serves_grpc() && p.models.serves(model))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_percent_encoded() {
+        assert_eq!(percent_encode("no pool: 100%"), "no pool: 100%25");
+        assert_eq!(percent_encode("é\n"), "%C3%A9%0A");
+    }
+
+    #[test]
+    fn framing() {
+        let mut m = Vec::new();
+        wire::put_bytes(&mut m, 1, b"abc");
+        assert_eq!(&m, &[0x0a, 3, b'a', b'b', b'c']);
+        assert_eq!(&wire::frame(&m)[..5], &[0, 0, 0, 0, 5]);
+        let mut v = Vec::new();
+        wire::put_varint(&mut v, 300);
+        assert_eq!(v, vec![0xac, 0x02]);
+    }
+
+    #[test]
+    fn backend_statuses_count_as_their_http_equivalents() {
+        assert_eq!(http_equivalent(b"0"), None);
+        assert_eq!(http_equivalent(b"14"), Some(503));
+        assert_eq!(http_equivalent(b"5"), Some(404));
+        assert_eq!(http_equivalent(b"13"), Some(500));
+        assert_eq!(http_equivalent(b"x"), None);
+    }
+}
