@@ -614,9 +614,11 @@ impl ProxyHttp for Gateway {
 /// (nginx's convention; never sent, only counted and logged).
 pub const CLIENT_CLOSED: u16 = 499;
 
-/// Whether `e` means the client went away: Pingora reports a downstream that closed while
-/// the request was proxied as `ConnectionClosed` from the downstream, and a failed write of
-/// our own answer as a `WriteError`.
+/// Whether `e` means the client went away. Pingora 0.9 notices a client that closes while
+/// the request is proxied (it polls the downstream beside the upstream) and ends the attempt
+/// with `ConnectionClosed` (or a read error) from `ErrorSource::Downstream`; then
+/// `error_while_proxy`, `fail_to_proxy` and `logging` run as for any failure (the request
+/// future is not dropped). A failed write of our own answer is a `WriteError`.
 fn client_went_away(e: &Error) -> bool {
     match e.etype() {
         ErrorType::ConnectionClosed | ErrorType::ReadError => {
