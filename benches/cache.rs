@@ -1,8 +1,14 @@
 //! Criterion benchmarks of the prediction cache's request-path work: the key of a 1 KB JSON
 //! body (canonical form + BLAKE3; target under 5 µs), and a whole hit lookup (key, the
-//! per-model generation read, the moka read) against a warm store.
+//! per-model generation read, the moka read) against a warm store. Before the timings it
+//! prints one line of memory per entry: a cache filled past `max_bytes` with unique ~1 KB
+//! entries, bytes weighed per entry and resident-set growth per entry (Linux).
 //!
 //! Run: `cargo bench --bench cache`
+
+// The gateway's allocator, so that memory per entry is what the product holds.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use http::{HeaderMap, Method};
@@ -38,7 +44,41 @@ fn body_1k() -> String {
     body
 }
 
+/// Fill a 32 MiB cache with 96k unique ~1 KB entries (three times what fits) through the
+/// capture path and print what an entry costs: weighed by the cache, and really held (RSS).
+fn report_bytes_per_entry() {
+    use switchyard::testkit::cache_fill::{rss_bytes, Filler};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let filler = Filler::new("32MiB").expect("policy compiles");
+    let answer = bytes::Bytes::from(format!(
+        r#"{{"object":"chat.completion","choices":[{{"message":{{"content":"{}"}}}}]}}"#,
+        "ok ".repeat(200)
+    ));
+    rt.block_on(async {
+        let before = rss_bytes().unwrap_or(0);
+        for i in 0..96_000u64 {
+            filler.store(i, &answer).await.expect("store");
+            tokio::task::yield_now().await;
+        }
+        let cache = filler.cache();
+        cache.settle().await;
+        let grown = rss_bytes().unwrap_or(0).saturating_sub(before);
+        let entries = cache.entries().max(1);
+        println!(
+            "cache/bytes_per_entry: {entries} entries in max_bytes {}: weighed {} B/entry, RSS growth {} B/entry ({:.2} × max_bytes)",
+            cache.max_bytes(),
+            cache.bytes() / entries,
+            grown / entries,
+            grown as f64 / cache.max_bytes() as f64
+        );
+    });
+}
+
 fn benches(c: &mut Criterion) {
+    report_bytes_per_entry();
     let body = body_1k();
     let parts = KeyParts {
         epoch: 0,

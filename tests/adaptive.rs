@@ -586,7 +586,7 @@ async fn hedged_requests_return_the_faster_answer() {
         1.0,
         "{m}"
     );
-    assert!(metric_sum(&m, "switchyard_hedge_cost_usd_total", &[]) > 0.0);
+    assert!(metric_sum(&m, "switchyard_hedge_cost_nanousd_total", &[]) > 0.0);
     slow.shutdown();
     fast.shutdown();
 }

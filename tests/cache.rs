@@ -79,7 +79,7 @@ async fn a_repeat_is_answered_from_memory() {
         metric_sum(&m, "switchyard_cache_lookups_total", &[("result", "miss")]),
         1.0
     );
-    assert!(metric_sum(&m, "switchyard_cost_saved_usd_total", &[]) > 0.0);
+    assert!(metric_sum(&m, "switchyard_cost_saved_nanousd_total", &[]) > 0.0);
     assert_eq!(metric_sum(&m, "switchyard_cache_entries", &[]), 1.0);
     assert!(metric_sum(&m, "switchyard_cache_bytes", &[]) > 0.0);
 }

@@ -280,7 +280,11 @@ async fn model_metadata_is_proxied_never_cached_and_costs_nothing() {
     };
     let m = gw.metrics_when(|m| counted(m) >= sent as f64).await;
     assert_eq!(counted(&m), sent as f64, "{m}");
-    assert_eq!(metric_sum(&m, "switchyard_cost_usd_total", &[]), 0.0, "{m}");
+    assert_eq!(
+        metric_sum(&m, "switchyard_cost_nanousd_total", &[]),
+        0.0,
+        "{m}"
+    );
 
     // An inference request on the same route is spend (so the check above can fail).
     let r = gw
@@ -289,7 +293,7 @@ async fn model_metadata_is_proxied_never_cached_and_costs_nothing() {
     assert_eq!(r.status, 200, "{}", r.text());
     let m = gw.metrics_when(|m| counted(m) > sent as f64).await;
     assert!(
-        metric_sum(&m, "switchyard_cost_usd_total", &[]) > 0.0,
+        metric_sum(&m, "switchyard_cost_nanousd_total", &[]) > 0.0,
         "{m}"
     );
 }

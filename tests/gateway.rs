@@ -488,14 +488,14 @@ async fn metrics_count_requests_cost_and_decisions() {
         metric_sum(&m, "switchyard_requests_total", &[("status", "400")]),
         1.0
     );
-    assert!(
-        (metric_sum(
+    // Spend is counted in nano-USD.
+    assert_eq!(
+        metric_sum(
             &m,
-            "switchyard_cost_usd_total",
+            "switchyard_cost_nanousd_total",
             &[("pool", "edge"), ("tier", "standard")]
-        ) - 2.0)
-            .abs()
-            < 1e-9,
+        ),
+        2e9,
         "{m}"
     );
     assert_eq!(

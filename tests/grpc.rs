@@ -241,12 +241,12 @@ async fn model_ready_goes_to_a_pool_serving_the_model() {
     };
     let m = f.gw.metrics_when(counted(2.0)).await;
     assert_eq!(
-        metric_sum(&m, "switchyard_cost_usd_total", &[("pool", "edge")]),
+        metric_sum(&m, "switchyard_cost_nanousd_total", &[("pool", "edge")]),
         0.0
     );
     infer(&f.gw, "resnet", &[]).await;
     let m = f.gw.metrics_when(counted(3.0)).await;
-    assert!(metric_sum(&m, "switchyard_cost_usd_total", &[("pool", "edge")]) > 0.0);
+    assert!(metric_sum(&m, "switchyard_cost_nanousd_total", &[("pool", "edge")]) > 0.0);
 }
 
 #[tokio::test]

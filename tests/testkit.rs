@@ -286,11 +286,11 @@ async fn malformed_and_oversized_requests_are_refused_and_closed() {
     let out = raw(m.addr(), b"NOT HTTP AT ALL\r\n\r\n").await;
     assert!(out.starts_with("HTTP/1.1 400 "), "{out}");
     assert!(out.contains("connection: close"));
-    let out = raw(
-        m.addr(),
-        b"POST /v1/chat/completions HTTP/1.1\r\nContent-Length: 16777217\r\n\r\n",
-    )
-    .await;
+    let too_long = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+        switchyard::testkit::mock::MAX_BODY + 1
+    );
+    let out = raw(m.addr(), too_long.as_bytes()).await;
     assert!(out.starts_with("HTTP/1.1 413 "), "{out}");
     assert!(out.contains("payload_too_large"));
     let out = raw(

@@ -199,7 +199,8 @@ pub async fn run(
     let pool = &table.pools[target.0 as usize];
     metrics::counter!(t::HEDGES, "pool" => pool.name.clone()).increment(1);
     if let Some(est) = next.estimate {
-        metrics::gauge!(t::HEDGE_COST, "tier" => tier.name.clone()).increment(est.cost_usd);
+        metrics::counter!(t::HEDGE_COST, "tier" => tier.name.clone())
+            .increment(t::nano_usd(est.cost_usd));
     }
     let hedge = attempt(slot, tier.timeout, req, body);
     tokio::pin!(hedge);

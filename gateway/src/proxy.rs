@@ -102,6 +102,14 @@ pub struct RequestCtx {
     grpc: bool,
 }
 
+/// A request future dropped mid-flight (Pingora's `logging` never runs then) still gives
+/// back its in-flight slots.
+impl Drop for RequestCtx {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
 impl RequestCtx {
     fn pool_name(&self) -> &str {
         match (&self.table, self.current.or(self.tried.last().copied())) {
@@ -376,6 +384,15 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
         ctx.release();
+        if client_went_away(e) && session.response_written().is_none() {
+            // Nothing can be sent: the client closed its connection before the answer.
+            ctx.pending = None;
+            ctx.own_status = Some(CLIENT_CLOSED);
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        }
         let err = ctx.pending.take().unwrap_or_else(|| match e.etype() {
             ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
                 let timeout = ctx
@@ -422,10 +439,19 @@ impl ProxyHttp for Gateway {
             written.or(ctx.own_status).unwrap_or(0)
         };
         let elapsed = ctx.start.elapsed();
+        let queued = self.queue.is_some()
+            && ctx
+                .table
+                .as_ref()
+                .zip(ctx.decision.as_ref())
+                .is_some_and(|(t, d)| queue::api::takes(t, d));
+        let via =
+            crate::admin::status::Via::of(ctx.tried.last().map(|t| t.0), ctx.cache.outcome, queued);
         crate::admin::status::record(
             ctx.class.as_ref(),
             ctx.decision.as_ref(),
-            ctx.tried.last().map(|t| t.0),
+            via,
+            ctx.cache.outcome,
             status,
             elapsed,
         );
@@ -462,7 +488,7 @@ impl ProxyHttp for Gateway {
             duration: metrics::histogram!(t::REQUEST_DURATION, "route" => route.to_string(), "tier" => tier.to_string()),
             decisions: metrics::counter!(t::DECISIONS, "tier" => tier.to_string(), "reason" => reason),
             deadline_misses: metrics::counter!(t::DEADLINE_MISSES, "tier" => tier.to_string()),
-            cost: metrics::gauge!(t::COST, "pool" => pool.to_string(), "tier" => tier.to_string()),
+            cost: metrics::counter!(t::COST, "pool" => pool.to_string(), "tier" => tier.to_string()),
         });
         handles.requests.increment(1);
         handles.duration.record(elapsed.as_secs_f64());
@@ -478,7 +504,7 @@ impl ProxyHttp for Gateway {
                 && pool != "none"
                 && counts_spend(session, ctx);
             if let (Some(est), true) = (d.estimate, spent) {
-                handles.cost.increment(est.cost_usd);
+                handles.cost.increment(t::nano_usd(est.cost_usd));
             }
         }
         drop(handles);
@@ -745,6 +771,25 @@ fn is_idempotent(ctx: &RequestCtx, table: &RoutingTable) -> bool {
         .is_some_and(|c| table.routes[c.route as usize].idempotent)
 }
 
+/// Status recorded for a request whose client closed the connection before it was answered
+/// (nginx's convention; never sent, only counted and logged).
+pub const CLIENT_CLOSED: u16 = 499;
+
+/// Whether `e` means the client went away. Pingora 0.9 notices a client that closes while
+/// the request is proxied (it polls the downstream beside the upstream) and ends the attempt
+/// with `ConnectionClosed` (or a read error) from `ErrorSource::Downstream`; then
+/// `error_while_proxy`, `fail_to_proxy` and `logging` run as for any failure (the request
+/// future is not dropped). A failed write of our own answer is a `WriteError`.
+fn client_went_away(e: &Error) -> bool {
+    match e.etype() {
+        ErrorType::ConnectionClosed | ErrorType::ReadError => {
+            e.esource() == &pingora::ErrorSource::Downstream
+        }
+        ErrorType::WriteError => e.esource() != &pingora::ErrorSource::Upstream,
+        _ => false,
+    }
+}
+
 /// Whether another attempt may be made: attempts left, time left before the deadline, and a
 /// token in the retry budget (an empty budget is counted).
 fn retry_allowed(ctx: &RequestCtx, table: &RoutingTable) -> bool {
@@ -792,6 +837,7 @@ fn status_label(status: u16) -> &'static str {
         502 => "502",
         503 => "503",
         504 => "504",
+        499 => "499",
         0 => "0",
         s if s < 300 => "2xx",
         s if s < 400 => "3xx",
@@ -914,8 +960,9 @@ async fn answer_from_cache(
         format!("cache-hit; est_usd=0.000000; saved_usd={saved:.6}"),
     )?;
     if let Some(class) = &ctx.class {
-        metrics::gauge!(t::COST_SAVED, "tier" => table.tiers[class.tier as usize].name.clone())
-            .increment(saved);
+        metrics::counter!(t::COST_SAVED, "tier" => table.tiers[class.tier as usize].name.clone())
+            .increment(t::nano_usd(saved));
+        crate::admin::status::record_saved(t::nano_usd(saved));
     }
     ctx.own_status = Some(entry.status);
     if ctx.grpc {

@@ -14,11 +14,22 @@ pub const REQUESTS: &str = "switchyard_requests_total";
 pub const REQUEST_DURATION: &str = "switchyard_request_duration_seconds";
 /// Time from sending upstream to the response header. Labels: pool.
 pub const UPSTREAM_DURATION: &str = "switchyard_upstream_duration_seconds";
-/// Estimated spend. Labels: pool, tier.
-pub const COST: &str = "switchyard_cost_usd_total";
+/// Estimated spend, in nano-USD (10⁻⁹ USD; divide by 1e9 for dollars). Labels: pool, tier.
+///
+/// Spend is an integer counter in a sub-unit because the `metrics` facade's counters are
+/// `u64`; nano rather than micro so that a request of a cheap pool (a few µUSD) does not lose
+/// a visible share to rounding. A real counter, so `rate()` and `increase()` handle restarts.
+pub const COST: &str = "switchyard_cost_nanousd_total";
 /// Estimated spend avoided by answering from the prediction cache: what the request would
-/// have cost where routing would have sent it. Labels: tier.
-pub const COST_SAVED: &str = "switchyard_cost_saved_usd_total";
+/// have cost where routing would have sent it, in nano-USD. Labels: tier.
+pub const COST_SAVED: &str = "switchyard_cost_saved_nanousd_total";
+/// Nano-USD per USD, for the spend counters.
+pub const NANO_USD: f64 = 1e9;
+
+/// An estimated spend in USD as the nano-USD the spend counters count (negative → 0).
+pub fn nano_usd(usd: f64) -> u64 {
+    (usd.max(0.0) * NANO_USD).round() as u64
+}
 /// Request-body bytes held in memory by all requests in flight (refreshed at scrape); bounded
 /// by `limits.max_buffered_bytes`.
 pub const BUFFERED_BODY_BYTES: &str = "switchyard_buffered_body_bytes";
@@ -53,8 +64,8 @@ pub const EJECTIONS: &str = "switchyard_endpoint_ejections_total";
 pub const HEALTH_CHECKS: &str = "switchyard_health_checks_total";
 /// Hedged second attempts sent. Labels: pool (of the hedge).
 pub const HEDGES: &str = "switchyard_hedges_total";
-/// Estimated extra spend of hedged second attempts. Labels: tier.
-pub const HEDGE_COST: &str = "switchyard_hedge_cost_usd_total";
+/// Estimated extra spend of hedged second attempts, in nano-USD. Labels: tier.
+pub const HEDGE_COST: &str = "switchyard_hedge_cost_nanousd_total";
 /// Retries refused because the retry budget was empty.
 pub const RETRY_BUDGET_EXHAUSTED: &str = "switchyard_retry_budget_exhausted_total";
 /// Policy loads. Labels: result (`ok`, `error`).
@@ -116,10 +127,13 @@ fn describe() {
         Unit::Seconds,
         "Time to the upstream response header"
     );
-    describe_counter!(COST, "Estimated spend in USD, by pool and tier");
+    describe_counter!(
+        COST,
+        "Estimated spend in nano-USD (1e-9 USD), by pool and tier"
+    );
     describe_counter!(
         COST_SAVED,
-        "Estimated spend in USD avoided by answering from the prediction cache, by tier"
+        "Estimated spend in nano-USD (1e-9 USD) avoided by answering from the prediction cache, by tier"
     );
     describe_counter!(
         CACHE_LOOKUPS,
@@ -165,7 +179,7 @@ fn describe() {
     describe_counter!(HEDGES, "Hedged second attempts sent, by pool");
     describe_counter!(
         HEDGE_COST,
-        "Estimated extra spend in USD of hedged second attempts, by tier"
+        "Estimated extra spend in nano-USD (1e-9 USD) of hedged second attempts, by tier"
     );
     describe_counter!(
         RETRY_BUDGET_EXHAUSTED,
@@ -199,7 +213,7 @@ pub struct RequestHandles {
     pub duration: metrics::Histogram,
     pub decisions: metrics::Counter,
     pub deadline_misses: metrics::Counter,
-    pub cost: metrics::Gauge,
+    pub cost: metrics::Counter,
 }
 
 /// Labels of a request by index into the routing table that served it (`u16::MAX` = none).

@@ -186,9 +186,10 @@ impl ServeHttp for AdminApp {
                     .unwrap_or_else(|_| Response::new(Vec::new()))
             }
             (&Method::GET, "/") => status::page(),
-            (&Method::GET, "/admin/status") => {
-                json_response(StatusCode::OK, &status::status(&self.control))
-            }
+            (&Method::GET, "/admin/status") => json_response(
+                StatusCode::OK,
+                &status::status(&self.control, self.cache.as_deref()),
+            ),
             (&Method::GET, "/healthz") => json_response(StatusCode::OK, &json!({"status": "ok"})),
             (&Method::GET, "/readyz") => {
                 let table = self.control.snapshot.load();

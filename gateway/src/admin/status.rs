@@ -9,8 +9,13 @@
 //!
 //! * a ring of [`SLOTS`] time slots of [`SLOT_MS`] each (a sliding window of about a
 //!   minute) holding, per tier, a request count, a count of answers within the deadline and
-//!   a fixed-bucket latency histogram, and per pool a request count and the estimated spend;
+//!   a fixed-bucket latency histogram, per pool a request count and the estimated spend,
+//!   where each tier's requests were answered from (a pool, the prediction `cache`, the batch
+//!   `queue`, or nothing), and the cache's lookups, hits and spend avoided;
 //! * totals since start.
+//!
+//! Queue depth and the oldest job's age come from the gauges the dispatcher refreshes; cache
+//! entries and bytes from the cache itself.
 //!
 //! Recording is atomics only: no lock, no allocation, no hashing (tiers and pools are counted
 //! by their index in the policy). A slot is cleared by the first request that enters it
@@ -23,6 +28,7 @@
 //! The aggregate is process-wide (one gateway per process is how Switchyard runs).
 
 use super::ControlPlane;
+use crate::cache::{Cache, Outcome};
 use crate::classify::Class;
 use crate::policy::compile::PoolId;
 use crate::route::state::now_ms;
@@ -44,7 +50,13 @@ pub const SLOT_MS: u64 = 10_000;
 /// at about 4.5 minutes and every bucket is at most 25% wide.
 const BUCKETS: usize = 96;
 /// Spend is accumulated in nano-dollars so that it fits an integer atomic.
-const NANO: f64 = 1e9;
+const NANO: f64 = crate::telemetry::NANO_USD;
+/// Columns of the traffic split: one per pool, then answers from the cache, jobs accepted by
+/// the queue, and requests nothing answered.
+const SPLIT: usize = MAX_POOLS + 3;
+const SPLIT_CACHE: usize = MAX_POOLS;
+const SPLIT_QUEUE: usize = MAX_POOLS + 1;
+const SPLIT_NONE: usize = MAX_POOLS + 2;
 
 /// The page itself, compiled in: no files to ship, no build step.
 const PAGE: &str = include_str!("status.html");
@@ -88,8 +100,42 @@ struct Slot {
     tiers: [TierCell; MAX_TIERS],
     pool_requests: [AtomicU64; MAX_POOLS],
     pool_cost_nusd: [AtomicU64; MAX_POOLS],
-    /// Requests by tier and pool; the last column counts requests no pool answered.
-    split: [[AtomicU64; MAX_POOLS + 1]; MAX_TIERS],
+    /// Requests by tier and where they were answered from (see [`SPLIT`]).
+    split: [[AtomicU64; SPLIT]; MAX_TIERS],
+    cache: CacheCells,
+}
+
+/// The prediction cache's part of a slot (or of the totals).
+struct CacheCells {
+    /// Lookups that could hit: hits, coalesced waits and misses (not bypasses).
+    lookups: AtomicU64,
+    /// Answered from the cache: hits and coalesced waits.
+    hits: AtomicU64,
+    saved_nusd: AtomicU64,
+}
+
+impl CacheCells {
+    const fn new() -> Self {
+        CacheCells {
+            lookups: AtomicU64::new(0),
+            hits: AtomicU64::new(0),
+            saved_nusd: AtomicU64::new(0),
+        }
+    }
+
+    fn all(&self) -> [&AtomicU64; 3] {
+        [&self.lookups, &self.hits, &self.saved_nusd]
+    }
+
+    fn record(&self, outcome: Outcome) {
+        if outcome == Outcome::Bypass {
+            return;
+        }
+        self.lookups.fetch_add(1, Ordering::Relaxed);
+        if matches!(outcome, Outcome::Hit | Outcome::Coalesced) {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 impl Slot {
@@ -99,7 +145,8 @@ impl Slot {
             tiers: [const { TierCell::new() }; MAX_TIERS],
             pool_requests: zeros::<MAX_POOLS>(),
             pool_cost_nusd: zeros::<MAX_POOLS>(),
-            split: [const { zeros::<{ MAX_POOLS + 1 }>() }; MAX_TIERS],
+            split: [const { zeros::<SPLIT>() }; MAX_TIERS],
+            cache: CacheCells::new(),
         }
     }
 
@@ -108,6 +155,9 @@ impl Slot {
             t.clear();
         }
         for a in self.pool_requests.iter().chain(&self.pool_cost_nusd) {
+            a.store(0, Ordering::Relaxed);
+        }
+        for a in self.cache.all() {
             a.store(0, Ordering::Relaxed);
         }
         for row in &self.split {
@@ -126,24 +176,60 @@ pub struct Aggregate {
     tier_met: [AtomicU64; MAX_TIERS],
     pool_requests: [AtomicU64; MAX_POOLS],
     pool_cost_nusd: [AtomicU64; MAX_POOLS],
+    cache: CacheCells,
 }
 
 /// The process-wide aggregate the proxy records into.
 pub static AGGREGATE: Aggregate = Aggregate::new();
 
+/// Where a request was answered from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// The pool that answered (the last one tried).
+    Pool(PoolId),
+    /// The prediction cache (a hit or a coalesced wait).
+    Cache,
+    /// The batch queue took it (202 and a job).
+    Queue,
+    /// Nothing answered it (rejected, shed, failed).
+    Nothing,
+}
+
+impl Via {
+    /// From what the proxy knows at `logging`: the last pool tried, what the cache did, and
+    /// whether the decision sent the request to the queue.
+    pub fn of(pool: Option<PoolId>, cache: Option<Outcome>, queued: bool) -> Via {
+        match (pool, cache) {
+            (Some(p), _) => Via::Pool(p),
+            (None, Some(Outcome::Hit | Outcome::Coalesced)) => Via::Cache,
+            _ if queued => Via::Queue,
+            _ => Via::Nothing,
+        }
+    }
+}
+
 /// Record one finished request (called once from the proxy's `logging` phase).
 ///
-/// `pool` is the pool that answered (the last one tried), `status` the status sent (0 when
-/// none was). Spend is counted by the same rule as `switchyard_cost_usd_total`.
+/// `via` is where it was answered from, `cache` what the cache did with it, `status` the
+/// status sent (0 when none was; 499 when the client went away). Spend is counted by the same
+/// rule as `switchyard_cost_nanousd_total`.
 #[inline]
 pub fn record(
     class: Option<&Class>,
     decision: Option<&Decision>,
-    pool: Option<PoolId>,
+    via: Via,
+    cache: Option<Outcome>,
     status: u16,
     elapsed: Duration,
 ) {
-    AGGREGATE.record(class, decision, pool, status, elapsed, now_ms());
+    AGGREGATE.record(class, decision, via, cache, status, elapsed, now_ms());
+}
+
+/// Record spend avoided by an answer from the cache, in nano-USD (called where the proxy
+/// counts `switchyard_cost_saved_nanousd_total`).
+#[inline]
+pub fn record_saved(nusd: u64) {
+    AGGREGATE.record_saved(nusd, now_ms());
 }
 
 impl Default for Aggregate {
@@ -161,6 +247,7 @@ impl Aggregate {
             tier_met: zeros::<MAX_TIERS>(),
             pool_requests: zeros::<MAX_POOLS>(),
             pool_cost_nusd: zeros::<MAX_POOLS>(),
+            cache: CacheCells::new(),
         }
     }
 
@@ -180,18 +267,42 @@ impl Aggregate {
         slot
     }
 
+    pub fn record_saved(&self, nusd: u64, now: u64) {
+        self.cache.saved_nusd.fetch_add(nusd, Ordering::Relaxed);
+        self.slot(now)
+            .cache
+            .saved_nusd
+            .fetch_add(nusd, Ordering::Relaxed);
+    }
+
+    #[allow(clippy::too_many_arguments)]
     pub fn record(
         &self,
         class: Option<&Class>,
         decision: Option<&Decision>,
-        pool: Option<PoolId>,
+        via: Via,
+        cache: Option<Outcome>,
         status: u16,
         elapsed: Duration,
         now: u64,
     ) {
         self.requests.fetch_add(1, Ordering::Relaxed);
         let slot = self.slot(now);
-        let pool = pool.map(usize::from).filter(|&p| p < MAX_POOLS);
+        if let Some(outcome) = cache {
+            self.cache.record(outcome);
+            slot.cache.record(outcome);
+        }
+        let column = match via {
+            Via::Pool(p) if usize::from(p) < MAX_POOLS => usize::from(p),
+            Via::Pool(_) => SPLIT_NONE,
+            Via::Cache => SPLIT_CACHE,
+            Via::Queue => SPLIT_QUEUE,
+            Via::Nothing => SPLIT_NONE,
+        };
+        let pool = match via {
+            Via::Pool(p) => Some(usize::from(p)).filter(|&p| p < MAX_POOLS),
+            _ => None,
+        };
         if let Some(p) = pool {
             self.pool_requests[p].fetch_add(1, Ordering::Relaxed);
             slot.pool_requests[p].fetch_add(1, Ordering::Relaxed);
@@ -201,7 +312,7 @@ impl Aggregate {
                 .filter(|_| class.is_none_or(|c| c.inference))
                 .map(|e| e.cost_usd);
             if let (Some(cost), true) = (cost, (200..500).contains(&status)) {
-                let nusd = (cost.max(0.0) * NANO) as u64;
+                let nusd = crate::telemetry::nano_usd(cost);
                 self.pool_cost_nusd[p].fetch_add(nusd, Ordering::Relaxed);
                 slot.pool_cost_nusd[p].fetch_add(nusd, Ordering::Relaxed);
             }
@@ -222,7 +333,7 @@ impl Aggregate {
             cell.errors.fetch_add(1, Ordering::Relaxed);
         }
         cell.latency[bucket(elapsed.as_micros() as u64)].fetch_add(1, Ordering::Relaxed);
-        slot.split[tier][pool.unwrap_or(MAX_POOLS)].fetch_add(1, Ordering::Relaxed);
+        slot.split[tier][column].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Sum the slots inside the window ending at `now`.
@@ -255,6 +366,9 @@ impl Aggregate {
                 w.pool_requests[p] += slot.pool_requests[p].load(Ordering::Relaxed);
                 w.pool_cost_nusd[p] += slot.pool_cost_nusd[p].load(Ordering::Relaxed);
             }
+            w.cache_lookups += slot.cache.lookups.load(Ordering::Relaxed);
+            w.cache_hits += slot.cache.hits.load(Ordering::Relaxed);
+            w.cache_saved_nusd += slot.cache.saved_nusd.load(Ordering::Relaxed);
         }
         w
     }
@@ -323,7 +437,10 @@ pub struct Window {
     pub tiers: Vec<TierWindow>,
     pub pool_requests: [u64; MAX_POOLS],
     pub pool_cost_nusd: [u64; MAX_POOLS],
-    pub split: [[u64; MAX_POOLS + 1]; MAX_TIERS],
+    pub split: [[u64; SPLIT]; MAX_TIERS],
+    pub cache_lookups: u64,
+    pub cache_hits: u64,
+    pub cache_saved_nusd: u64,
 }
 
 impl Default for Window {
@@ -333,7 +450,10 @@ impl Default for Window {
             tiers: vec![TierWindow::default(); MAX_TIERS],
             pool_requests: [0; MAX_POOLS],
             pool_cost_nusd: [0; MAX_POOLS],
-            split: [[0; MAX_POOLS + 1]; MAX_TIERS],
+            split: [[0; SPLIT]; MAX_TIERS],
+            cache_lookups: 0,
+            cache_hits: 0,
+            cache_saved_nusd: 0,
         }
     }
 }
@@ -356,12 +476,17 @@ pub fn page() -> Response<Vec<u8>> {
 }
 
 /// `GET /admin/status`: live state of the serving policy plus the window.
-pub fn status(control: &ControlPlane) -> Value {
-    status_of(control, &AGGREGATE, now_ms())
+pub fn status(control: &ControlPlane, cache: Option<&Cache>) -> Value {
+    status_of(control, cache, &AGGREGATE, now_ms())
 }
 
 /// [`status`] against any aggregate and clock (for tests).
-pub fn status_of(control: &ControlPlane, agg: &Aggregate, now: u64) -> Value {
+pub fn status_of(
+    control: &ControlPlane,
+    cache: Option<&Cache>,
+    agg: &Aggregate,
+    now: u64,
+) -> Value {
     let table = control.snapshot.load();
     let w = agg.window(now);
     let per_s = |n: u64| round(n as f64 / w.seconds, 3);
@@ -413,12 +538,17 @@ pub fn status_of(control: &ControlPlane, agg: &Aggregate, now: u64) -> Value {
         .collect();
 
     let pool_name = |p: usize| -> &str {
-        table
-            .pools
-            .get(p)
-            .map(|p| p.name.as_str())
-            .unwrap_or("(none)")
+        match p {
+            SPLIT_CACHE => "cache",
+            SPLIT_QUEUE => "queue",
+            _ => table
+                .pools
+                .get(p)
+                .map(|p| p.name.as_str())
+                .unwrap_or("(none)"),
+        }
     };
+    let mut win_queued = 0u64;
     let mut split = Vec::new();
     let (mut win_requests, mut win_met) = (0u64, 0u64);
     let tiers: Vec<Value> = table
@@ -430,6 +560,7 @@ pub fn status_of(control: &ControlPlane, agg: &Aggregate, now: u64) -> Value {
             let tw = &w.tiers[t];
             win_requests += tw.requests;
             win_met += tw.met;
+            win_queued += w.split[t][SPLIT_QUEUE];
             for (p, &n) in w.split[t].iter().enumerate() {
                 if n > 0 {
                     split.push(json!({"tier": tier.name, "pool": pool_name(p), "requests": n, "rps": per_s(n)}));
@@ -479,10 +610,31 @@ pub fn status_of(control: &ControlPlane, agg: &Aggregate, now: u64) -> Value {
         "pools": pools,
         "tiers": tiers,
         "split": split,
-        // Filled in by the response cache and the batch queue once they exist; the page
-        // shows "—" while these are null.
-        "cache": Value::Null,
-        "queue": Value::Null,
+        // Null when the gateway runs without a cache or a queue (the page shows "–").
+        "cache": cache.map(|c| json!({
+            "hit_ratio": (w.cache_lookups > 0).then(|| round(w.cache_hits as f64 / w.cache_lookups as f64, 4)),
+            "hits_per_s": per_s(w.cache_hits),
+            "lookups_per_s": per_s(w.cache_lookups),
+            "saved_usd_per_hour": per_hour(w.cache_saved_nusd),
+            "hits_total": agg.cache.hits.load(Ordering::Relaxed),
+            "lookups_total": agg.cache.lookups.load(Ordering::Relaxed),
+            "saved_usd_total": round(agg.cache.saved_nusd.load(Ordering::Relaxed) as f64 / NANO, 6),
+            "entries": c.entries(),
+            "bytes": c.bytes(),
+            "max_bytes": c.max_bytes(),
+        })),
+        "queue": table.queue.as_ref().map(|_| {
+            let g = crate::queue::gauges();
+            let queued = g.queued.load(Ordering::Relaxed);
+            let oldest = g.oldest_created_ms.load(Ordering::Relaxed);
+            let age_ms = crate::queue::unix_ms().saturating_sub(oldest);
+            json!({
+                "depth": queued,
+                "running": g.running.load(Ordering::Relaxed),
+                "oldest_job_s": (oldest > 0 && queued > 0).then(|| round(age_ms as f64 / 1e3, 1)),
+                "enqueued_per_s": per_s(win_queued),
+            })
+        }),
     })
 }
 
@@ -526,8 +678,24 @@ mod tests {
     fn the_window_slides_and_old_slots_are_cleared() {
         let agg = Aggregate::new();
         let t0 = 5 * SLOT_MS;
-        agg.record(None, None, Some(1), 200, Duration::from_millis(3), t0);
-        agg.record(None, None, Some(1), 200, Duration::from_millis(3), t0 + 1);
+        agg.record(
+            None,
+            None,
+            Via::Pool(1),
+            None,
+            200,
+            Duration::from_millis(3),
+            t0,
+        );
+        agg.record(
+            None,
+            None,
+            Via::Pool(1),
+            None,
+            200,
+            Duration::from_millis(3),
+            t0 + 1,
+        );
         assert_eq!(agg.window(t0 + 2).pool_requests[1], 2);
         // Still inside the window a few slots later.
         let later = t0 + (SLOTS as u64 - 1) * SLOT_MS;
@@ -538,7 +706,8 @@ mod tests {
         agg.record(
             None,
             None,
-            Some(1),
+            Via::Pool(1),
+            None,
             200,
             Duration::from_millis(3),
             much_later,
@@ -550,7 +719,8 @@ mod tests {
         agg.record(
             None,
             None,
-            Some(MAX_POOLS as PoolId),
+            Via::Pool(MAX_POOLS as PoolId),
+            None,
             200,
             Duration::ZERO,
             much_later,
@@ -584,7 +754,8 @@ mod tests {
         agg.record(
             Some(&rt),
             None,
-            Some(0),
+            Via::Pool(0),
+            None,
             200,
             Duration::from_millis(20),
             now,
@@ -592,29 +763,61 @@ mod tests {
         agg.record(
             Some(&rt),
             None,
-            Some(2),
+            Via::Pool(2),
+            None,
             200,
             Duration::from_millis(200),
             now,
         ); // too slow
-        agg.record(Some(&rt), None, None, 503, Duration::from_millis(1), now); // shed
+        agg.record(
+            Some(&rt),
+            None,
+            Via::Nothing,
+            None,
+            503,
+            Duration::from_millis(1),
+            now,
+        ); // shed
+        agg.record(
+            Some(&rt),
+            None,
+            Via::of(None, Some(Outcome::Hit), false),
+            Some(Outcome::Hit),
+            200,
+            Duration::from_millis(1),
+            now,
+        );
+        agg.record(
+            Some(&rt),
+            None,
+            Via::of(None, Some(Outcome::Miss), true),
+            Some(Outcome::Miss),
+            202,
+            Duration::from_millis(1),
+            now,
+        );
         let w = agg.window(now);
         let t = &w.tiers[1];
-        assert_eq!((t.requests, t.met, t.errors), (3, 1, 1));
+        assert_eq!((t.requests, t.met, t.errors), (5, 3, 1));
         assert_eq!(w.split[1][0], 1);
         assert_eq!(w.split[1][2], 1);
-        assert_eq!(w.split[1][MAX_POOLS], 1);
+        assert_eq!(w.split[1][SPLIT_NONE], 1);
+        assert_eq!(w.split[1][SPLIT_CACHE], 1);
+        assert_eq!(w.split[1][SPLIT_QUEUE], 1);
+        // One hit out of two lookups that could hit.
+        assert_eq!((w.cache_hits, w.cache_lookups), (1, 2));
         let p99 = t.quantile_ms(0.99).unwrap_or(0.0);
         assert!((180.0..230.0).contains(&p99), "{p99}");
         // Tiers past the limit are ignored.
         agg.record(
             Some(&class(MAX_TIERS as u16, 1)),
             None,
+            Via::Nothing,
             None,
             200,
             Duration::ZERO,
             now,
         );
-        assert_eq!(agg.requests.load(Ordering::Relaxed), 4);
+        assert_eq!(agg.requests.load(Ordering::Relaxed), 6);
     }
 }

@@ -407,10 +407,17 @@ impl CacheCtx {
         let Ok(key_header) = HeaderValue::from_str(&pending.key.to_hex()) else {
             return;
         };
+        // Exact-size body: a buffer grown while capturing (or sized for an undeclared
+        // length) would otherwise keep its spare capacity for the entry's whole life.
+        let body = if capture.body.capacity() == capture.body.len() {
+            capture.body.freeze()
+        } else {
+            Bytes::copy_from_slice(&capture.body)
+        };
         let entry = Arc::new(Stored {
             status: capture.status,
             headers: capture.headers,
-            body: capture.body.freeze(),
+            body,
             stored_at: Instant::now(),
             ttl: capture.ttl,
             model: pending.model,
@@ -495,15 +502,21 @@ fn storable(
 }
 
 /// The headers a cached answer repeats: the `content-*` family except the length.
+///
+/// Values are copied, not shared: Pingora's values are slices of the buffer the whole
+/// response header was read into (4 KiB or more), which a shared value would keep alive for
+/// as long as the entry lives.
 fn content_headers(headers: &HeaderMap) -> Vec<(HeaderName, HeaderValue)> {
-    headers
+    let mut kept: Vec<(HeaderName, HeaderValue)> = headers
         .iter()
         .filter(|(name, _)| {
             let n = name.as_str();
             n.starts_with("content-") && n != "content-length"
         })
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect()
+        .filter_map(|(k, v)| Some((k.clone(), HeaderValue::from_bytes(v.as_bytes()).ok()?)))
+        .collect();
+    kept.shrink_to_fit();
+    kept
 }
 
 #[cfg(test)]

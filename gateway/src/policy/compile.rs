@@ -606,9 +606,33 @@ pub struct CompileContext<'a> {
 
 /// Parse, validate and compile policy text.
 pub fn compile_str(text: &str, cx: &CompileContext) -> Result<RoutingTable, PolicyErrors> {
-    let raw = super::parse(text, cx.file)?;
+    let placed = |errors| place_unlocated(text, errors);
+    let raw = super::parse(text, cx.file).map_err(placed)?;
     let version = content_version(text);
-    compile(raw, version, cx)
+    compile(raw, version, cx).map_err(placed)
+}
+
+/// Problems no single node carries (a pair missing from `rtt_ms`, no routes, an unreadable
+/// GeoIP database, a YAML error reported without a position) are placed at the top-level key
+/// of the section their message names, else at 1:1: every problem in a file has a line to go
+/// to (the property tests hold the parser to that).
+fn place_unlocated(text: &str, mut errors: PolicyErrors) -> PolicyErrors {
+    for e in errors.0.iter_mut().filter(|e| e.line == 0 || e.column == 0) {
+        let section = e.message.split(':').next().unwrap_or("");
+        let line = text
+            .lines()
+            .position(|l| {
+                !section.is_empty()
+                    && l.strip_prefix(section)
+                        .is_some_and(|rest| rest.starts_with(':'))
+            })
+            .map_or(1, |i| i as u64 + 1);
+        if e.line == 0 {
+            e.line = line;
+        }
+        e.column = e.column.max(1);
+    }
+    errors
 }
 
 /// A short, stable hash of the policy text, used as its version.

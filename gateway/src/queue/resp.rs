@@ -7,7 +7,7 @@
 //! This file is the whole protocol; it is bounded (bulk and array sizes) and never panics
 //! on bad input.
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 /// Largest bulk string accepted (a job record with its result body).
@@ -111,79 +111,88 @@ impl Connection {
             out.extend_from_slice(b"\r\n");
         }
         self.stream.get_mut().write_all(&out).await?;
-        self.read().await
+        read_reply(&mut self.stream).await
     }
+}
 
-    async fn line(&mut self) -> Result<String, RespError> {
-        let mut line = Vec::new();
-        let n = (&mut self.stream)
-            .take(64 * 1024)
-            .read_until(b'\n', &mut line)
-            .await?;
-        if n == 0 {
-            return Err(RespError::Io(std::io::ErrorKind::UnexpectedEof.into()));
-        }
-        if !line.ends_with(b"\r\n") {
-            return Err(RespError::Protocol("line too long or unterminated".into()));
-        }
-        line.truncate(line.len() - 2);
-        String::from_utf8(line).map_err(|_| RespError::Protocol("non-UTF-8 line".into()))
+/// Capacity reserved up front for an array reply: the declared length is untrusted, so at
+/// most this many slots are allocated before the elements actually arrive.
+const ARRAY_PREALLOC: usize = 1024;
+
+async fn line<R: AsyncBufRead + Unpin>(stream: &mut R) -> Result<String, RespError> {
+    let mut line = Vec::new();
+    let n = stream.take(64 * 1024).read_until(b'\n', &mut line).await?;
+    if n == 0 {
+        return Err(RespError::Io(std::io::ErrorKind::UnexpectedEof.into()));
     }
+    if !line.ends_with(b"\r\n") {
+        return Err(RespError::Protocol("line too long or unterminated".into()));
+    }
+    line.truncate(line.len() - 2);
+    String::from_utf8(line).map_err(|_| RespError::Protocol("non-UTF-8 line".into()))
+}
 
-    async fn read(&mut self) -> Result<Value, RespError> {
-        // Iterative over nested arrays: a stack of (remaining, collected).
-        let mut stack: Vec<(usize, Vec<Value>)> = Vec::new();
+/// Read one reply from `stream`. Public for the property tests, which feed it arbitrary
+/// bytes: it returns an error, never panics, and never allocates more than the bounds
+/// ([`MAX_BULK`], [`ARRAY_PREALLOC`] per array level before its elements arrive) allow.
+pub async fn read_reply<R: AsyncBufRead + Unpin>(stream: &mut R) -> Result<Value, RespError> {
+    // Iterative over nested arrays: a stack of (remaining, collected).
+    let mut stack: Vec<(usize, Vec<Value>)> = Vec::new();
+    loop {
+        let line = line(stream).await?;
+        // The type byte; a line starting with a multi-byte character has none.
+        let (kind, rest) = match (line.get(..1), line.get(1..)) {
+            (Some(kind), Some(rest)) => (kind, rest),
+            _ => ("", line.as_str()),
+        };
+        let int = || {
+            rest.parse::<i64>()
+                .map_err(|_| RespError::Protocol(format!("bad integer `{rest}`")))
+        };
+        let mut value = match kind {
+            "+" => Value::Status(rest.to_string()),
+            "-" => return Err(RespError::Server(rest.to_string())),
+            ":" => Value::Int(int()?),
+            "$" => {
+                let n = int()?;
+                if n < 0 {
+                    Value::Nil
+                } else if n as usize > MAX_BULK {
+                    return Err(RespError::Protocol("bulk string too large".into()));
+                } else {
+                    let mut buf = vec![0u8; n as usize + 2];
+                    stream.read_exact(&mut buf).await?;
+                    buf.truncate(n as usize);
+                    Value::Bytes(buf)
+                }
+            }
+            "*" => {
+                let n = int()?;
+                if n < 0 {
+                    Value::Nil
+                } else if n as usize > MAX_ARRAY {
+                    return Err(RespError::Protocol("array too large".into()));
+                } else if n == 0 {
+                    Value::Array(Vec::new())
+                } else {
+                    let n = n as usize;
+                    stack.push((n, Vec::with_capacity(n.min(ARRAY_PREALLOC))));
+                    continue;
+                }
+            }
+            _ => return Err(RespError::Protocol(format!("unexpected reply `{line}`"))),
+        };
         loop {
-            let line = self.line().await?;
-            let (kind, rest) = line.split_at(line.len().min(1));
-            let int = || {
-                rest.parse::<i64>()
-                    .map_err(|_| RespError::Protocol(format!("bad integer `{rest}`")))
-            };
-            let mut value = match kind {
-                "+" => Value::Status(rest.to_string()),
-                "-" => return Err(RespError::Server(rest.to_string())),
-                ":" => Value::Int(int()?),
-                "$" => {
-                    let n = int()?;
-                    if n < 0 {
-                        Value::Nil
-                    } else if n as usize > MAX_BULK {
-                        return Err(RespError::Protocol("bulk string too large".into()));
-                    } else {
-                        let mut buf = vec![0u8; n as usize + 2];
-                        self.stream.read_exact(&mut buf).await?;
-                        buf.truncate(n as usize);
-                        Value::Bytes(buf)
+            match stack.last_mut() {
+                None => return Ok(value),
+                Some((left, items)) => {
+                    items.push(value);
+                    *left -= 1;
+                    if *left > 0 {
+                        break;
                     }
-                }
-                "*" => {
-                    let n = int()?;
-                    if n < 0 {
-                        Value::Nil
-                    } else if n as usize > MAX_ARRAY {
-                        return Err(RespError::Protocol("array too large".into()));
-                    } else if n == 0 {
-                        Value::Array(Vec::new())
-                    } else {
-                        stack.push((n as usize, Vec::with_capacity(n as usize)));
-                        continue;
-                    }
-                }
-                _ => return Err(RespError::Protocol(format!("unexpected reply `{line}`"))),
-            };
-            loop {
-                match stack.last_mut() {
-                    None => return Ok(value),
-                    Some((left, items)) => {
-                        items.push(value);
-                        *left -= 1;
-                        if *left > 0 {
-                            break;
-                        }
-                        let (_, items) = stack.pop().unwrap_or_default();
-                        value = Value::Array(items);
-                    }
+                    let (_, items) = stack.pop().unwrap_or_default();
+                    value = Value::Array(items);
                 }
             }
         }
@@ -193,6 +202,29 @@ impl Connection {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replies_and_bad_replies() {
+        let read = |bytes: &[u8]| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            let mut input = bytes;
+            rt.block_on(read_reply(&mut input))
+        };
+        assert_eq!(
+            read(b"*2\r\n$3\r\nabc\r\n:7\r\n").unwrap(),
+            Value::Array(vec![Value::Bytes(b"abc".to_vec()), Value::Int(7)])
+        );
+        // A line that starts with a multi-byte character has no type byte: an error (it
+        // used to split inside the character and panic).
+        assert!(matches!(
+            read("é\r\n".as_bytes()),
+            Err(RespError::Protocol(_))
+        ));
+        // A huge declared array allocates nothing up front and ends at EOF.
+        assert!(matches!(read(b"*999999\r\n"), Err(RespError::Io(_))));
+    }
 
     #[test]
     fn urls() {

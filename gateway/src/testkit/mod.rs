@@ -5,6 +5,7 @@
 //!
 //! Nothing here is on the gateway's request path.
 
+pub mod cache_fill;
 pub mod client;
 pub mod grpc;
 pub mod mmdb;
