@@ -163,11 +163,51 @@ async fn read_body(session: &mut ServerSession) -> Result<Bytes, Response<Vec<u8
     }
 }
 
+/// Admin paths open without `listeners.admin_token`: probes, the Prometheus scrape, and the
+/// static status page (it carries no data, and sends the token itself when opened as
+/// `/#token=…`; its data comes from `/admin/status`, which needs the token).
+const OPEN_PATHS: &[&str] = &["/healthz", "/readyz", "/metrics", "/"];
+
+/// `None` when the request may proceed; otherwise the 401 to answer. The token is read from
+/// the serving snapshot, so a reload can set, rotate or remove it.
+fn authorize(
+    table: &policy::RoutingTable,
+    session: &ServerSession,
+    path: &str,
+) -> Option<Response<Vec<u8>>> {
+    let token = table.admin_token.as_ref()?;
+    if OPEN_PATHS.contains(&path) {
+        return None;
+    }
+    let offered = session
+        .req_header()
+        .headers
+        .get(http::header::AUTHORIZATION)
+        .map(|v| v.as_bytes())
+        .filter(|v| v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer "))
+        .map(|v| &v[7..]);
+    if offered.is_some_and(|t| token.matches(t)) {
+        return None;
+    }
+    let mut resp = error(
+        StatusCode::UNAUTHORIZED,
+        "this admin endpoint needs `Authorization: Bearer <listeners.admin_token>`",
+    );
+    resp.headers_mut().insert(
+        http::header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"switchyard-admin\""),
+    );
+    Some(resp)
+}
+
 #[async_trait]
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let method = session.req_header().method.clone();
         let path = session.req_header().uri.path().to_string();
+        if let Some(denied) = authorize(&self.control.snapshot.load(), session, &path) {
+            return denied;
+        }
         match (&method, path.as_str()) {
             (&Method::GET, "/metrics") => {
                 if let Some(cache) = &self.cache {

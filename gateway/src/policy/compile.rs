@@ -56,6 +56,8 @@ pub struct RoutingTable {
     pub loaded_at: SystemTime,
     pub proxy_listener: SocketAddr,
     pub admin_listener: SocketAddr,
+    /// `listeners.admin_token`, expanded; `None`: the admin API is open (loopback only).
+    pub admin_token: Option<super::secret::Secret>,
     pub threads: Option<usize>,
     /// How long in-flight requests may finish after `SIGTERM` (start-up only).
     pub shutdown_grace: Duration,
@@ -533,6 +535,36 @@ impl Problems<'_> {
     }
 }
 
+/// `listeners.admin_token`: expanded from the environment (an unset variable is an error
+/// naming it, never showing a value); an admin listener off loopback without one is an
+/// error, since reload, purge and the policy would be open to the network.
+fn compile_admin_token(
+    p: &mut Problems,
+    listeners: &raw::Listeners,
+    admin: SocketAddr,
+) -> Option<super::secret::Secret> {
+    let token = match &listeners.admin_token {
+        Some(node) => match super::secret::expand(&node.value, |n| std::env::var(n).ok()) {
+            Ok((secret, _)) => Some(secret),
+            Err(message) => {
+                p.on(node, format!("listeners.admin_token: {message}"));
+                return None;
+            }
+        },
+        None => None,
+    };
+    let parsed = listeners.admin.value.parse::<SocketAddr>().is_ok();
+    if token.is_none() && parsed && !admin.ip().is_loopback() {
+        p.on(
+            &listeners.admin,
+            format!(
+                "listeners.admin `{admin}` is not on loopback: set `listeners.admin_token: \"${{SWITCHYARD_ADMIN_TOKEN}}\"` (or bind 127.0.0.1) so that reload, cache purge and the policy are not open to the network"
+            ),
+        );
+    }
+    token
+}
+
 fn duration_field(p: &mut Problems, node: &Spanned<String>, what: &str) -> Duration {
     match parse_duration(&node.value) {
         Some(d) => d,
@@ -598,6 +630,7 @@ fn compile(
 
     let proxy_listener = socket_field(&mut p, &raw.listeners.proxy, "listeners.proxy");
     let admin_listener = socket_field(&mut p, &raw.listeners.admin, "listeners.admin");
+    let admin_token = compile_admin_token(&mut p, &raw.listeners, admin_listener);
 
     let mut trusted_proxies = Vec::new();
     for cidr in &raw.trusted_proxies {
@@ -1142,6 +1175,7 @@ fn compile(
         loaded_at: SystemTime::now(),
         proxy_listener,
         admin_listener,
+        admin_token,
         threads: raw.listeners.threads,
         shutdown_grace,
         trusted_proxies,

@@ -117,6 +117,11 @@ pub struct Listeners {
     /// before exiting (whole seconds, rounded up). Default `5s`.
     #[serde(default)]
     pub shutdown_grace: Option<Spanned<String>>,
+    /// Bearer token every admin endpoint but `/healthz`, `/readyz`, `/metrics` (and the
+    /// static status page) requires: `${NAME}` or `${NAME:-default}` from the environment
+    /// (see `policy::secret`). Required when `admin` is not on loopback. Default: none.
+    #[serde(default)]
+    pub admin_token: Option<Spanned<String>>,
 }
 
 impl Default for Listeners {
@@ -126,6 +131,7 @@ impl Default for Listeners {
             admin: default_admin_listener(),
             threads: None,
             shutdown_grace: None,
+            admin_token: None,
         }
     }
 }

@@ -119,14 +119,21 @@ fn ms(d: Duration) -> String {
 pub fn warnings(raw: &raw::Policy, table: &RoutingTable) -> Vec<Diagnostic> {
     let mut out = Vec::new();
 
-    if !table.admin_listener.ip().is_loopback() {
-        out.push(at(
-            &raw.listeners.admin,
-            format!(
-                "listeners.admin `{}` is not on loopback: the admin API (reload, explain) has no authentication",
-                table.admin_listener
-            ),
-        ));
+    // An admin listener off loopback without a token is a load error (compile); here, a
+    // token that is not really a deployment secret.
+    if let Some(node) = &raw.listeners.admin_token {
+        use crate::policy::secret::{expand, Source};
+        match expand(&node.value, |n| std::env::var(n).ok()) {
+            Ok((_, Source::Literal)) => out.push(at(
+                node,
+                "listeners.admin_token is written in the policy file: use `${NAME}` and set the token in the environment".into(),
+            )),
+            Ok((_, Source::Default)) => out.push(at(
+                node,
+                "listeners.admin_token: the variable is not set, so the default written in the file is the token; set it for anything but a demo".into(),
+            )),
+            _ => {}
+        }
     }
 
     // Pools no request can reach: no tier allows their kind, or residency excludes their
