@@ -112,3 +112,97 @@ fn check_requires_a_token_off_loopback_and_names_a_missing_variable() {
     let home = std::env::var("HOME").unwrap_or_default();
     assert!(home.is_empty() || !(out.clone() + &err).contains(&home));
 }
+
+/// An endpoint named `localhost:PORT` is resolved, and served, with its address in its label.
+#[tokio::test]
+async fn an_endpoint_named_by_host_name_resolves_and_serves() {
+    let backend = mock("by-name", 0).await;
+    let named = format!("localhost:{}", backend.addr().port());
+    let pools = format!(
+        "  - {{ name: edge, kind: edge, region: us, endpoints: [\"{named}\"], models: [\"*\"], concurrency: 64, service_time: 10ms, price: {{ per_request: 0.0001 }} }}\n"
+    );
+    let gw = Gateway::start(&policy(&pools, "")).await;
+    let r = gw.post("/v1/chat/completions", &[], &chat("m")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.header("x-switchyard-endpoint"),
+        Some(format!("{named}@127.0.0.1").as_str())
+    );
+    assert_eq!(backend.stats().requests, 1);
+    let pools = gw.pools().await;
+    let ep = &pools["pools"][0]["endpoints"][0];
+    assert_eq!(ep["state"], "up", "{pools}");
+}
+
+/// A name that does not resolve (the reserved `.invalid` TLD never does) is a warning in
+/// `check`, text and JSON, and at run time an endpoint that is down while the others serve.
+#[tokio::test]
+async fn an_unresolvable_endpoint_is_a_warning_and_starts_down() {
+    let backend = mock("edge-ok", 0).await;
+    let ghost = "edge-gone.switchyard.invalid:9000";
+    let pools = format!(
+        "  - {{ name: edge, kind: edge, region: us, endpoints: [\"{}\", \"{ghost}\"], models: [\"*\"], concurrency: 64, service_time: 10ms, price: {{ per_request: 0.0001 }} }}\n  - {{ name: gpu, kind: gpu, region: us, endpoints: [\"gpu-gone.switchyard.invalid:9000\"], models: [\"*\"], concurrency: 64, service_time: 10ms, price: {{ per_request: 0.001 }} }}\n",
+        backend.addr()
+    );
+    let text = policy(&pools, "");
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.yaml");
+    std::fs::write(&path, &text).unwrap();
+    let file = path.to_string_lossy().into_owned();
+    let (code, out, err) = run_cli(&["check", &file], dir.path());
+    assert_eq!(code, 0, "an unresolvable name is not an error:\n{out}{err}");
+    assert!(
+        err.contains("warning: pool `edge`: endpoint `edge-gone.switchyard.invalid:9000`")
+            && err.contains("starts with it down"),
+        "{err}"
+    );
+    let (code, out, _) = run_cli(&["check", "--format", "json", &file], dir.path());
+    assert_eq!(code, 0, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["files"][0]["errors"].as_array().map(Vec::len), Some(0));
+    let warnings = v["files"][0]["warnings"].to_string();
+    assert!(warnings.contains("gpu-gone.switchyard.invalid:9000"), "{v}");
+
+    let gw = Gateway::start(&text).await;
+    let pools = gw.pools().await;
+    let edge = &pools["pools"][0];
+    let ghost_ep = edge["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["endpoint"] == ghost)
+        .unwrap_or_else(|| panic!("{ghost} not listed: {pools}"));
+    assert_eq!(ghost_ep["state"], "unresolved", "{pools}");
+    assert_eq!(ghost_ep["up"], false);
+    // The other endpoint serves everything; the all-unresolved GPU pool is never chosen.
+    for _ in 0..20 {
+        let r = gw
+            .post(
+                "/v1/chat/completions",
+                &[("x-slo-tier", "realtime")],
+                &chat("m"),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.header("x-switchyard-pool"), Some("edge"));
+    }
+    assert_eq!(backend.stats().requests, 20);
+}
+
+/// The compose policy names compose services (`edge-eu:9000`, …) that resolve only inside
+/// the compose network: `check` passes anywhere, with warnings for the names.
+#[test]
+fn the_shipped_compose_policy_passes_check_outside_docker() {
+    let (code, out, err) = run_cli(
+        &["check", "--format", "json", "policies/compose.yaml"],
+        &repo_root(),
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["ok"], true, "{v}");
+    let (code, out, err) = run_cli(&["check", "policies/compose.yaml"], &repo_root());
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("policies/compose.yaml: ok"), "{out}");
+}

@@ -149,7 +149,7 @@ async fn start_mocks(table: &RoutingTable) -> Result<Vec<MockBackend>, std::io::
     let mut mocks = Vec::new();
     for pool in &table.pools {
         let (latency, jitter) = mock_profile(pool.kind);
-        for ep in &pool.endpoints {
+        for ep in pool.endpoints.iter().filter(|e| e.resolved) {
             let cfg = MockConfig {
                 name: format!("{}@{}", pool.name, ep.name),
                 latency,

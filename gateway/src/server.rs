@@ -143,6 +143,13 @@ pub fn build(table: RoutingTable, fleet: Arc<Fleet>, opts: Options) -> Result<Bu
             crate::queue::dispatcher::Dispatcher::new(queue, snapshot),
         ));
     }
+    // Endpoint host names are looked up again every `upstream.resolve_every`.
+    server.add_service(background_service(
+        "endpoint resolver",
+        crate::policy::resolve::Resolver {
+            control: control.clone(),
+        },
+    ));
     if let Some(path) = control.policy_path.clone() {
         // Reload triggers besides `POST /admin/reload`: the file changing, and SIGHUP.
         server.add_service(background_service(

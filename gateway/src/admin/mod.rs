@@ -120,6 +120,42 @@ impl ControlPlane {
     }
 }
 
+impl ControlPlane {
+    /// Publish the serving policy again with fresh endpoint addresses (`policy::resolve`):
+    /// the same text compiled again, which looks every host name up (a failed lookup keeps
+    /// its last good addresses). Skipped when `generation` is no longer serving (a reload
+    /// came first and resolved the names itself). Returns whether a new table was stored.
+    pub fn refresh_addresses(&self, generation: u64) -> bool {
+        let _serial = self
+            .reload_status
+            .serialize
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let current = self.snapshot.load_full();
+        if current.generation != generation {
+            return false;
+        }
+        let cx = policy::compile::CompileContext {
+            file: &current.source,
+            fleet: &self.fleet,
+        };
+        match policy::compile::compile_str(&current.text, &cx) {
+            Ok(table) => {
+                for n in &table.host_names {
+                    tracing::info!(endpoint = %n.name, addresses = n.addrs.len(), "endpoint host name resolved");
+                }
+                self.snapshot.store(Arc::new(table));
+                true
+            }
+            Err(errors) => {
+                // Only files the policy names (the GeoIP database) can fail here.
+                tracing::error!(%errors, "cannot refresh endpoint addresses; the current table keeps serving");
+                false
+            }
+        }
+    }
+}
+
 pub struct AdminApp {
     pub control: Arc<ControlPlane>,
     pub metrics: PrometheusHandle,
@@ -413,7 +449,9 @@ pub fn pools(table: &policy::RoutingTable) -> Value {
                 "endpoints": p.endpoints.iter().map(|e| {
                     let s = &e.state;
                     let until = s.ejected_until_ms();
-                    let state = if !s.healthy() {
+                    let state = if !e.resolved {
+                        "unresolved"
+                    } else if !s.healthy() {
                         "unhealthy"
                     } else if until > now {
                         "ejected"

@@ -21,7 +21,7 @@ use ipnet::IpNet;
 use serde_saphyr::{Location, Spanned};
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -87,6 +87,11 @@ pub struct RoutingTable {
     pub cache: CacheSettings,
     /// Model → the version the policy declares (`models:`), part of the cache key.
     pub model_versions: HashMap<String, String>,
+    /// The policy text this table was compiled from (compiled again when an endpoint host
+    /// name's addresses change: `policy::resolve`).
+    pub text: Arc<str>,
+    /// What each endpoint host name resolved to, in policy order.
+    pub host_names: Vec<super::resolve::NameResolution>,
 }
 
 pub use super::raw::CacheScope;
@@ -205,11 +210,16 @@ impl Pool {
 }
 
 pub struct Endpoint {
-    /// As written in the policy (`host:port`); used in metrics and headers.
+    /// As written in the policy (`ip:port`), or `host:port@ip` for one address of a host
+    /// name (see `policy::resolve`); used in metrics, headers and live state.
     pub name: String,
     pub header: HeaderValue,
     pub addr: SocketAddr,
     pub state: Arc<EndpointState>,
+    /// `host:port` as written: the `Host` of requests the gateway makes itself.
+    pub authority: String,
+    /// False for the placeholder of a host name that has never resolved: never up.
+    pub resolved: bool,
 }
 
 /// The models a pool serves.
@@ -340,6 +350,8 @@ pub struct Upstream {
     pub retry_budget: BudgetSettings,
     /// The shared bucket (from the `Fleet`: it survives reloads).
     pub budget: Arc<RetryBudget>,
+    /// How often endpoint host names are looked up again (`policy::resolve`).
+    pub resolve_every: Duration,
 }
 
 impl RoutingTable {
@@ -609,7 +621,9 @@ pub struct CompileContext<'a> {
 pub fn compile_str(text: &str, cx: &CompileContext) -> Result<RoutingTable, PolicyErrors> {
     let raw = super::parse(text, cx.file)?;
     let version = content_version(text);
-    compile(raw, version, cx)
+    let mut table = compile(raw, version, cx)?;
+    table.text = Arc::from(text);
+    Ok(table)
 }
 
 /// A short, stable hash of the policy text, used as its version.
@@ -882,6 +896,7 @@ fn compile(
 
     // Pools.
     let mut pools = Vec::new();
+    let mut host_names = Vec::new();
     let mut pool_names = HashSet::new();
     for pool in &raw.pools {
         let r = &pool.value;
@@ -925,19 +940,45 @@ fn compile(
                 );
                 continue;
             }
-            let addr = match resolve(&ep.value) {
-                Ok(a) => a,
+            // Every address of a host name is an endpoint; a name that does not resolve is
+            // a down placeholder, not an error (`policy::resolve`).
+            let (addrs, resolved) = match super::resolve::endpoint_addrs(&ep.value) {
+                Ok(super::resolve::EndpointAddrs::Literal(a)) => {
+                    (vec![(ep.value.clone(), a)], true)
+                }
+                Ok(super::resolve::EndpointAddrs::Name(n)) => {
+                    let found: Vec<(String, SocketAddr)> = n
+                        .addrs
+                        .iter()
+                        .map(|a| (super::resolve::label(&ep.value, a), *a))
+                        .collect();
+                    host_names.push(n);
+                    match found.is_empty() {
+                        true => (
+                            vec![(ep.value.clone(), SocketAddr::from(([0, 0, 0, 0], 0)))],
+                            false,
+                        ),
+                        false => (found, true),
+                    }
+                }
                 Err(why) => {
                     p.on(ep, format!("endpoint `{}`: {why}", ep.value));
                     continue;
                 }
             };
-            endpoints.push(Endpoint {
-                header: header_value(&ep.value),
-                name: ep.value.clone(),
-                addr,
-                state: cx.fleet.endpoint(&name, &ep.value),
-            });
+            for (label, addr) in addrs {
+                endpoints.push(Endpoint {
+                    header: header_value(&label),
+                    state: match resolved {
+                        true => cx.fleet.endpoint(&name, &label),
+                        false => Arc::new(EndpointState::unresolved()),
+                    },
+                    name: label,
+                    addr,
+                    authority: ep.value.clone(),
+                    resolved,
+                });
+            }
         }
         let any = r.models.iter().any(|m| m.value == "*");
         let names = r.models.iter().map(|m| m.value.clone()).collect();
@@ -1097,6 +1138,16 @@ fn compile(
         },
         retry_budget: compile_budget(&mut p, raw.upstream.retry_budget.as_ref()),
         budget: cx.fleet.retry_budget(),
+        resolve_every: match &raw.upstream.resolve_every {
+            Some(node) => {
+                let d = duration_field(&mut p, node, "upstream.resolve_every");
+                if parse_duration(&node.value).is_some_and(|d| d < Duration::from_secs(1)) {
+                    p.on(node, "upstream.resolve_every: at least `1s`");
+                }
+                d
+            }
+            None => super::resolve::DEFAULT_RESOLVE_EVERY,
+        },
     };
 
     let queue = raw
@@ -1196,6 +1247,8 @@ fn compile(
         queue,
         cache,
         model_versions,
+        text: Arc::from(""),
+        host_names,
     })
 }
 
@@ -1418,21 +1471,6 @@ fn parse_window(text: &str) -> Option<(u32, u32)> {
     };
     let (a, b) = (minutes(a)?, minutes(b)?);
     (a != b).then_some((a, b))
-}
-
-fn resolve(hostport: &str) -> Result<SocketAddr, String> {
-    if let Ok(addr) = hostport.parse::<SocketAddr>() {
-        return Ok(addr);
-    }
-    if !hostport.contains(':') {
-        return Err("expected `host:port`".into());
-    }
-    match hostport.to_socket_addrs() {
-        Ok(mut addrs) => addrs
-            .next()
-            .ok_or_else(|| "the host name resolved to no address".into()),
-        Err(e) => Err(format!("cannot resolve: {e}")),
-    }
 }
 
 fn decode_sha256_hex(text: &str) -> Option<[u8; 32]> {

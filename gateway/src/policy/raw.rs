@@ -358,6 +358,10 @@ pub struct Upstream {
     /// How many retries the gateway may add to the load. Default ratio 0.2, 5 per second.
     #[serde(default)]
     pub retry_budget: Option<Spanned<RetryBudget>>,
+    /// How often endpoint host names are looked up again while serving (every address of a
+    /// name is an endpoint; a failed lookup keeps the last good ones). Default `30s`.
+    #[serde(default)]
+    pub resolve_every: Option<Spanned<String>>,
 }
 
 /// `upstream.retry_budget`: retries ≤ `ratio` × requests + `min_per_second` × seconds.
@@ -381,6 +385,7 @@ impl Default for Upstream {
             max_backoff: None,
             eject_after: None,
             retry_budget: None,
+            resolve_every: None,
         }
     }
 }

@@ -89,7 +89,7 @@ pub fn expand(
         (Some(v), _) if !v.is_empty() => Ok((Secret::new(&v), Source::Environment)),
         (Some(_), None) => Err(format!("environment variable `{name}` is empty")),
         (None, None) => Err(format!("environment variable `{name}` is not set")),
-        (_, Some(d)) if d.is_empty() => Err(format!(
+        (_, Some("")) => Err(format!(
             "environment variable `{name}` is not set and the default is empty"
         )),
         (_, Some(d)) => Ok((Secret::new(d), Source::Default)),

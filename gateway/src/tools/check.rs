@@ -136,6 +136,30 @@ pub fn warnings(raw: &raw::Policy, table: &RoutingTable) -> Vec<Diagnostic> {
         }
     }
 
+    // Endpoint host names that do not resolve here (offline, or outside the network that
+    // runs the gateway, e.g. compose service names): not an error, the gateway starts with
+    // them down and keeps looking them up (`policy::resolve`).
+    for (pool, rp) in table.pools.iter().zip(&raw.pools) {
+        for ep in &rp.value.endpoints {
+            let unresolved = table
+                .host_names
+                .iter()
+                .find(|n| n.name == ep.value && n.addrs.is_empty());
+            if let Some(n) = unresolved {
+                out.push(at(
+                    ep,
+                    format!(
+                        "pool `{}`: endpoint `{}`: {}; the gateway starts with it down and looks it up again every {}s",
+                        pool.name,
+                        ep.value,
+                        n.error.as_deref().unwrap_or("does not resolve"),
+                        table.upstream.resolve_every.as_secs()
+                    ),
+                ));
+            }
+        }
+    }
+
     // Pools no request can reach: no tier allows their kind, or residency excludes their
     // region for every client region.
     for (pool, rp) in table.pools.iter().zip(&raw.pools) {

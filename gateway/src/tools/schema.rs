@@ -191,6 +191,7 @@ pub fn policy_schema() -> Value {
                 "ratio": { "type": ["number", "null"], "minimum": 0, "maximum": 1, "description": "Retries per request. Default 0.2 (at most 20% extra load)." },
                 "min_per_second": { "type": ["number", "null"], "minimum": 0, "maximum": 1000, "description": "Retries per second on top. Default 5." },
             })),
+            "resolve_every": optional_string("How often endpoint host names are looked up again while serving (at least 1s). Every address of a name is an endpoint; a failed lookup keeps the last good addresses; a name that never resolved is an endpoint that is down. Default 30s."),
         }),
     );
     let queue = object(
