@@ -206,3 +206,47 @@ fn the_shipped_compose_policy_passes_check_outside_docker() {
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("policies/compose.yaml: ok"), "{out}");
 }
+
+/// Re-resolution publishes a new table generation in which an address that stayed keeps its
+/// live state (the same measurements and in-flight count), and a refresh that lost a race
+/// with a reload does nothing.
+#[test]
+fn a_re_resolution_keeps_the_live_state_of_addresses_that_stayed() {
+    use switchyard::admin::ControlPlane;
+    use switchyard::policy::compile::{compile_str, CompileContext};
+    use switchyard::route::state::Fleet;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.yaml");
+    let pools = "  - { name: edge, kind: edge, region: us, endpoints: [\"localhost:9\"], models: [\"*\"], concurrency: 64, service_time: 10ms, price: { per_request: 0.0001 } }\n";
+    let text = policy(pools, "");
+    std::fs::write(&path, &text).unwrap();
+    let fleet = Fleet::new();
+    let first = compile_str(
+        &text,
+        &CompileContext {
+            file: &path,
+            fleet: &fleet,
+        },
+    )
+    .unwrap();
+    let generation = first.generation;
+    let ep = &first.pools[0].endpoints[0];
+    assert_eq!(ep.name, "localhost:9@127.0.0.1");
+    ep.state.acquire();
+    let state = ep.state.clone();
+    let control = ControlPlane::new(switchyard::policy::snapshot(first), fleet, Some(path));
+
+    assert!(control.refresh_addresses(generation));
+    let second = control.snapshot.load_full();
+    assert_ne!(second.generation, generation);
+    assert_eq!(second.version, control.snapshot.load().version);
+    let same = &second.pools[0].endpoints[0];
+    assert_eq!(same.name, "localhost:9@127.0.0.1");
+    assert!(
+        std::sync::Arc::ptr_eq(&same.state, &state),
+        "live state carried over"
+    );
+    assert_eq!(same.state.in_flight(), 1);
+    // A refresh computed against a table that is no longer serving is dropped.
+    assert!(!control.refresh_addresses(generation));
+}
