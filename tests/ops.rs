@@ -4,6 +4,7 @@
 
 mod support;
 
+use std::time::{Duration, Instant};
 use support::*;
 use switchyard::testkit::client::{self, Request, Response};
 
@@ -249,4 +250,64 @@ fn a_re_resolution_keeps_the_live_state_of_addresses_that_stayed() {
     assert_eq!(same.state.in_flight(), 1);
     // A refresh computed against a table that is no longer serving is dropped.
     assert!(!control.refresh_addresses(generation));
+}
+
+/// A gateway whose proxy address is taken refuses to start, in one line, instead of
+/// answering on its admin port while something else answers on its proxy port.
+#[test]
+fn a_taken_proxy_port_is_a_start_up_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.yaml");
+    std::fs::write(&path, policy(&edge("127.0.0.1:9".parse().unwrap()), "")).unwrap();
+    let mut child = std::process::Command::new(binary())
+        .args(["run", "--policy"])
+        .arg(&path)
+        .args([
+            "--listen",
+            &port.to_string(),
+            "--admin-listen",
+            &free_addr().to_string(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the gateway kept running on a taken proxy port");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!status.success());
+    assert!(err.contains(&format!("cannot listen on {port}")), "{err}");
+    drop(taken);
+}
+
+/// `/readyz` is only 200 once the proxy address answers as *this* process: another gateway
+/// or another program on that address is not this gateway being ready.
+#[tokio::test]
+async fn readiness_asks_the_proxy_listener_who_it_is() {
+    use switchyard::admin::ready::{Readiness, PATH};
+    let backend = mock("edge", 0).await;
+    let gw = Gateway::start(&policy(&edge(backend.addr()), "")).await;
+    let r = admin(&gw, "/readyz", None).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let id = gw.get(PATH, &[]).await;
+    assert_eq!(id.status, 200);
+    assert_eq!(id.text().len(), 32, "{}", id.text());
+    // The gateway answers the path itself, never proxies it.
+    assert_eq!(backend.stats().requests, 0);
+    // Seen from any other process (this test), that gateway is not "us"; nor is a mock.
+    assert!(!Readiness::new(gw.proxy).proxy_is_ours().await);
+    assert!(!Readiness::new(backend.addr()).proxy_is_ours().await);
+    assert!(!Readiness::new(dead_addr()).proxy_is_ours().await);
 }

@@ -129,6 +129,12 @@ impl ProxyHttp for Gateway {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         // One snapshot per request: a reload mid-request never changes its rules.
+        if session.req_header().uri.path() == crate::admin::ready::PATH {
+            // The readiness self-check (`admin::ready`): which process holds this port. Not
+            // traffic: no table, so `logging` counts nothing.
+            crate::admin::ready::answer(session).await?;
+            return Ok(true);
+        }
         let table = self.snapshot.load_full();
         ctx.table = Some(table.clone());
         if let Some(queue) = &self.queue {
@@ -506,6 +512,9 @@ impl ProxyHttp for Gateway {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         ctx.release();
+        if ctx.table.is_none() && session.req_header().uri.path() == crate::admin::ready::PATH {
+            return; // the readiness self-check (`admin::ready`) is not traffic
+        }
         let status = session
             .response_written()
             .map(|r| r.status.as_u16())

@@ -31,6 +31,20 @@ pub enum ServerError {
     Pingora(String),
     #[error("cannot open the job queue: {0}")]
     Queue(#[from] crate::queue::QueueError),
+    #[error("cannot listen on {0}: {1}")]
+    Listen(SocketAddr, String),
+}
+
+/// Refuse a listener address that is already taken, at once and in one line: Pingora would
+/// retry the bind quietly for 30 s while the admin API answered (see `admin::ready`).
+/// Port 0 (any free port) cannot be taken.
+fn check_listen(addr: SocketAddr) -> Result<(), ServerError> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    std::net::TcpListener::bind(addr)
+        .map(drop)
+        .map_err(|e| ServerError::Listen(addr, e.to_string()))
 }
 
 /// How to start a gateway.
@@ -66,6 +80,8 @@ pub fn build(table: RoutingTable, fleet: Arc<Fleet>, opts: Options) -> Result<Bu
     let metrics = telemetry::install().map_err(|e| ServerError::Metrics(e.to_string()))?;
     let proxy_addr = opts.listen.unwrap_or(table.proxy_listener);
     let admin_addr = opts.admin_listen.unwrap_or(table.admin_listener);
+    check_listen(proxy_addr)?;
+    check_listen(admin_addr)?;
     let threads = table.threads.unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get())
@@ -119,6 +135,7 @@ pub fn build(table: RoutingTable, fleet: Arc<Fleet>, opts: Options) -> Result<Bu
             control: control.clone(),
             metrics: metrics.clone(),
             cache: Some(cache),
+            readiness: Arc::new(crate::admin::ready::Readiness::new(proxy_addr)),
         }),
     );
     admin.add_tcp(&admin_addr.to_string());

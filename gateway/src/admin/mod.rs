@@ -25,6 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::UNIX_EPOCH;
 
 mod cache;
+pub mod ready;
 pub mod status;
 
 /// Largest admin request body (explain requests carry a sample body).
@@ -161,6 +162,8 @@ pub struct AdminApp {
     pub metrics: PrometheusHandle,
     /// The prediction cache, for purges and its gauges.
     pub cache: Option<Arc<crate::cache::Cache>>,
+    /// Whether the proxy listener is this process's (`/readyz`).
+    pub readiness: Arc<ready::Readiness>,
 }
 
 fn json_response(status: StatusCode, body: &Value) -> Response<Vec<u8>> {
@@ -264,6 +267,13 @@ impl ServeHttp for AdminApp {
                 json_response(StatusCode::OK, &status::status(&self.control))
             }
             (&Method::GET, "/healthz") => json_response(StatusCode::OK, &json!({"status": "ok"})),
+            (&Method::GET, "/readyz") if !self.readiness.proxy_is_ours().await => json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &json!({"ready": false, "reason": format!(
+                    "the proxy listener {} is not answering as this gateway (not bound yet, or the address belongs to another process)",
+                    self.readiness.proxy()
+                )}),
+            ),
             (&Method::GET, "/readyz") => {
                 let table = self.control.snapshot.load();
                 let now = now_ms();
