@@ -252,24 +252,10 @@ fn a_re_resolution_keeps_the_live_state_of_addresses_that_stayed() {
     assert!(!control.refresh_addresses(generation));
 }
 
-/// A gateway whose proxy address is taken refuses to start, in one line, instead of
-/// answering on its admin port while something else answers on its proxy port.
-#[test]
-fn a_taken_proxy_port_is_a_start_up_error() {
-    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = taken.local_addr().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("p.yaml");
-    std::fs::write(&path, policy(&edge("127.0.0.1:9".parse().unwrap()), "")).unwrap();
+/// Run `switchyard ARGS` that must fail at start-up: its stderr (panics if it keeps running).
+fn start_up_error(args: &[&str]) -> String {
     let mut child = std::process::Command::new(binary())
-        .args(["run", "--policy"])
-        .arg(&path)
-        .args([
-            "--listen",
-            &port.to_string(),
-            "--admin-listen",
-            &free_addr().to_string(),
-        ])
+        .args(args)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -281,15 +267,53 @@ fn a_taken_proxy_port_is_a_start_up_error() {
         }
         if Instant::now() > deadline {
             let _ = child.kill();
-            panic!("the gateway kept running on a taken proxy port");
+            let _ = child.wait();
+            panic!("switchyard {args:?} kept running");
         }
         std::thread::sleep(Duration::from_millis(50));
     };
     let mut err = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
-    assert!(!status.success());
+    assert!(!status.success(), "{err}");
+    err
+}
+
+/// A gateway whose proxy address is taken refuses to start, in one line, instead of
+/// answering on its admin port while something else answers on its proxy port. And
+/// `--admin-listen` off loopback needs a token, as the policy's own address does.
+#[test]
+fn a_taken_proxy_port_or_an_open_admin_override_is_a_start_up_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.yaml");
+    std::fs::write(&path, policy(&edge("127.0.0.1:9".parse().unwrap()), "")).unwrap();
+    let path = path.to_string_lossy().into_owned();
+    let admin = free_addr().to_string();
+    let err = start_up_error(&[
+        "run",
+        "--policy",
+        &path,
+        "--listen",
+        &port,
+        "--admin-listen",
+        &admin,
+    ]);
     assert!(err.contains(&format!("cannot listen on {port}")), "{err}");
     drop(taken);
+
+    let open = format!("0.0.0.0:{}", free_addr().port());
+    let proxy = free_addr().to_string();
+    let err = start_up_error(&[
+        "run",
+        "--policy",
+        &path,
+        "--listen",
+        &proxy,
+        "--admin-listen",
+        &open,
+    ]);
+    assert!(err.contains("no listeners.admin_token"), "{err}");
 }
 
 /// `/readyz` is only 200 once the proxy address answers as *this* process: another gateway

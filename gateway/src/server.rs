@@ -82,6 +82,14 @@ pub fn build(table: RoutingTable, fleet: Arc<Fleet>, opts: Options) -> Result<Bu
     let admin_addr = opts.admin_listen.unwrap_or(table.admin_listener);
     check_listen(proxy_addr)?;
     check_listen(admin_addr)?;
+    if !admin_addr.ip().is_loopback() && table.admin_token.is_none() {
+        // The policy's own address is checked at load; this is `--admin-listen`.
+        return Err(ServerError::Listen(
+            admin_addr,
+            "the admin listener is not on loopback and the policy sets no listeners.admin_token"
+                .into(),
+        ));
+    }
     let threads = table.threads.unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get())
