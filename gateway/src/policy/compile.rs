@@ -942,42 +942,12 @@ fn compile(
             }
             // Every address of a host name is an endpoint; a name that does not resolve is
             // a down placeholder, not an error (`policy::resolve`).
-            let (addrs, resolved) = match super::resolve::endpoint_addrs(&ep.value) {
-                Ok(super::resolve::EndpointAddrs::Literal(a)) => {
-                    (vec![(ep.value.clone(), a)], true)
+            match super::resolve::endpoints(&name, &ep.value, cx.fleet) {
+                Ok((found, resolution)) => {
+                    endpoints.extend(found);
+                    host_names.extend(resolution);
                 }
-                Ok(super::resolve::EndpointAddrs::Name(n)) => {
-                    let found: Vec<(String, SocketAddr)> = n
-                        .addrs
-                        .iter()
-                        .map(|a| (super::resolve::label(&ep.value, a), *a))
-                        .collect();
-                    host_names.push(n);
-                    match found.is_empty() {
-                        true => (
-                            vec![(ep.value.clone(), SocketAddr::from(([0, 0, 0, 0], 0)))],
-                            false,
-                        ),
-                        false => (found, true),
-                    }
-                }
-                Err(why) => {
-                    p.on(ep, format!("endpoint `{}`: {why}", ep.value));
-                    continue;
-                }
-            };
-            for (label, addr) in addrs {
-                endpoints.push(Endpoint {
-                    header: header_value(&label),
-                    state: match resolved {
-                        true => cx.fleet.endpoint(&name, &label),
-                        false => Arc::new(EndpointState::unresolved()),
-                    },
-                    name: label,
-                    addr,
-                    authority: ep.value.clone(),
-                    resolved,
-                });
+                Err(why) => p.on(ep, format!("endpoint `{}`: {why}", ep.value)),
             }
         }
         let any = r.models.iter().any(|m| m.value == "*");

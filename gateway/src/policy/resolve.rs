@@ -19,7 +19,9 @@
 //! the usual `ArcSwap` store by [`crate::admin::ControlPlane::refresh_addresses`]). Lookups
 //! use the system resolver (`getaddrinfo`, blocking), so they run on blocking threads.
 
+use super::compile::{header_value, Endpoint};
 use crate::admin::ControlPlane;
+use crate::route::state::{EndpointState, Fleet};
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
@@ -113,6 +115,46 @@ pub fn lookup(
             error: Some(error),
         },
     }
+}
+
+/// The endpoints of pool `pool` for one entry of its `endpoints` list, `written`: itself
+/// for `ip:port`; one per address for `host:port` (with what the name resolved to), or one
+/// down placeholder when the name has never resolved. Live state comes from `fleet`, by
+/// label, so an address that stays keeps it. `Err`: not an endpoint at all.
+pub fn endpoints(
+    pool: &str,
+    written: &str,
+    fleet: &Fleet,
+) -> Result<(Vec<Endpoint>, Option<NameResolution>), String> {
+    let endpoint = |label: String, addr: SocketAddr, resolved: bool| Endpoint {
+        header: header_value(&label),
+        state: match resolved {
+            true => fleet.endpoint(pool, &label),
+            false => Arc::new(EndpointState::unresolved()),
+        },
+        name: label,
+        addr,
+        authority: written.to_string(),
+        resolved,
+    };
+    Ok(match endpoint_addrs(written)? {
+        EndpointAddrs::Literal(addr) => (vec![endpoint(written.to_string(), addr, true)], None),
+        EndpointAddrs::Name(n) if n.addrs.is_empty() => {
+            let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
+            (
+                vec![endpoint(written.to_string(), unspecified, false)],
+                Some(n),
+            )
+        }
+        EndpointAddrs::Name(n) => {
+            let found = n
+                .addrs
+                .iter()
+                .map(|a| endpoint(label(written, a), *a, true))
+                .collect();
+            (found, Some(n))
+        }
+    })
 }
 
 /// The label of the endpoint `addr` of the name `written`.
