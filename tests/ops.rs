@@ -206,6 +206,24 @@ fn the_shipped_compose_policy_passes_check_outside_docker() {
     let (code, out, err) = run_cli(&["check", "policies/compose.yaml"], &repo_root());
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("policies/compose.yaml: ok"), "{out}");
+    // The offline tools answer what the policy decides where its names do resolve.
+    let (code, out, err) = run_cli(
+        &[
+            "explain",
+            "--policy",
+            "policies/compose.yaml",
+            "--region",
+            "eu",
+            "--model",
+            "llama-3-8b",
+            "--format",
+            "json",
+        ],
+        &repo_root(),
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["decision"]["pool"], "edge-eu", "{v}");
 }
 
 /// Re-resolution publishes a new table generation in which an address that stayed keeps its
