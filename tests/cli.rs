@@ -167,3 +167,118 @@ fn demo_once_routes_mixed_traffic_and_prints_the_table() {
         assert!(out.contains(needle), "missing {needle:?} in:\n{out}");
     }
 }
+
+/// `switchyard demo --policy FILE` serves that file and watches it like `run`: an edit is
+/// served without a restart, `POST /admin/reload` works, and the demo's job queue lives in
+/// its own per-process directory (never a path shared with another demo or a test).
+#[tokio::test]
+async fn the_demo_serves_a_policy_file_and_reloads_it_when_edited() {
+    use switchyard::testkit::client::{self, Request};
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = demo_text();
+    for fixed in [
+        "127.0.0.1:8080",
+        "127.0.0.1:9090",
+        "127.0.0.1:9101",
+        "127.0.0.1:9102",
+        "127.0.0.1:9201",
+        "127.0.0.1:9202",
+        "127.0.0.1:9301",
+    ] {
+        assert!(text.contains(fixed), "{fixed} not in demo.yaml");
+        text = text.replace(fixed, &free_addr().to_string());
+    }
+    let admin: std::net::SocketAddr = {
+        let at = text.find("admin: ").unwrap() + "admin: ".len();
+        text[at..].lines().next().unwrap().trim().parse().unwrap()
+    };
+    let path = dir.path().join("my-demo.yaml");
+    std::fs::write(&path, &text).unwrap();
+    let out = std::fs::File::create(dir.path().join("out.txt")).unwrap();
+    let child = std::process::Command::new(binary())
+        .args(["demo", "--requests", "12", "--policy"])
+        .arg(&path)
+        .current_dir(dir.path())
+        .env("RUST_LOG", "warn")
+        .stdout(out)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let pid = child.id();
+    let queue_dir = std::env::temp_dir().join(format!("switchyard-demo-{pid}"));
+    let mut child = Kill(child);
+
+    let policy = |admin| async move {
+        let r = client::send(admin, &Request::get("/admin/policy"))
+            .await
+            .ok()?;
+        if r.status == 200 {
+            r.json().ok()
+        } else {
+            None
+        }
+    };
+    // Bounded waits, no timing assertions: start-up, then the edit being picked up.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let first = loop {
+        if let Ok(Some(status)) = child.0.try_wait() {
+            panic!("demo exited early ({status})");
+        }
+        if let Some(v) = policy(admin).await {
+            break v;
+        }
+        assert!(std::time::Instant::now() < deadline, "demo did not start");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(first["source"], path.display().to_string(), "{first}");
+    assert_eq!(first["reload_triggers"]["file_watch"], true, "{first}");
+    assert!(
+        queue_dir.join("queue.redb").exists(),
+        "the demo's queue is not in its per-process directory {}",
+        queue_dir.display()
+    );
+
+    let edited = text.replacen("weight: 0.8", "weight: 0.7", 1);
+    std::fs::write(&path, &edited).unwrap();
+    let want = switchyard::policy::compile::content_version(&edited);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let v = policy(admin).await.unwrap_or_default();
+        if v["version"] == want.as_str() {
+            assert_eq!(v["last_reload"]["trigger"], "file", "{v}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the edit was not served: {v}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    // The admin reload works too (no "embedded policy, no file to reload").
+    let r = client::send(admin, &Request::post("/admin/reload", b""))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // The printed hints name the file being served.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let out = std::fs::read_to_string(dir.path().join("out.txt")).unwrap_or_default();
+        if out.contains(&format!("edit {}", path.display())) {
+            assert!(out.contains("watch the status page"), "{out}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no hints:\n{out}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    drop(child);
+    let _ = std::fs::remove_dir_all(&queue_dir);
+}

@@ -418,6 +418,23 @@ async fn compose_fleet() -> Fleet {
     Fleet { gw, mocks }
 }
 
+/// The admin token the compose gateway runs with: `SWITCHYARD_ADMIN_TOKEN` if the test's
+/// environment sets it, else the demo default written in policies/compose.yaml.
+fn compose_admin_token() -> String {
+    std::env::var("SWITCHYARD_ADMIN_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty())
+        .unwrap_or_else(|| "switchyard-demo-admin-token".into())
+}
+
+async fn admin_get_with_token(gw: &Gateway, path: &str) -> switchyard::testkit::client::Response {
+    let token = format!("Bearer {}", compose_admin_token());
+    let req = switchyard::testkit::client::Request::get(path).header("authorization", &token);
+    switchyard::testkit::client::send(gw.admin, &req)
+        .await
+        .expect("admin request")
+}
+
 /// A little of everything: the traffic generator's default mix, then a request that misses
 /// its deadline.
 async fn send_some_traffic(gw: &Gateway) {
@@ -511,7 +528,10 @@ async fn the_dashboard_queries_only_metrics_the_gateway_exports() {
 async fn the_status_json_reports_pools_tiers_and_spend() {
     let fleet = compose_fleet().await;
     send_some_traffic(&fleet.gw).await;
+    // compose.yaml binds the admin listener off loopback, so it sets a token.
     let r = fleet.gw.admin_get("/admin/status").await;
+    assert_eq!(r.status, 401, "compose's admin API must need its token");
+    let r = admin_get_with_token(&fleet.gw, "/admin/status").await;
     assert_eq!(r.status, 200);
     let s: Value = serde_json::from_slice(&r.body).expect("status JSON");
     let pools = s["pools"].as_array().expect("pools");
@@ -665,7 +685,7 @@ async fn the_status_page_renders_pools_and_numbers_in_headless_chromium() {
     }
     let fleet = compose_fleet().await;
     send_some_traffic(&fleet.gw).await;
-    let url = format!("http://{}/", fleet.gw.admin);
+    let url = format!("http://{}/#token={}", fleet.gw.admin, compose_admin_token());
     let dir = fleet.gw.dir.path().to_path_buf();
     let profile = dir.join("chromium-profile");
     let dom = tokio::task::spawn_blocking({

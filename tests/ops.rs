@@ -1,272 +1,355 @@
-//! What an operator reads off a running gateway, on real sockets: abandoned requests are
-//! counted as `499` (not as errors the gateway never sent) and leave no in-flight count
-//! behind; the status JSON shows the cache and the queue; a live `/metrics` scrape passes
-//! `promtool check metrics` (when `promtool` is installed).
+//! What an operator relies on when the gateway leaves the laptop: the admin API behind a
+//! bearer token when it is exposed, and upstream endpoints named by host name (resolved at
+//! load and again while serving, `check` working offline). Real binary, real sockets.
 
 mod support;
 
-use serde_json::Value;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use support::*;
-use tokio::io::AsyncWriteExt;
+use switchyard::testkit::client::{self, Request, Response};
 
-/// Send a chat request on a fresh connection, then close it before the answer comes.
-async fn send_and_abandon(proxy: SocketAddr, after: Duration) {
-    let body = chat("m");
-    let req = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    let mut s = tokio::net::TcpStream::connect(proxy)
-        .await
-        .expect("connect");
-    s.write_all(req.as_bytes()).await.expect("write");
-    tokio::time::sleep(after).await;
-    drop(s);
-}
-
-/// Poll `/admin/pools` until every pool and endpoint has nothing in flight (at most 10 s);
-/// the last answer.
-async fn pools_when_idle(gw: &Gateway) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let pools = gw.pools().await;
-        if in_flight_sum(&pools) == 0 || Instant::now() > deadline {
-            return pools;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+async fn admin(gw: &Gateway, path: &str, auth: Option<&str>) -> Response {
+    let mut req = Request::get(path);
+    if let Some(a) = auth {
+        req = req.header("authorization", a);
     }
+    client::send(gw.admin, &req).await.expect("admin request")
 }
 
-/// The sum of every `in_flight` number anywhere in a JSON document.
-fn in_flight_sum(v: &Value) -> u64 {
-    match v {
-        Value::Object(map) => map
-            .iter()
-            .map(|(k, v)| match (k.as_str(), v.as_u64()) {
-                ("in_flight", Some(n)) => n,
-                _ => in_flight_sum(v),
-            })
-            .sum(),
-        Value::Array(items) => items.iter().map(in_flight_sum).sum(),
-        _ => 0,
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn abandoned_requests_are_499s_that_still_cost_and_leave_nothing_in_flight() {
-    // The backend takes 2 s; each client gives up after 300 ms.
-    let slow = mock("slow", 2000).await;
-    let pools = pool(
+fn edge(addr: std::net::SocketAddr) -> String {
+    pool(
         "edge",
         "edge",
         "us",
-        &[slow.addr()],
+        &[addr],
         "[\"*\"]",
-        "{ per_request: 0.5 }",
-    );
-    let gw = Gateway::start(&policy(&pools, "")).await;
-    let clients: Vec<_> = (0..40)
-        .map(|_| tokio::spawn(send_and_abandon(gw.proxy, Duration::from_millis(300))))
-        .collect();
-    for c in clients {
-        c.await.expect("client task");
-    }
-
-    let m = gw
-        .metrics_when(|m| metric_sum(m, "switchyard_requests_total", &[("status", "499")]) >= 40.0)
-        .await;
-    assert_eq!(
-        metric_sum(&m, "switchyard_requests_total", &[("status", "499")]),
-        40.0,
-        "every abandoned request is one 499\n{m}"
-    );
-    assert_eq!(
-        metric_sum(&m, "switchyard_requests_total", &[]),
-        40.0,
-        "and nothing else (no 503s the gateway never sent)\n{m}"
-    );
-    // The backend was already working on them: that spend counts (0.5 USD each).
-    assert_eq!(
-        metric_sum(&m, "switchyard_cost_nanousd_total", &[("pool", "edge")]),
-        40.0 * 0.5e9,
-        "{m}"
-    );
-    let pools = pools_when_idle(&gw).await;
-    assert_eq!(
-        in_flight_sum(&pools),
-        0,
-        "in-flight counts left behind: {pools}"
-    );
-    assert!(
-        pools.to_string().contains("\"in_flight\""),
-        "the pools report in-flight counts: {pools}"
-    );
-}
-
-/// A cached chat route, an edge pool and a batch pool whose dispatch window is closed (jobs
-/// stay queued), so the cache and the queue both have something to show.
-async fn cache_and_queue_fleet() -> (Gateway, switchyard::testkit::mock::MockBackend) {
-    let edge = mock("edge", 0).await;
-    let pools = pool(
-        "edge",
-        "edge",
-        "us",
-        &[edge.addr()],
-        "[\"*\"]",
-        "{ per_request: 0.001 }",
-    ) + &pool(
-        "batch",
-        "batch",
-        "us",
-        &[dead_addr()],
-        "[\"*\"]",
-        "{ per_gpu_hour: 0.5 }",
-    );
-    let routes = "  - { name: chat, match: /v1/chat/completions, protocol: openai, max_body: 16KiB, tier: standard, cache: { ttl: 10m } }\n";
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs();
-    let (m, e) = ((now / 60 + 10) % 1440, (now / 60 + 20) % 1440);
-    let queue = format!(
-        "cache: {{ max_bytes: 1MiB }}\nqueue:\n  path: data/queue.redb\n  pools:\n    batch: {{ window: \"{:02}:{:02}-{:02}:{:02}\" }}\n",
-        m / 60,
-        m % 60,
-        e / 60,
-        e % 60
-    );
-    let gw = Gateway::start(&policy_with_routes(&pools, routes, &queue)).await;
-    (gw, edge)
-}
-
-/// A deterministic (cacheable) chat request.
-fn ask(content: &str) -> String {
-    format!(
-        r#"{{"model":"m1","temperature":0,"messages":[{{"role":"user","content":"{content}"}}]}}"#
+        "{ per_request: 0.0001 }",
     )
 }
 
-/// Two misses, two hits, one queued job.
-async fn cache_and_queue_traffic(gw: &Gateway) {
-    for content in ["a", "b", "a", "b"] {
-        let r = gw.post("/v1/chat/completions", &[], &ask(content)).await;
-        assert_eq!(r.status, 200, "{}", r.text());
-    }
-    let r = gw
-        .post(
-            "/v1/chat/completions",
-            &[("x-slo-tier", "batch")],
-            &chat("m1"),
-        )
-        .await;
-    assert_eq!(r.status, 202, "{}", r.text());
-}
+#[tokio::test]
+async fn with_an_admin_token_only_probes_and_metrics_are_open() {
+    let token = "t0ken-from-the-environment-7f3a";
+    // A variable no other test uses, set before the gateway (a child process) starts.
+    std::env::set_var("SWITCHYARD_OPS_TEST_TOKEN", token);
+    let backend = mock("edge", 0).await;
+    let gw = Gateway::start(&policy(
+        &edge(backend.addr()),
+        "listeners: { admin_token: \"${SWITCHYARD_OPS_TEST_TOKEN}\" }\n",
+    ))
+    .await;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_status_json_shows_the_cache_and_the_queue() {
-    let (gw, edge) = cache_and_queue_fleet().await;
-    cache_and_queue_traffic(&gw).await;
+    let bearer = format!("Bearer {token}");
+    assert_eq!(admin(&gw, "/admin/policy", None).await.status, 401);
+    let wrong = admin(&gw, "/admin/policy", Some("Bearer not-the-token")).await;
+    assert_eq!(wrong.status, 401);
+    let v = wrong.json().expect("401 is JSON");
+    assert_eq!(v["error"]["status"], 401, "{v}");
+    assert!(wrong.header("www-authenticate").is_some());
+    // The right token, and the scheme in any case.
+    let ok = admin(&gw, "/admin/policy", Some(&bearer)).await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    let lower = format!("bearer {token}");
+    assert_eq!(admin(&gw, "/admin/pools", Some(&lower)).await.status, 200);
+    // Writes are guarded too.
+    let reload = client::send(gw.admin, &Request::post("/admin/reload", b""))
+        .await
+        .expect("reload");
+    assert_eq!(reload.status, 401);
+    let purge = Request::post("/admin/cache/purge", b"{\"all\":true}")
+        .header("authorization", "Bearer nope");
     assert_eq!(
-        edge.stats().requests,
-        2,
-        "the repeats were answered from memory"
+        client::send(gw.admin, &purge).await.expect("purge").status,
+        401
     );
 
-    // Queue depth comes from the dispatcher's statistics (refreshed every second).
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let s = loop {
-        let r = gw.admin_get("/admin/status").await;
-        assert_eq!(r.status, 200);
-        let s: Value = serde_json::from_slice(&r.body).expect("status JSON");
-        if s["queue"]["depth"] == 1 || Instant::now() > deadline {
-            break s;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let cache = &s["cache"];
-    assert_eq!(cache["hit_ratio"], 0.5, "{s}");
-    assert_eq!(cache["hits_total"], 2, "{s}");
-    assert_eq!(cache["max_bytes"], 1024 * 1024, "{s}");
-    // Two hits of a pool costing 0.001 USD a request.
-    let saved = cache["saved_usd_total"].as_f64().unwrap_or(0.0);
-    assert!((saved - 0.002).abs() < 1e-9, "{s}");
-    assert!(
-        cache["saved_usd_per_hour"].as_f64().unwrap_or(0.0) > 0.0,
-        "{s}"
-    );
-    let queue = &s["queue"];
-    assert_eq!(queue["depth"], 1, "{s}");
-    assert!(queue["oldest_job_s"].as_f64().is_some(), "{s}");
-    // The traffic split names where answers came from: the pool, the cache, the queue.
-    let split: Vec<(String, u64)> = s["split"]
-        .as_array()
-        .expect("split")
-        .iter()
-        .map(|p| {
-            (
-                p["pool"].as_str().unwrap_or("").to_string(),
-                p["requests"].as_u64().unwrap_or(0),
-            )
-        })
-        .collect();
-    for (pool, n) in [("edge", 2), ("cache", 2), ("queue", 1)] {
-        assert!(
-            split.contains(&(pool.to_string(), n)),
-            "{pool}: {n} expected in {split:?}"
-        );
+    // Probes and the scrape stay open.
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        assert_eq!(admin(&gw, path, None).await.status, 200, "{path}");
     }
-    assert!(
-        !split.iter().any(|(p, _)| p == "(none)"),
-        "nothing unanswered: {split:?}"
-    );
+    // The token is never shown: not in the policy view, not in the log.
+    assert!(!ok.text().contains(token));
+    assert!(!gw.log().contains(token));
+    // The proxy listener is not affected.
+    let r = gw.post("/v1/chat/completions", &[], &chat("m")).await;
+    assert_eq!(r.status, 200);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_live_scrape_passes_promtool() {
-    let Ok(out) = std::process::Command::new("promtool")
-        .arg("--version")
-        .output()
-    else {
-        eprintln!("note: promtool is not installed; skipping `promtool check metrics` (.ci/run installs it)");
-        return;
+#[test]
+fn check_requires_a_token_off_loopback_and_names_a_missing_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = "127.0.0.1:9".parse().unwrap();
+    let write = |name: &str, listeners: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, policy(&edge(backend), listeners)).unwrap();
+        path.to_string_lossy().into_owned()
     };
-    assert!(out.status.success(), "promtool --version failed");
-    let (gw, _edge) = cache_and_queue_fleet().await;
-    cache_and_queue_traffic(&gw).await;
-    let m = gw
-        .metrics_when(|m| metric_sum(m, "switchyard_cost_saved_nanousd_total", &[]) > 0.0)
-        .await;
-    for family in [
-        "switchyard_cost_nanousd_total",
-        "switchyard_cost_saved_nanousd_total",
-        "switchyard_cache_lookups_total",
-        "switchyard_queue_depth",
-        "switchyard_request_duration_seconds_bucket",
-    ] {
-        assert!(m.contains(family), "{family} missing from the scrape:\n{m}");
+    let open = write("open.yaml", "listeners: { admin: 0.0.0.0:9090 }\n");
+    let (code, _out, err) = run_cli(&["check", &open], dir.path());
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("listeners.admin `0.0.0.0:9090` is not on loopback")
+            && err.contains("admin_token"),
+        "{err}"
+    );
+
+    let unset = write(
+        "unset.yaml",
+        "listeners: { admin: 0.0.0.0:9090, admin_token: \"${SWITCHYARD_OPS_TEST_UNSET_VARIABLE}\" }\n",
+    );
+    let (code, _out, err) = run_cli(&["check", &unset], dir.path());
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("listeners.admin_token: environment variable `SWITCHYARD_OPS_TEST_UNSET_VARIABLE` is not set"),
+        "{err}"
+    );
+
+    let guarded = write(
+        "guarded.yaml",
+        "listeners: { admin: 0.0.0.0:9090, admin_token: \"${HOME}\" }\n",
+    );
+    let (code, out, err) = run_cli(&["check", &guarded], dir.path());
+    assert_eq!(code, 0, "{out}{err}");
+    let home = std::env::var("HOME").unwrap_or_default();
+    assert!(home.is_empty() || !(out.clone() + &err).contains(&home));
+}
+
+/// An endpoint named `localhost:PORT` is resolved, and served, with its address in its label.
+#[tokio::test]
+async fn an_endpoint_named_by_host_name_resolves_and_serves() {
+    let backend = mock("by-name", 0).await;
+    let named = format!("localhost:{}", backend.addr().port());
+    let pools = format!(
+        "  - {{ name: edge, kind: edge, region: us, endpoints: [\"{named}\"], models: [\"*\"], concurrency: 64, service_time: 10ms, price: {{ per_request: 0.0001 }} }}\n"
+    );
+    let gw = Gateway::start(&policy(&pools, "")).await;
+    let r = gw.post("/v1/chat/completions", &[], &chat("m")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.header("x-switchyard-endpoint"),
+        Some(format!("{named}@127.0.0.1").as_str())
+    );
+    assert_eq!(backend.stats().requests, 1);
+    let pools = gw.pools().await;
+    let ep = &pools["pools"][0]["endpoints"][0];
+    assert_eq!(ep["state"], "up", "{pools}");
+}
+
+/// A name that does not resolve (the reserved `.invalid` TLD never does) is a warning in
+/// `check`, text and JSON, and at run time an endpoint that is down while the others serve.
+#[tokio::test]
+async fn an_unresolvable_endpoint_is_a_warning_and_starts_down() {
+    let backend = mock("edge-ok", 0).await;
+    let ghost = "edge-gone.switchyard.invalid:9000";
+    let pools = format!(
+        "  - {{ name: edge, kind: edge, region: us, endpoints: [\"{}\", \"{ghost}\"], models: [\"*\"], concurrency: 64, service_time: 10ms, price: {{ per_request: 0.0001 }} }}\n  - {{ name: gpu, kind: gpu, region: us, endpoints: [\"gpu-gone.switchyard.invalid:9000\"], models: [\"*\"], concurrency: 64, service_time: 10ms, price: {{ per_request: 0.001 }} }}\n",
+        backend.addr()
+    );
+    let text = policy(&pools, "");
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.yaml");
+    std::fs::write(&path, &text).unwrap();
+    let file = path.to_string_lossy().into_owned();
+    let (code, out, err) = run_cli(&["check", &file], dir.path());
+    assert_eq!(code, 0, "an unresolvable name is not an error:\n{out}{err}");
+    assert!(
+        err.contains("warning: pool `edge`: endpoint `edge-gone.switchyard.invalid:9000`")
+            && err.contains("starts with it down"),
+        "{err}"
+    );
+    let (code, out, _) = run_cli(&["check", "--format", "json", &file], dir.path());
+    assert_eq!(code, 0, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["files"][0]["errors"].as_array().map(Vec::len), Some(0));
+    let warnings = v["files"][0]["warnings"].to_string();
+    assert!(warnings.contains("gpu-gone.switchyard.invalid:9000"), "{v}");
+
+    let gw = Gateway::start(&text).await;
+    let pools = gw.pools().await;
+    let edge = &pools["pools"][0];
+    let ghost_ep = edge["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["endpoint"] == ghost)
+        .unwrap_or_else(|| panic!("{ghost} not listed: {pools}"));
+    assert_eq!(ghost_ep["state"], "unresolved", "{pools}");
+    assert_eq!(ghost_ep["up"], false);
+    // The other endpoint serves everything; the all-unresolved GPU pool is never chosen.
+    for _ in 0..20 {
+        let r = gw
+            .post(
+                "/v1/chat/completions",
+                &[("x-slo-tier", "realtime")],
+                &chat("m"),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.header("x-switchyard-pool"), Some("edge"));
     }
-    let mut child = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
+    assert_eq!(backend.stats().requests, 20);
+}
+
+/// The compose policy names compose services (`edge-eu:9000`, …) that resolve only inside
+/// the compose network: `check` passes anywhere, with warnings for the names.
+#[test]
+fn the_shipped_compose_policy_passes_check_outside_docker() {
+    let (code, out, err) = run_cli(
+        &["check", "--format", "json", "policies/compose.yaml"],
+        &repo_root(),
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["ok"], true, "{v}");
+    let (code, out, err) = run_cli(&["check", "policies/compose.yaml"], &repo_root());
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("policies/compose.yaml: ok"), "{out}");
+    // The offline tools answer what the policy decides where its names do resolve.
+    let (code, out, err) = run_cli(
+        &[
+            "explain",
+            "--policy",
+            "policies/compose.yaml",
+            "--region",
+            "eu",
+            "--model",
+            "llama-3-8b",
+            "--format",
+            "json",
+        ],
+        &repo_root(),
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["decision"]["pool"], "edge-eu", "{v}");
+}
+
+/// Re-resolution publishes a new table generation in which an address that stayed keeps its
+/// live state (the same measurements and in-flight count), and a refresh that lost a race
+/// with a reload does nothing.
+#[test]
+fn a_re_resolution_keeps_the_live_state_of_addresses_that_stayed() {
+    use switchyard::admin::ControlPlane;
+    use switchyard::policy::compile::{compile_str, CompileContext};
+    use switchyard::route::state::Fleet;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.yaml");
+    let pools = "  - { name: edge, kind: edge, region: us, endpoints: [\"localhost:9\"], models: [\"*\"], concurrency: 64, service_time: 10ms, price: { per_request: 0.0001 } }\n";
+    let text = policy(pools, "");
+    std::fs::write(&path, &text).unwrap();
+    let fleet = Fleet::new();
+    let first = compile_str(
+        &text,
+        &CompileContext {
+            file: &path,
+            fleet: &fleet,
+        },
+    )
+    .unwrap();
+    let generation = first.generation;
+    let ep = &first.pools[0].endpoints[0];
+    assert_eq!(ep.name, "localhost:9@127.0.0.1");
+    ep.state.acquire();
+    let state = ep.state.clone();
+    let control = ControlPlane::new(switchyard::policy::snapshot(first), fleet, Some(path));
+
+    assert!(control.refresh_addresses(generation));
+    let second = control.snapshot.load_full();
+    assert_ne!(second.generation, generation);
+    assert_eq!(second.version, control.snapshot.load().version);
+    let same = &second.pools[0].endpoints[0];
+    assert_eq!(same.name, "localhost:9@127.0.0.1");
+    assert!(
+        std::sync::Arc::ptr_eq(&same.state, &state),
+        "live state carried over"
+    );
+    assert_eq!(same.state.in_flight(), 1);
+    // A refresh computed against a table that is no longer serving is dropped.
+    assert!(!control.refresh_addresses(generation));
+}
+
+/// Run `switchyard ARGS` that must fail at start-up: its stderr (panics if it keeps running).
+fn start_up_error(args: &[&str]) -> String {
+    let mut child = std::process::Command::new(binary())
+        .args(args)
+        .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .expect("run promtool");
-    {
-        use std::io::Write;
-        let mut stdin = child.stdin.take().expect("stdin");
-        stdin.write_all(m.as_bytes()).expect("feed promtool");
-    }
-    let out = child.wait_with_output().expect("promtool output");
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success() && report.trim().is_empty(),
-        "promtool check metrics:\n{report}\nscrape:\n{m}"
-    );
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("switchyard {args:?} kept running");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!status.success(), "{err}");
+    err
+}
+
+/// A gateway whose proxy address is taken refuses to start, in one line, instead of
+/// answering on its admin port while something else answers on its proxy port. And
+/// `--admin-listen` off loopback needs a token, as the policy's own address does.
+#[test]
+fn a_taken_proxy_port_or_an_open_admin_override_is_a_start_up_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.yaml");
+    std::fs::write(&path, policy(&edge("127.0.0.1:9".parse().unwrap()), "")).unwrap();
+    let path = path.to_string_lossy().into_owned();
+    let admin = free_addr().to_string();
+    let err = start_up_error(&[
+        "run",
+        "--policy",
+        &path,
+        "--listen",
+        &port,
+        "--admin-listen",
+        &admin,
+    ]);
+    assert!(err.contains(&format!("cannot listen on {port}")), "{err}");
+    drop(taken);
+
+    let open = format!("0.0.0.0:{}", free_addr().port());
+    let proxy = free_addr().to_string();
+    let err = start_up_error(&[
+        "run",
+        "--policy",
+        &path,
+        "--listen",
+        &proxy,
+        "--admin-listen",
+        &open,
+    ]);
+    assert!(err.contains("no listeners.admin_token"), "{err}");
+}
+
+/// `/readyz` is only 200 once the proxy address answers as *this* process: another gateway
+/// or another program on that address is not this gateway being ready.
+#[tokio::test]
+async fn readiness_asks_the_proxy_listener_who_it_is() {
+    use switchyard::admin::ready::{Readiness, PATH};
+    let backend = mock("edge", 0).await;
+    let gw = Gateway::start(&policy(&edge(backend.addr()), "")).await;
+    let r = admin(&gw, "/readyz", None).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let id = gw.get(PATH, &[]).await;
+    assert_eq!(id.status, 200);
+    assert_eq!(id.text().len(), 32, "{}", id.text());
+    // The gateway answers the path itself, never proxies it.
+    assert_eq!(backend.stats().requests, 0);
+    // Seen from any other process (this test), that gateway is not "us"; nor is a mock.
+    assert!(!Readiness::new(gw.proxy).proxy_is_ours().await);
+    assert!(!Readiness::new(backend.addr()).proxy_is_ours().await);
+    assert!(!Readiness::new(dead_addr()).proxy_is_ours().await);
 }

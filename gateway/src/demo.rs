@@ -7,8 +7,16 @@
 //! policy), three tiers, several models and all three protocol families — and prints where it
 //! went, how fast, and what it cost next to sending it all to the GPU pool. Then it keeps
 //! serving until Ctrl-C (or exits, with `--once`).
+//!
+//! The demo is tunable: it serves a policy *file* and watches it exactly as `run` does (the
+//! same `policy::reload` watcher, SIGHUP and `POST /admin/reload`), so editing the YAML
+//! changes routing live. The file is `--policy FILE` if given, else `policies/demo.yaml` of
+//! the repository (found from the current directory, then from the directory the binary was
+//! built from), else the embedded copy written to the demo's per-process directory. That
+//! directory (`$TMPDIR/switchyard-demo-PID`) also holds the demo's job queue, so a second
+//! demo or a test never opens the same queue file.
 
-use crate::policy::compile::{self, CompileContext};
+use crate::policy::compile;
 use crate::policy::raw::PoolKind;
 use crate::policy::{RoutingTable, Snapshot};
 use crate::route::state::Fleet;
@@ -18,13 +26,16 @@ use crate::testkit::mock::{MockBackend, MockConfig};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// The demo policy, compiled in so the demo needs no files.
+/// The demo policy, compiled in so the demo also runs outside the repository.
 pub const DEMO_POLICY: &str = include_str!("../../policies/demo.yaml");
+
+/// Where the demo policy lives in the repository.
+const DEMO_POLICY_PATH: &str = "policies/demo.yaml";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
@@ -34,23 +45,58 @@ pub enum DemoError {
     Server(#[from] server::ServerError),
     #[error("cannot start the mock fleet: {0}")]
     Io(#[from] std::io::Error),
+    #[error("cannot prepare the demo directory {0}: {1}")]
+    WorkDir(PathBuf, std::io::Error),
 }
 
 pub struct DemoOptions {
     pub once: bool,
     pub requests: usize,
+    /// The policy file to serve and watch; `None`: the demo policy (see the module docs).
+    pub policy: Option<PathBuf>,
+}
+
+/// The demo's own directory: its job queue, and the policy when the embedded copy is used.
+/// Per process, so two demos (or a demo and a test) never share a queue file.
+pub fn work_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("switchyard-demo-{}", std::process::id()))
+}
+
+/// The policy file the demo serves: `explicit`, else the repository's `policies/demo.yaml`
+/// (relative to the current directory, then to the directory the binary was built from),
+/// else the embedded copy written into `dir`.
+pub fn policy_file(explicit: Option<PathBuf>, dir: &Path) -> Result<PathBuf, DemoError> {
+    if let Some(path) = explicit {
+        return Ok(path);
+    }
+    let here = PathBuf::from(DEMO_POLICY_PATH);
+    if here.is_file() {
+        return Ok(here);
+    }
+    let built_from = Path::new(env!("CARGO_MANIFEST_DIR")).join(DEMO_POLICY_PATH);
+    if built_from.is_file() {
+        return Ok(built_from);
+    }
+    let copy = dir.join("demo.yaml");
+    std::fs::write(&copy, DEMO_POLICY).map_err(|e| DemoError::WorkDir(dir.to_path_buf(), e))?;
+    Ok(copy)
 }
 
 /// Run the demo. Does not return unless start-up fails (it exits the process itself).
 pub fn run(opts: DemoOptions) -> Result<(), DemoError> {
+    let dir = work_dir();
+    std::fs::create_dir_all(&dir).map_err(|e| DemoError::WorkDir(dir.clone(), e))?;
+    let policy_path = policy_file(opts.policy.clone(), &dir)?;
     let fleet = Fleet::new();
-    let table = compile::compile_str(
-        DEMO_POLICY,
-        &CompileContext {
-            file: Path::new("policies/demo.yaml"),
-            fleet: &fleet,
-        },
-    )?;
+    let mut table = crate::policy::load_file(&policy_path, &fleet)?;
+    // The queue backend is fixed at start-up, so this holds across reloads of the file.
+    if let Some(compile::QueueSettings {
+        backend: compile::QueueBackend::Embedded { path },
+        ..
+    }) = table.queue.as_mut()
+    {
+        *path = dir.join("queue.redb");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -60,7 +106,7 @@ pub fn run(opts: DemoOptions) -> Result<(), DemoError> {
         table,
         fleet,
         server::Options {
-            policy_path: None,
+            policy_path: Some(policy_path.clone()),
             listen: None,
             admin_listen: None,
         },
@@ -79,9 +125,11 @@ pub fn run(opts: DemoOptions) -> Result<(), DemoError> {
             println!("{report}");
             let failed = results.iter().filter(|r| !answered(r.status)).count();
             if opts.once {
+                // The queue only lived for this run (the policy, if copied there, too).
+                let _ = std::fs::remove_dir_all(work_dir());
                 std::process::exit(if failed == 0 { 0 } else { 1 });
             }
-            println!("{}", try_it(proxy, admin));
+            println!("{}", try_it(proxy, admin, &policy_path));
             std::future::pending::<()>().await;
         })
     });
@@ -101,7 +149,7 @@ async fn start_mocks(table: &RoutingTable) -> Result<Vec<MockBackend>, std::io::
     let mut mocks = Vec::new();
     for pool in &table.pools {
         let (latency, jitter) = mock_profile(pool.kind);
-        for ep in &pool.endpoints {
+        for ep in pool.endpoints.iter().filter(|e| e.resolved) {
             let cfg = MockConfig {
                 name: format!("{}@{}", pool.name, ep.name),
                 latency,
@@ -396,10 +444,17 @@ pub fn render_report(results: &[Outcome], snapshot: &Snapshot) -> String {
     s
 }
 
-fn try_it(proxy: SocketAddr, admin: SocketAddr) -> String {
+fn try_it(proxy: SocketAddr, admin: SocketAddr, policy: &Path) -> String {
+    let policy = policy.display();
     format!(
         r#"
-The gateway keeps serving on http://{proxy} (admin on http://{admin}). Try:
+The gateway keeps serving on http://{proxy} (admin on http://{admin}).
+
+Tune it live: edit {policy} and watch the status page at http://{admin}/
+(the file is watched; a change is served within a second, a broken file is rejected and the
+previous policy keeps serving; `curl -X POST http://{admin}/admin/reload` reloads on demand).
+
+Try:
 
   # a European client, default tier: goes to the EU edge pool
   curl -s -i http://{proxy}/v1/chat/completions -H 'x-forwarded-for: 192.0.2.10' \

@@ -92,6 +92,10 @@ enum Command {
         /// Print the traffic table and exit instead of serving until Ctrl-C.
         #[arg(long)]
         once: bool,
+        /// The policy to serve and watch (default: the repository's policies/demo.yaml when
+        /// run from the repository, else the embedded copy, written to a temporary file).
+        #[arg(long, short)]
+        policy: Option<PathBuf>,
         /// How many sample requests to send.
         #[arg(long, default_value_t = 600)]
         requests: usize,
@@ -172,6 +176,7 @@ fn main() -> ExitCode {
         }
         Command::Demo {
             once,
+            policy,
             requests,
             scenario,
             phase_secs,
@@ -197,7 +202,11 @@ fn main() -> ExitCode {
                     }
                 };
             }
-            match switchyard::demo::run(switchyard::demo::DemoOptions { once, requests }) {
+            match switchyard::demo::run(switchyard::demo::DemoOptions {
+                once,
+                requests,
+                policy,
+            }) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("switchyard demo: {e:#}");

@@ -156,6 +156,12 @@ impl ProxyHttp for Gateway {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         // One snapshot per request: a reload mid-request never changes its rules.
+        if session.req_header().uri.path() == crate::admin::ready::PATH {
+            // The readiness self-check (`admin::ready`): which process holds this port. Not
+            // traffic: no table, so `logging` counts nothing.
+            crate::admin::ready::answer(session).await?;
+            return Ok(true);
+        }
         let table = self.snapshot.load_full();
         ctx.table = Some(table.clone());
         // Each protocol's discovery and health endpoints (`/v1/models`, `/v2/health/*`, `/v2`)
@@ -431,6 +437,9 @@ impl ProxyHttp for Gateway {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         ctx.release();
+        if ctx.table.is_none() && session.req_header().uri.path() == crate::admin::ready::PATH {
+            return; // the readiness self-check (`admin::ready`) is not traffic
+        }
         let written = session.response_written().map(|r| r.status.as_u16());
         let status = if ctx.grpc {
             // A gRPC error is written as HTTP 200: count it by the status it stands for.

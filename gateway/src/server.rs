@@ -31,6 +31,20 @@ pub enum ServerError {
     Pingora(String),
     #[error("cannot open the job queue: {0}")]
     Queue(#[from] crate::queue::QueueError),
+    #[error("cannot listen on {0}: {1}")]
+    Listen(SocketAddr, String),
+}
+
+/// Refuse a listener address that is already taken, at once and in one line: Pingora would
+/// retry the bind quietly for 30 s while the admin API answered (see `admin::ready`).
+/// Port 0 (any free port) cannot be taken.
+fn check_listen(addr: SocketAddr) -> Result<(), ServerError> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    std::net::TcpListener::bind(addr)
+        .map(drop)
+        .map_err(|e| ServerError::Listen(addr, e.to_string()))
 }
 
 /// How to start a gateway.
@@ -66,6 +80,16 @@ pub fn build(table: RoutingTable, fleet: Arc<Fleet>, opts: Options) -> Result<Bu
     let metrics = telemetry::install().map_err(|e| ServerError::Metrics(e.to_string()))?;
     let proxy_addr = opts.listen.unwrap_or(table.proxy_listener);
     let admin_addr = opts.admin_listen.unwrap_or(table.admin_listener);
+    check_listen(proxy_addr)?;
+    check_listen(admin_addr)?;
+    if !admin_addr.ip().is_loopback() && table.admin_token.is_none() {
+        // The policy's own address is checked at load; this is `--admin-listen`.
+        return Err(ServerError::Listen(
+            admin_addr,
+            "the admin listener is not on loopback and the policy sets no listeners.admin_token"
+                .into(),
+        ));
+    }
     let threads = table.threads.unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get())
@@ -122,6 +146,7 @@ pub fn build(table: RoutingTable, fleet: Arc<Fleet>, opts: Options) -> Result<Bu
             metrics: metrics.clone(),
             cache: Some(cache),
             bodies: Some(bodies),
+            readiness: Arc::new(crate::admin::ready::Readiness::new(proxy_addr)),
         }),
     );
     admin.add_tcp(&admin_addr.to_string());
@@ -146,6 +171,13 @@ pub fn build(table: RoutingTable, fleet: Arc<Fleet>, opts: Options) -> Result<Bu
             crate::queue::dispatcher::Dispatcher::new(queue, snapshot),
         ));
     }
+    // Endpoint host names are looked up again every `upstream.resolve_every`.
+    server.add_service(background_service(
+        "endpoint resolver",
+        crate::policy::resolve::Resolver {
+            control: control.clone(),
+        },
+    ));
     if let Some(path) = control.policy_path.clone() {
         // Reload triggers besides `POST /admin/reload`: the file changing, and SIGHUP.
         server.add_service(background_service(

@@ -52,6 +52,26 @@ impl Gateway {
     }
 
     pub async fn start_file(dir: tempfile::TempDir, policy_path: PathBuf) -> Gateway {
+        let mut gw = Self::spawn(dir, policy_path);
+        // The ports are picked by bind-and-release, so another test may take one first: the
+        // gateway then refuses to start ("cannot listen on …") and gets fresh ports.
+        for _ in 0..3 {
+            match gw.try_ready().await {
+                Err(log) if log.contains("cannot listen on") => {
+                    gw = Self::spawn(
+                        std::mem::replace(&mut gw.dir, tempfile::tempdir().expect("tempdir")),
+                        gw.policy_path.clone(),
+                    );
+                }
+                Err(log) => panic!("{log}"),
+                Ok(()) => return gw,
+            }
+        }
+        gw.wait_ready().await;
+        gw
+    }
+
+    fn spawn(dir: tempfile::TempDir, policy_path: PathBuf) -> Gateway {
         let proxy = free_addr();
         let admin = free_addr();
         let log = std::fs::File::create(dir.path().join("gateway.log")).expect("log file");
@@ -69,30 +89,39 @@ impl Gateway {
             .stderr(log)
             .spawn()
             .expect("spawn switchyard");
-        let mut gw = Gateway {
+        Gateway {
             proxy,
             admin,
             dir,
             policy_path,
             child,
-        };
-        gw.wait_ready().await;
-        gw
+        }
     }
 
     async fn wait_ready(&mut self) {
+        if let Err(e) = self.try_ready().await {
+            panic!("{e}");
+        }
+    }
+
+    /// Wait until `/readyz` says ready (which includes: the proxy listener is this
+    /// process's); the reason and the log when it exits or does not get there in 20 s.
+    async fn try_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("switchyard exited early ({status}):\n{}", self.log());
+                return Err(format!(
+                    "switchyard exited early ({status}):\n{}",
+                    self.log()
+                ));
             }
             if let Ok(r) = client::send(self.admin, &Request::get("/readyz")).await {
                 if r.status == 200 && tokio::net::TcpStream::connect(self.proxy).await.is_ok() {
-                    return;
+                    return Ok(());
                 }
             }
             if Instant::now() > deadline {
-                panic!("switchyard did not become ready:\n{}", self.log());
+                return Err(format!("switchyard did not become ready:\n{}", self.log()));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -25,6 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::UNIX_EPOCH;
 
 mod cache;
+pub mod ready;
 pub mod status;
 
 /// Largest admin request body (explain requests carry a sample body).
@@ -120,6 +121,42 @@ impl ControlPlane {
     }
 }
 
+impl ControlPlane {
+    /// Publish the serving policy again with fresh endpoint addresses (`policy::resolve`):
+    /// the same text compiled again, which looks every host name up (a failed lookup keeps
+    /// its last good addresses). Skipped when `generation` is no longer serving (a reload
+    /// came first and resolved the names itself). Returns whether a new table was stored.
+    pub fn refresh_addresses(&self, generation: u64) -> bool {
+        let _serial = self
+            .reload_status
+            .serialize
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let current = self.snapshot.load_full();
+        if current.generation != generation {
+            return false;
+        }
+        let cx = policy::compile::CompileContext {
+            file: &current.source,
+            fleet: &self.fleet,
+        };
+        match policy::compile::compile_str(&current.text, &cx) {
+            Ok(table) => {
+                for n in &table.host_names {
+                    tracing::info!(endpoint = %n.name, addresses = n.addrs.len(), "endpoint host name resolved");
+                }
+                self.snapshot.store(Arc::new(table));
+                true
+            }
+            Err(errors) => {
+                // Only files the policy names (the GeoIP database) can fail here.
+                tracing::error!(%errors, "cannot refresh endpoint addresses; the current table keeps serving");
+                false
+            }
+        }
+    }
+}
+
 pub struct AdminApp {
     pub control: Arc<ControlPlane>,
     pub metrics: PrometheusHandle,
@@ -127,6 +164,8 @@ pub struct AdminApp {
     pub cache: Option<Arc<crate::cache::Cache>>,
     /// The proxy's request-body budget, for its gauge.
     pub bodies: Option<Arc<crate::proxy::BodyBudget>>,
+    /// Whether the proxy listener is this process's (`/readyz`).
+    pub readiness: Arc<ready::Readiness>,
 }
 
 fn json_response(status: StatusCode, body: &Value) -> Response<Vec<u8>> {
@@ -165,11 +204,51 @@ async fn read_body(session: &mut ServerSession) -> Result<Bytes, Response<Vec<u8
     }
 }
 
+/// Admin paths open without `listeners.admin_token`: probes, the Prometheus scrape, and the
+/// static status page (it carries no data, and sends the token itself when opened as
+/// `/#token=…`; its data comes from `/admin/status`, which needs the token).
+const OPEN_PATHS: &[&str] = &["/healthz", "/readyz", "/metrics", "/"];
+
+/// `None` when the request may proceed; otherwise the 401 to answer. The token is read from
+/// the serving snapshot, so a reload can set, rotate or remove it.
+fn authorize(
+    table: &policy::RoutingTable,
+    session: &ServerSession,
+    path: &str,
+) -> Option<Response<Vec<u8>>> {
+    let token = table.admin_token.as_ref()?;
+    if OPEN_PATHS.contains(&path) {
+        return None;
+    }
+    let offered = session
+        .req_header()
+        .headers
+        .get(http::header::AUTHORIZATION)
+        .map(|v| v.as_bytes())
+        .filter(|v| v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer "))
+        .map(|v| &v[7..]);
+    if offered.is_some_and(|t| token.matches(t)) {
+        return None;
+    }
+    let mut resp = error(
+        StatusCode::UNAUTHORIZED,
+        "this admin endpoint needs `Authorization: Bearer <listeners.admin_token>`",
+    );
+    resp.headers_mut().insert(
+        http::header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"switchyard-admin\""),
+    );
+    Some(resp)
+}
+
 #[async_trait]
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let method = session.req_header().method.clone();
         let path = session.req_header().uri.path().to_string();
+        if let Some(denied) = authorize(&self.control.snapshot.load(), session, &path) {
+            return denied;
+        }
         match (&method, path.as_str()) {
             (&Method::GET, "/metrics") => {
                 if let Some(cache) = &self.cache {
@@ -191,6 +270,13 @@ impl ServeHttp for AdminApp {
                 &status::status(&self.control, self.cache.as_deref()),
             ),
             (&Method::GET, "/healthz") => json_response(StatusCode::OK, &json!({"status": "ok"})),
+            (&Method::GET, "/readyz") if !self.readiness.proxy_is_ours().await => json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &json!({"ready": false, "reason": format!(
+                    "the proxy listener {} is not answering as this gateway (not bound yet, or the address belongs to another process)",
+                    self.readiness.proxy()
+                )}),
+            ),
             (&Method::GET, "/readyz") => {
                 let table = self.control.snapshot.load();
                 let now = now_ms();
@@ -379,7 +465,9 @@ pub fn pools(table: &policy::RoutingTable) -> Value {
                 "endpoints": p.endpoints.iter().map(|e| {
                     let s = &e.state;
                     let until = s.ejected_until_ms();
-                    let state = if !s.healthy() {
+                    let state = if !e.resolved {
+                        "unresolved"
+                    } else if !s.healthy() {
                         "unhealthy"
                     } else if until > now {
                         "ejected"

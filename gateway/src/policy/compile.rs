@@ -21,7 +21,7 @@ use ipnet::IpNet;
 use serde_saphyr::{Location, Spanned};
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -61,6 +61,8 @@ pub struct RoutingTable {
     pub loaded_at: SystemTime,
     pub proxy_listener: SocketAddr,
     pub admin_listener: SocketAddr,
+    /// `listeners.admin_token`, expanded; `None`: the admin API is open (loopback only).
+    pub admin_token: Option<super::secret::Secret>,
     pub threads: Option<usize>,
     /// How long in-flight requests may finish after `SIGTERM` (start-up only).
     pub shutdown_grace: Duration,
@@ -92,6 +94,11 @@ pub struct RoutingTable {
     pub limits: Limits,
     /// Model → the version the policy declares (`models:`), part of the cache key.
     pub model_versions: HashMap<String, String>,
+    /// The policy text this table was compiled from (compiled again when an endpoint host
+    /// name's addresses change: `policy::resolve`).
+    pub text: Arc<str>,
+    /// What each endpoint host name resolved to, in policy order.
+    pub host_names: Vec<super::resolve::NameResolution>,
 }
 
 pub use super::raw::CacheScope;
@@ -232,13 +239,18 @@ impl Pool {
 }
 
 pub struct Endpoint {
-    /// As written in the policy (`host:port`); used in metrics and headers.
+    /// As written in the policy (`ip:port`), or `host:port@ip` for one address of a host
+    /// name (see `policy::resolve`); used in metrics, headers and live state.
     pub name: String,
     pub header: HeaderValue,
     pub addr: SocketAddr,
     /// The gRPC (h2c) address, when the policy names one.
     pub grpc: Option<SocketAddr>,
     pub state: Arc<EndpointState>,
+    /// `host:port` as written: the `Host` of requests the gateway makes itself.
+    pub authority: String,
+    /// False for the placeholder of a host name that has never resolved: never up.
+    pub resolved: bool,
 }
 
 /// The models a pool serves.
@@ -369,6 +381,8 @@ pub struct Upstream {
     pub retry_budget: BudgetSettings,
     /// The shared bucket (from the `Fleet`: it survives reloads).
     pub budget: Arc<RetryBudget>,
+    /// How often endpoint host names are looked up again (`policy::resolve`).
+    pub resolve_every: Duration,
 }
 
 impl RoutingTable {
@@ -564,6 +578,36 @@ impl Problems<'_> {
     }
 }
 
+/// `listeners.admin_token`: expanded from the environment (an unset variable is an error
+/// naming it, never showing a value); an admin listener off loopback without one is an
+/// error, since reload, purge and the policy would be open to the network.
+fn compile_admin_token(
+    p: &mut Problems,
+    listeners: &raw::Listeners,
+    admin: SocketAddr,
+) -> Option<super::secret::Secret> {
+    let token = match &listeners.admin_token {
+        Some(node) => match super::secret::expand(&node.value, |n| std::env::var(n).ok()) {
+            Ok((secret, _)) => Some(secret),
+            Err(message) => {
+                p.on(node, format!("listeners.admin_token: {message}"));
+                return None;
+            }
+        },
+        None => None,
+    };
+    let parsed = listeners.admin.value.parse::<SocketAddr>().is_ok();
+    if token.is_none() && parsed && !admin.ip().is_loopback() {
+        p.on(
+            &listeners.admin,
+            format!(
+                "listeners.admin `{admin}` is not on loopback: set `listeners.admin_token: \"${{SWITCHYARD_ADMIN_TOKEN}}\"` (or bind 127.0.0.1) so that reload, cache purge and the policy are not open to the network"
+            ),
+        );
+    }
+    token
+}
+
 fn duration_field(p: &mut Problems, node: &Spanned<String>, what: &str) -> Duration {
     match parse_duration(&node.value) {
         Some(d) => d,
@@ -609,7 +653,9 @@ pub fn compile_str(text: &str, cx: &CompileContext) -> Result<RoutingTable, Poli
     let placed = |errors| place_unlocated(text, errors);
     let raw = super::parse(text, cx.file).map_err(placed)?;
     let version = content_version(text);
-    compile(raw, version, cx).map_err(placed)
+    let mut table = compile(raw, version, cx).map_err(placed)?;
+    table.text = Arc::from(text);
+    Ok(table)
 }
 
 /// Problems no single node carries (a pair missing from `rtt_ms`, no routes, an unreadable
@@ -653,6 +699,7 @@ fn compile(
 
     let proxy_listener = socket_field(&mut p, &raw.listeners.proxy, "listeners.proxy");
     let admin_listener = socket_field(&mut p, &raw.listeners.admin, "listeners.admin");
+    let admin_token = compile_admin_token(&mut p, &raw.listeners, admin_listener);
 
     let mut trusted_proxies = Vec::new();
     for cidr in &raw.trusted_proxies {
@@ -904,6 +951,7 @@ fn compile(
 
     // Pools.
     let mut pools = Vec::new();
+    let mut host_names = Vec::new();
     let mut pool_names = HashSet::new();
     for pool in &raw.pools {
         let r = &pool.value;
@@ -948,28 +996,15 @@ fn compile(
                 );
                 continue;
             }
-            let addr = match resolve(written) {
-                Ok(a) => a,
-                Err(why) => {
-                    p.on(ep, format!("endpoint `{written}`: {why}"));
-                    continue;
+            // Every address of a host name is an endpoint; a name that does not resolve is
+            // a down placeholder, not an error (`policy::resolve`).
+            match super::resolve::endpoints(&name, &ep.value, cx.fleet) {
+                Ok((found, resolution)) => {
+                    endpoints.extend(found);
+                    host_names.extend(resolution);
                 }
-            };
-            let grpc = match ep.value.grpc().map(resolve) {
-                None => None,
-                Some(Ok(a)) => Some(a),
-                Some(Err(why)) => {
-                    p.on(ep, format!("endpoint `{written}`: grpc: {why}"));
-                    continue;
-                }
-            };
-            endpoints.push(Endpoint {
-                header: header_value(written),
-                name: written.to_string(),
-                addr,
-                grpc,
-                state: cx.fleet.endpoint(&name, written),
-            });
+                Err(why) => p.on(ep, format!("endpoint `{written}`: {why}")),
+            }
         }
         // gRPC routing picks a pool, then any endpoint in it: all of them must take gRPC.
         let with_grpc = r
@@ -1130,6 +1165,16 @@ fn compile(
         },
         retry_budget: compile_budget(&mut p, raw.upstream.retry_budget.as_ref()),
         budget: cx.fleet.retry_budget(),
+        resolve_every: match &raw.upstream.resolve_every {
+            Some(node) => {
+                let d = duration_field(&mut p, node, "upstream.resolve_every");
+                if parse_duration(&node.value).is_some_and(|d| d < Duration::from_secs(1)) {
+                    p.on(node, "upstream.resolve_every: at least `1s`");
+                }
+                d
+            }
+            None => super::resolve::DEFAULT_RESOLVE_EVERY,
+        },
     };
 
     let queue = raw
@@ -1213,6 +1258,7 @@ fn compile(
         loaded_at: SystemTime::now(),
         proxy_listener,
         admin_listener,
+        admin_token,
         threads: raw.listeners.threads,
         shutdown_grace,
         trusted_proxies,
@@ -1234,6 +1280,8 @@ fn compile(
         cache,
         limits,
         model_versions,
+        text: Arc::from(""),
+        host_names,
     })
 }
 
@@ -1476,21 +1524,6 @@ fn parse_window(text: &str) -> Option<(u32, u32)> {
     };
     let (a, b) = (minutes(a)?, minutes(b)?);
     (a != b).then_some((a, b))
-}
-
-fn resolve(hostport: &str) -> Result<SocketAddr, String> {
-    if let Ok(addr) = hostport.parse::<SocketAddr>() {
-        return Ok(addr);
-    }
-    if !hostport.contains(':') {
-        return Err("expected `host:port`".into());
-    }
-    match hostport.to_socket_addrs() {
-        Ok(mut addrs) => addrs
-            .next()
-            .ok_or_else(|| "the host name resolved to no address".into()),
-        Err(e) => Err(format!("cannot resolve: {e}")),
-    }
 }
 
 fn decode_sha256_hex(text: &str) -> Option<[u8; 32]> {

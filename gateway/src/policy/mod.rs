@@ -10,6 +10,8 @@
 pub mod compile;
 pub mod raw;
 pub mod reload;
+pub mod resolve;
+pub mod secret;
 
 pub use compile::{RoutingTable, INSPECT_LIMIT};
 

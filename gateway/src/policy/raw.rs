@@ -132,6 +132,11 @@ pub struct Listeners {
     /// before exiting (whole seconds, rounded up). Default `5s`.
     #[serde(default)]
     pub shutdown_grace: Option<Spanned<String>>,
+    /// Bearer token every admin endpoint but `/healthz`, `/readyz`, `/metrics` (and the
+    /// static status page) requires: `${NAME}` or `${NAME:-default}` from the environment
+    /// (see `policy::secret`). Required when `admin` is not on loopback. Default: none.
+    #[serde(default)]
+    pub admin_token: Option<Spanned<String>>,
 }
 
 impl Default for Listeners {
@@ -141,6 +146,7 @@ impl Default for Listeners {
             admin: default_admin_listener(),
             threads: None,
             shutdown_grace: None,
+            admin_token: None,
         }
     }
 }
@@ -437,6 +443,10 @@ pub struct Upstream {
     /// How many retries the gateway may add to the load. Default ratio 0.2, 5 per second.
     #[serde(default)]
     pub retry_budget: Option<Spanned<RetryBudget>>,
+    /// How often endpoint host names are looked up again while serving (every address of a
+    /// name is an endpoint; a failed lookup keeps the last good ones). Default `30s`.
+    #[serde(default)]
+    pub resolve_every: Option<Spanned<String>>,
 }
 
 /// `upstream.retry_budget`: retries ≤ `ratio` × requests + `min_per_second` × seconds.
@@ -460,6 +470,7 @@ impl Default for Upstream {
             max_backoff: None,
             eject_after: None,
             retry_budget: None,
+            resolve_every: None,
         }
     }
 }

@@ -250,7 +250,7 @@ async fn attempt(table: &RoutingTable, pool_id: PoolId, job: &Job) -> Attempt {
     let req = Outgoing {
         method: &job.request.method,
         path: &job.request.path,
-        host: &ep.name,
+        host: &ep.authority,
         headers: &headers,
         body: &job.body,
     };

@@ -508,3 +508,83 @@ impl JobStore for EmbeddedStore {
         "embedded"
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::{JobClass, JobRequest};
+    use bytes::Bytes;
+
+    fn job(pool: &str) -> Job {
+        Job {
+            id: Job::new_id(),
+            scope: "anonymous".into(),
+            idempotency_key: None,
+            status: JobStatus::Queued,
+            priority: 1,
+            created_ms: unix_ms(),
+            started_ms: None,
+            finished_ms: None,
+            expires_ms: None,
+            attempts: 0,
+            not_before_ms: 0,
+            last_error: None,
+            request: JobRequest {
+                method: "POST".into(),
+                path: "/v1/chat/completions".into(),
+                headers: Vec::new(),
+            },
+            class: JobClass {
+                route: "r".into(),
+                tier: "batch".into(),
+                model: "m".into(),
+                region: "us".into(),
+                pool: pool.into(),
+                client_ip: "127.0.0.1".into(),
+            },
+            callback_url: None,
+            result: None,
+            body: Bytes::from_static(b"{}"),
+            result_body: Bytes::new(),
+        }
+    }
+
+    /// An enqueued job is readable as soon as `enqueue` returns, whatever the dispatcher
+    /// is doing to other jobs at the same time (claims and updates share the writer).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn an_enqueued_job_is_readable_at_once_under_concurrent_dispatch() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(EmbeddedStore::open(&dir.path().join("q.redb")).unwrap());
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let dispatcher = {
+            let (store, stop) = (store.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    for mut j in store.claim("p", 8, Duration::from_secs(60)).await.unwrap() {
+                        j.status = JobStatus::Succeeded;
+                        j.expires_ms = Some(unix_ms() + 60_000);
+                        store.update(&j).await.unwrap();
+                    }
+                    tokio::task::yield_now().await;
+                }
+            })
+        };
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..50 {
+                    let j = job("p");
+                    let id = j.id.clone();
+                    store.enqueue(j, 1_000_000).await.unwrap();
+                    assert!(store.get(&id).await.unwrap().is_some(), "{id} not readable");
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        dispatcher.await.unwrap();
+    }
+}

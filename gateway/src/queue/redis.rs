@@ -75,6 +75,15 @@ if st == 'running' and ARGV[1] == '1' then return 1 end
 return 0
 "#;
 
+/// The running record of a job just claimed, written only while the job is still running:
+/// between `CLAIM` and this write, the dispatcher whose lease ran out may have finished the
+/// job, and an unconditional write would replace its result with a running record.
+const SET_RUNNING_RECORD: &str = r#"
+if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
+redis.call('HSET', KEYS[1], 'rec', ARGV[1])
+return 1
+"#;
+
 const UPDATE: &str = r#"
 local st = redis.call('HGET', KEYS[1], 'status')
 if ARGV[6] ~= '' then
@@ -444,8 +453,15 @@ impl JobStore for RedisStore {
             job.status = JobStatus::Running;
             job.attempts += 1;
             job.started_ms = Some(unix_ms());
-            self.cmd(&[b"HSET", job_key.as_bytes(), b"rec", &job.encode()])
-                .await?;
+            let still_running = self
+                .eval(SET_RUNNING_RECORD, &[&job_key], &[&job.encode()])
+                .await?
+                .as_int()
+                == Some(1);
+            if !still_running {
+                // Finished meanwhile by the dispatcher it was taken from: nothing to run.
+                continue;
+            }
             if let Ok(mut m) = self.entries.lock() {
                 m.insert(id, entry);
             }

@@ -42,15 +42,16 @@ impl BackgroundService for HealthChecker {
             let table = self.snapshot.load_full();
             let now = Instant::now();
             for pool in &table.pools {
+                // A host name that never resolved has no address to probe, and stays down.
                 let Some(hc) = &pool.health else {
-                    for ep in &pool.endpoints {
+                    for ep in pool.endpoints.iter().filter(|e| e.resolved) {
                         if !ep.state.healthy() {
                             ep.state.clear_health();
                         }
                     }
                     continue;
                 };
-                for ep in &pool.endpoints {
+                for ep in pool.endpoints.iter().filter(|e| e.resolved) {
                     let key = (pool.name.clone(), ep.name.clone());
                     if next_due.get(&key).is_some_and(|due| now < *due) {
                         continue;

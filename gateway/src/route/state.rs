@@ -288,6 +288,14 @@ impl EndpointState {
         }
     }
 
+    /// The placeholder of an endpoint whose host name has never resolved: not healthy, so
+    /// never up and never chosen (health checks skip it; see `policy::resolve`).
+    pub fn unresolved() -> Self {
+        let state = Self::new(Duration::from_millis(50));
+        state.healthy.store(false, Ordering::Relaxed);
+        state
+    }
+
     /// Not ejected and not failing its health checks.
     pub fn is_up(&self, now_ms: u64) -> bool {
         self.down_until_ms.load(Ordering::Relaxed) <= now_ms && self.healthy.load(Ordering::Relaxed)

@@ -119,14 +119,46 @@ fn ms(d: Duration) -> String {
 pub fn warnings(raw: &raw::Policy, table: &RoutingTable) -> Vec<Diagnostic> {
     let mut out = Vec::new();
 
-    if !table.admin_listener.ip().is_loopback() {
-        out.push(at(
-            &raw.listeners.admin,
-            format!(
-                "listeners.admin `{}` is not on loopback: the admin API (reload, explain) has no authentication",
-                table.admin_listener
-            ),
-        ));
+    // An admin listener off loopback without a token is a load error (compile); here, a
+    // token that is not really a deployment secret.
+    if let Some(node) = &raw.listeners.admin_token {
+        use crate::policy::secret::{expand, Source};
+        match expand(&node.value, |n| std::env::var(n).ok()) {
+            Ok((_, Source::Literal)) => out.push(at(
+                node,
+                "listeners.admin_token is written in the policy file: use `${NAME}` and set the token in the environment".into(),
+            )),
+            Ok((_, Source::Default)) => out.push(at(
+                node,
+                "listeners.admin_token: the variable is not set, so the default written in the file is the token; set it for anything but a demo".into(),
+            )),
+            _ => {}
+        }
+    }
+
+    // Endpoint host names that do not resolve here (offline, or outside the network that
+    // runs the gateway, e.g. compose service names): not an error, the gateway starts with
+    // them down and keeps looking them up (`policy::resolve`).
+    for (pool, rp) in table.pools.iter().zip(&raw.pools) {
+        for ep in &rp.value.endpoints {
+            let written = [Some(ep.value.http()), ep.value.grpc()];
+            let unresolved = table
+                .host_names
+                .iter()
+                .find(|n| written.contains(&Some(n.name.as_str())) && n.addrs.is_empty());
+            if let Some(n) = unresolved {
+                out.push(at(
+                    ep,
+                    format!(
+                        "pool `{}`: endpoint `{}`: {}; the gateway starts with it down and looks it up again every {}s",
+                        pool.name,
+                        n.name,
+                        n.error.as_deref().unwrap_or("does not resolve"),
+                        table.upstream.resolve_every.as_secs()
+                    ),
+                ));
+            }
+        }
     }
 
     // Pools no request can reach: no tier allows their kind, or residency excludes their

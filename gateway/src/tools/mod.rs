@@ -30,9 +30,17 @@ pub enum ToolError {
     Usage(String),
 }
 
-/// Compile a policy file on its own, with baseline estimates.
+/// Compile a policy file on its own, with baseline estimates. Offline tools answer what the
+/// policy decides, so an endpoint whose host name does not resolve here (a compose or
+/// cluster service name) counts as up, as it would where the gateway runs.
 pub fn load(path: &Path) -> Result<RoutingTable, PolicyErrors> {
-    policy::load_file(path, &Fleet::default())
+    let table = policy::load_file(path, &Fleet::default())?;
+    for ep in table.pools.iter().flat_map(|p| &p.endpoints) {
+        if !ep.resolved {
+            ep.state.clear_health();
+        }
+    }
+    Ok(table)
 }
 
 /// What `switchyard explain` is asked.

@@ -47,6 +47,7 @@ pub fn policy_schema() -> Value {
             "admin": string("Admin listener `ip:port`. Default 127.0.0.1:9090; keep it on loopback."),
             "threads": { "type": ["integer", "null"], "minimum": 0, "description": "Proxy worker threads. Default: the number of CPUs." },
             "shutdown_grace": optional_string("On SIGTERM: stop accepting, let requests in flight finish for this long (whole seconds, rounded up), then exit. Default 5s."),
+            "admin_token": optional_string("Bearer token for every admin endpoint but /healthz, /readyz, /metrics and the static status page: `${NAME}` or `${NAME:-default}`, expanded from the environment at load (an unset variable is a load error). Required when `admin` is not on loopback. Default: none."),
         }),
     );
     let geoip = object(
@@ -203,6 +204,7 @@ pub fn policy_schema() -> Value {
                 "ratio": { "type": ["number", "null"], "minimum": 0, "maximum": 1, "description": "Retries per request. Default 0.2 (at most 20% extra load)." },
                 "min_per_second": { "type": ["number", "null"], "minimum": 0, "maximum": 1000, "description": "Retries per second on top. Default 5." },
             })),
+            "resolve_every": optional_string("How often endpoint host names are looked up again while serving (at least 1s). Every address of a name is an endpoint; a failed lookup keeps the last good addresses; a name that never resolved is an endpoint that is down. Default 30s."),
         }),
     );
     let queue = object(

@@ -1,0 +1,272 @@
+//! What an operator reads off a running gateway, on real sockets: abandoned requests are
+//! counted as `499` (not as errors the gateway never sent) and leave no in-flight count
+//! behind; the status JSON shows the cache and the queue; a live `/metrics` scrape passes
+//! `promtool check metrics` (when `promtool` is installed).
+
+mod support;
+
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use support::*;
+use tokio::io::AsyncWriteExt;
+
+/// Send a chat request on a fresh connection, then close it before the answer comes.
+async fn send_and_abandon(proxy: SocketAddr, after: Duration) {
+    let body = chat("m");
+    let req = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut s = tokio::net::TcpStream::connect(proxy)
+        .await
+        .expect("connect");
+    s.write_all(req.as_bytes()).await.expect("write");
+    tokio::time::sleep(after).await;
+    drop(s);
+}
+
+/// Poll `/admin/pools` until every pool and endpoint has nothing in flight (at most 10 s);
+/// the last answer.
+async fn pools_when_idle(gw: &Gateway) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let pools = gw.pools().await;
+        if in_flight_sum(&pools) == 0 || Instant::now() > deadline {
+            return pools;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The sum of every `in_flight` number anywhere in a JSON document.
+fn in_flight_sum(v: &Value) -> u64 {
+    match v {
+        Value::Object(map) => map
+            .iter()
+            .map(|(k, v)| match (k.as_str(), v.as_u64()) {
+                ("in_flight", Some(n)) => n,
+                _ => in_flight_sum(v),
+            })
+            .sum(),
+        Value::Array(items) => items.iter().map(in_flight_sum).sum(),
+        _ => 0,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_requests_are_499s_that_still_cost_and_leave_nothing_in_flight() {
+    // The backend takes 2 s; each client gives up after 300 ms.
+    let slow = mock("slow", 2000).await;
+    let pools = pool(
+        "edge",
+        "edge",
+        "us",
+        &[slow.addr()],
+        "[\"*\"]",
+        "{ per_request: 0.5 }",
+    );
+    let gw = Gateway::start(&policy(&pools, "")).await;
+    let clients: Vec<_> = (0..40)
+        .map(|_| tokio::spawn(send_and_abandon(gw.proxy, Duration::from_millis(300))))
+        .collect();
+    for c in clients {
+        c.await.expect("client task");
+    }
+
+    let m = gw
+        .metrics_when(|m| metric_sum(m, "switchyard_requests_total", &[("status", "499")]) >= 40.0)
+        .await;
+    assert_eq!(
+        metric_sum(&m, "switchyard_requests_total", &[("status", "499")]),
+        40.0,
+        "every abandoned request is one 499\n{m}"
+    );
+    assert_eq!(
+        metric_sum(&m, "switchyard_requests_total", &[]),
+        40.0,
+        "and nothing else (no 503s the gateway never sent)\n{m}"
+    );
+    // The backend was already working on them: that spend counts (0.5 USD each).
+    assert_eq!(
+        metric_sum(&m, "switchyard_cost_nanousd_total", &[("pool", "edge")]),
+        40.0 * 0.5e9,
+        "{m}"
+    );
+    let pools = pools_when_idle(&gw).await;
+    assert_eq!(
+        in_flight_sum(&pools),
+        0,
+        "in-flight counts left behind: {pools}"
+    );
+    assert!(
+        pools.to_string().contains("\"in_flight\""),
+        "the pools report in-flight counts: {pools}"
+    );
+}
+
+/// A cached chat route, an edge pool and a batch pool whose dispatch window is closed (jobs
+/// stay queued), so the cache and the queue both have something to show.
+async fn cache_and_queue_fleet() -> (Gateway, switchyard::testkit::mock::MockBackend) {
+    let edge = mock("edge", 0).await;
+    let pools = pool(
+        "edge",
+        "edge",
+        "us",
+        &[edge.addr()],
+        "[\"*\"]",
+        "{ per_request: 0.001 }",
+    ) + &pool(
+        "batch",
+        "batch",
+        "us",
+        &[dead_addr()],
+        "[\"*\"]",
+        "{ per_gpu_hour: 0.5 }",
+    );
+    let routes = "  - { name: chat, match: /v1/chat/completions, protocol: openai, max_body: 16KiB, tier: standard, cache: { ttl: 10m } }\n";
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let (m, e) = ((now / 60 + 10) % 1440, (now / 60 + 20) % 1440);
+    let queue = format!(
+        "cache: {{ max_bytes: 1MiB }}\nqueue:\n  path: data/queue.redb\n  pools:\n    batch: {{ window: \"{:02}:{:02}-{:02}:{:02}\" }}\n",
+        m / 60,
+        m % 60,
+        e / 60,
+        e % 60
+    );
+    let gw = Gateway::start(&policy_with_routes(&pools, routes, &queue)).await;
+    (gw, edge)
+}
+
+/// A deterministic (cacheable) chat request.
+fn ask(content: &str) -> String {
+    format!(
+        r#"{{"model":"m1","temperature":0,"messages":[{{"role":"user","content":"{content}"}}]}}"#
+    )
+}
+
+/// Two misses, two hits, one queued job.
+async fn cache_and_queue_traffic(gw: &Gateway) {
+    for content in ["a", "b", "a", "b"] {
+        let r = gw.post("/v1/chat/completions", &[], &ask(content)).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let r = gw
+        .post(
+            "/v1/chat/completions",
+            &[("x-slo-tier", "batch")],
+            &chat("m1"),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_json_shows_the_cache_and_the_queue() {
+    let (gw, edge) = cache_and_queue_fleet().await;
+    cache_and_queue_traffic(&gw).await;
+    assert_eq!(
+        edge.stats().requests,
+        2,
+        "the repeats were answered from memory"
+    );
+
+    // Queue depth comes from the dispatcher's statistics (refreshed every second).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let s = loop {
+        let r = gw.admin_get("/admin/status").await;
+        assert_eq!(r.status, 200);
+        let s: Value = serde_json::from_slice(&r.body).expect("status JSON");
+        if s["queue"]["depth"] == 1 || Instant::now() > deadline {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let cache = &s["cache"];
+    assert_eq!(cache["hit_ratio"], 0.5, "{s}");
+    assert_eq!(cache["hits_total"], 2, "{s}");
+    assert_eq!(cache["max_bytes"], 1024 * 1024, "{s}");
+    // Two hits of a pool costing 0.001 USD a request.
+    let saved = cache["saved_usd_total"].as_f64().unwrap_or(0.0);
+    assert!((saved - 0.002).abs() < 1e-9, "{s}");
+    assert!(
+        cache["saved_usd_per_hour"].as_f64().unwrap_or(0.0) > 0.0,
+        "{s}"
+    );
+    let queue = &s["queue"];
+    assert_eq!(queue["depth"], 1, "{s}");
+    assert!(queue["oldest_job_s"].as_f64().is_some(), "{s}");
+    // The traffic split names where answers came from: the pool, the cache, the queue.
+    let split: Vec<(String, u64)> = s["split"]
+        .as_array()
+        .expect("split")
+        .iter()
+        .map(|p| {
+            (
+                p["pool"].as_str().unwrap_or("").to_string(),
+                p["requests"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    for (pool, n) in [("edge", 2), ("cache", 2), ("queue", 1)] {
+        assert!(
+            split.contains(&(pool.to_string(), n)),
+            "{pool}: {n} expected in {split:?}"
+        );
+    }
+    assert!(
+        !split.iter().any(|(p, _)| p == "(none)"),
+        "nothing unanswered: {split:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_scrape_passes_promtool() {
+    let Ok(out) = std::process::Command::new("promtool")
+        .arg("--version")
+        .output()
+    else {
+        eprintln!("note: promtool is not installed; skipping `promtool check metrics` (.ci/run installs it)");
+        return;
+    };
+    assert!(out.status.success(), "promtool --version failed");
+    let (gw, _edge) = cache_and_queue_fleet().await;
+    cache_and_queue_traffic(&gw).await;
+    let m = gw
+        .metrics_when(|m| metric_sum(m, "switchyard_cost_saved_nanousd_total", &[]) > 0.0)
+        .await;
+    for family in [
+        "switchyard_cost_nanousd_total",
+        "switchyard_cost_saved_nanousd_total",
+        "switchyard_cache_lookups_total",
+        "switchyard_queue_depth",
+        "switchyard_request_duration_seconds_bucket",
+    ] {
+        assert!(m.contains(family), "{family} missing from the scrape:\n{m}");
+    }
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run promtool");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(m.as_bytes()).expect("feed promtool");
+    }
+    let out = child.wait_with_output().expect("promtool output");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && report.trim().is_empty(),
+        "promtool check metrics:\n{report}\nscrape:\n{m}"
+    );
+}
