@@ -270,3 +270,74 @@ async fn a_live_scrape_passes_promtool() {
         "promtool check metrics:\n{report}\nscrape:\n{m}"
     );
 }
+
+#[tokio::test]
+async fn the_access_log_is_written_off_the_request_path_as_json_lines() {
+    let edge = mock("edge", 0).await;
+    let pools = pool(
+        "edge",
+        "edge",
+        "us",
+        &[edge.addr()],
+        "[\"*\"]",
+        "{ per_request: 0.00002 }",
+    );
+    // The policy names a file: written whatever RUST_LOG says about `switchyard::access`.
+    let gw = Gateway::start(&policy(
+        &pools,
+        "observe: { access_log: access.jsonl, access_log_format: json }\n",
+    ))
+    .await;
+    for i in 0..20 {
+        let r = gw
+            .post(
+                "/v1/chat/completions",
+                &[("x-forwarded-for", "192.0.2.10")],
+                &chat(&format!("model-{i}")),
+            )
+            .await;
+        assert_eq!(r.status, 200);
+    }
+    let r = gw.post("/nowhere", &[], "{}").await;
+    assert_eq!(r.status, 404);
+    let path = gw.dir.path().join("access.jsonl");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let lines = loop {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("every line is one JSON object"))
+            .collect();
+        if lines.len() >= 21 || Instant::now() > deadline {
+            break lines;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(lines.len(), 21, "{lines:?}");
+    // (Lines of requests answered by different threads may interleave.)
+    let first = lines
+        .iter()
+        .find(|l| l["model"] == "model-0")
+        .expect("the first request's line");
+    assert_eq!(first["method"], "POST");
+    assert_eq!(first["path"], "/v1/chat/completions");
+    assert_eq!(first["status"], 200);
+    assert_eq!(first["route"], "chat");
+    assert_eq!(first["region"], "eu");
+    assert_eq!(first["pool"], "edge");
+    assert_eq!(first["model"], "model-0");
+    assert_eq!(first["attempts"], 1);
+    assert!(first["ts"].as_str().is_some_and(|t| t.ends_with('Z')));
+    assert!(first["ms"].as_f64().is_some());
+    let refused = lines
+        .iter()
+        .find(|l| l["status"] == 404)
+        .expect("the 404's line");
+    assert_eq!(refused["route"], "none");
+    assert_eq!(refused["pool"], "none");
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric_sum(&m, "switchyard_access_log_dropped_total", &[]),
+        0.0
+    );
+}

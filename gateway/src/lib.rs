@@ -22,6 +22,7 @@ pub mod discovery;
 pub mod error;
 pub mod grpc;
 pub mod hedge;
+pub mod observe;
 pub mod policy;
 pub mod proxy;
 pub mod queue;

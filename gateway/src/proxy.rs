@@ -19,6 +19,7 @@ pub use body::BodyBudget;
 use crate::cache::{Cache, CacheCtx, Lookup};
 use crate::classify::{self, Class, RequestFacts};
 use crate::error::GatewayError;
+use crate::observe::access::AccessRecord;
 use crate::policy::compile::{PoolId, RoutingTable, INSPECT_LIMIT};
 use crate::policy::Snapshot;
 use crate::queue::{self, Queue};
@@ -45,6 +46,8 @@ pub struct Gateway {
     cache: Option<Arc<Cache>>,
     /// Request-body bytes held by all requests in flight.
     bodies: Arc<BodyBudget>,
+    /// The access log's queue to its writer thread (`None`: off).
+    access: Option<crate::observe::AccessLog>,
 }
 
 impl Gateway {
@@ -54,7 +57,14 @@ impl Gateway {
             queue: None,
             cache: None,
             bodies: BodyBudget::new(),
+            access: None,
         }
+    }
+
+    /// Write one access log line per request to `log` (off the request path).
+    pub fn with_access_log(mut self, log: Option<crate::observe::AccessLog>) -> Self {
+        self.access = log;
+        self
     }
 
     /// The request-body budget (the admin listener exports how much of it is held).
@@ -517,20 +527,30 @@ impl ProxyHttp for Gateway {
             }
         }
         drop(handles);
-        let client = ctx.class.as_ref().map(|c| c.client_ip);
-        let model = ctx.class.as_ref().map(|c| c.model.as_str()).unwrap_or("");
-        tracing::info!(
-            target: "switchyard::access",
-            method = %session.req_header().method,
-            path = %session.req_header().uri.path(),
-            status,
-            ms = elapsed.as_secs_f64() * 1e3,
-            client = ?client,
-            route, tier, region, model, pool, reason,
-            attempts = ctx.tried.len(),
-            error = e.map(|e| e.to_string()),
-            "request"
-        );
+        if let Some(log) = &self.access {
+            // Moved to the writer thread as indices and refcounts; formatted there.
+            let req = session.req_header();
+            let class = ctx.class.as_mut();
+            log.record(AccessRecord {
+                at: std::time::SystemTime::now(),
+                method: req.method.clone(),
+                uri: req.uri.clone(),
+                status,
+                elapsed,
+                client: class.as_ref().map(|c| c.client_ip),
+                route: key.route,
+                tier: key.tier,
+                region: key.region,
+                pool: key.pool,
+                model: class
+                    .map(|c| std::mem::take(&mut c.model))
+                    .unwrap_or_default(),
+                reason,
+                attempts: ctx.tried.len().min(255) as u8,
+                error: e.map(|e| e.to_string()),
+                table: Some(table),
+            });
+        }
     }
 }
 

@@ -120,12 +120,16 @@ pub fn build(table: RoutingTable, fleet: Arc<Fleet>, opts: Options) -> Result<Bu
     // The prediction cache is built once and outlives reloads (its size limits are fixed
     // at start-up); the proxy fills it and the admin API purges it.
     let cache = crate::cache::Cache::new(&table.cache);
+    let table_access = table.access_log.clone();
     let snapshot = policy::snapshot(table);
     let control = Arc::new(ControlPlane::new(snapshot.clone(), fleet, opts.policy_path));
 
+    let access = crate::observe::AccessLog::start(&table_access.0, table_access.1)
+        .map_err(|e| ServerError::Pingora(format!("cannot open the access log: {e}")))?;
     let gateway = Gateway::new(snapshot.clone())
         .with_queue(queue.clone())
-        .with_cache(Some(cache.clone()));
+        .with_cache(Some(cache.clone()))
+        .with_access_log(access);
     let bodies = gateway.body_budget();
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,

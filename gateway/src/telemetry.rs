@@ -33,6 +33,8 @@ pub fn nano_usd(usd: f64) -> u64 {
 /// Request-body bytes held in memory by all requests in flight (refreshed at scrape); bounded
 /// by `limits.max_buffered_bytes`.
 pub const BUFFERED_BODY_BYTES: &str = "switchyard_buffered_body_bytes";
+/// Access log lines dropped because the writer could not keep up (or could not write).
+pub const ACCESS_LOG_DROPPED: &str = "switchyard_access_log_dropped_total";
 /// Prediction cache lookups. Labels: result (`hit`, `miss`, `bypass`, `coalesced`).
 pub const CACHE_LOOKUPS: &str = "switchyard_cache_lookups_total";
 /// Entries in the prediction cache (refreshed at scrape).
@@ -108,6 +110,10 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
 }
 
 fn describe() {
+    describe_counter!(
+        ACCESS_LOG_DROPPED,
+        "Access log lines dropped because the writer could not keep up"
+    );
     describe_gauge!(
         BUFFERED_BODY_BYTES,
         Unit::Bytes,

@@ -92,6 +92,8 @@ pub struct RoutingTable {
     pub cache: CacheSettings,
     /// Gateway-wide limits.
     pub limits: Limits,
+    /// Where the access log goes and how it is written.
+    pub access_log: (crate::observe::LogTarget, crate::observe::LogFormat),
     /// Model → the version the policy declares (`models:`), part of the cache key.
     pub model_versions: HashMap<String, String>,
     /// The policy text this table was compiled from (compiled again when an endpoint host
@@ -1205,6 +1207,7 @@ fn compile(
         .as_ref()
         .map(|l| compile_limits(&mut p, l))
         .unwrap_or_default();
+    let access_log = compile_access_log(&mut p, raw.observe.as_ref(), cx.file);
     let mut model_versions = HashMap::new();
     for (model, def) in &raw.models {
         let version = def.value.version.value.trim();
@@ -1279,10 +1282,41 @@ fn compile(
         queue,
         cache,
         limits,
+        access_log,
         model_versions,
         text: Arc::from(""),
         host_names,
     })
+}
+
+/// The `observe:` section's access log.
+fn compile_access_log(
+    p: &mut Problems,
+    node: Option<&Spanned<raw::Observe>>,
+    file: &Path,
+) -> (crate::observe::LogTarget, crate::observe::LogFormat) {
+    use crate::observe::LogTarget;
+    let Some(node) = node else {
+        return (LogTarget::Default, Default::default());
+    };
+    let format = node.value.access_log_format.unwrap_or_default();
+    let target = match node.value.access_log.as_ref() {
+        None => LogTarget::Default,
+        Some(t) => match t.value.trim() {
+            "stderr" => LogTarget::Stderr,
+            "stdout" => LogTarget::Stdout,
+            "off" => LogTarget::Off,
+            "" => {
+                p.on(
+                    t,
+                    "observe.access_log: expected stderr, stdout, off or a file path".to_string(),
+                );
+                LogTarget::Stderr
+            }
+            path => LogTarget::File(file.parent().unwrap_or_else(|| Path::new(".")).join(path)),
+        },
+    };
+    (target, format)
 }
 
 /// The `limits:` section.

@@ -48,6 +48,9 @@ pub struct Policy {
     /// at all is the route's `cache:` block.
     #[serde(default)]
     pub cache: Option<Spanned<CacheSection>>,
+    /// Logs. Absent: the access log goes to stderr as text.
+    #[serde(default)]
+    pub observe: Option<Spanned<Observe>>,
     /// Gateway-wide limits. Absent: the defaults below.
     #[serde(default)]
     pub limits: Option<Spanned<Limits>>,
@@ -94,6 +97,20 @@ pub enum CacheScope {
     #[default]
     Tenant,
     Shared,
+}
+
+/// The `observe:` section (read at start-up: a change takes a restart).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Observe {
+    /// Where the access log goes: `stderr` (default), `stdout`, `off`, or a file path
+    /// (relative to the policy file; appended to). Written off the request path; lines are
+    /// dropped and counted, never waited for, when the destination cannot keep up.
+    #[serde(default)]
+    pub access_log: Option<Spanned<String>>,
+    /// `text` (default: `key=value` pairs) or `json` (one object per line, for log shippers).
+    #[serde(default)]
+    pub access_log_format: Option<crate::observe::LogFormat>,
 }
 
 /// The `limits:` section.

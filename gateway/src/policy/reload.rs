@@ -69,6 +69,8 @@ pub struct StartupSettings {
     pub cache_size: (u64, Option<Duration>),
     /// Pingora's grace period on SIGTERM is fixed when the server is built.
     pub shutdown_grace: Duration,
+    /// The access log's writer is started once.
+    pub access_log: (crate::observe::LogTarget, crate::observe::LogFormat),
 }
 
 impl StartupSettings {
@@ -79,6 +81,7 @@ impl StartupSettings {
             threads: table.threads,
             cache_size: (table.cache.max_bytes, table.cache.idle),
             shutdown_grace: table.shutdown_grace,
+            access_log: table.access_log.clone(),
         }
     }
 
@@ -120,6 +123,12 @@ impl StartupSettings {
             out.push(format!(
                 "listeners.shutdown_grace: running with {:?}, policy says {:?}",
                 self.shutdown_grace, new.shutdown_grace
+            ));
+        }
+        if self.access_log != new.access_log {
+            out.push(format!(
+                "observe.access_log: writing {:?}, policy says {:?}",
+                self.access_log, new.access_log
             ));
         }
         out
@@ -357,6 +366,7 @@ mod tests {
             threads: None,
             cache_size: (1024, None),
             shutdown_grace: Duration::from_secs(5),
+            access_log: (crate::observe::LogTarget::Default, Default::default()),
         };
         assert!(a.restart_required(&a.clone()).is_empty());
         let b = StartupSettings {

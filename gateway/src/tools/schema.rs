@@ -253,6 +253,10 @@ pub fn policy_schema() -> Value {
             "upstream": upstream,
             "queue": queue,
             "cache": cache,
+            "observe": object("Logs. Absent: the access log goes to stderr as text. Read at start-up.", &[], json!({
+                "access_log": optional_string("stderr (default), stdout, off, or a file path relative to the policy (appended to)."),
+                "access_log_format": enumeration("text (default) or json (one object per line).", &["text", "json"]),
+            })),
             "limits": object("Gateway-wide limits. Absent: the defaults.", &[], json!({
                 "max_buffered_bytes": optional_string("Request-body bytes held in memory at once over all requests; beyond it large requests get 503. Default 512MiB."),
             })),
