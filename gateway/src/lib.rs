@@ -15,6 +15,7 @@
 //! metric names, and [`error`] the one mapping from errors to HTTP responses.
 
 pub mod admin;
+pub mod admit;
 pub mod cache;
 pub mod classify;
 pub mod demo;
@@ -24,6 +25,7 @@ pub mod hedge;
 pub mod policy;
 pub mod proxy;
 pub mod queue;
+pub mod redis;
 pub mod route;
 pub mod scenario;
 pub mod server;

@@ -16,6 +16,7 @@ mod buffered;
 
 pub use body::BodyBudget;
 
+use crate::admit::{self, Limiter, Ticket};
 use crate::cache::{Cache, CacheCtx, Lookup};
 use crate::classify::{self, Class, RequestFacts};
 use crate::error::GatewayError;
@@ -45,6 +46,8 @@ pub struct Gateway {
     cache: Option<Arc<Cache>>,
     /// Request-body bytes held by all requests in flight.
     bodies: Arc<BodyBudget>,
+    /// Live tenant limit state (rate, concurrency, spend), beside the snapshot.
+    limiter: Arc<Limiter>,
 }
 
 impl Gateway {
@@ -54,7 +57,14 @@ impl Gateway {
             queue: None,
             cache: None,
             bodies: BodyBudget::new(),
+            limiter: Limiter::local(),
         }
+    }
+
+    /// Enforce tenant limits with `limiter` (shared through Redis when it has a backend).
+    pub fn with_limiter(mut self, limiter: Arc<Limiter>) -> Self {
+        self.limiter = limiter;
+        self
     }
 
     /// The request-body budget (the admin listener exports how much of it is held).
@@ -98,6 +108,8 @@ pub struct RequestCtx {
     cache: CacheCtx,
     /// The request body's bytes in the gateway's body budget (given back on drop).
     body_permit: Option<BodyPermit>,
+    /// The tenant's hold on its limits (concurrency slot given back on drop).
+    admit: Option<Ticket>,
 }
 
 impl RequestCtx {
@@ -140,6 +152,7 @@ impl ProxyHttp for Gateway {
             own_status: None,
             cache: CacheCtx::default(),
             body_permit: None,
+            admit: None,
         }
     }
 
@@ -161,7 +174,8 @@ impl ProxyHttp for Gateway {
             }
         }
         let bodies = (&self.bodies, &mut ctx.body_permit);
-        match prepare(session, &table, self.cache.as_ref(), bodies).await {
+        let admit = (&*self.limiter, &mut ctx.admit);
+        match prepare(session, &table, self.cache.as_ref(), bodies, admit).await {
             Ok((class, decision, body, lookup)) => {
                 // A hit, or the answer of an identical request in flight, is served here
                 // before any upstream work; waiters wait at most the tier's upstream timeout.
@@ -452,6 +466,7 @@ impl ProxyHttp for Gateway {
             let spent = class.inference && (200..500).contains(&status) && pool != "none";
             if let (Some(est), true) = (d.estimate, spent) {
                 handles.cost.increment(est.cost_usd);
+                admit::charge(ctx.admit.as_ref(), est.cost_usd);
             }
         }
         drop(handles);
@@ -737,6 +752,7 @@ async fn prepare(
     table: &RoutingTable,
     cache: Option<&Arc<Cache>>,
     (budget, permit): (&Arc<BodyBudget>, &mut Option<BodyPermit>),
+    (limiter, ticket): (&Limiter, &mut Option<Ticket>),
 ) -> std::result::Result<(Class, Decision, Bytes, Lookup), (Option<Class>, GatewayError)> {
     let path = session.req_header().uri.path().to_string();
     let route_id = table
@@ -763,7 +779,11 @@ async fn prepare(
         headers: &header.headers,
         body: Some(&body),
     };
-    let class = classify::classify(&facts, route_id, table).map_err(|e| (None, e.into()))?;
+    let mut class = classify::classify(&facts, route_id, table).map_err(|e| (None, e.into()))?;
+    // Authentication, rate and concurrency: before the cache (a limited caller gets no hits).
+    admit::check(limiter, table, &class, ticket)
+        .await
+        .map_err(|e| (Some(class.clone()), e))?;
 
     // The cache: looked up before deciding, so that a hit is answered even when no pool
     // could take the request now (the decision is still made, for the spend avoided).
@@ -780,6 +800,13 @@ async fn prepare(
         None => Lookup::Bypass,
     };
 
+    if !lookup.is_hit() {
+        // The daily budget: only requests that will cost something (hits are free); may
+        // move the request to the tenant's downgrade tier.
+        if let Err(e) = admit::spend(ticket.as_ref(), table, &mut class) {
+            return Err((Some(class), e));
+        }
+    }
     let decision = route::decide(&class, table, &[], now_ms());
     if lookup.is_hit() {
         return Ok((class, decision, body, lookup));
@@ -909,6 +936,9 @@ fn decision_headers(resp: &mut ResponseHeader, ctx: &RequestCtx) {
         );
         if let Some(region) = table.region_headers.get(class.region as usize) {
             let _ = resp.insert_header("x-switchyard-region", region.clone());
+        }
+        if class.tier_source == classify::TierSource::Budget {
+            let _ = resp.insert_header("x-switchyard-budget", "downgraded");
         }
     }
     if let Some((p, e)) = ctx.tried.last() {

@@ -96,12 +96,16 @@ pub fn build(table: RoutingTable, fleet: Arc<Fleet>, opts: Options) -> Result<Bu
     // The prediction cache is built once and outlives reloads (its size limits are fixed
     // at start-up); the proxy fills it and the admin API purges it.
     let cache = crate::cache::Cache::new(&table.cache);
+    // Tenant limit state lives beside the table and survives reloads; its backend (local or
+    // Redis) is fixed at start-up.
+    let limiter = crate::admit::Limiter::new(&table.limits.admission.backend);
     let snapshot = policy::snapshot(table);
     let control = Arc::new(ControlPlane::new(snapshot.clone(), fleet, opts.policy_path));
 
     let gateway = Gateway::new(snapshot.clone())
         .with_queue(queue.clone())
-        .with_cache(Some(cache.clone()));
+        .with_cache(Some(cache.clone()))
+        .with_limiter(limiter.clone());
     let bodies = gateway.body_budget();
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
@@ -122,6 +126,7 @@ pub fn build(table: RoutingTable, fleet: Arc<Fleet>, opts: Options) -> Result<Bu
             metrics: metrics.clone(),
             cache: Some(cache),
             bodies: Some(bodies),
+            limiter: Some(limiter),
         }),
     );
     admin.add_tcp(&admin_addr.to_string());

@@ -26,6 +26,7 @@ use std::time::UNIX_EPOCH;
 
 mod cache;
 pub mod status;
+mod tenants;
 
 /// Largest admin request body (explain requests carry a sample body).
 const MAX_ADMIN_BODY: usize = 1024 * 1024;
@@ -127,6 +128,8 @@ pub struct AdminApp {
     pub cache: Option<Arc<crate::cache::Cache>>,
     /// The proxy's request-body budget, for its gauge.
     pub bodies: Option<Arc<crate::proxy::BodyBudget>>,
+    /// Tenant limit state, for `/admin/tenants` and the spend gauges.
+    pub limiter: Option<Arc<crate::admit::Limiter>>,
 }
 
 fn json_response(status: StatusCode, body: &Value) -> Response<Vec<u8>> {
@@ -177,6 +180,9 @@ impl ServeHttp for AdminApp {
                     cache.settle().await;
                 }
                 self.refresh_gauges();
+                if let Some(limiter) = &self.limiter {
+                    tenants::refresh_gauges(limiter, &self.control.snapshot.load_full()).await;
+                }
                 let text = self.metrics.render().into_bytes();
                 Response::builder()
                     .status(200)
@@ -228,6 +234,10 @@ impl ServeHttp for AdminApp {
                 Err(resp) => resp,
             },
             (&Method::GET, "/admin/cache") => cache::stats(self.cache.as_deref()).await,
+            (&Method::GET, "/admin/tenants") => match &self.limiter {
+                Some(limiter) => tenants::list(limiter, &self.control.snapshot.load_full()).await,
+                None => error(StatusCode::NOT_FOUND, "no tenant limits here"),
+            },
             (_, "/admin/cache/purge" | "/admin/cache") => {
                 error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
             }

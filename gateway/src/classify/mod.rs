@@ -35,6 +35,8 @@ pub enum TierSource {
     Tenant,
     Header,
     Route,
+    /// The tenant's daily budget is spent and `on_budget: { downgrade: TIER }` moved it.
+    Budget,
 }
 
 impl TierSource {
@@ -43,6 +45,7 @@ impl TierSource {
             TierSource::Tenant => "tenant",
             TierSource::Header => "header",
             TierSource::Route => "route",
+            TierSource::Budget => "budget",
         }
     }
 }

@@ -10,6 +10,7 @@
 pub mod compile;
 pub mod raw;
 pub mod reload;
+pub mod tenancy;
 
 pub use compile::{RoutingTable, INSPECT_LIMIT};
 

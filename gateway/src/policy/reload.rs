@@ -69,6 +69,11 @@ pub struct StartupSettings {
     pub cache_size: (u64, Option<Duration>),
     /// Pingora's grace period on SIGTERM is fixed when the server is built.
     pub shutdown_grace: Duration,
+    /// Where tenant limits are kept (`limits.backend`, Redis) and the L2 cache.
+    pub shared_state: (
+        super::tenancy::LimitsBackend,
+        Option<super::tenancy::SharedCacheSettings>,
+    ),
 }
 
 impl StartupSettings {
@@ -79,6 +84,10 @@ impl StartupSettings {
             threads: table.threads,
             cache_size: (table.cache.max_bytes, table.cache.idle),
             shutdown_grace: table.shutdown_grace,
+            shared_state: (
+                table.limits.admission.backend.clone(),
+                table.cache.shared.clone(),
+            ),
         }
     }
 
@@ -121,6 +130,12 @@ impl StartupSettings {
                 "listeners.shutdown_grace: running with {:?}, policy says {:?}",
                 self.shutdown_grace, new.shutdown_grace
             ));
+        }
+        if self.shared_state.0 != new.shared_state.0 {
+            out.push("limits: backend or Redis settings changed".to_string());
+        }
+        if self.shared_state.1 != new.shared_state.1 {
+            out.push("cache.shared: changed".to_string());
         }
         out
     }
