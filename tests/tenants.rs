@@ -556,3 +556,120 @@ async fn a_redis_outage_falls_back_to_local_limits_and_recovers() {
         1.0
     );
 }
+
+/// Keys under `pattern` in the Redis at `url` (test inspection only).
+async fn redis_keys(url: &str, pattern: &str) -> Vec<String> {
+    let mut conn = switchyard::redis::resp::Connection::connect(url)
+        .await
+        .expect("connect to the test redis");
+    conn.cmd(&[b"KEYS", pattern.as_bytes()])
+        .await
+        .expect("KEYS")
+        .into_array()
+        .iter()
+        .filter_map(|k| k.as_str().map(String::from))
+        .collect()
+}
+
+fn shared_cache(url: &str, prefix: &str) -> String {
+    format!("cache:\n  shared: {{ backend: redis, redis_url: \"{url}\", redis_prefix: {prefix}, timeout: 500ms }}\n")
+}
+
+#[tokio::test]
+async fn an_answer_stored_by_one_instance_is_an_l2_hit_on_another() {
+    let edge = mock("edge", 0).await;
+    let prefix = fresh_prefix();
+    let policy = tenant_policy(edge.addr, "", "", &shared_cache(&redis_url(), &prefix));
+    let a = Gateway::start(&policy).await;
+    let b = Gateway::start(&policy).await;
+    let body = r#"{"model":"m","temperature":0,"messages":[{"role":"user","content":"shared"}]}"#;
+
+    let r = chat_as(&a, Some("key-acme"), body).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-switchyard-cache"), Some("miss"));
+    // Written to Redis after the answer: wait for it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while redis_keys(&redis_url(), &format!("{prefix}:l2:*"))
+        .await
+        .is_empty()
+    {
+        assert!(Instant::now() < deadline, "the answer never reached the L2");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let r = chat_as(&b, Some("key-acme"), body).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-switchyard-cache"), Some("hit"));
+    assert_eq!(
+        edge.stats().requests,
+        1,
+        "B answered from the L2, not upstream"
+    );
+    let m = b.metrics().await;
+    assert_eq!(
+        metric_sum(
+            &m,
+            "switchyard_cache_l2_lookups_total",
+            &[("result", "hit")]
+        ),
+        1.0
+    );
+    // Another tenant's identical request is not served the entry (the scope is in the key).
+    let r = chat_as(&b, Some("key-beta"), body).await;
+    assert_eq!(r.header("x-switchyard-cache"), Some("miss"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while redis_keys(&redis_url(), &format!("{prefix}:l2:*"))
+        .await
+        .len()
+        < 2
+    {
+        assert!(
+            Instant::now() < deadline,
+            "beta's answer never reached the L2"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // A purge reaches the L2 too.
+    let r = a.admin_post("/admin/cache/purge", r#"{"all": true}"#).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(redis_keys(&redis_url(), &format!("{prefix}:l2:*"))
+        .await
+        .is_empty());
+}
+
+#[tokio::test]
+async fn with_the_l2_redis_down_requests_are_served_from_upstream_and_l1() {
+    let edge = mock("edge", 0).await;
+    let dead = format!("redis://{}", dead_addr());
+    let gw = Gateway::start(&tenant_policy(
+        edge.addr,
+        "",
+        "",
+        &shared_cache(&dead, "down"),
+    ))
+    .await;
+    let body = r#"{"model":"m","temperature":0,"messages":[{"role":"user","content":"l1 only"}]}"#;
+
+    let r = chat_as(&gw, Some("key-acme"), body).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-switchyard-cache"), Some("miss"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = chat_as(&gw, Some("key-acme"), body).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        if r.header("x-switchyard-cache") == Some("hit") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never an L1 hit");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let m = gw.metrics().await;
+    assert!(
+        metric_sum(
+            &m,
+            "switchyard_cache_l2_lookups_total",
+            &[("result", "error")]
+        ) >= 1.0
+    );
+}
