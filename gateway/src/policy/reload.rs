@@ -372,6 +372,7 @@ mod tests {
             threads: None,
             cache_size: (1024, None),
             shutdown_grace: Duration::from_secs(5),
+            shared_state: (super::super::tenancy::LimitsBackend::Local, None),
         };
         assert!(a.restart_required(&a.clone()).is_empty());
         let b = StartupSettings {
