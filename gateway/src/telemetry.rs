@@ -92,7 +92,8 @@ pub const LIMITS_SHARED: &str = "switchyard_limits_shared";
 /// Labels: op (`admit`, `charge`, `release`).
 pub const LIMITS_DEGRADED: &str = "switchyard_limits_redis_errors_total";
 /// Lookups in the shared L2 prediction cache after an L1 miss. Labels: result (`hit`,
-/// `miss`, `error`: Redis failed or was too slow, the request went upstream).
+/// `miss`, `error`: Redis failed or was too slow, `skipped`: not asked for a second after an
+/// error; either way the request went upstream).
 pub const CACHE_L2_LOOKUPS: &str = "switchyard_cache_l2_lookups_total";
 
 /// Latency buckets from 1 ms to 60 s.
@@ -230,7 +231,7 @@ fn describe() {
     );
     describe_counter!(
         CACHE_L2_LOOKUPS,
-        "Lookups in the shared L2 prediction cache, by result (hit, miss, error)"
+        "Lookups in the shared L2 prediction cache, by result (hit, miss, error, skipped)"
     );
     describe_gauge!(
         TIER_DEADLINE,

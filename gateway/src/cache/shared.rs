@@ -23,16 +23,25 @@ use crate::redis::{Pool, RedisError};
 use crate::telemetry as t;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{HeaderName, HeaderValue};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const MAGIC: &[u8; 4] = b"SYL2";
+
+/// After a failed call the L2 is skipped for this long (lookups go straight upstream), so
+/// an unreachable Redis costs one timeout a second, not one per request.
+const AWAY_FOR_MS: u64 = 1000;
 
 /// The L2 store.
 pub struct L2 {
     pool: Pool,
     prefix: String,
     max_entry_bytes: usize,
+    /// Unix ms before which the L2 is not asked (0: ask).
+    away_until: AtomicU64,
+    /// Whether the last call succeeded (to log an outage once, and its end).
+    up: AtomicBool,
 }
 
 fn unix_ms() -> u64 {
@@ -52,6 +61,8 @@ impl L2 {
             pool: Pool::new(&settings.redis_url, settings.timeout)?,
             prefix: settings.prefix.clone(),
             max_entry_bytes: settings.max_entry_bytes,
+            away_until: AtomicU64::new(0),
+            up: AtomicBool::new(true),
         })
     }
 
@@ -67,15 +78,22 @@ impl L2 {
     /// Look `key` up. `None` on a miss, an error or a timeout (counted); the entry comes back
     /// ready for the L1 (`generation` is the caller's current one for the model).
     pub async fn get(&self, model: &str, key: &CacheKey, generation: u64) -> Option<Arc<Stored>> {
+        if !self.available() {
+            metrics::counter!(t::CACHE_L2_LOOKUPS, "result" => "skipped").increment(1);
+            return None;
+        }
         let k = self.key(model, key);
         let result = self.pool.cmd(&[b"GET", k.as_bytes()]).await;
         let (outcome, entry) = match result {
-            Ok(v) => match v.as_bytes().and_then(|b| decode(b, model, key, generation)) {
-                Some(entry) => ("hit", Some(entry)),
-                None => ("miss", None),
-            },
+            Ok(v) => {
+                self.succeeded();
+                match v.as_bytes().and_then(|b| decode(b, model, key, generation)) {
+                    Some(entry) => ("hit", Some(entry)),
+                    None => ("miss", None),
+                }
+            }
             Err(e) => {
-                tracing::debug!(error = %e, "L2 cache lookup failed; going upstream");
+                self.failed(&e);
                 ("error", None)
             }
         };
@@ -86,7 +104,7 @@ impl L2 {
     /// Store `entry` (called on a task after the answer was written; errors are logged at
     /// debug level and otherwise ignored: the L1 has it).
     pub async fn put(&self, key: &CacheKey, entry: &Stored) {
-        if entry.body.len() > self.max_entry_bytes {
+        if entry.body.len() > self.max_entry_bytes || !self.available() {
             return;
         }
         let ttl_ms = entry.ttl.as_millis() as u64;
@@ -101,7 +119,27 @@ impl L2 {
             .cmd(&[b"SET", k.as_bytes(), &value, b"PX", ttl.as_bytes()])
             .await
         {
-            tracing::debug!(error = %e, "L2 cache store failed");
+            self.failed(&e);
+        } else {
+            self.succeeded();
+        }
+    }
+
+    fn available(&self) -> bool {
+        unix_ms() >= self.away_until.load(Ordering::Acquire)
+    }
+
+    fn failed(&self, e: &RedisError) {
+        self.away_until
+            .store(unix_ms() + AWAY_FOR_MS, Ordering::Release);
+        if self.up.swap(false, Ordering::AcqRel) {
+            tracing::warn!(error = %e, "L2 cache unreachable; going upstream (retried every second)");
+        }
+    }
+
+    fn succeeded(&self) {
+        if !self.up.swap(true, Ordering::AcqRel) {
+            tracing::info!("L2 cache reachable again");
         }
     }
 
