@@ -114,15 +114,23 @@ fn benches(c: &mut Criterion) {
     c.bench_function("admit/local", |b| {
         b.iter(|| {
             let mut ticket = None;
-            rt.block_on(admit::check(&limiter, &local, black_box(&class), &mut ticket))
-                .expect("admitted");
+            rt.block_on(admit::check(
+                &limiter,
+                &local,
+                black_box(&class),
+                &mut ticket,
+            ))
+            .expect("admitted");
             ticket
         })
     });
 
     let redis = redis_answers(&rt);
     if !redis {
-        eprintln!("note: {} does not answer; Redis benchmarks skipped", redis_url());
+        eprintln!(
+            "note: {} does not answer; Redis benchmarks skipped",
+            redis_url()
+        );
     }
 
     // Admission through Redis: one round trip.
@@ -137,8 +145,13 @@ fn benches(c: &mut Criterion) {
         c.bench_function("admit/redis", |b| {
             b.iter(|| {
                 let mut ticket = None;
-                rt.block_on(admit::check(&limiter, &shared, black_box(&class), &mut ticket))
-                    .expect("admitted");
+                rt.block_on(admit::check(
+                    &limiter,
+                    &shared,
+                    black_box(&class),
+                    &mut ticket,
+                ))
+                .expect("admitted");
                 assert_eq!(limiter.shared_up(), Some(true), "served by Redis");
                 // Dropped inside the runtime: the lease release is spawned there.
                 rt.block_on(async move { drop(ticket) })
@@ -194,7 +207,10 @@ fn benches(c: &mut Criterion) {
     });
     if let Some(settings) = table.cache.shared.as_ref().filter(|_| redis) {
         let l2 = L2::new(settings).expect("L2");
-        assert!(rt.block_on(l2.get(&class.model, &key, 0)).is_some(), "the L2 is warm");
+        assert!(
+            rt.block_on(l2.get(&class.model, &key, 0)).is_some(),
+            "the L2 is warm"
+        );
         c.bench_function("cache/l2_get", |b| {
             b.iter(|| rt.block_on(l2.get(black_box(&class.model), &key, 0)))
         });
