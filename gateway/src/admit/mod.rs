@@ -188,6 +188,8 @@ pub async fn check(
         metrics::counter!(t::AUTH_FAILURES, "reason" => reason).increment(1);
         return Err(GatewayError::Unauthenticated(reason));
     }
+    // Allocation, only for callers with limits: the state key (one short string) and, with
+    // Redis, the lease id and the script's key and argument strings.
     let Some((who, limits)) = subject(class, table) else {
         return Ok(());
     };

@@ -1134,7 +1134,7 @@ fn compile(
         .unwrap_or_default();
     if let Some(l) = &raw.limits {
         let mut found = super::tenancy::Found::default();
-        limits.admission = super::tenancy::compile_admission(&mut found, &l.value, &|n: &str| {
+        limits.admission = super::tenancy::compile_admission(&mut found, l, &|n: &str| {
             tier_by_name.get(n).copied()
         });
         for (loc, msg) in found.0 {

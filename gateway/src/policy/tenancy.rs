@@ -145,7 +145,12 @@ fn timeout(
 }
 
 /// The admission parts of `limits:`. `tier` resolves a tier name (reporting unknown ones).
-pub fn compile_admission(report: Report, node: &raw::Limits, tier: TierLookup) -> Admission {
+pub fn compile_admission(
+    report: Report,
+    spanned: &Spanned<raw::Limits>,
+    tier: TierLookup,
+) -> Admission {
+    let node = &spanned.value;
     let backend = match node.backend {
         raw::LimitsBackend::Local => LimitsBackend::Local,
         raw::LimitsBackend::Redis => match &node.redis_url {
@@ -161,7 +166,7 @@ pub fn compile_admission(report: Report, node: &raw::Limits, tier: TierLookup) -
             },
             None => {
                 report.at(
-                    &Location::UNKNOWN,
+                    &spanned.referenced,
                     "limits: `backend: redis` needs `redis_url`".to_string(),
                 );
                 LimitsBackend::Local
@@ -291,5 +296,111 @@ pub fn compile_shared_cache(
             "cache.shared.timeout",
             DEFAULT_L2_TIMEOUT,
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::compile::{compile_str, CompileContext, RoutingTable};
+    use crate::policy::PolicyErrors;
+    use crate::route::state::Fleet;
+    use std::path::Path;
+
+    fn compile(extra: &str, tenant_limits: &str) -> Result<RoutingTable, PolicyErrors> {
+        let text = format!(
+            r#"
+regions: {{ default: us, map: [{{ name: us, continents: [NA] }}] }}
+rtt_ms: {{ us: {{ us: 2 }} }}
+tiers:
+  standard: {{ deadline: 1s, pools: [gpu] }}
+  batch: {{ deadline: 1h, pools: [gpu] }}
+tenants:
+  - name: acme
+    key_sha256: {key}
+    tier: standard
+    limits: {tenant_limits}
+pools:
+  - {{ name: gpu, kind: gpu, region: us, endpoints: [127.0.0.1:1], models: ["*"], concurrency: 8, service_time: 20ms }}
+routes:
+  - {{ name: chat, match: /v1/chat/completions, protocol: openai, tier: standard }}
+{extra}
+"#,
+            key = "a".repeat(64)
+        );
+        let fleet = Fleet::default();
+        compile_str(
+            &text,
+            &CompileContext {
+                file: Path::new("t.yaml"),
+                fleet: &fleet,
+            },
+        )
+    }
+
+    #[test]
+    fn tenant_limits_compile_with_their_defaults() {
+        let t = compile(
+            "auth: required\nlimits: { anonymous: { max_concurrency: 3 } }",
+            "{ requests_per_second: 2.5, spend_per_day_usd: 10, on_budget: { downgrade: batch } }",
+        )
+        .unwrap();
+        assert_eq!(t.auth, AuthMode::Required);
+        let l = t.tenants[0].limits.as_ref().unwrap();
+        assert_eq!(l.requests_per_second, Some(2.5));
+        assert_eq!(l.burst, 3, "one second's worth, rounded up");
+        assert_eq!(
+            l.on_budget,
+            OnBudget::Downgrade(t.tier_by_name("batch").unwrap())
+        );
+        let anon = t.limits.admission.anonymous.as_ref().unwrap();
+        assert_eq!(anon.max_concurrency, Some(3));
+        assert_eq!(anon.requests_per_second, None);
+        assert_eq!(t.limits.admission.backend, LimitsBackend::Local);
+        // The key lookup finds the tenant (and nothing else).
+        assert_eq!(t.tenant_by_key_hash(&[0xaa; 32]), Some(0));
+        assert_eq!(t.tenant_by_key_hash(&[0xab; 32]), None);
+    }
+
+    #[test]
+    fn mistakes_are_reported_where_they_are() {
+        let errs = compile(
+            "limits: { backend: redis, redis_url: \"http://x\", instances: 0 }",
+            "{ burst: 0, on_budget: { downgrade: gold } }",
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        for want in [
+            "limits.redis_url: expected `redis://host:port[/db]`",
+            "limits.instances: at least 1",
+            "tenant `acme`: limits.burst: at least 1",
+            "tenant `acme`: limits.on_budget.downgrade: unknown tier `gold`",
+            "tenant `acme`: limits.on_budget: needs `spend_per_day_usd`",
+        ] {
+            assert!(errs.contains(want), "missing `{want}` in:\n{errs}");
+        }
+        assert!(errs.contains("t.yaml:"), "{errs}");
+        let errs = compile("limits: { backend: redis }", "{}")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            errs.contains("`backend: redis` needs `redis_url`"),
+            "{errs}"
+        );
+    }
+
+    #[test]
+    fn shared_cache_settings() {
+        let t = compile(
+            "cache: { shared: { backend: redis, redis_url: \"redis://127.0.0.1:6390/2\", max_entry_bytes: 64KiB } }",
+            "{}",
+        )
+        .unwrap();
+        let s = t.cache.shared.as_ref().unwrap();
+        assert_eq!(s.max_entry_bytes, 64 * 1024);
+        assert_eq!(s.timeout, DEFAULT_L2_TIMEOUT);
+        assert_eq!(s.prefix, "switchyard");
     }
 }
