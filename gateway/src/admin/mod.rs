@@ -244,7 +244,7 @@ impl ServeHttp for AdminApp {
             (
                 _,
                 "/" | "/admin/status" | "/metrics" | "/healthz" | "/readyz" | "/admin/policy"
-                | "/admin/reload" | "/admin/explain" | "/admin/pools",
+                | "/admin/reload" | "/admin/explain" | "/admin/pools" | "/admin/tenants",
             ) => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
             _ => error(StatusCode::NOT_FOUND, "not found"),
         }

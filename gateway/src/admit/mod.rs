@@ -347,9 +347,10 @@ pub fn charge(ticket: Option<&Ticket>, usd: f64) {
     ticket.state.spend.add(now_us, usd);
     // While Redis is away the charge stays local (this instance's share is checked
     // against it); the shared day misses it.
-    if let Some(shared) = ticket.shared.clone().filter(|s| s.is_up()) {
+    let shared = ticket.shared.clone().filter(|s| s.is_up());
+    if let (Some(shared), Ok(rt)) = (shared, tokio::runtime::Handle::try_current()) {
         let who = ticket.who.clone();
-        tokio::spawn(async move {
+        rt.spawn(async move {
             shared
                 .charge(&who, local::utc_day(now_us), usd, now_us / 1000)
                 .await
