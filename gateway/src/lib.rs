@@ -10,7 +10,8 @@
 //! ```
 //!
 //! The modules follow the request path: [`classify`] turns request facts into a `Class`,
-//! [`route`] turns a `Class` into a `Decision`, [`proxy`] is the Pingora glue that calls them
+//! [`admit`] checks the caller's key, rate, concurrency and budget (shared through [`redis`]
+//! when several instances run), [`route`] turns a `Class` into a `Decision`, [`proxy`] is the Pingora glue that calls them
 //! in order, [`policy`] is the control plane, [`admin`] the admin listener, [`telemetry`] the
 //! metric names, and [`error`] the one mapping from errors to HTTP responses.
 
