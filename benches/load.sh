@@ -141,6 +141,77 @@ YAML
     exit 0
 fi
 
+# ---- MODE=limits (tenants, issue 11): the same 1 KB POST as tenant `bench`, whose limits
+# never trip, against two gateways interleaved: `local` (limits.backend: local) and `redis`
+# (limits.backend: redis: one Lua script round trip per request, plus the charge after it).
+# Redis at REDIS_URL (default redis://127.0.0.1:6379). Usage:
+#   MODE=limits benches/load.sh [DURATION] [ROUNDS] [CONNECTIONS]
+if [ "${MODE:-}" = limits ]; then
+    TARGET=${CARGO_TARGET_DIR:-target}
+    REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
+    GATEWAY2=127.0.0.1:18083
+    GATEWAY2_ADMIN=127.0.0.1:18093
+    cargo build --release --quiet --bin switchyard --example mock_backend
+    LWORK=$(mktemp -d)
+    LPIDS=()
+    trap 'for p in "${LPIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$LWORK"' EXIT
+    "$TARGET/release/examples/mock_backend" --listen "$MOCK" --name bench --threads 1 >"$LWORK/mock.log" 2>&1 &
+    LPIDS+=($!)
+    KEY_SHA=$(printf %s bench-key | sha256sum | cut -d' ' -f1)
+    lpolicy() { # proxy admin limits-block
+        cat <<YAML
+listeners: { proxy: $1, admin: $2, threads: $PROXY_THREADS }
+geoip: { database: embedded }
+regions: { default: us, map: [ { name: us, continents: [NA] } ] }
+rtt_ms: { us: { us: 5 } }
+tiers:
+  standard: { deadline: 1s, pools: [edge] }
+tenants:
+  - name: bench
+    key_sha256: $KEY_SHA
+    tier: standard
+    limits: { requests_per_second: 1000000, burst: 1000000, max_concurrency: 100000, spend_per_day_usd: 1000000 }
+pools:
+  - { name: edge, kind: edge, region: us, endpoints: [$MOCK], models: ["*"], concurrency: 256, service_time: 5ms, price: { per_request: 0.00002 } }
+routes:
+  - { name: chat, match: /v1/chat/completions, protocol: openai, max_body: 64KiB, tier: standard }
+$3
+YAML
+    }
+    lpolicy "$GATEWAY" "$GATEWAY_ADMIN" "" >"$LWORK/local.yaml"
+    lpolicy "$GATEWAY2" "$GATEWAY2_ADMIN" "limits: { backend: redis, redis_url: \"$REDIS_URL\", redis_prefix: sybench$$ }" >"$LWORK/redis.yaml"
+    for m in local redis; do
+        RUST_LOG=warn "$TARGET/release/switchyard" run --policy "$LWORK/$m.yaml" >"$LWORK/$m.log" 2>&1 &
+        LPIDS+=($!)
+    done
+    for a in $GATEWAY_ADMIN $GATEWAY2_ADMIN; do
+        for _ in $(seq 100); do curl -s -o /dev/null "http://$a/readyz" && break; sleep 0.1; done
+    done
+    curl -s "http://$GATEWAY2_ADMIN/admin/tenants" | grep -q '"backend":"redis"' \
+        || { echo "the redis gateway does not reach $REDIS_URL" >&2; cat "$LWORK/redis.log" >&2; exit 1; }
+    for r in $(seq "$ROUNDS"); do
+        for m in local redis; do
+            case $m in local) a=$GATEWAY ;; redis) a=$GATEWAY2 ;; esac
+            wrk -t1 -c"$CONNS" -d"$DURATION" --latency -s benches/post_1k_tenant.lua "http://$a/v1/chat/completions" >"$LWORK/$m.$r.txt"
+            errs=$(grep -E 'Non-2xx|Socket errors' "$LWORK/$m.$r.txt" || true)
+            [ -z "$errs" ] || echo "warning: $m round $r: $errs" >&2
+        done
+    done
+    lms() { awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n += 0; else if (v ~ /s$/) n *= 1000; printf "%.3f", n }'; }
+    lmedian() { sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
+    echo
+    echo "tenant limits: 1 KB POST, $CONNS connections, $DURATION x $ROUNDS interleaved rounds (medians); proxy threads: $PROXY_THREADS"
+    printf '%-8s %12s %10s %10s\n' backend 'req/s' 'p50 ms' 'p99 ms'
+    for m in local redis; do
+        rps=$(for r in $(seq "$ROUNDS"); do awk '/Requests\/sec/ { print $2 }' "$LWORK/$m.$r.txt"; done | lmedian)
+        p50=$(for r in $(seq "$ROUNDS"); do lms "$(awk '$1 == "50%" { print $2 }' "$LWORK/$m.$r.txt")"; echo; done | lmedian)
+        p99=$(for r in $(seq "$ROUNDS"); do lms "$(awk '$1 == "99%" { print $2 }' "$LWORK/$m.$r.txt")"; echo; done | lmedian)
+        printf '%-8s %12.0f %10.3f %10.3f\n' "$m" "$rps" "$p50" "$p99"
+    done
+    curl -s "http://$GATEWAY2_ADMIN/metrics" | grep -E '^switchyard_limits_(shared|redis_errors_total)' || true
+    exit 0
+fi
+
 # ---- MODE=cache (prediction cache, issue 3): in one run, interleaved, the same ~1 KB
 # deterministic chat request as
 #   hit      wrk → switchyard, identical body: answered from the cache

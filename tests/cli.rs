@@ -175,35 +175,6 @@ fn demo_once_routes_mixed_traffic_and_prints_the_table() {
 async fn the_demo_serves_a_policy_file_and_reloads_it_when_edited() {
     use switchyard::testkit::client::{self, Request};
     let dir = tempfile::tempdir().unwrap();
-    let mut text = demo_text();
-    for fixed in [
-        "127.0.0.1:8080",
-        "127.0.0.1:9090",
-        "127.0.0.1:9101",
-        "127.0.0.1:9102",
-        "127.0.0.1:9201",
-        "127.0.0.1:9202",
-        "127.0.0.1:9301",
-    ] {
-        assert!(text.contains(fixed), "{fixed} not in demo.yaml");
-        text = text.replace(fixed, &free_addr().to_string());
-    }
-    let admin: std::net::SocketAddr = {
-        let at = text.find("admin: ").unwrap() + "admin: ".len();
-        text[at..].lines().next().unwrap().trim().parse().unwrap()
-    };
-    let path = dir.path().join("my-demo.yaml");
-    std::fs::write(&path, &text).unwrap();
-    let out = std::fs::File::create(dir.path().join("out.txt")).unwrap();
-    let child = std::process::Command::new(binary())
-        .args(["demo", "--requests", "12", "--policy"])
-        .arg(&path)
-        .current_dir(dir.path())
-        .env("RUST_LOG", "warn")
-        .stdout(out)
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
     struct Kill(std::process::Child);
     impl Drop for Kill {
         fn drop(&mut self) {
@@ -211,10 +182,6 @@ async fn the_demo_serves_a_policy_file_and_reloads_it_when_edited() {
             let _ = self.0.wait();
         }
     }
-    let pid = child.id();
-    let queue_dir = std::env::temp_dir().join(format!("switchyard-demo-{pid}"));
-    let mut child = Kill(child);
-
     let policy = |admin| async move {
         let r = client::send(admin, &Request::get("/admin/policy"))
             .await
@@ -225,17 +192,64 @@ async fn the_demo_serves_a_policy_file_and_reloads_it_when_edited() {
             None
         }
     };
-    // Bounded waits, no timing assertions: start-up, then the edit being picked up.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let first = loop {
-        if let Ok(Some(status)) = child.0.try_wait() {
-            panic!("demo exited early ({status})");
+    // Ports are picked free then released, so another test may take one first; the demo
+    // then refuses to start ("address in use") and is started again on fresh ports.
+    let mut attempt = 0;
+    let (text, path, admin, queue_dir, child, first) = loop {
+        attempt += 1;
+        let mut text = demo_text();
+        for fixed in [
+            "127.0.0.1:8080",
+            "127.0.0.1:9090",
+            "127.0.0.1:9101",
+            "127.0.0.1:9102",
+            "127.0.0.1:9201",
+            "127.0.0.1:9202",
+            "127.0.0.1:9301",
+        ] {
+            assert!(text.contains(fixed), "{fixed} not in demo.yaml");
+            text = text.replace(fixed, &free_addr().to_string());
         }
-        if let Some(v) = policy(admin).await {
-            break v;
+        let admin: std::net::SocketAddr = {
+            let at = text.find("admin: ").unwrap() + "admin: ".len();
+            text[at..].lines().next().unwrap().trim().parse().unwrap()
+        };
+        let path = dir.path().join("my-demo.yaml");
+        std::fs::write(&path, &text).unwrap();
+        let out = std::fs::File::create(dir.path().join("out.txt")).unwrap();
+        let err = std::fs::File::create(dir.path().join("err.txt")).unwrap();
+        let child = std::process::Command::new(binary())
+            .args(["demo", "--requests", "12", "--policy"])
+            .arg(&path)
+            .current_dir(dir.path())
+            .env("RUST_LOG", "warn")
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let queue_dir = std::env::temp_dir().join(format!("switchyard-demo-{pid}"));
+        let mut child = Kill(child);
+        // Bounded waits, no timing assertions: start-up, then the edit being picked up.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let first = loop {
+            if let Ok(Some(status)) = child.0.try_wait() {
+                let err = std::fs::read_to_string(dir.path().join("err.txt")).unwrap_or_default();
+                if attempt < 5 && err.contains("in use") {
+                    break None;
+                }
+                panic!("demo exited early ({status}):\n{err}");
+            }
+            if let Some(v) = policy(admin).await {
+                break Some(v);
+            }
+            assert!(std::time::Instant::now() < deadline, "demo did not start");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        };
+        if let Some(first) = first {
+            break (text, path, admin, queue_dir, child, first);
         }
-        assert!(std::time::Instant::now() < deadline, "demo did not start");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let _ = std::fs::remove_dir_all(&queue_dir);
     };
     assert_eq!(first["source"], path.display().to_string(), "{first}");
     assert_eq!(first["reload_triggers"]["file_watch"], true, "{first}");

@@ -54,6 +54,24 @@ pub enum GatewayError {
     /// OpenAI's own error shape (see [`GatewayError::body`]), which its SDKs parse.
     #[error("The model `{0}` does not exist or you do not have access to it.")]
     ModelNotFound(String),
+    /// `auth: required` and no known tenant key (`missing_key` / `unknown_key`). gRPC:
+    /// UNAUTHENTICATED.
+    #[error("a valid API key is required (Authorization: Bearer KEY)")]
+    Unauthenticated(&'static str),
+    /// Over the tenant's rate or concurrency limit. gRPC: RESOURCE_EXHAUSTED.
+    #[error("tenant `{tenant}` is over its limit of {what}; retry after {retry_after}s")]
+    RateLimited {
+        tenant: String,
+        what: &'static str,
+        retry_after: u32,
+    },
+    /// Over the tenant's daily spend with `on_budget: reject`. gRPC: RESOURCE_EXHAUSTED.
+    #[error("tenant `{tenant}` has spent its budget of {budget_usd} USD for today (UTC)")]
+    BudgetExceeded {
+        tenant: String,
+        budget_usd: f64,
+        retry_after: u32,
+    },
 }
 
 impl GatewayError {
@@ -75,6 +93,8 @@ impl GatewayError {
             GatewayError::JobNotCancellable(_) | GatewayError::JobNotFinished(_) => 409,
             GatewayError::BadCallback(_) | GatewayError::BadIdempotencyKey => 400,
             GatewayError::ModelNotFound(_) => 404,
+            GatewayError::Unauthenticated(_) => 401,
+            GatewayError::RateLimited { .. } | GatewayError::BudgetExceeded { .. } => 429,
         }
     }
 
@@ -100,6 +120,9 @@ impl GatewayError {
             GatewayError::JobNotCancellable(_) | GatewayError::JobNotFinished(_) => "conflict",
             GatewayError::BadCallback(_) | GatewayError::BadIdempotencyKey => "invalid_request",
             GatewayError::ModelNotFound(_) => "invalid_request_error",
+            GatewayError::Unauthenticated(_) => "authentication_error",
+            GatewayError::RateLimited { .. } => "rate_limited",
+            GatewayError::BudgetExceeded { .. } => "budget_exceeded",
         }
     }
 
@@ -112,6 +135,8 @@ impl GatewayError {
             GatewayError::UpstreamUnavailable(_) => Some(5),
             GatewayError::QueueFull { .. } => Some(30),
             GatewayError::QueueUnavailable(_) => Some(5),
+            GatewayError::RateLimited { retry_after, .. }
+            | GatewayError::BudgetExceeded { retry_after, .. } => Some(*retry_after),
             _ => None,
         }
     }
@@ -127,7 +152,12 @@ impl GatewayError {
         const UNIMPLEMENTED: u32 = 12;
         const INTERNAL: u32 = 13;
         const UNAVAILABLE: u32 = 14;
+        const UNAUTHENTICATED: u32 = 16;
         match self {
+            GatewayError::Unauthenticated(_) => UNAUTHENTICATED,
+            GatewayError::RateLimited { .. } | GatewayError::BudgetExceeded { .. } => {
+                RESOURCE_EXHAUSTED
+            }
             GatewayError::NoRoute(_) | GatewayError::MethodNotAllowed(_) => UNIMPLEMENTED,
             GatewayError::PayloadTooLarge { .. } => RESOURCE_EXHAUSTED,
             GatewayError::BadRequest(
@@ -156,6 +186,9 @@ impl GatewayError {
         match self {
             GatewayError::ModelNotFound(_) => {
                 openai_error(self.kind(), &self.to_string(), "model_not_found")
+            }
+            GatewayError::Unauthenticated(_) => {
+                openai_error(self.kind(), &self.to_string(), "invalid_api_key")
             }
             _ => json_error(self.status(), self.kind(), &self.to_string()),
         }

@@ -10,11 +10,13 @@
 //! ```
 //!
 //! The modules follow the request path: [`classify`] turns request facts into a `Class`,
-//! [`route`] turns a `Class` into a `Decision`, [`proxy`] is the Pingora glue that calls them
+//! [`admit`] checks the caller's key, rate, concurrency and budget (shared through [`redis`]
+//! when several instances run), [`route`] turns a `Class` into a `Decision`, [`proxy`] is the Pingora glue that calls them
 //! in order, [`policy`] is the control plane, [`admin`] the admin listener, [`telemetry`] the
 //! metric names, and [`error`] the one mapping from errors to HTTP responses.
 
 pub mod admin;
+pub mod admit;
 pub mod cache;
 pub mod classify;
 pub mod demo;
@@ -26,6 +28,7 @@ pub mod observe;
 pub mod policy;
 pub mod proxy;
 pub mod queue;
+pub mod redis;
 pub mod route;
 pub mod scenario;
 pub mod server;

@@ -16,6 +16,7 @@ mod buffered;
 
 pub use body::BodyBudget;
 
+use crate::admit::{self, Limiter, Ticket};
 use crate::cache::{Cache, CacheCtx, Lookup};
 use crate::classify::{self, Class, RequestFacts};
 use crate::error::GatewayError;
@@ -48,6 +49,8 @@ pub struct Gateway {
     bodies: Arc<BodyBudget>,
     /// The access log's queue to its writer thread (`None`: off).
     access: Option<crate::observe::AccessLog>,
+    /// Live tenant limit state (rate, concurrency, spend), beside the snapshot.
+    limiter: Arc<Limiter>,
 }
 
 impl Gateway {
@@ -58,12 +61,19 @@ impl Gateway {
             cache: None,
             bodies: BodyBudget::new(),
             access: None,
+            limiter: Limiter::local(),
         }
     }
 
     /// Write one access log line per request to `log` (off the request path).
     pub fn with_access_log(mut self, log: Option<crate::observe::AccessLog>) -> Self {
         self.access = log;
+        self
+    }
+
+    /// Enforce tenant limits with `limiter` (shared through Redis when it has a backend).
+    pub fn with_limiter(mut self, limiter: Arc<Limiter>) -> Self {
+        self.limiter = limiter;
         self
     }
 
@@ -110,6 +120,8 @@ pub struct RequestCtx {
     body_permit: Option<BodyPermit>,
     /// The request is gRPC (`content-type: application/grpc*`): errors are gRPC statuses.
     grpc: bool,
+    /// The tenant's hold on its limits (concurrency slot given back on drop).
+    admit: Option<Ticket>,
 }
 
 /// A request future dropped mid-flight (Pingora's `logging` never runs then) still gives
@@ -161,6 +173,7 @@ impl ProxyHttp for Gateway {
             cache: CacheCtx::default(),
             body_permit: None,
             grpc: false,
+            admit: None,
         }
     }
 
@@ -202,7 +215,8 @@ impl ProxyHttp for Gateway {
             }
         }
         let bodies = (&self.bodies, &mut ctx.body_permit);
-        match prepare(session, &table, self.cache.as_ref(), bodies).await {
+        let admit = (&*self.limiter, &mut ctx.admit);
+        match prepare(session, &table, self.cache.as_ref(), bodies, admit).await {
             Ok((class, decision, body, lookup)) => {
                 // A hit, or the answer of an identical request in flight, is served here
                 // before any upstream work; waiters wait at most the tier's upstream timeout.
@@ -524,6 +538,7 @@ impl ProxyHttp for Gateway {
                 && counts_spend(session, ctx);
             if let (Some(est), true) = (d.estimate, spent) {
                 handles.cost.increment(t::nano_usd(est.cost_usd));
+                admit::charge(ctx.admit.as_ref(), est.cost_usd);
             }
         }
         drop(handles);
@@ -896,6 +911,7 @@ async fn prepare(
     table: &RoutingTable,
     cache: Option<&Arc<Cache>>,
     (budget, permit): (&Arc<BodyBudget>, &mut Option<BodyPermit>),
+    (limiter, ticket): (&Limiter, &mut Option<Ticket>),
 ) -> std::result::Result<(Class, Decision, Bytes, Lookup), (Option<Class>, GatewayError)> {
     let path = session.req_header().uri.path().to_string();
     let route_id = table
@@ -922,7 +938,11 @@ async fn prepare(
         headers: &header.headers,
         body: Some(&body),
     };
-    let class = classify::classify(&facts, route_id, table).map_err(|e| (None, e.into()))?;
+    let mut class = classify::classify(&facts, route_id, table).map_err(|e| (None, e.into()))?;
+    // Authentication, rate and concurrency: before the cache (a limited caller gets no hits).
+    admit::check(limiter, table, &class, ticket)
+        .await
+        .map_err(|e| (Some(class.clone()), e))?;
 
     // The cache: looked up before deciding, so that a hit is answered even when no pool
     // could take the request now (the decision is still made, for the spend avoided).
@@ -939,6 +959,13 @@ async fn prepare(
         None => Lookup::Bypass,
     };
 
+    if !lookup.is_hit() {
+        // The daily budget: only requests that will cost something (hits are free); may
+        // move the request to the tenant's downgrade tier.
+        if let Err(e) = admit::spend(ticket.as_ref(), table, &mut class) {
+            return Err((Some(class), e));
+        }
+    }
     let decision = route::decide(&class, table, &[], now_ms());
     if lookup.is_hit() {
         return Ok((class, decision, body, lookup));
@@ -1073,6 +1100,9 @@ fn decision_headers(resp: &mut ResponseHeader, ctx: &RequestCtx) {
         );
         if let Some(region) = table.region_headers.get(class.region as usize) {
             let _ = resp.insert_header("x-switchyard-region", region.clone());
+        }
+        if class.tier_source == classify::TierSource::Budget {
+            let _ = resp.insert_header("x-switchyard-budget", "downgraded");
         }
     }
     if let Some((p, e)) = ctx.tried.last() {

@@ -121,6 +121,9 @@ pub fn build(table: RoutingTable, fleet: Arc<Fleet>, opts: Options) -> Result<Bu
     // at start-up); the proxy fills it and the admin API purges it.
     let cache = crate::cache::Cache::new(&table.cache);
     let table_access = table.access_log.clone();
+    // Tenant limit state lives beside the table and survives reloads; its backend (local or
+    // Redis) is fixed at start-up.
+    let limiter = crate::admit::Limiter::new(&table.limits.admission.backend);
     let snapshot = policy::snapshot(table);
     let control = Arc::new(ControlPlane::new(snapshot.clone(), fleet, opts.policy_path));
 
@@ -129,7 +132,8 @@ pub fn build(table: RoutingTable, fleet: Arc<Fleet>, opts: Options) -> Result<Bu
     let gateway = Gateway::new(snapshot.clone())
         .with_queue(queue.clone())
         .with_cache(Some(cache.clone()))
-        .with_access_log(access);
+        .with_access_log(access)
+        .with_limiter(limiter.clone());
     let bodies = gateway.body_budget();
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
@@ -151,6 +155,7 @@ pub fn build(table: RoutingTable, fleet: Arc<Fleet>, opts: Options) -> Result<Bu
             cache: Some(cache),
             bodies: Some(bodies),
             readiness: Arc::new(crate::admin::ready::Readiness::new(proxy_addr)),
+            limiter: Some(limiter),
         }),
     );
     admin.add_tcp(&admin_addr.to_string());

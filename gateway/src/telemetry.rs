@@ -89,6 +89,25 @@ pub const JOB_ATTEMPTS: &str = "switchyard_job_attempts_total";
 pub const JOB_DISPATCH: &str = "switchyard_job_dispatch_seconds";
 /// Jobs accepted (202). Labels: tier, pool.
 pub const JOBS_ENQUEUED: &str = "switchyard_jobs_enqueued_total";
+/// Requests refused with 401 under `auth: required`. Labels: reason (`missing_key`,
+/// `unknown_key`).
+pub const AUTH_FAILURES: &str = "switchyard_auth_failures_total";
+/// Requests a tenant's limits stopped or changed. Labels: tenant (`anonymous` for callers
+/// without a known key), reason (`rate`, `concurrency`, `budget`, `budget_downgrade`).
+pub const TENANT_LIMITED: &str = "switchyard_tenant_limited_total";
+/// Estimated spend today (UTC), USD (refreshed at scrape). Labels: tenant.
+pub const TENANT_SPEND: &str = "switchyard_tenant_spend_today_usd";
+/// `spend_per_day_usd` minus the spend today, USD (refreshed at scrape). Labels: tenant.
+pub const TENANT_BUDGET_REMAINING: &str = "switchyard_tenant_budget_remaining_usd";
+/// 1 while `limits.backend: redis` is reachable, 0 while limits fall back to local ones.
+pub const LIMITS_SHARED: &str = "switchyard_limits_shared";
+/// Redis calls of the limits that failed or timed out (each one degrades to local limits).
+/// Labels: op (`admit`, `charge`, `release`).
+pub const LIMITS_DEGRADED: &str = "switchyard_limits_redis_errors_total";
+/// Lookups in the shared L2 prediction cache after an L1 miss. Labels: result (`hit`,
+/// `miss`, `error`: Redis failed or was too slow, `skipped`: not asked for a second after an
+/// error; either way the request went upstream).
+pub const CACHE_L2_LOOKUPS: &str = "switchyard_cache_l2_lookups_total";
 
 /// Latency buckets from 1 ms to 60 s.
 const BUCKETS: &[f64] = &[
@@ -206,6 +225,34 @@ fn describe() {
         "Time of one job dispatch attempt, by pool"
     );
     describe_counter!(JOBS_ENQUEUED, "Jobs accepted with 202, by tier and pool");
+    describe_counter!(
+        AUTH_FAILURES,
+        "Requests refused with 401 under auth: required, by reason"
+    );
+    describe_counter!(
+        TENANT_LIMITED,
+        "Requests a tenant's limits refused or downgraded, by tenant and reason"
+    );
+    describe_gauge!(
+        TENANT_SPEND,
+        "Estimated spend today (UTC) in USD, by tenant"
+    );
+    describe_gauge!(
+        TENANT_BUDGET_REMAINING,
+        "Daily budget left today (UTC) in USD, by tenant"
+    );
+    describe_gauge!(
+        LIMITS_SHARED,
+        "1 while tenant limits are shared through Redis, 0 while they are local"
+    );
+    describe_counter!(
+        LIMITS_DEGRADED,
+        "Redis calls of the tenant limits that failed or timed out, by op"
+    );
+    describe_counter!(
+        CACHE_L2_LOOKUPS,
+        "Lookups in the shared L2 prediction cache, by result (hit, miss, error, skipped)"
+    );
     describe_gauge!(
         TIER_DEADLINE,
         Unit::Seconds,

@@ -27,6 +27,7 @@ use std::time::UNIX_EPOCH;
 mod cache;
 pub mod ready;
 pub mod status;
+mod tenants;
 
 /// Largest admin request body (explain requests carry a sample body).
 const MAX_ADMIN_BODY: usize = 1024 * 1024;
@@ -166,6 +167,8 @@ pub struct AdminApp {
     pub bodies: Option<Arc<crate::proxy::BodyBudget>>,
     /// Whether the proxy listener is this process's (`/readyz`).
     pub readiness: Arc<ready::Readiness>,
+    /// Tenant limit state, for `/admin/tenants` and the spend gauges.
+    pub limiter: Option<Arc<crate::admit::Limiter>>,
 }
 
 fn json_response(status: StatusCode, body: &Value) -> Response<Vec<u8>> {
@@ -256,6 +259,9 @@ impl ServeHttp for AdminApp {
                     cache.settle().await;
                 }
                 self.refresh_gauges();
+                if let Some(limiter) = &self.limiter {
+                    tenants::refresh_gauges(limiter, &self.control.snapshot.load_full()).await;
+                }
                 let text = self.metrics.render().into_bytes();
                 Response::builder()
                     .status(200)
@@ -315,13 +321,17 @@ impl ServeHttp for AdminApp {
                 Err(resp) => resp,
             },
             (&Method::GET, "/admin/cache") => cache::stats(self.cache.as_deref()).await,
+            (&Method::GET, "/admin/tenants") => match &self.limiter {
+                Some(limiter) => tenants::list(limiter, &self.control.snapshot.load_full()).await,
+                None => error(StatusCode::NOT_FOUND, "no tenant limits here"),
+            },
             (_, "/admin/cache/purge" | "/admin/cache") => {
                 error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
             }
             (
                 _,
                 "/" | "/admin/status" | "/metrics" | "/healthz" | "/readyz" | "/admin/policy"
-                | "/admin/reload" | "/admin/explain" | "/admin/pools",
+                | "/admin/reload" | "/admin/explain" | "/admin/pools" | "/admin/tenants",
             ) => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
             _ => error(StatusCode::NOT_FOUND, "not found"),
         }

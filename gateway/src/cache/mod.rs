@@ -11,6 +11,8 @@
 //!   canonical JSON body), hashed with BLAKE3.
 //! - [`store`]: the moka store, bounded by bytes, per-entry TTL, optional idle timeout.
 //! - [`coalesce`]: single flight for concurrent identical misses.
+//! - [`shared`]: the optional L2 in Redis (`cache.shared`), shared by gateway instances: the
+//!   leader of an L1 miss looks there before going upstream; stored answers go to both.
 //!
 //! Eligibility comes from classification (`Class::cacheable`: the route has a `cache:` block,
 //! POST, body read, deterministic, not streaming, no client `no-store`). A client
@@ -35,6 +37,7 @@
 
 pub mod coalesce;
 pub mod key;
+pub mod shared;
 pub mod store;
 
 use crate::classify::{self, Class};
@@ -66,6 +69,8 @@ pub struct Cache {
     /// Per model, bumped by `purge model`; part of that model's keys. Read with one atomic
     /// load per lookup; replaced whole (copy on write) by purges, which are rare.
     generations: ArcSwap<HashMap<String, u64>>,
+    /// The L2 shared by instances (`cache.shared`), if any.
+    l2: Option<Arc<shared::L2>>,
 }
 
 /// What the lookup found.
@@ -150,6 +155,16 @@ impl Cache {
             flights: Arc::new(Flights::default()),
             epoch: AtomicU64::new(0),
             generations: ArcSwap::from_pointee(HashMap::new()),
+            l2: settings
+                .shared
+                .as_ref()
+                .and_then(|s| match shared::L2::new(s) {
+                    Ok(l2) => Some(Arc::new(l2)),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cache.shared unusable; L1 only");
+                        None
+                    }
+                }),
         })
     }
 
@@ -234,7 +249,19 @@ impl Cache {
         match self.flights.join(key, || self.store.contains(&key)) {
             Join::Done(entry) => Lookup::Hit(entry),
             Join::Waiter(w) => Lookup::Wait(pending(None), w),
-            Join::Leader(guard) => Lookup::Miss(pending(Some(guard))),
+            Join::Leader(guard) => match &self.l2 {
+                // The leader looks in the L2 (bounded by its timeout) while its waiters wait.
+                Some(l2) => match l2.get(&class.model, &key, generation).await {
+                    Some(entry) => {
+                        let landed = guard.complete(entry.clone());
+                        self.store.insert(key, entry.clone()).await;
+                        landed.done();
+                        Lookup::Hit(entry)
+                    }
+                    None => Lookup::Miss(pending(Some(guard))),
+                },
+                None => Lookup::Miss(pending(Some(guard))),
+            },
             Join::Stored => match self.store.get(&key).await {
                 Some(hit) => Lookup::Hit(hit),
                 // Expired or purged in between: go upstream without leading.
@@ -249,6 +276,9 @@ impl Cache {
             Purge::All => {
                 self.epoch.fetch_add(1, Ordering::AcqRel);
                 self.store.invalidate_all();
+                if let Some(l2) = &self.l2 {
+                    l2.purge(None, None).await;
+                }
                 None
             }
             Purge::Model(model) => {
@@ -260,9 +290,17 @@ impl Cache {
                     next = *g;
                     map
                 });
+                if let Some(l2) = &self.l2 {
+                    l2.purge(Some(model), None).await;
+                }
                 Some(self.store.invalidate_model(model, next).await)
             }
-            Purge::Key(key) => Some(usize::from(self.store.invalidate(key).await)),
+            Purge::Key(key) => {
+                if let Some(l2) = &self.l2 {
+                    l2.purge(None, Some(key)).await;
+                }
+                Some(usize::from(self.store.invalidate(key).await))
+            }
         }
     }
 
@@ -429,9 +467,12 @@ impl CacheCtx {
         // This filter is synchronous and moka's insert is not: insert on a task. The flight
         // (if any) stays visible with the result until the entry is in the store.
         tokio::spawn(async move {
-            cache.store.insert(key, entry).await;
+            cache.store.insert(key, entry.clone()).await;
             if let Some(landed) = landed {
                 landed.done();
+            }
+            if let Some(l2) = &cache.l2 {
+                l2.put(&key, &entry).await;
             }
         });
     }

@@ -36,6 +36,8 @@ pub enum TierSource {
     Tenant,
     Header,
     Route,
+    /// The tenant's daily budget is spent and `on_budget: { downgrade: TIER }` moved it.
+    Budget,
 }
 
 impl TierSource {
@@ -44,6 +46,7 @@ impl TierSource {
             TierSource::Tenant => "tenant",
             TierSource::Header => "header",
             TierSource::Route => "route",
+            TierSource::Budget => "budget",
         }
     }
 }

@@ -82,7 +82,10 @@ pub struct RoutingTable {
     pub tiers: Vec<Tier>,
     tier_by_name: HashMap<String, TierId>,
     pub tenants: Vec<Tenant>,
-    tenant_by_key: HashMap<[u8; 32], TenantId>,
+    /// Tenant key digests, scanned whole by [`RoutingTable::tenant_by_key_hash`].
+    tenant_keys: Vec<([u8; 32], TenantId)>,
+    /// `auth:`: whether requests must carry a known tenant key.
+    pub auth: super::tenancy::AuthMode,
     pub pools: Vec<Pool>,
     pub routes: Vec<Route>,
     pub upstream: Upstream,
@@ -106,27 +109,32 @@ pub struct RoutingTable {
 pub use super::raw::CacheScope;
 
 /// The compiled `limits:` section.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Limits {
     /// Request-body bytes held in memory at once, over all requests; a large body that would
     /// go beyond it is refused with 503 (small bodies are always admitted).
     pub max_buffered_bytes: u64,
+    /// Where tenant limits are kept, and the anonymous callers' limits.
+    pub admission: super::tenancy::Admission,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_buffered_bytes: DEFAULT_MAX_BUFFERED,
+            admission: Default::default(),
         }
     }
 }
 
 /// The compiled `cache:` section.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheSettings {
     pub max_bytes: u64,
     pub max_entry_bytes: usize,
     pub idle: Option<Duration>,
+    /// The L2 in Redis (`cache.shared`), if any.
+    pub shared: Option<super::tenancy::SharedCacheSettings>,
 }
 
 impl Default for CacheSettings {
@@ -135,6 +143,7 @@ impl Default for CacheSettings {
             max_bytes: 64 * 1024 * 1024,
             max_entry_bytes: 1024 * 1024,
             idle: None,
+            shared: None,
         }
     }
 }
@@ -193,6 +202,8 @@ impl PoolKind {
 pub struct Tenant {
     pub name: String,
     pub tier: TierId,
+    /// Rate, concurrency and spend limits (`None`: unlimited).
+    pub limits: Option<super::tenancy::TenantLimits>,
 }
 
 pub struct Pool {
@@ -400,8 +411,16 @@ impl RoutingTable {
         self.tier_by_name.get(name).copied()
     }
 
+    /// The tenant whose key has this SHA-256. Every stored digest is compared, in constant
+    /// time, so the time taken says nothing about how close a guess came to any key.
     pub fn tenant_by_key_hash(&self, hash: &[u8; 32]) -> Option<TenantId> {
-        self.tenant_by_key.get(hash).copied()
+        use subtle::ConstantTimeEq;
+        let mut found = subtle::CtOption::new(0u16, subtle::Choice::from(0));
+        for (digest, id) in &self.tenant_keys {
+            let hit = digest.ct_eq(hash);
+            found = subtle::CtOption::new(*id, hit).or_else(|| found);
+        }
+        Option::from(found)
     }
 
     pub fn region_of_country(&self, iso: &[u8]) -> Option<RegionId> {
@@ -945,9 +964,20 @@ fn compile(
                  e.g. from `printf %s \"$KEY\" | sha256sum`)",
             ),
         }
+        let mut found = super::tenancy::Found::default();
+        let limits = t.limits.as_ref().map(|l| {
+            let what = format!("tenant `{}`: limits", t.name.value);
+            super::tenancy::compile_tenant_limits(&mut found, l, &what, &|n: &str| {
+                tier_by_name.get(n).copied()
+            })
+        });
+        for (loc, msg) in found.0 {
+            p.at(&loc, msg);
+        }
         tenants.push(Tenant {
             name: t.name.value.clone(),
             tier,
+            limits,
         });
     }
 
@@ -1202,12 +1232,21 @@ fn compile(
         .as_ref()
         .map(|c| compile_cache(&mut p, c))
         .unwrap_or_default();
-    let limits = raw
+    let mut limits = raw
         .limits
         .as_ref()
         .map(|l| compile_limits(&mut p, l))
         .unwrap_or_default();
     let access_log = compile_access_log(&mut p, raw.observe.as_ref(), cx.file);
+    if let Some(l) = &raw.limits {
+        let mut found = super::tenancy::Found::default();
+        limits.admission = super::tenancy::compile_admission(&mut found, l, &|n: &str| {
+            tier_by_name.get(n).copied()
+        });
+        for (loc, msg) in found.0 {
+            p.at(&loc, msg);
+        }
+    }
     let mut model_versions = HashMap::new();
     for (model, def) in &raw.models {
         let version = def.value.version.value.trim();
@@ -1275,7 +1314,8 @@ fn compile(
         tiers,
         tier_by_name,
         tenants,
-        tenant_by_key,
+        tenant_keys: tenant_by_key.into_iter().collect(),
+        auth: raw.auth,
         pools,
         routes,
         upstream,
@@ -1389,6 +1429,14 @@ fn compile_cache(p: &mut Problems, node: &Spanned<raw::CacheSection>) -> CacheSe
         max_bytes: max_bytes as u64,
         max_entry_bytes: max_entry_bytes.min(MAX_BODY_LIMIT),
         idle,
+        shared: c.shared.as_ref().map(|n| {
+            let mut found = super::tenancy::Found::default();
+            let shared = super::tenancy::compile_shared_cache(&mut found, n);
+            for (loc, msg) in found.0 {
+                p.at(&loc, msg);
+            }
+            shared
+        }),
     }
 }
 

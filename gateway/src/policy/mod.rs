@@ -12,6 +12,7 @@ pub mod raw;
 pub mod reload;
 pub mod resolve;
 pub mod secret;
+pub mod tenancy;
 
 pub use compile::{RoutingTable, INSPECT_LIMIT};
 

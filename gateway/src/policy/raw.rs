@@ -33,6 +33,10 @@ pub struct Policy {
     /// API keys (as SHA-256 hex only) and the tier each tenant gets.
     #[serde(default)]
     pub tenants: Vec<Spanned<Tenant>>,
+    /// `optional` (default): a request without a known tenant key is served as anonymous;
+    /// `required`: it gets 401 `authentication_error`.
+    #[serde(default)]
+    pub auth: AuthMode,
     /// The backend pools.
     pub pools: Vec<Spanned<Pool>>,
     /// Request routes, matched in order: the first whose `match` fits the path wins.
@@ -75,6 +79,35 @@ pub struct CacheSection {
     /// Drop entries not read for this long, e.g. `2m`. Default: none (TTL only).
     #[serde(default)]
     pub idle: Option<Spanned<String>>,
+    /// A second level shared by every instance (Redis): an L1 miss looks there before going
+    /// upstream. Absent: none. Takes a restart.
+    #[serde(default)]
+    pub shared: Option<Spanned<SharedCache>>,
+}
+
+/// `cache.shared`: the L2 prediction cache.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SharedCache {
+    /// Only `redis`.
+    pub backend: SharedCacheBackend,
+    /// e.g. `redis://127.0.0.1:6379/0`.
+    pub redis_url: Spanned<String>,
+    /// Prefix of every Redis key. Default `switchyard`.
+    #[serde(default)]
+    pub redis_prefix: Option<Spanned<String>>,
+    /// Largest body stored in Redis. Default `256KiB`.
+    #[serde(default)]
+    pub max_entry_bytes: Option<Spanned<String>>,
+    /// Longest wait for Redis on a lookup; beyond it the request goes upstream. Default `5ms`.
+    #[serde(default)]
+    pub timeout: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SharedCacheBackend {
+    Redis,
 }
 
 /// A route's `cache:` block: present means the route's deterministic answers are cached.
@@ -123,6 +156,76 @@ pub struct Limits {
     /// 64KiB are always admitted. Default `512MiB`.
     #[serde(default)]
     pub max_buffered_bytes: Option<Spanned<String>>,
+    /// Where tenant limits (rate, concurrency, daily spend) are kept: `local` (default, per
+    /// instance) or `redis` (shared by every instance using the same Redis). Takes a restart.
+    #[serde(default)]
+    pub backend: LimitsBackend,
+    /// Redis URL for `backend: redis`, e.g. `redis://127.0.0.1:6379/0`.
+    #[serde(default)]
+    pub redis_url: Option<Spanned<String>>,
+    /// Prefix of every Redis key. Default `switchyard`.
+    #[serde(default)]
+    pub redis_prefix: Option<Spanned<String>>,
+    /// Longest wait for Redis on a request; beyond it the request is admitted on local
+    /// limits. Default `20ms`.
+    #[serde(default)]
+    pub redis_timeout: Option<Spanned<String>>,
+    /// How many gateway instances share the limits: while Redis is unreachable each one
+    /// enforces a 1/N share of every limit. Absent: each enforces the full limit.
+    #[serde(default)]
+    pub instances: Option<Spanned<u32>>,
+    /// The limits of anonymous callers (no known tenant key, `auth: optional`), all of them
+    /// together. Absent: unlimited.
+    #[serde(default)]
+    pub anonymous: Option<Spanned<TenantLimits>>,
+}
+
+/// `auth:`: whether a request must carry a known tenant key.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMode {
+    #[default]
+    Optional,
+    Required,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitsBackend {
+    #[default]
+    Local,
+    Redis,
+}
+
+/// A tenant's `limits:` block (and `limits.anonymous`). Every field is optional: absent
+/// means no limit of that kind.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantLimits {
+    /// Sustained requests per second.
+    #[serde(default)]
+    pub requests_per_second: Option<Spanned<f64>>,
+    /// Requests allowed at once above the sustained rate. Default: one second's worth
+    /// (`requests_per_second`, at least 1).
+    #[serde(default)]
+    pub burst: Option<Spanned<u32>>,
+    /// Requests in flight at once.
+    #[serde(default)]
+    pub max_concurrency: Option<Spanned<u32>>,
+    /// Estimated spend per UTC day, in USD (cache hits are free).
+    #[serde(default)]
+    pub spend_per_day_usd: Option<Spanned<f64>>,
+    /// Over the day's spend: `reject` (default, 429 `budget_exceeded`) or
+    /// `{ downgrade: TIER }` (served under that tier, e.g. `batch`).
+    #[serde(default)]
+    pub on_budget: Option<Spanned<OnBudget>>,
+}
+
+#[derive(Debug, Deserialize, Clone, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OnBudget {
+    Reject,
+    Downgrade(String),
 }
 
 /// An entry of the `models:` map.
@@ -277,6 +380,9 @@ pub struct Tenant {
     pub key_sha256: Spanned<String>,
     /// The tier this tenant's requests get.
     pub tier: Spanned<String>,
+    /// Rate, concurrency and daily spend limits. Absent: unlimited.
+    #[serde(default)]
+    pub limits: Option<Spanned<TenantLimits>>,
 }
 
 #[derive(Debug, Deserialize)]

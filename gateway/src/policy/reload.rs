@@ -71,6 +71,11 @@ pub struct StartupSettings {
     pub shutdown_grace: Duration,
     /// The access log's writer is started once.
     pub access_log: (crate::observe::LogTarget, crate::observe::LogFormat),
+    /// Where tenant limits are kept (`limits.backend`, Redis) and the L2 cache.
+    pub shared_state: (
+        super::tenancy::LimitsBackend,
+        Option<super::tenancy::SharedCacheSettings>,
+    ),
 }
 
 impl StartupSettings {
@@ -82,6 +87,10 @@ impl StartupSettings {
             cache_size: (table.cache.max_bytes, table.cache.idle),
             shutdown_grace: table.shutdown_grace,
             access_log: table.access_log.clone(),
+            shared_state: (
+                table.limits.admission.backend.clone(),
+                table.cache.shared.clone(),
+            ),
         }
     }
 
@@ -130,6 +139,12 @@ impl StartupSettings {
                 "observe.access_log: writing {:?}, policy says {:?}",
                 self.access_log, new.access_log
             ));
+        }
+        if self.shared_state.0 != new.shared_state.0 {
+            out.push("limits: backend or Redis settings changed".to_string());
+        }
+        if self.shared_state.1 != new.shared_state.1 {
+            out.push("cache.shared: changed".to_string());
         }
         out
     }
@@ -367,6 +382,7 @@ mod tests {
             cache_size: (1024, None),
             shutdown_grace: Duration::from_secs(5),
             access_log: (crate::observe::LogTarget::Default, Default::default()),
+            shared_state: (super::super::tenancy::LimitsBackend::Local, None),
         };
         assert!(a.restart_required(&a.clone()).is_empty());
         let b = StartupSettings {

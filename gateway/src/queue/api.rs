@@ -204,6 +204,9 @@ pub async fn enqueue(
         resp.insert_header("x-switchyard-job-id", job.id.as_str())?;
         resp.insert_header("x-switchyard-pool", pool.name.as_str())?;
         resp.insert_header("x-switchyard-tier", tier.name.as_str())?;
+        if class.tier_source == crate::classify::TierSource::Budget {
+            resp.insert_header("x-switchyard-budget", "downgraded")?;
+        }
         resp.insert_header("x-switchyard-policy-version", table.version.as_str())?;
         resp.insert_header(
             "x-switchyard-decision",

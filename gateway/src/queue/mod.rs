@@ -4,7 +4,7 @@
 //! This module owns the job model ([`Job`]), the storage contract ([`JobStore`]) and the
 //! [`Queue`] handle the proxy and the dispatcher share. The pieces:
 //! - `embedded.rs`: the default store, a redb file on local disk with group commit;
-//! - `redis.rs` (+ `resp.rs`, a small RESP client): Redis Streams, shared by instances;
+//! - `redis.rs` (+ `crate::redis::resp`, a small RESP client): Redis Streams, shared by instances;
 //! - `dispatcher.rs`: the background service sending jobs to their pools, with retries;
 //! - `api.rs`: enqueue (the 202 path) and `GET`/`DELETE /v1/jobs/{id}` on the proxy listener;
 //! - `http.rs`: the small HTTP/1.1 client used for dispatch and callbacks.
@@ -21,7 +21,7 @@ pub mod dispatcher;
 pub mod embedded;
 pub mod http;
 pub mod redis;
-pub mod resp;
+pub use crate::redis::resp;
 
 use crate::policy::compile::QueueSettings;
 use async_trait::async_trait;

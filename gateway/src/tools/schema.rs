@@ -100,6 +100,25 @@ pub fn policy_schema() -> Value {
             "hedge_after": { "type": ["number", "null"], "minimum": 1, "maximum": 100, "description": "Hedged requests: when the first attempt has not answered after this many times its pool's service-time estimate, a second attempt goes to the next-best candidate and the first answer wins. Absent: no hedging." },
         }),
     );
+    // `on_budget` is the string `reject` or a `{downgrade: TIER}` map; the schema subset has
+    // no `oneOf`, so which string is left to `switchyard check`.
+    let tenant_limits = object(
+        "Rate, concurrency and daily spend limits; each absent field is no limit of that kind.",
+        &[],
+        json!({
+            "requests_per_second": { "type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 1000000, "description": "Sustained requests per second; over it: 429 rate_limited with Retry-After." },
+            "burst": { "type": ["integer", "null"], "minimum": 1, "description": "Requests allowed at once above the rate. Default: one second's worth." },
+            "max_concurrency": { "type": ["integer", "null"], "minimum": 1, "description": "Requests in flight at once; over it: 429 rate_limited." },
+            "spend_per_day_usd": { "type": ["number", "null"], "minimum": 0, "description": "Estimated spend per UTC day in USD (cache hits are free)." },
+            "on_budget": {
+                "type": ["string", "object", "null"],
+                "description": "Over the day's spend: `reject` (default: 429 budget_exceeded) or `{ downgrade: TIER }` (served under that tier, x-switchyard-budget: downgraded).",
+                "additionalProperties": false,
+                "required": ["downgrade"],
+                "properties": { "downgrade": string("The tier to serve the tenant under, e.g. batch.") },
+            },
+        }),
+    );
     let tenant = object(
         "An API key (as SHA-256 only) and the tier its requests get.",
         &["name", "key_sha256", "tier"],
@@ -107,6 +126,7 @@ pub fn policy_schema() -> Value {
             "name": string("Tenant name."),
             "key_sha256": string("SHA-256 of the API key, 64 lower-case hex characters."),
             "tier": string("Tier name."),
+            "limits": tenant_limits.clone(),
         }),
     );
     let price = object(
@@ -182,6 +202,13 @@ pub fn policy_schema() -> Value {
             "max_bytes": optional_string("Memory bound of the whole cache, e.g. 256MiB. Default 64MiB."),
             "max_entry_bytes": optional_string("Largest response body stored; larger ones are served, not stored. Default 1MiB."),
             "idle": optional_string("Drop entries not read for this long, e.g. 2m. Default: none."),
+            "shared": object("The L2 shared by every instance (Redis): an L1 miss looks there before going upstream. Takes a restart.", &["backend", "redis_url"], json!({
+                "backend": enumeration("Only redis.", &["redis"]),
+                "redis_url": string("redis://host:port[/db]"),
+                "redis_prefix": optional_string("Prefix of every Redis key. Default switchyard."),
+                "max_entry_bytes": optional_string("Largest body stored in Redis. Default 256KiB."),
+                "timeout": optional_string("Longest wait for Redis on a lookup; then the request goes upstream. Default 5ms."),
+            })),
         }),
     );
     let model = object(
@@ -257,8 +284,15 @@ pub fn policy_schema() -> Value {
                 "access_log": optional_string("stderr (default), stdout, off, or a file path relative to the policy (appended to)."),
                 "access_log_format": enumeration("text (default) or json (one object per line).", &["text", "json"]),
             })),
+            "auth": enumeration("optional (default): requests without a known tenant key are anonymous; required: they get 401.", &["optional", "required"]),
             "limits": object("Gateway-wide limits. Absent: the defaults.", &[], json!({
                 "max_buffered_bytes": optional_string("Request-body bytes held in memory at once over all requests; beyond it large requests get 503. Default 512MiB."),
+                "backend": enumeration("Where tenant limits are kept: local (default, per instance) or redis (shared by instances). Takes a restart.", &["local", "redis"]),
+                "redis_url": optional_string("redis://host:port[/db] for backend: redis."),
+                "redis_prefix": optional_string("Prefix of every Redis key. Default switchyard."),
+                "redis_timeout": optional_string("Longest wait for Redis on a request; then local limits apply. Default 20ms."),
+                "instances": { "type": ["integer", "null"], "minimum": 1, "description": "Instances sharing the limits: while Redis is away each enforces a 1/N share. Absent: the full limit." },
+                "anonymous": tenant_limits,
             })),
             "models": { "type": "object", "description": "Per model: the version being served (cache keys).", "additionalProperties": model },
         }),

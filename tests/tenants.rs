@@ -1,0 +1,735 @@
+//! Tenants in control (issue 11): authentication, per-tenant rate and concurrency limits,
+//! daily spend budgets (reject or downgrade), the same limits shared by several gateway
+//! instances on one Redis and kept (locally) through a Redis outage, and the shared L2
+//! prediction cache. Real `switchyard run` processes, real mock backends, real Redis.
+//!
+//! Redis tests use `SWITCHYARD_TEST_REDIS` (as tests/queue.rs: required under CI, skipped
+//! loudly elsewhere), each under its own key prefix; the outage test starts its own `redis-server` on a free port so it never
+//! stops the shared one. Limits are chosen so that no outcome depends on timing: rates are
+//! one request per 100 s, so a bucket never refills during a test.
+
+mod support;
+
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use support::*;
+use switchyard::testkit::client::Response;
+
+/// The shared test Redis, as tests/queue.rs: required under CI, skipped loudly elsewhere.
+fn redis_url() -> Option<String> {
+    match std::env::var("SWITCHYARD_TEST_REDIS") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("SWITCHYARD_TEST_REDIS is not set under CI: .ci/run must start redis-server")
+        }
+        _ => {
+            eprintln!("\n!!! SKIPPING Redis tenants test: set SWITCHYARD_TEST_REDIS=redis://127.0.0.1:6390 (see .ci/run) !!!\n");
+            None
+        }
+    }
+}
+
+/// A key prefix no other test (or earlier run) uses.
+fn fresh_prefix() -> String {
+    format!("sytest{:016x}", fastrand::u64(..))
+}
+
+/// A policy with tenants `acme` (key `key-acme`, tier realtime) and `beta` (key `key-beta`,
+/// tier standard), their `limits:` blocks given as YAML flow maps (empty: none), one edge
+/// pool at `per_request: 0.01` USD, a cached chat route, and `extra` top-level YAML.
+fn tenant_policy(edge: SocketAddr, acme_limits: &str, beta_limits: &str, extra: &str) -> String {
+    let limits = |l: &str| {
+        if l.is_empty() {
+            String::new()
+        } else {
+            format!("    limits: {l}\n")
+        }
+    };
+    format!(
+        r#"
+trusted_proxies: [127.0.0.0/8]
+geoip: {{ database: embedded }}
+regions:
+  default: us
+  map:
+    - {{ name: us, continents: [NA, SA, EU, AS, OC, AF] }}
+rtt_ms:
+  us: {{ us: 5 }}
+tiers:
+  realtime: {{ deadline: 2s, weight: 0.8, pools: [edge] }}
+  standard: {{ deadline: 5s, weight: 0.3, pools: [edge] }}
+  batch: {{ deadline: 1h, weight: 0.0, pools: [batch, edge], on_slo_miss: shed }}
+tenants:
+  - name: acme
+    key_sha256: {acme}
+    tier: realtime
+{acme_limits}  - name: beta
+    key_sha256: {beta}
+    tier: standard
+{beta_limits}pools:
+  - {{ name: edge, kind: edge, region: us, endpoints: [{edge}], models: ["*"], concurrency: 64, service_time: 10ms, price: {{ per_request: 0.01 }} }}
+routes:
+  - {{ name: chat, match: /v1/chat/completions, protocol: openai, tier: standard, cache: {{ ttl: 10m }} }}
+  - {{ name: embeddings, match: /v1/embeddings, protocol: openai, tier: standard }}
+upstream: {{ connect_timeout: 300ms, max_attempts: 1 }}
+{extra}
+"#,
+        acme = sha256_hex("key-acme"),
+        beta = sha256_hex("key-beta"),
+        acme_limits = limits(acme_limits),
+        beta_limits = limits(beta_limits),
+    )
+}
+
+/// A chat request that is never cached (sampling temperature), so each one costs.
+fn uncached(n: usize) -> String {
+    format!(
+        r#"{{"model":"m","temperature":0.7,"messages":[{{"role":"user","content":"hi {n}"}}]}}"#
+    )
+}
+
+async fn chat_as(gw: &Gateway, key: Option<&str>, body: &str) -> Response {
+    let auth = key.map(|k| format!("Bearer {k}"));
+    let headers: Vec<(&str, &str)> = auth
+        .as_deref()
+        .map(|a| vec![("authorization", a)])
+        .unwrap_or_default();
+    gw.post("/v1/chat/completions", &headers, body).await
+}
+
+async fn tenants(gw: &Gateway) -> Value {
+    let r = gw.admin_get("/admin/tenants").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json().expect("json")
+}
+
+fn tenant<'a>(v: &'a Value, name: &str) -> &'a Value {
+    v["tenants"]
+        .as_array()
+        .and_then(|a| a.iter().find(|t| t["name"] == name))
+        .unwrap_or_else(|| panic!("no tenant {name} in {v}"))
+}
+
+/// Wait until `gw` reports at least `usd` spent today by `name` (charges land after the
+/// answer is written).
+async fn spent(gw: &Gateway, name: &str, usd: f64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = tenants(gw).await;
+        if tenant(&v, name)["spend_today_usd"].as_f64().unwrap_or(0.0) >= usd - 1e-9 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "spend of {name} never reached {usd}: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn error_type(r: &Response) -> String {
+    r.json()
+        .ok()
+        .and_then(|v| v["error"]["type"].as_str().map(String::from))
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn auth_required_refuses_missing_and_unknown_keys() {
+    let edge = mock("edge", 0).await;
+    let gw = Gateway::start(&tenant_policy(edge.addr, "", "", "auth: required")).await;
+
+    let r = chat_as(&gw, None, &uncached(1)).await;
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert_eq!(error_type(&r), "authentication_error");
+    assert_eq!(r.json().unwrap()["error"]["code"], "invalid_api_key");
+
+    let r = chat_as(&gw, Some("key-nobody"), &uncached(2)).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        edge.stats().requests,
+        0,
+        "refused requests never reach a backend"
+    );
+
+    let r = chat_as(&gw, Some("key-acme"), &uncached(3)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric_sum(
+            &m,
+            "switchyard_auth_failures_total",
+            &[("reason", "missing_key")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric_sum(
+            &m,
+            "switchyard_auth_failures_total",
+            &[("reason", "unknown_key")]
+        ),
+        1.0
+    );
+
+    // The admin API lists tenants, never their keys.
+    let v = tenants(&gw).await;
+    assert_eq!(v["auth"], "required");
+    assert!(!v.to_string().contains(&sha256_hex("key-acme")));
+}
+
+#[tokio::test]
+async fn a_tenant_over_its_rate_gets_429_while_another_is_unaffected() {
+    let edge = mock("edge", 0).await;
+    let gw = Gateway::start(&tenant_policy(
+        edge.addr,
+        "{ requests_per_second: 0.01, burst: 2 }",
+        "{ requests_per_second: 0.01, burst: 5 }",
+        "",
+    ))
+    .await;
+
+    for n in 0..2 {
+        assert_eq!(
+            chat_as(&gw, Some("key-acme"), &uncached(n)).await.status,
+            200
+        );
+    }
+    let r = chat_as(&gw, Some("key-acme"), &uncached(9)).await;
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(error_type(&r), "rate_limited");
+    let retry: u64 = r
+        .header("retry-after")
+        .expect("Retry-After")
+        .parse()
+        .unwrap();
+    assert!((1..=100).contains(&retry), "retry-after {retry}");
+
+    // Beta's bucket is its own.
+    for n in 0..3 {
+        let r = chat_as(&gw, Some("key-beta"), &uncached(20 + n)).await;
+        assert_eq!(r.status, 200, "beta request {n}: {}", r.text());
+    }
+    // Anonymous callers have no limits here.
+    assert_eq!(chat_as(&gw, None, &uncached(30)).await.status, 200);
+
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric_sum(
+            &m,
+            "switchyard_tenant_limited_total",
+            &[("tenant", "acme"), ("reason", "rate")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric_sum(&m, "switchyard_tenant_limited_total", &[("tenant", "beta")]),
+        0.0
+    );
+}
+
+#[tokio::test]
+async fn concurrency_limit_refuses_the_second_request_in_flight_and_frees_the_slot() {
+    let slow = mock("slow", 1500).await;
+    let gw = Gateway::start(&tenant_policy(slow.addr, "{ max_concurrency: 1 }", "", "")).await;
+
+    let (proxy, body) = (gw.proxy, uncached(1));
+    let first = tokio::spawn(async move {
+        let req =
+            switchyard::testkit::client::Request::post("/v1/chat/completions", body.as_bytes())
+                .header("authorization", "Bearer key-acme")
+                .header("content-type", "application/json");
+        switchyard::testkit::client::send(proxy, &req)
+            .await
+            .map(|r| r.status)
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tenant(&tenants(&gw).await, "acme")["in_flight"] != 1 {
+        assert!(Instant::now() < deadline, "first request never in flight");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r = chat_as(&gw, Some("key-acme"), &uncached(2)).await;
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(error_type(&r), "rate_limited");
+    assert!(r.header("retry-after").is_some());
+    // Another tenant is not held up by acme's limit.
+    assert_eq!(
+        chat_as(&gw, Some("key-beta"), &uncached(3)).await.status,
+        200
+    );
+
+    assert_eq!(first.await.unwrap().unwrap(), 200);
+    // The slot was given back when the first request was answered.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tenant(&tenants(&gw).await, "acme")["in_flight"] != 0 {
+        assert!(Instant::now() < deadline, "slot never released");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        chat_as(&gw, Some("key-acme"), &uncached(4)).await.status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn over_budget_requests_are_refused_but_cache_hits_stay_free() {
+    let edge = mock("edge", 0).await;
+    let gw = Gateway::start(&tenant_policy(
+        edge.addr,
+        "{ spend_per_day_usd: 0.015, on_budget: reject }",
+        "",
+        "",
+    ))
+    .await;
+    // Deterministic (temperature 0), so cacheable.
+    let cached = r#"{"model":"m","temperature":0,"messages":[{"role":"user","content":"same"}]}"#;
+
+    // 0.01 each: the first two fit (0 and 0.01 spent before them), the third does not.
+    assert_eq!(chat_as(&gw, Some("key-acme"), cached).await.status, 200);
+    spent(&gw, "acme", 0.01).await;
+    assert_eq!(
+        chat_as(&gw, Some("key-acme"), &uncached(1)).await.status,
+        200
+    );
+    spent(&gw, "acme", 0.02).await;
+    let r = chat_as(&gw, Some("key-acme"), &uncached(2)).await;
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(error_type(&r), "budget_exceeded");
+    assert!(r.header("retry-after").is_some(), "until the UTC day ends");
+
+    // A repeat of a cached answer costs nothing, so it is still served.
+    let r = chat_as(&gw, Some("key-acme"), cached).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-switchyard-cache"), Some("hit"));
+
+    let v = tenants(&gw).await;
+    let acme = tenant(&v, "acme");
+    assert_eq!(acme["budget_remaining_usd"], 0.0);
+    assert_eq!(acme["spend_per_day_usd"], 0.015);
+    let m = gw.metrics().await;
+    assert!(
+        metric_sum(
+            &m,
+            "switchyard_tenant_spend_today_usd",
+            &[("tenant", "acme")]
+        ) >= 0.02
+    );
+    assert_eq!(
+        metric_sum(
+            &m,
+            "switchyard_tenant_limited_total",
+            &[("tenant", "acme"), ("reason", "budget")]
+        ),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn over_budget_requests_can_be_downgraded_to_the_batch_queue() {
+    let edge = mock("edge", 0).await;
+    let batch = mock("batch", 0).await;
+    let policy = tenant_policy(
+        edge.addr,
+        "{ spend_per_day_usd: 0.005, on_budget: { downgrade: batch } }",
+        "",
+        "queue:\n  path: data/queue.redb\n",
+    );
+    // A batch pool for the batch tier, beside the edge pool.
+    let batch_pool = format!(
+        "  - {{ name: batchpool, kind: batch, region: us, endpoints: [{}], models: [\"*\"], concurrency: 4, service_time: 10ms, price: {{ per_request: 0.001 }} }}\nroutes:\n",
+        batch.addr
+    );
+    let policy = policy.replacen("routes:\n", &batch_pool, 1);
+    let gw = Gateway::start(&policy).await;
+
+    let r = chat_as(&gw, Some("key-acme"), &uncached(1)).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-switchyard-tier"), Some("realtime"));
+    assert_eq!(r.header("x-switchyard-budget"), None);
+    spent(&gw, "acme", 0.01).await;
+
+    let r = chat_as(&gw, Some("key-acme"), &uncached(2)).await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    assert_eq!(r.header("x-switchyard-budget"), Some("downgraded"));
+    assert_eq!(r.header("x-switchyard-tier"), Some("batch"));
+    assert!(r.json().unwrap()["job_id"].is_string());
+    // Beta has no budget: still real time.
+    let r = chat_as(&gw, Some("key-beta"), &uncached(3)).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-switchyard-budget"), None);
+}
+
+/// Policy extra for limits shared on Redis under `prefix`.
+fn shared_limits(url: &str, prefix: &str, instances: Option<u32>) -> String {
+    let instances = instances
+        .map(|n| format!("\n  instances: {n}"))
+        .unwrap_or_default();
+    format!("limits:\n  backend: redis\n  redis_url: {url}\n  redis_prefix: {prefix}\n  redis_timeout: 500ms{instances}\n")
+}
+
+#[tokio::test]
+async fn two_instances_on_one_redis_share_a_rate_limit_and_a_budget() {
+    let Some(url) = redis_url() else { return };
+    let edge = mock("edge", 0).await;
+    let policy = tenant_policy(
+        edge.addr,
+        "{ requests_per_second: 0.01, burst: 3 }",
+        "{ spend_per_day_usd: 0.015 }",
+        &shared_limits(&url, &fresh_prefix(), Some(2)),
+    );
+    let a = Gateway::start(&policy).await;
+    let b = Gateway::start(&policy).await;
+
+    // Three for the whole fleet, wherever they land.
+    assert_eq!(
+        chat_as(&a, Some("key-acme"), &uncached(1)).await.status,
+        200
+    );
+    assert_eq!(
+        chat_as(&b, Some("key-acme"), &uncached(2)).await.status,
+        200
+    );
+    assert_eq!(
+        chat_as(&a, Some("key-acme"), &uncached(3)).await.status,
+        200
+    );
+    let r = chat_as(&b, Some("key-acme"), &uncached(4)).await;
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(error_type(&r), "rate_limited");
+    assert_eq!(
+        chat_as(&a, Some("key-acme"), &uncached(5)).await.status,
+        429
+    );
+
+    // Beta's budget: spent on A, seen by B.
+    assert_eq!(
+        chat_as(&a, Some("key-beta"), &uncached(6)).await.status,
+        200
+    );
+    spent(&b, "beta", 0.01).await;
+    assert_eq!(
+        chat_as(&b, Some("key-beta"), &uncached(7)).await.status,
+        200
+    );
+    spent(&a, "beta", 0.02).await;
+    let r = chat_as(&a, Some("key-beta"), &uncached(8)).await;
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(error_type(&r), "budget_exceeded");
+    assert_eq!(tenants(&a).await["backend"], "redis");
+}
+
+#[tokio::test]
+async fn a_shared_concurrency_lease_blocks_the_other_instance_until_it_is_given_back() {
+    let Some(url) = redis_url() else { return };
+    let slow = mock("slow", 1500).await;
+    let prefix = fresh_prefix();
+    let policy = tenant_policy(
+        slow.addr,
+        "{ max_concurrency: 1 }",
+        "",
+        &shared_limits(&url, &prefix, None),
+    );
+    let a = Gateway::start(&policy).await;
+    let b = Gateway::start(&policy).await;
+    let leases = format!("{prefix}:limits:t:acme:leases");
+    let held = |url: String, key: String| async move {
+        let mut conn = switchyard::redis::resp::Connection::connect(&url)
+            .await
+            .expect("connect");
+        conn.cmd(&[b"ZCARD", key.as_bytes()])
+            .await
+            .ok()
+            .and_then(|v| v.as_int())
+            .unwrap_or(0)
+    };
+
+    let (proxy, body) = (a.proxy, uncached(1));
+    let first = tokio::spawn(async move {
+        let req =
+            switchyard::testkit::client::Request::post("/v1/chat/completions", body.as_bytes())
+                .header("authorization", "Bearer key-acme")
+                .header("content-type", "application/json");
+        switchyard::testkit::client::send(proxy, &req)
+            .await
+            .map(|r| r.status)
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while held(url.clone(), leases.clone()).await != 1 {
+        assert!(Instant::now() < deadline, "no lease taken");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r = chat_as(&b, Some("key-acme"), &uncached(2)).await;
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(error_type(&r), "rate_limited");
+
+    assert_eq!(first.await.unwrap().unwrap(), 200);
+    // Given back when answered (well before the lease would expire by itself).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while held(url.clone(), leases.clone()).await != 0 {
+        assert!(Instant::now() < deadline, "lease never released");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        chat_as(&b, Some("key-acme"), &uncached(3)).await.status,
+        200
+    );
+}
+
+/// A `redis-server` of the test's own, on a free port, without persistence.
+struct OwnRedis {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl OwnRedis {
+    fn start(port: Option<u16>) -> Option<OwnRedis> {
+        let port = port.unwrap_or_else(|| free_addr().port());
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(OwnRedis {
+            port,
+            child: Some(child),
+        })
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn redis_server_available() -> bool {
+    Command::new("redis-server")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[tokio::test]
+async fn a_redis_outage_falls_back_to_local_limits_and_recovers() {
+    if !redis_server_available() {
+        eprintln!("skipped: redis-server is not installed");
+        return;
+    }
+    let Some(mut redis) = OwnRedis::start(None) else {
+        eprintln!("skipped: could not start redis-server");
+        return;
+    };
+    let edge = mock("edge", 0).await;
+    // Burst 4 for the fleet; with 2 instances, each keeps a share of 2 while Redis is away.
+    let policy = tenant_policy(
+        edge.addr,
+        "{ requests_per_second: 0.01, burst: 4 }",
+        "",
+        &shared_limits(&redis.url(), "outage", Some(2)),
+    );
+    let gw = Gateway::start(&policy).await;
+    assert_eq!(
+        chat_as(&gw, Some("key-acme"), &uncached(1)).await.status,
+        200
+    );
+    assert_eq!(tenants(&gw).await["backend"], "redis");
+
+    redis.stop();
+    // Still serving, on this instance's share: two more, then 429 (never a 5xx).
+    assert_eq!(
+        chat_as(&gw, Some("key-acme"), &uncached(2)).await.status,
+        200
+    );
+    assert_eq!(
+        chat_as(&gw, Some("key-acme"), &uncached(3)).await.status,
+        200
+    );
+    let r = chat_as(&gw, Some("key-acme"), &uncached(4)).await;
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(
+        chat_as(&gw, Some("key-beta"), &uncached(5)).await.status,
+        200
+    );
+    let m = gw.metrics().await;
+    assert_eq!(metric_sum(&m, "switchyard_limits_shared", &[]), 0.0);
+    assert!(metric_sum(&m, "switchyard_limits_redis_errors_total", &[]) >= 1.0);
+    assert!(
+        gw.log().contains("tenant limits fall back to local limits"),
+        "{}",
+        gw.log()
+    );
+
+    // Redis back (empty: a fresh shared bucket of 4): the first request after the probe
+    // interval finds it, and the shared limit serves again.
+    let port = redis.port;
+    let _redis = OwnRedis::start(Some(port)).expect("restart redis-server");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut n = 10;
+    loop {
+        n += 1;
+        let r = chat_as(&gw, Some("key-acme"), &uncached(n)).await;
+        assert!(r.status == 200 || r.status == 429, "{}", r.status);
+        if tenants(&gw).await["backend"] == "redis" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never returned to shared limits");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // More than the local share of 2 would allow: the shared bucket decides again.
+    let mut ok = 0;
+    for i in 0..3 {
+        if chat_as(&gw, Some("key-acme"), &uncached(100 + i))
+            .await
+            .status
+            == 200
+        {
+            ok += 1;
+        }
+    }
+    assert_eq!(ok, 3, "shared limits after Redis returned");
+    assert_eq!(
+        metric_sum(&gw.metrics().await, "switchyard_limits_shared", &[]),
+        1.0
+    );
+}
+
+/// Keys under `pattern` in the Redis at `url` (test inspection only).
+async fn redis_keys(url: &str, pattern: &str) -> Vec<String> {
+    let mut conn = switchyard::redis::resp::Connection::connect(url)
+        .await
+        .expect("connect to the test redis");
+    conn.cmd(&[b"KEYS", pattern.as_bytes()])
+        .await
+        .expect("KEYS")
+        .into_array()
+        .iter()
+        .filter_map(|k| k.as_str().map(String::from))
+        .collect()
+}
+
+fn shared_cache(url: &str, prefix: &str) -> String {
+    format!("cache:\n  shared: {{ backend: redis, redis_url: \"{url}\", redis_prefix: {prefix}, timeout: 500ms }}\n")
+}
+
+#[tokio::test]
+async fn an_answer_stored_by_one_instance_is_an_l2_hit_on_another() {
+    let Some(url) = redis_url() else { return };
+    let edge = mock("edge", 0).await;
+    let prefix = fresh_prefix();
+    let policy = tenant_policy(edge.addr, "", "", &shared_cache(&url, &prefix));
+    let a = Gateway::start(&policy).await;
+    let b = Gateway::start(&policy).await;
+    let body = r#"{"model":"m","temperature":0,"messages":[{"role":"user","content":"shared"}]}"#;
+
+    let r = chat_as(&a, Some("key-acme"), body).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-switchyard-cache"), Some("miss"));
+    // Written to Redis after the answer: wait for it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while redis_keys(&url, &format!("{prefix}:l2:*")).await.is_empty() {
+        assert!(Instant::now() < deadline, "the answer never reached the L2");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let r = chat_as(&b, Some("key-acme"), body).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-switchyard-cache"), Some("hit"));
+    assert_eq!(
+        edge.stats().requests,
+        1,
+        "B answered from the L2, not upstream"
+    );
+    let m = b.metrics().await;
+    assert_eq!(
+        metric_sum(
+            &m,
+            "switchyard_cache_l2_lookups_total",
+            &[("result", "hit")]
+        ),
+        1.0
+    );
+    // Another tenant's identical request is not served the entry (the scope is in the key).
+    let r = chat_as(&b, Some("key-beta"), body).await;
+    assert_eq!(r.header("x-switchyard-cache"), Some("miss"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while redis_keys(&url, &format!("{prefix}:l2:*")).await.len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "beta's answer never reached the L2"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // A purge reaches the L2 too.
+    let r = a.admin_post("/admin/cache/purge", r#"{"all": true}"#).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(redis_keys(&url, &format!("{prefix}:l2:*")).await.is_empty());
+}
+
+#[tokio::test]
+async fn with_the_l2_redis_down_requests_are_served_from_upstream_and_l1() {
+    let edge = mock("edge", 0).await;
+    let dead = format!("redis://{}", dead_addr());
+    let gw = Gateway::start(&tenant_policy(
+        edge.addr,
+        "",
+        "",
+        &shared_cache(&dead, "down"),
+    ))
+    .await;
+    let body = r#"{"model":"m","temperature":0,"messages":[{"role":"user","content":"l1 only"}]}"#;
+
+    let r = chat_as(&gw, Some("key-acme"), body).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-switchyard-cache"), Some("miss"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = chat_as(&gw, Some("key-acme"), body).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        if r.header("x-switchyard-cache") == Some("hit") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never an L1 hit");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let m = gw.metrics().await;
+    assert!(
+        metric_sum(
+            &m,
+            "switchyard_cache_l2_lookups_total",
+            &[("result", "error")]
+        ) >= 1.0
+    );
+}
