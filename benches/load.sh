@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # End-to-end load comparison, in one run, on this machine:
 #   direct   wrk → mock backend
-#   gateway  wrk → switchyard (full classification + routing) → mock backend
-#   nginx    wrk → nginx (plain keep-alive reverse proxy) → the same mock backend
+#   gateway  wrk → switchyard as shipped (full classification + routing, access log on)
+#   quiet    wrk → the same switchyard with RUST_LOG=warn (access log off)
+#   nginx    wrk → nginx (plain keep-alive reverse proxy, access log off) → the same backend
 #   pingora  wrk → a bare Pingora proxy (no logic, same allocator/threads): the framework's ceiling
 # Same POST workload for all (1 KB OpenAI-style JSON, benches/post_1k.lua), 32 connections,
-# runs interleaved (direct, gateway, nginx, direct, …) and the median of ROUNDS reported.
+# runs interleaved (direct, gateway, quiet, nginx, pingora, direct, …) and the median of
+# ROUNDS reported, with each target's own CPU time per request (user + system, from
+# /proc/PID/stat over the run).
 #
 # Usage: benches/load.sh [DURATION] [ROUNDS] [CONNECTIONS]      (defaults: 10s 3 32)
 # Needs: wrk and nginx (apt-get install -y wrk nginx-light). Only 127.0.0.1 is used; every
@@ -20,6 +23,8 @@ PROXY_THREADS=${PROXY_THREADS:-1}
 MOCK=127.0.0.1:18001
 GATEWAY=127.0.0.1:18080
 GATEWAY_ADMIN=127.0.0.1:18090
+QUIET=127.0.0.1:18083
+QUIET_ADMIN=127.0.0.1:18091
 NGINX=127.0.0.1:18081
 BARE=127.0.0.1:18082
 
@@ -67,6 +72,79 @@ YAML
             | grep -E 'Requests/sec|50%|99%|Non-2xx|Socket errors' | sed "s/^/round $r: /"
     done
     echo "durable enqueues (202) on $(df -T "$QWORK" | awk 'NR==2 {print $2}'); jobs stored: $(curl -s "http://$GATEWAY_ADMIN/metrics" | awk '/^switchyard_jobs_enqueued_total/ {s += $2} END {print s}')"
+    exit 0
+fi
+
+# ---- MODE=openloop (latency users feel, issue 13): fixed-rate open-loop load
+# (examples/openloop.rs: latency from each request's scheduled start, no coordinated
+# omission) at RATES req/s against the backend directly, through nginx and through the
+# gateway as shipped; reports p50/p99/p99.9 and the added latency of each proxy over direct.
+# Usage: RATES="2000 10000" MODE=openloop benches/load.sh [DURATION_SECONDS]
+if [ "${MODE:-}" = openloop ]; then
+    TARGET=${CARGO_TARGET_DIR:-target}
+    SECS=${1:-10}
+    SECS=${SECS%s}
+    cargo build --release --quiet --bin switchyard --example mock_backend --example openloop
+    OWORK=$(mktemp -d)
+    OPIDS=()
+    trap 'for p in "${OPIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$OWORK"' EXIT
+    "$TARGET/release/examples/mock_backend" --listen "$MOCK" --name bench --threads 1 >"$OWORK/mock.log" 2>&1 &
+    OPIDS+=($!)
+    cat >"$OWORK/policy.yaml" <<YAML
+listeners: { proxy: $GATEWAY, admin: $GATEWAY_ADMIN, threads: $PROXY_THREADS }
+geoip: { database: embedded }
+regions: { default: us, map: [ { name: us, continents: [NA] } ] }
+rtt_ms: { us: { us: 5 } }
+tiers:
+  standard: { deadline: 1s, weight: 0.3, pools: [edge, gpu] }
+pools:
+  - { name: edge-us, kind: edge, region: us, endpoints: [$MOCK], models: ["*"], concurrency: 256, service_time: 5ms, price: { per_request: 0.00002 } }
+  - { name: gpu, kind: gpu, region: us, endpoints: [$MOCK], models: ["*"], concurrency: 256, service_time: 40ms, price: { per_gpu_hour: 12 } }
+routes:
+  - { name: chat, match: /v1/chat/completions, protocol: openai, tier: standard }
+YAML
+    "$TARGET/release/switchyard" run --policy "$OWORK/policy.yaml" >"$OWORK/gateway.log" 2>&1 &
+    OPIDS+=($!)
+    cat >"$OWORK/nginx.conf" <<NGINX
+worker_processes $PROXY_THREADS;
+daemon off;
+pid $OWORK/nginx.pid;
+error_log $OWORK/nginx-error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $OWORK/nginx-body;
+    proxy_temp_path $OWORK/nginx-proxy;
+    upstream backend { server $MOCK; keepalive 128; }
+    server {
+        listen $NGINX;
+        location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }
+    }
+}
+NGINX
+    nginx -c "$OWORK/nginx.conf" &
+    OPIDS+=($!)
+    for addr in $MOCK $GATEWAY $NGINX; do
+        for _ in $(seq 100); do curl -s -o /dev/null "http://$addr/" && break; sleep 0.1; done
+    done
+    for rate in ${RATES:-2000 10000}; do
+        echo
+        echo "open loop at $rate req/s for ${SECS}s (1 KB chat POST; latency from each request's scheduled start)"
+        printf '%-8s %8s %8s %10s %10s %10s %10s\n' target ok errors 'p50 us' 'p99 us' 'p99.9 us' 'max us'
+        declare -A O50 O99 O999
+        for t in direct nginx gateway; do
+            case $t in direct) a=$MOCK ;; nginx) a=$NGINX ;; gateway) a=$GATEWAY ;; esac
+            line=$("$TARGET/release/examples/openloop" "$a" /v1/chat/completions benches/post_1k.json "$rate" "$SECS" 64)
+            get() { echo "$line" | tr ' ' '\n' | awk -F= -v k="$1" '$1 == k { print $2 }'; }
+            O50[$t]=$(get p50_us); O99[$t]=$(get p99_us); O999[$t]=$(get p999_us)
+            printf '%-8s %8s %8s %10s %10s %10s %10s\n' "$t" "$(get ok)" "$(get errors)" "${O50[$t]}" "${O99[$t]}" "${O999[$t]}" "$(get max_us)"
+        done
+        for t in nginx gateway; do
+            printf 'added by %-8s p50 %+8d us   p99 %+8d us   p99.9 %+8d us\n' "$t" \
+                $((O50[$t] - O50[direct])) $((O99[$t] - O99[direct])) $((O999[$t] - O999[direct]))
+        done
+    done
+    echo "(target at 2000 req/s: the gateway's added p99 <= 1000 us)"
     exit 0
 fi
 
@@ -336,8 +414,16 @@ pools:
 routes:
   - { name: chat, match: /v1/chat/completions, protocol: openai, max_body: 64KiB, tier: standard }
 YAML
-RUST_LOG=warn "$TARGET/release/switchyard" run --policy "$WORK/policy.yaml" >"$WORK/gateway.log" 2>&1 &
+# The gateway as shipped (default log level: the access log on, to stderr, here a file), and
+# a second instance with logging off, on the same policy and ports shifted by one.
+"$TARGET/release/switchyard" run --policy "$WORK/policy.yaml" >"$WORK/gateway.log" 2>&1 &
 PIDS+=($!)
+declare -A PID
+PID[gateway]=$!
+RUST_LOG=warn "$TARGET/release/switchyard" run --policy "$WORK/policy.yaml" \
+    --listen "$QUIET" --admin-listen "$QUIET_ADMIN" >"$WORK/gateway-quiet.log" 2>&1 &
+PIDS+=($!)
+PID[quiet]=$!
 
 cat >"$WORK/nginx.conf" <<NGINX
 worker_processes $PROXY_THREADS;
@@ -362,10 +448,13 @@ http {
 NGINX
 nginx -c "$WORK/nginx.conf" &
 PIDS+=($!)
+PID[nginx]=$!
 "$TARGET/release/examples/bare_pingora" "$BARE" "$MOCK" "$PROXY_THREADS" >"$WORK/bare.log" 2>&1 &
 PIDS+=($!)
+PID[pingora]=$!
+PID[direct]=${PIDS[0]}
 
-for addr in $MOCK $GATEWAY $NGINX $BARE; do
+for addr in $MOCK $GATEWAY $QUIET $NGINX $BARE; do
     for _ in $(seq 100); do
         curl -s -o /dev/null "http://$addr/" && break
         sleep 0.1
@@ -373,21 +462,35 @@ for addr in $MOCK $GATEWAY $NGINX $BARE; do
 done
 
 # Every target must answer the workload correctly before it is timed.
-for addr in $MOCK $GATEWAY $NGINX $BARE; do
+for addr in $MOCK $GATEWAY $QUIET $NGINX $BARE; do
     code=$(curl -s -o /dev/null -w '%{http_code}' "http://$addr/v1/chat/completions" \
         -H 'content-type: application/json' -d '{"model":"llama-3-8b","messages":[]}')
     [ "$code" = 200 ] || { echo "target $addr answered $code" >&2; cat "$WORK"/*.log >&2; exit 1; }
 done
 
+# CPU time (user + system) of a target's processes, in clock ticks: nginx is its master and
+# workers; every other target is one process.
+ticks() { # name
+    local pids=${PID[$1]}
+    [ "$1" = nginx ] && pids="$pids $(pgrep -P "${PID[nginx]}" | tr '\n' ' ')"
+    for p in $pids; do awk '{ print $14 + $15 }' "/proc/$p/stat"; done | awk '{ s += $1 } END { print s }'
+}
+HZ=$(getconf CLK_TCK)
 run() { # name addr round
+    local before after
+    before=$(ticks "$1")
     wrk -t1 -c"$CONNS" -d"$DURATION" --latency -s benches/post_1k.lua "http://$2/v1/chat/completions" >"$WORK/$1.$3.txt"
+    after=$(ticks "$1")
+    # CPU µs per request of the target itself over the run.
+    awk -v b="$before" -v a="$after" -v hz="$HZ" '/ requests in / { printf "%.2f\n", (a - b) * 1e6 / hz / $1 }' \
+        "$WORK/$1.$3.txt" >"$WORK/$1.$3.cpu"
 }
 to_ms() { # wrk latency like 812.00us / 1.23ms / 1.01s → ms
     awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n += 0; else if (v ~ /s$/) n *= 1000; printf "%.3f", n }'
 }
 for r in $(seq "$ROUNDS"); do
-    for t in direct gateway nginx pingora; do
-        case $t in direct) a=$MOCK ;; gateway) a=$GATEWAY ;; nginx) a=$NGINX ;; pingora) a=$BARE ;; esac
+    for t in direct gateway quiet nginx pingora; do
+        case $t in direct) a=$MOCK ;; gateway) a=$GATEWAY ;; quiet) a=$QUIET ;; nginx) a=$NGINX ;; pingora) a=$BARE ;; esac
         run "$t" "$a" "$r"
         errs=$(grep -E 'Non-2xx|Socket errors' "$WORK/$t.$r.txt" || true)
         [ -z "$errs" ] || echo "warning: $t round $r: $errs" >&2
@@ -395,8 +498,9 @@ for r in $(seq "$ROUNDS"); do
 done
 
 median() { sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
-declare -A RPS P50 P99
-for t in direct gateway nginx pingora; do
+declare -A RPS P50 P99 CPU
+for t in direct gateway quiet nginx pingora; do
+    CPU[$t]=$(for r in $(seq "$ROUNDS"); do cat "$WORK/$t.$r.cpu"; done | median)
     RPS[$t]=$(for r in $(seq "$ROUNDS"); do awk '/Requests\/sec/ { print $2 }' "$WORK/$t.$r.txt"; done | median)
     P50[$t]=$(for r in $(seq "$ROUNDS"); do to_ms "$(awk '$1 == "50%" { print $2 }' "$WORK/$t.$r.txt")"; echo; done | median)
     P99[$t]=$(for r in $(seq "$ROUNDS"); do to_ms "$(awk '$1 == "99%" { print $2 }' "$WORK/$t.$r.txt")"; echo; done | median)
@@ -404,11 +508,14 @@ done
 
 echo
 echo "POST 1 KB JSON, $CONNS connections, $DURATION x $ROUNDS interleaved rounds (medians); proxy threads: $PROXY_THREADS"
-printf '%-8s %12s %10s %10s\n' target 'req/s' 'p50 ms' 'p99 ms'
-for t in direct gateway nginx pingora; do
-    printf '%-8s %12.0f %10.3f %10.3f\n' "$t" "${RPS[$t]}" "${P50[$t]}" "${P99[$t]}"
+echo "gateway = as shipped (access log on); quiet = the same with RUST_LOG=warn (access log off)"
+printf '%-8s %12s %10s %10s %12s\n' target 'req/s' 'p50 ms' 'p99 ms' 'CPU us/req'
+for t in direct gateway quiet nginx pingora; do
+    printf '%-8s %12.0f %10.3f %10.3f %12.2f\n' "$t" "${RPS[$t]}" "${P50[$t]}" "${P99[$t]}" "${CPU[$t]}"
 done
-awk -v g="${RPS[gateway]}" -v n="${RPS[nginx]}" -v d="${RPS[direct]}" -v b="${RPS[pingora]}" -v gp="${P50[gateway]}" -v np="${P50[nginx]}" 'BEGIN {
-    printf "\ngateway/nginx req/s: %.2f (target >= 0.80)   gateway/nginx p50: %.2f (target <= 1.3)\n", g / n, gp / np
+awk -v g="${RPS[gateway]}" -v n="${RPS[nginx]}" -v d="${RPS[direct]}" -v b="${RPS[pingora]}" -v gp="${P50[gateway]}" -v np="${P50[nginx]}" \
+    -v gc="${CPU[gateway]}" -v qc="${CPU[quiet]}" -v bc="${CPU[pingora]}" -v nc="${CPU[nginx]}" 'BEGIN {
+    printf "\ngateway/nginx req/s: %.2f   gateway/nginx p50: %.2f\n", g / n, gp / np
     printf "gateway/bare-pingora req/s: %.2f   bare-pingora/nginx req/s: %.2f   gateway/direct: %.2f   nginx/direct: %.2f\n", g / b, b / n, g / d, n / d
+    printf "CPU per request: shipped/bare-pingora %.2f (target <= 1.15)   quiet/bare-pingora %.2f (target <= 1.10)   log on/off %.2f (target <= 1.05)   shipped/nginx %.2f\n", gc / bc, qc / bc, gc / qc, gc / nc
 }'
