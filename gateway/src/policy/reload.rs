@@ -69,6 +69,9 @@ pub struct StartupSettings {
     pub cache_size: (u64, Option<Duration>),
     /// Pingora's grace period on SIGTERM is fixed when the server is built.
     pub shutdown_grace: Duration,
+    /// `listeners.tls.listen` and whether the plain listener runs (the certificate itself
+    /// reloads: `tls`).
+    pub tls_listener: (Option<SocketAddr>, bool),
 }
 
 impl StartupSettings {
@@ -79,6 +82,10 @@ impl StartupSettings {
             threads: table.threads,
             cache_size: (table.cache.max_bytes, table.cache.idle),
             shutdown_grace: table.shutdown_grace,
+            tls_listener: (
+                table.tls_listener.as_ref().map(|l| l.listen),
+                table.plain_listener,
+            ),
         }
     }
 
@@ -95,6 +102,17 @@ impl StartupSettings {
             out.push(format!(
                 "listeners.admin: serving on {}, policy says {}",
                 self.admin_listener, new.admin_listener
+            ));
+        }
+        if self.tls_listener != new.tls_listener {
+            let show = |(tls, plain): (Option<SocketAddr>, bool)| {
+                let tls = tls.map_or("no TLS".to_string(), |a| format!("TLS on {a}"));
+                format!("{tls}, plain listener {}", if plain { "on" } else { "off" })
+            };
+            out.push(format!(
+                "listeners.tls: serving {}, policy says {}",
+                show(self.tls_listener),
+                show(new.tls_listener)
             ));
         }
         if self.threads != new.threads {
@@ -357,6 +375,7 @@ mod tests {
             threads: None,
             cache_size: (1024, None),
             shutdown_grace: Duration::from_secs(5),
+            tls_listener: (None, true),
         };
         assert!(a.restart_required(&a.clone()).is_empty());
         let b = StartupSettings {
