@@ -127,7 +127,10 @@ pub fn build(table: RoutingTable, fleet: Arc<Fleet>, opts: Options) -> Result<Bu
     let cache = crate::cache::Cache::new(&table.cache);
     // The TLS listener's certificate: served through a resolver so it can be replaced
     // without a restart (`tls`).
-    let serving = table.tls_listener.as_ref().map(crate::tls::ServingCert::new);
+    let serving = table
+        .tls_listener
+        .as_ref()
+        .map(crate::tls::ServingCert::new);
     let tls_addr = table.tls_listener.as_ref().map(|l| l.listen);
     let plain = table.plain_listener;
     let snapshot = policy::snapshot(table);

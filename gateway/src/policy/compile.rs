@@ -1051,6 +1051,10 @@ fn compile(
                 ),
             );
         }
+        if let (Some(h), true) = (&r.health, endpoints.iter().any(|e| e.sni.is_some())) {
+            // The health checker (`route::health`) probes over plain HTTP only.
+            p.on(h, format!("pool `{name}`: `health` checks plain HTTP only; not supported with https:// endpoints (passive ejection still applies)"));
+        }
         let any = r.models.iter().any(|m| m.value == "*");
         let names = r.models.iter().map(|m| m.value.clone()).collect();
         pools.push(Pool {
@@ -1211,9 +1215,13 @@ fn compile(
         .queue
         .as_ref()
         .map(|q| compile_queue(&mut p, q, &pools, cx.file));
-    if queue.is_some() {
+    if let Some(q) = &raw.queue {
         for pool in pools.iter_mut().filter(|pool| pool.kind == PoolKind::Batch) {
             pool.queue_fed = true;
+            if pool.endpoints.iter().any(|e| e.sni.is_some()) || pool.hosted.rewrites() {
+                // The dispatcher's client (`queue::http`) speaks plain HTTP/1.1 only.
+                p.on(q, format!("pool `{}`: the batch queue dispatches over plain HTTP only; https:// endpoints and `headers`/`host`/`path_prefix` are not supported for batch pools behind a queue", pool.name));
+            }
         }
     }
     for (name, tier) in &raw.tiers {

@@ -157,7 +157,9 @@ pub fn compile(
         {
             problem(
                 &prefix.referenced,
-                format!("pool `{pool}`: path_prefix: expected a path such as `/openai/deployments/x`"),
+                format!(
+                    "pool `{pool}`: path_prefix: expected a path such as `/openai/deployments/x`"
+                ),
             );
         } else if !v.is_empty() {
             hosted.path_prefix = Some(v.to_string());
@@ -206,7 +208,9 @@ fn compile_tls(
                         Ok(ck) => out.client = Some(Arc::new(ck)),
                         Err(_) => problem(
                             &cert.referenced,
-                            format!("pool `{pool}`: tls.client_cert: not a certificate Pingora can use"),
+                            format!(
+                                "pool `{pool}`: tls.client_cert: not a certificate Pingora can use"
+                            ),
                         ),
                     }
                 }

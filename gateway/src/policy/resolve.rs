@@ -138,7 +138,11 @@ pub fn endpoints(
         return Err("an `https://` endpoint takes no `grpc` address (gRPC upstream is h2c)".into());
     }
     let (hostport, sni, authority) = match &https {
-        Some(t) => (t.hostport.as_str(), Some(t.host.clone()), t.authority.clone()),
+        Some(t) => (
+            t.hostport.as_str(),
+            Some(t.host.clone()),
+            t.authority.clone(),
+        ),
         None => (written, None, written.to_string()),
     };
     let grpc = entry.grpc().map(|g| grpc_addr(written, g)).transpose()?;
@@ -198,7 +202,9 @@ pub fn https_target(written: &str) -> Result<Option<HttpsTarget>, String> {
     };
     let rest = rest.strip_suffix('/').unwrap_or(rest);
     if rest.is_empty() || rest.contains(['/', '@', '?', '#']) {
-        return Err("expected `https://host[:port]` (no path: see the pool's `path_prefix`)".into());
+        return Err(
+            "expected `https://host[:port]` (no path: see the pool's `path_prefix`)".into(),
+        );
     }
     let (host, port) = match rest.strip_prefix('[') {
         Some(v6) => match v6.split_once(']') {
@@ -212,7 +218,9 @@ pub fn https_target(written: &str) -> Result<Option<HttpsTarget>, String> {
         },
     };
     let port = match port {
-        Some(p) => p.parse::<u16>().map_err(|_| format!("`{p}` is not a port"))?,
+        Some(p) => p
+            .parse::<u16>()
+            .map_err(|_| format!("`{p}` is not a port"))?,
         None => 443,
     };
     if host.is_empty() {

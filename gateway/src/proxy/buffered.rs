@@ -15,8 +15,8 @@
 //! connector is one per process, so large requests do not share Pingora's own upstream pool.
 
 use super::{
-    acquire, forward_headers, http_peer, on_attempt_failed, on_body, on_connect_failure, on_response,
-    on_trailers, on_upstream_header, respond_error, upstream_status, RequestCtx,
+    acquire, forward_headers, http_peer, on_attempt_failed, on_body, on_connect_failure,
+    on_response, on_trailers, on_upstream_header, respond_error, upstream_status, RequestCtx,
 };
 use crate::error::GatewayError;
 use crate::policy::compile::RoutingTable;

@@ -160,9 +160,7 @@ pub fn parse_usage(json: &[u8]) -> Option<(u64, u64)> {
         completion_tokens: u64,
     }
     let answer: Answer = serde_json::from_slice(json).ok()?;
-    answer
-        .usage
-        .map(|u| (u.prompt_tokens, u.completion_tokens))
+    answer.usage.map(|u| (u.prompt_tokens, u.completion_tokens))
 }
 
 /// A pool's moving average of input and output tokens per request (EWMA, α = 1/16),
@@ -258,6 +256,9 @@ mod tests {
             });
         }
         let (i, o) = avg.get();
-        assert!((i - 1000.0).abs() < 1.0 && (o - 100.0).abs() < 1.0, "{i} {o}");
+        assert!(
+            (i - 1000.0).abs() < 1.0 && (o - 100.0).abs() < 1.0,
+            "{i} {o}"
+        );
     }
 }

@@ -149,7 +149,11 @@ impl ServingCert {
 
     /// The end-entity certificate being served (DER).
     pub fn leaf(&self) -> Option<Vec<u8>> {
-        self.current.load().cert.first().map(|c| c.as_ref().to_vec())
+        self.current
+            .load()
+            .cert
+            .first()
+            .map(|c| c.as_ref().to_vec())
     }
 
     pub fn status(&self) -> CertStatus {
@@ -232,7 +236,9 @@ impl BackgroundService for CertWatcher {
                 continue; // the policy dropped `tls`: the listener stays until a restart
             };
             let now = Some(print(&current));
-            let files_missing = now.as_ref().is_some_and(|(c, k)| c.is_none() || k.is_none());
+            let files_missing = now
+                .as_ref()
+                .is_some_and(|(c, k)| c.is_none() || k.is_none());
             if (now_paths == watched && now == seen) || files_missing {
                 continue;
             }
@@ -241,8 +247,8 @@ impl BackgroundService for CertWatcher {
             seen = Some(print(&current));
             watched = now_paths;
             let serving = self.serving.clone();
-            let _ = tokio::task::spawn_blocking(move || serving.reload(&current.0, &current.1))
-                .await;
+            let _ =
+                tokio::task::spawn_blocking(move || serving.reload(&current.0, &current.1)).await;
         }
     }
 }

@@ -99,11 +99,5 @@ pub fn is_tls_failure(e: &Error) -> bool {
 /// What the client is told about a failed upstream TLS handshake (no secrets in it: the
 /// peer address and rustls' reason).
 pub fn reason(e: &Error) -> String {
-    let cause = e
-        .cause
-        .as_ref()
-        .map(|c| c.to_string())
-        .or_else(|| e.context.as_ref().map(|c| c.to_string()))
-        .unwrap_or_else(|| e.etype().as_str().to_string());
-    format!("TLS handshake with the pool failed: {cause}")
+    format!("TLS handshake with the pool failed: {e}")
 }
