@@ -182,13 +182,13 @@ fn compile_tls(
         verify: t.verify,
         ..UpstreamTls::default()
     };
-    let group = |text: &str| {
+    out.group = {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        (pool, text).hash(&mut h);
+        (pool, t.ca.as_ref().map(|c| &c.value)).hash(&mut h);
+        (t.client_cert.as_ref().map(|c| &c.value), t.verify).hash(&mut h);
         h.finish()
     };
-    out.group = group(&format!("{:?}{:?}{}", t.ca, t.client_cert, t.verify));
     if let Some(ca) = &t.ca {
         match load_ca(&base.join(&ca.value)) {
             Ok(certs) => {
