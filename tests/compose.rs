@@ -426,9 +426,18 @@ async fn compose_fleet() -> Fleet {
     // The TLS listener on a free port, with the demo certificate where the repository has it.
     let certs = repo_root().join("policies/certs");
     text = text
-        .replace("listen: 0.0.0.0:8443", &format!("listen: \"{}\"", free_addr()))
-        .replace("certs/demo.pem", &certs.join("demo.pem").display().to_string())
-        .replace("certs/demo.key", &certs.join("demo.key").display().to_string());
+        .replace(
+            "listen: 0.0.0.0:8443",
+            &format!("listen: \"{}\"", free_addr()),
+        )
+        .replace(
+            "certs/demo.pem",
+            &certs.join("demo.pem").display().to_string(),
+        )
+        .replace(
+            "certs/demo.key",
+            &certs.join("demo.key").display().to_string(),
+        );
     let gw = Gateway::start(&text).await;
     Fleet { gw, mocks }
 }

@@ -350,6 +350,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn https_endpoints_default_to_443_and_keep_the_host_for_sni() {
+        let t = https_target("https://api.example.com").unwrap().unwrap();
+        assert_eq!(t.hostport, "api.example.com:443");
+        assert_eq!(
+            (t.host.as_str(), t.authority.as_str()),
+            ("api.example.com", "api.example.com")
+        );
+        let t = https_target("https://127.0.0.1:8443/").unwrap().unwrap();
+        assert_eq!(
+            (t.hostport.as_str(), t.authority.as_str()),
+            ("127.0.0.1:8443", "127.0.0.1:8443")
+        );
+        let t = https_target("https://[::1]:9443").unwrap().unwrap();
+        assert_eq!(
+            (t.hostport.as_str(), t.host.as_str()),
+            ("[::1]:9443", "::1")
+        );
+        assert_eq!(https_target("10.0.0.1:80").unwrap(), None);
+        assert!(https_target("http://x:80").is_err());
+        assert!(https_target("https://x/openai").is_err());
+        assert!(https_target("https://user@x").is_err());
+        assert!(https_target("https://x:notaport").is_err());
+    }
+
+    #[test]
     fn a_grpc_port_on_the_same_host_name_follows_every_address() {
         let same = grpc_addr("model-server:8000", "model-server:8001").unwrap();
         let a: SocketAddr = "10.0.0.7:8000".parse().unwrap();
