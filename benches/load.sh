@@ -5,6 +5,7 @@
 #   quiet    wrk → the same switchyard with RUST_LOG=warn (access log off)
 #   nginx    wrk → nginx (plain keep-alive reverse proxy, access log off) → the same backend
 #   pingora  wrk → a bare Pingora proxy (no logic, same allocator/threads): the framework's ceiling
+# (MODE=queue, MODE=large, MODE=cache and MODE=tls below measure one feature each.)
 # Same POST workload for all (1 KB OpenAI-style JSON, benches/post_1k.lua), 32 connections,
 # runs interleaved (direct, gateway, quiet, nginx, pingora, direct, …) and the median of
 # ROUNDS reported, with each target's own CPU time per request (user + system, from
@@ -381,6 +382,118 @@ NGINX
     curl -s "http://$GATEWAY_ADMIN/metrics" | grep -E '^switchyard_cache_(lookups_total|entries|bytes)' || true
     awk -v h="${CRPS[hit]}" -v m="${CRPS[miss]}" -v s="${CRPS[static]}" -v p="${CP99[hit]}" 'BEGIN {
         printf "\nhit/miss req/s: %.2f (target >= 2)   hit/static req/s: %.2f (target >= 0.60)   hit p99: %.3f ms (target < 2)\n", h / m, h / s, p
+    }'
+    exit 0
+fi
+
+# ---- MODE=tls (TLS on both sides, issue 10): in one run, interleaved, the same 1 KB POST to
+# the same mock backend through
+#   gw-plain   wrk → switchyard, plain HTTP/1.1 listener            (keep-alive)
+#   gw-tls     wrk → switchyard, TLS listener (rustls)              (keep-alive)
+#   ng-plain   wrk → nginx, plain reverse proxy                     (keep-alive)
+#   ng-tls     wrk → nginx terminating TLS (OpenSSL), same proxy    (keep-alive)
+# and the handshake rate (new TLS connections/s: `Connection: close`, one request per
+# connection, benches/post_1k_close.lua; session resumption off on nginx, none in rustls's
+# default) for both TLS listeners: gw-hs, ng-hs. One self-signed P-256 certificate
+# (openssl) for both. Usage:
+#   MODE=tls benches/load.sh [DURATION] [ROUNDS] [CONNECTIONS]
+if [ "${MODE:-}" = tls ]; then
+    command -v openssl >/dev/null || { echo "need openssl" >&2; exit 1; }
+    TARGET=${CARGO_TARGET_DIR:-target}
+    cargo build --release --quiet --bin switchyard --example mock_backend
+    GATEWAY_TLS=127.0.0.1:18443
+    NGINX_TLS=127.0.0.1:18444
+    TWORK=$(mktemp -d)
+    TPIDS=()
+    trap 'for p in "${TPIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$TWORK"' EXIT
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+        -subj "/CN=localhost" -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+        -keyout "$TWORK/server.key" -out "$TWORK/server.pem" 2>/dev/null
+    "$TARGET/release/examples/mock_backend" --listen "$MOCK" --name bench --threads 1 >"$TWORK/mock.log" 2>&1 &
+    TPIDS+=($!)
+    cat >"$TWORK/policy.yaml" <<YAML
+listeners: { proxy: $GATEWAY, admin: $GATEWAY_ADMIN, threads: $PROXY_THREADS, tls: { listen: $GATEWAY_TLS, cert: server.pem, key: server.key } }
+geoip: { database: embedded }
+regions: { default: us, map: [ { name: us, continents: [NA] } ] }
+rtt_ms: { us: { us: 5 } }
+tiers:
+  standard: { deadline: 1s, pools: [gpu] }
+pools:
+  - { name: gpu, kind: gpu, region: us, endpoints: [$MOCK], models: ["*"], concurrency: 256, service_time: 5ms, price: { per_gpu_hour: 12 } }
+routes:
+  - { name: chat, match: /v1/chat/completions, protocol: openai, max_body: 64KiB, tier: standard }
+YAML
+    RUST_LOG=warn "$TARGET/release/switchyard" run --policy "$TWORK/policy.yaml" >"$TWORK/gateway.log" 2>&1 &
+    TPIDS+=($!)
+    cat >"$TWORK/nginx.conf" <<NGINX
+worker_processes $PROXY_THREADS;
+daemon off;
+pid $TWORK/nginx.pid;
+error_log $TWORK/nginx-error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $TWORK/nginx-body;
+    proxy_temp_path $TWORK/nginx-proxy;
+    upstream backend { server $MOCK; keepalive 128; }
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_session_cache off;
+    ssl_session_tickets off;
+    server {
+        listen $NGINX;
+        listen $NGINX_TLS ssl;
+        ssl_certificate $TWORK/server.pem;
+        ssl_certificate_key $TWORK/server.key;
+        location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+NGINX
+    nginx -c "$TWORK/nginx.conf" &
+    TPIDS+=($!)
+    for _ in $(seq 100); do curl -s -o /dev/null "http://$GATEWAY_ADMIN/readyz" && break; sleep 0.1; done
+    for url in "http://$GATEWAY" "https://$GATEWAY_TLS" "http://$NGINX" "https://$NGINX_TLS"; do
+        for _ in $(seq 50); do curl -sk -o /dev/null "$url/" && break; sleep 0.1; done
+        code=$(curl -sk -o /dev/null -w '%{http_code}' "$url/v1/chat/completions" \
+            -H 'content-type: application/json' -d '{"model":"llama-3-8b","messages":[]}')
+        [ "$code" = 200 ] || { echo "$url answered $code" >&2; cat "$TWORK"/*.log >&2; exit 1; }
+    done
+    trun() { # name url script round
+        wrk -t1 -c"$CONNS" -d"$DURATION" --latency -s "$3" "$2/v1/chat/completions" >"$TWORK/$1.$4.txt"
+        errs=$(grep -E 'Non-2xx|Socket errors' "$TWORK/$1.$4.txt" || true)
+        [ -z "$errs" ] || echo "warning: $1 round $4: $errs" >&2
+    }
+    tms() { awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n += 0; else if (v ~ /s$/) n *= 1000; printf "%.3f", n }'; }
+    NAMES="gw-plain gw-tls ng-plain ng-tls gw-hs ng-hs"
+    for r in $(seq "$ROUNDS"); do
+        trun gw-plain "http://$GATEWAY" benches/post_1k.lua "$r"
+        trun gw-tls "https://$GATEWAY_TLS" benches/post_1k.lua "$r"
+        trun ng-plain "http://$NGINX" benches/post_1k.lua "$r"
+        trun ng-tls "https://$NGINX_TLS" benches/post_1k.lua "$r"
+        trun gw-hs "https://$GATEWAY_TLS" benches/post_1k_close.lua "$r"
+        trun ng-hs "https://$NGINX_TLS" benches/post_1k_close.lua "$r"
+    done
+    tmedian() { sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
+    declare -A TRPS TP50 TP99
+    for t in $NAMES; do
+        TRPS[$t]=$(for r in $(seq "$ROUNDS"); do awk '/Requests\/sec/ { print $2 }' "$TWORK/$t.$r.txt"; done | tmedian)
+        TP50[$t]=$(for r in $(seq "$ROUNDS"); do tms "$(awk '$1 == "50%" { print $2 }' "$TWORK/$t.$r.txt")"; echo; done | tmedian)
+        TP99[$t]=$(for r in $(seq "$ROUNDS"); do tms "$(awk '$1 == "99%" { print $2 }' "$TWORK/$t.$r.txt")"; echo; done | tmedian)
+    done
+    echo
+    echo "TLS: POST 1 KB JSON, $CONNS connections, $DURATION x $ROUNDS interleaved rounds (medians); proxy threads: $PROXY_THREADS"
+    echo "(*-hs: one request per connection, i.e. new TLS connections per second)"
+    printf '%-9s %12s %10s %10s\n' target 'req/s' 'p50 ms' 'p99 ms'
+    for t in $NAMES; do
+        printf '%-9s %12.0f %10.3f %10.3f\n' "$t" "${TRPS[$t]}" "${TP50[$t]}" "${TP99[$t]}"
+    done
+    awk -v gp="${TRPS[gw-plain]}" -v gt="${TRPS[gw-tls]}" -v np="${TRPS[ng-plain]}" -v nt="${TRPS[ng-tls]}" \
+        -v gh="${TRPS[gw-hs]}" -v nh="${TRPS[ng-hs]}" -v gl="${TP50[gw-tls]}" -v nl="${TP50[ng-tls]}" 'BEGIN {
+        printf "\ngateway tls/plain req/s: %.2f   nginx tls/plain req/s: %.2f\n", gt / gp, nt / np
+        printf "gateway/nginx over TLS req/s: %.2f   p50: %.2f   handshakes/s gateway/nginx: %.2f\n", gt / nt, gl / nl, gh / nh
     }'
     exit 0
 fi

@@ -139,7 +139,13 @@ async fn exchange(
                     .headers
                     .iter()
                     .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-                    .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse::<usize>().ok())?;
+                    .and_then(|h| {
+                        std::str::from_utf8(h.value)
+                            .ok()?
+                            .trim()
+                            .parse::<usize>()
+                            .ok()
+                    })?;
                 let want: usize = head + len;
                 while buf.len() < want {
                     read_more(stream, buf).await?;

@@ -278,6 +278,15 @@ fn compose_policy_for_loopback(dir: &Path) -> PathBuf {
         dir.join("geo-data/switchyard-test.mmdb"),
     )
     .expect("copy geo data");
+    // The TLS listener's demo certificate, beside the policy as in the image.
+    std::fs::create_dir_all(dir.join("policies/certs")).expect("mkdir");
+    for file in ["demo.pem", "demo.key"] {
+        std::fs::copy(
+            repo_root().join("policies/certs").join(file),
+            dir.join("policies/certs").join(file),
+        )
+        .expect("copy demo certificate");
+    }
     let path = dir.join("policies/compose.yaml");
     std::fs::write(&path, text).expect("write policy");
     path
@@ -414,6 +423,21 @@ async fn compose_fleet() -> Fleet {
             repo_root().join("geo-data/switchyard-test.mmdb").display()
         ),
     );
+    // The TLS listener on a free port, with the demo certificate where the repository has it.
+    let certs = repo_root().join("policies/certs");
+    text = text
+        .replace(
+            "listen: 0.0.0.0:8443",
+            &format!("listen: \"{}\"", free_addr()),
+        )
+        .replace(
+            "certs/demo.pem",
+            &certs.join("demo.pem").display().to_string(),
+        )
+        .replace(
+            "certs/demo.key",
+            &certs.join("demo.key").display().to_string(),
+        );
     let gw = Gateway::start(&text).await;
     Fleet { gw, mocks }
 }

@@ -34,6 +34,10 @@ pub enum GatewayError {
     UpstreamUnavailable(String),
     #[error("upstream failed: {0}")]
     UpstreamFailed(String),
+    /// The pool's TLS handshake failed (untrusted or wrong-name certificate, refused client
+    /// certificate): a configuration problem, so 502 and no `Retry-After`.
+    #[error("{0}")]
+    UpstreamTls(String),
     #[error("internal error: {0}")]
     Internal(String),
     #[error("the job queue is full ({max_jobs} unfinished jobs); try again later")]
@@ -86,7 +90,7 @@ impl GatewayError {
             | GatewayError::Overloaded { .. }
             | GatewayError::UpstreamUnavailable(_) => 503,
             GatewayError::UpstreamTimeout(_) => 504,
-            GatewayError::UpstreamFailed(_) => 502,
+            GatewayError::UpstreamFailed(_) | GatewayError::UpstreamTls(_) => 502,
             GatewayError::Internal(_) => 500,
             GatewayError::QueueFull { .. } | GatewayError::QueueUnavailable(_) => 503,
             GatewayError::JobNotFound => 404,
@@ -113,6 +117,7 @@ impl GatewayError {
             GatewayError::UpstreamTimeout(_) => "upstream_timeout",
             GatewayError::UpstreamUnavailable(_) => "upstream_unavailable",
             GatewayError::UpstreamFailed(_) => "upstream_failed",
+            GatewayError::UpstreamTls(_) => "upstream_tls",
             GatewayError::Internal(_) => "internal",
             GatewayError::QueueFull { .. } => "queue_full",
             GatewayError::QueueUnavailable(_) => "queue_unavailable",
@@ -171,6 +176,7 @@ impl GatewayError {
             | GatewayError::Overloaded { .. }
             | GatewayError::UpstreamUnavailable(_)
             | GatewayError::UpstreamFailed(_)
+            | GatewayError::UpstreamTls(_)
             | GatewayError::QueueFull { .. }
             | GatewayError::QueueUnavailable(_) => UNAVAILABLE,
             GatewayError::UpstreamTimeout(_) => DEADLINE_EXCEEDED,

@@ -81,7 +81,25 @@ async fn attempt(slot: Slot<'_>, timeout: Duration, req: &RequestHeader, body: &
     let table = slot.table;
     let pool = &table.pools[slot.target.0 as usize];
     let endpoint = &pool.endpoints[slot.target.1 as usize];
-    let mut peer = HttpPeer::new(endpoint.addr, false, String::new());
+    let mut peer = match &endpoint.sni {
+        Some(sni) => {
+            // This connector speaks HTTP/1.1 only.
+            let mut peer = crate::tls::upstream::peer(endpoint.addr, sni, &pool.hosted.tls);
+            peer.options.set_http_version(1, 1);
+            peer
+        }
+        None => HttpPeer::new(endpoint.addr, false, String::new()),
+    };
+    let mut rewritten;
+    let req = match pool.hosted.rewrites() || endpoint.sni.is_some() {
+        true => {
+            rewritten = req.clone();
+            crate::tls::upstream::rewrite(&mut rewritten, &pool.hosted, endpoint, req)
+                .map_err(|e| GatewayError::Internal(e.to_string()))?;
+            &rewritten
+        }
+        false => req,
+    };
     peer.options.connection_timeout = Some(table.upstream.connect_timeout);
     peer.options.read_timeout = Some(timeout);
     peer.options.write_timeout = Some(timeout);

@@ -34,4 +34,5 @@ pub mod scenario;
 pub mod server;
 pub mod telemetry;
 pub mod testkit;
+pub mod tls;
 pub mod tools;

@@ -122,6 +122,10 @@ pub struct RequestCtx {
     grpc: bool,
     /// The tenant's hold on its limits (concurrency slot given back on drop).
     admit: Option<Ticket>,
+    /// The answer's token usage, for pools priced per token (`route::tokens`).
+    tokens: Option<route::tokens::Meter>,
+    /// Request body length (the token estimate when an answer reports no `usage`).
+    request_bytes: usize,
 }
 
 /// A request future dropped mid-flight (Pingora's `logging` never runs then) still gives
@@ -174,6 +178,8 @@ impl ProxyHttp for Gateway {
             body_permit: None,
             grpc: false,
             admit: None,
+            tokens: None,
+            request_bytes: 0,
         }
     }
 
@@ -256,6 +262,7 @@ impl ProxyHttp for Gateway {
                 }
                 ctx.class = Some(class);
                 ctx.decision = Some(decision);
+                ctx.request_bytes = body.len();
                 if body.len() > INSPECT_LIMIT {
                     // Larger than Pingora can re-send on a failover: the gateway sends it.
                     buffered::serve(session, ctx, &table, body).await?;
@@ -353,7 +360,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
         // Copies the body (bounded) only while a storable response is being captured.
-        ctx.cache.on_body(body, end_of_stream);
+        on_body(ctx, body, end_of_stream);
         Ok(None)
     }
 
@@ -364,7 +371,8 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        if on_connect_failure(ctx, &e) {
+        let tls = crate::tls::upstream::is_tls_failure(&e);
+        if on_connect_failure(ctx, &e, tls) {
             e.set_retry(true);
         }
         e
@@ -438,6 +446,9 @@ impl ProxyHttp for Gateway {
             | ErrorType::ConnectNoRoute
             | ErrorType::ConnectError
             | ErrorType::ConnectionClosed => GatewayError::UpstreamUnavailable(e.to_string()),
+            _ if crate::tls::upstream::is_tls_failure(e) => {
+                GatewayError::UpstreamTls(crate::tls::upstream::reason(e))
+            }
             ErrorType::HTTPStatus(code) if *code == 413 => GatewayError::PayloadTooLarge {
                 limit: route_limit(ctx),
             },
@@ -499,6 +510,7 @@ impl ProxyHttp for Gateway {
             ),
             None => ("none", "none", "none"),
         };
+        let mut tokens = ctx.tokens.take();
         let pool = ctx.pool_name();
         let none = u16::MAX;
         let key = t::HandleKey {
@@ -537,8 +549,13 @@ impl ProxyHttp for Gateway {
                 && pool != "none"
                 && counts_spend(session, ctx);
             if let (Some(est), true) = (d.estimate, spent) {
-                handles.cost.increment(t::nano_usd(est.cost_usd));
-                admit::charge(ctx.admit.as_ref(), est.cost_usd);
+                let usd = match tokens.as_mut() {
+                    // Priced per token: what the answer used, not the estimate.
+                    Some(meter) => token_spend(&table, ctx.tried.last(), meter, tier),
+                    None => est.cost_usd,
+                };
+                handles.cost.increment(t::nano_usd(usd));
+                admit::charge(ctx.admit.as_ref(), usd);
             }
         }
         drop(handles);
@@ -651,7 +668,14 @@ fn http_peer(ctx: &RequestCtx, table: &RoutingTable, (pool, ep): (PoolId, u16)) 
         Some(addr) if grpc => addr,
         _ => endpoint.addr,
     };
-    let mut peer = HttpPeer::new(addr, false, String::new());
+    let pool = &table.pools[pool as usize];
+    let mut peer = match &endpoint.sni {
+        // HTTPS: SNI and the certificate check use the host name as written; h2 when the
+        // pool offers it (ALPN), else HTTP/1.1. Pooled connections keep the handshake off
+        // the request path.
+        Some(sni) if !grpc => crate::tls::upstream::peer(addr, sni, &pool.hosted.tls),
+        _ => HttpPeer::new(addr, false, String::new()),
+    };
     if grpc {
         peer.options.set_http_version(2, 2);
     }
@@ -665,6 +689,12 @@ fn http_peer(ctx: &RequestCtx, table: &RoutingTable, (pool, ep): (PoolId, u16)) 
 /// Headers the gateway adds to every upstream request: the time left before the deadline
 /// (so the backend can give up early too) and the client in `X-Forwarded-For`.
 fn forward_headers(req: &mut RequestHeader, ctx: &RequestCtx, session: &Session) -> Result<()> {
+    if let (Some(table), Some((p, e))) = (&ctx.table, ctx.current) {
+        // Hosted pools: injected credentials, Host, path prefix (`policy::hosted`).
+        let pool = &table.pools[p as usize];
+        let endpoint = &pool.endpoints[e as usize];
+        crate::tls::upstream::rewrite(req, &pool.hosted, endpoint, session.req_header())?;
+    }
     if let Some(class) = &ctx.class {
         let remaining = class.deadline.saturating_sub(ctx.start.elapsed());
         req.insert_header(
@@ -725,11 +755,19 @@ fn on_upstream_header(ctx: &mut RequestCtx, status: u16, replayable: bool) -> bo
 /// The attempt in flight could not connect: nothing reached the backend, so the endpoint is
 /// ejected at once (with a back-off that doubles while it keeps failing), its slots are given
 /// back, and another attempt is always safe (within the deadline and the retry budget).
-fn on_connect_failure(ctx: &mut RequestCtx, e: &dyn std::fmt::Display) -> bool {
+fn on_connect_failure(ctx: &mut RequestCtx, e: &dyn std::fmt::Display, tls: bool) -> bool {
     let (Some(table), Some((p, ep))) = (ctx.table.clone(), ctx.current) else {
         return false;
     };
     let pool = &table.pools[p as usize];
+    if tls {
+        // The endpoint answered; its certificate (or ours) was refused. That is a
+        // configuration problem, not an outage: counted and logged, never an ejection.
+        metrics::counter!(t::UPSTREAM_TLS_FAILURES, "pool" => pool.name.clone()).increment(1);
+        tracing::warn!(pool = %pool.name, endpoint = %pool.endpoints[ep as usize].name, error = %e, "upstream TLS handshake failed");
+        ctx.release();
+        return false;
+    }
     let backoff = pool.endpoints[ep as usize]
         .state
         .connect_failed(now_ms(), &table.upstream.ejection);
@@ -770,6 +808,13 @@ fn on_attempt_failed(ctx: &mut RequestCtx, replayable: bool) -> bool {
 /// counted as what it is.
 fn on_response(ctx: &mut RequestCtx, resp: &mut ResponseHeader) {
     decision_headers(resp, ctx);
+    if let (Some(table), Some((p, _))) = (&ctx.table, ctx.current) {
+        if table.pools[p as usize].price.per_token() && resp.status.is_success() {
+            let ct = resp.headers.get(http::header::CONTENT_TYPE);
+            let ct = ct.map_or(&b""[..], |v| v.as_bytes());
+            ctx.tokens = Some(route::tokens::Meter::new(ct, ctx.request_bytes));
+        }
+    }
     if let Some(table) = &ctx.table {
         ctx.cache.on_response_header(resp, table);
     }
@@ -781,6 +826,42 @@ fn on_response(ctx: &mut RequestCtx, resp: &mut ResponseHeader) {
 
 /// The answer's trailers: a gRPC answer ends in them, and only `grpc-status: 0` completes
 /// a cache entry.
+/// A piece of the answer's body on its way to the client: the cache's capture and the
+/// token meter see it.
+fn on_body(ctx: &mut RequestCtx, chunk: &Option<Bytes>, end_of_stream: bool) {
+    ctx.cache.on_body(chunk, end_of_stream);
+    if let (Some(meter), Some(chunk)) = (ctx.tokens.as_mut(), chunk) {
+        meter.on_body(chunk);
+    }
+}
+
+/// The spend of an answer from a pool priced per token: its `usage` (or the estimate from
+/// bytes), counted by source and folded into the pool's tokens-per-request average.
+fn token_spend(
+    table: &RoutingTable,
+    target: Option<&(PoolId, u16)>,
+    meter: &mut route::tokens::Meter,
+    tier: &str,
+) -> f64 {
+    let Some((p, _)) = target else {
+        return 0.0;
+    };
+    let pool = &table.pools[*p as usize];
+    let usage = meter.finish();
+    pool.state.tokens.record(&usage);
+    let source = usage.source();
+    metrics::counter!(t::TOKENS, "pool" => pool.name.clone(), "kind" => "input", "source" => source)
+        .increment(usage.input);
+    metrics::counter!(t::TOKENS, "pool" => pool.name.clone(), "kind" => "output", "source" => source)
+        .increment(usage.output);
+    let usd = pool.price.per_request
+        + pool.price.per_gpu_hour * pool.state.service_time().as_secs_f64() / 3600.0
+        + usage.cost_usd(&pool.price);
+    metrics::counter!(t::TOKEN_COST, "pool" => pool.name.clone(), "tier" => tier.to_string(), "source" => source)
+        .increment(t::nano_usd(usd));
+    usd
+}
+
 fn on_trailers(ctx: &mut RequestCtx, trailers: &http::HeaderMap) {
     if ctx.grpc {
         let status = trailers.get("grpc-status").map(|v| v.as_bytes());

@@ -80,7 +80,12 @@ pub fn build(table: RoutingTable, fleet: Arc<Fleet>, opts: Options) -> Result<Bu
     let metrics = telemetry::install().map_err(|e| ServerError::Metrics(e.to_string()))?;
     let proxy_addr = opts.listen.unwrap_or(table.proxy_listener);
     let admin_addr = opts.admin_listen.unwrap_or(table.admin_listener);
-    check_listen(proxy_addr)?;
+    if table.plain_listener {
+        check_listen(proxy_addr)?;
+    }
+    if let Some(tls) = &table.tls_listener {
+        check_listen(tls.listen)?;
+    }
     check_listen(admin_addr)?;
     if !admin_addr.ip().is_loopback() && table.admin_token.is_none() {
         // The policy's own address is checked at load; this is `--admin-listen`.
@@ -124,8 +129,18 @@ pub fn build(table: RoutingTable, fleet: Arc<Fleet>, opts: Options) -> Result<Bu
     // Tenant limit state lives beside the table and survives reloads; its backend (local or
     // Redis) is fixed at start-up.
     let limiter = crate::admit::Limiter::new(&table.limits.admission.backend);
+    // The TLS listener's certificate: served through a resolver so it can be replaced
+    // without a restart (`tls`).
+    let serving = table
+        .tls_listener
+        .as_ref()
+        .map(crate::tls::ServingCert::new);
+    let tls_addr = table.tls_listener.as_ref().map(|l| l.listen);
+    let plain = table.plain_listener;
     let snapshot = policy::snapshot(table);
-    let control = Arc::new(ControlPlane::new(snapshot.clone(), fleet, opts.policy_path));
+    let mut control = ControlPlane::new(snapshot.clone(), fleet, opts.policy_path);
+    control.tls = serving.clone();
+    let control = Arc::new(control);
 
     let access = crate::observe::AccessLog::start(&table_access.0, table_access.1)
         .map_err(|e| ServerError::Pingora(format!("cannot open the access log: {e}")))?;
@@ -145,7 +160,22 @@ pub fn build(table: RoutingTable, fleet: Arc<Fleet>, opts: Options) -> Result<Bu
     if let Some(logic) = proxy.app_logic_mut() {
         logic.server_options = Some(options);
     }
-    proxy.add_tcp(&proxy_addr.to_string());
+    if plain {
+        proxy.add_tcp(&proxy_addr.to_string());
+    }
+    if let (Some(serving), Some(addr)) = (&serving, tls_addr) {
+        let settings = serving
+            .settings()
+            .map_err(|e| ServerError::Pingora(e.to_string()))?;
+        proxy.add_tls_with_settings(&addr.to_string(), None, settings);
+    }
+    // `/readyz` asks the plain listener, or the TLS one when it is the only one.
+    let readiness = match (&serving, tls_addr) {
+        (Some(serving), Some(addr)) if !plain => {
+            crate::admin::ready::Readiness::tls(addr, serving.clone())
+        }
+        _ => crate::admin::ready::Readiness::new(proxy_addr),
+    };
 
     let mut admin = Service::new(
         "switchyard admin".to_string(),
@@ -154,7 +184,7 @@ pub fn build(table: RoutingTable, fleet: Arc<Fleet>, opts: Options) -> Result<Bu
             metrics: metrics.clone(),
             cache: Some(cache),
             bodies: Some(bodies),
-            readiness: Arc::new(crate::admin::ready::Readiness::new(proxy_addr)),
+            readiness: Arc::new(readiness),
             limiter: Some(limiter),
         }),
     );
@@ -170,6 +200,15 @@ pub fn build(table: RoutingTable, fleet: Arc<Fleet>, opts: Options) -> Result<Bu
         },
     );
 
+    if let Some(serving) = serving {
+        server.add_service(background_service(
+            "tls certificate watcher",
+            crate::tls::CertWatcher {
+                serving,
+                snapshot: snapshot.clone(),
+            },
+        ));
+    }
     server.add_service(proxy);
     server.add_service(admin);
     server.add_service(upkeep);

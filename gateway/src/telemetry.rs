@@ -23,6 +23,16 @@ pub const COST: &str = "switchyard_cost_nanousd_total";
 /// Estimated spend avoided by answering from the prediction cache: what the request would
 /// have cost where routing would have sent it, in nano-USD. Labels: tier.
 pub const COST_SAVED: &str = "switchyard_cost_saved_nanousd_total";
+/// Spend of answers from pools priced per token, in nano-USD (also counted in [`COST`]).
+/// Labels: pool, tier, source (`usage`: the answer reported it; `estimated`: from bytes).
+pub const TOKEN_COST: &str = "switchyard_token_cost_nanousd_total";
+/// Tokens of answers from pools priced per token. Labels: pool, kind (`input`, `output`),
+/// source (`usage`, `estimated`).
+pub const TOKENS: &str = "switchyard_tokens_total";
+/// Upstream TLS handshakes that failed (certificate refused either way). Labels: pool.
+pub const UPSTREAM_TLS_FAILURES: &str = "switchyard_upstream_tls_failures_total";
+/// Reloads of the TLS listener's certificate. Labels: result (`ok`, `error`).
+pub const TLS_CERT_RELOADS: &str = "switchyard_tls_cert_reloads_total";
 /// Nano-USD per USD, for the spend counters.
 pub const NANO_USD: f64 = 1e9;
 
@@ -155,6 +165,22 @@ fn describe() {
     describe_counter!(
         COST,
         "Estimated spend in nano-USD (1e-9 USD), by pool and tier"
+    );
+    describe_counter!(
+        TOKEN_COST,
+        "Spend in nano-USD of answers from pools priced per token, by pool, tier and source (usage or estimated)"
+    );
+    describe_counter!(
+        TOKENS,
+        "Tokens of answers from pools priced per token, by pool, kind (input, output) and source (usage or estimated)"
+    );
+    describe_counter!(
+        UPSTREAM_TLS_FAILURES,
+        "Upstream TLS handshakes that failed, by pool"
+    );
+    describe_counter!(
+        TLS_CERT_RELOADS,
+        "Reloads of the TLS listener certificate, by result (ok, error)"
     );
     describe_counter!(
         COST_SAVED,

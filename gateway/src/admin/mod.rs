@@ -40,6 +40,8 @@ pub struct ControlPlane {
     pub last_error: Mutex<Option<String>>,
     /// Restart-only changes, the last trigger, which triggers are armed (see `policy::reload`).
     pub reload_status: ReloadStatus,
+    /// The TLS listener's certificate, when there is one (`tls`).
+    pub tls: Option<Arc<crate::tls::ServingCert>>,
 }
 
 impl ControlPlane {
@@ -52,6 +54,7 @@ impl ControlPlane {
             policy_path,
             last_error: Mutex::new(None),
             reload_status: ReloadStatus::new(started),
+            tls: None,
         }
     }
 
@@ -401,6 +404,12 @@ impl AdminApp {
                         "endpoint": e.name, "up": e.state.is_up(now), "in_flight": e.state.in_flight(),
                         "latency_ms": e.state.latency().as_secs_f64() * 1e3,
                     })).collect::<Vec<_>>(),
+                    // Header values are credentials: only their names, each `***`.
+                    "headers": p.hosted.header_names().into_iter().map(|(n, v)| (n, json!(v))).collect::<serde_json::Map<_, _>>(),
+                    "tls": p.endpoints.iter().any(|e| e.sni.is_some()).then(|| json!({
+                        "ca": p.hosted.tls.ca_file, "verify": p.hosted.tls.verify,
+                        "client_cert": p.hosted.tls.client.is_some(),
+                    })),
                 })
             })
             .collect();
@@ -412,6 +421,15 @@ impl AdminApp {
                 "loaded_at_unix": loaded_at,
                 "last_error": last_error,
                 "restart_required": self.control.reload_status.restart_required(),
+                "tls_listener": self.control.tls.as_ref().map(|c| {
+                    let s = c.status();
+                    json!({
+                        "cert": s.cert_path.display().to_string(),
+                        "key": s.key_path.display().to_string(),
+                        "loaded_at_unix": s.loaded_at.and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_secs()),
+                        "last_error": s.last_error,
+                    })
+                }),
                 "last_reload": self.control.reload_status.last().map(|l| json!({
                     "trigger": l.trigger.as_str(),
                     "at_unix": l.at.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),

@@ -43,6 +43,8 @@ pub fn body() -> Bytes {
 pub struct Readiness {
     proxy: SocketAddr,
     confirmed: AtomicBool,
+    /// Only a TLS listener: the probe speaks TLS to it (`tls::probe`).
+    tls: Option<std::sync::Arc<crate::tls::ServingCert>>,
 }
 
 impl Readiness {
@@ -57,6 +59,15 @@ impl Readiness {
             proxy: SocketAddr::new(ip, proxy.port()),
             // Port 0 (any free port, tests only) has no address to ask.
             confirmed: AtomicBool::new(proxy.port() == 0),
+            tls: None,
+        }
+    }
+
+    /// Probe the TLS listener at `addr`, which serves `cert` (no plain listener runs).
+    pub fn tls(addr: SocketAddr, cert: std::sync::Arc<crate::tls::ServingCert>) -> Self {
+        Readiness {
+            tls: Some(cert),
+            ..Readiness::new(addr)
         }
     }
 
@@ -64,6 +75,13 @@ impl Readiness {
     pub async fn proxy_is_ours(&self) -> bool {
         if self.confirmed.load(Ordering::Relaxed) {
             return true;
+        }
+        if let Some(cert) = &self.tls {
+            let ours = crate::tls::probe(self.proxy, cert, Duration::from_secs(2)).await;
+            if ours {
+                self.confirmed.store(true, Ordering::Relaxed);
+            }
+            return ours;
         }
         let host = self.proxy.to_string();
         let req = Outgoing {

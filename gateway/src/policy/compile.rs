@@ -60,6 +60,11 @@ pub struct RoutingTable {
     pub source: PathBuf,
     pub loaded_at: SystemTime,
     pub proxy_listener: SocketAddr,
+    /// Whether the plain `proxy` listener runs (false: `tls` is set and `proxy` is not
+    /// written).
+    pub plain_listener: bool,
+    /// `listeners.tls`, its certificate loaded and checked (`crate::tls`).
+    pub tls_listener: Option<crate::tls::TlsListener>,
     pub admin_listener: SocketAddr,
     /// `listeners.admin_token`, expanded; `None`: the admin API is open (loopback only).
     pub admin_token: Option<super::secret::Secret>,
@@ -222,6 +227,8 @@ pub struct Pool {
     pub queue_fed: bool,
     /// Active health checks, when the policy asks for them.
     pub health: Option<HealthCheck>,
+    /// Upstream TLS and request rewriting for hosted endpoints (`policy::hosted`).
+    pub hosted: super::hosted::Hosted,
 }
 
 /// A pool's compiled `health:` block.
@@ -264,6 +271,8 @@ pub struct Endpoint {
     pub authority: String,
     /// False for the placeholder of a host name that has never resolved: never up.
     pub resolved: bool,
+    /// `https://` endpoints: the host name for SNI and the certificate check.
+    pub sni: Option<String>,
 }
 
 /// The models a pool serves.
@@ -721,6 +730,15 @@ fn compile(
     let proxy_listener = socket_field(&mut p, &raw.listeners.proxy, "listeners.proxy");
     let admin_listener = socket_field(&mut p, &raw.listeners.admin, "listeners.admin");
     let admin_token = compile_admin_token(&mut p, &raw.listeners, admin_listener);
+    let tls_listener = raw.listeners.tls.as_ref().and_then(|node| {
+        crate::tls::compile(
+            node,
+            cx.file.parent().unwrap_or_else(|| Path::new(".")),
+            &mut |loc, m| p.at(loc, m),
+        )
+    });
+    let plain_listener =
+        raw.listeners.tls.is_none() || raw.listeners.proxy.referenced != Location::UNKNOWN;
 
     let mut trusted_proxies = Vec::new();
     for cidr in &raw.trusted_proxies {
@@ -1009,13 +1027,24 @@ fn compile(
         }
         let service_time = duration_field(&mut p, &r.service_time, "service_time");
         let price_ok = |v: f64| v.is_finite() && v >= 0.0;
-        if !price_ok(r.price.per_request) || !price_ok(r.price.per_gpu_hour) {
+        if !price_ok(r.price.per_request)
+            || !price_ok(r.price.per_gpu_hour)
+            || !price_ok(r.price.per_1k_input_tokens)
+            || !price_ok(r.price.per_1k_output_tokens)
+        {
             p.on(
                 pool,
                 format!("pool `{name}`: prices must be non-negative numbers"),
             );
         }
         let health = r.health.as_ref().map(|h| compile_health(&mut p, &name, h));
+        let hosted = super::hosted::compile(
+            &name,
+            r,
+            cx.file.parent().unwrap_or_else(|| Path::new(".")),
+            &|n| std::env::var(n).ok(),
+            &mut |loc, m| p.at(loc, m),
+        );
         let state = cx.fleet.pool(&name, service_time);
         let mut endpoints = Vec::new();
         let mut seen = HashSet::new();
@@ -1054,6 +1083,10 @@ fn compile(
                 ),
             );
         }
+        if let (Some(h), true) = (&r.health, endpoints.iter().any(|e| e.sni.is_some())) {
+            // The health checker (`route::health`) probes over plain HTTP only.
+            p.on(h, format!("pool `{name}`: `health` checks plain HTTP only; not supported with https:// endpoints (passive ejection still applies)"));
+        }
         let any = r.models.iter().any(|m| m.value == "*");
         let names = r.models.iter().map(|m| m.value.clone()).collect();
         pools.push(Pool {
@@ -1069,6 +1102,7 @@ fn compile(
             service_time,
             price: r.price,
             health,
+            hosted,
         });
     }
     for tier in &raw.tiers {
@@ -1213,9 +1247,13 @@ fn compile(
         .queue
         .as_ref()
         .map(|q| compile_queue(&mut p, q, &pools, cx.file));
-    if queue.is_some() {
+    if let Some(q) = &raw.queue {
         for pool in pools.iter_mut().filter(|pool| pool.kind == PoolKind::Batch) {
             pool.queue_fed = true;
+            if pool.endpoints.iter().any(|e| e.sni.is_some()) || pool.hosted.rewrites() {
+                // The dispatcher's client (`queue::http`) speaks plain HTTP/1.1 only.
+                p.on(q, format!("pool `{}`: the batch queue dispatches over plain HTTP only; https:// endpoints and `headers`/`host`/`path_prefix` are not supported for batch pools behind a queue", pool.name));
+            }
         }
     }
     for (name, tier) in &raw.tiers {
@@ -1299,6 +1337,8 @@ fn compile(
         source: cx.file.to_path_buf(),
         loaded_at: SystemTime::now(),
         proxy_listener,
+        plain_listener,
+        tls_listener,
         admin_listener,
         admin_token,
         threads: raw.listeners.threads,

@@ -257,6 +257,27 @@ pub struct Listeners {
     /// (see `policy::secret`). Required when `admin` is not on loopback. Default: none.
     #[serde(default)]
     pub admin_token: Option<Spanned<String>>,
+    /// A TLS listener (HTTP/1.1 and HTTP/2 by ALPN, TLS 1.2 and 1.3). With `tls` set and
+    /// `proxy` not written, there is no plain listener. Absent: none.
+    #[serde(default)]
+    pub tls: Option<Spanned<TlsListener>>,
+}
+
+/// `listeners.tls`: where to listen and the certificate to serve. The files are read again
+/// when they change; a pair that does not load is refused and the old one keeps serving.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsListener {
+    /// Address to listen on, e.g. `0.0.0.0:8443`.
+    pub listen: Spanned<String>,
+    /// PEM certificate chain (leaf first), relative to the policy file.
+    pub cert: Spanned<String>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1), relative to the policy file.
+    pub key: Spanned<String>,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 impl Default for Listeners {
@@ -267,6 +288,7 @@ impl Default for Listeners {
             threads: None,
             shutdown_grace: None,
             admin_token: None,
+            tls: None,
         }
     }
 }
@@ -391,8 +413,10 @@ pub struct Pool {
     pub name: Spanned<String>,
     pub kind: PoolKind,
     pub region: Spanned<String>,
-    /// Each endpoint: `host:port` (plain HTTP/1.1 only), or `{ http: host:port, grpc: host:port }`
-    /// when the server also speaks gRPC (h2c) on its own port.
+    /// Each endpoint: `host:port` (plain HTTP/1.1 only), `https://host[:port]` (HTTPS, port 443
+    /// by default; SNI and certificate checks use the host), or
+    /// `{ http: host:port, grpc: host:port }` when the server also speaks gRPC (h2c) on its
+    /// own port.
     pub endpoints: Vec<Spanned<EndpointEntry>>,
     /// Model names served; `*` serves every model.
     pub models: Vec<Spanned<String>>,
@@ -405,6 +429,43 @@ pub struct Pool {
     /// Active health checks of every endpoint. Absent: none (passive ejection only).
     #[serde(default)]
     pub health: Option<Spanned<HealthCheck>>,
+    /// Upstream request headers set (or replaced) on every request to this pool, e.g.
+    /// `authorization: "Bearer ${OPENAI_API_KEY}"`. `${NAME}` / `${NAME:-default}` are
+    /// expanded from the gateway's environment at load (an unset variable is a load error);
+    /// values are never shown (`***`). When `authorization` is set here, the client's own
+    /// `Authorization` and `x-api-key` are never forwarded to the pool.
+    #[serde(default)]
+    pub headers: BTreeMap<String, Spanned<String>>,
+    /// `Host` (HTTP/1.1) / `:authority` (HTTP/2) of upstream requests. Default: the
+    /// endpoint's host for `https://` endpoints, the client's otherwise.
+    #[serde(default)]
+    pub host: Option<Spanned<String>>,
+    /// Prepended to the upstream path, e.g. `/openai/deployments/gpt4o` (starts with `/`).
+    #[serde(default)]
+    pub path_prefix: Option<Spanned<String>>,
+    /// TLS to `https://` endpoints. Absent: the system's roots, no client certificate.
+    #[serde(default)]
+    pub tls: Option<Spanned<PoolTls>>,
+}
+
+/// A pool's `tls:` block (for its `https://` endpoints).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolTls {
+    /// PEM file of the CA certificates to trust instead of the system's, relative to the
+    /// policy file.
+    #[serde(default)]
+    pub ca: Option<Spanned<String>>,
+    /// PEM client certificate chain for mTLS (with `client_key`).
+    #[serde(default)]
+    pub client_cert: Option<Spanned<String>>,
+    /// PEM private key of `client_cert`.
+    #[serde(default)]
+    pub client_key: Option<Spanned<String>>,
+    /// Verify the endpoint's certificate and host name. Default true; false is accepted
+    /// with a `check` warning (anyone on the path can read and change the traffic).
+    #[serde(default = "default_true")]
+    pub verify: bool,
 }
 
 /// One endpoint as written: a plain `host:port` string (HTTP only), or a map naming the
@@ -500,6 +561,19 @@ pub struct Price {
     /// USD per GPU-hour, charged for the expected service time.
     #[serde(default)]
     pub per_gpu_hour: f64,
+    /// USD per 1000 prompt tokens (hosted LLM APIs): counted from the answer's `usage`.
+    #[serde(default)]
+    pub per_1k_input_tokens: f64,
+    /// USD per 1000 completion tokens.
+    #[serde(default)]
+    pub per_1k_output_tokens: f64,
+}
+
+impl Price {
+    /// Whether the pool bills per token (the spend then waits for the answer's `usage`).
+    pub fn per_token(&self) -> bool {
+        self.per_1k_input_tokens > 0.0 || self.per_1k_output_tokens > 0.0
+    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -76,6 +76,9 @@ pub struct StartupSettings {
         super::tenancy::LimitsBackend,
         Option<super::tenancy::SharedCacheSettings>,
     ),
+    /// `listeners.tls.listen` and whether the plain listener runs (the certificate itself
+    /// reloads: `tls`).
+    pub tls_listener: (Option<SocketAddr>, bool),
 }
 
 impl StartupSettings {
@@ -90,6 +93,10 @@ impl StartupSettings {
             shared_state: (
                 table.limits.admission.backend.clone(),
                 table.cache.shared.clone(),
+            ),
+            tls_listener: (
+                table.tls_listener.as_ref().map(|l| l.listen),
+                table.plain_listener,
             ),
         }
     }
@@ -107,6 +114,17 @@ impl StartupSettings {
             out.push(format!(
                 "listeners.admin: serving on {}, policy says {}",
                 self.admin_listener, new.admin_listener
+            ));
+        }
+        if self.tls_listener != new.tls_listener {
+            let show = |(tls, plain): (Option<SocketAddr>, bool)| {
+                let tls = tls.map_or("no TLS".to_string(), |a| format!("TLS on {a}"));
+                format!("{tls}, plain listener {}", if plain { "on" } else { "off" })
+            };
+            out.push(format!(
+                "listeners.tls: serving {}, policy says {}",
+                show(self.tls_listener),
+                show(new.tls_listener)
             ));
         }
         if self.threads != new.threads {
@@ -383,6 +401,7 @@ mod tests {
             shutdown_grace: Duration::from_secs(5),
             access_log: (crate::observe::LogTarget::Default, Default::default()),
             shared_state: (super::super::tenancy::LimitsBackend::Local, None),
+            tls_listener: (None, true),
         };
         assert!(a.restart_required(&a.clone()).is_empty());
         let b = StartupSettings {

@@ -133,8 +133,21 @@ pub fn endpoints(
     fleet: &Fleet,
 ) -> Result<(Vec<Endpoint>, Vec<NameResolution>), String> {
     let written = entry.http();
+    let https = https_target(written)?;
+    if https.is_some() && entry.grpc().is_some() {
+        return Err("an `https://` endpoint takes no `grpc` address (gRPC upstream is h2c)".into());
+    }
+    let (hostport, sni, authority) = match &https {
+        Some(t) => (
+            t.hostport.as_str(),
+            Some(t.host.clone()),
+            t.authority.clone(),
+        ),
+        None => (written, None, written.to_string()),
+    };
     let grpc = entry.grpc().map(|g| grpc_addr(written, g)).transpose()?;
     let endpoint = |label: String, addr: SocketAddr, resolved: bool| Endpoint {
+        sni: sni.clone(),
         header: header_value(&label),
         state: match resolved {
             true => fleet.endpoint(pool, &label),
@@ -143,11 +156,11 @@ pub fn endpoints(
         grpc: grpc.as_ref().and_then(|g| g.for_http(addr)),
         name: label,
         addr,
-        authority: written.to_string(),
+        authority: authority.clone(),
         resolved,
     };
     let mut names: Vec<NameResolution> = grpc.iter().filter_map(GrpcAddr::resolution).collect();
-    let found = match endpoint_addrs(written)? {
+    let found = match endpoint_addrs(hostport)? {
         EndpointAddrs::Literal(addr) => vec![endpoint(written.to_string(), addr, true)],
         EndpointAddrs::Name(n) if n.addrs.is_empty() => {
             let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
@@ -165,6 +178,67 @@ pub fn endpoints(
         }
     };
     Ok((found, names))
+}
+
+/// An `https://host[:port]` endpoint as written, taken apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpsTarget {
+    /// `host:port` to look up (port 443 when none is written).
+    pub hostport: String,
+    /// The host, for SNI and the certificate check (no brackets for IPv6).
+    pub host: String,
+    /// `Host` of requests to it: the host, with the port when it is not 443.
+    pub authority: String,
+}
+
+/// `Ok(None)` for a plain `host:port`; the parts of `https://host[:port]`; `Err` for another
+/// scheme or an `https://` with a path, user or nothing after it.
+pub fn https_target(written: &str) -> Result<Option<HttpsTarget>, String> {
+    let Some(rest) = written.strip_prefix("https://") else {
+        if written.contains("://") {
+            return Err("the only scheme an endpoint takes is `https://`".into());
+        }
+        return Ok(None);
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if rest.is_empty() || rest.contains(['/', '@', '?', '#']) {
+        return Err(
+            "expected `https://host[:port]` (no path: see the pool's `path_prefix`)".into(),
+        );
+    }
+    let (host, port) = match rest.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((h, "")) => (h, None),
+            Some((h, p)) => (h, Some(p.strip_prefix(':').ok_or("expected `]:port`")?)),
+            None => return Err("`[` without `]`".into()),
+        },
+        None => match rest.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (rest, None),
+        },
+    };
+    let port = match port {
+        Some(p) => p
+            .parse::<u16>()
+            .map_err(|_| format!("`{p}` is not a port"))?,
+        None => 443,
+    };
+    if host.is_empty() {
+        return Err("expected `https://host[:port]`".into());
+    }
+    let bracketed = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    };
+    Ok(Some(HttpsTarget {
+        hostport: format!("{bracketed}:{port}"),
+        host: host.to_string(),
+        authority: match port {
+            443 => bracketed,
+            p => format!("{bracketed}:{p}"),
+        },
+    }))
 }
 
 /// Where an endpoint's gRPC requests go, relative to its HTTP address.
@@ -274,6 +348,31 @@ impl BackgroundService for Resolver {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn https_endpoints_default_to_443_and_keep_the_host_for_sni() {
+        let t = https_target("https://api.example.com").unwrap().unwrap();
+        assert_eq!(t.hostport, "api.example.com:443");
+        assert_eq!(
+            (t.host.as_str(), t.authority.as_str()),
+            ("api.example.com", "api.example.com")
+        );
+        let t = https_target("https://127.0.0.1:8443/").unwrap().unwrap();
+        assert_eq!(
+            (t.hostport.as_str(), t.authority.as_str()),
+            ("127.0.0.1:8443", "127.0.0.1:8443")
+        );
+        let t = https_target("https://[::1]:9443").unwrap().unwrap();
+        assert_eq!(
+            (t.hostport.as_str(), t.host.as_str()),
+            ("[::1]:9443", "::1")
+        );
+        assert_eq!(https_target("10.0.0.1:80").unwrap(), None);
+        assert!(https_target("http://x:80").is_err());
+        assert!(https_target("https://x/openai").is_err());
+        assert!(https_target("https://user@x").is_err());
+        assert!(https_target("https://x:notaport").is_err());
+    }
 
     #[test]
     fn a_grpc_port_on_the_same_host_name_follows_every_address() {

@@ -1,4 +1,4 @@
-//! Secrets a policy refers to (today: `listeners.admin_token`). The file names them as
+//! Secrets a policy refers to (`listeners.admin_token`, and pools' `headers:` values). The file names them as
 //! `${NAME}` (or `${NAME:-default}`), expanded from the environment when the policy loads, so
 //! the secret itself lives in the deployment (a Kubernetes Secret, a compose variable), not
 //! in the file, the policy version hash or version control.
@@ -96,6 +96,72 @@ pub fn expand(
     }
 }
 
+/// Expand every `${NAME}` / `${NAME:-default}` inside `written` (a pool's `headers:` value,
+/// e.g. `Bearer ${OPENAI_API_KEY}`), keeping the text around them. Unlike [`expand`], the
+/// value is returned (the gateway sends it upstream): keep it in a [`Redacted`]. Errors name
+/// the variable, never a value.
+pub fn expand_template(
+    written: &str,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Redacted, String> {
+    let mut out = String::new();
+    let mut rest = written;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start..];
+        let Some(end) = after.find('}') else {
+            return Err("`${` without a closing `}`".into());
+        };
+        match expand(&after[..=end], &env) {
+            Ok(_) => {}
+            Err(e) => return Err(e),
+        }
+        out.push_str(&lookup_value(&after[2..end], &env));
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    if out.trim().is_empty() {
+        return Err("must not be empty".into());
+    }
+    Ok(Redacted(out))
+}
+
+/// The value of `NAME` or `NAME:-default` (already checked by [`expand`]).
+fn lookup_value(inner: &str, env: &impl Fn(&str) -> Option<String>) -> String {
+    let (name, default) = match inner.split_once(":-") {
+        Some((name, default)) => (name, Some(default)),
+        None => (inner, None),
+    };
+    match env(name) {
+        Some(v) if !v.is_empty() => v,
+        _ => default.unwrap_or("").to_string(),
+    }
+}
+
+/// A secret the gateway must keep (to send it upstream) but never show: `Debug` and
+/// `Display` print `***`; the value is reached only through [`Redacted::expose`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct Redacted(String);
+
+impl Redacted {
+    /// The value, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl fmt::Display for Redacted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,6 +190,19 @@ mod tests {
         let (s, src) = expand("plain", env).unwrap();
         assert_eq!(src, Source::Literal);
         assert!(s.matches(b"plain"));
+    }
+
+    #[test]
+    fn templates_expand_inside_text_and_never_print() {
+        let v = expand_template("Bearer ${TOKEN}", env).unwrap();
+        assert_eq!(v.expose(), "Bearer s3cret");
+        assert_eq!(format!("{v:?} {v}"), "*** ***");
+        let v = expand_template("${MISSING:-k}-${TOKEN}", env).unwrap();
+        assert_eq!(v.expose(), "k-s3cret");
+        assert_eq!(expand_template("plain", env).unwrap().expose(), "plain");
+        let e = expand_template("Bearer ${MISSING}", env).unwrap_err();
+        assert!(e.contains("`MISSING` is not set"), "{e}");
+        assert!(expand_template("Bearer ${TOKEN", env).is_err());
     }
 
     #[test]

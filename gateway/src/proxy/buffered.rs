@@ -15,8 +15,8 @@
 //! connector is one per process, so large requests do not share Pingora's own upstream pool.
 
 use super::{
-    acquire, forward_headers, http_peer, on_attempt_failed, on_connect_failure, on_response,
-    on_trailers, on_upstream_header, respond_error, upstream_status, RequestCtx,
+    acquire, forward_headers, http_peer, on_attempt_failed, on_body, on_connect_failure,
+    on_response, on_trailers, on_upstream_header, respond_error, upstream_status, RequestCtx,
 };
 use crate::error::GatewayError;
 use crate::policy::compile::RoutingTable;
@@ -67,15 +67,15 @@ pub(super) async fn serve(
         let mut upstream = match exchange(&peer, &req, &body).await {
             Ok(upstream) => upstream,
             Err(Failed::Connect(e)) => {
-                if on_connect_failure(ctx, &e) {
+                let tls = crate::tls::upstream::is_tls_failure(&e);
+                if on_connect_failure(ctx, &e, tls) {
                     continue;
                 }
-                return fail(
-                    session,
-                    ctx,
-                    GatewayError::UpstreamUnavailable(e.to_string()),
-                )
-                .await;
+                let err = match tls {
+                    true => GatewayError::UpstreamTls(crate::tls::upstream::reason(&e)),
+                    false => GatewayError::UpstreamUnavailable(e.to_string()),
+                };
+                return fail(session, ctx, err).await;
             }
             Err(Failed::Exchange { error, reused }) => {
                 // A keep-alive connection the backend had closed: the body is whole, so
@@ -176,7 +176,7 @@ async fn relay(
         match upstream.read_response_body().await {
             Ok(Some(chunk)) => {
                 let chunk = Some(chunk);
-                ctx.cache.on_body(&chunk, false);
+                on_body(ctx, &chunk, false);
                 session.write_response_body(chunk, false).await?;
             }
             Ok(None) => break,
@@ -197,12 +197,12 @@ async fn relay(
         Some(trailers) => {
             on_trailers(ctx, &trailers);
             if !ctx.grpc {
-                ctx.cache.on_body(&None, true);
+                on_body(ctx, &None, true);
             }
             session.as_mut().write_response_trailers(trailers).await?;
         }
         None => {
-            ctx.cache.on_body(&None, true);
+            on_body(ctx, &None, true);
             session.write_response_body(None, true).await?;
         }
     }

@@ -4,7 +4,8 @@
 //! Every pool is a candidate if it serves the model, its kind is allowed for the tier and it
 //! has an endpoint up. Each candidate gets an estimate:
 //! `latency = rtt(client region, pool region) + observed service time × queueing factor`
-//! and `cost = per request + per GPU-hour × expected service time`. Among candidates whose
+//! and `cost = per request + per GPU-hour × expected service time + per-token prices × the
+//! pool's average tokens per request` (`tokens`). Among candidates whose
 //! latency meets the deadline, the lowest `weight × latency/deadline + (1 − weight) ×
 //! cost/max cost` wins; none meets it → the tier's `on_slo_miss`. Inside the chosen pool the
 //! endpoint is picked by power of two choices on latency × in-flight.
@@ -16,6 +17,7 @@
 pub mod budget;
 pub mod health;
 pub mod state;
+pub mod tokens;
 
 use crate::classify::Class;
 use crate::policy::compile::{Pool, PoolId, RoutingTable};
@@ -188,8 +190,10 @@ pub fn estimate_at(pool: &Pool, class: &Class, table: &RoutingTable, now_ms: u64
     let rho = (pool.state.in_flight() as f64 / pool.concurrency as f64).min(0.9);
     let queued = service.mul_f64(1.0 / (1.0 - rho));
     let latency = table.rtt(class.region, pool.region) + queued;
-    let cost_usd =
-        pool.price.per_request + pool.price.per_gpu_hour * service.as_secs_f64() / 3600.0;
+    // Per-token prices charge the pool's moving average of tokens per request (`tokens`).
+    let cost_usd = pool.price.per_request
+        + pool.price.per_gpu_hour * service.as_secs_f64() / 3600.0
+        + pool.state.tokens.expected_cost_usd(&pool.price);
     Estimate { latency, cost_usd }
 }
 

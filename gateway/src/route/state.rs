@@ -103,6 +103,8 @@ pub struct PoolState {
     in_flight: AtomicU32,
     /// `start ms + 1` of up to [`TRACKED`] attempts in flight; 0 = free slot.
     started: [AtomicU64; TRACKED],
+    /// Tokens per request, for per-token prices (`route::tokens`).
+    pub tokens: super::tokens::TokenAverage,
 }
 
 impl PoolState {
@@ -115,6 +117,7 @@ impl PoolState {
             last_sample_ms: AtomicU64::new(0),
             in_flight: AtomicU32::new(0),
             started: std::array::from_fn(|_| AtomicU64::new(0)),
+            tokens: Default::default(),
         }
     }
 

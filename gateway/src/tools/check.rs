@@ -141,7 +141,12 @@ pub fn warnings(raw: &raw::Policy, table: &RoutingTable) -> Vec<Diagnostic> {
     // them down and keeps looking them up (`policy::resolve`).
     for (pool, rp) in table.pools.iter().zip(&raw.pools) {
         for ep in &rp.value.endpoints {
-            let written = [Some(ep.value.http()), ep.value.grpc()];
+            let https = crate::policy::resolve::https_target(ep.value.http())
+                .ok()
+                .flatten()
+                .map(|t| t.hostport);
+            let http = https.as_deref().unwrap_or(ep.value.http());
+            let written = [Some(http), ep.value.grpc()];
             let unresolved = table
                 .host_names
                 .iter()
@@ -158,6 +163,35 @@ pub fn warnings(raw: &raw::Policy, table: &RoutingTable) -> Vec<Diagnostic> {
                     ),
                 ));
             }
+        }
+    }
+
+    // Hosted endpoints: TLS settings that leave the traffic or the credentials readable.
+    for (pool, rp) in table.pools.iter().zip(&raw.pools) {
+        let https = pool.endpoints.iter().any(|e| e.sni.is_some());
+        let plain = pool.endpoints.iter().any(|e| e.sni.is_none());
+        if let Some(tls) = &rp.value.tls {
+            if !tls.value.verify {
+                out.push(at(
+                    tls,
+                    format!("pool `{}`: tls.verify is false: the endpoints' certificates are not checked, so anyone on the path can read and change the traffic (and the injected credentials)", pool.name),
+                ));
+            }
+            if !https {
+                out.push(at(
+                    tls,
+                    format!(
+                        "pool `{}`: `tls` is set but no endpoint is `https://`, so it is not used",
+                        pool.name
+                    ),
+                ));
+            }
+        }
+        if plain && !pool.hosted.headers.is_empty() {
+            out.push(at(
+                &rp.value.name,
+                format!("pool `{}`: injected `headers` are sent over plain HTTP to its non-https:// endpoints", pool.name),
+            ));
         }
     }
 

@@ -48,6 +48,17 @@ pub fn policy_schema() -> Value {
             "threads": { "type": ["integer", "null"], "minimum": 0, "description": "Proxy worker threads. Default: the number of CPUs." },
             "shutdown_grace": optional_string("On SIGTERM: stop accepting, let requests in flight finish for this long (whole seconds, rounded up), then exit. Default 5s."),
             "admin_token": optional_string("Bearer token for every admin endpoint but /healthz, /readyz, /metrics and the static status page: `${NAME}` or `${NAME:-default}`, expanded from the environment at load (an unset variable is a load error). Required when `admin` is not on loopback. Default: none."),
+            "tls": {
+                "type": ["object", "null"],
+                "description": "A TLS listener (TLS 1.2/1.3, ALPN h2 and http/1.1). With `tls` set and `proxy` not written, there is no plain listener. The certificate and key are re-read when their files change; a bad pair is refused and the old one keeps serving.",
+                "additionalProperties": false,
+                "required": ["listen", "cert", "key"],
+                "properties": {
+                    "listen": string("`ip:port`, e.g. 0.0.0.0:8443."),
+                    "cert": string("PEM certificate chain (leaf first), relative to the policy file."),
+                    "key": string("PEM private key, relative to the policy file."),
+                },
+            },
         }),
     );
     let geoip = object(
@@ -135,6 +146,8 @@ pub fn policy_schema() -> Value {
         json!({
             "per_request": { "type": "number", "minimum": 0, "description": "USD per request." },
             "per_gpu_hour": { "type": "number", "minimum": 0, "description": "USD per GPU-hour, charged for the expected service time." },
+            "per_1k_input_tokens": { "type": "number", "minimum": 0, "description": "USD per 1000 prompt tokens, counted from the answer's `usage` (estimated from bytes when absent)." },
+            "per_1k_output_tokens": { "type": "number", "minimum": 0, "description": "USD per 1000 completion tokens." },
         }),
     );
     let pool = object(
@@ -154,7 +167,7 @@ pub fn policy_schema() -> Value {
             "region": string("Region the pool is in."),
             "endpoints": {
                 "type": "array",
-                "description": "Each endpoint: `host:port` (HTTP/1.1 only), or `{ http: host:port, grpc: host:port }` when the server also speaks gRPC (h2c) on its own port.",
+                "description": "Each endpoint: `host:port` (HTTP/1.1 only), `https://host[:port]` (HTTPS, port 443 by default; SNI and certificate checks use the host), or `{ http: host:port, grpc: host:port }` when the server also speaks gRPC (h2c) on its own port.",
                 "items": {
                     "type": ["string", "object"],
                     "description": "`host:port`, or a map naming the HTTP and the gRPC address.",
@@ -177,6 +190,25 @@ pub fn policy_schema() -> Value {
                 "healthy_threshold": { "type": ["integer", "null"], "minimum": 1, "description": "Passed checks in a row that make an unhealthy endpoint healthy. Default 2." },
                 "unhealthy_threshold": { "type": ["integer", "null"], "minimum": 1, "description": "Failed checks in a row that make a healthy endpoint unhealthy. Default 2." },
             })),
+            "headers": {
+                "type": "object",
+                "description": "Upstream headers set (or replaced) on every request to this pool; `${NAME}` / `${NAME:-default}` expanded from the environment at load (an unset variable is a load error). Values are never shown. Setting `authorization` drops the client's own Authorization and x-api-key.",
+                "additionalProperties": { "type": "string" },
+            },
+            "host": optional_string("Host / :authority of upstream requests. Default: an https:// endpoint's host, else the client's."),
+            "path_prefix": optional_string("Prepended to the upstream path, e.g. /openai/deployments/gpt4o."),
+            "tls": {
+                "type": ["object", "null"],
+                "description": "TLS to the pool's https:// endpoints. Absent: the system's roots, no client certificate.",
+                "additionalProperties": false,
+                "required": [],
+                "properties": {
+                    "ca": optional_string("PEM CA certificates to trust instead of the system's, relative to the policy file."),
+                    "client_cert": optional_string("PEM client certificate chain for mTLS (with client_key)."),
+                    "client_key": optional_string("PEM private key of client_cert."),
+                    "verify": { "type": "boolean", "description": "Verify the certificate and host name. Default true; false draws a check warning." },
+                },
+            },
         }),
     );
     let route = object(
