@@ -63,6 +63,7 @@ pub fn run(opts: DemoOptions) -> Result<(), DemoError> {
             policy_path: None,
             listen: None,
             admin_listen: None,
+            region: None,
         },
     )?;
     let (proxy, admin) = (built.proxy_addr, built.admin_addr);

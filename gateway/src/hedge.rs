@@ -118,8 +118,7 @@ async fn attempt(slot: Slot<'_>, timeout: Duration, req: &RequestHeader, body: &
         .cloned()
         .ok_or_else(|| GatewayError::UpstreamFailed("no response header".into()))?;
     let took = started.elapsed();
-    pool.state.observe(took);
-    endpoint.state.observe(took);
+    crate::route::network::observe_upstream(table, slot.target, took);
     if header.status.as_u16() < 500 {
         endpoint.state.mark_success();
     } else {

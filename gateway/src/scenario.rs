@@ -610,6 +610,7 @@ pub fn run(opts: ScenarioOptions) -> Result<(), ScenarioError> {
             policy_path: None,
             listen: Some(free()?),
             admin_listen: Some(free()?),
+            region: None,
         },
     )?;
     let proxy = built.proxy_addr;

@@ -3,8 +3,8 @@
 //!
 //! Every pool is a candidate if it serves the model, its kind is allowed for the tier and it
 //! has an endpoint up. Each candidate gets an estimate:
-//! `latency = rtt(client region, pool region) + observed service time × queueing factor`
-//! and `cost = per request + per GPU-hour × expected service time`. Among candidates whose
+//! `latency = client → gateway + gateway → pool round trip + service time × queueing factor`
+//! (each network term counted once; see [`network`]) and `cost = per request + per GPU-hour × expected service time`. Among candidates whose
 //! latency meets the deadline, the lowest `weight × latency/deadline + (1 − weight) ×
 //! cost/max cost` wins; none meets it → the tier's `on_slo_miss`. Inside the chosen pool the
 //! endpoint is picked by power of two choices on latency × in-flight.
@@ -15,6 +15,7 @@
 
 pub mod budget;
 pub mod health;
+pub mod network;
 pub mod state;
 
 use crate::classify::Class;
@@ -53,6 +54,10 @@ pub enum Reason {
     /// Every pool that could take it is at its concurrency limit (and the tier does not
     /// queue): refused with 503 and `Retry-After`, never held in a local queue.
     Overloaded,
+    /// Nothing meets the deadline and the tier sheds, but a pool kept out only by a measured
+    /// estimate that has gone stale gets this request as its probe, so the estimate can come
+    /// back (see [`probe_instead_of_shed`]).
+    Probe,
 }
 
 impl Reason {
@@ -64,6 +69,7 @@ impl Reason {
             Reason::NoCandidate => "no-candidate",
             Reason::Queued => "slo-miss-queue",
             Reason::Overloaded => "overloaded",
+            Reason::Probe => "slo-miss-probe",
         }
     }
 }
@@ -182,7 +188,9 @@ pub fn estimate_at(pool: &Pool, class: &Class, table: &RoutingTable, now_ms: u64
     // pool looks 10× slower rather than infinitely slow.
     let rho = (pool.state.in_flight() as f64 / pool.concurrency as f64).min(0.9);
     let queued = service.mul_f64(1.0 / (1.0 - rho));
-    let latency = table.rtt(class.region, pool.region) + queued;
+    // The network is not queued: only the service time is multiplied.
+    let latency =
+        network::client_rtt(class, table) + network::pool_rtt(pool, class, table) + queued;
     let cost_usd =
         pool.price.per_request + pool.price.per_gpu_hour * service.as_secs_f64() / 3600.0;
     Estimate { latency, cost_usd }
@@ -306,6 +314,46 @@ pub fn decide(class: &Class, table: &RoutingTable, tried: Tried, now_ms: u64) ->
         }
         None => no_candidate(candidates, feasible),
     }
+}
+
+/// When [`decide`] sheds: the candidate pool with the lowest estimate among those whose
+/// measured estimate has not been refreshed for [`state::PROBE_EVERY_MS`], if its probe
+/// slot is free (one request per pool per interval). A shed tier would otherwise never send
+/// the pool the request that shows it got faster again; the probe is a real request that
+/// the estimate says will be late, which for that client beats a certain 503. Pools still
+/// on the policy's baseline (never measured) are not probed: the baseline is the operator's
+/// word, not a stale measurement. Claims the slot, so call it only to act on the answer.
+pub fn probe_instead_of_shed(class: &Class, table: &RoutingTable, now_ms: u64) -> Option<Decision> {
+    let mut best: Option<(PoolId, Estimate)> = None;
+    let mut candidates = 0u16;
+    for (i, pool) in table.pools.iter().enumerate() {
+        let id = i as PoolId;
+        if exclusion(id, pool, class, table, &[], now_ms).is_some() {
+            continue;
+        }
+        candidates += 1;
+        if pool.state.samples() == 0 || pool.state.sample_age_ms(now_ms) < state::PROBE_EVERY_MS
+        {
+            continue;
+        }
+        let est = estimate_at(pool, class, table, now_ms);
+        if best.is_none_or(|(_, b)| est.latency < b.latency) {
+            best = Some((id, est));
+        }
+    }
+    let (id, est) = best?;
+    let pool = &table.pools[id as usize];
+    if !pool.state.claim_probe(now_ms) {
+        return None;
+    }
+    let ep = pick_endpoint(id, pool, &[], now_ms)?;
+    Some(Decision {
+        target: Some((id, ep)),
+        estimate: Some(est),
+        reason: Reason::Probe,
+        candidates,
+        feasible: 0,
+    })
 }
 
 fn no_candidate(candidates: u16, feasible: u16) -> Decision {

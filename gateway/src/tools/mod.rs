@@ -32,7 +32,15 @@ pub enum ToolError {
 
 /// Compile a policy file on its own, with baseline estimates.
 pub fn load(path: &Path) -> Result<RoutingTable, PolicyErrors> {
-    policy::load_file(path, &Fleet::default())
+    load_at(path, None)
+}
+
+/// [`load`] as the instance in `gateway_region` would compile it (`--gateway-region`;
+/// `None`: the policy's own `gateway_region`).
+pub fn load_at(path: &Path, gateway_region: Option<&str>) -> Result<RoutingTable, PolicyErrors> {
+    let fleet = Fleet::default();
+    fleet.set_gateway_region(gateway_region.map(str::to_string));
+    policy::load_file(path, &fleet)
 }
 
 /// What `switchyard explain` is asked.
