@@ -516,6 +516,7 @@ pub fn explain(
     let tier = &table.tiers[class.tier as usize];
     Ok(json!({
         "policy_version": table.version,
+        "gateway_region": gateway_region(table),
         "class": {
             "route": table.routes[class.route as usize].name,
             "client_ip": class.client_ip.to_string(),

@@ -30,6 +30,14 @@ pub struct Estimate {
     #[serde(serialize_with = "ser_ms")]
     pub latency: Duration,
     pub cost_usd: f64,
+    /// The parts of `latency`, each counted once: client → gateway, gateway → pool round
+    /// trip, and the service time with its queueing factor.
+    #[serde(serialize_with = "ser_ms")]
+    pub client_rtt: Duration,
+    #[serde(serialize_with = "ser_ms")]
+    pub pool_rtt: Duration,
+    #[serde(serialize_with = "ser_ms")]
+    pub service: Duration,
 }
 
 fn ser_ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -189,11 +197,18 @@ pub fn estimate_at(pool: &Pool, class: &Class, table: &RoutingTable, now_ms: u64
     let rho = (pool.state.in_flight() as f64 / pool.concurrency as f64).min(0.9);
     let queued = service.mul_f64(1.0 / (1.0 - rho));
     // The network is not queued: only the service time is multiplied.
-    let latency =
-        network::client_rtt(class, table) + network::pool_rtt(pool, class, table) + queued;
+    let client_rtt = network::client_rtt(class, table);
+    let pool_rtt = network::pool_rtt(pool, class, table);
+    let latency = client_rtt + pool_rtt + queued;
     let cost_usd =
         pool.price.per_request + pool.price.per_gpu_hour * service.as_secs_f64() / 3600.0;
-    Estimate { latency, cost_usd }
+    Estimate {
+        latency,
+        cost_usd,
+        client_rtt,
+        pool_rtt,
+        service: queued,
+    }
 }
 
 fn score(est: &Estimate, weight: f64, deadline: Duration, max_cost: f64) -> f64 {

@@ -70,7 +70,7 @@ fn rtt_to_subtract(
 }
 
 /// The service time in one observed upstream time (request sent → response header): the
-/// upstream time minus the network round trip, never below a tenth of the upstream time (a
+/// upstream time minus the network round trip, never below 2% of the upstream time (a
 /// prior larger than the truth must not turn every sample into zero).
 pub fn service_sample(
     pool: &PoolState,
@@ -80,7 +80,7 @@ pub fn service_sample(
 ) -> Duration {
     upstream
         .saturating_sub(rtt_to_subtract(pool, endpoint, prior))
-        .max(upstream / 10)
+        .max(upstream / 50)
 }
 
 /// Feed one observed upstream time of `(pool, endpoint)` into the live estimates: the one
@@ -120,8 +120,8 @@ mod tests {
         // A measured round trip wins over the prior.
         ep.observe_rtt(ms(60));
         assert_eq!(service_sample(&pool, &ep, Some(ms(90)), ms(97)), ms(37));
-        // A prior far above the truth leaves a tenth of the sample, not zero.
+        // A prior far above the truth leaves 2% of the sample, not zero.
         let other = fleet.endpoint("gpu", "127.0.0.1:2");
-        assert_eq!(service_sample(&pool, &other, Some(ms(500)), ms(50)), ms(5));
+        assert_eq!(service_sample(&pool, &other, Some(ms(500)), ms(50)), ms(1));
     }
 }
