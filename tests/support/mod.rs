@@ -52,6 +52,22 @@ impl Gateway {
     }
 
     pub async fn start_file(dir: tempfile::TempDir, policy_path: PathBuf) -> Gateway {
+        Self::start_file_with(dir, policy_path, &[]).await
+    }
+
+    /// [`Gateway::start`] with extra `switchyard run` arguments (e.g. `--region us`).
+    pub async fn start_with(policy: &str, args: &[&str]) -> Gateway {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let policy_path = dir.path().join("policy.yaml");
+        std::fs::write(&policy_path, policy).expect("write policy");
+        Self::start_file_with(dir, policy_path, args).await
+    }
+
+    pub async fn start_file_with(
+        dir: tempfile::TempDir,
+        policy_path: PathBuf,
+        args: &[&str],
+    ) -> Gateway {
         let proxy = free_addr();
         let admin = free_addr();
         let log = std::fs::File::create(dir.path().join("gateway.log")).expect("log file");
@@ -64,6 +80,7 @@ impl Gateway {
                 "--admin-listen",
                 &admin.to_string(),
             ])
+            .args(args)
             .env("RUST_LOG", "warn,switchyard::access=off")
             .stdout(Stdio::null())
             .stderr(log)
