@@ -258,6 +258,8 @@ struct Outcome {
     latency_ms: f64,
     pool: Option<usize>,
     cost_usd: f64,
+    /// The gateway's own latency estimate for the request (`est_ms` of its decision header).
+    estimate_ms: Option<f64>,
 }
 
 fn cost(pool: usize, service: Duration) -> f64 {
@@ -283,13 +285,14 @@ fn body(big: bool) -> String {
 struct Conns(HashMap<SocketAddr, Connection>);
 
 impl Conns {
-    /// POST to `addr`; `(status, x-switchyard-pool, elapsed)`, or `None` if it failed.
+    /// POST to `addr`; `(status, x-switchyard-pool, est_ms, elapsed)`, or `None` if it
+    /// failed.
     async fn post(
         &mut self,
         addr: SocketAddr,
         job: &Job,
         gateway: bool,
-    ) -> Option<(u16, Option<String>, Duration)> {
+    ) -> Option<(u16, Option<String>, Option<f64>, Duration)> {
         let text = body(job.big);
         let mut req = Request::post("/v1/chat/completions", text.as_bytes())
             .header("content-type", "application/json");
@@ -309,7 +312,12 @@ impl Conns {
         match conn.send(&req).await {
             Ok(r) => {
                 let pool = r.header("x-switchyard-pool").map(str::to_string);
-                Some((r.status, pool, started.elapsed()))
+                let estimate = r.header("x-switchyard-decision").and_then(|d| {
+                    d.split("; ")
+                        .find_map(|kv| kv.strip_prefix("est_ms="))
+                        .and_then(|v| v.parse().ok())
+                });
+                Some((r.status, pool, estimate, started.elapsed()))
             }
             Err(_) => {
                 self.0.remove(&addr);
@@ -327,6 +335,7 @@ async fn serve_job(target: &Target, conns: &mut Conns, job: Job, phase: usize) -
         latency_ms: f64::INFINITY,
         pool: None,
         cost_usd: 0.0,
+        estimate_ms: None,
     };
     // (pool, addresses to try in order)
     let attempts: Vec<(Option<usize>, SocketAddr)> = match target {
@@ -353,7 +362,7 @@ async fn serve_job(target: &Target, conns: &mut Conns, job: Job, phase: usize) -
     for (pool, addr) in attempts {
         let gateway = pool.is_none();
         match conns.post(addr, &job, gateway).await {
-            Some((status, header_pool, service)) => {
+            Some((status, header_pool, estimate_ms, service)) => {
                 let pool = pool.or_else(|| header_pool.as_deref().and_then(pool_index));
                 let ok = (200..300).contains(&status);
                 let rtt = pool.map_or(0.0, |p| rtt_ms(job.region, POOLS[p].1));
@@ -367,6 +376,7 @@ async fn serve_job(target: &Target, conns: &mut Conns, job: Job, phase: usize) -
                         (true, Some(p)) => cost(p, service),
                         _ => 0.0,
                     },
+                    estimate_ms,
                 };
             }
             None => continue,
@@ -439,6 +449,18 @@ pub struct SystemReport {
     pub tiers: Vec<TierReport>,
     /// Share of answered requests per pool, percent.
     pub traffic: BTreeMap<String, f64>,
+    /// Per pool, how far the gateway's latency estimate was from the latency observed
+    /// (absolute error, ms; answered requests only). Empty for the baselines.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub estimate_error: BTreeMap<String, EstimateError>,
+}
+
+/// The absolute estimate error's percentiles for one pool, ms.
+#[derive(Debug, Clone, Serialize)]
+pub struct EstimateError {
+    pub requests: usize,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
 }
 
 /// One phase.
@@ -505,6 +527,27 @@ fn summarise(system: &str, outcomes: &[Outcome], phase: usize) -> SystemReport {
         *v = (*v * 10.0_f64).round() / 10.0;
     }
     let spend: f64 = in_phase.iter().map(|o| o.cost_usd).sum();
+    let mut errors: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for o in in_phase.iter().filter(|o| o.ok) {
+        if let (Some(p), Some(est)) = (o.pool, o.estimate_ms) {
+            errors
+                .entry(POOLS[p].0.to_string())
+                .or_default()
+                .push((est - o.latency_ms).abs());
+        }
+    }
+    let estimate_error = errors
+        .into_iter()
+        .map(|(pool, mut e)| {
+            e.sort_by(|a, b| a.total_cmp(b));
+            let stats = EstimateError {
+                requests: e.len(),
+                p50_ms: percentile(&e, 0.5),
+                p90_ms: percentile(&e, 0.9),
+            };
+            (pool, stats)
+        })
+        .collect();
     SystemReport {
         system: system.to_string(),
         requests: in_phase.len(),
@@ -512,6 +555,7 @@ fn summarise(system: &str, outcomes: &[Outcome], phase: usize) -> SystemReport {
         spend_per_1k_usd: (spend * 1000.0 / in_phase.len().max(1) as f64 * 1e5).round() / 1e5,
         tiers,
         traffic,
+        estimate_error,
     }
 }
 
@@ -569,6 +613,18 @@ pub fn render(report: &Report) -> String {
                 .collect::<Vec<_>>()
                 .join("; ")
         );
+        for sys in phase.systems.iter().filter(|s| !s.estimate_error.is_empty()) {
+            let _ = writeln!(
+                s,
+                "  {} estimate error |est - observed| p50/p90 ms: {}",
+                sys.system,
+                sys.estimate_error
+                    .iter()
+                    .map(|(p, e)| format!("{p} {:.1}/{:.1}", e.p50_ms, e.p90_ms))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            );
+        }
         s.push('\n');
     }
     s
