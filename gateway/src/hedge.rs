@@ -163,10 +163,11 @@ pub async fn run(
         tier: tier.name.clone(),
     };
     let slot = Slot::take(table, first).ok_or_else(overloaded)?;
-    let delay = table.pools[first.0 as usize]
-        .state
-        .service_time()
-        .mul_f64(hedge_after);
+    // The attempt's expected time is the round trip plus the service time (the estimate's
+    // gateway → pool part); the hedge waits a multiple of that.
+    let pool = &table.pools[first.0 as usize];
+    let network = route::network::upstream_rtt(pool, table);
+    let delay = (network + pool.state.service_time_behind(now_ms(), network)).mul_f64(hedge_after);
     let primary = attempt(slot, tier.timeout, req, body);
     tokio::pin!(primary);
     let early = tokio::select! {

@@ -2,26 +2,35 @@
 //!
 //! Three identical mock fleets (two edge pools — Europe and Asia-Pacific —, a GPU pool in the
 //! US with two endpoints, and a batch pool in the US) serve the same open-loop traffic
-//! schedule at the same time: one through a Switchyard gateway (in this process, real
-//! Pingora, the real policy), one through a naive client-side round-robin over every pool
-//! that serves the model, one that always uses the GPU pool. The phases hit all three fleets
+//! schedule at the same time: one through Switchyard (one gateway instance per region, in
+//! this process, real Pingora, the real policy; each client uses its region's instance), one
+//! through a naive client-side round-robin over every pool that serves the model, one that
+//! always uses the GPU pool. The phases hit all three fleets
 //! at once: baseline → the Europe edge pool becomes 10× slower → a GPU endpoint dies (the
 //! edge pool is still slow) → everything recovers. Each phase is reported per system: SLO
 //! attainment and p50/p99 per tier, spend per 1,000 requests and where the traffic went.
 //!
-//! **WAN latency is simulated by the client, not the network.** All mocks are on loopback,
-//! so every observed latency gets the policy's round-trip time between the client's region
-//! and the serving pool's region added (`rtt_ms` below) before it is compared with the
-//! tier's deadline; the gateway knows the same matrix and nothing more. Spend is the pool's
-//! price model applied to the measured service time, the same formula for every system.
-//! The baselines retry a refused connection once on the next pool / endpoint, so they are
-//! not punished for lacking what a trivial client would have.
+//! **WAN latency is real delay on the wire.** Every path crosses a TCP relay
+//! (`testkit::relay`) that delays each byte by half the policy's round trip (`rtt_ms` below)
+//! in each direction: client → its region's gateway (the same-region RTT), gateway → pool
+//! endpoint (the RTT between the gateway's and the pool's regions), and for the baselines
+//! client → pool endpoint (the RTT between the client's and the pool's regions). The same
+//! relay layout serves all three systems, so the comparison stays fair; what a client
+//! measures is compared with the tier's deadline as it is, and the gateways measure the same
+//! distance the clients feel. (Loopback has one path per address, so each regional instance
+//! reaches the fleet through its own relays: the instances' policies differ only in the
+//! endpoint addresses and in the instance region.) Spend is the pool's price model applied
+//! to the service time — the measured time of the attempt minus the round trip its relays
+//! add —, the same formula for every system. The baselines retry a failed connection once on
+//! the next pool / endpoint, so they are not punished for lacking what a trivial client would
+//! have.
 
 use crate::policy::compile::{self, CompileContext};
 use crate::route::state::Fleet;
 use crate::server;
 use crate::testkit::client::{Connection, Request};
 use crate::testkit::mock::{MockBackend, MockConfig};
+use crate::testkit::relay::Relay;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -72,6 +81,7 @@ const PHASES: [&str; 4] = [
     "4 recovered",
 ];
 const SYSTEMS: [&str; 3] = ["switchyard", "round-robin", "always-gpu"];
+const REGIONS: [&str; 3] = ["eu", "us", "ap"];
 
 /// Mock service times (base, jitter) in ms.
 const EDGE_MS: (u64, u64) = (15, 5);
@@ -87,8 +97,14 @@ const POOLS: [(&str, usize, f64, f64); 4] = [
 ];
 
 fn rtt_ms(a: usize, b: usize) -> f64 {
-    const M: [[f64; 3]; 3] = [[5.0, 90.0, 230.0], [90.0, 5.0, 150.0], [230.0, 150.0, 5.0]];
+    // In-region round trips are 2 ms: a client reaches its region's gateway, and the gateway a
+    // pool in its region, within one metro.
+    const M: [[f64; 3]; 3] = [[2.0, 90.0, 230.0], [90.0, 2.0, 150.0], [230.0, 150.0, 2.0]];
     M[a][b]
+}
+
+fn rtt(a: usize, b: usize) -> Duration {
+    Duration::from_secs_f64(rtt_ms(a, b) / 1e3)
 }
 
 fn pool_index(name: &str) -> Option<usize> {
@@ -161,11 +177,53 @@ impl MockFleet {
     }
 }
 
-/// The policy Switchyard runs in the scenario.
-fn policy(fleet: &MockFleet) -> String {
+/// The relays that stand for the distances: per fleet and client region, every pool
+/// endpoint seen from that region; and per region, the way from its clients to its gateway.
+struct Wan {
+    /// `paths[fleet][region][pool]`: relay addresses, one per endpoint of the pool.
+    paths: Vec<Vec<Vec<Vec<SocketAddr>>>>,
+    /// Kept alive: a relay stops accepting when dropped.
+    relays: Vec<Relay>,
+}
+
+impl Wan {
+    async fn start(fleets: &[MockFleet; 3]) -> std::io::Result<Wan> {
+        let mut relays = Vec::new();
+        let mut paths = Vec::new();
+        for fleet in fleets {
+            let mut by_region = Vec::new();
+            for region in 0..REGIONS.len() {
+                let mut by_pool = Vec::new();
+                for (pool, def) in POOLS.iter().enumerate() {
+                    let mut eps = Vec::new();
+                    for ep in fleet.endpoints(pool) {
+                        let relay = Relay::start(ep, rtt(region, def.1)).await?;
+                        eps.push(relay.addr());
+                        relays.push(relay);
+                    }
+                    by_pool.push(eps);
+                }
+                by_region.push(by_pool);
+            }
+            paths.push(by_region);
+        }
+        Ok(Wan { paths, relays })
+    }
+
+    /// The way from `region`'s clients to `gateway` (the same-region round trip).
+    async fn to_gateway(&mut self, region: usize, gateway: SocketAddr) -> std::io::Result<SocketAddr> {
+        let relay = Relay::start(gateway, rtt(region, region)).await?;
+        let addr = relay.addr();
+        self.relays.push(relay);
+        Ok(addr)
+    }
+}
+
+/// The policy the Switchyard instances run: `endpoints[pool]` are the addresses the instance
+/// reaches each pool's endpoints by.
+fn policy(endpoints: &[Vec<SocketAddr>]) -> String {
     let eps = |i: usize| {
-        fleet
-            .endpoints(i)
+        endpoints[i]
             .iter()
             .map(|a| a.to_string())
             .collect::<Vec<_>>()
@@ -173,7 +231,7 @@ fn policy(fleet: &MockFleet) -> String {
     };
     format!(
         r#"
-listeners: {{ threads: 2, shutdown_grace: 1s }}
+listeners: {{ threads: 1, shutdown_grace: 1s }}
 trusted_proxies: [127.0.0.0/8]
 geoip: {{ database: embedded }}
 regions:
@@ -183,9 +241,9 @@ regions:
     - {{ name: us, continents: [NA, SA] }}
     - {{ name: ap, continents: [AS, OC] }}
 rtt_ms:
-  eu: {{ eu: 5, us: 90, ap: 230 }}
-  us: {{ us: 5, ap: 150 }}
-  ap: {{ ap: 5 }}
+  eu: {{ eu: 2, us: 90, ap: 230 }}
+  us: {{ us: 2, ap: 150 }}
+  ap: {{ ap: 2 }}
 tiers:
   realtime: {{ deadline: 150ms, weight: 0.8, pools: [edge, gpu], on_slo_miss: fastest }}
   standard: {{ deadline: 1s, weight: 0.3, pools: [edge, gpu], on_slo_miss: fastest }}
@@ -267,12 +325,15 @@ fn cost(pool: usize, service: Duration) -> f64 {
     per_request + per_gpu_hour * service.as_secs_f64() / 3600.0
 }
 
-/// Which system the traffic goes to.
+/// Which system the traffic goes to; each is reached through the client region's relays.
 #[derive(Clone)]
 enum Target {
-    Gateway(SocketAddr),
-    RoundRobin(Arc<Vec<Vec<SocketAddr>>>, Arc<AtomicUsize>),
-    AlwaysGpu(Arc<Vec<SocketAddr>>, Arc<AtomicUsize>),
+    /// Per client region: the way to that region's gateway.
+    Gateway(Arc<Vec<SocketAddr>>),
+    /// `[region][pool]`: the pools' endpoints as seen from the client's region.
+    RoundRobin(Arc<Vec<Vec<Vec<SocketAddr>>>>, Arc<AtomicUsize>),
+    /// `[region]`: the GPU pool's endpoints as seen from the client's region.
+    AlwaysGpu(Arc<Vec<Vec<SocketAddr>>>, Arc<AtomicUsize>),
 }
 
 fn body(big: bool) -> String {
@@ -339,8 +400,9 @@ async fn serve_job(target: &Target, conns: &mut Conns, job: Job, phase: usize) -
     };
     // (pool, addresses to try in order)
     let attempts: Vec<(Option<usize>, SocketAddr)> = match target {
-        Target::Gateway(addr) => vec![(None, *addr)],
-        Target::RoundRobin(pools, next) => {
+        Target::Gateway(addrs) => vec![(None, addrs[job.region])],
+        Target::RoundRobin(paths, next) => {
+            let pools = &paths[job.region];
             let serving: &[usize] = if job.big { &[2, 3] } else { &[0, 1, 2, 3] };
             let k = next.fetch_add(1, Ordering::Relaxed);
             (0..2)
@@ -351,7 +413,8 @@ async fn serve_job(target: &Target, conns: &mut Conns, job: Job, phase: usize) -
                 })
                 .collect()
         }
-        Target::AlwaysGpu(eps, next) => {
+        Target::AlwaysGpu(paths, next) => {
+            let eps = &paths[job.region];
             let k = next.fetch_add(1, Ordering::Relaxed);
             (0..2)
                 .map(|j| (Some(2), eps[(k + j) % eps.len()]))
@@ -362,15 +425,23 @@ async fn serve_job(target: &Target, conns: &mut Conns, job: Job, phase: usize) -
     for (pool, addr) in attempts {
         let gateway = pool.is_none();
         match conns.post(addr, &job, gateway).await {
-            Some((status, header_pool, estimate_ms, service)) => {
+            Some((status, header_pool, estimate_ms, took)) => {
                 let pool = pool.or_else(|| header_pool.as_deref().and_then(pool_index));
                 let ok = (200..300).contains(&status);
-                let rtt = pool.map_or(0.0, |p| rtt_ms(job.region, POOLS[p].1));
+                // The service time: the attempt minus the round trips its relays added
+                // (client → gateway → pool for Switchyard, whose instance is in the client's
+                // region; client → pool for the baselines).
+                let network = match (gateway, pool) {
+                    (true, Some(p)) => rtt(job.region, job.region) + rtt(job.region, POOLS[p].1),
+                    (false, Some(p)) => rtt(job.region, POOLS[p].1),
+                    (_, None) => Duration::ZERO,
+                };
+                let service = took.saturating_sub(network);
                 return Outcome {
                     phase,
                     tier: job.tier,
                     ok,
-                    latency_ms: started.elapsed().as_secs_f64() * 1e3 + rtt,
+                    latency_ms: started.elapsed().as_secs_f64() * 1e3,
                     pool,
                     cost_usd: match (ok, pool) {
                         (true, Some(p)) => cost(p, service),
@@ -405,6 +476,7 @@ async fn drive(
                 let Some((i, job)) = next else { break };
                 let phase = ((job.at.as_secs_f64() / phase_len.as_secs_f64()) as usize).min(3);
                 let outcome = serve_job(&target, &mut conns, job, phase).await;
+                if std::env::var_os("SCEN_DEBUG").is_some() && matches!(target, Target::Gateway(_)) && (outcome.latency_ms > DEADLINES_MS[outcome.tier] || outcome.estimate_ms.is_some_and(|e| (e - outcome.latency_ms).abs() > 30.0)) { eprintln!("SLOW tier {} region {} pool {:?} lat {:.1} est {:?} at {:?}", outcome.tier, job.region, outcome.pool, outcome.latency_ms, outcome.estimate_ms, job.at); }
                 let _ = out_tx.send((i, outcome));
             }
         }));
@@ -630,8 +702,8 @@ pub fn render(report: &Report) -> String {
     s
 }
 
-/// Run the scenario: start three fleets, the gateway (in this process) and the traffic,
-/// print the report and exit the process.
+/// Run the scenario: start three fleets, the relays, one gateway per region (in this
+/// process) and the traffic, print the report and exit the process.
 pub fn run(opts: ScenarioOptions) -> Result<(), ScenarioError> {
     if !SCENARIOS.contains(&opts.name.as_str()) {
         return Err(ScenarioError::Unknown(opts.name));
@@ -640,73 +712,98 @@ pub fn run(opts: ScenarioOptions) -> Result<(), ScenarioError> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let fleets = runtime.block_on(async {
-        Ok::<_, std::io::Error>([
+    let (fleets, mut wan) = runtime.block_on(async {
+        let fleets = [
             MockFleet::start("switchyard").await?,
             MockFleet::start("round-robin").await?,
             MockFleet::start("always-gpu").await?,
-        ])
+        ];
+        let wan = Wan::start(&fleets).await?;
+        Ok::<_, std::io::Error>((fleets, wan))
     })?;
-    let fleet_state = Fleet::new();
-    let text = policy(&fleets[0]);
-    let table = compile::compile_str(
-        &text,
-        &CompileContext {
-            file: Path::new("scenario.yaml"),
-            fleet: &fleet_state,
-        },
-    )?;
     let free = || -> std::io::Result<SocketAddr> {
         std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
     };
-    let built = server::build(
-        table,
-        fleet_state,
-        server::Options {
-            policy_path: None,
-            listen: Some(free()?),
-            admin_listen: Some(free()?),
-            region: None,
-        },
-    )?;
-    let proxy = built.proxy_addr;
-    std::thread::spawn(move || {
-        runtime.block_on(async move {
-            let report = scenario(&opts, proxy, &fleets).await;
-            for f in &fleets {
-                f.shutdown();
-            }
-            if opts.json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&report).unwrap_or_default()
-                );
-            } else {
-                print!("{}", render(&report));
-            }
-            std::process::exit(0);
-        })
-    });
-    built.server.run_forever()
+    // One instance per region, each told where it runs (as `--region` does) and reaching
+    // the fleet through its region's relays.
+    let mut gateways = Vec::new();
+    for (region, name) in REGIONS.iter().enumerate() {
+        let fleet_state = Fleet::new();
+        fleet_state.set_gateway_region(Some(name.to_string()));
+        let table = compile::compile_str(
+            &policy(&wan.paths[0][region]),
+            &CompileContext {
+                file: Path::new("scenario.yaml"),
+                fleet: &fleet_state,
+            },
+        )?;
+        let built = server::build(
+            table,
+            fleet_state,
+            server::Options {
+                policy_path: None,
+                listen: Some(free()?),
+                admin_listen: Some(free()?),
+                region: Some(name.to_string()),
+            },
+        )?;
+        let proxy = built.proxy_addr;
+        // `run` returns only on a shutdown signal, and this one never comes: the process
+        // exits when the report is printed.
+        std::thread::spawn(move || {
+            built.server.run(pingora::server::RunArgs {
+                shutdown_signal: Box::new(NoSignal),
+            })
+        });
+        gateways.push(runtime.block_on(wan.to_gateway(region, proxy))?);
+    }
+    runtime.block_on(async move {
+        let report = scenario(&opts, &gateways, &wan, &fleets).await;
+        for f in &fleets {
+            f.shutdown();
+        }
+        if opts.json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&report).unwrap_or_default()
+            );
+        } else {
+            print!("{}", render(&report));
+        }
+        std::process::exit(0);
+    })
 }
 
-async fn scenario(opts: &ScenarioOptions, proxy: SocketAddr, fleets: &[MockFleet; 3]) -> Report {
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(proxy).await.is_ok() {
-            break;
+/// A shutdown signal that never arrives (the scenario's gateways live as long as the process).
+struct NoSignal;
+
+#[async_trait::async_trait]
+impl pingora::server::ShutdownSignalWatch for NoSignal {
+    async fn recv(&self) -> pingora::server::ShutdownSignal {
+        std::future::pending().await
+    }
+}
+
+async fn scenario(
+    opts: &ScenarioOptions,
+    gateways: &[SocketAddr],
+    wan: &Wan,
+    fleets: &[MockFleet; 3],
+) -> Report {
+    for gateway in gateways {
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(gateway).await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let jobs = Arc::new(schedule(opts.rate, opts.phase * 4));
-    let pools_of =
-        |f: &MockFleet| Arc::new((0..POOLS.len()).map(|i| f.endpoints(i)).collect::<Vec<_>>());
+    let gpu_paths = wan.paths[2].iter().map(|by_pool| by_pool[2].clone());
     let targets = [
-        Target::Gateway(proxy),
-        Target::RoundRobin(pools_of(&fleets[1]), Arc::new(AtomicUsize::new(0))),
-        Target::AlwaysGpu(
-            Arc::new(fleets[2].endpoints(2)),
-            Arc::new(AtomicUsize::new(0)),
-        ),
+        Target::Gateway(Arc::new(gateways.to_vec())),
+        Target::RoundRobin(Arc::new(wan.paths[1].clone()), Arc::new(AtomicUsize::new(0))),
+        Target::AlwaysGpu(Arc::new(gpu_paths.collect()), Arc::new(AtomicUsize::new(0))),
     ];
     let start = Instant::now() + Duration::from_millis(200);
     let mut runs = Vec::new();
@@ -738,7 +835,7 @@ async fn scenario(opts: &ScenarioOptions, proxy: SocketAddr, fleets: &[MockFleet
         scenario: opts.name.clone(),
         phase_secs: opts.phase.as_secs_f64(),
         rate_per_sec: opts.rate,
-        note: "WAN RTT is simulated: each observed (loopback) latency gets the policy's rtt_ms between the client's region and the serving pool's region added before it is compared with the deadline. Spend = pool price model x measured service time, same formula for every system.".into(),
+        note: "WAN RTT is real delay: every path crosses TCP relays adding the policy's rtt_ms (client -> its region's gateway -> pool for Switchyard, one instance per region; client -> pool for the baselines). Latency is what the client measures. Spend = pool price model x service time (attempt time minus the relays' round trip), same formula for every system.".into(),
         phases,
     }
 }

@@ -368,7 +368,9 @@ pub fn pools(table: &policy::RoutingTable) -> Value {
         .iter()
         .map(|p| {
             let samples = p.state.samples();
-            let service = p.state.service_time_at(now);
+            let service = p
+                .state
+                .service_time_behind(now, route::network::upstream_rtt(p, table));
             let (rtt, rtt_source) = route::network::pool_rtt_now(p, table);
             json!({
                 "name": p.name,

@@ -191,7 +191,9 @@ fn now_ms_clock() -> u64 {
 /// [`estimate`] at a given time: the decision reads the clock once, not once per pool.
 pub fn estimate_at(pool: &Pool, class: &Class, table: &RoutingTable, now_ms: u64) -> Estimate {
     // Live once enough samples exist (the baseline before), idle-decayed: see `state`.
-    let service = pool.state.service_time_at(now_ms);
+    let service = pool
+        .state
+        .service_time_behind(now_ms, network::upstream_rtt(pool, table));
     // M/M/1-style queueing factor on the pool's utilisation, capped so that a saturated
     // pool looks 10× slower rather than infinitely slow.
     let rho = (pool.state.in_flight() as f64 / pool.concurrency as f64).min(0.9);

@@ -43,6 +43,15 @@ pub fn pool_rtt(pool: &Pool, class: &Class, table: &RoutingTable) -> Duration {
     }
 }
 
+/// The round trip inside an upstream time observed on `pool` (what [`observe_upstream`]
+/// takes out of it, at the pool level): measured, else the prior, else zero.
+pub fn upstream_rtt(pool: &Pool, table: &RoutingTable) -> Duration {
+    pool.state
+        .rtt()
+        .or_else(|| table.gateway_region.map(|g| table.rtt(g, pool.region)))
+        .unwrap_or(Duration::ZERO)
+}
+
 /// The gateway → pool round trip as far as the instance knows it, independent of any client
 /// (what `/admin/pools` and the status page show): measured, the prior, or `None` when the
 /// instance has no region and nothing was measured.

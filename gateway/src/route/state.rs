@@ -190,6 +190,13 @@ impl PoolState {
     }
 
     pub fn service_time_at(&self, now: u64) -> Duration {
+        self.service_time_behind(now, Duration::ZERO)
+    }
+
+    /// [`Self::service_time_at`] for a pool `network` away: an attempt's age includes that
+    /// round trip, which is not service time, so it is taken out before an attempt is judged
+    /// overdue.
+    pub fn service_time_behind(&self, now: u64, network: Duration) -> Duration {
         let estimate = effective_us(
             (
                 self.ewma_us.load(Ordering::Relaxed),
@@ -203,7 +210,10 @@ impl PoolState {
         );
         // Peak sensitivity before any slow answer is back: an attempt far overdue means the
         // pool got slower now, not when its answer finally arrives.
-        let age_us = self.oldest_in_flight_ms(now).saturating_mul(1000);
+        let age_us = self
+            .oldest_in_flight_ms(now)
+            .saturating_mul(1000)
+            .saturating_sub(network.as_micros() as u64);
         let estimate = if age_us.saturating_mul(2) > OVERDUE_AFTER_HALVES * estimate {
             estimate.max(age_us * OVERDUE_FACTOR)
         } else {

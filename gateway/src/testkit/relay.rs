@@ -13,7 +13,8 @@
 //! What it cannot do: the TCP handshake with the relay completes at once (the kernel accepts
 //! before the relay sees the connection), so connection set-up time and the kernel's
 //! smoothed RTT of the socket to the relay stay loopback-small; only data is delayed. A dead
-//! upstream shows as a connection closed right after it opened, not as a refused connect.
+//! upstream shows as a connection closed a round trip after it opened, not as a refused
+//! connect.
 
 use bytes::Bytes;
 use std::net::SocketAddr;
@@ -120,8 +121,12 @@ async fn connection(client: TcpStream, upstream: SocketAddr, delays: Arc<Delays>
     let server = match TcpStream::connect(upstream).await {
         Ok(s) => s,
         Err(e) => {
-            // The upstream refuses: close at once (the nearest a relay gets to a refusal).
+            // The upstream refuses: close once a round trip has passed (the nearest a relay
+            // gets to a refusal coming back from far away).
             tracing::debug!(error = %e, %upstream, "relay upstream connect failed");
+            let rtt = delays.to_upstream_us.load(Ordering::Relaxed)
+                + delays.to_client_us.load(Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_micros(rtt)).await;
             drop(client);
             return;
         }
