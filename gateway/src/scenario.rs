@@ -19,9 +19,10 @@
 //! same region's relays. So every system crosses the same distances, and what a client
 //! measures is compared with the tier's deadline as it is. (Loopback has one path per
 //! address, so each regional instance reaches the fleet through its own relays: the
-//! instances' policies differ only in the endpoint addresses and in the instance region.
-//! The clients come through a trusted proxy, so an instance cannot measure them and charges
-//! the matrix's in-region 5 ms for the client → gateway hop: a known +5 ms in its estimate.)
+//! instances' policies differ only in the endpoint addresses and in the instance region,
+//! which is also the default region of the loopback clients connecting to it. The clients
+//! connect directly, so each instance measures the client → gateway round trip on the
+//! client's own socket.)
 //! Spend is the pool's price model applied to the service time — the measured time of the
 //! attempt minus the round trip its relay adds —, the same formula for every system. The baselines retry a failed connection once on
 //! the next pool / endpoint, so they are not punished for lacking what a trivial client would
@@ -70,9 +71,6 @@ pub struct ScenarioOptions {
     pub json: bool,
 }
 
-/// Client addresses the embedded GeoIP database places in eu, us and ap (sent as
-/// `X-Forwarded-For`; loopback is a trusted proxy in the scenario policy).
-const CLIENT_IPS: [&str; 3] = ["192.0.2.10", "198.51.100.20", "203.0.113.30"];
 const TIERS: [&str; 3] = ["realtime", "standard", "batch"];
 /// Deadlines of the tiers above (as in the policy).
 const DEADLINES_MS: [f64; 3] = [150.0, 1000.0, 30_000.0];
@@ -215,8 +213,9 @@ impl Wan {
 }
 
 /// The policy the Switchyard instances run: `endpoints[pool]` are the addresses the instance
-/// reaches each pool's endpoints by.
-fn policy(endpoints: &[Vec<SocketAddr>]) -> String {
+/// reaches each pool's endpoints by; `home` is the instance's region, also the default region
+/// of the (loopback, so unmapped) clients that connect to it.
+fn policy(endpoints: &[Vec<SocketAddr>], home: &str) -> String {
     let eps = |i: usize| {
         endpoints[i]
             .iter()
@@ -227,10 +226,9 @@ fn policy(endpoints: &[Vec<SocketAddr>]) -> String {
     format!(
         r#"
 listeners: {{ threads: 1, shutdown_grace: 1s }}
-trusted_proxies: [127.0.0.0/8]
 geoip: {{ database: embedded }}
 regions:
-  default: us
+  default: {home}
   map:
     - {{ name: eu, continents: [EU, AF] }}
     - {{ name: us, continents: [NA, SA] }}
@@ -353,9 +351,10 @@ impl Conns {
         let mut req = Request::post("/v1/chat/completions", text.as_bytes())
             .header("content-type", "application/json");
         if gateway {
-            req = req
-                .header("x-forwarded-for", CLIENT_IPS[job.region])
-                .header("x-slo-tier", TIERS[job.tier]);
+            // The client connects to its region's instance directly: its region is that
+            // instance's default (loopback is unmapped), and the instance measures the
+            // client → gateway round trip on the connection itself.
+            req = req.header("x-slo-tier", TIERS[job.tier]);
         }
         let started = Instant::now();
         let conn = match self.0.entry(addr) {
@@ -727,7 +726,7 @@ pub fn run(opts: ScenarioOptions) -> Result<(), ScenarioError> {
         let fleet_state = Fleet::new();
         fleet_state.set_gateway_region(Some(name.to_string()));
         let table = compile::compile_str(
-            &policy(&wan.paths[0][region]),
+            &policy(&wan.paths[0][region], name),
             &CompileContext {
                 file: Path::new("scenario.yaml"),
                 fleet: &fleet_state,
