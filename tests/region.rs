@@ -226,7 +226,15 @@ routes:
 
     // A region the policy does not have is a start-up error, not a silent default.
     let (code, _, err) = run_cli(
-        &["run", "--policy", &file, "--region", "mars", "--listen", "127.0.0.1:0"],
+        &[
+            "run",
+            "--policy",
+            &file,
+            "--region",
+            "mars",
+            "--listen",
+            "127.0.0.1:0",
+        ],
         dir.path(),
     );
     assert_ne!(code, 0);

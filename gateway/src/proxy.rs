@@ -779,8 +779,7 @@ async fn prepare(
     };
     let mut class =
         classify::classify(&facts, route_id, table).map_err(|e| (None, None, e.into()))?;
-    if table.gateway_region.is_some() && !table.trusted_proxies.iter().any(|n| n.contains(&peer))
-    {
+    if table.gateway_region.is_some() && !table.trusted_proxies.iter().any(|n| n.contains(&peer)) {
         // The client connected directly: its own connection's round trip is the
         // client → gateway term of the estimate (one getsockopt, only for regional instances).
         class.client_rtt = downstream_rtt(session);

@@ -673,7 +673,11 @@ pub fn render(report: &Report) -> String {
                 .collect::<Vec<_>>()
                 .join("; ")
         );
-        for sys in phase.systems.iter().filter(|s| !s.estimate_error.is_empty()) {
+        for sys in phase
+            .systems
+            .iter()
+            .filter(|s| !s.estimate_error.is_empty())
+        {
             let _ = writeln!(
                 s,
                 "  {} estimate error |est - observed| p50/p90 ms: {}",
@@ -797,7 +801,10 @@ async fn scenario(
     let gpu_paths = wan.paths[2].iter().map(|by_pool| by_pool[2].clone());
     let targets = [
         Target::Gateway(Arc::new(gateways.to_vec())),
-        Target::RoundRobin(Arc::new(wan.paths[1].clone()), Arc::new(AtomicUsize::new(0))),
+        Target::RoundRobin(
+            Arc::new(wan.paths[1].clone()),
+            Arc::new(AtomicUsize::new(0)),
+        ),
         Target::AlwaysGpu(Arc::new(gpu_paths.collect()), Arc::new(AtomicUsize::new(0))),
     ];
     let start = Instant::now() + Duration::from_millis(200);

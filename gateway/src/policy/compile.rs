@@ -1193,7 +1193,12 @@ fn compile_gateway_region(
     regions: &[String],
     fleet: &Fleet,
 ) -> Option<RegionId> {
-    let known = |name: &str| regions.iter().position(|r| r == name).map(|i| i as RegionId);
+    let known = |name: &str| {
+        regions
+            .iter()
+            .position(|r| r == name)
+            .map(|i| i as RegionId)
+    };
     if let Some(name) = fleet.gateway_region() {
         let id = known(&name);
         if id.is_none() {

@@ -349,8 +349,7 @@ pub fn probe_instead_of_shed(class: &Class, table: &RoutingTable, now_ms: u64) -
             continue;
         }
         candidates += 1;
-        if pool.state.samples() == 0 || pool.state.sample_age_ms(now_ms) < state::PROBE_EVERY_MS
-        {
+        if pool.state.samples() == 0 || pool.state.sample_age_ms(now_ms) < state::PROBE_EVERY_MS {
             continue;
         }
         let est = estimate_at(pool, class, table, now_ms);

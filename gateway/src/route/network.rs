@@ -38,7 +38,10 @@ pub fn client_rtt(class: &Class, table: &RoutingTable) -> Duration {
 /// the matrix prior (see the module docs for the gateway-region-less model).
 pub fn pool_rtt(pool: &Pool, class: &Class, table: &RoutingTable) -> Duration {
     match table.gateway_region {
-        Some(g) => pool.state.rtt().unwrap_or_else(|| table.rtt(g, pool.region)),
+        Some(g) => pool
+            .state
+            .rtt()
+            .unwrap_or_else(|| table.rtt(g, pool.region)),
         None => table.rtt(class.region, pool.region),
     }
 }

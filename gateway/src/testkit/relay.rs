@@ -218,7 +218,9 @@ mod tests {
 
     #[tokio::test]
     async fn bytes_come_back_after_the_round_trip() {
-        let echo = TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("{e}"));
+        let echo = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
         let echo_addr = echo.local_addr().unwrap_or_else(|e| panic!("{e}"));
         tokio::spawn(async move {
             if let Ok((mut s, _)) = echo.accept().await {
@@ -239,7 +241,9 @@ mod tests {
         let started = std::time::Instant::now();
         s.write_all(b"ping").await.unwrap_or_else(|e| panic!("{e}"));
         let mut buf = [0u8; 4];
-        s.read_exact(&mut buf).await.unwrap_or_else(|e| panic!("{e}"));
+        s.read_exact(&mut buf)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(&buf, b"ping");
         // Behaviour, not speed: the relay holds the bytes for its round trip (give or take
         // the timer's half tick per direction).

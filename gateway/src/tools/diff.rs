@@ -153,9 +153,7 @@ pub fn diff(old: &RoutingTable, new: &RoutingTable) -> Report {
     let mean = |sum: f64| if both == 0 { 0.0 } else { sum / both as f64 };
     Report {
         old_version: old.version.clone(),
-        gateway_region: new
-            .gateway_region
-            .map(|g| new.regions[g as usize].clone()),
+        gateway_region: new.gateway_region.map(|g| new.regions[g as usize].clone()),
         new_version: new.version.clone(),
         regions,
         tiers,
