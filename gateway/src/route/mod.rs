@@ -510,7 +510,7 @@ mod tests {
     use super::*;
     use crate::classify::{Class, TierSource};
     use crate::policy::compile::{compile_str, CompileContext};
-    use crate::route::state::Fleet;
+    use crate::route::state::{Fleet, MIN_SAMPLES};
     use std::path::Path;
 
     const POLICY: &str = r#"
@@ -587,6 +587,89 @@ routes:
         assert_eq!(d.target, Some((1, 0)));
         let (_, reports) = explain(&c, &table, 1);
         assert_eq!(reports[0].excluded, Some(Exclusion::NoEndpointUp));
+    }
+
+    fn regional(gateway_region: &str) -> (RoutingTable, Fleet) {
+        let fleet = Fleet::default();
+        let text = POLICY.replace(
+            "tiers:",
+            &format!("gateway_region: {gateway_region}\ntiers:"),
+        );
+        let table = compile_str(
+            &text,
+            &CompileContext {
+                file: Path::new("t.yaml"),
+                fleet: &fleet,
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        (table, fleet)
+    }
+
+    #[test]
+    fn a_regional_instance_counts_each_network_term_once() {
+        let (table, _f) = regional("us");
+        let c = class(&table, "loose", "m"); // a client in eu
+        let far = estimate(&table.pools[1], &c, &table); // us pool, 10 ms service
+        let ms = Duration::from_millis;
+        assert_eq!(
+            (far.client_rtt, far.pool_rtt, far.service),
+            (ms(90), ms(5), ms(10))
+        );
+        assert_eq!(far.latency, ms(105));
+        // An upstream time of 97 ms from that pool is 92 ms of service, not 97 on top of
+        // the 5 ms round trip.
+        for _ in 0..MIN_SAMPLES {
+            network::observe_upstream(&table, (1, 0), ms(97));
+        }
+        assert_eq!(estimate(&table.pools[1], &c, &table).latency, ms(187));
+        // A measured round trip replaces the prior.
+        table.pools[1].state.observe_rtt(ms(40));
+        assert_eq!(estimate(&table.pools[1], &c, &table).pool_rtt, ms(40));
+        // The same client and pool from an instance in eu: the client is near, the pool far.
+        let (eu, _f) = regional("eu");
+        let near_client = estimate(&eu.pools[1], &class(&eu, "loose", "m"), &eu);
+        assert_eq!(
+            (near_client.client_rtt, near_client.pool_rtt),
+            (ms(5), ms(90))
+        );
+        // An unknown region is a compile error, not a silent default.
+        let fleet = Fleet::default();
+        fleet.set_gateway_region(Some("mars".into()));
+        let err = compile_str(
+            POLICY,
+            &CompileContext {
+                file: Path::new("t.yaml"),
+                fleet: &fleet,
+            },
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(err.contains("unknown region `mars`"), "{err}");
+    }
+
+    #[test]
+    fn a_shedding_tier_probes_a_stale_pool_once_per_interval() {
+        let (table, _f) = regional("eu");
+        let c = class(&table, "tight", "other"); // only `far` serves it: 5 + 90 + 10 > 50 ms
+        assert_eq!(decide(&c, &table, &[], 0).reason, Reason::Shed);
+        // Never measured: the baseline is the operator's word, no probe.
+        assert_eq!(probe_instead_of_shed(&c, &table, 10_000), None);
+        table.pools[1].state.observe(Duration::from_millis(10));
+        let now = state::now_ms() + 2 * state::PROBE_EVERY_MS;
+        let probe = probe_instead_of_shed(&c, &table, now);
+        assert_eq!(
+            probe.map(|d| (d.target, d.reason)),
+            Some((Some((1, 0)), Reason::Probe))
+        );
+        assert_eq!(Reason::Probe.as_str(), "slo-miss-probe");
+        assert_eq!(
+            probe_instead_of_shed(&c, &table, now + 10),
+            None,
+            "one per interval"
+        );
+        assert!(probe_instead_of_shed(&c, &table, now + state::PROBE_EVERY_MS).is_some());
     }
 
     #[test]
