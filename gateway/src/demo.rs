@@ -109,6 +109,7 @@ pub fn run(opts: DemoOptions) -> Result<(), DemoError> {
             policy_path: Some(policy_path.clone()),
             listen: None,
             admin_listen: None,
+            region: None,
         },
     )?;
     let (proxy, admin) = (built.proxy_addr, built.admin_addr);

@@ -136,8 +136,7 @@ async fn attempt(slot: Slot<'_>, timeout: Duration, req: &RequestHeader, body: &
         .cloned()
         .ok_or_else(|| GatewayError::UpstreamFailed("no response header".into()))?;
     let took = started.elapsed();
-    pool.state.observe(took);
-    endpoint.state.observe(took);
+    crate::route::network::observe_upstream(table, slot.target, took);
     if header.status.as_u16() < 500 {
         endpoint.state.mark_success();
     } else {
@@ -182,10 +181,11 @@ pub async fn run(
         tier: tier.name.clone(),
     };
     let slot = Slot::take(table, first).ok_or_else(overloaded)?;
-    let delay = table.pools[first.0 as usize]
-        .state
-        .service_time()
-        .mul_f64(hedge_after);
+    // The attempt's expected time is the round trip plus the service time (the estimate's
+    // gateway → pool part); the hedge waits a multiple of that.
+    let pool = &table.pools[first.0 as usize];
+    let network = route::network::upstream_rtt(pool, table);
+    let delay = (network + pool.state.service_time_behind(now_ms(), network)).mul_f64(hedge_after);
     let primary = attempt(slot, tier.timeout, req, body);
     tokio::pin!(primary);
     let early = tokio::select! {

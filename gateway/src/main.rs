@@ -38,6 +38,10 @@ enum Command {
         /// Admin listener, overriding the policy's `listeners.admin`.
         #[arg(long)]
         admin_listen: Option<SocketAddr>,
+        /// The region this instance runs in (a region of the policy), overriding
+        /// `SWITCHYARD_REGION` and the policy's `gateway_region`.
+        #[arg(long)]
+        region: Option<String>,
     },
     /// Validate policy files: every error and warning with file:line:col; exit non-zero
     /// only if a file has errors.
@@ -60,6 +64,10 @@ enum Command {
         /// The client region, instead of an address.
         #[arg(long)]
         region: Option<String>,
+        /// Decide as the instance in this region would (default: the policy's
+        /// `gateway_region`).
+        #[arg(long)]
+        gateway_region: Option<String>,
         /// The SLO tier (sent as `x-slo-tier`); default: the route's.
         #[arg(long)]
         tier: Option<String>,
@@ -81,6 +89,10 @@ enum Command {
     Diff {
         old: PathBuf,
         new: PathBuf,
+        /// Decide as the instance in this region would (default: each policy's
+        /// `gateway_region`).
+        #[arg(long)]
+        gateway_region: Option<String>,
         /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
@@ -139,6 +151,7 @@ fn main() -> ExitCode {
             policy,
             client_ip,
             region,
+            gateway_region,
             tier,
             model,
             path,
@@ -153,9 +166,14 @@ fn main() -> ExitCode {
                 path,
                 headers,
             };
-            report(explain(&policy, &args, format))
+            report(explain(&policy, gateway_region.as_deref(), &args, format))
         }
-        Command::Diff { old, new, format } => report(diff(&old, &new, format)),
+        Command::Diff {
+            old,
+            new,
+            gateway_region,
+            format,
+        } => report(diff(&old, &new, gateway_region.as_deref(), format)),
         Command::Schema => {
             print!("{}", tools::schema::render());
             ExitCode::SUCCESS
@@ -164,9 +182,16 @@ fn main() -> ExitCode {
             policy,
             listen,
             admin_listen,
+            region,
         } => {
             init_logging();
-            match run(policy, listen, admin_listen) {
+            // The flag wins over the environment; an empty variable means unset.
+            let region = region.or_else(|| {
+                std::env::var("SWITCHYARD_REGION")
+                    .ok()
+                    .filter(|r| !r.is_empty())
+            });
+            match run(policy, listen, admin_listen, region) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("switchyard: {e:#}");
@@ -243,8 +268,13 @@ fn report(result: Result<()>) -> ExitCode {
     }
 }
 
-fn explain(policy: &std::path::Path, args: &tools::ExplainArgs, format: Format) -> Result<()> {
-    let table = tools::load(policy)?;
+fn explain(
+    policy: &std::path::Path,
+    gateway_region: Option<&str>,
+    args: &tools::ExplainArgs,
+    format: Format,
+) -> Result<()> {
+    let table = tools::load_at(policy, gateway_region)?;
     let v = tools::explain(&table, args)?;
     match format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&v)?),
@@ -253,9 +283,16 @@ fn explain(policy: &std::path::Path, args: &tools::ExplainArgs, format: Format) 
     Ok(())
 }
 
-fn diff(old: &std::path::Path, new: &std::path::Path, format: Format) -> Result<()> {
-    let a = tools::load(old).with_context(|| format!("old policy {}", old.display()))?;
-    let b = tools::load(new).with_context(|| format!("new policy {}", new.display()))?;
+fn diff(
+    old: &std::path::Path,
+    new: &std::path::Path,
+    gateway_region: Option<&str>,
+    format: Format,
+) -> Result<()> {
+    let a = tools::load_at(old, gateway_region)
+        .with_context(|| format!("old policy {}", old.display()))?;
+    let b = tools::load_at(new, gateway_region)
+        .with_context(|| format!("new policy {}", new.display()))?;
     let r = tools::diff::diff(&a, &b);
     match format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&r)?),
@@ -268,13 +305,19 @@ fn run(
     policy: PathBuf,
     listen: Option<SocketAddr>,
     admin_listen: Option<SocketAddr>,
+    region: Option<String>,
 ) -> Result<()> {
     let built = server::build_from_file(server::Options {
         policy_path: Some(policy.clone()),
         listen,
         admin_listen,
+        region,
     })
     .with_context(|| format!("cannot start with policy {}", policy.display()))?;
-    tracing::info!(proxy = %built.proxy_addr, admin = %built.admin_addr, version = %built.control.snapshot.load().version, "switchyard serving");
+    let table = built.control.snapshot.load();
+    let region = table
+        .gateway_region
+        .map_or("unknown", |g| table.regions[g as usize].as_str());
+    tracing::info!(proxy = %built.proxy_addr, admin = %built.admin_addr, version = %table.version, region, "switchyard serving");
     built.server.run_forever()
 }

@@ -270,8 +270,11 @@ impl ProxyHttp for Gateway {
                 }
                 Ok(false)
             }
-            Err((class, err)) => {
+            Err((class, decision, err)) => {
                 ctx.class = class;
+                // A refusal by the decision (shed, overloaded, no candidate) names its reason
+                // in the access log and the metrics like any other decision.
+                ctx.decision = decision;
                 ctx.own_status = Some(err.status());
                 respond_error(session, &err, ctx).await?;
                 Ok(true)
@@ -725,13 +728,14 @@ fn on_upstream_header(ctx: &mut RequestCtx, status: u16, replayable: bool) -> bo
     };
     let took = sent.elapsed();
     let pool = &table.pools[p as usize];
-    pool.state.observe(took);
+    // The service time (upstream time minus the endpoint's network round trip) feeds the
+    // pool's and the endpoint's estimates.
+    route::network::observe_upstream(&table, (p, e), took);
     // Answered: no longer a candidate for "overdue" (a streamed body may go on for long).
     if let Some(slot) = ctx.attempt_slot.take() {
         pool.state.untrack(slot);
     }
     let ep = &pool.endpoints[e as usize];
-    ep.state.observe(took);
     metrics::histogram!(t::UPSTREAM_DURATION, "pool" => pool.name.clone())
         .record(took.as_secs_f64());
     if status < 500 {
@@ -978,6 +982,13 @@ fn route_limit(ctx: &RequestCtx) -> usize {
     }
 }
 
+/// The kernel's smoothed round-trip time of the downstream TCP connection (`tcpi_rtt`, µs),
+/// through Pingora's socket digest; `None` when not TCP or not yet measured.
+fn downstream_rtt(session: &Session) -> Option<Duration> {
+    let info = session.digest()?.socket_digest.as_ref()?.tcp_info()?;
+    (info.tcpi_rtt > 0).then(|| Duration::from_micros(info.tcpi_rtt as u64))
+}
+
 fn peer_ip(session: &Session) -> Option<IpAddr> {
     session
         .client_addr()
@@ -993,11 +1004,14 @@ async fn prepare(
     cache: Option<&Arc<Cache>>,
     (budget, permit): (&Arc<BodyBudget>, &mut Option<BodyPermit>),
     (limiter, ticket): (&Limiter, &mut Option<Ticket>),
-) -> std::result::Result<(Class, Decision, Bytes, Lookup), (Option<Class>, GatewayError)> {
+) -> std::result::Result<
+    (Class, Decision, Bytes, Lookup),
+    (Option<Class>, Option<Decision>, GatewayError),
+> {
     let path = session.req_header().uri.path().to_string();
     let route_id = table
         .match_route(&path)
-        .ok_or_else(|| (None, GatewayError::NoRoute(truncate(&path, 200))))?;
+        .ok_or_else(|| (None, None, GatewayError::NoRoute(truncate(&path, 200))))?;
     let route = &table.routes[route_id as usize];
 
     let limits = BodyLimits {
@@ -1008,7 +1022,7 @@ async fn prepare(
     };
     let body = body::read(session, &limits, permit)
         .await
-        .map_err(|e| (None, e))?;
+        .map_err(|e| (None, None, e))?;
 
     let peer = peer_ip(session).unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
     let header = session.req_header();
@@ -1019,11 +1033,17 @@ async fn prepare(
         headers: &header.headers,
         body: Some(&body),
     };
-    let mut class = classify::classify(&facts, route_id, table).map_err(|e| (None, e.into()))?;
+    let mut class =
+        classify::classify(&facts, route_id, table).map_err(|e| (None, None, e.into()))?;
+    if table.gateway_region.is_some() && !table.trusted_proxies.iter().any(|n| n.contains(&peer)) {
+        // The client connected directly: its own connection's round trip is the
+        // client → gateway term of the estimate (one getsockopt, only for regional instances).
+        class.client_rtt = downstream_rtt(session);
+    }
     // Authentication, rate and concurrency: before the cache (a limited caller gets no hits).
     admit::check(limiter, table, &class, ticket)
         .await
-        .map_err(|e| (Some(class.clone()), e))?;
+        .map_err(|e| (Some(class.clone()), None, e))?;
 
     // The cache: looked up before deciding, so that a hit is answered even when no pool
     // could take the request now (the decision is still made, for the spend avoided).
@@ -1044,12 +1064,19 @@ async fn prepare(
         // The daily budget: only requests that will cost something (hits are free); may
         // move the request to the tenant's downgrade tier.
         if let Err(e) = admit::spend(ticket.as_ref(), table, &mut class) {
-            return Err((Some(class), e));
+            return Err((Some(class), None, e));
         }
     }
-    let decision = route::decide(&class, table, &[], now_ms());
+    let now = now_ms();
+    let mut decision = route::decide(&class, table, &[], now);
     if lookup.is_hit() {
         return Ok((class, decision, body, lookup));
+    }
+    if decision.reason == route::Reason::Shed {
+        // A pool kept out only by a stale estimate gets this request as its probe.
+        if let Some(probe) = route::probe_instead_of_shed(&class, table, now) {
+            decision = probe;
+        }
     }
     let tier = &table.tiers[class.tier as usize];
     match decision.reason {
@@ -1058,10 +1085,11 @@ async fn prepare(
                 tier: tier.name.clone(),
                 deadline_ms: class.deadline.as_millis(),
             };
-            Err((Some(class), err))
+            Err((Some(class), Some(decision), err))
         }
         route::Reason::Overloaded => Err((
             Some(class),
+            Some(decision),
             GatewayError::Overloaded {
                 tier: tier.name.clone(),
             },
@@ -1071,7 +1099,7 @@ async fn prepare(
                 model: class.model.clone(),
                 tier: tier.name.clone(),
             };
-            Err((Some(class), err))
+            Err((Some(class), Some(decision), err))
         }
         _ => Ok((class, decision, body, lookup)),
     }

@@ -2,26 +2,38 @@
 //!
 //! Three identical mock fleets (two edge pools — Europe and Asia-Pacific —, a GPU pool in the
 //! US with two endpoints, and a batch pool in the US) serve the same open-loop traffic
-//! schedule at the same time: one through a Switchyard gateway (in this process, real
-//! Pingora, the real policy), one through a naive client-side round-robin over every pool
-//! that serves the model, one that always uses the GPU pool. The phases hit all three fleets
+//! schedule at the same time: one through Switchyard (one gateway instance per region, in
+//! this process, real Pingora, the real policy; each client uses its region's instance), one
+//! through a naive client-side round-robin over every pool that serves the model, one that
+//! always uses the GPU pool. The phases hit all three fleets
 //! at once: baseline → the Europe edge pool becomes 10× slower → a GPU endpoint dies (the
 //! edge pool is still slow) → everything recovers. Each phase is reported per system: SLO
 //! attainment and p50/p99 per tier, spend per 1,000 requests and where the traffic went.
 //!
-//! **WAN latency is simulated by the client, not the network.** All mocks are on loopback,
-//! so every observed latency gets the policy's round-trip time between the client's region
-//! and the serving pool's region added (`rtt_ms` below) before it is compared with the
-//! tier's deadline; the gateway knows the same matrix and nothing more. Spend is the pool's
-//! price model applied to the measured service time, the same formula for every system.
-//! The baselines retry a refused connection once on the next pool / endpoint, so they are
-//! not punished for lacking what a trivial client would have.
+//! **WAN latency is real delay on the wire.** Every path from a region to a pool endpoint
+//! crosses a TCP relay (`testkit::relay`) that delays each byte by half the policy's round
+//! trip between the two regions (`rtt_ms` below) in each direction. A client uses the
+//! gateway instance of its own region, which stands at the region's ingress (no hop of its
+//! own, as the client-side simulation before the relays assumed), and that instance reaches
+//! the pools through its region's relays; the baselines' clients reach the pools through the
+//! same region's relays. So every system crosses the same distances, and what a client
+//! measures is compared with the tier's deadline as it is. (Loopback has one path per
+//! address, so each regional instance reaches the fleet through its own relays: the
+//! instances' policies differ only in the endpoint addresses and in the instance region,
+//! which is also the default region of the loopback clients connecting to it. The clients
+//! connect directly, so each instance measures the client → gateway round trip on the
+//! client's own socket.)
+//! Spend is the pool's price model applied to the service time — the measured time of the
+//! attempt minus the round trip its relay adds —, the same formula for every system. The baselines retry a failed connection once on
+//! the next pool / endpoint, so they are not punished for lacking what a trivial client would
+//! have.
 
 use crate::policy::compile::{self, CompileContext};
 use crate::route::state::Fleet;
 use crate::server;
 use crate::testkit::client::{Connection, Request};
 use crate::testkit::mock::{MockBackend, MockConfig};
+use crate::testkit::relay::Relay;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -59,9 +71,6 @@ pub struct ScenarioOptions {
     pub json: bool,
 }
 
-/// Client addresses the embedded GeoIP database places in eu, us and ap (sent as
-/// `X-Forwarded-For`; loopback is a trusted proxy in the scenario policy).
-const CLIENT_IPS: [&str; 3] = ["192.0.2.10", "198.51.100.20", "203.0.113.30"];
 const TIERS: [&str; 3] = ["realtime", "standard", "batch"];
 /// Deadlines of the tiers above (as in the policy).
 const DEADLINES_MS: [f64; 3] = [150.0, 1000.0, 30_000.0];
@@ -72,6 +81,7 @@ const PHASES: [&str; 4] = [
     "4 recovered",
 ];
 const SYSTEMS: [&str; 3] = ["switchyard", "round-robin", "always-gpu"];
+const REGIONS: [&str; 3] = ["eu", "us", "ap"];
 
 /// Mock service times (base, jitter) in ms.
 const EDGE_MS: (u64, u64) = (15, 5);
@@ -89,6 +99,10 @@ const POOLS: [(&str, usize, f64, f64); 4] = [
 fn rtt_ms(a: usize, b: usize) -> f64 {
     const M: [[f64; 3]; 3] = [[5.0, 90.0, 230.0], [90.0, 5.0, 150.0], [230.0, 150.0, 5.0]];
     M[a][b]
+}
+
+fn rtt(a: usize, b: usize) -> Duration {
+    Duration::from_secs_f64(rtt_ms(a, b) / 1e3)
 }
 
 fn pool_index(name: &str) -> Option<usize> {
@@ -161,11 +175,49 @@ impl MockFleet {
     }
 }
 
-/// The policy Switchyard runs in the scenario.
-fn policy(fleet: &MockFleet) -> String {
+/// The relays that stand for the distances: per fleet and client region, every pool
+/// endpoint seen from that region; and per region, the way from its clients to its gateway.
+struct Wan {
+    /// `paths[fleet][region][pool]`: relay addresses, one per endpoint of the pool.
+    paths: Vec<Vec<Vec<Vec<SocketAddr>>>>,
+    /// Kept alive: a relay stops accepting when dropped.
+    _relays: Vec<Relay>,
+}
+
+impl Wan {
+    async fn start(fleets: &[MockFleet; 3]) -> std::io::Result<Wan> {
+        let mut relays = Vec::new();
+        let mut paths = Vec::new();
+        for fleet in fleets {
+            let mut by_region = Vec::new();
+            for region in 0..REGIONS.len() {
+                let mut by_pool = Vec::new();
+                for (pool, def) in POOLS.iter().enumerate() {
+                    let mut eps = Vec::new();
+                    for ep in fleet.endpoints(pool) {
+                        let relay = Relay::start(ep, rtt(region, def.1)).await?;
+                        eps.push(relay.addr());
+                        relays.push(relay);
+                    }
+                    by_pool.push(eps);
+                }
+                by_region.push(by_pool);
+            }
+            paths.push(by_region);
+        }
+        Ok(Wan {
+            paths,
+            _relays: relays,
+        })
+    }
+}
+
+/// The policy the Switchyard instances run: `endpoints[pool]` are the addresses the instance
+/// reaches each pool's endpoints by; `home` is the instance's region, also the default region
+/// of the (loopback, so unmapped) clients that connect to it.
+fn policy(endpoints: &[Vec<SocketAddr>], home: &str) -> String {
     let eps = |i: usize| {
-        fleet
-            .endpoints(i)
+        endpoints[i]
             .iter()
             .map(|a| a.to_string())
             .collect::<Vec<_>>()
@@ -173,11 +225,10 @@ fn policy(fleet: &MockFleet) -> String {
     };
     format!(
         r#"
-listeners: {{ threads: 2, shutdown_grace: 1s }}
-trusted_proxies: [127.0.0.0/8]
+listeners: {{ threads: 1, shutdown_grace: 1s }}
 geoip: {{ database: embedded }}
 regions:
-  default: us
+  default: {home}
   map:
     - {{ name: eu, continents: [EU, AF] }}
     - {{ name: us, continents: [NA, SA] }}
@@ -258,6 +309,8 @@ struct Outcome {
     latency_ms: f64,
     pool: Option<usize>,
     cost_usd: f64,
+    /// The gateway's own latency estimate for the request (`est_ms` of its decision header).
+    estimate_ms: Option<f64>,
 }
 
 fn cost(pool: usize, service: Duration) -> f64 {
@@ -265,12 +318,15 @@ fn cost(pool: usize, service: Duration) -> f64 {
     per_request + per_gpu_hour * service.as_secs_f64() / 3600.0
 }
 
-/// Which system the traffic goes to.
+/// Which system the traffic goes to; each is reached through the client region's relays.
 #[derive(Clone)]
 enum Target {
-    Gateway(SocketAddr),
-    RoundRobin(Arc<Vec<Vec<SocketAddr>>>, Arc<AtomicUsize>),
-    AlwaysGpu(Arc<Vec<SocketAddr>>, Arc<AtomicUsize>),
+    /// Per client region: that region's gateway.
+    Gateway(Arc<Vec<SocketAddr>>),
+    /// `[region][pool]`: the pools' endpoints as seen from the client's region.
+    RoundRobin(Arc<Vec<Vec<Vec<SocketAddr>>>>, Arc<AtomicUsize>),
+    /// `[region]`: the GPU pool's endpoints as seen from the client's region.
+    AlwaysGpu(Arc<Vec<Vec<SocketAddr>>>, Arc<AtomicUsize>),
 }
 
 fn body(big: bool) -> String {
@@ -283,20 +339,22 @@ fn body(big: bool) -> String {
 struct Conns(HashMap<SocketAddr, Connection>);
 
 impl Conns {
-    /// POST to `addr`; `(status, x-switchyard-pool, elapsed)`, or `None` if it failed.
+    /// POST to `addr`; `(status, x-switchyard-pool, est_ms, elapsed)`, or `None` if it
+    /// failed.
     async fn post(
         &mut self,
         addr: SocketAddr,
         job: &Job,
         gateway: bool,
-    ) -> Option<(u16, Option<String>, Duration)> {
+    ) -> Option<(u16, Option<String>, Option<f64>, Duration)> {
         let text = body(job.big);
         let mut req = Request::post("/v1/chat/completions", text.as_bytes())
             .header("content-type", "application/json");
         if gateway {
-            req = req
-                .header("x-forwarded-for", CLIENT_IPS[job.region])
-                .header("x-slo-tier", TIERS[job.tier]);
+            // The client connects to its region's instance directly: its region is that
+            // instance's default (loopback is unmapped), and the instance measures the
+            // client → gateway round trip on the connection itself.
+            req = req.header("x-slo-tier", TIERS[job.tier]);
         }
         let started = Instant::now();
         let conn = match self.0.entry(addr) {
@@ -309,7 +367,12 @@ impl Conns {
         match conn.send(&req).await {
             Ok(r) => {
                 let pool = r.header("x-switchyard-pool").map(str::to_string);
-                Some((r.status, pool, started.elapsed()))
+                let estimate = r.header("x-switchyard-decision").and_then(|d| {
+                    d.split("; ")
+                        .find_map(|kv| kv.strip_prefix("est_ms="))
+                        .and_then(|v| v.parse().ok())
+                });
+                Some((r.status, pool, estimate, started.elapsed()))
             }
             Err(_) => {
                 self.0.remove(&addr);
@@ -327,11 +390,13 @@ async fn serve_job(target: &Target, conns: &mut Conns, job: Job, phase: usize) -
         latency_ms: f64::INFINITY,
         pool: None,
         cost_usd: 0.0,
+        estimate_ms: None,
     };
     // (pool, addresses to try in order)
     let attempts: Vec<(Option<usize>, SocketAddr)> = match target {
-        Target::Gateway(addr) => vec![(None, *addr)],
-        Target::RoundRobin(pools, next) => {
+        Target::Gateway(addrs) => vec![(None, addrs[job.region])],
+        Target::RoundRobin(paths, next) => {
+            let pools = &paths[job.region];
             let serving: &[usize] = if job.big { &[2, 3] } else { &[0, 1, 2, 3] };
             let k = next.fetch_add(1, Ordering::Relaxed);
             (0..2)
@@ -342,7 +407,8 @@ async fn serve_job(target: &Target, conns: &mut Conns, job: Job, phase: usize) -
                 })
                 .collect()
         }
-        Target::AlwaysGpu(eps, next) => {
+        Target::AlwaysGpu(paths, next) => {
+            let eps = &paths[job.region];
             let k = next.fetch_add(1, Ordering::Relaxed);
             (0..2)
                 .map(|j| (Some(2), eps[(k + j) % eps.len()]))
@@ -353,20 +419,24 @@ async fn serve_job(target: &Target, conns: &mut Conns, job: Job, phase: usize) -
     for (pool, addr) in attempts {
         let gateway = pool.is_none();
         match conns.post(addr, &job, gateway).await {
-            Some((status, header_pool, service)) => {
+            Some((status, header_pool, estimate_ms, took)) => {
                 let pool = pool.or_else(|| header_pool.as_deref().and_then(pool_index));
                 let ok = (200..300).contains(&status);
-                let rtt = pool.map_or(0.0, |p| rtt_ms(job.region, POOLS[p].1));
+                // The service time: the attempt minus the round trip its relay added (from
+                // the client's region to the pool's, for every system).
+                let network = pool.map_or(Duration::ZERO, |p| rtt(job.region, POOLS[p].1));
+                let service = took.saturating_sub(network);
                 return Outcome {
                     phase,
                     tier: job.tier,
                     ok,
-                    latency_ms: started.elapsed().as_secs_f64() * 1e3 + rtt,
+                    latency_ms: started.elapsed().as_secs_f64() * 1e3,
                     pool,
                     cost_usd: match (ok, pool) {
                         (true, Some(p)) => cost(p, service),
                         _ => 0.0,
                     },
+                    estimate_ms,
                 };
             }
             None => continue,
@@ -439,6 +509,18 @@ pub struct SystemReport {
     pub tiers: Vec<TierReport>,
     /// Share of answered requests per pool, percent.
     pub traffic: BTreeMap<String, f64>,
+    /// Per pool, how far the gateway's latency estimate was from the latency observed
+    /// (absolute error, ms; answered requests only). Empty for the baselines.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub estimate_error: BTreeMap<String, EstimateError>,
+}
+
+/// The absolute estimate error's percentiles for one pool, ms.
+#[derive(Debug, Clone, Serialize)]
+pub struct EstimateError {
+    pub requests: usize,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
 }
 
 /// One phase.
@@ -505,6 +587,27 @@ fn summarise(system: &str, outcomes: &[Outcome], phase: usize) -> SystemReport {
         *v = (*v * 10.0_f64).round() / 10.0;
     }
     let spend: f64 = in_phase.iter().map(|o| o.cost_usd).sum();
+    let mut errors: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for o in in_phase.iter().filter(|o| o.ok) {
+        if let (Some(p), Some(est)) = (o.pool, o.estimate_ms) {
+            errors
+                .entry(POOLS[p].0.to_string())
+                .or_default()
+                .push((est - o.latency_ms).abs());
+        }
+    }
+    let estimate_error = errors
+        .into_iter()
+        .map(|(pool, mut e)| {
+            e.sort_by(|a, b| a.total_cmp(b));
+            let stats = EstimateError {
+                requests: e.len(),
+                p50_ms: percentile(&e, 0.5),
+                p90_ms: percentile(&e, 0.9),
+            };
+            (pool, stats)
+        })
+        .collect();
     SystemReport {
         system: system.to_string(),
         requests: in_phase.len(),
@@ -512,6 +615,7 @@ fn summarise(system: &str, outcomes: &[Outcome], phase: usize) -> SystemReport {
         spend_per_1k_usd: (spend * 1000.0 / in_phase.len().max(1) as f64 * 1e5).round() / 1e5,
         tiers,
         traffic,
+        estimate_error,
     }
 }
 
@@ -569,87 +673,139 @@ pub fn render(report: &Report) -> String {
                 .collect::<Vec<_>>()
                 .join("; ")
         );
+        for sys in phase
+            .systems
+            .iter()
+            .filter(|s| !s.estimate_error.is_empty())
+        {
+            let _ = writeln!(
+                s,
+                "  {} estimate error |est - observed| p50/p90 ms: {}",
+                sys.system,
+                sys.estimate_error
+                    .iter()
+                    .map(|(p, e)| format!("{p} {:.1}/{:.1}", e.p50_ms, e.p90_ms))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            );
+        }
         s.push('\n');
     }
     s
 }
 
-/// Run the scenario: start three fleets, the gateway (in this process) and the traffic,
-/// print the report and exit the process.
+/// Run the scenario: start three fleets, the relays, one gateway per region (in this
+/// process) and the traffic, print the report and exit the process.
 pub fn run(opts: ScenarioOptions) -> Result<(), ScenarioError> {
     if !SCENARIOS.contains(&opts.name.as_str()) {
         return Err(ScenarioError::Unknown(opts.name));
     }
+    // The traffic runs on one runtime, the fleet and its relays (the "network") on another:
+    // a burst of client work must not hold bytes in a relay longer than its delay.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let fleets = runtime.block_on(async {
-        Ok::<_, std::io::Error>([
+    let fabric = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("scenario-fabric")
+        .enable_all()
+        .build()?;
+    let (fleets, wan) = fabric.block_on(async {
+        let fleets = [
             MockFleet::start("switchyard").await?,
             MockFleet::start("round-robin").await?,
             MockFleet::start("always-gpu").await?,
-        ])
+        ];
+        let wan = Wan::start(&fleets).await?;
+        Ok::<_, std::io::Error>((fleets, wan))
     })?;
-    let fleet_state = Fleet::new();
-    let text = policy(&fleets[0]);
-    let table = compile::compile_str(
-        &text,
-        &CompileContext {
-            file: Path::new("scenario.yaml"),
-            fleet: &fleet_state,
-        },
-    )?;
     let free = || -> std::io::Result<SocketAddr> {
         std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
     };
-    let built = server::build(
-        table,
-        fleet_state,
-        server::Options {
-            policy_path: None,
-            listen: Some(free()?),
-            admin_listen: Some(free()?),
-        },
-    )?;
-    let proxy = built.proxy_addr;
-    std::thread::spawn(move || {
-        runtime.block_on(async move {
-            let report = scenario(&opts, proxy, &fleets).await;
-            for f in &fleets {
-                f.shutdown();
-            }
-            if opts.json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&report).unwrap_or_default()
-                );
-            } else {
-                print!("{}", render(&report));
-            }
-            std::process::exit(0);
-        })
-    });
-    built.server.run_forever()
+    // One instance per region, each told where it runs (as `--region` does) and reaching
+    // the fleet through its region's relays.
+    let mut gateways = Vec::new();
+    for (region, name) in REGIONS.iter().enumerate() {
+        let fleet_state = Fleet::new();
+        fleet_state.set_gateway_region(Some(name.to_string()));
+        let table = compile::compile_str(
+            &policy(&wan.paths[0][region], name),
+            &CompileContext {
+                file: Path::new("scenario.yaml"),
+                fleet: &fleet_state,
+            },
+        )?;
+        let built = server::build(
+            table,
+            fleet_state,
+            server::Options {
+                policy_path: None,
+                listen: Some(free()?),
+                admin_listen: Some(free()?),
+                region: Some(name.to_string()),
+            },
+        )?;
+        let proxy = built.proxy_addr;
+        // `run` returns only on a shutdown signal, and this one never comes: the process
+        // exits when the report is printed.
+        std::thread::spawn(move || {
+            built.server.run(pingora::server::RunArgs {
+                shutdown_signal: Box::new(NoSignal),
+            })
+        });
+        gateways.push(proxy);
+    }
+    runtime.block_on(async move {
+        let report = scenario(&opts, &gateways, &wan, &fleets).await;
+        for f in &fleets {
+            f.shutdown();
+        }
+        if opts.json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&report).unwrap_or_default()
+            );
+        } else {
+            print!("{}", render(&report));
+        }
+        std::process::exit(0);
+    })
 }
 
-async fn scenario(opts: &ScenarioOptions, proxy: SocketAddr, fleets: &[MockFleet; 3]) -> Report {
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(proxy).await.is_ok() {
-            break;
+/// A shutdown signal that never arrives (the scenario's gateways live as long as the process).
+struct NoSignal;
+
+#[async_trait::async_trait]
+impl pingora::server::ShutdownSignalWatch for NoSignal {
+    async fn recv(&self) -> pingora::server::ShutdownSignal {
+        std::future::pending().await
+    }
+}
+
+async fn scenario(
+    opts: &ScenarioOptions,
+    gateways: &[SocketAddr],
+    wan: &Wan,
+    fleets: &[MockFleet; 3],
+) -> Report {
+    for gateway in gateways {
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(gateway).await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let jobs = Arc::new(schedule(opts.rate, opts.phase * 4));
-    let pools_of =
-        |f: &MockFleet| Arc::new((0..POOLS.len()).map(|i| f.endpoints(i)).collect::<Vec<_>>());
+    let gpu_paths = wan.paths[2].iter().map(|by_pool| by_pool[2].clone());
     let targets = [
-        Target::Gateway(proxy),
-        Target::RoundRobin(pools_of(&fleets[1]), Arc::new(AtomicUsize::new(0))),
-        Target::AlwaysGpu(
-            Arc::new(fleets[2].endpoints(2)),
+        Target::Gateway(Arc::new(gateways.to_vec())),
+        Target::RoundRobin(
+            Arc::new(wan.paths[1].clone()),
             Arc::new(AtomicUsize::new(0)),
         ),
+        Target::AlwaysGpu(Arc::new(gpu_paths.collect()), Arc::new(AtomicUsize::new(0))),
     ];
     let start = Instant::now() + Duration::from_millis(200);
     let mut runs = Vec::new();
@@ -681,7 +837,7 @@ async fn scenario(opts: &ScenarioOptions, proxy: SocketAddr, fleets: &[MockFleet
         scenario: opts.name.clone(),
         phase_secs: opts.phase.as_secs_f64(),
         rate_per_sec: opts.rate,
-        note: "WAN RTT is simulated: each observed (loopback) latency gets the policy's rtt_ms between the client's region and the serving pool's region added before it is compared with the deadline. Spend = pool price model x measured service time, same formula for every system.".into(),
+        note: "WAN RTT is real delay: every path from a region to a pool crosses a TCP relay adding the policy's rtt_ms (Switchyard: one instance per region at the region's ingress, reaching the pools through its region's relays; baselines: the client's region's relays). Latency is what the client measures. Spend = pool price model x service time (attempt time minus the relay's round trip), same formula for every system.".into(),
         phases,
     }
 }

@@ -54,6 +54,9 @@ pub struct Options {
     /// Overrides for the listeners the policy names.
     pub listen: Option<SocketAddr>,
     pub admin_listen: Option<SocketAddr>,
+    /// The region this instance runs in (`--region` / `SWITCHYARD_REGION`), overriding the
+    /// policy's `gateway_region`; must name a region of the policy.
+    pub region: Option<String>,
 }
 
 /// A gateway ready to run.
@@ -71,6 +74,8 @@ pub fn build_from_file(opts: Options) -> Result<Built, ServerError> {
         .policy_path
         .clone()
         .ok_or_else(|| ServerError::Pingora("no policy file".into()))?;
+    // Kept in the fleet so that every reload compiles with the same instance region.
+    fleet.set_gateway_region(opts.region.clone());
     let table = policy::load_file(&path, &fleet)?;
     build(table, fleet, opts)
 }
@@ -101,6 +106,11 @@ pub fn build(table: RoutingTable, fleet: Arc<Fleet>, opts: Options) -> Result<Bu
             .unwrap_or(2)
     });
     metrics::counter!(telemetry::POLICY_RELOADS, "result" => "ok").increment(1);
+    telemetry::instance_info(
+        table
+            .gateway_region
+            .map_or("unknown", |g| table.regions[g as usize].as_str()),
+    );
 
     // SIGTERM: Pingora stops accepting, then sleeps `grace_period_seconds` while requests in
     // flight finish, then shuts the runtimes down (tasks still running after that are

@@ -84,6 +84,9 @@ pub const RETRY_BUDGET_EXHAUSTED: &str = "switchyard_retry_budget_exhausted_tota
 pub const POLICY_RELOADS: &str = "switchyard_policy_reloads_total";
 /// Info metric carrying the serving policy's version. Labels: version.
 pub const POLICY_INFO: &str = "switchyard_policy_info";
+/// Info metric naming the region this instance runs in (`--region`, `SWITCHYARD_REGION` or
+/// the policy's `gateway_region`; `unknown` when none). Labels: region.
+pub const INSTANCE_INFO: &str = "switchyard_instance_info";
 /// Each tier's deadline, seconds, so dashboards can draw latency against it. Labels: tier.
 pub const TIER_DEADLINE: &str = "switchyard_tier_deadline_seconds";
 
@@ -238,6 +241,10 @@ fn describe() {
     );
     describe_counter!(POLICY_RELOADS, "Policy loads by result");
     describe_gauge!(
+        INSTANCE_INFO,
+        "The region this gateway instance runs in (value is always 1)"
+    );
+    describe_gauge!(
         POLICY_INFO,
         "The serving policy's version (value is always 1)"
     );
@@ -337,4 +344,16 @@ pub fn request_handles(
         map.insert(key, h.clone());
         h
     })
+}
+
+/// Set [`INSTANCE_INFO`] to `region` (the previous region's series goes to 0, so a reload
+/// that moves the instance leaves one series at 1).
+pub fn instance_info(region: &str) {
+    static LAST: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+    let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(old) = last.as_deref().filter(|old| *old != region) {
+        metrics::gauge!(INSTANCE_INFO, "region" => old.to_string()).set(0.0);
+    }
+    metrics::gauge!(INSTANCE_INFO, "region" => region.to_string()).set(1.0);
+    *last = Some(region.to_string());
 }

@@ -52,7 +52,23 @@ impl Gateway {
     }
 
     pub async fn start_file(dir: tempfile::TempDir, policy_path: PathBuf) -> Gateway {
-        let mut gw = Self::spawn(dir, policy_path);
+        Self::start_file_with(dir, policy_path, &[]).await
+    }
+
+    /// [`Gateway::start`] with extra `switchyard run` arguments (e.g. `--region us`).
+    pub async fn start_with(policy: &str, args: &[&str]) -> Gateway {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let policy_path = dir.path().join("policy.yaml");
+        std::fs::write(&policy_path, policy).expect("write policy");
+        Self::start_file_with(dir, policy_path, args).await
+    }
+
+    pub async fn start_file_with(
+        dir: tempfile::TempDir,
+        policy_path: PathBuf,
+        args: &[&str],
+    ) -> Gateway {
+        let mut gw = Self::spawn(dir, policy_path, args);
         // The ports are picked by bind-and-release, so another test may take one first: the
         // gateway then refuses to start ("cannot listen on …") and gets fresh ports.
         for _ in 0..3 {
@@ -61,6 +77,7 @@ impl Gateway {
                     gw = Self::spawn(
                         std::mem::replace(&mut gw.dir, tempfile::tempdir().expect("tempdir")),
                         gw.policy_path.clone(),
+                        args,
                     );
                 }
                 Err(log) => panic!("{log}"),
@@ -71,7 +88,7 @@ impl Gateway {
         gw
     }
 
-    fn spawn(dir: tempfile::TempDir, policy_path: PathBuf) -> Gateway {
+    fn spawn(dir: tempfile::TempDir, policy_path: PathBuf, args: &[&str]) -> Gateway {
         let proxy = free_addr();
         let admin = free_addr();
         let log = std::fs::File::create(dir.path().join("gateway.log")).expect("log file");
@@ -84,6 +101,7 @@ impl Gateway {
                 "--admin-listen",
                 &admin.to_string(),
             ])
+            .args(args)
             .env("RUST_LOG", "warn,switchyard::access=off")
             .stdout(Stdio::null())
             .stderr(log)

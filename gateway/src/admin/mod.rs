@@ -297,7 +297,8 @@ impl ServeHttp for AdminApp {
                     .count();
                 json_response(
                     StatusCode::OK,
-                    &json!({"ready": true, "policy_version": table.version, "endpoints_up": up}),
+                    &json!({"ready": true, "policy_version": table.version, "endpoints_up": up,
+                            "gateway_region": gateway_region(&table)}),
                 )
             }
             (&Method::GET, "/admin/policy") => self.policy(),
@@ -370,6 +371,7 @@ impl AdminApp {
             }
         }
         metrics::gauge!(t::POLICY_INFO, "version" => table.version.clone()).set(1.0);
+        t::instance_info(gateway_region(&table).unwrap_or("unknown"));
         crate::queue::refresh_gauges();
         if let Some(cache) = &self.cache {
             cache.refresh_gauges();
@@ -441,6 +443,7 @@ impl AdminApp {
                     "admin": self.control.policy_path.is_some(),
                 },
                 "geoip": table.geo.description,
+                "gateway_region": gateway_region(&table),
                 "regions": table.regions,
                 "tiers": table.tiers.iter().map(|t| json!({
                     "name": t.name, "deadline_ms": t.deadline.as_millis() as u64, "weight": t.weight,
@@ -464,6 +467,13 @@ impl AdminApp {
     }
 }
 
+/// The region this instance runs in, by name (`None`: not known).
+pub fn gateway_region(table: &policy::RoutingTable) -> Option<&str> {
+    table
+        .gateway_region
+        .map(|g| table.regions[g as usize].as_str())
+}
+
 /// `GET /admin/pools`: the live estimates and health of every pool and endpoint.
 pub fn pools(table: &policy::RoutingTable) -> Value {
     let now = now_ms();
@@ -473,6 +483,10 @@ pub fn pools(table: &policy::RoutingTable) -> Value {
         .iter()
         .map(|p| {
             let samples = p.state.samples();
+            let service = p
+                .state
+                .service_time_behind(now, route::network::upstream_rtt(p, table));
+            let (rtt, rtt_source) = route::network::pool_rtt_now(p, table);
             json!({
                 "name": p.name,
                 "kind": p.kind.as_str(),
@@ -483,8 +497,14 @@ pub fn pools(table: &policy::RoutingTable) -> Value {
                 "samples": samples,
                 "baseline_ms": ms(p.state.baseline()),
                 "ewma_ms": ms(p.state.ewma()),
-                "estimate_ms": ms(p.state.service_time_at(now)),
+                "estimate_ms": ms(service),
                 "estimate_source": if samples >= route::state::MIN_SAMPLES { "live" } else { "baseline" },
+                // The two terms of the gateway → pool part of the estimate, apart: the network
+                // round trip (measured by health probes, else the policy's matrix) and the
+                // service time (upstream time minus that round trip).
+                "service_ms": ms(service),
+                "rtt_ms": rtt.map(ms),
+                "rtt_source": rtt_source,
                 "health_check": p.health.as_ref().map(|h| json!({
                     "path": h.path, "interval_ms": h.interval.as_millis() as u64,
                     "timeout_ms": h.timeout.as_millis() as u64,
@@ -516,6 +536,7 @@ pub fn pools(table: &policy::RoutingTable) -> Value {
                         "samples": s.samples(),
                         "ewma_ms": ms(s.ewma()),
                         "latency_ms": ms(s.latency()),
+                        "rtt_ms": s.rtt().map(ms),
                     })
                 }).collect::<Vec<_>>(),
             })
@@ -523,6 +544,7 @@ pub fn pools(table: &policy::RoutingTable) -> Value {
         .collect();
     json!({
         "policy_version": table.version,
+        "gateway_region": gateway_region(table),
         "retry_budget": {
             "tokens": table.upstream.budget.tokens(),
             "ratio": table.upstream.retry_budget.ratio,
@@ -613,6 +635,7 @@ pub fn explain(
     let tier = &table.tiers[class.tier as usize];
     Ok(json!({
         "policy_version": table.version,
+        "gateway_region": gateway_region(table),
         "class": {
             "route": table.routes[class.route as usize].name,
             "client_ip": class.client_ip.to_string(),

@@ -520,6 +520,9 @@ pub fn status_of(
                 "concurrency": p.concurrency,
                 "utilisation": round(in_flight as f64 / p.concurrency.max(1) as f64, 3),
                 "service_time_ms": round(p.state.service_time().as_secs_f64() * 1e3, 2),
+                // Gateway → pool round trip (measured, else the matrix prior), apart from
+                // the service time: the estimate adds them, each once.
+                "rtt_ms": crate::route::network::pool_rtt_now(p, &table).0.map(|d| round(d.as_secs_f64() * 1e3, 2)),
                 "baseline_ms": round(p.service_time.as_secs_f64() * 1e3, 2),
                 "samples": p.state.samples(),
                 "rps": per_s(win_req),
@@ -597,6 +600,7 @@ pub fn status_of(
             "source": table.source.display().to_string(),
             "loaded_at_unix": loaded_at,
             "last_error": last_error,
+            "gateway_region": super::gateway_region(&table),
         },
         "uptime_s": round(now as f64 / 1e3, 1),
         "window_s": round(w.seconds, 1),
@@ -743,6 +747,7 @@ mod tests {
             streaming: false,
             cacheable: false,
             inference: true,
+            client_rtt: None,
         }
     }
 

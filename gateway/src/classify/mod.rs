@@ -77,6 +77,10 @@ pub struct Class {
     /// config reads of OIP v2 and TF-Serving (`GET /v2/models/{m}/ready`, …), which are
     /// routed by the model in the path but cost nothing, are never cached, queued or hedged.
     pub inference: bool,
+    /// The kernel's smoothed round-trip time of the client's own TCP connection, when the
+    /// client connected directly (not through a trusted proxy) and the gateway knows its
+    /// region; set by the proxy after classification. `None`: the policy's matrix is used.
+    pub client_rtt: Option<Duration>,
 }
 
 impl Class {
@@ -105,6 +109,7 @@ impl Class {
             streaming: false,
             cacheable: false,
             inference: true,
+            client_rtt: None,
         }
     }
 }
@@ -227,6 +232,7 @@ pub fn classify(
         streaming: peek.streaming,
         cacheable,
         inference,
+        client_rtt: None,
     })
 }
 

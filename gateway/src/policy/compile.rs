@@ -78,6 +78,10 @@ pub struct RoutingTable {
     pub region_headers: Vec<HeaderValue>,
     pub version_header: HeaderValue,
     pub default_region: RegionId,
+    /// Where this instance runs (`--region`, `SWITCHYARD_REGION`, else the policy's
+    /// `gateway_region`). `None`: unknown, and the estimate takes the gateway to be beside
+    /// its clients (`rtt(client region, pool region)` for the whole network path).
+    pub gateway_region: Option<RegionId>,
     country_region: HashMap<[u8; 2], RegionId>,
     continent_region: HashMap<[u8; 2], RegionId>,
     /// `rtt_ms[from * regions + to]`.
@@ -816,6 +820,7 @@ fn compile(
         }
     };
     let default_region = region_id(&mut p, &raw.regions.default, "regions.default");
+    let gateway_region = compile_gateway_region(&mut p, &raw, &regions, cx.fleet);
     let mut residency = Vec::with_capacity(regions.len());
     for def in &raw.regions.map {
         if regions.get(residency.len()) != Some(&def.value.name.value) {
@@ -1347,6 +1352,7 @@ fn compile(
         geo: Arc::new(geo),
         regions,
         default_region,
+        gateway_region,
         country_region,
         continent_region,
         rtt_ms,
@@ -1397,6 +1403,48 @@ fn compile_access_log(
         },
     };
     (target, format)
+}
+
+/// The instance's region: the start-up override kept in the fleet (`--region`,
+/// `SWITCHYARD_REGION`) or the policy's `gateway_region:`; either must name a region.
+fn compile_gateway_region(
+    p: &mut Problems,
+    raw: &raw::Policy,
+    regions: &[String],
+    fleet: &Fleet,
+) -> Option<RegionId> {
+    let known = |name: &str| {
+        regions
+            .iter()
+            .position(|r| r == name)
+            .map(|i| i as RegionId)
+    };
+    if let Some(name) = fleet.gateway_region() {
+        let id = known(&name);
+        if id.is_none() {
+            p.at(
+                &Location::UNKNOWN,
+                format!(
+                    "--region / SWITCHYARD_REGION: unknown region `{name}` (regions: {})",
+                    regions.join(", ")
+                ),
+            );
+        }
+        return id;
+    }
+    let node = raw.gateway_region.as_ref()?;
+    let id = known(&node.value);
+    if id.is_none() {
+        p.on(
+            node,
+            format!(
+                "gateway_region: unknown region `{}` (regions: {})",
+                node.value,
+                regions.join(", ")
+            ),
+        );
+    }
+    id
 }
 
 /// The `limits:` section.

@@ -25,6 +25,11 @@ pub struct Policy {
     pub geoip: GeoIp,
     /// Region names and which countries / continents belong to each.
     pub regions: Regions,
+    /// The region this gateway instance runs in, unless `--region` or `SWITCHYARD_REGION`
+    /// name one at start-up (one policy file serves instances in several regions). Absent
+    /// everywhere: the gateway is taken to sit beside its clients. Default: none.
+    #[serde(default)]
+    pub gateway_region: Option<Spanned<String>>,
     /// Round-trip time in milliseconds between regions: `rtt_ms[from][to]`. Each unordered
     /// pair must be given at least once; the matrix is taken as symmetric.
     pub rtt_ms: BTreeMap<String, BTreeMap<String, Spanned<f64>>>,

@@ -279,8 +279,7 @@ async fn attempt(table: &RoutingTable, pool_id: PoolId, job: &Job) -> Attempt {
             Attempt::Retry(e, Some(resp))
         }
         Ok(resp) => {
-            pool.state.observe(took);
-            ep.state.observe(took);
+            route::network::observe_upstream(table, (pool_id, ep_id), took);
             ep.state.mark_success();
             Attempt::Answer(resp)
         }

@@ -2,6 +2,12 @@
 //! on every endpoint at the pool's interval and moves the endpoint between healthy and
 //! unhealthy after the pool's thresholds of passed / failed checks in a row.
 //!
+//! Each passed probe is also the gateway → endpoint round-trip measurement the latency
+//! estimate uses (`route::network`): the time from writing the request to reading the
+//! status line, on the probe's own connection once it is open, is one network round trip
+//! plus the backend's (tiny) health handler. It keeps measuring while no traffic goes to the
+//! pool, so a pool avoided for being far is seen again when its path gets shorter.
+//!
 //! It reads the current policy snapshot every round, so a reload that adds, changes or
 //! removes a pool's `health:` block takes effect at the next tick (removing it re-admits the
 //! endpoints it had marked unhealthy). The verdict lives in the endpoint's live state
@@ -9,7 +15,7 @@
 //! on the request path.
 
 use crate::policy::Snapshot;
-use crate::route::state::{EndpointState, HealthChange};
+use crate::route::state::{EndpointState, HealthChange, PoolState};
 use crate::telemetry as t;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
@@ -66,6 +72,7 @@ impl BackgroundService for HealthChecker {
                         healthy_after: hc.healthy_threshold,
                         unhealthy_after: hc.unhealthy_threshold,
                         state: ep.state.clone(),
+                        pool_state: pool.state.clone(),
                     };
                     tokio::spawn(job.run());
                 }
@@ -90,14 +97,17 @@ struct Check {
     healthy_after: u32,
     unhealthy_after: u32,
     state: Arc<EndpointState>,
+    pool_state: Arc<PoolState>,
 }
 
 impl Check {
     async fn run(self) {
-        let ok = matches!(
-            tokio::time::timeout(self.timeout, probe(self.addr, &self.path)).await,
-            Ok(Ok(200..=299))
-        );
+        let result = tokio::time::timeout(self.timeout, probe(self.addr, &self.path)).await;
+        let ok = matches!(result, Ok(Ok((200..=299, _))));
+        if let (true, Ok(Ok((_, rtt)))) = (ok, result) {
+            self.state.observe_rtt(rtt);
+            self.pool_state.observe_rtt(rtt);
+        }
         metrics::counter!(t::HEALTH_CHECKS, "pool" => self.pool.clone(), "result" => if ok { "pass" } else { "fail" })
             .increment(1);
         match self
@@ -115,12 +125,15 @@ impl Check {
     }
 }
 
-/// `GET path` over a fresh connection; the status code of the answer.
-async fn probe(addr: SocketAddr, path: &str) -> std::io::Result<u16> {
+/// `GET path` over a fresh connection; the status code of the answer and the time from
+/// sending the request to its status line (one round trip: the connection set-up is not in
+/// it, as a load balancer or relay in front of the pool may complete that on its own).
+async fn probe(addr: SocketAddr, path: &str) -> std::io::Result<(u16, Duration)> {
     let mut stream = tokio::net::TcpStream::connect(addr).await?;
     let req = format!(
         "GET {path} HTTP/1.1\r\nhost: {addr}\r\nuser-agent: switchyard-health\r\nconnection: close\r\n\r\n"
     );
+    let sent = Instant::now();
     stream.write_all(req.as_bytes()).await?;
     let mut buf = [0u8; 64];
     let mut have = 0;
@@ -132,9 +145,11 @@ async fn probe(addr: SocketAddr, path: &str) -> std::io::Result<u16> {
         }
         have += n;
     }
+    let rtt = sent.elapsed();
     let line = std::str::from_utf8(&buf[..have]).unwrap_or("");
     line.split(' ')
         .nth(1)
         .and_then(|code| code.trim().parse().ok())
+        .map(|code| (code, rtt))
         .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "no HTTP status line"))
 }

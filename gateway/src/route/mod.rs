@@ -3,9 +3,10 @@
 //!
 //! Every pool is a candidate if it serves the model, its kind is allowed for the tier and it
 //! has an endpoint up. Each candidate gets an estimate:
-//! `latency = rtt(client region, pool region) + observed service time × queueing factor`
-//! and `cost = per request + per GPU-hour × expected service time + per-token prices × the
-//! pool's average tokens per request` (`tokens`). Among candidates whose
+//! `latency = client → gateway + gateway → pool round trip + service time × queueing factor`
+//! (each network term counted once; see [`network`]) and `cost = per request + per GPU-hour ×
+//! expected service time + per-token prices × the pool's average tokens per request`
+//! (`tokens`). Among candidates whose
 //! latency meets the deadline, the lowest `weight × latency/deadline + (1 − weight) ×
 //! cost/max cost` wins; none meets it → the tier's `on_slo_miss`. Inside the chosen pool the
 //! endpoint is picked by power of two choices on latency × in-flight.
@@ -16,6 +17,7 @@
 
 pub mod budget;
 pub mod health;
+pub mod network;
 pub mod state;
 pub mod tokens;
 
@@ -31,6 +33,14 @@ pub struct Estimate {
     #[serde(serialize_with = "ser_ms")]
     pub latency: Duration,
     pub cost_usd: f64,
+    /// The parts of `latency`, each counted once: client → gateway, gateway → pool round
+    /// trip, and the service time with its queueing factor.
+    #[serde(serialize_with = "ser_ms")]
+    pub client_rtt: Duration,
+    #[serde(serialize_with = "ser_ms")]
+    pub pool_rtt: Duration,
+    #[serde(serialize_with = "ser_ms")]
+    pub service: Duration,
 }
 
 fn ser_ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -55,6 +65,10 @@ pub enum Reason {
     /// Every pool that could take it is at its concurrency limit (and the tier does not
     /// queue): refused with 503 and `Retry-After`, never held in a local queue.
     Overloaded,
+    /// Nothing meets the deadline and the tier sheds, but a pool kept out only by a measured
+    /// estimate that has gone stale gets this request as its probe, so the estimate can come
+    /// back (see [`probe_instead_of_shed`]).
+    Probe,
 }
 
 impl Reason {
@@ -66,6 +80,7 @@ impl Reason {
             Reason::NoCandidate => "no-candidate",
             Reason::Queued => "slo-miss-queue",
             Reason::Overloaded => "overloaded",
+            Reason::Probe => "slo-miss-probe",
         }
     }
 }
@@ -184,17 +199,28 @@ fn now_ms_clock() -> u64 {
 /// [`estimate`] at a given time: the decision reads the clock once, not once per pool.
 pub fn estimate_at(pool: &Pool, class: &Class, table: &RoutingTable, now_ms: u64) -> Estimate {
     // Live once enough samples exist (the baseline before), idle-decayed: see `state`.
-    let service = pool.state.service_time_at(now_ms);
+    let service = pool
+        .state
+        .service_time_behind(now_ms, network::upstream_rtt(pool, table));
     // M/M/1-style queueing factor on the pool's utilisation, capped so that a saturated
     // pool looks 10× slower rather than infinitely slow.
     let rho = (pool.state.in_flight() as f64 / pool.concurrency as f64).min(0.9);
     let queued = service.mul_f64(1.0 / (1.0 - rho));
-    let latency = table.rtt(class.region, pool.region) + queued;
+    // The network is not queued: only the service time is multiplied.
+    let client_rtt = network::client_rtt(class, table);
+    let pool_rtt = network::pool_rtt(pool, class, table);
+    let latency = client_rtt + pool_rtt + queued;
     // Per-token prices charge the pool's moving average of tokens per request (`tokens`).
     let cost_usd = pool.price.per_request
         + pool.price.per_gpu_hour * service.as_secs_f64() / 3600.0
         + pool.state.tokens.expected_cost_usd(&pool.price);
-    Estimate { latency, cost_usd }
+    Estimate {
+        latency,
+        cost_usd,
+        client_rtt,
+        pool_rtt,
+        service: queued,
+    }
 }
 
 fn score(est: &Estimate, weight: f64, deadline: Duration, max_cost: f64) -> f64 {
@@ -315,6 +341,45 @@ pub fn decide(class: &Class, table: &RoutingTable, tried: Tried, now_ms: u64) ->
         }
         None => no_candidate(candidates, feasible),
     }
+}
+
+/// When [`decide`] sheds: the candidate pool with the lowest estimate among those whose
+/// measured estimate has not been refreshed for [`state::PROBE_EVERY_MS`], if its probe
+/// slot is free (one request per pool per interval). A shed tier would otherwise never send
+/// the pool the request that shows it got faster again; the probe is a real request that
+/// the estimate says will be late, which for that client beats a certain 503. Pools still
+/// on the policy's baseline (never measured) are not probed: the baseline is the operator's
+/// word, not a stale measurement. Claims the slot, so call it only to act on the answer.
+pub fn probe_instead_of_shed(class: &Class, table: &RoutingTable, now_ms: u64) -> Option<Decision> {
+    let mut best: Option<(PoolId, Estimate)> = None;
+    let mut candidates = 0u16;
+    for (i, pool) in table.pools.iter().enumerate() {
+        let id = i as PoolId;
+        if exclusion(id, pool, class, table, &[], now_ms).is_some() {
+            continue;
+        }
+        candidates += 1;
+        if pool.state.samples() == 0 || pool.state.sample_age_ms(now_ms) < state::PROBE_EVERY_MS {
+            continue;
+        }
+        let est = estimate_at(pool, class, table, now_ms);
+        if best.is_none_or(|(_, b)| est.latency < b.latency) {
+            best = Some((id, est));
+        }
+    }
+    let (id, est) = best?;
+    let pool = &table.pools[id as usize];
+    if !pool.state.claim_probe(now_ms) {
+        return None;
+    }
+    let ep = pick_endpoint(id, pool, &[], now_ms)?;
+    Some(Decision {
+        target: Some((id, ep)),
+        estimate: Some(est),
+        reason: Reason::Probe,
+        candidates,
+        feasible: 0,
+    })
 }
 
 fn no_candidate(candidates: u16, feasible: u16) -> Decision {
@@ -456,7 +521,7 @@ mod tests {
     use super::*;
     use crate::classify::{Class, TierSource};
     use crate::policy::compile::{compile_str, CompileContext};
-    use crate::route::state::Fleet;
+    use crate::route::state::{Fleet, MIN_SAMPLES};
     use std::path::Path;
 
     const POLICY: &str = r#"
@@ -533,6 +598,89 @@ routes:
         assert_eq!(d.target, Some((1, 0)));
         let (_, reports) = explain(&c, &table, 1);
         assert_eq!(reports[0].excluded, Some(Exclusion::NoEndpointUp));
+    }
+
+    fn regional(gateway_region: &str) -> (RoutingTable, Fleet) {
+        let fleet = Fleet::default();
+        let text = POLICY.replace(
+            "tiers:",
+            &format!("gateway_region: {gateway_region}\ntiers:"),
+        );
+        let table = compile_str(
+            &text,
+            &CompileContext {
+                file: Path::new("t.yaml"),
+                fleet: &fleet,
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        (table, fleet)
+    }
+
+    #[test]
+    fn a_regional_instance_counts_each_network_term_once() {
+        let (table, _f) = regional("us");
+        let c = class(&table, "loose", "m"); // a client in eu
+        let far = estimate(&table.pools[1], &c, &table); // us pool, 10 ms service
+        let ms = Duration::from_millis;
+        assert_eq!(
+            (far.client_rtt, far.pool_rtt, far.service),
+            (ms(90), ms(5), ms(10))
+        );
+        assert_eq!(far.latency, ms(105));
+        // An upstream time of 97 ms from that pool is 92 ms of service, not 97 on top of
+        // the 5 ms round trip.
+        for _ in 0..MIN_SAMPLES {
+            network::observe_upstream(&table, (1, 0), ms(97));
+        }
+        assert_eq!(estimate(&table.pools[1], &c, &table).latency, ms(187));
+        // A measured round trip replaces the prior.
+        table.pools[1].state.observe_rtt(ms(40));
+        assert_eq!(estimate(&table.pools[1], &c, &table).pool_rtt, ms(40));
+        // The same client and pool from an instance in eu: the client is near, the pool far.
+        let (eu, _f) = regional("eu");
+        let near_client = estimate(&eu.pools[1], &class(&eu, "loose", "m"), &eu);
+        assert_eq!(
+            (near_client.client_rtt, near_client.pool_rtt),
+            (ms(5), ms(90))
+        );
+        // An unknown region is a compile error, not a silent default.
+        let fleet = Fleet::default();
+        fleet.set_gateway_region(Some("mars".into()));
+        let err = compile_str(
+            POLICY,
+            &CompileContext {
+                file: Path::new("t.yaml"),
+                fleet: &fleet,
+            },
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(err.contains("unknown region `mars`"), "{err}");
+    }
+
+    #[test]
+    fn a_shedding_tier_probes_a_stale_pool_once_per_interval() {
+        let (table, _f) = regional("eu");
+        let c = class(&table, "tight", "other"); // only `far` serves it: 5 + 90 + 10 > 50 ms
+        assert_eq!(decide(&c, &table, &[], 0).reason, Reason::Shed);
+        // Never measured: the baseline is the operator's word, no probe.
+        assert_eq!(probe_instead_of_shed(&c, &table, 10_000), None);
+        table.pools[1].state.observe(Duration::from_millis(10));
+        let now = state::now_ms() + 2 * state::PROBE_EVERY_MS;
+        let probe = probe_instead_of_shed(&c, &table, now);
+        assert_eq!(
+            probe.map(|d| (d.target, d.reason)),
+            Some((Some((1, 0)), Reason::Probe))
+        );
+        assert_eq!(Reason::Probe.as_str(), "slo-miss-probe");
+        assert_eq!(
+            probe_instead_of_shed(&c, &table, now + 10),
+            None,
+            "one per interval"
+        );
+        assert!(probe_instead_of_shed(&c, &table, now + state::PROBE_EVERY_MS).is_some());
     }
 
     #[test]

@@ -42,6 +42,33 @@ fn ewma_update(cell: &AtomicU64, sample_us: u64, gap_ms: u64) {
     });
 }
 
+/// Weight of a new round-trip sample (from a health probe): the network path changes in
+/// steps (a route flap, a relay), not gradually, so a few probes should be enough to follow.
+const RTT_ALPHA: f64 = 0.5;
+
+fn rtt_update(cell: &AtomicU64, sample: Duration) {
+    let s = (sample.as_micros() as u64).max(1);
+    let _ = cell.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+        Some(if old == 0 {
+            s
+        } else {
+            ((old as f64) + RTT_ALPHA * (s as f64 - old as f64)).max(1.0) as u64
+        })
+    });
+}
+
+fn rtt_of(cell: &AtomicU64) -> Option<Duration> {
+    match cell.load(Ordering::Relaxed) {
+        0 => None,
+        us => Some(Duration::from_micros(us)),
+    }
+}
+
+/// A pool whose estimate alone keeps it from a tier's requests gets one real request as a
+/// probe at most this often, when its estimate has not been refreshed for as long (see
+/// `route::probe_instead_of_shed`).
+pub const PROBE_EVERY_MS: u64 = 1000;
+
 /// Samples needed before a live estimate replaces the policy's baseline `service_time`.
 pub const MIN_SAMPLES: u64 = 5;
 /// An estimate that has seen no sample for longer than this starts to decay towards its
@@ -105,6 +132,10 @@ pub struct PoolState {
     started: [AtomicU64; TRACKED],
     /// Tokens per request, for per-token prices (`route::tokens`).
     pub tokens: super::tokens::TokenAverage,
+    /// Measured gateway → pool round trip (µs, EWMA of its endpoints' probes); 0 = none yet.
+    rtt_us: AtomicU64,
+    /// When a request was last let through as a probe (`route::probe_instead_of_shed`).
+    last_probe_ms: AtomicU64,
 }
 
 impl PoolState {
@@ -118,6 +149,8 @@ impl PoolState {
             in_flight: AtomicU32::new(0),
             started: std::array::from_fn(|_| AtomicU64::new(0)),
             tokens: Default::default(),
+            rtt_us: AtomicU64::new(0),
+            last_probe_ms: AtomicU64::new(0),
         }
     }
 
@@ -160,6 +193,13 @@ impl PoolState {
     }
 
     pub fn service_time_at(&self, now: u64) -> Duration {
+        self.service_time_behind(now, Duration::ZERO)
+    }
+
+    /// [`Self::service_time_at`] for a pool `network` away: an attempt's age includes that
+    /// round trip, which is not service time, so it is taken out before an attempt is judged
+    /// overdue.
+    pub fn service_time_behind(&self, now: u64, network: Duration) -> Duration {
         let estimate = effective_us(
             (
                 self.ewma_us.load(Ordering::Relaxed),
@@ -173,7 +213,10 @@ impl PoolState {
         );
         // Peak sensitivity before any slow answer is back: an attempt far overdue means the
         // pool got slower now, not when its answer finally arrives.
-        let age_us = self.oldest_in_flight_ms(now).saturating_mul(1000);
+        let age_us = self
+            .oldest_in_flight_ms(now)
+            .saturating_mul(1000)
+            .saturating_sub(network.as_micros() as u64);
         let estimate = if age_us.saturating_mul(2) > OVERDUE_AFTER_HALVES * estimate {
             estimate.max(age_us * OVERDUE_FACTOR)
         } else {
@@ -198,6 +241,31 @@ impl PoolState {
 
     pub fn samples(&self) -> u64 {
         self.samples.load(Ordering::Relaxed)
+    }
+
+    /// The measured gateway → pool round trip, once a probe has measured it.
+    pub fn rtt(&self) -> Option<Duration> {
+        rtt_of(&self.rtt_us)
+    }
+
+    /// One round-trip sample of one of the pool's endpoints (a health probe).
+    pub fn observe_rtt(&self, rtt: Duration) {
+        rtt_update(&self.rtt_us, rtt);
+    }
+
+    /// Milliseconds since the last service-time sample (`now` if there never was one).
+    pub fn sample_age_ms(&self, now: u64) -> u64 {
+        now.saturating_sub(self.last_sample_ms.load(Ordering::Relaxed))
+    }
+
+    /// Claim the pool's probe slot: true for at most one caller per [`PROBE_EVERY_MS`].
+    pub fn claim_probe(&self, now: u64) -> bool {
+        let last = self.last_probe_ms.load(Ordering::Relaxed);
+        (last == 0 || now.saturating_sub(last) >= PROBE_EVERY_MS)
+            && self
+                .last_probe_ms
+                .compare_exchange(last, now.max(1), Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
     }
 
     pub fn in_flight(&self) -> u32 {
@@ -262,6 +330,8 @@ pub struct EndpointState {
     healthy: AtomicBool,
     health_ok_streak: AtomicU32,
     health_fail_streak: AtomicU32,
+    /// Measured gateway → endpoint round trip (µs, EWMA of health probes); 0 = none yet.
+    rtt_us: AtomicU64,
 }
 
 /// What [`EndpointState::health_result`] changed.
@@ -288,6 +358,7 @@ impl EndpointState {
             healthy: AtomicBool::new(true),
             health_ok_streak: AtomicU32::new(0),
             health_fail_streak: AtomicU32::new(0),
+            rtt_us: AtomicU64::new(0),
         }
     }
 
@@ -442,8 +513,20 @@ impl EndpointState {
     }
 
     pub fn load_score_at(&self, now: u64) -> u64 {
-        self.latency_us(now)
+        // Service time plus the endpoint's own network round trip (two endpoints of a pool
+        // can sit at different distances), times the queue it would join.
+        (self.latency_us(now) + self.rtt_us.load(Ordering::Relaxed))
             .saturating_mul(self.in_flight.load(Ordering::Relaxed) as u64 + 1)
+    }
+
+    /// The measured gateway → endpoint round trip, once a health probe has measured it.
+    pub fn rtt(&self) -> Option<Duration> {
+        rtt_of(&self.rtt_us)
+    }
+
+    /// One round-trip sample from a health probe.
+    pub fn observe_rtt(&self, rtt: Duration) {
+        rtt_update(&self.rtt_us, rtt);
     }
 
     pub fn observe(&self, upstream: Duration) {
@@ -487,6 +570,9 @@ pub struct Fleet {
     endpoints: Mutex<HashMap<(String, String), Arc<EndpointState>>>,
     /// The retry budget: shared by every request, kept across reloads.
     retry_budget: Arc<RetryBudget>,
+    /// Where this instance runs (`--region` / `SWITCHYARD_REGION`): a property of the
+    /// process, not of the policy, so it is kept here and applied to every compiled table.
+    gateway_region: Mutex<Option<String>>,
 }
 
 impl Fleet {
@@ -528,6 +614,23 @@ impl Fleet {
 
     pub fn retry_budget(&self) -> Arc<RetryBudget> {
         self.retry_budget.clone()
+    }
+
+    /// Name the region this instance runs in, overriding the policy's `gateway_region`
+    /// (checked against the policy's regions when a table is compiled).
+    pub fn set_gateway_region(&self, region: Option<String>) {
+        *self
+            .gateway_region
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = region;
+    }
+
+    /// The instance's region as given on the command line or in the environment.
+    pub fn gateway_region(&self) -> Option<String> {
+        self.gateway_region
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 

@@ -8,6 +8,9 @@
 //! the pool or the reason changes; its latency and cost estimates are reported either way.
 //!
 //! Only routing is compared: the route a path maps to, caching and limits are not.
+//! `--gateway-region` compiles both policies as the instance in that region would, so an
+//! operator sees what each regional instance decides (the estimates' network terms depend on
+//! where the gateway runs).
 
 use crate::classify::Class;
 use crate::policy::compile::RoutingTable;
@@ -43,6 +46,9 @@ pub struct Change {
 pub struct Report {
     pub old_version: String,
     pub new_version: String,
+    /// The instance region each side decides as (`--gateway-region`, else the policy's
+    /// `gateway_region`; `None`: unknown, the gateway beside its clients).
+    pub gateway_region: Option<String>,
     pub regions: Vec<String>,
     pub tiers: Vec<String>,
     pub models: Vec<String>,
@@ -147,6 +153,7 @@ pub fn diff(old: &RoutingTable, new: &RoutingTable) -> Report {
     let mean = |sum: f64| if both == 0 { 0.0 } else { sum / both as f64 };
     Report {
         old_version: old.version.clone(),
+        gateway_region: new.gateway_region.map(|g| new.regions[g as usize].clone()),
         new_version: new.version.clone(),
         regions,
         tiers,
@@ -203,6 +210,9 @@ pub fn render_text(r: &Report) -> String {
         r.models.len(),
         r.cells
     );
+    if let Some(g) = &r.gateway_region {
+        let _ = writeln!(out, "as decided by the instance in region {g}");
+    }
     for c in &r.changes {
         let d = delta(&c.old, &c.new);
         let _ = writeln!(

@@ -34,7 +34,15 @@ pub enum ToolError {
 /// policy decides, so an endpoint whose host name does not resolve here (a compose or
 /// cluster service name) counts as up, as it would where the gateway runs.
 pub fn load(path: &Path) -> Result<RoutingTable, PolicyErrors> {
-    let table = policy::load_file(path, &Fleet::default())?;
+    load_at(path, None)
+}
+
+/// [`load`] as the instance in `gateway_region` would compile it (`--gateway-region`;
+/// `None`: the policy's own `gateway_region`).
+pub fn load_at(path: &Path, gateway_region: Option<&str>) -> Result<RoutingTable, PolicyErrors> {
+    let fleet = Fleet::default();
+    fleet.set_gateway_region(gateway_region.map(str::to_string));
+    let table = policy::load_file(path, &fleet)?;
     for ep in table.pools.iter().flat_map(|p| &p.endpoints) {
         if !ep.resolved {
             ep.state.clear_health();
@@ -116,7 +124,15 @@ pub fn render_explain(v: &Value) -> String {
     };
     let c = &v["class"];
     let mut out = String::new();
-    let _ = writeln!(out, "policy version {}", s(&v["policy_version"]));
+    let _ = writeln!(
+        out,
+        "policy version {}, as the instance in region {}",
+        s(&v["policy_version"]),
+        match &v["gateway_region"] {
+            Value::String(g) => g.as_str(),
+            _ => "(unknown: the gateway is taken to be beside the client)",
+        }
+    );
     let residency = match &c["residency"] {
         Value::Array(a) => format!(
             " (residency: {})",
@@ -139,8 +155,8 @@ pub fn render_explain(v: &Value) -> String {
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "  {:<20} {:<6} {:<8} {:>11} {:>12} {:>7}  why",
-        "pool", "kind", "region", "latency", "cost", "score"
+        "  {:<20} {:<6} {:<8} {:>11} {:>20} {:>12} {:>7}  why",
+        "pool", "kind", "region", "latency", "client+pool+service", "cost", "score"
     );
     for cand in v["candidates"].as_array().into_iter().flatten() {
         let mark = if cand["chosen"] == Value::Bool(true) {
@@ -148,12 +164,19 @@ pub fn render_explain(v: &Value) -> String {
         } else {
             " "
         };
-        let (lat, cost) = match &cand["estimate"] {
+        let f = |e: &serde_json::Map<String, Value>, k: &str| e[k].as_f64().unwrap_or(0.0);
+        let (lat, parts, cost) = match &cand["estimate"] {
             Value::Object(e) => (
-                format!("{:.1} ms", e["latency"].as_f64().unwrap_or(0.0)),
-                format!("${:.6}", e["cost_usd"].as_f64().unwrap_or(0.0)),
+                format!("{:.1} ms", f(e, "latency")),
+                format!(
+                    "{:.0}+{:.0}+{:.1}",
+                    f(e, "client_rtt"),
+                    f(e, "pool_rtt"),
+                    f(e, "service")
+                ),
+                format!("${:.6}", f(e, "cost_usd")),
             ),
-            _ => ("-".into(), "-".into()),
+            _ => ("-".into(), "-".into(), "-".into()),
         };
         let score = cand["score"]
             .as_f64()
@@ -164,11 +187,12 @@ pub fn render_explain(v: &Value) -> String {
         };
         let _ = writeln!(
             out,
-            "{mark} {:<20} {:<6} {:<8} {:>11} {:>12} {:>7}  {}",
+            "{mark} {:<20} {:<6} {:<8} {:>11} {:>20} {:>12} {:>7}  {}",
             s(&cand["pool"]),
             s(&cand["kind"]),
             s(&cand["region"]),
             lat,
+            parts,
             cost,
             score,
             why

@@ -304,6 +304,7 @@ pub fn policy_schema() -> Value {
             "trusted_proxies": strings("CIDRs (or addresses) whose X-Forwarded-For is believed."),
             "geoip": geoip,
             "regions": regions,
+            "gateway_region": string("The region this gateway instance runs in (one of regions.map), unless --region or SWITCHYARD_REGION say at start-up."),
             "rtt_ms": rtt_ms,
             "tiers": { "type": "object", "description": "SLO tiers by name.", "additionalProperties": tier },
             "tenants": { "type": "array", "items": tenant },
