@@ -8,6 +8,7 @@
 //! or validate never replaces the one serving.
 
 pub mod compile;
+pub mod control;
 pub mod hosted;
 pub mod raw;
 pub mod reload;
