@@ -14,6 +14,7 @@ RUN apt-get update \
 WORKDIR /src
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY gateway gateway
+COPY testkit testkit
 COPY examples examples
 COPY benches benches
 # policies/demo.yaml and the test GeoIP database are compiled into the binary.

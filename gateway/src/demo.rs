@@ -22,7 +22,8 @@ use crate::policy::{RoutingTable, Snapshot};
 use crate::route::state::Fleet;
 use crate::server;
 use crate::testkit::client::{Connection, Request};
-use crate::testkit::mock::{MockBackend, MockConfig};
+use crate::testkit::fleet::{self, MockSpec};
+use crate::testkit::mock::MockBackend;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -147,20 +148,13 @@ fn mock_profile(kind: PoolKind) -> (Duration, Duration) {
 }
 
 async fn start_mocks(table: &RoutingTable) -> Result<Vec<MockBackend>, std::io::Error> {
-    let mut mocks = Vec::new();
-    for pool in &table.pools {
+    let specs = table.pools.iter().flat_map(|pool| {
         let (latency, jitter) = mock_profile(pool.kind);
-        for ep in pool.endpoints.iter().filter(|e| e.resolved) {
-            let cfg = MockConfig {
-                name: format!("{}@{}", pool.name, ep.name),
-                latency,
-                jitter,
-                ..MockConfig::default()
-            };
-            mocks.push(MockBackend::start(cfg, ep.addr).await?);
-        }
-    }
-    Ok(mocks)
+        pool.endpoints.iter().filter(|e| e.resolved).map(move |ep| {
+            MockSpec::new(format!("{}@{}", pool.name, ep.name), latency, jitter).at(ep.addr)
+        })
+    });
+    fleet::start(specs).await
 }
 
 async fn wait_ready(proxy: SocketAddr) -> bool {

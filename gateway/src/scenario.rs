@@ -32,7 +32,8 @@ use crate::policy::compile::{self, CompileContext};
 use crate::route::state::Fleet;
 use crate::server;
 use crate::testkit::client::{Connection, Request};
-use crate::testkit::mock::{MockBackend, MockConfig};
+use crate::testkit::fleet::MockSpec;
+use crate::testkit::mock::MockBackend;
 use crate::testkit::relay::Relay;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
@@ -119,21 +120,21 @@ struct MockFleet {
 
 impl MockFleet {
     async fn start(tag: &str) -> std::io::Result<MockFleet> {
-        let any: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 0));
-        let cfg = |name: &str, (base, jitter): (u64, u64)| MockConfig {
-            name: format!("{tag}/{name}"),
-            latency: Duration::from_millis(base),
-            jitter: Duration::from_millis(jitter),
-            ..MockConfig::default()
+        let spec = |name: &str, (base, jitter): (u64, u64)| {
+            MockSpec::new(
+                format!("{tag}/{name}"),
+                Duration::from_millis(base),
+                Duration::from_millis(jitter),
+            )
         };
         Ok(MockFleet {
-            edge_eu: MockBackend::start(cfg("edge-eu", EDGE_MS), any).await?,
-            edge_ap: MockBackend::start(cfg("edge-ap", EDGE_MS), any).await?,
+            edge_eu: spec("edge-eu", EDGE_MS).start().await?,
+            edge_ap: spec("edge-ap", EDGE_MS).start().await?,
             gpu: [
-                MockBackend::start(cfg("gpu-0", GPU_MS), any).await?,
-                MockBackend::start(cfg("gpu-1", GPU_MS), any).await?,
+                spec("gpu-0", GPU_MS).start().await?,
+                spec("gpu-1", GPU_MS).start().await?,
             ],
-            batch: MockBackend::start(cfg("batch", BATCH_MS), any).await?,
+            batch: spec("batch", BATCH_MS).start().await?,
         })
     }
 

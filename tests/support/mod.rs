@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use switchyard::testkit::client::{self, Request, Response};
-use switchyard::testkit::mock::{MockBackend, MockConfig};
+use switchyard::testkit::fleet::MockSpec;
+use switchyard::testkit::mock::MockBackend;
 
 /// A free port on 127.0.0.1 (bound, read, released: the usual small race is accepted).
 pub fn free_addr() -> SocketAddr {
@@ -372,13 +373,8 @@ impl Drop for Gateway {
 
 /// Start a mock backend on a fresh loopback port.
 pub async fn mock(name: &str, latency_ms: u64) -> MockBackend {
-    let cfg = MockConfig {
-        name: name.to_string(),
-        latency: Duration::from_millis(latency_ms),
-        jitter: Duration::ZERO,
-        ..MockConfig::default()
-    };
-    MockBackend::start(cfg, "127.0.0.1:0".parse().expect("addr"))
+    MockSpec::new(name, Duration::from_millis(latency_ms), Duration::ZERO)
+        .start()
         .await
         .expect("start mock")
 }

@@ -6,8 +6,37 @@
 //! swap. A request loads the snapshot once, at its start, and uses that table to the end, so
 //! a reload never changes the rules under a request in flight. A policy that fails to parse
 //! or validate never replaces the one serving.
+//!
+//! `compile` is split per section (`compile/`), and [`control::ControlPlane`] (reload,
+//! address refresh) lives here so that `policy` never imports `admin`.
+//!
+//! Not done yet (issue 16, item 10): the compiled table still holds live state
+//! (`Pool::state`, `Endpoint::state`, `Upstream::budget`, attached from the
+//! `route::state::Fleet` by name at compile time), so `policy` imports `route::state`. The
+//! plan, kept as one change because it touches every reader of that state:
+//! 1. `RoutingTable` becomes pure data: drop `Pool::state`, `Endpoint::state` and
+//!    `Upstream::budget`. `CompileContext` takes `gateway_region: Option<String>` (the
+//!    start-up `--region` override) instead of `fleet`; `resolve::endpoints` stops attaching
+//!    state (an unresolved placeholder is recognised by `Endpoint::resolved`).
+//! 2. `route::state` gains `Live { pools: Vec<Arc<PoolState>>, endpoints:
+//!    Vec<Vec<Arc<EndpointState>>>, budget: Arc<RetryBudget> }`, indexed like the table
+//!    (`PoolId`, endpoint index), built by `Fleet::attach(&RoutingTable) -> Live` by name,
+//!    so state still survives a reload that keeps the pool and endpoint names; unresolved
+//!    endpoints get `EndpointState::unresolved()`.
+//! 3. A new top-level `serving` module owns `Serving { table: RoutingTable, live: Live }` and
+//!    the `Snapshot` (`ArcSwap<Serving>`): one pointer load per request still gives a table
+//!    and its state together. `ControlPlane` publishes `Serving`; `policy::load_file` and
+//!    `compile_str` return the bare table.
+//! 4. Readers change mechanically: `pool.state` → `live.pool(pool_id)`, `ep.state` →
+//!    `live.endpoint(pool_id, ep_idx)`, `table.upstream.budget` → `live.budget`. Signatures
+//!    that take `&RoutingTable` and read state take `&Serving` (or `(&RoutingTable, &Live)`):
+//!    `route::decide`, `route::network`, `route::health`, `hedge`, `proxy` and
+//!    `proxy::buffered`, `queue::dispatcher`, `admin` (metrics, status, explain), `admit`,
+//!    `grpc`, `discovery`, `demo`, `scenario`, `tools`, and the tests that build a table by
+//!    hand. Nothing else in `policy` needs `route::state` after that.
 
 pub mod compile;
+pub mod control;
 pub mod hosted;
 pub mod raw;
 pub mod reload;

@@ -19,7 +19,7 @@
 //! the handler when its service starts and reports that in [`ReloadStatus::sighup_armed`].
 
 use super::compile::{content_version, RoutingTable};
-use crate::admin::ControlPlane;
+use super::control::ControlPlane;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;

@@ -16,12 +16,12 @@
 //!
 //! The request path never resolves anything and takes no lock for it: a changed address set
 //! is a new routing-table generation (the same policy text compiled again, published with
-//! the usual `ArcSwap` store by [`crate::admin::ControlPlane::refresh_addresses`]). Lookups
+//! the usual `ArcSwap` store by [`crate::policy::control::ControlPlane::refresh_addresses`]). Lookups
 //! use the system resolver (`getaddrinfo`, blocking), so they run on blocking threads.
 
 use super::compile::{header_value, Endpoint};
+use super::control::ControlPlane;
 use super::raw::EndpointEntry;
-use crate::admin::ControlPlane;
 use crate::route::state::{EndpointState, Fleet};
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;

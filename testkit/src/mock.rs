@@ -15,6 +15,15 @@
 //! the `/_mock/*` control paths. Dropping a [`MockBackend`] does not stop it; call
 //! [`MockBackend::shutdown`]. "Down" closes the listening socket (connects are refused) and
 //! every open connection; "up" binds the same address again.
+//!
+//! Why hand-written HTTP/1.1 and not hyper (measured for issue 16, 2026-12): hyper 1.12 with
+//! `server`, `client`, `http1`, `http2`, plus `hyper-util` and `http-body-util`, adds 6 crates
+//! to the tree (h2, http, httparse and tokio are already in it) and ~3.6 s of debug build, so
+//! its cost is small and it is where HTTP/2, gRPC and TLS mocks should go. This server stays
+//! until a hyper version is measured at least as fast on `benches/load.sh`'s loopback load (the
+//! mock must never be the bottleneck; that comparison needs an idle machine and has not been
+//! run) and keeps the wire behaviour the tests rely on: one write per response, "down"
+//! closing every open connection at once, stalls that hold health checks.
 
 use bytes::{Buf, BytesMut};
 use serde::{Deserialize, Serialize};

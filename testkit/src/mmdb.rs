@@ -15,6 +15,14 @@
 //! (`::/96` or `::ffff:0:0/96`): give those as IPv4 networks. Host bits are ignored
 //! (`192.0.2.7/24` is `192.0.2.0/24`). This is not a general MMDB writer: one record shape,
 //! no pointers in the data section. Nothing here is on the request path.
+//!
+//! Why not a writer crate (measured for issue 16, 2026-12, on `test_entries()`): neither
+//! reproduces the committed 3,108-byte `geo-data/switchyard-test.mmdb`, which
+//! `tests/geo_data.rs` holds to. `mmdb-writer` 0.1.0 writes 2,686 bytes (IPv4 aliasing off)
+//! or 2,841–2,842 bytes (aliasing on: it also aliases 6to4 and Teredo), `maxminddb-writer`
+//! 0.1.3 writes 3,276 bytes (metadata in struct order, no IPv4-mapped alias); all differ from
+//! byte 5, in the search tree. `mmdb-writer` would also add 8 crates (`bon`, `darling`
+//! proc macros), `maxminddb-writer` 1.
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use std::collections::BTreeMap;

@@ -1,0 +1,506 @@
+//! Validation and compilation: the as-written [`raw::Policy`] becomes an immutable
+//! [`RoutingTable`] with every reference resolved to an index, every duration and size typed,
+//! every CIDR parsed and every endpoint address resolved.
+//!
+//! Validation reports *every* problem it finds, each with the line and column of the node to
+//! fix, not just the first. Compilation does blocking work (reading the GeoIP database,
+//! resolving endpoint host names) and therefore never runs on the request path: it runs at
+//! start-up and on reload, and the result is published with one atomic pointer swap.
+//!
+//! Live measurements (latency EWMAs, in-flight counts, endpoints marked down) are not part of
+//! the table: they live in [`Fleet`] and are attached here by pool and endpoint name, so they
+//! survive a reload of a policy that still has the same pools.
+//!
+//! One submodule per policy section, each beside the runtime types it produces:
+//! `listeners`, `regions` (with `rtt_ms`, `gateway_region`, `geoip`), `tiers`, `tenants`,
+//! `pools` (with endpoints and `models`), `routes`, `upstream`, `queue`, `cache`, `limits`
+//! and `observe`. [`compile`] here only orders the sections (later ones resolve names
+//! against earlier ones) and collects their problems.
+
+mod cache;
+mod limits;
+mod listeners;
+mod observe;
+mod pools;
+mod queue;
+mod regions;
+mod routes;
+mod tenants;
+mod tiers;
+mod upstream;
+
+pub use cache::CacheSettings;
+pub use limits::Limits;
+pub use pools::{Endpoint, HealthCheck, ModelSet, Pool};
+pub use queue::{PoolDispatch, QueueBackend, QueueSettings};
+pub use routes::{PathMatch, Route, RouteCache};
+pub use tenants::Tenant;
+pub use tiers::{KindSet, Tier};
+pub use upstream::Upstream;
+
+use super::raw;
+use super::{PolicyError, PolicyErrors};
+use crate::classify::geo::GeoDb;
+use crate::route::state::Fleet;
+use http::HeaderValue;
+use ipnet::IpNet;
+use serde_saphyr::{Location, Spanned};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// Index of a region in [`RoutingTable::regions`].
+pub type RegionId = u16;
+/// Index of a tier in [`RoutingTable::tiers`].
+pub type TierId = u16;
+/// Index of a pool in [`RoutingTable::pools`].
+pub type PoolId = u16;
+/// Index of a route in [`RoutingTable::routes`].
+pub type RouteId = u16;
+/// Index of a tenant in [`RoutingTable::tenants`].
+pub type TenantId = u16;
+
+/// Request bodies the gateway reads before routing (to find the model, check the JSON and
+/// compute cacheability) are held in memory and re-sent on retry; this is the most it holds.
+pub const INSPECT_LIMIT: usize = 64 * 1024;
+/// The largest `max_body` a route may declare.
+pub const MAX_BODY_LIMIT: usize = 256 * 1024 * 1024;
+/// A route's `max_body` when it names none: real chat bodies (long prompts, tool
+/// definitions, base64 images) run to several MB.
+pub const DEFAULT_MAX_BODY: usize = 32 * 1024 * 1024;
+/// `limits.max_buffered_bytes` when the policy names none.
+pub const DEFAULT_MAX_BUFFERED: u64 = 512 * 1024 * 1024;
+/// The largest `cache.max_bytes`.
+pub const MAX_CACHE_BYTES: usize = 64 * 1024 * 1024 * 1024;
+
+/// The compiled policy: everything the request path reads, immutable once built.
+pub struct RoutingTable {
+    /// Short content hash of the policy text; reported in responses and the admin API.
+    pub version: String,
+    /// Unique per compiled table in this process (unlike `version`, which repeats when the
+    /// same text is loaded again); keys per-table caches such as metric handles.
+    pub generation: u64,
+    pub source: PathBuf,
+    pub loaded_at: SystemTime,
+    pub proxy_listener: SocketAddr,
+    /// Whether the plain `proxy` listener runs (false: `tls` is set and `proxy` is not
+    /// written).
+    pub plain_listener: bool,
+    /// `listeners.tls`, its certificate loaded and checked (`crate::tls`).
+    pub tls_listener: Option<crate::tls::TlsListener>,
+    pub admin_listener: SocketAddr,
+    /// `listeners.admin_token`, expanded; `None`: the admin API is open (loopback only).
+    pub admin_token: Option<super::secret::Secret>,
+    pub threads: Option<usize>,
+    /// How long in-flight requests may finish after `SIGTERM` (start-up only).
+    pub shutdown_grace: Duration,
+    pub trusted_proxies: Vec<IpNet>,
+    pub geo: Arc<GeoDb>,
+    pub regions: Vec<String>,
+    /// `regions` and `version` as ready header values (see [`header_value`]).
+    pub region_headers: Vec<HeaderValue>,
+    pub version_header: HeaderValue,
+    pub default_region: RegionId,
+    /// Where this instance runs (`--region`, `SWITCHYARD_REGION`, else the policy's
+    /// `gateway_region`). `None`: unknown, and the estimate takes the gateway to be beside
+    /// its clients (`rtt(client region, pool region)` for the whole network path).
+    pub gateway_region: Option<RegionId>,
+    country_region: HashMap<[u8; 2], RegionId>,
+    continent_region: HashMap<[u8; 2], RegionId>,
+    /// `rtt_ms[from * regions + to]`.
+    rtt_ms: Vec<f64>,
+    /// Per client region, the pool regions allowed to serve it (`None`: any).
+    residency: Vec<Option<Vec<RegionId>>>,
+    pub tiers: Vec<Tier>,
+    tier_by_name: HashMap<String, TierId>,
+    pub tenants: Vec<Tenant>,
+    /// Tenant key digests, scanned whole by [`RoutingTable::tenant_by_key_hash`].
+    tenant_keys: Vec<([u8; 32], TenantId)>,
+    /// `auth:`: whether requests must carry a known tenant key.
+    pub auth: super::tenancy::AuthMode,
+    pub pools: Vec<Pool>,
+    pub routes: Vec<Route>,
+    pub upstream: Upstream,
+    /// The batch queue, when the policy has a `queue:` section.
+    pub queue: Option<QueueSettings>,
+    /// The prediction cache's limits.
+    pub cache: CacheSettings,
+    /// Gateway-wide limits.
+    pub limits: Limits,
+    /// Where the access log goes and how it is written.
+    pub access_log: (crate::observe::LogTarget, crate::observe::LogFormat),
+    /// Model → the version the policy declares (`models:`), part of the cache key.
+    pub model_versions: HashMap<String, String>,
+    /// The policy text this table was compiled from (compiled again when an endpoint host
+    /// name's addresses change: `policy::resolve`).
+    pub text: Arc<str>,
+    /// What each endpoint host name resolved to, in policy order.
+    pub host_names: Vec<super::resolve::NameResolution>,
+}
+
+pub use super::raw::CacheScope;
+
+impl RoutingTable {
+    /// The first route whose match fits `path` (query string already removed).
+    pub fn match_route(&self, path: &str) -> Option<RouteId> {
+        self.routes
+            .iter()
+            .position(|r| r.matcher.matches(path))
+            .map(|i| i as RouteId)
+    }
+
+    pub fn tier_by_name(&self, name: &str) -> Option<TierId> {
+        self.tier_by_name.get(name).copied()
+    }
+
+    /// The tenant whose key has this SHA-256. Every stored digest is compared, in constant
+    /// time, so the time taken says nothing about how close a guess came to any key.
+    pub fn tenant_by_key_hash(&self, hash: &[u8; 32]) -> Option<TenantId> {
+        use subtle::ConstantTimeEq;
+        let mut found = subtle::CtOption::new(0u16, subtle::Choice::from(0));
+        for (digest, id) in &self.tenant_keys {
+            let hit = digest.ct_eq(hash);
+            found = subtle::CtOption::new(*id, hit).or_else(|| found);
+        }
+        Option::from(found)
+    }
+
+    pub fn region_of_country(&self, iso: &[u8]) -> Option<RegionId> {
+        let key: [u8; 2] = iso.try_into().ok()?;
+        self.country_region.get(&key).copied()
+    }
+
+    pub fn region_of_continent(&self, code: &[u8]) -> Option<RegionId> {
+        let key: [u8; 2] = code.try_into().ok()?;
+        self.continent_region.get(&key).copied()
+    }
+
+    pub fn rtt(&self, from: RegionId, to: RegionId) -> Duration {
+        let n = self.regions.len();
+        let ms = self
+            .rtt_ms
+            .get(from as usize * n + to as usize)
+            .copied()
+            .unwrap_or(0.0);
+        Duration::from_secs_f64(ms / 1000.0)
+    }
+
+    /// Whether residency rules let a pool in `pool` serve a client in `client`.
+    pub fn residency_allows(&self, client: RegionId, pool: RegionId) -> bool {
+        match self.residency.get(client as usize) {
+            Some(Some(allowed)) => allowed.contains(&pool),
+            _ => true,
+        }
+    }
+
+    /// The pool regions allowed for clients in `client`, if the policy restricts them.
+    pub fn residency(&self, client: RegionId) -> Option<&[RegionId]> {
+        self.residency.get(client as usize)?.as_deref()
+    }
+
+    pub fn region_by_name(&self, name: &str) -> Option<RegionId> {
+        self.regions
+            .iter()
+            .position(|r| r == name)
+            .map(|i| i as RegionId)
+    }
+}
+
+/// A policy name as a response header value, validated once at compile time instead of on
+/// every response. Names that are not valid header text (control characters) show as `-`.
+pub fn header_value(text: &str) -> HeaderValue {
+    HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+/// Parse a duration such as `150ms`, `2s`, `10m`, `1h`, `250us`.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number.parse().ok()?;
+    if !value.is_finite() || value < 0.0 {
+        return None;
+    }
+    let seconds = match unit.trim() {
+        "us" | "µs" => value / 1e6,
+        "ms" => value / 1e3,
+        "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return None,
+    };
+    Duration::try_from_secs_f64(seconds).ok()
+}
+
+/// Parse a size such as `1MiB`, `64KiB`, `500KB`, `2048`.
+pub fn parse_size(text: &str) -> Option<usize> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: usize = number.parse().ok()?;
+    let factor = match unit.trim() {
+        "" | "B" => 1,
+        "KB" => 1000,
+        "KiB" => 1024,
+        "MB" => 1000 * 1000,
+        "MiB" => 1024 * 1024,
+        "GB" => 1000 * 1000 * 1000,
+        "GiB" => 1024 * 1024 * 1024,
+        _ => return None,
+    };
+    value.checked_mul(factor)
+}
+
+/// Collects problems while compiling, each at a location in the policy file.
+struct Problems<'a> {
+    file: &'a Path,
+    list: Vec<PolicyError>,
+}
+
+impl Problems<'_> {
+    fn at(&mut self, loc: &Location, message: impl Into<String>) {
+        self.list.push(PolicyError {
+            file: self.file.to_path_buf(),
+            line: loc.line(),
+            column: loc.column(),
+            message: message.into(),
+        });
+    }
+    fn on<T>(&mut self, node: &Spanned<T>, message: impl Into<String>) {
+        self.at(&node.referenced, message);
+    }
+}
+
+fn duration_field(p: &mut Problems, node: &Spanned<String>, what: &str) -> Duration {
+    match parse_duration(&node.value) {
+        Some(d) => d,
+        None => {
+            p.on(
+                node,
+                format!(
+                    "{what}: expected a duration such as `150ms`, `2s`, `10m` or `1h`, found `{}`",
+                    node.value
+                ),
+            );
+            Duration::ZERO
+        }
+    }
+}
+
+/// Everything `compile` needs besides the policy text.
+pub struct CompileContext<'a> {
+    /// The file the policy came from: named in every error, and the base for relative paths.
+    pub file: &'a Path,
+    /// Live state to attach pools and endpoints to.
+    pub fleet: &'a Fleet,
+}
+
+/// Parse, validate and compile policy text.
+pub fn compile_str(text: &str, cx: &CompileContext) -> Result<RoutingTable, PolicyErrors> {
+    let placed = |errors| place_unlocated(text, errors);
+    let raw = super::parse(text, cx.file).map_err(placed)?;
+    let version = content_version(text);
+    let mut table = compile(raw, version, cx).map_err(placed)?;
+    table.text = Arc::from(text);
+    Ok(table)
+}
+
+/// Problems no single node carries (a pair missing from `rtt_ms`, no routes, an unreadable
+/// GeoIP database, a YAML error reported without a position) are placed at the top-level key
+/// of the section their message names, else at 1:1: every problem in a file has a line to go
+/// to (the property tests hold the parser to that).
+fn place_unlocated(text: &str, mut errors: PolicyErrors) -> PolicyErrors {
+    for e in errors.0.iter_mut().filter(|e| e.line == 0 || e.column == 0) {
+        let section = e.message.split(':').next().unwrap_or("");
+        let line = text
+            .lines()
+            .position(|l| {
+                !section.is_empty()
+                    && l.strip_prefix(section)
+                        .is_some_and(|rest| rest.starts_with(':'))
+            })
+            .map_or(1, |i| i as u64 + 1);
+        if e.line == 0 {
+            e.line = line;
+        }
+        e.column = e.column.max(1);
+    }
+    errors
+}
+
+/// A short, stable hash of the policy text, used as its version.
+pub fn content_version(text: &str) -> String {
+    let digest = Sha256::digest(text.as_bytes());
+    digest[..6].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn compile(
+    raw: raw::Policy,
+    version: String,
+    cx: &CompileContext,
+) -> Result<RoutingTable, PolicyErrors> {
+    let mut problems = Problems {
+        file: cx.file,
+        list: Vec::new(),
+    };
+    let p = &mut problems;
+    let listeners = listeners::compile(p, &raw.listeners, cx.file);
+    let trusted_proxies = listeners::trusted_proxies(p, &raw);
+    let regions = regions::compile(p, &raw, cx.fleet);
+    let tiers = tiers::compile(p, &raw);
+    let tenants = tenants::compile(p, &raw, &tiers);
+    let (mut pools, host_names) = pools::compile(p, &raw, &regions, cx);
+    tiers::check_kinds_served(p, &raw, &pools);
+    let routes = routes::compile(p, &raw, &tiers);
+    let down_backoff = upstream::down_backoff(p, &raw);
+    let shutdown_grace = listeners::shutdown_grace(p, &raw.listeners);
+    let upstream = upstream::compile(p, &raw, down_backoff, cx.fleet);
+    let queue = queue::compile(p, &raw, &mut pools, cx.file);
+    let cache = raw
+        .cache
+        .as_ref()
+        .map(|c| cache::compile_cache(p, c))
+        .unwrap_or_default();
+    let mut limits = raw
+        .limits
+        .as_ref()
+        .map(|l| limits::compile_limits(p, l))
+        .unwrap_or_default();
+    let access_log = observe::compile_access_log(p, raw.observe.as_ref(), cx.file);
+    limits::compile_admission(p, &raw, &tiers, &mut limits);
+    let model_versions = pools::model_versions(p, &raw, &pools);
+    let geo = regions::open_geo(p, &raw, cx.file);
+
+    if !problems.list.is_empty() {
+        return Err(PolicyErrors(problems.list));
+    }
+    let geo = match geo {
+        Ok(g) => g,
+        Err(()) => return Err(PolicyErrors(problems.list)),
+    };
+    static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    Ok(RoutingTable {
+        generation: GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        version_header: header_value(&version),
+        region_headers: regions.names.iter().map(|r| header_value(r)).collect(),
+        version,
+        source: cx.file.to_path_buf(),
+        loaded_at: SystemTime::now(),
+        proxy_listener: listeners.proxy,
+        plain_listener: listeners.plain,
+        tls_listener: listeners.tls,
+        admin_listener: listeners.admin,
+        admin_token: listeners.admin_token,
+        threads: raw.listeners.threads,
+        shutdown_grace,
+        trusted_proxies,
+        geo: Arc::new(geo),
+        default_region: regions.default,
+        gateway_region: regions.gateway,
+        country_region: regions.country,
+        continent_region: regions.continent,
+        rtt_ms: regions.rtt_ms,
+        residency: regions.residency,
+        regions: regions.names,
+        tiers: tiers.list,
+        tier_by_name: tiers.by_name,
+        tenants: tenants.list,
+        tenant_keys: tenants.by_key.into_iter().collect(),
+        auth: raw.auth,
+        pools,
+        routes,
+        upstream,
+        queue,
+        cache,
+        limits,
+        access_log,
+        model_versions,
+        text: Arc::from(""),
+        host_names,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::raw::Protocol;
+
+    #[test]
+    fn durations_and_sizes() {
+        assert_eq!(parse_duration("150ms"), Some(Duration::from_millis(150)));
+        assert_eq!(parse_duration("2s"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_duration("10m"), Some(Duration::from_secs(600)));
+        assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("10"), None);
+        assert_eq!(parse_duration("-1s"), None);
+        assert_eq!(parse_duration("fast"), None);
+        assert_eq!(parse_size("1MiB"), Some(1024 * 1024));
+        assert_eq!(parse_size("64KiB"), Some(65536));
+        assert_eq!(parse_size("2048"), Some(2048));
+        assert_eq!(parse_size("1 MB"), Some(1_000_000));
+        assert_eq!(parse_size("lots"), None);
+    }
+
+    fn compile_pools(pools: &str) -> Result<RoutingTable, PolicyErrors> {
+        let text = format!(
+            r#"
+regions: {{ default: us, map: [{{ name: us, continents: [NA] }}] }}
+rtt_ms: {{ us: {{ us: 5 }} }}
+tiers: {{ t: {{ deadline: 1s, weight: 0.5, pools: [edge] }} }}
+pools:
+{pools}
+routes:
+  - {{ name: g, match: "/inference.GRPCInferenceService/*", protocol: oip-v2-grpc, tier: t }}
+"#
+        );
+        let fleet = crate::route::state::Fleet::default();
+        compile_str(
+            &text,
+            &CompileContext {
+                file: std::path::Path::new("t.yaml"),
+                fleet: &fleet,
+            },
+        )
+    }
+
+    #[test]
+    fn endpoints_name_an_http_and_optionally_a_grpc_address() {
+        let table = compile_pools(
+            "  - { name: p, kind: edge, region: us, endpoints: [{ http: \"127.0.0.1:8000\", grpc: \"127.0.0.1:8001\" }], models: [m], concurrency: 4, service_time: 10ms }\n\
+             \x20 - { name: q, kind: edge, region: us, endpoints: [\"127.0.0.1:9000\", { http: \"127.0.0.1:9100\" }], models: [m], concurrency: 4, service_time: 10ms }",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let p = &table.pools[0];
+        assert_eq!(p.endpoints[0].name, "127.0.0.1:8000");
+        assert_eq!(p.endpoints[0].addr.port(), 8000);
+        assert_eq!(p.endpoints[0].grpc.map(|a| a.port()), Some(8001));
+        assert!(p.serves_grpc());
+        assert!(!table.pools[1].serves_grpc());
+        assert_eq!(table.routes[0].protocol, Protocol::OipV2Grpc);
+
+        // Half a pool on gRPC cannot be routed to consistently: refused, with the reason.
+        let err = compile_pools(
+            "  - { name: p, kind: edge, region: us, endpoints: [{ http: \"127.0.0.1:8000\", grpc: \"127.0.0.1:8001\" }, \"127.0.0.1:9000\"], models: [m], concurrency: 4, service_time: 10ms }",
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(
+            err.contains("every endpoint names a `grpc` address or none"),
+            "{err}"
+        );
+        // Unknown keys in the map form are rejected like everywhere else.
+        assert!(compile_pools(
+            "  - { name: p, kind: edge, region: us, endpoints: [{ http: \"127.0.0.1:8000\", grcp: \"127.0.0.1:8001\" }], models: [m], concurrency: 4, service_time: 10ms }",
+        )
+        .is_err());
+    }
+}
