@@ -114,6 +114,29 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Simulate policies on a virtual clock against a scenario's traffic and faults, beside
+    /// round-robin, always-GPU and an offline (greedy) oracle: SLO attainment, latency,
+    /// spend and pool utilisation per phase, in seconds instead of minutes.
+    Simulate {
+        /// The built-in scenario (`fleet-faults`, as in `demo --scenario`).
+        #[arg(long, default_value = "fleet-faults")]
+        scenario: String,
+        /// A policy to simulate (repeatable); default: the scenario's own policy.
+        #[arg(long, short)]
+        policy: Vec<PathBuf>,
+        /// Seconds per scenario phase (four phases).
+        #[arg(long, default_value_t = 10)]
+        phase_secs: u64,
+        /// Requests per second.
+        #[arg(long, default_value_t = 100.0)]
+        rate: f64,
+        /// Seed of the service-time draws and the endpoint choice.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Print the report as JSON (the shape of `demo --scenario --json`).
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -156,6 +179,23 @@ fn main() -> ExitCode {
             report(explain(&policy, &args, format))
         }
         Command::Diff { old, new, format } => report(diff(&old, &new, format)),
+        Command::Simulate {
+            scenario,
+            policy,
+            phase_secs,
+            rate,
+            seed,
+            json,
+        } => {
+            let opts = switchyard::simulate::SimOptions {
+                scenario,
+                phase: std::time::Duration::from_secs(phase_secs.max(1)),
+                rate: rate.clamp(1.0, 1_000_000.0),
+                seed,
+                policies: policy,
+            };
+            report(simulate(&opts, json))
+        }
         Command::Schema => {
             print!("{}", tools::schema::render());
             ExitCode::SUCCESS
@@ -249,6 +289,16 @@ fn explain(policy: &std::path::Path, args: &tools::ExplainArgs, format: Format) 
     match format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&v)?),
         Format::Text => print!("{}", tools::render_explain(&v)),
+    }
+    Ok(())
+}
+
+fn simulate(opts: &switchyard::simulate::SimOptions, json: bool) -> Result<()> {
+    let r = switchyard::simulate::run(opts)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        print!("{}", switchyard::simulate::render(&r));
     }
     Ok(())
 }
