@@ -182,3 +182,56 @@ fn a_policy_that_does_not_fit_the_fleet_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("pool `edge-sg` is not in the fleet"), "{err}");
 }
+
+#[test]
+fn a_scripted_surge_shows_who_saturates() {
+    let workload = support::repo_root().join("examples/workloads/surge.yaml");
+    let report = json(&run(&[
+        "simulate",
+        "--workload",
+        workload.to_str().unwrap_or_default(),
+        "--json",
+    ]));
+    assert_eq!(report["scenario"], "surge");
+    let phases = report["phases"].as_array().expect("phases");
+    assert_eq!(phases.len(), 3);
+    for phase in phases {
+        let sy = system(phase, "switchyard");
+        assert!(realtime(sy) >= 99.0, "{phase:#}");
+        for sys in phase["systems"].as_array().expect("systems") {
+            for (pool, u) in sys["utilisation"].as_object().expect("utilisation") {
+                let u = u.as_f64().unwrap_or(-1.0);
+                assert!((0.0..=100.0).contains(&u), "{pool} at {u}%: {phase:#}");
+            }
+        }
+    }
+    // Six times the traffic while one GPU endpoint is down: always-GPU's one endpoint
+    // queues and the real-time tier collapses; round-robin floods the batch pool.
+    let surge = &phases[1];
+    assert!(realtime(system(surge, "always-gpu")) < 50.0, "{surge:#}");
+    let batch = system(surge, "round-robin")["utilisation"]["batch"]
+        .as_f64()
+        .unwrap_or(0.0);
+    assert!(batch >= 95.0, "{surge:#}");
+    assert!(
+        spend(system(surge, "oracle")) <= spend(system(surge, "switchyard")),
+        "{surge:#}"
+    );
+}
+
+#[test]
+fn a_bad_workload_file_names_every_problem() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "phases: [{ duration: 10s, rate: -1 }]\nregions: { mars: 1 }\ntiers: [{ name: realtime, share: 1, deadline: 150ms }]\n",
+    )
+    .expect("write");
+    let out = run(&["simulate", "--workload", bad.to_str().unwrap_or_default()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    for needle in ["bad.yaml: phases[0].rate", "bad.yaml: regions.mars"] {
+        assert!(err.contains(needle), "{needle}: {err}");
+    }
+}

@@ -121,6 +121,10 @@ enum Command {
         /// The built-in scenario (`fleet-faults`, as in `demo --scenario`).
         #[arg(long, default_value = "fleet-faults")]
         scenario: String,
+        /// A scripted workload (YAML: phases with rates, region and tier mix, faults) played
+        /// against the scenario's fleet, instead of the scenario's traffic.
+        #[arg(long)]
+        workload: Option<PathBuf>,
         /// A policy to simulate (repeatable); default: the scenario's own policy.
         #[arg(long, short)]
         policy: Vec<PathBuf>,
@@ -181,6 +185,7 @@ fn main() -> ExitCode {
         Command::Diff { old, new, format } => report(diff(&old, &new, format)),
         Command::Simulate {
             scenario,
+            workload,
             policy,
             phase_secs,
             rate,
@@ -189,6 +194,7 @@ fn main() -> ExitCode {
         } => {
             let opts = switchyard::simulate::SimOptions {
                 scenario,
+                workload,
                 phase: std::time::Duration::from_secs(phase_secs.max(1)),
                 rate: rate.clamp(1.0, 1_000_000.0),
                 seed,

@@ -8,7 +8,7 @@
 //! hit at the same phase boundaries. `tests/simulate.rs` runs both and compares them, so a
 //! drift shows up as a failing test rather than as quietly wrong figures.
 
-use super::{Fault, FleetModel, PoolModel, Request, Workload};
+use super::{Fault, FleetModel, Mix, PhaseSpec, PoolModel, Request, Workload};
 use std::time::Duration;
 
 /// Client regions, in the scenario's order (eu, us, ap).
@@ -78,9 +78,17 @@ pub fn faults(phase: Duration) -> Vec<Fault> {
 pub fn workload(phase: Duration, rate: f64, seed: u64) -> Workload {
     Workload {
         name: "fleet-faults".into(),
-        phases: PHASES.iter().map(|p| p.to_string()).collect(),
-        phase,
-        rate,
+        phases: PHASES
+            .iter()
+            .enumerate()
+            .map(|(i, name)| PhaseSpec {
+                name: name.to_string(),
+                start: phase * i as u32,
+                len: phase,
+                rate,
+            })
+            .collect(),
+        mix: Mix::FleetFaults,
         tiers: TIERS.iter().map(|(n, d)| (n.to_string(), *d)).collect(),
         fleet: fleet(),
         faults: faults(phase),

@@ -27,6 +27,7 @@
 //! log histograms (1% buckets), so memory does not grow with the number of requests.
 
 pub mod fleet_faults;
+pub mod workload;
 
 use crate::classify::Class;
 use crate::policy::compile::{self, CompileContext, PoolId, RoutingTable};
@@ -50,6 +51,8 @@ pub enum SimError {
     UnknownScenario(String),
     #[error("{0}")]
     Policy(#[from] crate::policy::PolicyErrors),
+    #[error("{0}")]
+    Workload(String),
     #[error("policy `{policy}` does not fit the simulated fleet: {problem}")]
     Mismatch { policy: String, problem: String },
 }
@@ -116,17 +119,40 @@ pub struct Request {
     pub service_quantile: f64,
 }
 
+/// One reporting phase of a workload, back to back from the start.
+#[derive(Debug, Clone)]
+pub struct PhaseSpec {
+    pub name: String,
+    pub start: Duration,
+    pub len: Duration,
+    /// Requests per second, evenly spaced (open loop).
+    pub rate: f64,
+}
+
+/// Who sends what.
+#[derive(Debug, Clone)]
+pub enum Mix {
+    /// The live scenario's draws, exactly (see [`fleet_faults::Schedule`]).
+    FleetFaults,
+    /// Weights per fleet region and per tier, and per tier the share (0..1) asking for the
+    /// big model.
+    Scripted {
+        regions: Vec<f64>,
+        tiers: Vec<f64>,
+        big: Vec<f64>,
+    },
+}
+
 /// Traffic, fleet and faults.
 #[derive(Debug, Clone)]
 pub struct Workload {
     pub name: String,
-    pub phases: Vec<String>,
-    pub phase: Duration,
-    pub rate: f64,
+    pub phases: Vec<PhaseSpec>,
     /// Tier names and their deadlines in ms (the objective the report measures).
     pub tiers: Vec<(String, f64)>,
     pub fleet: FleetModel,
     pub faults: Vec<Fault>,
+    pub mix: Mix,
     pub seed: u64,
 }
 
@@ -135,12 +161,19 @@ fn us(d: Duration) -> u64 {
 }
 
 impl Workload {
-    fn requests(&self) -> fleet_faults::Schedule {
-        fleet_faults::Schedule::new(self.rate, self.phase * self.phases.len() as u32, self.seed)
+    fn requests(&self) -> Box<dyn Iterator<Item = Request> + '_> {
+        match &self.mix {
+            Mix::FleetFaults => {
+                let total = self.phases.iter().map(|p| p.len).sum();
+                let rate = self.phases.first().map_or(1.0, |p| p.rate);
+                Box::new(fleet_faults::Schedule::new(rate, total, self.seed))
+            }
+            Mix::Scripted { .. } => Box::new(workload::Scripted::new(self)),
+        }
     }
 
     fn phase_of(&self, at: Duration) -> usize {
-        ((at.as_secs_f64() / self.phase.as_secs_f64()) as usize).min(self.phases.len() - 1)
+        self.phases.iter().rposition(|p| p.start <= at).unwrap_or(0)
     }
 
     /// Service time in µs of a request with `quantile` starting on `pool` at `now_us`.
@@ -194,6 +227,8 @@ impl Workload {
 pub struct SimOptions {
     /// The built-in scenario (`fleet-faults`).
     pub scenario: String,
+    /// A scripted workload file instead of the scenario's traffic and faults.
+    pub workload: Option<PathBuf>,
     pub phase: Duration,
     pub rate: f64,
     /// Seeds the service-time draws and the endpoint choice (the traffic is the scenario's).
@@ -290,6 +325,15 @@ impl PhaseStats {
     }
 }
 
+/// A server of `pool` busy from `start` to `end` (µs): its time within each phase's window.
+fn busy(w: &Workload, stats: &mut [PhaseStats], pool: usize, start: u64, end: u64) {
+    for (phase, s) in w.phases.iter().zip(stats) {
+        let (from, to) = (us(phase.start), us(phase.start + phase.len));
+        let overlap = end.min(to).saturating_sub(start.max(from));
+        s.busy_us[pool] += overlap;
+    }
+}
+
 /// One request in the system (an attempt in flight or waiting at an endpoint).
 #[derive(Debug, Clone)]
 struct InFlight {
@@ -301,6 +345,9 @@ struct InFlight {
     sent_us: u64,
     slot: Option<u8>,
     reason: Option<Reason>,
+    /// Time a server spends on the attempt (without waiting in the endpoint's queue): what
+    /// the pool bills.
+    service_us: u64,
     /// A baseline's request counter at arrival (its round-robin position).
     k: usize,
 }
@@ -393,11 +440,12 @@ impl<'w> Engine<'w> {
         }
     }
 
-    fn start(&mut self, f: InFlight, now: u64) {
+    fn start(&mut self, mut f: InFlight, now: u64) {
         let (p, e) = f.target;
         self.queues[p][e].busy += 1;
         let service = self.w.service_us(p, f.req.service_quantile, now);
-        self.phase(&f.req).busy_us[p] += service;
+        f.service_us = service;
+        busy(self.w, &mut self.stats, p, now, now + service);
         self.push(now + service, What::Done(f));
     }
 
@@ -415,7 +463,7 @@ impl<'w> Engine<'w> {
         let (pool, _) = f.target;
         let rtt = self.w.rtt_us(f.req.region, pool);
         let latency_ms = (now - us(f.req.at) + rtt) as f64 / 1000.0;
-        let cost = self.w.cost(pool, now - f.sent_us);
+        let cost = self.w.cost(pool, f.service_us);
         let deadline = self.w.tiers[f.req.tier].1;
         let s = self.phase(&f.req);
         s.requests += 1;
@@ -476,6 +524,7 @@ impl<'w> Engine<'w> {
                 sent_us: 0,
                 slot: None,
                 reason: None,
+                service_us: 0,
                 k: 0,
             };
             system.arrive(&mut self, f, us(req.at));
@@ -747,7 +796,7 @@ fn oracle(w: &Workload) -> Vec<PhaseStats> {
         t.latency.add(latency as f64 / 1000.0);
         s.spend += cost;
         s.served[p] += 1;
-        s.busy_us[p] += service;
+        busy(w, &mut stats, p, start, start + service);
         let heap = &mut free[p][e];
         heap.pop();
         heap.push(std::cmp::Reverse(start + service));
@@ -789,12 +838,17 @@ pub struct SimReport {
     pub phases: Vec<SimPhaseReport>,
 }
 
+fn mean(it: impl ExactSizeIterator<Item = f64>) -> f64 {
+    let n = it.len().max(1) as f64;
+    it.sum::<f64>() / n
+}
+
 fn round(v: f64, digits: i32) -> f64 {
     let f = 10f64.powi(digits);
     (v * f).round() / f
 }
 
-fn summarise(w: &Workload, name: &str, s: &PhaseStats) -> SimSystemReport {
+fn summarise(w: &Workload, name: &str, s: &PhaseStats, phase_len: Duration) -> SimSystemReport {
     let tiers = w
         .tiers
         .iter()
@@ -825,7 +879,8 @@ fn summarise(w: &Workload, name: &str, s: &PhaseStats) -> SimSystemReport {
         .iter()
         .zip(&s.busy_us)
         .map(|(p, busy)| {
-            let capacity = p.endpoints as f64 * p.servers_per_endpoint as f64 * us(w.phase) as f64;
+            let capacity =
+                p.endpoints as f64 * p.servers_per_endpoint as f64 * us(phase_len) as f64;
             (p.name.clone(), round(*busy as f64 * 100.0 / capacity, 1))
         })
         .collect();
@@ -856,10 +911,13 @@ fn policy_name(path: &Path) -> String {
 
 /// Simulate the scenario with every policy, the baselines and the oracle.
 pub fn run(opts: &SimOptions) -> Result<SimReport, SimError> {
-    if opts.scenario != "fleet-faults" {
-        return Err(SimError::UnknownScenario(opts.scenario.clone()));
-    }
-    let w = fleet_faults::workload(opts.phase, opts.rate, opts.seed);
+    let w = match &opts.workload {
+        Some(path) => workload::load(path, opts.seed)?,
+        None if opts.scenario == "fleet-faults" => {
+            fleet_faults::workload(opts.phase, opts.rate, opts.seed)
+        }
+        None => return Err(SimError::UnknownScenario(opts.scenario.clone())),
+    };
     let mut systems: Vec<(String, System)> = Vec::new();
     if opts.policies.is_empty() {
         let table = compile::compile_str(
@@ -902,18 +960,18 @@ pub fn run(opts: &SimOptions) -> Result<SimReport, SimError> {
         .iter()
         .enumerate()
         .map(|(i, phase)| SimPhaseReport {
-            phase: phase.clone(),
+            phase: phase.name.clone(),
             systems: results
                 .iter()
-                .map(|(name, stats)| summarise(&w, name, &stats[i]))
+                .map(|(name, stats)| summarise(&w, name, &stats[i], phase.len))
                 .collect(),
         })
         .collect();
     Ok(SimReport {
         scenario: w.name.clone(),
         simulated: true,
-        phase_secs: opts.phase.as_secs_f64(),
-        rate_per_sec: opts.rate,
+        phase_secs: mean(w.phases.iter().map(|p| p.len.as_secs_f64())),
+        rate_per_sec: mean(w.phases.iter().map(|p| p.rate)),
         seed: opts.seed,
         note: "Simulated on a virtual clock with the gateway's own decide and live state; RTT from the scenario's matrix, spend = pool price model x service time. The oracle is a greedy bound (cheapest pool meeting each deadline, any pool serving the model), not a proven optimum.".into(),
         phases,
