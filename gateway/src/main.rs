@@ -141,6 +141,34 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Search tier weights for the lowest spend that meets SLO targets in every phase of a
+    /// simulated workload; print the best candidates and the YAML lines to change.
+    Tune {
+        /// The policy to tune.
+        #[arg(long, short)]
+        policy: PathBuf,
+        /// Target SLO attainment, `TIER=PERCENT` (repeatable), e.g. `realtime=99.5%`.
+        #[arg(long = "target", required = true)]
+        targets: Vec<String>,
+        /// A scripted workload file; default: the `fleet-faults` scenario.
+        #[arg(long)]
+        workload: Option<PathBuf>,
+        /// Seconds per scenario phase (four phases).
+        #[arg(long, default_value_t = 10)]
+        phase_secs: u64,
+        /// Scenario requests per second.
+        #[arg(long, default_value_t = 100.0)]
+        rate: f64,
+        /// Seed of the service-time draws and the endpoint choice.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Write the tuned policy here (`check` accepts it; the original is never touched).
+        #[arg(long)]
+        write: Option<PathBuf>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -201,6 +229,26 @@ fn main() -> ExitCode {
                 policies: policy,
             };
             report(simulate(&opts, json))
+        }
+        Command::Tune {
+            policy,
+            targets,
+            workload,
+            phase_secs,
+            rate,
+            seed,
+            write,
+            json,
+        } => {
+            let sim = switchyard::simulate::SimOptions {
+                scenario: "fleet-faults".into(),
+                workload,
+                phase: std::time::Duration::from_secs(phase_secs.max(1)),
+                rate: rate.clamp(1.0, 1_000_000.0),
+                seed,
+                policies: Vec::new(),
+            };
+            report(tune(policy, &targets, sim, write, json))
         }
         Command::Schema => {
             print!("{}", tools::schema::render());
@@ -305,6 +353,38 @@ fn simulate(opts: &switchyard::simulate::SimOptions, json: bool) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
         print!("{}", switchyard::simulate::render(&r));
+    }
+    Ok(())
+}
+
+fn tune(
+    policy: PathBuf,
+    targets: &[String],
+    sim: switchyard::simulate::SimOptions,
+    write: Option<PathBuf>,
+    json: bool,
+) -> Result<()> {
+    use switchyard::simulate::tune;
+    let targets = targets
+        .iter()
+        .map(|t| tune::parse_target(t).map_err(anyhow::Error::msg))
+        .collect::<Result<Vec<_>>>()?;
+    let r = tune::tune(&tune::TuneOptions {
+        policy,
+        sim,
+        targets,
+    })?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        print!("{}", tune::render(&r));
+    }
+    let Some(tuned) = &r.tuned else {
+        anyhow::bail!("no candidate meets the targets");
+    };
+    if let Some(out) = write {
+        std::fs::write(&out, tuned).with_context(|| format!("cannot write {}", out.display()))?;
+        eprintln!("wrote {}", out.display());
     }
     Ok(())
 }

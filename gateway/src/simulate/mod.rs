@@ -27,6 +27,7 @@
 //! log histograms (1% buckets), so memory does not grow with the number of requests.
 
 pub mod fleet_faults;
+pub mod tune;
 pub mod workload;
 
 use crate::classify::Class;
@@ -909,15 +910,32 @@ fn policy_name(path: &Path) -> String {
         .unwrap_or_else(|| path.display().to_string())
 }
 
+/// The workload `opts` asks for: a `--workload` file, else the built-in scenario.
+fn workload_of(opts: &SimOptions) -> Result<Workload, SimError> {
+    match &opts.workload {
+        Some(path) => workload::load(path, opts.seed),
+        None if opts.scenario == "fleet-faults" => {
+            Ok(fleet_faults::workload(opts.phase, opts.rate, opts.seed))
+        }
+        None => Err(SimError::UnknownScenario(opts.scenario.clone())),
+    }
+}
+
+/// One compiled policy alone through the workload (for `tune`).
+fn simulate_policy(
+    w: &Workload,
+    name: &str,
+    table: RoutingTable,
+    seed: u64,
+) -> Result<Vec<PhaseStats>, SimError> {
+    let mut system = System::Policy(Box::new(PolicySystem::new(name, table, w)?));
+    fastrand::seed(seed);
+    Ok(Engine::new(w).run(&mut system))
+}
+
 /// Simulate the scenario with every policy, the baselines and the oracle.
 pub fn run(opts: &SimOptions) -> Result<SimReport, SimError> {
-    let w = match &opts.workload {
-        Some(path) => workload::load(path, opts.seed)?,
-        None if opts.scenario == "fleet-faults" => {
-            fleet_faults::workload(opts.phase, opts.rate, opts.seed)
-        }
-        None => return Err(SimError::UnknownScenario(opts.scenario.clone())),
-    };
+    let w = workload_of(opts)?;
     let mut systems: Vec<(String, System)> = Vec::new();
     if opts.policies.is_empty() {
         let table = compile::compile_str(
