@@ -137,6 +137,9 @@ enum Command {
         /// Seed of the service-time draws and the endpoint choice.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Multiply every phase's request rate (e.g. `3`: what if traffic triples?).
+        #[arg(long, default_value_t = 1.0)]
+        rate_scale: f64,
         /// Print the report as JSON (the shape of `demo --scenario --json`).
         #[arg(long)]
         json: bool,
@@ -218,6 +221,7 @@ fn main() -> ExitCode {
             phase_secs,
             rate,
             seed,
+            rate_scale,
             json,
         } => {
             let opts = switchyard::simulate::SimOptions {
@@ -227,6 +231,7 @@ fn main() -> ExitCode {
                 rate: rate.clamp(1.0, 1_000_000.0),
                 seed,
                 policies: policy,
+                rate_scale,
             };
             report(simulate(&opts, json))
         }
@@ -247,6 +252,7 @@ fn main() -> ExitCode {
                 rate: rate.clamp(1.0, 1_000_000.0),
                 seed,
                 policies: Vec::new(),
+                rate_scale: 1.0,
             };
             report(tune(policy, &targets, sim, write, json))
         }

@@ -236,6 +236,8 @@ pub struct SimOptions {
     pub seed: u64,
     /// Policy files to compare; none: the scenario's own policy, as `switchyard`.
     pub policies: Vec<PathBuf>,
+    /// Every phase's rate multiplied by this (what if traffic triples?).
+    pub rate_scale: f64,
 }
 
 /// Latencies in 1%-wide logarithmic buckets from 0.1 ms; failures count as infinite.
@@ -912,13 +914,23 @@ fn policy_name(path: &Path) -> String {
 
 /// The workload `opts` asks for: a `--workload` file, else the built-in scenario.
 fn workload_of(opts: &SimOptions) -> Result<Workload, SimError> {
-    match &opts.workload {
-        Some(path) => workload::load(path, opts.seed),
+    let mut w = match &opts.workload {
+        Some(path) => workload::load(path, opts.seed)?,
         None if opts.scenario == "fleet-faults" => {
-            Ok(fleet_faults::workload(opts.phase, opts.rate, opts.seed))
+            fleet_faults::workload(opts.phase, opts.rate, opts.seed)
         }
-        None => Err(SimError::UnknownScenario(opts.scenario.clone())),
+        None => return Err(SimError::UnknownScenario(opts.scenario.clone())),
+    };
+    if !(opts.rate_scale > 0.0 && opts.rate_scale.is_finite()) {
+        return Err(SimError::Workload(format!(
+            "--rate-scale must be above 0, not {}",
+            opts.rate_scale
+        )));
     }
+    for p in &mut w.phases {
+        p.rate *= opts.rate_scale;
+    }
+    Ok(w)
 }
 
 /// One compiled policy alone through the workload (for `tune`).
