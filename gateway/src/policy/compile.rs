@@ -97,6 +97,8 @@ pub struct RoutingTable {
     pub limits: Limits,
     /// Where the access log goes and how it is written.
     pub access_log: (crate::observe::LogTarget, crate::observe::LogFormat),
+    /// The decision log's file and rotation size (`observe.decision_log`; `None`: off).
+    pub decision_log: Option<(PathBuf, u64)>,
     /// Model → the version the policy declares (`models:`), part of the cache key.
     pub model_versions: HashMap<String, String>,
     /// The policy text this table was compiled from (compiled again when an endpoint host
@@ -1238,6 +1240,7 @@ fn compile(
         .map(|l| compile_limits(&mut p, l))
         .unwrap_or_default();
     let access_log = compile_access_log(&mut p, raw.observe.as_ref(), cx.file);
+    let decision_log = compile_decision_log(&mut p, raw.observe.as_ref(), cx.file);
     if let Some(l) = &raw.limits {
         let mut found = super::tenancy::Found::default();
         limits.admission = super::tenancy::compile_admission(&mut found, l, &|n: &str| {
@@ -1323,6 +1326,7 @@ fn compile(
         cache,
         limits,
         access_log,
+        decision_log,
         model_versions,
         text: Arc::from(""),
         host_names,
@@ -1357,6 +1361,43 @@ fn compile_access_log(
         },
     };
     (target, format)
+}
+
+/// The `observe:` section's decision log.
+fn compile_decision_log(
+    p: &mut Problems,
+    node: Option<&Spanned<raw::Observe>>,
+    file: &Path,
+) -> Option<(PathBuf, u64)> {
+    let o = &node?.value;
+    let max = match &o.decision_log_max {
+        None => crate::observe::decision::DEFAULT_MAX_BYTES,
+        Some(n) => match parse_size(&n.value) {
+            Some(s) if s >= 4096 => s as u64,
+            _ => {
+                p.on(
+                    n,
+                    "observe.decision_log_max: expected a size of at least 4KiB, e.g. 64MiB"
+                        .to_string(),
+                );
+                crate::observe::decision::DEFAULT_MAX_BYTES
+            }
+        },
+    };
+    let path = o.decision_log.as_ref()?;
+    if path.value.trim().is_empty() {
+        p.on(
+            path,
+            "observe.decision_log: expected a file path".to_string(),
+        );
+        return None;
+    }
+    Some((
+        file.parent()
+            .unwrap_or_else(|| Path::new("."))
+            .join(path.value.trim()),
+        max,
+    ))
 }
 
 /// The `limits:` section.

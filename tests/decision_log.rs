@@ -1,0 +1,150 @@
+//! The decision log (`observe.decision_log`), on a real gateway: one JSON line per request in
+//! the documented version-1 format, with the tenant's name and never its key, the decision
+//! and the upstream time; rotated by size.
+
+mod support;
+
+use serde_json::Value;
+use std::time::{Duration, Instant};
+use support::*;
+
+/// The decision log's lines once there are at least `n` (at most 5 s).
+async fn lines_when(path: &std::path::Path, n: usize) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect();
+        if lines.len() >= n || Instant::now() > deadline {
+            return lines;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_is_a_versioned_json_line_with_its_decision() {
+    let edge = mock("edge", 5).await;
+    let pools = pool(
+        "edge",
+        "edge",
+        "eu",
+        &[edge.addr()],
+        "[\"*\"]",
+        "{ per_request: 0.00002 }",
+    );
+    let gw = Gateway::start(&policy(
+        &pools,
+        "observe: { decision_log: decisions.jsonl }\n",
+    ))
+    .await;
+    let r = gw
+        .post(
+            "/v1/chat/completions",
+            &[
+                ("x-forwarded-for", "192.0.2.10"),
+                ("authorization", "Bearer key-acme"),
+            ],
+            &chat("model-a"),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let r = gw
+        .post(
+            "/v1/chat/completions",
+            &[("x-forwarded-for", "192.0.2.10"), ("x-slo-tier", "strict")],
+            &chat("model-b"),
+        )
+        .await;
+    let strict_status = r.status;
+    let lines = lines_when(&gw.dir.path().join("decisions.jsonl"), 2).await;
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    let a = lines
+        .iter()
+        .find(|l| l["model"] == "model-a")
+        .expect("model-a's line");
+    assert_eq!(a["v"], 1);
+    assert!(a["ts"].as_str().is_some_and(|t| t.ends_with('Z')), "{a}");
+    assert!(
+        a["unix_ms"].as_u64().is_some_and(|t| t > 1_700_000_000_000),
+        "{a}"
+    );
+    assert_eq!(a["route"], "chat");
+    assert_eq!(a["protocol"], "openai");
+    assert_eq!(a["region"], "eu");
+    assert_eq!(a["tier"], "realtime", "acme's tier");
+    assert_eq!(a["tenant"], "acme");
+    assert!(!a.to_string().contains("key-acme"), "never the key: {a}");
+    assert_eq!(a["pool"], "edge");
+    assert_eq!(a["reason"], "meets-deadline");
+    assert!(a["estimate_ms"].as_f64().is_some_and(|e| e > 0.0), "{a}");
+    assert_eq!(a["attempts"], 1);
+    assert!(a["upstream_ms"].as_f64().is_some_and(|u| u >= 5.0), "{a}");
+    assert_eq!(a["status"], 200);
+    assert!(a["spend_usd"].as_f64().is_some_and(|s| s > 0.0), "{a}");
+    assert_eq!(a["body_bytes"], chat("model-a").len());
+    assert_eq!(a["tokens"], Value::Null);
+    // A request the 20 ms tier sheds (the pool's 10 ms baseline + 5 ms RTT may or may
+    // not fit; either way its line says what happened).
+    let b = lines
+        .iter()
+        .find(|l| l["model"] == "model-b")
+        .expect("model-b's line");
+    assert_eq!(b["tier"], "strict");
+    assert_eq!(b["tenant"], Value::Null);
+    assert_eq!(b["status"], strict_status);
+    if strict_status == 200 {
+        assert_eq!(b["pool"], "edge");
+    } else {
+        assert_eq!(
+            (b["pool"].clone(), b["reason"].clone()),
+            (Value::Null, "slo-miss-shed".into())
+        );
+        assert_eq!(b["upstream_ms"], Value::Null);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_rotates_by_size() {
+    let edge = mock("edge", 1).await;
+    let pools = pool(
+        "edge",
+        "edge",
+        "us",
+        &[edge.addr()],
+        "[\"*\"]",
+        "{ per_request: 0.00002 }",
+    );
+    let gw = Gateway::start(&policy(
+        &pools,
+        "observe: { decision_log: d.jsonl, decision_log_max: 4KiB }\n",
+    ))
+    .await;
+    for i in 0..30 {
+        let r = gw
+            .post("/v1/chat/completions", &[], &chat(&format!("m{i}")))
+            .await;
+        assert_eq!(r.status, 200);
+    }
+    let path = gw.dir.path().join("d.jsonl");
+    let rotated = gw.dir.path().join("d.jsonl.1");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let (now, before) = loop {
+        let now = lines_when(&path, 0).await;
+        let before = lines_when(&rotated, 0).await;
+        if now.iter().any(|l| l["model"] == "m29") || Instant::now() > deadline {
+            break (now, before);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(!before.is_empty(), "rotated once past 4 KiB");
+    for f in [&path, &rotated] {
+        let size = std::fs::metadata(f).map(|m| m.len()).unwrap_or(0);
+        assert!(size <= 4096, "{} is {size} bytes", f.display());
+    }
+    // 30 lines of ~500 bytes do not fit in two 4 KiB files: the oldest were rotated away,
+    // and the newest request is in the current file.
+    assert!(now.iter().any(|l| l["model"] == "m29"), "{now:?}");
+}
