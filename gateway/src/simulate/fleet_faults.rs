@@ -19,6 +19,8 @@ pub const TIERS: [(&str, f64); 3] = [
     ("standard", 1000.0),
     ("batch", 30_000.0),
 ];
+/// The models asked for, by index (`Request::model`).
+pub const MODELS: [&str; 2] = ["small", "big"];
 pub const PHASES: [&str; 4] = [
     "1 baseline",
     "2 edge-eu 10x slower",
@@ -41,7 +43,10 @@ pub fn fleet() -> FleetModel {
             jitter: Duration::from_millis(jitter),
             per_request: price.0,
             per_gpu_hour: price.1,
-            small_only: name.starts_with("edge"),
+            // Models: small, big (see `workload`); the edge pools serve only the small one.
+            serves: vec![true, !name.starts_with("edge")],
+            gpu: name == "gpu",
+            empirical: None,
         };
     FleetModel {
         regions: REGIONS.iter().map(|r| r.to_string()).collect(),
@@ -90,6 +95,7 @@ pub fn workload(phase: Duration, rate: f64, seed: u64) -> Workload {
             .collect(),
         mix: Mix::FleetFaults,
         tiers: TIERS.iter().map(|(n, d)| (n.to_string(), *d)).collect(),
+        models: MODELS.iter().map(|m| m.to_string()).collect(),
         fleet: fleet(),
         faults: faults(phase),
         seed,
@@ -150,7 +156,7 @@ impl Iterator for Schedule {
             at,
             region,
             tier,
-            big,
+            model: u16::from(big),
             service_quantile: self.quantiles.f64(),
         })
     }

@@ -39,6 +39,7 @@ use serde::Serialize;
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A refused connection costs this much before the next attempt (loopback-like).
@@ -74,8 +75,13 @@ pub struct PoolModel {
     /// The bill: per request plus per GPU-hour of service time.
     pub per_request: f64,
     pub per_gpu_hour: f64,
-    /// Serves only the small model.
-    pub small_only: bool,
+    /// Per model of the workload ([`Workload::models`]), whether the pool serves it.
+    pub serves: Vec<bool>,
+    /// A GPU pool (the always-GPU baseline's).
+    pub gpu: bool,
+    /// Observed service times in µs, sorted (from a trace): when present, a request's
+    /// quantile picks one of them instead of `base + quantile × jitter`.
+    pub empirical: Option<Arc<Vec<u64>>>,
 }
 
 /// The fleet as it really is (the policy only has estimates of it).
@@ -114,8 +120,8 @@ pub struct Request {
     /// Index into the fleet's regions and the workload's tiers.
     pub region: usize,
     pub tier: usize,
-    /// Asks for the big model (else the small one).
-    pub big: bool,
+    /// Index into [`Workload::models`].
+    pub model: u16,
     /// Where in its pool's service-time distribution this request falls (0..1).
     pub service_quantile: f64,
 }
@@ -151,6 +157,8 @@ pub struct Workload {
     pub phases: Vec<PhaseSpec>,
     /// Tier names and their deadlines in ms (the objective the report measures).
     pub tiers: Vec<(String, f64)>,
+    /// The models requests ask for.
+    pub models: Vec<String>,
     pub fleet: FleetModel,
     pub faults: Vec<Fault>,
     pub mix: Mix,
@@ -180,7 +188,13 @@ impl Workload {
     /// Service time in µs of a request with `quantile` starting on `pool` at `now_us`.
     fn service_us(&self, pool: usize, quantile: f64, now_us: u64) -> u64 {
         let p = &self.fleet.pools[pool];
-        let mut t = us(p.base) + (us(p.jitter) as f64 * quantile) as u64;
+        let mut t = match &p.empirical {
+            Some(samples) if !samples.is_empty() => {
+                let i = ((samples.len() - 1) as f64 * quantile).round() as usize;
+                samples[i.min(samples.len() - 1)]
+            }
+            _ => us(p.base) + (us(p.jitter) as f64 * quantile) as u64,
+        };
         for f in &self.faults {
             if let Fault::Slower {
                 pool: fp,
@@ -218,8 +232,12 @@ impl Workload {
         p.per_request + p.per_gpu_hour * service_us as f64 / 3.6e9
     }
 
-    fn serves(&self, pool: usize, big: bool) -> bool {
-        !(big && self.fleet.pools[pool].small_only)
+    fn serves(&self, pool: usize, model: u16) -> bool {
+        self.fleet.pools[pool]
+            .serves
+            .get(model as usize)
+            .copied()
+            .unwrap_or(false)
     }
 }
 
@@ -582,7 +600,7 @@ impl PolicySystem {
                 let t = table
                     .tier_by_name(tier)
                     .ok_or_else(|| mismatch(format!("no tier `{tier}`")))?;
-                for model in ["small", "big"] {
+                for model in &w.models {
                     classes.push(Class::what_if(&table, route, r, t, model));
                 }
             }
@@ -595,7 +613,8 @@ impl PolicySystem {
     }
 
     fn class(&self, w: &Workload, req: &Request) -> &Class {
-        &self.classes[(req.region * w.tiers.len() + req.tier) * 2 + usize::from(req.big)]
+        let m = w.models.len();
+        &self.classes[(req.region * w.tiers.len() + req.tier) * m + req.model as usize]
     }
 }
 
@@ -608,8 +627,9 @@ enum System {
     Policy(Box<PolicySystem>),
     /// Client-side round-robin over every pool that serves the model; one retry elsewhere.
     RoundRobin(usize),
-    /// Round-robin over the GPU pool's endpoints; one retry on the other.
-    AlwaysGpu(usize, usize),
+    /// Round-robin over the endpoints of the first GPU pool serving the model; one retry on
+    /// the next.
+    AlwaysGpu(usize),
 }
 
 impl System {
@@ -683,23 +703,30 @@ impl System {
                 f.sent_us = now;
                 eng.send(f, now);
             }
-            System::RoundRobin(next) | System::AlwaysGpu(_, next) => {
+            System::RoundRobin(next) | System::AlwaysGpu(next) => {
                 // The k-th request's j-th attempt, as the live scenario's clients do it.
                 if f.tried.is_empty() {
                     f.k = *next;
                     *next += 1;
                 }
                 let (k, j) = (f.k, f.tried.len());
+                let serving = (0..w.fleet.pools.len()).filter(|&p| w.serves(p, f.req.model));
                 let target = match self {
                     System::RoundRobin(_) => {
-                        let serving: Vec<usize> = (0..w.fleet.pools.len())
-                            .filter(|&p| w.serves(p, f.req.big))
-                            .collect();
-                        let p = serving[(k + j) % serving.len()];
-                        (p, (k / serving.len()) % w.fleet.pools[p].endpoints)
+                        let serving: Vec<usize> = serving.collect();
+                        serving
+                            .get((k + j) % serving.len().max(1))
+                            .map(|&p| (p, (k / serving.len()) % w.fleet.pools[p].endpoints.max(1)))
                     }
-                    System::AlwaysGpu(gpu, _) => (*gpu, (k + j) % w.fleet.pools[*gpu].endpoints),
+                    System::AlwaysGpu(_) => serving
+                        .filter(|&p| w.fleet.pools[p].gpu)
+                        .map(|p| (p, (k + j) % w.fleet.pools[p].endpoints.max(1)))
+                        .next(),
                     System::Policy(_) => return,
+                };
+                let Some(target) = target else {
+                    eng.fail(&f.req, Some(Reason::NoCandidate));
+                    return;
                 };
                 f.tried.push((target.0 as PoolId, target.1 as u16));
                 if w.is_down(target.0, target.1, now) {
@@ -767,7 +794,7 @@ fn oracle(w: &Workload) -> Vec<PhaseStats> {
         let mut best: Option<(f64, u64, usize, usize, u64, u64)> = None;
         let mut fastest: Option<(f64, u64, usize, usize, u64, u64)> = None;
         for (p, eps) in free.iter().enumerate() {
-            if !w.serves(p, req.big) {
+            if !w.serves(p, req.model) {
                 continue;
             }
             for (e, heap) in eps.iter().enumerate() {
@@ -967,14 +994,8 @@ pub fn run(opts: &SimOptions) -> Result<SimReport, SimError> {
         let sys = PolicySystem::new(&name, table, &w)?;
         systems.push((name, System::Policy(Box::new(sys))));
     }
-    let gpu = w
-        .fleet
-        .pools
-        .iter()
-        .position(|p| p.name == "gpu")
-        .unwrap_or(0);
     systems.push(("round-robin".into(), System::RoundRobin(0)));
-    systems.push(("always-gpu".into(), System::AlwaysGpu(gpu, 0)));
+    systems.push(("always-gpu".into(), System::AlwaysGpu(0)));
 
     let mut results: Vec<(String, Vec<PhaseStats>)> = Vec::new();
     for (name, mut system) in systems {

@@ -224,6 +224,7 @@ pub fn parse(text: &str, seed: u64) -> Result<Workload, Vec<String>> {
             big: raw.tiers.iter().map(|t| t.big_model / 100.0).collect(),
         },
         tiers,
+        models: fleet_faults::MODELS.iter().map(|m| m.to_string()).collect(),
         fleet,
         faults,
         seed: raw.seed.unwrap_or(6) ^ seed.rotate_left(32),
@@ -307,7 +308,7 @@ impl Iterator for Scripted {
                 at,
                 region,
                 tier,
-                big,
+                model: u16::from(big),
                 service_quantile: self.quantiles.f64(),
             });
         }
@@ -338,7 +339,7 @@ faults:
         assert_eq!(reqs.len(), 500);
         assert_eq!(w.phase_of(reqs[199].at), 0);
         assert_eq!(w.phase_of(reqs[200].at), 1);
-        assert!(reqs.iter().all(|r| r.big == (r.tier == 1)));
+        assert!(reqs.iter().all(|r| (r.model == 1) == (r.tier == 1)));
         let us = reqs.iter().filter(|r| r.region == 1).count();
         assert!((200..300).contains(&us), "{us}");
         assert_eq!(w.service_us(0, 0.0, 1_500_000), 150_000, "10× slower");
