@@ -148,3 +148,112 @@ async fn the_log_rotates_by_size() {
     // and the newest request is in the current file.
     assert!(now.iter().any(|l| l["model"] == "m29"), "{now:?}");
 }
+
+/// The share of each pool among `lines` (percent), as the simulator reports traffic.
+fn shares(lines: &[Value]) -> std::collections::BTreeMap<String, f64> {
+    let mut out = std::collections::BTreeMap::new();
+    let served: Vec<&Value> = lines.iter().filter(|l| l["status"] == 200).collect();
+    for l in &served {
+        if let Some(p) = l["pool"].as_str() {
+            *out.entry(p.to_string()).or_insert(0.0) += 100.0 / served.len() as f64;
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recorded_log_replays_in_the_simulator() {
+    let (edge_eu, gpu) = (mock("edge-eu", 5).await, mock("gpu", 20).await);
+    let pools = pool(
+        "edge-eu",
+        "edge",
+        "eu",
+        &[edge_eu.addr()],
+        "[small]",
+        "{ per_request: 0.00002 }",
+    ) + &pool(
+        "gpu",
+        "gpu",
+        "us",
+        &[gpu.addr()],
+        "[\"*\"]",
+        "{ per_request: 0.0001 }",
+    );
+    let gw = Gateway::start(&policy(
+        &pools,
+        "observe: { decision_log: decisions.jsonl }\n",
+    ))
+    .await;
+    let clients = ["192.0.2.10", "198.51.100.20", "203.0.113.30"];
+    let tiers = ["realtime", "standard", "batch"];
+    for i in 0..60 {
+        let model = if i % 4 == 0 { "big" } else { "small" };
+        let r = gw
+            .post(
+                "/v1/chat/completions",
+                &[
+                    ("x-forwarded-for", clients[i % 3]),
+                    ("x-slo-tier", tiers[(i / 3) % 3]),
+                ],
+                &chat(model),
+            )
+            .await;
+        assert_eq!(r.status, 200);
+    }
+    let trace = gw.dir.path().join("decisions.jsonl");
+    let lines = lines_when(&trace, 60).await;
+    assert_eq!(lines.len(), 60);
+    let out = std::process::Command::new(binary())
+        .args(["simulate", "--trace"])
+        .arg(&trace)
+        .arg("--policy")
+        .arg(&gw.policy_path)
+        .args(["--phases", "2", "--rate-scale", "10", "--json"])
+        .output()
+        .expect("run simulate");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    let phases = report["phases"].as_array().expect("phases");
+    assert_eq!(phases.len(), 2);
+    let replayed = |name: &str| -> Vec<&Value> {
+        phases
+            .iter()
+            .filter_map(|p| {
+                p["systems"]
+                    .as_array()
+                    .and_then(|s| s.iter().find(|s| s["system"] == name))
+            })
+            .collect()
+    };
+    let policy_rows = replayed("policy");
+    let requests: u64 = policy_rows
+        .iter()
+        .map(|s| s["requests"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(requests, 60, "every logged request is replayed: {report:#}");
+    assert!(policy_rows.iter().all(|s| s["errors"] == 0), "{report:#}");
+    // The same policy on the same requests sends them where the gateway did.
+    let logged = shares(&lines);
+    for (pool, share) in &logged {
+        let simulated: f64 = policy_rows
+            .iter()
+            .map(|s| {
+                s["traffic"][pool].as_f64().unwrap_or(0.0) * s["requests"].as_f64().unwrap_or(0.0)
+            })
+            .sum::<f64>()
+            / 60.0;
+        assert!(
+            (simulated - share).abs() <= 5.0,
+            "{pool}: {simulated:.1}% simulated vs {share:.1}% logged\n{report:#}"
+        );
+    }
+    // Always-GPU on the same requests: all of them on the GPU pool.
+    assert!(replayed("always-gpu")
+        .iter()
+        .all(|s| s["traffic"]["gpu"].as_f64() == Some(100.0)));
+}

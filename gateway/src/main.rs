@@ -137,9 +137,20 @@ enum Command {
         /// Seed of the service-time draws and the endpoint choice.
         #[arg(long, default_value_t = 1)]
         seed: u64,
-        /// Multiply every phase's request rate (e.g. `3`: what if traffic triples?).
+        /// Multiply every phase's request rate (e.g. `3`: what if traffic triples?); with
+        /// `--trace`, replay K times as fast.
         #[arg(long, default_value_t = 1.0)]
         rate_scale: f64,
+        /// Replay a decision log (`observe.decision_log`) instead of the scenario.
+        #[arg(long, conflicts_with = "workload")]
+        trace: Option<PathBuf>,
+        /// With `--trace`: the policy whose pools, regions and tiers are the fleet (default:
+        /// the first `--policy`).
+        #[arg(long)]
+        fleet: Option<PathBuf>,
+        /// With `--trace`: report phases (equal lengths of the trace's time span).
+        #[arg(long, default_value_t = 1)]
+        phases: usize,
         /// Print the report as JSON (the shape of `demo --scenario --json`).
         #[arg(long)]
         json: bool,
@@ -222,6 +233,9 @@ fn main() -> ExitCode {
             rate,
             seed,
             rate_scale,
+            trace,
+            fleet,
+            phases,
             json,
         } => {
             let opts = switchyard::simulate::SimOptions {
@@ -232,6 +246,9 @@ fn main() -> ExitCode {
                 seed,
                 policies: policy,
                 rate_scale,
+                trace,
+                fleet,
+                phases,
             };
             report(simulate(&opts, json))
         }
@@ -253,6 +270,9 @@ fn main() -> ExitCode {
                 seed,
                 policies: Vec::new(),
                 rate_scale: 1.0,
+                trace: None,
+                fleet: None,
+                phases: 1,
             };
             report(tune(policy, &targets, sim, write, json))
         }

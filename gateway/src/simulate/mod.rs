@@ -27,6 +27,7 @@
 //! log histograms (1% buckets), so memory does not grow with the number of requests.
 
 pub mod fleet_faults;
+pub mod trace;
 pub mod tune;
 pub mod workload;
 
@@ -148,6 +149,8 @@ pub enum Mix {
         tiers: Vec<f64>,
         big: Vec<f64>,
     },
+    /// A decision log, replayed (see [`trace`]).
+    Trace(Arc<trace::TraceIndex>),
 }
 
 /// Traffic, fleet and faults.
@@ -178,6 +181,7 @@ impl Workload {
                 Box::new(fleet_faults::Schedule::new(rate, total, self.seed))
             }
             Mix::Scripted { .. } => Box::new(workload::Scripted::new(self)),
+            Mix::Trace(index) => Box::new(trace::Replay::new(index.clone(), self.seed)),
         }
     }
 
@@ -248,6 +252,11 @@ pub struct SimOptions {
     pub scenario: String,
     /// A scripted workload file instead of the scenario's traffic and faults.
     pub workload: Option<PathBuf>,
+    /// A decision log to replay instead (on the fleet of `fleet`, else the first policy).
+    pub trace: Option<PathBuf>,
+    pub fleet: Option<PathBuf>,
+    /// Report phases a trace is cut into (equal lengths).
+    pub phases: usize,
     pub phase: Duration,
     pub rate: f64,
     /// Seeds the service-time draws and the endpoint choice (the traffic is the scenario's).
@@ -588,9 +597,11 @@ impl PolicySystem {
             }
             pools.push(i);
         }
+        // The chat route, else the first: the tier and model decide the rest.
         let route = table
             .match_route(PATH)
-            .ok_or_else(|| mismatch(format!("no route matches {PATH}")))?;
+            .or((!table.routes.is_empty()).then_some(0))
+            .ok_or_else(|| mismatch("no route".into()))?;
         let mut classes = Vec::new();
         for region in &w.fleet.regions {
             let r = table
@@ -941,6 +952,23 @@ fn policy_name(path: &Path) -> String {
 
 /// The workload `opts` asks for: a `--workload` file, else the built-in scenario.
 fn workload_of(opts: &SimOptions) -> Result<Workload, SimError> {
+    if !(opts.rate_scale > 0.0 && opts.rate_scale.is_finite()) {
+        return Err(SimError::Workload(format!(
+            "--rate-scale must be above 0, not {}",
+            opts.rate_scale
+        )));
+    }
+    if let Some(path) = &opts.trace {
+        let fleet = opts
+            .fleet
+            .as_ref()
+            .or(opts.policies.first())
+            .ok_or_else(|| {
+                SimError::Workload("--trace needs the fleet's policy: --fleet or --policy".into())
+            })?;
+        let table = crate::tools::load(fleet)?;
+        return trace::load(path, &table, opts.phases, opts.rate_scale, opts.seed);
+    }
     let mut w = match &opts.workload {
         Some(path) => workload::load(path, opts.seed)?,
         None if opts.scenario == "fleet-faults" => {
@@ -948,12 +976,6 @@ fn workload_of(opts: &SimOptions) -> Result<Workload, SimError> {
         }
         None => return Err(SimError::UnknownScenario(opts.scenario.clone())),
     };
-    if !(opts.rate_scale > 0.0 && opts.rate_scale.is_finite()) {
-        return Err(SimError::Workload(format!(
-            "--rate-scale must be above 0, not {}",
-            opts.rate_scale
-        )));
-    }
     for p in &mut w.phases {
         p.rate *= opts.rate_scale;
     }

@@ -260,7 +260,7 @@ impl Scripted {
                 tiers,
                 big,
             } => (regions.clone(), tiers.clone(), big.clone()),
-            Mix::FleetFaults => (vec![1.0], vec![1.0], vec![0.0]),
+            Mix::FleetFaults | Mix::Trace(_) => (vec![1.0], vec![1.0], vec![0.0]),
         };
         Scripted {
             phases: w.phases.iter().map(|p| (p.start, p.len, p.rate)).collect(),
