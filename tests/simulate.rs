@@ -323,3 +323,43 @@ fn tune_says_so_when_no_weights_meet_the_target() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("no candidate meets the targets"));
     assert!(!written.exists(), "nothing is written");
 }
+
+#[test]
+fn the_demo_records_traffic_that_simulate_replays() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rec = dir.path().join("demo.jsonl");
+    let out = Command::new(binary())
+        .args(["demo", "--once", "--requests", "120", "--record"])
+        .arg(&rec)
+        .env("RUST_LOG", "error")
+        .current_dir(support::repo_root())
+        .output()
+        .expect("run the demo");
+    assert!(out.status.success(), "{out:?}");
+    let lines: Vec<Value> = std::fs::read_to_string(&rec)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_eq!(lines.len(), 120);
+    let answered_by_pools = lines
+        .iter()
+        .filter(|l| l["cache"] != "hit" && l["cache"] != "coalesced" && l["tier"].is_string())
+        .count();
+    let demo_policy = support::repo_root().join("policies/demo.yaml");
+    let report = json(&run(&[
+        "simulate",
+        "--trace",
+        rec.to_str().unwrap_or_default(),
+        "--policy",
+        demo_policy.to_str().unwrap_or_default(),
+        "--json",
+    ]));
+    let phase = &report["phases"][0];
+    assert_eq!(
+        system(phase, "demo")["requests"].as_u64(),
+        Some(answered_by_pools as u64),
+        "{phase:#}"
+    );
+    assert!(spend(system(phase, "oracle")) <= spend(system(phase, "always-gpu")));
+}

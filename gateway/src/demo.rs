@@ -54,6 +54,8 @@ pub struct DemoOptions {
     pub requests: usize,
     /// The policy file to serve and watch; `None`: the demo policy (see the module docs).
     pub policy: Option<PathBuf>,
+    /// Record the demo's traffic as a decision log here (`simulate --trace` replays it).
+    pub record: Option<PathBuf>,
 }
 
 /// The demo's own directory: its job queue, and the policy when the embedded copy is used.
@@ -96,6 +98,9 @@ pub fn run(opts: DemoOptions) -> Result<(), DemoError> {
     }) = table.queue.as_mut()
     {
         *path = dir.join("queue.redb");
+    }
+    if let Some(record) = &opts.record {
+        table.decision_log = Some((record.clone(), crate::observe::decision::DEFAULT_MAX_BYTES));
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)

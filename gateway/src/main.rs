@@ -99,6 +99,10 @@ enum Command {
         /// How many sample requests to send.
         #[arg(long, default_value_t = 600)]
         requests: usize,
+        /// Record the demo's traffic as a decision log (JSON lines) to this file, for
+        /// `switchyard simulate --trace FILE --policy policies/demo.yaml`.
+        #[arg(long)]
+        record: Option<PathBuf>,
         /// Run a fault scenario instead (`fleet-faults`): Switchyard against round-robin and
         /// always-GPU on the same traffic while the fleet slows down, loses an endpoint and
         /// recovers; prints the report and exits.
@@ -167,6 +171,15 @@ enum Command {
         /// A scripted workload file; default: the `fleet-faults` scenario.
         #[arg(long)]
         workload: Option<PathBuf>,
+        /// Tune on a replayed decision log instead (the fleet: `--fleet`, else the policy).
+        #[arg(long, conflicts_with = "workload")]
+        trace: Option<PathBuf>,
+        /// With `--trace`: the policy describing the fleet (default: `--policy`).
+        #[arg(long)]
+        fleet: Option<PathBuf>,
+        /// With `--trace`: phases, each of which must meet the targets.
+        #[arg(long, default_value_t = 1)]
+        phases: usize,
         /// Seconds per scenario phase (four phases).
         #[arg(long, default_value_t = 10)]
         phase_secs: u64,
@@ -256,6 +269,9 @@ fn main() -> ExitCode {
             policy,
             targets,
             workload,
+            trace,
+            fleet,
+            phases,
             phase_secs,
             rate,
             seed,
@@ -268,11 +284,11 @@ fn main() -> ExitCode {
                 phase: std::time::Duration::from_secs(phase_secs.max(1)),
                 rate: rate.clamp(1.0, 1_000_000.0),
                 seed,
+                fleet: fleet.or_else(|| trace.as_ref().map(|_| policy.clone())),
                 policies: Vec::new(),
                 rate_scale: 1.0,
-                trace: None,
-                fleet: None,
-                phases: 1,
+                trace,
+                phases,
             };
             report(tune(policy, &targets, sim, write, json))
         }
@@ -298,6 +314,7 @@ fn main() -> ExitCode {
             once,
             policy,
             requests,
+            record,
             scenario,
             phase_secs,
             rate,
@@ -326,6 +343,7 @@ fn main() -> ExitCode {
                 once,
                 requests,
                 policy,
+                record,
             }) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

@@ -39,6 +39,7 @@ use crate::scenario::{SystemReport, TierReport};
 use serde::Serialize;
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -680,7 +681,13 @@ impl System {
                 }
                 f.reason = Some(d.reason);
                 let Some((p, e)) = target else {
-                    eng.fail(&f.req, Some(d.reason));
+                    // As `proxy::acquire`: a lost race for the last slot is "overloaded".
+                    let reason = match d.reason {
+                        Reason::MeetsDeadline | Reason::Overloaded => Reason::Overloaded,
+                        Reason::Shed => Reason::Shed,
+                        _ => Reason::NoCandidate,
+                    };
+                    eng.fail(&f.req, Some(reason));
                     return;
                 };
                 f.tried.push((p, e));
@@ -1046,50 +1053,63 @@ pub fn run(opts: &SimOptions) -> Result<SimReport, SimError> {
         phase_secs: mean(w.phases.iter().map(|p| p.len.as_secs_f64())),
         rate_per_sec: mean(w.phases.iter().map(|p| p.rate)),
         seed: opts.seed,
-        note: "Simulated on a virtual clock with the gateway's own decide and live state; RTT from the scenario's matrix, spend = pool price model x service time. The oracle is a greedy bound (cheapest pool meeting each deadline, any pool serving the model), not a proven optimum.".into(),
+        note: "Simulated on a virtual clock with the gateway's own decide and live state; RTT from the fleet's matrix, spend = pool price model x service time. The oracle is a greedy bound (cheapest pool meeting each deadline, any pool serving the model), not a proven optimum.".into(),
         phases,
     })
 }
 
 /// The report as text: the live scenario's tables, then the simulation's extra figures.
 pub fn render(report: &SimReport) -> String {
-    let base = crate::scenario::Report {
-        scenario: format!("{} (simulated, seed {})", report.scenario, report.seed),
-        phase_secs: report.phase_secs,
-        rate_per_sec: report.rate_per_sec,
-        note: report.note.clone(),
-        phases: report
-            .phases
-            .iter()
-            .map(|p| crate::scenario::PhaseReport {
-                phase: p.phase.clone(),
-                systems: p.systems.iter().map(|s| s.base.clone()).collect(),
-            })
-            .collect(),
-    };
-    let mut out = crate::scenario::render(&base);
-    out.push_str(
-        "per phase: shed / overloaded / no-candidate / queued / retries; pool utilisation\n",
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{} (simulated, seed {}): {} phase(s) of {:.1} s, {:.0} req/s on average (the same requests to every system)",
+        report.scenario,
+        report.seed,
+        report.phases.len(),
+        report.phase_secs,
+        report.rate_per_sec
     );
+    let _ = writeln!(out, "{}\n", report.note);
     for p in &report.phases {
-        out.push_str(&format!("phase {}\n", p.phase));
+        let _ = writeln!(out, "phase {}", p.phase);
         for s in &p.systems {
+            let b = &s.base;
+            let tiers: Vec<String> = b
+                .tiers
+                .iter()
+                .map(|t| {
+                    let p99 = if t.p99_ms < 0.0 {
+                        "failed".to_string()
+                    } else {
+                        format!("{:.0}ms", t.p99_ms)
+                    };
+                    format!(
+                        "{} {:.2}% p50 {:.0}ms p99 {p99}",
+                        t.tier, t.slo_attainment, t.p50_ms
+                    )
+                })
+                .collect();
+            let traffic: Vec<String> = b
+                .traffic
+                .iter()
+                .map(|(pool, v)| format!("{pool} {v:.0}%"))
+                .collect();
             let util: Vec<String> = s
                 .utilisation
                 .iter()
                 .map(|(pool, u)| format!("{pool} {u:.1}%"))
                 .collect();
-            out.push_str(&format!(
-                "  {:<12} {}/{}/{}/{}/{}  {}\n",
-                s.base.system,
-                s.shed,
-                s.overloaded,
-                s.no_candidate,
-                s.queued,
-                s.retries,
-                util.join(", ")
-            ));
+            let _ = writeln!(
+                out,
+                "  {:<12} ${:.4}/1k req, {} requests, {} errors (shed {}, overloaded {}, no candidate {}), queued {}, retries {}",
+                b.system, b.spend_per_1k_usd, b.requests, b.errors, s.shed, s.overloaded, s.no_candidate, s.queued, s.retries
+            );
+            let _ = writeln!(out, "  {:<12} SLO: {}", "", tiers.join("; "));
+            let _ = writeln!(out, "  {:<12} traffic: {}", "", traffic.join(", "));
+            let _ = writeln!(out, "  {:<12} utilisation: {}", "", util.join(", "));
         }
+        out.push('\n');
     }
     out
 }
