@@ -84,6 +84,19 @@ pub fn policy_file(explicit: Option<PathBuf>, dir: &Path) -> Result<PathBuf, Dem
     Ok(copy)
 }
 
+/// Wait (at most 5 s) until the decision log at `path` has `lines` lines.
+async fn recorded(path: &Path, lines: usize) {
+    for _ in 0..250 {
+        let n = std::fs::read(path)
+            .map(|b| b.iter().filter(|&&c| c == b'\n').count())
+            .unwrap_or(0);
+        if n >= lines {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Run the demo. Does not return unless start-up fails (it exits the process itself).
 pub fn run(opts: DemoOptions) -> Result<(), DemoError> {
     let dir = work_dir();
@@ -130,6 +143,11 @@ pub fn run(opts: DemoOptions) -> Result<(), DemoError> {
             println!("{report}");
             let failed = results.iter().filter(|r| !answered(r.status)).count();
             if opts.once {
+                if let Some(record) = &opts.record {
+                    // A request's line is queued after its answer is sent: let the writer
+                    // catch up before the process exits.
+                    recorded(record, opts.requests).await;
+                }
                 // The queue only lived for this run (the policy, if copied there, too).
                 let _ = std::fs::remove_dir_all(work_dir());
                 std::process::exit(if failed == 0 { 0 } else { 1 });

@@ -158,6 +158,7 @@ impl Iterator for Schedule {
             tier,
             model: u16::from(big),
             service_quantile: self.quantiles.f64(),
+            key: 0,
         })
     }
 }

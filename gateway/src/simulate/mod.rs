@@ -44,6 +44,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Cached answers a simulated policy keeps at most (expired ones are dropped first).
+const CACHE_ENTRIES: usize = 1 << 20;
 /// A refused connection costs this much before the next attempt (loopback-like).
 const CONNECT_REFUSED_US: u64 = 100;
 /// The path the workload's requests are sent to (the route is matched on it).
@@ -126,6 +128,8 @@ pub struct Request {
     pub model: u16,
     /// Where in its pool's service-time distribution this request falls (0..1).
     pub service_quantile: f64,
+    /// Identical requests share a key (a repeat the prediction cache can answer); 0: unique.
+    pub key: u64,
 }
 
 /// One reporting phase of a workload, back to back from the start.
@@ -149,6 +153,8 @@ pub enum Mix {
         regions: Vec<f64>,
         tiers: Vec<f64>,
         big: Vec<f64>,
+        /// Share (0..1) of requests repeating one of the recent distinct ones.
+        repeat: f64,
     },
     /// A decision log, replayed (see [`trace`]).
     Trace(Arc<trace::TraceIndex>),
@@ -336,6 +342,7 @@ struct PhaseStats {
     no_candidate: u64,
     queued: u64,
     retries: u64,
+    cache_hits: u64,
 }
 
 impl PhaseStats {
@@ -352,6 +359,7 @@ impl PhaseStats {
             no_candidate: 0,
             queued: 0,
             retries: 0,
+            cache_hits: 0,
         }
     }
 }
@@ -509,6 +517,18 @@ impl<'w> Engine<'w> {
         t.latency.add(latency_ms);
     }
 
+    /// Answered from the prediction cache at once (the client's time to the gateway is not
+    /// modelled).
+    fn cache_hit(&mut self, req: &Request) {
+        let s = self.phase(req);
+        s.requests += 1;
+        s.cache_hits += 1;
+        let t = &mut s.tiers[req.tier];
+        t.requests += 1;
+        t.met += 1;
+        t.latency.add(0.0);
+    }
+
     fn fail(&mut self, req: &Request, reason: Option<Reason>) {
         let s = self.phase(req);
         s.requests += 1;
@@ -569,8 +589,12 @@ struct PolicySystem {
     table: RoutingTable,
     /// Policy pool → fleet pool.
     pools: Vec<usize>,
-    /// Per (region, tier, big): the class `classify` gives such a request.
+    /// Per (region, tier, model): the class `classify` gives such a request.
     classes: Vec<Class>,
+    /// The route's cache TTL (`None`: the route does not cache).
+    cache_ttl: Option<Duration>,
+    /// Cached answers by request key: when each expires (µs).
+    cache: std::collections::HashMap<u64, u64>,
 }
 
 impl PolicySystem {
@@ -617,10 +641,13 @@ impl PolicySystem {
                 }
             }
         }
+        let cache_ttl = table.routes[route as usize].cache.map(|c| c.ttl);
         Ok(PolicySystem {
             table,
             pools,
             classes,
+            cache_ttl,
+            cache: std::collections::HashMap::new(),
         })
     }
 
@@ -647,6 +674,12 @@ enum System {
 impl System {
     fn arrive(&mut self, eng: &mut Engine, f: InFlight, now: u64) {
         if let System::Policy(p) = self {
+            // A repeat within the route's TTL is answered from the cache: no pool, no spend.
+            let fresh = p.cache.get(&f.req.key).is_some_and(|&until| until > now);
+            if f.req.key != 0 && p.cache_ttl.is_some() && fresh {
+                eng.cache_hit(&f.req);
+                return;
+            }
             // Every request earns the retry budget a fraction of a retry (as in `acquire`).
             let up = &p.table.upstream;
             up.budget.deposit(&up.retry_budget);
@@ -780,6 +813,14 @@ impl System {
                 pool.state.release();
                 ep.release();
             }
+            if let (Some(ttl), true) = (sys.cache_ttl, f.req.key != 0) {
+                if sys.cache.len() >= CACHE_ENTRIES {
+                    sys.cache.retain(|_, until| *until > now);
+                }
+                if sys.cache.len() < CACHE_ENTRIES {
+                    sys.cache.insert(f.req.key, now + us(ttl));
+                }
+            }
         }
         eng.succeed(&f, now);
     }
@@ -805,8 +846,23 @@ fn oracle(w: &Workload) -> Vec<PhaseStats> {
                 .collect()
         })
         .collect();
+    // Perfect caching: any repeat of an answered request is free (a lower bound for any TTL).
+    let mut answered: std::collections::HashSet<u64> = std::collections::HashSet::new();
     for req in w.requests() {
         let at = us(req.at);
+        if req.key != 0 && answered.contains(&req.key) {
+            let s = &mut stats[w.phase_of(req.at)];
+            s.requests += 1;
+            s.cache_hits += 1;
+            let t = &mut s.tiers[req.tier];
+            t.requests += 1;
+            t.met += 1;
+            t.latency.add(0.0);
+            continue;
+        }
+        if req.key != 0 && answered.len() < CACHE_ENTRIES {
+            answered.insert(req.key);
+        }
         let deadline_us = (w.tiers[req.tier].1 * 1000.0) as u64;
         // (cost, latency, pool, endpoint, start, service)
         let mut best: Option<(f64, u64, usize, usize, u64, u64)> = None;
@@ -866,6 +922,8 @@ pub struct SimSystemReport {
     pub queued: u64,
     /// Attempts after a refused connection.
     pub retries: u64,
+    /// Answered from the prediction cache (counted in `requests`, not in `traffic`).
+    pub cache_hits: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -920,6 +978,10 @@ fn summarise(w: &Workload, name: &str, s: &PhaseStats, phase_len: Duration) -> S
         .zip(&s.served)
         .filter(|(_, n)| **n > 0)
         .map(|(p, n)| (p, round(*n as f64 * 100.0 / answered, 1)))
+        .chain((s.cache_hits > 0).then(|| {
+            let share = round(s.cache_hits as f64 * 100.0 / answered, 1);
+            ("cache".to_string(), share)
+        }))
         .collect();
     let utilisation = w
         .fleet
@@ -947,6 +1009,7 @@ fn summarise(w: &Workload, name: &str, s: &PhaseStats, phase_len: Duration) -> S
         no_candidate: s.no_candidate,
         queued: s.queued,
         retries: s.retries,
+        cache_hits: s.cache_hits,
     }
 }
 
@@ -1102,8 +1165,8 @@ pub fn render(report: &SimReport) -> String {
                 .collect();
             let _ = writeln!(
                 out,
-                "  {:<12} ${:.4}/1k req, {} requests, {} errors (shed {}, overloaded {}, no candidate {}), queued {}, retries {}",
-                b.system, b.spend_per_1k_usd, b.requests, b.errors, s.shed, s.overloaded, s.no_candidate, s.queued, s.retries
+                "  {:<12} ${:.4}/1k req, {} requests, {} cache hits, {} errors (shed {}, overloaded {}, no candidate {}), queued {}, retries {}",
+                b.system, b.spend_per_1k_usd, b.requests, s.cache_hits, b.errors, s.shed, s.overloaded, s.no_candidate, s.queued, s.retries
             );
             let _ = writeln!(out, "  {:<12} SLO: {}", "", tiers.join("; "));
             let _ = writeln!(out, "  {:<12} traffic: {}", "", traffic.join(", "));

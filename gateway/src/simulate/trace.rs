@@ -300,6 +300,7 @@ impl Iterator for Replay {
             tier,
             model,
             service_quantile: self.quantiles.f64(),
+            key: 0,
         })
     }
 }

@@ -42,6 +42,10 @@ struct RawWorkload {
     tiers: Vec<RawTier>,
     #[serde(default)]
     faults: Vec<RawFault>,
+    /// Percent of requests repeating one of the last 1,000 distinct ones (same model and
+    /// body: a prediction-cache hit when the route caches and the entry is fresh).
+    #[serde(default)]
+    repeat: f64,
     #[serde(default)]
     seed: Option<u64>,
 }
@@ -190,6 +194,9 @@ pub fn parse(text: &str, seed: u64) -> Result<Workload, Vec<String>> {
             )),
         }
     }
+    if !(0.0..=100.0).contains(&raw.repeat) {
+        problems.push("repeat: a percentage, 0 to 100".into());
+    }
     if region_weights.iter().sum::<f64>() <= 0.0 {
         problems.push("regions: at least one weight above 0".into());
     }
@@ -222,6 +229,7 @@ pub fn parse(text: &str, seed: u64) -> Result<Workload, Vec<String>> {
             regions: region_weights,
             tiers: raw.tiers.iter().map(|t| t.share).collect(),
             big: raw.tiers.iter().map(|t| t.big_model / 100.0).collect(),
+            repeat: raw.repeat / 100.0,
         },
         tiers,
         models: fleet_faults::MODELS.iter().map(|m| m.to_string()).collect(),
@@ -248,19 +256,27 @@ pub struct Scripted {
     regions: Vec<f64>,
     tiers: Vec<f64>,
     big: Vec<f64>,
+    repeat: f64,
+    /// The last distinct requests: (key, model), a ring.
+    recent: Vec<(u64, u16)>,
+    next_key: u64,
     rng: fastrand::Rng,
     quantiles: fastrand::Rng,
 }
 
+/// Distinct requests a repeat is drawn from.
+const RECENT: usize = 1000;
+
 impl Scripted {
     pub fn new(w: &Workload) -> Scripted {
-        let (regions, tiers, big) = match &w.mix {
+        let (regions, tiers, big, repeat) = match &w.mix {
             Mix::Scripted {
                 regions,
                 tiers,
                 big,
-            } => (regions.clone(), tiers.clone(), big.clone()),
-            Mix::FleetFaults | Mix::Trace(_) => (vec![1.0], vec![1.0], vec![0.0]),
+                repeat,
+            } => (regions.clone(), tiers.clone(), big.clone(), *repeat),
+            Mix::FleetFaults | Mix::Trace(_) => (vec![1.0], vec![1.0], vec![0.0], 0.0),
         };
         Scripted {
             phases: w.phases.iter().map(|p| (p.start, p.len, p.rate)).collect(),
@@ -269,6 +285,9 @@ impl Scripted {
             regions,
             tiers,
             big,
+            repeat,
+            recent: Vec::with_capacity(RECENT),
+            next_key: 1,
             rng: fastrand::Rng::with_seed(w.seed),
             quantiles: fastrand::Rng::with_seed(w.seed.wrapping_add(0x9e37_79b9_7f4a_7c15)),
         }
@@ -304,12 +323,26 @@ impl Iterator for Scripted {
             let region = weighted(&mut self.rng, &self.regions);
             let tier = weighted(&mut self.rng, &self.tiers);
             let big = self.rng.f64() < self.big[tier];
+            let repeats = self.repeat > 0.0 && !self.recent.is_empty();
+            let (key, model) = if repeats && self.rng.f64() < self.repeat {
+                self.recent[self.rng.usize(0..self.recent.len())]
+            } else {
+                let fresh = (self.next_key, u16::from(big));
+                self.next_key += 1;
+                if self.recent.len() < RECENT {
+                    self.recent.push(fresh);
+                } else {
+                    self.recent[(fresh.0 as usize) % RECENT] = fresh;
+                }
+                fresh
+            };
             return Some(Request {
                 at,
                 region,
                 tier,
-                model: u16::from(big),
+                model,
                 service_quantile: self.quantiles.f64(),
+                key,
             });
         }
     }
