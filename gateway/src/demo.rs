@@ -55,6 +55,8 @@ pub struct DemoOptions {
     pub requests: usize,
     /// The policy file to serve and watch; `None`: the demo policy (see the module docs).
     pub policy: Option<PathBuf>,
+    /// Record the demo's traffic as a decision log here (`simulate --trace` replays it).
+    pub record: Option<PathBuf>,
 }
 
 /// The demo's own directory: its job queue, and the policy when the embedded copy is used.
@@ -83,6 +85,19 @@ pub fn policy_file(explicit: Option<PathBuf>, dir: &Path) -> Result<PathBuf, Dem
     Ok(copy)
 }
 
+/// Wait (at most 5 s) until the decision log at `path` has `lines` lines.
+async fn recorded(path: &Path, lines: usize) {
+    for _ in 0..250 {
+        let n = std::fs::read(path)
+            .map(|b| b.iter().filter(|&&c| c == b'\n').count())
+            .unwrap_or(0);
+        if n >= lines {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Run the demo. Does not return unless start-up fails (it exits the process itself).
 pub fn run(opts: DemoOptions) -> Result<(), DemoError> {
     let dir = work_dir();
@@ -97,6 +112,9 @@ pub fn run(opts: DemoOptions) -> Result<(), DemoError> {
     }) = table.queue.as_mut()
     {
         *path = dir.join("queue.redb");
+    }
+    if let Some(record) = &opts.record {
+        table.decision_log = Some((record.clone(), crate::observe::decision::DEFAULT_MAX_BYTES));
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -127,6 +145,11 @@ pub fn run(opts: DemoOptions) -> Result<(), DemoError> {
             println!("{report}");
             let failed = results.iter().filter(|r| !answered(r.status)).count();
             if opts.once {
+                if let Some(record) = &opts.record {
+                    // A request's line is queued after its answer is sent: let the writer
+                    // catch up before the process exits.
+                    recorded(record, opts.requests).await;
+                }
                 // The queue only lived for this run (the policy, if copied there, too).
                 let _ = std::fs::remove_dir_all(work_dir());
                 std::process::exit(if failed == 0 { 0 } else { 1 });

@@ -111,6 +111,10 @@ enum Command {
         /// How many sample requests to send.
         #[arg(long, default_value_t = 600)]
         requests: usize,
+        /// Record the demo's traffic as a decision log (JSON lines) to this file, for
+        /// `switchyard simulate --trace FILE --policy policies/demo.yaml`.
+        #[arg(long)]
+        record: Option<PathBuf>,
         /// Run a fault scenario instead (`fleet-faults`): Switchyard against round-robin and
         /// always-GPU on the same traffic while the fleet slows down, loses an endpoint and
         /// recovers; prints the report and exits.
@@ -123,6 +127,84 @@ enum Command {
         #[arg(long, default_value_t = 100.0)]
         rate: f64,
         /// Print the scenario report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Simulate policies on a virtual clock against a scenario's traffic and faults, beside
+    /// round-robin, always-GPU and an offline (greedy) oracle: SLO attainment, latency,
+    /// spend and pool utilisation per phase, in seconds instead of minutes.
+    Simulate {
+        /// The built-in scenario (`fleet-faults`, as in `demo --scenario`).
+        #[arg(long, default_value = "fleet-faults")]
+        scenario: String,
+        /// A scripted workload (YAML: phases with rates, region and tier mix, faults) played
+        /// against the scenario's fleet, instead of the scenario's traffic.
+        #[arg(long)]
+        workload: Option<PathBuf>,
+        /// A policy to simulate (repeatable); default: the scenario's own policy.
+        #[arg(long, short)]
+        policy: Vec<PathBuf>,
+        /// Seconds per scenario phase (four phases).
+        #[arg(long, default_value_t = 10)]
+        phase_secs: u64,
+        /// Requests per second.
+        #[arg(long, default_value_t = 100.0)]
+        rate: f64,
+        /// Seed of the service-time draws and the endpoint choice.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Multiply every phase's request rate (e.g. `3`: what if traffic triples?); with
+        /// `--trace`, replay K times as fast.
+        #[arg(long, default_value_t = 1.0)]
+        rate_scale: f64,
+        /// Replay a decision log (`observe.decision_log`) instead of the scenario.
+        #[arg(long, conflicts_with = "workload")]
+        trace: Option<PathBuf>,
+        /// With `--trace`: the policy whose pools, regions and tiers are the fleet (default:
+        /// the first `--policy`).
+        #[arg(long)]
+        fleet: Option<PathBuf>,
+        /// With `--trace`: report phases (equal lengths of the trace's time span).
+        #[arg(long, default_value_t = 1)]
+        phases: usize,
+        /// Print the report as JSON (the shape of `demo --scenario --json`).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Search tier weights for the lowest spend that meets SLO targets in every phase of a
+    /// simulated workload; print the best candidates and the YAML lines to change.
+    Tune {
+        /// The policy to tune.
+        #[arg(long, short)]
+        policy: PathBuf,
+        /// Target SLO attainment, `TIER=PERCENT` (repeatable), e.g. `realtime=99.5%`.
+        #[arg(long = "target", required = true)]
+        targets: Vec<String>,
+        /// A scripted workload file; default: the `fleet-faults` scenario.
+        #[arg(long)]
+        workload: Option<PathBuf>,
+        /// Tune on a replayed decision log instead (the fleet: `--fleet`, else the policy).
+        #[arg(long, conflicts_with = "workload")]
+        trace: Option<PathBuf>,
+        /// With `--trace`: the policy describing the fleet (default: `--policy`).
+        #[arg(long)]
+        fleet: Option<PathBuf>,
+        /// With `--trace`: phases, each of which must meet the targets.
+        #[arg(long, default_value_t = 1)]
+        phases: usize,
+        /// Seconds per scenario phase (four phases).
+        #[arg(long, default_value_t = 10)]
+        phase_secs: u64,
+        /// Scenario requests per second.
+        #[arg(long, default_value_t = 100.0)]
+        rate: f64,
+        /// Seed of the service-time draws and the endpoint choice.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Write the tuned policy here (`check` accepts it; the original is never touched).
+        #[arg(long)]
+        write: Option<PathBuf>,
+        /// Print the report as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -174,6 +256,60 @@ fn main() -> ExitCode {
             gateway_region,
             format,
         } => report(diff(&old, &new, gateway_region.as_deref(), format)),
+        Command::Simulate {
+            scenario,
+            workload,
+            policy,
+            phase_secs,
+            rate,
+            seed,
+            rate_scale,
+            trace,
+            fleet,
+            phases,
+            json,
+        } => {
+            let opts = switchyard::simulate::SimOptions {
+                scenario,
+                workload,
+                phase: std::time::Duration::from_secs(phase_secs.max(1)),
+                rate: rate.clamp(1.0, 1_000_000.0),
+                seed,
+                policies: policy,
+                rate_scale,
+                trace,
+                fleet,
+                phases,
+            };
+            report(simulate(&opts, json))
+        }
+        Command::Tune {
+            policy,
+            targets,
+            workload,
+            trace,
+            fleet,
+            phases,
+            phase_secs,
+            rate,
+            seed,
+            write,
+            json,
+        } => {
+            let sim = switchyard::simulate::SimOptions {
+                scenario: "fleet-faults".into(),
+                workload,
+                phase: std::time::Duration::from_secs(phase_secs.max(1)),
+                rate: rate.clamp(1.0, 1_000_000.0),
+                seed,
+                fleet: fleet.or_else(|| trace.as_ref().map(|_| policy.clone())),
+                policies: Vec::new(),
+                rate_scale: 1.0,
+                trace,
+                phases,
+            };
+            report(tune(policy, &targets, sim, write, json))
+        }
         Command::Schema => {
             print!("{}", tools::schema::render());
             ExitCode::SUCCESS
@@ -203,6 +339,7 @@ fn main() -> ExitCode {
             once,
             policy,
             requests,
+            record,
             scenario,
             phase_secs,
             rate,
@@ -231,6 +368,7 @@ fn main() -> ExitCode {
                 once,
                 requests,
                 policy,
+                record,
             }) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -279,6 +417,48 @@ fn explain(
     match format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&v)?),
         Format::Text => print!("{}", tools::render_explain(&v)),
+    }
+    Ok(())
+}
+
+fn simulate(opts: &switchyard::simulate::SimOptions, json: bool) -> Result<()> {
+    let r = switchyard::simulate::run(opts)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        print!("{}", switchyard::simulate::render(&r));
+    }
+    Ok(())
+}
+
+fn tune(
+    policy: PathBuf,
+    targets: &[String],
+    sim: switchyard::simulate::SimOptions,
+    write: Option<PathBuf>,
+    json: bool,
+) -> Result<()> {
+    use switchyard::simulate::tune;
+    let targets = targets
+        .iter()
+        .map(|t| tune::parse_target(t).map_err(anyhow::Error::msg))
+        .collect::<Result<Vec<_>>>()?;
+    let r = tune::tune(&tune::TuneOptions {
+        policy,
+        sim,
+        targets,
+    })?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        print!("{}", tune::render(&r));
+    }
+    let Some(tuned) = &r.tuned else {
+        anyhow::bail!("no candidate meets the targets");
+    };
+    if let Some(out) = write {
+        std::fs::write(&out, tuned).with_context(|| format!("cannot write {}", out.display()))?;
+        eprintln!("wrote {}", out.display());
     }
     Ok(())
 }

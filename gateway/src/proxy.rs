@@ -49,6 +49,8 @@ pub struct Gateway {
     bodies: Arc<BodyBudget>,
     /// The access log's queue to its writer thread (`None`: off).
     access: Option<crate::observe::AccessLog>,
+    /// The decision log's queue to its writer thread (`None`: off).
+    decisions: Option<crate::observe::decision::DecisionLog>,
     /// Live tenant limit state (rate, concurrency, spend), beside the snapshot.
     limiter: Arc<Limiter>,
 }
@@ -61,6 +63,7 @@ impl Gateway {
             cache: None,
             bodies: BodyBudget::new(),
             access: None,
+            decisions: None,
             limiter: Limiter::local(),
         }
     }
@@ -68,6 +71,12 @@ impl Gateway {
     /// Write one access log line per request to `log` (off the request path).
     pub fn with_access_log(mut self, log: Option<crate::observe::AccessLog>) -> Self {
         self.access = log;
+        self
+    }
+
+    /// Write one decision log line per request to `log` (off the request path).
+    pub fn with_decision_log(mut self, log: Option<crate::observe::decision::DecisionLog>) -> Self {
+        self.decisions = log;
         self
     }
 
@@ -104,6 +113,8 @@ pub struct RequestCtx {
     /// The attempt in flight: pool and endpoint, and when it was sent.
     current: Option<(PoolId, u16)>,
     attempt_start: Option<Instant>,
+    /// Time to the answering attempt's response header (the decision log's `upstream_ms`).
+    upstream_time: Option<Duration>,
     /// The pool's slot remembering when the attempt in flight started (overdue detection).
     attempt_slot: Option<u8>,
     tried: Vec<(PoolId, u16)>,
@@ -169,6 +180,7 @@ impl ProxyHttp for Gateway {
             decision: None,
             current: None,
             attempt_start: None,
+            upstream_time: None,
             attempt_slot: None,
             tried: Vec::new(),
             retry_status: None,
@@ -529,6 +541,7 @@ impl ProxyHttp for Gateway {
             reason: ctx.decision.map_or(u8::MAX, |d| d.reason as u8),
         };
         let reason = ctx.decision.map(|d| d.reason.as_str()).unwrap_or("none");
+        let mut spend_usd = 0.0;
         let handles = t::request_handles(key, || t::RequestHandles {
             requests: metrics::counter!(t::REQUESTS,
                 "route" => route.to_string(), "tier" => tier.to_string(), "region" => region.to_string(),
@@ -557,11 +570,18 @@ impl ProxyHttp for Gateway {
                     Some(meter) => token_spend(&table, ctx.tried.last(), meter, tier),
                     None => est.cost_usd,
                 };
+                spend_usd = usd;
                 handles.cost.increment(t::nano_usd(usd));
                 admit::charge(ctx.admit.as_ref(), usd);
             }
         }
         drop(handles);
+        if let Some(log) = &self.decisions {
+            // Before the access log takes the model string out of the class.
+            log.record(decision_record(
+                ctx, &table, key, status, elapsed, spend_usd,
+            ));
+        }
         if let Some(log) = &self.access {
             // Moved to the writer thread as indices and refcounts; formatted there.
             let req = session.req_header();
@@ -586,6 +606,39 @@ impl ProxyHttp for Gateway {
                 table: Some(table),
             });
         }
+    }
+}
+
+/// The decision log's record of a finished request (indices and numbers; named on the
+/// writer thread).
+fn decision_record(
+    ctx: &RequestCtx,
+    table: &Arc<RoutingTable>,
+    key: t::HandleKey,
+    status: u16,
+    elapsed: Duration,
+    spend_usd: f64,
+) -> crate::observe::decision::DecisionRecord {
+    let class = ctx.class.as_ref();
+    crate::observe::decision::DecisionRecord {
+        at: std::time::SystemTime::now(),
+        table: table.clone(),
+        route: key.route,
+        region: key.region,
+        tier: key.tier,
+        tenant: class.and_then(|c| c.tenant).unwrap_or(u16::MAX),
+        model: class.map(|c| c.model.clone()).unwrap_or_default(),
+        body_bytes: ctx.body_permit.as_ref().map_or(0, |b| b.bytes()),
+        cacheable: class.is_some_and(|c| c.cacheable),
+        cache: ctx.cache.outcome.map(|o| o.as_str()),
+        pool: key.pool,
+        reason: ctx.decision.map(|d| d.reason.as_str()),
+        estimate: ctx.decision.and_then(|d| d.estimate),
+        attempts: ctx.tried.len().min(255) as u8,
+        upstream: ctx.upstream_time,
+        elapsed,
+        status,
+        spend_usd,
     }
 }
 
@@ -727,6 +780,7 @@ fn on_upstream_header(ctx: &mut RequestCtx, status: u16, replayable: bool) -> bo
         return false;
     };
     let took = sent.elapsed();
+    ctx.upstream_time = Some(took);
     let pool = &table.pools[p as usize];
     // The service time (upstream time minus the endpoint's network round trip) feeds the
     // pool's and the endpoint's estimates.

@@ -136,6 +136,17 @@ pub fn build(table: RoutingTable, fleet: Arc<Fleet>, opts: Options) -> Result<Bu
     // at start-up); the proxy fills it and the admin API purges it.
     let cache = crate::cache::Cache::new(&table.cache);
     let table_access = table.access_log.clone();
+    let decision_log = match &table.decision_log {
+        Some((path, max)) => Some(
+            crate::observe::decision::DecisionLog::start(path, *max).map_err(|e| {
+                ServerError::Pingora(format!(
+                    "cannot open the decision log {}: {e}",
+                    path.display()
+                ))
+            })?,
+        ),
+        None => None,
+    };
     // Tenant limit state lives beside the table and survives reloads; its backend (local or
     // Redis) is fixed at start-up.
     let limiter = crate::admit::Limiter::new(&table.limits.admission.backend);
@@ -158,6 +169,7 @@ pub fn build(table: RoutingTable, fleet: Arc<Fleet>, opts: Options) -> Result<Bu
         .with_queue(queue.clone())
         .with_cache(Some(cache.clone()))
         .with_access_log(access)
+        .with_decision_log(decision_log)
         .with_limiter(limiter.clone());
     let bodies = gateway.body_budget();
     let mut proxy = pingora::proxy::http_proxy_service_with_name(

@@ -45,6 +45,8 @@ pub fn nano_usd(usd: f64) -> u64 {
 pub const BUFFERED_BODY_BYTES: &str = "switchyard_buffered_body_bytes";
 /// Access log lines dropped because the writer could not keep up (or could not write).
 pub const ACCESS_LOG_DROPPED: &str = "switchyard_access_log_dropped_total";
+/// Decision log lines dropped because the writer could not keep up (or could not write).
+pub const DECISION_LOG_DROPPED: &str = "switchyard_decision_log_dropped_total";
 /// Prediction cache lookups. Labels: result (`hit`, `miss`, `bypass`, `coalesced`).
 pub const CACHE_LOOKUPS: &str = "switchyard_cache_lookups_total";
 /// Entries in the prediction cache (refreshed at scrape).
@@ -145,6 +147,10 @@ fn describe() {
     describe_counter!(
         ACCESS_LOG_DROPPED,
         "Access log lines dropped because the writer could not keep up"
+    );
+    describe_counter!(
+        DECISION_LOG_DROPPED,
+        "Decision log lines dropped because the writer could not keep up or write"
     );
     describe_gauge!(
         BUFFERED_BODY_BYTES,

@@ -142,7 +142,7 @@ fn json_str(s: &str, out: &mut String) {
 }
 
 /// RFC 3339 UTC with microseconds, e.g. `2026-12-01T18:06:14.123456Z`.
-fn timestamp(at: SystemTime, out: &mut String) {
+pub(crate) fn timestamp(at: SystemTime, out: &mut String) {
     let since = at.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
     let (days, rem) = (secs / 86_400, secs % 86_400);

@@ -12,6 +12,7 @@
 //! requests it describes.
 
 pub mod access;
+pub mod decision;
 
 use crate::telemetry as t;
 use std::fs::OpenOptions;

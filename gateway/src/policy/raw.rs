@@ -149,6 +149,15 @@ pub struct Observe {
     /// `text` (default: `key=value` pairs) or `json` (one object per line, for log shippers).
     #[serde(default)]
     pub access_log_format: Option<crate::observe::LogFormat>,
+    /// The decision log: one JSON line per request (format version 1, see
+    /// `observe::decision`) to this file, relative to the policy file; the trace
+    /// `switchyard simulate` replays. Absent: off. Written off the request path.
+    #[serde(default)]
+    pub decision_log: Option<Spanned<String>>,
+    /// Rotate the decision log at this size (e.g. `64MiB`, the default); the previous file is
+    /// kept as `PATH.1`.
+    #[serde(default)]
+    pub decision_log_max: Option<Spanned<String>>,
 }
 
 /// The `limits:` section.

@@ -71,6 +71,8 @@ pub struct StartupSettings {
     pub shutdown_grace: Duration,
     /// The access log's writer is started once.
     pub access_log: (crate::observe::LogTarget, crate::observe::LogFormat),
+    /// So is the decision log's (file, rotation size).
+    pub decision_log: Option<(std::path::PathBuf, u64)>,
     /// Where tenant limits are kept (`limits.backend`, Redis) and the L2 cache.
     pub shared_state: (
         super::tenancy::LimitsBackend,
@@ -90,6 +92,7 @@ impl StartupSettings {
             cache_size: (table.cache.max_bytes, table.cache.idle),
             shutdown_grace: table.shutdown_grace,
             access_log: table.access_log.clone(),
+            decision_log: table.decision_log.clone(),
             shared_state: (
                 table.limits.admission.backend.clone(),
                 table.cache.shared.clone(),
@@ -156,6 +159,12 @@ impl StartupSettings {
             out.push(format!(
                 "observe.access_log: writing {:?}, policy says {:?}",
                 self.access_log, new.access_log
+            ));
+        }
+        if self.decision_log != new.decision_log {
+            out.push(format!(
+                "observe.decision_log: writing {:?}, policy says {:?}",
+                self.decision_log, new.decision_log
             ));
         }
         if self.shared_state.0 != new.shared_state.0 {
@@ -400,6 +409,7 @@ mod tests {
             cache_size: (1024, None),
             shutdown_grace: Duration::from_secs(5),
             access_log: (crate::observe::LogTarget::Default, Default::default()),
+            decision_log: None,
             shared_state: (super::super::tenancy::LimitsBackend::Local, None),
             tls_listener: (None, true),
         };

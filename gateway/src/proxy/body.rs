@@ -73,6 +73,13 @@ pub struct BodyPermit {
     bytes: u64,
 }
 
+impl BodyPermit {
+    /// The body bytes this permit holds.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+}
+
 impl Drop for BodyPermit {
     fn drop(&mut self) {
         self.budget.held.fetch_sub(self.bytes, Ordering::AcqRel);

@@ -413,8 +413,8 @@ pub fn pick_endpoint(pool_id: PoolId, pool: &Pool, tried: Tried, now_ms: u64) ->
                 b += 1;
             }
             let (a, b) = (nth(a)?, nth(b)?);
-            let sa = pool.endpoints[a as usize].state.load_score();
-            let sb = pool.endpoints[b as usize].state.load_score();
+            let sa = pool.endpoints[a as usize].state.load_score_at(now_ms);
+            let sb = pool.endpoints[b as usize].state.load_score_at(now_ms);
             Some(if sb < sa { b } else { a })
         }
     }

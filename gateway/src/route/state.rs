@@ -273,7 +273,11 @@ impl PoolState {
     }
 
     pub fn observe(&self, upstream: Duration) {
-        let now = now_ms();
+        self.observe_at(upstream, now_ms());
+    }
+
+    /// [`Self::observe`] at a given time (the simulator's virtual clock).
+    pub fn observe_at(&self, upstream: Duration, now: u64) {
         let gap = now.saturating_sub(self.last_sample_ms.swap(now, Ordering::Relaxed));
         ewma_update(&self.ewma_us, upstream.as_micros() as u64, gap);
         self.samples.fetch_add(1, Ordering::Relaxed);
@@ -530,7 +534,11 @@ impl EndpointState {
     }
 
     pub fn observe(&self, upstream: Duration) {
-        let now = now_ms();
+        self.observe_at(upstream, now_ms());
+    }
+
+    /// [`Self::observe`] at a given time (the simulator's virtual clock).
+    pub fn observe_at(&self, upstream: Duration, now: u64) {
         let gap = now.saturating_sub(self.last_sample_ms.swap(now, Ordering::Relaxed));
         ewma_update(&self.ewma_us, upstream.as_micros() as u64, gap);
         self.samples.fetch_add(1, Ordering::Relaxed);

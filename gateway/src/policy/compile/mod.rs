@@ -132,6 +132,8 @@ pub struct RoutingTable {
     pub limits: Limits,
     /// Where the access log goes and how it is written.
     pub access_log: (crate::observe::LogTarget, crate::observe::LogFormat),
+    /// The decision log's file and rotation size (`observe.decision_log`; `None`: off).
+    pub decision_log: Option<(PathBuf, u64)>,
     /// Model → the version the policy declares (`models:`), part of the cache key.
     pub model_versions: HashMap<String, String>,
     /// The policy text this table was compiled from (compiled again when an endpoint host
@@ -374,6 +376,7 @@ fn compile(
         .map(|l| limits::compile_limits(p, l))
         .unwrap_or_default();
     let access_log = observe::compile_access_log(p, raw.observe.as_ref(), cx.file);
+    let decision_log = observe::compile_decision_log(p, raw.observe.as_ref(), cx.file);
     limits::compile_admission(p, &raw, &tiers, &mut limits);
     let model_versions = pools::model_versions(p, &raw, &pools);
     let geo = regions::open_geo(p, &raw, cx.file);
@@ -421,6 +424,7 @@ fn compile(
         cache,
         limits,
         access_log,
+        decision_log,
         model_versions,
         text: Arc::from(""),
         host_names,

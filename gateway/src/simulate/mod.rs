@@ -1,0 +1,1209 @@
+//! `switchyard simulate`: what a policy would do under load, on a virtual clock, before it
+//! serves.
+//!
+//! A discrete-event simulation that runs the gateway's own decision code: the policy is
+//! compiled by `policy::compile`, each request is a [`Class`] as `classify` would produce it,
+//! and every attempt goes through `route::decide` and the live state of `route::state` (peak
+//! EWMA, overdue attempts, in-flight limits taken with `try_acquire`, outlier ejection with
+//! its back-off and half-open probe, the retry budget), all driven by simulated time instead
+//! of the process clock. The fleet is a model ([`FleetModel`]): every endpoint is a
+//! multi-server FIFO queue whose service times are the pool's base plus a uniform jitter,
+//! made slower or refusing connections by a timeline of [`Fault`]s. Each request draws one
+//! service quantile that every system shares (common random numbers), so the systems differ
+//! only by where they send it.
+//!
+//! Beside each policy it runs the baselines of the live scenario (client-side round-robin
+//! over every pool that serves the model, and always-GPU) and an `oracle`: a greedy offline
+//! bound that, knowing every service time and the queue at every endpoint, sends each
+//! request in arrival order to the cheapest pool that meets its deadline (any pool that serves
+//! the model, whatever a policy allows the tier), else to the fastest. Greedy, so it is a
+//! bound to compare spend with, not a proven optimum.
+//!
+//! What it does not model (also in the README): hedging, the cache, the batch queue's
+//! dispatcher (a `slo-miss-queue` decision is counted and served at once by its pool),
+//! active health checks, timeouts and 5xx answers, the gateway's own CPU time, and the retry
+//! budget's per-second trickle (it refills on the process clock; the per-request deposits
+//! are simulated exactly). The arrivals are streamed and latencies go into fixed-size
+//! log histograms (1% buckets), so memory does not grow with the number of requests.
+
+pub mod fleet_faults;
+pub mod trace;
+pub mod tune;
+pub mod workload;
+
+use crate::classify::Class;
+use crate::policy::compile::{self, CompileContext, PoolId, RoutingTable};
+use crate::route::state::Fleet;
+use crate::route::{self, Reason};
+use crate::scenario::{SystemReport, TierReport};
+use serde::Serialize;
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Cached answers a simulated policy keeps at most (expired ones are dropped first).
+const CACHE_ENTRIES: usize = 1 << 20;
+/// A refused connection costs this much before the next attempt (loopback-like).
+const CONNECT_REFUSED_US: u64 = 100;
+/// The path the workload's requests are sent to (the route is matched on it).
+const PATH: &str = "/v1/chat/completions";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    #[error("unknown scenario `{0}` (known: fleet-faults)")]
+    UnknownScenario(String),
+    #[error("{0}")]
+    Policy(#[from] crate::policy::PolicyErrors),
+    #[error("{0}")]
+    Workload(String),
+    #[error("policy `{policy}` does not fit the simulated fleet: {problem}")]
+    Mismatch { policy: String, problem: String },
+}
+
+/// One pool of the simulated fleet.
+#[derive(Debug, Clone)]
+pub struct PoolModel {
+    /// Matched by name with the policy's pools.
+    pub name: String,
+    /// Index into [`FleetModel::regions`].
+    pub region: usize,
+    pub endpoints: usize,
+    /// Requests one endpoint serves at once; more wait in its FIFO queue.
+    pub servers_per_endpoint: u32,
+    /// Service time: `base + quantile × jitter` (uniform).
+    pub base: Duration,
+    pub jitter: Duration,
+    /// The bill: per request plus per GPU-hour of service time.
+    pub per_request: f64,
+    pub per_gpu_hour: f64,
+    /// Per model of the workload ([`Workload::models`]), whether the pool serves it.
+    pub serves: Vec<bool>,
+    /// A GPU pool (the always-GPU baseline's).
+    pub gpu: bool,
+    /// Observed service times in µs, sorted (from a trace): when present, a request's
+    /// quantile picks one of them instead of `base + quantile × jitter`.
+    pub empirical: Option<Arc<Vec<u64>>>,
+}
+
+/// The fleet as it really is (the policy only has estimates of it).
+#[derive(Debug, Clone)]
+pub struct FleetModel {
+    pub regions: Vec<String>,
+    /// True round-trip times between regions, ms (`rtt_ms[client][pool]`).
+    pub rtt_ms: Vec<Vec<f64>>,
+    pub pools: Vec<PoolModel>,
+}
+
+/// A change to the fleet for a while (`from` inclusive, `to` exclusive, from the start).
+#[derive(Debug, Clone)]
+pub enum Fault {
+    /// Every service time of the pool that starts in the window takes `extra` more.
+    Slower {
+        pool: usize,
+        extra: Duration,
+        from: Duration,
+        to: Duration,
+    },
+    /// The endpoint refuses connections.
+    Down {
+        pool: usize,
+        endpoint: usize,
+        from: Duration,
+        to: Duration,
+    },
+}
+
+/// One request of a workload.
+#[derive(Debug, Clone, Copy)]
+pub struct Request {
+    /// Arrival, from the start.
+    pub at: Duration,
+    /// Index into the fleet's regions and the workload's tiers.
+    pub region: usize,
+    pub tier: usize,
+    /// Index into [`Workload::models`].
+    pub model: u16,
+    /// Where in its pool's service-time distribution this request falls (0..1).
+    pub service_quantile: f64,
+    /// Identical requests share a key (a repeat the prediction cache can answer); 0: unique.
+    pub key: u64,
+}
+
+/// One reporting phase of a workload, back to back from the start.
+#[derive(Debug, Clone)]
+pub struct PhaseSpec {
+    pub name: String,
+    pub start: Duration,
+    pub len: Duration,
+    /// Requests per second, evenly spaced (open loop).
+    pub rate: f64,
+}
+
+/// Who sends what.
+#[derive(Debug, Clone)]
+pub enum Mix {
+    /// The live scenario's draws, exactly (see [`fleet_faults::Schedule`]).
+    FleetFaults,
+    /// Weights per fleet region and per tier, and per tier the share (0..1) asking for the
+    /// big model.
+    Scripted {
+        regions: Vec<f64>,
+        tiers: Vec<f64>,
+        big: Vec<f64>,
+        /// Share (0..1) of requests repeating one of the recent distinct ones.
+        repeat: f64,
+    },
+    /// A decision log, replayed (see [`trace`]).
+    Trace(Arc<trace::TraceIndex>),
+}
+
+/// Traffic, fleet and faults.
+#[derive(Debug, Clone)]
+pub struct Workload {
+    pub name: String,
+    pub phases: Vec<PhaseSpec>,
+    /// Tier names and their deadlines in ms (the objective the report measures).
+    pub tiers: Vec<(String, f64)>,
+    /// The models requests ask for.
+    pub models: Vec<String>,
+    pub fleet: FleetModel,
+    pub faults: Vec<Fault>,
+    pub mix: Mix,
+    pub seed: u64,
+}
+
+fn us(d: Duration) -> u64 {
+    d.as_micros() as u64
+}
+
+impl Workload {
+    fn requests(&self) -> Box<dyn Iterator<Item = Request> + '_> {
+        match &self.mix {
+            Mix::FleetFaults => {
+                let total = self.phases.iter().map(|p| p.len).sum();
+                let rate = self.phases.first().map_or(1.0, |p| p.rate);
+                Box::new(fleet_faults::Schedule::new(rate, total, self.seed))
+            }
+            Mix::Scripted { .. } => Box::new(workload::Scripted::new(self)),
+            Mix::Trace(index) => Box::new(trace::Replay::new(index.clone(), self.seed)),
+        }
+    }
+
+    fn phase_of(&self, at: Duration) -> usize {
+        self.phases.iter().rposition(|p| p.start <= at).unwrap_or(0)
+    }
+
+    /// Service time in µs of a request with `quantile` starting on `pool` at `now_us`.
+    fn service_us(&self, pool: usize, quantile: f64, now_us: u64) -> u64 {
+        let p = &self.fleet.pools[pool];
+        let mut t = match &p.empirical {
+            Some(samples) if !samples.is_empty() => {
+                let i = ((samples.len() - 1) as f64 * quantile).round() as usize;
+                samples[i.min(samples.len() - 1)]
+            }
+            _ => us(p.base) + (us(p.jitter) as f64 * quantile) as u64,
+        };
+        for f in &self.faults {
+            if let Fault::Slower {
+                pool: fp,
+                extra,
+                from,
+                to,
+            } = f
+            {
+                if *fp == pool && (us(*from)..us(*to)).contains(&now_us) {
+                    t += us(*extra);
+                }
+            }
+        }
+        t.max(1)
+    }
+
+    fn is_down(&self, pool: usize, endpoint: usize, now_us: u64) -> bool {
+        self.faults.iter().any(|f| match f {
+            Fault::Down {
+                pool: fp,
+                endpoint: fe,
+                from,
+                to,
+            } => *fp == pool && *fe == endpoint && (us(*from)..us(*to)).contains(&now_us),
+            Fault::Slower { .. } => false,
+        })
+    }
+
+    fn rtt_us(&self, region: usize, pool: usize) -> u64 {
+        (self.fleet.rtt_ms[region][self.fleet.pools[pool].region] * 1000.0) as u64
+    }
+
+    fn cost(&self, pool: usize, service_us: u64) -> f64 {
+        let p = &self.fleet.pools[pool];
+        p.per_request + p.per_gpu_hour * service_us as f64 / 3.6e9
+    }
+
+    fn serves(&self, pool: usize, model: u16) -> bool {
+        self.fleet.pools[pool]
+            .serves
+            .get(model as usize)
+            .copied()
+            .unwrap_or(false)
+    }
+}
+
+/// How to run it.
+#[derive(Debug, Clone)]
+pub struct SimOptions {
+    /// The built-in scenario (`fleet-faults`).
+    pub scenario: String,
+    /// A scripted workload file instead of the scenario's traffic and faults.
+    pub workload: Option<PathBuf>,
+    /// A decision log to replay instead (on the fleet of `fleet`, else the first policy).
+    pub trace: Option<PathBuf>,
+    pub fleet: Option<PathBuf>,
+    /// Report phases a trace is cut into (equal lengths).
+    pub phases: usize,
+    pub phase: Duration,
+    pub rate: f64,
+    /// Seeds the service-time draws and the endpoint choice (the traffic is the scenario's).
+    pub seed: u64,
+    /// Policy files to compare; none: the scenario's own policy, as `switchyard`.
+    pub policies: Vec<PathBuf>,
+    /// Every phase's rate multiplied by this (what if traffic triples?).
+    pub rate_scale: f64,
+}
+
+/// Latencies in 1%-wide logarithmic buckets from 0.1 ms; failures count as infinite.
+#[derive(Debug, Default, Clone)]
+struct Hist {
+    counts: Vec<u64>,
+    infinite: u64,
+}
+
+const HIST_MIN_MS: f64 = 0.1;
+const HIST_GROWTH: f64 = 1.01;
+
+impl Hist {
+    fn add(&mut self, ms: f64) {
+        if !ms.is_finite() {
+            self.infinite += 1;
+            return;
+        }
+        let b = if ms <= HIST_MIN_MS {
+            0
+        } else {
+            ((ms / HIST_MIN_MS).ln() / HIST_GROWTH.ln()).ceil() as usize
+        };
+        if self.counts.len() <= b {
+            self.counts.resize(b + 1, 0);
+        }
+        self.counts[b] += 1;
+    }
+
+    /// The scenario's percentile rule (`sorted[round((n − 1) × p)]`, −1 if infinite), read
+    /// off the buckets (each bucket's upper edge).
+    fn percentile(&self, p: f64) -> f64 {
+        let n: u64 = self.counts.iter().sum::<u64>() + self.infinite;
+        if n == 0 {
+            return 0.0;
+        }
+        let rank = ((n as f64 - 1.0) * p).round() as u64;
+        let mut seen = 0;
+        for (b, c) in self.counts.iter().enumerate() {
+            seen += c;
+            if seen > rank {
+                let v = HIST_MIN_MS * HIST_GROWTH.powi(b as i32);
+                return (v * 10.0).round() / 10.0;
+            }
+        }
+        -1.0
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+struct TierStats {
+    requests: u64,
+    met: u64,
+    latency: Hist,
+}
+
+/// What one system did in one phase.
+#[derive(Debug, Clone)]
+struct PhaseStats {
+    tiers: Vec<TierStats>,
+    requests: u64,
+    errors: u64,
+    spend: f64,
+    served: Vec<u64>,
+    busy_us: Vec<u64>,
+    shed: u64,
+    overloaded: u64,
+    no_candidate: u64,
+    queued: u64,
+    retries: u64,
+    cache_hits: u64,
+}
+
+impl PhaseStats {
+    fn new(tiers: usize, pools: usize) -> Self {
+        PhaseStats {
+            tiers: vec![TierStats::default(); tiers],
+            requests: 0,
+            errors: 0,
+            spend: 0.0,
+            served: vec![0; pools],
+            busy_us: vec![0; pools],
+            shed: 0,
+            overloaded: 0,
+            no_candidate: 0,
+            queued: 0,
+            retries: 0,
+            cache_hits: 0,
+        }
+    }
+}
+
+/// A server of `pool` busy from `start` to `end` (µs): its time within each phase's window.
+fn busy(w: &Workload, stats: &mut [PhaseStats], pool: usize, start: u64, end: u64) {
+    for (phase, s) in w.phases.iter().zip(stats) {
+        let (from, to) = (us(phase.start), us(phase.start + phase.len));
+        let overlap = end.min(to).saturating_sub(start.max(from));
+        s.busy_us[pool] += overlap;
+    }
+}
+
+/// One request in the system (an attempt in flight or waiting at an endpoint).
+#[derive(Debug, Clone)]
+struct InFlight {
+    req: Request,
+    /// Endpoints tried, in the policy's numbering (baselines: the fleet's).
+    tried: Vec<(PoolId, u16)>,
+    /// Fleet pool and endpoint of the attempt.
+    target: (usize, usize),
+    sent_us: u64,
+    slot: Option<u8>,
+    reason: Option<Reason>,
+    /// Time a server spends on the attempt (without waiting in the endpoint's queue): what
+    /// the pool bills.
+    service_us: u64,
+    /// A baseline's request counter at arrival (its round-robin position).
+    k: usize,
+}
+
+enum What {
+    Done(InFlight),
+    Retry(InFlight),
+}
+
+struct Event {
+    at: u64,
+    seq: u64,
+    what: What,
+}
+
+impl PartialEq for Event {
+    fn eq(&self, o: &Self) -> bool {
+        (self.at, self.seq) == (o.at, o.seq)
+    }
+}
+impl Eq for Event {}
+impl PartialOrd for Event {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Event {
+    /// Reversed: `BinaryHeap` is a max-heap and the earliest event goes first.
+    fn cmp(&self, o: &Self) -> Ordering {
+        (o.at, o.seq).cmp(&(self.at, self.seq))
+    }
+}
+
+#[derive(Default)]
+struct EndpointQueue {
+    busy: u32,
+    waiting: VecDeque<InFlight>,
+}
+
+/// The clock, the endpoint queues and the figures of one system's run.
+struct Engine<'w> {
+    w: &'w Workload,
+    events: BinaryHeap<Event>,
+    seq: u64,
+    queues: Vec<Vec<EndpointQueue>>,
+    stats: Vec<PhaseStats>,
+}
+
+impl<'w> Engine<'w> {
+    fn new(w: &'w Workload) -> Self {
+        Engine {
+            w,
+            events: BinaryHeap::new(),
+            seq: 0,
+            queues: w
+                .fleet
+                .pools
+                .iter()
+                .map(|p| (0..p.endpoints).map(|_| EndpointQueue::default()).collect())
+                .collect(),
+            stats: (0..w.phases.len())
+                .map(|_| PhaseStats::new(w.tiers.len(), w.fleet.pools.len()))
+                .collect(),
+        }
+    }
+
+    fn push(&mut self, at: u64, what: What) {
+        self.seq += 1;
+        self.events.push(Event {
+            at,
+            seq: self.seq,
+            what,
+        });
+    }
+
+    fn phase(&mut self, req: &Request) -> &mut PhaseStats {
+        let p = self.w.phase_of(req.at);
+        &mut self.stats[p]
+    }
+
+    /// Send an attempt to its endpoint: served now if a server is free, else queued.
+    fn send(&mut self, f: InFlight, now: u64) {
+        let (p, e) = f.target;
+        let servers = self.w.fleet.pools[p].servers_per_endpoint;
+        let q = &mut self.queues[p][e];
+        if q.busy < servers {
+            self.start(f, now);
+        } else {
+            q.waiting.push_back(f);
+        }
+    }
+
+    fn start(&mut self, mut f: InFlight, now: u64) {
+        let (p, e) = f.target;
+        self.queues[p][e].busy += 1;
+        let service = self.w.service_us(p, f.req.service_quantile, now);
+        f.service_us = service;
+        busy(self.w, &mut self.stats, p, now, now + service);
+        self.push(now + service, What::Done(f));
+    }
+
+    /// An attempt answered: free its server and start the next in line.
+    fn finish(&mut self, f: &InFlight, now: u64) {
+        let (p, e) = f.target;
+        let q = &mut self.queues[p][e];
+        q.busy = q.busy.saturating_sub(1);
+        if let Some(next) = q.waiting.pop_front() {
+            self.start(next, now);
+        }
+    }
+
+    fn succeed(&mut self, f: &InFlight, now: u64) {
+        let (pool, _) = f.target;
+        let rtt = self.w.rtt_us(f.req.region, pool);
+        let latency_ms = (now - us(f.req.at) + rtt) as f64 / 1000.0;
+        let cost = self.w.cost(pool, f.service_us);
+        let deadline = self.w.tiers[f.req.tier].1;
+        let s = self.phase(&f.req);
+        s.requests += 1;
+        s.served[pool] += 1;
+        s.spend += cost;
+        if f.reason == Some(Reason::Queued) {
+            s.queued += 1;
+        }
+        let t = &mut s.tiers[f.req.tier];
+        t.requests += 1;
+        t.met += u64::from(latency_ms <= deadline);
+        t.latency.add(latency_ms);
+    }
+
+    /// Answered from the prediction cache at once (the client's time to the gateway is not
+    /// modelled).
+    fn cache_hit(&mut self, req: &Request) {
+        let s = self.phase(req);
+        s.requests += 1;
+        s.cache_hits += 1;
+        let t = &mut s.tiers[req.tier];
+        t.requests += 1;
+        t.met += 1;
+        t.latency.add(0.0);
+    }
+
+    fn fail(&mut self, req: &Request, reason: Option<Reason>) {
+        let s = self.phase(req);
+        s.requests += 1;
+        s.errors += 1;
+        match reason {
+            Some(Reason::Shed) => s.shed += 1,
+            Some(Reason::Overloaded) => s.overloaded += 1,
+            Some(Reason::NoCandidate) => s.no_candidate += 1,
+            _ => {}
+        }
+        let t = &mut s.tiers[req.tier];
+        t.requests += 1;
+        t.latency.add(f64::INFINITY);
+    }
+
+    /// Run the workload through `system`: arrivals streamed from the schedule, merged with
+    /// the event queue on the virtual clock.
+    fn run(mut self, system: &mut System) -> Vec<PhaseStats> {
+        let mut arrivals = self.w.requests().peekable();
+        loop {
+            let next_event = self.events.peek().map(|e| e.at);
+            let next_arrival = arrivals.peek().map(|r| us(r.at));
+            match (next_arrival, next_event) {
+                (Some(a), Some(e)) if a <= e => {}
+                (Some(_), None) => {}
+                (_, Some(_)) => {
+                    let Some(ev) = self.events.pop() else { break };
+                    match ev.what {
+                        What::Done(f) => {
+                            self.finish(&f, ev.at);
+                            system.done(&mut self, f, ev.at);
+                        }
+                        What::Retry(f) => system.attempt(&mut self, f, ev.at),
+                    }
+                    continue;
+                }
+                (None, None) => break,
+            }
+            let Some(req) = arrivals.next() else { break };
+            let f = InFlight {
+                req,
+                tried: Vec::new(),
+                target: (0, 0),
+                sent_us: 0,
+                slot: None,
+                reason: None,
+                service_us: 0,
+                k: 0,
+            };
+            system.arrive(&mut self, f, us(req.at));
+        }
+        self.stats
+    }
+}
+
+/// A compiled policy, and how its names map onto the simulated fleet and workload.
+struct PolicySystem {
+    table: RoutingTable,
+    /// Policy pool → fleet pool.
+    pools: Vec<usize>,
+    /// Per (region, tier, model): the class `classify` gives such a request.
+    classes: Vec<Class>,
+    /// The route's cache TTL (`None`: the route does not cache).
+    cache_ttl: Option<Duration>,
+    /// Cached answers by request key: when each expires (µs).
+    cache: std::collections::HashMap<u64, u64>,
+}
+
+impl PolicySystem {
+    fn new(name: &str, table: RoutingTable, w: &Workload) -> Result<Self, SimError> {
+        let mismatch = |problem: String| SimError::Mismatch {
+            policy: name.to_string(),
+            problem,
+        };
+        let mut pools = Vec::with_capacity(table.pools.len());
+        for p in &table.pools {
+            let Some(i) = w.fleet.pools.iter().position(|m| m.name == p.name) else {
+                return Err(mismatch(format!(
+                    "pool `{}` is not in the fleet (known: {})",
+                    p.name,
+                    names(w.fleet.pools.iter().map(|m| m.name.as_str()))
+                )));
+            };
+            if p.endpoints.len() > w.fleet.pools[i].endpoints {
+                return Err(mismatch(format!(
+                    "pool `{}` has {} endpoints, the fleet {}",
+                    p.name,
+                    p.endpoints.len(),
+                    w.fleet.pools[i].endpoints
+                )));
+            }
+            pools.push(i);
+        }
+        // The chat route, else the first: the tier and model decide the rest.
+        let route = table
+            .match_route(PATH)
+            .or((!table.routes.is_empty()).then_some(0))
+            .ok_or_else(|| mismatch("no route".into()))?;
+        let mut classes = Vec::new();
+        for region in &w.fleet.regions {
+            let r = table
+                .region_by_name(region)
+                .ok_or_else(|| mismatch(format!("no region `{region}`")))?;
+            for (tier, _) in &w.tiers {
+                let t = table
+                    .tier_by_name(tier)
+                    .ok_or_else(|| mismatch(format!("no tier `{tier}`")))?;
+                for model in &w.models {
+                    classes.push(Class::what_if(&table, route, r, t, model));
+                }
+            }
+        }
+        let cache_ttl = table.routes[route as usize].cache.map(|c| c.ttl);
+        Ok(PolicySystem {
+            table,
+            pools,
+            classes,
+            cache_ttl,
+            cache: std::collections::HashMap::new(),
+        })
+    }
+
+    fn class(&self, w: &Workload, req: &Request) -> &Class {
+        let m = w.models.len();
+        &self.classes[(req.region * w.tiers.len() + req.tier) * m + req.model as usize]
+    }
+}
+
+fn names<'a>(it: impl Iterator<Item = &'a str>) -> String {
+    it.collect::<Vec<_>>().join(", ")
+}
+
+/// What decides where a request goes.
+enum System {
+    Policy(Box<PolicySystem>),
+    /// Client-side round-robin over every pool that serves the model; one retry elsewhere.
+    RoundRobin(usize),
+    /// Round-robin over the endpoints of the first GPU pool serving the model; one retry on
+    /// the next.
+    AlwaysGpu(usize),
+}
+
+impl System {
+    fn arrive(&mut self, eng: &mut Engine, f: InFlight, now: u64) {
+        if let System::Policy(p) = self {
+            // A repeat within the route's TTL is answered from the cache: no pool, no spend.
+            let fresh = p.cache.get(&f.req.key).is_some_and(|&until| until > now);
+            if f.req.key != 0 && p.cache_ttl.is_some() && fresh {
+                eng.cache_hit(&f.req);
+                return;
+            }
+            // Every request earns the retry budget a fraction of a retry (as in `acquire`).
+            let up = &p.table.upstream;
+            up.budget.deposit(&up.retry_budget);
+        }
+        self.attempt(eng, f, now);
+    }
+
+    fn attempt(&mut self, eng: &mut Engine, mut f: InFlight, now: u64) {
+        let w = eng.w;
+        match self {
+            System::Policy(sys) => {
+                let table = &sys.table;
+                let class = sys.class(w, &f.req);
+                let now_ms = now / 1000;
+                // As `proxy::acquire`: decide, take the slots, decide again on a lost race.
+                let mut d = route::decide(class, table, &f.tried, now_ms);
+                let mut target = None;
+                for _ in 0..4 {
+                    let Some((p, e)) = d.target else { break };
+                    let pool = &table.pools[p as usize];
+                    if pool.state.try_acquire(pool.concurrency) {
+                        if pool.endpoints[e as usize]
+                            .state
+                            .try_acquire(pool.endpoint_limit())
+                        {
+                            target = Some((p, e));
+                            break;
+                        }
+                        pool.state.release();
+                    }
+                    d = route::decide(class, table, &f.tried, now_ms);
+                }
+                f.reason = Some(d.reason);
+                let Some((p, e)) = target else {
+                    // As `proxy::acquire`: a lost race for the last slot is "overloaded".
+                    let reason = match d.reason {
+                        Reason::MeetsDeadline | Reason::Overloaded => Reason::Overloaded,
+                        Reason::Shed => Reason::Shed,
+                        _ => Reason::NoCandidate,
+                    };
+                    eng.fail(&f.req, Some(reason));
+                    return;
+                };
+                f.tried.push((p, e));
+                let pool = &table.pools[p as usize];
+                let fleet_pool = sys.pools[p as usize];
+                if w.is_down(fleet_pool, e as usize, now) {
+                    // As `proxy::on_connect_failure`: eject at once, give the slots back,
+                    // retry within attempts, deadline and budget.
+                    let ep = &pool.endpoints[e as usize].state;
+                    ep.connect_failed(now_ms, &table.upstream.ejection);
+                    pool.state.release();
+                    ep.release();
+                    let within =
+                        now - us(f.req.at) < us(class.deadline.max(Duration::from_millis(10)));
+                    let retry = (f.tried.len() as u32) < table.upstream.max_attempts
+                        && within
+                        && table
+                            .upstream
+                            .budget
+                            .try_withdraw(&table.upstream.retry_budget);
+                    if retry {
+                        eng.phase(&f.req).retries += 1;
+                        eng.push(now + CONNECT_REFUSED_US, What::Retry(f));
+                    } else {
+                        eng.fail(&f.req, None);
+                    }
+                    return;
+                }
+                f.slot = pool.state.track_start(now_ms);
+                f.target = (fleet_pool, e as usize);
+                f.sent_us = now;
+                eng.send(f, now);
+            }
+            System::RoundRobin(next) | System::AlwaysGpu(next) => {
+                // The k-th request's j-th attempt, as the live scenario's clients do it.
+                if f.tried.is_empty() {
+                    f.k = *next;
+                    *next += 1;
+                }
+                let (k, j) = (f.k, f.tried.len());
+                let serving = (0..w.fleet.pools.len()).filter(|&p| w.serves(p, f.req.model));
+                let target = match self {
+                    System::RoundRobin(_) => {
+                        let serving: Vec<usize> = serving.collect();
+                        serving
+                            .get((k + j) % serving.len().max(1))
+                            .map(|&p| (p, (k / serving.len()) % w.fleet.pools[p].endpoints.max(1)))
+                    }
+                    System::AlwaysGpu(_) => serving
+                        .filter(|&p| w.fleet.pools[p].gpu)
+                        .map(|p| (p, (k + j) % w.fleet.pools[p].endpoints.max(1)))
+                        .next(),
+                    System::Policy(_) => return,
+                };
+                let Some(target) = target else {
+                    eng.fail(&f.req, Some(Reason::NoCandidate));
+                    return;
+                };
+                f.tried.push((target.0 as PoolId, target.1 as u16));
+                if w.is_down(target.0, target.1, now) {
+                    if f.tried.len() < 2 {
+                        eng.phase(&f.req).retries += 1;
+                        eng.push(now + CONNECT_REFUSED_US, What::Retry(f));
+                    } else {
+                        eng.fail(&f.req, None);
+                    }
+                    return;
+                }
+                f.target = target;
+                f.sent_us = now;
+                eng.send(f, now);
+            }
+        }
+    }
+
+    fn done(&mut self, eng: &mut Engine, f: InFlight, now: u64) {
+        if let System::Policy(sys) = self {
+            // As `proxy::on_upstream_header` with a 2xx, then the request's release.
+            let now_ms = now / 1000;
+            let took = Duration::from_micros(now - f.sent_us);
+            if let Some(&(p, e)) = f.tried.last() {
+                let pool = &sys.table.pools[p as usize];
+                pool.state.observe_at(took, now_ms);
+                if let Some(slot) = f.slot {
+                    pool.state.untrack(slot);
+                }
+                let ep = &pool.endpoints[e as usize].state;
+                ep.observe_at(took, now_ms);
+                ep.mark_success();
+                pool.state.release();
+                ep.release();
+            }
+            if let (Some(ttl), true) = (sys.cache_ttl, f.req.key != 0) {
+                if sys.cache.len() >= CACHE_ENTRIES {
+                    sys.cache.retain(|_, until| *until > now);
+                }
+                if sys.cache.len() < CACHE_ENTRIES {
+                    sys.cache.insert(f.req.key, now + us(ttl));
+                }
+            }
+        }
+        eng.succeed(&f, now);
+    }
+}
+
+/// The oracle: greedy in arrival order, with every service time and queue known.
+fn oracle(w: &Workload) -> Vec<PhaseStats> {
+    let mut stats: Vec<PhaseStats> = (0..w.phases.len())
+        .map(|_| PhaseStats::new(w.tiers.len(), w.fleet.pools.len()))
+        .collect();
+    // Per endpoint, when each of its servers is next free (min-heap).
+    let mut free: Vec<Vec<BinaryHeap<std::cmp::Reverse<u64>>>> = w
+        .fleet
+        .pools
+        .iter()
+        .map(|p| {
+            (0..p.endpoints)
+                .map(|_| {
+                    (0..p.servers_per_endpoint)
+                        .map(|_| std::cmp::Reverse(0))
+                        .collect()
+                })
+                .collect()
+        })
+        .collect();
+    // Perfect caching: any repeat of an answered request is free (a lower bound for any TTL).
+    let mut answered: std::collections::HashSet<u64> = std::collections::HashSet::new();
+    for req in w.requests() {
+        let at = us(req.at);
+        if req.key != 0 && answered.contains(&req.key) {
+            let s = &mut stats[w.phase_of(req.at)];
+            s.requests += 1;
+            s.cache_hits += 1;
+            let t = &mut s.tiers[req.tier];
+            t.requests += 1;
+            t.met += 1;
+            t.latency.add(0.0);
+            continue;
+        }
+        if req.key != 0 && answered.len() < CACHE_ENTRIES {
+            answered.insert(req.key);
+        }
+        let deadline_us = (w.tiers[req.tier].1 * 1000.0) as u64;
+        // (cost, latency, pool, endpoint, start, service)
+        let mut best: Option<(f64, u64, usize, usize, u64, u64)> = None;
+        let mut fastest: Option<(f64, u64, usize, usize, u64, u64)> = None;
+        for (p, eps) in free.iter().enumerate() {
+            if !w.serves(p, req.model) {
+                continue;
+            }
+            for (e, heap) in eps.iter().enumerate() {
+                if w.is_down(p, e, at) {
+                    continue;
+                }
+                let start = heap.peek().map_or(at, |r| r.0.max(at));
+                let service = w.service_us(p, req.service_quantile, start);
+                let latency = start - at + service + w.rtt_us(req.region, p);
+                let c = (w.cost(p, service), latency, p, e, start, service);
+                if latency <= deadline_us && best.is_none_or(|b| (c.0, c.1) < (b.0, b.1)) {
+                    best = Some(c);
+                }
+                if fastest.is_none_or(|b| c.1 < b.1) {
+                    fastest = Some(c);
+                }
+            }
+        }
+        let s = &mut stats[w.phase_of(req.at)];
+        s.requests += 1;
+        let t = &mut s.tiers[req.tier];
+        t.requests += 1;
+        let Some((cost, latency, p, e, start, service)) = best.or(fastest) else {
+            s.errors += 1;
+            t.latency.add(f64::INFINITY);
+            continue;
+        };
+        t.met += u64::from(latency <= deadline_us);
+        t.latency.add(latency as f64 / 1000.0);
+        s.spend += cost;
+        s.served[p] += 1;
+        busy(w, &mut stats, p, start, start + service);
+        let heap = &mut free[p][e];
+        heap.pop();
+        heap.push(std::cmp::Reverse(start + service));
+    }
+    stats
+}
+
+/// One system in one phase: the live scenario's figures plus what only a simulation sees.
+#[derive(Debug, Clone, Serialize)]
+pub struct SimSystemReport {
+    #[serde(flatten)]
+    pub base: SystemReport,
+    /// Busy servers ÷ servers per pool over the phase, percent.
+    pub utilisation: BTreeMap<String, f64>,
+    pub shed: u64,
+    pub overloaded: u64,
+    pub no_candidate: u64,
+    /// Answered through the tier's `on_slo_miss: queue`.
+    pub queued: u64,
+    /// Attempts after a refused connection.
+    pub retries: u64,
+    /// Answered from the prediction cache (counted in `requests`, not in `traffic`).
+    pub cache_hits: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SimPhaseReport {
+    pub phase: String,
+    pub systems: Vec<SimSystemReport>,
+}
+
+/// The whole run, in the shape of `demo --scenario --json` (phases → systems → tiers).
+#[derive(Debug, Clone, Serialize)]
+pub struct SimReport {
+    pub scenario: String,
+    pub simulated: bool,
+    pub phase_secs: f64,
+    pub rate_per_sec: f64,
+    pub seed: u64,
+    pub note: String,
+    pub phases: Vec<SimPhaseReport>,
+}
+
+fn mean(it: impl ExactSizeIterator<Item = f64>) -> f64 {
+    let n = it.len().max(1) as f64;
+    it.sum::<f64>() / n
+}
+
+fn round(v: f64, digits: i32) -> f64 {
+    let f = 10f64.powi(digits);
+    (v * f).round() / f
+}
+
+fn summarise(w: &Workload, name: &str, s: &PhaseStats, phase_len: Duration) -> SimSystemReport {
+    let tiers = w
+        .tiers
+        .iter()
+        .zip(&s.tiers)
+        .map(|((tier, _), t)| TierReport {
+            tier: tier.clone(),
+            requests: t.requests as usize,
+            slo_attainment: if t.requests == 0 {
+                100.0
+            } else {
+                round(t.met as f64 * 100.0 / t.requests as f64, 2)
+            },
+            p50_ms: t.latency.percentile(0.5),
+            p99_ms: t.latency.percentile(0.99),
+        })
+        .collect();
+    let answered = (s.requests - s.errors).max(1) as f64;
+    let pool_names = w.fleet.pools.iter().map(|p| p.name.clone());
+    let traffic = pool_names
+        .clone()
+        .zip(&s.served)
+        .filter(|(_, n)| **n > 0)
+        .map(|(p, n)| (p, round(*n as f64 * 100.0 / answered, 1)))
+        .chain((s.cache_hits > 0).then(|| {
+            let share = round(s.cache_hits as f64 * 100.0 / answered, 1);
+            ("cache".to_string(), share)
+        }))
+        .collect();
+    let utilisation = w
+        .fleet
+        .pools
+        .iter()
+        .zip(&s.busy_us)
+        .map(|(p, busy)| {
+            let capacity =
+                p.endpoints as f64 * p.servers_per_endpoint as f64 * us(phase_len) as f64;
+            (p.name.clone(), round(*busy as f64 * 100.0 / capacity, 1))
+        })
+        .collect();
+    SimSystemReport {
+        base: SystemReport {
+            system: name.to_string(),
+            requests: s.requests as usize,
+            errors: s.errors as usize,
+            spend_per_1k_usd: round(s.spend * 1000.0 / s.requests.max(1) as f64, 5),
+            tiers,
+            traffic,
+            // The simulator estimates with the policy's baselines and knows the truth it
+            // drew: no live estimate to compare (the scenario reports it for real runs).
+            estimate_error: Default::default(),
+        },
+        utilisation,
+        shed: s.shed,
+        overloaded: s.overloaded,
+        no_candidate: s.no_candidate,
+        queued: s.queued,
+        retries: s.retries,
+        cache_hits: s.cache_hits,
+    }
+}
+
+/// A system's name from its policy file: the file stem.
+fn policy_name(path: &Path) -> String {
+    path.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
+}
+
+/// The workload `opts` asks for: a `--workload` file, else the built-in scenario.
+fn workload_of(opts: &SimOptions) -> Result<Workload, SimError> {
+    if !(opts.rate_scale > 0.0 && opts.rate_scale.is_finite()) {
+        return Err(SimError::Workload(format!(
+            "--rate-scale must be above 0, not {}",
+            opts.rate_scale
+        )));
+    }
+    if let Some(path) = &opts.trace {
+        let fleet = opts
+            .fleet
+            .as_ref()
+            .or(opts.policies.first())
+            .ok_or_else(|| {
+                SimError::Workload("--trace needs the fleet's policy: --fleet or --policy".into())
+            })?;
+        let table = crate::tools::load(fleet)?;
+        return trace::load(path, &table, opts.phases, opts.rate_scale, opts.seed);
+    }
+    let mut w = match &opts.workload {
+        Some(path) => workload::load(path, opts.seed)?,
+        None if opts.scenario == "fleet-faults" => {
+            fleet_faults::workload(opts.phase, opts.rate, opts.seed)
+        }
+        None => return Err(SimError::UnknownScenario(opts.scenario.clone())),
+    };
+    for p in &mut w.phases {
+        p.rate *= opts.rate_scale;
+    }
+    Ok(w)
+}
+
+/// One compiled policy alone through the workload (for `tune`).
+fn simulate_policy(
+    w: &Workload,
+    name: &str,
+    table: RoutingTable,
+    seed: u64,
+) -> Result<Vec<PhaseStats>, SimError> {
+    let mut system = System::Policy(Box::new(PolicySystem::new(name, table, w)?));
+    fastrand::seed(seed);
+    Ok(Engine::new(w).run(&mut system))
+}
+
+/// Simulate the scenario with every policy, the baselines and the oracle.
+pub fn run(opts: &SimOptions) -> Result<SimReport, SimError> {
+    let w = workload_of(opts)?;
+    let mut systems: Vec<(String, System)> = Vec::new();
+    if opts.policies.is_empty() {
+        let table = compile::compile_str(
+            fleet_faults::policy(),
+            &CompileContext {
+                file: Path::new("fleet-faults.yaml"),
+                fleet: &Fleet::default(),
+            },
+        )?;
+        let sys = PolicySystem::new("switchyard", table, &w)?;
+        systems.push(("switchyard".into(), System::Policy(Box::new(sys))));
+    }
+    for path in &opts.policies {
+        let name = policy_name(path);
+        // A fresh live state per policy: nothing one run learns leaks into another.
+        let table = crate::tools::load(path)?;
+        let sys = PolicySystem::new(&name, table, &w)?;
+        systems.push((name, System::Policy(Box::new(sys))));
+    }
+    systems.push(("round-robin".into(), System::RoundRobin(0)));
+    systems.push(("always-gpu".into(), System::AlwaysGpu(0)));
+
+    let mut results: Vec<(String, Vec<PhaseStats>)> = Vec::new();
+    for (name, mut system) in systems {
+        // The endpoint choice (power of two choices) draws from this thread's generator.
+        fastrand::seed(opts.seed);
+        let stats = Engine::new(&w).run(&mut system);
+        results.push((name, stats));
+    }
+    results.push(("oracle".into(), oracle(&w)));
+
+    let phases = w
+        .phases
+        .iter()
+        .enumerate()
+        .map(|(i, phase)| SimPhaseReport {
+            phase: phase.name.clone(),
+            systems: results
+                .iter()
+                .map(|(name, stats)| summarise(&w, name, &stats[i], phase.len))
+                .collect(),
+        })
+        .collect();
+    Ok(SimReport {
+        scenario: w.name.clone(),
+        simulated: true,
+        phase_secs: mean(w.phases.iter().map(|p| p.len.as_secs_f64())),
+        rate_per_sec: mean(w.phases.iter().map(|p| p.rate)),
+        seed: opts.seed,
+        note: "Simulated on a virtual clock with the gateway's own decide and live state; RTT from the fleet's matrix, spend = pool price model x service time. The oracle is a greedy bound (cheapest pool meeting each deadline, any pool serving the model), not a proven optimum.".into(),
+        phases,
+    })
+}
+
+/// The report as text: the live scenario's tables, then the simulation's extra figures.
+pub fn render(report: &SimReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{} (simulated, seed {}): {} phase(s) of {:.1} s, {:.0} req/s on average (the same requests to every system)",
+        report.scenario,
+        report.seed,
+        report.phases.len(),
+        report.phase_secs,
+        report.rate_per_sec
+    );
+    let _ = writeln!(out, "{}\n", report.note);
+    for p in &report.phases {
+        let _ = writeln!(out, "phase {}", p.phase);
+        for s in &p.systems {
+            let b = &s.base;
+            let tiers: Vec<String> = b
+                .tiers
+                .iter()
+                .map(|t| {
+                    let p99 = if t.p99_ms < 0.0 {
+                        "failed".to_string()
+                    } else {
+                        format!("{:.0}ms", t.p99_ms)
+                    };
+                    format!(
+                        "{} {:.2}% p50 {:.0}ms p99 {p99}",
+                        t.tier, t.slo_attainment, t.p50_ms
+                    )
+                })
+                .collect();
+            let traffic: Vec<String> = b
+                .traffic
+                .iter()
+                .map(|(pool, v)| format!("{pool} {v:.0}%"))
+                .collect();
+            let util: Vec<String> = s
+                .utilisation
+                .iter()
+                .map(|(pool, u)| format!("{pool} {u:.1}%"))
+                .collect();
+            let _ = writeln!(
+                out,
+                "  {:<12} ${:.4}/1k req, {} requests, {} cache hits, {} errors (shed {}, overloaded {}, no candidate {}), queued {}, retries {}",
+                b.system, b.spend_per_1k_usd, b.requests, s.cache_hits, b.errors, s.shed, s.overloaded, s.no_candidate, s.queued, s.retries
+            );
+            let _ = writeln!(out, "  {:<12} SLO: {}", "", tiers.join("; "));
+            let _ = writeln!(out, "  {:<12} traffic: {}", "", traffic.join(", "));
+            let _ = writeln!(out, "  {:<12} utilisation: {}", "", util.join(", "));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_percentiles_are_within_a_bucket() {
+        let mut h = Hist::default();
+        for ms in 1..=100 {
+            h.add(ms as f64);
+        }
+        let p50 = h.percentile(0.5);
+        assert!((50.0..=51.5).contains(&p50), "{p50}");
+        h.add(f64::INFINITY);
+        assert_eq!(h.percentile(1.0), -1.0, "a failure is infinitely late");
+    }
+
+    #[test]
+    fn faults_slow_and_refuse_only_in_their_window() {
+        let w = fleet_faults::workload(Duration::from_secs(1), 10.0, 1);
+        assert_eq!(w.service_us(0, 0.0, 0), 15_000);
+        assert_eq!(w.service_us(0, 0.0, 1_500_000), 150_000);
+        assert_eq!(w.service_us(0, 1.0, 3_000_000), 20_000);
+        assert!(!w.is_down(2, 0, 1_999_999));
+        assert!(w.is_down(2, 0, 2_000_000));
+        assert!(!w.is_down(2, 1, 2_500_000));
+    }
+}

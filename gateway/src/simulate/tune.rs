@@ -1,0 +1,461 @@
+//! `switchyard tune`: the lowest-spend tier weights that still meet SLO targets, found in
+//! simulation, written back into the operator's own YAML.
+//!
+//! The search is coordinate descent over each tier's `weight` on a grid (0.0, 0.2 … 1.0),
+//! starting from the policy's own weights, for at most a few rounds: every candidate is the
+//! policy compiled afresh (fresh live state) with the weights changed, run alone through
+//! the workload by the simulator. A candidate meets the targets when each targeted tier's
+//! SLO attainment reaches its target in **every** phase (the worst phase counts, so a
+//! policy cannot pass on average while failing during a fault); among those the lowest
+//! spend wins. Coordinate descent is a local search: it can miss a better combination that
+//! needs two weights to move at once; the report says how many candidates it tried.
+//!
+//! The tuned file is the original text with only the weight scalars replaced (or a
+//! `weight:` added after the tier's `deadline:` when it had none), so comments and layout
+//! survive; it is compiled again and its weights compared before anything is written.
+//! `on_slo_miss` and hedging are not searched: the simulator does not model hedging, and
+//! a shed request counts as a miss, so `shed` can only lower attainment.
+
+use super::{simulate_policy, workload_of, PhaseStats, SimError, SimOptions, Workload};
+use crate::policy::compile::{self, CompileContext, RoutingTable};
+use crate::route::state::Fleet;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+/// The weights tried for each tier.
+pub const WEIGHTS: [f64; 6] = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0];
+/// Rounds of coordinate descent at most (it stops earlier when a round changes nothing).
+const ROUNDS: usize = 3;
+
+/// What to tune and against what.
+#[derive(Debug, Clone)]
+pub struct TuneOptions {
+    pub policy: PathBuf,
+    /// Workload (`sim.workload` or the scenario with its phase length and rate) and seed;
+    /// `sim.policies` is ignored.
+    pub sim: SimOptions,
+    /// Tier name and the SLO attainment it must reach, percent.
+    pub targets: Vec<(String, f64)>,
+}
+
+/// One set of weights and what it did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Candidate {
+    /// Weight per tier, in the policy's tier order.
+    pub weights: Vec<(String, f64)>,
+    pub spend_per_1k_usd: f64,
+    /// Per targeted tier, its attainment in its worst phase, percent.
+    pub worst_attainment: Vec<(String, f64)>,
+    pub meets_targets: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TuneReport {
+    pub policy: String,
+    pub targets: Vec<(String, f64)>,
+    pub evaluated: usize,
+    pub current: Candidate,
+    /// Up to five candidates meeting the targets, cheapest first.
+    pub best: Vec<Candidate>,
+    /// The changed lines of the tuned policy against the original (empty if none).
+    pub diff: String,
+    /// The tuned policy text (the original with the best weights), if any candidate met
+    /// the targets.
+    #[serde(skip)]
+    pub tuned: Option<String>,
+}
+
+/// Parse `realtime=99.5%` (the `%` is optional).
+pub fn parse_target(s: &str) -> Result<(String, f64), String> {
+    let (tier, pct) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}`: expected TIER=PERCENT, e.g. realtime=99.5%"))?;
+    let pct: f64 = pct
+        .trim()
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|_| format!("`{s}`: `{pct}` is not a percentage"))?;
+    if !(0.0..=100.0).contains(&pct) {
+        return Err(format!("`{s}`: a percentage from 0 to 100"));
+    }
+    Ok((tier.trim().to_string(), pct))
+}
+
+fn compile_text(text: &str, file: &Path) -> Result<RoutingTable, SimError> {
+    let table = compile::compile_str(
+        text,
+        &CompileContext {
+            file,
+            fleet: &Fleet::default(),
+        },
+    )?;
+    // As `tools::load`: an endpoint whose name does not resolve offline is still simulated.
+    for ep in table.pools.iter().flat_map(|p| &p.endpoints) {
+        if !ep.resolved {
+            ep.state.clear_health();
+        }
+    }
+    Ok(table)
+}
+
+struct Search<'a> {
+    text: &'a str,
+    file: &'a Path,
+    w: &'a Workload,
+    tiers: Vec<String>,
+    targets: &'a [(String, f64)],
+    seed: u64,
+    seen: HashMap<Vec<u64>, Candidate>,
+}
+
+impl Search<'_> {
+    fn evaluate(&mut self, weights: &[f64]) -> Result<Candidate, SimError> {
+        let key: Vec<u64> = weights.iter().map(|w| w.to_bits()).collect();
+        if let Some(c) = self.seen.get(&key) {
+            return Ok(c.clone());
+        }
+        let mut table = compile_text(self.text, self.file)?;
+        for (tier, w) in table.tiers.iter_mut().zip(weights) {
+            tier.weight = *w;
+        }
+        let name = super::policy_name(self.file);
+        let stats = simulate_policy(self.w, &name, table, self.seed)?;
+        let c = self.candidate(weights, &stats);
+        self.seen.insert(key, c.clone());
+        Ok(c)
+    }
+
+    fn candidate(&self, weights: &[f64], stats: &[PhaseStats]) -> Candidate {
+        let requests: u64 = stats.iter().map(|s| s.requests).sum();
+        let spend: f64 = stats.iter().map(|s| s.spend).sum();
+        let mut meets = true;
+        let worst_attainment = self
+            .targets
+            .iter()
+            .map(|(tier, target)| {
+                let t = self
+                    .w
+                    .tiers
+                    .iter()
+                    .position(|(n, _)| n == tier)
+                    .unwrap_or(0);
+                let worst = stats
+                    .iter()
+                    .filter(|s| s.tiers[t].requests > 0)
+                    .map(|s| s.tiers[t].met as f64 * 100.0 / s.tiers[t].requests as f64)
+                    .fold(100.0, f64::min);
+                meets &= worst >= *target;
+                (tier.clone(), super::round(worst, 2))
+            })
+            .collect();
+        Candidate {
+            weights: self
+                .tiers
+                .iter()
+                .cloned()
+                .zip(weights.iter().copied())
+                .collect(),
+            spend_per_1k_usd: super::round(spend * 1000.0 / requests.max(1) as f64, 5),
+            worst_attainment,
+            meets_targets: meets,
+        }
+    }
+}
+
+/// How many weights differ from the policy's own.
+fn changes(c: &Candidate, current: &[f64]) -> usize {
+    c.weights
+        .iter()
+        .zip(current)
+        .filter(|((_, a), b)| (a - *b).abs() > 1e-9)
+        .count()
+}
+
+/// Whether `a` is better than `b`: meeting the targets first, then the lower spend, then
+/// fewer changes to the policy; between two that miss, the smaller total shortfall.
+fn better(a: &Candidate, b: &Candidate, targets: &[(String, f64)], current: &[f64]) -> bool {
+    let shortfall = |c: &Candidate| -> f64 {
+        c.worst_attainment
+            .iter()
+            .zip(targets)
+            .map(|((_, got), (_, want))| (want - got).max(0.0))
+            .sum()
+    };
+    match (a.meets_targets, b.meets_targets) {
+        (true, false) => true,
+        (false, true) => false,
+        (true, true) => {
+            (a.spend_per_1k_usd, changes(a, current)) < (b.spend_per_1k_usd, changes(b, current))
+        }
+        (false, false) => shortfall(a) < shortfall(b),
+    }
+}
+
+/// Search the weights; the report, and the tuned text when a candidate meets the targets.
+pub fn tune(opts: &TuneOptions) -> Result<TuneReport, SimError> {
+    let text = std::fs::read_to_string(&opts.policy)
+        .map_err(|e| SimError::Workload(format!("{}: cannot read: {e}", opts.policy.display())))?;
+    let w = workload_of(&opts.sim)?;
+    let base = compile_text(&text, &opts.policy)?;
+    let tiers: Vec<String> = base.tiers.iter().map(|t| t.name.clone()).collect();
+    let current: Vec<f64> = base.tiers.iter().map(|t| t.weight).collect();
+    drop(base);
+    if opts.targets.is_empty() {
+        return Err(SimError::Workload(
+            "at least one --target TIER=PERCENT".into(),
+        ));
+    }
+    for (tier, _) in &opts.targets {
+        if !w.tiers.iter().any(|(n, _)| n == tier) || !tiers.contains(tier) {
+            return Err(SimError::Workload(format!(
+                "target tier `{tier}` is not both a tier of the policy ({}) and of the workload ({})",
+                tiers.join(", "),
+                super::names(w.tiers.iter().map(|(n, _)| n.as_str()))
+            )));
+        }
+    }
+    let mut search = Search {
+        text: &text,
+        file: &opts.policy,
+        w: &w,
+        tiers: tiers.clone(),
+        targets: &opts.targets,
+        seed: opts.sim.seed,
+        seen: HashMap::new(),
+    };
+    let current_c = search.evaluate(&current)?;
+    let (mut best_w, mut best_c) = (current.clone(), current_c.clone());
+    for _ in 0..ROUNDS {
+        let before = best_w.clone();
+        for i in 0..tiers.len() {
+            for g in WEIGHTS {
+                let mut cand = best_w.clone();
+                cand[i] = g;
+                let c = search.evaluate(&cand)?;
+                if better(&c, &best_c, &opts.targets, &current) {
+                    (best_w, best_c) = (cand, c);
+                }
+            }
+        }
+        if best_w == before {
+            break;
+        }
+    }
+    let mut meeting: Vec<Candidate> = search
+        .seen
+        .values()
+        .filter(|c| c.meets_targets)
+        .cloned()
+        .collect();
+    meeting.sort_by(|a, b| {
+        a.spend_per_1k_usd
+            .total_cmp(&b.spend_per_1k_usd)
+            .then(changes(a, &current).cmp(&changes(b, &current)))
+    });
+    meeting.truncate(5);
+    let (tuned, diff) = if best_c.meets_targets {
+        let named: Vec<(String, f64)> = tiers.iter().cloned().zip(best_w).collect();
+        let (tuned, diff) = rewrite_weights(&text, &opts.policy, &named)?;
+        (Some(tuned), diff)
+    } else {
+        (None, String::new())
+    };
+    Ok(TuneReport {
+        policy: opts.policy.display().to_string(),
+        targets: opts.targets.clone(),
+        evaluated: search.seen.len(),
+        current: current_c,
+        best: meeting,
+        diff,
+        tuned,
+    })
+}
+
+/// The policy text with each named tier's weight set, checked by compiling it again, and
+/// the changed lines as `-`/`+` pairs (edits never move lines, so that is the whole diff).
+fn rewrite_weights(
+    text: &str,
+    file: &Path,
+    weights: &[(String, f64)],
+) -> Result<(String, String), SimError> {
+    let raw = crate::policy::parse(text, file)?;
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    // (line index, byte start, byte end, replacement)
+    let mut edits: Vec<(usize, usize, usize, String)> = Vec::new();
+    let cannot = |what: &str| {
+        SimError::Workload(format!(
+            "{}: cannot rewrite {what}; set the weights by hand",
+            file.display()
+        ))
+    };
+    for (name, tier) in &raw.tiers {
+        let Some(weight) = weights.iter().find(|(n, _)| n == name).map(|(_, w)| *w) else {
+            continue;
+        };
+        let value = format!("{weight:.1}");
+        let loc = &tier.value.weight.referenced;
+        if loc.line() > 0 {
+            if (tier.value.weight.value - weight).abs() < 1e-12 {
+                continue;
+            }
+            let (l, start, end) = token_at(&lines, loc.line(), loc.column())
+                .ok_or_else(|| cannot(&format!("the weight of tier `{name}`")))?;
+            edits.push((l, start, end, value));
+        } else {
+            // No `weight:` written: add one after the deadline (flow or block style).
+            let d = &tier.value.deadline.referenced;
+            let (l, _, end) = token_at(&lines, d.line(), d.column())
+                .ok_or_else(|| cannot(&format!("the deadline of tier `{name}`")))?;
+            let line = lines[l];
+            let rest = line[end..].trim_start();
+            if rest.starts_with(',') || rest.starts_with('}') {
+                edits.push((l, end, end, format!(", weight: {value}")));
+            } else {
+                let indent: String = line.chars().take_while(|c| c.is_whitespace()).collect();
+                let eol = line.trim_end_matches(['\n', '\r']).len();
+                edits.push((l, eol, eol, format!("\n{indent}weight: {value}")));
+            }
+        }
+    }
+    let mut out: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+    edits.sort_by_key(|e| std::cmp::Reverse((e.0, e.1)));
+    let mut changed: Vec<usize> = edits.iter().map(|e| e.0).collect();
+    for (l, start, end, with) in edits {
+        out[l].replace_range(start..end, &with);
+    }
+    changed.sort_unstable();
+    changed.dedup();
+    let mut diff = String::new();
+    for l in changed {
+        let _ = writeln!(diff, "@@ line {} @@\n-{}", l + 1, lines[l].trim_end());
+        for new in out[l].trim_end().lines() {
+            let _ = writeln!(diff, "+{new}");
+        }
+    }
+    let tuned = out.concat();
+    let check = compile_text(&tuned, file)?;
+    let same = weights.iter().all(|(name, w)| {
+        check
+            .tier_by_name(name)
+            .is_some_and(|t| (check.tiers[t as usize].weight - w).abs() < 1e-9)
+    });
+    if !same {
+        return Err(cannot("the weights"));
+    }
+    Ok((tuned, diff))
+}
+
+/// The scalar token starting at 1-based `line`:`column`: (line index, byte start, byte end).
+fn token_at(lines: &[&str], line: u64, column: u64) -> Option<(usize, usize, usize)> {
+    let l = usize::try_from(line).ok()?.checked_sub(1)?;
+    let text = lines.get(l)?;
+    let col = usize::try_from(column).ok()?.checked_sub(1)?;
+    let start = text.char_indices().nth(col).map(|(i, _)| i)?;
+    let len = text[start..]
+        .find(|c: char| matches!(c, ',' | '}' | ']' | '#' | '\n' | '\r') || c.is_whitespace())
+        .unwrap_or(text.len() - start);
+    (len > 0).then_some((l, start, start + len))
+}
+
+/// The report as text.
+pub fn render(r: &TuneReport) -> String {
+    let mut s = String::new();
+    let targets: Vec<String> = r
+        .targets
+        .iter()
+        .map(|(t, p)| format!("{t} ≥ {p}%"))
+        .collect();
+    let _ = writeln!(
+        s,
+        "tune {}: targets {} in every phase; {} candidates simulated",
+        r.policy,
+        targets.join(", "),
+        r.evaluated
+    );
+    let row = |s: &mut String, label: &str, c: &Candidate| {
+        let w: Vec<String> = c
+            .weights
+            .iter()
+            .map(|(t, w)| format!("{t} {w:.1}"))
+            .collect();
+        let a: Vec<String> = c
+            .worst_attainment
+            .iter()
+            .map(|(t, p)| format!("{t} {p:.2}%"))
+            .collect();
+        let _ = writeln!(
+            s,
+            "  {label:<8} ${:.5}/1k  worst phase: {}  weights: {}{}",
+            c.spend_per_1k_usd,
+            a.join(", "),
+            w.join(", "),
+            if c.meets_targets { "" } else { "  (misses)" }
+        );
+    };
+    row(&mut s, "current", &r.current);
+    if r.best.is_empty() {
+        let _ = writeln!(s, "no candidate meets the targets");
+    }
+    for (i, c) in r.best.iter().enumerate() {
+        row(&mut s, &format!("#{}", i + 1), c);
+    }
+    if !r.diff.is_empty() {
+        let _ = writeln!(s, "\n--- {}\n+++ tuned\n{}", r.policy, r.diff);
+    } else if r.tuned.is_some() {
+        let _ = writeln!(s, "\nthe current weights are already the best found");
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_parse_with_or_without_percent() {
+        assert_eq!(
+            parse_target("realtime=99.5%"),
+            Ok(("realtime".into(), 99.5))
+        );
+        assert_eq!(parse_target("batch=90"), Ok(("batch".into(), 90.0)));
+        assert!(parse_target("realtime").is_err());
+        assert!(parse_target("realtime=101%").is_err());
+    }
+
+    #[test]
+    fn weights_are_replaced_or_added_in_place() {
+        let text = crate::simulate::fleet_faults::policy()
+            .replace("standard: { deadline: 1s, weight: 0.3, ", "standard: { deadline: 1s, ")
+            .replace(
+                "  batch: { deadline: 30s, weight: 0.0, pools: [batch, gpu, edge], on_slo_miss: fastest }\n",
+                "  batch:\n    deadline: 30s # a comment\n    pools: [batch, gpu, edge]\n",
+            );
+        let weights = [
+            ("realtime".to_string(), 0.6),
+            ("standard".to_string(), 0.2),
+            ("batch".to_string(), 0.4),
+        ];
+        let (tuned, diff) =
+            rewrite_weights(&text, Path::new("t.yaml"), &weights).unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            tuned.contains("realtime: { deadline: 150ms, weight: 0.6, pools"),
+            "{tuned}"
+        );
+        assert!(
+            tuned.contains("standard: { deadline: 1s, weight: 0.2, pools"),
+            "{tuned}"
+        );
+        assert!(
+            tuned.contains("    deadline: 30s # a comment\n    weight: 0.4\n"),
+            "{tuned}"
+        );
+        assert!(
+            diff.contains("-  realtime: { deadline: 150ms, weight: 0.8"),
+            "{diff}"
+        );
+        assert!(diff.contains("+    weight: 0.4"), "{diff}");
+        assert_eq!(diff.matches("@@").count(), 6, "{diff}");
+    }
+}

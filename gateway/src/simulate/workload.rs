@@ -1,0 +1,405 @@
+//! `switchyard simulate --workload FILE`: a scripted workload in a small YAML file — phases
+//! with their length and request rate (a rate curve, one step per phase), the mix of client
+//! regions, tiers (with the deadline each is measured against) and big-model requests, and a
+//! timeline of faults — played against the `fleet-faults` fleet.
+//!
+//! The file is parsed into plain "as written" types with unknown fields rejected, then
+//! checked as a whole (every problem reported, not just the first) and turned into a
+//! [`Workload`]. Arrivals are evenly spaced within a phase (open loop, as the live scenario
+//! sends them) and generated one at a time, so a long workload costs no memory.
+//!
+//! ```yaml
+//! phases:
+//!   - { name: baseline, duration: 10s, rate: 100 }
+//!   - { name: surge, duration: 10s, rate: 400 }
+//! regions: { us: 50, eu: 25, ap: 25 }         # weights
+//! tiers:                                       # weights, deadlines, % asking the big model
+//!   - { name: realtime, share: 50, deadline: 150ms }
+//!   - { name: standard, share: 30, deadline: 1s, big_model: 30 }
+//!   - { name: batch, share: 20, deadline: 30s, big_model: 50 }
+//! faults:                                      # from / to: time since the start
+//!   - { pool: edge-eu, slower: 10, from: 5s, to: 15s }
+//!   - { pool: gpu, endpoint: 0, down: true, from: 12s, to: 20s }
+//! seed: 6                                      # the traffic's seed (default 6)
+//! ```
+
+use super::{fleet_faults, Fault, Mix, PhaseSpec, Request, SimError, Workload};
+use crate::policy::compile::parse_duration;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+/// The most requests per second a phase may ask for (a typo guard, not a limit of the
+/// simulator's design).
+const MAX_RATE: f64 = 1_000_000.0;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWorkload {
+    phases: Vec<RawPhase>,
+    regions: BTreeMap<String, f64>,
+    tiers: Vec<RawTier>,
+    #[serde(default)]
+    faults: Vec<RawFault>,
+    /// Percent of requests repeating one of the last 1,000 distinct ones (same model and
+    /// body: a prediction-cache hit when the route caches and the entry is fresh).
+    #[serde(default)]
+    repeat: f64,
+    #[serde(default)]
+    seed: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPhase {
+    #[serde(default)]
+    name: Option<String>,
+    duration: String,
+    rate: f64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTier {
+    name: String,
+    share: f64,
+    deadline: String,
+    /// Percent of the tier's requests asking for the big model (default 0).
+    #[serde(default)]
+    big_model: f64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFault {
+    pool: String,
+    #[serde(default)]
+    endpoint: Option<usize>,
+    /// Service times × this factor (≥ 1).
+    #[serde(default)]
+    slower: Option<f64>,
+    /// The endpoint refuses connections (needs `endpoint`).
+    #[serde(default)]
+    down: bool,
+    from: String,
+    to: String,
+}
+
+/// Read and check a workload file.
+pub fn load(path: &Path, seed: u64) -> Result<Workload, SimError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| SimError::Workload(format!("{}: cannot read: {e}", path.display())))?;
+    let mut w = parse(&text, seed).map_err(|problems| {
+        SimError::Workload(
+            problems
+                .iter()
+                .map(|p| format!("{}: {p}", path.display()))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        )
+    })?;
+    w.name = super::policy_name(path);
+    Ok(w)
+}
+
+/// Parse and check a workload; every problem found.
+pub fn parse(text: &str, seed: u64) -> Result<Workload, Vec<String>> {
+    let raw: RawWorkload = serde_saphyr::from_str(text).map_err(|e| vec![e.to_string()])?;
+    let fleet = fleet_faults::fleet();
+    let mut problems = Vec::new();
+
+    let mut phases = Vec::new();
+    let mut start = Duration::ZERO;
+    for (i, p) in raw.phases.iter().enumerate() {
+        let len = duration(&mut problems, &format!("phases[{i}].duration"), &p.duration);
+        phases.push(PhaseSpec {
+            name: p.name.clone().unwrap_or_else(|| (i + 1).to_string()),
+            start,
+            len,
+            rate: p.rate,
+        });
+        start += len;
+    }
+    let tiers: Vec<(String, f64)> = raw
+        .tiers
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let d = duration(&mut problems, &format!("tiers[{i}].deadline"), &t.deadline);
+            (t.name.clone(), d.as_secs_f64() * 1000.0)
+        })
+        .collect();
+    let mut faults = Vec::new();
+    let mut fault_windows = Vec::new();
+    for (i, f) in raw.faults.iter().enumerate() {
+        let from = duration(&mut problems, &format!("faults[{i}].from"), &f.from);
+        let to = duration(&mut problems, &format!("faults[{i}].to"), &f.to);
+        fault_windows.push((i, from, to));
+        let Some(pool) = fleet.pools.iter().position(|p| p.name == f.pool) else {
+            problems.push(format!(
+                "faults[{i}].pool: no pool `{}` in the fleet (known: {})",
+                f.pool,
+                super::names(fleet.pools.iter().map(|p| p.name.as_str()))
+            ));
+            continue;
+        };
+        match (f.slower, f.down, f.endpoint) {
+            (Some(k), false, None) if k >= 1.0 && k.is_finite() => faults.push(Fault::Slower {
+                pool,
+                extra: fleet.pools[pool].base.mul_f64(k - 1.0),
+                from,
+                to,
+            }),
+            (Some(_), false, None) => {
+                problems.push(format!("faults[{i}].slower: a factor of at least 1"))
+            }
+            (None, true, Some(e)) if e < fleet.pools[pool].endpoints => faults.push(Fault::Down {
+                pool,
+                endpoint: e,
+                from,
+                to,
+            }),
+            (None, true, Some(e)) => problems.push(format!(
+                "faults[{i}].endpoint: `{}` has {} endpoints (0-based), not {e}",
+                f.pool, fleet.pools[pool].endpoints
+            )),
+            _ => problems.push(format!(
+                "faults[{i}]: either `slower: K` (a pool) or `down: true` with `endpoint: N`"
+            )),
+        }
+    }
+
+    if phases.is_empty() {
+        problems.push("phases: at least one".into());
+    }
+    for (i, p) in raw.phases.iter().enumerate() {
+        if !(p.rate > 0.0 && p.rate <= MAX_RATE) {
+            problems.push(format!(
+                "phases[{i}].rate: between 0 and {MAX_RATE} requests per second"
+            ));
+        }
+        if phases[i].len.is_zero() && parse_duration(&p.duration).is_some() {
+            problems.push(format!("phases[{i}].duration: longer than zero"));
+        }
+    }
+    let mut region_weights = vec![0.0; fleet.regions.len()];
+    for (name, w) in &raw.regions {
+        match fleet.regions.iter().position(|r| r == name) {
+            Some(r) if *w >= 0.0 => region_weights[r] = *w,
+            Some(_) => problems.push(format!("regions.{name}: a weight of 0 or more")),
+            None => problems.push(format!(
+                "regions.{name}: not a region of the fleet (known: {})",
+                fleet.regions.join(", ")
+            )),
+        }
+    }
+    if !(0.0..=100.0).contains(&raw.repeat) {
+        problems.push("repeat: a percentage, 0 to 100".into());
+    }
+    if region_weights.iter().sum::<f64>() <= 0.0 {
+        problems.push("regions: at least one weight above 0".into());
+    }
+    if raw.tiers.is_empty() || raw.tiers.iter().map(|t| t.share).sum::<f64>() <= 0.0 {
+        problems.push("tiers: at least one with a share above 0".into());
+    }
+    for (i, t) in raw.tiers.iter().enumerate() {
+        if t.share < 0.0 {
+            problems.push(format!("tiers[{i}].share: 0 or more"));
+        }
+        if !(0.0..=100.0).contains(&t.big_model) {
+            problems.push(format!("tiers[{i}].big_model: a percentage, 0 to 100"));
+        }
+        if raw.tiers[..i].iter().any(|o| o.name == t.name) {
+            problems.push(format!("tiers[{i}].name: `{}` twice", t.name));
+        }
+    }
+    for (i, from, to) in fault_windows {
+        if to <= from {
+            problems.push(format!("faults[{i}]: `to` must come after `from`"));
+        }
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    Ok(Workload {
+        name: "workload".into(),
+        phases,
+        mix: Mix::Scripted {
+            regions: region_weights,
+            tiers: raw.tiers.iter().map(|t| t.share).collect(),
+            big: raw.tiers.iter().map(|t| t.big_model / 100.0).collect(),
+            repeat: raw.repeat / 100.0,
+        },
+        tiers,
+        models: fleet_faults::MODELS.iter().map(|m| m.to_string()).collect(),
+        fleet,
+        faults,
+        seed: raw.seed.unwrap_or(6) ^ seed.rotate_left(32),
+    })
+}
+
+fn duration(problems: &mut Vec<String>, what: &str, text: &str) -> Duration {
+    parse_duration(text).unwrap_or_else(|| {
+        problems.push(format!(
+            "{what}: `{text}` is not a duration (e.g. 150ms, 10s)"
+        ));
+        Duration::ZERO
+    })
+}
+
+/// The scripted arrivals, one at a time.
+pub struct Scripted {
+    phases: Vec<(Duration, Duration, f64)>,
+    phase: usize,
+    k: u64,
+    regions: Vec<f64>,
+    tiers: Vec<f64>,
+    big: Vec<f64>,
+    repeat: f64,
+    /// The last distinct requests: (key, model), a ring.
+    recent: Vec<(u64, u16)>,
+    next_key: u64,
+    rng: fastrand::Rng,
+    quantiles: fastrand::Rng,
+}
+
+/// Distinct requests a repeat is drawn from.
+const RECENT: usize = 1000;
+
+impl Scripted {
+    pub fn new(w: &Workload) -> Scripted {
+        let (regions, tiers, big, repeat) = match &w.mix {
+            Mix::Scripted {
+                regions,
+                tiers,
+                big,
+                repeat,
+            } => (regions.clone(), tiers.clone(), big.clone(), *repeat),
+            Mix::FleetFaults | Mix::Trace(_) => (vec![1.0], vec![1.0], vec![0.0], 0.0),
+        };
+        Scripted {
+            phases: w.phases.iter().map(|p| (p.start, p.len, p.rate)).collect(),
+            phase: 0,
+            k: 0,
+            regions,
+            tiers,
+            big,
+            repeat,
+            recent: Vec::with_capacity(RECENT),
+            next_key: 1,
+            rng: fastrand::Rng::with_seed(w.seed),
+            quantiles: fastrand::Rng::with_seed(w.seed.wrapping_add(0x9e37_79b9_7f4a_7c15)),
+        }
+    }
+}
+
+/// Index drawn with probability proportional to its weight.
+fn weighted(rng: &mut fastrand::Rng, weights: &[f64]) -> usize {
+    let total: f64 = weights.iter().sum();
+    let mut r = rng.f64() * total;
+    for (i, w) in weights.iter().enumerate() {
+        if r < *w {
+            return i;
+        }
+        r -= w;
+    }
+    weights.iter().rposition(|w| *w > 0.0).unwrap_or(0)
+}
+
+impl Iterator for Scripted {
+    type Item = Request;
+
+    fn next(&mut self) -> Option<Request> {
+        loop {
+            let &(start, len, rate) = self.phases.get(self.phase)?;
+            if self.k >= (rate * len.as_secs_f64()) as u64 {
+                self.phase += 1;
+                self.k = 0;
+                continue;
+            }
+            let at = start + Duration::from_secs_f64(self.k as f64 / rate);
+            self.k += 1;
+            let region = weighted(&mut self.rng, &self.regions);
+            let tier = weighted(&mut self.rng, &self.tiers);
+            let big = self.rng.f64() < self.big[tier];
+            let repeats = self.repeat > 0.0 && !self.recent.is_empty();
+            let (key, model) = if repeats && self.rng.f64() < self.repeat {
+                self.recent[self.rng.usize(0..self.recent.len())]
+            } else {
+                let fresh = (self.next_key, u16::from(big));
+                self.next_key += 1;
+                if self.recent.len() < RECENT {
+                    self.recent.push(fresh);
+                } else {
+                    self.recent[(fresh.0 as usize) % RECENT] = fresh;
+                }
+                fresh
+            };
+            return Some(Request {
+                at,
+                region,
+                tier,
+                model,
+                service_quantile: self.quantiles.f64(),
+                key,
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WORKLOAD: &str = r#"
+phases:
+  - { name: baseline, duration: 2s, rate: 100 }
+  - { name: surge, duration: 1s, rate: 300 }
+regions: { us: 2, eu: 1, ap: 1 }
+tiers:
+  - { name: realtime, share: 1, deadline: 150ms }
+  - { name: batch, share: 1, deadline: 30s, big_model: 100 }
+faults:
+  - { pool: edge-eu, slower: 10, from: 1s, to: 2s }
+  - { pool: gpu, endpoint: 1, down: true, from: 2s, to: 3s }
+"#;
+
+    #[test]
+    fn phases_rates_and_mix_as_written() {
+        let w = parse(WORKLOAD, 1).unwrap_or_else(|e| panic!("{e:?}"));
+        let reqs: Vec<Request> = Scripted::new(&w).collect();
+        assert_eq!(reqs.len(), 500);
+        assert_eq!(w.phase_of(reqs[199].at), 0);
+        assert_eq!(w.phase_of(reqs[200].at), 1);
+        assert!(reqs.iter().all(|r| (r.model == 1) == (r.tier == 1)));
+        let us = reqs.iter().filter(|r| r.region == 1).count();
+        assert!((200..300).contains(&us), "{us}");
+        assert_eq!(w.service_us(0, 0.0, 1_500_000), 150_000, "10× slower");
+        assert!(w.is_down(2, 1, 2_000_000) && !w.is_down(2, 0, 2_000_000));
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        let bad = WORKLOAD
+            .replace("rate: 300", "rate: 0")
+            .replace("us: 2", "mars: 2")
+            .replace("pool: edge-eu", "pool: edge-mars")
+            .replace("endpoint: 1", "endpoint: 2")
+            .replace("deadline: 150ms", "deadline: soon");
+        let problems = parse(&bad, 1).err().unwrap_or_default();
+        assert_eq!(problems.len(), 5, "{problems:#?}");
+        for needle in [
+            "phases[1].rate",
+            "regions.mars",
+            "no pool `edge-mars`",
+            "faults[1].endpoint",
+            "tiers[0].deadline",
+        ] {
+            assert!(
+                problems.iter().any(|p| p.contains(needle)),
+                "{needle}: {problems:#?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,355 @@
+//! `switchyard simulate` and `tune`, run as child processes as an operator runs them:
+//! policies side by side with the baselines and the oracle, reproducible figures, scripted
+//! workloads and the cache, tuning, the demo's recording replayed, and clear errors. (The
+//! comparison with the live scenario is in `simulate_live.rs`, alone in its binary.)
+
+mod support;
+
+use serde_json::Value;
+use std::process::{Command, Output};
+use support::binary;
+
+fn run(args: &[&str]) -> Output {
+    Command::new(binary())
+        .args(args)
+        .env("RUST_LOG", "error")
+        .output()
+        .expect("run switchyard")
+}
+
+fn json(out: &Output) -> Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
+fn system<'a>(phase: &'a Value, name: &str) -> &'a Value {
+    phase["systems"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["system"] == name))
+        .unwrap_or_else(|| panic!("no {name} in {phase}"))
+}
+
+fn realtime(sys: &Value) -> f64 {
+    sys["tiers"][0]["slo_attainment"].as_f64().unwrap_or(-1.0)
+}
+
+fn spend(sys: &Value) -> f64 {
+    sys["spend_per_1k_usd"].as_f64().unwrap_or(-1.0)
+}
+
+#[test]
+fn policies_side_by_side_with_baselines_and_the_oracle() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tuned = dir.path().join("tuned.yaml");
+    std::fs::write(&tuned, switchyard::simulate::fleet_faults::policy()).expect("write");
+    // The same policy, but real-time traffic may only use the GPU pool in the US: clients in
+    // Asia-Pacific (150 ms away) can no longer meet the 150 ms deadline.
+    let gpu_only = dir.path().join("gpu-only.yaml");
+    std::fs::write(
+        &gpu_only,
+        switchyard::simulate::fleet_faults::policy().replace(
+            "realtime: { deadline: 150ms, weight: 0.8, pools: [edge, gpu]",
+            "realtime: { deadline: 150ms, weight: 0.8, pools: [gpu]",
+        ),
+    )
+    .expect("write");
+    let args = [
+        "simulate",
+        "--policy",
+        tuned.to_str().unwrap_or_default(),
+        "--policy",
+        gpu_only.to_str().unwrap_or_default(),
+        "--phase-secs",
+        "5",
+        "--rate",
+        "200",
+        "--seed",
+        "7",
+        "--json",
+    ];
+    let report = json(&run(&args));
+    let phases = report["phases"].as_array().expect("phases");
+    for phase in phases {
+        let names: Vec<&str> = phase["systems"]
+            .as_array()
+            .expect("systems")
+            .iter()
+            .filter_map(|s| s["system"].as_str())
+            .collect();
+        assert_eq!(
+            names,
+            ["tuned", "gpu-only", "round-robin", "always-gpu", "oracle"]
+        );
+        let (tuned, gpu_only, oracle) = (
+            system(phase, "tuned"),
+            system(phase, "gpu-only"),
+            system(phase, "oracle"),
+        );
+        assert!(realtime(tuned) >= 99.0, "{phase:#}");
+        assert!(realtime(gpu_only) < 90.0, "{phase:#}");
+        assert!(realtime(oracle) >= realtime(tuned), "{phase:#}");
+        assert!(spend(oracle) <= spend(tuned), "{phase:#}");
+        assert_eq!(tuned["errors"], 0, "{phase:#}");
+    }
+    // The slow edge pool loses its traffic in phase 2, and the dead GPU endpoint is
+    // ejected in phase 3 after a few refused connections, each retried elsewhere.
+    let tuned_in = |p: usize| system(&phases[p], "tuned");
+    let share = |p: usize| tuned_in(p)["traffic"]["edge-eu"].as_f64().unwrap_or(0.0);
+    assert!(share(1) < share(0) * 0.6, "{} vs {}", share(1), share(0));
+    assert!(share(3) > share(1), "{} vs {}", share(3), share(1));
+    let retries = tuned_in(2)["retries"].as_u64().unwrap_or(0);
+    assert!((1..20).contains(&retries), "retries in phase 3: {retries}");
+    // Reproducible: the same seed gives the same figures.
+    assert_eq!(report, json(&run(&args)));
+}
+
+#[test]
+fn a_policy_that_does_not_fit_the_fleet_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let other = dir.path().join("other.yaml");
+    std::fs::write(
+        &other,
+        switchyard::simulate::fleet_faults::policy().replace("name: edge-ap", "name: edge-sg"),
+    )
+    .expect("write");
+    let out = run(&[
+        "simulate",
+        "--policy",
+        other.to_str().unwrap_or_default(),
+        "--phase-secs",
+        "1",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("pool `edge-sg` is not in the fleet"), "{err}");
+}
+
+#[test]
+fn a_scripted_surge_shows_who_saturates() {
+    let workload = support::repo_root().join("examples/workloads/surge.yaml");
+    let report = json(&run(&[
+        "simulate",
+        "--workload",
+        workload.to_str().unwrap_or_default(),
+        "--json",
+    ]));
+    assert_eq!(report["scenario"], "surge");
+    let phases = report["phases"].as_array().expect("phases");
+    assert_eq!(phases.len(), 3);
+    for phase in phases {
+        let sy = system(phase, "switchyard");
+        assert!(realtime(sy) >= 99.0, "{phase:#}");
+        for sys in phase["systems"].as_array().expect("systems") {
+            for (pool, u) in sys["utilisation"].as_object().expect("utilisation") {
+                let u = u.as_f64().unwrap_or(-1.0);
+                assert!((0.0..=100.0).contains(&u), "{pool} at {u}%: {phase:#}");
+            }
+        }
+    }
+    // Six times the traffic while one GPU endpoint is down: always-GPU's one endpoint
+    // queues and the real-time tier collapses; round-robin floods the batch pool.
+    let surge = &phases[1];
+    assert!(realtime(system(surge, "always-gpu")) < 50.0, "{surge:#}");
+    let batch = system(surge, "round-robin")["utilisation"]["batch"]
+        .as_f64()
+        .unwrap_or(0.0);
+    assert!(batch >= 95.0, "{surge:#}");
+    assert!(
+        spend(system(surge, "oracle")) <= spend(system(surge, "switchyard")),
+        "{surge:#}"
+    );
+}
+
+#[test]
+fn a_bad_workload_file_names_every_problem() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "phases: [{ duration: 10s, rate: -1 }]\nregions: { mars: 1 }\ntiers: [{ name: realtime, share: 1, deadline: 150ms }]\n",
+    )
+    .expect("write");
+    let out = run(&["simulate", "--workload", bad.to_str().unwrap_or_default()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    for needle in ["bad.yaml: phases[0].rate", "bad.yaml: regions.mars"] {
+        assert!(err.contains(needle), "{needle}: {err}");
+    }
+}
+
+fn total_spend(report: &Value, name: &str) -> f64 {
+    report["phases"]
+        .as_array()
+        .map(|ps| ps.iter().map(|p| spend(system(p, name))).sum())
+        .unwrap_or(-1.0)
+}
+
+#[test]
+fn tune_finds_cheaper_weights_that_still_meet_the_target_and_writes_a_valid_policy() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let original = dir.path().join("original.yaml");
+    std::fs::write(&original, switchyard::simulate::fleet_faults::policy()).expect("write");
+    let tuned = dir.path().join("tuned.yaml");
+    let out = run(&[
+        "tune",
+        "--policy",
+        original.to_str().unwrap_or_default(),
+        "--target",
+        "realtime=99%",
+        "--phase-secs",
+        "4",
+        "--write",
+        tuned.to_str().unwrap_or_default(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("+++ tuned"), "{stdout}");
+    assert!(
+        stdout.contains("-  realtime: { deadline: 150ms, weight: 0.8"),
+        "{stdout}"
+    );
+    let check = run(&["check", tuned.to_str().unwrap_or_default()]);
+    assert!(check.status.success(), "{check:?}");
+    // The tuned file, simulated beside the original on the same workload: the target
+    // holds in every phase, for less.
+    let report = json(&run(&[
+        "simulate",
+        "--policy",
+        original.to_str().unwrap_or_default(),
+        "--policy",
+        tuned.to_str().unwrap_or_default(),
+        "--phase-secs",
+        "4",
+        "--json",
+    ]));
+    for phase in report["phases"].as_array().expect("phases") {
+        assert!(realtime(system(phase, "tuned")) >= 99.0, "{phase:#}");
+    }
+    let (before, after) = (
+        total_spend(&report, "original"),
+        total_spend(&report, "tuned"),
+    );
+    assert!(after < before * 0.95, "{after} vs {before}");
+}
+
+#[test]
+fn tune_says_so_when_no_weights_meet_the_target() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policy = dir.path().join("gpu-only.yaml");
+    std::fs::write(
+        &policy,
+        switchyard::simulate::fleet_faults::policy().replace(
+            "realtime: { deadline: 150ms, weight: 0.8, pools: [edge, gpu]",
+            "realtime: { deadline: 150ms, weight: 0.8, pools: [gpu]",
+        ),
+    )
+    .expect("write");
+    let written = dir.path().join("never.yaml");
+    let out = run(&[
+        "tune",
+        "--policy",
+        policy.to_str().unwrap_or_default(),
+        "--target",
+        "realtime=99%",
+        "--phase-secs",
+        "2",
+        "--write",
+        written.to_str().unwrap_or_default(),
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no candidate meets the targets"));
+    assert!(!written.exists(), "nothing is written");
+}
+
+#[test]
+fn the_demo_records_traffic_that_simulate_replays() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rec = dir.path().join("demo.jsonl");
+    let out = Command::new(binary())
+        .args(["demo", "--once", "--requests", "120", "--record"])
+        .arg(&rec)
+        .env("RUST_LOG", "error")
+        .current_dir(support::repo_root())
+        .output()
+        .expect("run the demo");
+    assert!(out.status.success(), "{out:?}");
+    let lines: Vec<Value> = std::fs::read_to_string(&rec)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_eq!(lines.len(), 120);
+    let answered_by_pools = lines
+        .iter()
+        .filter(|l| l["cache"] != "hit" && l["cache"] != "coalesced" && l["tier"].is_string())
+        .count();
+    let demo_policy = support::repo_root().join("policies/demo.yaml");
+    let report = json(&run(&[
+        "simulate",
+        "--trace",
+        rec.to_str().unwrap_or_default(),
+        "--policy",
+        demo_policy.to_str().unwrap_or_default(),
+        "--json",
+    ]));
+    let phase = &report["phases"][0];
+    assert_eq!(
+        system(phase, "demo")["requests"].as_u64(),
+        Some(answered_by_pools as u64),
+        "{phase:#}"
+    );
+    assert!(spend(system(phase, "oracle")) <= spend(system(phase, "always-gpu")));
+}
+
+#[test]
+fn repeats_are_answered_by_the_cache_only_when_the_route_caches() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let workload = dir.path().join("repeats.yaml");
+    std::fs::write(
+        &workload,
+        "phases: [{ duration: 20s, rate: 100 }]\nregions: { us: 1, eu: 1 }\ntiers: [{ name: standard, share: 1, deadline: 1s, big_model: 30 }]\nrepeat: 50\n",
+    )
+    .expect("write");
+    let policy = switchyard::simulate::fleet_faults::policy();
+    let plain = dir.path().join("plain.yaml");
+    std::fs::write(&plain, policy).expect("write");
+    let cached = dir.path().join("cached.yaml");
+    std::fs::write(
+        &cached,
+        policy.replace(
+            "idempotent: true }",
+            "idempotent: true, cache: { ttl: 1m } }",
+        ),
+    )
+    .expect("write");
+    let report = json(&run(&[
+        "simulate",
+        "--workload",
+        workload.to_str().unwrap_or_default(),
+        "--policy",
+        plain.to_str().unwrap_or_default(),
+        "--policy",
+        cached.to_str().unwrap_or_default(),
+        "--json",
+    ]));
+    let phase = &report["phases"][0];
+    let hits = |name: &str| system(phase, name)["cache_hits"].as_u64().unwrap_or(0);
+    assert_eq!(hits("plain"), 0, "{phase:#}");
+    assert_eq!(hits("round-robin"), 0, "{phase:#}");
+    // About half the requests repeat a recent one; within a minute's TTL most are hits.
+    assert!((700..=1000).contains(&hits("cached")), "{phase:#}");
+    assert!(hits("oracle") >= hits("cached"), "{phase:#}");
+    assert!(
+        spend(system(phase, "cached")) < spend(system(phase, "plain")) * 0.7,
+        "{phase:#}"
+    );
+}

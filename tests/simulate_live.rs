@@ -1,0 +1,97 @@
+//! The simulator validated against reality: the live `fleet-faults` scenario (real Pingora,
+//! real mock backends, real time) and the simulated one on the same seeded traffic agree per
+//! phase — the same requests, Switchyard's real-time SLO attainment within 3 points and its
+//! spend within 15%, round-robin's attainment within 6 points. Alone in its own test binary
+//! so that no sibling test competes with the live run for the CPU (its real-time tier has
+//! ~10 ms of slack in the slow phases, which a busy 2-core machine can eat).
+
+mod support;
+
+use serde_json::Value;
+use std::process::{Command, Output};
+use support::binary;
+
+fn run(args: &[&str]) -> Output {
+    Command::new(binary())
+        .args(args)
+        .env("RUST_LOG", "error")
+        .output()
+        .expect("run switchyard")
+}
+
+fn json(out: &Output) -> Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
+fn system<'a>(phase: &'a Value, name: &str) -> &'a Value {
+    phase["systems"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["system"] == name))
+        .unwrap_or_else(|| panic!("no {name} in {phase}"))
+}
+
+fn realtime(sys: &Value) -> f64 {
+    sys["tiers"][0]["slo_attainment"].as_f64().unwrap_or(-1.0)
+}
+
+fn spend(sys: &Value) -> f64 {
+    sys["spend_per_1k_usd"].as_f64().unwrap_or(-1.0)
+}
+
+#[test]
+fn the_simulated_scenario_agrees_with_the_live_one() {
+    // One after the other: the live run gets the machine to itself.
+    let live = json(&run(&[
+        "demo",
+        "--scenario",
+        "fleet-faults",
+        "--phase-secs",
+        "6",
+        "--json",
+    ]));
+    let sim = json(&run(&["simulate", "--phase-secs", "6", "--json"]));
+    assert_eq!(sim["simulated"], true);
+    let (sim_phases, live_phases) = (
+        sim["phases"].as_array().expect("phases"),
+        live["phases"].as_array().expect("phases"),
+    );
+    assert_eq!(sim_phases.len(), 4);
+    assert_eq!(live_phases.len(), 4);
+    for (s, l) in sim_phases.iter().zip(live_phases) {
+        assert_eq!(s["phase"], l["phase"]);
+        let ctx = format!("phase {}\nsimulated: {s:#}\nlive: {l:#}", s["phase"]);
+        for name in ["switchyard", "round-robin", "always-gpu"] {
+            assert_eq!(
+                system(s, name)["requests"],
+                system(l, name)["requests"],
+                "same traffic; {ctx}"
+            );
+        }
+        let (ss, ls) = (system(s, "switchyard"), system(l, "switchyard"));
+        assert!(
+            (realtime(ss) - realtime(ls)).abs() <= 3.0,
+            "switchyard real-time SLO {} simulated vs {} live; {ctx}",
+            realtime(ss),
+            realtime(ls)
+        );
+        assert!(
+            (spend(ss) - spend(ls)).abs() <= 0.15 * spend(ls),
+            "switchyard spend {} simulated vs {} live; {ctx}",
+            spend(ss),
+            spend(ls)
+        );
+        let (sr, lr) = (system(s, "round-robin"), system(l, "round-robin"));
+        assert!(
+            (realtime(sr) - realtime(lr)).abs() <= 6.0,
+            "round-robin real-time SLO {} simulated vs {} live; {ctx}",
+            realtime(sr),
+            realtime(lr)
+        );
+    }
+}
