@@ -149,6 +149,47 @@ NGINX
     exit 0
 fi
 
+# ---- MODE=grpc (gRPC inference, issue 15): ModelInfer with a 1 KB tensor over h2c
+# (examples/grpc_load.rs: 4 connections x 8 streams, closed loop) straight to a mock gRPC
+# backend and through the gateway (route oip-v2-grpc); req/s and p50/p99, interleaved.
+# Usage: MODE=grpc benches/load.sh [DURATION_SECONDS] [ROUNDS]
+if [ "${MODE:-}" = grpc ]; then
+    TARGET=${CARGO_TARGET_DIR:-target}
+    SECS=${1:-10}
+    SECS=${SECS%s}
+    cargo build --release --quiet --bin switchyard --example grpc_load
+    GWORK=$(mktemp -d)
+    GPIDS=()
+    trap 'for p in "${GPIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$GWORK"' EXIT
+    GRPC_MOCK=127.0.0.1:18002
+    "$TARGET/release/examples/grpc_load" serve "$GRPC_MOCK" >"$GWORK/mock.log" 2>&1 &
+    GPIDS+=($!)
+    cat >"$GWORK/policy.yaml" <<YAML
+listeners: { proxy: $GATEWAY, admin: $GATEWAY_ADMIN, threads: $PROXY_THREADS }
+geoip: { database: embedded }
+regions: { default: us, map: [ { name: us, continents: [NA] } ] }
+rtt_ms: { us: { us: 5 } }
+tiers:
+  standard: { deadline: 1s, pools: [gpu] }
+pools:
+  - { name: gpu, kind: gpu, region: us, endpoints: [{ http: "$MOCK", grpc: "$GRPC_MOCK" }], models: ["*"], concurrency: 256, service_time: 5ms, price: { per_gpu_hour: 12 } }
+routes:
+  - { name: grpc, match: "/inference.GRPCInferenceService/*", protocol: oip-v2-grpc, tier: standard }
+YAML
+    "$TARGET/release/switchyard" run --policy "$GWORK/policy.yaml" >"$GWORK/gateway.log" 2>&1 &
+    GPIDS+=($!)
+    for _ in $(seq 100); do curl -s -o /dev/null "http://$GATEWAY_ADMIN/readyz" && break; sleep 0.1; done
+    echo
+    echo "gRPC ModelInfer, 1 KB tensor, 4 connections x 8 streams, ${SECS}s x ${2:-3} interleaved rounds"
+    for r in $(seq "${2:-3}"); do
+        for t in direct gateway; do
+            case $t in direct) a=$GRPC_MOCK ;; gateway) a=$GATEWAY ;; esac
+            echo "$t round $r: $("$TARGET/release/examples/grpc_load" load "$a" "$SECS" 4 8)"
+        done
+    done
+    exit 0
+fi
+
 # ---- MODE=large (request bodies, issue 15): a ~5 MiB OpenAI chat body (base64 image,
 # benches/post_5m.lua) sent straight to the mock backend and through the gateway, which reads
 # it whole, routes it by model and sends it on through its own sender (bodies > 64 KiB).
