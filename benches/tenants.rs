@@ -114,14 +114,15 @@ fn benches(c: &mut Criterion) {
     c.bench_function("admit/local", |b| {
         b.iter(|| {
             let mut ticket = None;
-            rt.block_on(admit::check(
+            // Over a million checks a second the bucket empties: a refusal is measured too
+            // (the same work), so the result is not asserted here.
+            let verdict = rt.block_on(admit::check(
                 &limiter,
                 &local,
                 black_box(&class),
                 &mut ticket,
-            ))
-            .expect("admitted");
-            ticket
+            ));
+            (verdict.is_ok(), ticket)
         })
     });
 
