@@ -11,12 +11,22 @@ pub mod grpc;
 use crate::policy::compile::{RegionId, RouteId, TenantId, TierId};
 use crate::policy::raw::Protocol;
 use crate::policy::RoutingTable;
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::borrow::Cow;
 use std::net::IpAddr;
 use std::time::Duration;
+
+// Header names the classifier reads, parsed once: looking a header up by `&str` parses and
+// validates the name on every request before hashing it (`http`'s `parse_hdr`).
+const X_DEADLINE_MS: HeaderName = HeaderName::from_static("x-deadline-ms");
+const INFERENCE_HEADER_CONTENT_LENGTH: HeaderName =
+    HeaderName::from_static("inference-header-content-length");
+const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+const X_SLO_TIER: HeaderName = HeaderName::from_static("x-slo-tier");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 
 /// What the proxy knows about a request before classifying it.
 pub struct RequestFacts<'a> {
@@ -160,7 +170,7 @@ pub fn classify(
         tier_source,
     } = caller(facts.headers, r.tier, table)?;
     let mut deadline = table.tiers[tier as usize].deadline;
-    if let Some(v) = facts.headers.get("x-deadline-ms") {
+    if let Some(v) = facts.headers.get(&X_DEADLINE_MS) {
         let ms: u64 = v
             .to_str()
             .ok()
@@ -176,7 +186,7 @@ pub fn classify(
         Protocol::OipV2 => {
             // Triton's binary tensor extension: a JSON header of this many bytes, then raw
             // tensor data (tritonclient sends inputs this way by default).
-            let json = match facts.headers.get("inference-header-content-length") {
+            let json = match facts.headers.get(&INFERENCE_HEADER_CONTENT_LENGTH) {
                 Some(v) => {
                     let len = v
                         .to_str()
@@ -192,7 +202,7 @@ pub fn classify(
         }
         Protocol::TfServing => peek_path(facts.path, "/v1/models/", facts.body, is_post)?,
         Protocol::OipV2Grpc => {
-            if let Some(v) = facts.headers.get("grpc-timeout") {
+            if let Some(v) = facts.headers.get(&GRPC_TIMEOUT) {
                 let t = grpc::parse_timeout(v.as_bytes()).ok_or(ClassifyError::BadGrpcTimeout)?;
                 deadline = deadline.min(t);
             }
@@ -260,7 +270,7 @@ pub fn caller(
     let tenant = credential.and_then(|h| table.tenant_by_key_hash(&h));
     let (tier, tier_source) = if let Some(t) = tenant {
         (table.tenants[t as usize].tier, TierSource::Tenant)
-    } else if let Some(name) = headers.get("x-slo-tier") {
+    } else if let Some(name) = headers.get(&X_SLO_TIER) {
         let name = name.to_str().unwrap_or("");
         match table.tier_by_name(name.trim()) {
             Some(t) => (t, TierSource::Header),
@@ -289,7 +299,7 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, table: &RoutingTable) -> IpA
     }
     let mut client = peer;
     let values = headers
-        .get_all("x-forwarded-for")
+        .get_all(&X_FORWARDED_FOR)
         .iter()
         .rev()
         .filter_map(|v| v.to_str().ok());
@@ -347,7 +357,7 @@ pub fn api_key(headers: &HeaderMap) -> Option<&str> {
         }
     }
     headers
-        .get("x-api-key")
+        .get(&X_API_KEY)
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
         .filter(|k| !k.is_empty())

@@ -205,7 +205,8 @@ pub fn estimate_at(pool: &Pool, class: &Class, table: &RoutingTable, now_ms: u64
     // M/M/1-style queueing factor on the pool's utilisation, capped so that a saturated
     // pool looks 10× slower rather than infinitely slow.
     let rho = (pool.state.in_flight() as f64 / pool.concurrency as f64).min(0.9);
-    let queued = service.mul_f64(1.0 / (1.0 - rho));
+    // (Integer nanoseconds rather than `mul_f64`, whose checked float conversion is slow.)
+    let queued = Duration::from_nanos((service.as_nanos() as u64 as f64 / (1.0 - rho)) as u64);
     // The network is not queued: only the service time is multiplied.
     let client_rtt = network::client_rtt(class, table);
     let pool_rtt = network::pool_rtt(pool, class, table);
