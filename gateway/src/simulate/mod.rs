@@ -113,9 +113,14 @@ pub struct FleetModel {
 /// A change to the fleet for a while (`from` inclusive, `to` exclusive, from the start).
 #[derive(Debug, Clone)]
 pub enum Fault {
-    /// Every service time of the pool that starts in the window takes `extra` more.
+    /// Every service time of the pool (or of one of its endpoints) that starts in the window
+    /// takes `extra` more.
     Slower {
         pool: usize,
+        endpoint: Option<usize>,
+        /// The share (0..1] of attempts slowed: below 1, a tail of stalls that a second
+        /// attempt (its own draw) usually escapes.
+        share: f64,
         extra: Duration,
         from: Duration,
         to: Duration,
@@ -209,8 +214,16 @@ impl Workload {
         self.phases.iter().rposition(|p| p.start <= at).unwrap_or(0)
     }
 
-    /// Service time in µs of a request with `quantile` starting on `pool` at `now_us`.
+    /// Service time in µs of a request with `quantile` starting on `pool` at `now_us`, with
+    /// the pool-wide faults only.
+    #[cfg(test)]
     fn service_us(&self, pool: usize, quantile: f64, now_us: u64) -> u64 {
+        self.service_at(pool, usize::MAX, quantile, now_us)
+    }
+
+    /// Service time in µs of a request with `quantile` starting on `pool`'s `endpoint` at
+    /// `now_us`.
+    fn service_at(&self, pool: usize, endpoint: usize, quantile: f64, now_us: u64) -> u64 {
         let p = &self.fleet.pools[pool];
         let mut t = match &p.empirical {
             Some(samples) if !samples.is_empty() => {
@@ -222,12 +235,17 @@ impl Workload {
         for f in &self.faults {
             if let Fault::Slower {
                 pool: fp,
+                endpoint: fe,
+                share,
                 extra,
                 from,
                 to,
             } = f
             {
-                if *fp == pool && (us(*from)..us(*to)).contains(&now_us) {
+                let here = *fp == pool
+                    && fe.is_none_or(|fe| fe == endpoint)
+                    && (*share >= 1.0 || (quantile * 7919.0).fract() < *share);
+                if here && (us(*from)..us(*to)).contains(&now_us) {
                     t += us(*extra);
                 }
             }
@@ -422,6 +440,9 @@ enum What {
     Retry(InFlight),
     /// A hedging tier's timer: the first attempt has not answered in time.
     Hedge(InFlight),
+    /// A hedged request's attempt reaches the gateway (its round trip after the server is
+    /// done): the first to arrive wins.
+    Answer(InFlight),
 }
 
 struct Event {
@@ -512,7 +533,7 @@ impl<'w> Engine<'w> {
     fn start(&mut self, mut f: InFlight, now: u64) {
         let (p, e) = f.target;
         self.queues[p][e].busy += 1;
-        let service = self.w.service_us(p, f.req.service_quantile, now);
+        let service = self.w.service_at(p, e, f.req.service_quantile, now);
         f.service_us = service;
         busy(self.w, &mut self.stats, p, now, now + service);
         self.push(now + service, What::Done(f));
@@ -616,6 +637,7 @@ impl<'w> Engine<'w> {
                         }
                         What::Retry(f) => system.attempt(&mut self, f, ev.at),
                         What::Hedge(f) => system.hedge(&mut self, f, ev.at),
+                        What::Answer(f) => system.answer(&mut self, f, ev.at),
                     }
                     continue;
                 }
@@ -857,10 +879,13 @@ impl System {
                 f.target = (fleet_pool, e as usize);
                 f.sent_us = now;
                 // As `hedge::run`: the timer is `hedge_after` × (round trip + the pool's
-                // service-time estimate), both as the gateway knows them now.
+                // service-time estimate). The simulated gateway sits with its clients (an
+                // answer's time is the server's plus the client region's round trip, and the
+                // estimates learn service time only), so the round trip is the policy's from
+                // the client's region.
                 let timer = hedge_after.map(|factor| {
-                    let network = route::network::upstream_rtt(pool, table);
-                    let wait = network + pool.state.service_time_behind(now_ms, network);
+                    let network = table.rtt(class.region, pool.region);
+                    let wait = network + pool.state.service_time_behind(now_ms, Duration::ZERO);
                     (now + us(wait.mul_f64(factor)).max(1), f.clone())
                 });
                 eng.send(f, now);
@@ -928,18 +953,12 @@ impl System {
                 pool.state.release();
                 ep.release();
             }
-            // A hedged request: the first answer wins, the other attempt is only billed.
-            if let Some(state) = sys.hedged.get_mut(&f.id) {
-                let answered = state.0;
-                state.0 = true;
-                state.1 = state.1.saturating_sub(1);
-                if state.1 == 0 {
-                    sys.hedged.remove(&f.id);
-                }
-                if answered {
-                    eng.lost(&f);
-                    return;
-                }
+            // A hedged request: the race is decided where the answers arrive, a round trip
+            // after the servers are done.
+            if sys.hedged.contains_key(&f.id) {
+                let rtt = w_rtt(eng, &f);
+                eng.push(now + rtt, What::Answer(f));
+                return;
             }
             if let Some(cache) = sys.cache.as_mut().filter(|_| f.req.key != 0) {
                 let evicted = cache.insert(f.req.key, f.req.model, now);
@@ -950,6 +969,26 @@ impl System {
             }
         }
         eng.succeed(&f, now);
+    }
+
+    /// A hedged request's attempt arrived: the first wins, the other is only billed.
+    fn answer(&mut self, eng: &mut Engine, f: InFlight, now: u64) {
+        let System::Policy(sys) = self else { return };
+        let Some(state) = sys.hedged.get_mut(&f.id) else {
+            return;
+        };
+        let answered = state.0;
+        state.0 = true;
+        state.1 = state.1.saturating_sub(1);
+        if state.1 == 0 {
+            sys.hedged.remove(&f.id);
+        }
+        if answered {
+            eng.lost(&f);
+        } else {
+            // `succeed` adds the round trip itself.
+            eng.succeed(&f, now - w_rtt(eng, &f));
+        }
     }
 
     /// A hedging tier's timer fired: as `hedge::run`, a second attempt to the next-best
@@ -1003,6 +1042,11 @@ impl System {
     }
 }
 
+/// The round trip between a request's client region and the pool of its attempt, µs.
+fn w_rtt(eng: &Engine, f: &InFlight) -> u64 {
+    eng.w.rtt_us(f.req.region, f.target.0)
+}
+
 /// The oracle: greedy in arrival order, with every service time and queue known.
 fn oracle(w: &Workload) -> Vec<PhaseStats> {
     let mut stats: Vec<PhaseStats> = (0..w.phases.len())
@@ -1053,7 +1097,7 @@ fn oracle(w: &Workload) -> Vec<PhaseStats> {
                     continue;
                 }
                 let start = heap.peek().map_or(at, |r| r.0.max(at));
-                let service = w.service_us(p, req.service_quantile, start);
+                let service = w.service_at(p, e, req.service_quantile, start);
                 let latency = start - at + service + w.rtt_us(req.region, p);
                 let c = (w.cost(p, service), latency, p, e, start, service);
                 if latency <= deadline_us && best.is_none_or(|b| (c.0, c.1) < (b.0, b.1)) {
