@@ -19,12 +19,12 @@
 //! the model, whatever a policy allows the tier), else to the fastest. Greedy, so it is a
 //! bound to compare spend with, not a proven optimum.
 //!
-//! Hedging tiers (`hedge_after`) follow `hedge::run`: a timer of `hedge_after` × (round trip
-//! + the pool's estimate) on the virtual clock, a second attempt to the next-best candidate
-//! if it can take one now, the first answer wins and the loser is billed. The route's cache
-//! keeps fresh answers within its TTL and `cache.max_bytes` (entries weighed as the store
-//! weighs them), and identical misses in flight wait for the first one's answer, as
-//! `cache::coalesce` makes them (see [`cache`]).
+//! Hedging tiers (`hedge_after`) follow `hedge::run`: a timer of `hedge_after` × (the round
+//! trip plus the pool's estimate) on the virtual clock, a second attempt to the next-best
+//! candidate if it can take one now, the first answer to arrive wins and the loser is
+//! billed. The route's cache keeps fresh answers within its TTL and `cache.max_bytes`
+//! (entries weighed as the store weighs them), and identical misses in flight wait for the
+//! first one's answer, as `cache::coalesce` makes them (see `simulate/cache.rs`).
 //!
 //! What it does not model (also in the README): the batch queue's dispatcher (a
 //! `slo-miss-queue` decision is counted and served at once by its pool), active health
@@ -995,7 +995,7 @@ impl System {
     /// candidate if the first has not answered and a candidate can take it now.
     fn hedge(&mut self, eng: &mut Engine, f: InFlight, now: u64) {
         let System::Policy(sys) = self else { return };
-        if !sys.hedged.get(&f.id).is_some_and(|state| !state.0) {
+        if sys.hedged.get(&f.id).is_none_or(|state| state.0) {
             return;
         }
         let w = eng.w;

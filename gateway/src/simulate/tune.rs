@@ -291,7 +291,7 @@ pub fn tune(opts: &TuneOptions) -> Result<TuneReport, SimError> {
     let (mut best_w, mut best_c) = (current.clone(), current_c.clone());
     for _ in 0..ROUNDS {
         let before = best_w.clone();
-        for i in 0..tiers.len() {
+        for (i, tier) in tiers.iter().enumerate() {
             let mut tries: Vec<Knobs> = Vec::new();
             for g in WEIGHTS {
                 let mut cand = best_w.clone();
@@ -299,7 +299,7 @@ pub fn tune(opts: &TuneOptions) -> Result<TuneReport, SimError> {
                 tries.push(cand);
             }
             // Shedding a tier nobody set a target for would always be cheapest.
-            let targeted = opts.targets.iter().any(|(t, _)| *t == tiers[i]);
+            let targeted = opts.targets.iter().any(|(t, _)| t == tier);
             for m in MISSES.into_iter().filter(|_| targeted) {
                 if m != OnSloMiss::Queue || has_queue {
                     let mut cand = best_w.clone();

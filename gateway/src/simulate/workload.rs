@@ -399,6 +399,30 @@ faults:
     }
 
     #[test]
+    fn one_endpoint_or_a_share_of_attempts_can_be_slowed() {
+        let text = WORKLOAD.replace(
+            "faults:\n",
+            "faults:\n  - { pool: gpu, endpoint: 1, slower: 3, from: 0s, to: 1s }\n  - { pool: batch, slower: 2, share: 10, from: 0s, to: 1s }\n",
+        );
+        let w = parse(&text, 1).unwrap_or_else(|e| panic!("{e:?}"));
+        // gpu: 40 ms + up to 10 ms of jitter; endpoint 1 only is 3× slower (base-wise).
+        assert_eq!(w.service_at(2, 0, 0.0, 0), 40_000);
+        assert_eq!(w.service_at(2, 1, 0.0, 0), 120_000);
+        // batch: about 10% of attempts (by their own draw) take 200 ms more.
+        let slow = (0..1000)
+            .filter(|i| w.service_at(3, 0, *i as f64 / 1000.0, 0) >= 400_000)
+            .count();
+        assert!((70..=130).contains(&slow), "{slow}");
+        let bad = WORKLOAD.replace(
+            "faults:\n",
+            "faults:\n  - { pool: gpu, endpoint: 5, slower: 3, from: 0s, to: 1s }\n  - { pool: gpu, slower: 3, share: 0, from: 0s, to: 1s }\n",
+        );
+        let problems = parse(&bad, 1).err().unwrap_or_default().join("\n");
+        assert!(problems.contains("faults[0].endpoint"), "{problems}");
+        assert!(problems.contains("faults[1].share"), "{problems}");
+    }
+
+    #[test]
     fn every_problem_is_reported() {
         let bad = WORKLOAD
             .replace("rate: 300", "rate: 0")
