@@ -353,3 +353,167 @@ fn repeats_are_answered_by_the_cache_only_when_the_route_caches() {
         "{phase:#}"
     );
 }
+
+/// Real-time traffic for the big model (GPU only) while 1.5% of the GPU's attempts stall
+/// (10× slower, each attempt drawn on its own): the tail hedging is for.
+const STALLS: &str = "phases: [{ duration: 20s, rate: 50 }]\nregions: { us: 1 }\ntiers: [{ name: realtime, share: 1, deadline: 150ms, big_model: 100 }]\nfaults:\n  - { pool: gpu, slower: 10, share: 1.5, from: 0s, to: 20s }\n";
+
+#[test]
+fn a_hedging_tier_cuts_its_tail_in_simulation_and_pays_for_the_hedges() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let workload = dir.path().join("stalls.yaml");
+    std::fs::write(&workload, STALLS).expect("write");
+    let policy = switchyard::simulate::fleet_faults::policy();
+    let plain = dir.path().join("plain.yaml");
+    std::fs::write(&plain, policy).expect("write");
+    let hedged = dir.path().join("hedged.yaml");
+    std::fs::write(
+        &hedged,
+        policy.replace(
+            "realtime: { deadline: 150ms, weight: 0.8, pools: [edge, gpu], on_slo_miss: fastest }",
+            "realtime: { deadline: 150ms, weight: 0.8, pools: [edge, gpu], on_slo_miss: fastest, hedge_after: 2 }",
+        ),
+    )
+    .expect("write");
+    let report = json(&run(&[
+        "simulate",
+        "--workload",
+        workload.to_str().unwrap_or_default(),
+        "--policy",
+        plain.to_str().unwrap_or_default(),
+        "--policy",
+        hedged.to_str().unwrap_or_default(),
+        "--json",
+    ]));
+    let phase = &report["phases"][0];
+    let (p, h) = (system(phase, "plain"), system(phase, "hedged"));
+    let p99 = |s: &Value| s["tiers"][0]["p99_ms"].as_f64().unwrap_or(-1.0);
+    assert_eq!(p["hedges"], 0, "{phase:#}");
+    assert!(h["hedges"].as_u64().unwrap_or(0) > 0, "{phase:#}");
+    // Stalls of ~450 ms set the plain policy's p99; hedged, a second attempt answers first.
+    assert!(p99(h) > 0.0 && p99(h) < p99(p) / 2.0, "{phase:#}");
+    assert!(realtime(h) >= realtime(p), "{phase:#}");
+    // The losing attempts are billed.
+    assert!(
+        h["hedge_spend_per_1k_usd"].as_f64().unwrap_or(0.0) > 0.0,
+        "{phase:#}"
+    );
+}
+
+#[test]
+fn identical_misses_in_flight_send_one_request_and_the_byte_bound_evicts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let workload = dir.path().join("repeats.yaml");
+    std::fs::write(
+        &workload,
+        "phases: [{ duration: 10s, rate: 1000 }]\nregions: { us: 1, eu: 1 }\ntiers: [{ name: standard, share: 1, deadline: 1s, big_model: 30 }]\nrepeat: 50\n",
+    )
+    .expect("write");
+    let cached_policy = switchyard::simulate::fleet_faults::policy().replace(
+        "idempotent: true }",
+        "idempotent: true, cache: { ttl: 1m } }",
+    );
+    let cached = dir.path().join("cached.yaml");
+    std::fs::write(&cached, &cached_policy).expect("write");
+    // Room for a few dozen answers only.
+    let small = dir.path().join("small.yaml");
+    std::fs::write(
+        &small,
+        format!("cache: {{ max_bytes: 100KiB }}\n{cached_policy}"),
+    )
+    .expect("write");
+    let report = json(&run(&[
+        "simulate",
+        "--workload",
+        workload.to_str().unwrap_or_default(),
+        "--policy",
+        cached.to_str().unwrap_or_default(),
+        "--policy",
+        small.to_str().unwrap_or_default(),
+        "--json",
+    ]));
+    let phase = &report["phases"][0];
+    let n = |name: &str, field: &str| system(phase, name)[field].as_u64().unwrap_or(0);
+    // Every repeat is answered without a request of its own: from the cache once its first
+    // answer is in, before that by waiting for the first one in flight. (The oracle counts
+    // every repeat as free.)
+    assert!(n("cached", "coalesced") > 0, "{phase:#}");
+    assert_eq!(
+        n("cached", "cache_hits") + n("cached", "coalesced"),
+        n("oracle", "cache_hits"),
+        "{phase:#}"
+    );
+    assert_eq!(n("cached", "evictions"), 0, "{phase:#}");
+    assert!(n("small", "evictions") > 0, "{phase:#}");
+    assert!(
+        n("small", "cache_hits") < n("cached", "cache_hits") / 2,
+        "{phase:#}"
+    );
+    assert!(
+        spend(system(phase, "small")) > spend(system(phase, "cached")),
+        "{phase:#}"
+    );
+}
+
+#[test]
+fn tune_searches_hedging_and_on_slo_miss_and_writes_a_valid_policy() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let workload = dir.path().join("stalls.yaml");
+    std::fs::write(&workload, STALLS).expect("write");
+    // Every tier hedges: the untargeted ones pay for it for nothing.
+    let original = dir.path().join("original.yaml");
+    std::fs::write(
+        &original,
+        switchyard::simulate::fleet_faults::policy().replace(
+            "on_slo_miss: fastest }",
+            "on_slo_miss: fastest, hedge_after: 1.5 }",
+        ),
+    )
+    .expect("write");
+    let tuned = dir.path().join("tuned.yaml");
+    let out = run(&[
+        "tune",
+        "--policy",
+        original.to_str().unwrap_or_default(),
+        "--workload",
+        workload.to_str().unwrap_or_default(),
+        "--target",
+        "realtime=95%",
+        "--write",
+        tuned.to_str().unwrap_or_default(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("on_slo_miss: batch fastest"), "{stdout}");
+    let check = run(&["check", tuned.to_str().unwrap_or_default()]);
+    assert!(check.status.success(), "{check:?}");
+    let text = std::fs::read_to_string(&tuned).expect("read");
+    assert_eq!(
+        text.lines().count(),
+        std::fs::read_to_string(&original)
+            .expect("read")
+            .lines()
+            .count(),
+        "{text}"
+    );
+    let report = json(&run(&[
+        "simulate",
+        "--workload",
+        workload.to_str().unwrap_or_default(),
+        "--policy",
+        original.to_str().unwrap_or_default(),
+        "--policy",
+        tuned.to_str().unwrap_or_default(),
+        "--json",
+    ]));
+    let phase = &report["phases"][0];
+    assert!(realtime(system(phase, "tuned")) >= 95.0, "{phase:#}");
+    assert!(
+        spend(system(phase, "tuned")) < spend(system(phase, "original")),
+        "{phase:#}"
+    );
+}

@@ -66,6 +66,8 @@ pub fn faults(phase: Duration) -> Vec<Fault> {
     vec![
         Fault::Slower {
             pool: 0,
+            endpoint: None,
+            share: 1.0,
             extra: Duration::from_millis(15 * 9),
             from: phase,
             to: phase * 3,

@@ -19,13 +19,23 @@
 //! the model, whatever a policy allows the tier), else to the fastest. Greedy, so it is a
 //! bound to compare spend with, not a proven optimum.
 //!
-//! What it does not model (also in the README): hedging, the cache, the batch queue's
-//! dispatcher (a `slo-miss-queue` decision is counted and served at once by its pool),
-//! active health checks, timeouts and 5xx answers, the gateway's own CPU time, and the retry
-//! budget's per-second trickle (it refills on the process clock; the per-request deposits
-//! are simulated exactly). The arrivals are streamed and latencies go into fixed-size
+//! Hedging tiers (`hedge_after`) follow `hedge::run`: a timer of `hedge_after` × (the round
+//! trip plus the pool's estimate) on the virtual clock, a second attempt to the next-best
+//! candidate if it can take one now, the first answer to arrive wins and the loser is
+//! billed. The route's cache keeps fresh answers within its TTL and `cache.max_bytes`
+//! (entries weighed as the store weighs them), and identical misses in flight wait for the
+//! first one's answer, as `cache::coalesce` makes them (see `simulate/cache.rs`).
+//!
+//! What it does not model (also in the README): the batch queue's dispatcher (a
+//! `slo-miss-queue` decision is counted and served at once by its pool), active health
+//! checks, timeouts and 5xx answers, the gateway's own CPU time, moka's admission policy
+//! (evictions go oldest first), a hedge's losing attempt being cut short (it runs to the end
+//! and holds its server), a coalesced waiter's own time bound, and the retry budget's
+//! per-second trickle (it refills on the process clock; the per-request deposits are
+//! simulated exactly). The arrivals are streamed and latencies go into fixed-size
 //! log histograms (1% buckets), so memory does not grow with the number of requests.
 
+mod cache;
 pub mod fleet_faults;
 pub mod trace;
 pub mod tune;
@@ -46,6 +56,9 @@ use std::time::Duration;
 
 /// Cached answers a simulated policy keeps at most (expired ones are dropped first).
 const CACHE_ENTRIES: usize = 1 << 20;
+/// The body of an answer the simulated cache stores (a typical chat completion); its weight
+/// against `cache.max_bytes` is the store's own rule for such an entry.
+const ANSWER_BYTES: usize = 2048;
 /// A refused connection costs this much before the next attempt (loopback-like).
 const CONNECT_REFUSED_US: u64 = 100;
 /// The path the workload's requests are sent to (the route is matched on it).
@@ -100,9 +113,14 @@ pub struct FleetModel {
 /// A change to the fleet for a while (`from` inclusive, `to` exclusive, from the start).
 #[derive(Debug, Clone)]
 pub enum Fault {
-    /// Every service time of the pool that starts in the window takes `extra` more.
+    /// Every service time of the pool (or of one of its endpoints) that starts in the window
+    /// takes `extra` more.
     Slower {
         pool: usize,
+        endpoint: Option<usize>,
+        /// The share (0..1] of attempts slowed: below 1, a tail of stalls that a second
+        /// attempt (its own draw) usually escapes.
+        share: f64,
         extra: Duration,
         from: Duration,
         to: Duration,
@@ -196,8 +214,16 @@ impl Workload {
         self.phases.iter().rposition(|p| p.start <= at).unwrap_or(0)
     }
 
-    /// Service time in µs of a request with `quantile` starting on `pool` at `now_us`.
+    /// Service time in µs of a request with `quantile` starting on `pool` at `now_us`, with
+    /// the pool-wide faults only.
+    #[cfg(test)]
     fn service_us(&self, pool: usize, quantile: f64, now_us: u64) -> u64 {
+        self.service_at(pool, usize::MAX, quantile, now_us)
+    }
+
+    /// Service time in µs of a request with `quantile` starting on `pool`'s `endpoint` at
+    /// `now_us`.
+    fn service_at(&self, pool: usize, endpoint: usize, quantile: f64, now_us: u64) -> u64 {
         let p = &self.fleet.pools[pool];
         let mut t = match &p.empirical {
             Some(samples) if !samples.is_empty() => {
@@ -209,12 +235,17 @@ impl Workload {
         for f in &self.faults {
             if let Fault::Slower {
                 pool: fp,
+                endpoint: fe,
+                share,
                 extra,
                 from,
                 to,
             } = f
             {
-                if *fp == pool && (us(*from)..us(*to)).contains(&now_us) {
+                let here = *fp == pool
+                    && fe.is_none_or(|fe| fe == endpoint)
+                    && (*share >= 1.0 || (quantile * 7919.0).fract() < *share);
+                if here && (us(*from)..us(*to)).contains(&now_us) {
                     t += us(*extra);
                 }
             }
@@ -343,6 +374,13 @@ struct PhaseStats {
     queued: u64,
     retries: u64,
     cache_hits: u64,
+    /// Requests answered with an identical in-flight request's answer (single flight).
+    coalesced: u64,
+    /// Second attempts sent by a hedging tier, and what the losing attempts were billed.
+    hedges: u64,
+    hedge_spend: f64,
+    /// Cached answers evicted to stay within `cache.max_bytes`.
+    evictions: u64,
 }
 
 impl PhaseStats {
@@ -360,6 +398,10 @@ impl PhaseStats {
             queued: 0,
             retries: 0,
             cache_hits: 0,
+            coalesced: 0,
+            hedges: 0,
+            hedge_spend: 0.0,
+            evictions: 0,
         }
     }
 }
@@ -389,11 +431,18 @@ struct InFlight {
     service_us: u64,
     /// A baseline's request counter at arrival (its round-robin position).
     k: usize,
+    /// The request's number in the run (a hedged request's two attempts share it).
+    id: u64,
 }
 
 enum What {
     Done(InFlight),
     Retry(InFlight),
+    /// A hedging tier's timer: the first attempt has not answered in time.
+    Hedge(InFlight),
+    /// A hedged request's attempt reaches the gateway (its round trip after the server is
+    /// done): the first to arrive wins.
+    Answer(InFlight),
 }
 
 struct Event {
@@ -433,6 +482,7 @@ struct Engine<'w> {
     seq: u64,
     queues: Vec<Vec<EndpointQueue>>,
     stats: Vec<PhaseStats>,
+    next_id: u64,
 }
 
 impl<'w> Engine<'w> {
@@ -450,6 +500,7 @@ impl<'w> Engine<'w> {
             stats: (0..w.phases.len())
                 .map(|_| PhaseStats::new(w.tiers.len(), w.fleet.pools.len()))
                 .collect(),
+            next_id: 0,
         }
     }
 
@@ -482,7 +533,7 @@ impl<'w> Engine<'w> {
     fn start(&mut self, mut f: InFlight, now: u64) {
         let (p, e) = f.target;
         self.queues[p][e].busy += 1;
-        let service = self.w.service_us(p, f.req.service_quantile, now);
+        let service = self.w.service_at(p, e, f.req.service_quantile, now);
         f.service_us = service;
         busy(self.w, &mut self.stats, p, now, now + service);
         self.push(now + service, What::Done(f));
@@ -515,6 +566,29 @@ impl<'w> Engine<'w> {
         t.requests += 1;
         t.met += u64::from(latency_ms <= deadline);
         t.latency.add(latency_ms);
+    }
+
+    /// Answered with the answer of an identical request in flight, when it arrives from
+    /// `pool` (no spend of its own).
+    fn coalesced(&mut self, req: &Request, pool: usize, now: u64) {
+        let rtt = self.w.rtt_us(req.region, pool);
+        let latency_ms = (now - us(req.at) + rtt) as f64 / 1000.0;
+        let deadline = self.w.tiers[req.tier].1;
+        let s = self.phase(req);
+        s.requests += 1;
+        s.coalesced += 1;
+        let t = &mut s.tiers[req.tier];
+        t.requests += 1;
+        t.met += u64::from(latency_ms <= deadline);
+        t.latency.add(latency_ms);
+    }
+
+    /// A hedged request's losing attempt answered: the pool bills it all the same.
+    fn lost(&mut self, f: &InFlight) {
+        let cost = self.w.cost(f.target.0, f.service_us);
+        let s = self.phase(&f.req);
+        s.spend += cost;
+        s.hedge_spend += cost;
     }
 
     /// Answered from the prediction cache at once (the client's time to the gateway is not
@@ -562,13 +636,17 @@ impl<'w> Engine<'w> {
                             system.done(&mut self, f, ev.at);
                         }
                         What::Retry(f) => system.attempt(&mut self, f, ev.at),
+                        What::Hedge(f) => system.hedge(&mut self, f, ev.at),
+                        What::Answer(f) => system.answer(&mut self, f, ev.at),
                     }
                     continue;
                 }
                 (None, None) => break,
             }
             let Some(req) = arrivals.next() else { break };
+            self.next_id += 1;
             let f = InFlight {
+                id: self.next_id,
                 req,
                 tried: Vec::new(),
                 target: (0, 0),
@@ -591,10 +669,10 @@ struct PolicySystem {
     pools: Vec<usize>,
     /// Per (region, tier, model): the class `classify` gives such a request.
     classes: Vec<Class>,
-    /// The route's cache TTL (`None`: the route does not cache).
-    cache_ttl: Option<Duration>,
-    /// Cached answers by request key: when each expires (µs).
-    cache: std::collections::HashMap<u64, u64>,
+    /// The route's cache (`None`: the route does not cache).
+    cache: Option<cache::SimCache>,
+    /// Hedged requests with an attempt in flight: whether answered, attempts in flight.
+    hedged: std::collections::HashMap<u64, (bool, u8)>,
 }
 
 impl PolicySystem {
@@ -641,14 +719,46 @@ impl PolicySystem {
                 }
             }
         }
-        let cache_ttl = table.routes[route as usize].cache.map(|c| c.ttl);
+        let cache = table.routes[route as usize]
+            .cache
+            .map(|c| cache::SimCache::new(c.ttl, &table.cache, &w.models, ANSWER_BYTES));
         Ok(PolicySystem {
             table,
             pools,
             classes,
-            cache_ttl,
-            cache: std::collections::HashMap::new(),
+            cache,
+            hedged: std::collections::HashMap::new(),
         })
+    }
+
+    /// The tier's `hedge_after` when this request would be hedged live: an inference
+    /// request that is neither streamed nor cacheable (see `proxy::request_filter`).
+    fn hedge_after(&self, w: &Workload, req: &Request) -> Option<f64> {
+        let class = self.class(w, req);
+        let factor = self.table.tiers[class.tier as usize].hedge_after?;
+        (class.inference && !class.streaming && self.cache.is_none()).then_some(factor)
+    }
+
+    /// A cache leader failed: its waiters each make their own request.
+    fn leader_failed(&mut self, eng: &mut Engine, req: &Request, now: u64) {
+        let Some(cache) = self.cache.as_mut().filter(|_| req.key != 0) else {
+            return;
+        };
+        for waiter in cache.land(req.key) {
+            eng.next_id += 1;
+            let f = InFlight {
+                req: waiter,
+                tried: Vec::new(),
+                target: (0, 0),
+                sent_us: 0,
+                slot: None,
+                reason: None,
+                service_us: 0,
+                k: 0,
+                id: eng.next_id,
+            };
+            eng.push(now, What::Retry(f));
+        }
     }
 
     fn class(&self, w: &Workload, req: &Request) -> &Class {
@@ -674,11 +784,17 @@ enum System {
 impl System {
     fn arrive(&mut self, eng: &mut Engine, f: InFlight, now: u64) {
         if let System::Policy(p) = self {
-            // A repeat within the route's TTL is answered from the cache: no pool, no spend.
-            let fresh = p.cache.get(&f.req.key).is_some_and(|&until| until > now);
-            if f.req.key != 0 && p.cache_ttl.is_some() && fresh {
-                eng.cache_hit(&f.req);
-                return;
+            if let Some(cache) = p.cache.as_mut().filter(|_| f.req.key != 0) {
+                // A repeat within the route's TTL is answered from the cache: no pool, no
+                // spend.
+                if cache.fresh(f.req.key, now) {
+                    eng.cache_hit(&f.req);
+                    return;
+                }
+                // An identical miss in flight: wait for its answer (single flight).
+                if cache.join(&f.req) {
+                    return;
+                }
             }
             // Every request earns the retry budget a fraction of a retry (as in `acquire`).
             let up = &p.table.upstream;
@@ -694,6 +810,8 @@ impl System {
                 let table = &sys.table;
                 let class = sys.class(w, &f.req);
                 let now_ms = now / 1000;
+                // A hedging tier's first attempt goes through `hedge::run`: no retry there.
+                let hedge_after = sys.hedge_after(w, &f.req).filter(|_| f.tried.is_empty());
                 // As `proxy::acquire`: decide, take the slots, decide again on a lost race.
                 let mut d = route::decide(class, table, &f.tried, now_ms);
                 let mut target = None;
@@ -721,6 +839,7 @@ impl System {
                         _ => Reason::NoCandidate,
                     };
                     eng.fail(&f.req, Some(reason));
+                    sys.leader_failed(eng, &f.req, now);
                     return;
                 };
                 f.tried.push((p, e));
@@ -730,12 +849,18 @@ impl System {
                     // As `proxy::on_connect_failure`: eject at once, give the slots back,
                     // retry within attempts, deadline and budget.
                     let ep = &pool.endpoints[e as usize].state;
-                    ep.connect_failed(now_ms, &table.upstream.ejection);
+                    if hedge_after.is_some() {
+                        // `hedge::attempt` counts a refused connection as a failure.
+                        let _ = ep.failed(now_ms, &table.upstream.ejection);
+                    } else {
+                        ep.connect_failed(now_ms, &table.upstream.ejection);
+                    }
                     pool.state.release();
                     ep.release();
                     let within =
                         now - us(f.req.at) < us(class.deadline.max(Duration::from_millis(10)));
-                    let retry = (f.tried.len() as u32) < table.upstream.max_attempts
+                    let retry = hedge_after.is_none()
+                        && (f.tried.len() as u32) < table.upstream.max_attempts
                         && within
                         && table
                             .upstream
@@ -746,13 +871,28 @@ impl System {
                         eng.push(now + CONNECT_REFUSED_US, What::Retry(f));
                     } else {
                         eng.fail(&f.req, None);
+                        sys.leader_failed(eng, &f.req, now);
                     }
                     return;
                 }
                 f.slot = pool.state.track_start(now_ms);
                 f.target = (fleet_pool, e as usize);
                 f.sent_us = now;
+                // As `hedge::run`: the timer is `hedge_after` × (round trip + the pool's
+                // service-time estimate). The simulated gateway sits with its clients (an
+                // answer's time is the server's plus the client region's round trip, and the
+                // estimates learn service time only), so the round trip is the policy's from
+                // the client's region.
+                let timer = hedge_after.map(|factor| {
+                    let network = table.rtt(class.region, pool.region);
+                    let wait = network + pool.state.service_time_behind(now_ms, Duration::ZERO);
+                    (now + us(wait.mul_f64(factor)).max(1), f.clone())
+                });
                 eng.send(f, now);
+                if let Some((at, f)) = timer {
+                    sys.hedged.insert(f.id, (false, 1));
+                    eng.push(at, What::Hedge(f));
+                }
             }
             System::RoundRobin(next) | System::AlwaysGpu(next) => {
                 // The k-th request's j-th attempt, as the live scenario's clients do it.
@@ -813,17 +953,98 @@ impl System {
                 pool.state.release();
                 ep.release();
             }
-            if let (Some(ttl), true) = (sys.cache_ttl, f.req.key != 0) {
-                if sys.cache.len() >= CACHE_ENTRIES {
-                    sys.cache.retain(|_, until| *until > now);
-                }
-                if sys.cache.len() < CACHE_ENTRIES {
-                    sys.cache.insert(f.req.key, now + us(ttl));
+            // A hedged request: the race is decided where the answers arrive, a round trip
+            // after the servers are done.
+            if sys.hedged.contains_key(&f.id) {
+                let rtt = w_rtt(eng, &f);
+                eng.push(now + rtt, What::Answer(f));
+                return;
+            }
+            if let Some(cache) = sys.cache.as_mut().filter(|_| f.req.key != 0) {
+                let evicted = cache.insert(f.req.key, f.req.model, now);
+                eng.phase(&f.req).evictions += evicted;
+                for waiter in cache.land(f.req.key) {
+                    eng.coalesced(&waiter, f.target.0, now);
                 }
             }
         }
         eng.succeed(&f, now);
     }
+
+    /// A hedged request's attempt arrived: the first wins, the other is only billed.
+    fn answer(&mut self, eng: &mut Engine, f: InFlight, now: u64) {
+        let System::Policy(sys) = self else { return };
+        let Some(state) = sys.hedged.get_mut(&f.id) else {
+            return;
+        };
+        let answered = state.0;
+        state.0 = true;
+        state.1 = state.1.saturating_sub(1);
+        if state.1 == 0 {
+            sys.hedged.remove(&f.id);
+        }
+        if answered {
+            eng.lost(&f);
+        } else {
+            // `succeed` adds the round trip itself.
+            eng.succeed(&f, now - w_rtt(eng, &f));
+        }
+    }
+
+    /// A hedging tier's timer fired: as `hedge::run`, a second attempt to the next-best
+    /// candidate if the first has not answered and a candidate can take it now.
+    fn hedge(&mut self, eng: &mut Engine, f: InFlight, now: u64) {
+        let System::Policy(sys) = self else { return };
+        if sys.hedged.get(&f.id).is_none_or(|state| state.0) {
+            return;
+        }
+        let w = eng.w;
+        let table = &sys.table;
+        let class = sys.class(w, &f.req);
+        let now_ms = now / 1000;
+        let next = route::decide(class, table, &f.tried, now_ms);
+        let Some((p, e)) = next
+            .target
+            .filter(|_| matches!(next.reason, Reason::MeetsDeadline | Reason::FallbackFastest))
+        else {
+            return;
+        };
+        let pool = &table.pools[p as usize];
+        if !pool.state.try_acquire(pool.concurrency) {
+            return;
+        }
+        let ep = &pool.endpoints[e as usize].state;
+        if !ep.try_acquire(pool.endpoint_limit()) {
+            pool.state.release();
+            return;
+        }
+        eng.phase(&f.req).hedges += 1;
+        let fleet_pool = sys.pools[p as usize];
+        if w.is_down(fleet_pool, e as usize, now) {
+            // The hedge cannot connect: the first attempt's answer stands.
+            let _ = ep.failed(now_ms, &table.upstream.ejection);
+            pool.state.release();
+            ep.release();
+            return;
+        }
+        let mut h = f;
+        h.tried.push((p, e));
+        h.slot = None;
+        h.target = (fleet_pool, e as usize);
+        h.sent_us = now;
+        // Another server: its own draw from the pool's service times (derived from the
+        // request's, so every system and every run draws the same).
+        h.req.service_quantile = (h.req.service_quantile + 0.618_033_988_749_895).fract();
+        if let Some(state) = sys.hedged.get_mut(&h.id) {
+            state.1 += 1;
+        }
+        eng.send(h, now);
+    }
+}
+
+/// The round trip between a request's client region and the pool of its attempt, µs.
+fn w_rtt(eng: &Engine, f: &InFlight) -> u64 {
+    eng.w.rtt_us(f.req.region, f.target.0)
 }
 
 /// The oracle: greedy in arrival order, with every service time and queue known.
@@ -876,7 +1097,7 @@ fn oracle(w: &Workload) -> Vec<PhaseStats> {
                     continue;
                 }
                 let start = heap.peek().map_or(at, |r| r.0.max(at));
-                let service = w.service_us(p, req.service_quantile, start);
+                let service = w.service_at(p, e, req.service_quantile, start);
                 let latency = start - at + service + w.rtt_us(req.region, p);
                 let c = (w.cost(p, service), latency, p, e, start, service);
                 if latency <= deadline_us && best.is_none_or(|b| (c.0, c.1) < (b.0, b.1)) {
@@ -924,6 +1145,14 @@ pub struct SimSystemReport {
     pub retries: u64,
     /// Answered from the prediction cache (counted in `requests`, not in `traffic`).
     pub cache_hits: u64,
+    /// Answered with an identical in-flight request's answer (one upstream request for all).
+    pub coalesced: u64,
+    /// Cached answers evicted to stay within `cache.max_bytes`.
+    pub evictions: u64,
+    /// Second attempts of hedging tiers, and the losing attempts' bill per 1k requests
+    /// (included in `spend_per_1k_usd`).
+    pub hedges: u64,
+    pub hedge_spend_per_1k_usd: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -1013,6 +1242,10 @@ fn summarise(w: &Workload, name: &str, s: &PhaseStats, phase_len: Duration) -> S
         queued: s.queued,
         retries: s.retries,
         cache_hits: s.cache_hits,
+        coalesced: s.coalesced,
+        evictions: s.evictions,
+        hedges: s.hedges,
+        hedge_spend_per_1k_usd: round(s.hedge_spend * 1000.0 / s.requests.max(1) as f64, 5),
     }
 }
 
@@ -1171,6 +1404,13 @@ pub fn render(report: &SimReport) -> String {
                 "  {:<12} ${:.4}/1k req, {} requests, {} cache hits, {} errors (shed {}, overloaded {}, no candidate {}), queued {}, retries {}",
                 b.system, b.spend_per_1k_usd, b.requests, s.cache_hits, b.errors, s.shed, s.overloaded, s.no_candidate, s.queued, s.retries
             );
+            if s.coalesced + s.evictions + s.hedges > 0 {
+                let _ = writeln!(
+                    out,
+                    "  {:<12} coalesced {}, cache evictions {}, hedges {} (${:.4}/1k req of it)",
+                    "", s.coalesced, s.evictions, s.hedges, s.hedge_spend_per_1k_usd
+                );
+            }
             let _ = writeln!(out, "  {:<12} SLO: {}", "", tiers.join("; "));
             let _ = writeln!(out, "  {:<12} traffic: {}", "", traffic.join(", "));
             let _ = writeln!(out, "  {:<12} utilisation: {}", "", util.join(", "));

@@ -19,6 +19,8 @@
 //!   - { name: batch, share: 20, deadline: 30s, big_model: 50 }
 //! faults:                                      # from / to: time since the start
 //!   - { pool: edge-eu, slower: 10, from: 5s, to: 15s }
+//!   - { pool: gpu, endpoint: 1, slower: 3, from: 5s, to: 8s }  # one endpoint only
+//!   - { pool: gpu, slower: 6, share: 3, from: 0s, to: 20s }    # 3% of attempts stall
 //!   - { pool: gpu, endpoint: 0, down: true, from: 12s, to: 20s }
 //! seed: 6                                      # the traffic's seed (default 6)
 //! ```
@@ -79,7 +81,12 @@ struct RawFault {
     /// Service times × this factor (≥ 1).
     #[serde(default)]
     slower: Option<f64>,
-    /// The endpoint refuses connections (needs `endpoint`).
+    /// With `slower`: the percent of attempts slowed (default 100); below 100, a tail of
+    /// stalls, each attempt drawn on its own.
+    #[serde(default)]
+    share: Option<f64>,
+    /// The endpoint refuses connections (needs `endpoint`). With `slower`, `endpoint` slows
+    /// that endpoint only.
     #[serde(default)]
     down: bool,
     from: String,
@@ -144,14 +151,26 @@ pub fn parse(text: &str, seed: u64) -> Result<Workload, Vec<String>> {
             ));
             continue;
         };
+        let endpoints = fleet.pools[pool].endpoints;
         match (f.slower, f.down, f.endpoint) {
-            (Some(k), false, None) if k >= 1.0 && k.is_finite() => faults.push(Fault::Slower {
-                pool,
-                extra: fleet.pools[pool].base.mul_f64(k - 1.0),
-                from,
-                to,
-            }),
-            (Some(_), false, None) => {
+            (Some(_), false, Some(e)) if e >= endpoints => problems.push(format!(
+                "faults[{i}].endpoint: `{}` has {endpoints} endpoints (0-based), not {e}",
+                f.pool
+            )),
+            (Some(_), false, _) if !f.share.is_none_or(|p| p > 0.0 && p <= 100.0) => {
+                problems.push(format!("faults[{i}].share: a percentage above 0, at most 100"))
+            }
+            (Some(k), false, endpoint) if k >= 1.0 && k.is_finite() => {
+                faults.push(Fault::Slower {
+                    pool,
+                    endpoint,
+                    share: f.share.map_or(1.0, |p| p / 100.0),
+                    extra: fleet.pools[pool].base.mul_f64(k - 1.0),
+                    from,
+                    to,
+                })
+            }
+            (Some(_), false, _) => {
                 problems.push(format!("faults[{i}].slower: a factor of at least 1"))
             }
             (None, true, Some(e)) if e < fleet.pools[pool].endpoints => faults.push(Fault::Down {
@@ -165,7 +184,7 @@ pub fn parse(text: &str, seed: u64) -> Result<Workload, Vec<String>> {
                 f.pool, fleet.pools[pool].endpoints
             )),
             _ => problems.push(format!(
-                "faults[{i}]: either `slower: K` (a pool) or `down: true` with `endpoint: N`"
+                "faults[{i}]: either `slower: K` (a pool, or one `endpoint: N`) or `down: true` with `endpoint: N`"
             )),
         }
     }
@@ -377,6 +396,30 @@ faults:
         assert!((200..300).contains(&us), "{us}");
         assert_eq!(w.service_us(0, 0.0, 1_500_000), 150_000, "10× slower");
         assert!(w.is_down(2, 1, 2_000_000) && !w.is_down(2, 0, 2_000_000));
+    }
+
+    #[test]
+    fn one_endpoint_or_a_share_of_attempts_can_be_slowed() {
+        let text = WORKLOAD.replace(
+            "faults:\n",
+            "faults:\n  - { pool: gpu, endpoint: 1, slower: 3, from: 0s, to: 1s }\n  - { pool: batch, slower: 2, share: 10, from: 0s, to: 1s }\n",
+        );
+        let w = parse(&text, 1).unwrap_or_else(|e| panic!("{e:?}"));
+        // gpu: 40 ms + up to 10 ms of jitter; endpoint 1 only is 3× slower (base-wise).
+        assert_eq!(w.service_at(2, 0, 0.0, 0), 40_000);
+        assert_eq!(w.service_at(2, 1, 0.0, 0), 120_000);
+        // batch: about 10% of attempts (by their own draw) take 200 ms more.
+        let slow = (0..1000)
+            .filter(|i| w.service_at(3, 0, *i as f64 / 1000.0, 0) >= 400_000)
+            .count();
+        assert!((70..=130).contains(&slow), "{slow}");
+        let bad = WORKLOAD.replace(
+            "faults:\n",
+            "faults:\n  - { pool: gpu, endpoint: 5, slower: 3, from: 0s, to: 1s }\n  - { pool: gpu, slower: 3, share: 0, from: 0s, to: 1s }\n",
+        );
+        let problems = parse(&bad, 1).err().unwrap_or_default().join("\n");
+        assert!(problems.contains("faults[0].endpoint"), "{problems}");
+        assert!(problems.contains("faults[1].share"), "{problems}");
     }
 
     #[test]
