@@ -7,42 +7,7 @@
 
 mod support;
 
-use serde_json::Value;
-use std::process::{Command, Output};
-use support::binary;
-
-fn run(args: &[&str]) -> Output {
-    Command::new(binary())
-        .args(args)
-        .env("RUST_LOG", "error")
-        .output()
-        .expect("run switchyard")
-}
-
-fn json(out: &Output) -> Value {
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
-}
-
-fn system<'a>(phase: &'a Value, name: &str) -> &'a Value {
-    phase["systems"]
-        .as_array()
-        .and_then(|s| s.iter().find(|s| s["system"] == name))
-        .unwrap_or_else(|| panic!("no {name} in {phase}"))
-}
-
-fn realtime(sys: &Value) -> f64 {
-    sys["tiers"][0]["slo_attainment"].as_f64().unwrap_or(-1.0)
-}
-
-fn spend(sys: &Value) -> f64 {
-    sys["spend_per_1k_usd"].as_f64().unwrap_or(-1.0)
-}
+use support::report::{json, realtime, run, spend, system};
 
 #[test]
 fn the_simulated_scenario_agrees_with_the_live_one() {

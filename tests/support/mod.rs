@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod json_schema;
+pub mod report;
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener};
