@@ -60,11 +60,10 @@ struct Fleet {
     http_only: switchyard::testkit::mock::MockBackend,
 }
 
-async fn fleet(cache: &str) -> Fleet {
-    let edge = grpc_mock("edge").await;
-    let gpu = grpc_mock("gpu").await;
-    let http_only = mock("http-only", 0).await;
-    let pools = grpc_pool(
+/// A cheap edge pool serving `resnet` and a GPU pool serving every model, both over gRPC
+/// (their HTTP ports are dead addresses).
+fn edge_and_gpu_pools(edge: &GrpcMock, gpu: &GrpcMock) -> String {
+    grpc_pool(
         "edge",
         "edge",
         &[(dead_addr(), edge.addr())],
@@ -76,14 +75,22 @@ async fn fleet(cache: &str) -> Fleet {
         &[(dead_addr(), gpu.addr())],
         "[\"*\"]",
         "{ per_gpu_hour: 12 }",
-    ) + &pool(
-        "http-only",
-        "edge",
-        "us",
-        &[http_only.addr()],
-        "[\"*\"]",
-        "{ per_request: 0.000001 }",
-    );
+    )
+}
+
+async fn fleet(cache: &str) -> Fleet {
+    let edge = grpc_mock("edge").await;
+    let gpu = grpc_mock("gpu").await;
+    let http_only = mock("http-only", 0).await;
+    let pools = edge_and_gpu_pools(&edge, &gpu)
+        + &pool(
+            "http-only",
+            "edge",
+            "us",
+            &[http_only.addr()],
+            "[\"*\"]",
+            "{ per_request: 0.000001 }",
+        );
     let gw = Gateway::start(&policy_with_routes(&pools, &grpc_routes(cache), "")).await;
     Fleet {
         gw,
@@ -300,19 +307,7 @@ async fn an_upstream_grpc_error_reaches_the_client_unchanged() {
 async fn large_messages_are_routed_whole_fail_over_and_are_bounded_by_max_body() {
     let edge = grpc_mock("edge").await;
     let gpu = grpc_mock("gpu").await;
-    let pools = grpc_pool(
-        "edge",
-        "edge",
-        &[(dead_addr(), edge.addr())],
-        "[resnet]",
-        "{ per_request: 0.00002 }",
-    ) + &grpc_pool(
-        "gpu",
-        "gpu",
-        &[(dead_addr(), gpu.addr())],
-        "[\"*\"]",
-        "{ per_gpu_hour: 12 }",
-    );
+    let pools = edge_and_gpu_pools(&edge, &gpu);
     let routes = grpc_routes(", idempotent: true, max_body: 4MiB");
     let gw = Gateway::start(&policy_with_routes(&pools, &routes, "")).await;
 
@@ -344,19 +339,7 @@ async fn large_messages_are_routed_whole_fail_over_and_are_bounded_by_max_body()
 async fn an_unavailable_backend_is_retried_elsewhere_on_an_idempotent_route() {
     let edge = grpc_mock("edge").await;
     let gpu = grpc_mock("gpu").await;
-    let pools = grpc_pool(
-        "edge",
-        "edge",
-        &[(dead_addr(), edge.addr())],
-        "[resnet]",
-        "{ per_request: 0.00002 }",
-    ) + &grpc_pool(
-        "gpu",
-        "gpu",
-        &[(dead_addr(), gpu.addr())],
-        "[\"*\"]",
-        "{ per_gpu_hour: 12 }",
-    );
+    let pools = edge_and_gpu_pools(&edge, &gpu);
     let routes = grpc_routes(", idempotent: true");
     let gw = Gateway::start(&policy_with_routes(&pools, &routes, "")).await;
     edge.fail_with(14);

@@ -10,7 +10,7 @@ mod support;
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use support::{dead_addr, mock, policy, pool, Gateway};
+use support::{dead_addr, mock, policy, pool, test_redis, Gateway};
 
 const BATCH: &[(&str, &str)] = &[("x-slo-tier", "batch")];
 
@@ -333,19 +333,6 @@ async fn jobs_survive_a_crash() {
     );
 }
 
-fn redis_url() -> Option<String> {
-    match std::env::var("SWITCHYARD_TEST_REDIS") {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("SWITCHYARD_TEST_REDIS is not set under CI: .ci/run must start redis-server")
-        }
-        _ => {
-            eprintln!("\n!!! SKIPPING Redis queue test: set SWITCHYARD_TEST_REDIS=redis://127.0.0.1:6390 (see .ci/run) !!!\n");
-            None
-        }
-    }
-}
-
 fn redis_queue(url: &str, prefix: &str) -> String {
     format!(
         "queue:\n  backend: redis\n  redis_url: \"{url}\"\n  redis_prefix: \"{prefix}\"\n  max_attempts: 3\n  backoff: {{ base: 50ms, max: 200ms }}\n"
@@ -354,7 +341,9 @@ fn redis_queue(url: &str, prefix: &str) -> String {
 
 #[tokio::test]
 async fn redis_backend_enqueue_poll_result_across_two_instances() {
-    let Some(url) = redis_url() else { return };
+    let Some(url) = test_redis("queue") else {
+        return;
+    };
     let prefix = format!("test-{:x}", fastrand_u64());
     let (edge, batch) = (mock("edge", 0).await, mock("batch", 5).await);
     let text = queue_policy(edge.addr(), batch.addr(), &redis_queue(&url, &prefix));

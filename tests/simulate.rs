@@ -278,37 +278,39 @@ fn the_demo_records_traffic_that_simulate_replays() {
     assert!(spend(system(phase, "oracle")) <= spend(system(phase, "always-gpu")));
 }
 
+/// `switchyard simulate --workload W --policy NAME.yaml... --json` with the workload text
+/// and each named policy text written to a temp dir; the report.
+fn simulate_side_by_side(workload: &str, policies: &[(&str, &str)]) -> Value {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let w = dir.path().join("workload.yaml");
+    std::fs::write(&w, workload).expect("write workload");
+    let paths: Vec<String> = policies
+        .iter()
+        .map(|(name, text)| {
+            let path = dir.path().join(format!("{name}.yaml"));
+            std::fs::write(&path, text).expect("write policy");
+            path.to_string_lossy().into_owned()
+        })
+        .collect();
+    let mut args = vec!["simulate", "--workload", w.to_str().unwrap_or_default()];
+    for path in &paths {
+        args.extend(["--policy", path.as_str()]);
+    }
+    args.push("--json");
+    json(&run(&args))
+}
+
 #[test]
 fn repeats_are_answered_by_the_cache_only_when_the_route_caches() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let workload = dir.path().join("repeats.yaml");
-    std::fs::write(
-        &workload,
-        "phases: [{ duration: 20s, rate: 100 }]\nregions: { us: 1, eu: 1 }\ntiers: [{ name: standard, share: 1, deadline: 1s, big_model: 30 }]\nrepeat: 50\n",
-    )
-    .expect("write");
     let policy = switchyard::simulate::fleet_faults::policy();
-    let plain = dir.path().join("plain.yaml");
-    std::fs::write(&plain, policy).expect("write");
-    let cached = dir.path().join("cached.yaml");
-    std::fs::write(
-        &cached,
-        policy.replace(
-            "idempotent: true }",
-            "idempotent: true, cache: { ttl: 1m } }",
-        ),
-    )
-    .expect("write");
-    let report = json(&run(&[
-        "simulate",
-        "--workload",
-        workload.to_str().unwrap_or_default(),
-        "--policy",
-        plain.to_str().unwrap_or_default(),
-        "--policy",
-        cached.to_str().unwrap_or_default(),
-        "--json",
-    ]));
+    let cached = policy.replace(
+        "idempotent: true }",
+        "idempotent: true, cache: { ttl: 1m } }",
+    );
+    let report = simulate_side_by_side(
+        "phases: [{ duration: 20s, rate: 100 }]\nregions: { us: 1, eu: 1 }\ntiers: [{ name: standard, share: 1, deadline: 1s, big_model: 30 }]\nrepeat: 50\n",
+        &[("plain", policy), ("cached", &cached)],
+    );
     let phase = &report["phases"][0];
     let hits = |name: &str| system(phase, name)["cache_hits"].as_u64().unwrap_or(0);
     assert_eq!(hits("plain"), 0, "{phase:#}");
@@ -328,31 +330,12 @@ const STALLS: &str = "phases: [{ duration: 20s, rate: 50 }]\nregions: { us: 1 }\
 
 #[test]
 fn a_hedging_tier_cuts_its_tail_in_simulation_and_pays_for_the_hedges() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let workload = dir.path().join("stalls.yaml");
-    std::fs::write(&workload, STALLS).expect("write");
     let policy = switchyard::simulate::fleet_faults::policy();
-    let plain = dir.path().join("plain.yaml");
-    std::fs::write(&plain, policy).expect("write");
-    let hedged = dir.path().join("hedged.yaml");
-    std::fs::write(
-        &hedged,
-        policy.replace(
-            "realtime: { deadline: 150ms, weight: 0.8, pools: [edge, gpu], on_slo_miss: fastest }",
-            "realtime: { deadline: 150ms, weight: 0.8, pools: [edge, gpu], on_slo_miss: fastest, hedge_after: 2 }",
-        ),
-    )
-    .expect("write");
-    let report = json(&run(&[
-        "simulate",
-        "--workload",
-        workload.to_str().unwrap_or_default(),
-        "--policy",
-        plain.to_str().unwrap_or_default(),
-        "--policy",
-        hedged.to_str().unwrap_or_default(),
-        "--json",
-    ]));
+    let hedged = policy.replace(
+        "realtime: { deadline: 150ms, weight: 0.8, pools: [edge, gpu], on_slo_miss: fastest }",
+        "realtime: { deadline: 150ms, weight: 0.8, pools: [edge, gpu], on_slo_miss: fastest, hedge_after: 2 }",
+    );
+    let report = simulate_side_by_side(STALLS, &[("plain", policy), ("hedged", &hedged)]);
     let phase = &report["phases"][0];
     let (p, h) = (system(phase, "plain"), system(phase, "hedged"));
     let p99 = |s: &Value| s["tiers"][0]["p99_ms"].as_f64().unwrap_or(-1.0);
@@ -370,36 +353,16 @@ fn a_hedging_tier_cuts_its_tail_in_simulation_and_pays_for_the_hedges() {
 
 #[test]
 fn identical_misses_in_flight_send_one_request_and_the_byte_bound_evicts() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let workload = dir.path().join("repeats.yaml");
-    std::fs::write(
-        &workload,
-        "phases: [{ duration: 10s, rate: 1000 }]\nregions: { us: 1, eu: 1 }\ntiers: [{ name: standard, share: 1, deadline: 1s, big_model: 30 }]\nrepeat: 50\n",
-    )
-    .expect("write");
-    let cached_policy = switchyard::simulate::fleet_faults::policy().replace(
+    let cached = switchyard::simulate::fleet_faults::policy().replace(
         "idempotent: true }",
         "idempotent: true, cache: { ttl: 1m } }",
     );
-    let cached = dir.path().join("cached.yaml");
-    std::fs::write(&cached, &cached_policy).expect("write");
     // Room for a few dozen answers only.
-    let small = dir.path().join("small.yaml");
-    std::fs::write(
-        &small,
-        format!("cache: {{ max_bytes: 100KiB }}\n{cached_policy}"),
-    )
-    .expect("write");
-    let report = json(&run(&[
-        "simulate",
-        "--workload",
-        workload.to_str().unwrap_or_default(),
-        "--policy",
-        cached.to_str().unwrap_or_default(),
-        "--policy",
-        small.to_str().unwrap_or_default(),
-        "--json",
-    ]));
+    let small = format!("cache: {{ max_bytes: 100KiB }}\n{cached}");
+    let report = simulate_side_by_side(
+        "phases: [{ duration: 10s, rate: 1000 }]\nregions: { us: 1, eu: 1 }\ntiers: [{ name: standard, share: 1, deadline: 1s, big_model: 30 }]\nrepeat: 50\n",
+        &[("cached", &cached), ("small", &small)],
+    );
     let phase = &report["phases"][0];
     let n = |name: &str, field: &str| system(phase, name)[field].as_u64().unwrap_or(0);
     // Every repeat is answered without a request of its own: from the cache once its first

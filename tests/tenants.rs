@@ -17,20 +17,6 @@ use std::time::{Duration, Instant};
 use support::*;
 use switchyard::testkit::client::Response;
 
-/// The shared test Redis, as tests/queue.rs: required under CI, skipped loudly elsewhere.
-fn redis_url() -> Option<String> {
-    match std::env::var("SWITCHYARD_TEST_REDIS") {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("SWITCHYARD_TEST_REDIS is not set under CI: .ci/run must start redis-server")
-        }
-        _ => {
-            eprintln!("\n!!! SKIPPING Redis tenants test: set SWITCHYARD_TEST_REDIS=redis://127.0.0.1:6390 (see .ci/run) !!!\n");
-            None
-        }
-    }
-}
-
 /// A key prefix no other test (or earlier run) uses.
 fn fresh_prefix() -> String {
     format!("sytest{:016x}", fastrand::u64(..))
@@ -372,7 +358,9 @@ fn shared_limits(url: &str, prefix: &str, instances: Option<u32>) -> String {
 
 #[tokio::test]
 async fn two_instances_on_one_redis_share_a_rate_limit_and_a_budget() {
-    let Some(url) = redis_url() else { return };
+    let Some(url) = test_redis("tenants") else {
+        return;
+    };
     let edge = mock("edge", 0).await;
     let policy = tenant_policy(
         edge.addr,
@@ -423,7 +411,9 @@ async fn two_instances_on_one_redis_share_a_rate_limit_and_a_budget() {
 
 #[tokio::test]
 async fn a_shared_concurrency_lease_blocks_the_other_instance_until_it_is_given_back() {
-    let Some(url) = redis_url() else { return };
+    let Some(url) = test_redis("tenants") else {
+        return;
+    };
     let slow = mock("slow", 1500).await;
     let prefix = fresh_prefix();
     let policy = tenant_policy(
@@ -645,7 +635,9 @@ fn shared_cache(url: &str, prefix: &str) -> String {
 
 #[tokio::test]
 async fn an_answer_stored_by_one_instance_is_an_l2_hit_on_another() {
-    let Some(url) = redis_url() else { return };
+    let Some(url) = test_redis("tenants") else {
+        return;
+    };
     let edge = mock("edge", 0).await;
     let prefix = fresh_prefix();
     let policy = tenant_policy(edge.addr, "", "", &shared_cache(&url, &prefix));

@@ -484,3 +484,18 @@ pub fn run_cli(args: &[&str], cwd: &Path) -> (i32, String, String) {
 pub fn chat(model: &str) -> String {
     format!(r#"{{"model":"{model}","messages":[{{"role":"user","content":"hello"}}]}}"#)
 }
+
+/// The shared test Redis (`SWITCHYARD_TEST_REDIS`, which `.ci/run` starts and sets): required
+/// under CI, where a missing one fails the test; elsewhere the `what` test is skipped loudly.
+pub fn test_redis(what: &str) -> Option<String> {
+    match std::env::var("SWITCHYARD_TEST_REDIS") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("SWITCHYARD_TEST_REDIS is not set under CI: .ci/run must start redis-server")
+        }
+        _ => {
+            eprintln!("\n!!! SKIPPING Redis {what} test: set SWITCHYARD_TEST_REDIS=redis://127.0.0.1:6390 (see .ci/run) !!!\n");
+            None
+        }
+    }
+}
