@@ -298,18 +298,15 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, table: &RoutingTable) -> IpA
         return peer;
     }
     let mut client = peer;
-    let values = headers
-        .get_all(&X_FORWARDED_FOR)
-        .iter()
-        .rev()
-        .filter_map(|v| v.to_str().ok());
-    for value in values {
-        for hop in value.rsplit(',') {
-            let hop = hop.trim();
+    // Split and trimmed as bytes: `str::rsplit` and Unicode `trim` were a fifth of
+    // `classify` (`cargo bench --bench hot_path`), and an address is ASCII anyway.
+    for value in headers.get_all(&X_FORWARDED_FOR).iter().rev() {
+        for hop in value.as_bytes().rsplit(|&b| b == b',') {
+            let hop = hop.trim_ascii();
             if hop.is_empty() {
                 continue;
             }
-            let Some(ip) = parse_hop(hop) else {
+            let Some(ip) = std::str::from_utf8(hop).ok().and_then(parse_hop) else {
                 // Garbage in the chain: stop at the last address we could vouch for.
                 return client;
             };

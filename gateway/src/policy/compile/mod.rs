@@ -110,8 +110,9 @@ pub struct RoutingTable {
     pub gateway_region: Option<RegionId>,
     country_region: HashMap<[u8; 2], RegionId>,
     continent_region: HashMap<[u8; 2], RegionId>,
-    /// `rtt_ms[from * regions + to]`.
-    rtt_ms: Vec<f64>,
+    /// The `rtt_ms` matrix, `rtt[from * regions + to]`, as durations: converted once here
+    /// because `decide` reads it for every candidate pool.
+    rtt: Vec<Duration>,
     /// Per client region, the pool regions allowed to serve it (`None`: any).
     residency: Vec<Option<Vec<RegionId>>>,
     pub tiers: Vec<Tier>,
@@ -182,15 +183,10 @@ impl RoutingTable {
 
     pub fn rtt(&self, from: RegionId, to: RegionId) -> Duration {
         let n = self.regions.len();
-        let ms = self
-            .rtt_ms
+        self.rtt
             .get(from as usize * n + to as usize)
             .copied()
-            .unwrap_or(0.0);
-        // Integer nanoseconds: `Duration::from_secs_f64` checks its input with float
-        // arithmetic and showed up as 12% of `decide` (the matrix is non-negative and finite,
-        // and the cast saturates).
-        Duration::from_nanos((ms * 1e6) as u64)
+            .unwrap_or_default()
     }
 
     /// Whether residency rules let a pool in `pool` serve a client in `client`.
@@ -412,7 +408,12 @@ fn compile(
         gateway_region: regions.gateway,
         country_region: regions.country,
         continent_region: regions.continent,
-        rtt_ms: regions.rtt_ms,
+        // Integer nanoseconds (a missing pair is NaN, which the cast makes 0).
+        rtt: regions
+            .rtt_ms
+            .iter()
+            .map(|ms| Duration::from_nanos((ms * 1e6) as u64))
+            .collect(),
         residency: regions.residency,
         regions: regions.names,
         tiers: tiers.list,
