@@ -32,6 +32,7 @@ pub mod redis;
 pub mod route;
 pub mod scenario;
 pub mod server;
+pub mod serving;
 pub mod simulate;
 pub mod telemetry;
 pub mod testkit;
