@@ -62,11 +62,6 @@ impl ServingSlot {
             .store(Arc::new(Serving::attach(table, &self.fleet)));
     }
 
-    /// The registry of live state tables are attached to.
-    pub fn fleet(&self) -> &Arc<Fleet> {
-        &self.fleet
-    }
-
     /// The instance's region as given at start-up (`--region`, `SWITCHYARD_REGION`), which
     /// every table published here is compiled with.
     pub fn gateway_region(&self) -> Option<String> {

@@ -27,7 +27,8 @@ use crate::policy::compile::{Pool, PoolId};
 use crate::policy::raw::{OnSloMiss, Protocol};
 use crate::serving::Serving;
 use serde::Serialize;
-use state::Live;
+use state::{EndpointState, Live};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Expected latency and cost of sending a request to a pool.
@@ -136,16 +137,16 @@ pub struct CandidateReport {
 /// Endpoints already tried by this request (pool, endpoint), so a retry goes elsewhere.
 pub type Tried<'a> = &'a [(PoolId, u16)];
 
+/// `states`: the live state of `pool`'s endpoints (`Live::endpoints`).
 fn endpoint_available(
-    live: &Live,
+    states: &[Arc<EndpointState>],
     pool_id: PoolId,
     ep: u16,
     pool: &Pool,
     tried: Tried,
     now_ms: u64,
 ) -> bool {
-    live.endpoint(pool_id, ep as usize)
-        .is_available(now_ms, pool.endpoint_limit())
+    states[ep as usize].is_available(now_ms, pool.endpoint_limit())
         && !tried.contains(&(pool_id, ep))
 }
 
@@ -418,12 +419,13 @@ pub fn pick_endpoint(
     now_ms: u64,
 ) -> Option<u16> {
     let n = pool.endpoints.len() as u16;
+    let states = live.endpoints(pool_id);
     let available = (0..n)
-        .filter(|&e| endpoint_available(live, pool_id, e, pool, tried, now_ms))
+        .filter(|&e| endpoint_available(states, pool_id, e, pool, tried, now_ms))
         .count() as u16;
     let nth = |k: u16| {
         (0..n)
-            .filter(|&e| endpoint_available(live, pool_id, e, pool, tried, now_ms))
+            .filter(|&e| endpoint_available(states, pool_id, e, pool, tried, now_ms))
             .nth(k as usize)
     };
     match available {
@@ -436,8 +438,8 @@ pub fn pick_endpoint(
                 b += 1;
             }
             let (a, b) = (nth(a)?, nth(b)?);
-            let sa = live.endpoint(pool_id, a as usize).load_score_at(now_ms);
-            let sb = live.endpoint(pool_id, b as usize).load_score_at(now_ms);
+            let sa = states[a as usize].load_score_at(now_ms);
+            let sb = states[b as usize].load_score_at(now_ms);
             Some(if sb < sa { b } else { a })
         }
     }
