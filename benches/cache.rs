@@ -19,7 +19,6 @@ use switchyard::cache::key::{self, KeyParts, Scope};
 use switchyard::cache::{Cache, Lookup};
 use switchyard::classify::{classify, RequestFacts};
 use switchyard::policy::compile::{compile_str, CompileContext};
-use switchyard::route::state::Fleet;
 
 const POLICY: &str = r#"
 regions:
@@ -108,12 +107,11 @@ fn benches(c: &mut Criterion) {
     });
     g.finish();
 
-    let fleet = Fleet::default();
     let table = compile_str(
         POLICY,
         &CompileContext {
             file: Path::new("bench.yaml"),
-            fleet: &fleet,
+            gateway_region: None,
         },
     )
     .expect("bench policy compiles");

@@ -74,10 +74,12 @@ fn benches(c: &mut Criterion) {
         &text,
         &CompileContext {
             file: Path::new("bench.yaml"),
-            fleet: &fleet,
+            gateway_region: None,
         },
     )
     .unwrap_or_else(|e| panic!("{e}"));
+    // The request path reads the table and its live state together (`serving::Serving`).
+    let table = switchyard::serving::Serving::attach(table, &fleet);
     let mut headers = HeaderMap::new();
     headers.insert("x-forwarded-for", "192.0.2.44, 10.1.2.3".parse().unwrap());
     headers.insert("x-slo-tier", "realtime".parse().unwrap());

@@ -69,10 +69,9 @@ fn big_policy(regions: usize, pools: usize, routes: usize, salt: u32) -> String 
 
 fn compile(c: &mut Criterion) {
     let text = big_policy(10, 200, 50, 0);
-    let fleet = Fleet::default();
     let cx = CompileContext {
         file: Path::new("bench.yaml"),
-        fleet: &fleet,
+        gateway_region: None,
     };
     assert!(compile_str(&text, &cx).is_ok());
     c.bench_function("compile 200 pools, 50 routes", |b| {
@@ -84,8 +83,8 @@ fn compile(c: &mut Criterion) {
     let path = dir.path().join("policy.yaml");
     std::fs::write(&path, &text).unwrap();
     let fleet = Fleet::new();
-    let table = policy::load_file(&path, &fleet).unwrap();
-    let control = ControlPlane::new(policy::snapshot(table), fleet, Some(path));
+    let table = policy::load_file(&path, None).unwrap();
+    let control = ControlPlane::new(switchyard::serving::snapshot(table, fleet), Some(path));
     c.bench_function("reload 200 pools, 50 routes (read + compile + swap)", |b| {
         b.iter(|| control.reload_by(Trigger::Admin).is_ok())
     });
@@ -97,10 +96,9 @@ fn watcher_latency(_c: &mut Criterion) {
     let path = dir.path().join("policy.yaml");
     std::fs::write(&path, big_policy(10, 200, 50, 0)).unwrap();
     let fleet = Fleet::new();
-    let table = policy::load_file(&path, &fleet).unwrap();
+    let table = policy::load_file(&path, None).unwrap();
     let control = Arc::new(ControlPlane::new(
-        policy::snapshot(table),
-        fleet,
+        switchyard::serving::snapshot(table, fleet),
         Some(path.clone()),
     ));
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -19,7 +19,6 @@ use switchyard::cache::shared::L2;
 use switchyard::cache::{Cache, CacheCtx, Lookup};
 use switchyard::classify::{classify, RequestFacts};
 use switchyard::policy::compile::{compile_str, CompileContext, RoutingTable};
-use switchyard::route::state::Fleet;
 
 fn redis_url() -> String {
     std::env::var("SWITCHYARD_BENCH_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
@@ -58,12 +57,11 @@ fn sha256_hex(s: &str) -> String {
 }
 
 fn compile(text: &str) -> RoutingTable {
-    let fleet = Fleet::default();
     compile_str(
         text,
         &CompileContext {
             file: Path::new("bench.yaml"),
-            fleet: &fleet,
+            gateway_region: None,
         },
     )
     .expect("bench policy compiles")

@@ -244,16 +244,15 @@ fn a_re_resolution_keeps_the_live_state_of_addresses_that_stayed() {
         &text,
         &CompileContext {
             file: &path,
-            fleet: &fleet,
+            gateway_region: None,
         },
     )
     .unwrap();
     let generation = first.generation;
-    let ep = &first.pools[0].endpoints[0];
-    assert_eq!(ep.name, "localhost:9@127.0.0.1");
-    ep.state.acquire();
-    let state = ep.state.clone();
-    let control = ControlPlane::new(switchyard::policy::snapshot(first), fleet, Some(path));
+    assert_eq!(first.pools[0].endpoints[0].name, "localhost:9@127.0.0.1");
+    let control = ControlPlane::new(switchyard::serving::snapshot(first, fleet), Some(path));
+    let state = control.snapshot.load().live.endpoint(0, 0).clone();
+    state.acquire();
 
     assert!(control.refresh_addresses(generation));
     let second = control.snapshot.load_full();
@@ -261,11 +260,12 @@ fn a_re_resolution_keeps_the_live_state_of_addresses_that_stayed() {
     assert_eq!(second.version, control.snapshot.load().version);
     let same = &second.pools[0].endpoints[0];
     assert_eq!(same.name, "localhost:9@127.0.0.1");
+    let same_state = second.live.endpoint(0, 0);
     assert!(
-        std::sync::Arc::ptr_eq(&same.state, &state),
+        std::sync::Arc::ptr_eq(same_state, &state),
         "live state carried over"
     );
-    assert_eq!(same.state.in_flight(), 1);
+    assert_eq!(same_state.in_flight(), 1);
     // A refresh computed against a table that is no longer serving is dropped.
     assert!(!control.refresh_addresses(generation));
 }

@@ -15,7 +15,6 @@ use switchyard::cache::key::{self, CacheKey, KeyParts, Scope};
 use switchyard::classify::geo::GeoDb;
 use switchyard::classify::{classify, RequestFacts};
 use switchyard::policy::compile::{compile_str, CompileContext, RoutingTable};
-use switchyard::route::state::Fleet;
 
 fn config() -> ProptestConfig {
     ProptestConfig {
@@ -94,12 +93,11 @@ fn apply(text: &str, edits: &[Edit]) -> String {
 /// Parse and compile `text`: no panic, and every error names the file and a line.
 fn check_policy(text: &str) -> Result<(), TestCaseError> {
     let file = Path::new("fuzzed.yaml");
-    let fleet = Fleet::default();
     let result = compile_str(
         text,
         &CompileContext {
             file,
-            fleet: &fleet,
+            gateway_region: None,
         },
     );
     if let Err(errors) = result {
@@ -166,12 +164,11 @@ fn routing_table() -> RoutingTable {
     );
     let routes = "  - { name: chat, match: /v1/chat/completions, protocol: openai, max_body: 16KiB, tier: standard, cache: { ttl: 10m } }\n  - { name: embeddings, match: /v1/embeddings, protocol: openai, tier: standard }\n  - { name: oip, match: /v2/models/*, protocol: oip-v2, max_body: 1MiB, tier: standard, cache: { ttl: 1m } }\n  - { name: tf, match: /v1/models/*, protocol: tf-serving, tier: standard }\n";
     let text = support::policy_with_routes(&pools, routes, "");
-    let fleet = Fleet::default();
     compile_str(
         &text,
         &CompileContext {
             file: Path::new("classify.yaml"),
-            fleet: &fleet,
+            gateway_region: None,
         },
     )
     .expect("the classification policy compiles")

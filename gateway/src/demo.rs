@@ -18,9 +18,10 @@
 
 use crate::policy::compile;
 use crate::policy::raw::PoolKind;
-use crate::policy::{RoutingTable, Snapshot};
+use crate::policy::RoutingTable;
 use crate::route::state::Fleet;
 use crate::server;
+use crate::serving::Snapshot;
 use crate::testkit::client::{Connection, Request};
 use crate::testkit::fleet::{self, MockSpec};
 use crate::testkit::mock::MockBackend;
@@ -104,7 +105,7 @@ pub fn run(opts: DemoOptions) -> Result<(), DemoError> {
     std::fs::create_dir_all(&dir).map_err(|e| DemoError::WorkDir(dir.clone(), e))?;
     let policy_path = policy_file(opts.policy.clone(), &dir)?;
     let fleet = Fleet::new();
-    let mut table = crate::policy::load_file(&policy_path, &fleet)?;
+    let mut table = crate::policy::load_file(&policy_path, fleet.gateway_region())?;
     // The queue backend is fixed at start-up, so this holds across reloads of the file.
     if let Some(compile::QueueSettings {
         backend: compile::QueueBackend::Embedded { path },
@@ -370,10 +371,11 @@ pub fn render_report(results: &[Outcome], snapshot: &Snapshot) -> String {
     let gpu_cost = table
         .pools
         .iter()
-        .find(|p| p.kind == PoolKind::Gpu)
-        .map(|p| {
-            p.price.per_request
-                + p.price.per_gpu_hour * p.state.service_time().as_secs_f64() / 3600.0
+        .enumerate()
+        .find(|(_, p)| p.kind == PoolKind::Gpu)
+        .map(|(i, p)| {
+            let state = table.live.pool(i as compile::PoolId);
+            p.price.per_request + p.price.per_gpu_hour * state.service_time().as_secs_f64() / 3600.0
         })
         .unwrap_or(0.0);
     let mut by_tier: BTreeMap<&str, Vec<&Outcome>> = BTreeMap::new();

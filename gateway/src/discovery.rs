@@ -18,9 +18,10 @@
 
 use crate::classify;
 use crate::error::GatewayError;
-use crate::policy::compile::{RoutingTable, TierId};
+use crate::policy::compile::{PoolId, RoutingTable, TierId};
 use crate::policy::raw::Protocol;
 use crate::route::state::now_ms;
+use crate::serving::Serving;
 use bytes::Bytes;
 use http::{HeaderMap, Method};
 use pingora::http::ResponseHeader;
@@ -73,7 +74,7 @@ pub fn endpoint<'a>(path: &'a str, table: &RoutingTable) -> Option<Endpoint<'a>>
 
 /// Answer the request if it is one of the gateway's own endpoints. `Ok(None)`: it is not,
 /// carry on routing. Otherwise the response has been written and its status is returned.
-pub async fn serve(session: &mut Session, table: &RoutingTable) -> pingora::Result<Option<u16>> {
+pub async fn serve(session: &mut Session, table: &Serving) -> pingora::Result<Option<u16>> {
     let header = session.req_header();
     let Some(endpoint) = endpoint(header.uri.path(), table) else {
         return Ok(None);
@@ -113,7 +114,7 @@ fn answer(
     endpoint: &Endpoint,
     path: &str,
     headers: &HeaderMap,
-    table: &RoutingTable,
+    table: &Serving,
 ) -> Result<Answer, GatewayError> {
     let ok = |body| Answer {
         status: 200,
@@ -213,13 +214,11 @@ pub fn tier_reaches(table: &RoutingTable, tier: TierId, model: &str) -> bool {
 }
 
 /// At least one endpoint of some pool is up (neither ejected nor failing health checks).
-pub fn any_endpoint_up(table: &RoutingTable) -> bool {
+pub fn any_endpoint_up(table: &Serving) -> bool {
     let now = now_ms();
-    table
-        .pools
-        .iter()
-        .flat_map(|p| p.endpoints.iter())
-        .any(|e| e.state.is_up(now))
+    (0..table.pools.len())
+        .flat_map(|p| table.live.endpoints(p as PoolId))
+        .any(|e| e.is_up(now))
 }
 
 /// `%XX` escapes decoded (model ids may contain `/`, which some clients escape); anything
@@ -250,7 +249,6 @@ fn percent_decode(s: &str) -> Cow<'_, str> {
 mod tests {
     use super::*;
     use crate::policy::compile::{compile_str, CompileContext};
-    use crate::route::state::Fleet;
     use std::path::Path;
 
     fn table(routes: &str) -> RoutingTable {
@@ -272,12 +270,11 @@ models:
 routes:
 {routes}"#
         );
-        let fleet = Fleet::default();
         compile_str(
             &policy,
             &CompileContext {
                 file: Path::new("t.yaml"),
-                fleet: &fleet,
+                gateway_region: None,
             },
         )
         .unwrap_or_else(|e| panic!("{e}"))

@@ -11,7 +11,7 @@
 //! `inference.GRPCInferenceService`.
 
 use crate::classify::grpc::Method;
-use crate::policy::compile::RoutingTable;
+use crate::policy::compile::{PoolId, RoutingTable};
 use crate::route::state::now_ms;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue};
@@ -117,7 +117,7 @@ pub async fn write_ok(
 
 /// The body answering a server method (`ServerLive`, `ServerReady`, `ServerMetadata`), or
 /// `None` for the methods that go to a pool.
-pub fn server_answer(method: Method, table: &RoutingTable) -> Option<Bytes> {
+pub fn server_answer(method: Method, table: &crate::serving::Serving) -> Option<Bytes> {
     let mut msg = Vec::with_capacity(32);
     match method {
         // ServerLiveResponse { bool live = 1; }: the gateway answers, so it is live.
@@ -125,10 +125,14 @@ pub fn server_answer(method: Method, table: &RoutingTable) -> Option<Bytes> {
         // ServerReadyResponse { bool ready = 1; }: some gRPC pool has an endpoint up.
         Method::ServerReady => {
             let now = now_ms();
-            let ready = table
-                .pools
-                .iter()
-                .any(|p| p.serves_grpc() && p.endpoints.iter().any(|e| e.state.is_up(now)));
+            let ready = table.pools.iter().enumerate().any(|(i, p)| {
+                p.serves_grpc()
+                    && table
+                        .live
+                        .endpoints(i as PoolId)
+                        .iter()
+                        .any(|e| e.is_up(now))
+            });
             if ready {
                 wire::put_varint_field(&mut msg, 1, 1);
             }

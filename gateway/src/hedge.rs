@@ -14,9 +14,10 @@
 
 use crate::classify::Class;
 use crate::error::GatewayError;
-use crate::policy::compile::{PoolId, RoutingTable};
+use crate::policy::compile::PoolId;
 use crate::route::state::now_ms;
 use crate::route::{self, Reason};
+use crate::serving::Serving;
 use crate::telemetry as t;
 use bytes::{Bytes, BytesMut};
 use pingora::connectors::http::v1::Connector;
@@ -45,21 +46,23 @@ pub struct Answer {
 
 /// In-flight slots of one attempt, given back when dropped.
 struct Slot<'a> {
-    table: &'a RoutingTable,
+    table: &'a Serving,
     target: (PoolId, u16),
 }
 
 impl<'a> Slot<'a> {
-    fn take(table: &'a RoutingTable, target: (PoolId, u16)) -> Option<Slot<'a>> {
+    fn take(table: &'a Serving, target: (PoolId, u16)) -> Option<Slot<'a>> {
         let pool = &table.pools[target.0 as usize];
-        if !pool.state.try_acquire(pool.concurrency) {
+        let state = table.live.pool(target.0);
+        if !state.try_acquire(pool.concurrency) {
             return None;
         }
-        if !pool.endpoints[target.1 as usize]
-            .state
+        if !table
+            .live
+            .endpoint(target.0, target.1 as usize)
             .try_acquire(pool.endpoint_limit())
         {
-            pool.state.release();
+            state.release();
             return None;
         }
         Some(Slot { table, target })
@@ -68,9 +71,10 @@ impl<'a> Slot<'a> {
 
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
-        let pool = &self.table.pools[self.target.0 as usize];
-        pool.state.release();
-        pool.endpoints[self.target.1 as usize].state.release();
+        let live = &self.table.live;
+        live.pool(self.target.0).release();
+        live.endpoint(self.target.0, self.target.1 as usize)
+            .release();
     }
 }
 
@@ -81,6 +85,7 @@ async fn attempt(slot: Slot<'_>, timeout: Duration, req: &RequestHeader, body: &
     let table = slot.table;
     let pool = &table.pools[slot.target.0 as usize];
     let endpoint = &pool.endpoints[slot.target.1 as usize];
+    let endpoint_state = table.live.endpoint(slot.target.0, slot.target.1 as usize);
     let mut peer = match &endpoint.sni {
         Some(sni) => {
             // This connector speaks HTTP/1.1 only.
@@ -107,8 +112,7 @@ async fn attempt(slot: Slot<'_>, timeout: Duration, req: &RequestHeader, body: &
     peer.options.idle_timeout = idle;
     let started = Instant::now();
     let failed = |e: &dyn std::fmt::Display| {
-        if endpoint
-            .state
+        if endpoint_state
             .failed(now_ms(), &table.upstream.ejection)
             .is_some()
         {
@@ -138,7 +142,7 @@ async fn attempt(slot: Slot<'_>, timeout: Duration, req: &RequestHeader, body: &
     let took = started.elapsed();
     crate::route::network::observe_upstream(table, slot.target, took);
     if header.status.as_u16() < 500 {
-        endpoint.state.mark_success();
+        endpoint_state.mark_success();
     } else {
         failed(&header.status);
     }
@@ -169,7 +173,7 @@ fn good(a: &Attempt) -> bool {
 /// Send `req` to `first`, hedge to the next-best candidate after `hedge_after` × the
 /// pool's estimate, return the first good answer (or the last answer if none is good).
 pub async fn run(
-    table: &RoutingTable,
+    table: &Serving,
     class: &Class,
     first: (PoolId, u16),
     req: &RequestHeader,
@@ -184,8 +188,9 @@ pub async fn run(
     // The attempt's expected time is the round trip plus the service time (the estimate's
     // gateway → pool part); the hedge waits a multiple of that.
     let pool = &table.pools[first.0 as usize];
-    let network = route::network::upstream_rtt(pool, table);
-    let delay = (network + pool.state.service_time_behind(now_ms(), network)).mul_f64(hedge_after);
+    let state = table.live.pool(first.0);
+    let network = route::network::upstream_rtt(pool, state, table);
+    let delay = (network + state.service_time_behind(now_ms(), network)).mul_f64(hedge_after);
     let primary = attempt(slot, tier.timeout, req, body);
     tokio::pin!(primary);
     let early = tokio::select! {

@@ -12,8 +12,9 @@
 //! The modules follow the request path: [`classify`] turns request facts into a `Class`,
 //! [`admit`] checks the caller's key, rate, concurrency and budget (shared through [`redis`]
 //! when several instances run), [`route`] turns a `Class` into a `Decision`, [`proxy`] is the Pingora glue that calls them
-//! in order, [`policy`] is the control plane, [`admin`] the admin listener, [`telemetry`] the
-//! metric names, and [`error`] the one mapping from errors to HTTP responses.
+//! in order, [`policy`] is the control plane (the routing table, pure data), [`serving`] publishes
+//! a table together with its live state (`route::state`), [`admin`] the admin listener,
+//! [`telemetry`] the metric names, and [`error`] the one mapping from errors to HTTP responses.
 
 pub mod admin;
 pub mod admit;
@@ -32,6 +33,7 @@ pub mod redis;
 pub mod route;
 pub mod scenario;
 pub mod server;
+pub mod serving;
 pub mod simulate;
 pub mod telemetry;
 pub mod testkit;

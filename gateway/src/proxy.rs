@@ -22,10 +22,10 @@ use crate::classify::{self, Class, RequestFacts};
 use crate::error::GatewayError;
 use crate::observe::access::AccessRecord;
 use crate::policy::compile::{PoolId, RoutingTable, INSPECT_LIMIT};
-use crate::policy::Snapshot;
 use crate::queue::{self, Queue};
 use crate::route::state::now_ms;
 use crate::route::{self, Decision};
+use crate::serving::{Serving, Snapshot};
 use crate::telemetry as t;
 use async_trait::async_trait;
 use body::{BodyLimits, BodyPermit};
@@ -107,7 +107,7 @@ impl Gateway {
 /// Per-request state, carried across Pingora's phases.
 pub struct RequestCtx {
     start: Instant,
-    table: Option<Arc<RoutingTable>>,
+    table: Option<Arc<Serving>>,
     class: Option<Class>,
     decision: Option<Decision>,
     /// The attempt in flight: pool and endpoint, and when it was sent.
@@ -158,12 +158,12 @@ impl RequestCtx {
     /// End the attempt in flight (if any): give back its in-flight slots.
     fn release(&mut self) {
         if let (Some(table), Some((p, e))) = (&self.table, self.current.take()) {
-            let pool = &table.pools[p as usize];
+            let pool = table.live.pool(p);
             if let Some(slot) = self.attempt_slot.take() {
-                pool.state.untrack(slot);
+                pool.untrack(slot);
             }
-            pool.state.release();
-            pool.endpoints[e as usize].state.release();
+            pool.release();
+            table.live.endpoint(p, e as usize).release();
         }
     }
 }
@@ -613,7 +613,7 @@ impl ProxyHttp for Gateway {
 /// writer thread).
 fn decision_record(
     ctx: &RequestCtx,
-    table: &Arc<RoutingTable>,
+    table: &Arc<Serving>,
     key: t::HandleKey,
     status: u16,
     elapsed: Duration,
@@ -652,14 +652,14 @@ fn decision_record(
 /// counts (the next candidate, or the tier's fallback).
 fn acquire(
     ctx: &mut RequestCtx,
-    table: &RoutingTable,
+    table: &Serving,
 ) -> std::result::Result<(PoolId, u16), GatewayError> {
     let Some(class) = ctx.class.as_ref() else {
         return Err(GatewayError::Internal("no classification".into()));
     };
     let mut decision = if ctx.tried.is_empty() {
         // Every request earns the retry budget a fraction of a retry.
-        table.upstream.budget.deposit(&table.upstream.retry_budget);
+        table.live.budget.deposit(&table.upstream.retry_budget);
         ctx.decision
     } else {
         let d = route::decide(class, table, &ctx.tried, now_ms());
@@ -672,15 +672,17 @@ fn acquire(
             break;
         };
         let pool = &table.pools[pool_id as usize];
-        if pool.state.try_acquire(pool.concurrency) {
-            if pool.endpoints[ep as usize]
-                .state
+        let state = table.live.pool(pool_id);
+        if state.try_acquire(pool.concurrency) {
+            if table
+                .live
+                .endpoint(pool_id, ep as usize)
                 .try_acquire(pool.endpoint_limit())
             {
                 target = Some((pool_id, ep));
                 break;
             }
-            pool.state.release();
+            state.release();
         }
         let d = route::decide(class, table, &ctx.tried, now_ms());
         ctx.decision = Some(d);
@@ -700,9 +702,8 @@ fn acquire(
             },
         });
     };
-    let pool = &table.pools[pool_id as usize];
     ctx.current = Some((pool_id, ep));
-    ctx.attempt_slot = pool.state.track_start(now_ms());
+    ctx.attempt_slot = table.live.pool(pool_id).track_start(now_ms());
     ctx.tried.push((pool_id, ep));
     ctx.attempt_start = Some(Instant::now());
     Ok((pool_id, ep))
@@ -787,16 +788,17 @@ fn on_upstream_header(ctx: &mut RequestCtx, status: u16, replayable: bool) -> bo
     route::network::observe_upstream(&table, (p, e), took);
     // Answered: no longer a candidate for "overdue" (a streamed body may go on for long).
     if let Some(slot) = ctx.attempt_slot.take() {
-        pool.state.untrack(slot);
+        table.live.pool(p).untrack(slot);
     }
     let ep = &pool.endpoints[e as usize];
+    let ep_state = table.live.endpoint(p, e as usize);
     metrics::histogram!(t::UPSTREAM_DURATION, "pool" => pool.name.clone())
         .record(took.as_secs_f64());
     if status < 500 {
-        ep.state.mark_success();
+        ep_state.mark_success();
         return false;
     }
-    if let Some(backoff) = ep.state.failed(now_ms(), &table.upstream.ejection) {
+    if let Some(backoff) = ep_state.failed(now_ms(), &table.upstream.ejection) {
         metrics::counter!(t::EJECTIONS, "pool" => pool.name.clone(), "cause" => "5xx").increment(1);
         tracing::warn!(pool = %pool.name, endpoint = %ep.name, status, backoff_ms = backoff.as_millis() as u64, "endpoint ejected after consecutive failures");
     }
@@ -826,8 +828,9 @@ fn on_connect_failure(ctx: &mut RequestCtx, e: &dyn std::fmt::Display, tls: bool
         ctx.release();
         return false;
     }
-    let backoff = pool.endpoints[ep as usize]
-        .state
+    let backoff = table
+        .live
+        .endpoint(p, ep as usize)
         .connect_failed(now_ms(), &table.upstream.ejection);
     metrics::counter!(t::EJECTIONS, "pool" => pool.name.clone(), "cause" => "connect").increment(1);
     tracing::warn!(pool = %pool.name, endpoint = %pool.endpoints[ep as usize].name, error = %e, backoff_ms = backoff.as_millis() as u64, "upstream connect failed; endpoint ejected");
@@ -847,8 +850,9 @@ fn on_attempt_failed(ctx: &mut RequestCtx, replayable: bool) -> bool {
         return false;
     };
     let pool = &table.pools[p as usize];
-    if pool.endpoints[ep as usize]
-        .state
+    if table
+        .live
+        .endpoint(p, ep as usize)
         .failed(now_ms(), &table.upstream.ejection)
         .is_some()
     {
@@ -896,7 +900,7 @@ fn on_body(ctx: &mut RequestCtx, chunk: &Option<Bytes>, end_of_stream: bool) {
 /// The spend of an answer from a pool priced per token: its `usage` (or the estimate from
 /// bytes), counted by source and folded into the pool's tokens-per-request average.
 fn token_spend(
-    table: &RoutingTable,
+    table: &Serving,
     target: Option<&(PoolId, u16)>,
     meter: &mut route::tokens::Meter,
     tier: &str,
@@ -905,15 +909,16 @@ fn token_spend(
         return 0.0;
     };
     let pool = &table.pools[*p as usize];
+    let state = table.live.pool(*p);
     let usage = meter.finish();
-    pool.state.tokens.record(&usage);
+    state.tokens.record(&usage);
     let source = usage.source();
     metrics::counter!(t::TOKENS, "pool" => pool.name.clone(), "kind" => "input", "source" => source)
         .increment(usage.input);
     metrics::counter!(t::TOKENS, "pool" => pool.name.clone(), "kind" => "output", "source" => source)
         .increment(usage.output);
     let usd = pool.price.per_request
-        + pool.price.per_gpu_hour * pool.state.service_time().as_secs_f64() / 3600.0
+        + pool.price.per_gpu_hour * state.service_time().as_secs_f64() / 3600.0
         + usage.cost_usd(&pool.price);
     metrics::counter!(t::TOKEN_COST, "pool" => pool.name.clone(), "tier" => tier.to_string(), "source" => source)
         .increment(t::nano_usd(usd));
@@ -975,7 +980,7 @@ fn client_went_away(e: &Error) -> bool {
 
 /// Whether another attempt may be made: attempts left, time left before the deadline, and a
 /// token in the retry budget (an empty budget is counted).
-fn retry_allowed(ctx: &RequestCtx, table: &RoutingTable) -> bool {
+fn retry_allowed(ctx: &RequestCtx, table: &Serving) -> bool {
     let within_deadline = ctx
         .class
         .as_ref()
@@ -983,11 +988,7 @@ fn retry_allowed(ctx: &RequestCtx, table: &RoutingTable) -> bool {
     if (ctx.tried.len() as u32) >= table.upstream.max_attempts || !within_deadline {
         return false;
     }
-    if table
-        .upstream
-        .budget
-        .try_withdraw(&table.upstream.retry_budget)
-    {
+    if table.live.budget.try_withdraw(&table.upstream.retry_budget) {
         return true;
     }
     metrics::counter!(t::RETRY_BUDGET_EXHAUSTED).increment(1);
@@ -995,7 +996,7 @@ fn retry_allowed(ctx: &RequestCtx, table: &RoutingTable) -> bool {
 }
 
 /// Whether a retry would find somewhere else to go (so a 5xx is not swapped for a 503).
-fn has_other_candidate(ctx: &RequestCtx, table: &RoutingTable) -> bool {
+fn has_other_candidate(ctx: &RequestCtx, table: &Serving) -> bool {
     ctx.class.as_ref().is_some_and(|c| {
         route::decide(c, table, &ctx.tried, now_ms())
             .target
@@ -1054,7 +1055,7 @@ fn peer_ip(session: &Session) -> Option<IpAddr> {
 /// back with whatever classification was reached, for the decision headers and the log.
 async fn prepare(
     session: &mut Session,
-    table: &RoutingTable,
+    table: &Serving,
     cache: Option<&Arc<Cache>>,
     (budget, permit): (&Arc<BodyBudget>, &mut Option<BodyPermit>),
     (limiter, ticket): (&Limiter, &mut Option<Ticket>),
@@ -1201,7 +1202,7 @@ async fn answer_from_cache(
 async fn answer_hedged(
     session: &mut Session,
     ctx: &mut RequestCtx,
-    table: &RoutingTable,
+    table: &Serving,
     target: (PoolId, u16),
     body: &Bytes,
     factor: f64,
@@ -1356,7 +1357,7 @@ async fn respond_grpc_error(
 
 /// Answer the gRPC server methods (`ServerLive`, `ServerReady`, `ServerMetadata`) of a path
 /// whose route is `oip-v2-grpc`; `None` when the request is not one of them.
-async fn answer_grpc_server(session: &mut Session, table: &RoutingTable) -> Result<Option<u16>> {
+async fn answer_grpc_server(session: &mut Session, table: &Serving) -> Result<Option<u16>> {
     let path = session.req_header().uri.path();
     let Some(method) = classify::grpc::Method::from_path(path).filter(|m| m.is_server()) else {
         return Ok(None);

@@ -734,7 +734,7 @@ pub fn run(opts: ScenarioOptions) -> Result<(), ScenarioError> {
             &policy(&wan.paths[0][region], name),
             &CompileContext {
                 file: Path::new("scenario.yaml"),
-                fleet: &fleet_state,
+                gateway_region: fleet_state.gateway_region(),
             },
         )?;
         let built = server::build(

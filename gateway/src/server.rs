@@ -76,7 +76,7 @@ pub fn build_from_file(opts: Options) -> Result<Built, ServerError> {
         .ok_or_else(|| ServerError::Pingora("no policy file".into()))?;
     // Kept in the fleet so that every reload compiles with the same instance region.
     fleet.set_gateway_region(opts.region.clone());
-    let table = policy::load_file(&path, &fleet)?;
+    let table = policy::load_file(&path, fleet.gateway_region())?;
     build(table, fleet, opts)
 }
 
@@ -158,8 +158,8 @@ pub fn build(table: RoutingTable, fleet: Arc<Fleet>, opts: Options) -> Result<Bu
         .map(crate::tls::ServingCert::new);
     let tls_addr = table.tls_listener.as_ref().map(|l| l.listen);
     let plain = table.plain_listener;
-    let snapshot = policy::snapshot(table);
-    let mut control = ControlPlane::new(snapshot.clone(), fleet, opts.policy_path);
+    let snapshot = crate::serving::snapshot(table, fleet);
+    let mut control = ControlPlane::new(snapshot.clone(), opts.policy_path);
     control.tls = serving.clone();
     let control = Arc::new(control);
 

@@ -7,8 +7,10 @@
 
 use crate::classify::{self, RequestFacts};
 use crate::policy;
+use crate::policy::compile::PoolId;
 use crate::route::state::now_ms;
 use crate::route::{self, CandidateReport};
+use crate::serving::Serving;
 use crate::telemetry as t;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -160,11 +162,9 @@ impl ServeHttp for AdminApp {
             (&Method::GET, "/readyz") => {
                 let table = self.control.snapshot.load();
                 let now = now_ms();
-                let up = table
-                    .pools
-                    .iter()
-                    .flat_map(|p| p.endpoints.iter())
-                    .filter(|e| e.state.is_up(now))
+                let up = (0..table.pools.len())
+                    .flat_map(|p| table.live.endpoints(p as PoolId))
+                    .filter(|e| e.is_up(now))
                     .count();
                 json_response(
                     StatusCode::OK,
@@ -217,18 +217,23 @@ impl AdminApp {
     fn refresh_gauges(&self) {
         let table = self.control.snapshot.load();
         let now = now_ms();
-        for pool in &table.pools {
+        for (id, pool) in table.pools.iter().enumerate() {
+            let state = table.live.pool(id as PoolId);
             metrics::gauge!(t::POOL_IN_FLIGHT, "pool" => pool.name.clone())
-                .set(pool.state.in_flight() as f64);
+                .set(state.in_flight() as f64);
             metrics::gauge!(t::POOL_SERVICE_TIME, "pool" => pool.name.clone())
-                .set(pool.state.service_time().as_secs_f64());
-            for ep in &pool.endpoints {
+                .set(state.service_time().as_secs_f64());
+            for (ep, state) in pool
+                .endpoints
+                .iter()
+                .zip(table.live.endpoints(id as PoolId))
+            {
                 metrics::gauge!(t::ENDPOINT_UP, "pool" => pool.name.clone(), "endpoint" => ep.name.clone())
-                    .set(if ep.state.is_up(now) { 1.0 } else { 0.0 });
+                    .set(if state.is_up(now) { 1.0 } else { 0.0 });
                 metrics::gauge!(t::ENDPOINT_LATENCY, "pool" => pool.name.clone(), "endpoint" => ep.name.clone())
-                    .set(ep.state.latency().as_secs_f64());
+                    .set(state.latency().as_secs_f64());
                 metrics::gauge!(t::ENDPOINT_IN_FLIGHT, "pool" => pool.name.clone(), "endpoint" => ep.name.clone())
-                    .set(ep.state.in_flight() as f64);
+                    .set(state.in_flight() as f64);
             }
         }
         // Exactly one version is 1: the one serving now; the previous one drops to 0.
@@ -268,14 +273,16 @@ impl AdminApp {
         let pools: Vec<Value> = table
             .pools
             .iter()
-            .map(|p| {
+            .enumerate()
+            .map(|(id, p)| {
+                let state = table.live.pool(id as PoolId);
                 json!({
                     "name": p.name, "kind": p.kind.as_str(), "region": table.regions[p.region as usize],
-                    "in_flight": p.state.in_flight(),
-                    "service_time_ms": p.state.service_time().as_secs_f64() * 1e3,
-                    "endpoints": p.endpoints.iter().map(|e| json!({
-                        "endpoint": e.name, "up": e.state.is_up(now), "in_flight": e.state.in_flight(),
-                        "latency_ms": e.state.latency().as_secs_f64() * 1e3,
+                    "in_flight": state.in_flight(),
+                    "service_time_ms": state.service_time().as_secs_f64() * 1e3,
+                    "endpoints": p.endpoints.iter().zip(table.live.endpoints(id as PoolId)).map(|(e, s)| json!({
+                        "endpoint": e.name, "up": s.is_up(now), "in_flight": s.in_flight(),
+                        "latency_ms": s.latency().as_secs_f64() * 1e3,
                     })).collect::<Vec<_>>(),
                     // Header values are credentials: only their names, each `***`.
                     "headers": p.hosted.header_names().into_iter().map(|(n, v)| (n, json!(v))).collect::<serde_json::Map<_, _>>(),
@@ -346,28 +353,29 @@ pub fn gateway_region(table: &policy::RoutingTable) -> Option<&str> {
 }
 
 /// `GET /admin/pools`: the live estimates and health of every pool and endpoint.
-pub fn pools(table: &policy::RoutingTable) -> Value {
+pub fn pools(table: &Serving) -> Value {
     let now = now_ms();
     let ms = |d: std::time::Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
     let pools: Vec<Value> = table
         .pools
         .iter()
-        .map(|p| {
-            let samples = p.state.samples();
-            let service = p
-                .state
-                .service_time_behind(now, route::network::upstream_rtt(p, table));
-            let (rtt, rtt_source) = route::network::pool_rtt_now(p, table);
+        .enumerate()
+        .map(|(id, p)| {
+            let state = table.live.pool(id as PoolId);
+            let samples = state.samples();
+            let service =
+                state.service_time_behind(now, route::network::upstream_rtt(p, state, table));
+            let (rtt, rtt_source) = route::network::pool_rtt_now(p, state, table);
             json!({
                 "name": p.name,
                 "kind": p.kind.as_str(),
                 "region": table.regions[p.region as usize],
                 "concurrency": p.concurrency,
                 "endpoint_limit": p.endpoint_limit(),
-                "in_flight": p.state.in_flight(),
+                "in_flight": state.in_flight(),
                 "samples": samples,
-                "baseline_ms": ms(p.state.baseline()),
-                "ewma_ms": ms(p.state.ewma()),
+                "baseline_ms": ms(state.baseline()),
+                "ewma_ms": ms(state.ewma()),
                 "estimate_ms": ms(service),
                 "estimate_source": if samples >= route::state::MIN_SAMPLES { "live" } else { "baseline" },
                 // The two terms of the gateway → pool part of the estimate, apart: the network
@@ -381,8 +389,7 @@ pub fn pools(table: &policy::RoutingTable) -> Value {
                     "timeout_ms": h.timeout.as_millis() as u64,
                     "healthy_threshold": h.healthy_threshold, "unhealthy_threshold": h.unhealthy_threshold,
                 })),
-                "endpoints": p.endpoints.iter().map(|e| {
-                    let s = &e.state;
+                "endpoints": p.endpoints.iter().zip(table.live.endpoints(id as PoolId)).map(|(e, s)| {
                     let until = s.ejected_until_ms();
                     let state = if !e.resolved {
                         "unresolved"
@@ -417,7 +424,7 @@ pub fn pools(table: &policy::RoutingTable) -> Value {
         "policy_version": table.version,
         "gateway_region": gateway_region(table),
         "retry_budget": {
-            "tokens": table.upstream.budget.tokens(),
+            "tokens": table.live.budget.tokens(),
             "ratio": table.upstream.retry_budget.ratio,
             "min_per_second": table.upstream.retry_budget.min_per_second,
         },
@@ -458,10 +465,7 @@ fn unspecified_ip() -> IpAddr {
 }
 
 /// Classify and route a described request against `table`, reporting every candidate.
-pub fn explain(
-    table: &policy::RoutingTable,
-    req: &ExplainRequest,
-) -> Result<Value, (StatusCode, String)> {
+pub fn explain(table: &Serving, req: &ExplainRequest) -> Result<Value, (StatusCode, String)> {
     let bad = |m: String| (StatusCode::BAD_REQUEST, m);
     let mut headers = HeaderMap::new();
     for (k, v) in &req.headers {

@@ -497,8 +497,10 @@ pub fn status_of(
         .iter()
         .enumerate()
         .map(|(i, p)| {
-            let up = p.endpoints.iter().filter(|e| e.state.is_up(now)).count();
-            let in_flight = p.state.in_flight();
+            let state = table.live.pool(i as crate::policy::compile::PoolId);
+            let endpoints = table.live.endpoints(i as crate::policy::compile::PoolId);
+            let up = endpoints.iter().filter(|e| e.is_up(now)).count();
+            let in_flight = state.in_flight();
             let (win_req, win_nusd, total_req, total_nusd) = if i < MAX_POOLS {
                 (
                     w.pool_requests[i],
@@ -519,22 +521,22 @@ pub fn status_of(
                 "in_flight": in_flight,
                 "concurrency": p.concurrency,
                 "utilisation": round(in_flight as f64 / p.concurrency.max(1) as f64, 3),
-                "service_time_ms": round(p.state.service_time().as_secs_f64() * 1e3, 2),
+                "service_time_ms": round(state.service_time().as_secs_f64() * 1e3, 2),
                 // Gateway → pool round trip (measured, else the matrix prior), apart from
                 // the service time: the estimate adds them, each once.
-                "rtt_ms": crate::route::network::pool_rtt_now(p, &table).0.map(|d| round(d.as_secs_f64() * 1e3, 2)),
+                "rtt_ms": crate::route::network::pool_rtt_now(p, state, &table).0.map(|d| round(d.as_secs_f64() * 1e3, 2)),
                 "baseline_ms": round(p.service_time.as_secs_f64() * 1e3, 2),
-                "samples": p.state.samples(),
+                "samples": state.samples(),
                 "rps": per_s(win_req),
                 "requests_total": total_req,
                 "spend_usd_per_hour": per_hour(win_nusd),
                 "spend_usd_total": round(total_nusd as f64 / NANO, 6),
-                "endpoints": p.endpoints.iter().map(|e| json!({
+                "endpoints": p.endpoints.iter().zip(endpoints).map(|(e, s)| json!({
                     "endpoint": e.name,
-                    "up": e.state.is_up(now),
-                    "in_flight": e.state.in_flight(),
-                    "latency_ms": round(e.state.latency().as_secs_f64() * 1e3, 2),
-                    "consecutive_failures": e.state.consecutive_failures(),
+                    "up": s.is_up(now),
+                    "in_flight": s.in_flight(),
+                    "latency_ms": round(s.latency().as_secs_f64() * 1e3, 2),
+                    "consecutive_failures": s.consecutive_failures(),
                 })).collect::<Vec<_>>(),
             })
         })

@@ -24,7 +24,7 @@ pub const NONE: u16 = u16::MAX;
 /// What is logged about one request.
 pub struct AccessRecord {
     pub at: SystemTime,
-    pub table: Option<Arc<RoutingTable>>,
+    pub table: Option<Arc<crate::serving::Serving>>,
     pub method: http::Method,
     pub uri: http::Uri,
     pub status: u16,
@@ -53,7 +53,7 @@ impl AccessRecord {
 
     /// Append the record, newline-terminated, to `out`.
     pub fn format(&self, format: LogFormat, out: &mut String) {
-        let table = self.table.as_deref();
+        let table = self.table.as_deref().map(|s| &s.table);
         let route = self.name(table, Of::Route, self.route);
         let tier = self.name(table, Of::Tier, self.tier);
         let region = self.name(table, Of::Region, self.region);

@@ -34,7 +34,7 @@
 //! | `tokens` | tokens used when known (`null` today: the gateway does not read answers' usage) |
 
 use super::access::NONE;
-use crate::policy::compile::RoutingTable;
+use crate::serving::Serving;
 use crate::telemetry as t;
 use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
@@ -54,7 +54,7 @@ pub const DEFAULT_MAX_BYTES: u64 = 64 * 1024 * 1024;
 /// What is logged about one request's decision.
 pub struct DecisionRecord {
     pub at: SystemTime,
-    pub table: Arc<RoutingTable>,
+    pub table: Arc<Serving>,
     pub route: u16,
     pub region: u16,
     pub tier: u16,

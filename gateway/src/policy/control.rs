@@ -1,5 +1,5 @@
-//! The control plane: the serving policy snapshot, the live fleet it was compiled against,
-//! and the two ways a new table is published (a reload of the policy file, a refresh of
+//! The control plane: the serving policy snapshot (which attaches every table it publishes
+//! to the live fleet: `crate::serving`), and the two ways a new table is published (a reload of the policy file, a refresh of
 //! endpoint addresses), one at a time.
 //!
 //! It lives in `policy`, not in `admin`, so that the dependency runs one way: the admin
@@ -8,8 +8,8 @@
 //! (`crate::admin::ControlPlane` re-exports it for existing callers).
 
 use super::reload::{LastReload, ReloadStatus, StartupSettings, Trigger};
-use crate::policy::{self, Snapshot};
-use crate::route::state::Fleet;
+use crate::policy;
+use crate::serving::Snapshot;
 use crate::telemetry as t;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -17,7 +17,6 @@ use std::sync::{Arc, Mutex};
 /// Shared by the admin listener and whatever reloads the policy.
 pub struct ControlPlane {
     pub snapshot: Snapshot,
-    pub fleet: Arc<Fleet>,
     pub policy_path: Option<PathBuf>,
     pub last_error: Mutex<Option<String>>,
     /// Restart-only changes, the last trigger, which triggers are armed (see `policy::reload`).
@@ -28,11 +27,10 @@ pub struct ControlPlane {
 
 impl ControlPlane {
     /// The control plane for a gateway that starts serving `snapshot`.
-    pub fn new(snapshot: Snapshot, fleet: Arc<Fleet>, policy_path: Option<PathBuf>) -> Self {
+    pub fn new(snapshot: Snapshot, policy_path: Option<PathBuf>) -> Self {
         let started = StartupSettings::of(&snapshot.load());
         ControlPlane {
             snapshot,
-            fleet,
             policy_path,
             last_error: Mutex::new(None),
             reload_status: ReloadStatus::new(started),
@@ -74,7 +72,7 @@ impl ControlPlane {
                 message: "this gateway runs an embedded policy; there is no file to reload".into(),
             }]));
         };
-        match policy::load_file(path, &self.fleet) {
+        match policy::load_file(path, self.snapshot.gateway_region()) {
             Ok(table) => {
                 let restart = self
                     .reload_status
@@ -87,7 +85,7 @@ impl ControlPlane {
                     *r = restart;
                 }
                 let version = table.version.clone();
-                self.snapshot.store(Arc::new(table));
+                self.snapshot.publish(table);
                 if let Ok(mut e) = self.last_error.lock() {
                     *e = None;
                 }
@@ -124,14 +122,14 @@ impl ControlPlane {
         }
         let cx = policy::compile::CompileContext {
             file: &current.source,
-            fleet: &self.fleet,
+            gateway_region: self.snapshot.gateway_region(),
         };
         match policy::compile::compile_str(&current.text, &cx) {
             Ok(table) => {
                 for n in &table.host_names {
                     tracing::info!(endpoint = %n.name, addresses = n.addrs.len(), "endpoint host name resolved");
                 }
-                self.snapshot.store(Arc::new(table));
+                self.snapshot.publish(table);
                 true
             }
             Err(errors) => {

@@ -2,38 +2,16 @@
 //! the request path reads.
 //!
 //! `raw` mirrors the file, `compile` validates it and resolves references into a
-//! [`RoutingTable`], and [`Snapshot`] publishes the current table with one atomic pointer
-//! swap. A request loads the snapshot once, at its start, and uses that table to the end, so
-//! a reload never changes the rules under a request in flight. A policy that fails to parse
-//! or validate never replaces the one serving.
+//! [`RoutingTable`]. The table is pure data: nothing under `policy` holds or imports live
+//! state. `crate::serving` publishes a table together with its live state
+//! (`route::state::Live`, attached by pool and endpoint name, so measurements survive a
+//! reload that keeps the names) with one atomic pointer swap. A request loads that once, at
+//! its start, and uses the same table and state to the end, so a reload never changes the
+//! rules under a request in flight. A policy that fails to parse or validate never replaces
+//! the one serving.
 //!
 //! `compile` is split per section (`compile/`), and [`control::ControlPlane`] (reload,
 //! address refresh) lives here so that `policy` never imports `admin`.
-//!
-//! Not done yet (issue 16, item 10): the compiled table still holds live state
-//! (`Pool::state`, `Endpoint::state`, `Upstream::budget`, attached from the
-//! `route::state::Fleet` by name at compile time), so `policy` imports `route::state`. The
-//! plan, kept as one change because it touches every reader of that state:
-//! 1. `RoutingTable` becomes pure data: drop `Pool::state`, `Endpoint::state` and
-//!    `Upstream::budget`. `CompileContext` takes `gateway_region: Option<String>` (the
-//!    start-up `--region` override) instead of `fleet`; `resolve::endpoints` stops attaching
-//!    state (an unresolved placeholder is recognised by `Endpoint::resolved`).
-//! 2. `route::state` gains `Live { pools: Vec<Arc<PoolState>>, endpoints:
-//!    Vec<Vec<Arc<EndpointState>>>, budget: Arc<RetryBudget> }`, indexed like the table
-//!    (`PoolId`, endpoint index), built by `Fleet::attach(&RoutingTable) -> Live` by name,
-//!    so state still survives a reload that keeps the pool and endpoint names; unresolved
-//!    endpoints get `EndpointState::unresolved()`.
-//! 3. A new top-level `serving` module owns `Serving { table: RoutingTable, live: Live }` and
-//!    the `Snapshot` (`ArcSwap<Serving>`): one pointer load per request still gives a table
-//!    and its state together. `ControlPlane` publishes `Serving`; `policy::load_file` and
-//!    `compile_str` return the bare table.
-//! 4. Readers change mechanically: `pool.state` → `live.pool(pool_id)`, `ep.state` →
-//!    `live.endpoint(pool_id, ep_idx)`, `table.upstream.budget` → `live.budget`. Signatures
-//!    that take `&RoutingTable` and read state take `&Serving` (or `(&RoutingTable, &Live)`):
-//!    `route::decide`, `route::network`, `route::health`, `hedge`, `proxy` and
-//!    `proxy::buffered`, `queue::dispatcher`, `admin` (metrics, status, explain), `admit`,
-//!    `grpc`, `discovery`, `demo`, `scenario`, `tools`, and the tests that build a table by
-//!    hand. Nothing else in `policy` needs `route::state` after that.
 
 pub mod compile;
 pub mod control;
@@ -46,11 +24,8 @@ pub mod tenancy;
 
 pub use compile::{RoutingTable, INSPECT_LIMIT};
 
-use crate::route::state::Fleet;
-use arc_swap::ArcSwap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 /// One problem in a policy file, at a line and column (1-based; 0 when not known).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,17 +121,19 @@ fn yaml_message(e: &serde_saphyr::Error) -> String {
     }
 }
 
-/// Read, parse, validate and compile a policy file.
-pub fn load_file(path: &Path, fleet: &Fleet) -> Result<RoutingTable, PolicyErrors> {
+/// Read, parse, validate and compile a policy file. `gateway_region` is the start-up
+/// `--region` override, if any (see [`compile::CompileContext`]).
+pub fn load_file(
+    path: &Path,
+    gateway_region: Option<String>,
+) -> Result<RoutingTable, PolicyErrors> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| PolicyErrors::single(path, 0, 0, format!("cannot read policy file: {e}")))?;
-    compile::compile_str(&text, &compile::CompileContext { file: path, fleet })
-}
-
-/// The routing table currently serving, swapped atomically on reload.
-pub type Snapshot = Arc<ArcSwap<RoutingTable>>;
-
-/// Make a snapshot holding `table`.
-pub fn snapshot(table: RoutingTable) -> Snapshot {
-    Arc::new(ArcSwap::from_pointee(table))
+    compile::compile_str(
+        &text,
+        &compile::CompileContext {
+            file: path,
+            gateway_region,
+        },
+    )
 }

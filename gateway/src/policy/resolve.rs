@@ -5,9 +5,10 @@
 //! - **Every address of a name is an endpoint** (a Kubernetes headless service names its
 //!   pods that way). Such an endpoint is labelled `host:port@ip` in metrics, headers and the
 //!   admin API; its live state (EWMA, in-flight, ejections) is kept by that label in the
-//!   `Fleet`, so an address that stays across a re-resolution keeps its measurements, a new
-//!   one starts from the pool's baseline, and a removed one simply leaves the table (requests
-//!   already on it finish with the state they hold).
+//!   `route::state::Fleet` (attached when the table is published, `crate::serving`), so an
+//!   address that stays across a re-resolution keeps its measurements, a new one starts from
+//!   the pool's baseline, and a removed one simply leaves the table (requests already on it
+//!   finish with the state they hold).
 //! - **A failed lookup keeps the last good addresses** of that name (remembered for the
 //!   process in [`LAST_GOOD`]), so a DNS outage never empties a pool.
 //! - **A name that never resolved is not an error**: the policy loads, the name becomes one
@@ -22,7 +23,6 @@
 use super::compile::{header_value, Endpoint};
 use super::control::ControlPlane;
 use super::raw::EndpointEntry;
-use crate::route::state::{EndpointState, Fleet};
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
@@ -118,20 +118,17 @@ pub fn lookup(
     }
 }
 
-/// The endpoints of pool `pool` for one entry of its `endpoints` list: itself for
+/// The endpoints for one entry of a pool's `endpoints` list: itself for
 /// `ip:port`; one per address for `host:port` (with what the name resolved to), or one down
-/// placeholder when the name has never resolved. Live state comes from `fleet`, by label,
-/// so an address that stays keeps it. `Err`: not an endpoint at all.
+/// placeholder when the name has never resolved (`resolved: false`). Live state is attached
+/// later by label (`route::state::Fleet::attach`), so an address that stays keeps it.
+/// `Err`: not an endpoint at all.
 ///
 /// The entry's gRPC address (`{ http, grpc }`) follows its HTTP one: on the same host name,
 /// each resolved address gets the gRPC port on the same IP (one server, two ports); on
 /// another name, the first address that name resolves to (none while it has not resolved:
 /// the endpoint then takes no gRPC).
-pub fn endpoints(
-    pool: &str,
-    entry: &EndpointEntry,
-    fleet: &Fleet,
-) -> Result<(Vec<Endpoint>, Vec<NameResolution>), String> {
+pub fn endpoints(entry: &EndpointEntry) -> Result<(Vec<Endpoint>, Vec<NameResolution>), String> {
     let written = entry.http();
     let https = https_target(written)?;
     if https.is_some() && entry.grpc().is_some() {
@@ -149,10 +146,6 @@ pub fn endpoints(
     let endpoint = |label: String, addr: SocketAddr, resolved: bool| Endpoint {
         sni: sni.clone(),
         header: header_value(&label),
-        state: match resolved {
-            true => fleet.endpoint(pool, &label),
-            false => Arc::new(EndpointState::unresolved()),
-        },
         grpc: grpc.as_ref().and_then(|g| g.for_http(addr)),
         name: label,
         addr,

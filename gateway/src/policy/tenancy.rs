@@ -304,7 +304,6 @@ mod tests {
     use super::*;
     use crate::policy::compile::{compile_str, CompileContext, RoutingTable};
     use crate::policy::PolicyErrors;
-    use crate::route::state::Fleet;
     use std::path::Path;
 
     fn compile(extra: &str, tenant_limits: &str) -> Result<RoutingTable, PolicyErrors> {
@@ -328,12 +327,11 @@ routes:
 "#,
             key = "a".repeat(64)
         );
-        let fleet = Fleet::default();
         compile_str(
             &text,
             &CompileContext {
                 file: Path::new("t.yaml"),
-                fleet: &fleet,
+                gateway_region: None,
             },
         )
     }

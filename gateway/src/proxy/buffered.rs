@@ -20,6 +20,7 @@ use super::{
 };
 use crate::error::GatewayError;
 use crate::policy::compile::RoutingTable;
+use crate::serving::Serving;
 use bytes::Bytes;
 use pingora::connectors::http::Connector;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -48,7 +49,7 @@ enum Failed {
 pub(super) async fn serve(
     session: &mut Session,
     ctx: &mut RequestCtx,
-    table: &RoutingTable,
+    table: &Serving,
     body: Bytes,
 ) -> Result<()> {
     let mut req = session.req_header().clone();

@@ -17,10 +17,11 @@
 
 use super::http::{self, HttpError, Outgoing};
 use super::{unix_ms, Job, JobResult, JobStatus, Queue, QueueGauges};
-use crate::policy::compile::{PoolId, RoutingTable};
-use crate::policy::Snapshot;
+use crate::policy::compile::PoolId;
 use crate::route;
 use crate::route::state::now_ms;
+use crate::serving::Serving;
+use crate::serving::Snapshot;
 use crate::telemetry as t;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
@@ -70,7 +71,8 @@ impl Dispatcher {
             let mut free = cap.saturating_sub(mine);
             if let Some(r) = rule.filter(|r| r.max_utilisation < 1.0) {
                 let ceiling = (r.max_utilisation * cap as f64).floor() as u64;
-                free = free.min(ceiling.saturating_sub(pool.state.in_flight() as u64));
+                let in_flight = table.live.pool(i as PoolId).in_flight();
+                free = free.min(ceiling.saturating_sub(in_flight as u64));
             }
             if free == 0 {
                 continue;
@@ -168,7 +170,7 @@ enum Attempt {
 }
 
 /// Dispatch one claimed job and record its outcome.
-async fn run(queue: &Queue, table: &RoutingTable, pool_id: PoolId, mut job: Job) {
+async fn run(queue: &Queue, table: &Serving, pool_id: PoolId, mut job: Job) {
     let Some(settings) = &table.queue else { return };
     let outcome = attempt(table, pool_id, &job).await;
     let now = unix_ms();
@@ -232,14 +234,18 @@ fn backoff(settings: &crate::policy::compile::QueueSettings, attempts: u32) -> D
         .mul_f64(0.8 + fastrand::f64() * 0.4)
 }
 
-async fn attempt(table: &RoutingTable, pool_id: PoolId, job: &Job) -> Attempt {
+async fn attempt(table: &Serving, pool_id: PoolId, job: &Job) -> Attempt {
     let Some(pool) = table.pools.get(pool_id as usize) else {
         return Attempt::Retry("pool missing".into(), None);
     };
-    let Some(ep_id) = route::pick_endpoint(pool_id, pool, &[], now_ms()) else {
+    let Some(ep_id) = route::pick_endpoint(&table.live, pool_id, pool, &[], now_ms()) else {
         return Attempt::Retry(format!("no endpoint of pool `{}` is up", pool.name), None);
     };
     let ep = &pool.endpoints[ep_id as usize];
+    let (pool_state, ep_state) = (
+        table.live.pool(pool_id),
+        table.live.endpoint(pool_id, ep_id as usize),
+    );
     let timeout = table
         .tier_by_name(&job.class.tier)
         .map(|t| table.tiers[t as usize].timeout)
@@ -255,8 +261,8 @@ async fn attempt(table: &RoutingTable, pool_id: PoolId, job: &Job) -> Attempt {
         body: &job.body,
     };
     metrics::counter!(t::JOB_ATTEMPTS, "pool" => pool.name.clone()).increment(1);
-    pool.state.acquire();
-    ep.state.acquire();
+    pool_state.acquire();
+    ep_state.acquire();
     let started = Instant::now();
     let result = http::send(
         ep.addr,
@@ -267,8 +273,8 @@ async fn attempt(table: &RoutingTable, pool_id: PoolId, job: &Job) -> Attempt {
     )
     .await;
     let took = started.elapsed();
-    pool.state.release();
-    ep.state.release();
+    pool_state.release();
+    ep_state.release();
     metrics::histogram!(t::JOB_DISPATCH, "pool" => pool.name.clone()).record(took.as_secs_f64());
     match result {
         Ok(resp) if resp.status >= 500 => {
@@ -280,11 +286,11 @@ async fn attempt(table: &RoutingTable, pool_id: PoolId, job: &Job) -> Attempt {
         }
         Ok(resp) => {
             route::network::observe_upstream(table, (pool_id, ep_id), took);
-            ep.state.mark_success();
+            ep_state.mark_success();
             Attempt::Answer(resp)
         }
         Err(e @ HttpError::Connect(..)) => {
-            ep.state.mark_down(now_ms(), table.upstream.down_backoff);
+            ep_state.mark_down(now_ms(), table.upstream.down_backoff);
             Attempt::Retry(format!("pool `{}`: {e}", pool.name), None)
         }
         Err(e) if e.retryable() => Attempt::Retry(

@@ -14,8 +14,9 @@
 //! (`EndpointState::healthy`), which the router reads with one atomic load; nothing here is
 //! on the request path.
 
-use crate::policy::Snapshot;
+use crate::policy::compile::PoolId;
 use crate::route::state::{EndpointState, HealthChange, PoolState};
+use crate::serving::Snapshot;
 use crate::telemetry as t;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
@@ -47,17 +48,28 @@ impl BackgroundService for HealthChecker {
             }
             let table = self.snapshot.load_full();
             let now = Instant::now();
-            for pool in &table.pools {
+            for (id, pool) in table.pools.iter().enumerate() {
+                let states = table.live.endpoints(id as PoolId);
                 // A host name that never resolved has no address to probe, and stays down.
                 let Some(hc) = &pool.health else {
-                    for ep in pool.endpoints.iter().filter(|e| e.resolved) {
-                        if !ep.state.healthy() {
-                            ep.state.clear_health();
+                    for (_, state) in pool
+                        .endpoints
+                        .iter()
+                        .zip(states)
+                        .filter(|(e, _)| e.resolved)
+                    {
+                        if !state.healthy() {
+                            state.clear_health();
                         }
                     }
                     continue;
                 };
-                for ep in pool.endpoints.iter().filter(|e| e.resolved) {
+                for (ep, state) in pool
+                    .endpoints
+                    .iter()
+                    .zip(states)
+                    .filter(|(e, _)| e.resolved)
+                {
                     let key = (pool.name.clone(), ep.name.clone());
                     if next_due.get(&key).is_some_and(|due| now < *due) {
                         continue;
@@ -71,8 +83,8 @@ impl BackgroundService for HealthChecker {
                         timeout: hc.timeout,
                         healthy_after: hc.healthy_threshold,
                         unhealthy_after: hc.unhealthy_threshold,
-                        state: ep.state.clone(),
-                        pool_state: pool.state.clone(),
+                        state: state.clone(),
+                        pool_state: table.live.pool(id as PoolId).clone(),
                     };
                     tokio::spawn(job.run());
                 }

@@ -11,7 +11,8 @@
 //! cost/max cost` wins; none meets it → the tier's `on_slo_miss`. Inside the chosen pool the
 //! endpoint is picked by power of two choices on latency × in-flight.
 //!
-//! [`decide`] is a pure function of its inputs plus the live atomics in `state`: no
+//! [`decide`] is a pure function of its inputs plus the live atomics in `state` (the
+//! `Serving` it takes is the routing table and its `state::Live`, indexed like the table): no
 //! allocation, no locks. [`explain`] runs the same code and also reports every candidate, so
 //! the admin API's explanation cannot disagree with what the proxy does.
 
@@ -22,9 +23,12 @@ pub mod state;
 pub mod tokens;
 
 use crate::classify::Class;
-use crate::policy::compile::{Pool, PoolId, RoutingTable};
+use crate::policy::compile::{Pool, PoolId};
 use crate::policy::raw::{OnSloMiss, Protocol};
+use crate::serving::Serving;
 use serde::Serialize;
+use state::{EndpointState, Live};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Expected latency and cost of sending a request to a pool.
@@ -133,10 +137,16 @@ pub struct CandidateReport {
 /// Endpoints already tried by this request (pool, endpoint), so a retry goes elsewhere.
 pub type Tried<'a> = &'a [(PoolId, u16)];
 
-fn endpoint_available(pool_id: PoolId, ep: u16, pool: &Pool, tried: Tried, now_ms: u64) -> bool {
-    pool.endpoints[ep as usize]
-        .state
-        .is_available(now_ms, pool.endpoint_limit())
+/// `states`: the live state of `pool`'s endpoints (`Live::endpoints`).
+fn endpoint_available(
+    states: &[Arc<EndpointState>],
+    pool_id: PoolId,
+    ep: u16,
+    pool: &Pool,
+    tried: Tried,
+    now_ms: u64,
+) -> bool {
+    states[ep as usize].is_available(now_ms, pool.endpoint_limit())
         && !tried.contains(&(pool_id, ep))
 }
 
@@ -144,7 +154,7 @@ fn exclusion(
     pool_id: PoolId,
     pool: &Pool,
     class: &Class,
-    table: &RoutingTable,
+    table: &Serving,
     tried: Tried,
     now_ms: u64,
 ) -> Option<Exclusion> {
@@ -162,8 +172,9 @@ fn exclusion(
     }
     let (mut up, mut untried, mut room) = (false, false, false);
     let limit = pool.endpoint_limit();
+    let states = table.live.endpoints(pool_id);
     for ep in 0..pool.endpoints.len() as u16 {
-        let state = &pool.endpoints[ep as usize].state;
+        let state = &states[ep as usize];
         if state.is_up(now_ms) {
             up = true;
             if !tried.contains(&(pool_id, ep)) {
@@ -181,15 +192,15 @@ fn exclusion(
     if !untried {
         return Some(Exclusion::AlreadyTried);
     }
-    if !room || (!pool.queue_fed && pool.state.in_flight() >= pool.concurrency) {
+    if !room || (!pool.queue_fed && table.live.pool(pool_id).in_flight() >= pool.concurrency) {
         return Some(Exclusion::AtCapacity);
     }
     None
 }
 
 /// The estimate for sending `class` to `pool` now.
-pub fn estimate(pool: &Pool, class: &Class, table: &RoutingTable) -> Estimate {
-    estimate_at(pool, class, table, now_ms_clock())
+pub fn estimate(pool_id: PoolId, pool: &Pool, class: &Class, table: &Serving) -> Estimate {
+    estimate_at(pool_id, pool, class, table, now_ms_clock())
 }
 
 fn now_ms_clock() -> u64 {
@@ -197,24 +208,29 @@ fn now_ms_clock() -> u64 {
 }
 
 /// [`estimate`] at a given time: the decision reads the clock once, not once per pool.
-pub fn estimate_at(pool: &Pool, class: &Class, table: &RoutingTable, now_ms: u64) -> Estimate {
+pub fn estimate_at(
+    pool_id: PoolId,
+    pool: &Pool,
+    class: &Class,
+    table: &Serving,
+    now_ms: u64,
+) -> Estimate {
+    let state = table.live.pool(pool_id);
     // Live once enough samples exist (the baseline before), idle-decayed: see `state`.
-    let service = pool
-        .state
-        .service_time_behind(now_ms, network::upstream_rtt(pool, table));
+    let service = state.service_time_behind(now_ms, network::upstream_rtt(pool, state, table));
     // M/M/1-style queueing factor on the pool's utilisation, capped so that a saturated
     // pool looks 10× slower rather than infinitely slow.
-    let rho = (pool.state.in_flight() as f64 / pool.concurrency as f64).min(0.9);
+    let rho = (state.in_flight() as f64 / pool.concurrency as f64).min(0.9);
     // (Integer nanoseconds rather than `mul_f64`, whose checked float conversion is slow.)
     let queued = Duration::from_nanos((service.as_nanos() as u64 as f64 / (1.0 - rho)) as u64);
     // The network is not queued: only the service time is multiplied.
     let client_rtt = network::client_rtt(class, table);
-    let pool_rtt = network::pool_rtt(pool, class, table);
+    let pool_rtt = network::pool_rtt(pool, state, class, table);
     let latency = client_rtt + pool_rtt + queued;
     // Per-token prices charge the pool's moving average of tokens per request (`tokens`).
     let cost_usd = pool.price.per_request
         + pool.price.per_gpu_hour * service.as_secs_f64() / 3600.0
-        + pool.state.tokens.expected_cost_usd(&pool.price);
+        + state.tokens.expected_cost_usd(&pool.price);
     Estimate {
         latency,
         cost_usd,
@@ -235,7 +251,7 @@ fn score(est: &Estimate, weight: f64, deadline: Duration, max_cost: f64) -> f64 
 }
 
 /// Decide where `class` goes.
-pub fn decide(class: &Class, table: &RoutingTable, tried: Tried, now_ms: u64) -> Decision {
+pub fn decide(class: &Class, table: &Serving, tried: Tried, now_ms: u64) -> Decision {
     let tier = &table.tiers[class.tier as usize];
     let deadline = class.deadline;
 
@@ -255,7 +271,7 @@ pub fn decide(class: &Class, table: &RoutingTable, tried: Tried, now_ms: u64) ->
         match exclusion(id, pool, class, table, tried, now_ms) {
             None => {}
             Some(Exclusion::AtCapacity) => {
-                let est = estimate_at(pool, class, table, now_ms);
+                let est = estimate_at(id, pool, class, table, now_ms);
                 if cheapest_full.is_none_or(|(_, c)| est.cost_usd < c.cost_usd) {
                     cheapest_full = Some((id, est));
                 }
@@ -264,7 +280,7 @@ pub fn decide(class: &Class, table: &RoutingTable, tried: Tried, now_ms: u64) ->
             Some(_) => continue,
         }
         candidates += 1;
-        let est = estimate_at(pool, class, table, now_ms);
+        let est = estimate_at(id, pool, class, table, now_ms);
         if est.latency <= deadline {
             feasible += 1;
             max_cost = max_cost.max(est.cost_usd);
@@ -329,7 +345,7 @@ pub fn decide(class: &Class, table: &RoutingTable, tried: Tried, now_ms: u64) ->
     match chosen {
         Some((pool_id, est, reason)) => {
             let pool = &table.pools[pool_id as usize];
-            match pick_endpoint(pool_id, pool, tried, now_ms) {
+            match pick_endpoint(&table.live, pool_id, pool, tried, now_ms) {
                 Some(ep) => Decision {
                     target: Some((pool_id, ep)),
                     estimate: Some(est),
@@ -351,7 +367,7 @@ pub fn decide(class: &Class, table: &RoutingTable, tried: Tried, now_ms: u64) ->
 /// the estimate says will be late, which for that client beats a certain 503. Pools still
 /// on the policy's baseline (never measured) are not probed: the baseline is the operator's
 /// word, not a stale measurement. Claims the slot, so call it only to act on the answer.
-pub fn probe_instead_of_shed(class: &Class, table: &RoutingTable, now_ms: u64) -> Option<Decision> {
+pub fn probe_instead_of_shed(class: &Class, table: &Serving, now_ms: u64) -> Option<Decision> {
     let mut best: Option<(PoolId, Estimate)> = None;
     let mut candidates = 0u16;
     for (i, pool) in table.pools.iter().enumerate() {
@@ -360,20 +376,21 @@ pub fn probe_instead_of_shed(class: &Class, table: &RoutingTable, now_ms: u64) -
             continue;
         }
         candidates += 1;
-        if pool.state.samples() == 0 || pool.state.sample_age_ms(now_ms) < state::PROBE_EVERY_MS {
+        let state = table.live.pool(id);
+        if state.samples() == 0 || state.sample_age_ms(now_ms) < state::PROBE_EVERY_MS {
             continue;
         }
-        let est = estimate_at(pool, class, table, now_ms);
+        let est = estimate_at(id, pool, class, table, now_ms);
         if best.is_none_or(|(_, b)| est.latency < b.latency) {
             best = Some((id, est));
         }
     }
     let (id, est) = best?;
     let pool = &table.pools[id as usize];
-    if !pool.state.claim_probe(now_ms) {
+    if !table.live.pool(id).claim_probe(now_ms) {
         return None;
     }
-    let ep = pick_endpoint(id, pool, &[], now_ms)?;
+    let ep = pick_endpoint(&table.live, id, pool, &[], now_ms)?;
     Some(Decision {
         target: Some((id, ep)),
         estimate: Some(est),
@@ -394,14 +411,21 @@ fn no_candidate(candidates: u16, feasible: u16) -> Decision {
 }
 
 /// Power of two choices among the available endpoints, on latency × (in-flight + 1).
-pub fn pick_endpoint(pool_id: PoolId, pool: &Pool, tried: Tried, now_ms: u64) -> Option<u16> {
+pub fn pick_endpoint(
+    live: &Live,
+    pool_id: PoolId,
+    pool: &Pool,
+    tried: Tried,
+    now_ms: u64,
+) -> Option<u16> {
     let n = pool.endpoints.len() as u16;
+    let states = live.endpoints(pool_id);
     let available = (0..n)
-        .filter(|&e| endpoint_available(pool_id, e, pool, tried, now_ms))
+        .filter(|&e| endpoint_available(states, pool_id, e, pool, tried, now_ms))
         .count() as u16;
     let nth = |k: u16| {
         (0..n)
-            .filter(|&e| endpoint_available(pool_id, e, pool, tried, now_ms))
+            .filter(|&e| endpoint_available(states, pool_id, e, pool, tried, now_ms))
             .nth(k as usize)
     };
     match available {
@@ -414,19 +438,15 @@ pub fn pick_endpoint(pool_id: PoolId, pool: &Pool, tried: Tried, now_ms: u64) ->
                 b += 1;
             }
             let (a, b) = (nth(a)?, nth(b)?);
-            let sa = pool.endpoints[a as usize].state.load_score_at(now_ms);
-            let sb = pool.endpoints[b as usize].state.load_score_at(now_ms);
+            let sa = states[a as usize].load_score_at(now_ms);
+            let sb = states[b as usize].load_score_at(now_ms);
             Some(if sb < sa { b } else { a })
         }
     }
 }
 
 /// The decision plus a report on every pool: what the admin API's explain returns.
-pub fn explain(
-    class: &Class,
-    table: &RoutingTable,
-    now_ms: u64,
-) -> (Decision, Vec<CandidateReport>) {
+pub fn explain(class: &Class, table: &Serving, now_ms: u64) -> (Decision, Vec<CandidateReport>) {
     let decision = decide(class, table, &[], now_ms);
     let tier = &table.tiers[class.tier as usize];
     let max_cost = table
@@ -434,7 +454,7 @@ pub fn explain(
         .iter()
         .enumerate()
         .filter(|(i, p)| exclusion(*i as PoolId, p, class, table, &[], now_ms).is_none())
-        .map(|(_, p)| estimate(p, class, table))
+        .map(|(i, p)| estimate(i as PoolId, p, class, table))
         .filter(|e| e.latency <= class.deadline)
         .map(|e| e.cost_usd)
         .fold(0.0, f64::max);
@@ -480,14 +500,14 @@ pub fn explain(
                         Exclusion::NoGrpcEndpoint => "has no gRPC endpoint".into(),
                         Exclusion::AtCapacity => format!(
                             "at its concurrency limit ({} in flight of {})",
-                            pool.state.in_flight(),
+                            table.live.pool(id).in_flight(),
                             pool.concurrency
                         ),
                     },
                     ..base
                 };
             }
-            let est = estimate(pool, class, table);
+            let est = estimate(id, pool, class, table);
             let meets = est.latency <= class.deadline;
             let score = meets.then(|| score(&est, tier.weight, class.deadline, max_cost));
             let why = match (base.chosen, meets, decision.reason) {
@@ -521,7 +541,7 @@ pub fn explain(
 mod tests {
     use super::*;
     use crate::classify::{Class, TierSource};
-    use crate::policy::compile::{compile_str, CompileContext};
+    use crate::policy::compile::{compile_str, CompileContext, RoutingTable};
     use crate::route::state::{Fleet, MIN_SAMPLES};
     use std::path::Path;
 
@@ -541,17 +561,17 @@ routes:
   - { name: r, match: /x, protocol: openai, tier: loose }
 "#;
 
-    fn setup() -> (RoutingTable, Fleet) {
+    fn setup() -> (Serving, Fleet) {
         let fleet = Fleet::default();
         let table = compile_str(
             POLICY,
             &CompileContext {
                 file: Path::new("t.yaml"),
-                fleet: &fleet,
+                gateway_region: None,
             },
         )
         .unwrap_or_else(|e| panic!("{e}"));
-        (table, fleet)
+        (Serving::attach(table, &fleet), fleet)
     }
 
     fn class(table: &RoutingTable, tier: &str, model: &str) -> Class {
@@ -589,11 +609,13 @@ routes:
         assert_eq!(d.target, Some((0, 1)));
         let d = decide(&c, &table, &[(0, 0), (0, 1)], 0);
         assert_eq!(d.reason, Reason::Shed, "far is too far for 50 ms");
-        table.pools[0].endpoints[0]
-            .state
+        table
+            .live
+            .endpoint(0, 0)
             .mark_down(0, Duration::from_secs(60));
-        table.pools[0].endpoints[1]
-            .state
+        table
+            .live
+            .endpoint(0, 1)
             .mark_down(0, Duration::from_secs(60));
         let d = decide(&class(&table, "loose", "m"), &table, &[], 1);
         assert_eq!(d.target, Some((1, 0)));
@@ -601,7 +623,7 @@ routes:
         assert_eq!(reports[0].excluded, Some(Exclusion::NoEndpointUp));
     }
 
-    fn regional(gateway_region: &str) -> (RoutingTable, Fleet) {
+    fn regional(gateway_region: &str) -> (Serving, Fleet) {
         let fleet = Fleet::default();
         let text = POLICY.replace(
             "tiers:",
@@ -611,18 +633,18 @@ routes:
             &text,
             &CompileContext {
                 file: Path::new("t.yaml"),
-                fleet: &fleet,
+                gateway_region: None,
             },
         )
         .unwrap_or_else(|e| panic!("{e}"));
-        (table, fleet)
+        (Serving::attach(table, &fleet), fleet)
     }
 
     #[test]
     fn a_regional_instance_counts_each_network_term_once() {
         let (table, _f) = regional("us");
         let c = class(&table, "loose", "m"); // a client in eu
-        let far = estimate(&table.pools[1], &c, &table); // us pool, 10 ms service
+        let far = estimate(1, &table.pools[1], &c, &table); // us pool, 10 ms service
         let ms = Duration::from_millis;
         assert_eq!(
             (far.client_rtt, far.pool_rtt, far.service),
@@ -634,25 +656,23 @@ routes:
         for _ in 0..MIN_SAMPLES {
             network::observe_upstream(&table, (1, 0), ms(97));
         }
-        assert_eq!(estimate(&table.pools[1], &c, &table).latency, ms(187));
+        assert_eq!(estimate(1, &table.pools[1], &c, &table).latency, ms(187));
         // A measured round trip replaces the prior.
-        table.pools[1].state.observe_rtt(ms(40));
-        assert_eq!(estimate(&table.pools[1], &c, &table).pool_rtt, ms(40));
+        table.live.pool(1).observe_rtt(ms(40));
+        assert_eq!(estimate(1, &table.pools[1], &c, &table).pool_rtt, ms(40));
         // The same client and pool from an instance in eu: the client is near, the pool far.
         let (eu, _f) = regional("eu");
-        let near_client = estimate(&eu.pools[1], &class(&eu, "loose", "m"), &eu);
+        let near_client = estimate(1, &eu.pools[1], &class(&eu, "loose", "m"), &eu);
         assert_eq!(
             (near_client.client_rtt, near_client.pool_rtt),
             (ms(5), ms(90))
         );
         // An unknown region is a compile error, not a silent default.
-        let fleet = Fleet::default();
-        fleet.set_gateway_region(Some("mars".into()));
         let err = compile_str(
             POLICY,
             &CompileContext {
                 file: Path::new("t.yaml"),
-                fleet: &fleet,
+                gateway_region: Some("mars".into()),
             },
         )
         .err()
@@ -668,7 +688,7 @@ routes:
         assert_eq!(decide(&c, &table, &[], 0).reason, Reason::Shed);
         // Never measured: the baseline is the operator's word, no probe.
         assert_eq!(probe_instead_of_shed(&c, &table, 10_000), None);
-        table.pools[1].state.observe(Duration::from_millis(10));
+        table.live.pool(1).observe(Duration::from_millis(10));
         let now = state::now_ms() + 2 * state::PROBE_EVERY_MS;
         let probe = probe_instead_of_shed(&c, &table, now);
         assert_eq!(
@@ -688,11 +708,11 @@ routes:
     fn load_raises_the_latency_estimate() {
         let (table, _f) = setup();
         let c = class(&table, "loose", "m");
-        let idle = estimate(&table.pools[0], &c, &table);
+        let idle = estimate(0, &table.pools[0], &c, &table);
         for _ in 0..6 {
-            table.pools[0].state.acquire();
+            table.live.pool(0).acquire();
         }
-        let busy = estimate(&table.pools[0], &c, &table);
+        let busy = estimate(0, &table.pools[0], &c, &table);
         assert!(
             busy.latency > idle.latency + Duration::from_millis(20),
             "{idle:?} {busy:?}"
@@ -706,9 +726,9 @@ routes:
         // `near` has concurrency 8 over two endpoints: 4 each.
         assert_eq!(table.pools[0].endpoint_limit(), 4);
         for _ in 0..4 {
-            assert!(table.pools[0].endpoints[0].state.try_acquire(4));
+            assert!(table.live.endpoint(0, 0).try_acquire(4));
         }
-        assert!(!table.pools[0].endpoints[0].state.try_acquire(4));
+        assert!(!table.live.endpoint(0, 0).try_acquire(4));
         let d = decide(&c, &table, &[], 0);
         assert_eq!(
             d.target,
@@ -716,7 +736,7 @@ routes:
             "the endpoint at its limit is skipped"
         );
         for _ in 0..4 {
-            assert!(table.pools[0].endpoints[1].state.try_acquire(4));
+            assert!(table.live.endpoint(0, 1).try_acquire(4));
         }
         let d = decide(&class(&table, "loose", "m"), &table, &[], 0);
         assert_eq!(
@@ -731,7 +751,7 @@ routes:
             "far is too far, near is full: the tier sheds"
         );
         for _ in 0..8 {
-            assert!(table.pools[1].endpoints[0].state.try_acquire(8));
+            assert!(table.live.endpoint(1, 0).try_acquire(8));
         }
         let d = decide(&class(&table, "loose", "m"), &table, &[], 0);
         assert_eq!(d.reason, Reason::Overloaded, "everything is full");

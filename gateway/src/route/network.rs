@@ -15,12 +15,14 @@
 //! model is the one before regions existed: the gateway sits beside its clients, the whole
 //! network path is `rtt_ms[client region][pool region]` and the upstream time is all service.
 //!
-//! Everything here is a pure function of the compiled table, the class and the live atomics,
-//! so a simulator can run the same model on a virtual clock.
+//! Everything here is a pure function of the compiled table, the class and the live atomics
+//! (`state`, passed beside the table), so a simulator can run the same model on a virtual
+//! clock.
 
 use super::state::{EndpointState, PoolState};
 use crate::classify::Class;
 use crate::policy::compile::{Pool, PoolId, RoutingTable};
+use crate::serving::Serving;
 use std::time::Duration;
 
 /// The client → gateway part: measured on the client's socket, or the matrix; zero when the
@@ -34,22 +36,20 @@ pub fn client_rtt(class: &Class, table: &RoutingTable) -> Duration {
     }
 }
 
-/// The gateway → pool round trip for a request from `class`: the pool's measured RTT, else
-/// the matrix prior (see the module docs for the gateway-region-less model).
-pub fn pool_rtt(pool: &Pool, class: &Class, table: &RoutingTable) -> Duration {
+/// The gateway → pool round trip for a request from `class`: the pool's measured RTT (from
+/// its live `state`), else the matrix prior (see the module docs for the
+/// gateway-region-less model).
+pub fn pool_rtt(pool: &Pool, state: &PoolState, class: &Class, table: &RoutingTable) -> Duration {
     match table.gateway_region {
-        Some(g) => pool
-            .state
-            .rtt()
-            .unwrap_or_else(|| table.rtt(g, pool.region)),
+        Some(g) => state.rtt().unwrap_or_else(|| table.rtt(g, pool.region)),
         None => table.rtt(class.region, pool.region),
     }
 }
 
 /// The round trip inside an upstream time observed on `pool` (what [`observe_upstream`]
 /// takes out of it, at the pool level): measured, else the prior, else zero.
-pub fn upstream_rtt(pool: &Pool, table: &RoutingTable) -> Duration {
-    pool.state
+pub fn upstream_rtt(pool: &Pool, state: &PoolState, table: &RoutingTable) -> Duration {
+    state
         .rtt()
         .or_else(|| table.gateway_region.map(|g| table.rtt(g, pool.region)))
         .unwrap_or(Duration::ZERO)
@@ -58,8 +58,12 @@ pub fn upstream_rtt(pool: &Pool, table: &RoutingTable) -> Duration {
 /// The gateway → pool round trip as far as the instance knows it, independent of any client
 /// (what `/admin/pools` and the status page show): measured, the prior, or `None` when the
 /// instance has no region and nothing was measured.
-pub fn pool_rtt_now(pool: &Pool, table: &RoutingTable) -> (Option<Duration>, &'static str) {
-    match (pool.state.rtt(), table.gateway_region) {
+pub fn pool_rtt_now(
+    pool: &Pool,
+    state: &PoolState,
+    table: &RoutingTable,
+) -> (Option<Duration>, &'static str) {
+    match (state.rtt(), table.gateway_region) {
         (Some(rtt), _) => (Some(rtt), "measured"),
         (None, Some(g)) => (Some(table.rtt(g, pool.region)), "prior"),
         (None, None) => (None, "unknown"),
@@ -99,18 +103,19 @@ pub fn service_sample(
 /// place the proxy, the buffered sender, hedging and the batch dispatcher record a sample.
 /// Returns the service time recorded.
 pub fn observe_upstream(
-    table: &RoutingTable,
+    table: &Serving,
     (pool_id, ep): (PoolId, u16),
     upstream: Duration,
 ) -> Duration {
     let pool = &table.pools[pool_id as usize];
     let prior = table.gateway_region.map(|g| table.rtt(g, pool.region));
-    let Some(endpoint) = pool.endpoints.get(ep as usize) else {
+    let Some(endpoint) = table.live.endpoints(pool_id).get(ep as usize) else {
         return upstream;
     };
-    let service = service_sample(&pool.state, &endpoint.state, prior, upstream);
-    pool.state.observe(service);
-    endpoint.state.observe(service);
+    let state = table.live.pool(pool_id);
+    let service = service_sample(state, endpoint, prior, upstream);
+    state.observe(service);
+    endpoint.observe(service);
     service
 }
 

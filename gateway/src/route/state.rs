@@ -2,16 +2,21 @@
 //! (EWMA), requests in flight, and whether an endpoint is marked down after a failure.
 //!
 //! The request path reads and writes these with atomics only; nothing here takes a lock that
-//! a reload or a metrics scrape could hold. The [`Fleet`] registry (behind a mutex) is touched
-//! only when a policy is compiled, so state carries over a reload for every pool and endpoint
-//! that keeps its name.
+//! a reload or a metrics scrape could hold. The compiled `RoutingTable` holds none of it: it
+//! is pure data. [`Fleet::attach`] builds the [`Live`] state of a table (indexed like the
+//! table: pool id, endpoint index) from the [`Fleet`] registry by pool and endpoint name, so
+//! state carries over a reload for every pool and endpoint that keeps its name. The registry
+//! (behind a mutex) is touched only when a table is attached, never on the request path;
+//! `crate::serving::Serving` publishes a table and its `Live` together.
 
+use crate::policy::compile::{PoolId, RoutingTable};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 pub use super::budget::RetryBudget;
+pub use crate::policy::compile::Ejection;
 
 /// Milliseconds on a process-wide monotonic clock.
 pub fn now_ms() -> u64 {
@@ -298,24 +303,6 @@ impl PoolState {
     }
 }
 
-/// Outlier-ejection settings, from the policy's `upstream:` section.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Ejection {
-    /// Consecutive 5xx / timeouts that eject an endpoint (a refused connect ejects at once).
-    pub after: u32,
-    /// First ejection back-off; the k-th in a row lasts `base × 2^k`, at most `max`.
-    pub base: Duration,
-    pub max: Duration,
-}
-
-impl Ejection {
-    fn backoff(&self, k: u32) -> Duration {
-        self.base
-            .saturating_mul(1u32 << k.min(16))
-            .min(self.max.max(self.base))
-    }
-}
-
 /// Live state of one endpoint.
 #[derive(Debug)]
 pub struct EndpointState {
@@ -571,7 +558,34 @@ impl EndpointState {
     }
 }
 
-/// Registry of live state by pool name and endpoint, used when compiling a policy.
+/// The live state of one routing table, indexed like it: a pool's by its `PoolId`, an
+/// endpoint's by its pool and its index in `Pool::endpoints`. Built by [`Fleet::attach`];
+/// published beside its table (`crate::serving::Serving`), so one pointer load gives both.
+pub struct Live {
+    pools: Vec<Arc<PoolState>>,
+    endpoints: Vec<Vec<Arc<EndpointState>>>,
+    /// The retry budget's shared bucket (from the `Fleet`: it survives reloads).
+    pub budget: Arc<RetryBudget>,
+}
+
+impl Live {
+    /// The state of pool `pool` (an index, as the table's `pools`).
+    pub fn pool(&self, pool: PoolId) -> &Arc<PoolState> {
+        &self.pools[pool as usize]
+    }
+
+    /// The state of endpoint `ep` of pool `pool` (indices, as the table's).
+    pub fn endpoint(&self, pool: PoolId, ep: usize) -> &Arc<EndpointState> {
+        &self.endpoints[pool as usize][ep]
+    }
+
+    /// The states of every endpoint of pool `pool`, in the order of `Pool::endpoints`.
+    pub fn endpoints(&self, pool: PoolId) -> &[Arc<EndpointState>] {
+        &self.endpoints[pool as usize]
+    }
+}
+
+/// Registry of live state by pool name and endpoint, used when a table is attached.
 #[derive(Default)]
 pub struct Fleet {
     pools: Mutex<HashMap<String, Arc<PoolState>>>,
@@ -618,6 +632,32 @@ impl Fleet {
             .baseline_us
             .store((baseline.as_micros() as u64).max(1), Ordering::Relaxed);
         state
+    }
+
+    /// The live state of `table`, by pool and endpoint name: a pool or endpoint this fleet
+    /// has seen keeps its measurements (and takes the table's baseline), a new one starts
+    /// from its pool's `service_time`; an endpoint whose host name never resolved gets a
+    /// fresh [`EndpointState::unresolved`] placeholder.
+    pub fn attach(&self, table: &RoutingTable) -> Live {
+        let mut pools = Vec::with_capacity(table.pools.len());
+        let mut endpoints = Vec::with_capacity(table.pools.len());
+        for pool in &table.pools {
+            pools.push(self.pool(&pool.name, pool.service_time));
+            endpoints.push(
+                pool.endpoints
+                    .iter()
+                    .map(|ep| match ep.resolved {
+                        true => self.endpoint(&pool.name, &ep.name),
+                        false => Arc::new(EndpointState::unresolved()),
+                    })
+                    .collect(),
+            );
+        }
+        Live {
+            pools,
+            endpoints,
+            budget: self.retry_budget(),
+        }
     }
 
     pub fn retry_budget(&self) -> Arc<RetryBudget> {

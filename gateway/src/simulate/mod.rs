@@ -42,10 +42,11 @@ pub mod tune;
 pub mod workload;
 
 use crate::classify::Class;
-use crate::policy::compile::{self, CompileContext, PoolId, RoutingTable};
+use crate::policy::compile::{self, CompileContext, PoolId};
 use crate::route::state::Fleet;
 use crate::route::{self, Reason};
 use crate::scenario::{SystemReport, TierReport};
+use crate::serving::Serving;
 use serde::Serialize;
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
@@ -664,7 +665,7 @@ impl<'w> Engine<'w> {
 
 /// A compiled policy, and how its names map onto the simulated fleet and workload.
 struct PolicySystem {
-    table: RoutingTable,
+    table: Serving,
     /// Policy pool → fleet pool.
     pools: Vec<usize>,
     /// Per (region, tier, model): the class `classify` gives such a request.
@@ -676,7 +677,7 @@ struct PolicySystem {
 }
 
 impl PolicySystem {
-    fn new(name: &str, table: RoutingTable, w: &Workload) -> Result<Self, SimError> {
+    fn new(name: &str, table: Serving, w: &Workload) -> Result<Self, SimError> {
         let mismatch = |problem: String| SimError::Mismatch {
             policy: name.to_string(),
             problem,
@@ -798,7 +799,7 @@ impl System {
             }
             // Every request earns the retry budget a fraction of a retry (as in `acquire`).
             let up = &p.table.upstream;
-            up.budget.deposit(&up.retry_budget);
+            p.table.live.budget.deposit(&up.retry_budget);
         }
         self.attempt(eng, f, now);
     }
@@ -818,15 +819,16 @@ impl System {
                 for _ in 0..4 {
                     let Some((p, e)) = d.target else { break };
                     let pool = &table.pools[p as usize];
-                    if pool.state.try_acquire(pool.concurrency) {
-                        if pool.endpoints[e as usize]
-                            .state
+                    if table.live.pool(p).try_acquire(pool.concurrency) {
+                        if table
+                            .live
+                            .endpoint(p, e as usize)
                             .try_acquire(pool.endpoint_limit())
                         {
                             target = Some((p, e));
                             break;
                         }
-                        pool.state.release();
+                        table.live.pool(p).release();
                     }
                     d = route::decide(class, table, &f.tried, now_ms);
                 }
@@ -848,24 +850,21 @@ impl System {
                 if w.is_down(fleet_pool, e as usize, now) {
                     // As `proxy::on_connect_failure`: eject at once, give the slots back,
                     // retry within attempts, deadline and budget.
-                    let ep = &pool.endpoints[e as usize].state;
+                    let ep = table.live.endpoint(p, e as usize);
                     if hedge_after.is_some() {
                         // `hedge::attempt` counts a refused connection as a failure.
                         let _ = ep.failed(now_ms, &table.upstream.ejection);
                     } else {
                         ep.connect_failed(now_ms, &table.upstream.ejection);
                     }
-                    pool.state.release();
+                    table.live.pool(p).release();
                     ep.release();
                     let within =
                         now - us(f.req.at) < us(class.deadline.max(Duration::from_millis(10)));
                     let retry = hedge_after.is_none()
                         && (f.tried.len() as u32) < table.upstream.max_attempts
                         && within
-                        && table
-                            .upstream
-                            .budget
-                            .try_withdraw(&table.upstream.retry_budget);
+                        && table.live.budget.try_withdraw(&table.upstream.retry_budget);
                     if retry {
                         eng.phase(&f.req).retries += 1;
                         eng.push(now + CONNECT_REFUSED_US, What::Retry(f));
@@ -875,7 +874,7 @@ impl System {
                     }
                     return;
                 }
-                f.slot = pool.state.track_start(now_ms);
+                f.slot = table.live.pool(p).track_start(now_ms);
                 f.target = (fleet_pool, e as usize);
                 f.sent_us = now;
                 // As `hedge::run`: the timer is `hedge_after` × (round trip + the pool's
@@ -885,7 +884,11 @@ impl System {
                 // the client's region.
                 let timer = hedge_after.map(|factor| {
                     let network = table.rtt(class.region, pool.region);
-                    let wait = network + pool.state.service_time_behind(now_ms, Duration::ZERO);
+                    let wait = network
+                        + table
+                            .live
+                            .pool(p)
+                            .service_time_behind(now_ms, Duration::ZERO);
                     (now + us(wait.mul_f64(factor)).max(1), f.clone())
                 });
                 eng.send(f, now);
@@ -942,15 +945,15 @@ impl System {
             let now_ms = now / 1000;
             let took = Duration::from_micros(now - f.sent_us);
             if let Some(&(p, e)) = f.tried.last() {
-                let pool = &sys.table.pools[p as usize];
-                pool.state.observe_at(took, now_ms);
+                let pool = sys.table.live.pool(p);
+                pool.observe_at(took, now_ms);
                 if let Some(slot) = f.slot {
-                    pool.state.untrack(slot);
+                    pool.untrack(slot);
                 }
-                let ep = &pool.endpoints[e as usize].state;
+                let ep = sys.table.live.endpoint(p, e as usize);
                 ep.observe_at(took, now_ms);
                 ep.mark_success();
-                pool.state.release();
+                pool.release();
                 ep.release();
             }
             // A hedged request: the race is decided where the answers arrive, a round trip
@@ -1010,12 +1013,12 @@ impl System {
             return;
         };
         let pool = &table.pools[p as usize];
-        if !pool.state.try_acquire(pool.concurrency) {
+        if !table.live.pool(p).try_acquire(pool.concurrency) {
             return;
         }
-        let ep = &pool.endpoints[e as usize].state;
+        let ep = table.live.endpoint(p, e as usize);
         if !ep.try_acquire(pool.endpoint_limit()) {
-            pool.state.release();
+            table.live.pool(p).release();
             return;
         }
         eng.phase(&f.req).hedges += 1;
@@ -1023,7 +1026,7 @@ impl System {
         if w.is_down(fleet_pool, e as usize, now) {
             // The hedge cannot connect: the first attempt's answer stands.
             let _ = ep.failed(now_ms, &table.upstream.ejection);
-            pool.state.release();
+            table.live.pool(p).release();
             ep.release();
             return;
         }
@@ -1292,7 +1295,7 @@ fn workload_of(opts: &SimOptions) -> Result<Workload, SimError> {
 fn simulate_policy(
     w: &Workload,
     name: &str,
-    table: RoutingTable,
+    table: Serving,
     seed: u64,
 ) -> Result<Vec<PhaseStats>, SimError> {
     let mut system = System::Policy(Box::new(PolicySystem::new(name, table, w)?));
@@ -1309,9 +1312,10 @@ pub fn run(opts: &SimOptions) -> Result<SimReport, SimError> {
             fleet_faults::policy(),
             &CompileContext {
                 file: Path::new("fleet-faults.yaml"),
-                fleet: &Fleet::default(),
+                gateway_region: None,
             },
         )?;
+        let table = Serving::attach(table, &Fleet::default());
         let sys = PolicySystem::new("switchyard", table, &w)?;
         systems.push(("switchyard".into(), System::Policy(Box::new(sys))));
     }

@@ -21,9 +21,10 @@
 //! is searched only for tiers with a target (elsewhere `shed` would always win).
 
 use super::{simulate_policy, workload_of, PhaseStats, SimError, SimOptions, Workload};
-use crate::policy::compile::{self, CompileContext, RoutingTable};
+use crate::policy::compile::{self, CompileContext, PoolId, RoutingTable};
 use crate::policy::raw::OnSloMiss;
 use crate::route::state::Fleet;
+use crate::serving::Serving;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -141,18 +142,24 @@ pub fn parse_target(s: &str) -> Result<(String, f64), String> {
     Ok((tier.trim().to_string(), pct))
 }
 
-fn compile_text(text: &str, file: &Path) -> Result<RoutingTable, SimError> {
+fn compile_text(text: &str, file: &Path) -> Result<Serving, SimError> {
     let table = compile::compile_str(
         text,
         &CompileContext {
             file,
-            fleet: &Fleet::default(),
+            gateway_region: None,
         },
     )?;
+    let table = Serving::attach(table, &Fleet::default());
     // As `tools::load`: an endpoint whose name does not resolve offline is still simulated.
-    for ep in table.pools.iter().flat_map(|p| &p.endpoints) {
-        if !ep.resolved {
-            ep.state.clear_health();
+    for (i, pool) in table.pools.iter().enumerate() {
+        for (e, _) in pool
+            .endpoints
+            .iter()
+            .enumerate()
+            .filter(|(_, ep)| !ep.resolved)
+        {
+            table.live.endpoint(i as PoolId, e).clear_health();
         }
     }
     Ok(table)
@@ -175,7 +182,7 @@ impl Search<'_> {
             return Ok(c.clone());
         }
         let mut table = compile_text(self.text, self.file)?;
-        for (i, tier) in table.tiers.iter_mut().enumerate() {
+        for (i, tier) in table.table.tiers.iter_mut().enumerate() {
             tier.weight = knobs.weights[i];
             tier.on_slo_miss = knobs.misses[i];
             tier.hedge_after = knobs.hedges[i];

@@ -11,7 +11,6 @@
 use crate::cache::{Cache, CacheCtx};
 use crate::classify::{classify, RequestFacts};
 use crate::policy::compile::{compile_str, CompileContext, RoutingTable};
-use crate::route::state::Fleet;
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Method};
 use pingora::http::ResponseHeader;
@@ -45,12 +44,11 @@ routes:
 cache: {{ max_bytes: {max_bytes} }}
 "#
         );
-        let fleet = Fleet::default();
         let table = compile_str(
             &policy,
             &CompileContext {
                 file: Path::new("cache-fill.yaml"),
-                fleet: &fleet,
+                gateway_region: None,
             },
         )
         .map_err(|e| e.to_string())?;

@@ -20,7 +20,7 @@ pub mod upstream;
 use crate::policy::hosted::load_pair;
 use crate::policy::raw;
 use crate::policy::reload::Fingerprint;
-use crate::policy::Snapshot;
+use crate::serving::Snapshot;
 use crate::telemetry as t;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;

@@ -9,7 +9,6 @@
 
 use crate::policy::compile::{compile_str, CompileContext, PathMatch, RoutingTable};
 use crate::policy::{self, raw, PolicyError};
-use crate::route::state::Fleet;
 use serde::Serialize;
 use serde_saphyr::Spanned;
 use std::fmt::Write as _;
@@ -76,12 +75,11 @@ pub fn check_file(path: &Path) -> FileReport {
             return report;
         }
     };
-    let fleet = Fleet::default();
     match compile_str(
         &text,
         &CompileContext {
             file: path,
-            fleet: &fleet,
+            gateway_region: None,
         },
     ) {
         Ok(table) => {

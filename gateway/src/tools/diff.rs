@@ -15,6 +15,7 @@
 use crate::classify::Class;
 use crate::policy::compile::RoutingTable;
 use crate::route::{self, Reason};
+use crate::serving::Serving;
 use serde::Serialize;
 use std::fmt::Write as _;
 
@@ -83,7 +84,7 @@ fn models(t: &RoutingTable) -> Vec<String> {
 }
 
 /// The decision for one cell, or `None` when the region or tier is not in `table`.
-fn decide(table: &RoutingTable, region: &str, tier: &str, model: &str) -> Option<Outcome> {
+fn decide(table: &Serving, region: &str, tier: &str, model: &str) -> Option<Outcome> {
     let region = table.region_by_name(region)?;
     let tier = table.tier_by_name(tier)?;
     let class = Class::what_if(table, 0, region, tier, model);
@@ -101,7 +102,7 @@ fn decide(table: &RoutingTable, region: &str, tier: &str, model: &str) -> Option
 }
 
 /// Compare the decisions of two policies over the grid.
-pub fn diff(old: &RoutingTable, new: &RoutingTable) -> Report {
+pub fn diff(old: &Serving, new: &Serving) -> Report {
     let regions = union(old.regions.clone(), new.regions.clone());
     let tiers = union(
         old.tiers.iter().map(|t| t.name.clone()),

@@ -12,10 +12,11 @@ pub mod diff;
 pub mod schema;
 
 use crate::admin::{self, ExplainRequest};
-use crate::policy::compile::{PathMatch, RoutingTable};
+use crate::policy::compile::{PathMatch, PoolId, RoutingTable};
 use crate::policy::raw::Protocol;
 use crate::policy::{self, PolicyErrors};
 use crate::route::state::Fleet;
+use crate::serving::Serving;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -33,19 +34,24 @@ pub enum ToolError {
 /// Compile a policy file on its own, with baseline estimates. Offline tools answer what the
 /// policy decides, so an endpoint whose host name does not resolve here (a compose or
 /// cluster service name) counts as up, as it would where the gateway runs.
-pub fn load(path: &Path) -> Result<RoutingTable, PolicyErrors> {
+pub fn load(path: &Path) -> Result<Serving, PolicyErrors> {
     load_at(path, None)
 }
 
 /// [`load`] as the instance in `gateway_region` would compile it (`--gateway-region`;
 /// `None`: the policy's own `gateway_region`).
-pub fn load_at(path: &Path, gateway_region: Option<&str>) -> Result<RoutingTable, PolicyErrors> {
-    let fleet = Fleet::default();
-    fleet.set_gateway_region(gateway_region.map(str::to_string));
-    let table = policy::load_file(path, &fleet)?;
-    for ep in table.pools.iter().flat_map(|p| &p.endpoints) {
-        if !ep.resolved {
-            ep.state.clear_health();
+pub fn load_at(path: &Path, gateway_region: Option<&str>) -> Result<Serving, PolicyErrors> {
+    let table = policy::load_file(path, gateway_region.map(str::to_string))?;
+    let table = Serving::attach(table, &Fleet::default());
+    for (i, pool) in table.pools.iter().enumerate() {
+        let states = table.live.endpoints(i as PoolId);
+        for (_, state) in pool
+            .endpoints
+            .iter()
+            .zip(states)
+            .filter(|(e, _)| !e.resolved)
+        {
+            state.clear_health();
         }
     }
     Ok(table)
@@ -65,7 +71,7 @@ pub struct ExplainArgs {
 
 /// Classify and route the described request against `table`, offline. The result has the
 /// same shape as `POST /admin/explain`.
-pub fn explain(table: &RoutingTable, args: &ExplainArgs) -> Result<Value, ToolError> {
+pub fn explain(table: &Serving, args: &ExplainArgs) -> Result<Value, ToolError> {
     if args.client_ip.is_none() && args.region.is_none() {
         return Err(ToolError::Usage("give --client-ip or --region".into()));
     }

@@ -7,9 +7,10 @@
 //! resolving endpoint host names) and therefore never runs on the request path: it runs at
 //! start-up and on reload, and the result is published with one atomic pointer swap.
 //!
-//! Live measurements (latency EWMAs, in-flight counts, endpoints marked down) are not part of
-//! the table: they live in [`Fleet`] and are attached here by pool and endpoint name, so they
-//! survive a reload of a policy that still has the same pools.
+//! Live measurements (latency EWMAs, in-flight counts, endpoints marked down, the retry
+//! budget) are not part of the table, which is pure data: `route::state::Fleet::attach`
+//! builds them beside it by pool and endpoint name, so they survive a reload of a policy that
+//! still has the same pools.
 //!
 //! One submodule per policy section, each beside the runtime types it produces:
 //! `listeners`, `regions` (with `rtt_ms`, `gateway_region`, `geoip`), `tiers`, `tenants`,
@@ -36,12 +37,11 @@ pub use queue::{PoolDispatch, QueueBackend, QueueSettings};
 pub use routes::{PathMatch, Route, RouteCache};
 pub use tenants::Tenant;
 pub use tiers::{KindSet, Tier};
-pub use upstream::Upstream;
+pub use upstream::{Ejection, Upstream};
 
 use super::raw;
 use super::{PolicyError, PolicyErrors};
 use crate::classify::geo::GeoDb;
-use crate::route::state::Fleet;
 use http::HeaderValue;
 use ipnet::IpNet;
 use serde_saphyr::{Location, Spanned};
@@ -299,8 +299,9 @@ fn duration_field(p: &mut Problems, node: &Spanned<String>, what: &str) -> Durat
 pub struct CompileContext<'a> {
     /// The file the policy came from: named in every error, and the base for relative paths.
     pub file: &'a Path,
-    /// Live state to attach pools and endpoints to.
-    pub fleet: &'a Fleet,
+    /// Where this instance runs, when given at start-up (`--region`, `SWITCHYARD_REGION`):
+    /// overrides the policy's `gateway_region`, and must name one of its regions.
+    pub gateway_region: Option<String>,
 }
 
 /// Parse, validate and compile policy text.
@@ -354,7 +355,7 @@ fn compile(
     let p = &mut problems;
     let listeners = listeners::compile(p, &raw.listeners, cx.file);
     let trusted_proxies = listeners::trusted_proxies(p, &raw);
-    let regions = regions::compile(p, &raw, cx.fleet);
+    let regions = regions::compile(p, &raw, cx.gateway_region.as_deref());
     let tiers = tiers::compile(p, &raw);
     let tenants = tenants::compile(p, &raw, &tiers);
     let (mut pools, host_names) = pools::compile(p, &raw, &regions, cx);
@@ -362,7 +363,7 @@ fn compile(
     let routes = routes::compile(p, &raw, &tiers);
     let down_backoff = upstream::down_backoff(p, &raw);
     let shutdown_grace = listeners::shutdown_grace(p, &raw.listeners);
-    let upstream = upstream::compile(p, &raw, down_backoff, cx.fleet);
+    let upstream = upstream::compile(p, &raw, down_backoff);
     let queue = queue::compile(p, &raw, &mut pools, cx.file);
     let cache = raw
         .cache
@@ -469,12 +470,11 @@ routes:
   - {{ name: g, match: "/inference.GRPCInferenceService/*", protocol: oip-v2-grpc, tier: t }}
 "#
         );
-        let fleet = crate::route::state::Fleet::default();
         compile_str(
             &text,
             &CompileContext {
                 file: std::path::Path::new("t.yaml"),
-                fleet: &fleet,
+                gateway_region: None,
             },
         )
     }

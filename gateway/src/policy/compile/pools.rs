@@ -6,13 +6,11 @@ use super::regions::Regions;
 use super::{duration_field, header_value, CompileContext, Problems, RegionId};
 use crate::policy::raw::{self, PoolKind, Price};
 use crate::policy::resolve::NameResolution;
-use crate::route::state::{EndpointState, PoolState};
 use http::HeaderValue;
 use serde_saphyr::Spanned;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 pub struct Pool {
@@ -25,7 +23,6 @@ pub struct Pool {
     pub concurrency: u32,
     pub service_time: Duration,
     pub price: Price,
-    pub state: Arc<PoolState>,
     /// A batch pool behind the queue: requests for it become jobs, and the dispatcher keeps
     /// it within `concurrency`, so routing does not treat it as full (see `endpoint_limit`).
     pub queue_fed: bool,
@@ -64,13 +61,12 @@ impl Pool {
 
 pub struct Endpoint {
     /// As written in the policy (`ip:port`), or `host:port@ip` for one address of a host
-    /// name (see `policy::resolve`); used in metrics, headers and live state.
+    /// name (see `policy::resolve`); used in metrics, headers and to find its live state.
     pub name: String,
     pub header: HeaderValue,
     pub addr: SocketAddr,
     /// The gRPC (h2c) address, when the policy names one.
     pub grpc: Option<SocketAddr>,
-    pub state: Arc<EndpointState>,
     /// `host:port` as written: the `Host` of requests the gateway makes itself.
     pub authority: String,
     /// False for the placeholder of a host name that has never resolved: never up.
@@ -110,8 +106,7 @@ impl ModelSet {
     }
 }
 
-/// `pools:`, with the live state of each pool and endpoint attached from `cx.fleet`;
-/// also what each endpoint host name resolved to, in policy order.
+/// `pools:`, and what each endpoint host name resolved to, in policy order.
 pub(super) fn compile(
     p: &mut Problems,
     raw: &raw::Policy,
@@ -163,7 +158,6 @@ pub(super) fn compile(
             &|n| std::env::var(n).ok(),
             &mut |loc, m| p.at(loc, m),
         );
-        let state = cx.fleet.pool(&name, service_time);
         let mut endpoints = Vec::new();
         let mut seen = HashSet::new();
         for ep in &r.endpoints {
@@ -177,7 +171,7 @@ pub(super) fn compile(
             }
             // Every address of a host name is an endpoint; a name that does not resolve is
             // a down placeholder, not an error (`policy::resolve`).
-            match crate::policy::resolve::endpoints(&name, &ep.value, cx.fleet) {
+            match crate::policy::resolve::endpoints(&ep.value) {
                 Ok((found, resolution)) => {
                     endpoints.extend(found);
                     host_names.extend(resolution);
@@ -209,7 +203,6 @@ pub(super) fn compile(
         let names = r.models.iter().map(|m| m.value.clone()).collect();
         pools.push(Pool {
             header: header_value(&name),
-            state,
             queue_fed: false,
             name,
             kind: r.kind,

@@ -5,7 +5,6 @@
 use super::{Problems, RegionId};
 use crate::classify::geo::GeoDb;
 use crate::policy::raw;
-use crate::route::state::Fleet;
 use serde_saphyr::{Location, Spanned};
 use std::collections::HashMap;
 use std::path::Path;
@@ -46,8 +45,12 @@ fn region_id(regions: &[String], p: &mut Problems, node: &Spanned<String>, what:
     }
 }
 
-/// `regions:`, `gateway_region:` (or the start-up override kept in `fleet`) and `rtt_ms:`.
-pub(super) fn compile(p: &mut Problems, raw: &raw::Policy, fleet: &Fleet) -> Regions {
+/// `regions:`, `gateway_region:` (or the start-up override, `gateway_region`) and `rtt_ms:`.
+pub(super) fn compile(
+    p: &mut Problems,
+    raw: &raw::Policy,
+    gateway_region: Option<&str>,
+) -> Regions {
     let mut regions: Vec<String> = Vec::new();
     let mut country_region = HashMap::new();
     let mut continent_region = HashMap::new();
@@ -89,7 +92,7 @@ pub(super) fn compile(p: &mut Problems, raw: &raw::Policy, fleet: &Fleet) -> Reg
         }
     }
     let default_region = region_id(&regions, p, &raw.regions.default, "regions.default");
-    let gateway_region = compile_gateway_region(p, raw, &regions, fleet);
+    let gateway_region = compile_gateway_region(p, raw, &regions, gateway_region);
     let mut residency = Vec::with_capacity(regions.len());
     for def in &raw.regions.map {
         if regions.get(residency.len()) != Some(&def.value.name.value) {
@@ -172,13 +175,13 @@ fn compile_rtt(p: &mut Problems, raw: &raw::Policy, regions: &[String]) -> Vec<f
     rtt_ms
 }
 
-/// The instance's region: the start-up override kept in the fleet (`--region`,
+/// The instance's region: the start-up override (`--region`,
 /// `SWITCHYARD_REGION`) or the policy's `gateway_region:`; either must name a region.
 fn compile_gateway_region(
     p: &mut Problems,
     raw: &raw::Policy,
     regions: &[String],
-    fleet: &Fleet,
+    gateway_region: Option<&str>,
 ) -> Option<RegionId> {
     let known = |name: &str| {
         regions
@@ -186,8 +189,8 @@ fn compile_gateway_region(
             .position(|r| r == name)
             .map(|i| i as RegionId)
     };
-    if let Some(name) = fleet.gateway_region() {
-        let id = known(&name);
+    if let Some(name) = gateway_region {
+        let id = known(name);
         if id.is_none() {
             p.at(
                 &Location::UNKNOWN,

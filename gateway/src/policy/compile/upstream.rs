@@ -4,9 +4,7 @@
 use super::{duration_field, parse_duration, Problems};
 use crate::policy::raw;
 use crate::route::budget::BudgetSettings;
-use crate::route::state::{Ejection, Fleet, RetryBudget};
 use serde_saphyr::Spanned;
-use std::sync::Arc;
 use std::time::Duration;
 
 pub struct Upstream {
@@ -15,11 +13,29 @@ pub struct Upstream {
     pub down_backoff: Duration,
     /// Outlier ejection: when and for how long.
     pub ejection: Ejection,
+    /// The retry budget's settings (its shared bucket is live state: `route::state::Live`).
     pub retry_budget: BudgetSettings,
-    /// The shared bucket (from the `Fleet`: it survives reloads).
-    pub budget: Arc<RetryBudget>,
     /// How often endpoint host names are looked up again (`policy::resolve`).
     pub resolve_every: Duration,
+}
+
+/// Outlier-ejection settings, from the policy's `upstream:` section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ejection {
+    /// Consecutive 5xx / timeouts that eject an endpoint (a refused connect ejects at once).
+    pub after: u32,
+    /// First ejection back-off; the k-th in a row lasts `base × 2^k`, at most `max`.
+    pub base: Duration,
+    pub max: Duration,
+}
+
+impl Ejection {
+    /// The back-off of the `k`-th ejection in a row (0-based).
+    pub fn backoff(&self, k: u32) -> Duration {
+        self.base
+            .saturating_mul(1u32 << k.min(16))
+            .min(self.max.max(self.base))
+    }
 }
 
 /// `upstream.down_backoff`, 5s when not written; compiled before the rest of the section
@@ -31,13 +47,8 @@ pub(super) fn down_backoff(p: &mut Problems, raw: &raw::Policy) -> Duration {
     }
 }
 
-/// `upstream:`; the retry budget's shared bucket comes from `fleet` (it survives reloads).
-pub(super) fn compile(
-    p: &mut Problems,
-    raw: &raw::Policy,
-    down_backoff: Duration,
-    fleet: &Fleet,
-) -> Upstream {
+/// `upstream:`.
+pub(super) fn compile(p: &mut Problems, raw: &raw::Policy, down_backoff: Duration) -> Upstream {
     Upstream {
         connect_timeout: match &raw.upstream.connect_timeout {
             Some(node) => duration_field(p, node, "upstream.connect_timeout"),
@@ -61,7 +72,6 @@ pub(super) fn compile(
             },
         },
         retry_budget: compile_budget(p, raw.upstream.retry_budget.as_ref()),
-        budget: fleet.retry_budget(),
         resolve_every: match &raw.upstream.resolve_every {
             Some(node) => {
                 let d = duration_field(p, node, "upstream.resolve_every");
