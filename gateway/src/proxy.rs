@@ -754,10 +754,9 @@ fn forward_headers(req: &mut RequestHeader, ctx: &RequestCtx, session: &Session)
     }
     if let Some(class) = &ctx.class {
         let remaining = class.deadline.saturating_sub(ctx.start.elapsed());
-        req.insert_header(
-            "x-switchyard-deadline-ms",
-            remaining.as_millis().to_string(),
-        )?;
+        // (`HeaderValue::from(u64)`: no `String`, no 128-bit formatting.)
+        let ms = u64::try_from(remaining.as_millis()).unwrap_or(u64::MAX);
+        req.insert_header("x-switchyard-deadline-ms", http::HeaderValue::from(ms))?;
     }
     if let Some(peer) = peer_ip(session) {
         let xff = match session.req_header().headers.get("x-forwarded-for") {
@@ -792,8 +791,11 @@ fn on_upstream_header(ctx: &mut RequestCtx, status: u16, replayable: bool) -> bo
     }
     let ep = &pool.endpoints[e as usize];
     let ep_state = table.live.endpoint(p, e as usize);
-    metrics::histogram!(t::UPSTREAM_DURATION, "pool" => pool.name.clone())
-        .record(took.as_secs_f64());
+    t::pool_handles(table.generation, p, || t::PoolHandles {
+        upstream_duration: metrics::histogram!(t::UPSTREAM_DURATION, "pool" => pool.name.clone()),
+    })
+    .upstream_duration
+    .record(took.as_secs_f64());
     if status < 500 {
         ep_state.mark_success();
         return false;

@@ -325,9 +325,17 @@ pub struct HandleKey {
 /// leave stale keys behind; this bounds them).
 const MAX_CACHED: usize = 4096;
 
+/// The handles of one pool's per-attempt metrics (recorded once per upstream answer, before
+/// the request's status is known, so not part of [`RequestHandles`]).
+pub struct PoolHandles {
+    pub upstream_duration: metrics::Histogram,
+}
+
+type HandleCache<K, V> = std::cell::RefCell<std::collections::HashMap<K, std::rc::Rc<V>>>;
+
 thread_local! {
-    static HANDLES: std::cell::RefCell<std::collections::HashMap<HandleKey, std::rc::Rc<RequestHandles>>> =
-        std::cell::RefCell::new(std::collections::HashMap::new());
+    static HANDLES: HandleCache<HandleKey, RequestHandles> = Default::default();
+    static POOL_HANDLES: HandleCache<(u64, u16), PoolHandles> = Default::default();
 }
 
 /// The handles for `key`, built by `make` (which formats the label strings and registers
@@ -338,7 +346,24 @@ pub fn request_handles(
     key: HandleKey,
     make: impl FnOnce() -> RequestHandles,
 ) -> std::rc::Rc<RequestHandles> {
-    HANDLES.with(|cell| {
+    cached(&HANDLES, key, make)
+}
+
+/// The handles of pool `pool` of the table with generation `table` (see [`request_handles`]).
+pub fn pool_handles(
+    table: u64,
+    pool: u16,
+    make: impl FnOnce() -> PoolHandles,
+) -> std::rc::Rc<PoolHandles> {
+    cached(&POOL_HANDLES, (table, pool), make)
+}
+
+fn cached<K: std::hash::Hash + Eq, V>(
+    cache: &'static std::thread::LocalKey<HandleCache<K, V>>,
+    key: K,
+    make: impl FnOnce() -> V,
+) -> std::rc::Rc<V> {
+    cache.with(|cell| {
         let mut map = cell.borrow_mut();
         if let Some(h) = map.get(&key) {
             return h.clone();
