@@ -448,3 +448,130 @@ fn tune_searches_hedging_and_on_slo_miss_and_writes_a_valid_policy() {
         "{phase:#}"
     );
 }
+
+/// The scenario's policy with a batch queue (`extra` appended to its `queue:` section).
+fn with_queue(policy: &str, extra: &str) -> String {
+    format!("{policy}queue: {{ backend: embedded{extra} }}\n")
+}
+
+/// A queue figure of one system in a one-phase report.
+fn job_figure(report: &Value, name: &str, field: &str) -> f64 {
+    system(&report["phases"][0], name)[field]
+        .as_f64()
+        .unwrap_or(-1.0)
+}
+
+#[test]
+fn queued_jobs_all_complete_and_wait_longer_when_the_batch_pool_is_narrower() {
+    let roomy = with_queue(switchyard::simulate::fleet_faults::policy(), "");
+    // The batch pool takes 4 jobs at a time instead of 64: ~18 jobs/s for 40 arriving.
+    let narrow = roomy.replace(
+        "concurrency: 64, service_time: 225ms",
+        "concurrency: 4, service_time: 225ms",
+    );
+    let report = simulate_side_by_side(
+        "phases: [{ duration: 10s, rate: 40 }]\nregions: { us: 1 }\ntiers: [{ name: batch, share: 1, deadline: 60s, big_model: 100 }]\n",
+        &[("roomy", &roomy), ("narrow", &narrow)],
+    );
+    let f = |name: &str, field: &str| job_figure(&report, name, field);
+    for name in ["roomy", "narrow"] {
+        // Every request is accepted as a job (202) and every job gets its result.
+        assert_eq!(f(name, "queued"), 400.0, "{report:#}");
+        assert_eq!(f(name, "jobs_completed"), 400.0, "{report:#}");
+        assert_eq!(f(name, "jobs_failed"), 0.0, "{report:#}");
+        assert_eq!(f(name, "errors"), 0.0, "{report:#}");
+        assert!(f(name, "batch_spend_per_1k_usd") > 0.0, "{report:#}");
+        assert_eq!(
+            system(&report["phases"][0], name)["traffic"]["batch"],
+            100.0,
+            "{report:#}"
+        );
+    }
+    // Roomy, a job is sent at once and takes its service time; narrow, jobs wait their turn.
+    assert!(f("roomy", "job_p50_ms") < 400.0, "{report:#}");
+    assert!(
+        f("narrow", "job_p50_ms") > f("roomy", "job_p50_ms") * 5.0,
+        "{report:#}"
+    );
+    assert!(
+        f("narrow", "queue_depth_max") > f("roomy", "queue_depth_max") + 50.0,
+        "{report:#}"
+    );
+    // The baselines send the same requests straight to a pool: nothing queued.
+    assert_eq!(f("round-robin", "queued"), 0.0, "{report:#}");
+}
+
+#[test]
+fn a_utilisation_ceiling_holds_jobs_back_while_real_time_traffic_fills_the_pool() {
+    // Standard requests can never meet a 1 ms deadline: queued for the GPU pool, where
+    // real-time traffic keeps ~40 of its 128 slots busy.
+    let policy = switchyard::simulate::fleet_faults::policy().replace(
+        "standard: { deadline: 1s, weight: 0.3, pools: [edge, gpu], on_slo_miss: fastest }",
+        "standard: { deadline: 1ms, weight: 0.3, pools: [gpu], on_slo_miss: queue }",
+    );
+    let open = with_queue(&policy, "");
+    let ceiling = with_queue(&policy, ", pools: { gpu: { max_utilisation: 0.2 } }");
+    let report = simulate_side_by_side(
+        "phases: [{ duration: 5s, rate: 1000 }]\nregions: { us: 1 }\ntiers: [{ name: realtime, share: 95, deadline: 150ms, big_model: 100 }, { name: standard, share: 5, deadline: 60s, big_model: 100 }]\n",
+        &[("open", &open), ("ceiling", &ceiling)],
+    );
+    let f = |name: &str, field: &str| job_figure(&report, name, field);
+    for name in ["open", "ceiling"] {
+        assert!(f(name, "queued") > 200.0, "{report:#}");
+        assert_eq!(f(name, "jobs_completed"), f(name, "queued"), "{report:#}");
+    }
+    // Without a ceiling a job goes at once; under 20% of 128 slots the real-time traffic
+    // alone is over the ceiling, so jobs wait until it ends.
+    assert!(f("open", "job_p50_ms") < 200.0, "{report:#}");
+    assert!(f("ceiling", "job_p50_ms") > 1000.0, "{report:#}");
+    assert!(
+        f("ceiling", "queue_depth_max") > f("open", "queue_depth_max"),
+        "{report:#}"
+    );
+}
+
+#[test]
+fn jobs_outlive_an_endpoint_outage_and_fail_when_it_never_ends() {
+    let policy = with_queue(switchyard::simulate::fleet_faults::policy(), "");
+    let outage = |until: &str| {
+        let workload = format!("phases: [{{ duration: 4s, rate: 20 }}]\nregions: {{ us: 1 }}\ntiers: [{{ name: batch, share: 1, deadline: 60s, big_model: 100 }}]\nfaults:\n  - {{ pool: batch, endpoint: 0, down: true, from: 0s, to: {until} }}\n");
+        simulate_side_by_side(&workload, &[("queued", &policy)])
+    };
+    // Down for 2 s: the refused jobs back off (0.5 s, 1 s, 2 s, ...) and are sent again
+    // after it ends. (While the endpoint is known to be down, the policy sends the batch
+    // tier to the GPU pool instead: those requests are not queued.)
+    let report = outage("2s");
+    let f = |field: &str| job_figure(&report, "queued", field);
+    assert!(f("queued") > 10.0, "{report:#}");
+    assert_eq!(f("jobs_completed"), f("queued"), "{report:#}");
+    assert_eq!(f("jobs_failed"), 0.0, "{report:#}");
+    assert!(f("job_p99_ms") > 1000.0, "{report:#}");
+    // Down for good: each job fails after `queue.max_attempts` (5).
+    let report = outage("1h");
+    let f = |field: &str| job_figure(&report, "queued", field);
+    assert!(f("queued") > 0.0, "{report:#}");
+    assert_eq!(f("jobs_failed"), f("queued"), "{report:#}");
+    assert_eq!(f("jobs_completed"), 0.0, "{report:#}");
+    assert_eq!(f("batch_spend_per_1k_usd"), 0.0, "{report:#}");
+}
+
+#[test]
+fn a_hedges_losing_attempt_is_cut_short_and_frees_its_server() {
+    let policy = switchyard::simulate::fleet_faults::policy();
+    let hedged = policy.replace(
+        "realtime: { deadline: 150ms, weight: 0.8, pools: [edge, gpu], on_slo_miss: fastest }",
+        "realtime: { deadline: 150ms, weight: 0.8, pools: [edge, gpu], on_slo_miss: fastest, hedge_after: 2 }",
+    );
+    // `STALLS` at four times the rate, so that utilisation (to 0.1%) shows the difference.
+    let stalls = "phases: [{ duration: 10s, rate: 200 }]\nregions: { us: 1 }\ntiers: [{ name: realtime, share: 1, deadline: 150ms, big_model: 100 }]\nfaults:\n  - { pool: gpu, slower: 10, share: 1.5, from: 0s, to: 10s }\n";
+    let report = simulate_side_by_side(stalls, &[("plain", policy), ("hedged", &hedged)]);
+    let phase = &report["phases"][0];
+    let (p, h) = (system(phase, "plain"), system(phase, "hedged"));
+    let gpu = |s: &Value| s["utilisation"]["gpu"].as_f64().unwrap_or(-1.0);
+    // The stalled attempts that lose are cut when the hedge answers.
+    assert!(h["hedges_cut"].as_u64().unwrap_or(0) > 0, "{phase:#}");
+    assert_eq!(p["hedges_cut"], 0, "{phase:#}");
+    // Hedged, the GPU pool serves every request plus the hedges, yet is less busy than
+    // without hedging: a loser running to its end (a stall of ~450 ms) would make it busier.
+    assert!(gpu(h) > 0.0 && gpu(h) < gpu(p), "{phase:#}");
+}

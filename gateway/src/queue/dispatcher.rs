@@ -17,7 +17,7 @@
 
 use super::http::{self, HttpError, Outgoing};
 use super::{unix_ms, Job, JobResult, JobStatus, Queue, QueueGauges};
-use crate::policy::compile::PoolId;
+use crate::policy::compile::{PoolDispatch, PoolId};
 use crate::route;
 use crate::route::state::now_ms;
 use crate::serving::Serving;
@@ -59,21 +59,14 @@ impl Dispatcher {
         let minute = ((unix_ms() / 60_000) % 1440) as u32;
         for (i, pool) in table.pools.iter().enumerate() {
             let rule = settings.pools.get(&pool.name);
-            if rule.is_some_and(|r| !r.open_at(minute)) {
-                continue;
-            }
             let cap = pool.concurrency as u64;
             let mine = self
                 .in_flight
                 .lock()
                 .map(|m| m.get(&pool.name).copied().unwrap_or(0))
                 .unwrap_or(cap);
-            let mut free = cap.saturating_sub(mine);
-            if let Some(r) = rule.filter(|r| r.max_utilisation < 1.0) {
-                let ceiling = (r.max_utilisation * cap as f64).floor() as u64;
-                let in_flight = table.live.pool(i as PoolId).in_flight();
-                free = free.min(ceiling.saturating_sub(in_flight as u64));
-            }
+            let in_flight = table.live.pool(i as PoolId).in_flight() as u64;
+            let free = room(pool.concurrency, rule, minute, mine, in_flight);
             if free == 0 {
                 continue;
             }
@@ -108,6 +101,32 @@ impl Dispatcher {
                 });
             }
         }
+    }
+}
+
+/// How many more queued jobs a pool may take now: its `concurrency` less the `mine` jobs the
+/// dispatcher already has in flight there, fewer under a `max_utilisation` ceiling (which
+/// counts all `in_flight` requests of the pool, real-time ones too), none outside its dispatch
+/// `window` at `minute_of_day` (UTC). The one rule, shared by the dispatcher and the
+/// simulator (`simulate::queue`).
+pub fn room(
+    concurrency: u32,
+    rule: Option<&PoolDispatch>,
+    minute_of_day: u32,
+    mine: u64,
+    in_flight: u64,
+) -> u64 {
+    if rule.is_some_and(|r| !r.open_at(minute_of_day)) {
+        return 0;
+    }
+    let cap = concurrency as u64;
+    let free = cap.saturating_sub(mine);
+    match rule.filter(|r| r.max_utilisation < 1.0) {
+        Some(r) => {
+            let ceiling = (r.max_utilisation * cap as f64).floor() as u64;
+            free.min(ceiling.saturating_sub(in_flight))
+        }
+        None => free,
     }
 }
 
@@ -225,8 +244,8 @@ async fn run(queue: &Queue, table: &Serving, pool_id: PoolId, mut job: Job) {
     }
 }
 
-/// `base × 2^(attempt−1)`, at most `max`, ±20% jitter.
-fn backoff(settings: &crate::policy::compile::QueueSettings, attempts: u32) -> Duration {
+/// `base × 2^(attempt−1)`, at most `max`, ±20% jitter (also the simulator's).
+pub fn backoff(settings: &crate::policy::compile::QueueSettings, attempts: u32) -> Duration {
     let exp = settings
         .backoff_base
         .saturating_mul(1u32 << attempts.saturating_sub(1).min(20));
@@ -363,4 +382,25 @@ async fn callback(url: &str, id: &str, body: String, connect_timeout: Duration) 
         job = id,
         "callback not delivered after {CALLBACK_ATTEMPTS} attempts"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn room_is_concurrency_less_own_jobs_under_the_ceiling_inside_the_window() {
+        let rule = |window, max_utilisation| PoolDispatch {
+            window,
+            max_utilisation,
+        };
+        assert_eq!(room(10, None, 0, 3, 100), 7);
+        // A ceiling of 5 slots counts every request in flight, real-time ones too.
+        assert_eq!(room(10, Some(&rule(None, 0.5)), 0, 1, 3), 2);
+        assert_eq!(room(10, Some(&rule(None, 0.5)), 0, 1, 9), 0);
+        // 01:00-02:00 UTC only.
+        let night = rule(Some((60, 120)), 1.0);
+        assert_eq!(room(10, Some(&night), 30, 0, 0), 0);
+        assert_eq!(room(10, Some(&night), 90, 0, 0), 10);
+    }
 }

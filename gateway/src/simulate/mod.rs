@@ -21,22 +21,27 @@
 //!
 //! Hedging tiers (`hedge_after`) follow `hedge::run`: a timer of `hedge_after` × (the round
 //! trip plus the pool's estimate) on the virtual clock, a second attempt to the next-best
-//! candidate if it can take one now, the first answer to arrive wins and the loser is
-//! billed. The route's cache keeps fresh answers within its TTL and `cache.max_bytes`
-//! (entries weighed as the store weighs them), and identical misses in flight wait for the
-//! first one's answer, as `cache::coalesce` makes them (see `simulate/cache.rs`).
+//! candidate if it can take one now, the first answer to arrive wins and the loser is cut
+//! short as live (out of its endpoint's queue, or its server freed; see `simulate/race.rs`),
+//! billed the hedge's estimated cost as `hedge.rs` counts it. Requests the policy queues (a
+//! batch pool, `on_slo_miss: queue`) are accepted at once and sent later by a simulated
+//! dispatcher on the live one's rules (see `simulate/queue.rs`). The route's cache keeps
+//! fresh answers within its TTL and `cache.max_bytes` (entries weighed as the store weighs
+//! them), and identical misses in flight wait for the first one's answer, as
+//! `cache::coalesce` makes them (see `simulate/cache.rs`).
 //!
-//! What it does not model (also in the README): the batch queue's dispatcher (a
-//! `slo-miss-queue` decision is counted and served at once by its pool), active health
-//! checks, timeouts and 5xx answers, the gateway's own CPU time, moka's admission policy
-//! (evictions go oldest first), a hedge's losing attempt being cut short (it runs to the end
-//! and holds its server), a coalesced waiter's own time bound, and the retry budget's
-//! per-second trickle (it refills on the process clock; the per-request deposits are
-//! simulated exactly). The arrivals are streamed and latencies go into fixed-size
-//! log histograms (1% buckets), so memory does not grow with the number of requests.
+//! What it does not model (also in the README): active health checks, timeouts and 5xx
+//! answers (so the queue's dispatcher retries refused connections only), job callbacks, the
+//! gateway's own CPU time, moka's admission policy (evictions go oldest first), a coalesced
+//! waiter's own time bound, and the retry budget's per-second trickle (it refills on the
+//! process clock; the per-request deposits are simulated exactly). The arrivals are streamed
+//! and latencies go into fixed-size log histograms (1% buckets), so memory does not grow
+//! with the number of requests.
 
 mod cache;
 pub mod fleet_faults;
+mod queue;
+mod race;
 pub mod trace;
 pub mod tune;
 pub mod workload;
@@ -47,6 +52,7 @@ use crate::route::state::Fleet;
 use crate::route::{self, Reason};
 use crate::scenario::{SystemReport, TierReport};
 use crate::serving::Serving;
+pub use queue::JobReport;
 use serde::Serialize;
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
@@ -377,11 +383,15 @@ struct PhaseStats {
     cache_hits: u64,
     /// Requests answered with an identical in-flight request's answer (single flight).
     coalesced: u64,
-    /// Second attempts sent by a hedging tier, and what the losing attempts were billed.
+    /// Second attempts sent by a hedging tier, and their estimated cost (their bill).
     hedges: u64,
     hedge_spend: f64,
     /// Cached answers evicted to stay within `cache.max_bytes`.
     evictions: u64,
+    /// Losing hedge attempts cut short (see `race.rs`).
+    hedges_cut: u64,
+    /// The batch queue's figures (see `queue.rs`).
+    jobs: queue::JobStats,
 }
 
 impl PhaseStats {
@@ -403,6 +413,8 @@ impl PhaseStats {
             hedges: 0,
             hedge_spend: 0.0,
             evictions: 0,
+            hedges_cut: 0,
+            jobs: Default::default(),
         }
     }
 }
@@ -444,6 +456,8 @@ enum What {
     /// A hedged request's attempt reaches the gateway (its round trip after the server is
     /// done): the first to arrive wins.
     Answer(InFlight),
+    /// A batch-queue dispatcher round: its 100 ms tick (true) or a wake (see `queue.rs`).
+    Dispatch(bool),
 }
 
 struct Event {
@@ -484,6 +498,8 @@ struct Engine<'w> {
     queues: Vec<Vec<EndpointQueue>>,
     stats: Vec<PhaseStats>,
     next_id: u64,
+    /// Hedged attempts that may be cut short (see `race.rs`).
+    races: race::Races,
 }
 
 impl<'w> Engine<'w> {
@@ -502,6 +518,7 @@ impl<'w> Engine<'w> {
                 .map(|_| PhaseStats::new(w.tiers.len(), w.fleet.pools.len()))
                 .collect(),
             next_id: 0,
+            races: Default::default(),
         }
     }
 
@@ -537,6 +554,7 @@ impl<'w> Engine<'w> {
         let service = self.w.service_at(p, e, f.req.service_quantile, now);
         f.service_us = service;
         busy(self.w, &mut self.stats, p, now, now + service);
+        self.races.started(&f, now, now + service);
         self.push(now + service, What::Done(f));
     }
 
@@ -560,9 +578,6 @@ impl<'w> Engine<'w> {
         s.requests += 1;
         s.served[pool] += 1;
         s.spend += cost;
-        if f.reason == Some(Reason::Queued) {
-            s.queued += 1;
-        }
         let t = &mut s.tiers[f.req.tier];
         t.requests += 1;
         t.met += u64::from(latency_ms <= deadline);
@@ -584,10 +599,10 @@ impl<'w> Engine<'w> {
         t.latency.add(latency_ms);
     }
 
-    /// A hedged request's losing attempt answered: the pool bills it all the same.
-    fn lost(&mut self, f: &InFlight) {
-        let cost = self.w.cost(f.target.0, f.service_us);
-        let s = self.phase(&f.req);
+    /// A hedge sent: billed its estimated cost, as `hedge::run` counts it (the losing
+    /// attempt's bill, whichever loses).
+    fn lost(&mut self, req: &Request, cost: f64) {
+        let s = self.phase(req);
         s.spend += cost;
         s.hedge_spend += cost;
     }
@@ -633,12 +648,16 @@ impl<'w> Engine<'w> {
                     let Some(ev) = self.events.pop() else { break };
                     match ev.what {
                         What::Done(f) => {
+                            if self.races.void(&f) {
+                                continue;
+                            }
                             self.finish(&f, ev.at);
                             system.done(&mut self, f, ev.at);
                         }
                         What::Retry(f) => system.attempt(&mut self, f, ev.at),
                         What::Hedge(f) => system.hedge(&mut self, f, ev.at),
                         What::Answer(f) => system.answer(&mut self, f, ev.at),
+                        What::Dispatch(tick) => system.dispatch(&mut self, ev.at, tick),
                     }
                     continue;
                 }
@@ -674,6 +693,8 @@ struct PolicySystem {
     cache: Option<cache::SimCache>,
     /// Hedged requests with an attempt in flight: whether answered, attempts in flight.
     hedged: std::collections::HashMap<u64, (bool, u8)>,
+    /// The batch queue, when the policy has one.
+    queue: Option<queue::SimQueue>,
 }
 
 impl PolicySystem {
@@ -724,6 +745,7 @@ impl PolicySystem {
             .cache
             .map(|c| cache::SimCache::new(c.ttl, &table.cache, &w.models, ANSWER_BYTES));
         Ok(PolicySystem {
+            queue: queue::SimQueue::new(&table, w),
             table,
             pools,
             classes,
@@ -815,6 +837,10 @@ impl System {
                 let hedge_after = sys.hedge_after(w, &f.req).filter(|_| f.tried.is_empty());
                 // As `proxy::acquire`: decide, take the slots, decide again on a lost race.
                 let mut d = route::decide(class, table, &f.tried, now_ms);
+                if f.tried.is_empty() && queue::takes(sys, class, &d) {
+                    sys.enqueue(eng, f, &d, now);
+                    return;
+                }
                 let mut target = None;
                 for _ in 0..4 {
                     let Some((p, e)) = d.target else { break };
@@ -891,6 +917,9 @@ impl System {
                             .service_time_behind(now_ms, Duration::ZERO);
                     (now + us(wait.mul_f64(factor)).max(1), f.clone())
                 });
+                if timer.is_some() {
+                    eng.races.enter(&f);
+                }
                 eng.send(f, now);
                 if let Some((at, f)) = timer {
                     sys.hedged.insert(f.id, (false, 1));
@@ -956,6 +985,9 @@ impl System {
                 pool.release();
                 ep.release();
             }
+            if sys.job_done(eng, &f, now) {
+                return;
+            }
             // A hedged request: the race is decided where the answers arrive, a round trip
             // after the servers are done.
             if sys.hedged.contains_key(&f.id) {
@@ -986,11 +1018,10 @@ impl System {
         if state.1 == 0 {
             sys.hedged.remove(&f.id);
         }
-        if answered {
-            eng.lost(&f);
-        } else {
+        if !answered {
             // `succeed` adds the round trip itself.
             eng.succeed(&f, now - w_rtt(eng, &f));
+            sys.cut_losers(eng, &f.req, f.id, now);
         }
     }
 
@@ -1022,6 +1053,7 @@ impl System {
             return;
         }
         eng.phase(&f.req).hedges += 1;
+        eng.lost(&f.req, next.estimate.map_or(0.0, |e| e.cost_usd));
         let fleet_pool = sys.pools[p as usize];
         if w.is_down(fleet_pool, e as usize, now) {
             // The hedge cannot connect: the first attempt's answer stands.
@@ -1041,6 +1073,7 @@ impl System {
         if let Some(state) = sys.hedged.get_mut(&h.id) {
             state.1 += 1;
         }
+        eng.races.enter(&h);
         eng.send(h, now);
     }
 }
@@ -1142,7 +1175,7 @@ pub struct SimSystemReport {
     pub shed: u64,
     pub overloaded: u64,
     pub no_candidate: u64,
-    /// Answered through the tier's `on_slo_miss: queue`.
+    /// Accepted into the batch queue (202): a batch pool or the tier's `on_slo_miss: queue`.
     pub queued: u64,
     /// Attempts after a refused connection.
     pub retries: u64,
@@ -1152,10 +1185,16 @@ pub struct SimSystemReport {
     pub coalesced: u64,
     /// Cached answers evicted to stay within `cache.max_bytes`.
     pub evictions: u64,
-    /// Second attempts of hedging tiers, and the losing attempts' bill per 1k requests
-    /// (included in `spend_per_1k_usd`).
+    /// Second attempts of hedging tiers, and their bill per 1k requests as the gateway
+    /// counts it, each hedge's estimated cost (included in `spend_per_1k_usd`).
     pub hedges: u64,
     pub hedge_spend_per_1k_usd: f64,
+    /// Losing hedge attempts cut short when the winner answered (out of their endpoint's
+    /// queue, or their server freed).
+    pub hedges_cut: u64,
+    /// The batch queue: jobs completed and failed, completion latency, depth, spend.
+    #[serde(flatten)]
+    pub jobs: JobReport,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -1249,6 +1288,8 @@ fn summarise(w: &Workload, name: &str, s: &PhaseStats, phase_len: Duration) -> S
         evictions: s.evictions,
         hedges: s.hedges,
         hedge_spend_per_1k_usd: round(s.hedge_spend * 1000.0 / s.requests.max(1) as f64, 5),
+        hedges_cut: s.hedges_cut,
+        jobs: queue::report(&s.jobs, s.requests),
     }
 }
 
@@ -1411,9 +1452,12 @@ pub fn render(report: &SimReport) -> String {
             if s.coalesced + s.evictions + s.hedges > 0 {
                 let _ = writeln!(
                     out,
-                    "  {:<12} coalesced {}, cache evictions {}, hedges {} (${:.4}/1k req of it)",
-                    "", s.coalesced, s.evictions, s.hedges, s.hedge_spend_per_1k_usd
+                    "  {:<12} coalesced {}, cache evictions {}, hedges {} (${:.4}/1k req of it, {} losers cut short)",
+                    "", s.coalesced, s.evictions, s.hedges, s.hedge_spend_per_1k_usd, s.hedges_cut
                 );
+            }
+            if let Some(line) = queue::render(s) {
+                let _ = writeln!(out, "  {:<12} {line}", "");
             }
             let _ = writeln!(out, "  {:<12} SLO: {}", "", tiers.join("; "));
             let _ = writeln!(out, "  {:<12} traffic: {}", "", traffic.join(", "));
