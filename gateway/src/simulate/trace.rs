@@ -6,7 +6,11 @@
 //! models each serves) and tiers (whose deadlines the report measures against). Service times
 //! are **empirical**: each pool's `upstream_ms` samples from the trace (a uniform reservoir of
 //! at most 4,096 per pool), a request's quantile picking one; a pool the trace never used
-//! falls back to its policy `service_time` (a constant). Upstream times as logged include the
+//! falls back to its policy `service_time` (a constant). A request's quantile is its own: the
+//! rank of its logged upstream time among its pool's samples, so a request that goes where
+//! it went live takes the time it took live (exactly, while the pool has at most 4,096
+//! samples), and one sent elsewhere takes the same rank of that pool's times (as fast or as
+//! slow, relatively). Only a line with no upstream time draws a random quantile. Upstream times as logged include the
 //! network between the gateway and the pool, so RTT is counted both there and in the
 //! policy's matrix for a pool far from the gateway: figures err on the slow side.
 //!
@@ -58,6 +62,8 @@ pub struct TraceIndex {
     regions: HashMap<String, usize>,
     tiers: HashMap<String, usize>,
     models: HashMap<String, u16>,
+    /// Each pool's sorted service-time samples (µs), to rank a line's own upstream time.
+    samples: HashMap<String, Arc<Vec<u64>>>,
     /// Arrival of the first request, ms since the epoch.
     t0_ms: f64,
     scale: f64,
@@ -65,16 +71,38 @@ pub struct TraceIndex {
 
 impl TraceIndex {
     /// The request a line stands for (`None`: skipped), with its arrival in ms since the
-    /// epoch.
-    fn request(&self, line: &Line) -> Option<(f64, usize, usize, u16)> {
+    /// epoch and its own service quantile when it reached a pool.
+    fn request(&self, line: &Line) -> Option<(f64, usize, usize, u16, Option<f64>)> {
         if line.v != 1 || matches!(line.cache.as_deref(), Some("hit" | "coalesced")) {
             return None;
         }
         let region = *self.regions.get(line.region.as_deref()?)?;
         let tier = *self.tiers.get(line.tier.as_deref()?)?;
         let model = *self.models.get(&line.model)?;
-        Some((arrival_ms(line), region, tier, model))
+        let quantile = line
+            .pool
+            .as_ref()
+            .and_then(|p| self.samples.get(p))
+            .zip(line.upstream_ms)
+            .and_then(|(samples, ms)| own_quantile(samples, (ms.max(0.0) * 1000.0) as u64));
+        Some((arrival_ms(line), region, tier, model, quantile))
     }
+}
+
+/// The quantile whose pick from `samples` (sorted; see `service_at`) is the sample nearest
+/// to `us`.
+fn own_quantile(samples: &[u64], us: u64) -> Option<f64> {
+    let last = samples.len().checked_sub(1)?;
+    if last == 0 {
+        return Some(0.0);
+    }
+    let i = samples.partition_point(|&x| x < us).min(last);
+    let i = if i > 0 && us - samples[i - 1] < samples[i].saturating_sub(us) {
+        i - 1
+    } else {
+        i
+    };
+    Some(i as f64 / last as f64)
 }
 
 fn arrival_ms(line: &Line) -> f64 {
@@ -173,6 +201,13 @@ pub fn load(
     let span = Duration::from_secs_f64(((last - first) / 1000.0 / scale).max(0.001));
     let phases = phases.max(1);
     let len = span.div_f64(phases as f64) + Duration::from_millis(1);
+    let samples: HashMap<String, Arc<Vec<u64>>> = samples
+        .into_iter()
+        .map(|(pool, (_, mut kept))| {
+            kept.sort_unstable();
+            (pool, Arc::new(kept))
+        })
+        .collect();
     let rate = n as f64 / span.as_secs_f64().max(0.001);
     let fleet_model = FleetModel {
         regions: fleet.regions.clone(),
@@ -201,10 +236,7 @@ pub fn load(
                 per_gpu_hour: p.price.per_gpu_hour,
                 serves: model_names.iter().map(|m| p.models.serves(m)).collect(),
                 gpu: p.kind.as_str() == "gpu",
-                empirical: samples.remove(&p.name).map(|(_, mut kept)| {
-                    kept.sort_unstable();
-                    Arc::new(kept)
-                }),
+                empirical: samples.get(&p.name).cloned(),
             })
             .collect(),
     };
@@ -232,6 +264,7 @@ pub fn load(
             regions,
             tiers,
             models,
+            samples,
             t0_ms: first,
             scale,
         })),
@@ -239,8 +272,12 @@ pub fn load(
     })
 }
 
-/// A line waiting in the re-order window: (arrival µs, line number, region, tier, model).
-type Held = (u64, u64, usize, usize, u16);
+/// A line waiting in the re-order window: (arrival µs, line number, region, tier, model, its
+/// own service quantile's bits or [`DRAW`]).
+type Held = (u64, u64, usize, usize, u16, u64);
+
+/// [`Held`]'s quantile when the line has none of its own (no quantile in 0..=1 has these bits).
+const DRAW: u64 = u64::MAX;
 
 /// The trace's requests in arrival order, streamed.
 pub struct Replay {
@@ -276,12 +313,13 @@ impl Replay {
             let Ok(line) = serde_json::from_str::<Line>(&text) else {
                 continue;
             };
-            if let Some((at_ms, region, tier, model)) = self.index.request(&line) {
+            if let Some((at_ms, region, tier, model, q)) = self.index.request(&line) {
                 let at_us =
                     ((at_ms - self.index.t0_ms).max(0.0) * 1000.0 / self.index.scale) as u64;
                 self.seq += 1;
+                let q = q.map_or(DRAW, f64::to_bits);
                 self.held
-                    .push(Reverse((at_us, self.seq, region, tier, model)));
+                    .push(Reverse((at_us, self.seq, region, tier, model, q)));
             }
         }
     }
@@ -292,15 +330,39 @@ impl Iterator for Replay {
 
     fn next(&mut self) -> Option<Request> {
         self.fill();
-        let Reverse((at_us, _, region, tier, model)) = self.held.pop()?;
+        let Reverse((at_us, _, region, tier, model, q)) = self.held.pop()?;
         self.last_us = self.last_us.max(at_us);
         Some(Request {
             at: Duration::from_micros(self.last_us),
             region,
             tier,
             model,
-            service_quantile: self.quantiles.f64(),
+            service_quantile: if q == DRAW {
+                self.quantiles.f64()
+            } else {
+                f64::from_bits(q)
+            },
             key: 0,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::own_quantile;
+
+    #[test]
+    fn a_lines_own_quantile_picks_its_own_time_back() {
+        let samples = [1_000, 2_000, 5_000, 9_000, 40_000];
+        let pick = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+        for &us in &samples {
+            assert_eq!(pick(own_quantile(&samples, us).unwrap()), us);
+        }
+        // Between samples: the nearest one.
+        assert_eq!(pick(own_quantile(&samples, 4_400).unwrap()), 5_000);
+        assert_eq!(pick(own_quantile(&samples, 2_100).unwrap()), 2_000);
+        assert_eq!(pick(own_quantile(&samples, 99_000).unwrap()), 40_000);
+        assert_eq!(own_quantile(&[7], 3), Some(0.0));
+        assert_eq!(own_quantile(&[], 3), None);
     }
 }
