@@ -106,6 +106,47 @@ async fn every_request_is_a_versioned_json_line_with_its_decision() {
     }
 }
 
+/// The `what_if` part of the gateway's `/admin/status`.
+async fn status(gw: &Gateway) -> Value {
+    let r = gw.admin_get("/admin/status").await;
+    assert_eq!(r.status, 200);
+    serde_json::from_slice::<Value>(&r.body).expect("status JSON")["what_if"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_gives_the_command_that_replays_the_recorded_traffic() {
+    let edge = mock("edge", 1).await;
+    let pools = pool(
+        "edge",
+        "edge",
+        "us",
+        &[edge.addr()],
+        "[\"*\"]",
+        "{ per_request: 0.00002 }",
+    );
+    let recording = Gateway::start(&policy(
+        &pools,
+        "observe: { decision_log: decisions.jsonl }\n",
+    ))
+    .await;
+    let what_if = status(&recording).await;
+    let command = what_if["command"].as_str().expect("a command");
+    let log = what_if["decision_log"].as_str().expect("the log's path");
+    assert!(log.ends_with("decisions.jsonl"), "{what_if}");
+    let policy_path = recording.policy_path.display().to_string();
+    assert!(
+        command.starts_with("switchyard simulate --trace ")
+            && command.contains(log)
+            && command.contains(&format!("--policy {policy_path}")),
+        "{command}"
+    );
+    // The page draws it; without a log it says how to record one.
+    let page = recording.admin_get("/").await;
+    assert!(String::from_utf8_lossy(&page.body).contains("what_if"));
+    let silent = Gateway::start(&policy(&pools, "")).await;
+    assert_eq!(status(&silent).await["command"], Value::Null);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_log_rotates_by_size() {
     let edge = mock("edge", 1).await;

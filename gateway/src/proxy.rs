@@ -745,6 +745,8 @@ fn http_peer(ctx: &RequestCtx, table: &RoutingTable, (pool, ep): (PoolId, u16)) 
 
 /// Headers the gateway adds to every upstream request: the time left before the deadline
 /// (so the backend can give up early too) and the client in `X-Forwarded-For`.
+const X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
+
 fn forward_headers(req: &mut RequestHeader, ctx: &RequestCtx, session: &Session) -> Result<()> {
     if let (Some(table), Some((p, e))) = (&ctx.table, ctx.current) {
         // Hosted pools: injected credentials, Host, path prefix (`policy::hosted`).
@@ -759,7 +761,7 @@ fn forward_headers(req: &mut RequestHeader, ctx: &RequestCtx, session: &Session)
         req.insert_header("x-switchyard-deadline-ms", http::HeaderValue::from(ms))?;
     }
     if let Some(peer) = peer_ip(session) {
-        let xff = match session.req_header().headers.get("x-forwarded-for") {
+        let xff = match session.req_header().headers.get(X_FORWARDED_FOR) {
             Some(prev) => format!("{}, {peer}", prev.to_str().unwrap_or("")),
             None => peer.to_string(),
         };
@@ -1065,10 +1067,12 @@ async fn prepare(
     (Class, Decision, Bytes, Lookup),
     (Option<Class>, Option<Decision>, GatewayError),
 > {
-    let path = session.req_header().uri.path().to_string();
-    let route_id = table
-        .match_route(&path)
-        .ok_or_else(|| (None, None, GatewayError::NoRoute(truncate(&path, 200))))?;
+    let route_id = {
+        let path = session.req_header().uri.path();
+        table
+            .match_route(path)
+            .ok_or_else(|| (None, None, GatewayError::NoRoute(truncate(path, 200))))?
+    };
     let route = &table.routes[route_id as usize];
 
     let limits = BodyLimits {
@@ -1083,10 +1087,11 @@ async fn prepare(
 
     let peer = peer_ip(session).unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
     let header = session.req_header();
+    let path = header.uri.path();
     let facts = RequestFacts {
         peer,
         method: &header.method,
-        path: &path,
+        path,
         headers: &header.headers,
         body: Some(&body),
     };
@@ -1106,10 +1111,7 @@ async fn prepare(
     // could take the request now (the decision is still made, for the spend avoided).
     let lookup = match cache {
         Some(cache) => {
-            let target = header
-                .uri
-                .path_and_query()
-                .map_or(path.as_str(), |pq| pq.as_str());
+            let target = header.uri.path_and_query().map_or(path, |pq| pq.as_str());
             cache
                 .lookup(&class, table, target, &header.headers, Some(&body))
                 .await

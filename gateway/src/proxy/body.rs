@@ -156,11 +156,15 @@ pub async fn read(
     // Pingora keeps a copy of the first 64 KiB and re-sends it on a retry: for a small
     // body that is the whole of it, and Pingora's own proxy loop can send it.
     session.as_mut().enable_retry_buffering();
-    let mut buf = BytesMut::with_capacity(declared.unwrap_or(16 * 1024));
+    // A body that arrives in one piece (most small ones) is kept as Pingora handed it over:
+    // no buffer to allocate and nothing to copy. Only a second piece starts one.
+    let mut first: Option<Bytes> = None;
+    let mut buf: Option<BytesMut> = None;
+    let mut len = 0usize;
     loop {
         match session.read_request_body().await {
             Ok(Some(chunk)) => {
-                let len = buf.len() + chunk.len();
+                len += chunk.len();
                 if len > limits.max_body {
                     return Err(GatewayError::PayloadTooLarge {
                         limit: limits.max_body,
@@ -174,13 +178,25 @@ pub async fn read(
                 {
                     return Err(overloaded());
                 }
-                buf.extend_from_slice(&chunk);
+                match (&mut buf, first.take()) {
+                    (Some(buf), _) => buf.extend_from_slice(&chunk),
+                    (None, None) => first = Some(chunk),
+                    (None, Some(head)) => {
+                        let mut b = BytesMut::with_capacity(declared.unwrap_or(16 * 1024).max(len));
+                        b.extend_from_slice(&head);
+                        b.extend_from_slice(&chunk);
+                        buf = Some(b);
+                    }
+                }
             }
             Ok(None) => break,
             Err(e) => return Err(GatewayError::BodyRead(e.to_string())),
         }
     }
-    Ok(buf.freeze())
+    Ok(match (buf, first) {
+        (Some(buf), _) => buf.freeze(),
+        (None, first) => first.unwrap_or_default(),
+    })
 }
 
 /// After refusing a request whose body was not read (413 before the upload, 503 from the

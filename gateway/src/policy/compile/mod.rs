@@ -108,15 +108,16 @@ pub struct RoutingTable {
     /// `gateway_region`). `None`: unknown, and the estimate takes the gateway to be beside
     /// its clients (`rtt(client region, pool region)` for the whole network path).
     pub gateway_region: Option<RegionId>,
-    country_region: HashMap<[u8; 2], RegionId>,
-    continent_region: HashMap<[u8; 2], RegionId>,
+    /// Sorted by code, for a binary search: a country or continent is looked up on every
+    /// request, and a search of a few hundred two-byte keys beats hashing them (SipHash).
+    country_region: Vec<([u8; 2], RegionId)>,
+    continent_region: Vec<([u8; 2], RegionId)>,
     /// The `rtt_ms` matrix, `rtt[from * regions + to]`, as durations: converted once here
     /// because `decide` reads it for every candidate pool.
     rtt: Vec<Duration>,
     /// Per client region, the pool regions allowed to serve it (`None`: any).
     residency: Vec<Option<Vec<RegionId>>>,
     pub tiers: Vec<Tier>,
-    tier_by_name: HashMap<String, TierId>,
     pub tenants: Vec<Tenant>,
     /// Tenant key digests, scanned whole by [`RoutingTable::tenant_by_key_hash`].
     tenant_keys: Vec<([u8; 32], TenantId)>,
@@ -155,8 +156,13 @@ impl RoutingTable {
             .map(|i| i as RouteId)
     }
 
+    /// The tier called `name` (from `x-slo-tier`): a scan, as a policy has a handful of
+    /// tiers and comparing their names is cheaper than hashing the header.
     pub fn tier_by_name(&self, name: &str) -> Option<TierId> {
-        self.tier_by_name.get(name).copied()
+        self.tiers
+            .iter()
+            .position(|t| t.name == name)
+            .map(|i| i as TierId)
     }
 
     /// The tenant whose key has this SHA-256. Every stored digest is compared, in constant
@@ -172,13 +178,11 @@ impl RoutingTable {
     }
 
     pub fn region_of_country(&self, iso: &[u8]) -> Option<RegionId> {
-        let key: [u8; 2] = iso.try_into().ok()?;
-        self.country_region.get(&key).copied()
+        by_code(&self.country_region, iso)
     }
 
     pub fn region_of_continent(&self, code: &[u8]) -> Option<RegionId> {
-        let key: [u8; 2] = code.try_into().ok()?;
-        self.continent_region.get(&key).copied()
+        by_code(&self.continent_region, code)
     }
 
     pub fn rtt(&self, from: RegionId, to: RegionId) -> Duration {
@@ -407,8 +411,8 @@ fn compile(
         geo: Arc::new(geo),
         default_region: regions.default,
         gateway_region: regions.gateway,
-        country_region: regions.country,
-        continent_region: regions.continent,
+        country_region: sorted_codes(regions.country),
+        continent_region: sorted_codes(regions.continent),
         // Integer nanoseconds (a missing pair is NaN, which the cast makes 0).
         rtt: regions
             .rtt_ms
@@ -418,7 +422,6 @@ fn compile(
         residency: regions.residency,
         regions: regions.names,
         tiers: tiers.list,
-        tier_by_name: tiers.by_name,
         tenants: tenants.list,
         tenant_keys: tenants.by_key.into_iter().collect(),
         auth: raw.auth,
@@ -434,6 +437,21 @@ fn compile(
         text: Arc::from(""),
         host_names,
     })
+}
+
+/// A region map as a sorted list of (code, region).
+fn sorted_codes(map: HashMap<[u8; 2], RegionId>) -> Vec<([u8; 2], RegionId)> {
+    let mut v: Vec<_> = map.into_iter().collect();
+    v.sort_unstable();
+    v
+}
+
+fn by_code(codes: &[([u8; 2], RegionId)], code: &[u8]) -> Option<RegionId> {
+    let key: [u8; 2] = code.try_into().ok()?;
+    codes
+        .binary_search_by_key(&key, |(c, _)| *c)
+        .ok()
+        .map(|i| codes[i].1)
 }
 
 #[cfg(test)]
