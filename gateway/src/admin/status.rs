@@ -645,6 +645,34 @@ pub fn status_of(
     })
 }
 
+/// The status page's pointer to `switchyard simulate`: the command that replays this
+/// gateway's recorded traffic (its decision log) through the serving policy and a candidate,
+/// or `null` when no decision log is being written.
+fn what_if(table: &crate::policy::RoutingTable) -> Value {
+    let Some((log, _)) = &table.decision_log else {
+        return json!({ "decision_log": null, "command": null });
+    };
+    let log = log.display().to_string();
+    let command = format!(
+        "switchyard simulate --trace {} --policy {} --policy CANDIDATE.yaml",
+        shell_word(&log),
+        shell_word(&table.source.display().to_string()),
+    );
+    json!({ "decision_log": log, "command": command })
+}
+
+/// `s` as one shell word: as is when it is plain, else single-quoted.
+fn shell_word(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-+:=@,".contains(&b));
+    if plain {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -827,33 +855,5 @@ mod tests {
             now,
         );
         assert_eq!(agg.requests.load(Ordering::Relaxed), 6);
-    }
-}
-
-/// The status page's pointer to `switchyard simulate`: the command that replays this
-/// gateway's recorded traffic (its decision log) through the serving policy and a candidate,
-/// or `null` when no decision log is being written.
-fn what_if(table: &crate::policy::RoutingTable) -> Value {
-    let Some((log, _)) = &table.decision_log else {
-        return json!({ "decision_log": null, "command": null });
-    };
-    let log = log.display().to_string();
-    let command = format!(
-        "switchyard simulate --trace {} --policy {} --policy CANDIDATE.yaml",
-        shell_word(&log),
-        shell_word(&table.source.display().to_string()),
-    );
-    json!({ "decision_log": log, "command": command })
-}
-
-/// `s` as one shell word: as is when it is plain, else single-quoted.
-fn shell_word(s: &str) -> String {
-    let plain = !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"/._-+:=@,".contains(&b));
-    if plain {
-        s.to_string()
-    } else {
-        format!("'{}'", s.replace('\'', "'\\''"))
     }
 }
