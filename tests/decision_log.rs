@@ -7,6 +7,19 @@ mod support;
 use serde_json::Value;
 use std::time::{Duration, Instant};
 use support::*;
+use switchyard::testkit::mock::MockBackend;
+
+/// One edge pool in `region` on `edge`, serving every model.
+fn edge_pool(edge: &MockBackend, region: &str) -> String {
+    pool(
+        "edge",
+        "edge",
+        region,
+        &[edge.addr()],
+        "[\"*\"]",
+        "{ per_request: 0.00002 }",
+    )
+}
 
 /// The decision log's lines once there are at least `n` (at most 5 s).
 async fn lines_when(path: &std::path::Path, n: usize) -> Vec<Value> {
@@ -27,14 +40,7 @@ async fn lines_when(path: &std::path::Path, n: usize) -> Vec<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_request_is_a_versioned_json_line_with_its_decision() {
     let edge = mock("edge", 5).await;
-    let pools = pool(
-        "edge",
-        "edge",
-        "eu",
-        &[edge.addr()],
-        "[\"*\"]",
-        "{ per_request: 0.00002 }",
-    );
+    let pools = edge_pool(&edge, "eu");
     let gw = Gateway::start(&policy(
         &pools,
         "observe: { decision_log: decisions.jsonl }\n",
@@ -116,14 +122,7 @@ async fn status(gw: &Gateway) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_status_page_gives_the_command_that_replays_the_recorded_traffic() {
     let edge = mock("edge", 1).await;
-    let pools = pool(
-        "edge",
-        "edge",
-        "us",
-        &[edge.addr()],
-        "[\"*\"]",
-        "{ per_request: 0.00002 }",
-    );
+    let pools = edge_pool(&edge, "us");
     let recording = Gateway::start(&policy(
         &pools,
         "observe: { decision_log: decisions.jsonl }\n",
@@ -150,14 +149,7 @@ async fn the_status_page_gives_the_command_that_replays_the_recorded_traffic() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_log_rotates_by_size() {
     let edge = mock("edge", 1).await;
-    let pools = pool(
-        "edge",
-        "edge",
-        "us",
-        &[edge.addr()],
-        "[\"*\"]",
-        "{ per_request: 0.00002 }",
-    );
+    let pools = edge_pool(&edge, "us");
     let gw = Gateway::start(&policy(
         &pools,
         "observe: { decision_log: d.jsonl, decision_log_max: 4KiB }\n",
