@@ -16,10 +16,24 @@ use switchyard::testkit::client::{self, Request, Response};
 use switchyard::testkit::fleet::MockSpec;
 use switchyard::testkit::mock::MockBackend;
 
-/// A free port on 127.0.0.1 (bound, read, released: the usual small race is accepted).
+/// A free port on 127.0.0.1 (bound, read, released), never one this test process handed out
+/// before. The kernel can give a just-released port to the next `bind(0)`, and Pingora
+/// listens with `SO_REUSEPORT`: two tests running in parallel that were handed the same
+/// port would both bind it without an error and share its connections (a TLS handshake
+/// then reached another test's plain-HTTP listener and ended in "tls handshake eof", in
+/// `tests/tls.rs` on CI). Other processes can still race for it; the gateway's own ports are
+/// also checked through `/readyz` (see [`Gateway::start_file`]).
 pub fn free_addr() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr")
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let mut seen = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
+        if !seen.contains(&addr.port()) {
+            seen.push(addr.port());
+            return addr;
+        }
+    }
 }
 
 /// An address nothing listens on (bound then closed).
