@@ -236,22 +236,23 @@ async fn a_recorded_log_replays_in_the_simulator() {
     let trace = gw.dir.path().join("decisions.jsonl");
     let lines = lines_when(&trace, 60).await;
     assert_eq!(lines.len(), 60);
+    let (trace_arg, policy_arg) = (
+        trace.display().to_string(),
+        gw.policy_path.display().to_string(),
+    );
     let simulate = |scale: &str| -> Value {
-        let out = std::process::Command::new(binary())
-            .args(["simulate", "--trace"])
-            .arg(&trace)
-            .arg("--policy")
-            .arg(&gw.policy_path)
-            .args(["--phases", "2", "--rate-scale", scale, "--json"])
-            .output()
-            .expect("run simulate");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+        report::json(&report::run(&[
+            "simulate",
+            "--trace",
+            &trace_arg,
+            "--policy",
+            &policy_arg,
+            "--phases",
+            "2",
+            "--rate-scale",
+            scale,
+            "--json",
+        ]))
     };
     // At the speed it was served. (Compressed, the estimates' time-based decay would not
     // match the live run's: a slow answer under a loaded machine would weigh on ten times as
@@ -266,39 +267,30 @@ async fn a_recorded_log_replays_in_the_simulator() {
         rate(&fast),
         rate(&report)
     );
-    let replayed_in = |r: &Value| -> u64 {
+    // The rows of system `name` in every phase of `r`.
+    let rows = |r: &Value, name: &str| -> Vec<Value> {
         r["phases"]
             .as_array()
             .into_iter()
             .flatten()
-            .filter_map(|p| {
-                p["systems"]
-                    .as_array()?
-                    .iter()
-                    .find(|s| s["system"] == "policy")
-            })
+            .map(|p| report::system(p, name).clone())
+            .collect()
+    };
+    let replayed_in = |r: &Value| -> u64 {
+        rows(r, "policy")
+            .iter()
             .map(|s| s["requests"].as_u64().unwrap_or(0))
             .sum()
     };
     assert_eq!(replayed_in(&fast), 60, "{fast:#}");
-    let phases = report["phases"].as_array().expect("phases");
-    assert_eq!(phases.len(), 2);
-    let replayed = |name: &str| -> Vec<&Value> {
-        phases
-            .iter()
-            .filter_map(|p| {
-                p["systems"]
-                    .as_array()
-                    .and_then(|s| s.iter().find(|s| s["system"] == name))
-            })
-            .collect()
-    };
+    assert_eq!(report["phases"].as_array().map(Vec::len), Some(2));
+    let replayed = |name: &str| rows(&report, name);
     let policy_rows = replayed("policy");
-    let requests: u64 = policy_rows
-        .iter()
-        .map(|s| s["requests"].as_u64().unwrap_or(0))
-        .sum();
-    assert_eq!(requests, 60, "every logged request is replayed: {report:#}");
+    assert_eq!(
+        replayed_in(&report),
+        60,
+        "every logged request is replayed: {report:#}"
+    );
     assert!(policy_rows.iter().all(|s| s["errors"] == 0), "{report:#}");
     // The same policy on the same requests sends them where the gateway did.
     let logged = shares(&lines);

@@ -10,6 +10,16 @@ use std::process::Command;
 use support::binary;
 use support::report::{json, realtime, run, spend, system};
 
+/// Write the built-in `fleet-faults` policy to `path` with `from` replaced by `to`.
+fn write_variant(path: &std::path::Path, from: &str, to: &str) {
+    let text = switchyard::simulate::fleet_faults::policy();
+    assert!(
+        text.contains(from),
+        "`{from}` is not in the fleet-faults policy"
+    );
+    std::fs::write(path, text.replace(from, to)).expect("write");
+}
+
 #[test]
 fn policies_side_by_side_with_baselines_and_the_oracle() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -18,14 +28,11 @@ fn policies_side_by_side_with_baselines_and_the_oracle() {
     // The same policy, but real-time traffic may only use the GPU pool in the US: clients in
     // Asia-Pacific (150 ms away) can no longer meet the 150 ms deadline.
     let gpu_only = dir.path().join("gpu-only.yaml");
-    std::fs::write(
+    write_variant(
         &gpu_only,
-        switchyard::simulate::fleet_faults::policy().replace(
-            "realtime: { deadline: 150ms, weight: 0.8, pools: [edge, gpu]",
-            "realtime: { deadline: 150ms, weight: 0.8, pools: [gpu]",
-        ),
-    )
-    .expect("write");
+        "realtime: { deadline: 150ms, weight: 0.8, pools: [edge, gpu]",
+        "realtime: { deadline: 150ms, weight: 0.8, pools: [gpu]",
+    );
     let args = [
         "simulate",
         "--policy",
@@ -80,11 +87,7 @@ fn policies_side_by_side_with_baselines_and_the_oracle() {
 fn a_policy_that_does_not_fit_the_fleet_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let other = dir.path().join("other.yaml");
-    std::fs::write(
-        &other,
-        switchyard::simulate::fleet_faults::policy().replace("name: edge-ap", "name: edge-sg"),
-    )
-    .expect("write");
+    write_variant(&other, "name: edge-ap", "name: edge-sg");
     let out = run(&[
         "simulate",
         "--policy",
@@ -213,14 +216,11 @@ fn tune_finds_cheaper_weights_that_still_meet_the_target_and_writes_a_valid_poli
 fn tune_says_so_when_no_weights_meet_the_target() {
     let dir = tempfile::tempdir().expect("tempdir");
     let policy = dir.path().join("gpu-only.yaml");
-    std::fs::write(
+    write_variant(
         &policy,
-        switchyard::simulate::fleet_faults::policy().replace(
-            "realtime: { deadline: 150ms, weight: 0.8, pools: [edge, gpu]",
-            "realtime: { deadline: 150ms, weight: 0.8, pools: [gpu]",
-        ),
-    )
-    .expect("write");
+        "realtime: { deadline: 150ms, weight: 0.8, pools: [edge, gpu]",
+        "realtime: { deadline: 150ms, weight: 0.8, pools: [gpu]",
+    );
     let written = dir.path().join("never.yaml");
     let out = run(&[
         "tune",
@@ -393,14 +393,11 @@ fn tune_searches_hedging_and_on_slo_miss_and_writes_a_valid_policy() {
     std::fs::write(&workload, STALLS).expect("write");
     // Every tier hedges: the untargeted ones pay for it for nothing.
     let original = dir.path().join("original.yaml");
-    std::fs::write(
+    write_variant(
         &original,
-        switchyard::simulate::fleet_faults::policy().replace(
-            "on_slo_miss: fastest }",
-            "on_slo_miss: fastest, hedge_after: 1.5 }",
-        ),
-    )
-    .expect("write");
+        "on_slo_miss: fastest }",
+        "on_slo_miss: fastest, hedge_after: 1.5 }",
+    );
     let tuned = dir.path().join("tuned.yaml");
     let out = run(&[
         "tune",

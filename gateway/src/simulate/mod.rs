@@ -448,6 +448,23 @@ struct InFlight {
     id: u64,
 }
 
+impl InFlight {
+    /// Request `id`, arrived and not yet sent anywhere.
+    fn new(id: u64, req: Request) -> InFlight {
+        InFlight {
+            req,
+            tried: Vec::new(),
+            target: (0, 0),
+            sent_us: 0,
+            slot: None,
+            reason: None,
+            service_us: 0,
+            k: 0,
+            id,
+        }
+    }
+}
+
 enum What {
     Done(InFlight),
     Retry(InFlight),
@@ -665,17 +682,7 @@ impl<'w> Engine<'w> {
             }
             let Some(req) = arrivals.next() else { break };
             self.next_id += 1;
-            let f = InFlight {
-                id: self.next_id,
-                req,
-                tried: Vec::new(),
-                target: (0, 0),
-                sent_us: 0,
-                slot: None,
-                reason: None,
-                service_us: 0,
-                k: 0,
-            };
+            let f = InFlight::new(self.next_id, req);
             system.arrive(&mut self, f, us(req.at));
         }
         self.stats
@@ -769,17 +776,7 @@ impl PolicySystem {
         };
         for waiter in cache.land(req.key) {
             eng.next_id += 1;
-            let f = InFlight {
-                req: waiter,
-                tried: Vec::new(),
-                target: (0, 0),
-                sent_us: 0,
-                slot: None,
-                reason: None,
-                service_us: 0,
-                k: 0,
-                id: eng.next_id,
-            };
+            let f = InFlight::new(eng.next_id, waiter);
             eng.push(now, What::Retry(f));
         }
     }

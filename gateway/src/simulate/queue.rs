@@ -191,15 +191,11 @@ impl PolicySystem {
                         live.endpoint(i as PoolId, e as usize).acquire();
                         q.in_flight[i] += 1;
                         let f = InFlight {
-                            req: job.req,
                             tried: vec![(i as PoolId, e)],
                             target: (fleet_pool, e as usize),
                             sent_us: now,
-                            slot: None,
                             reason: Some(job.reason),
-                            service_us: 0,
-                            k: 0,
-                            id: job.id,
+                            ..InFlight::new(job.id, job.req)
                         };
                         q.running.insert(job.id, job);
                         eng.send(f, now);
