@@ -98,7 +98,7 @@ const POOLS: [(&str, usize, f64, f64); 4] = [
 ];
 
 fn rtt_ms(a: usize, b: usize) -> f64 {
-    const M: [[f64; 3]; 3] = [[5.0, 90.0, 230.0], [90.0, 5.0, 150.0], [230.0, 150.0, 5.0]];
+    const M: [[f64; 3]; 3] = [[5.0, 80.0, 230.0], [80.0, 5.0, 150.0], [230.0, 150.0, 5.0]];
     M[a][b]
 }
 
@@ -235,7 +235,7 @@ regions:
     - {{ name: us, continents: [NA, SA] }}
     - {{ name: ap, continents: [AS, OC] }}
 rtt_ms:
-  eu: {{ eu: 5, us: 90, ap: 230 }}
+  eu: {{ eu: 5, us: 80, ap: 230 }}
   us: {{ us: 5, ap: 150 }}
   ap: {{ ap: 5 }}
 tiers:

@@ -29,7 +29,7 @@ pub const PHASES: [&str; 4] = [
 ];
 
 /// One-way-and-back network time between regions, ms (the scenario's `rtt_ms`).
-const RTT_MS: [[f64; 3]; 3] = [[5.0, 90.0, 230.0], [90.0, 5.0, 150.0], [230.0, 150.0, 5.0]];
+const RTT_MS: [[f64; 3]; 3] = [[5.0, 80.0, 230.0], [80.0, 5.0, 150.0], [230.0, 150.0, 5.0]];
 
 /// The fleet: edge-eu, edge-ap (small model only), gpu (two endpoints), batch.
 pub fn fleet() -> FleetModel {
@@ -178,7 +178,7 @@ regions:
     - { name: us, continents: [NA, SA] }
     - { name: ap, continents: [AS, OC] }
 rtt_ms:
-  eu: { eu: 5, us: 90, ap: 230 }
+  eu: { eu: 5, us: 80, ap: 230 }
   us: { us: 5, ap: 150 }
   ap: { ap: 5 }
 tiers:
