@@ -149,7 +149,7 @@ fn benches(c: &mut Criterion) {
         let mut resp = pingora::http::ResponseHeader::build(200, None).unwrap();
         resp.insert_header("content-type", "application/json")
             .unwrap();
-        ctx.on_response_header(&mut resp, &table);
+        ctx.on_response_header(&resp, &table);
         ctx.on_body(&Some(bytes::Bytes::from(vec![b'x'; 600])), true);
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         let again = cache

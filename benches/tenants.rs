@@ -181,7 +181,7 @@ fn benches(c: &mut Criterion) {
         let mut resp = pingora::http::ResponseHeader::build(200, None).expect("header");
         resp.insert_header("content-type", "application/json")
             .expect("header");
-        ctx.on_response_header(&mut resp, &table);
+        ctx.on_response_header(&resp, &table);
         ctx.on_body(&Some(bytes::Bytes::from(vec![b'x'; 600])), true);
         tokio::time::sleep(Duration::from_millis(100)).await;
         let again = cache

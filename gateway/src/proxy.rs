@@ -880,7 +880,10 @@ fn on_attempt_failed(ctx: &mut RequestCtx, replayable: bool) -> bool {
 /// deciding whether to capture it. A gRPC trailers-only answer is an error: never stored,
 /// counted as what it is.
 fn on_response(ctx: &mut RequestCtx, resp: &mut ResponseHeader) {
-    decision_headers(resp, ctx);
+    edit_headers(resp, |headers| {
+        decision_headers(headers, ctx);
+        ctx.cache.label(headers);
+    });
     if let (Some(table), Some((p, _))) = (&ctx.table, ctx.current) {
         if table.pools[p as usize].price.per_token() && resp.status.is_success() {
             let ct = resp.headers.get(http::header::CONTENT_TYPE);
@@ -1181,7 +1184,7 @@ async fn answer_from_cache(
     entry: &crate::cache::Stored,
 ) -> Result<()> {
     let mut resp = ctx.cache.answer_header(entry)?;
-    decision_headers(&mut resp, ctx);
+    edit_headers(&mut resp, |h| decision_headers(h, ctx));
     let saved = match (decision.target, decision.estimate) {
         (Some(_), Some(est)) => est.cost_usd,
         _ => 0.0,
@@ -1246,7 +1249,7 @@ async fn answer_hedged(
             }
             resp.insert_header(http::header::CONTENT_LENGTH, answer.body.len().to_string())?;
             resp.insert_header("x-switchyard-hedged", if answer.hedged { "1" } else { "0" })?;
-            decision_headers(&mut resp, ctx);
+            edit_headers(&mut resp, |h| decision_headers(h, ctx));
             ctx.own_status = Some(status);
             session.write_response_header(Box::new(resp), false).await?;
             session.write_response_body(Some(answer.body), true).await?;
@@ -1276,30 +1279,68 @@ fn push_decimal(out: &mut String, mut n: u64, width: usize) {
     out.push_str(std::str::from_utf8(&digits[i..]).unwrap_or("0"));
 }
 
-fn decision_headers(resp: &mut ResponseHeader, ctx: &RequestCtx) {
+/// The most headers [`decision_headers`] and the cache add to an answer.
+const DECISION_HEADERS: usize = 9;
+
+/// Add headers to an answer through its plain `http` header map.
+///
+/// Pingora keeps the original case of every header name of an HTTP/1 answer in a second map,
+/// and `ResponseHeader::insert_header` parses the name back from bytes (an allocation for a
+/// custom name), inserts into both maps and grows them as they fill: ~1.5k instructions a
+/// header under callgrind, the largest part of the gateway's own per-request work
+/// (`docs/performance.md`). Through the `http` parts a header is one insert of a ready-made
+/// name. The price is the case map: header names are case-insensitive (RFC 9110 §5.1),
+/// HTTP/2 sends them all in lowercase, and proxies like Envoy do the same on HTTP/1, so the
+/// answer goes out with standard names in title case and the others in lowercase. Only
+/// `ResponseHeader`'s public conversions are used (to `http` parts, which keep the status,
+/// version, headers and extensions, and back); a non-standard reason phrase is carried over.
+fn edit_headers(resp: &mut ResponseHeader, edit: impl FnOnce(&mut http::HeaderMap)) {
+    let empty = ResponseHeader::from(http::Response::new(()).into_parts().0);
+    let cased = std::mem::replace(resp, empty);
+    let reason = cased
+        .get_reason_phrase()
+        .filter(|r| Some(*r) != cased.status.canonical_reason())
+        .map(str::to_owned);
+    let mut parts = http::response::Parts::from(cased);
+    // Only fails past `http`'s 32,768-entry limit, and then so do the inserts, quietly.
+    let _ = parts.headers.try_reserve(DECISION_HEADERS);
+    edit(&mut parts.headers);
+    *resp = ResponseHeader::from(parts);
+    if reason.is_some() {
+        let _ = resp.set_reason_phrase(reason.as_deref());
+    }
+}
+
+/// The decision headers' names, parsed once.
+mod names {
+    use http::HeaderName;
+    pub const POLICY_VERSION: HeaderName = HeaderName::from_static("x-switchyard-policy-version");
+    pub const TIER: HeaderName = HeaderName::from_static("x-switchyard-tier");
+    pub const REGION: HeaderName = HeaderName::from_static("x-switchyard-region");
+    pub const BUDGET: HeaderName = HeaderName::from_static("x-switchyard-budget");
+    pub const POOL: HeaderName = HeaderName::from_static("x-switchyard-pool");
+    pub const ENDPOINT: HeaderName = HeaderName::from_static("x-switchyard-endpoint");
+    pub const DECISION: HeaderName = HeaderName::from_static("x-switchyard-decision");
+}
+
+fn decision_headers(headers: &mut http::HeaderMap, ctx: &RequestCtx) {
     // Names and values come ready-made from the compiled table (a refcount bump each), so a
     // response pays for map inserts only; the decision line is formatted with integers.
     let Some(table) = &ctx.table else { return };
-    let _ = resp.insert_header("x-switchyard-policy-version", table.version_header.clone());
+    let _ = headers.try_insert(names::POLICY_VERSION, table.version_header.clone());
     if let Some(class) = &ctx.class {
-        let _ = resp.insert_header(
-            "x-switchyard-tier",
-            table.tiers[class.tier as usize].header.clone(),
-        );
+        let _ = headers.try_insert(names::TIER, table.tiers[class.tier as usize].header.clone());
         if let Some(region) = table.region_headers.get(class.region as usize) {
-            let _ = resp.insert_header("x-switchyard-region", region.clone());
+            let _ = headers.try_insert(names::REGION, region.clone());
         }
         if class.tier_source == classify::TierSource::Budget {
-            let _ = resp.insert_header("x-switchyard-budget", "downgraded");
+            let _ = headers.try_insert(names::BUDGET, http::HeaderValue::from_static("downgraded"));
         }
     }
     if let Some((p, e)) = ctx.tried.last() {
         let pool = &table.pools[*p as usize];
-        let _ = resp.insert_header("x-switchyard-pool", pool.header.clone());
-        let _ = resp.insert_header(
-            "x-switchyard-endpoint",
-            pool.endpoints[*e as usize].header.clone(),
-        );
+        let _ = headers.try_insert(names::POOL, pool.header.clone());
+        let _ = headers.try_insert(names::ENDPOINT, pool.endpoints[*e as usize].header.clone());
     }
     if let Some(d) = &ctx.decision {
         let value = match d.estimate {
@@ -1329,7 +1370,9 @@ fn decision_headers(resp: &mut ResponseHeader, ctx: &RequestCtx) {
             }
             None => d.reason.as_str().to_string(),
         };
-        let _ = resp.insert_header("x-switchyard-decision", value);
+        if let Ok(value) = http::HeaderValue::try_from(value) {
+            let _ = headers.try_insert(names::DECISION, value);
+        }
     }
 }
 
@@ -1346,7 +1389,7 @@ async fn respond_error(session: &mut Session, err: &GatewayError, ctx: &RequestC
     if let Some(secs) = err.retry_after() {
         resp.insert_header(http::header::RETRY_AFTER, secs.to_string())?;
     }
-    decision_headers(&mut resp, ctx);
+    edit_headers(&mut resp, |h| decision_headers(h, ctx));
     let unread = !session.as_mut().is_body_done();
     if unread || err.status() == 413 || err.status() == 400 {
         // The rest of an unread body would be taken for the next request on this connection.
@@ -1380,7 +1423,7 @@ async fn respond_grpc_error(
     if let Some(secs) = err.retry_after() {
         resp.insert_header(http::header::RETRY_AFTER, secs.to_string())?;
     }
-    decision_headers(&mut resp, ctx);
+    edit_headers(&mut resp, |h| decision_headers(h, ctx));
     crate::grpc::write_status(session, resp).await
 }
 

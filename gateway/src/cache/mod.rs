@@ -49,6 +49,7 @@ use coalesce::{Flights, Join, LeaderGuard, Waiter};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use key::{CacheKey, KeyParts, Scope};
 use pingora::http::ResponseHeader;
+use pingora::OrErr as _;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -56,9 +57,9 @@ use std::time::{Duration, Instant};
 pub use store::Stored;
 
 /// The response header saying what the cache did.
-pub const CACHE_HEADER: &str = "x-switchyard-cache";
+pub const CACHE_HEADER: HeaderName = HeaderName::from_static("x-switchyard-cache");
 /// The response header carrying the entry's key, for `POST /admin/cache/purge {"key": …}`.
-pub const KEY_HEADER: &str = "x-switchyard-cache-key";
+pub const KEY_HEADER: HeaderName = HeaderName::from_static("x-switchyard-cache-key");
 
 /// The prediction cache: store, flights in progress, purge generations.
 pub struct Cache {
@@ -366,29 +367,42 @@ impl CacheCtx {
     /// The response header for an answer from the cache: stored status and content headers,
     /// `content-length`, `age`, the cache headers.
     pub fn answer_header(&self, entry: &Stored) -> pingora::Result<ResponseHeader> {
-        // Allocation: one header map per hit; the body is shared (`Bytes`), not copied.
-        let mut resp = ResponseHeader::build(entry.status, Some(entry.headers.len() + 8))?;
+        // Allocation: one header map per hit; the body is shared (`Bytes`), not copied. Built
+        // as plain `http` parts: no header-name case map, each name inserted as stored (see
+        // `proxy::edit_headers`).
+        let (mut parts, ()) = http::Response::new(()).into_parts();
+        parts.status = http::StatusCode::from_u16(entry.status)
+            .explain_err(pingora::ErrorType::InternalError, |_| "stored status")?;
+        let h = &mut parts.headers;
+        h.try_reserve(entry.headers.len() + 12)
+            .explain_err(pingora::ErrorType::InternalError, |_| "header count")?;
         for (name, value) in &entry.headers {
-            resp.append_header(name.clone(), value.clone())?;
+            let _ = h.try_append(name.clone(), value.clone());
         }
-        resp.insert_header(http::header::CONTENT_LENGTH, entry.body.len())?;
-        resp.insert_header(http::header::AGE, entry.age_secs())?;
+        let _ = h.try_insert(http::header::CONTENT_LENGTH, entry.body.len().into());
+        let _ = h.try_insert(http::header::AGE, entry.age_secs().into());
         let outcome = self.outcome.unwrap_or(Outcome::Hit);
-        resp.insert_header(CACHE_HEADER, outcome.as_str())?;
-        resp.insert_header(KEY_HEADER, entry.key_header.clone())?;
-        Ok(resp)
+        let _ = h.try_insert(CACHE_HEADER, HeaderValue::from_static(outcome.as_str()));
+        let _ = h.try_insert(KEY_HEADER, entry.key_header.clone());
+        Ok(ResponseHeader::from(parts))
     }
 
-    /// The upstream response header arrived: label it, and decide whether its body will be
-    /// captured for the store. A leader whose response cannot be stored lets its waiters go
-    /// now rather than when the body ends.
-    pub fn on_response_header(&mut self, resp: &mut ResponseHeader, table: &RoutingTable) {
+    /// Say what the cache did on an upstream answer: `x-switchyard-cache` and the key.
+    pub fn label(&self, headers: &mut HeaderMap) {
         if let Some(outcome) = self.outcome {
-            let _ = resp.insert_header(CACHE_HEADER, outcome.as_str());
+            let _ = headers.try_insert(CACHE_HEADER, HeaderValue::from_static(outcome.as_str()));
         }
         if let Some(key) = &self.key {
-            let _ = resp.insert_header(KEY_HEADER, key.to_hex());
+            if let Ok(value) = HeaderValue::from_str(&key.to_hex()) {
+                let _ = headers.try_insert(KEY_HEADER, value);
+            }
         }
+    }
+
+    /// The upstream response header arrived (and was [`label`](Self::label)led): decide
+    /// whether its body will be captured for the store. A leader whose response cannot be
+    /// stored lets its waiters go now rather than when the body ends.
+    pub fn on_response_header(&mut self, resp: &ResponseHeader, table: &RoutingTable) {
         let Some(pending) = &self.pending else {
             return;
         };

@@ -98,8 +98,8 @@ cache: {{ max_bytes: {max_bytes} }}
         if ctx.settle(lookup, Duration::from_secs(1)).await.is_some() {
             return Ok(()); // already stored
         }
-        let mut resp = upstream_header()?;
-        ctx.on_response_header(&mut resp, &self.table);
+        let resp = upstream_header()?;
+        ctx.on_response_header(&resp, &self.table);
         let half = answer.len() / 2;
         ctx.on_body(&Some(answer.slice(..half)), false);
         ctx.on_body(&Some(answer.slice(half..)), true);
