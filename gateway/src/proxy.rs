@@ -170,10 +170,13 @@ impl RequestCtx {
 
 #[async_trait]
 impl ProxyHttp for Gateway {
-    type CTX = RequestCtx;
+    /// Boxed: Pingora keeps the context inline in each request's future, which it moves into
+    /// a box per request (`process_new_http`), so an inline context is copied whole every
+    /// time; a box is one allocation and eight bytes to move.
+    type CTX = Box<RequestCtx>;
 
-    fn new_ctx(&self) -> RequestCtx {
-        RequestCtx {
+    fn new_ctx(&self) -> Box<RequestCtx> {
+        Box::new(RequestCtx {
             start: Instant::now(),
             table: None,
             class: None,
@@ -192,14 +195,14 @@ impl ProxyHttp for Gateway {
             admit: None,
             tokens: None,
             request_bytes: 0,
-        }
+        })
     }
 
     // Every answer but the proxied one (discovery, jobs, cache hits, hedges, bodies over
     // 64 KiB, errors) is awaited through a `Box::pin`: Pingora boxes this method's future
     // and moves it on every request, and inline those rare paths made it tens of KiB
     // (callgrind: ~40k of the proxy's ~157k instructions per request were that memcpy).
-    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
         // One snapshot per request: a reload mid-request never changes its rules.
         if session.req_header().uri.path() == crate::admin::ready::PATH {
             // The readiness self-check (`admin::ready`): which process holds this port. Not
@@ -304,7 +307,7 @@ impl ProxyHttp for Gateway {
     async fn upstream_peer(
         &self,
         _session: &mut Session,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
     ) -> Result<Box<HttpPeer>> {
         let Some(table) = ctx.table.clone() else {
             return Err(Error::explain(
@@ -328,7 +331,7 @@ impl ProxyHttp for Gateway {
         &self,
         session: &mut Session,
         upstream_request: &mut RequestHeader,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
     ) -> Result<()> {
         forward_headers(upstream_request, ctx, session)
     }
@@ -337,7 +340,7 @@ impl ProxyHttp for Gateway {
         &self,
         session: &mut Session,
         upstream_response: &mut ResponseHeader,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
     ) -> Result<()> {
         // A trailers-only gRPC UNAVAILABLE is the gRPC server's 503: the same treatment.
         let status = upstream_status(ctx, upstream_response);
@@ -358,7 +361,7 @@ impl ProxyHttp for Gateway {
         &self,
         _session: &mut Session,
         upstream_response: &mut ResponseHeader,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
     ) -> Result<()> {
         on_response(ctx, upstream_response);
         Ok(())
@@ -368,7 +371,7 @@ impl ProxyHttp for Gateway {
         &self,
         _session: &mut Session,
         upstream_trailers: &mut http::HeaderMap,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
     ) -> Result<Option<Bytes>> {
         on_trailers(ctx, upstream_trailers);
         Ok(None)
@@ -379,7 +382,7 @@ impl ProxyHttp for Gateway {
         _session: &mut Session,
         body: &mut Option<Bytes>,
         end_of_stream: bool,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
     ) -> Result<Option<Duration>> {
         // Copies the body (bounded) only while a storable response is being captured.
         on_body(ctx, body, end_of_stream);
@@ -390,7 +393,7 @@ impl ProxyHttp for Gateway {
         &self,
         _session: &mut Session,
         _peer: &HttpPeer,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
         mut e: Box<Error>,
     ) -> Box<Error> {
         let tls = crate::tls::upstream::is_tls_failure(&e);
@@ -405,7 +408,7 @@ impl ProxyHttp for Gateway {
         peer: &HttpPeer,
         session: &mut Session,
         e: Box<Error>,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
         client_reused: bool,
     ) -> Box<Error> {
         // A timeout, or the backend cutting the connection before answering (not a stale
@@ -441,7 +444,7 @@ impl ProxyHttp for Gateway {
         &self,
         session: &mut Session,
         e: &Error,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
     ) -> FailToProxy {
         ctx.release();
         if client_went_away(e) && session.response_written().is_none() {
@@ -492,7 +495,7 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX) {
         ctx.release();
         if ctx.table.is_none() && session.req_header().uri.path() == crate::admin::ready::PATH {
             return; // the readiness self-check (`admin::ready`) is not traffic
