@@ -771,10 +771,12 @@ fn forward_headers(req: &mut RequestHeader, ctx: &RequestCtx, session: &Session)
         req.insert_header("x-switchyard-deadline-ms", http::HeaderValue::from(ms))?;
     }
     if let Some(peer) = peer_ip(session) {
-        let xff = match session.req_header().headers.get(X_FORWARDED_FOR) {
-            Some(prev) => format!("{}, {peer}", prev.to_str().unwrap_or("")),
-            None => peer.to_string(),
-        };
+        let mut xff = String::with_capacity(48);
+        if let Some(prev) = session.req_header().headers.get(X_FORWARDED_FOR) {
+            xff.push_str(prev.to_str().unwrap_or(""));
+            xff.push_str(", ");
+        }
+        push_ip(&mut xff, peer);
         req.insert_header("x-forwarded-for", xff)?;
     }
     Ok(())
@@ -1282,6 +1284,25 @@ fn push_decimal(out: &mut String, mut n: u64, width: usize) {
     out.push_str(std::str::from_utf8(&digits[i..]).unwrap_or("0"));
 }
 
+/// `ip` in its usual text form; an IPv4 address without `core::fmt` (its `Display` was a
+/// quarter of `forward_headers` in callgrind).
+fn push_ip(out: &mut String, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                push_decimal(out, u64::from(octet), 1);
+            }
+        }
+        IpAddr::V6(v6) => {
+            use std::fmt::Write as _;
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
 /// The most headers [`decision_headers`] and the cache add to an answer.
 const DECISION_HEADERS: usize = 9;
 
@@ -1461,7 +1482,7 @@ fn counts_spend(session: &Session, ctx: &RequestCtx) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::push_decimal;
+    use super::{push_decimal, push_ip};
 
     #[test]
     fn decimals_are_written_like_format_with_zero_padding() {
@@ -1477,6 +1498,23 @@ mod tests {
             let mut s = String::from("x=");
             push_decimal(&mut s, n, width);
             assert_eq!(s, format!("x={n:0width$}"));
+        }
+    }
+
+    #[test]
+    fn addresses_are_written_like_display() {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.20.30.40",
+            "255.255.255.255",
+            "::1",
+            "2001:db8::7",
+        ] {
+            let ip: std::net::IpAddr = ip.parse().expect("address");
+            let mut s = String::new();
+            push_ip(&mut s, ip);
+            assert_eq!(s, ip.to_string());
         }
     }
 }
