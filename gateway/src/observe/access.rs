@@ -11,6 +11,7 @@
 //! JSON: the same fields as one object per line, `"ts"` first, numbers as numbers, absent
 //! values as `null`.
 
+use super::text::{push_decimal, push_ip};
 use super::LogFormat;
 use crate::policy::compile::RoutingTable;
 use std::fmt::Write as _;
@@ -58,30 +59,47 @@ impl AccessRecord {
         let tier = self.name(table, Of::Tier, self.tier);
         let region = self.name(table, Of::Region, self.region);
         let pool = self.name(table, Of::Pool, self.pool);
-        let ms = self.elapsed.as_secs_f64() * 1e3;
+        // Milliseconds with three decimals: whole microseconds.
+        let micros = u64::try_from(self.elapsed.as_micros()).unwrap_or(u64::MAX);
+        let ms = |out: &mut String| {
+            push_decimal(out, micros / 1000, 1);
+            out.push('.');
+            push_decimal(out, micros % 1000, 3);
+        };
         match format {
             LogFormat::Text => {
                 timestamp(self.at, out);
-                let _ = write!(
-                    out,
-                    " INFO switchyard::access: request method={} path={} status={} ms={ms:.3}",
-                    self.method,
-                    self.uri.path(),
-                    self.status
-                );
+                out.push_str(" INFO switchyard::access: request method=");
+                out.push_str(self.method.as_str());
+                out.push_str(" path=");
+                out.push_str(self.uri.path());
+                out.push_str(" status=");
+                push_decimal(out, u64::from(self.status), 1);
+                out.push_str(" ms=");
+                ms(out);
+                out.push_str(" client=");
                 match self.client {
-                    Some(ip) => {
-                        let _ = write!(out, " client={ip}");
-                    }
-                    None => out.push_str(" client=none"),
+                    Some(ip) => push_ip(out, ip),
+                    None => out.push_str("none"),
                 }
-                let _ = write!(
-                    out,
-                    " route={route} tier={tier} region={region} model={} pool={pool} reason={} attempts={}",
-                    if self.model.is_empty() { "none" } else { &self.model },
-                    self.reason,
-                    self.attempts
-                );
+                let model = if self.model.is_empty() {
+                    "none"
+                } else {
+                    &self.model
+                };
+                for (key, value) in [
+                    (" route=", route),
+                    (" tier=", tier),
+                    (" region=", region),
+                    (" model=", model),
+                    (" pool=", pool),
+                    (" reason=", self.reason),
+                ] {
+                    out.push_str(key);
+                    out.push_str(value);
+                }
+                out.push_str(" attempts=");
+                push_decimal(out, u64::from(self.attempts), 1);
                 if let Some(e) = &self.error {
                     let _ = write!(out, " error={e:?}");
                 }
@@ -93,28 +111,33 @@ impl AccessRecord {
                 json_str(self.method.as_str(), out);
                 out.push_str(",\"path\":");
                 json_str(self.uri.path(), out);
-                let _ = write!(
-                    out,
-                    ",\"status\":{},\"ms\":{ms:.3},\"client\":",
-                    self.status
-                );
+                out.push_str(",\"status\":");
+                push_decimal(out, u64::from(self.status), 1);
+                out.push_str(",\"ms\":");
+                ms(out);
+                out.push_str(",\"client\":");
                 match self.client {
                     Some(ip) => {
-                        let _ = write!(out, "\"{ip}\"");
+                        out.push('"');
+                        push_ip(out, ip);
+                        out.push('"');
                     }
                     None => out.push_str("null"),
                 }
-                for (key, value) in [("route", route), ("tier", tier), ("region", region)] {
-                    let _ = write!(out, ",\"{key}\":");
+                for (key, value) in [
+                    (",\"route\":", route),
+                    (",\"tier\":", tier),
+                    (",\"region\":", region),
+                    (",\"model\":", &self.model),
+                    (",\"pool\":", pool),
+                    (",\"reason\":", self.reason),
+                ] {
+                    out.push_str(key);
                     json_str(value, out);
                 }
-                out.push_str(",\"model\":");
-                json_str(&self.model, out);
-                out.push_str(",\"pool\":");
-                json_str(pool, out);
-                out.push_str(",\"reason\":");
-                json_str(self.reason, out);
-                let _ = write!(out, ",\"attempts\":{},\"error\":", self.attempts);
+                out.push_str(",\"attempts\":");
+                push_decimal(out, u64::from(self.attempts), 1);
+                out.push_str(",\"error\":");
                 match &self.error {
                     Some(e) => json_str(e, out),
                     None => out.push_str("null"),
@@ -147,14 +170,19 @@ pub(crate) fn timestamp(at: SystemTime, out: &mut String) {
     let secs = since.as_secs();
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let (y, m, d) = civil_from_days(days as i64);
-    let _ = write!(
-        out,
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60,
-        since.subsec_micros()
-    );
+    // `{y:04}-{m:02}-{d:02}T{h:02}:{min:02}:{s:02}.{micros:06}Z`, without `core::fmt`.
+    push_decimal(out, u64::try_from(y).unwrap_or(0), 4);
+    for (sep, n) in [('-', u64::from(m)), ('-', u64::from(d)), ('T', rem / 3600)] {
+        out.push(sep);
+        push_decimal(out, n, 2);
+    }
+    for (sep, n) in [(':', rem / 60 % 60), (':', rem % 60)] {
+        out.push(sep);
+        push_decimal(out, n, 2);
+    }
+    out.push('.');
+    push_decimal(out, u64::from(since.subsec_micros()), 6);
+    out.push('Z');
 }
 
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
@@ -212,6 +240,37 @@ mod tests {
         assert_eq!(v["client"], "192.0.2.1");
         assert_eq!(v["error"], serde_json::Value::Null);
         assert!(json.ends_with("}\n"));
+    }
+
+    #[test]
+    fn timestamps_match_the_format_spec_they_replace() {
+        for micros in [
+            0u64,
+            1,
+            999_999,
+            951_782_400_000_001,
+            1_764_612_374_123_456,
+            4_102_444_799_999_999,
+        ] {
+            let at = UNIX_EPOCH + Duration::from_micros(micros);
+            let mut out = String::new();
+            timestamp(at, &mut out);
+            let secs = micros / 1_000_000;
+            let (days, rem) = (secs / 86_400, secs % 86_400);
+            let (y, m, d) = civil_from_days(days as i64);
+            let expected = format!(
+                "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}Z",
+                rem / 3600,
+                rem / 60 % 60,
+                rem % 60,
+                micros % 1_000_000
+            );
+            assert_eq!(out, expected);
+        }
+        let mut json = String::new();
+        record().format(LogFormat::Json, &mut json);
+        let v: serde_json::Value = serde_json::from_str(json.trim_end()).unwrap();
+        assert_eq!(v["ms"], 1.234);
     }
 
     #[test]

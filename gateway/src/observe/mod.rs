@@ -13,6 +13,7 @@
 
 pub mod access;
 pub mod decision;
+pub mod text;
 
 use crate::telemetry as t;
 use std::fs::OpenOptions;
