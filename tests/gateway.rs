@@ -669,3 +669,102 @@ async fn admin_reports_the_policy_and_health() {
     );
     assert_eq!(gw.admin_get("/nope").await.status, 404);
 }
+
+/// A backend that answers every request on a connection with a non-standard reason phrase
+/// and its own headers (as a hand-written server might), after reading the request body.
+async fn plain_backend() -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 8192];
+                loop {
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    if buf.len() < end + 4 + len {
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
+                    }
+                    buf.drain(..end + 4 + len);
+                    let body = br#"{"id":"x","choices":[]}"#;
+                    let answer = format!(
+                        "HTTP/1.1 201 Stored Nicely\r\nX-Model-Version: 7\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                        body.len()
+                    );
+                    if s.write_all(answer.as_bytes()).await.is_err()
+                        || s.write_all(body).await.is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// The gateway adds its headers through the `http` header map, without Pingora's
+/// header-name case map (`proxy::edit_headers`): the backend's status, reason phrase, headers
+/// and body still reach the client unchanged but for the case of non-standard names.
+#[tokio::test]
+async fn a_backends_status_reason_headers_and_body_pass_through() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let backend = plain_backend().await;
+    let pools = pool(
+        "edge-us",
+        "edge",
+        "us",
+        &[backend],
+        "[llama-3-8b]",
+        "{ per_request: 0.00002 }",
+    );
+    let gw = Gateway::start(&policy(&pools, "")).await;
+    let body = chat("llama-3-8b");
+    let mut s = tokio::net::TcpStream::connect(gw.proxy)
+        .await
+        .expect("connect");
+    let req = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out);
+    let (head, rest) = text.split_once("\r\n\r\n").expect("a response");
+    let mut lines = head.lines();
+    assert_eq!(lines.next(), Some("HTTP/1.1 201 Stored Nicely"), "{head}");
+    let headers: Vec<&str> = lines.collect();
+    assert!(headers.contains(&"x-model-version: 7"), "{head}");
+    assert!(
+        headers.contains(&"Content-Type: application/json"),
+        "{head}"
+    );
+    assert!(headers.contains(&"x-switchyard-pool: edge-us"), "{head}");
+    assert!(
+        headers
+            .iter()
+            .any(|h| h.starts_with("x-switchyard-decision: ")),
+        "{head}"
+    );
+    assert_eq!(rest, r#"{"id":"x","choices":[]}"#);
+}
