@@ -9,6 +9,8 @@
 # connections, benches/post_1k.lua), then the count divided by the requests wrk completed.
 # Targets: bare Pingora (examples/bare_pingora), Switchyard as shipped (access log on) and
 # quiet (RUST_LOG=warn), on load.sh's policy. Usage: benches/instructions.sh [DURATION]
+# ONLY="quiet gateway" counts only those targets; KEEP=DIR keeps the callgrind files there
+# for `callgrind_annotate --inclusive=yes DIR/cg.quiet.*` (where the instructions go).
 # Needs valgrind (callgrind_control) and wrk. Only 127.0.0.1; every process is stopped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,7 +19,9 @@ TARGET=${CARGO_TARGET_DIR:-target}
 cargo build --release --quiet --bin switchyard --example mock_backend --example bare_pingora
 WORK=$(mktemp -d)
 PIDS=()
-trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"' EXIT
+KEEP=${KEEP:-}
+ONLY=${ONLY:-pingora gateway quiet}
+trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; [ -n "$KEEP" ] && mkdir -p "$KEEP" && cp "$WORK"/cg.* "$KEEP"/ 2>/dev/null; rm -rf "$WORK"' EXIT
 cat >"$WORK/policy.yaml" <<YAML
 listeners: { proxy: 127.0.0.1:18080, admin: 127.0.0.1:18090, threads: 1 }
 trusted_proxies: [127.0.0.0/8]
@@ -37,6 +41,7 @@ YAML
 PIDS+=($!)
 count() { # name port env command...
     local name=$1 port=$2 envv=$3; shift 3
+    case " $ONLY " in *" $name "*) ;; *) echo 0 >"$WORK/$name.ipr"; return ;; esac
     env $envv valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/cg.$name.%p" "$@" >"$WORK/$name.log" 2>&1 &
     local vp=$!
     for _ in $(seq 200); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.2; done
@@ -55,5 +60,6 @@ count() { # name port env command...
 count pingora 18082 X=1 "$TARGET/release/examples/bare_pingora" 127.0.0.1:18082 127.0.0.1:18001 1
 count gateway 18080 X=1 "$TARGET/release/switchyard" run --policy "$WORK/policy.yaml"
 count quiet 18080 RUST_LOG=warn "$TARGET/release/switchyard" run --policy "$WORK/policy.yaml"
+[ "$ONLY" = "pingora gateway quiet" ] || exit 0
 awk -v b="$(cat "$WORK/pingora.ipr")" -v g="$(cat "$WORK/gateway.ipr")" -v q="$(cat "$WORK/quiet.ipr")" \
     'BEGIN { printf "user-space instructions per request: shipped/bare-pingora %.2f   quiet/bare-pingora %.2f\n", g / b, q / b }'
