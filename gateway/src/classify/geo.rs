@@ -1,7 +1,8 @@
 //! Client IP → country and continent, through a MaxMind (MMDB) country database.
 //!
 //! The database is opened once per policy compile and shared read-only; a lookup is a walk
-//! of the search tree plus decoding two short strings, with no allocation. A missing or
+//! of the search tree, plus decoding two short strings when the record is not remembered
+//! yet (below), with no allocation. A missing or
 //! corrupt database is an error at start-up or reload, never a panic on the request path.
 //!
 //! Decoding the record was two thirds of a lookup (`cargo bench --bench hot_path`,
