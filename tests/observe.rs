@@ -341,3 +341,67 @@ async fn the_access_log_is_written_off_the_request_path_as_json_lines() {
         0.0
     );
 }
+
+/// `observe.decision_headers`: `no-endpoint` keeps internal addresses from clients, `off`
+/// sends no decision header at all, and a reload switches between them without a restart.
+#[tokio::test]
+async fn decision_headers_hide_the_endpoint_or_go_off_and_follow_a_reload() {
+    let backend = mock("edge-us", 0).await;
+    let pools = pool(
+        "edge-us",
+        "edge",
+        "us",
+        &[backend.addr()],
+        "[m]",
+        "{ per_request: 0.00002 }",
+    );
+    let with = |which: &str| {
+        policy(
+            &pools,
+            &format!("observe: {{ decision_headers: {which} }}\n"),
+        )
+    };
+    let gw = Gateway::start(&with("no-endpoint")).await;
+    let r = gw.post("/v1/chat/completions", &[], &chat("m")).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.header("x-switchyard-pool"), Some("edge-us"));
+    assert!(r.header("x-switchyard-decision").is_some());
+    assert_eq!(r.header("x-switchyard-endpoint"), None);
+
+    std::fs::write(&gw.policy_path, with("off")).expect("write policy");
+    let reload = gw.admin_post("/admin/reload", "").await;
+    assert_eq!(
+        reload.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reload.body)
+    );
+    let status = gw.admin_get("/admin/policy").await;
+    let status: Value = serde_json::from_slice(&status.body).expect("policy JSON");
+    assert_eq!(
+        status["restart_required"],
+        serde_json::json!([]),
+        "{status}"
+    );
+    let r = gw.post("/v1/chat/completions", &[], &chat("m")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-served-by"), Some("edge-us"));
+    for name in [
+        "pool",
+        "endpoint",
+        "decision",
+        "tier",
+        "region",
+        "policy-version",
+    ] {
+        assert_eq!(r.header(&format!("x-switchyard-{name}")), None, "{name}");
+    }
+
+    std::fs::write(&gw.policy_path, with("all")).expect("write policy");
+    assert_eq!(gw.admin_post("/admin/reload", "").await.status, 200);
+    let r = gw.post("/v1/chat/completions", &[], &chat("m")).await;
+    assert_eq!(
+        r.header("x-switchyard-endpoint"),
+        Some(backend.addr().to_string().as_str())
+    );
+}

@@ -22,6 +22,7 @@ use crate::classify::{self, Class, RequestFacts};
 use crate::error::GatewayError;
 use crate::observe::access::AccessRecord;
 use crate::observe::text::{push_decimal, push_ip};
+use crate::observe::DecisionHeaders;
 use crate::policy::compile::{PoolId, RoutingTable, INSPECT_LIMIT};
 use crate::queue::{self, Queue};
 use crate::route::state::now_ms;
@@ -1195,10 +1196,12 @@ async fn answer_from_cache(
         (Some(_), Some(est)) => est.cost_usd,
         _ => 0.0,
     };
-    resp.insert_header(
-        "x-switchyard-decision",
-        format!("cache-hit; est_usd=0.000000; saved_usd={saved:.6}"),
-    )?;
+    if table.decision_headers != DecisionHeaders::Off {
+        resp.insert_header(
+            "x-switchyard-decision",
+            format!("cache-hit; est_usd=0.000000; saved_usd={saved:.6}"),
+        )?;
+    }
     if let Some(class) = &ctx.class {
         metrics::counter!(t::COST_SAVED, "tier" => table.tiers[class.tier as usize].name.clone())
             .increment(t::nano_usd(saved));
@@ -1320,6 +1323,10 @@ fn decision_headers(headers: &mut http::HeaderMap, ctx: &RequestCtx) {
     // Names and values come ready-made from the compiled table (a refcount bump each), so a
     // response pays for map inserts only; the decision line is formatted with integers.
     let Some(table) = &ctx.table else { return };
+    let which = table.decision_headers;
+    if which == DecisionHeaders::Off {
+        return;
+    }
     let _ = headers.try_insert(names::POLICY_VERSION, table.version_header.clone());
     if let Some(class) = &ctx.class {
         let _ = headers.try_insert(names::TIER, table.tiers[class.tier as usize].header.clone());
@@ -1333,7 +1340,10 @@ fn decision_headers(headers: &mut http::HeaderMap, ctx: &RequestCtx) {
     if let Some((p, e)) = ctx.tried.last() {
         let pool = &table.pools[*p as usize];
         let _ = headers.try_insert(names::POOL, pool.header.clone());
-        let _ = headers.try_insert(names::ENDPOINT, pool.endpoints[*e as usize].header.clone());
+        if which == DecisionHeaders::All {
+            let endpoint = pool.endpoints[*e as usize].header.clone();
+            let _ = headers.try_insert(names::ENDPOINT, endpoint);
+        }
     }
     if let Some(d) = &ctx.decision {
         let value = match d.estimate {

@@ -52,6 +52,20 @@ pub enum LogFormat {
     Json,
 }
 
+/// Which decision headers (`x-switchyard-policy-version`, `-tier`, `-region`, `-budget`,
+/// `-pool`, `-endpoint`, `-decision`) answers carry (`observe.decision_headers`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DecisionHeaders {
+    /// All of them.
+    #[default]
+    All,
+    /// All but `x-switchyard-endpoint`, which names an internal address.
+    NoEndpoint,
+    /// None.
+    Off,
+}
+
 /// The sending side of the access log, held by the proxy.
 pub struct AccessLog {
     tx: SyncSender<access::AccessRecord>,

@@ -149,6 +149,10 @@ pub struct Observe {
     /// `text` (default: `key=value` pairs) or `json` (one object per line, for log shippers).
     #[serde(default)]
     pub access_log_format: Option<crate::observe::LogFormat>,
+    /// Which decision headers answers carry: `all` (default), `no-endpoint` (all but
+    /// `x-switchyard-endpoint`, an internal address) or `off`. Applies on reload.
+    #[serde(default)]
+    pub decision_headers: Option<crate::observe::DecisionHeaders>,
     /// The decision log: one JSON line per request (format version 1, see
     /// `observe::decision`) to this file, relative to the policy file; the trace
     /// `switchyard simulate` replays. Absent: off. Written off the request path.

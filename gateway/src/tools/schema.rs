@@ -313,11 +313,12 @@ pub fn policy_schema() -> Value {
             "upstream": upstream,
             "queue": queue,
             "cache": cache,
-            "observe": object("Logs. Absent: the access log goes to stderr as text. Read at start-up.", &[], json!({
+            "observe": object("Logs and decision headers. Absent: the access log goes to stderr as text, every decision header is sent. The logs are read at start-up.", &[], json!({
                 "access_log": optional_string("stderr (default), stdout, off, or a file path relative to the policy (appended to)."),
                 "access_log_format": enumeration("text (default) or json (one object per line).", &["text", "json"]),
                 "decision_log": optional_string("The decision log (one JSON line per request, the trace simulate replays): a file path relative to the policy. Absent: off."),
                 "decision_log_max": optional_string("Rotate the decision log at this size, e.g. 64MiB (default); the previous file is kept as PATH.1."),
+                "decision_headers": enumeration("Which x-switchyard-* decision headers answers carry: all (default), no-endpoint (all but x-switchyard-endpoint, an internal address) or off. Applies on reload.", &["all", "no-endpoint", "off"]),
             })),
             "auth": enumeration("optional (default): requests without a known tenant key are anonymous; required: they get 401.", &["optional", "required"]),
             "limits": object("Gateway-wide limits. Absent: the defaults.", &[], json!({

@@ -136,6 +136,8 @@ pub struct RoutingTable {
     pub access_log: (crate::observe::LogTarget, crate::observe::LogFormat),
     /// The decision log's file and rotation size (`observe.decision_log`; `None`: off).
     pub decision_log: Option<(PathBuf, u64)>,
+    /// Which decision headers answers carry (`observe.decision_headers`).
+    pub decision_headers: crate::observe::DecisionHeaders,
     /// Model → the version the policy declares (`models:`), part of the cache key.
     pub model_versions: HashMap<String, String>,
     /// The policy text this table was compiled from (compiled again when an endpoint host
@@ -433,6 +435,11 @@ fn compile(
         limits,
         access_log,
         decision_log,
+        decision_headers: raw
+            .observe
+            .as_ref()
+            .and_then(|o| o.value.decision_headers)
+            .unwrap_or_default(),
         model_versions,
         text: Arc::from(""),
         host_names,
