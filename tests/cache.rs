@@ -406,3 +406,19 @@ async fn a_model_version_bump_in_the_policy_misses() {
     assert_eq!(cache_header(&chat(&gw, &[], &body).await), "hit");
     assert_eq!(backend.stats().requests, 2);
 }
+
+/// `observe.decision_headers: off` holds for answers from the cache too: the cache's own
+/// headers stay (they are how a client finds the key to purge), the decision line does not.
+#[tokio::test]
+async fn a_hit_sends_no_decision_headers_when_they_are_off() {
+    let (gw, _backend) = fleet(0, "observe: { decision_headers: off }\n").await;
+    let first = chat(&gw, &[], &ask("quiet")).await;
+    assert_eq!(cache_header(&first), "miss");
+    let second = chat(&gw, &[], &ask("quiet")).await;
+    assert_eq!(cache_header(&second), "hit");
+    assert!(second.header("x-switchyard-cache-key").is_some());
+    for r in [&first, &second] {
+        assert_eq!(r.header("x-switchyard-decision"), None);
+        assert_eq!(r.header("x-switchyard-pool"), None);
+    }
+}

@@ -172,11 +172,14 @@ pub(crate) fn timestamp(at: SystemTime, out: &mut String) {
     let (y, m, d) = civil_from_days(days as i64);
     // `{y:04}-{m:02}-{d:02}T{h:02}:{min:02}:{s:02}.{micros:06}Z`, without `core::fmt`.
     push_decimal(out, u64::try_from(y).unwrap_or(0), 4);
-    for (sep, n) in [('-', u64::from(m)), ('-', u64::from(d)), ('T', rem / 3600)] {
-        out.push(sep);
-        push_decimal(out, n, 2);
-    }
-    for (sep, n) in [(':', rem / 60 % 60), (':', rem % 60)] {
+    let (month, day) = (u64::from(m), u64::from(d));
+    for (sep, n) in [
+        ('-', month),
+        ('-', day),
+        ('T', rem / 3600),
+        (':', rem / 60 % 60),
+        (':', rem % 60),
+    ] {
         out.push(sep);
         push_decimal(out, n, 2);
     }
