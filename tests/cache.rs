@@ -70,7 +70,12 @@ async fn a_repeat_is_answered_from_memory() {
         .starts_with("cache-hit"));
     assert_eq!(backend.stats().requests, 1, "the backend saw one call");
 
-    let m = gw.metrics().await;
+    // The store insert runs on a task after the answer (moka's insert is async; the flight
+    // answers repeats until it lands), so on a busy machine the first scrape can come
+    // before it: wait for the insert, not for a number.
+    let m = gw
+        .metrics_when(|m| metric_sum(m, "switchyard_cache_entries", &[]) >= 1.0)
+        .await;
     assert_eq!(
         metric_sum(&m, "switchyard_cache_lookups_total", &[("result", "hit")]),
         1.0
