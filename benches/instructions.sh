@@ -50,7 +50,7 @@ count() { # name port env command...
     wrk -t1 -c8 -d"$DURATION" -s benches/post_1k.lua "http://127.0.0.1:$port/v1/chat/completions" >"$WORK/wrk.$name.txt"
     callgrind_control -i off "$vp" >/dev/null 2>&1
     callgrind_control -d "$vp" >/dev/null 2>&1
-    kill "$vp"; wait "$vp" 2>/dev/null || true
+    kill -KILL "$vp"; wait "$vp" 2>/dev/null || true # counted and dumped: no graceful shutdown
     local req ir
     req=$(awk '/requests in/ {print $1}' "$WORK/wrk.$name.txt")
     ir=$(cat "$WORK"/cg."$name".* | awk '/^summary:|^totals:/ {s += $2} END {print s}')

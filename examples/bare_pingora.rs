@@ -36,6 +36,9 @@ fn main() {
     let conf = ServerConf {
         threads,
         upstream_keepalive_pool_size: 1024,
+        // Shutdown only (the benches stop it with SIGTERM): no effect on a request.
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);

@@ -23,7 +23,7 @@ use crate::error::GatewayError;
 use crate::observe::access::AccessRecord;
 use crate::observe::text::{push_decimal, push_ip};
 use crate::observe::DecisionHeaders;
-use crate::policy::compile::{PoolId, RoutingTable, INSPECT_LIMIT};
+use crate::policy::compile::{PoolId, RoutingTable};
 use crate::queue::{self, Queue};
 use crate::route::state::now_ms;
 use crate::route::{self, Decision};
@@ -287,8 +287,9 @@ impl ProxyHttp for Gateway {
                 ctx.class = Some(class);
                 ctx.decision = Some(decision);
                 ctx.request_bytes = body.len();
-                if body.len() > INSPECT_LIMIT {
-                    // Larger than Pingora can re-send on a failover: the gateway sends it.
+                if buffered::takes(&body, ctx.grpc) {
+                    // A whole body: the gateway sends it itself (header and body in one
+                    // write; any size re-sent on a failover). See `buffered`.
                     Box::pin(buffered::serve(session, ctx, &table, body)).await?;
                     return Ok(true);
                 }

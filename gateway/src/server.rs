@@ -21,6 +21,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Idle upstream connections kept per process, by Pingora's proxy and by the gateway's own
+/// sender (`proxy::buffered`) alike.
+pub(crate) const UPSTREAM_KEEPALIVE_POOL: usize = 1024;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error(transparent)]
@@ -120,7 +124,7 @@ pub fn build(table: RoutingTable, fleet: Arc<Fleet>, opts: Options) -> Result<Bu
         threads,
         grace_period_seconds: Some(grace),
         graceful_shutdown_timeout_seconds: Some(5),
-        upstream_keepalive_pool_size: 1024,
+        upstream_keepalive_pool_size: UPSTREAM_KEEPALIVE_POOL,
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);

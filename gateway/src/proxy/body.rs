@@ -139,6 +139,9 @@ pub async fn read(
         .headers
         .get(http::header::EXPECT)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    // Pingora turns keep-alive off when an answer (even this `100`) is written before the
+    // body is read; it is set back once the body is whole.
+    let keepalive = expects_continue.then(|| session.as_ref().get_keepalive());
     if expects_continue {
         if !session.as_ref().is_http2() {
             let go_on = ResponseHeader::build(100, Some(0))
@@ -192,6 +195,9 @@ pub async fn read(
             Ok(None) => break,
             Err(e) => return Err(GatewayError::BodyRead(e.to_string())),
         }
+    }
+    if let Some(keepalive) = keepalive {
+        session.as_mut().set_keepalive(keepalive);
     }
     Ok(match (buf, first) {
         (Some(buf), _) => buf.freeze(),
