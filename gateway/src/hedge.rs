@@ -121,20 +121,14 @@ async fn attempt(slot: Slot<'_>, timeout: Duration, req: &RequestHeader, body: &
         }
         GatewayError::UpstreamFailed(e.to_string())
     };
-    let (mut session, _reused) = connector()
+    let (session, _reused) = connector()
         .get_http_session(&peer)
         .await
         .map_err(|e| failed(&e))?;
-    let sent = async {
-        session.write_request_header(Box::new(req.clone())).await?;
-        if !body.is_empty() {
-            session.write_body(body).await?;
-        }
-        session.finish_body().await?;
-        session.read_response().await?;
-        Ok::<_, Box<pingora::Error>>(())
-    };
-    sent.await.map_err(|e| failed(&e))?;
+    // Header and body in one write, as the gateway's own sender does.
+    let mut session = crate::proxy::one_write(session, &peer, req, body)
+        .await
+        .map_err(|e| failed(&e))?;
     let header = session
         .resp_header()
         .cloned()

@@ -13,6 +13,7 @@
 
 mod body;
 mod buffered;
+pub(crate) use buffered::one_write;
 
 pub use body::BodyBudget;
 
@@ -1238,14 +1239,13 @@ async fn answer_hedged(
     let Some(class) = ctx.class.take() else {
         return Ok(());
     };
-    let mut req = session.req_header().clone();
+    // (HTTP/1.1, the body's length, no hop-by-hop fields: as the gateway's own sender.)
+    let mut req = buffered::upstream_request(session.req_header(), body.len(), false)?;
     ctx.class = Some(class);
     forward_headers(&mut req, ctx, session)?;
     let Some(class) = ctx.class.take() else {
         return Ok(());
     };
-    req.remove_header(&http::header::TRANSFER_ENCODING);
-    req.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
     let result = crate::hedge::run(table, &class, target, &req, body, factor).await;
     ctx.class = Some(class);
     match result {

@@ -157,7 +157,11 @@ pub(super) async fn serve(
 /// `Proxy-Connection`, `Upgrade`, `Transfer-Encoding`, `TE` but `trailers`) nor `Expect`
 /// (the gateway answered the client's `100-continue` and holds the whole body). Upstream
 /// keep-alive is the gateway's own business.
-fn upstream_request(client: &RequestHeader, len: usize, grpc: bool) -> Result<RequestHeader> {
+pub(super) fn upstream_request(
+    client: &RequestHeader,
+    len: usize,
+    grpc: bool,
+) -> Result<RequestHeader> {
     let mut req = client.clone();
     req.set_version(http::Version::HTTP_11);
     if !req.headers.contains_key(header::HOST) {
@@ -237,7 +241,12 @@ async fn exchange(
 /// stream reads the answer. That session never saw the request, which matters to it for a
 /// `HEAD` (never sent here), an upgrade (`Upgrade` is removed above) and a request's
 /// `Connection: close` (removed above: keep-alive is decided by the answer).
-async fn one_write(h1: Http1, peer: &HttpPeer, req: &RequestHeader, body: &Bytes) -> Result<Http1> {
+pub(crate) async fn one_write(
+    h1: Http1,
+    peer: &HttpPeer,
+    req: &RequestHeader,
+    body: &Bytes,
+) -> Result<Http1> {
     let mut stream = h1.into_inner();
     let mut wire = http_req_header_to_wire(req).ok_or_else(|| {
         Error::explain(
