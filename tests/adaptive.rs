@@ -88,9 +88,10 @@ async fn a_slow_endpoint_loses_its_share_and_wins_it_back() {
     b.reset_stats();
     load(&gw, 4, Duration::from_millis(800)).await;
     let before = share(&a, &b);
+    let pools = gw.pools().await;
     assert!(
         before > 0.25,
-        "both endpoints share the load at first: {before}"
+        "both endpoints share the load at first: {before}\n{pools}"
     );
 
     a.faults().set_extra_latency(Duration::from_millis(150));

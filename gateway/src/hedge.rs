@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 /// Largest answer body a hedged request buffers.
 const MAX_ANSWER: usize = 8 * 1024 * 1024;
 
-fn connector() -> &'static Connector {
+pub(crate) fn connector() -> &'static Connector {
     static CONNECTOR: OnceLock<Connector> = OnceLock::new();
     CONNECTOR.get_or_init(|| Connector::new(None))
 }

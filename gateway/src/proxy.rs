@@ -60,6 +60,10 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn new(snapshot: Snapshot) -> Self {
+        // The upstream connectors load the system's CA certificates when they are built:
+        // built here, so that no request (and no endpoint's latency estimate) pays for it.
+        buffered::connector();
+        crate::hedge::connector();
         Gateway {
             snapshot,
             queue: None,

@@ -41,7 +41,7 @@ use pingora::{Error, ErrorType, Result};
 use std::sync::OnceLock;
 use tokio::io::AsyncWriteExt;
 
-fn connector() -> &'static Connector {
+pub(super) fn connector() -> &'static Connector {
     static CONNECTOR: OnceLock<Connector> = OnceLock::new();
     CONNECTOR.get_or_init(|| {
         // Idle upstream connections kept, as many as Pingora's own pool keeps.
