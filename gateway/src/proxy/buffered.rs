@@ -312,11 +312,16 @@ async fn relay(
         release(upstream, peer).await;
         return Ok(());
     }
-    loop {
+    // The end of the body reaches the cache with the last chunk, before that chunk goes
+    // out (as in Pingora's loop): a client that has the whole answer may ask again at once,
+    // on another connection, and must find the flight finished.
+    let mut ended = false;
+    while !ended {
         match upstream.read_response_body().await {
             Ok(Some(chunk)) => {
+                ended = !ctx.grpc && upstream.response_done();
                 let chunk = Some(chunk);
-                on_body(ctx, &chunk, false);
+                on_body(ctx, &chunk, ended);
                 session.write_response_body(chunk, false).await?;
             }
             Ok(None) => break,
@@ -336,13 +341,15 @@ async fn relay(
         // Trailers end the stream (gRPC's status travels in them).
         Some(trailers) => {
             on_trailers(ctx, &trailers);
-            if !ctx.grpc {
+            if !ctx.grpc && !ended {
                 on_body(ctx, &None, true);
             }
             session.as_mut().write_response_trailers(trailers).await?;
         }
         None => {
-            on_body(ctx, &None, true);
+            if !ended {
+                on_body(ctx, &None, true);
+            }
             session.write_response_body(None, true).await?;
         }
     }
