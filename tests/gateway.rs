@@ -877,3 +877,21 @@ async fn a_request_reaches_the_backend_in_one_write_without_hop_by_hop_fields() 
         assert_eq!(*conn, 1, "one kept upstream connection");
     }
 }
+
+/// A client that sends its next request the moment it has an answer, on a new connection
+/// each time, finds the upstream connection idle in the pool: ten requests use one upstream
+/// connection. (The gateway gives it back before the answer's last bytes go out; the window
+/// it closes is too narrow for this test to hit reliably, so it guards the pooling itself.)
+#[tokio::test]
+async fn back_to_back_requests_reuse_one_upstream_connection() {
+    let (backend, seen) = recording_backend("HTTP/1.1 200 OK\r\n").await;
+    let gw = edge_gateway(backend).await;
+    for i in 0..10 {
+        let r = gw
+            .post("/v1/chat/completions", &[], &chat("llama-3-8b"))
+            .await;
+        assert_eq!(r.status, 200, "request {i}: {}", r.text());
+    }
+    let conns: Vec<usize> = seen.lock().expect("log").iter().map(|s| s.0).collect();
+    assert_eq!(conns, vec![1; 10], "upstream connection of each request");
+}

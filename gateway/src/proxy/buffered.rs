@@ -312,16 +312,22 @@ async fn relay(
         release(upstream, peer).await;
         return Ok(());
     }
-    // The end of the body reaches the cache with the last chunk, before that chunk goes
-    // out (as in Pingora's loop): a client that has the whole answer may ask again at once,
-    // on another connection, and must find the flight finished.
-    let mut ended = false;
-    while !ended {
+    loop {
         match upstream.read_response_body().await {
             Ok(Some(chunk)) => {
-                ended = !ctx.grpc && upstream.response_done();
                 let chunk = Some(chunk);
-                on_body(ctx, &chunk, ended);
+                if !ctx.grpc && upstream.response_done() {
+                    // The last chunk. The cache learns that the body ended, and the
+                    // connection goes back to the pool, before the chunk goes out (as in
+                    // Pingora's loop): a client with the whole answer may send its next
+                    // request at once, and must find the flight finished and the
+                    // connection idle, not open another one.
+                    on_body(ctx, &chunk, true);
+                    release(upstream, peer).await;
+                    session.write_response_body(chunk, false).await?;
+                    return session.write_response_body(None, true).await;
+                }
+                on_body(ctx, &chunk, false);
                 session.write_response_body(chunk, false).await?;
             }
             Ok(None) => break,
@@ -341,15 +347,13 @@ async fn relay(
         // Trailers end the stream (gRPC's status travels in them).
         Some(trailers) => {
             on_trailers(ctx, &trailers);
-            if !ctx.grpc && !ended {
+            if !ctx.grpc {
                 on_body(ctx, &None, true);
             }
             session.as_mut().write_response_trailers(trailers).await?;
         }
         None => {
-            if !ended {
-                on_body(ctx, &None, true);
-            }
+            on_body(ctx, &None, true);
             session.write_response_body(None, true).await?;
         }
     }
