@@ -791,11 +791,12 @@ async fn recording_backend(
     (addr, seen)
 }
 
-/// What the backend gets: over HTTP/1 the request head and the whole body in one write (one
+/// What the backend gets: over HTTP/1 the request head and a small body in one write (one
 /// segment, one wake-up; Pingora's own client flushes the head on its own), HTTP/1.1 with
 /// the client's `Host`, the body's length, `X-Forwarded-For`, none of the client's hop-by-hop
 /// fields (`Connection`, what it names, `Keep-Alive`, `Expect`), and one kept upstream
-/// connection for consecutive requests. Small (1 KB) and large (100 KB) bodies alike. The
+/// connection for consecutive requests. A large (100 KB) body arrives whole, written after
+/// the head without a copy. The
 /// client's connection stays open after an `Expect: 100-continue` (Pingora closes it when
 /// the `100` goes out before the body is read; the gateway sets keep-alive back).
 #[tokio::test]
@@ -850,15 +851,13 @@ async fn a_request_reaches_the_backend_in_one_write_without_hop_by_hop_fields() 
     for ((conn, first, whole), (path, body)) in seen.iter().zip(sent) {
         let text = String::from_utf8_lossy(whole).to_string();
         let (head, sent) = text.split_once("\r\n\r\n").expect("a head");
-        if body.len() < 16 * 1024 {
+        if body.len() <= 64 * 1024 {
             assert_eq!(
                 first, whole,
                 "the whole request in the backend's first read"
             );
-        } else {
-            // (More than one segment can hold: the head never travels alone.)
-            assert!(first.len() > head.len() + 4 + 1024, "{}", first.len());
         }
+        // (A larger body follows its head uncopied; it arrives whole, checked below.)
         assert_eq!(sent, body.as_str());
         let lower = head.to_ascii_lowercase();
         assert!(

@@ -18,8 +18,9 @@
 //! are pooled by the connector, HTTP/1.1 keep-alive and h2 alike. Requests without a body,
 //! and gRPC up to 64 KiB (HTTP/2 frames its messages itself), keep Pingora's loop.
 //!
-//! Cost: the body is held once (a refcounted `Bytes`, never copied per attempt but into
-//! the HTTP/1 write); the connector is one per process, beside Pingora's own.
+//! Cost: the body is held once (a refcounted `Bytes`, never copied per attempt; a body up
+//! to 64 KiB is copied into the one HTTP/1 write, a larger one is written as it is); the
+//! connector is one per process, beside Pingora's own.
 
 use super::{
     acquire, forward_headers, http_peer, on_attempt_failed, on_body, on_connect_failure,
@@ -233,8 +234,9 @@ async fn exchange(
     sent.map_err(|error| Failed::Exchange { error, reused })
 }
 
-/// HTTP/1: the request header and the whole body in one write and one segment (Pingora's
-/// `write_request_header` flushes the header on its own), then the response header.
+/// HTTP/1: the request header and a body up to 64 KiB in one write and one segment
+/// (Pingora's `write_request_header` flushes the header on its own), then the response
+/// header. A larger body follows the header without being copied.
 ///
 /// Through the public API only: the session is taken apart for its stream, the request
 /// serialised by Pingora's own `http_req_header_to_wire`, and a new session built on the
@@ -254,9 +256,18 @@ pub(crate) async fn one_write(
             "request line not fit for HTTP/1.1",
         )
     })?;
-    wire.extend_from_slice(body);
+    // A small body joins the header in one buffer and one send. A large one is written
+    // after it, never copied: the body budget (`limits.max_buffered_bytes`) counts each body
+    // once, and one segment more is nothing beside a large upload.
+    let small = body.len() <= INSPECT_LIMIT;
+    if small {
+        wire.extend_from_slice(body);
+    }
     let write = async {
         stream.write_all(&wire).await?;
+        if !small {
+            stream.write_all(body).await?;
+        }
         stream.flush().await
     };
     let written = match peer.options.write_timeout {
