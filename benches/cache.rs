@@ -1,5 +1,6 @@
 //! Criterion benchmarks of the prediction cache's request-path work: the key of a 1 KB JSON
-//! body (canonical form + BLAKE3; target under 5 µs), and a whole hit lookup (key, the
+//! body (canonical form + BLAKE3; target under 5 µs), the key of a byte-identical repeat
+//! (the digest memo, then BLAKE3 over the key parts), and a whole hit lookup (key, the
 //! per-model generation read, the moka read) against a warm store. Before the timings it
 //! prints one line of memory per entry: a cache filled past `max_bytes` with unique ~1 KB
 //! entries, bytes weighed per entry and resident-set growth per entry (Linux).
@@ -104,6 +105,16 @@ fn benches(c: &mut Criterion) {
     });
     g.bench_function("blake3_1k", |b| {
         b.iter(|| blake3::hash(black_box(body.as_bytes())))
+    });
+    // What a byte-identical repeat costs: the memo's digest, then the key over it.
+    let memo = key::DigestMemo::new(1 << 20);
+    g.bench_function("key_1k_body_repeat", |b| {
+        b.iter(|| {
+            let digest = memo
+                .digest(black_box(body.as_bytes()), key::BodyForm::Json)
+                .unwrap();
+            key::compute_with(black_box(&parts), &digest)
+        })
     });
     g.finish();
 

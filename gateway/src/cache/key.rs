@@ -11,19 +11,27 @@
 //!   same model are different questions),
 //! - the model, the version named in the path (OIP / TF-Serving) and the version the policy
 //!   declares for the model (`models:` map), so a version bump misses by construction,
-//! - the **canonical** body: parsed as JSON and written back with object keys sorted and no
-//!   insignificant whitespace, so key order and formatting do not matter while any change of
-//!   a value does. Numbers are written as parsed (`1` and `1.0` stay different: a miss, never
-//!   a wrong answer). If an object repeats a key the last one counts, as in `serde_json`.
+//! - the body's digest: the BLAKE3 of its **canonical** form: parsed as JSON and written back
+//!   with object keys sorted and no insignificant whitespace, so key order and formatting do
+//!   not matter while any change of a value does. Numbers are written as parsed (`1` and `1.0`
+//!   stay different: a miss, never a wrong answer). If an object repeats a key the last one
+//!   counts, as in `serde_json`. (gRPC messages, which have no canonical text form here, are
+//!   digested as sent.)
 //!
-//! Hot path: computing a key parses the body once more (classification already validated it)
-//! into a tree that borrows its strings from the body (only containers and strings with
-//! escapes allocate), and writes one output buffer the size of the body; the benchmark
-//! `benches/cache.rs` keeps this under 5 µs for a 1 KB body.
+//! Hot path: a body's digest parses it once more (classification already validated it) into
+//! a tree that borrows its strings from the body (only containers and strings with escapes
+//! allocate), writes one output buffer the size of the body and hashes it: ~5 µs for a 1 KB
+//! body (`benches/cache.rs`), a third of a cache hit's work. A repeat is usually the same
+//! bytes (one client SDK serialises one question alike), so [`DigestMemo`] remembers the
+//! digests of recent bodies by their exact bytes, and a repeat costs a fast hash and a
+//! byte-for-byte compare instead. The key over the digest is one short BLAKE3.
 
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use std::borrow::Cow;
 use std::fmt;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 /// A cache key: 32 bytes of BLAKE3.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -109,50 +117,177 @@ pub enum KeyError {
     NotJson(String),
 }
 
+/// The BLAKE3 of a body's canonical form (JSON), or of its bytes as sent (gRPC).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyDigest([u8; 32]);
+
+/// How a body is digested: the two never share a digest (each is hashed under its own BLAKE3
+/// key), so a memo entry of one is never taken for the other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyForm {
+    /// JSON, canonicalised.
+    Json,
+    /// Bytes as sent (protobuf).
+    Raw,
+}
+
+impl BodyDigest {
+    /// Digest `body` in the given form. Fails only for `Json` bodies that are not JSON.
+    pub fn of(body: &[u8], form: BodyForm) -> Result<BodyDigest, KeyError> {
+        Ok(match form {
+            BodyForm::Json => {
+                // One buffer, sized for the usual case that the canonical form is no longer
+                // than the body as sent; hashing one contiguous slice lets BLAKE3 use its SIMD
+                // paths.
+                let mut canonical = Vec::with_capacity(body.len());
+                canonical_json(body, &mut canonical)?;
+                Self::hash(b"switchyard cache v2: json body  ", &canonical)
+            }
+            BodyForm::Raw => Self::hash(b"switchyard cache v2: raw body   ", body),
+        })
+    }
+
+    /// Keyed BLAKE3: domain separation at no cost (a derive-key context would be hashed
+    /// again on every call).
+    fn hash(domain: &[u8; 32], bytes: &[u8]) -> BodyDigest {
+        BodyDigest(*blake3::keyed_hash(domain, bytes).as_bytes())
+    }
+}
+
 /// The key of a request: `parts` and the canonical form of `body` (JSON).
 pub fn compute(parts: &KeyParts, body: &[u8]) -> Result<CacheKey, KeyError> {
-    // One buffer, sized for the usual case that the canonical form is no longer than the
-    // body as sent; hashing one contiguous slice lets BLAKE3 use its SIMD paths.
-    let mut canonical = Vec::with_capacity(body.len());
-    canonical_json(body, &mut canonical)?;
-    Ok(compute_canonical(parts, &canonical))
+    Ok(compute_with(parts, &BodyDigest::of(body, BodyForm::Json)?))
 }
 
-/// The key over an already canonical body.
-pub fn compute_canonical(parts: &KeyParts, canonical: &[u8]) -> CacheKey {
-    let mut h = blake3::Hasher::new();
-    h.update(b"switchyard prediction cache v1");
-    h.update(&parts.epoch.to_le_bytes());
-    h.update(&parts.generation.to_le_bytes());
+/// The key of a request: `parts` and the body's digest.
+pub fn compute_with(parts: &KeyParts, body: &BodyDigest) -> CacheKey {
+    // One contiguous, length-prefixed input (a few hundred bytes at most): BLAKE3 hashes it
+    // in a handful of compressions, where an `update` per field would cost a call each.
+    let mut input = Vec::with_capacity(160 + parts.route.len() + parts.target.len());
+    input.extend_from_slice(&parts.epoch.to_le_bytes());
+    input.extend_from_slice(&parts.generation.to_le_bytes());
     match parts.scope {
-        Scope::Shared => field(&mut h, b'S', b""),
-        Scope::Tenant(name) => field(&mut h, b'T', name.as_bytes()),
-        Scope::Credential(digest) => field(&mut h, b'K', digest),
-        Scope::Anonymous => field(&mut h, b'A', b""),
+        Scope::Shared => field(&mut input, b'S', b""),
+        Scope::Tenant(name) => field(&mut input, b'T', name.as_bytes()),
+        Scope::Credential(digest) => field(&mut input, b'K', digest),
+        Scope::Anonymous => field(&mut input, b'A', b""),
     }
-    field(&mut h, b'r', parts.route.as_bytes());
-    field(&mut h, b'p', parts.target.as_bytes());
-    field(&mut h, b'm', parts.model.as_bytes());
-    optional(&mut h, b'v', parts.path_version);
-    optional(&mut h, b'V', parts.policy_version);
-    field(&mut h, b'b', canonical);
-    CacheKey(*h.finalize().as_bytes())
+    field(&mut input, b'r', parts.route.as_bytes());
+    field(&mut input, b'p', parts.target.as_bytes());
+    field(&mut input, b'm', parts.model.as_bytes());
+    optional(&mut input, b'v', parts.path_version);
+    optional(&mut input, b'V', parts.policy_version);
+    field(&mut input, b'b', &body.0);
+    CacheKey(*blake3::keyed_hash(b"switchyard cache v2: request key", &input).as_bytes())
 }
 
-fn field(h: &mut blake3::Hasher, tag: u8, bytes: &[u8]) {
-    h.update(&[tag]);
-    h.update(&(bytes.len() as u64).to_le_bytes());
-    h.update(bytes);
+fn field(out: &mut Vec<u8>, tag: u8, bytes: &[u8]) {
+    out.push(tag);
+    out.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+    out.extend_from_slice(bytes);
 }
 
-fn optional(h: &mut blake3::Hasher, tag: u8, value: Option<&str>) {
+fn optional(out: &mut Vec<u8>, tag: u8, value: Option<&str>) {
     match value {
-        Some(v) => field(h, tag, v.as_bytes()),
+        Some(v) => field(out, tag, v.as_bytes()),
         // A length no real field can have: `None` never equals `Some("")`.
         None => {
-            h.update(&[tag]);
-            h.update(&u64::MAX.to_le_bytes());
+            out.push(tag);
+            out.extend_from_slice(&u64::MAX.to_le_bytes());
         }
+    }
+}
+
+/// The digests of recently seen bodies, by their exact bytes (see the module docs). A pure
+/// memo of [`BodyDigest::of`]: an entry is right or absent, never stale, since purges,
+/// scopes and policy versions are the other parts of a key, not of the digest.
+///
+/// Direct-mapped: a body's fast hash picks its slot, a body hashing to a taken slot replaces
+/// what is there, and a hit is checked byte for byte (a fast-hash collision is a memo miss,
+/// never a wrong digest). Bounded: [`MEMO_SLOTS`] slots, bodies up to [`MEMO_MAX_BODY`],
+/// and at most `budget` bytes of bodies in all; it holds copies of recent request bodies
+/// (prompts), as the process's request buffers do, and nothing else.
+pub struct DigestMemo {
+    slots: Box<[Mutex<Option<Memoized>>]>,
+    hasher: foldhash::quality::RandomState,
+    bytes: AtomicUsize,
+    budget: usize,
+}
+
+struct Memoized {
+    form: BodyForm,
+    body: Box<[u8]>,
+    digest: BodyDigest,
+}
+
+/// Slots of the memo (a power of two).
+pub const MEMO_SLOTS: usize = 4096;
+/// The largest body the memo keeps: beyond this, parsing dominates a request anyway.
+pub const MEMO_MAX_BODY: usize = 64 * 1024;
+
+impl DigestMemo {
+    /// A memo holding at most `budget` bytes of bodies.
+    pub fn new(budget: usize) -> DigestMemo {
+        DigestMemo {
+            slots: (0..MEMO_SLOTS).map(|_| Mutex::new(None)).collect(),
+            hasher: foldhash::quality::RandomState::default(),
+            bytes: AtomicUsize::new(0),
+            budget,
+        }
+    }
+
+    /// The digest of `body`: remembered if these exact bytes were digested lately, else
+    /// computed (and remembered, within the bounds).
+    pub fn digest(&self, body: &[u8], form: BodyForm) -> Result<BodyDigest, KeyError> {
+        if body.len() > MEMO_MAX_BODY || body.len() > self.budget {
+            return BodyDigest::of(body, form);
+        }
+        let slot = &self.slots[self.hasher.hash_one(body) as usize & (MEMO_SLOTS - 1)];
+        if let Ok(held) = slot.lock() {
+            if let Some(m) = held.as_ref() {
+                if m.form == form && *m.body == *body {
+                    return Ok(m.digest);
+                }
+            }
+        }
+        // Computed outside the lock: a slow parse holds no other request up.
+        let digest = BodyDigest::of(body, form)?;
+        self.remember(slot, body, form, digest);
+        Ok(digest)
+    }
+
+    fn remember(
+        &self,
+        slot: &Mutex<Option<Memoized>>,
+        body: &[u8],
+        form: BodyForm,
+        digest: BodyDigest,
+    ) {
+        let Ok(mut held) = slot.lock() else { return };
+        let freed = held.as_ref().map_or(0, |m| m.body.len());
+        // Reserve first, so that concurrent inserts never take the total past the budget.
+        let grown = body.len().saturating_sub(freed);
+        let reserved = self
+            .bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
+                (b + grown <= self.budget).then_some(b + grown)
+            });
+        if reserved.is_err() {
+            return;
+        }
+        *held = Some(Memoized {
+            form,
+            body: body.into(),
+            digest,
+        });
+        // The slot's old body was larger: give the difference back.
+        self.bytes
+            .fetch_sub(freed.saturating_sub(body.len()), Ordering::AcqRel);
+    }
+
+    /// Bytes of bodies held.
+    pub fn bytes(&self) -> usize {
+        self.bytes.load(Ordering::Acquire)
     }
 }
 
@@ -457,6 +592,57 @@ mod tests {
             body,
         );
         assert_ne!(a.unwrap(), b.unwrap());
+    }
+
+    #[test]
+    fn the_memo_gives_the_digest_it_would_compute() {
+        let memo = DigestMemo::new(1 << 20);
+        let bodies: Vec<String> = (0..3 * MEMO_SLOTS)
+            .map(|i| format!(r#"{{"model":"m","input":"question {i}"}}"#))
+            .collect();
+        // Twice over more bodies than slots: every lookup, remembered, replaced or new, is
+        // the digest computed afresh.
+        for _ in 0..2 {
+            for body in &bodies {
+                let direct = BodyDigest::of(body.as_bytes(), BodyForm::Json).unwrap();
+                assert_eq!(memo.digest(body.as_bytes(), BodyForm::Json), Ok(direct));
+            }
+        }
+        assert!(memo.bytes() > 0 && memo.bytes() <= 1 << 20);
+        // The same bytes in the other form are another digest, memo or not.
+        let body = bodies[0].as_bytes();
+        let raw = memo.digest(body, BodyForm::Raw).unwrap();
+        assert_eq!(raw, BodyDigest::of(body, BodyForm::Raw).unwrap());
+        assert_ne!(raw, memo.digest(body, BodyForm::Json).unwrap());
+        // Formatting is not part of a JSON digest; bytes are part of a raw one.
+        let spaced = br#"{ "input": "question 0", "model": "m" }"#;
+        assert_eq!(
+            memo.digest(spaced, BodyForm::Json),
+            memo.digest(body, BodyForm::Json)
+        );
+        assert_ne!(memo.digest(spaced, BodyForm::Raw).unwrap(), raw);
+        // Not JSON: an error every time, nothing remembered.
+        let held = memo.bytes();
+        assert!(memo.digest(b"{nope", BodyForm::Json).is_err());
+        assert!(memo.digest(b"{nope", BodyForm::Json).is_err());
+        assert_eq!(memo.bytes(), held);
+    }
+
+    #[test]
+    fn the_memo_keeps_to_its_budget() {
+        let memo = DigestMemo::new(10_000);
+        for i in 0..1000 {
+            let body = format!(r#"{{"input":"{}"}}"#, "x".repeat(i));
+            let direct = BodyDigest::of(body.as_bytes(), BodyForm::Json).unwrap();
+            assert_eq!(memo.digest(body.as_bytes(), BodyForm::Json), Ok(direct));
+            assert!(memo.bytes() <= 10_000, "{} bytes held", memo.bytes());
+        }
+        // Larger than a memo keeps: digested, not held.
+        let memo = DigestMemo::new(usize::MAX);
+        let big = format!(r#"{{"input":"{}"}}"#, "x".repeat(MEMO_MAX_BODY));
+        let direct = BodyDigest::of(big.as_bytes(), BodyForm::Json).unwrap();
+        assert_eq!(memo.digest(big.as_bytes(), BodyForm::Json), Ok(direct));
+        assert_eq!(memo.bytes(), 0);
     }
 
     #[test]

@@ -47,7 +47,7 @@ use arc_swap::ArcSwap;
 use bytes::{Bytes, BytesMut};
 use coalesce::{Flights, Join, LeaderGuard, Waiter};
 use http::{HeaderMap, HeaderName, HeaderValue};
-use key::{CacheKey, KeyParts, Scope};
+use key::{BodyForm, CacheKey, DigestMemo, KeyParts, Scope};
 use pingora::http::ResponseHeader;
 use pingora::OrErr as _;
 use std::collections::HashMap;
@@ -72,6 +72,8 @@ pub struct Cache {
     generations: ArcSwap<HashMap<String, u64>>,
     /// The L2 shared by instances (`cache.shared`), if any.
     l2: Option<Arc<shared::L2>>,
+    /// Body digests of recent requests, by their bytes (`key::DigestMemo`).
+    memo: DigestMemo,
 }
 
 /// What the lookup found.
@@ -166,6 +168,9 @@ impl Cache {
                         None
                     }
                 }),
+            // A sixteenth of the store's bound for the bodies behind its keys (4 MiB by
+            // default: ~4,000 1 KB prompts).
+            memo: DigestMemo::new(usize::try_from(settings.max_bytes / 16).unwrap_or(usize::MAX)),
         })
     }
 
@@ -205,12 +210,13 @@ impl Cache {
                 .map(String::as_str),
         };
         // Protobuf has no canonical text form here: a gRPC message is keyed by its bytes.
-        let key = if route.protocol == crate::policy::raw::Protocol::OipV2Grpc {
-            Some(key::compute_canonical(&parts, body))
+        let form = if route.protocol == crate::policy::raw::Protocol::OipV2Grpc {
+            BodyForm::Raw
         } else {
-            key::compute(&parts, body).ok()
+            BodyForm::Json
         };
-        key.map(|k| (k, generation))
+        let digest = self.memo.digest(body, form).ok()?;
+        Some((key::compute_with(&parts, &digest), generation))
     }
 
     /// Look a classified request up. `target` is its path and query.
