@@ -13,6 +13,7 @@ use std::net::IpAddr;
 use std::path::Path;
 use switchyard::cache::key::{self, CacheKey, KeyParts, Scope};
 use switchyard::classify::geo::GeoDb;
+use switchyard::classify::json;
 use switchyard::classify::{classify, RequestFacts};
 use switchyard::policy::compile::{compile_str, CompileContext, RoutingTable};
 
@@ -52,21 +53,28 @@ enum Edit {
 
 fn edit() -> impl Strategy<Value = Edit> {
     // Bytes that matter to YAML, plus anything.
+    edit_of(b":-[]{},#&*!|>'\"%@` \n\t0123456789.~", 6, 40)
+}
+
+/// Replace, insert (up to `piece` bytes, from `alphabet` or any) or delete (up to `delete`
+/// bytes) somewhere.
+fn edit_of(alphabet: &[u8], piece: usize, delete: usize) -> impl Strategy<Value = Edit> {
     let piece = prop::collection::vec(
-        prop_oneof![
-            prop::sample::select(b":-[]{},#&*!|>'\"%@` \n\t0123456789.~".to_vec()),
-            any::<u8>(),
-        ],
-        1..6,
+        prop_oneof![prop::sample::select(alphabet.to_vec()), any::<u8>()],
+        1..piece,
     );
     prop_oneof![
         (0.0..1.0f64, piece.clone()).prop_map(|(at, b)| Edit::Replace(at, b)),
         (0.0..1.0f64, piece).prop_map(|(at, b)| Edit::Insert(at, b)),
-        (0.0..1.0f64, 1..40usize).prop_map(|(at, n)| Edit::Delete(at, n)),
+        (0.0..1.0f64, 1..delete).prop_map(|(at, n)| Edit::Delete(at, n)),
     ]
 }
 
 fn apply(text: &str, edits: &[Edit]) -> String {
+    String::from_utf8_lossy(&apply_bytes(text, edits)).into_owned()
+}
+
+fn apply_bytes(text: &str, edits: &[Edit]) -> Vec<u8> {
     let mut bytes = text.as_bytes().to_vec();
     for e in edits {
         let at = |f: f64, len: usize| ((len as f64) * f) as usize;
@@ -87,7 +95,7 @@ fn apply(text: &str, edits: &[Edit]) -> String {
             }
         }
     }
-    String::from_utf8_lossy(&bytes).into_owned()
+    bytes
 }
 
 /// Parse and compile `text`: no panic, and every error names the file and a line.
@@ -443,6 +451,180 @@ proptest! {
             let mut again = Vec::new();
             prop_assert!(key::canonical_json(&out, &mut again).is_ok());
             prop_assert_eq!(again, out);
+        }
+    }
+}
+
+// ---- the fast JSON scan of classification -------------------------------------------------
+
+/// An OpenAI-style body: random members plus `model`, `temperature`, `n` and `stream`, each
+/// maybe absent, of the expected type or not, spelled with random member order and spaces.
+fn openai_body() -> impl Strategy<Value = String> {
+    let maybe = |s: BoxedStrategy<Value>| prop::option::weighted(0.8, s);
+    let model = prop_oneof![
+        "[a-z0-9.:/-]{0,12}".prop_map(Value::String),
+        ".{0,6}".prop_map(Value::String),
+        Just(Value::Null),
+        Just(Value::from(7)),
+    ]
+    .boxed();
+    let temperature = prop_oneof![
+        Just(Value::from(0)),
+        Just(Value::from(0.0)),
+        (-2.0..2.0f64).prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        Just(Value::Null),
+        Just(Value::from("0")),
+    ]
+    .boxed();
+    let n = prop_oneof![
+        (0..4u32).prop_map(Value::from),
+        Just(Value::from(-1)),
+        Just(Value::from(1.5)),
+        Just(Value::from(4_294_967_296u64)),
+        Just(Value::Null),
+    ]
+    .boxed();
+    let stream = prop_oneof![
+        any::<bool>().prop_map(Value::Bool),
+        Just(Value::Null),
+        Just(Value::from(1))
+    ]
+    .boxed();
+    (
+        prop::collection::btree_map(".{0,8}", json_value(), 0..4),
+        (maybe(model), maybe(temperature), maybe(n), maybe(stream)),
+        prop::collection::vec(any::<u64>(), 64),
+    )
+        .prop_map(|(extra, (model, temperature, n, stream), order)| {
+            let mut map: serde_json::Map<String, Value> = extra.into_iter().collect();
+            for (name, v) in [
+                ("model", model),
+                ("temperature", temperature),
+                ("n", n),
+                ("stream", stream),
+            ] {
+                if let Some(v) = v {
+                    map.insert(name.into(), v);
+                }
+            }
+            let mut out = String::new();
+            let mut order = order.into_iter().cycle();
+            spell(
+                &Value::Object(map),
+                &mut order,
+                &["", " ", "\n\t", "\r\n  "],
+                &mut out,
+            );
+            out
+        })
+}
+
+/// Values near the edges of JSON's grammar: numbers with and without their digits, signs,
+/// leading zeros, fractions and exponents; literals whole and cut; strings with escapes,
+/// `\u` codes and surrogates; arrays and objects of those, closed or not.
+fn json_soup() -> impl Strategy<Value = String> {
+    let number = "-?[0-9]{0,3}(\\.[0-9]{0,2})?([eE][+-]?[0-9]{0,3})?";
+    let literal = "(tru|true|fals|false|nul|null|truex)";
+    let string =
+        "\"([a-z ]|\\\\[\"\\\\/bfnrtux]|\\\\u[0-9a-fA-F]{0,4}|\\\\ud[89abc][0-9a-f]{2}){0,3}\"?";
+    let leaf = prop_oneof![number, literal, string];
+    leaf.prop_recursive(3, 12, 3, |inner| {
+        prop_oneof![
+            (prop::collection::vec(inner.clone(), 0..3), "[ ,]?\\]?")
+                .prop_map(|(items, end)| format!("[{}{end}", items.join(","))),
+            (prop::collection::vec(inner, 0..3), "[ ,]?\\}?").prop_map(|(items, end)| format!(
+                "{{{}{end}",
+                items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| format!("\"k{i}\":{v}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )),
+        ]
+    })
+}
+
+/// Edits that matter to JSON, plus any byte.
+fn json_edit() -> impl Strategy<Value = Edit> {
+    edit_of(b"{}[]\",:\\/ \t\n0123456789.eE+-tfnrlsu", 4, 4)
+}
+
+fn same_fields(fast: &json::OpenAiFields, serde: &json::OpenAiFields) -> Result<(), TestCaseError> {
+    prop_assert_eq!(&fast.model, &serde.model);
+    prop_assert_eq!(fast.stream, serde.stream);
+    prop_assert_eq!(fast.n, serde.n);
+    match (fast.temperature, serde.temperature) {
+        (None, None) => {}
+        (Some(a), Some(b)) => {
+            // Zero (what makes a request deterministic) exactly; elsewhere the last bit.
+            prop_assert_eq!(a == 0.0, b == 0.0);
+            prop_assert!(
+                (a - b).abs() <= 1e-12 * a.abs().max(b.abs()),
+                "{} vs {}",
+                a,
+                b
+            );
+        }
+        (a, b) => prop_assert!(false, "temperature {:?} vs {:?}", a, b),
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1024, ..config() })]
+
+    #[test]
+    fn the_fast_scan_reads_bodies_as_serde_json_does(body in openai_body()) {
+        let serde = json::openai_fields_serde(body.as_bytes());
+        match json::openai_fields(body.as_bytes()) {
+            Some(fast) => {
+                let serde = serde.map_err(|e| TestCaseError::fail(format!("{e}: {body}")))?;
+                same_fields(&fast, &serde)?;
+            }
+            // The scan leaves only escapes (and what serde_json refuses) to serde_json: it
+            // is the fast path for the bodies clients send.
+            None => prop_assert!(serde.is_err() || body.contains('\\'), "refused: {}", body),
+        }
+        prop_assert!(json::is_valid(body.as_bytes()), "{}", body);
+    }
+
+    #[test]
+    fn the_fast_scan_never_accepts_what_serde_json_refuses(
+        body in openai_body(),
+        edits in prop::collection::vec(json_edit(), 1..4),
+    ) {
+        let bytes = apply_bytes(&body, &edits);
+        if let Some(fast) = json::openai_fields(&bytes) {
+            let serde = json::openai_fields_serde(&bytes)
+                .map_err(|e| TestCaseError::fail(format!("{e}: {}", String::from_utf8_lossy(&bytes))))?;
+            same_fields(&fast, &serde)?;
+        }
+        if json::is_valid(&bytes) {
+            prop_assert!(
+                serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_ok(),
+                "{}",
+                String::from_utf8_lossy(&bytes)
+            );
+        }
+    }
+
+    /// Short runs of JSON's own characters as a member's value: numbers, literals, escapes
+    /// and nesting near their edges, densely.
+    #[test]
+    fn the_fast_scan_agrees_on_token_soup(
+        soup in json_soup(),
+        member in prop::sample::select(vec!["x", "model", "temperature", "n", "stream"]),
+    ) {
+        let body = format!(r#"{{"model":"m","{member}":{soup}}}"#);
+        if let Some(fast) = json::openai_fields(body.as_bytes()) {
+            let serde = json::openai_fields_serde(body.as_bytes())
+                .map_err(|e| TestCaseError::fail(format!("{e}: {body}")))?;
+            same_fields(&fast, &serde)?;
+        }
+        if json::is_valid(soup.as_bytes()) {
+            prop_assert!(serde_json::from_str::<serde::de::IgnoredAny>(&soup).is_ok(), "{}", soup);
         }
     }
 }

@@ -7,14 +7,13 @@
 
 pub mod geo;
 pub mod grpc;
+pub mod json;
 
 use crate::policy::compile::{RegionId, RouteId, TenantId, TierId};
 use crate::policy::raw::Protocol;
 use crate::policy::RoutingTable;
 use http::{HeaderMap, HeaderName};
-use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use std::borrow::Cow;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -321,6 +320,9 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, table: &RoutingTable) -> IpA
 }
 
 fn parse_hop(hop: &str) -> Option<IpAddr> {
+    if let Some(v4) = dotted_quad(hop.as_bytes()) {
+        return Some(IpAddr::V4(v4));
+    }
     if let Ok(ip) = hop.parse() {
         return Some(ip);
     }
@@ -331,6 +333,31 @@ fn parse_hop(hop: &str) -> Option<IpAddr> {
     hop.strip_prefix('[')
         .and_then(|h| h.strip_suffix(']'))
         .and_then(|h| h.parse().ok())
+}
+
+/// The common hop, `a.b.c.d` with no leading zeros, without `std`'s general parser (a fifth
+/// of classifying a request behind one proxy). Anything else is left to that parser.
+fn dotted_quad(text: &[u8]) -> Option<std::net::Ipv4Addr> {
+    let mut octets = [0u8; 4];
+    let mut parts = text.split(|&b| b == b'.');
+    for octet in &mut octets {
+        let part = parts.next()?;
+        if part.is_empty() || part.len() > 3 || (part.len() > 1 && part[0] == b'0') {
+            return None;
+        }
+        let mut v = 0u16;
+        for &d in part {
+            if !d.is_ascii_digit() {
+                return None;
+            }
+            v = v * 10 + u16::from(d - b'0');
+        }
+        *octet = u8::try_from(v).ok()?;
+    }
+    parts
+        .next()
+        .is_none()
+        .then_some(std::net::Ipv4Addr::from(octets))
 }
 
 fn canonical(ip: IpAddr) -> IpAddr {
@@ -396,24 +423,15 @@ struct Peek {
     deterministic: bool,
 }
 
-/// The fields of an OpenAI-style body that routing and caching care about. Deserialising
-/// into it validates the whole body as JSON while allocating only for the model name.
-#[derive(Deserialize)]
-struct OpenAiBody<'a> {
-    #[serde(borrow, default)]
-    model: Option<Cow<'a, str>>,
-    #[serde(default)]
-    stream: Option<bool>,
-    #[serde(default)]
-    temperature: Option<f64>,
-    #[serde(default)]
-    n: Option<u32>,
-}
-
 fn peek_openai(path: &str, body: Option<&[u8]>) -> Result<Peek, ClassifyError> {
     let body = body.unwrap_or(b"");
-    let parsed: OpenAiBody =
-        serde_json::from_slice(body).map_err(|e| ClassifyError::BadJson(e.to_string()))?;
+    // The fast scan when it is sure; `serde_json` otherwise (and for the error message).
+    let parsed = match json::openai_fields(body) {
+        Some(fields) => fields,
+        None => {
+            json::openai_fields_serde(body).map_err(|e| ClassifyError::BadJson(e.to_string()))?
+        }
+    };
     let model = parsed
         .model
         .filter(|m| !m.is_empty())
@@ -451,8 +469,10 @@ fn peek_path(
         v[..vend].to_string()
     });
     if let (true, Some(body)) = (is_post, body) {
-        serde_json::from_slice::<serde::de::IgnoredAny>(body)
-            .map_err(|e| ClassifyError::BadJson(e.to_string()))?;
+        if !json::is_valid(body) {
+            serde_json::from_slice::<serde::de::IgnoredAny>(body)
+                .map_err(|e| ClassifyError::BadJson(e.to_string()))?;
+        }
     }
     Ok(Peek {
         model: model.to_string(),
@@ -520,6 +540,48 @@ mod tests {
         assert_eq!(p.version.as_deref(), Some("2"));
         assert!(peek_path("/v2/models/", "/v2/models/", None, true).is_err());
         assert!(peek_path("/v2/models/x/infer", "/v2/models/", Some(b"nope"), true).is_err());
+    }
+
+    #[test]
+    fn dotted_quads_read_as_std_reads_them() {
+        let cases = [
+            "192.0.2.44",
+            "0.0.0.0",
+            "255.255.255.255",
+            "10.1.2.3",
+            "256.1.1.1",
+            "01.2.3.4",
+            "1.2.3",
+            "1.2.3.4.5",
+            "1..3.4",
+            "1.2.3.4 ",
+            "a.b.c.d",
+            "1.2.3.-4",
+            "1.2.3.1000",
+            "",
+            ".",
+            "::1",
+            "1.2.3.4:80",
+            "+1.2.3.4",
+        ];
+        for text in cases {
+            let ours = dotted_quad(text.as_bytes());
+            let theirs = text.parse::<std::net::Ipv4Addr>().ok();
+            // Never a different answer; a refusal leaves it to `std`.
+            assert!(ours.is_none() || ours == theirs, "{text}");
+            assert_eq!(
+                parse_hop(text),
+                theirs.map(IpAddr::V4).or_else(|| parse_hop_std(text)),
+                "{text}"
+            );
+        }
+    }
+
+    /// What `parse_hop` gave before the dotted-quad fast path.
+    fn parse_hop_std(hop: &str) -> Option<IpAddr> {
+        hop.parse()
+            .ok()
+            .or_else(|| hop.parse::<std::net::SocketAddr>().ok().map(|sa| sa.ip()))
     }
 
     #[test]
