@@ -13,7 +13,7 @@
 //!
 //! [`decide`] is a pure function of its inputs plus the live atomics in `state` (the
 //! `Serving` it takes is the routing table and its `state::Live`, indexed like the table): no
-//! allocation, no locks. [`explain`] runs the same code and also reports every candidate, so
+//! allocation (up to 24 candidates meeting the deadline), no locks. [`explain`] runs the same code and also reports every candidate, so
 //! the admin API's explanation cannot disagree with what the proxy does.
 
 pub mod budget;
@@ -150,6 +150,9 @@ fn endpoint_available(
         && !tried.contains(&(pool_id, ep))
 }
 
+// Inlined into `decide`'s loop: the call itself (registers saved and restored for each
+// pool) was a tenth of a decision, and inlined, the per-request lookups hoist out.
+#[inline(always)]
 fn exclusion(
     pool_id: PoolId,
     pool: &Pool,
@@ -208,6 +211,7 @@ fn now_ms_clock() -> u64 {
 }
 
 /// [`estimate`] at a given time: the decision reads the clock once, not once per pool.
+#[inline(always)]
 pub fn estimate_at(
     pool_id: PoolId,
     pool: &Pool,
@@ -219,10 +223,16 @@ pub fn estimate_at(
     // Live once enough samples exist (the baseline before), idle-decayed: see `state`.
     let service = state.service_time_behind(now_ms, network::upstream_rtt(pool, state, table));
     // M/M/1-style queueing factor on the pool's utilisation, capped so that a saturated
-    // pool looks 10× slower rather than infinitely slow.
-    let rho = (state.in_flight() as f64 / pool.concurrency as f64).min(0.9);
-    // (Integer nanoseconds rather than `mul_f64`, whose checked float conversion is slow.)
-    let queued = Duration::from_nanos((service.as_nanos() as u64 as f64 / (1.0 - rho)) as u64);
+    // pool looks 10× slower rather than infinitely slow. An idle pool (most pools in most
+    // decisions) has factor 1: no division.
+    let in_flight = state.in_flight();
+    let queued = if in_flight == 0 {
+        service
+    } else {
+        let rho = (in_flight as f64 / pool.concurrency as f64).min(0.9);
+        // (Integer nanoseconds rather than `mul_f64`, whose checked float conversion is slow.)
+        Duration::from_nanos((service.as_nanos() as u64 as f64 / (1.0 - rho)) as u64)
+    };
     // The network is not queued: only the service time is multiplied.
     let client_rtt = network::client_rtt(class, table);
     let pool_rtt = network::pool_rtt(pool, state, class, table);
@@ -240,14 +250,66 @@ pub fn estimate_at(
     }
 }
 
-fn score(est: &Estimate, weight: f64, deadline: Duration, max_cost: f64) -> f64 {
-    let lat = est.latency.as_secs_f64() / deadline.as_secs_f64().max(1e-9);
-    let cost = if max_cost > 0.0 {
-        est.cost_usd / max_cost
-    } else {
-        0.0
-    };
-    weight * lat + (1.0 - weight) * cost
+/// How a decision weighs latency against cost: `weight × latency/deadline + (1 − weight) ×
+/// cost/max cost`, with the two divisions taken once per decision rather than per pool.
+#[derive(Clone, Copy)]
+struct Scale {
+    weight: f64,
+    per_deadline: f64,
+    per_max_cost: f64,
+}
+
+impl Scale {
+    fn new(weight: f64, deadline: Duration, max_cost: f64) -> Scale {
+        Scale {
+            weight,
+            per_deadline: 1.0 / deadline.as_secs_f64().max(1e-9),
+            per_max_cost: if max_cost > 0.0 { 1.0 / max_cost } else { 0.0 },
+        }
+    }
+
+    fn score(&self, est: &Estimate) -> f64 {
+        let lat = est.latency.as_secs_f64() * self.per_deadline;
+        let cost = est.cost_usd * self.per_max_cost;
+        self.weight * lat + (1.0 - self.weight) * cost
+    }
+}
+
+/// Candidates kept on the stack for a decision's second pass; policies with more pools than
+/// this spill the rest into a `Vec`.
+const INLINE_CANDIDATES: usize = 24;
+
+/// The candidates that meet the deadline, in pool order. (Slots start empty rather than
+/// zeroed: initialising the array whole cost more than the allocation it replaces.)
+struct Meeting {
+    inline: [Option<(PoolId, Estimate)>; INLINE_CANDIDATES],
+    len: usize,
+    spill: Vec<(PoolId, Estimate)>,
+}
+
+impl Meeting {
+    fn new() -> Meeting {
+        Meeting {
+            inline: [None; INLINE_CANDIDATES],
+            len: 0,
+            spill: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, c: (PoolId, Estimate)) {
+        match self.inline.get_mut(self.len) {
+            Some(slot) => *slot = Some(c),
+            None => self.spill.push(c),
+        }
+        self.len += 1;
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &(PoolId, Estimate)> {
+        self.inline[..self.len.min(INLINE_CANDIDATES)]
+            .iter()
+            .flatten()
+            .chain(&self.spill)
+    }
 }
 
 /// Decide where `class` goes.
@@ -264,8 +326,8 @@ pub fn decide(class: &Class, table: &Serving, tried: Tried, now_ms: u64) -> Deci
     // Pools that could take the request but for being at their concurrency limit.
     let mut cheapest_full: Option<(PoolId, Estimate)> = None;
     // Candidates that meet the deadline, kept for pass 2 so that nothing is estimated twice
-    // (one small allocation instead of a second round of exclusion checks and estimates).
-    let mut meeting: Vec<(PoolId, Estimate)> = Vec::with_capacity(table.pools.len());
+    // (on the stack instead of a second round of exclusion checks and estimates).
+    let mut meeting = Meeting::new();
     for (i, pool) in table.pools.iter().enumerate() {
         let id = i as PoolId;
         match exclusion(id, pool, class, table, tried, now_ms) {
@@ -296,9 +358,10 @@ pub fn decide(class: &Class, table: &Serving, tried: Tried, now_ms: u64) -> Deci
 
     let chosen = if feasible > 0 {
         // Pass 2: the best trade-off among those that meet the deadline.
+        let scale = Scale::new(tier.weight, deadline, max_cost);
         let mut best: Option<(PoolId, Estimate, f64)> = None;
-        for &(id, est) in &meeting {
-            let s = score(&est, tier.weight, deadline, max_cost);
+        for &(id, est) in meeting.iter() {
+            let s = scale.score(&est);
             if best.is_none_or(|(_, _, b)| s < b) {
                 best = Some((id, est, s));
             }
@@ -420,24 +483,32 @@ pub fn pick_endpoint(
 ) -> Option<u16> {
     let n = pool.endpoints.len() as u16;
     let states = live.endpoints(pool_id);
-    let available = (0..n)
-        .filter(|&e| endpoint_available(states, pool_id, e, pool, tried, now_ms))
-        .count() as u16;
-    let nth = |k: u16| {
-        (0..n)
-            .filter(|&e| endpoint_available(states, pool_id, e, pool, tried, now_ms))
-            .nth(k as usize)
+    // One pass over the endpoints, the available ones noted on the stack (in a `Vec` for a
+    // pool of more than 32).
+    let is_available = |&e: &u16| endpoint_available(states, pool_id, e, pool, tried, now_ms);
+    let mut inline = [0u16; 32];
+    let spilled: Vec<u16>;
+    let available: &[u16] = if usize::from(n) <= inline.len() {
+        let mut count = 0;
+        for e in (0..n).filter(is_available) {
+            inline[count] = e;
+            count += 1;
+        }
+        &inline[..count]
+    } else {
+        spilled = (0..n).filter(is_available).collect();
+        &spilled
     };
-    match available {
+    match available.len() {
         0 => None,
-        1 => nth(0),
-        _ => {
-            let a = fastrand::u16(0..available);
-            let mut b = fastrand::u16(0..available - 1);
+        1 => Some(available[0]),
+        count => {
+            let a = fastrand::usize(0..count);
+            let mut b = fastrand::usize(0..count - 1);
             if b >= a {
                 b += 1;
             }
-            let (a, b) = (nth(a)?, nth(b)?);
+            let (a, b) = (available[a], available[b]);
             let sa = states[a as usize].load_score_at(now_ms);
             let sb = states[b as usize].load_score_at(now_ms);
             Some(if sb < sa { b } else { a })
@@ -458,6 +529,7 @@ pub fn explain(class: &Class, table: &Serving, now_ms: u64) -> (Decision, Vec<Ca
         .filter(|e| e.latency <= class.deadline)
         .map(|e| e.cost_usd)
         .fold(0.0, f64::max);
+    let scale = Scale::new(tier.weight, class.deadline, max_cost);
     let chosen_pool = decision.target.map(|(p, _)| p);
     let reports = table
         .pools
@@ -509,7 +581,7 @@ pub fn explain(class: &Class, table: &Serving, now_ms: u64) -> (Decision, Vec<Ca
             }
             let est = estimate(id, pool, class, table);
             let meets = est.latency <= class.deadline;
-            let score = meets.then(|| score(&est, tier.weight, class.deadline, max_cost));
+            let score = meets.then(|| scale.score(&est));
             let why = match (base.chosen, meets, decision.reason) {
                 (true, _, Reason::MeetsDeadline) => format!(
                     "best latency/cost trade-off (weight {}) among {} pools meeting the {} ms deadline",

@@ -204,6 +204,7 @@ impl PoolState {
     /// [`Self::service_time_at`] for a pool `network` away: an attempt's age includes that
     /// round trip, which is not service time, so it is taken out before an attempt is judged
     /// overdue.
+    #[inline]
     pub fn service_time_behind(&self, now: u64, network: Duration) -> Duration {
         let estimate = effective_us(
             (
