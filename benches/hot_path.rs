@@ -148,6 +148,12 @@ fn benches(c: &mut Criterion) {
     g.bench_function("classify_5mib_model_last", |b| {
         b.iter(|| classify(black_box(&facts_large), route, &table).unwrap())
     });
+    // For reference: what classification used before its own scan (`classify::json`).
+    g.bench_function("serde_json_fields_5mib", |b| {
+        b.iter(|| {
+            switchyard::classify::json::openai_fields_serde(black_box(large.as_bytes())).unwrap()
+        })
+    });
     g.finish();
 }
 

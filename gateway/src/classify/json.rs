@@ -39,9 +39,6 @@ pub fn openai_fields_serde(body: &[u8]) -> Result<OpenAiFields<'_>, serde_json::
 /// The OpenAI members of `body`, if it is certainly valid JSON with an object on top whose
 /// known members have the expected types; `None` means "ask `serde_json`".
 pub fn openai_fields(body: &[u8]) -> Option<OpenAiFields<'_>> {
-    if !utf8(body) {
-        return None;
-    }
     let mut s = Scan { b: body, i: 0 };
     let mut fields = OpenAiFields::default();
     let mut seen = [false; 4];
@@ -87,9 +84,6 @@ pub fn openai_fields(body: &[u8]) -> Option<OpenAiFields<'_>> {
 /// Whether `body` is certainly valid JSON (any value on top); `false` means "ask
 /// `serde_json`".
 pub fn is_valid(body: &[u8]) -> bool {
-    if !utf8(body) {
-        return false;
-    }
     let mut s = Scan { b: body, i: 0 };
     s.ws();
     if s.value(0).is_none() {
@@ -97,12 +91,6 @@ pub fn is_valid(body: &[u8]) -> bool {
     }
     s.ws();
     s.i == body.len()
-}
-
-/// Whether `body` is UTF-8: a word-at-a-time ASCII check first (a request body almost
-/// always is ASCII, and the full validation costs twice as much).
-fn utf8(body: &[u8]) -> bool {
-    body.is_ascii() || std::str::from_utf8(body).is_ok()
 }
 
 struct Scan<'a> {
@@ -191,10 +179,12 @@ impl Scan<'_> {
     /// A string, escapes checked. Positioned on the opening quote.
     fn string(&mut self) -> Option<()> {
         self.eat(b'"')?;
+        let start = self.i;
+        let mut ascii = true;
         loop {
-            self.skip_plain();
+            ascii &= self.skip_plain();
             match self.next()? {
-                b'"' => return Some(()),
+                b'"' => return self.utf8(start, ascii),
                 b'\\' => match self.next()? {
                     b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => {}
                     b'u' => {
@@ -221,41 +211,71 @@ impl Scan<'_> {
     fn plain_string(&mut self) -> Option<std::ops::Range<usize>> {
         self.eat(b'"')?;
         let start = self.i;
-        self.skip_plain();
+        let ascii = self.skip_plain();
         let end = self.i;
         self.eat(b'"')?;
+        self.utf8(start, ascii)?;
         Some(start..end)
     }
 
+    /// Whether the string that started at `start` and just ended (on its closing quote) is
+    /// UTF-8. Only strings can hold bytes over 0x7f (anywhere else the grammar refuses
+    /// them), so checking these, and only when `skip_plain` saw one, checks the body.
+    fn utf8(&self, start: usize, ascii: bool) -> Option<()> {
+        (ascii || std::str::from_utf8(&self.b[start..self.i - 1]).is_ok()).then_some(())
+    }
+
     /// Past the bytes a string holds as they are: up to a quote, a backslash or a control
-    /// character. Eight bytes at a time as one `u64` (SWAR: a word holds a wanted byte iff
-    /// the bit tricks below flag it, and the lowest flag is the first such byte, since
-    /// borrows only run upwards), so a short string takes a step or two and a 5 MiB base64
-    /// image one long run; only the body's last bytes go one at a time.
-    fn skip_plain(&mut self) {
+    /// character. Returns whether every byte skipped was ASCII. Eight bytes at a time as one
+    /// `u64` (SWAR: the bit tricks in [`Scan::skip_run`] flag a word holding a wanted byte,
+    /// and the lowest flag is the first such byte, since borrows only run upwards), so a
+    /// short string takes a step or two and a 5 MiB base64 image one long run.
+    fn skip_plain(&mut self) -> bool {
+        // ASCII runs (nearly all) stop at a byte over 0x7f as well; a string with one goes
+        // on without that stop, and is then checked as UTF-8 when it ends.
+        if self.skip_run(true) {
+            return true;
+        }
+        self.skip_run(false);
+        false
+    }
+
+    /// Skips up to a quote, backslash or control character, or also a byte over 0x7f when
+    /// `stop_high`. Returns false only if it stopped at such a byte.
+    fn skip_run(&mut self, stop_high: bool) -> bool {
         const ONES: u64 = 0x0101_0101_0101_0101;
         const HIGHS: u64 = 0x8080_8080_8080_8080;
         let zero_byte = |v: u64| v.wrapping_sub(ONES) & !v;
-        while let Some(word) = self.b.get(self.i..self.i + 8) {
+        let high = if stop_high { HIGHS } else { 0 };
+        let rest = &self.b[self.i..];
+        let mut skipped = 0;
+        for word in rest.chunks_exact(8) {
             let mut bytes = [0u8; 8];
             bytes.copy_from_slice(word);
             let x = u64::from_le_bytes(bytes);
             let found = (x.wrapping_sub(ONES * 0x20) & !x
                 | zero_byte(x ^ (ONES * u64::from(b'"')))
-                | zero_byte(x ^ (ONES * u64::from(b'\\'))))
+                | zero_byte(x ^ (ONES * u64::from(b'\\')))
+                | x & high)
                 & HIGHS;
             if found != 0 {
-                self.i += found.trailing_zeros() as usize / 8;
-                return;
+                let n = found.trailing_zeros() as usize / 8;
+                self.i += skipped + n;
+                return bytes[n] < 0x80;
             }
-            self.i += 8;
+            skipped += 8;
         }
-        while self
-            .peek()
-            .is_some_and(|c| c >= 0x20 && c != b'"' && c != b'\\')
-        {
+        self.i += skipped;
+        while let Some(c) = self.peek() {
+            if c < 0x20 || c == b'"' || c == b'\\' {
+                return true;
+            }
+            if c >= 0x80 && stop_high {
+                return false;
+            }
             self.i += 1;
         }
+        true
     }
 
     /// A number (RFC 8259 grammar); returns whether it has a fraction or an exponent.
@@ -442,6 +462,30 @@ mod tests {
                 if let Some(f) = fast {
                     assert_eq!(Some(f), serde, "{body:?}");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_are_refused_wherever_they_sit() {
+        for bad in [&b"\xff"[..], b"\xe2\x82", b"\xc0\xaf", b"\xed\xa0\x80"] {
+            for at in 0..20 {
+                let mut text = b"a".repeat(at);
+                text.extend_from_slice(bad);
+                text.extend_from_slice(&b"b".repeat(20 - at));
+                for (key, value) in [(&b"x"[..], &text[..]), (&text[..], &b"v"[..])] {
+                    let mut body = b"{\"model\":\"m\",\"".to_vec();
+                    body.extend_from_slice(key);
+                    body.extend_from_slice(b"\":\"");
+                    body.extend_from_slice(value);
+                    body.extend_from_slice(b"\"}");
+                    assert_eq!(openai_fields(&body), None, "{body:?}");
+                    assert!(!is_valid(&body), "{body:?}");
+                }
+                let mut body = b"{\"model\":\"".to_vec();
+                body.extend_from_slice(&text);
+                body.extend_from_slice(b"\"}");
+                assert_eq!(openai_fields(&body), None, "{body:?}");
             }
         }
     }
