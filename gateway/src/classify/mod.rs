@@ -335,8 +335,8 @@ fn parse_hop(hop: &str) -> Option<IpAddr> {
         .and_then(|h| h.parse().ok())
 }
 
-/// The common hop, `a.b.c.d` with no leading zeros, without `std`'s general parser (a fifth
-/// of classifying a request behind one proxy). Anything else is left to that parser.
+/// The common hop, `a.b.c.d` with no leading zeros, without `std`'s general parser (~300
+/// instructions a hop, of classification's ~7k). Anything else is left to that parser.
 fn dotted_quad(text: &[u8]) -> Option<std::net::Ipv4Addr> {
     let mut octets = [0u8; 4];
     let mut parts = text.split(|&b| b == b'.');

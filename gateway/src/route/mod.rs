@@ -702,6 +702,37 @@ routes:
         assert_eq!(reports[0].excluded, Some(Exclusion::NoEndpointUp));
     }
 
+    #[test]
+    fn every_endpoint_of_a_large_pool_can_be_picked_and_tried_ones_never_are() {
+        // More endpoints than `pick_endpoint` notes on the stack.
+        let endpoints: Vec<String> = (1..=40).map(|p| format!("127.0.0.1:{p}")).collect();
+        let text = POLICY.replace(
+            "endpoints: [127.0.0.1:3]",
+            &format!("endpoints: [{}]", endpoints.join(", ")),
+        );
+        assert_ne!(text, POLICY);
+        let fleet = Fleet::default();
+        let table = compile_str(
+            &text,
+            &CompileContext {
+                file: Path::new("t.yaml"),
+                gateway_region: None,
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let table = Serving::attach(table, &fleet);
+        let pool = &table.pools[1];
+        // 35 left to choose from: more than the 32 noted on the stack.
+        let tried: Vec<(PoolId, u16)> = (0..5).map(|e| (1, e)).collect();
+        let mut picked = [false; 40];
+        for _ in 0..4000 {
+            let ep = pick_endpoint(&table.live, 1, pool, &tried, 0).unwrap();
+            assert!(ep >= 5, "endpoint {ep} was tried already");
+            picked[ep as usize] = true;
+        }
+        assert!(picked[5..].iter().all(|p| *p), "{picked:?}");
+    }
+
     fn regional(gateway_region: &str) -> (Serving, Fleet) {
         let fleet = Fleet::default();
         let text = POLICY.replace(
