@@ -641,9 +641,14 @@ routes:
 "#;
 
     fn setup() -> (Serving, Fleet) {
+        serving(POLICY)
+    }
+
+    /// `text` compiled and attached to a fresh fleet's live state.
+    fn serving(text: &str) -> (Serving, Fleet) {
         let fleet = Fleet::default();
         let table = compile_str(
-            POLICY,
+            text,
             &CompileContext {
                 file: Path::new("t.yaml"),
                 gateway_region: None,
@@ -711,16 +716,7 @@ routes:
             &format!("endpoints: [{}]", endpoints.join(", ")),
         );
         assert_ne!(text, POLICY);
-        let fleet = Fleet::default();
-        let table = compile_str(
-            &text,
-            &CompileContext {
-                file: Path::new("t.yaml"),
-                gateway_region: None,
-            },
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        let table = Serving::attach(table, &fleet);
+        let (table, _f) = serving(&text);
         let pool = &table.pools[1];
         // 35 left to choose from: more than the 32 noted on the stack.
         let tried: Vec<(PoolId, u16)> = (0..5).map(|e| (1, e)).collect();
@@ -734,20 +730,10 @@ routes:
     }
 
     fn regional(gateway_region: &str) -> (Serving, Fleet) {
-        let fleet = Fleet::default();
-        let text = POLICY.replace(
+        serving(&POLICY.replace(
             "tiers:",
             &format!("gateway_region: {gateway_region}\ntiers:"),
-        );
-        let table = compile_str(
-            &text,
-            &CompileContext {
-                file: Path::new("t.yaml"),
-                gateway_region: None,
-            },
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        (Serving::attach(table, &fleet), fleet)
+        ))
     }
 
     #[test]
