@@ -11,15 +11,19 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// The cache filler the memory test uses (`tests/support/cache_fill.rs`).
+#[path = "../tests/support/cache_fill.rs"]
+mod cache_fill;
+
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use http::{HeaderMap, Method};
 use std::hint::black_box;
 use std::net::IpAddr;
 use std::path::Path;
-use switchyard::cache::key::{self, KeyParts, Scope};
-use switchyard::cache::{Cache, Lookup};
-use switchyard::classify::{classify, RequestFacts};
-use switchyard::policy::compile::{compile_str, CompileContext};
+use switchyard_gateway::cache::key::{self, KeyParts, Scope};
+use switchyard_gateway::cache::{Cache, Lookup};
+use switchyard_gateway::classify::{classify, RequestFacts};
+use switchyard_gateway::policy::compile::{compile_str, CompileContext};
 
 const POLICY: &str = r#"
 regions:
@@ -47,7 +51,7 @@ fn body_1k() -> String {
 /// Fill a 32 MiB cache with 96k unique ~1 KB entries (three times what fits) through the
 /// capture path and print what an entry costs: weighed by the cache, and really held (RSS).
 fn report_bytes_per_entry() {
-    use switchyard::testkit::cache_fill::{rss_bytes, Filler};
+    use cache_fill::{rss_bytes, Filler};
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -152,7 +156,7 @@ fn benches(c: &mut Criterion) {
                 Some(body.as_bytes()),
             )
             .await;
-        let mut ctx = switchyard::cache::CacheCtx::default();
+        let mut ctx = switchyard_gateway::cache::CacheCtx::default();
         assert!(ctx
             .settle(lookup, std::time::Duration::from_secs(1))
             .await

@@ -7,9 +7,9 @@
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use std::hint::black_box;
-use switchyard::classify::grpc::peek;
-use switchyard::grpc::wire;
-use switchyard::testkit::grpc::infer_request;
+use switchyard_gateway::classify::grpc::peek;
+use switchyard_gateway::grpc::wire;
+use switchyard_testkit::grpc::infer_request;
 
 fn bench(c: &mut Criterion) {
     let body = wire::frame(&infer_request("resnet50", "1", &[0x5a; 1024]));

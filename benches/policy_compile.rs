@@ -10,11 +10,11 @@ use std::hint::black_box;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use switchyard::admin::ControlPlane;
-use switchyard::policy::compile::{compile_str, CompileContext};
-use switchyard::policy::reload::{PolicyWatcher, Trigger};
-use switchyard::policy::{self};
-use switchyard::route::state::Fleet;
+use switchyard_gateway::admin::ControlPlane;
+use switchyard_gateway::policy::compile::{compile_str, CompileContext};
+use switchyard_gateway::policy::reload::{PolicyWatcher, Trigger};
+use switchyard_gateway::policy::{self};
+use switchyard_gateway::route::state::Fleet;
 
 /// A policy with `regions` regions, `pools` pools (two endpoints each) and `routes` routes.
 fn big_policy(regions: usize, pools: usize, routes: usize, salt: u32) -> String {
@@ -84,7 +84,7 @@ fn compile(c: &mut Criterion) {
     std::fs::write(&path, &text).unwrap();
     let fleet = Fleet::new();
     let table = policy::load_file(&path, None).unwrap();
-    let control = ControlPlane::new(switchyard::serving::snapshot(table, fleet), Some(path));
+    let control = ControlPlane::new(switchyard_gateway::serving::snapshot(table, fleet), Some(path));
     c.bench_function("reload 200 pools, 50 routes (read + compile + swap)", |b| {
         b.iter(|| control.reload_by(Trigger::Admin).is_ok())
     });
@@ -98,7 +98,7 @@ fn watcher_latency(_c: &mut Criterion) {
     let fleet = Fleet::new();
     let table = policy::load_file(&path, None).unwrap();
     let control = Arc::new(ControlPlane::new(
-        switchyard::serving::snapshot(table, fleet),
+        switchyard_gateway::serving::snapshot(table, fleet),
         Some(path.clone()),
     ));
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -119,7 +119,7 @@ fn watcher_latency(_c: &mut Criterion) {
     let mut samples = Vec::new();
     for salt in 1..=12u32 {
         let text = big_policy(10, 200, 50, salt);
-        let want = switchyard::policy::compile::content_version(&text);
+        let want = switchyard_gateway::policy::compile::content_version(&text);
         let tmp = dir.path().join("policy.yaml.tmp");
         std::fs::write(&tmp, &text).unwrap();
         let start = Instant::now();

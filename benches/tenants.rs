@@ -14,11 +14,11 @@ use std::hint::black_box;
 use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;
-use switchyard::admit::{self, Limiter};
-use switchyard::cache::shared::L2;
-use switchyard::cache::{Cache, CacheCtx, Lookup};
-use switchyard::classify::{classify, RequestFacts};
-use switchyard::policy::compile::{compile_str, CompileContext, RoutingTable};
+use switchyard_gateway::admit::{self, Limiter};
+use switchyard_gateway::cache::shared::L2;
+use switchyard_gateway::cache::{Cache, CacheCtx, Lookup};
+use switchyard_gateway::classify::{classify, RequestFacts};
+use switchyard_gateway::policy::compile::{compile_str, CompileContext, RoutingTable};
 
 fn redis_url() -> String {
     std::env::var("SWITCHYARD_BENCH_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
@@ -72,7 +72,7 @@ fn redis_answers(rt: &tokio::runtime::Runtime) -> bool {
     rt.block_on(async {
         tokio::time::timeout(
             Duration::from_secs(1),
-            switchyard::redis::resp::Connection::connect(&url),
+            switchyard_gateway::redis::resp::Connection::connect(&url),
         )
         .await
         .is_ok_and(|c| c.is_ok())

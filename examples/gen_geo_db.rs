@@ -1,5 +1,5 @@
 //! Writes the reproducible test GeoIP database, `build(&test_entries())` from
-//! `switchyard::testkit::mmdb`, to a file:
+//! `switchyard_testkit::mmdb`, to a file:
 //!
 //! ```text
 //! cargo run --example gen_geo_db [-- OUTPUT_PATH]
@@ -28,7 +28,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match switchyard::testkit::mmdb::write_test_db(&output) {
+    match switchyard_testkit::mmdb::write_test_db(&output) {
         Ok(()) => {
             let size = std::fs::metadata(&output).map(|m| m.len()).unwrap_or(0);
             println!("wrote {} ({size} bytes)", output.display());

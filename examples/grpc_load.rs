@@ -12,8 +12,8 @@ use bytes::Bytes;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use switchyard::grpc::wire;
-use switchyard::testkit::grpc::{infer_request, GrpcMock};
+use switchyard_gateway::grpc::wire;
+use switchyard_testkit::grpc::{infer_request, GrpcMock};
 use tokio::net::TcpStream;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -1,5 +1,5 @@
 //! The mock ML backend as a standalone server, for docker-compose, the load benchmarks and
-//! trying the gateway by hand. All the behaviour lives in `switchyard::testkit::mock`; this
+//! trying the gateway by hand. All the behaviour lives in `switchyard_testkit::mock`; this
 //! file only parses flags, builds the runtime and waits for Ctrl-C (or SIGTERM).
 //!
 //! ```text
@@ -15,7 +15,7 @@
 use clap::Parser;
 use std::net::SocketAddr;
 use std::time::Duration;
-use switchyard::testkit::mock::{MockBackend, MockConfig};
+use switchyard_testkit::mock::{MockBackend, MockConfig};
 
 /// A mock ML inference backend (OpenAI-compatible, Open Inference Protocol v2, TF-Serving).
 #[derive(Parser, Debug)]

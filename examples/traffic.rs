@@ -1,6 +1,6 @@
 //! Traffic generator: a steady mix of inference requests against a Switchyard gateway, so that
 //! dashboards and the status page have something to show. The compose demo runs it as the
-//! `traffic` service; the logic lives in `switchyard::testkit::traffic`.
+//! `traffic` service; the logic lives in `switchyard_testkit::traffic`.
 //!
 //! ```sh
 //! cargo run --example traffic -- --target 127.0.0.1:8080 --rate 40 \
@@ -12,7 +12,7 @@ use anyhow::Result;
 use clap::Parser;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use switchyard::testkit::traffic::{self, Stats, TrafficConfig};
+use switchyard_testkit::traffic::{self, Stats, TrafficConfig};
 
 #[derive(Parser)]
 #[command(

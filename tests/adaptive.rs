@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::*;
-use switchyard::testkit::client::{self, Connection, Request};
-use switchyard::testkit::mock::MockBackend;
+use switchyard_testkit::client::{self, Connection, Request};
+use switchyard_testkit::mock::MockBackend;
 
 fn served_by(r: &client::Response) -> String {
     r.header("x-served-by").unwrap_or("").to_string()

@@ -8,7 +8,7 @@ mod support;
 use serde_json::Value;
 use std::time::Duration;
 use support::*;
-use switchyard::testkit::client::{self, Connection, Request, Response};
+use switchyard_testkit::client::{self, Connection, Request, Response};
 
 /// An OpenAI chat body of about `size` bytes: a text part and a base64 PNG data URL. With
 /// `model_last`, keys are sorted as `json.dumps(sort_keys=True)` or Go's encoder write them

@@ -5,8 +5,8 @@ mod support;
 
 use std::time::Duration;
 use support::*;
-use switchyard::testkit::client::Response;
-use switchyard::testkit::mock::MockBackend;
+use switchyard_testkit::client::Response;
+use switchyard_testkit::mock::MockBackend;
 
 /// Chat (per tenant, 10m), embeddings (shared), OIP (1s TTL), TF-Serving (not cached).
 const CACHED_ROUTES: &str = r#"  - { name: chat, match: /v1/chat/completions, protocol: openai, max_body: 16KiB, tier: standard, cache: { ttl: 10m } }

@@ -1,6 +1,6 @@
 //! The prediction cache's `max_bytes` bound is a bound on memory: a cache filled well past
 //! `max_bytes` with unique ~1 KB entries (through the real capture path, see
-//! `switchyard::testkit::cache_fill`) grows the process's resident set by at most
+//! `support::cache_fill`) grows the process's resident set by at most
 //! `max_bytes` × 1.2.
 //!
 //! Its own test binary, with one test, so that nothing else allocates while it measures; the
@@ -11,7 +11,10 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use bytes::Bytes;
-use switchyard::testkit::cache_fill::{rss_bytes, Filler};
+#[path = "support/cache_fill.rs"]
+mod cache_fill;
+
+use cache_fill::{rss_bytes, Filler};
 
 const MAX_BYTES: u64 = 16 * 1024 * 1024;
 
@@ -34,7 +37,7 @@ async fn a_full_cache_holds_no_more_memory_than_max_bytes_allows() {
         filler.store(u64::MAX - i, &answer).await.expect("store");
         tokio::task::yield_now().await;
     }
-    cache.purge(&switchyard::cache::Purge::All).await;
+    cache.purge(&switchyard_gateway::cache::Purge::All).await;
     cache.settle().await;
     let baseline = rss_bytes().unwrap_or(0);
 

@@ -173,7 +173,7 @@ fn demo_once_routes_mixed_traffic_and_prints_the_table() {
 /// its own per-process directory (never a path shared with another demo or a test).
 #[tokio::test]
 async fn the_demo_serves_a_policy_file_and_reloads_it_when_edited() {
-    use switchyard::testkit::client::{self, Request};
+    use switchyard_testkit::client::{self, Request};
     let dir = tempfile::tempdir().unwrap();
     struct Kill(std::process::Child);
     impl Drop for Kill {
@@ -261,7 +261,7 @@ async fn the_demo_serves_a_policy_file_and_reloads_it_when_edited() {
 
     let edited = text.replacen("weight: 0.8", "weight: 0.7", 1);
     std::fs::write(&path, &edited).unwrap();
-    let want = switchyard::policy::compile::content_version(&edited);
+    let want = switchyard_gateway::policy::compile::content_version(&edited);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
         let v = policy(admin).await.unwrap_or_default();

@@ -17,8 +17,8 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 use support::*;
-use switchyard::testkit::mock::MockBackend;
-use switchyard::testkit::traffic::{self, TrafficConfig};
+use switchyard_testkit::mock::MockBackend;
+use switchyard_testkit::traffic::{self, TrafficConfig};
 
 fn read(rel: &str) -> String {
     std::fs::read_to_string(repo_root().join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
@@ -451,10 +451,10 @@ fn compose_admin_token() -> String {
         .unwrap_or_else(|| "switchyard-demo-admin-token".into())
 }
 
-async fn admin_get_with_token(gw: &Gateway, path: &str) -> switchyard::testkit::client::Response {
+async fn admin_get_with_token(gw: &Gateway, path: &str) -> switchyard_testkit::client::Response {
     let token = format!("Bearer {}", compose_admin_token());
-    let req = switchyard::testkit::client::Request::get(path).header("authorization", &token);
-    switchyard::testkit::client::send(gw.admin, &req)
+    let req = switchyard_testkit::client::Request::get(path).header("authorization", &token);
+    switchyard_testkit::client::send(gw.admin, &req)
         .await
         .expect("admin request")
 }

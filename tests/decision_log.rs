@@ -7,7 +7,7 @@ mod support;
 use serde_json::Value;
 use std::time::{Duration, Instant};
 use support::*;
-use switchyard::testkit::mock::MockBackend;
+use switchyard_testkit::mock::MockBackend;
 
 /// One edge pool in `region` on `edge`, serving every model.
 fn edge_pool(edge: &MockBackend, region: &str) -> String {

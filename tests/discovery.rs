@@ -7,7 +7,7 @@
 mod support;
 
 use support::*;
-use switchyard::testkit::client::Response;
+use switchyard_testkit::client::Response;
 
 /// Tier `standard` may use edge and GPU pools; `extra` is appended YAML (more sections).
 fn discovery_policy(pools: &str, routes: &str, extra: &str) -> String {

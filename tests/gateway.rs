@@ -11,7 +11,7 @@ const EU: &str = "192.0.2.10";
 const US: &str = "198.51.100.20";
 const AP: &str = "203.0.113.30";
 
-fn served_by(r: &switchyard::testkit::client::Response) -> String {
+fn served_by(r: &switchyard_testkit::client::Response) -> String {
     r.header("x-served-by").unwrap_or("").to_string()
 }
 
@@ -604,10 +604,10 @@ async fn streaming_responses_pass_through_unbuffered() {
         "{ per_request: 0.00002 }",
     );
     let gw = Gateway::start(&policy(&pools, "")).await;
-    let mut conn = switchyard::testkit::client::Connection::connect(gw.proxy)
+    let mut conn = switchyard_testkit::client::Connection::connect(gw.proxy)
         .await
         .unwrap();
-    let req = switchyard::testkit::client::Request::post(
+    let req = switchyard_testkit::client::Request::post(
         "/v1/chat/completions",
         br#"{"model":"m","stream":true,"messages":[]}"#,
     )

@@ -4,7 +4,7 @@
 
 use maxminddb::{geoip2, Reader};
 use std::net::IpAddr;
-use switchyard::testkit::mmdb::{build, test_entries};
+use switchyard_testkit::mmdb::{build, test_entries};
 
 const COMMITTED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/geo-data/switchyard-test.mmdb");
 

@@ -6,7 +6,11 @@ mod support;
 
 use std::net::SocketAddr;
 use support::*;
-use switchyard::testkit::grpc::{call, call_raw, infer_request, GrpcMock, GrpcResponse};
+use switchyard_testkit::grpc::proto::{
+    ModelInferResponse, ModelMetadataResponse, ModelReadyResponse, ServerLiveResponse,
+    ServerMetadataResponse,
+};
+use switchyard_testkit::grpc::{call, call_raw, infer_request, model_request, GrpcMock, GrpcResponse};
 
 const INFER: &str = "ModelInfer";
 
@@ -40,6 +44,13 @@ async fn grpc_mock(name: &str) -> GrpcMock {
         .expect("start grpc mock")
 }
 
+/// The backend that answered a `ModelInfer` (the mock puts its name in the response's `id`).
+fn answered_by(r: &GrpcResponse) -> String {
+    r.decode::<ModelInferResponse>()
+        .map(|m| m.id)
+        .unwrap_or_else(|| panic!("not a ModelInferResponse: {r:?}"))
+}
+
 async fn infer(gw: &Gateway, model: &str, metadata: &[(&str, &str)]) -> GrpcResponse {
     call(
         gw.proxy,
@@ -57,7 +68,7 @@ struct Fleet {
     gw: Gateway,
     edge: GrpcMock,
     gpu: GrpcMock,
-    http_only: switchyard::testkit::mock::MockBackend,
+    http_only: switchyard_testkit::mock::MockBackend,
 }
 
 /// A cheap edge pool serving `resnet` and a GPU pool serving every model, both over gRPC
@@ -108,8 +119,9 @@ async fn model_infer_is_routed_by_the_model_in_the_protobuf() {
     assert_eq!(r.http_status, 200);
     assert_eq!(r.grpc_status(), Some(0), "{r:?}");
     // ModelInferResponse: model_name (1) and the backend that answered (id, 3).
-    assert_eq!(r.string_field(1).as_deref(), Some("resnet"));
-    assert_eq!(r.string_field(3).as_deref(), Some("edge"));
+    let answer = r.decode::<ModelInferResponse>().expect("a ModelInferResponse");
+    assert_eq!(answer.model_name, "resnet");
+    assert_eq!(answer.id, "edge");
     // The decision travels as initial metadata.
     assert_eq!(r.header("x-switchyard-pool"), Some("edge"));
     assert_eq!(r.header("x-switchyard-tier"), Some("standard"));
@@ -120,7 +132,7 @@ async fn model_infer_is_routed_by_the_model_in_the_protobuf() {
 
     let r = infer(&f.gw, "bert", &[]).await;
     assert_eq!(r.grpc_status(), Some(0), "{r:?}");
-    assert_eq!(r.string_field(3).as_deref(), Some("gpu"));
+    assert_eq!(answered_by(&r), "gpu");
     assert_eq!(r.header("x-switchyard-pool"), Some("gpu"));
     assert_eq!((f.edge.infer_calls(), f.gpu.infer_calls()), (1, 1));
 }
@@ -151,7 +163,7 @@ async fn refusals_are_grpc_statuses_with_http_200() {
 
     // Malformed protobuf: INVALID_ARGUMENT.
     let path = "/inference.GRPCInferenceService/ModelInfer";
-    let garbage = switchyard::grpc::wire::frame(&[0x0a, 0x7f, 0x01]);
+    let garbage = switchyard_testkit::grpc::frame(&[0x0a, 0x7f, 0x01]);
     let r = call_raw(f.gw.proxy, path, garbage, &[])
         .await
         .expect("call");
@@ -160,7 +172,7 @@ async fn refusals_are_grpc_statuses_with_http_200() {
     assert!(r.grpc_message().is_some_and(|m| m.contains("protobuf")));
 
     // A compressed message: UNIMPLEMENTED (the gateway reads messages uncompressed).
-    let mut compressed = switchyard::grpc::wire::frame(&infer_request("resnet", "", b"x")).to_vec();
+    let mut compressed = switchyard_testkit::grpc::frame(&infer_request("resnet", "", b"x")).to_vec();
     compressed[0] = 1;
     let r = call_raw(f.gw.proxy, path, compressed.into(), &[])
         .await
@@ -212,13 +224,15 @@ async fn server_live_and_ready_are_answered_by_the_gateway() {
     for method in ["ServerLive", "ServerReady"] {
         let r = call(f.gw.proxy, method, b"", &[]).await.expect("call");
         assert_eq!(r.grpc_status(), Some(0), "{method}: {r:?}");
-        // ServerLiveResponse.live / ServerReadyResponse.ready (field 1) is true.
-        assert_eq!(r.varint_field(1), Some(1), "{method}");
+        // ServerLiveResponse.live / ServerReadyResponse.ready (field 1, the same shape) is true.
+        let live = r.decode::<ServerLiveResponse>().map(|m| m.live);
+        assert_eq!(live, Some(true), "{method}");
     }
     let r = call(f.gw.proxy, "ServerMetadata", b"", &[])
         .await
         .expect("call");
-    assert_eq!(r.string_field(1).as_deref(), Some("switchyard"));
+    let meta = r.decode::<ServerMetadataResponse>().map(|m| m.name);
+    assert_eq!(meta.as_deref(), Some("switchyard"));
     assert_eq!(f.edge.calls("ServerLive") + f.gpu.calls("ServerLive"), 0);
     assert_eq!(f.edge.calls("ServerReady") + f.gpu.calls("ServerReady"), 0);
 }
@@ -226,20 +240,20 @@ async fn server_live_and_ready_are_answered_by_the_gateway() {
 #[tokio::test]
 async fn model_ready_goes_to_a_pool_serving_the_model() {
     let f = fleet("").await;
-    let mut req = Vec::new();
-    switchyard::grpc::wire::put_bytes(&mut req, 1, b"resnet");
+    let req = model_request("resnet");
     let r = call(f.gw.proxy, "ModelReady", &req, &[])
         .await
         .expect("call");
     assert_eq!(r.grpc_status(), Some(0), "{r:?}");
-    assert_eq!(r.varint_field(1), Some(1));
+    assert_eq!(r.decode::<ModelReadyResponse>().map(|m| m.ready), Some(true));
     assert_eq!(r.header("x-switchyard-pool"), Some("edge"));
     assert_eq!(f.edge.calls("ModelReady"), 1);
 
     let r = call(f.gw.proxy, "ModelMetadata", &req, &[])
         .await
         .expect("call");
-    assert_eq!(r.string_field(1).as_deref(), Some("resnet"));
+    let meta = r.decode::<ModelMetadataResponse>().map(|m| m.name);
+    assert_eq!(meta.as_deref(), Some("resnet"));
     assert_eq!(f.edge.infer_calls(), 0);
 
     // Metadata calls are no inference spend; a ModelInfer is.
@@ -276,7 +290,7 @@ async fn a_refused_grpc_endpoint_fails_over_to_another_pool() {
     let gw = Gateway::start(&policy_with_routes(&pools, &grpc_routes(""), "")).await;
     let r = infer(&gw, "resnet", &[]).await;
     assert_eq!(r.grpc_status(), Some(0), "{r:?}");
-    assert_eq!(r.string_field(3).as_deref(), Some("gpu"));
+    assert_eq!(answered_by(&r), "gpu");
     assert_eq!(r.header("x-switchyard-pool"), Some("gpu"));
     assert_eq!(gpu.infer_calls(), 1);
 }
@@ -319,14 +333,14 @@ async fn large_messages_are_routed_whole_fail_over_and_are_bounded_by_max_body()
     let big = infer_request("resnet", "", &vec![7u8; 3 * 1024 * 1024]);
     let r = call(gw.proxy, INFER, &big, &tier).await.expect("call");
     assert_eq!(r.grpc_status(), Some(0), "{r:?}");
-    assert_eq!(r.string_field(3).as_deref(), Some("edge"));
+    assert_eq!(answered_by(&r), "edge");
     assert_eq!(r.header("x-switchyard-pool"), Some("edge"));
 
     // The edge answers UNAVAILABLE: the whole message goes to the GPU pool.
     edge.fail_with(14);
     let r = call(gw.proxy, INFER, &big, &tier).await.expect("call");
     assert_eq!(r.grpc_status(), Some(0), "{r:?}");
-    assert_eq!(r.string_field(3).as_deref(), Some("gpu"));
+    assert_eq!(answered_by(&r), "gpu");
     assert_eq!((edge.infer_calls(), gpu.infer_calls()), (2, 1));
 
     // Over the route's max_body: RESOURCE_EXHAUSTED, as a gRPC status.
@@ -345,7 +359,7 @@ async fn an_unavailable_backend_is_retried_elsewhere_on_an_idempotent_route() {
     edge.fail_with(14);
     let r = infer(&gw, "resnet", &[]).await;
     assert_eq!(r.grpc_status(), Some(0), "{r:?}");
-    assert_eq!(r.string_field(3).as_deref(), Some("gpu"));
+    assert_eq!(answered_by(&r), "gpu");
     assert_eq!((edge.infer_calls(), gpu.infer_calls()), (1, 1));
 }
 

@@ -107,7 +107,7 @@ async fn abandoned_requests_are_499s_that_still_cost_and_leave_nothing_in_flight
 
 /// A cached chat route, an edge pool and a batch pool whose dispatch window is closed (jobs
 /// stay queued), so the cache and the queue both have something to show.
-async fn cache_and_queue_fleet() -> (Gateway, switchyard::testkit::mock::MockBackend) {
+async fn cache_and_queue_fleet() -> (Gateway, switchyard_testkit::mock::MockBackend) {
     let edge = mock("edge", 0).await;
     let pools = pool(
         "edge",

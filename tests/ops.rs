@@ -6,7 +6,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 use support::*;
-use switchyard::testkit::client::{self, Request, Response};
+use switchyard_testkit::client::{self, Request, Response};
 
 async fn admin(gw: &Gateway, path: &str, auth: Option<&str>) -> Response {
     let mut req = Request::get(path);
@@ -231,9 +231,9 @@ fn the_shipped_compose_policy_passes_check_outside_docker() {
 /// with a reload does nothing.
 #[test]
 fn a_re_resolution_keeps_the_live_state_of_addresses_that_stayed() {
-    use switchyard::admin::ControlPlane;
-    use switchyard::policy::compile::{compile_str, CompileContext};
-    use switchyard::route::state::Fleet;
+    use switchyard_gateway::admin::ControlPlane;
+    use switchyard_gateway::policy::compile::{compile_str, CompileContext};
+    use switchyard_gateway::route::state::Fleet;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("p.yaml");
     let pools = "  - { name: edge, kind: edge, region: us, endpoints: [\"localhost:9\"], models: [\"*\"], concurrency: 64, service_time: 10ms, price: { per_request: 0.0001 } }\n";
@@ -250,7 +250,7 @@ fn a_re_resolution_keeps_the_live_state_of_addresses_that_stayed() {
     .unwrap();
     let generation = first.generation;
     assert_eq!(first.pools[0].endpoints[0].name, "localhost:9@127.0.0.1");
-    let control = ControlPlane::new(switchyard::serving::snapshot(first, fleet), Some(path));
+    let control = ControlPlane::new(switchyard_gateway::serving::snapshot(first, fleet), Some(path));
     let state = control.snapshot.load().live.endpoint(0, 0).clone();
     state.acquire();
 
@@ -338,7 +338,7 @@ fn a_taken_proxy_port_or_an_open_admin_override_is_a_start_up_error() {
 /// or another program on that address is not this gateway being ready.
 #[tokio::test]
 async fn readiness_asks_the_proxy_listener_who_it_is() {
-    use switchyard::admin::ready::{Readiness, PATH};
+    use switchyard_gateway::admin::ready::{Readiness, PATH};
     let backend = mock("edge", 0).await;
     let gw = Gateway::start(&policy(&edge(backend.addr()), "")).await;
     let r = admin(&gw, "/readyz", None).await;

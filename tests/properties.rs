@@ -11,11 +11,11 @@ use proptest::prelude::*;
 use serde_json::Value;
 use std::net::IpAddr;
 use std::path::Path;
-use switchyard::cache::key::{self, CacheKey, KeyParts, Scope};
-use switchyard::classify::geo::GeoDb;
-use switchyard::classify::json;
-use switchyard::classify::{classify, RequestFacts};
-use switchyard::policy::compile::{compile_str, CompileContext, RoutingTable};
+use switchyard_gateway::cache::key::{self, CacheKey, KeyParts, Scope};
+use switchyard_gateway::classify::geo::GeoDb;
+use switchyard_gateway::classify::json;
+use switchyard_gateway::classify::{classify, RequestFacts};
+use switchyard_gateway::policy::compile::{compile_str, CompileContext, RoutingTable};
 
 fn config() -> ProptestConfig {
     ProptestConfig {
@@ -291,9 +291,9 @@ proptest! {
             };
             // Either a class or a typed error; whichever, no panic.
             let _ = classify(&facts, route, table);
-            let _ = switchyard::classify::client_ip(peer, &map, table);
-            let _ = switchyard::classify::api_key(&map);
-            let _ = switchyard::classify::client_no_cache(&map);
+            let _ = switchyard_gateway::classify::client_ip(peer, &map, table);
+            let _ = switchyard_gateway::classify::api_key(&map);
+            let _ = switchyard_gateway::classify::client_no_cache(&map);
         });
     }
 }
@@ -656,7 +656,7 @@ proptest! {
             .build()
             .expect("runtime");
         let mut input: &[u8] = &bytes;
-        let _ = rt.block_on(switchyard::queue::resp::read_reply(&mut input));
+        let _ = rt.block_on(switchyard_gateway::queue::resp::read_reply(&mut input));
     }
 }
 

@@ -279,14 +279,14 @@ async fn jobs_survive_a_crash() {
             let key = format!("crash-{chunk}-{i}");
             set.spawn(async move {
                 let body = support::chat("m");
-                let req = switchyard::testkit::client::Request::post(
+                let req = switchyard_testkit::client::Request::post(
                     "/v1/chat/completions",
                     body.as_bytes(),
                 )
                 .header("content-type", "application/json")
                 .header("x-slo-tier", "batch")
                 .header("idempotency-key", &key);
-                switchyard::testkit::client::send(proxy, &req)
+                switchyard_testkit::client::send(proxy, &req)
                     .await
                     .expect("enqueue")
             });

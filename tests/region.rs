@@ -9,8 +9,8 @@ mod support;
 
 use std::time::{Duration, Instant};
 use support::*;
-use switchyard::testkit::client::Response;
-use switchyard::testkit::relay::Relay;
+use switchyard_testkit::client::Response;
+use switchyard_testkit::relay::Relay;
 
 /// A client address the embedded GeoIP database places in Europe.
 const EU_CLIENT: &str = "192.0.2.10";

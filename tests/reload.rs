@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::*;
-use switchyard::policy::compile::content_version;
-use switchyard::testkit::client::{Connection, Request};
+use switchyard_gateway::policy::compile::content_version;
+use switchyard_testkit::client::{Connection, Request};
 
 const EU: &str = "192.0.2.10";
 

@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use support::*;
-use switchyard::testkit::client::Response;
+use switchyard_testkit::client::Response;
 
 /// A key prefix no other test (or earlier run) uses.
 fn fresh_prefix() -> String {
@@ -225,10 +225,10 @@ async fn concurrency_limit_refuses_the_second_request_in_flight_and_frees_the_sl
     let (proxy, body) = (gw.proxy, uncached(1));
     let first = tokio::spawn(async move {
         let req =
-            switchyard::testkit::client::Request::post("/v1/chat/completions", body.as_bytes())
+            switchyard_testkit::client::Request::post("/v1/chat/completions", body.as_bytes())
                 .header("authorization", "Bearer key-acme")
                 .header("content-type", "application/json");
-        switchyard::testkit::client::send(proxy, &req)
+        switchyard_testkit::client::send(proxy, &req)
             .await
             .map(|r| r.status)
     });
@@ -426,7 +426,7 @@ async fn a_shared_concurrency_lease_blocks_the_other_instance_until_it_is_given_
     let b = Gateway::start(&policy).await;
     let leases = format!("{prefix}:limits:t:acme:leases");
     let held = |url: String, key: String| async move {
-        let mut conn = switchyard::redis::resp::Connection::connect(&url)
+        let mut conn = switchyard_gateway::redis::resp::Connection::connect(&url)
             .await
             .expect("connect");
         conn.cmd(&[b"ZCARD", key.as_bytes()])
@@ -439,10 +439,10 @@ async fn a_shared_concurrency_lease_blocks_the_other_instance_until_it_is_given_
     let (proxy, body) = (a.proxy, uncached(1));
     let first = tokio::spawn(async move {
         let req =
-            switchyard::testkit::client::Request::post("/v1/chat/completions", body.as_bytes())
+            switchyard_testkit::client::Request::post("/v1/chat/completions", body.as_bytes())
                 .header("authorization", "Bearer key-acme")
                 .header("content-type", "application/json");
-        switchyard::testkit::client::send(proxy, &req)
+        switchyard_testkit::client::send(proxy, &req)
             .await
             .map(|r| r.status)
     });
@@ -617,7 +617,7 @@ async fn a_redis_outage_falls_back_to_local_limits_and_recovers() {
 
 /// Keys under `pattern` in the Redis at `url` (test inspection only).
 async fn redis_keys(url: &str, pattern: &str) -> Vec<String> {
-    let mut conn = switchyard::redis::resp::Connection::connect(url)
+    let mut conn = switchyard_gateway::redis::resp::Connection::connect(url)
         .await
         .expect("connect to the test redis");
     conn.cmd(&[b"KEYS", pattern.as_bytes()])

@@ -6,8 +6,8 @@
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use switchyard::testkit::client::{self, chunked, ClientError, Connection, Request};
-use switchyard::testkit::mock::{MockBackend, MockConfig};
+use switchyard_testkit::client::{self, chunked, ClientError, Connection, Request};
+use switchyard_testkit::mock::{MockBackend, MockConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -288,7 +288,7 @@ async fn malformed_and_oversized_requests_are_refused_and_closed() {
     assert!(out.contains("connection: close"));
     let too_long = format!(
         "POST /v1/chat/completions HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
-        switchyard::testkit::mock::MAX_BODY + 1
+        switchyard_testkit::mock::MAX_BODY + 1
     );
     let out = raw(m.addr(), too_long.as_bytes()).await;
     assert!(out.starts_with("HTTP/1.1 413 "), "{out}");

@@ -460,9 +460,9 @@ async fn a_gateway_with_only_a_tls_listener_becomes_ready() {
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     let ready = loop {
-        let r = switchyard::testkit::client::send(
+        let r = switchyard_testkit::client::send(
             admin,
-            &switchyard::testkit::client::Request::get("/readyz"),
+            &switchyard_testkit::client::Request::get("/readyz"),
         )
         .await;
         if matches!(&r, Ok(r) if r.status == 200) {

@@ -549,7 +549,7 @@ fn schema_lists_exactly_the_fields_the_gateway_accepts() {
             .insert("zz_not_a_field".into(), Value::from(1));
         // JSON is YAML.
         let text = serde_json::to_string_pretty(&edited).unwrap();
-        let err = switchyard::policy::parse(&text, Path::new("p.yaml"))
+        let err = switchyard_gateway::policy::parse(&text, Path::new("p.yaml"))
             .unwrap_err()
             .to_string();
         assert!(

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use switchyard::cache::key::canonical_json;
+use switchyard_gateway::cache::key::canonical_json;
 
 fuzz_target!(|data: &[u8]| {
     let mut out = Vec::new();

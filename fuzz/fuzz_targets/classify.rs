@@ -7,9 +7,9 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use libfuzzer_sys::fuzz_target;
 use std::path::Path;
 use std::sync::OnceLock;
-use switchyard::classify::{classify, RequestFacts};
-use switchyard::policy::compile::{compile_str, CompileContext, RoutingTable};
-use switchyard::route::state::Fleet;
+use switchyard_gateway::classify::{classify, RequestFacts};
+use switchyard_gateway::policy::compile::{compile_str, CompileContext, RoutingTable};
+use switchyard_gateway::route::state::Fleet;
 
 const POLICY: &str = r#"
 trusted_proxies: [127.0.0.0/8]

@@ -12,9 +12,9 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use switchyard::testkit::client::{self, Request, Response};
-use switchyard::testkit::fleet::MockSpec;
-use switchyard::testkit::mock::MockBackend;
+use switchyard_testkit::client::{self, Request, Response};
+use switchyard_testkit::fleet::MockSpec;
+use switchyard_testkit::mock::MockBackend;
 
 /// A free port on 127.0.0.1 (bound, read, released), never one this test process handed out
 /// before. The kernel can give a just-released port to the next `bind(0)`, and Pingora

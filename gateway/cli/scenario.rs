@@ -28,13 +28,13 @@
 //! the next pool / endpoint, so they are not punished for lacking what a trivial client would
 //! have.
 
-use crate::policy::compile::{self, CompileContext};
-use crate::route::state::Fleet;
-use crate::server;
-use crate::testkit::client::{Connection, Request};
-use crate::testkit::fleet::MockSpec;
-use crate::testkit::mock::MockBackend;
-use crate::testkit::relay::Relay;
+use switchyard_gateway::policy::compile::{self, CompileContext};
+use switchyard_gateway::route::state::Fleet;
+use switchyard_gateway::server;
+use switchyard_testkit::client::{Connection, Request};
+use switchyard_testkit::fleet::MockSpec;
+use switchyard_testkit::mock::MockBackend;
+use switchyard_testkit::relay::Relay;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -53,7 +53,7 @@ pub enum ScenarioError {
     #[error("unknown scenario `{0}` (known: fleet-faults)")]
     Unknown(String),
     #[error(transparent)]
-    Policy(#[from] crate::policy::PolicyErrors),
+    Policy(#[from] switchyard_gateway::policy::PolicyErrors),
     #[error(transparent)]
     Server(#[from] server::ServerError),
     #[error("cannot start the mock fleet: {0}")]

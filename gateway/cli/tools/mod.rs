@@ -11,12 +11,12 @@ pub mod check;
 pub mod diff;
 pub mod schema;
 
-use crate::admin::{self, ExplainRequest};
-use crate::policy::compile::{PathMatch, PoolId, RoutingTable};
-use crate::policy::raw::Protocol;
-use crate::policy::{self, PolicyErrors};
-use crate::route::state::Fleet;
-use crate::serving::Serving;
+use switchyard_gateway::admin::{self, ExplainRequest};
+use switchyard_gateway::policy::compile::{PathMatch, PoolId, RoutingTable};
+use switchyard_gateway::policy::raw::Protocol;
+use switchyard_gateway::policy::{self, PolicyErrors};
+use switchyard_gateway::route::state::Fleet;
+use switchyard_gateway::serving::Serving;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

@@ -46,12 +46,12 @@ pub mod trace;
 pub mod tune;
 pub mod workload;
 
-use crate::classify::Class;
-use crate::policy::compile::{self, CompileContext, PoolId};
-use crate::route::state::Fleet;
-use crate::route::{self, Reason};
+use switchyard_gateway::classify::Class;
+use switchyard_gateway::policy::compile::{self, CompileContext, PoolId};
+use switchyard_gateway::route::state::Fleet;
+use switchyard_gateway::route::{self, Reason};
 use crate::scenario::{SystemReport, TierReport};
-use crate::serving::Serving;
+use switchyard_gateway::serving::Serving;
 pub use queue::JobReport;
 use serde::Serialize;
 use std::cmp::Ordering;
@@ -76,7 +76,7 @@ pub enum SimError {
     #[error("unknown scenario `{0}` (known: fleet-faults)")]
     UnknownScenario(String),
     #[error("{0}")]
-    Policy(#[from] crate::policy::PolicyErrors),
+    Policy(#[from] switchyard_gateway::policy::PolicyErrors),
     #[error("{0}")]
     Workload(String),
     #[error("policy `{policy}` does not fit the simulated fleet: {problem}")]

@@ -26,7 +26,7 @@
 //! ```
 
 use super::{fleet_faults, Fault, Mix, PhaseSpec, Request, SimError, Workload};
-use crate::policy::compile::parse_duration;
+use switchyard_gateway::policy::compile::parse_duration;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -10,7 +10,7 @@
 //! makes them: one upstream request for all of them; if the leader fails, each waiter makes
 //! its own request.
 
-use crate::cache::store::Stored;
+use switchyard_gateway::cache::store::Stored;
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
@@ -36,7 +36,7 @@ pub(super) struct SimCache {
 impl SimCache {
     pub(super) fn new(
         ttl: Duration,
-        settings: &crate::policy::compile::CacheSettings,
+        settings: &switchyard_gateway::policy::compile::CacheSettings,
         models: &[String],
         answer_bytes: usize,
     ) -> SimCache {
@@ -156,7 +156,7 @@ fn stand_in(model: &str, answer_bytes: usize) -> Stored {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::compile::CacheSettings;
+    use switchyard_gateway::policy::compile::CacheSettings;
 
     fn req(key: u64) -> crate::simulate::Request {
         crate::simulate::Request {

@@ -7,8 +7,8 @@
 //! Warnings never make `check` fail: only errors do. This module must not grow rules that
 //! the gateway itself does not enforce at load time as *errors*; those belong in `compile`.
 
-use crate::policy::compile::{compile_str, CompileContext, PathMatch, RoutingTable};
-use crate::policy::{self, raw, PolicyError};
+use switchyard_gateway::policy::compile::{compile_str, CompileContext, PathMatch, RoutingTable};
+use switchyard_gateway::policy::{self, raw, PolicyError};
 use serde::Serialize;
 use serde_saphyr::Spanned;
 use std::fmt::Write as _;
@@ -120,7 +120,7 @@ pub fn warnings(raw: &raw::Policy, table: &RoutingTable) -> Vec<Diagnostic> {
     // An admin listener off loopback without a token is a load error (compile); here, a
     // token that is not really a deployment secret.
     if let Some(node) = &raw.listeners.admin_token {
-        use crate::policy::secret::{expand, Source};
+        use switchyard_gateway::policy::secret::{expand, Source};
         match expand(&node.value, |n| std::env::var(n).ok()) {
             Ok((_, Source::Literal)) => out.push(at(
                 node,
@@ -139,7 +139,7 @@ pub fn warnings(raw: &raw::Policy, table: &RoutingTable) -> Vec<Diagnostic> {
     // them down and keeps looking them up (`policy::resolve`).
     for (pool, rp) in table.pools.iter().zip(&raw.pools) {
         for ep in &rp.value.endpoints {
-            let https = crate::policy::resolve::https_target(ep.value.http())
+            let https = switchyard_gateway::policy::resolve::https_target(ep.value.http())
                 .ok()
                 .flatten()
                 .map(|t| t.hostport);

@@ -24,7 +24,7 @@
 //! another format version; the report's note says how many.
 
 use super::{FleetModel, Mix, PhaseSpec, PoolModel, Request, SimError, Workload};
-use crate::policy::compile::RoutingTable;
+use switchyard_gateway::policy::compile::RoutingTable;
 use serde::Deserialize;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};

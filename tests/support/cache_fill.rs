@@ -8,9 +8,9 @@
 //! it read) and whose body arrives chunked, in two pieces, without a declared length — the
 //! shapes that once made each entry hold several times what it was weighed at.
 
-use crate::cache::{Cache, CacheCtx};
-use crate::classify::{classify, RequestFacts};
-use crate::policy::compile::{compile_str, CompileContext, RoutingTable};
+use switchyard_gateway::cache::{Cache, CacheCtx};
+use switchyard_gateway::classify::{classify, RequestFacts};
+use switchyard_gateway::policy::compile::{compile_str, CompileContext, RoutingTable};
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Method};
 use pingora::http::ResponseHeader;

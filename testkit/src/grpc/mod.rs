@@ -3,18 +3,22 @@
 //! trailers.
 //!
 //! Both are on the `h2` crate (already in the tree through Pingora), not hand-written
-//! HTTP/2. The mock answers `ModelInfer` with a `ModelInferResponse` naming the model
-//! (field 1) and the backend (field 3, `id`; also the `x-mock-backend` metadata), so a test sees who
-//! answered; `ModelReady`, `ModelMetadata`, `ModelConfig` and the server methods are
-//! answered too. It counts calls per method, remembers the last request's metadata, and can
-//! be made to fail every call with a gRPC status, or stop listening (connection refused).
-//! Request messages are decoded with the gateway's own `classify::grpc`, so the mock also
-//! refuses what the gateway would (a malformed message gets INVALID_ARGUMENT).
+//! HTTP/2, and the messages are `prost` types declared from the official protos
+//! ([`proto`]): the mock decodes what the gateway forwards with its own codec, not the
+//! gateway's, so a test fails if the gateway mangles a message. The mock answers `ModelInfer`
+//! with a `ModelInferResponse` naming the model and the backend (`id`; also the
+//! `x-mock-backend` metadata), so a test sees who answered; `ModelReady`, `ModelMetadata`,
+//! `ModelConfig` and the server methods are answered too. It counts calls per method,
+//! remembers the last request's metadata, and can be made to fail every call with a gRPC
+//! status, or stop listening (connection refused). A message that does not decode gets
+//! INVALID_ARGUMENT, as a real server answers.
 
-use crate::classify::grpc::{self as decode, Method};
-use crate::grpc::wire;
-use bytes::Bytes;
+pub mod proto;
+
+use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Request, Response};
+use prost::Message;
+use proto::*;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -22,6 +26,24 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
+
+/// The path prefix of every method of the service.
+pub const SERVICE_PREFIX: &str = "/inference.GRPCInferenceService/";
+
+/// A message with gRPC's 5-byte prefix (uncompressed, big-endian length).
+pub fn frame(msg: &[u8]) -> Bytes {
+    let mut b = BytesMut::with_capacity(5 + msg.len());
+    b.put_u8(0);
+    b.put_u32(msg.len() as u32);
+    b.put_slice(msg);
+    b.freeze()
+}
+
+/// The one message of a unary call's body, without its prefix.
+pub fn unframe(body: &[u8]) -> Option<&[u8]> {
+    let len = u32::from_be_bytes(body.get(1..5)?.try_into().ok()?) as usize;
+    (body.first() == Some(&0) && body.len() == 5 + len).then(|| &body[5..])
+}
 
 /// Calls seen by a [`GrpcMock`].
 #[derive(Default)]
@@ -148,64 +170,93 @@ async fn answer(
         buf.extend_from_slice(&chunk);
     }
     let path = parts.uri.path().to_string();
-    let method_name = path.rsplit('/').next().unwrap_or("").to_string();
+    let method_name = path.strip_prefix(SERVICE_PREFIX).unwrap_or("").to_string();
     if let Ok(mut calls) = backend.seen.calls.lock() {
-        *calls.entry(method_name).or_default() += 1;
+        *calls.entry(method_name.clone()).or_default() += 1;
     }
     if let Ok(mut last) = backend.seen.last_headers.lock() {
         *last = Some(parts.headers.clone());
     }
-    let method = decode::Method::from_path(&path);
-    if method == Some(Method::ModelInfer) {
+    if method_name == "ModelInfer" {
         backend.seen.infer.fetch_add(1, Ordering::Relaxed);
     }
     let fail = backend.fail.load(Ordering::Relaxed);
     if fail != 0 {
         return status_only(&mut respond, backend, fail, "mock told to fail");
     }
-    let mut msg = Vec::new();
-    match method {
-        Some(Method::ServerLive | Method::ServerReady) => wire::put_varint_field(&mut msg, 1, 1),
-        Some(Method::ServerMetadata) => wire::put_bytes(&mut msg, 1, backend.name.as_bytes()),
-        Some(m) => {
-            let peek = match decode::peek(&path, Some(&buf)) {
-                Ok(p) => p,
-                Err(e) => return status_only(&mut respond, backend, 3, &e.to_string()),
-            };
-            match m {
-                // ModelInferResponse { model_name = 1; model_version = 2; id = 3; … raw_output_contents = 6 }
-                Method::ModelInfer => {
-                    wire::put_bytes(&mut msg, 1, peek.model.as_bytes());
-                    if let Some(v) = &peek.version {
-                        wire::put_bytes(&mut msg, 2, v.as_bytes());
-                    }
-                    wire::put_bytes(&mut msg, 3, backend.name.as_bytes());
-                    wire::put_bytes(&mut msg, 6, &[0, 0, 128, 63]);
-                }
-                // ModelReadyResponse { bool ready = 1; }
-                Method::ModelReady => wire::put_varint_field(&mut msg, 1, 1),
-                // ModelMetadataResponse { name = 1; versions = 2; platform = 3; }
-                Method::ModelMetadata => {
-                    wire::put_bytes(&mut msg, 1, peek.model.as_bytes());
-                    wire::put_bytes(&mut msg, 3, b"mock");
-                }
-                // ModelConfigResponse { ModelConfig config = 1 { string name = 1; } }
-                _ => {
-                    let mut config = Vec::new();
-                    wire::put_bytes(&mut config, 1, peek.model.as_bytes());
-                    wire::put_bytes(&mut msg, 1, &config);
-                }
-            }
-        }
-        None => return status_only(&mut respond, backend, 12, "unknown method"),
-    }
+    let msg = match answer_message(&method_name, &parts.headers, &buf, backend) {
+        Ok(msg) => msg,
+        Err((code, why)) => return status_only(&mut respond, backend, code, &why),
+    };
     let resp = response_header(backend);
     let mut stream = respond.send_response(resp, false)?;
-    stream.send_data(wire::frame(&msg), false)?;
+    stream.send_data(frame(&msg), false)?;
     let mut trailers = HeaderMap::new();
     trailers.insert("grpc-status", HeaderValue::from_static("0"));
     stream.send_trailers(trailers)?;
     Ok(())
+}
+
+/// The response message of `method` for the request body `body`, or the gRPC status and
+/// message to answer instead.
+fn answer_message(
+    method: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+    backend: &Backend,
+) -> Result<Vec<u8>, (u32, String)> {
+    const INVALID_ARGUMENT: u32 = 3;
+    const UNIMPLEMENTED: u32 = 12;
+    if headers
+        .get("grpc-encoding")
+        .is_some_and(|v| v.as_bytes() != b"identity")
+    {
+        return Err((UNIMPLEMENTED, "compressed messages are not supported".into()));
+    }
+    let invalid = |e: &dyn std::fmt::Display| (INVALID_ARGUMENT, format!("bad message: {e}"));
+    let request = unframe(body).ok_or_else(|| invalid(&"not one framed message"));
+    Ok(match method {
+        "ServerLive" => ServerLiveResponse { live: true }.encode_to_vec(),
+        "ServerReady" => ServerReadyResponse { ready: true }.encode_to_vec(),
+        "ServerMetadata" => ServerMetadataResponse {
+            name: backend.name.clone(),
+            version: "mock".into(),
+            extensions: Vec::new(),
+        }
+        .encode_to_vec(),
+        "ModelInfer" => {
+            let req = ModelInferRequest::decode(request?).map_err(|e| invalid(&e))?;
+            ModelInferResponse {
+                model_name: req.model_name,
+                model_version: req.model_version,
+                id: backend.name.clone(),
+                // One fp32 output, 1.0.
+                raw_output_contents: vec![1.0f32.to_le_bytes().to_vec()],
+                ..Default::default()
+            }
+            .encode_to_vec()
+        }
+        "ModelReady" | "ModelMetadata" | "ModelConfig" => {
+            let req = ModelRef::decode(request?).map_err(|e| invalid(&e))?;
+            match method {
+                "ModelReady" => ModelReadyResponse { ready: true }.encode_to_vec(),
+                "ModelMetadata" => ModelMetadataResponse {
+                    name: req.name,
+                    platform: "mock".into(),
+                    ..Default::default()
+                }
+                .encode_to_vec(),
+                _ => ModelConfigResponse {
+                    config: Some(ModelConfig {
+                        name: req.name,
+                        platform: "mock".into(),
+                    }),
+                }
+                .encode_to_vec(),
+            }
+        }
+        _ => return Err((UNIMPLEMENTED, format!("unknown method {method}"))),
+    })
 }
 
 fn response_header(backend: &Backend) -> Response<()> {
@@ -230,7 +281,10 @@ fn status_only(
     let mut resp = response_header(backend);
     let h = resp.headers_mut();
     h.insert("grpc-status", HeaderValue::from(code));
-    if let Ok(v) = HeaderValue::from_str(&crate::grpc::percent_encode(message)) {
+    // `grpc-message` is percent-encoded: everything outside printable ASCII, and `%`.
+    const ENCODED: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b'%');
+    let message = percent_encoding::utf8_percent_encode(message, ENCODED).to_string();
+    if let Ok(v) = HeaderValue::from_str(&message) {
         h.insert("grpc-message", v);
     }
     respond.send_response(resp, true)?;
@@ -274,31 +328,12 @@ impl GrpcResponse {
 
     /// The response message without its 5-byte prefix, if the body is one whole message.
     pub fn message(&self) -> Option<&[u8]> {
-        decode::unary_message(&self.body).ok()
+        unframe(&self.body)
     }
 
-    /// A string field of the response message (e.g. 1 = model name, 3 = id in
-    /// `ModelInferResponse`).
-    pub fn string_field(&self, field: u32) -> Option<String> {
-        decode::Fields::new(self.message()?).find_map(|f| match f {
-            Ok((n, decode::Value::Bytes(b))) if n == field => {
-                Some(String::from_utf8_lossy(b).into_owned())
-            }
-            _ => None,
-        })
-    }
-
-    /// A varint field of the response message (e.g. 1 = `live` / `ready`); absent reads 0.
-    pub fn varint_field(&self, field: u32) -> Option<u64> {
-        let msg = self.message()?;
-        Some(
-            decode::Fields::new(msg)
-                .find_map(|f| match f {
-                    Ok((n, decode::Value::Varint(v))) if n == field => Some(v),
-                    _ => None,
-                })
-                .unwrap_or(0),
-        )
+    /// The response message decoded as `M` (e.g. [`ModelInferResponse`]).
+    pub fn decode<M: Message + Default>(&self) -> Option<M> {
+        M::decode(self.message()?).ok()
     }
 }
 
@@ -314,24 +349,32 @@ pub enum GrpcClientError {
     Timeout(Duration),
 }
 
-/// A `ModelInferRequest` message naming `model` (field 1), `version` (field 2, if not
-/// empty), an id and one small input tensor.
+/// A `ModelInferRequest` message naming `model` and `version` (if not empty), with an id
+/// and one small `BYTES` input tensor whose content is `input` (as raw input contents).
 pub fn infer_request(model: &str, version: &str, input: &[u8]) -> Vec<u8> {
-    let mut m = Vec::new();
-    wire::put_bytes(&mut m, 1, model.as_bytes());
-    if !version.is_empty() {
-        wire::put_bytes(&mut m, 2, version.as_bytes());
+    ModelInferRequest {
+        model_name: model.into(),
+        model_version: version.into(),
+        id: "req".into(),
+        inputs: vec![InferTensor {
+            name: "input0".into(),
+            datatype: "BYTES".into(),
+            shape: vec![1],
+            ..Default::default()
+        }],
+        raw_input_contents: vec![input.to_vec()],
+        ..Default::default()
     }
-    wire::put_bytes(&mut m, 3, b"req");
-    // InferInputTensor { name = 1; datatype = 2; shape = 3 (packed int64) }
-    let mut tensor = Vec::new();
-    wire::put_bytes(&mut tensor, 1, b"input0");
-    wire::put_bytes(&mut tensor, 2, b"BYTES");
-    wire::put_bytes(&mut tensor, 3, &[1]);
-    wire::put_bytes(&mut m, 5, &tensor);
-    // raw_input_contents = 7
-    wire::put_bytes(&mut m, 7, input);
-    m
+    .encode_to_vec()
+}
+
+/// A `ModelReadyRequest` / `ModelMetadataRequest` / `ModelConfigRequest` for `model`.
+pub fn model_request(model: &str) -> Vec<u8> {
+    ModelRef {
+        name: model.into(),
+        version: String::new(),
+    }
+    .encode_to_vec()
 }
 
 /// Call `/inference.GRPCInferenceService/{method}` on `addr` (h2c) with one message.
@@ -341,8 +384,8 @@ pub async fn call(
     msg: &[u8],
     metadata: &[(&str, &str)],
 ) -> Result<GrpcResponse, GrpcClientError> {
-    let path = format!("{}{method}", decode::SERVICE_PREFIX);
-    call_raw(addr, &path, wire::frame(msg), metadata).await
+    let path = format!("{SERVICE_PREFIX}{method}");
+    call_raw(addr, &path, frame(msg), metadata).await
 }
 
 /// Send `body` (already framed, or deliberately not) to `path` as a gRPC call.

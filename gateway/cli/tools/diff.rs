@@ -12,10 +12,10 @@
 //! operator sees what each regional instance decides (the estimates' network terms depend on
 //! where the gateway runs).
 
-use crate::classify::Class;
-use crate::policy::compile::RoutingTable;
-use crate::route::{self, Reason};
-use crate::serving::Serving;
+use switchyard_gateway::classify::Class;
+use switchyard_gateway::policy::compile::RoutingTable;
+use switchyard_gateway::route::{self, Reason};
+use switchyard_gateway::serving::Serving;
 use serde::Serialize;
 use std::fmt::Write as _;
 

@@ -21,10 +21,10 @@
 
 use super::CONNECT_REFUSED_US;
 use super::{us, Engine, Hist, InFlight, PolicySystem, Request, SimSystemReport, System, What};
-use crate::classify::Class;
-use crate::policy::compile::{PoolId, QueueSettings, RoutingTable};
-use crate::queue::{api, dispatcher};
-use crate::route::{self, Decision, Reason};
+use switchyard_gateway::classify::Class;
+use switchyard_gateway::policy::compile::{PoolId, QueueSettings, RoutingTable};
+use switchyard_gateway::queue::{api, dispatcher};
+use switchyard_gateway::route::{self, Decision, Reason};
 use serde::Serialize;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};

@@ -21,10 +21,10 @@
 //! is searched only for tiers with a target (elsewhere `shed` would always win).
 
 use super::{simulate_policy, workload_of, PhaseStats, SimError, SimOptions, Workload};
-use crate::policy::compile::{self, CompileContext, PoolId, RoutingTable};
-use crate::policy::raw::OnSloMiss;
-use crate::route::state::Fleet;
-use crate::serving::Serving;
+use switchyard_gateway::policy::compile::{self, CompileContext, PoolId, RoutingTable};
+use switchyard_gateway::policy::raw::OnSloMiss;
+use switchyard_gateway::route::state::Fleet;
+use switchyard_gateway::serving::Serving;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -368,7 +368,7 @@ fn rewrite_policy(
     tiers: &[String],
     knobs: &Knobs,
 ) -> Result<(String, String), SimError> {
-    let raw = crate::policy::parse(text, file)?;
+    let raw = switchyard_gateway::policy::parse(text, file)?;
     let lines: Vec<&str> = text.split_inclusive('\n').collect();
     // (line index, byte start, byte end, replacement)
     let mut edits: Vec<(usize, usize, usize, String)> = Vec::new();

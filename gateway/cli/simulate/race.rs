@@ -8,7 +8,7 @@
 //! estimated cost when the hedge is sent (see `System::hedge`), whichever attempt loses.
 
 use super::{us, Engine, InFlight, PolicySystem, Request, Workload};
-use crate::policy::compile::PoolId;
+use switchyard_gateway::policy::compile::PoolId;
 use std::collections::{HashMap, HashSet};
 
 /// An attempt of a hedged request at an endpoint.

@@ -12,7 +12,8 @@ use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use switchyard::{server, tools};
+use switchyard::tools;
+use switchyard_gateway::server;
 
 #[derive(Parser)]
 #[command(

@@ -16,15 +16,15 @@
 //! directory (`$TMPDIR/switchyard-demo-PID`) also holds the demo's job queue, so a second
 //! demo or a test never opens the same queue file.
 
-use crate::policy::compile;
-use crate::policy::raw::PoolKind;
-use crate::policy::RoutingTable;
-use crate::route::state::Fleet;
-use crate::server;
-use crate::serving::Snapshot;
-use crate::testkit::client::{Connection, Request};
-use crate::testkit::fleet::{self, MockSpec};
-use crate::testkit::mock::MockBackend;
+use switchyard_gateway::policy::compile;
+use switchyard_gateway::policy::raw::PoolKind;
+use switchyard_gateway::policy::RoutingTable;
+use switchyard_gateway::route::state::Fleet;
+use switchyard_gateway::server;
+use switchyard_gateway::serving::Snapshot;
+use switchyard_testkit::client::{Connection, Request};
+use switchyard_testkit::fleet::{self, MockSpec};
+use switchyard_testkit::mock::MockBackend;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -42,7 +42,7 @@ const DEMO_POLICY_PATH: &str = "policies/demo.yaml";
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
     #[error(transparent)]
-    Policy(#[from] crate::policy::PolicyErrors),
+    Policy(#[from] switchyard_gateway::policy::PolicyErrors),
     #[error(transparent)]
     Server(#[from] server::ServerError),
     #[error("cannot start the mock fleet: {0}")]
@@ -105,7 +105,7 @@ pub fn run(opts: DemoOptions) -> Result<(), DemoError> {
     std::fs::create_dir_all(&dir).map_err(|e| DemoError::WorkDir(dir.clone(), e))?;
     let policy_path = policy_file(opts.policy.clone(), &dir)?;
     let fleet = Fleet::new();
-    let mut table = crate::policy::load_file(&policy_path, fleet.gateway_region())?;
+    let mut table = switchyard_gateway::policy::load_file(&policy_path, fleet.gateway_region())?;
     // The queue backend is fixed at start-up, so this holds across reloads of the file.
     if let Some(compile::QueueSettings {
         backend: compile::QueueBackend::Embedded { path },
@@ -115,7 +115,7 @@ pub fn run(opts: DemoOptions) -> Result<(), DemoError> {
         *path = dir.join("queue.redb");
     }
     if let Some(record) = &opts.record {
-        table.decision_log = Some((record.clone(), crate::observe::decision::DEFAULT_MAX_BYTES));
+        table.decision_log = Some((record.clone(), switchyard_gateway::observe::decision::DEFAULT_MAX_BYTES));
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -282,7 +282,7 @@ pub async fn send_traffic(proxy: SocketAddr, n: usize) -> Vec<Outcome> {
                 }
                 let result = match conn.as_mut() {
                     Some(c) => c.send(&req).await,
-                    None => Err(crate::testkit::client::ClientError::Closed),
+                    None => Err(switchyard_testkit::client::ClientError::Closed),
                 };
                 let latency = started.elapsed();
                 match result {
@@ -346,7 +346,7 @@ fn answered(status: u16) -> bool {
 }
 
 /// Where a response came from: a pool, the cache, or the batch queue.
-fn placement(resp: &crate::testkit::client::Response) -> String {
+fn placement(resp: &switchyard_testkit::client::Response) -> String {
     if resp.status == 202 {
         return "queued".into();
     }
