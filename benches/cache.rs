@@ -24,6 +24,8 @@ use switchyard_gateway::cache::key::{self, KeyParts, Scope};
 use switchyard_gateway::cache::{Cache, Lookup};
 use switchyard_gateway::classify::{classify, RequestFacts};
 use switchyard_gateway::policy::compile::{compile_str, CompileContext};
+use switchyard_gateway::serving::state::Fleet;
+use switchyard_gateway::serving::Serving;
 
 const POLICY: &str = r#"
 regions:
@@ -130,6 +132,7 @@ fn benches(c: &mut Criterion) {
         },
     )
     .expect("bench policy compiles");
+    let table = Serving::load(table, &Fleet::default()).expect("resources");
     let headers = HeaderMap::new();
     let facts = RequestFacts {
         peer: IpAddr::from([127, 0, 0, 1]),

@@ -7,7 +7,7 @@
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use std::hint::black_box;
-use switchyard_gateway::classify::grpc::peek;
+use switchyard_gateway::grpc::codec::peek;
 use switchyard_gateway::grpc::wire;
 use switchyard_testkit::grpc::infer_request;
 

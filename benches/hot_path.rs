@@ -16,8 +16,9 @@ use std::net::IpAddr;
 use std::path::Path;
 use switchyard_gateway::classify::{classify, RequestFacts};
 use switchyard_gateway::policy::compile::{compile_str, CompileContext};
-use switchyard_gateway::route::state::Fleet;
-use switchyard_gateway::route::{decide, state::now_ms};
+use switchyard_gateway::route::decide;
+use switchyard_gateway::serving::state::now_ms;
+use switchyard_gateway::serving::state::Fleet;
 
 /// A policy with `regions` regions and `pools` pools, every region pair given.
 fn big_policy(regions: usize, pools: usize) -> String {
@@ -79,7 +80,7 @@ fn benches(c: &mut Criterion) {
     )
     .unwrap_or_else(|e| panic!("{e}"));
     // The request path reads the table and its live state together (`serving::Serving`).
-    let table = switchyard_gateway::serving::Serving::attach(table, &fleet);
+    let table = switchyard_gateway::serving::Serving::load(table, &fleet).expect("resources");
     let mut headers = HeaderMap::new();
     headers.insert("x-forwarded-for", "192.0.2.44, 10.1.2.3".parse().unwrap());
     headers.insert("x-slo-tier", "realtime".parse().unwrap());
@@ -100,6 +101,7 @@ fn benches(c: &mut Criterion) {
     g.bench_function("geoip_lookup", |b| {
         b.iter(|| {
             table
+                .resources
                 .geo
                 .lookup(black_box("198.51.100.7".parse::<IpAddr>().unwrap()))
         })
@@ -151,7 +153,8 @@ fn benches(c: &mut Criterion) {
     // For reference: what classification used before its own scan (`classify::json`).
     g.bench_function("serde_json_fields_5mib", |b| {
         b.iter(|| {
-            switchyard_gateway::classify::json::openai_fields_serde(black_box(large.as_bytes())).unwrap()
+            switchyard_gateway::classify::json::openai_fields_serde(black_box(large.as_bytes()))
+                .unwrap()
         })
     });
     g.finish();

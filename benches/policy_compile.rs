@@ -12,9 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use switchyard_gateway::admin::ControlPlane;
 use switchyard_gateway::policy::compile::{compile_str, CompileContext};
-use switchyard_gateway::policy::reload::{PolicyWatcher, Trigger};
 use switchyard_gateway::policy::{self};
-use switchyard_gateway::route::state::Fleet;
+use switchyard_gateway::serving::reload::{PolicyWatcher, Trigger};
+use switchyard_gateway::serving::state::Fleet;
 
 /// A policy with `regions` regions, `pools` pools (two endpoints each) and `routes` routes.
 fn big_policy(regions: usize, pools: usize, routes: usize, salt: u32) -> String {
@@ -84,7 +84,10 @@ fn compile(c: &mut Criterion) {
     std::fs::write(&path, &text).unwrap();
     let fleet = Fleet::new();
     let table = policy::load_file(&path, None).unwrap();
-    let control = ControlPlane::new(switchyard_gateway::serving::snapshot(table, fleet), Some(path));
+    let control = ControlPlane::new(
+        switchyard_gateway::serving::snapshot(table, fleet).expect("resources"),
+        Some(path),
+    );
     c.bench_function("reload 200 pools, 50 routes (read + compile + swap)", |b| {
         b.iter(|| control.reload_by(Trigger::Admin).is_ok())
     });
@@ -98,7 +101,7 @@ fn watcher_latency(_c: &mut Criterion) {
     let fleet = Fleet::new();
     let table = policy::load_file(&path, None).unwrap();
     let control = Arc::new(ControlPlane::new(
-        switchyard_gateway::serving::snapshot(table, fleet),
+        switchyard_gateway::serving::snapshot(table, fleet).expect("resources"),
         Some(path.clone()),
     ));
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -18,7 +18,9 @@ use switchyard_gateway::admit::{self, Limiter};
 use switchyard_gateway::cache::shared::L2;
 use switchyard_gateway::cache::{Cache, CacheCtx, Lookup};
 use switchyard_gateway::classify::{classify, RequestFacts};
-use switchyard_gateway::policy::compile::{compile_str, CompileContext, RoutingTable};
+use switchyard_gateway::policy::compile::{compile_str, CompileContext};
+use switchyard_gateway::serving::state::Fleet;
+use switchyard_gateway::serving::Serving;
 
 fn redis_url() -> String {
     std::env::var("SWITCHYARD_BENCH_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
@@ -56,15 +58,16 @@ fn sha256_hex(s: &str) -> String {
         .collect()
 }
 
-fn compile(text: &str) -> RoutingTable {
-    compile_str(
+fn compile(text: &str) -> Serving {
+    let table = compile_str(
         text,
         &CompileContext {
             file: Path::new("bench.yaml"),
             gateway_region: None,
         },
     )
-    .expect("bench policy compiles")
+    .expect("bench policy compiles");
+    Serving::load(table, &Fleet::default()).expect("resources")
 }
 
 fn redis_answers(rt: &tokio::runtime::Runtime) -> bool {
@@ -93,7 +96,7 @@ fn benches(c: &mut Criterion) {
         "authorization",
         HeaderValue::from_static("Bearer bench-key"),
     );
-    let classify_in = |table: &RoutingTable| {
+    let classify_in = |table: &Serving| {
         let facts = RequestFacts {
             peer: IpAddr::from([127, 0, 0, 1]),
             method: &Method::POST,

@@ -10,7 +10,9 @@ use switchyard_testkit::grpc::proto::{
     ModelInferResponse, ModelMetadataResponse, ModelReadyResponse, ServerLiveResponse,
     ServerMetadataResponse,
 };
-use switchyard_testkit::grpc::{call, call_raw, infer_request, model_request, GrpcMock, GrpcResponse};
+use switchyard_testkit::grpc::{
+    call, call_raw, infer_request, model_request, GrpcMock, GrpcResponse,
+};
 
 const INFER: &str = "ModelInfer";
 
@@ -119,7 +121,9 @@ async fn model_infer_is_routed_by_the_model_in_the_protobuf() {
     assert_eq!(r.http_status, 200);
     assert_eq!(r.grpc_status(), Some(0), "{r:?}");
     // ModelInferResponse: model_name (1) and the backend that answered (id, 3).
-    let answer = r.decode::<ModelInferResponse>().expect("a ModelInferResponse");
+    let answer = r
+        .decode::<ModelInferResponse>()
+        .expect("a ModelInferResponse");
     assert_eq!(answer.model_name, "resnet");
     assert_eq!(answer.id, "edge");
     // The decision travels as initial metadata.
@@ -172,7 +176,8 @@ async fn refusals_are_grpc_statuses_with_http_200() {
     assert!(r.grpc_message().is_some_and(|m| m.contains("protobuf")));
 
     // A compressed message: UNIMPLEMENTED (the gateway reads messages uncompressed).
-    let mut compressed = switchyard_testkit::grpc::frame(&infer_request("resnet", "", b"x")).to_vec();
+    let mut compressed =
+        switchyard_testkit::grpc::frame(&infer_request("resnet", "", b"x")).to_vec();
     compressed[0] = 1;
     let r = call_raw(f.gw.proxy, path, compressed.into(), &[])
         .await
@@ -245,7 +250,10 @@ async fn model_ready_goes_to_a_pool_serving_the_model() {
         .await
         .expect("call");
     assert_eq!(r.grpc_status(), Some(0), "{r:?}");
-    assert_eq!(r.decode::<ModelReadyResponse>().map(|m| m.ready), Some(true));
+    assert_eq!(
+        r.decode::<ModelReadyResponse>().map(|m| m.ready),
+        Some(true)
+    );
     assert_eq!(r.header("x-switchyard-pool"), Some("edge"));
     assert_eq!(f.edge.calls("ModelReady"), 1);
 

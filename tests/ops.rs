@@ -233,7 +233,7 @@ fn the_shipped_compose_policy_passes_check_outside_docker() {
 fn a_re_resolution_keeps_the_live_state_of_addresses_that_stayed() {
     use switchyard_gateway::admin::ControlPlane;
     use switchyard_gateway::policy::compile::{compile_str, CompileContext};
-    use switchyard_gateway::route::state::Fleet;
+    use switchyard_gateway::serving::state::Fleet;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("p.yaml");
     let pools = "  - { name: edge, kind: edge, region: us, endpoints: [\"localhost:9\"], models: [\"*\"], concurrency: 64, service_time: 10ms, price: { per_request: 0.0001 } }\n";
@@ -250,7 +250,10 @@ fn a_re_resolution_keeps_the_live_state_of_addresses_that_stayed() {
     .unwrap();
     let generation = first.generation;
     assert_eq!(first.pools[0].endpoints[0].name, "localhost:9@127.0.0.1");
-    let control = ControlPlane::new(switchyard_gateway::serving::snapshot(first, fleet), Some(path));
+    let control = ControlPlane::new(
+        switchyard_gateway::serving::snapshot(first, fleet).expect("resources"),
+        Some(path),
+    );
     let state = control.snapshot.load().live.endpoint(0, 0).clone();
     state.acquire();
 

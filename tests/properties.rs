@@ -12,10 +12,12 @@ use serde_json::Value;
 use std::net::IpAddr;
 use std::path::Path;
 use switchyard_gateway::cache::key::{self, CacheKey, KeyParts, Scope};
-use switchyard_gateway::classify::geo::GeoDb;
 use switchyard_gateway::classify::json;
 use switchyard_gateway::classify::{classify, RequestFacts};
-use switchyard_gateway::policy::compile::{compile_str, CompileContext, RoutingTable};
+use switchyard_gateway::policy::compile::{compile_str, CompileContext};
+use switchyard_gateway::serving::geo::GeoDb;
+use switchyard_gateway::serving::state::Fleet;
+use switchyard_gateway::serving::Serving;
 
 fn config() -> ProptestConfig {
     ProptestConfig {
@@ -146,7 +148,7 @@ proptest! {
 
 // ---- classification ---------------------------------------------------------------------
 
-fn routing_table() -> RoutingTable {
+fn routing_table() -> Serving {
     let edge = "127.0.0.1:1".parse().expect("addr");
     let pools = support::pool(
         "edge",
@@ -172,14 +174,15 @@ fn routing_table() -> RoutingTable {
     );
     let routes = "  - { name: chat, match: /v1/chat/completions, protocol: openai, max_body: 16KiB, tier: standard, cache: { ttl: 10m } }\n  - { name: embeddings, match: /v1/embeddings, protocol: openai, tier: standard }\n  - { name: oip, match: /v2/models/*, protocol: oip-v2, max_body: 1MiB, tier: standard, cache: { ttl: 1m } }\n  - { name: tf, match: /v1/models/*, protocol: tf-serving, tier: standard }\n";
     let text = support::policy_with_routes(&pools, routes, "");
-    compile_str(
+    let table = compile_str(
         &text,
         &CompileContext {
             file: Path::new("classify.yaml"),
             gateway_region: None,
         },
     )
-    .expect("the classification policy compiles")
+    .expect("the classification policy compiles");
+    Serving::load(table, &Fleet::default()).expect("resources")
 }
 
 fn header_name() -> impl Strategy<Value = HeaderName> {
@@ -273,7 +276,7 @@ proptest! {
         with_body in any::<bool>(),
     ) {
         thread_local! {
-            static TABLE: RoutingTable = routing_table();
+            static TABLE: Serving = routing_table();
         }
         let mut map = HeaderMap::new();
         for (k, v) in headers {

@@ -8,8 +8,9 @@ use libfuzzer_sys::fuzz_target;
 use std::path::Path;
 use std::sync::OnceLock;
 use switchyard_gateway::classify::{classify, RequestFacts};
-use switchyard_gateway::policy::compile::{compile_str, CompileContext, RoutingTable};
-use switchyard_gateway::route::state::Fleet;
+use switchyard_gateway::policy::compile::{compile_str, CompileContext};
+use switchyard_gateway::serving::Serving;
+use switchyard_gateway::serving::state::Fleet;
 
 const POLICY: &str = r#"
 trusted_proxies: [127.0.0.0/8]
@@ -28,15 +29,15 @@ routes:
   - { name: tf, match: /v1/models/*, protocol: tf-serving, tier: standard }
 "#;
 
-fn table() -> &'static RoutingTable {
-    static TABLE: OnceLock<RoutingTable> = OnceLock::new();
+fn table() -> &'static Serving {
+    static TABLE: OnceLock<Serving> = OnceLock::new();
     TABLE.get_or_init(|| {
-        let fleet = Fleet::default();
         let cx = CompileContext {
             file: Path::new("fuzz.yaml"),
-            fleet: &fleet,
+            gateway_region: None,
         };
-        compile_str(POLICY, &cx).expect("the fuzz policy compiles")
+        let table = compile_str(POLICY, &cx).expect("the fuzz policy compiles");
+        Serving::load(table, &Fleet::default()).expect("resources")
     })
 }
 

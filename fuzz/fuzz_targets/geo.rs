@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use switchyard_gateway::classify::geo::GeoDb;
+use switchyard_gateway::serving::geo::GeoDb;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(db) = GeoDb::from_bytes(data.to_vec(), "fuzz".into()) {

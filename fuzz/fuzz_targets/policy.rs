@@ -5,7 +5,7 @@
 use libfuzzer_sys::fuzz_target;
 use std::path::Path;
 use switchyard_gateway::policy::compile::{compile_str, CompileContext};
-use switchyard_gateway::route::state::Fleet;
+use switchyard_gateway::serving::state::Fleet;
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);

@@ -9,22 +9,13 @@
 //! serving until Ctrl-C (or exits, with `--once`).
 //!
 //! The demo is tunable: it serves a policy *file* and watches it exactly as `run` does (the
-//! same `policy::reload` watcher, SIGHUP and `POST /admin/reload`), so editing the YAML
+//! same `serving::reload` watcher, SIGHUP and `POST /admin/reload`), so editing the YAML
 //! changes routing live. The file is `--policy FILE` if given, else `policies/demo.yaml` of
 //! the repository (found from the current directory, then from the directory the binary was
 //! built from), else the embedded copy written to the demo's per-process directory. That
 //! directory (`$TMPDIR/switchyard-demo-PID`) also holds the demo's job queue, so a second
 //! demo or a test never opens the same queue file.
 
-use switchyard_gateway::policy::compile;
-use switchyard_gateway::policy::raw::PoolKind;
-use switchyard_gateway::policy::RoutingTable;
-use switchyard_gateway::route::state::Fleet;
-use switchyard_gateway::server;
-use switchyard_gateway::serving::Snapshot;
-use switchyard_testkit::client::{Connection, Request};
-use switchyard_testkit::fleet::{self, MockSpec};
-use switchyard_testkit::mock::MockBackend;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -32,6 +23,15 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use switchyard_gateway::policy::compile;
+use switchyard_gateway::policy::raw::PoolKind;
+use switchyard_gateway::policy::RoutingTable;
+use switchyard_gateway::server;
+use switchyard_gateway::serving::state::Fleet;
+use switchyard_gateway::serving::Snapshot;
+use switchyard_testkit::client::{Connection, Request};
+use switchyard_testkit::fleet::{self, MockSpec};
+use switchyard_testkit::mock::MockBackend;
 
 /// The demo policy, compiled in so the demo also runs outside the repository.
 pub const DEMO_POLICY: &str = include_str!("../../policies/demo.yaml");
@@ -115,7 +115,10 @@ pub fn run(opts: DemoOptions) -> Result<(), DemoError> {
         *path = dir.join("queue.redb");
     }
     if let Some(record) = &opts.record {
-        table.decision_log = Some((record.clone(), switchyard_gateway::observe::decision::DEFAULT_MAX_BYTES));
+        table.decision_log = Some((
+            record.clone(),
+            switchyard_gateway::observe::decision::DEFAULT_MAX_BYTES,
+        ));
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)

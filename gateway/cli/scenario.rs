@@ -28,13 +28,6 @@
 //! the next pool / endpoint, so they are not punished for lacking what a trivial client would
 //! have.
 
-use switchyard_gateway::policy::compile::{self, CompileContext};
-use switchyard_gateway::route::state::Fleet;
-use switchyard_gateway::server;
-use switchyard_testkit::client::{Connection, Request};
-use switchyard_testkit::fleet::MockSpec;
-use switchyard_testkit::mock::MockBackend;
-use switchyard_testkit::relay::Relay;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -43,6 +36,13 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use switchyard_gateway::policy::compile::{self, CompileContext};
+use switchyard_gateway::server;
+use switchyard_gateway::serving::state::Fleet;
+use switchyard_testkit::client::{Connection, Request};
+use switchyard_testkit::fleet::MockSpec;
+use switchyard_testkit::mock::MockBackend;
+use switchyard_testkit::relay::Relay;
 use tokio::sync::{mpsc, Mutex};
 
 /// The scenarios `--scenario` knows.

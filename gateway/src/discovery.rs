@@ -20,7 +20,7 @@ use crate::classify;
 use crate::error::GatewayError;
 use crate::policy::compile::{PoolId, RoutingTable, TierId};
 use crate::policy::raw::Protocol;
-use crate::route::state::now_ms;
+use crate::serving::state::now_ms;
 use crate::serving::Serving;
 use bytes::Bytes;
 use http::{HeaderMap, Method};
@@ -339,7 +339,8 @@ routes:
     #[test]
     fn metadata_reads_are_routed_by_model_but_not_inference() {
         use crate::classify::{classify, RequestFacts};
-        let t = table(ALL);
+        let t = crate::serving::Serving::load(table(ALL), &crate::serving::state::Fleet::default())
+            .expect("resources");
         let headers = HeaderMap::new();
         let class = |method: &Method, path: &str, body: Option<&[u8]>| {
             let route = t.match_route(path).unwrap();

@@ -15,8 +15,8 @@
 use crate::classify::Class;
 use crate::error::GatewayError;
 use crate::policy::compile::PoolId;
-use crate::route::state::now_ms;
 use crate::route::{self, Reason};
+use crate::serving::state::now_ms;
 use crate::serving::Serving;
 use crate::telemetry as t;
 use bytes::{Bytes, BytesMut};
@@ -89,7 +89,9 @@ async fn attempt(slot: Slot<'_>, timeout: Duration, req: &RequestHeader, body: &
     let mut peer = match &endpoint.sni {
         Some(sni) => {
             // This connector speaks HTTP/1.1 only.
-            let mut peer = crate::tls::upstream::peer(endpoint.addr, sni, &pool.hosted.tls);
+            let material = &table.resources.pool_tls[slot.target.0 as usize];
+            let mut peer =
+                crate::tls::upstream::peer(endpoint.addr, sni, &pool.hosted.tls, material);
             peer.options.set_http_version(1, 1);
             peer
         }

@@ -13,7 +13,7 @@
 //! [`admit`] checks the caller's key, rate, concurrency and budget (shared through [`redis`]
 //! when several instances run), [`route`] turns a `Class` into a `Decision`, [`proxy`] is the Pingora glue that calls them
 //! in order, [`policy`] is the control plane (the routing table, pure data), [`serving`] publishes
-//! a table together with its live state (`route::state`), [`admin`] the admin listener,
+//! a table together with its live state (`serving::state`), [`admin`] the admin listener,
 //! [`telemetry`] the metric names, and [`error`] the one mapping from errors to HTTP responses.
 
 pub mod admin;

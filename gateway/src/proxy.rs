@@ -26,8 +26,8 @@ use crate::observe::text::{push_decimal, push_ip};
 use crate::observe::DecisionHeaders;
 use crate::policy::compile::{PoolId, RoutingTable};
 use crate::queue::{self, Queue};
-use crate::route::state::now_ms;
 use crate::route::{self, Decision};
+use crate::serving::state::now_ms;
 use crate::serving::{Serving, Snapshot};
 use crate::telemetry as t;
 use async_trait::async_trait;
@@ -232,7 +232,7 @@ impl ProxyHttp for Gateway {
                 return Ok(true);
             }
         }
-        ctx.grpc = classify::grpc::is_grpc_content_type(
+        ctx.grpc = crate::grpc::codec::is_grpc_content_type(
             session
                 .req_header()
                 .headers
@@ -728,8 +728,8 @@ fn acquire(
 }
 
 /// The peer for an attempt on `target`, with the tier's timeouts.
-fn http_peer(ctx: &RequestCtx, table: &RoutingTable, (pool, ep): (PoolId, u16)) -> HttpPeer {
-    let endpoint = &table.pools[pool as usize].endpoints[ep as usize];
+fn http_peer(ctx: &RequestCtx, table: &Serving, (pool_id, ep): (PoolId, u16)) -> HttpPeer {
+    let endpoint = &table.pools[pool_id as usize].endpoints[ep as usize];
     let timeout = ctx.class.as_ref().map_or(Duration::from_secs(5), |c| {
         table.tiers[c.tier as usize].timeout
     });
@@ -743,12 +743,17 @@ fn http_peer(ctx: &RequestCtx, table: &RoutingTable, (pool, ep): (PoolId, u16)) 
         Some(addr) if grpc => addr,
         _ => endpoint.addr,
     };
-    let pool = &table.pools[pool as usize];
+    let pool = &table.pools[pool_id as usize];
     let mut peer = match &endpoint.sni {
         // HTTPS: SNI and the certificate check use the host name as written; h2 when the
         // pool offers it (ALPN), else HTTP/1.1. Pooled connections keep the handshake off
         // the request path.
-        Some(sni) if !grpc => crate::tls::upstream::peer(addr, sni, &pool.hosted.tls),
+        Some(sni) if !grpc => crate::tls::upstream::peer(
+            addr,
+            sni,
+            &pool.hosted.tls,
+            &table.resources.pool_tls[pool_id as usize],
+        ),
         _ => HttpPeer::new(addr, false, String::new()),
     };
     if grpc {
@@ -938,7 +943,7 @@ fn token_spend(
     let pool = &table.pools[*p as usize];
     let state = table.live.pool(*p);
     let usage = meter.finish();
-    state.tokens.record(&usage);
+    state.tokens.record(usage.input, usage.output);
     let source = usage.source();
     metrics::counter!(t::TOKENS, "pool" => pool.name.clone(), "kind" => "input", "source" => source)
         .increment(usage.input);
@@ -1443,7 +1448,7 @@ async fn respond_grpc_error(
 /// whose route is `oip-v2-grpc`; `None` when the request is not one of them.
 async fn answer_grpc_server(session: &mut Session, table: &Serving) -> Result<Option<u16>> {
     let path = session.req_header().uri.path();
-    let Some(method) = classify::grpc::Method::from_path(path).filter(|m| m.is_server()) else {
+    let Some(method) = crate::grpc::codec::Method::from_path(path).filter(|m| m.is_server()) else {
         return Ok(None);
     };
     let grpc_route = table.match_route(path).is_some_and(|r| {
@@ -1464,6 +1469,6 @@ async fn answer_grpc_server(session: &mut Session, table: &Serving) -> Result<Op
 /// (`ModelReady`, `ModelMetadata`, `ModelConfig`).
 fn counts_spend(session: &Session, ctx: &RequestCtx) -> bool {
     !ctx.grpc
-        || classify::grpc::Method::from_path(session.req_header().uri.path())
+        || crate::grpc::codec::Method::from_path(session.req_header().uri.path())
             .is_some_and(|m| m.is_inference())
 }

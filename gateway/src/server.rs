@@ -5,10 +5,11 @@
 //! and report why, but it holds nothing the request path needs beyond the snapshot.
 
 use crate::admin::{AdminApp, ControlPlane};
-use crate::policy::reload::{HangupReloader, PolicyWatcher};
 use crate::policy::{self, RoutingTable};
 use crate::proxy::Gateway;
-use crate::route::state::Fleet;
+use crate::serving::reload::{HangupReloader, PolicyWatcher};
+use crate::serving::resources::ServingCert;
+use crate::serving::state::Fleet;
 use crate::telemetry;
 use async_trait::async_trait;
 use pingora::apps::HttpServerOptions;
@@ -154,15 +155,16 @@ pub fn build(table: RoutingTable, fleet: Arc<Fleet>, opts: Options) -> Result<Bu
     // Tenant limit state lives beside the table and survives reloads; its backend (local or
     // Redis) is fixed at start-up.
     let limiter = crate::admit::Limiter::new(&table.limits.admission.backend);
+    let tls_listener = table.tls_listener.clone();
+    let plain = table.plain_listener;
+    let snapshot = crate::serving::snapshot(table, fleet)?;
     // The TLS listener's certificate: served through a resolver so it can be replaced
     // without a restart (`tls`).
-    let serving = table
-        .tls_listener
-        .as_ref()
-        .map(crate::tls::ServingCert::new);
-    let tls_addr = table.tls_listener.as_ref().map(|l| l.listen);
-    let plain = table.plain_listener;
-    let snapshot = crate::serving::snapshot(table, fleet);
+    let serving = match (&tls_listener, &snapshot.load().resources.listener_cert) {
+        (Some(listener), Some(cert)) => Some(ServingCert::new(listener, cert.clone())),
+        _ => None,
+    };
+    let tls_addr = tls_listener.as_ref().map(|l| l.listen);
     let mut control = ControlPlane::new(snapshot.clone(), opts.policy_path);
     control.tls = serving.clone();
     let control = Arc::new(control);
@@ -248,7 +250,7 @@ pub fn build(table: RoutingTable, fleet: Arc<Fleet>, opts: Options) -> Result<Bu
     // Endpoint host names are looked up again every `upstream.resolve_every`.
     server.add_service(background_service(
         "endpoint resolver",
-        crate::policy::resolve::Resolver {
+        crate::serving::resolve::Resolver {
             control: control.clone(),
         },
     ));

@@ -8,9 +8,6 @@
 //! it read) and whose body arrives chunked, in two pieces, without a declared length — the
 //! shapes that once made each entry hold several times what it was weighed at.
 
-use switchyard_gateway::cache::{Cache, CacheCtx};
-use switchyard_gateway::classify::{classify, RequestFacts};
-use switchyard_gateway::policy::compile::{compile_str, CompileContext, RoutingTable};
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Method};
 use pingora::http::ResponseHeader;
@@ -18,10 +15,15 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
+use switchyard_gateway::cache::{Cache, CacheCtx};
+use switchyard_gateway::classify::{classify, RequestFacts};
+use switchyard_gateway::policy::compile::{compile_str, CompileContext};
+use switchyard_gateway::serving::state::Fleet;
+use switchyard_gateway::serving::Serving;
 
 /// A cache and the compiled policy its entries are made under.
 pub struct Filler {
-    table: RoutingTable,
+    table: Serving,
     cache: Arc<Cache>,
     headers: HeaderMap,
 }
@@ -53,6 +55,7 @@ cache: {{ max_bytes: {max_bytes} }}
         )
         .map_err(|e| e.to_string())?;
         let cache = Cache::new(&table.cache);
+        let table = Serving::load(table, &Fleet::default()).map_err(|e| e.to_string())?;
         Ok(Filler {
             table,
             cache,

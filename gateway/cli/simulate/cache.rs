@@ -10,9 +10,9 @@
 //! makes them: one upstream request for all of them; if the leader fails, each waiter makes
 //! its own request.
 
-use switchyard_gateway::cache::store::Stored;
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
+use switchyard_gateway::cache::store::Stored;
 
 /// Entries kept at most whatever their weight (a guard for tiny answers).
 const MAX_ENTRIES: usize = 1 << 20;

@@ -3,7 +3,7 @@
 //!
 //! A discrete-event simulation that runs the gateway's own decision code: the policy is
 //! compiled by `policy::compile`, each request is a [`Class`] as `classify` would produce it,
-//! and every attempt goes through `route::decide` and the live state of `route::state` (peak
+//! and every attempt goes through `route::decide` and the live state of `serving::state` (peak
 //! EWMA, overdue attempts, in-flight limits taken with `try_acquire`, outlier ejection with
 //! its back-off and half-open probe, the retry budget), all driven by simulated time instead
 //! of the process clock. The fleet is a model ([`FleetModel`]): every endpoint is a
@@ -46,12 +46,7 @@ pub mod trace;
 pub mod tune;
 pub mod workload;
 
-use switchyard_gateway::classify::Class;
-use switchyard_gateway::policy::compile::{self, CompileContext, PoolId};
-use switchyard_gateway::route::state::Fleet;
-use switchyard_gateway::route::{self, Reason};
 use crate::scenario::{SystemReport, TierReport};
-use switchyard_gateway::serving::Serving;
 pub use queue::JobReport;
 use serde::Serialize;
 use std::cmp::Ordering;
@@ -60,6 +55,11 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+use switchyard_gateway::classify::Class;
+use switchyard_gateway::policy::compile::{self, CompileContext, PoolId};
+use switchyard_gateway::route::{self, Reason};
+use switchyard_gateway::serving::state::Fleet;
+use switchyard_gateway::serving::Serving;
 
 /// Cached answers a simulated policy keeps at most (expired ones are dropped first).
 const CACHE_ENTRIES: usize = 1 << 20;
@@ -1353,7 +1353,7 @@ pub fn run(opts: &SimOptions) -> Result<SimReport, SimError> {
                 gateway_region: None,
             },
         )?;
-        let table = Serving::attach(table, &Fleet::default());
+        let table = Serving::load(table, &Fleet::default())?;
         let sys = PolicySystem::new("switchyard", table, &w)?;
         systems.push(("switchyard".into(), System::Policy(Box::new(sys))));
     }

@@ -21,14 +21,14 @@
 
 use super::CONNECT_REFUSED_US;
 use super::{us, Engine, Hist, InFlight, PolicySystem, Request, SimSystemReport, System, What};
-use switchyard_gateway::classify::Class;
-use switchyard_gateway::policy::compile::{PoolId, QueueSettings, RoutingTable};
-use switchyard_gateway::queue::{api, dispatcher};
-use switchyard_gateway::route::{self, Decision, Reason};
 use serde::Serialize;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::time::Duration;
+use switchyard_gateway::classify::Class;
+use switchyard_gateway::policy::compile::{PoolId, QueueSettings, RoutingTable};
+use switchyard_gateway::queue::{api, dispatcher};
+use switchyard_gateway::route::{self, Decision, Reason};
 
 /// The live dispatcher's tick.
 const TICK_US: u64 = 100_000;

@@ -8,8 +8,8 @@
 //! estimated cost when the hedge is sent (see `System::hedge`), whichever attempt loses.
 
 use super::{us, Engine, InFlight, PolicySystem, Request, Workload};
-use switchyard_gateway::policy::compile::PoolId;
 use std::collections::{HashMap, HashSet};
+use switchyard_gateway::policy::compile::PoolId;
 
 /// An attempt of a hedged request at an endpoint.
 struct Entry {

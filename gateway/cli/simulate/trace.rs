@@ -24,7 +24,6 @@
 //! another format version; the report's note says how many.
 
 use super::{FleetModel, Mix, PhaseSpec, PoolModel, Request, SimError, Workload};
-use switchyard_gateway::policy::compile::RoutingTable;
 use serde::Deserialize;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -33,6 +32,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+use switchyard_gateway::policy::compile::RoutingTable;
 
 /// Samples of service time kept per pool.
 const RESERVOIR: usize = 4096;

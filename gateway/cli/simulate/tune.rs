@@ -21,14 +21,14 @@
 //! is searched only for tiers with a target (elsewhere `shed` would always win).
 
 use super::{simulate_policy, workload_of, PhaseStats, SimError, SimOptions, Workload};
-use switchyard_gateway::policy::compile::{self, CompileContext, PoolId, RoutingTable};
-use switchyard_gateway::policy::raw::OnSloMiss;
-use switchyard_gateway::route::state::Fleet;
-use switchyard_gateway::serving::Serving;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use switchyard_gateway::policy::compile::{self, CompileContext, PoolId, RoutingTable};
+use switchyard_gateway::policy::raw::OnSloMiss;
+use switchyard_gateway::serving::state::Fleet;
+use switchyard_gateway::serving::Serving;
 
 /// The weights tried for each tier.
 pub const WEIGHTS: [f64; 6] = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0];
@@ -150,7 +150,7 @@ fn compile_text(text: &str, file: &Path) -> Result<Serving, SimError> {
             gateway_region: None,
         },
     )?;
-    let table = Serving::attach(table, &Fleet::default());
+    let table = Serving::load(table, &Fleet::default())?;
     // As `tools::load`: an endpoint whose name does not resolve offline is still simulated.
     for (i, pool) in table.pools.iter().enumerate() {
         for (e, _) in pool

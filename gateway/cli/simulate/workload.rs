@@ -26,11 +26,11 @@
 //! ```
 
 use super::{fleet_faults, Fault, Mix, PhaseSpec, Request, SimError, Workload};
-use switchyard_gateway::policy::compile::parse_duration;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
+use switchyard_gateway::policy::compile::parse_duration;
 
 /// The most requests per second a phase may ask for (a typo guard, not a limit of the
 /// simulator's design).

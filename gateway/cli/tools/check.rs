@@ -7,13 +7,14 @@
 //! Warnings never make `check` fail: only errors do. This module must not grow rules that
 //! the gateway itself does not enforce at load time as *errors*; those belong in `compile`.
 
-use switchyard_gateway::policy::compile::{compile_str, CompileContext, PathMatch, RoutingTable};
-use switchyard_gateway::policy::{self, raw, PolicyError};
 use serde::Serialize;
 use serde_saphyr::Spanned;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use switchyard_gateway::policy::compile::{compile_str, CompileContext, PathMatch, RoutingTable};
+use switchyard_gateway::policy::{self, raw, PolicyError};
+use switchyard_gateway::serving::resources::Resources;
 
 /// What `check` found in one file.
 #[derive(Debug, Serialize)]
@@ -81,7 +82,13 @@ pub fn check_file(path: &Path) -> FileReport {
             file: path,
             gateway_region: None,
         },
-    ) {
+    )
+    .and_then(|table| {
+        // The files the policy names (GeoIP database, certificates) are opened as the
+        // gateway opens them when it publishes the table.
+        Resources::load(&table)?;
+        Ok(table)
+    }) {
         Ok(table) => {
             report.ok = true;
             report.version = Some(table.version.clone());

@@ -12,12 +12,12 @@
 //! operator sees what each regional instance decides (the estimates' network terms depend on
 //! where the gateway runs).
 
+use serde::Serialize;
+use std::fmt::Write as _;
 use switchyard_gateway::classify::Class;
 use switchyard_gateway::policy::compile::RoutingTable;
 use switchyard_gateway::route::{self, Reason};
 use switchyard_gateway::serving::Serving;
-use serde::Serialize;
-use std::fmt::Write as _;
 
 /// The model standing for "anything no pool names", served only by `*` pools.
 pub const OTHER_MODEL: &str = "(other)";

@@ -11,17 +11,17 @@ pub mod check;
 pub mod diff;
 pub mod schema;
 
-use switchyard_gateway::admin::{self, ExplainRequest};
-use switchyard_gateway::policy::compile::{PathMatch, PoolId, RoutingTable};
-use switchyard_gateway::policy::raw::Protocol;
-use switchyard_gateway::policy::{self, PolicyErrors};
-use switchyard_gateway::route::state::Fleet;
-use switchyard_gateway::serving::Serving;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::path::Path;
+use switchyard_gateway::admin::{self, ExplainRequest};
+use switchyard_gateway::policy::compile::{PathMatch, PoolId, RoutingTable};
+use switchyard_gateway::policy::raw::Protocol;
+use switchyard_gateway::policy::{self, PolicyErrors};
+use switchyard_gateway::serving::state::Fleet;
+use switchyard_gateway::serving::Serving;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ToolError {
@@ -42,7 +42,7 @@ pub fn load(path: &Path) -> Result<Serving, PolicyErrors> {
 /// `None`: the policy's own `gateway_region`).
 pub fn load_at(path: &Path, gateway_region: Option<&str>) -> Result<Serving, PolicyErrors> {
     let table = policy::load_file(path, gateway_region.map(str::to_string))?;
-    let table = Serving::attach(table, &Fleet::default());
+    let table = Serving::load(table, &Fleet::default())?;
     for (i, pool) in table.pools.iter().enumerate() {
         let states = table.live.endpoints(i as PoolId);
         for (_, state) in pool

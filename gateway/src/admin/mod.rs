@@ -8,8 +8,8 @@
 use crate::classify::{self, RequestFacts};
 use crate::policy;
 use crate::policy::compile::PoolId;
-use crate::route::state::now_ms;
 use crate::route::{self, CandidateReport};
+use crate::serving::state::now_ms;
 use crate::serving::Serving;
 use crate::telemetry as t;
 use async_trait::async_trait;
@@ -32,7 +32,7 @@ mod tenants;
 /// Largest admin request body (explain requests carry a sample body).
 const MAX_ADMIN_BODY: usize = 1024 * 1024;
 
-pub use crate::policy::control::ControlPlane;
+pub use crate::serving::control::ControlPlane;
 
 pub struct AdminApp {
     pub control: Arc<ControlPlane>,
@@ -320,7 +320,7 @@ impl AdminApp {
                     "sighup": self.control.reload_status.sighup_armed.load(std::sync::atomic::Ordering::Relaxed),
                     "admin": self.control.policy_path.is_some(),
                 },
-                "geoip": table.geo.description,
+                "geoip": table.resources.geo.description,
                 "gateway_region": gateway_region(&table),
                 "regions": table.regions,
                 "tiers": table.tiers.iter().map(|t| json!({
@@ -377,7 +377,7 @@ pub fn pools(table: &Serving) -> Value {
                 "baseline_ms": ms(state.baseline()),
                 "ewma_ms": ms(state.ewma()),
                 "estimate_ms": ms(service),
-                "estimate_source": if samples >= route::state::MIN_SAMPLES { "live" } else { "baseline" },
+                "estimate_source": if samples >= crate::serving::state::MIN_SAMPLES { "live" } else { "baseline" },
                 // The two terms of the gateway → pool part of the estimate, apart: the network
                 // round trip (measured by health probes, else the policy's matrix) and the
                 // service time (upstream time minus that round trip).

@@ -19,10 +19,11 @@
 //! nothing but a random id.
 
 use crate::queue::http::Outgoing;
+use crate::serving::resources::ServingCert;
 use bytes::Bytes;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// The path on the proxy listener that answers the instance id.
@@ -43,8 +44,8 @@ pub fn body() -> Bytes {
 pub struct Readiness {
     proxy: SocketAddr,
     confirmed: AtomicBool,
-    /// Only a TLS listener: the probe speaks TLS to it (`tls::probe`).
-    tls: Option<std::sync::Arc<crate::tls::ServingCert>>,
+    /// Only a TLS listener: the probe speaks TLS to it ([`probe_tls`]).
+    tls: Option<Arc<ServingCert>>,
 }
 
 impl Readiness {
@@ -64,7 +65,7 @@ impl Readiness {
     }
 
     /// Probe the TLS listener at `addr`, which serves `cert` (no plain listener runs).
-    pub fn tls(addr: SocketAddr, cert: std::sync::Arc<crate::tls::ServingCert>) -> Self {
+    pub fn tls(addr: SocketAddr, cert: Arc<ServingCert>) -> Self {
         Readiness {
             tls: Some(cert),
             ..Readiness::new(addr)
@@ -77,7 +78,7 @@ impl Readiness {
             return true;
         }
         if let Some(cert) = &self.tls {
-            let ours = crate::tls::probe(self.proxy, cert, Duration::from_secs(2)).await;
+            let ours = probe_tls(self.proxy, cert, Duration::from_secs(2)).await;
             if ours {
                 self.confirmed.store(true, Ordering::Relaxed);
             }
@@ -118,4 +119,106 @@ pub async fn answer(session: &mut pingora::proxy::Session) -> pingora::Result<u1
     session.write_response_header(Box::new(resp), false).await?;
     session.write_response_body(Some(body), true).await?;
     Ok(200)
+}
+
+/// Whether the TLS listener at `addr` is this process: a TLS handshake that must present
+/// exactly the certificate being served (the probe trusts nothing else, and needs no CA),
+/// then `GET` [`PATH`] and compare the instance id.
+pub async fn probe_tls(addr: SocketAddr, serving: &ServingCert, timeout: Duration) -> bool {
+    let Some(leaf) = serving.leaf() else {
+        return false;
+    };
+    tokio::time::timeout(timeout, probe_inner(addr, leaf))
+        .await
+        .unwrap_or(false)
+}
+
+async fn probe_inner(addr: SocketAddr, leaf: Vec<u8>) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    pingora::tls::install_default_crypto_provider();
+    // Signatures are checked by rustls' own verifier (its roots do not matter for that).
+    let mut roots = pingora::tls::RootCertStore::empty();
+    if roots
+        .add(pingora::tls::CertificateDer::from(leaf.clone()))
+        .is_err()
+    {
+        return false;
+    }
+    let Ok(signatures) = pingora::tls::WebPkiServerVerifier::builder(Arc::new(roots)).build()
+    else {
+        return false;
+    };
+    let verifier = Arc::new(Pinned { leaf, signatures });
+    let config = pingora::tls::ClientConfig::builder()
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    let connector = pingora::tls::TlsConnector::from(Arc::new(config));
+    let Ok(tcp) = tokio::net::TcpStream::connect(addr).await else {
+        return false;
+    };
+    let name = pingora::tls::ServerName::IpAddress(addr.ip().into());
+    let Ok(mut tls) = connector.connect(name, tcp).await else {
+        return false;
+    };
+    let req = format!(
+        "GET {} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n",
+        PATH
+    );
+    if tls.write_all(req.as_bytes()).await.is_err() {
+        return false;
+    }
+    let mut buf = Vec::new();
+    let _ = (&mut tls).take(4096).read_to_end(&mut buf).await;
+    let text = String::from_utf8_lossy(&buf);
+    text.starts_with("HTTP/1.1 200") && text.ends_with(instance())
+}
+
+/// Accepts exactly one certificate (the one this process serves); signatures are still
+/// checked, so only the holder of its key passes.
+#[derive(Debug)]
+struct Pinned {
+    leaf: Vec<u8>,
+    signatures: Arc<pingora::tls::WebPkiServerVerifier>,
+}
+
+impl pingora::tls::ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &pingora::tls::CertificateDer<'_>,
+        _intermediates: &[pingora::tls::CertificateDer<'_>],
+        _server_name: &pingora::tls::ServerName<'_>,
+        _ocsp: &[u8],
+        _now: pingora::tls::UnixTime,
+    ) -> Result<pingora::tls::ServerCertVerified, pingora::tls::RusTlsError> {
+        if end_entity.as_ref() == self.leaf.as_slice() {
+            Ok(pingora::tls::ServerCertVerified::assertion())
+        } else {
+            Err(pingora::tls::RusTlsError::General(
+                "not the certificate this gateway serves".into(),
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &pingora::tls::CertificateDer<'_>,
+        dss: &pingora::tls::DigitallySignedStruct,
+    ) -> Result<pingora::tls::HandshakeSignatureValid, pingora::tls::RusTlsError> {
+        self.signatures.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &pingora::tls::CertificateDer<'_>,
+        dss: &pingora::tls::DigitallySignedStruct,
+    ) -> Result<pingora::tls::HandshakeSignatureValid, pingora::tls::RusTlsError> {
+        self.signatures.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<pingora::tls::SignatureScheme> {
+        self.signatures.supported_verify_schemes()
+    }
 }

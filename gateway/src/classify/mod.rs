@@ -5,13 +5,12 @@
 //! locks, no globals. It is unit-tested and benchmarked directly, and the proxy only gathers
 //! the facts and acts on the [`Class`] it returns.
 
-pub mod geo;
-pub mod grpc;
 pub mod json;
 
 use crate::policy::compile::{RegionId, RouteId, TenantId, TierId};
 use crate::policy::raw::Protocol;
 use crate::policy::RoutingTable;
+use crate::serving::Serving;
 use http::{HeaderMap, HeaderName};
 use sha2::{Digest, Sha256};
 use std::net::IpAddr;
@@ -147,15 +146,26 @@ pub enum ClassifyError {
     BadGrpcTimeout,
 }
 
+impl From<crate::grpc::codec::CodecError> for ClassifyError {
+    fn from(e: crate::grpc::codec::CodecError) -> Self {
+        use crate::grpc::codec::CodecError;
+        match e {
+            CodecError::BadProtobuf(why) => ClassifyError::BadProtobuf(why),
+            CodecError::Compressed => ClassifyError::GrpcCompressed,
+            CodecError::Unimplemented(what) => ClassifyError::GrpcUnimplemented(what),
+        }
+    }
+}
+
 /// Classify a request. `route` is the route its path matched.
 pub fn classify(
     facts: &RequestFacts,
     route: RouteId,
-    table: &RoutingTable,
+    table: &Serving,
 ) -> Result<Class, ClassifyError> {
     let r = &table.routes[route as usize];
     let client_ip = client_ip(facts.peer, facts.headers, table);
-    let geo = table.geo.lookup(client_ip);
+    let geo = table.resources.geo.lookup(client_ip);
     let region = geo
         .country
         .and_then(|c| table.region_of_country(&c))
@@ -202,10 +212,11 @@ pub fn classify(
         Protocol::TfServing => peek_path(facts.path, "/v1/models/", facts.body, is_post)?,
         Protocol::OipV2Grpc => {
             if let Some(v) = facts.headers.get(&GRPC_TIMEOUT) {
-                let t = grpc::parse_timeout(v.as_bytes()).ok_or(ClassifyError::BadGrpcTimeout)?;
+                let t = crate::grpc::codec::parse_timeout(v.as_bytes())
+                    .ok_or(ClassifyError::BadGrpcTimeout)?;
                 deadline = deadline.min(t);
             }
-            let p = grpc::peek(facts.path, facts.body)?;
+            let p = crate::grpc::codec::peek(facts.path, facts.body)?;
             Peek {
                 deterministic: p.method.is_inference(),
                 model: p.model,

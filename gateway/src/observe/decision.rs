@@ -49,7 +49,7 @@ pub const VERSION: u32 = 1;
 /// Records waiting for the writer at most; beyond it they are dropped.
 const QUEUE: usize = 16 * 1024;
 /// Rotation size when the policy names none.
-pub const DEFAULT_MAX_BYTES: u64 = 64 * 1024 * 1024;
+pub const DEFAULT_MAX_BYTES: u64 = crate::policy::compile::DEFAULT_DECISION_LOG_BYTES;
 
 /// What is logged about one request's decision.
 pub struct DecisionRecord {

@@ -18,7 +18,6 @@ pub mod text;
 use crate::telemetry as t;
 use std::fs::OpenOptions;
 use std::io::{BufWriter, Write};
-use std::path::PathBuf;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::time::Duration;
 
@@ -28,43 +27,7 @@ const QUEUE: usize = 16 * 1024;
 /// How often the writer drains the queue: lines reach their destination at most this late.
 const BATCH_EVERY: Duration = Duration::from_millis(10);
 
-/// Where a log goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LogTarget {
-    /// No `observe.access_log` in the policy: stderr, unless `RUST_LOG` turns the
-    /// `switchyard::access` target off (as in `RUST_LOG=info,switchyard::access=off`).
-    Default,
-    Off,
-    Stderr,
-    Stdout,
-    /// Appended to this file (relative paths are resolved against the policy's directory).
-    File(PathBuf),
-}
-
-/// How access log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LogFormat {
-    /// `key=value` pairs after a timestamp, like the rest of the gateway's log.
-    #[default]
-    Text,
-    /// One JSON object per line, for log shippers.
-    Json,
-}
-
-/// Which decision headers (`x-switchyard-policy-version`, `-tier`, `-region`, `-budget`,
-/// `-pool`, `-endpoint`, `-decision`) answers carry (`observe.decision_headers`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum DecisionHeaders {
-    /// All of them.
-    #[default]
-    All,
-    /// All but `x-switchyard-endpoint`, which names an internal address.
-    NoEndpoint,
-    /// None.
-    Off,
-}
+pub use crate::policy::compile::{DecisionHeaders, LogFormat, LogTarget};
 
 /// The sending side of the access log, held by the proxy.
 pub struct AccessLog {

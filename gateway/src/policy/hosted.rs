@@ -9,16 +9,15 @@
 //! - **A tenant's key does not leak to a third party.** A pool that sets `authorization`
 //!   gets neither the client's `Authorization` nor its `x-api-key`.
 //!
-//! Everything here is built at load (files read, PEM parsed, certificates checked) so the
-//! request path only copies prepared values; the TLS handshake itself happens when Pingora
-//! opens a new upstream connection, and pooled connections keep it off the request path.
+//! Everything here is built at load so the request path only copies prepared values. The
+//! certificate files are named here and loaded when the table is published
+//! (`serving::resources`); the TLS handshake itself happens when a new upstream connection
+//! is opened, and pooled connections keep it off the request path.
 
+use super::compile::FileRef;
 use super::raw;
 use super::secret::{expand_template, Redacted};
 use http::{HeaderName, HeaderValue};
-use pingora::tls::{CertificateDer, PrivateKeyDer, RootCertStore};
-use pingora::utils::tls::{CertKey, WrappedX509};
-use rustls_pki_types::pem::PemObject;
 use serde_saphyr::{Location, Spanned};
 use std::path::Path;
 use std::sync::Arc;
@@ -38,14 +37,16 @@ pub struct Hosted {
     pub tls: Arc<UpstreamTls>,
 }
 
-/// TLS settings for a pool's `https://` endpoints.
+/// TLS settings for a pool's `https://` endpoints. The files are loaded when the table is
+/// published (`serving::resources::PoolTls`).
+#[derive(Debug, Clone)]
 pub struct UpstreamTls {
-    /// Roots to trust instead of the system's.
-    pub ca: Option<Arc<[WrappedX509]>>,
-    /// Client certificate and key for mTLS.
-    pub client: Option<Arc<CertKey>>,
+    /// A PEM file of roots to trust instead of the system's.
+    pub ca: Option<FileRef>,
+    /// Client certificate and key files, for mTLS.
+    pub client: Option<(FileRef, FileRef)>,
     pub verify: bool,
-    /// Keeps the connections of pools with different trust settings apart in Pingora's
+    /// Keeps the connections of pools with different trust settings apart in the upstream
     /// connection pool (its reuse key does not include the CA).
     pub group: u64,
     /// The CA file as written, for the admin API.
@@ -95,7 +96,7 @@ impl Hosted {
 pub fn compile(
     pool: &str,
     r: &raw::Pool,
-    base: &Path,
+    file: &Path,
     env: &dyn Fn(&str) -> Option<String>,
     problem: &mut dyn FnMut(&Location, String),
 ) -> Hosted {
@@ -166,7 +167,7 @@ pub fn compile(
         }
     }
     if let Some(tls) = &r.tls {
-        hosted.tls = Arc::new(compile_tls(pool, tls, base, problem));
+        hosted.tls = Arc::new(compile_tls(pool, tls, file, problem));
     }
     hosted
 }
@@ -174,7 +175,7 @@ pub fn compile(
 fn compile_tls(
     pool: &str,
     node: &Spanned<raw::PoolTls>,
-    base: &Path,
+    file: &Path,
     problem: &mut dyn FnMut(&Location, String),
 ) -> UpstreamTls {
     let t = &node.value;
@@ -190,35 +191,15 @@ fn compile_tls(
         h.finish()
     };
     if let Some(ca) = &t.ca {
-        match load_ca(&base.join(&ca.value)) {
-            Ok(certs) => {
-                out.ca = Some(certs);
-                out.ca_file = Some(ca.value.clone());
-            }
-            Err(why) => problem(&ca.referenced, format!("pool `{pool}`: tls.ca: {why}")),
-        }
+        out.ca = Some(FileRef::beside(file, &ca.value, &ca.referenced));
+        out.ca_file = Some(ca.value.clone());
     }
     match (&t.client_cert, &t.client_key) {
         (Some(cert), Some(key)) => {
-            match load_pair(&base.join(&cert.value), &base.join(&key.value)) {
-                Ok((certs, key)) => {
-                    let ders = certs.iter().map(|c| c.as_ref().to_vec()).collect();
-                    let key = key.secret_der().to_vec();
-                    match std::panic::catch_unwind(|| CertKey::new(ders, key)) {
-                        Ok(ck) => out.client = Some(Arc::new(ck)),
-                        Err(_) => problem(
-                            &cert.referenced,
-                            format!(
-                                "pool `{pool}`: tls.client_cert: not a certificate Pingora can use"
-                            ),
-                        ),
-                    }
-                }
-                Err(why) => problem(
-                    &cert.referenced,
-                    format!("pool `{pool}`: tls.client_cert/client_key: {why}"),
-                ),
-            }
+            out.client = Some((
+                FileRef::beside(file, &cert.value, &cert.referenced),
+                FileRef::beside(file, &key.value, &key.referenced),
+            ))
         }
         (None, None) => {}
         _ => problem(
@@ -227,51 +208,4 @@ fn compile_tls(
         ),
     }
     out
-}
-
-/// The CA certificates of a PEM file, each checked the way the handshake will use it.
-pub fn load_ca(path: &Path) -> Result<Arc<[WrappedX509]>, String> {
-    let mut out = Vec::new();
-    let mut store = RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(path).map_err(|e| pem_error(path, e))? {
-        let cert = cert.map_err(|e| pem_error(path, e))?;
-        store
-            .add(cert.clone())
-            .map_err(|e| format!("{}: not a CA certificate: {e}", path.display()))?;
-        let der = cert.as_ref().to_vec();
-        let wrapped =
-            std::panic::catch_unwind(|| WrappedX509::new(der, pingora::utils::tls::parse_x509))
-                .map_err(|_| format!("{}: a certificate could not be parsed", path.display()))?;
-        out.push(wrapped);
-    }
-    if out.is_empty() {
-        return Err(format!("{}: no certificate in the file", path.display()));
-    }
-    Ok(out.into())
-}
-
-/// A certificate chain and its private key, from PEM files.
-pub fn load_pair(
-    cert: &Path,
-    key: &Path,
-) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
-    let certs = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| pem_error(cert, e))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| pem_error(cert, e))?;
-    if certs.is_empty() {
-        return Err(format!("{}: no certificate in the file", cert.display()));
-    }
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| pem_error(key, e))?;
-    Ok((certs, key))
-}
-
-fn pem_error(path: &Path, e: rustls_pki_types::pem::Error) -> String {
-    match e {
-        rustls_pki_types::pem::Error::Io(io) => format!("cannot read {}: {io}", path.display()),
-        rustls_pki_types::pem::Error::NoItemsFound => {
-            format!("{}: no PEM item of the expected kind", path.display())
-        }
-        _ => format!("{}: not valid PEM", path.display()),
-    }
 }

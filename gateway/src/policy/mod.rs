@@ -4,7 +4,7 @@
 //! `raw` mirrors the file, `compile` validates it and resolves references into a
 //! [`RoutingTable`]. The table is pure data: nothing under `policy` holds or imports live
 //! state. `crate::serving` publishes a table together with its live state
-//! (`route::state::Live`, attached by pool and endpoint name, so measurements survive a
+//! (`serving::state::Live`, attached by pool and endpoint name, so measurements survive a
 //! reload that keeps the names) with one atomic pointer swap. A request loads that once, at
 //! its start, and uses the same table and state to the end, so a reload never changes the
 //! rules under a request in flight. A policy that fails to parse or validate never replaces
@@ -14,10 +14,8 @@
 //! address refresh) lives here so that `policy` never imports `admin`.
 
 pub mod compile;
-pub mod control;
 pub mod hosted;
 pub mod raw;
-pub mod reload;
 pub mod resolve;
 pub mod secret;
 pub mod tenancy;

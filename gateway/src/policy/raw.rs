@@ -148,11 +148,11 @@ pub struct Observe {
     pub access_log: Option<Spanned<String>>,
     /// `text` (default: `key=value` pairs) or `json` (one object per line, for log shippers).
     #[serde(default)]
-    pub access_log_format: Option<crate::observe::LogFormat>,
+    pub access_log_format: Option<LogFormat>,
     /// Which decision headers answers carry: `all` (default), `no-endpoint` (all but
     /// `x-switchyard-endpoint`, an internal address) or `off`. Applies on reload.
     #[serde(default)]
-    pub decision_headers: Option<crate::observe::DecisionHeaders>,
+    pub decision_headers: Option<DecisionHeaders>,
     /// The decision log: one JSON line per request (format version 1, see
     /// `observe::decision`) to this file, relative to the policy file; the trace
     /// `switchyard simulate` replays. Absent: off. Written off the request path.
@@ -777,4 +777,29 @@ fn default_max_jobs() -> Spanned<u64> {
 
 fn default_job_attempts() -> Spanned<u32> {
     unspanned(5)
+}
+
+/// How access log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// `key=value` pairs after a timestamp, like the rest of the gateway's log.
+    #[default]
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// Which decision headers (`x-switchyard-policy-version`, `-tier`, `-region`, `-budget`,
+/// `-pool`, `-endpoint`, `-decision`) answers carry (`observe.decision_headers`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DecisionHeaders {
+    /// All of them.
+    #[default]
+    All,
+    /// All but `x-switchyard-endpoint`, which names an internal address.
+    NoEndpoint,
+    /// None.
+    Off,
 }

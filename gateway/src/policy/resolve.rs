@@ -5,7 +5,7 @@
 //! - **Every address of a name is an endpoint** (a Kubernetes headless service names its
 //!   pods that way). Such an endpoint is labelled `host:port@ip` in metrics, headers and the
 //!   admin API; its live state (EWMA, in-flight, ejections) is kept by that label in the
-//!   `route::state::Fleet` (attached when the table is published, `crate::serving`), so an
+//!   `serving::state::Fleet` (attached when the table is published, `crate::serving`), so an
 //!   address that stays across a re-resolution keeps its measurements, a new one starts from
 //!   the pool's baseline, and a removed one simply leaves the table (requests already on it
 //!   finish with the state they hold).
@@ -17,18 +17,14 @@
 //!
 //! The request path never resolves anything and takes no lock for it: a changed address set
 //! is a new routing-table generation (the same policy text compiled again, published with
-//! the usual `ArcSwap` store by [`crate::policy::control::ControlPlane::refresh_addresses`]). Lookups
+//! the usual `ArcSwap` store by [`crate::serving::control::ControlPlane::refresh_addresses`]). Lookups
 //! use the system resolver (`getaddrinfo`, blocking), so they run on blocking threads.
 
 use super::compile::{header_value, Endpoint};
-use super::control::ControlPlane;
 use super::raw::EndpointEntry;
-use async_trait::async_trait;
-use pingora::server::ShutdownWatch;
-use pingora::services::background::BackgroundService;
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 /// `upstream.resolve_every` when the policy does not say.
@@ -81,7 +77,7 @@ pub fn endpoint_addrs_with(
     Ok(EndpointAddrs::Name(lookup(written, resolve)))
 }
 
-fn system_lookup(hostport: &str) -> std::io::Result<Vec<SocketAddr>> {
+pub fn system_lookup(hostport: &str) -> std::io::Result<Vec<SocketAddr>> {
     hostport.to_socket_addrs().map(|a| a.collect())
 }
 
@@ -121,7 +117,7 @@ pub fn lookup(
 /// The endpoints for one entry of a pool's `endpoints` list: itself for
 /// `ip:port`; one per address for `host:port` (with what the name resolved to), or one down
 /// placeholder when the name has never resolved (`resolved: false`). Live state is attached
-/// later by label (`route::state::Fleet::attach`), so an address that stays keeps it.
+/// later by label (`serving::state::Fleet::attach`), so an address that stays keeps it.
 /// `Err`: not an endpoint at all.
 ///
 /// The entry's gRPC address (`{ http, grpc }`) follows its HTTP one: on the same host name,
@@ -286,56 +282,6 @@ pub fn changed(compiled: &[NameResolution], fresh: &[NameResolution]) -> bool {
         .zip(fresh)
         .any(|(a, b)| a.name != b.name || a.addrs != b.addrs)
         || compiled.len() != fresh.len()
-}
-
-/// Background service: every `upstream.resolve_every` (read from the serving table), look
-/// every host name up again and, when an address set changed, publish a new generation.
-pub struct Resolver {
-    pub control: Arc<ControlPlane>,
-}
-
-#[async_trait]
-impl BackgroundService for Resolver {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        loop {
-            let every = self.control.snapshot.load().upstream.resolve_every;
-            tokio::select! {
-                _ = tokio::time::sleep(every) => {}
-                _ = shutdown.changed() => break,
-            }
-            let table = self.control.snapshot.load_full();
-            if table.host_names.is_empty() {
-                continue;
-            }
-            let names: Vec<String> = table.host_names.iter().map(|n| n.name.clone()).collect();
-            let Ok(fresh) = tokio::task::spawn_blocking(move || {
-                names
-                    .iter()
-                    .map(|n| lookup(n, system_lookup))
-                    .collect::<Vec<_>>()
-            })
-            .await
-            else {
-                continue;
-            };
-            for (old, new) in table.host_names.iter().zip(&fresh) {
-                if let Some(error) = &new.error {
-                    if new.addrs.is_empty() {
-                        tracing::warn!(endpoint = %new.name, %error, "endpoint host name still does not resolve; it stays down");
-                    } else if old.error.is_none() {
-                        tracing::warn!(endpoint = %new.name, %error, "cannot re-resolve endpoint host name; keeping its last addresses");
-                    }
-                }
-            }
-            if !changed(&table.host_names, &fresh) {
-                continue;
-            }
-            let control = self.control.clone();
-            let generation = table.generation;
-            let _ =
-                tokio::task::spawn_blocking(move || control.refresh_addresses(generation)).await;
-        }
-    }
 }
 
 #[cfg(test)]

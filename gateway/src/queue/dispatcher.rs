@@ -19,7 +19,7 @@ use super::http::{self, HttpError, Outgoing};
 use super::{unix_ms, Job, JobResult, JobStatus, Queue, QueueGauges};
 use crate::policy::compile::{PoolDispatch, PoolId};
 use crate::route;
-use crate::route::state::now_ms;
+use crate::serving::state::now_ms;
 use crate::serving::Serving;
 use crate::serving::Snapshot;
 use crate::telemetry as t;

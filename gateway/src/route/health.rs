@@ -15,7 +15,7 @@
 //! on the request path.
 
 use crate::policy::compile::PoolId;
-use crate::route::state::{EndpointState, HealthChange, PoolState};
+use crate::serving::state::{EndpointState, HealthChange, PoolState};
 use crate::serving::Snapshot;
 use crate::telemetry as t;
 use async_trait::async_trait;

@@ -16,18 +16,16 @@
 //! allocation (up to 24 candidates meeting the deadline), no locks. [`explain`] runs the same code and also reports every candidate, so
 //! the admin API's explanation cannot disagree with what the proxy does.
 
-pub mod budget;
 pub mod health;
 pub mod network;
-pub mod state;
 pub mod tokens;
 
 use crate::classify::Class;
 use crate::policy::compile::{Pool, PoolId};
 use crate::policy::raw::{OnSloMiss, Protocol};
+use crate::serving::state::{self, EndpointState, Live};
 use crate::serving::Serving;
 use serde::Serialize;
-use state::{EndpointState, Live};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -621,7 +619,7 @@ mod tests {
     use super::*;
     use crate::classify::{Class, TierSource};
     use crate::policy::compile::{compile_str, CompileContext, RoutingTable};
-    use crate::route::state::{Fleet, MIN_SAMPLES};
+    use crate::serving::state::{Fleet, MIN_SAMPLES};
     use std::path::Path;
 
     const POLICY: &str = r#"
@@ -655,7 +653,7 @@ routes:
             },
         )
         .unwrap_or_else(|e| panic!("{e}"));
-        (Serving::attach(table, &fleet), fleet)
+        (Serving::load(table, &fleet).expect("resources"), fleet)
     }
 
     fn class(table: &RoutingTable, tier: &str, model: &str) -> Class {

@@ -19,9 +19,9 @@
 //! (`state`, passed beside the table), so a simulator can run the same model on a virtual
 //! clock.
 
-use super::state::{EndpointState, PoolState};
 use crate::classify::Class;
 use crate::policy::compile::{Pool, PoolId, RoutingTable};
+use crate::serving::state::{EndpointState, PoolState};
 use crate::serving::Serving;
 use std::time::Duration;
 
@@ -122,7 +122,7 @@ pub fn observe_upstream(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::route::state::Fleet;
+    use crate::serving::state::Fleet;
 
     #[test]
     fn the_round_trip_is_taken_out_of_upstream_time_once() {

@@ -13,7 +13,6 @@
 //!   routing estimate charges before an answer is known (atomics; no lock on the hot path).
 
 use crate::policy::raw::Price;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Largest plain JSON answer searched for `usage` (a bigger one is estimated).
 pub const MAX_JSON: usize = 1024 * 1024;
@@ -21,9 +20,6 @@ pub const MAX_JSON: usize = 1024 * 1024;
 const MAX_LINE: usize = 64 * 1024;
 /// Bytes per token for the estimate when an answer reports no `usage`.
 pub const BYTES_PER_TOKEN: u64 = 4;
-/// Tokens per request a pool is assumed to use before any answer is measured.
-pub const PRIOR_INPUT_TOKENS: f64 = 500.0;
-pub const PRIOR_OUTPUT_TOKENS: f64 = 200.0;
 
 /// Tokens of one answer, and whether they were reported or estimated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,55 +159,6 @@ pub fn parse_usage(json: &[u8]) -> Option<(u64, u64)> {
     answer.usage.map(|u| (u.prompt_tokens, u.completion_tokens))
 }
 
-/// A pool's moving average of input and output tokens per request (EWMA, α = 1/16),
-/// stored as f64 bits in atomics: read by every routing estimate, written once per answer.
-#[derive(Debug)]
-pub struct TokenAverage {
-    input: AtomicU64,
-    output: AtomicU64,
-}
-
-impl Default for TokenAverage {
-    fn default() -> Self {
-        TokenAverage {
-            input: AtomicU64::new(PRIOR_INPUT_TOKENS.to_bits()),
-            output: AtomicU64::new(PRIOR_OUTPUT_TOKENS.to_bits()),
-        }
-    }
-}
-
-impl TokenAverage {
-    const ALPHA: f64 = 1.0 / 16.0;
-
-    /// Fold one answer's tokens in. Lost updates under contention only slow the average.
-    pub fn record(&self, usage: &Usage) {
-        let fold = |cell: &AtomicU64, v: u64| {
-            let old = f64::from_bits(cell.load(Ordering::Relaxed));
-            let new = old + Self::ALPHA * (v as f64 - old);
-            cell.store(new.to_bits(), Ordering::Relaxed);
-        };
-        fold(&self.input, usage.input);
-        fold(&self.output, usage.output);
-    }
-
-    /// (input, output) tokens per request.
-    pub fn get(&self) -> (f64, f64) {
-        (
-            f64::from_bits(self.input.load(Ordering::Relaxed)),
-            f64::from_bits(self.output.load(Ordering::Relaxed)),
-        )
-    }
-
-    /// The expected per-token cost of one request at `price`.
-    pub fn expected_cost_usd(&self, price: &Price) -> f64 {
-        if !price.per_token() {
-            return 0.0;
-        }
-        let (i, o) = self.get();
-        i / 1000.0 * price.per_1k_input_tokens + o / 1000.0 * price.per_1k_output_tokens
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -243,22 +190,5 @@ mod tests {
         assert!(u.estimated);
         assert_eq!(u.input, 10);
         assert_eq!(u.source(), "estimated");
-    }
-
-    #[test]
-    fn the_average_moves_towards_what_answers_use() {
-        let avg = TokenAverage::default();
-        for _ in 0..200 {
-            avg.record(&Usage {
-                input: 1000,
-                output: 100,
-                estimated: false,
-            });
-        }
-        let (i, o) = avg.get();
-        assert!(
-            (i - 1000.0).abs() < 1.0 && (o - 100.0).abs() < 1.0,
-            "{i} {o}"
-        );
     }
 }

@@ -9,6 +9,7 @@
 
 use crate::policy::compile::Endpoint;
 use crate::policy::hosted::{Hosted, UpstreamTls};
+use crate::serving::resources::PoolTls;
 use pingora::http::RequestHeader;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType};
@@ -16,12 +17,12 @@ use std::net::SocketAddr;
 
 /// The peer for an `https://` endpoint: SNI and verification by `sni` (the host as
 /// written), the pool's CA and client certificate, ALPN `h2` then `http/1.1`.
-pub fn peer(addr: SocketAddr, sni: &str, tls: &UpstreamTls) -> HttpPeer {
+pub fn peer(addr: SocketAddr, sni: &str, tls: &UpstreamTls, material: &PoolTls) -> HttpPeer {
     let mut peer = HttpPeer::new(addr, true, sni.to_string());
     peer.options.verify_cert = tls.verify;
     peer.options.verify_hostname = tls.verify;
-    peer.options.ca = tls.ca.clone();
-    peer.client_cert_key = tls.client.clone();
+    peer.options.ca = material.ca.clone();
+    peer.client_cert_key = material.client.clone();
     peer.group_key = tls.group;
     peer.options.set_http_version(2, 1);
     peer

@@ -211,7 +211,10 @@ fn answer_message(
         .get("grpc-encoding")
         .is_some_and(|v| v.as_bytes() != b"identity")
     {
-        return Err((UNIMPLEMENTED, "compressed messages are not supported".into()));
+        return Err((
+            UNIMPLEMENTED,
+            "compressed messages are not supported".into(),
+        ));
     }
     let invalid = |e: &dyn std::fmt::Display| (INVALID_ARGUMENT, format!("bad message: {e}"));
     let request = unframe(body).ok_or_else(|| invalid(&"not one framed message"));

@@ -2,7 +2,7 @@
 //! admin), the admin token, the shutdown grace and the proxies whose forwarding headers are
 //! believed.
 
-use super::{duration_field, Problems};
+use super::{duration_field, FileRef, Problems};
 use crate::policy::raw;
 use crate::policy::secret::Secret;
 use ipnet::IpNet;
@@ -11,12 +11,21 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+/// The compiled `listeners.tls`: the address, and the certificate pair's files (loaded and
+/// checked when the table is published, then watched: `serving::resources`, `tls`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsListener {
+    pub listen: SocketAddr,
+    pub cert: FileRef,
+    pub key: FileRef,
+}
+
 /// The compiled `listeners:` section but `shutdown_grace` (see [`shutdown_grace`]).
 pub(super) struct Listeners {
     pub proxy: SocketAddr,
     pub admin: SocketAddr,
     pub admin_token: Option<Secret>,
-    pub tls: Option<crate::tls::TlsListener>,
+    pub tls: Option<TlsListener>,
     pub plain: bool,
 }
 
@@ -26,11 +35,13 @@ pub(super) fn compile(p: &mut Problems, listeners: &raw::Listeners, file: &Path)
     let admin = socket_field(p, &listeners.admin, "listeners.admin");
     let admin_token = compile_admin_token(p, listeners, admin);
     let tls = listeners.tls.as_ref().and_then(|node| {
-        crate::tls::compile(
-            node,
-            file.parent().unwrap_or_else(|| Path::new(".")),
-            &mut |loc, m| p.at(loc, m),
-        )
+        let t = &node.value;
+        let listen = socket_field(p, &t.listen, "listeners.tls.listen");
+        Some(TlsListener {
+            listen,
+            cert: FileRef::beside(file, &t.cert.value, &t.cert.referenced),
+            key: FileRef::beside(file, &t.key.value, &t.key.referenced),
+        })
     });
     let plain = listeners.tls.is_none() || listeners.proxy.referenced != Location::UNKNOWN;
     Listeners {

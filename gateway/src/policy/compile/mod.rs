@@ -8,7 +8,7 @@
 //! start-up and on reload, and the result is published with one atomic pointer swap.
 //!
 //! Live measurements (latency EWMAs, in-flight counts, endpoints marked down, the retry
-//! budget) are not part of the table, which is pure data: `route::state::Fleet::attach`
+//! budget) are not part of the table, which is pure data: `serving::state::Fleet::attach`
 //! builds them beside it by pool and endpoint name, so they survive a reload of a policy that
 //! still has the same pools.
 //!
@@ -22,6 +22,8 @@ mod cache;
 mod limits;
 mod listeners;
 mod observe;
+pub use super::raw::{DecisionHeaders, LogFormat};
+pub use observe::{LogTarget, DEFAULT_DECISION_LOG_BYTES};
 mod pools;
 mod queue;
 mod regions;
@@ -32,16 +34,16 @@ mod upstream;
 
 pub use cache::CacheSettings;
 pub use limits::Limits;
+pub use listeners::TlsListener;
 pub use pools::{Endpoint, HealthCheck, ModelSet, Pool};
 pub use queue::{PoolDispatch, QueueBackend, QueueSettings};
 pub use routes::{PathMatch, Route, RouteCache};
 pub use tenants::Tenant;
 pub use tiers::{KindSet, Tier};
-pub use upstream::{Ejection, Upstream};
+pub use upstream::{BudgetSettings, Ejection, Upstream};
 
 use super::raw;
 use super::{PolicyError, PolicyErrors};
-use crate::classify::geo::GeoDb;
 use http::HeaderValue;
 use ipnet::IpNet;
 use serde_saphyr::{Location, Spanned};
@@ -76,6 +78,53 @@ pub const DEFAULT_MAX_BUFFERED: u64 = 512 * 1024 * 1024;
 /// The largest `cache.max_bytes`.
 pub const MAX_CACHE_BYTES: usize = 64 * 1024 * 1024 * 1024;
 
+/// A file the policy names that is loaded when the table is published rather than compiled
+/// into it (`serving::resources`: the GeoIP database, certificates), with where the policy
+/// names it, so a file that does not load is reported at its line and column.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileRef {
+    /// Resolved against the policy file's directory.
+    pub path: PathBuf,
+    /// The policy file, and the line and column of the value (0: not written).
+    pub file: PathBuf,
+    pub line: u64,
+    pub column: u64,
+}
+
+impl FileRef {
+    /// `written`, resolved beside the policy `file`, named at `node`.
+    pub fn beside(file: &Path, written: &str, at: &Location) -> FileRef {
+        FileRef {
+            path: file
+                .parent()
+                .unwrap_or_else(|| Path::new("."))
+                .join(written),
+            file: file.to_path_buf(),
+            line: at.line(),
+            column: at.column(),
+        }
+    }
+
+    /// A problem with this file, reported where the policy names it.
+    pub fn error(&self, message: impl Into<String>) -> PolicyError {
+        PolicyError {
+            file: self.file.clone(),
+            line: self.line,
+            column: self.column,
+            message: message.into(),
+        }
+    }
+}
+
+/// `geoip.database`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GeoSource {
+    /// The test database built into the binary (`geo-data/`); `at`: where the policy says
+    /// so, if it does.
+    Embedded(Option<FileRef>),
+    File(FileRef),
+}
+
 /// The compiled policy: everything the request path reads, immutable once built.
 pub struct RoutingTable {
     /// Short content hash of the policy text; reported in responses and the admin API.
@@ -89,8 +138,9 @@ pub struct RoutingTable {
     /// Whether the plain `proxy` listener runs (false: `tls` is set and `proxy` is not
     /// written).
     pub plain_listener: bool,
-    /// `listeners.tls`, its certificate loaded and checked (`crate::tls`).
-    pub tls_listener: Option<crate::tls::TlsListener>,
+    /// `listeners.tls`: the address, and the certificate pair's files (loaded and checked
+    /// when the table is published: `serving::resources`).
+    pub tls_listener: Option<TlsListener>,
     pub admin_listener: SocketAddr,
     /// `listeners.admin_token`, expanded; `None`: the admin API is open (loopback only).
     pub admin_token: Option<super::secret::Secret>,
@@ -98,7 +148,8 @@ pub struct RoutingTable {
     /// How long in-flight requests may finish after `SIGTERM` (start-up only).
     pub shutdown_grace: Duration,
     pub trusted_proxies: Vec<IpNet>,
-    pub geo: Arc<GeoDb>,
+    /// `geoip.database`: opened when the table is published (`serving::resources`).
+    pub geoip: GeoSource,
     pub regions: Vec<String>,
     /// `regions` and `version` as ready header values (see [`header_value`]).
     pub region_headers: Vec<HeaderValue>,
@@ -133,11 +184,11 @@ pub struct RoutingTable {
     /// Gateway-wide limits.
     pub limits: Limits,
     /// Where the access log goes and how it is written.
-    pub access_log: (crate::observe::LogTarget, crate::observe::LogFormat),
+    pub access_log: (LogTarget, LogFormat),
     /// The decision log's file and rotation size (`observe.decision_log`; `None`: off).
     pub decision_log: Option<(PathBuf, u64)>,
     /// Which decision headers answers carry (`observe.decision_headers`).
-    pub decision_headers: crate::observe::DecisionHeaders,
+    pub decision_headers: DecisionHeaders,
     /// Model → the version the policy declares (`models:`), part of the cache key.
     pub model_versions: HashMap<String, String>,
     /// The policy text this table was compiled from (compiled again when an endpoint host
@@ -385,15 +436,11 @@ fn compile(
     let decision_log = observe::compile_decision_log(p, raw.observe.as_ref(), cx.file);
     limits::compile_admission(p, &raw, &tiers, &mut limits);
     let model_versions = pools::model_versions(p, &raw, &pools);
-    let geo = regions::open_geo(p, &raw, cx.file);
+    let geoip = regions::geo_source(&raw, cx.file);
 
     if !problems.list.is_empty() {
         return Err(PolicyErrors(problems.list));
     }
-    let geo = match geo {
-        Ok(g) => g,
-        Err(()) => return Err(PolicyErrors(problems.list)),
-    };
     static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     Ok(RoutingTable {
         generation: GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
@@ -410,7 +457,7 @@ fn compile(
         threads: raw.listeners.threads,
         shutdown_grace,
         trusted_proxies,
-        geo: Arc::new(geo),
+        geoip,
         default_region: regions.default,
         gateway_region: regions.gateway,
         country_region: sorted_codes(regions.country),

@@ -1,17 +1,33 @@
-//! The `observe:` section: where the access log goes and its format, and the decision log.
+//! The `observe:` section: where the access log goes and its format, the decision log, and
+//! which decision headers answers carry. The types are the policy's; `observe` writes the logs.
 
 use super::{parse_size, Problems};
-use crate::policy::raw;
+use crate::policy::raw::{self, LogFormat};
 use serde_saphyr::Spanned;
 use std::path::{Path, PathBuf};
+
+/// Where a log goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogTarget {
+    /// No `observe.access_log` in the policy: stderr, unless `RUST_LOG` turns the
+    /// `switchyard::access` target off (as in `RUST_LOG=info,switchyard::access=off`).
+    Default,
+    Off,
+    Stderr,
+    Stdout,
+    /// Appended to this file (relative paths are resolved against the policy's directory).
+    File(PathBuf),
+}
+
+/// The decision log's rotation size when `observe.decision_log_max` is not written.
+pub const DEFAULT_DECISION_LOG_BYTES: u64 = 64 * 1024 * 1024;
 
 /// The `observe:` section's access log.
 pub(super) fn compile_access_log(
     p: &mut Problems,
     node: Option<&Spanned<raw::Observe>>,
     file: &Path,
-) -> (crate::observe::LogTarget, crate::observe::LogFormat) {
-    use crate::observe::LogTarget;
+) -> (LogTarget, LogFormat) {
     let Some(node) = node else {
         return (LogTarget::Default, Default::default());
     };
@@ -43,7 +59,7 @@ pub(super) fn compile_decision_log(
 ) -> Option<(PathBuf, u64)> {
     let o = &node?.value;
     let max = match &o.decision_log_max {
-        None => crate::observe::decision::DEFAULT_MAX_BYTES,
+        None => DEFAULT_DECISION_LOG_BYTES,
         Some(n) => match parse_size(&n.value) {
             Some(s) if s >= 4096 => s as u64,
             _ => {
@@ -52,7 +68,7 @@ pub(super) fn compile_decision_log(
                     "observe.decision_log_max: expected a size of at least 4KiB, e.g. 64MiB"
                         .to_string(),
                 );
-                crate::observe::decision::DEFAULT_MAX_BYTES
+                DEFAULT_DECISION_LOG_BYTES
             }
         },
     };

@@ -10,7 +10,6 @@ use http::HeaderValue;
 use serde_saphyr::Spanned;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::Duration;
 
 pub struct Pool {
@@ -154,7 +153,7 @@ pub(super) fn compile(
         let hosted = crate::policy::hosted::compile(
             &name,
             r,
-            cx.file.parent().unwrap_or_else(|| Path::new(".")),
+            cx.file,
             &|n| std::env::var(n).ok(),
             &mut |loc, m| p.at(loc, m),
         );

@@ -3,7 +3,6 @@
 //! database that places clients.
 
 use super::{Problems, RegionId};
-use crate::classify::geo::GeoDb;
 use crate::policy::raw;
 use serde_saphyr::{Location, Spanned};
 use std::collections::HashMap;
@@ -217,24 +216,16 @@ fn compile_gateway_region(
     id
 }
 
-/// `geoip:`: the embedded database or a file beside the policy. Opened last so that a
-/// policy with typos is reported in full even when the database path is also wrong.
-pub(super) fn open_geo(p: &mut Problems, raw: &raw::Policy, file: &Path) -> Result<GeoDb, ()> {
+/// `geoip:`: the embedded database or a file beside the policy (opened when the table is
+/// published, `serving::resources`).
+pub(super) fn geo_source(raw: &raw::Policy, file: &Path) -> super::GeoSource {
     match &raw.geoip.database {
-        None => GeoDb::embedded().map_err(|e| {
-            p.at(&Location::UNKNOWN, format!("geoip: {e}"));
-        }),
-        Some(node) if node.value == "embedded" => GeoDb::embedded().map_err(|e| {
-            p.on(node, format!("geoip.database: {e}"));
-        }),
+        None => super::GeoSource::Embedded(None),
+        Some(node) if node.value == "embedded" => {
+            super::GeoSource::Embedded(Some(super::FileRef::beside(file, "", &node.referenced)))
+        }
         Some(node) => {
-            let path = file
-                .parent()
-                .unwrap_or_else(|| Path::new("."))
-                .join(&node.value);
-            GeoDb::open(&path).map_err(|e| {
-                p.on(node, format!("geoip.database: {e}"));
-            })
+            super::GeoSource::File(super::FileRef::beside(file, &node.value, &node.referenced))
         }
     }
 }

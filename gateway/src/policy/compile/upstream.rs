@@ -3,7 +3,6 @@
 
 use super::{duration_field, parse_duration, Problems};
 use crate::policy::raw;
-use crate::route::budget::BudgetSettings;
 use serde_saphyr::Spanned;
 use std::time::Duration;
 
@@ -13,7 +12,7 @@ pub struct Upstream {
     pub down_backoff: Duration,
     /// Outlier ejection: when and for how long.
     pub ejection: Ejection,
-    /// The retry budget's settings (its shared bucket is live state: `route::state::Live`).
+    /// The retry budget's settings (its shared bucket is live state: `serving::state::Live`).
     pub retry_budget: BudgetSettings,
     /// How often endpoint host names are looked up again (`policy::resolve`).
     pub resolve_every: Duration,
@@ -106,4 +105,23 @@ fn compile_budget(p: &mut Problems, node: Option<&Spanned<raw::RetryBudget>>) ->
         }
     }
     s
+}
+
+/// The retry budget's settings, from `upstream.retry_budget` (the bucket itself is live
+/// state: `serving::budget`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BudgetSettings {
+    /// Tokens deposited per request (0.0 ..= 1.0).
+    pub ratio: f64,
+    /// Tokens that accrue per second regardless of traffic.
+    pub min_per_second: f64,
+}
+
+impl Default for BudgetSettings {
+    fn default() -> Self {
+        BudgetSettings {
+            ratio: 0.2,
+            min_per_second: 5.0,
+        }
+    }
 }

@@ -1,5 +1,6 @@
-//! gRPC classification: which `inference.GRPCInferenceService` method a request calls, and the
-//! model (and version) its protobuf message names.
+//! The gRPC wire format of `inference.GRPCInferenceService`: which method a request calls,
+//! the model (and version) its protobuf message names, and the few encoders the gateway's own
+//! answers need.
 //!
 //! Owns the gRPC message prefix (1-byte compressed flag, u32 big-endian length) and a small
 //! hand-written protobuf field walker (wire types varint, 64-bit, length-delimited, 32-bit),
@@ -9,7 +10,17 @@
 //! The input is untrusted: the walker never panics, never allocates per field, and finishes
 //! in one pass over the bytes (each step consumes at least one byte).
 
-use super::ClassifyError;
+/// What is wrong with a gRPC request's framing or message (`classify` turns it into a
+/// `CodecError`, which `error.rs` maps to a gRPC status).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CodecError {
+    /// The message is not valid protobuf, or not the shape the method takes.
+    BadProtobuf(&'static str),
+    /// The message is compressed (not supported).
+    Compressed,
+    /// Not a method the gateway routes.
+    Unimplemented(String),
+}
 use std::time::Duration;
 
 /// The path prefix of the Open Inference Protocol v2 gRPC service.
@@ -76,13 +87,13 @@ pub struct GrpcPeek {
 }
 
 /// Classify a gRPC request from its path and its (whole, unary) body.
-pub fn peek(path: &str, body: Option<&[u8]>) -> Result<GrpcPeek, ClassifyError> {
-    let method = Method::from_path(path)
-        .ok_or_else(|| ClassifyError::GrpcUnimplemented(truncate(path, 128)))?;
+pub fn peek(path: &str, body: Option<&[u8]>) -> Result<GrpcPeek, CodecError> {
+    let method =
+        Method::from_path(path).ok_or_else(|| CodecError::Unimplemented(truncate(path, 128)))?;
     if method == Method::ModelStreamInfer {
         // Bidirectional streaming: the request body never ends while the client waits for
         // answers, so it cannot be read before routing.
-        return Err(ClassifyError::GrpcUnimplemented(
+        return Err(CodecError::Unimplemented(
             "ModelStreamInfer (streaming) is not routed by this gateway".into(),
         ));
     }
@@ -93,17 +104,17 @@ pub fn peek(path: &str, body: Option<&[u8]>) -> Result<GrpcPeek, ClassifyError> 
         match field? {
             (1, Value::Bytes(b)) => model = Some(b),
             (2, Value::Bytes(b)) => version = Some(b),
-            (1 | 2, _) => return Err(ClassifyError::BadProtobuf("field 1 or 2 is not a string")),
+            (1 | 2, _) => return Err(CodecError::BadProtobuf("field 1 or 2 is not a string")),
             _ => {}
         }
     }
-    fn as_str(b: &[u8]) -> Result<&str, ClassifyError> {
+    fn as_str(b: &[u8]) -> Result<&str, CodecError> {
         std::str::from_utf8(b)
-            .map_err(|_| ClassifyError::BadProtobuf("model name or version is not UTF-8"))
+            .map_err(|_| CodecError::BadProtobuf("model name or version is not UTF-8"))
     }
     let model = as_str(model.unwrap_or_default())?;
     if model.is_empty() {
-        return Err(ClassifyError::BadProtobuf("no model name in field 1"));
+        return Err(CodecError::BadProtobuf("no model name in field 1"));
     }
     let version = match version {
         Some(v) if !v.is_empty() => Some(as_str(v)?.to_string()),
@@ -118,21 +129,21 @@ pub fn peek(path: &str, body: Option<&[u8]>) -> Result<GrpcPeek, ClassifyError> 
 
 /// The one message of a unary call: the 5-byte prefix (flag 0 = not compressed, u32 BE
 /// length) and exactly that many bytes after it.
-pub fn unary_message(body: &[u8]) -> Result<&[u8], ClassifyError> {
+pub fn unary_message(body: &[u8]) -> Result<&[u8], CodecError> {
     if body.len() < 5 {
-        return Err(ClassifyError::BadProtobuf(
+        return Err(CodecError::BadProtobuf(
             "shorter than the 5-byte message prefix",
         ));
     }
     match body[0] {
         0 => {}
-        1 => return Err(ClassifyError::GrpcCompressed),
-        _ => return Err(ClassifyError::BadProtobuf("invalid compressed flag")),
+        1 => return Err(CodecError::Compressed),
+        _ => return Err(CodecError::BadProtobuf("invalid compressed flag")),
     }
     let len = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
     let rest = &body[5..];
     if rest.len() != len {
-        return Err(ClassifyError::BadProtobuf(
+        return Err(CodecError::BadProtobuf(
             "message length does not match the body (a unary call carries one message)",
         ));
     }
@@ -163,11 +174,11 @@ impl<'a> Fields<'a> {
         }
     }
 
-    fn next_field(&mut self) -> Result<(u32, Value<'a>), ClassifyError> {
+    fn next_field(&mut self) -> Result<(u32, Value<'a>), CodecError> {
         let key = read_varint(&mut self.rest)?;
         let number = key >> 3;
         if number == 0 || number > (1 << 29) - 1 {
-            return Err(ClassifyError::BadProtobuf("invalid field number"));
+            return Err(CodecError::BadProtobuf("invalid field number"));
         }
         let value = match key & 7 {
             0 => Value::Varint(read_varint(&mut self.rest)?),
@@ -177,20 +188,20 @@ impl<'a> Fields<'a> {
                 let len = usize::try_from(len)
                     .ok()
                     .filter(|n| *n <= self.rest.len())
-                    .ok_or(ClassifyError::BadProtobuf("length runs past the message"))?;
+                    .ok_or(CodecError::BadProtobuf("length runs past the message"))?;
                 let (b, rest) = self.rest.split_at(len);
                 self.rest = rest;
                 Value::Bytes(b)
             }
             5 => Value::Fixed32(u32::from_le_bytes(take_array(&mut self.rest)?)),
-            _ => return Err(ClassifyError::BadProtobuf("unsupported wire type")),
+            _ => return Err(CodecError::BadProtobuf("unsupported wire type")),
         };
         Ok((number as u32, value))
     }
 }
 
 impl<'a> Iterator for Fields<'a> {
-    type Item = Result<(u32, Value<'a>), ClassifyError>;
+    type Item = Result<(u32, Value<'a>), CodecError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.failed || self.rest.is_empty() {
@@ -202,28 +213,28 @@ impl<'a> Iterator for Fields<'a> {
     }
 }
 
-fn read_varint(buf: &mut &[u8]) -> Result<u64, ClassifyError> {
+fn read_varint(buf: &mut &[u8]) -> Result<u64, CodecError> {
     let mut value = 0u64;
     for i in 0..10 {
         let Some((&b, rest)) = buf.split_first() else {
-            return Err(ClassifyError::BadProtobuf("truncated varint"));
+            return Err(CodecError::BadProtobuf("truncated varint"));
         };
         *buf = rest;
         if i == 9 && b > 1 {
-            return Err(ClassifyError::BadProtobuf("varint overflows 64 bits"));
+            return Err(CodecError::BadProtobuf("varint overflows 64 bits"));
         }
         value |= u64::from(b & 0x7f) << (7 * i);
         if b & 0x80 == 0 {
             return Ok(value);
         }
     }
-    Err(ClassifyError::BadProtobuf("varint longer than 10 bytes"))
+    Err(CodecError::BadProtobuf("varint longer than 10 bytes"))
 }
 
-fn take_array<const N: usize>(buf: &mut &[u8]) -> Result<[u8; N], ClassifyError> {
+fn take_array<const N: usize>(buf: &mut &[u8]) -> Result<[u8; N], CodecError> {
     let (head, rest) = buf
         .split_first_chunk::<N>()
-        .ok_or(ClassifyError::BadProtobuf("truncated fixed-width field"))?;
+        .ok_or(CodecError::BadProtobuf("truncated fixed-width field"))?;
     *buf = rest;
     Ok(*head)
 }
@@ -250,10 +261,44 @@ fn truncate(s: &str, max: usize) -> String {
     s.chars().take(max).collect()
 }
 
+/// The protobuf and gRPC framing encoders (enough for the service's small messages).
+pub mod wire {
+    use bytes::{BufMut, Bytes, BytesMut};
+
+    pub fn put_varint(buf: &mut Vec<u8>, mut v: u64) {
+        while v >= 0x80 {
+            buf.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        buf.push(v as u8);
+    }
+
+    /// A varint field (wire type 0): ints, enums, bools.
+    pub fn put_varint_field(buf: &mut Vec<u8>, field: u32, v: u64) {
+        put_varint(buf, u64::from(field) << 3);
+        put_varint(buf, v);
+    }
+
+    /// A length-delimited field (wire type 2): strings, bytes, nested messages.
+    pub fn put_bytes(buf: &mut Vec<u8>, field: u32, bytes: &[u8]) {
+        put_varint(buf, (u64::from(field) << 3) | 2);
+        put_varint(buf, bytes.len() as u64);
+        buf.extend_from_slice(bytes);
+    }
+
+    /// One gRPC message: not compressed, u32 big-endian length, the message.
+    pub fn frame(msg: &[u8]) -> Bytes {
+        let mut out = BytesMut::with_capacity(5 + msg.len());
+        out.put_u8(0);
+        out.put_u32(msg.len() as u32);
+        out.extend_from_slice(msg);
+        out.freeze()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::grpc::wire;
 
     fn infer_request(model: &str, version: &str) -> Vec<u8> {
         let mut m = Vec::new();
@@ -287,35 +332,32 @@ mod tests {
         let path = "/inference.GRPCInferenceService/ModelInfer";
         let mut compressed = infer_request("m", "");
         compressed[0] = 1;
-        assert_eq!(
-            peek(path, Some(&compressed)),
-            Err(ClassifyError::GrpcCompressed)
-        );
+        assert_eq!(peek(path, Some(&compressed)), Err(CodecError::Compressed));
         let short = &infer_request("m", "")[..7];
         assert!(matches!(
             peek(path, Some(short)),
-            Err(ClassifyError::BadProtobuf(_))
+            Err(CodecError::BadProtobuf(_))
         ));
         let no_model = wire::frame(&[0x18, 1]);
         assert!(matches!(
             peek(path, Some(&no_model)),
-            Err(ClassifyError::BadProtobuf(_))
+            Err(CodecError::BadProtobuf(_))
         ));
         let group = wire::frame(&[0x0b, 0x0c]);
         assert!(matches!(
             peek(path, Some(&group)),
-            Err(ClassifyError::BadProtobuf(_))
+            Err(CodecError::BadProtobuf(_))
         ));
         assert!(matches!(
             peek("/inference.GRPCInferenceService/Nope", Some(&no_model)),
-            Err(ClassifyError::GrpcUnimplemented(_))
+            Err(CodecError::Unimplemented(_))
         ));
         assert!(matches!(
             peek(
                 "/inference.GRPCInferenceService/ModelStreamInfer",
                 Some(&no_model)
             ),
-            Err(ClassifyError::GrpcUnimplemented(_))
+            Err(CodecError::Unimplemented(_))
         ));
     }
 

@@ -3,7 +3,7 @@
 //! endpoint addresses), one at a time.
 //!
 //! It lives in `policy`, not in `admin`, so that the dependency runs one way: the admin
-//! listener, the file watcher and SIGHUP (`policy::reload`) and the address refresher
+//! listener, the file watcher and SIGHUP (`serving::reload`) and the address refresher
 //! (`policy::resolve`) all drive it, and `policy` never imports `admin`
 //! (`crate::admin::ControlPlane` re-exports it for existing callers).
 
@@ -19,10 +19,10 @@ pub struct ControlPlane {
     pub snapshot: Snapshot,
     pub policy_path: Option<PathBuf>,
     pub last_error: Mutex<Option<String>>,
-    /// Restart-only changes, the last trigger, which triggers are armed (see `policy::reload`).
+    /// Restart-only changes, the last trigger, which triggers are armed (see `serving::reload`).
     pub reload_status: ReloadStatus,
     /// The TLS listener's certificate, when there is one (`tls`).
-    pub tls: Option<Arc<crate::tls::ServingCert>>,
+    pub tls: Option<Arc<crate::serving::resources::ServingCert>>,
 }
 
 impl ControlPlane {
@@ -72,20 +72,23 @@ impl ControlPlane {
                 message: "this gateway runs an embedded policy; there is no file to reload".into(),
             }]));
         };
-        match policy::load_file(path, self.snapshot.gateway_region()) {
-            Ok(table) => {
-                let restart = self
-                    .reload_status
-                    .started
-                    .restart_required(&StartupSettings::of(&table));
+        let published = policy::load_file(path, self.snapshot.gateway_region()).and_then(|table| {
+            let restart = self
+                .reload_status
+                .started
+                .restart_required(&StartupSettings::of(&table));
+            let version = table.version.clone();
+            self.snapshot.publish(table)?;
+            Ok((version, restart))
+        });
+        match published {
+            Ok((version, restart)) => {
                 for change in &restart {
                     tracing::warn!(%change, "policy change is not applied until a restart");
                 }
                 if let Ok(mut r) = self.reload_status.restart_required.lock() {
                     *r = restart;
                 }
-                let version = table.version.clone();
-                self.snapshot.publish(table);
                 if let Ok(mut e) = self.last_error.lock() {
                     *e = None;
                 }
@@ -124,12 +127,19 @@ impl ControlPlane {
             file: &current.source,
             gateway_region: self.snapshot.gateway_region(),
         };
-        match policy::compile::compile_str(&current.text, &cx) {
-            Ok(table) => {
-                for n in &table.host_names {
-                    tracing::info!(endpoint = %n.name, addresses = n.addrs.len(), "endpoint host name resolved");
+        let compiled = policy::compile::compile_str(&current.text, &cx);
+        match compiled.and_then(|table| {
+            let names: Vec<_> = table
+                .host_names
+                .iter()
+                .map(|n| (n.name.clone(), n.addrs.len()))
+                .collect();
+            self.snapshot.publish(table).map(|()| names)
+        }) {
+            Ok(names) => {
+                for (endpoint, addresses) in names {
+                    tracing::info!(%endpoint, addresses, "endpoint host name resolved");
                 }
-                self.snapshot.publish(table);
                 true
             }
             Err(errors) => {

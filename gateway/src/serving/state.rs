@@ -16,6 +16,11 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 pub use super::budget::RetryBudget;
+use crate::policy::raw::Price;
+
+/// Tokens per request a pool is assumed to use before any answer is measured.
+pub const PRIOR_INPUT_TOKENS: f64 = 500.0;
+pub const PRIOR_OUTPUT_TOKENS: f64 = 200.0;
 pub use crate::policy::compile::Ejection;
 
 /// Milliseconds on a process-wide monotonic clock.
@@ -136,7 +141,7 @@ pub struct PoolState {
     /// `start ms + 1` of up to [`TRACKED`] attempts in flight; 0 = free slot.
     started: [AtomicU64; TRACKED],
     /// Tokens per request, for per-token prices (`route::tokens`).
-    pub tokens: super::tokens::TokenAverage,
+    pub tokens: TokenAverage,
     /// Measured gateway → pool round trip (µs, EWMA of its endpoints' probes); 0 = none yet.
     rtt_us: AtomicU64,
     /// When a request was last let through as a probe (`route::probe_instead_of_shed`).
@@ -683,6 +688,55 @@ impl Fleet {
     }
 }
 
+/// A pool's moving average of input and output tokens per request (EWMA, α = 1/16),
+/// stored as f64 bits in atomics: read by every routing estimate, written once per answer.
+#[derive(Debug)]
+pub struct TokenAverage {
+    input: AtomicU64,
+    output: AtomicU64,
+}
+
+impl Default for TokenAverage {
+    fn default() -> Self {
+        TokenAverage {
+            input: AtomicU64::new(PRIOR_INPUT_TOKENS.to_bits()),
+            output: AtomicU64::new(PRIOR_OUTPUT_TOKENS.to_bits()),
+        }
+    }
+}
+
+impl TokenAverage {
+    const ALPHA: f64 = 1.0 / 16.0;
+
+    /// Fold one answer's tokens in. Lost updates under contention only slow the average.
+    pub fn record(&self, input: u64, output: u64) {
+        let fold = |cell: &AtomicU64, v: u64| {
+            let old = f64::from_bits(cell.load(Ordering::Relaxed));
+            let new = old + Self::ALPHA * (v as f64 - old);
+            cell.store(new.to_bits(), Ordering::Relaxed);
+        };
+        fold(&self.input, input);
+        fold(&self.output, output);
+    }
+
+    /// (input, output) tokens per request.
+    pub fn get(&self) -> (f64, f64) {
+        (
+            f64::from_bits(self.input.load(Ordering::Relaxed)),
+            f64::from_bits(self.output.load(Ordering::Relaxed)),
+        )
+    }
+
+    /// The expected per-token cost of one request at `price`.
+    pub fn expected_cost_usd(&self, price: &Price) -> f64 {
+        if !price.per_token() {
+            return 0.0;
+        }
+        let (i, o) = self.get();
+        i / 1000.0 * price.per_1k_input_tokens + o / 1000.0 * price.per_1k_output_tokens
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -795,5 +849,18 @@ mod tests {
         assert_eq!(e.health_result(true, 2, 2), HealthChange::None);
         assert_eq!(e.health_result(true, 2, 2), HealthChange::BecameHealthy);
         assert!(e.is_up(0));
+    }
+
+    #[test]
+    fn the_average_moves_towards_what_answers_use() {
+        let avg = TokenAverage::default();
+        for _ in 0..200 {
+            avg.record(1000, 100);
+        }
+        let (i, o) = avg.get();
+        assert!(
+            (i - 1000.0).abs() < 1.0 && (o - 100.0).abs() < 1.0,
+            "{i} {o}"
+        );
     }
 }

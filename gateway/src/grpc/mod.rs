@@ -6,54 +6,21 @@
 //! response: one HEADERS frame that ends the stream and carries `grpc-status` and the
 //! percent-encoded `grpc-message`. Which status an error becomes is decided in `error.rs`
 //! (`GatewayError::grpc_status`); this module only frames it. [`wire`] holds the few
-//! protobuf encoders the gateway (and the test mock) need; decoding lives in
-//! `classify::grpc`. Nothing here is protocol-generic: it knows only
+//! protobuf encoders the gateway needs; decoding lives in [`codec`] too. Nothing here is protocol-generic: it knows only
 //! `inference.GRPCInferenceService`.
 
-use crate::classify::grpc::Method;
+pub mod codec;
+
 use crate::policy::compile::{PoolId, RoutingTable};
-use crate::route::state::now_ms;
+use crate::serving::state::now_ms;
 use bytes::Bytes;
+pub use codec::wire;
+use codec::Method;
 use http::{HeaderMap, HeaderValue};
 use pingora::http::ResponseHeader;
 use pingora::protocols::http::HttpTask;
 use pingora::proxy::Session;
 use pingora::Result;
-
-/// The protobuf and gRPC framing encoders (enough for the service's small messages).
-pub mod wire {
-    use bytes::{BufMut, Bytes, BytesMut};
-
-    pub fn put_varint(buf: &mut Vec<u8>, mut v: u64) {
-        while v >= 0x80 {
-            buf.push((v as u8) | 0x80);
-            v >>= 7;
-        }
-        buf.push(v as u8);
-    }
-
-    /// A varint field (wire type 0): ints, enums, bools.
-    pub fn put_varint_field(buf: &mut Vec<u8>, field: u32, v: u64) {
-        put_varint(buf, u64::from(field) << 3);
-        put_varint(buf, v);
-    }
-
-    /// A length-delimited field (wire type 2): strings, bytes, nested messages.
-    pub fn put_bytes(buf: &mut Vec<u8>, field: u32, bytes: &[u8]) {
-        put_varint(buf, (u64::from(field) << 3) | 2);
-        put_varint(buf, bytes.len() as u64);
-        buf.extend_from_slice(bytes);
-    }
-
-    /// One gRPC message: not compressed, u32 big-endian length, the message.
-    pub fn frame(msg: &[u8]) -> Bytes {
-        let mut out = BytesMut::with_capacity(5 + msg.len());
-        out.put_u8(0);
-        out.put_u32(msg.len() as u32);
-        out.extend_from_slice(msg);
-        out.freeze()
-    }
-}
 
 /// `grpc-message` is percent-encoded: everything outside printable ASCII, and `%` itself.
 pub fn percent_encode(message: &str) -> String {

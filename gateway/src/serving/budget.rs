@@ -8,33 +8,15 @@
 //! healthy spell cannot save up a storm for later. Atomics only: it sits on the request path.
 
 use super::state::now_ms;
+use crate::policy::compile::BudgetSettings;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 /// Milli-tokens per token.
 const MILLI: i64 = 1000;
 
-/// Budget settings, from the policy's `upstream.retry_budget`.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct BudgetSettings {
-    /// Tokens deposited per request (0.0 ..= 1.0).
-    pub ratio: f64,
-    /// Tokens that accrue per second regardless of traffic.
-    pub min_per_second: f64,
-}
-
-impl Default for BudgetSettings {
-    fn default() -> Self {
-        BudgetSettings {
-            ratio: 0.2,
-            min_per_second: 5.0,
-        }
-    }
-}
-
-impl BudgetSettings {
-    fn cap(&self) -> i64 {
-        ((self.min_per_second * 10.0).max(10.0) * MILLI as f64) as i64
-    }
+/// The most milli-tokens the bucket holds: ten seconds of the minimum, at least ten tokens.
+fn cap(s: &BudgetSettings) -> i64 {
+    ((s.min_per_second * 10.0).max(10.0) * MILLI as f64) as i64
 }
 
 /// The shared bucket (lives in the `Fleet`, so it survives reloads).
@@ -47,7 +29,7 @@ pub struct RetryBudget {
 impl Default for RetryBudget {
     fn default() -> Self {
         RetryBudget {
-            milli_tokens: AtomicI64::new(BudgetSettings::default().cap()),
+            milli_tokens: AtomicI64::new(cap(&BudgetSettings::default())),
             last_refill_ms: AtomicU64::new(now_ms()),
         }
     }
@@ -56,7 +38,7 @@ impl Default for RetryBudget {
 impl RetryBudget {
     /// A request arrived: it earns `ratio` of a retry.
     pub fn deposit(&self, s: &BudgetSettings) {
-        self.add((s.ratio * MILLI as f64) as i64, s.cap());
+        self.add((s.ratio * MILLI as f64) as i64, cap(s));
     }
 
     /// Take one retry if the budget has it.
@@ -87,7 +69,7 @@ impl RetryBudget {
             .is_ok()
         {
             let add = ((now - last) as f64 * s.min_per_second) as i64; // ms × tokens/s = milli-tokens
-            self.add(add, s.cap());
+            self.add(add, cap(s));
         }
     }
 

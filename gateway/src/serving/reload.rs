@@ -18,8 +18,8 @@
 //! not SIGHUP, whose default action would terminate the process; [`HangupReloader`] installs
 //! the handler when its service starts and reports that in [`ReloadStatus::sighup_armed`].
 
-use super::compile::{content_version, RoutingTable};
-use super::control::ControlPlane;
+use crate::policy::compile::{content_version, RoutingTable};
+use crate::serving::control::ControlPlane;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
@@ -70,13 +70,16 @@ pub struct StartupSettings {
     /// Pingora's grace period on SIGTERM is fixed when the server is built.
     pub shutdown_grace: Duration,
     /// The access log's writer is started once.
-    pub access_log: (crate::observe::LogTarget, crate::observe::LogFormat),
+    pub access_log: (
+        crate::policy::compile::LogTarget,
+        crate::policy::compile::LogFormat,
+    ),
     /// So is the decision log's (file, rotation size).
     pub decision_log: Option<(std::path::PathBuf, u64)>,
     /// Where tenant limits are kept (`limits.backend`, Redis) and the L2 cache.
     pub shared_state: (
-        super::tenancy::LimitsBackend,
-        Option<super::tenancy::SharedCacheSettings>,
+        crate::policy::tenancy::LimitsBackend,
+        Option<crate::policy::tenancy::SharedCacheSettings>,
     ),
     /// `listeners.tls.listen` and whether the plain listener runs (the certificate itself
     /// reloads: `tls`).
@@ -408,9 +411,12 @@ mod tests {
             threads: None,
             cache_size: (1024, None),
             shutdown_grace: Duration::from_secs(5),
-            access_log: (crate::observe::LogTarget::Default, Default::default()),
+            access_log: (
+                crate::policy::compile::LogTarget::Default,
+                Default::default(),
+            ),
             decision_log: None,
-            shared_state: (super::super::tenancy::LimitsBackend::Local, None),
+            shared_state: (crate::policy::tenancy::LimitsBackend::Local, None),
             tls_listener: (None, true),
         };
         assert!(a.restart_required(&a.clone()).is_empty());
