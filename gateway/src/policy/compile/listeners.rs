@@ -34,14 +34,14 @@ pub(super) fn compile(p: &mut Problems, listeners: &raw::Listeners, file: &Path)
     let proxy = socket_field(p, &listeners.proxy, "listeners.proxy");
     let admin = socket_field(p, &listeners.admin, "listeners.admin");
     let admin_token = compile_admin_token(p, listeners, admin);
-    let tls = listeners.tls.as_ref().and_then(|node| {
+    let tls = listeners.tls.as_ref().map(|node| {
         let t = &node.value;
         let listen = socket_field(p, &t.listen, "listeners.tls.listen");
-        Some(TlsListener {
+        TlsListener {
             listen,
             cert: FileRef::beside(file, &t.cert.value, &t.cert.referenced),
             key: FileRef::beside(file, &t.key.value, &t.key.referenced),
-        })
+        }
     });
     let plain = listeners.tls.is_none() || listeners.proxy.referenced != Location::UNKNOWN;
     Listeners {
