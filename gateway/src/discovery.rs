@@ -20,12 +20,12 @@ use crate::classify;
 use crate::error::GatewayError;
 use crate::policy::compile::{PoolId, RoutingTable, TierId};
 use crate::policy::raw::Protocol;
+use crate::reply::Reply;
 use crate::serving::state::now_ms;
 use crate::serving::Serving;
 use bytes::Bytes;
 use http::{HeaderMap, Method};
-use pingora::http::ResponseHeader;
-use pingora::proxy::Session;
+use pingora::http::RequestHeader;
 use std::borrow::Cow;
 use std::collections::BTreeSet;
 
@@ -72,13 +72,10 @@ pub fn endpoint<'a>(path: &'a str, table: &RoutingTable) -> Option<Endpoint<'a>>
     }
 }
 
-/// Answer the request if it is one of the gateway's own endpoints. `Ok(None)`: it is not,
-/// carry on routing. Otherwise the response has been written and its status is returned.
-pub async fn serve(session: &mut Session, table: &Serving) -> pingora::Result<Option<u16>> {
-    let header = session.req_header();
-    let Some(endpoint) = endpoint(header.uri.path(), table) else {
-        return Ok(None);
-    };
+/// The answer if the request is one of the gateway's own endpoints; `None`: it is not,
+/// carry on routing.
+pub fn reply(header: &RequestHeader, table: &Serving) -> Option<Reply> {
+    let endpoint = endpoint(header.uri.path(), table)?;
     let head = header.method == Method::HEAD;
     let answer = if head || header.method == Method::GET {
         answer(&endpoint, header.uri.path(), &header.headers, table)
@@ -89,19 +86,17 @@ pub async fn serve(session: &mut Session, table: &Serving) -> pingora::Result<Op
         Ok(a) => (a.status, Bytes::from(a.body.to_string()), a.tier),
         Err(e) => (e.status(), e.body(), None),
     };
-    let mut resp = ResponseHeader::build(status, Some(5))?;
-    resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
-    resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
-    resp.insert_header("x-switchyard-policy-version", table.version_header.clone())?;
+    let mut reply = Reply::json(status, body).with(POLICY_VERSION, table.version_header.clone());
     if let Some(t) = tier {
-        resp.insert_header("x-switchyard-tier", table.tiers[t as usize].header.clone())?;
+        reply = reply.with(TIER, table.tiers[t as usize].header.clone());
     }
-    session.write_response_header(Box::new(resp), head).await?;
-    if !head {
-        session.write_response_body(Some(body), true).await?;
-    }
-    Ok(Some(status))
+    reply.head = head;
+    Some(reply)
 }
+
+const POLICY_VERSION: http::HeaderName =
+    http::HeaderName::from_static("x-switchyard-policy-version");
+const TIER: http::HeaderName = http::HeaderName::from_static("x-switchyard-tier");
 
 /// A successful answer: status, JSON body, and the tier it was computed for.
 struct Answer {

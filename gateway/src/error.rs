@@ -28,6 +28,12 @@ pub enum GatewayError {
         "every pool that can serve tier `{tier}` is at its concurrency limit; try again shortly"
     )]
     Overloaded { tier: String },
+    /// The request bodies the gateway holds in memory (`limits.max_buffered_bytes`) leave no
+    /// room for this one: a refusal of the gateway's, not of a pool.
+    #[error(
+        "the gateway's memory for request bodies is full (limits.max_buffered_bytes = {limit} bytes); try again shortly"
+    )]
+    BodyMemoryFull { limit: u64 },
     #[error("upstream did not answer within {0} ms")]
     UpstreamTimeout(u128),
     #[error("no upstream could be reached: {0}")]
@@ -88,6 +94,7 @@ impl GatewayError {
             GatewayError::Shed { .. }
             | GatewayError::NoCandidate { .. }
             | GatewayError::Overloaded { .. }
+            | GatewayError::BodyMemoryFull { .. }
             | GatewayError::UpstreamUnavailable(_) => 503,
             GatewayError::UpstreamTimeout(_) => 504,
             GatewayError::UpstreamFailed(_) | GatewayError::UpstreamTls(_) => 502,
@@ -113,7 +120,7 @@ impl GatewayError {
             GatewayError::BadRequest(_) | GatewayError::BodyRead(_) => "invalid_request",
             GatewayError::Shed { .. } => "slo_unattainable",
             GatewayError::NoCandidate { .. } => "no_capacity",
-            GatewayError::Overloaded { .. } => "overloaded",
+            GatewayError::Overloaded { .. } | GatewayError::BodyMemoryFull { .. } => "overloaded",
             GatewayError::UpstreamTimeout(_) => "upstream_timeout",
             GatewayError::UpstreamUnavailable(_) => "upstream_unavailable",
             GatewayError::UpstreamFailed(_) => "upstream_failed",
@@ -136,7 +143,7 @@ impl GatewayError {
         match self {
             GatewayError::Shed { .. } => Some(1),
             GatewayError::NoCandidate { .. } => Some(5),
-            GatewayError::Overloaded { .. } => Some(1),
+            GatewayError::Overloaded { .. } | GatewayError::BodyMemoryFull { .. } => Some(1),
             GatewayError::UpstreamUnavailable(_) => Some(5),
             GatewayError::QueueFull { .. } => Some(30),
             GatewayError::QueueUnavailable(_) => Some(5),
@@ -174,6 +181,7 @@ impl GatewayError {
             | GatewayError::JobNotFound => NOT_FOUND,
             GatewayError::Shed { .. }
             | GatewayError::Overloaded { .. }
+            | GatewayError::BodyMemoryFull { .. }
             | GatewayError::UpstreamUnavailable(_)
             | GatewayError::UpstreamFailed(_)
             | GatewayError::UpstreamTls(_)

@@ -5,14 +5,13 @@
 //! and report why, but it holds nothing the request path needs beyond the snapshot.
 
 use crate::admin::{AdminApp, ControlPlane};
+use crate::pipeline::Gateway;
 use crate::policy::{self, RoutingTable};
-use crate::proxy::Gateway;
 use crate::serving::reload::{HangupReloader, PolicyWatcher};
 use crate::serving::resources::ServingCert;
 use crate::serving::state::Fleet;
 use crate::telemetry;
 use async_trait::async_trait;
-use pingora::apps::HttpServerOptions;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
@@ -21,10 +20,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// Idle upstream connections kept per process, by Pingora's proxy and by the gateway's own
-/// sender (`proxy::buffered`) alike.
-pub(crate) const UPSTREAM_KEEPALIVE_POOL: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -125,7 +120,7 @@ pub fn build(table: RoutingTable, fleet: Arc<Fleet>, opts: Options) -> Result<Bu
         threads,
         grace_period_seconds: Some(grace),
         graceful_shutdown_timeout_seconds: Some(5),
-        upstream_keepalive_pool_size: UPSTREAM_KEEPALIVE_POOL,
+        upstream_keepalive_pool_size: crate::upstream::connect::KEEPALIVE_POOL,
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
@@ -178,16 +173,7 @@ pub fn build(table: RoutingTable, fleet: Arc<Fleet>, opts: Options) -> Result<Bu
         .with_decision_log(decision_log)
         .with_limiter(limiter.clone());
     let bodies = gateway.body_budget();
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        gateway,
-        "switchyard proxy",
-    );
-    let mut options = HttpServerOptions::default();
-    options.h2c = true;
-    if let Some(logic) = proxy.app_logic_mut() {
-        logic.server_options = Some(options);
-    }
+    let mut proxy = Service::new("switchyard proxy".to_string(), gateway);
     if plain {
         proxy.add_tcp(&proxy_addr.to_string());
     }

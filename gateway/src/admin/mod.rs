@@ -40,7 +40,7 @@ pub struct AdminApp {
     /// The prediction cache, for purges and its gauges.
     pub cache: Option<Arc<crate::cache::Cache>>,
     /// The proxy's request-body budget, for its gauge.
-    pub bodies: Option<Arc<crate::proxy::BodyBudget>>,
+    pub bodies: Option<Arc<crate::pipeline::body::BodyBudget>>,
     /// Whether the proxy listener is this process's (`/readyz`).
     pub readiness: Arc<ready::Readiness>,
     /// Tenant limit state, for `/admin/tenants` and the spend gauges.

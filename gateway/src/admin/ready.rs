@@ -15,30 +15,16 @@
 //!   gateway, another program — is `503 not ready`. Once confirmed, the answer is kept: the
 //!   listener does not change while the process lives.
 //!
-//! The proxy answers [`PATH`] before anything else (`proxy::request_filter`); it reveals
-//! nothing but a random id.
+//! The proxy answers [`PATH`] before anything else (`pipeline::ready`); it reveals nothing
+//! but a random id.
 
+pub use crate::pipeline::ready::{instance, PATH};
 use crate::queue::http::Outgoing;
 use crate::serving::resources::ServingCert;
-use bytes::Bytes;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
-
-/// The path on the proxy listener that answers the instance id.
-pub const PATH: &str = "/.well-known/switchyard/instance";
-
-/// This process's instance id: 32 hex digits, random at start.
-pub fn instance() -> &'static str {
-    static ID: OnceLock<String> = OnceLock::new();
-    ID.get_or_init(|| format!("{:032x}", fastrand::u128(..)))
-}
-
-/// The proxy's answer at [`PATH`].
-pub fn body() -> Bytes {
-    Bytes::from_static(instance().as_bytes())
-}
 
 /// Whether the process listening on the proxy address is this one.
 pub struct Readiness {
@@ -107,18 +93,6 @@ impl Readiness {
     pub fn proxy(&self) -> SocketAddr {
         self.proxy
     }
-}
-
-/// Answer [`PATH`] on the proxy listener. Returns the status written.
-pub async fn answer(session: &mut pingora::proxy::Session) -> pingora::Result<u16> {
-    let body = body();
-    let mut resp = pingora::http::ResponseHeader::build(200, Some(3))?;
-    resp.insert_header(http::header::CONTENT_TYPE, "text/plain")?;
-    resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
-    resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
-    session.write_response_header(Box::new(resp), false).await?;
-    session.write_response_body(Some(body), true).await?;
-    Ok(200)
 }
 
 /// Whether the TLS listener at `addr` is this process: a TLS handshake that must present

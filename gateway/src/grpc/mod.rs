@@ -1,13 +1,11 @@
-//! gRPC responses the gateway writes itself: status responses (its errors, as gRPC clients
-//! expect them), the server health methods it answers without a pool, and the trailers of
-//! an answer served from the prediction cache.
+//! The gRPC protocol as the gateway speaks it (`inference.GRPCInferenceService` only): the
+//! wire format ([`codec`]), the server health methods it answers without a pool, the
+//! trailers of a successful call, and how a backend's `grpc-status` counts.
 //!
 //! A gRPC error is HTTP 200 with `content-type: application/grpc` and a *trailers-only*
 //! response: one HEADERS frame that ends the stream and carries `grpc-status` and the
-//! percent-encoded `grpc-message`. Which status an error becomes is decided in `error.rs`
-//! (`GatewayError::grpc_status`); this module only frames it. [`wire`] holds the few
-//! protobuf encoders the gateway needs; decoding lives in [`codec`] too. Nothing here is protocol-generic: it knows only
-//! `inference.GRPCInferenceService`.
+//! percent-encoded `grpc-message` (`reply::Reply::grpc_status`). Which status an error
+//! becomes is decided in `error.rs` (`GatewayError::grpc_status`).
 
 pub mod codec;
 
@@ -17,43 +15,11 @@ use bytes::Bytes;
 pub use codec::wire;
 use codec::Method;
 use http::{HeaderMap, HeaderValue};
-use pingora::http::ResponseHeader;
-use pingora::protocols::http::HttpTask;
-use pingora::proxy::Session;
-use pingora::Result;
 
 /// `grpc-message` is percent-encoded: everything outside printable ASCII, and `%` itself.
 pub fn percent_encode(message: &str) -> String {
-    use std::fmt::Write as _;
-    let mut out = String::with_capacity(message.len());
-    for &b in message.as_bytes() {
-        if (0x20..=0x7e).contains(&b) && b != b'%' {
-            out.push(b as char);
-        } else {
-            let _ = write!(out, "%{b:02X}");
-        }
-    }
-    out
-}
-
-/// The header of a trailers-only status response (HTTP 200, `application/grpc`,
-/// `grpc-status`, `grpc-message`); the caller adds its own metadata.
-pub fn status_header(code: u32, message: &str) -> Result<ResponseHeader> {
-    let mut resp = ResponseHeader::build(200, Some(8))?;
-    resp.insert_header(http::header::CONTENT_TYPE, "application/grpc")?;
-    resp.insert_header("grpc-status", code.to_string())?;
-    if !message.is_empty() {
-        resp.insert_header("grpc-message", percent_encode(message))?;
-    }
-    Ok(resp)
-}
-
-/// Write a status response built by [`status_header`]: one HEADERS frame ending the stream.
-pub async fn write_status(session: &mut Session, resp: ResponseHeader) -> Result<()> {
-    session
-        .write_response_tasks(vec![HttpTask::Header(Box::new(resp), true)])
-        .await?;
-    Ok(())
+    const ENCODED: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b'%');
+    percent_encoding::utf8_percent_encode(message, ENCODED).to_string()
 }
 
 /// The trailers of a successful call.
@@ -61,25 +27,6 @@ pub fn ok_trailers() -> HeaderMap {
     let mut t = HeaderMap::with_capacity(1);
     t.insert("grpc-status", HeaderValue::from_static("0"));
     t
-}
-
-/// Write a successful unary answer: `header` (status 200, the caller's metadata), the body
-/// (already framed) and `grpc-status: 0` trailers.
-pub async fn write_ok(
-    session: &mut Session,
-    mut header: ResponseHeader,
-    body: Bytes,
-) -> Result<()> {
-    header.insert_header(http::header::CONTENT_TYPE, "application/grpc")?;
-    header.remove_header(&http::header::CONTENT_LENGTH);
-    session
-        .write_response_tasks(vec![
-            HttpTask::Header(Box::new(header), false),
-            HttpTask::Body(Some(body), false),
-            HttpTask::Trailer(Some(Box::new(ok_trailers()))),
-        ])
-        .await?;
-    Ok(())
 }
 
 /// The body answering a server method (`ServerLive`, `ServerReady`, `ServerMetadata`), or

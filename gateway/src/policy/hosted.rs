@@ -6,8 +6,11 @@
 //! - **Credentials are never shown.** Header values are kept as [`Redacted`] (printed `***`)
 //!   and marked sensitive on the wire side; the admin API, `check`, `explain` and errors only
 //!   ever see the header names.
-//! - **A tenant's key does not leak to a third party.** A pool that sets `authorization`
-//!   gets neither the client's `Authorization` nor its `x-api-key`.
+//! - **A client's credential does not leak to a third party.** A pool that injects any
+//!   credential (a [`CLIENT_CREDENTIALS`] header, or any header whose value comes from the
+//!   environment) gets none of the client's credential headers; and a tenant key the gateway
+//!   consumed never leaves, whichever header it came in (`upstream::request`). `check`
+//!   warns about an `https://` pool that would forward clients' credentials.
 //!
 //! Everything here is built at load so the request path only copies prepared values. The
 //! certificate files are named here and loaded when the table is published
@@ -22,6 +25,16 @@ use serde_saphyr::{Location, Spanned};
 use std::path::Path;
 use std::sync::Arc;
 
+/// The request headers that carry a caller's credential (OpenAI's `Authorization: Bearer`,
+/// Anthropic's and others' `x-api-key`, Azure OpenAI's `api-key`, and a proxy's): never
+/// forwarded to a pool that brings its own, nor after the gateway consumed a tenant key.
+pub const CLIENT_CREDENTIALS: [HeaderName; 4] = [
+    http::header::AUTHORIZATION,
+    http::header::PROXY_AUTHORIZATION,
+    HeaderName::from_static("x-api-key"),
+    HeaderName::from_static("api-key"),
+];
+
 /// A pool's compiled edge settings (all empty for a plain in-house pool).
 #[derive(Default)]
 pub struct Hosted {
@@ -31,8 +44,9 @@ pub struct Hosted {
     pub host: Option<HeaderValue>,
     /// Prepended to the upstream path.
     pub path_prefix: Option<String>,
-    /// The pool injects its own `authorization`: the client's credentials are dropped.
-    pub strips_client_credentials: bool,
+    /// The pool injects a credential of its own: none of the client's
+    /// [`CLIENT_CREDENTIALS`] are forwarded to it.
+    pub injects_credential: bool,
     /// TLS to the pool's `https://` endpoints.
     pub tls: Arc<UpstreamTls>,
 }
@@ -123,8 +137,10 @@ pub fn compile(
             Ok(secret) => match HeaderValue::from_str(secret.expose()) {
                 Ok(mut wire) => {
                     wire.set_sensitive(true);
-                    if header == http::header::AUTHORIZATION {
-                        hosted.strips_client_credentials = true;
+                    // A named credential header, or any value taken from the environment
+                    // (`${VAR}`: a secret), makes the pool bring its own credential.
+                    if CLIENT_CREDENTIALS.contains(&header) || value.value.contains("${") {
+                        hosted.injects_credential = true;
                     }
                     hosted.headers.push((header, secret, wire));
                 }

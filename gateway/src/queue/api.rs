@@ -17,11 +17,12 @@ use crate::classify::{self, Class};
 use crate::error::GatewayError;
 use crate::policy::compile::RoutingTable;
 use crate::policy::raw::PoolKind;
+use crate::reply::Reply;
 use crate::route::{Decision, Reason};
 use crate::telemetry as t;
 use bytes::Bytes;
-use pingora::http::ResponseHeader;
-use pingora::proxy::Session;
+use http::HeaderName;
+use pingora::http::RequestHeader;
 use sha2::{Digest, Sha256};
 
 /// Request headers stored with a job and replayed to the pool. Credentials are never
@@ -66,13 +67,13 @@ pub fn scope(headers: &http::HeaderMap, table: &RoutingTable) -> String {
 /// Store the request as a job and answer `202 Accepted`. The job is durable before the
 /// answer is written. Returns the status written.
 pub async fn enqueue(
-    session: &mut Session,
+    header: &RequestHeader,
     queue: &Queue,
     table: &RoutingTable,
     class: &Class,
     decision: &Decision,
     body: Bytes,
-) -> Result<u16, GatewayError> {
+) -> Result<Reply, GatewayError> {
     let settings = table
         .queue
         .as_ref()
@@ -83,7 +84,6 @@ pub async fn enqueue(
         ));
     };
     let pool = &table.pools[pool_id as usize];
-    let header = session.req_header();
 
     let callback_url = match header.headers.get("x-switchyard-callback-url") {
         None => None,
@@ -196,78 +196,66 @@ pub async fn enqueue(
         "status": job.status.as_str(),
     })
     .to_string();
-    let write = async {
-        let mut resp = ResponseHeader::build(202, Some(10))?;
-        resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
-        resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
-        resp.insert_header(http::header::LOCATION, status_url.as_str())?;
-        resp.insert_header("x-switchyard-job-id", job.id.as_str())?;
-        resp.insert_header("x-switchyard-pool", pool.name.as_str())?;
-        resp.insert_header("x-switchyard-tier", tier.name.as_str())?;
-        if class.tier_source == crate::classify::TierSource::Budget {
-            resp.insert_header("x-switchyard-budget", "downgraded")?;
-        }
-        resp.insert_header("x-switchyard-policy-version", table.version.as_str())?;
-        resp.insert_header(
-            "x-switchyard-decision",
+    let mut reply = Reply::json(202, Bytes::from(body))
+        .with(http::header::LOCATION, status_url.as_str())
+        .with(JOB_ID, job.id.as_str())
+        .with(POOL, pool.name.as_str())
+        .with(TIER, tier.name.as_str())
+        .with(POLICY_VERSION, table.version.as_str())
+        .with(
+            DECISION,
             format!("queued; {}; pool={}", decision.reason.as_str(), pool.name),
-        )?;
-        if replayed {
-            resp.insert_header("idempotent-replayed", "true")?;
-        }
-        session.write_response_header(Box::new(resp), false).await?;
-        session
-            .write_response_body(Some(Bytes::from(body)), true)
-            .await?;
-        Ok::<(), Box<pingora::Error>>(())
-    };
-    if let Err(e) = write.await {
-        // The job is stored either way; the client can retry with its idempotency key.
-        tracing::debug!(error = %e, job = %job.id, "could not write the 202");
+        );
+    if class.tier_source == crate::classify::TierSource::Budget {
+        reply = reply.with(BUDGET, "downgraded");
     }
-    Ok(202)
+    if replayed {
+        reply = reply.with(REPLAYED, "true");
+    }
+    // The job is stored before the answer is written: a client that does not get it can
+    // retry with its idempotency key.
+    Ok(reply)
 }
 
-/// Serve the jobs API if the path is under `/v1/jobs/`. `Ok(None)`: not a jobs request.
-/// Otherwise the response has been written and its status is returned.
-pub async fn serve(
-    session: &mut Session,
-    queue: &Queue,
-    table: &RoutingTable,
-) -> pingora::Result<Option<u16>> {
-    let path = session.req_header().uri.path();
-    let Some(rest) = path.strip_prefix("/v1/jobs/") else {
-        return Ok(None);
-    };
+const JOB_ID: HeaderName = HeaderName::from_static("x-switchyard-job-id");
+const JOB_STATUS: HeaderName = HeaderName::from_static("x-switchyard-job-status");
+const POOL: HeaderName = HeaderName::from_static("x-switchyard-pool");
+const TIER: HeaderName = HeaderName::from_static("x-switchyard-tier");
+const BUDGET: HeaderName = HeaderName::from_static("x-switchyard-budget");
+const POLICY_VERSION: HeaderName = HeaderName::from_static("x-switchyard-policy-version");
+const DECISION: HeaderName = HeaderName::from_static("x-switchyard-decision");
+const REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+
+/// The jobs API's answer if the path is under `/v1/jobs/`; `None`: not a jobs request.
+pub async fn reply(header: &RequestHeader, queue: &Queue, table: &RoutingTable) -> Option<Reply> {
+    let rest = header.uri.path().strip_prefix("/v1/jobs/")?;
     let (id, result_only) = match rest.strip_suffix("/result") {
-        Some(id) => (id.to_string(), true),
-        None => (rest.to_string(), false),
+        Some(id) => (id, true),
+        None => (rest, false),
     };
-    let outcome = answer(session, queue, table, &id, result_only).await;
-    let (status, content_type, body, extra) = match outcome {
-        Ok(ok) => ok,
-        Err(e) => (
-            e.status(),
-            "application/json".to_string(),
-            e.body(),
-            e.retry_after().map(|s| ("retry-after", s.to_string())),
-        ),
-    };
-    let mut resp = ResponseHeader::build(status, Some(4))?;
-    resp.insert_header(http::header::CONTENT_TYPE, content_type)?;
-    resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
-    if let Some((k, v)) = extra {
-        resp.insert_header(k, v)?;
-    }
-    session.write_response_header(Box::new(resp), false).await?;
-    session.write_response_body(Some(body), true).await?;
-    Ok(Some(status))
+    Some(match answer(header, queue, table, id, result_only).await {
+        Ok((status, content_type, body, job_status)) => {
+            let mut reply = Reply::json(status, body).with(JOB_STATUS, job_status);
+            if let Ok(v) = http::HeaderValue::from_str(&content_type) {
+                reply.headers.insert(http::header::CONTENT_TYPE, v);
+            }
+            reply
+        }
+        Err(e) => {
+            let mut reply = Reply::json(e.status(), e.body());
+            if let Some(secs) = e.retry_after() {
+                reply = reply.with(http::header::RETRY_AFTER, secs);
+            }
+            reply
+        }
+    })
 }
 
-type Answer = (u16, String, Bytes, Option<(&'static str, String)>);
+/// Status, content type, body and the job's status.
+type Answer = (u16, String, Bytes, &'static str);
 
 async fn answer(
-    session: &mut Session,
+    header: &RequestHeader,
     queue: &Queue,
     table: &RoutingTable,
     id: &str,
@@ -278,7 +266,6 @@ async fn answer(
     if !valid {
         return Err(GatewayError::JobNotFound);
     }
-    let header = session.req_header();
     let scope = scope(&header.headers, table);
     let unavailable = |e: QueueError| GatewayError::QueueUnavailable(e.to_string());
     let json = |job: &Job| {
@@ -286,7 +273,7 @@ async fn answer(
             200,
             "application/json".to_string(),
             Bytes::from(job.view().to_string()),
-            Some(("x-switchyard-job-status", job.status.as_str().to_string())),
+            job.status.as_str(),
         )
     };
     match (&header.method, result_only) {
@@ -302,7 +289,7 @@ async fn answer(
                         .clone()
                         .unwrap_or_else(|| "application/octet-stream".into()),
                     job.result_body.clone(),
-                    Some(("x-switchyard-job-status", job.status.as_str().to_string())),
+                    job.status.as_str(),
                 )),
                 None => Err(GatewayError::JobNotFinished(job.status.as_str())),
             },

@@ -15,8 +15,6 @@
 //! The listen address itself is fixed at start-up (a change is reported as needing a
 //! restart, like the other listeners). TLS towards pools lives in [`upstream`].
 
-pub mod upstream;
-
 use crate::serving::reload::Fingerprint;
 use crate::serving::resources::ServingCert;
 use crate::serving::Snapshot;

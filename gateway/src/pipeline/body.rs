@@ -10,15 +10,14 @@
 //! [`INSPECT_LIMIT`] are always admitted (they are counted, never refused), so small
 //! requests keep flowing while large uploads wait their turn.
 //!
-//! What happens next depends on the size: up to [`INSPECT_LIMIT`] Pingora keeps a copy in
-//! its retry buffer and its own proxy loop sends (and re-sends) it; above it Pingora cannot
-//! replay the body (its retry buffer stops at 64 KiB), so `proxy::buffered` sends it.
+//! The whole body then goes upstream by reference (`upstream`), re-sent as it is on every
+//! attempt: a failover replays it whatever its size.
 
 use crate::error::GatewayError;
 use crate::policy::compile::INSPECT_LIMIT;
 use bytes::{Bytes, BytesMut};
 use pingora::http::ResponseHeader;
-use pingora::proxy::Session;
+use pingora::protocols::http::ServerSession as Session;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -93,8 +92,6 @@ pub struct BodyLimits<'a> {
     pub budget: &'a Arc<BodyBudget>,
     /// `limits.max_buffered_bytes`.
     pub max_buffered: u64,
-    /// Tier name for the 503 (`overloaded`) message.
-    pub tier: &'a str,
 }
 
 /// Read the whole request body within `limits`, taking its bytes from the budget into
@@ -122,11 +119,11 @@ pub async fn read(
             });
         }
     }
-    if declared == Some(0) || (declared.is_none() && session.as_mut().is_body_empty()) {
+    if declared == Some(0) || (declared.is_none() && session.is_body_empty()) {
         return Ok(Bytes::new());
     }
-    let overloaded = || GatewayError::Overloaded {
-        tier: limits.tier.to_string(),
+    let overloaded = || GatewayError::BodyMemoryFull {
+        limit: limits.max_buffered,
     };
     // A declared length is taken from the budget at once, so that a client is refused
     // before it uploads; a chunked (or h2) body is taken as it arrives.
@@ -141,13 +138,12 @@ pub async fn read(
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     // Pingora turns keep-alive off when an answer (even this `100`) is written before the
     // body is read; it is set back once the body is whole.
-    let keepalive = expects_continue.then(|| session.as_ref().get_keepalive());
+    let keepalive = expects_continue.then(|| session.get_keepalive());
     if expects_continue {
-        if !session.as_ref().is_http2() {
+        if !session.is_http2() {
             let go_on = ResponseHeader::build(100, Some(0))
                 .map_err(|e| GatewayError::Internal(e.to_string()))?;
             session
-                .as_mut()
                 .write_response_header(Box::new(go_on))
                 .await
                 .map_err(|e| GatewayError::BodyRead(e.to_string()))?;
@@ -156,9 +152,6 @@ pub async fn read(
             .req_header_mut()
             .remove_header(&http::header::EXPECT);
     }
-    // Pingora keeps a copy of the first 64 KiB and re-sends it on a retry: for a small
-    // body that is the whole of it, and Pingora's own proxy loop can send it.
-    session.as_mut().enable_retry_buffering();
     // A body that arrives in one piece (most small ones) is kept as Pingora handed it over:
     // no buffer to allocate and nothing to copy. Only a second piece starts one.
     let mut first: Option<Bytes> = None;
@@ -197,7 +190,7 @@ pub async fn read(
         }
     }
     if let Some(keepalive) = keepalive {
-        session.as_mut().set_keepalive(keepalive);
+        session.set_keepalive(keepalive);
     }
     Ok(match (buf, first) {
         (Some(buf), _) => buf.freeze(),

@@ -1,0 +1,608 @@
+//! The request path, top to bottom. [`serve`] calls the stages in order:
+//!
+//! ```text
+//! own endpoints (readiness id, discovery and health, jobs API, gRPC server methods)
+//!   → route match → body → classify → admit → cache → decide
+//!   → answer from the cache | enqueue (202) | send upstream and relay the answer
+//!   → record (metrics, status page, billing, access log, decision log)
+//! ```
+//!
+//! Each stage is a function of the request and the one snapshot it loaded at its start
+//! (`classify`, `admit`, `cache`, `route`, `queue`, `upstream`); a refusal anywhere is one
+//! `GatewayError`, answered in one place ([`answer::error`]). Only [`answer`] writes to the
+//! client. Whatever happened, [`record::finish`] turns the request's state into its one
+//! record.
+//!
+//! The pipeline runs on pingora-core's server: [`Gateway`] is an `HttpServerApp`, which owns
+//! the session (read the request, stream the answer, hand the connection back for
+//! keep-alive) without pingora-proxy's `ProxyHttp` machinery (its per-request future box, its
+//! request and header bookkeeping), which the gateway no longer used once the upstream
+//! attempt was its own (`upstream`). `docs/performance.md` has both figures.
+
+mod answer;
+pub mod body;
+pub mod ready;
+mod record;
+
+use crate::admit::{self, Limiter, Ticket};
+use crate::cache::{Cache, CacheCtx, Lookup};
+use crate::classify::{self, Class, RequestFacts};
+use crate::error::GatewayError;
+use crate::grpc::codec::Method;
+use crate::observe::decision::DecisionLog;
+use crate::observe::AccessLog;
+use crate::policy::raw::Protocol;
+use crate::queue::{self, Queue};
+use crate::route::{self, tokens::Meter, Decision, Reason};
+use crate::serving::state::now_ms;
+use crate::serving::{Serving, Snapshot};
+use crate::upstream::{self, request::Prepared, Outbound, Trail};
+use async_trait::async_trait;
+use body::{BodyBudget, BodyLimits, BodyPermit};
+use bytes::Bytes;
+use http::HeaderMap;
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, HttpServerOptions, ReusedHttpStream};
+use pingora::http::ResponseHeader;
+use pingora::protocols::http::ServerSession;
+use pingora::server::ShutdownWatch;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Status recorded for a request whose client closed the connection before it was answered
+/// (nginx's convention; never sent, only counted and logged).
+pub const CLIENT_CLOSED: u16 = 499;
+
+/// The gateway's proxy service.
+pub struct Gateway {
+    snapshot: Snapshot,
+    /// The batch queue, when the policy has one at start-up.
+    queue: Option<Arc<Queue>>,
+    /// The prediction cache (built once, survives reloads).
+    cache: Option<Arc<Cache>>,
+    /// Request-body bytes held by all requests in flight.
+    bodies: Arc<BodyBudget>,
+    /// The access log's queue to its writer thread (`None`: off).
+    access: Option<AccessLog>,
+    /// The decision log's queue to its writer thread (`None`: off).
+    decisions: Option<DecisionLog>,
+    /// Live tenant limit state (rate, concurrency, spend), beside the snapshot.
+    limiter: Arc<Limiter>,
+    /// h2c on the plain listener (prior knowledge), as gRPC clients need.
+    options: HttpServerOptions,
+}
+
+impl Gateway {
+    pub fn new(snapshot: Snapshot) -> Self {
+        // The upstream connector loads the system's CA certificates when it is built: built
+        // here, so that no request (and no endpoint's latency estimate) pays for it.
+        upstream::connect::connector();
+        let mut options = HttpServerOptions::default();
+        options.h2c = true;
+        Gateway {
+            snapshot,
+            queue: None,
+            cache: None,
+            bodies: BodyBudget::new(),
+            access: None,
+            decisions: None,
+            limiter: Limiter::local(),
+            options,
+        }
+    }
+
+    /// Write one access log line per request to `log` (off the request path).
+    pub fn with_access_log(mut self, log: Option<AccessLog>) -> Self {
+        self.access = log;
+        self
+    }
+
+    /// Write one decision log line per request to `log` (off the request path).
+    pub fn with_decision_log(mut self, log: Option<DecisionLog>) -> Self {
+        self.decisions = log;
+        self
+    }
+
+    /// Enforce tenant limits with `limiter` (shared through Redis when it has a backend).
+    pub fn with_limiter(mut self, limiter: Arc<Limiter>) -> Self {
+        self.limiter = limiter;
+        self
+    }
+
+    /// The request-body budget (the admin listener exports how much of it is held).
+    pub fn body_budget(&self) -> Arc<BodyBudget> {
+        self.bodies.clone()
+    }
+
+    /// Answer repeat predictions from `cache` and store new ones in it.
+    pub fn with_cache(mut self, cache: Option<Arc<Cache>>) -> Self {
+        self.cache = cache;
+        self
+    }
+
+    /// Accept queued work into `queue` and serve the jobs API from it.
+    pub fn with_queue(mut self, queue: Option<Arc<Queue>>) -> Self {
+        self.queue = queue;
+        self
+    }
+}
+
+#[async_trait]
+impl HttpServerApp for Gateway {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        // A keep-alive connection waiting for its next request is closed at shutdown.
+        let mut stopping = shutdown.clone();
+        if *stopping.borrow() {
+            session.set_keepalive(None);
+        }
+        let read = tokio::select! {
+            biased;
+            read = session.read_request() => read,
+            _ = stopping.changed() => return None,
+        };
+        match read {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(e) => {
+                // A request the HTTP parser refuses: 400 with a JSON body, then close.
+                if matches!(e.etype(), pingora::ErrorType::InvalidHTTPHeader) {
+                    let err = GatewayError::BodyRead(format!("malformed request: {e}"));
+                    let reply = answer::error_reply(&err, false, &self.snapshot.load());
+                    let reply = reply.with(http::header::CONNECTION, "close");
+                    session.set_keepalive(None);
+                    let _ = answer::reply(&mut session, reply, |_| {}).await;
+                }
+                session.shutdown().await;
+                return None;
+            }
+        }
+        if *shutdown.borrow() {
+            session.set_keepalive(None);
+        }
+        // Boxed: the pipeline's future is large and this one is moved into Pingora's box per
+        // request; a pointer keeps that move small.
+        let reusable = Box::pin(serve(self, &mut session)).await;
+        if !reusable {
+            session.shutdown().await;
+            return None;
+        }
+        let settings = HttpPersistentSettings::for_session(&session);
+        session
+            .finish()
+            .await
+            .ok()
+            .flatten()
+            .map(|s| ReusedHttpStream::from_reusable_stream(s, settings))
+    }
+
+    fn server_options(&self) -> Option<&HttpServerOptions> {
+        Some(&self.options)
+    }
+}
+
+/// What every request has, from its start to its record, and what it became.
+pub(crate) struct Request {
+    pub start: Instant,
+    /// The one snapshot the request reads: a reload mid-request never changes its rules.
+    pub table: Arc<Serving>,
+    /// `content-type: application/grpc*`: errors are gRPC statuses.
+    pub grpc: bool,
+    pub class: Option<Class>,
+    pub decision: Option<Decision>,
+    /// The upstream attempts, when it went upstream.
+    pub trail: Option<Trail>,
+    /// What the prediction cache did, and a response being captured for it.
+    pub cache: CacheCtx,
+    /// The request body's bytes in the gateway's body budget (given back on drop).
+    pub permit: Option<BodyPermit>,
+    /// The tenant's hold on its limits (concurrency slot given back on drop).
+    pub ticket: Option<Ticket>,
+    /// The answer's token usage, for pools priced per token (`route::tokens`).
+    pub tokens: Option<Meter>,
+    /// How it was answered.
+    pub answered: Answered,
+    /// The status it counts as (a gRPC error's HTTP equivalent; 499 for a client gone).
+    pub status: u16,
+    /// Why it failed, for the access log.
+    pub error: Option<String>,
+}
+
+/// How a request was answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Answered {
+    /// By the gateway itself: its own endpoints, a refusal, an error.
+    Gateway,
+    /// From the prediction cache (a hit, or an identical request's answer).
+    Cache,
+    /// Stored as a job (`202`).
+    Queue,
+    /// By a backend.
+    Upstream,
+}
+
+impl Request {
+    fn new(table: Arc<Serving>, grpc: bool) -> Request {
+        Request {
+            start: Instant::now(),
+            table,
+            grpc,
+            class: None,
+            decision: None,
+            trail: None,
+            cache: CacheCtx::default(),
+            permit: None,
+            ticket: None,
+            tokens: None,
+            answered: Answered::Gateway,
+            status: 0,
+            error: None,
+        }
+    }
+
+    /// What the decision headers say.
+    fn stamp(&self) -> answer::Stamp<'_> {
+        let trail = self.trail.as_ref();
+        answer::Stamp {
+            table: &self.table,
+            class: self.class.as_ref(),
+            decision: trail.map(|t| &t.decision).or(self.decision.as_ref()),
+            target: trail.and_then(|t| t.tried.last().copied()),
+            attempts: trail.map_or(0, |t| t.tried.len()),
+        }
+    }
+
+    /// The upstream answer's header is about to go to the client: the cache decides whether
+    /// to capture it, the token meter starts for a pool priced per token, and a gRPC status
+    /// in the header counts as its HTTP equivalent (never stored).
+    fn on_response_header(&mut self, resp: &ResponseHeader) {
+        self.status = resp.status.as_u16();
+        let target = self.trail.as_ref().and_then(|t| t.tried.last().copied());
+        if let Some((p, _)) = target {
+            if self.table.pools[p as usize].price.per_token() && resp.status.is_success() {
+                let ct = resp.headers.get(http::header::CONTENT_TYPE);
+                let ct = ct.map_or(&b""[..], |v| v.as_bytes());
+                let bytes = self.permit.as_ref().map_or(0, |p| p.bytes()) as usize;
+                self.tokens = Some(Meter::new(ct, bytes));
+            }
+        }
+        self.cache.on_response_header(resp, &self.table);
+        if let Some(code) = resp.headers.get("grpc-status").filter(|_| self.grpc) {
+            if let Some(status) = crate::grpc::http_equivalent(code.as_bytes()) {
+                self.status = status;
+            }
+            self.cache.abandon();
+        }
+    }
+
+    /// A piece of the answer's body on its way to the client: the cache's capture and the
+    /// token meter see it.
+    fn on_body(&mut self, chunk: Option<&Bytes>, end: bool) {
+        self.cache.on_body(&chunk.cloned(), end);
+        if let (Some(meter), Some(chunk)) = (self.tokens.as_mut(), chunk) {
+            meter.on_body(chunk);
+        }
+    }
+
+    /// The answer's trailers: a gRPC answer ends in them, and only `grpc-status: 0` completes
+    /// a cache entry.
+    fn on_trailers(&mut self, trailers: &HeaderMap) {
+        if !self.grpc {
+            self.cache.on_body(&None, true);
+            return;
+        }
+        let status = trailers.get("grpc-status").map(|v| v.as_bytes());
+        match status {
+            Some(b"0") => self.cache.on_body(&None, true),
+            _ => {
+                self.cache.abandon();
+                if let Some(s) = status.and_then(crate::grpc::http_equivalent) {
+                    self.status = s;
+                }
+            }
+        }
+    }
+}
+
+/// Serve one request and record it. Returns whether the connection may be kept for the next
+/// one.
+async fn serve(gw: &Gateway, session: &mut ServerSession) -> bool {
+    if session.req_header().uri.path() == ready::PATH {
+        // The readiness self-check (`admin::ready`): which process holds this port. Not
+        // traffic: nothing is recorded.
+        return answer::reply(session, ready::reply(), |_| {}).await.is_ok();
+    }
+    let table = gw.snapshot.load_full();
+    let grpc = crate::grpc::codec::is_grpc_content_type(
+        session
+            .req_header()
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .map(|v| v.as_bytes()),
+    );
+    let mut req = Request::new(table, grpc);
+    let outcome = stages(gw, session, &mut req).await;
+    let reusable = match outcome {
+        Ok(()) => true,
+        Err(Ended::Refused(err)) => {
+            req.status = err.status();
+            req.error = Some(err.to_string());
+            if let Err(e) = answer::error(session, &req, &err).await {
+                tracing::debug!(error = %e, "could not write the error answer");
+            }
+            true
+        }
+        Err(Ended::ClientGone(why)) => {
+            req.status = CLIENT_CLOSED;
+            req.error = Some(why);
+            false
+        }
+        Err(Ended::Broken(e)) => {
+            // The answer had started: the client sees the connection end early.
+            if req.status == 0 {
+                req.status = 502;
+            }
+            req.error = Some(e.to_string());
+            false
+        }
+    };
+    record::finish(gw, session, req);
+    reusable && session.response_written().is_some()
+}
+
+/// How a request ended before its answer was complete.
+enum Ended {
+    /// A refusal or error, answered with its status and body.
+    Refused(GatewayError),
+    /// The client closed its connection before the answer: nothing can be sent.
+    ClientGone(String),
+    /// Writing the answer failed after it started.
+    Broken(Box<pingora::Error>),
+}
+
+impl From<GatewayError> for Ended {
+    fn from(e: GatewayError) -> Self {
+        Ended::Refused(e)
+    }
+}
+
+impl From<Box<pingora::Error>> for Ended {
+    fn from(e: Box<pingora::Error>) -> Self {
+        Ended::Broken(e)
+    }
+}
+
+/// The stages, in order.
+async fn stages(gw: &Gateway, session: &mut ServerSession, req: &mut Request) -> Result<(), Ended> {
+    let table = req.table.clone();
+
+    // The gateway's own endpoints answer before route matching: each protocol's discovery
+    // and health (`/v1/models`, `/v2/health/*`, `/v2`), the jobs API, the gRPC server
+    // methods.
+    let own = match crate::discovery::reply(session.req_header(), &table) {
+        Some(reply) => Some(reply),
+        None => match &gw.queue {
+            Some(queue) => queue::api::reply(session.req_header(), queue, &table).await,
+            None => None,
+        },
+    };
+    let own = own.or_else(|| grpc_server_reply(session, req));
+    if let Some(reply) = own {
+        req.status = reply.status;
+        if reply.is_trailers_only() || reply.trailers.is_some() {
+            // (The gRPC server methods' empty request is read so the stream closes cleanly.)
+            body::linger(session).await;
+        }
+        answer::reply(session, reply, |_| {}).await?;
+        return Ok(());
+    }
+
+    // Route, then the body (bounded by the route's limit and the gateway's memory for
+    // bodies), then classification.
+    let route_id = table
+        .match_route(session.req_header().uri.path())
+        .ok_or_else(|| GatewayError::NoRoute(truncate(session.req_header().uri.path(), 200)))?;
+    let route = &table.routes[route_id as usize];
+    let limits = BodyLimits {
+        max_body: route.max_body,
+        budget: &gw.bodies,
+        max_buffered: table.limits.max_buffered_bytes,
+    };
+    let body = body::read(session, &limits, &mut req.permit).await?;
+    let peer = peer_ip(session).unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    let header = session.req_header();
+    let facts = RequestFacts {
+        peer,
+        method: &header.method,
+        path: header.uri.path(),
+        headers: &header.headers,
+        body: Some(&body),
+    };
+    let mut class = classify::classify(&facts, route_id, &table).map_err(GatewayError::from)?;
+    if table.gateway_region.is_some() && !table.trusted_proxies.iter().any(|n| n.contains(&peer)) {
+        // The client connected directly: its own connection's round trip is the client →
+        // gateway term of the estimate (one getsockopt, only for regional instances).
+        class.client_rtt = downstream_rtt(session);
+    }
+    req.class = Some(class.clone());
+
+    // Authentication, rate and concurrency: before the cache (a limited caller gets no hits).
+    admit::check(&gw.limiter, &table, &class, &mut req.ticket).await?;
+
+    // The cache is looked up before deciding, so that a hit is answered even when no pool
+    // could take the request now (the decision is still made, for the spend avoided).
+    let lookup = match &gw.cache {
+        Some(cache) => {
+            let header = session.req_header();
+            let target = header
+                .uri
+                .path_and_query()
+                .map_or(header.uri.path(), |pq| pq.as_str());
+            cache
+                .lookup(&class, &table, target, &header.headers, Some(&body))
+                .await
+        }
+        None => Lookup::Bypass,
+    };
+    if !lookup.is_hit() {
+        // The daily budget: only requests that will cost something (hits are free); may
+        // move the request to the tenant's downgrade tier.
+        admit::spend(req.ticket.as_ref(), &table, &mut class)?;
+        req.class = Some(class.clone());
+    }
+    let decision = decide(&class, &table, lookup.is_hit());
+    req.decision = Some(decision);
+
+    // A hit, or the answer of an identical request in flight, is served before any upstream
+    // work; waiters wait at most the tier's upstream timeout.
+    let bound = table.tiers[class.tier as usize].timeout;
+    if let Some(entry) = req.cache.settle(lookup, bound).await {
+        let saved = answer::estimated_cost(&decision);
+        record::saved(&table, &class, saved);
+        req.status = entry.status;
+        req.answered = Answered::Cache;
+        answer::cache_hit(session, req, &entry, saved).await?;
+        return Ok(());
+    }
+    refuse(&class, &table, &decision)?;
+
+    // A batch pool or `on_slo_miss: queue`: stored durably, answered 202.
+    if let Some(queue) = gw
+        .queue
+        .as_ref()
+        .filter(|_| class.inference && !req.grpc && queue::api::takes(&table, &decision))
+    {
+        let reply =
+            queue::api::enqueue(session.req_header(), queue, &table, &class, &decision, body)
+                .await?;
+        req.status = reply.status;
+        req.answered = Answered::Queue;
+        if let Err(e) = answer::reply(session, reply, |_| {}).await {
+            // The job is stored either way; the client can retry with its idempotency key.
+            tracing::debug!(error = %e, "could not write the 202");
+        }
+        return Ok(());
+    }
+
+    // Upstream: the attempts, while watching for the client hanging up.
+    let grpc_route = req.grpc && route.protocol == Protocol::OipV2Grpc;
+    let prepared = Prepared::new(
+        session.req_header(),
+        body.len(),
+        grpc_route,
+        Some(peer),
+        class.tenant.is_some(),
+    )
+    .map_err(|e| GatewayError::Internal(e.to_string()))?;
+    let mut out = Outbound {
+        table: &table,
+        class: &class,
+        request: prepared,
+        body,
+        grpc: grpc_route,
+        start: req.start,
+    };
+    req.trail = Some(Trail::new(decision));
+    let sent = {
+        let trail = req
+            .trail
+            .as_mut()
+            .ok_or_else(|| GatewayError::Internal("no trail".into()))?;
+        let hung_up = session.read_body_or_idle(true);
+        tokio::select! {
+            biased;
+            sent = upstream::send(&mut out, trail) => sent,
+            gone = hung_up => {
+                // (HTTP/1 reports a closed socket, HTTP/2 a reset stream: both are a client
+                // gone, so both end as its 499.)
+                let why = match gone {
+                    Err(e) => format!("the client hung up before the answer: {e}"),
+                    Ok(_) => "the client hung up before the answer".to_string(),
+                };
+                return Err(Ended::ClientGone(why));
+            }
+        }
+    };
+    let answer = sent?;
+    req.answered = Answered::Upstream;
+    answer::relay(session, req, answer).await?;
+    Ok(())
+}
+
+/// The decision for `class` now. A request the tier would shed goes to a pool kept out only
+/// by a stale estimate, as its probe ([`route::probe_instead_of_shed`]); a cache hit takes
+/// no probe.
+fn decide(class: &Class, table: &Serving, hit: bool) -> Decision {
+    let now = now_ms();
+    let decision = route::decide(class, table, &[], now);
+    if !hit && decision.reason == Reason::Shed {
+        if let Some(probe) = route::probe_instead_of_shed(class, table, now) {
+            return probe;
+        }
+    }
+    decision
+}
+
+/// A decision that sends the request nowhere is a refusal: shed, overloaded, no candidate.
+fn refuse(class: &Class, table: &Serving, decision: &Decision) -> Result<(), GatewayError> {
+    let tier = &table.tiers[class.tier as usize];
+    match decision.reason {
+        Reason::Shed => Err(GatewayError::Shed {
+            tier: tier.name.clone(),
+            deadline_ms: class.deadline.as_millis(),
+        }),
+        Reason::Overloaded => Err(GatewayError::Overloaded {
+            tier: tier.name.clone(),
+        }),
+        Reason::NoCandidate => Err(GatewayError::NoCandidate {
+            model: class.model.clone(),
+            tier: tier.name.clone(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The gRPC server methods (`ServerLive`, `ServerReady`, `ServerMetadata`) of a path whose
+/// route is `oip-v2-grpc`, answered without a pool.
+fn grpc_server_reply(session: &ServerSession, req: &Request) -> Option<crate::reply::Reply> {
+    if !req.grpc {
+        return None;
+    }
+    let table = &req.table;
+    let path = session.req_header().uri.path();
+    let method = Method::from_path(path).filter(|m| m.is_server())?;
+    let grpc_route = table
+        .match_route(path)
+        .is_some_and(|r| table.routes[r as usize].protocol == Protocol::OipV2Grpc);
+    let body = crate::grpc::server_answer(method, table).filter(|_| grpc_route)?;
+    Some(
+        crate::reply::Reply::grpc_ok(body)
+            .with(answer_names::POLICY_VERSION, table.version_header.clone()),
+    )
+}
+
+mod answer_names {
+    pub const POLICY_VERSION: http::HeaderName =
+        http::HeaderName::from_static("x-switchyard-policy-version");
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    s.chars().take(max).collect()
+}
+
+/// The kernel's smoothed round-trip time of the downstream TCP connection (`tcpi_rtt`, µs),
+/// through Pingora's socket digest; `None` when not TCP or not yet measured.
+fn downstream_rtt(session: &ServerSession) -> Option<Duration> {
+    let info = session.digest()?.socket_digest.as_ref()?.tcp_info()?;
+    (info.tcpi_rtt > 0).then(|| Duration::from_micros(info.tcpi_rtt as u64))
+}
+
+fn peer_ip(session: &ServerSession) -> Option<IpAddr> {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
+}

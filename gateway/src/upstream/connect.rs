@@ -1,0 +1,151 @@
+//! Connections to backends: the one connector (and so one keep-alive pool per protocol:
+//! HTTP/1.1 and HTTP/2), the peer of an endpoint (plain, TLS with the pool's trust settings,
+//! or h2c for gRPC), and the HTTP/1 request written in one send.
+//!
+//! A TLS handshake that fails (the pool's certificate is not trusted, names another host,
+//! or our client certificate is refused) is a configuration problem, not an outage: it is
+//! answered as 502 `upstream_tls` saying why, and the endpoint is not ejected.
+
+use crate::policy::compile::{Endpoint, Pool, INSPECT_LIMIT};
+use crate::serving::resources::PoolTls;
+use bytes::Bytes;
+use pingora::connectors::http::Connector;
+use pingora::connectors::ConnectorOptions;
+use pingora::http::RequestHeader;
+use pingora::protocols::http::v1::client::{http_req_header_to_wire, HttpSession as Http1};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorType, Result};
+use std::sync::OnceLock;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+
+/// Idle upstream connections kept per process.
+pub const KEEPALIVE_POOL: usize = 1024;
+
+/// How long an idle pooled upstream connection is kept.
+pub const IDLE: Duration = Duration::from_secs(60);
+
+/// The process's one upstream connector: Pingora's, with its HTTP/1.1 and HTTP/2 pools.
+/// Built at start (`connector()` in `Gateway::new`): it loads the system's CA certificates,
+/// which no request (and no endpoint's latency estimate) should pay for.
+pub fn connector() -> &'static Connector {
+    static CONNECTOR: OnceLock<Connector> = OnceLock::new();
+    CONNECTOR.get_or_init(|| Connector::new(Some(ConnectorOptions::new(KEEPALIVE_POOL))))
+}
+
+/// How an attempt talks to an endpoint.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub connect: Duration,
+    /// Each read and write of the exchange (the tier's `timeout`).
+    pub io: Duration,
+}
+
+/// The peer for an attempt on `endpoint` of `pool`. gRPC goes to the endpoint's gRPC port
+/// as h2c with prior knowledge (gRPC servers speak HTTP/2 only; `decide` offers gRPC routes
+/// only pools whose endpoints all have one). `https://` endpoints: SNI and the certificate
+/// check use the host name as written, the pool's CA and client certificate, ALPN `h2` then
+/// `http/1.1`.
+pub fn peer(
+    pool: &Pool,
+    endpoint: &Endpoint,
+    tls: &PoolTls,
+    grpc: bool,
+    timeouts: Timeouts,
+) -> HttpPeer {
+    let addr = match endpoint.grpc {
+        Some(addr) if grpc => addr,
+        _ => endpoint.addr,
+    };
+    let mut peer = match &endpoint.sni {
+        Some(sni) if !grpc => {
+            let spec = &pool.hosted.tls;
+            let mut peer = HttpPeer::new(addr, true, sni.to_string());
+            peer.options.verify_cert = spec.verify;
+            peer.options.verify_hostname = spec.verify;
+            peer.options.ca = tls.ca.clone();
+            peer.client_cert_key = tls.client.clone();
+            peer.group_key = spec.group;
+            peer.options.set_http_version(2, 1);
+            peer
+        }
+        _ => HttpPeer::new(addr, false, String::new()),
+    };
+    if grpc {
+        peer.options.set_http_version(2, 2);
+    }
+    peer.options.connection_timeout = Some(timeouts.connect);
+    peer.options.read_timeout = Some(timeouts.io);
+    peer.options.write_timeout = Some(timeouts.io);
+    peer.options.idle_timeout = Some(IDLE);
+    peer
+}
+
+/// Whether a failed connect was the TLS handshake (certificate or protocol), not TCP.
+pub fn is_tls_failure(e: &Error) -> bool {
+    matches!(
+        e.etype(),
+        ErrorType::TLSHandshakeFailure | ErrorType::InvalidCert | ErrorType::HandshakeError
+    )
+}
+
+/// What the client is told about a failed upstream TLS handshake (no secrets in it: the
+/// peer address and rustls' reason).
+pub fn tls_reason(e: &Error) -> String {
+    format!("TLS handshake with the pool failed: {e}")
+}
+
+/// HTTP/1: the request header and a body up to 64 KiB in one write and one segment
+/// (Pingora's `write_request_header` flushes the header on its own: two sends, two segments
+/// and two wake-ups of the backend per request where one does), then the response header. A
+/// larger body follows the header without being copied: the body budget
+/// (`limits.max_buffered_bytes`) counts each body once, and one segment more is nothing
+/// beside a large upload.
+///
+/// Through the public API only: the session is taken apart for its stream, the request
+/// serialised by Pingora's own `http_req_header_to_wire`, and a new session built on the
+/// stream reads the answer. That session never saw the request, which matters to it for a
+/// `HEAD` (never sent this way), an upgrade (`Upgrade` is never forwarded) and a request's
+/// `Connection: close` (never forwarded: keep-alive is decided by the answer).
+pub async fn one_write(
+    h1: Http1,
+    peer: &HttpPeer,
+    req: &RequestHeader,
+    body: &Bytes,
+) -> Result<Http1> {
+    let mut stream = h1.into_inner();
+    let mut wire = http_req_header_to_wire(req).ok_or_else(|| {
+        Error::explain(
+            ErrorType::InvalidHTTPHeader,
+            "request line not fit for HTTP/1.1",
+        )
+    })?;
+    let small = body.len() <= INSPECT_LIMIT;
+    if small {
+        wire.extend_from_slice(body);
+    }
+    let write = async {
+        stream.write_all(&wire).await?;
+        if !small {
+            stream.write_all(body).await?;
+        }
+        stream.flush().await
+    };
+    let written = match peer.options.write_timeout {
+        Some(limit) => tokio::time::timeout(limit, write)
+            .await
+            .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into())),
+        None => write.await,
+    };
+    written.map_err(|e| match e.kind() {
+        std::io::ErrorKind::TimedOut => {
+            Error::because(ErrorType::WriteTimedout, "writing the request (timeout)", e)
+        }
+        _ => Error::because(ErrorType::WriteError, "writing the request", e),
+    })?;
+    let mut h1 = Http1::new_with_options(stream, peer);
+    h1.read_timeout = peer.options.read_timeout;
+    h1.write_timeout = peer.options.write_timeout;
+    h1.read_response().await?;
+    Ok(h1)
+}
