@@ -535,6 +535,57 @@ async fn sigterm_drains_in_flight_requests() {
 }
 
 #[tokio::test]
+async fn a_hedging_tier_fails_over_a_refused_connect_like_any_other_tier() {
+    // The cheap edge pool's only endpoint refuses connections; the GPU pool answers.
+    let gpu = mock("gpu", 5).await;
+    let pools = pool(
+        "edge",
+        "edge",
+        "us",
+        &[dead_addr()],
+        "[\"*\"]",
+        "{ per_request: 0.00002 }",
+    ) + &pool(
+        "gpu",
+        "gpu",
+        "us",
+        &[gpu.addr()],
+        "[\"*\"]",
+        "{ per_request: 0.001 }",
+    );
+    let text = policy(&pools, "").replace(
+        "realtime: { deadline: 150ms, weight: 0.8, pools: [edge, gpu], on_slo_miss: fastest }",
+        "realtime: { deadline: 150ms, weight: 0.8, pools: [edge, gpu], on_slo_miss: fastest, hedge_after: 2 }",
+    );
+    let gw = Gateway::start(&text).await;
+    let r = gw
+        .post(
+            "/v1/chat/completions",
+            &[("x-slo-tier", "realtime")],
+            &chat("m"),
+        )
+        .await;
+    // Refused, ejected at once, and tried again elsewhere within the same request.
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-switchyard-pool"), Some("gpu"));
+    let decision = r.header("x-switchyard-decision").unwrap_or_default();
+    assert!(decision.contains("attempts=2"), "{decision}");
+    let m = gw
+        .metrics_when(|m| metric_sum(m, "switchyard_requests_total", &[]) >= 1.0)
+        .await;
+    assert_eq!(
+        metric_sum(
+            &m,
+            "switchyard_endpoint_ejections_total",
+            &[("pool", "edge"), ("cause", "connect")]
+        ),
+        1.0,
+        "{m}"
+    );
+    gpu.shutdown();
+}
+
+#[tokio::test]
 async fn hedged_requests_return_the_faster_answer() {
     let slow = mock("slow", 400).await;
     let fast = mock("fast", 5).await;

@@ -297,6 +297,11 @@ async fn the_body_budget_refuses_large_requests_then_recovers() {
     let r = send(gw.proxy, "/v1/chat/completions", &second_body, &[]).await;
     assert_eq!(r.status, 503, "{}", r.text());
     assert_eq!(r.json().unwrap()["error"]["type"], "overloaded");
+    // The refusal names its real reason: the gateway's memory for bodies, not the pools
+    // (which have every slot free).
+    let message = r.json().unwrap()["error"]["message"].to_string();
+    assert!(message.contains("limits.max_buffered_bytes"), "{message}");
+    assert!(!message.contains("concurrency"), "{message}");
     assert!(r.header("retry-after").is_some());
     // Small requests are always admitted.
     let r = gw.post("/v1/chat/completions", &[], &chat("llava")).await;

@@ -573,23 +573,96 @@ async fn a_hosted_pool_gets_the_injected_key_over_verified_tls_and_never_the_cli
     assert!(!out.contains(SECRET) && !err.contains(SECRET));
 }
 
+/// An Azure-style pool: its credential goes in `api-key`, not `Authorization`.
+fn azure_pool(api: SocketAddr, ca_file: &str, key_var: &str) -> String {
+    format!(
+        r#"  - name: azure
+    kind: gpu
+    region: us
+    endpoints: ["https://{api}"]
+    models: ["*"]
+    concurrency: 16
+    service_time: 10ms
+    price: {{ per_request: 0.01 }}
+    headers: {{ api-key: "${{{key_var}}}" }}
+    tls: {{ ca: {ca_file} }}
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_key_the_gateway_consumed_never_reaches_a_hosted_provider() {
+    const SECRET: &str = "azure-key-8d1e";
+    std::env::set_var("SWITCHYARD_TEST_AZURE_KEY", SECRET);
+    let ca = Ca::new("pool ca");
+    let (api, seen) = hosted_api(&ca).await;
+    let gw = start_with_files(
+        &policy(
+            &azure_pool(api, "pool-ca.pem", "SWITCHYARD_TEST_AZURE_KEY"),
+            "auth: required\n",
+        ),
+        &[("pool-ca.pem", &ca.pem())],
+    )
+    .await;
+    // The tenant's key, in either header a client may use.
+    for creds in [
+        [("authorization", "Bearer key-acme"), ("x-other", "1")],
+        [
+            ("x-api-key", "key-acme"),
+            ("authorization", "Bearer something-else"),
+        ],
+    ] {
+        let r = gw
+            .post("/v1/chat/completions", &creds, &chat("gpt-test"))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let got = seen
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("the pool saw it");
+        assert_eq!(
+            got.header("api-key").as_deref(),
+            Some(SECRET),
+            "{}",
+            got.head
+        );
+        assert_eq!(got.header("authorization"), None, "{}", got.head);
+        assert_eq!(got.header("x-api-key"), None, "{}", got.head);
+        assert!(!got.head.contains("key-acme"), "{}", got.head);
+    }
+    // Without a key the request never gets that far.
+    let r = gw
+        .post("/v1/chat/completions", &[], &chat("gpt-test"))
+        .await;
+    assert_eq!(r.status, 401, "{}", r.text());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pool_certificate_from_the_wrong_ca_is_a_502_saying_why_not_an_ejection() {
     std::env::set_var("SWITCHYARD_TEST_HOSTED_KEY_B", "sk-b");
     let pool_ca = Ca::new("pool ca");
     let other_ca = Ca::new("someone else");
     let (api, seen) = hosted_api(&pool_ca).await;
-    let gw = start_with_files(
-        &policy(
-            &hosted_pool(api, "wrong-ca.pem", "SWITCHYARD_TEST_HOSTED_KEY_B"),
-            "",
-        ),
-        &[("wrong-ca.pem", &other_ca.pem())],
+    // The realtime tier hedges: its attempts fail the same way as any other's.
+    let text = policy(
+        &hosted_pool(api, "wrong-ca.pem", "SWITCHYARD_TEST_HOSTED_KEY_B"),
+        "",
     )
-    .await;
-    for _ in 0..2 {
+    .replace(
+        "realtime: { deadline: 150ms, weight: 0.8, pools: [edge, gpu], on_slo_miss: fastest }",
+        "realtime: { deadline: 150ms, weight: 0.8, pools: [edge, gpu], on_slo_miss: fastest, hedge_after: 2 }",
+    );
+    assert!(text.contains("hedge_after"));
+    let gw = start_with_files(&text, &[("wrong-ca.pem", &other_ca.pem())]).await;
+    for tier in ["standard", "standard", "realtime", "realtime"] {
         let r = gw
-            .post("/v1/chat/completions", &[], &chat("gpt-test"))
+            .post(
+                "/v1/chat/completions",
+                &[("x-slo-tier", tier)],
+                &chat("gpt-test"),
+            )
             .await;
         assert_eq!(r.status, 502, "{}", r.text());
         let body = r.json().unwrap();
@@ -611,7 +684,7 @@ async fn a_pool_certificate_from_the_wrong_ca_is_a_502_saying_why_not_an_ejectio
             &metrics,
             "switchyard_upstream_tls_failures_total",
             &[("pool", "hosted")]
-        ) >= 2.0,
+        ) >= 4.0,
         "{metrics}"
     );
     assert_eq!(

@@ -573,3 +573,38 @@ fn schema_lists_exactly_the_fields_the_gateway_accepts() {
         );
     }
 }
+
+#[test]
+fn check_warns_about_a_hosted_pool_that_would_get_the_clients_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = std::fs::read_to_string(repo_root().join("policies/latency-first.yaml")).unwrap();
+    let hosted = |headers: &str| {
+        format!(
+            "  - {{ name: hosted, kind: gpu, region: us, endpoints: [\"https://api.example.com\"], models: [\"*\"], concurrency: 8, service_time: 50ms, price: {{ per_request: 0.01 }}{headers} }}\n"
+        )
+    };
+    let warning = "pool `hosted`: clients' credential headers";
+    let check = |pool: String, extra: &str| {
+        let text = base.replace("pools:\n", &format!("pools:\n{pool}")) + extra;
+        let path = dir.path().join("hosted.yaml");
+        std::fs::write(&path, &text).unwrap();
+        let (code, out, err) = run_cli(&["check", path.to_str().unwrap()], &repo_root());
+        assert_eq!(code, 0, "{out}{err}");
+        err
+    };
+    // Nothing of its own: the clients' keys would reach the provider.
+    let err = check(hosted(""), "");
+    assert!(err.contains(warning), "{err}");
+    // A credential of its own (any of the names, or a value from the environment), or
+    // `auth: required` (the gateway consumes the tenant key): no warning.
+    for headers in [
+        ", headers: { authorization: \"Bearer ${OPENAI_KEY:-x}\" }",
+        ", headers: { api-key: \"${AZURE_KEY:-x}\" }",
+        ", headers: { x-goog-api-key: \"${GOOGLE_KEY:-x}\" }",
+    ] {
+        let err = check(hosted(headers), "");
+        assert!(!err.contains(warning), "{headers}: {err}");
+    }
+    let err = check(hosted(""), "auth: required\n");
+    assert!(!err.contains(warning), "{err}");
+}

@@ -13,6 +13,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use switchyard_gateway::policy::compile::{compile_str, CompileContext, PathMatch, RoutingTable};
+use switchyard_gateway::policy::tenancy::AuthMode;
 use switchyard_gateway::policy::{self, raw, PolicyError};
 use switchyard_gateway::serving::resources::Resources;
 
@@ -191,6 +192,18 @@ pub fn warnings(raw: &raw::Policy, table: &RoutingTable) -> Vec<Diagnostic> {
                     ),
                 ));
             }
+        }
+        // A client's credential headers go to a pool that brings none of its own, unless the
+        // gateway consumed a tenant key first (`auth: required`): to a third party's
+        // `https://` endpoint that is a leak of the caller's key.
+        if https && !pool.hosted.injects_credential && table.auth != AuthMode::Required {
+            out.push(at(
+                &rp.value.name,
+                format!(
+                    "pool `{}`: clients' credential headers (Authorization, x-api-key, api-key) are forwarded to its https:// endpoints: inject the pool's own (`headers: {{ authorization: \"Bearer ${{KEY}}\" }}`) or set `auth: required`",
+                    pool.name
+                ),
+            ));
         }
         if plain && !pool.hosted.headers.is_empty() {
             out.push(at(
