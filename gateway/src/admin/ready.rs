@@ -19,8 +19,10 @@
 //! but a random id.
 
 pub use crate::pipeline::ready::{instance, PATH};
-use crate::queue::http::Outgoing;
 use crate::serving::resources::ServingCert;
+use crate::upstream::connect::{self, Timeouts};
+use bytes::Bytes;
+use pingora::http::RequestHeader;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -63,26 +65,27 @@ impl Readiness {
         if self.confirmed.load(Ordering::Relaxed) {
             return true;
         }
-        if let Some(cert) = &self.tls {
-            let ours = probe_tls(self.proxy, cert, Duration::from_secs(2)).await;
-            if ours {
-                self.confirmed.store(true, Ordering::Relaxed);
-            }
-            return ours;
-        }
-        let host = self.proxy.to_string();
-        let req = Outgoing {
-            method: "GET",
-            path: PATH,
-            host: &host,
-            headers: &[],
-            body: &[],
-        };
         let second = Duration::from_secs(1);
-        let ours = matches!(
-            crate::queue::http::send(self.proxy, &req, second, second, 256).await,
-            Ok(r) if r.status == 200 && r.body.as_ref() == instance().as_bytes()
-        );
+        let ours = match &self.tls {
+            Some(cert) => probe_tls(self.proxy, cert, 2 * second).await,
+            None => {
+                let host = self.proxy.to_string();
+                let ask = async {
+                    let mut req = RequestHeader::build("GET", PATH.as_bytes(), None)?;
+                    req.insert_header(http::header::HOST, host.as_str())?;
+                    let timeouts = Timeouts {
+                        connect: second,
+                        io: second,
+                    };
+                    let peer = connect::plain_peer(self.proxy, timeouts);
+                    connect::request_once(&peer, &req, &Bytes::new(), 256).await
+                };
+                matches!(
+                    tokio::time::timeout(2 * second, ask).await,
+                    Ok(Ok((200, body))) if body.as_ref() == instance().as_bytes()
+                )
+            }
+        };
         if ours {
             self.confirmed.store(true, Ordering::Relaxed);
         }

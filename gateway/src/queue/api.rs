@@ -11,7 +11,7 @@
 //! those routed to a pool of kind `batch` — when the policy has a `queue:` section. Without
 //! one, batch pools are proxied synchronously like any other.
 
-use super::http::parse_url;
+use super::callback::parse_url;
 use super::{unix_ms, Enqueued, Job, JobClass, JobRequest, JobStatus, Queue, QueueError};
 use crate::classify::{self, Class};
 use crate::error::GatewayError;

@@ -15,7 +15,7 @@
 //! answer and the store update sends the job again, but the job record — what the client
 //! reads — gets exactly one final result.
 
-use super::http::{self, HttpError, Outgoing};
+use super::callback::parse_url;
 use super::{unix_ms, Job, JobResult, JobStatus, Queue, QueueGauges};
 use crate::policy::compile::{PoolDispatch, PoolId};
 use crate::route;
@@ -23,7 +23,10 @@ use crate::serving::state::now_ms;
 use crate::serving::Serving;
 use crate::serving::Snapshot;
 use crate::telemetry as t;
+use crate::upstream::connect::{self, Timeouts};
+use crate::upstream::{self, Fetched};
 use async_trait::async_trait;
+use pingora::http::RequestHeader;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use std::collections::HashMap;
@@ -183,13 +186,20 @@ impl BackgroundService for Dispatcher {
 /// What one attempt came to.
 enum Attempt {
     /// The pool answered with something that is not worth retrying.
-    Answer(http::HttpResponse),
-    /// Worth another attempt; the last response (a 5xx) if there was one.
-    Retry(String, Option<http::HttpResponse>),
+    Answer(Answer),
+    /// Worth another attempt; the last answer (a 5xx) if there was one.
+    Retry(String, Option<Answer>),
+}
+
+/// A pool's answer to a job.
+struct Answer {
+    status: u16,
+    content_type: Option<String>,
+    body: bytes::Bytes,
 }
 
 /// Dispatch one claimed job and record its outcome.
-async fn run(queue: &Queue, table: &Serving, pool_id: PoolId, mut job: Job) {
+async fn run(queue: &Queue, table: &Arc<Serving>, pool_id: PoolId, mut job: Job) {
     let Some(settings) = &table.queue else { return };
     let outcome = attempt(table, pool_id, &job).await;
     let now = unix_ms();
@@ -220,7 +230,7 @@ async fn run(queue: &Queue, table: &Serving, pool_id: PoolId, mut job: Job) {
     if let Some(resp) = response {
         job.result = Some(JobResult {
             status: resp.status,
-            content_type: resp.header("content-type").map(str::to_string),
+            content_type: resp.content_type,
         });
         job.result_body = resp.body;
     }
@@ -233,7 +243,7 @@ async fn run(queue: &Queue, table: &Serving, pool_id: PoolId, mut job: Job) {
     metrics::counter!(t::JOBS, "status" => status.as_str()).increment(1);
     if let Some(url) = job.callback_url.clone() {
         let connect = table.upstream.connect_timeout;
-        let allowed = http::parse_url(&url).is_some_and(|u| settings.callback_allowed(&u.host));
+        let allowed = parse_url(&url).is_some_and(|u| settings.callback_allowed(&u.host));
         if allowed {
             let body = job.view().to_string();
             let id = job.id.clone();
@@ -253,7 +263,7 @@ pub fn backoff(settings: &crate::policy::compile::QueueSettings, attempts: u32) 
         .mul_f64(0.8 + fastrand::f64() * 0.4)
 }
 
-async fn attempt(table: &Serving, pool_id: PoolId, job: &Job) -> Attempt {
+async fn attempt(table: &Arc<Serving>, pool_id: PoolId, job: &Job) -> Attempt {
     let Some(pool) = table.pools.get(pool_id as usize) else {
         return Attempt::Retry("pool missing".into(), None);
     };
@@ -261,82 +271,104 @@ async fn attempt(table: &Serving, pool_id: PoolId, job: &Job) -> Attempt {
         return Attempt::Retry(format!("no endpoint of pool `{}` is up", pool.name), None);
     };
     let ep = &pool.endpoints[ep_id as usize];
-    let (pool_state, ep_state) = (
-        table.live.pool(pool_id),
-        table.live.endpoint(pool_id, ep_id as usize),
-    );
     let timeout = table
         .tier_by_name(&job.class.tier)
         .map(|t| table.tiers[t as usize].timeout)
         .unwrap_or(Duration::from_secs(60));
-    let mut headers = job.request.headers.clone();
-    headers.push(("x-switchyard-job-id".into(), job.id.clone()));
-    headers.push(("x-forwarded-for".into(), job.class.client_ip.clone()));
-    let req = Outgoing {
-        method: &job.request.method,
-        path: &job.request.path,
-        host: &ep.authority,
-        headers: &headers,
-        body: &job.body,
+    let header = match job_request(job, &ep.authority) {
+        Ok(h) => h,
+        Err(e) => return Attempt::Answer(bad_gateway(e.to_string())),
     };
     metrics::counter!(t::JOB_ATTEMPTS, "pool" => pool.name.clone()).increment(1);
-    pool_state.acquire();
-    ep_state.acquire();
     let started = Instant::now();
-    let result = http::send(
-        ep.addr,
-        &req,
-        table.upstream.connect_timeout,
+    let fetched = upstream::fetch(
+        table,
+        (pool_id, ep_id),
+        &header,
+        &job.body,
         timeout,
         MAX_RESULT,
     )
     .await;
-    let took = started.elapsed();
-    pool_state.release();
-    ep_state.release();
-    metrics::histogram!(t::JOB_DISPATCH, "pool" => pool.name.clone()).record(took.as_secs_f64());
-    match result {
-        Ok(resp) if resp.status >= 500 => {
-            let e = format!(
-                "pool `{}` endpoint {} answered {}",
-                pool.name, ep.name, resp.status
-            );
-            Attempt::Retry(e, Some(resp))
+    metrics::histogram!(t::JOB_DISPATCH, "pool" => pool.name.clone())
+        .record(started.elapsed().as_secs_f64());
+    match fetched {
+        Fetched::Answer {
+            status,
+            content_type,
+            body,
+        } => {
+            let answer = Answer {
+                status,
+                content_type,
+                body,
+            };
+            if status >= 500 {
+                let e = format!(
+                    "pool `{}` endpoint {} answered {status}",
+                    pool.name, ep.name
+                );
+                Attempt::Retry(e, Some(answer))
+            } else {
+                Attempt::Answer(answer)
+            }
         }
-        Ok(resp) => {
-            route::network::observe_upstream(table, (pool_id, ep_id), took);
-            ep_state.mark_success();
-            Attempt::Answer(resp)
-        }
-        Err(e @ HttpError::Connect(..)) => {
-            ep_state.mark_down(now_ms(), table.upstream.down_backoff);
-            Attempt::Retry(format!("pool `{}`: {e}", pool.name), None)
-        }
-        Err(e) if e.retryable() => Attempt::Retry(
-            format!("pool `{}` endpoint {}: {e}", pool.name, ep.name),
-            None,
-        ),
-        Err(e) => Attempt::Answer(http::HttpResponse {
-            status: 502,
-            headers: Vec::new(),
-            body: bytes::Bytes::from(format!("{e}")),
-        }),
+        Fetched::Failed {
+            error,
+            retryable: true,
+        } => Attempt::Retry(format!("pool `{}` {error}", pool.name), None),
+        Fetched::Failed { error, .. } => Attempt::Answer(bad_gateway(error)),
+    }
+}
+
+/// The request a job's attempt sends: the job's method, path and kept headers, with its id
+/// and the client's address.
+fn job_request(job: &Job, host: &str) -> pingora::Result<RequestHeader> {
+    let r = &job.request;
+    let mut header = RequestHeader::build(r.method.as_str(), r.path.as_bytes(), None)?;
+    for (name, value) in &r.headers {
+        header.append_header(name.clone(), value.as_str())?;
+    }
+    header.insert_header(http::header::HOST, host)?;
+    header.insert_header("x-switchyard-job-id", job.id.as_str())?;
+    header.insert_header("x-forwarded-for", job.class.client_ip.as_str())?;
+    Ok(header)
+}
+
+/// A job answer the gateway makes up when the pool's cannot be kept.
+fn bad_gateway(error: String) -> Answer {
+    Answer {
+        status: 502,
+        content_type: None,
+        body: bytes::Bytes::from(error),
     }
 }
 
 /// POST the finished job to its callback URL, retrying connect errors and 5xx.
 async fn callback(url: &str, id: &str, body: String, connect_timeout: Duration) {
-    let Some(u) = http::parse_url(url) else {
+    let Some(u) = parse_url(url) else {
         return;
     };
-    let headers = vec![
-        ("content-type".to_string(), "application/json".to_string()),
-        ("x-switchyard-job-id".to_string(), id.to_string()),
-    ];
     let host_header = if u.port == 80 {
         u.host.clone()
     } else {
         format!("{}:{}", u.host, u.port)
+    };
+    let request = || -> pingora::Result<RequestHeader> {
+        let mut req = RequestHeader::build("POST", u.path.as_bytes(), None)?;
+        req.insert_header(http::header::HOST, host_header.as_str())?;
+        req.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+        req.insert_header(http::header::CONTENT_LENGTH, body.len())?;
+        req.insert_header("x-switchyard-job-id", id)?;
+        Ok(req)
+    };
+    let Ok(req) = request() else {
+        return;
+    };
+    let body = bytes::Bytes::from(body.clone());
+    let timeouts = Timeouts {
+        connect: connect_timeout,
+        io: Duration::from_secs(10),
     };
     for n in 0..CALLBACK_ATTEMPTS {
         if n > 0 {
@@ -352,29 +384,15 @@ async fn callback(url: &str, id: &str, body: String, connect_timeout: Duration) 
                 continue;
             }
         };
-        let req = Outgoing {
-            method: "POST",
-            path: &u.path,
-            host: &host_header,
-            headers: &headers,
-            body: body.as_bytes(),
-        };
-        match http::send(
-            addr,
-            &req,
-            connect_timeout,
-            Duration::from_secs(10),
-            64 * 1024,
-        )
-        .await
-        {
-            Ok(r) if r.status < 500 => {
-                if r.status >= 400 {
-                    tracing::warn!(job = id, status = r.status, "callback refused");
+        let peer = connect::plain_peer(addr, timeouts);
+        match connect::request_once(&peer, &req, &body, 64 * 1024).await {
+            Ok((status, _)) if status < 500 => {
+                if status >= 400 {
+                    tracing::warn!(job = id, status, "callback refused");
                 }
                 return;
             }
-            Ok(r) => tracing::debug!(job = id, status = r.status, "callback failed; will retry"),
+            Ok((status, _)) => tracing::debug!(job = id, status, "callback failed; will retry"),
             Err(e) => tracing::debug!(job = id, error = %e, "callback failed; will retry"),
         }
     }

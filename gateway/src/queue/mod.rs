@@ -17,9 +17,9 @@
 //! scope (tenant or credential) that created it; any other caller gets 404.
 
 pub mod api;
+pub mod callback;
 pub mod dispatcher;
 pub mod embedded;
-pub mod http;
 pub mod redis;
 pub use crate::redis::resp;
 

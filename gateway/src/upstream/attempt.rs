@@ -92,6 +92,20 @@ impl Attempt {
         })
     }
 
+    /// Take a slot on `target` whatever the limits say: for a caller that keeps its own count
+    /// (the batch dispatcher, within the room `queue::dispatcher::room` gives it).
+    pub fn take(table: &Arc<Serving>, target: (PoolId, u16)) -> Attempt {
+        let state = table.live.pool(target.0);
+        state.acquire();
+        table.live.endpoint(target.0, target.1 as usize).acquire();
+        Attempt {
+            table: table.clone(),
+            target,
+            overdue: state.track_start(now_ms()),
+            started: Instant::now(),
+        }
+    }
+
     /// Connect, send `req` and the whole `body`, read the response header.
     pub async fn exchange(
         &mut self,
@@ -328,6 +342,37 @@ impl Answer {
         }
         self.attempt = None;
     }
+}
+
+impl Answer {
+    /// The whole body, up to `max` bytes (more is an error: the answer is not kept).
+    pub async fn read_all(&mut self, max: usize) -> Result<Bytes, BodyError> {
+        let mut body = bytes::BytesMut::new();
+        loop {
+            match self.next().await.map_err(BodyError::Read)? {
+                Piece::Data { chunk, last } => {
+                    if body.len() + chunk.len() > max {
+                        self.release().await;
+                        return Err(BodyError::TooLarge(max));
+                    }
+                    body.extend_from_slice(&chunk);
+                    if last {
+                        return Ok(body.freeze());
+                    }
+                }
+                Piece::Trailers(_) | Piece::End => return Ok(body.freeze()),
+            }
+        }
+    }
+}
+
+/// Why an answer's body could not be read whole.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("answer larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("{0}")]
+    Read(Box<Error>),
 }
 
 impl Head {

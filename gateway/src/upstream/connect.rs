@@ -12,6 +12,7 @@ use bytes::Bytes;
 use pingora::connectors::http::Connector;
 use pingora::connectors::ConnectorOptions;
 use pingora::http::RequestHeader;
+use pingora::protocols::http::client::HttpSession;
 use pingora::protocols::http::v1::client::{http_req_header_to_wire, HttpSession as Http1};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, Result};
@@ -148,4 +149,48 @@ pub async fn one_write(
     h1.write_timeout = peer.options.write_timeout;
     h1.read_response().await?;
     Ok(h1)
+}
+
+/// One request to an address that is not a pool's endpoint (a job's callback URL, the
+/// readiness self-check): plain HTTP through the same connector, the answer read whole up to
+/// `max` bytes.
+pub async fn request_once(
+    peer: &HttpPeer,
+    req: &RequestHeader,
+    body: &Bytes,
+    max: usize,
+) -> Result<(u16, Bytes)> {
+    let (session, _) = connector().get_http_session(peer).await?;
+    let mut session = match session {
+        HttpSession::H1(h1) => HttpSession::H1(one_write(h1, peer, req, body).await?),
+        other => other,
+    };
+    let status = session
+        .response_header()
+        .map(|h| h.status.as_u16())
+        .ok_or_else(|| Error::explain(ErrorType::InvalidHTTPHeader, "no response header"))?;
+    let mut out = bytes::BytesMut::new();
+    while let Some(chunk) = session.read_response_body().await? {
+        if out.len() + chunk.len() > max {
+            session.shutdown().await;
+            return Error::e_explain(ErrorType::InvalidHTTPHeader, "answer too large");
+        }
+        out.extend_from_slice(&chunk);
+    }
+    if session.response_done() {
+        connector()
+            .release_http_session(session, peer, Some(IDLE))
+            .await;
+    }
+    Ok((status, out.freeze()))
+}
+
+/// A plain HTTP peer for [`request_once`].
+pub fn plain_peer(addr: std::net::SocketAddr, timeouts: Timeouts) -> HttpPeer {
+    let mut peer = HttpPeer::new(addr, false, String::new());
+    peer.options.connection_timeout = Some(timeouts.connect);
+    peer.options.read_timeout = Some(timeouts.io);
+    peer.options.write_timeout = Some(timeouts.io);
+    peer.options.idle_timeout = Some(IDLE);
+    peer
 }

@@ -248,6 +248,81 @@ fn retry_allowed(out: &Outbound<'_>, trail: &Trail) -> bool {
     false
 }
 
+/// What one attempt of a queued job came to ([`fetch`]).
+pub enum Fetched {
+    /// The endpoint answered (any status).
+    Answer {
+        status: u16,
+        content_type: Option<String>,
+        body: Bytes,
+    },
+    /// No usable answer; `retryable`: a connect error, a timeout, a cut connection (the
+    /// queue tries again after its back-off), not an answer too large to keep.
+    Failed { error: String, retryable: bool },
+}
+
+/// One attempt of a queued job on `target`: the batch dispatcher's way to a backend, the same
+/// attempt as a request's (slot, outcome reported to estimates, health and ejection; TLS and
+/// the pool's rewriting for hosted batch pools), with the answer read whole up to `max`
+/// bytes. Its retries are the queue's (back-off between dispatches), not [`send`]'s; the
+/// slot is taken whatever the limits say, because the dispatcher keeps its own count
+/// (`queue::dispatcher::room`).
+pub async fn fetch(
+    table: &Arc<Serving>,
+    target: (PoolId, u16),
+    header: &pingora::http::RequestHeader,
+    body: &Bytes,
+    timeout: Duration,
+    max: usize,
+) -> Fetched {
+    let failed = |error: String, retryable| Fetched::Failed { error, retryable };
+    let pool = &table.pools[target.0 as usize];
+    let endpoint = &pool.endpoints[target.1 as usize];
+    let timeouts = Timeouts {
+        connect: table.upstream.connect_timeout,
+        io: timeout,
+    };
+    let prepared = request::Prepared::new(header, body.len(), false, None, false);
+    let mut prepared = match prepared {
+        Ok(p) => p,
+        Err(e) => return failed(e.to_string(), false),
+    };
+    let req = match prepared.for_attempt(pool, endpoint, timeout) {
+        Ok(req) => req,
+        Err(e) => return failed(e.to_string(), false),
+    };
+    let mut attempt = Attempt::take(table, target);
+    match attempt.exchange(&req, body, false, timeouts).await {
+        Ok(head) => {
+            let status = head.header.status.as_u16();
+            let content_type = head
+                .header
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            attempt.answered(status);
+            let mut answer = Answer::new(attempt, head, false);
+            match answer.read_all(max).await {
+                Ok(body) => Fetched::Answer {
+                    status,
+                    content_type,
+                    body,
+                },
+                Err(e) => {
+                    let retryable = !matches!(e, attempt::BodyError::TooLarge(_));
+                    failed(format!("endpoint {}: {e}", endpoint.name), retryable)
+                }
+            }
+        }
+        Err(failure) => {
+            let error = format!("endpoint {}: {}", endpoint.name, failure.error());
+            attempt.report(&failure);
+            failed(error, true)
+        }
+    }
+}
+
 /// How long a hedging tier waits for the first attempt before sending a second: the
 /// attempt's expected time (the round trip plus the pool's service-time estimate) times the
 /// tier's `hedge_after`.
