@@ -19,24 +19,35 @@
 //! the model, whatever a policy allows the tier), else to the fastest. Greedy, so it is a
 //! bound to compare spend with, not a proven optimum.
 //!
-//! Hedging tiers (`hedge_after`) follow `hedge::run`: a timer of `hedge_after` × (the round
-//! trip plus the pool's estimate) on the virtual clock, a second attempt to the next-best
-//! candidate if it can take one now, the first answer to arrive wins and the loser is cut
-//! short as live (out of its endpoint's queue, or its server freed; see `simulate/race.rs`),
-//! billed the hedge's estimated cost as `hedge.rs` counts it. Requests the policy queues (a
-//! batch pool, `on_slo_miss: queue`) are accepted at once and sent later by a simulated
-//! dispatcher on the live one's rules (see `simulate/queue.rs`). The route's cache keeps
-//! fresh answers within its TTL and `cache.max_bytes` (entries weighed as the store weighs
-//! them), and identical misses in flight wait for the first one's answer, as
-//! `cache::coalesce` makes them (see `simulate/cache.rs`).
+//! Every attempt follows the live gateway's rules, called from `switchyard_gateway::upstream::rules`
+//! with the virtual clock: the slot rule (`take_slot`: compare-and-swap, decide again on a
+//! lost race), the refusal when no slot is left (`no_slot`), a refused connect ejecting at
+//! once and retrying within `retry_allowed` (attempts, deadline, retry budget), and on a
+//! hedging tier the timer (`hedge_delay`) and the second attempt's target (`hedge_target`)
+//! for every attempt, the first answer to arrive winning and the loser cut short as live
+//! (out of its endpoint's queue, or its server freed; see `simulate/race.rs`), billed the
+//! hedge's estimated cost. Requests the policy queues (a batch pool, `on_slo_miss: queue`)
+//! are accepted at once and sent later by a simulated dispatcher on the live one's rules
+//! (`queue::dispatcher::room`; see `simulate/queue.rs`). The route's cache keeps fresh
+//! answers within its TTL and `cache.max_bytes` (entries weighed as the store weighs them),
+//! and identical misses in flight wait for the first one's answer, as `cache::coalesce`
+//! makes them (see `simulate/cache.rs`).
 //!
-//! What it does not model (also in the README): active health checks, timeouts and 5xx
-//! answers (so the queue's dispatcher retries refused connections only), job callbacks, the
-//! gateway's own CPU time, moka's admission policy (evictions go oldest first), a coalesced
-//! waiter's own time bound, and the retry budget's per-second trickle (it refills on the
-//! process clock; the per-request deposits are simulated exactly). The arrivals are streamed
-//! and latencies go into fixed-size log histograms (1% buckets), so memory does not grow
-//! with the number of requests.
+//! Where the simulation differs from the live gateway (the one list; the README repeats it):
+//! - **Network**: the simulated gateway sits with its clients: an answer's time is the
+//!   server's plus the client region's round trip from the policy's matrix, and the
+//!   estimates learn service time only (live: measured client and pool round trips, and
+//!   the service time is the upstream time less the endpoint's round trip).
+//! - **Failures**: endpoints refuse connections or get slower; there are no timeouts, no
+//!   5xx answers and no stale pooled connections, so no retry of those (the dispatcher
+//!   retries refused connections only); a refused connect costs 100 µs.
+//! - **Not modelled**: active health checks, TLS, job callbacks, the gateway's own CPU time,
+//!   moka's admission policy (evictions go oldest first), a coalesced waiter's own time
+//!   bound, and the retry budget's per-second trickle (it refills on the process clock; the
+//!   per-request deposits are simulated exactly).
+//!
+//! The arrivals are streamed and latencies go into fixed-size log histograms (1% buckets),
+//! so memory does not grow with the number of requests.
 
 mod cache;
 pub mod fleet_faults;
@@ -60,6 +71,7 @@ use switchyard_gateway::policy::compile::{self, CompileContext, PoolId};
 use switchyard_gateway::route::{self, Reason};
 use switchyard_gateway::serving::state::Fleet;
 use switchyard_gateway::serving::Serving;
+use switchyard_gateway::upstream::rules;
 
 /// Cached answers a simulated policy keeps at most (expired ones are dropped first).
 const CACHE_ENTRIES: usize = 1 << 20;
@@ -830,40 +842,18 @@ impl System {
                 let table = &sys.table;
                 let class = sys.class(w, &f.req);
                 let now_ms = now / 1000;
-                // A hedging tier's first attempt goes through `hedge::run`: no retry there.
-                let hedge_after = sys.hedge_after(w, &f.req).filter(|_| f.tried.is_empty());
-                // As `proxy::acquire`: decide, take the slots, decide again on a lost race.
-                let mut d = route::decide(class, table, &f.tried, now_ms);
+                // A hedging tier races every attempt (`upstream::send`).
+                let hedge_after = sys.hedge_after(w, &f.req);
+                let d = route::decide(class, table, &f.tried, now_ms);
                 if f.tried.is_empty() && queue::takes(sys, class, &d) {
                     sys.enqueue(eng, f, &d, now);
                     return;
                 }
-                let mut target = None;
-                for _ in 0..4 {
-                    let Some((p, e)) = d.target else { break };
-                    let pool = &table.pools[p as usize];
-                    if table.live.pool(p).try_acquire(pool.concurrency) {
-                        if table
-                            .live
-                            .endpoint(p, e as usize)
-                            .try_acquire(pool.endpoint_limit())
-                        {
-                            target = Some((p, e));
-                            break;
-                        }
-                        table.live.pool(p).release();
-                    }
-                    d = route::decide(class, table, &f.tried, now_ms);
-                }
+                // The slot rule of every attempt: take the slots, decide again on a lost race.
+                let (d, target) = rules::take_slot(table, class, &f.tried, d, now_ms);
                 f.reason = Some(d.reason);
                 let Some((p, e)) = target else {
-                    // As `proxy::acquire`: a lost race for the last slot is "overloaded".
-                    let reason = match d.reason {
-                        Reason::MeetsDeadline | Reason::Overloaded => Reason::Overloaded,
-                        Reason::Shed => Reason::Shed,
-                        _ => Reason::NoCandidate,
-                    };
-                    eng.fail(&f.req, Some(reason));
+                    eng.fail(&f.req, Some(rules::no_slot(d.reason)));
                     sys.leader_failed(eng, &f.req, now);
                     return;
                 };
@@ -871,24 +861,13 @@ impl System {
                 let pool = &table.pools[p as usize];
                 let fleet_pool = sys.pools[p as usize];
                 if w.is_down(fleet_pool, e as usize, now) {
-                    // As `proxy::on_connect_failure`: eject at once, give the slots back,
-                    // retry within attempts, deadline and budget.
+                    // As `Attempt::failed_to_connect`: eject at once, give the slots back;
+                    // retry by `rules::retry_allowed` (nothing reached the backend).
                     let ep = table.live.endpoint(p, e as usize);
-                    if hedge_after.is_some() {
-                        // `hedge::attempt` counts a refused connection as a failure.
-                        let _ = ep.failed(now_ms, &table.upstream.ejection);
-                    } else {
-                        ep.connect_failed(now_ms, &table.upstream.ejection);
-                    }
-                    table.live.pool(p).release();
-                    ep.release();
-                    let within =
-                        now - us(f.req.at) < us(class.deadline.max(Duration::from_millis(10)));
-                    let retry = hedge_after.is_none()
-                        && (f.tried.len() as u32) < table.upstream.max_attempts
-                        && within
-                        && table.live.budget.try_withdraw(&table.upstream.retry_budget);
-                    if retry {
+                    ep.connect_failed(now_ms, &table.upstream.ejection);
+                    rules::give_back(table, (p, e));
+                    let elapsed = Duration::from_micros(now - us(f.req.at));
+                    if rules::retry_allowed(table, class, f.tried.len(), elapsed) {
                         eng.phase(&f.req).retries += 1;
                         eng.push(now + CONNECT_REFUSED_US, What::Retry(f));
                     } else {
@@ -900,19 +879,15 @@ impl System {
                 f.slot = table.live.pool(p).track_start(now_ms);
                 f.target = (fleet_pool, e as usize);
                 f.sent_us = now;
-                // As `hedge::run`: the timer is `hedge_after` × (round trip + the pool's
-                // service-time estimate). The simulated gateway sits with its clients (an
-                // answer's time is the server's plus the client region's round trip, and the
-                // estimates learn service time only), so the round trip is the policy's from
-                // the client's region.
+                // `rules::hedge_delay`: `hedge_after` × (round trip + the pool's service-time
+                // estimate). The simulated gateway sits with its clients (an answer's time is
+                // the server's plus the client region's round trip, and the estimates learn
+                // service time only), so the round trip is the policy's from the client's
+                // region.
                 let timer = hedge_after.map(|factor| {
                     let network = table.rtt(class.region, pool.region);
-                    let wait = network
-                        + table
-                            .live
-                            .pool(p)
-                            .service_time_behind(now_ms, Duration::ZERO);
-                    (now + us(wait.mul_f64(factor)).max(1), f.clone())
+                    let wait = rules::hedge_delay(table, p, network, factor, now_ms);
+                    (now + us(wait).max(1), f.clone())
                 });
                 if timer.is_some() {
                     eng.races.enter(&f);
@@ -1033,30 +1008,21 @@ impl System {
         let table = &sys.table;
         let class = sys.class(w, &f.req);
         let now_ms = now / 1000;
-        let next = route::decide(class, table, &f.tried, now_ms);
-        let Some((p, e)) = next
-            .target
-            .filter(|_| matches!(next.reason, Reason::MeetsDeadline | Reason::FallbackFastest))
-        else {
+        let Some(next) = rules::hedge_target(table, class, &f.tried, now_ms) else {
             return;
         };
-        let pool = &table.pools[p as usize];
-        if !table.live.pool(p).try_acquire(pool.concurrency) {
+        let Some((p, e)) = next.target.filter(|&t| rules::take(table, t)) else {
             return;
-        }
+        };
         let ep = table.live.endpoint(p, e as usize);
-        if !ep.try_acquire(pool.endpoint_limit()) {
-            table.live.pool(p).release();
-            return;
-        }
         eng.phase(&f.req).hedges += 1;
         eng.lost(&f.req, next.estimate.map_or(0.0, |e| e.cost_usd));
         let fleet_pool = sys.pools[p as usize];
         if w.is_down(fleet_pool, e as usize, now) {
-            // The hedge cannot connect: the first attempt's answer stands.
-            let _ = ep.failed(now_ms, &table.upstream.ejection);
-            table.live.pool(p).release();
-            ep.release();
+            // The hedge cannot connect (`Attempt::failed_to_connect`): the first attempt's
+            // answer stands.
+            ep.connect_failed(now_ms, &table.upstream.ejection);
+            rules::give_back(table, (p, e));
             return;
         }
         let mut h = f;

@@ -68,42 +68,22 @@ pub struct Head {
 }
 
 impl Attempt {
-    /// Take a slot on `target` for an attempt: `None` when the pool or the endpoint is at its
-    /// limit (a race lost to another request).
-    pub fn acquire(table: &Arc<Serving>, target: (PoolId, u16)) -> Option<Attempt> {
-        let pool = &table.pools[target.0 as usize];
-        let state = table.live.pool(target.0);
-        if !state.try_acquire(pool.concurrency) {
-            return None;
-        }
-        if !table
-            .live
-            .endpoint(target.0, target.1 as usize)
-            .try_acquire(pool.endpoint_limit())
-        {
-            state.release();
-            return None;
-        }
-        Some(Attempt {
+    /// An attempt on `target`, whose slots the caller took ([`super::rules::take_slot`]).
+    pub fn adopt(table: &Arc<Serving>, target: (PoolId, u16)) -> Attempt {
+        Attempt {
             table: table.clone(),
             target,
-            overdue: state.track_start(now_ms()),
+            overdue: table.live.pool(target.0).track_start(now_ms()),
             started: Instant::now(),
-        })
+        }
     }
 
     /// Take a slot on `target` whatever the limits say: for a caller that keeps its own count
     /// (the batch dispatcher, within the room `queue::dispatcher::room` gives it).
     pub fn take(table: &Arc<Serving>, target: (PoolId, u16)) -> Attempt {
-        let state = table.live.pool(target.0);
-        state.acquire();
+        table.live.pool(target.0).acquire();
         table.live.endpoint(target.0, target.1 as usize).acquire();
-        Attempt {
-            table: table.clone(),
-            target,
-            overdue: state.track_start(now_ms()),
-            started: Instant::now(),
-        }
+        Attempt::adopt(table, target)
     }
 
     /// Connect, send `req` and the whole `body`, read the response header.
@@ -245,13 +225,10 @@ impl Attempt {
 
 impl Drop for Attempt {
     fn drop(&mut self) {
-        let (p, e) = self.target;
-        let live = &self.table.live;
         if let Some(slot) = self.overdue.take() {
-            live.pool(p).untrack(slot);
+            self.table.live.pool(self.target.0).untrack(slot);
         }
-        live.pool(p).release();
-        live.endpoint(p, e as usize).release();
+        super::rules::give_back(&self.table, self.target);
     }
 }
 

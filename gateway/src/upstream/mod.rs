@@ -33,11 +33,12 @@
 pub mod attempt;
 pub mod connect;
 pub mod request;
+pub mod rules;
 
 use crate::classify::Class;
 use crate::error::GatewayError;
 use crate::policy::compile::PoolId;
-use crate::route::{self, Decision, Reason};
+use crate::route::{self, Decision};
 use crate::serving::state::now_ms;
 use crate::serving::Serving;
 use crate::telemetry as t;
@@ -173,38 +174,28 @@ async fn exchange(
     attempt.exchange(&req, &out.body, out.grpc, timeouts).await
 }
 
-/// Take a slot for the next attempt. The first attempt uses the decision the pipeline made;
-/// a retry decides again without the endpoints already tried. A lost race for the last slot
-/// decides again on the fresh counts (the next candidate, or the tier's fallback).
+/// Take a slot for the next attempt ([`rules::take_slot`]). The first attempt uses the
+/// decision the pipeline made; a retry decides again without the endpoints already tried.
 fn acquire(out: &Outbound<'_>, trail: &mut Trail) -> Result<Attempt, GatewayError> {
     let table = out.table;
     let class = out.class;
-    if trail.tried.is_empty() {
+    let now = now_ms();
+    let decision = if trail.tried.is_empty() {
         // Every request earns the retry budget a fraction of a retry.
         table.live.budget.deposit(&table.upstream.retry_budget);
+        trail.decision
     } else {
-        trail.decision = route::decide(class, table, &trail.tried, now_ms());
-    }
-    for _ in 0..4 {
-        let Some(target) = trail.decision.target else {
-            break;
-        };
-        if let Some(attempt) = Attempt::acquire(table, target) {
+        route::decide(class, table, &trail.tried, now)
+    };
+    let (decision, target) = rules::take_slot(table, class, &trail.tried, decision, now);
+    trail.decision = decision;
+    match target {
+        Some(target) => {
             trail.tried.push(target);
-            return Ok(attempt);
+            Ok(Attempt::adopt(table, target))
         }
-        trail.decision = route::decide(class, table, &trail.tried, now_ms());
+        None => Err(rules::no_slot_error(class, table, decision.reason)),
     }
-    let tier = &table.tiers[class.tier as usize];
-    Err(match trail.decision.reason {
-        Reason::Overloaded | Reason::MeetsDeadline => GatewayError::Overloaded {
-            tier: tier.name.clone(),
-        },
-        _ => GatewayError::NoCandidate {
-            model: class.model.clone(),
-            tier: tier.name.clone(),
-        },
-    })
 }
 
 /// The status an upstream answer counts as: a gRPC trailers-only `UNAVAILABLE` (14) is the
@@ -222,30 +213,20 @@ fn status_of(grpc: bool, resp: &ResponseHeader) -> u16 {
     }
 }
 
-/// Whether an attempt that may have reached the backend (a timeout, a cut connection, a
-/// 5xx) may be made again: idempotent routes only, another candidate left, and
-/// [`retry_allowed`].
+/// [`rules::may_retry`] for this request now.
 fn may_retry(out: &Outbound<'_>, trail: &Trail) -> bool {
-    out.table.routes[out.class.route as usize].idempotent
-        && route::decide(out.class, out.table, &trail.tried, now_ms())
-            .target
-            .is_some()
-        && retry_allowed(out, trail)
+    rules::may_retry(
+        out.table,
+        out.class,
+        &trail.tried,
+        out.start.elapsed(),
+        now_ms(),
+    )
 }
 
-/// Whether another attempt may be made: attempts left, time left before the deadline, and a
-/// token in the retry budget (an empty budget is counted).
+/// [`rules::retry_allowed`] for this request now.
 fn retry_allowed(out: &Outbound<'_>, trail: &Trail) -> bool {
-    let table = out.table;
-    let within_deadline = out.start.elapsed() < out.class.deadline.max(Duration::from_millis(10));
-    if (trail.tried.len() as u32) >= table.upstream.max_attempts || !within_deadline {
-        return false;
-    }
-    if table.live.budget.try_withdraw(&table.upstream.retry_budget) {
-        return true;
-    }
-    metrics::counter!(t::RETRY_BUDGET_EXHAUSTED).increment(1);
-    false
+    rules::retry_allowed(out.table, out.class, trail.tried.len(), out.start.elapsed())
 }
 
 /// What one attempt of a queued job came to ([`fetch`]).
@@ -323,15 +304,6 @@ pub async fn fetch(
     }
 }
 
-/// How long a hedging tier waits for the first attempt before sending a second: the
-/// attempt's expected time (the round trip plus the pool's service-time estimate) times the
-/// tier's `hedge_after`.
-pub fn hedge_delay(table: &Serving, pool: PoolId, factor: f64) -> Duration {
-    let state = table.live.pool(pool);
-    let network = route::network::upstream_rtt(&table.pools[pool as usize], state, table);
-    (network + state.service_time_behind(now_ms(), network)).mul_f64(factor)
-}
-
 /// A hedging tier's attempt: `first`, and when it has not answered after [`hedge_delay`] a
 /// second attempt to the next-best candidate (if one can take it now and meets the deadline
 /// or is the tier's fallback). The first good answer (not a 5xx) wins and the other attempt
@@ -346,7 +318,9 @@ async fn hedge(
     timeouts: Timeouts,
 ) -> Result<(Attempt, Result<Head, Failure>), GatewayError> {
     let table = out.table;
-    let delay = hedge_delay(table, first.target.0, factor);
+    let pool = &table.pools[first.target.0 as usize];
+    let network = route::network::upstream_rtt(pool, table.live.pool(first.target.0), table);
+    let delay = rules::hedge_delay(table, first.target.0, network, factor, now_ms());
     let left = out.class.deadline.saturating_sub(out.start.elapsed());
     let (first_target, (p, e)) = (first.target, first.target);
     let pool = &table.pools[p as usize];
@@ -369,16 +343,16 @@ async fn hedge(
         return Ok((first, done));
     }
     // Not answered in time: the next-best candidate, if one can take it now.
-    let next = route::decide(out.class, table, &trail.tried, now_ms());
+    let next = rules::hedge_target(table, out.class, &trail.tried, now_ms());
     let second = next
-        .target
-        .filter(|_| matches!(next.reason, Reason::MeetsDeadline | Reason::FallbackFastest))
-        .and_then(|target| Attempt::acquire(table, target));
-    let Some(mut second) = second else {
+        .and_then(|d| d.target)
+        .filter(|&t| rules::take(table, t));
+    let (Some(next), Some(second)) = (next, second) else {
         let done = primary.await;
         trail.hedged = Some(false);
         return Ok((first, done));
     };
+    let mut second = Attempt::adopt(table, second);
     let tier = &table.tiers[out.class.tier as usize];
     let hedge_pool = &table.pools[second.target.0 as usize];
     metrics::counter!(t::HEDGES, "pool" => hedge_pool.name.clone()).increment(1);
