@@ -637,6 +637,61 @@ async fn a_tenant_key_the_gateway_consumed_never_reaches_a_hosted_provider() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hosted_batch_pool_behind_the_queue_gets_its_jobs_over_verified_tls() {
+    const SECRET: &str = "sk-batch-31c7";
+    std::env::set_var("SWITCHYARD_TEST_BATCH_KEY", SECRET);
+    let ca = Ca::new("pool ca");
+    let (api, seen) = hosted_api(&ca).await;
+    let batch = format!(
+        r#"  - name: hosted-batch
+    kind: batch
+    region: us
+    endpoints: ["https://{api}"]
+    models: ["*"]
+    concurrency: 4
+    service_time: 10ms
+    price: {{ per_gpu_hour: 0.5 }}
+    headers: {{ authorization: "Bearer ${{SWITCHYARD_TEST_BATCH_KEY}}" }}
+    path_prefix: /batch
+    tls: {{ ca: pool-ca.pem }}
+"#
+    );
+    let pools = hosted_pool(api, "pool-ca.pem", "SWITCHYARD_TEST_BATCH_KEY") + &batch;
+    let queue = "queue:\n  path: data/queue.redb\n  max_attempts: 2\n  backoff: { base: 50ms, max: 200ms }\n";
+    let gw = start_with_files(&policy(&pools, queue), &[("pool-ca.pem", &ca.pem())]).await;
+    let who = [("x-slo-tier", "batch"), ("x-api-key", "client-key-batch")];
+    let r = gw.post("/v1/chat/completions", &who, &chat("m")).await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    let id = r.json().unwrap()["job_id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let job = loop {
+        let v = gw
+            .get(&format!("/v1/jobs/{id}"), &who)
+            .await
+            .json()
+            .unwrap();
+        if v["status"] == "succeeded" || v["status"] == "failed" {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "{v}\n{}", gw.log());
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let got = seen
+        .lock()
+        .unwrap()
+        .last()
+        .cloned()
+        .expect("the pool saw the job");
+    assert_eq!(got.path(), "/batch/v1/chat/completions", "{}", got.head);
+    assert_eq!(
+        got.header("authorization").as_deref(),
+        Some(&*format!("Bearer {SECRET}"))
+    );
+    assert!(!got.head.contains("client-key-batch"), "{}", got.head);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pool_certificate_from_the_wrong_ca_is_a_502_saying_why_not_an_ejection() {
     std::env::set_var("SWITCHYARD_TEST_HOSTED_KEY_B", "sk-b");
     let pool_ca = Ca::new("pool ca");

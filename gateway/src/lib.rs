@@ -1,20 +1,26 @@
-//! Switchyard: a routing gateway for ML inference, built on Pingora.
+//! Switchyard's request path: a routing gateway for ML inference, built on Pingora.
 //!
 //! ```text
-//! client ──▶ classify ──▶ (cache) ──▶ route ──▶ edge pool | central GPU pool | batch pool
-//!              │                        │
-//!              └── region (GeoIP),      └── estimate latency and cost per candidate pool,
-//!                  tier, model,             pick the cheapest that meets the deadline,
-//!                  cacheability             power-of-two-choices inside the pool
-//! control plane: YAML policy ─▶ validate ─▶ compile ─▶ ArcSwap snapshot (reload keeps last good)
+//! client ─▶ pipeline ─▶ classify ─▶ admit ─▶ cache ─▶ route ─▶ upstream ─▶ edge | GPU | hosted
+//!                                              │hit       │queue
+//!                                              ▼          ▼
+//!                                            answer     queue (202; dispatcher ─▶ batch pools)
+//! control plane: YAML ─▶ policy (compile) ─▶ serving (+ live state, resources) ─▶ ArcSwap
 //! ```
 //!
-//! The modules follow the request path: [`classify`] turns request facts into a `Class`,
-//! [`admit`] checks the caller's key, rate, concurrency and budget (shared through [`redis`]
-//! when several instances run), [`route`] turns a `Class` into a `Decision`, [`proxy`] is the Pingora glue that calls them
-//! in order, [`policy`] is the control plane (the routing table, pure data), [`serving`] publishes
-//! a table together with its live state (`serving::state`), [`admin`] the admin listener,
-//! [`telemetry`] the metric names, and [`error`] the one mapping from errors to HTTP responses.
+//! The modules, bottom to top (imports point down; `docs/architecture.md` is the map):
+//! - [`policy`]: YAML → validated, compiled plain data (the routing table);
+//! - [`serving`]: a table with its live state and resources, published as one; reloads;
+//! - [`classify`]: request facts → `Class`; [`grpc`]: the gRPC wire format;
+//! - [`route`]: `Class` → `Decision` (estimates, candidates, endpoint); health checks;
+//! - [`error`]: every client-visible error and its one mapping; [`reply`]: answers as values;
+//! - [`admit`]: tenant limits and budgets; [`cache`]: the prediction cache;
+//! - [`observe`]: access and decision logs, the status page's aggregate;
+//! - [`discovery`]: each protocol's own endpoints; [`queue`]: the batch queue;
+//! - [`upstream`]: the one way to a backend (attempt, retries, hedging, connections);
+//! - [`pipeline`]: the request path top to bottom, the only writer to clients, the record;
+//! - [`admin`]: the admin listener and status page; [`tls`]: the certificate watcher;
+//! - [`server`]: wiring; [`telemetry`]: metric names; [`redis`]: the RESP client.
 
 pub mod admin;
 pub mod admit;

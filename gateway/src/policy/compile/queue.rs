@@ -81,11 +81,9 @@ pub(super) fn compile(
     let queue = raw.queue.as_ref().map(|q| compile_queue(p, q, pools, file));
     if let Some(q) = &raw.queue {
         for pool in pools.iter_mut().filter(|pool| pool.kind == PoolKind::Batch) {
+            // (The dispatcher's attempts are the request path's: TLS and the pool's rewriting
+            // apply to batch pools too, `upstream::fetch`.)
             pool.queue_fed = true;
-            if pool.endpoints.iter().any(|e| e.sni.is_some()) || pool.hosted.rewrites() {
-                // The dispatcher's client (`queue::http`) speaks plain HTTP/1.1 only.
-                p.on(q, format!("pool `{}`: the batch queue dispatches over plain HTTP only; https:// endpoints and `headers`/`host`/`path_prefix` are not supported for batch pools behind a queue", pool.name));
-            }
         }
     }
     for (name, tier) in &raw.tiers {
