@@ -79,7 +79,7 @@ pub(super) fn compile(
     file: &Path,
 ) -> Option<QueueSettings> {
     let queue = raw.queue.as_ref().map(|q| compile_queue(p, q, pools, file));
-    if let Some(q) = &raw.queue {
+    if raw.queue.is_some() {
         for pool in pools.iter_mut().filter(|pool| pool.kind == PoolKind::Batch) {
             // (The dispatcher's attempts are the request path's: TLS and the pool's rewriting
             // apply to batch pools too, `upstream::fetch`.)
