@@ -5,7 +5,11 @@
 #![allow(dead_code)]
 
 pub mod json_schema;
+pub mod policy;
 pub mod report;
+
+#[allow(unused_imports)]
+pub use policy::{Policy, Pool, Route, Tenant, Tier};
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener};
