@@ -262,16 +262,18 @@ fn write(dir: &Path, name: &str, text: &str) {
     std::fs::write(dir.join(name), text).unwrap();
 }
 
+/// One edge pool on `backend`.
+fn edge(backend: SocketAddr) -> Policy {
+    Policy::new().pool(Pool::edge("edge").endpoint(backend).per_request(0.001))
+}
+
 /// A policy whose listeners include TLS on `tls` with `server.pem`/`server.key`.
-fn with_tls_listener(pools: &str, tls: SocketAddr) -> String {
-    let mut p = policy(pools, "");
-    p.insert_str(
-        0,
-        &format!(
-            "listeners: {{ proxy: 127.0.0.1:8080, tls: {{ listen: \"{tls}\", cert: server.pem, key: server.key }} }}\n"
-        ),
-    );
-    p
+fn with_tls_listener(policy: Policy, tls: SocketAddr) -> String {
+    policy
+        .extra(&format!(
+            "listeners: {{ proxy: 127.0.0.1:8080, tls: {{ listen: \"{tls}\", cert: server.pem, key: server.key }} }}"
+        ))
+        .render()
 }
 
 /// Start a gateway whose policy directory already holds `files`.
@@ -291,16 +293,8 @@ async fn the_tls_listener_serves_http1_and_http2_chosen_by_alpn() {
     let ca = Ca::new("test ca");
     let leaf = ca.leaf();
     let tls = free_addr();
-    let pools = pool(
-        "edge",
-        "edge",
-        "us",
-        &[backend.addr()],
-        "[\"*\"]",
-        "{ per_request: 0.001 }",
-    );
     let gw = start_with_files(
-        &with_tls_listener(&pools, tls),
+        &with_tls_listener(edge(backend.addr()), tls),
         &[
             ("server.pem", &leaf.cert_pem),
             ("server.key", &leaf.key_pem),
@@ -358,16 +352,8 @@ async fn a_bad_certificate_reload_is_refused_and_the_old_one_keeps_serving() {
     let ca = Ca::new("test ca");
     let first = ca.leaf();
     let tls = free_addr();
-    let pools = pool(
-        "edge",
-        "edge",
-        "us",
-        &[backend.addr()],
-        "[\"*\"]",
-        "{ per_request: 0.001 }",
-    );
     let gw = start_with_files(
-        &with_tls_listener(&pools, tls),
+        &with_tls_listener(edge(backend.addr()), tls),
         &[
             ("server.pem", &first.cert_pem),
             ("server.key", &first.key_pem),
@@ -430,21 +416,11 @@ async fn a_gateway_with_only_a_tls_listener_becomes_ready() {
     let leaf = ca.leaf();
     let tls = free_addr();
     let admin = free_addr();
-    let pools = pool(
-        "edge",
-        "edge",
-        "us",
-        &[backend.addr()],
-        "[\"*\"]",
-        "{ per_request: 0.001 }",
-    );
-    let mut text = policy(&pools, "");
-    text.insert_str(
-        0,
-        &format!(
-            "listeners: {{ tls: {{ listen: \"{tls}\", cert: server.pem, key: server.key }} }}\n"
-        ),
-    );
+    let text = edge(backend.addr())
+        .extra(&format!(
+            "listeners: {{ tls: {{ listen: \"{tls}\", cert: server.pem, key: server.key }} }}"
+        ))
+        .render();
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "server.pem", &leaf.cert_pem);
     write(dir.path(), "server.key", &leaf.key_pem);
@@ -480,23 +456,22 @@ async fn a_gateway_with_only_a_tls_listener_becomes_ready() {
     assert_eq!(served, 200);
 }
 
-/// A hosted pool: `https://` endpoint, private CA, an injected key, a path prefix, per-token
-/// prices.
-fn hosted_pool(api: SocketAddr, ca_file: &str, key_var: &str) -> String {
-    format!(
-        r#"  - name: hosted
-    kind: gpu
-    region: us
-    endpoints: ["https://{api}"]
-    models: ["*"]
-    concurrency: 16
-    service_time: 10ms
-    price: {{ per_request: 0.01, per_1k_input_tokens: 0.01, per_1k_output_tokens: 0.03 }}
-    headers: {{ authorization: "Bearer ${{{key_var}}}", openai-organization: org-test }}
-    path_prefix: /openai/deployments/x
-    tls: {{ ca: {ca_file} }}
-"#
-    )
+/// A policy whose one pool is hosted: `https://` endpoint, private CA, an injected key, a
+/// path prefix, per-token prices.
+fn hosted_policy(api: SocketAddr, ca_file: &str, key_var: &str) -> String {
+    let hosted = Pool::gpu("hosted")
+        .endpoint(format!("https://{api}"))
+        .concurrency(16)
+        .price("{ per_request: 0.01, per_1k_input_tokens: 0.01, per_1k_output_tokens: 0.03 }")
+        .with(
+            "headers",
+            format!(
+                "{{ authorization: \"Bearer ${{{key_var}}}\", openai-organization: org-test }}"
+            ),
+        )
+        .with("path_prefix", "/openai/deployments/x")
+        .with("tls", format!("{{ ca: {ca_file} }}"));
+    Policy::new().pool(hosted).render()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -506,10 +481,7 @@ async fn a_hosted_pool_gets_the_injected_key_over_verified_tls_and_never_the_cli
     let ca = Ca::new("pool ca");
     let (api, seen) = hosted_api(&ca).await;
     let gw = start_with_files(
-        &policy(
-            &hosted_pool(api, "pool-ca.pem", "SWITCHYARD_TEST_HOSTED_KEY_A"),
-            "",
-        ),
+        &hosted_policy(api, "pool-ca.pem", "SWITCHYARD_TEST_HOSTED_KEY_A"),
         &[("pool-ca.pem", &ca.pem())],
     )
     .await;
@@ -580,10 +552,7 @@ async fn a_pool_certificate_from_the_wrong_ca_is_a_502_saying_why_not_an_ejectio
     let other_ca = Ca::new("someone else");
     let (api, seen) = hosted_api(&pool_ca).await;
     let gw = start_with_files(
-        &policy(
-            &hosted_pool(api, "wrong-ca.pem", "SWITCHYARD_TEST_HOSTED_KEY_B"),
-            "",
-        ),
+        &hosted_policy(api, "wrong-ca.pem", "SWITCHYARD_TEST_HOSTED_KEY_B"),
         &[("wrong-ca.pem", &other_ca.pem())],
     )
     .await;
@@ -642,10 +611,7 @@ async fn token_spend_comes_from_usage_in_plain_and_streamed_answers() {
     let ca = Ca::new("pool ca");
     let (api, _seen) = hosted_api(&ca).await;
     let gw = start_with_files(
-        &policy(
-            &hosted_pool(api, "pool-ca.pem", "SWITCHYARD_TEST_HOSTED_KEY_C"),
-            "",
-        ),
+        &hosted_policy(api, "pool-ca.pem", "SWITCHYARD_TEST_HOSTED_KEY_C"),
         &[("pool-ca.pem", &ca.pem())],
     )
     .await;
