@@ -495,7 +495,7 @@ impl Policy {
     /// More top-level YAML (`queue:`, `observe:`, `listeners:`, …), appended.
     pub fn extra(mut self, yaml: &str) -> Policy {
         self.extra.push_str(yaml);
-        if !self.extra.ends_with('\n') {
+        if !yaml.is_empty() && !yaml.ends_with('\n') {
             self.extra.push('\n');
         }
         self
