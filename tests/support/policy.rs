@@ -383,13 +383,13 @@ rtt_ms:
 /// A whole policy (see the module docs for what [`Policy::new`] holds).
 #[derive(Clone, Debug)]
 pub struct Policy {
-    trusted_proxies: String,
+    trusted_proxies: Option<String>,
     regions: String,
     tiers: Vec<Tier>,
     tenants: Vec<Tenant>,
     pools: Vec<Pool>,
     routes: Vec<Route>,
-    upstream: String,
+    upstream: Option<String>,
     extra: String,
 }
 
@@ -410,7 +410,7 @@ fn put<T>(items: &mut Vec<T>, item: T, name: impl Fn(&T) -> &str) {
 impl Policy {
     pub fn new() -> Policy {
         Policy {
-            trusted_proxies: "[127.0.0.0/8]".into(),
+            trusted_proxies: Some("[127.0.0.0/8]".into()),
             regions: THREE_REGIONS.into(),
             tiers: vec![
                 Tier::realtime(),
@@ -426,8 +426,21 @@ impl Policy {
                 Route::oip(),
                 Route::tf(),
             ],
-            upstream: "{ connect_timeout: 300ms, max_attempts: 3, down_backoff: 30s }".into(),
+            upstream: Some("{ connect_timeout: 300ms, max_attempts: 3, down_backoff: 30s }".into()),
             extra: String::new(),
+        }
+    }
+
+    /// Only the embedded GeoIP database and [`THREE_REGIONS`]: no trusted proxies, tiers,
+    /// tenants, routes or `upstream:` settings until the test gives them.
+    pub fn minimal() -> Policy {
+        Policy {
+            trusted_proxies: None,
+            tiers: Vec::new(),
+            tenants: Vec::new(),
+            routes: Vec::new(),
+            upstream: None,
+            ..Policy::new()
         }
     }
 
@@ -482,13 +495,13 @@ impl Policy {
 
     /// The peers whose `X-Forwarded-For` is believed, as a YAML list.
     pub fn trusted_proxies(mut self, yaml: &str) -> Policy {
-        self.trusted_proxies = yaml.to_string();
+        self.trusted_proxies = Some(yaml.to_string());
         self
     }
 
     /// The `upstream:` mapping, as YAML.
     pub fn upstream(mut self, yaml: &str) -> Policy {
-        self.upstream = yaml.to_string();
+        self.upstream = Some(yaml.to_string());
         self
     }
 
@@ -503,10 +516,12 @@ impl Policy {
 
     /// The policy file.
     pub fn render(&self) -> String {
-        let mut s = format!(
-            "trusted_proxies: {}\ngeoip: {{ database: embedded }}\n{}",
-            self.trusted_proxies, self.regions
-        );
+        let mut s = String::new();
+        if let Some(trusted) = &self.trusted_proxies {
+            s.push_str(&format!("trusted_proxies: {trusted}\n"));
+        }
+        s.push_str("geoip: { database: embedded }\n");
+        s.push_str(&self.regions);
         if !s.ends_with('\n') {
             s.push('\n');
         }
@@ -520,7 +535,9 @@ impl Policy {
         self.pools.iter().for_each(|p| s.push_str(&p.render()));
         s.push_str("routes:\n");
         self.routes.iter().for_each(|r| s.push_str(&r.render()));
-        s.push_str(&format!("upstream: {}\n", self.upstream));
+        if let Some(upstream) = &self.upstream {
+            s.push_str(&format!("upstream: {upstream}\n"));
+        }
         s.push_str(&self.extra);
         s
     }
