@@ -3,8 +3,8 @@
 //!
 //! ```ignore
 //! let text = Policy::new()
-//!     .pool(Pool::edge("edge-eu").region("eu").endpoints(&[eu.addr()]).models(["llama-3-8b"]))
-//!     .pool(Pool::gpu("gpu").endpoints(&[gpu.addr()]))
+//!     .pool(Pool::edge("edge-eu").region("eu").endpoint(eu.addr()).models(["llama-3-8b"]))
+//!     .pool(Pool::gpu("gpu").endpoint(gpu.addr()))
 //!     .render();
 //! ```
 //!
@@ -28,13 +28,6 @@ impl Fields {
             Some(kv) => kv.1 = value,
             None => self.0.push((key.to_string(), value)),
         }
-    }
-
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
     }
 
     /// `{ a: 1, b: 2 }`
@@ -61,7 +54,6 @@ fn list<T: Display>(items: impl IntoIterator<Item = T>) -> String {
 /// per request and the GPU pool the next (see [`Pool::edge`], [`Pool::gpu`], [`Pool::batch`]).
 #[derive(Clone, Debug)]
 pub struct Pool {
-    name: String,
     fields: Fields,
     endpoints: Vec<String>,
 }
@@ -78,7 +70,6 @@ impl Pool {
         fields.set("service_time", "10ms");
         fields.set("price", price);
         Pool {
-            name: name.to_string(),
             fields,
             endpoints: Vec::new(),
         }
@@ -97,10 +88,6 @@ impl Pool {
     /// A batch pool at `per_gpu_hour: 0.5` USD.
     pub fn batch(name: &str) -> Pool {
         Pool::new(name, "batch", "{ per_gpu_hour: 0.5 }")
-    }
-
-    pub fn name(&self) -> &str {
-        &self.name
     }
 
     pub fn region(mut self, region: &str) -> Pool {
@@ -316,12 +303,6 @@ impl Route {
         self
     }
 
-    /// Any other field, its value as YAML.
-    pub fn with(mut self, key: &str, yaml: impl Display) -> Route {
-        self.fields.set(key, yaml);
-        self
-    }
-
     fn render(&self) -> String {
         format!("  - {}\n", self.fields.flow())
     }
@@ -352,13 +333,8 @@ impl Tenant {
     }
 
     /// Its `limits:` mapping, as YAML.
-    pub fn limits(self, yaml: &str) -> Tenant {
-        self.with("limits", yaml)
-    }
-
-    /// Any other field, its value as YAML.
-    pub fn with(mut self, key: &str, yaml: impl Display) -> Tenant {
-        self.fields.set(key, yaml);
+    pub fn limits(mut self, yaml: &str) -> Tenant {
+        self.fields.set("limits", yaml);
         self
     }
 
@@ -391,12 +367,6 @@ pub struct Policy {
     routes: Vec<Route>,
     upstream: Option<String>,
     extra: String,
-}
-
-impl Default for Policy {
-    fn default() -> Self {
-        Policy::new()
-    }
 }
 
 /// Replace the item named `name` in `items`, or append it.
