@@ -62,26 +62,16 @@ fn endpoint<'a>(pools: &'a Value, pool: &str, ep: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no endpoint {pool}/{ep} in {pools}"))
 }
 
-fn with_upstream(policy: &str, upstream: &str) -> String {
-    policy.replace(
-        "upstream: { connect_timeout: 300ms, max_attempts: 3, down_backoff: 30s }",
-        upstream,
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_endpoint_loses_its_share_and_wins_it_back() {
     let a = mock("a", 5).await;
     let b = mock("b", 5).await;
-    let pools = pool(
-        "gpu",
-        "gpu",
-        "us",
-        &[a.addr(), b.addr()],
-        "[\"*\"]",
-        "{ per_gpu_hour: 2 }",
+    let policy = Policy::new().pool(
+        Pool::gpu("gpu")
+            .endpoints(&[a.addr(), b.addr()])
+            .per_gpu_hour(2.0),
     );
-    let gw = Gateway::start(&policy(&pools, "")).await;
+    let gw = Gateway::start(&policy.render()).await;
 
     load(&gw, 4, Duration::from_millis(800)).await;
     a.reset_stats();
@@ -125,26 +115,11 @@ async fn a_failing_endpoint_is_ejected_after_its_threshold_and_readmitted() {
     let b = mock("b", 0).await;
     a.faults().set_error_rate(1.0);
     // The edge pool (cheaper, chosen while it has an endpoint up) has only `a`.
-    let pools = pool(
-        "edge",
-        "edge",
-        "us",
-        &[a.addr()],
-        "[\"*\"]",
-        "{ per_request: 0.00002 }",
-    ) + &pool(
-        "gpu",
-        "gpu",
-        "us",
-        &[b.addr()],
-        "[\"*\"]",
-        "{ per_request: 0.001 }",
-    );
-    let text = with_upstream(
-        &policy(&pools, ""),
-        "upstream: { connect_timeout: 300ms, max_attempts: 3, down_backoff: 1s, eject_after: 3 }",
-    );
-    let gw = Gateway::start(&text).await;
+    let policy = Policy::new()
+        .pool(Pool::edge("edge").endpoint(a.addr()))
+        .pool(Pool::gpu("gpu").endpoint(b.addr()).per_request(0.001))
+        .upstream("{ connect_timeout: 300ms, max_attempts: 3, down_backoff: 1s, eject_after: 3 }");
+    let gw = Gateway::start(&policy.render()).await;
     let ep_a = a.addr().to_string();
 
     // 5xx answers pass through (the route is not idempotent) until the third in a row.
@@ -227,29 +202,16 @@ async fn a_failing_endpoint_is_ejected_after_its_threshold_and_readmitted() {
 async fn health_checks_take_a_pool_out_and_back_in() {
     let edge = mock("edge", 0).await;
     let gpu = mock("gpu", 0).await;
-    let edge_pool = pool(
-        "edge",
-        "edge",
-        "us",
-        &[edge.addr()],
-        "[\"*\"]",
-        "{ per_request: 0.00002 }",
-    );
-    let gpu_pool = pool(
-        "gpu",
-        "gpu",
-        "us",
-        &[gpu.addr()],
-        "[\"*\"]",
-        "{ per_request: 0.001 }",
-    );
-    let plain = edge_pool.clone() + &gpu_pool;
-    let edge_pool = format!(
-        "{}, health: {{ path: /healthz, interval: 100ms, timeout: 150ms, healthy_threshold: 2, unhealthy_threshold: 2 }} }}\n",
-        edge_pool.trim_end().trim_end_matches('}').trim_end()
-    );
-    let pools = edge_pool + &gpu_pool;
-    let gw = Gateway::start(&policy(&pools, "")).await;
+    let edge_pool = Pool::edge("edge").endpoint(edge.addr());
+    let gpu_pool = Pool::gpu("gpu").endpoint(gpu.addr()).per_request(0.001);
+    let plain = Policy::new().pool(edge_pool.clone()).pool(gpu_pool.clone());
+    let checked = Policy::new()
+        .pool(edge_pool.with(
+            "health",
+            "{ path: /healthz, interval: 100ms, timeout: 150ms, healthy_threshold: 2, unhealthy_threshold: 2 }",
+        ))
+        .pool(gpu_pool);
+    let gw = Gateway::start(&checked.render()).await;
     assert_eq!(
         served_by(&gw.post("/v1/chat/completions", &[], &chat("m")).await),
         "edge"
@@ -292,7 +254,7 @@ async fn health_checks_take_a_pool_out_and_back_in() {
         assert!(Instant::now() < deadline, "never marked unhealthy again");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    std::fs::write(&gw.policy_path, policy(&plain, "")).expect("write policy");
+    std::fs::write(&gw.policy_path, plain.render()).expect("write policy");
     let r = gw.admin_post("/admin/reload", "").await;
     assert_eq!(r.status, 200, "{}", r.text());
     let deadline = Instant::now() + Duration::from_secs(3);
@@ -341,25 +303,13 @@ async fn concurrency_limits_hold_under_a_burst() {
     let b = mock("b", 300).await;
     let c = mock("c", 300).await;
     // Edge: concurrency 4 over two endpoints = 2 each. Overflow goes to the GPU pool.
-    let edge = pool(
-        "edge",
-        "edge",
-        "us",
-        &[a.addr(), b.addr()],
-        "[\"*\"]",
-        "{ per_request: 0.00002 }",
-    )
-    .replace("concurrency: 64", "concurrency: 4");
-    let pools = edge.clone()
-        + &pool(
-            "gpu",
-            "gpu",
-            "us",
-            &[c.addr()],
-            "[\"*\"]",
-            "{ per_gpu_hour: 12 }",
-        );
-    let gw = Gateway::start(&policy(&pools, "")).await;
+    let edge = Pool::edge("edge")
+        .endpoints(&[a.addr(), b.addr()])
+        .concurrency(4);
+    let policy = Policy::new()
+        .pool(edge.clone())
+        .pool(Pool::gpu("gpu").endpoint(c.addr()));
+    let gw = Gateway::start(&policy.render()).await;
     let answers = burst(&gw, 16).await;
     assert!(
         answers.iter().all(|r| r.status == 200),
@@ -382,7 +332,7 @@ async fn concurrency_limits_hold_under_a_burst() {
     // Only the edge pool: the overflow is refused at once with 503 and Retry-After.
     a.reset_stats();
     b.reset_stats();
-    let gw = Gateway::start(&policy(&edge, "")).await;
+    let gw = Gateway::start(&Policy::new().pool(edge).render()).await;
     let started = Instant::now();
     let answers = burst(&gw, 12).await;
     let ok = answers.iter().filter(|r| r.status == 200).count();
@@ -400,33 +350,27 @@ async fn concurrency_limits_hold_under_a_burst() {
     }
 }
 
-const IDEMPOTENT_ROUTES: &str = "  - { name: chat, match: /v1/chat/completions, protocol: openai, tier: standard, idempotent: true }\n  - { name: embeddings, match: /v1/embeddings, protocol: openai, tier: standard }\n";
+/// Chat, idempotent (a 5xx may be retried elsewhere), and embeddings, not.
+fn idempotent_chat() -> [Route; 2] {
+    [
+        Route::new("chat", "/v1/chat/completions", "openai").idempotent(),
+        Route::embeddings(),
+    ]
+}
 
 #[tokio::test]
 async fn an_idempotent_route_retries_a_5xx_elsewhere() {
     let broken = mock("broken", 0).await;
     let good = mock("good", 0).await;
     broken.faults().set_error_rate(1.0);
-    let pools = pool(
-        "edge",
-        "edge",
-        "us",
-        &[broken.addr()],
-        "[\"*\"]",
-        "{ per_request: 0.00002 }",
-    ) + &pool(
-        "gpu",
-        "gpu",
-        "us",
-        &[good.addr()],
-        "[\"*\"]",
-        "{ per_gpu_hour: 12 }",
-    );
-    let text = with_upstream(
-        &policy_with_routes(&pools, IDEMPOTENT_ROUTES, ""),
-        "upstream: { connect_timeout: 300ms, max_attempts: 3, down_backoff: 30s, eject_after: 100 }",
-    );
-    let gw = Gateway::start(&text).await;
+    let policy = Policy::new()
+        .pool(Pool::edge("edge").endpoint(broken.addr()))
+        .pool(Pool::gpu("gpu").endpoint(good.addr()))
+        .routes(idempotent_chat())
+        .upstream(
+            "{ connect_timeout: 300ms, max_attempts: 3, down_backoff: 30s, eject_after: 100 }",
+        );
+    let gw = Gateway::start(&policy.render()).await;
     let r = gw.post("/v1/chat/completions", &[], &chat("m")).await;
     assert_eq!(
         (r.status, served_by(&r)),
@@ -453,26 +397,12 @@ async fn the_retry_budget_caps_retries_when_every_backend_fails() {
     let b = mock("b", 0).await;
     a.faults().set_error_rate(1.0);
     b.faults().set_error_rate(1.0);
-    let pools = pool(
-        "edge",
-        "edge",
-        "us",
-        &[a.addr()],
-        "[\"*\"]",
-        "{ per_request: 0.00002 }",
-    ) + &pool(
-        "gpu",
-        "gpu",
-        "us",
-        &[b.addr()],
-        "[\"*\"]",
-        "{ per_gpu_hour: 12 }",
-    );
-    let text = with_upstream(
-        &policy_with_routes(&pools, IDEMPOTENT_ROUTES, ""),
-        "upstream: { connect_timeout: 300ms, max_attempts: 3, down_backoff: 30s, eject_after: 1000, retry_budget: { ratio: 0.2, min_per_second: 0 } }",
-    );
-    let gw = Gateway::start(&text).await;
+    let policy = Policy::new()
+        .pool(Pool::edge("edge").endpoint(a.addr()))
+        .pool(Pool::gpu("gpu").endpoint(b.addr()))
+        .routes(idempotent_chat())
+        .upstream("{ connect_timeout: 300ms, max_attempts: 3, down_backoff: 30s, eject_after: 1000, retry_budget: { ratio: 0.2, min_per_second: 0 } }");
+    let gw = Gateway::start(&policy.render()).await;
     for _ in 0..100 {
         let r = gw.post("/v1/chat/completions", &[], &chat("m")).await;
         assert_eq!(r.status, 500);
@@ -497,15 +427,10 @@ async fn the_retry_budget_caps_retries_when_every_backend_fails() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_requests() {
     let slow = mock("slow", 1500).await;
-    let pools = pool(
-        "edge",
-        "edge",
-        "us",
-        &[slow.addr()],
-        "[\"*\"]",
-        "{ per_request: 0.00002 }",
-    );
-    let mut gw = Gateway::start(&policy(&pools, "listeners: { shutdown_grace: 3s }")).await;
+    let policy = Policy::new()
+        .pool(Pool::edge("edge").endpoint(slow.addr()))
+        .extra("listeners: { shutdown_grace: 3s }");
+    let mut gw = Gateway::start(&policy.render()).await;
     let addr = gw.proxy;
     let in_flight = tokio::spawn(async move {
         let body = chat("m");
@@ -538,25 +463,15 @@ async fn sigterm_drains_in_flight_requests() {
 async fn a_hedging_tier_fails_over_a_refused_connect_like_any_other_tier() {
     // The cheap edge pool's only endpoint refuses connections; the GPU pool answers.
     let gpu = mock("gpu", 5).await;
-    let pools = pool(
-        "edge",
-        "edge",
-        "us",
-        &[dead_addr()],
-        "[\"*\"]",
-        "{ per_request: 0.00002 }",
-    ) + &pool(
-        "gpu",
-        "gpu",
-        "us",
-        &[gpu.addr()],
-        "[\"*\"]",
-        "{ per_request: 0.001 }",
-    );
-    let text = policy(&pools, "").replace(
-        "realtime: { deadline: 150ms, weight: 0.8, pools: [edge, gpu], on_slo_miss: fastest }",
-        "realtime: { deadline: 150ms, weight: 0.8, pools: [edge, gpu], on_slo_miss: fastest, hedge_after: 2 }",
-    );
+    let text = Policy::new()
+        .pool(
+            Pool::edge("edge")
+                .endpoint(dead_addr())
+                .per_request(0.00002),
+        )
+        .pool(Pool::gpu("gpu").endpoint(gpu.addr()).per_request(0.001))
+        .tier(Tier::realtime().with("hedge_after", 2))
+        .render();
     let gw = Gateway::start(&text).await;
     let r = gw
         .post(
@@ -589,26 +504,11 @@ async fn a_hedging_tier_fails_over_a_refused_connect_like_any_other_tier() {
 async fn hedged_requests_return_the_faster_answer() {
     let slow = mock("slow", 400).await;
     let fast = mock("fast", 5).await;
-    let pools = pool(
-        "edge",
-        "edge",
-        "us",
-        &[slow.addr()],
-        "[\"*\"]",
-        "{ per_request: 0.00002 }",
-    ) + &pool(
-        "gpu",
-        "gpu",
-        "us",
-        &[fast.addr()],
-        "[\"*\"]",
-        "{ per_request: 0.001 }",
-    );
-    let text = policy(&pools, "").replace(
-        "realtime: { deadline: 150ms, weight: 0.8, pools: [edge, gpu], on_slo_miss: fastest }",
-        "realtime: { deadline: 150ms, weight: 0.8, pools: [edge, gpu], on_slo_miss: fastest, hedge_after: 2 }",
-    );
-    let gw = Gateway::start(&text).await;
+    let policy = Policy::new()
+        .pool(Pool::edge("edge").endpoint(slow.addr()))
+        .pool(Pool::gpu("gpu").endpoint(fast.addr()).per_request(0.001))
+        .tier(Tier::realtime().with("hedge_after", 2));
+    let gw = Gateway::start(&policy.render()).await;
     let started = Instant::now();
     let r = gw
         .post(

@@ -37,10 +37,15 @@ fn image_chat(model: &str, size: usize, model_last: bool, extra: &str) -> Vec<u8
 
 const MIB: usize = 1024 * 1024;
 
-fn routes(extra_route: &str) -> String {
-    format!(
-        "  - {{ name: chat, match: /v1/chat/completions, protocol: openai, max_body: 80MiB, tier: standard, idempotent: true }}\n  - {{ name: completions, match: /v1/completions, protocol: openai, tier: standard }}\n{extra_route}"
-    )
+/// Routes: chat up to 80 MiB (idempotent, so a failed pool's request goes elsewhere) and
+/// completions with the default limit (32 MiB).
+fn large_bodies() -> Policy {
+    Policy::new().routes([
+        Route::new("chat", "/v1/chat/completions", "openai")
+            .max_body("80MiB")
+            .idempotent(),
+        Route::new("completions", "/v1/completions", "openai"),
+    ])
 }
 
 async fn send(
@@ -80,22 +85,20 @@ fn assert_whole(r: &Response, body: &[u8], pool: &str) {
 async fn multi_megabyte_chat_bodies_are_routed_by_model_and_reach_the_pool_whole() {
     let vision = mock("vision", 0).await;
     let text = mock("text", 0).await;
-    let pools = pool(
-        "vision",
-        "edge",
-        "us",
-        &[vision.addr()],
-        "[llava]",
-        "{ per_request: 0.0001 }",
-    ) + &pool(
-        "text",
-        "edge",
-        "us",
-        &[text.addr()],
-        "[llama]",
-        "{ per_request: 0.0001 }",
-    );
-    let gw = Gateway::start(&policy_with_routes(&pools, &routes(""), "")).await;
+    let policy = large_bodies()
+        .pool(
+            Pool::edge("vision")
+                .endpoint(vision.addr())
+                .models(["llava"])
+                .per_request(0.0001),
+        )
+        .pool(
+            Pool::edge("text")
+                .endpoint(text.addr())
+                .models(["llama"])
+                .per_request(0.0001),
+        );
+    let gw = Gateway::start(&policy.render()).await;
 
     // The SDK's order (model first) and sorted keys (model after 5 MiB of messages).
     for model_last in [false, true] {
@@ -139,17 +142,14 @@ async fn multi_megabyte_chat_bodies_are_routed_by_model_and_reach_the_pool_whole
 #[tokio::test]
 async fn chunked_uploads_are_read_whole_and_bounded() {
     let vision = mock("vision", 0).await;
-    let pools = pool(
-        "vision",
-        "edge",
-        "us",
-        &[vision.addr()],
-        "[\"*\"]",
-        "{ per_request: 0.0001 }",
-    );
-    let extra_route =
-        "  - { name: small, match: /v1/embeddings, protocol: openai, max_body: 1MiB, tier: standard }\n";
-    let gw = Gateway::start(&policy_with_routes(&pools, &routes(extra_route), "")).await;
+    let policy = large_bodies()
+        .route(Route::new("small", "/v1/embeddings", "openai").max_body("1MiB"))
+        .pool(
+            Pool::edge("vision")
+                .endpoint(vision.addr())
+                .per_request(0.0001),
+        );
+    let gw = Gateway::start(&policy.render()).await;
 
     let body = image_chat("llava", 3 * MIB, true, "");
     let parts: Vec<&[u8]> = body.chunks(256 * 1024).collect();
@@ -184,29 +184,26 @@ async fn a_failover_resends_the_whole_large_body() {
     let broken = mock("broken-edge", 0).await;
     // The preferred (cheap, near) pools: one whose endpoint refuses connections, one that
     // answers 500; the route is idempotent, so both fail over to the GPU pool.
-    let pools = pool(
-        "dead-edge",
-        "edge",
-        "us",
-        &[dead_addr()],
-        "[llava]",
-        "{ per_request: 0.00001 }",
-    ) + &pool(
-        "broken-edge",
-        "edge",
-        "us",
-        &[broken.addr()],
-        "[llama]",
-        "{ per_request: 0.00001 }",
-    ) + &pool(
-        "far-gpu",
-        "gpu",
-        "eu",
-        &[far.addr()],
-        "[\"*\"]",
-        "{ per_gpu_hour: 40 }",
-    );
-    let gw = Gateway::start(&policy_with_routes(&pools, &routes(""), "")).await;
+    let policy = large_bodies()
+        .pool(
+            Pool::edge("dead-edge")
+                .endpoint(dead_addr())
+                .models(["llava"])
+                .per_request(0.00001),
+        )
+        .pool(
+            Pool::edge("broken-edge")
+                .endpoint(broken.addr())
+                .models(["llama"])
+                .per_request(0.00001),
+        )
+        .pool(
+            Pool::gpu("far-gpu")
+                .region("eu")
+                .endpoint(far.addr())
+                .per_gpu_hour(40.0),
+        );
+    let gw = Gateway::start(&policy.render()).await;
     broken.faults().set_error_rate(1.0);
     // A retry is made only within the deadline; reading 64 MiB in a debug build can take
     // longer than the standard tier's second, so these requests ask for the batch tier
@@ -230,15 +227,8 @@ async fn a_failover_resends_the_whole_large_body() {
 #[tokio::test]
 async fn large_bodies_still_stream_their_answers() {
     let edge = mock("edge", 0).await;
-    let pools = pool(
-        "edge",
-        "edge",
-        "us",
-        &[edge.addr()],
-        "[\"*\"]",
-        "{ per_request: 0.0001 }",
-    );
-    let gw = Gateway::start(&policy_with_routes(&pools, &routes(""), "")).await;
+    let policy = large_bodies().pool(Pool::edge("edge").endpoint(edge.addr()).per_request(0.0001));
+    let gw = Gateway::start(&policy.render()).await;
     let body = image_chat("llava", 2 * MIB, false, r#""stream":true,"#);
     let mut conn = Connection::connect(gw.proxy).await.unwrap();
     let req =
@@ -263,20 +253,10 @@ async fn large_bodies_still_stream_their_answers() {
 #[tokio::test]
 async fn the_body_budget_refuses_large_requests_then_recovers() {
     let slow = mock("slow", 1500).await;
-    let pools = pool(
-        "slow",
-        "edge",
-        "us",
-        &[slow.addr()],
-        "[\"*\"]",
-        "{ per_request: 0.0001 }",
-    );
-    let gw = Gateway::start(&policy_with_routes(
-        &pools,
-        &routes(""),
-        "limits: { max_buffered_bytes: 8MiB }\n",
-    ))
-    .await;
+    let policy = large_bodies()
+        .pool(Pool::edge("slow").endpoint(slow.addr()).per_request(0.0001))
+        .extra("limits: { max_buffered_bytes: 8MiB }");
+    let gw = Gateway::start(&policy.render()).await;
 
     // One 6 MiB request held by a slow pool...
     let first_body = image_chat("llava", 6 * MIB, false, "");

@@ -8,13 +8,6 @@ use support::*;
 use switchyard_testkit::client::Response;
 use switchyard_testkit::mock::MockBackend;
 
-/// Chat (per tenant, 10m), embeddings (shared), OIP (1s TTL), TF-Serving (not cached).
-const CACHED_ROUTES: &str = r#"  - { name: chat, match: /v1/chat/completions, protocol: openai, max_body: 16KiB, tier: standard, cache: { ttl: 10m } }
-  - { name: embeddings, match: /v1/embeddings, protocol: openai, tier: standard, cache: { ttl: 10m, scope: shared } }
-  - { name: oip, match: /v2/models/*, protocol: oip-v2, max_body: 1MiB, tier: standard, cache: { ttl: 1s } }
-  - { name: tf, match: /v1/models/*, protocol: tf-serving, tier: standard }
-"#;
-
 /// A deterministic chat request (temperature 0) asking `content`.
 fn ask(content: &str) -> String {
     format!(
@@ -24,15 +17,14 @@ fn ask(content: &str) -> String {
 
 async fn fleet(latency_ms: u64, cache: &str) -> (Gateway, MockBackend) {
     let backend = mock("gpu", latency_ms).await;
-    let pools = pool(
-        "gpu",
-        "gpu",
-        "us",
-        &[backend.addr()],
-        r#"["*"]"#,
-        "{ per_request: 0.002 }",
-    );
-    let gw = Gateway::start(&policy_with_routes(&pools, CACHED_ROUTES, cache)).await;
+    // Chat (per tenant, 10m), embeddings (shared), OIP (1s TTL), TF-Serving (not cached).
+    let policy = Policy::new()
+        .route(Route::chat().cache("{ ttl: 10m }"))
+        .route(Route::embeddings().cache("{ ttl: 10m, scope: shared }"))
+        .route(Route::oip().cache("{ ttl: 1s }"))
+        .pool(Pool::gpu("gpu").endpoint(backend.addr()).per_request(0.002))
+        .extra(cache);
+    let gw = Gateway::start(&policy.render()).await;
     (gw, backend)
 }
 

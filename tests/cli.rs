@@ -153,7 +153,10 @@ fn a_missing_or_corrupt_geoip_database_is_a_clear_start_up_error() {
 
 #[test]
 fn demo_once_routes_mixed_traffic_and_prints_the_table() {
-    let (code, out, err) = run_cli(&["demo", "--once", "--requests", "240"], &repo_root());
+    let (code, out, err) = run_cli(
+        &["demo", "--once", "--free-ports", "--requests", "240"],
+        &repo_root(),
+    );
     assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
     for needle in [
         "realtime",
@@ -165,6 +168,37 @@ fn demo_once_routes_mixed_traffic_and_prints_the_table() {
         "GPU pool alone",
     ] {
         assert!(out.contains(needle), "missing {needle:?} in:\n{out}");
+    }
+}
+
+/// `demo --free-ports` needs none of the demo's fixed ports: while 127.0.0.1:8080 (its
+/// gateway's), 9090 (its admin listener's) and 9101 (its first mock's) are held, here or by
+/// another program (a demo someone is running), it still starts and routes its traffic, and
+/// nothing of it connects to the ports this test holds.
+#[test]
+fn the_demo_on_free_ports_runs_while_its_fixed_ports_are_taken() {
+    let held: Vec<std::net::TcpListener> = ["127.0.0.1:8080", "127.0.0.1:9090", "127.0.0.1:9101"]
+        .into_iter()
+        .filter_map(|addr| std::net::TcpListener::bind(addr).ok())
+        .collect();
+    for l in &held {
+        l.set_nonblocking(true).unwrap();
+    }
+    let (code, out, err) = run_cli(
+        &["demo", "--once", "--free-ports", "--requests", "60"],
+        &repo_root(),
+    );
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    for needle in ["realtime", "edge-eu", "gpu-central", "GPU pool alone"] {
+        assert!(out.contains(needle), "missing {needle:?} in:\n{out}");
+    }
+    for l in &held {
+        let taken = l.accept().map(|(_, peer)| peer);
+        assert!(
+            matches!(&taken, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+            "{:?} got a connection: {taken:?}",
+            l.local_addr()
+        );
     }
 }
 

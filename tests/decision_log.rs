@@ -9,16 +9,12 @@ use std::time::{Duration, Instant};
 use support::*;
 use switchyard_testkit::mock::MockBackend;
 
-/// One edge pool in `region` on `edge`, serving every model.
-fn edge_pool(edge: &MockBackend, region: &str) -> String {
-    pool(
-        "edge",
-        "edge",
-        region,
-        &[edge.addr()],
-        "[\"*\"]",
-        "{ per_request: 0.00002 }",
-    )
+/// One edge pool in `region` on `edge`, serving every model, and `observe` settings (YAML).
+fn edge_policy(edge: &MockBackend, region: &str, observe: &str) -> String {
+    Policy::new()
+        .pool(Pool::edge("edge").region(region).endpoint(edge.addr()))
+        .extra(observe)
+        .render()
 }
 
 /// The decision log's lines once there are at least `n` (at most 5 s).
@@ -40,10 +36,10 @@ async fn lines_when(path: &std::path::Path, n: usize) -> Vec<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_request_is_a_versioned_json_line_with_its_decision() {
     let edge = mock("edge", 5).await;
-    let pools = edge_pool(&edge, "eu");
-    let gw = Gateway::start(&policy(
-        &pools,
-        "observe: { decision_log: decisions.jsonl }\n",
+    let gw = Gateway::start(&edge_policy(
+        &edge,
+        "eu",
+        "observe: { decision_log: decisions.jsonl }",
     ))
     .await;
     let r = gw
@@ -122,10 +118,10 @@ async fn status(gw: &Gateway) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_status_page_gives_the_command_that_replays_the_recorded_traffic() {
     let edge = mock("edge", 1).await;
-    let pools = edge_pool(&edge, "us");
-    let recording = Gateway::start(&policy(
-        &pools,
-        "observe: { decision_log: decisions.jsonl }\n",
+    let recording = Gateway::start(&edge_policy(
+        &edge,
+        "us",
+        "observe: { decision_log: decisions.jsonl }",
     ))
     .await;
     let what_if = status(&recording).await;
@@ -142,17 +138,17 @@ async fn the_status_page_gives_the_command_that_replays_the_recorded_traffic() {
     // The page draws it; without a log it says how to record one.
     let page = recording.admin_get("/").await;
     assert!(String::from_utf8_lossy(&page.body).contains("what_if"));
-    let silent = Gateway::start(&policy(&pools, "")).await;
+    let silent = Gateway::start(&edge_policy(&edge, "us", "")).await;
     assert_eq!(status(&silent).await["command"], Value::Null);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_log_rotates_by_size() {
     let edge = mock("edge", 1).await;
-    let pools = edge_pool(&edge, "us");
-    let gw = Gateway::start(&policy(
-        &pools,
-        "observe: { decision_log: d.jsonl, decision_log_max: 4KiB }\n",
+    let gw = Gateway::start(&edge_policy(
+        &edge,
+        "us",
+        "observe: { decision_log: d.jsonl, decision_log_max: 4KiB }",
     ))
     .await;
     for i in 0..30 {
@@ -197,26 +193,16 @@ fn shares(lines: &[Value]) -> std::collections::BTreeMap<String, f64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recorded_log_replays_in_the_simulator() {
     let (edge_eu, gpu) = (mock("edge-eu", 5).await, mock("gpu", 20).await);
-    let pools = pool(
-        "edge-eu",
-        "edge",
-        "eu",
-        &[edge_eu.addr()],
-        "[small]",
-        "{ per_request: 0.00002 }",
-    ) + &pool(
-        "gpu",
-        "gpu",
-        "us",
-        &[gpu.addr()],
-        "[\"*\"]",
-        "{ per_request: 0.0001 }",
-    );
-    let gw = Gateway::start(&policy(
-        &pools,
-        "observe: { decision_log: decisions.jsonl }\n",
-    ))
-    .await;
+    let policy = Policy::new()
+        .pool(
+            Pool::edge("edge-eu")
+                .region("eu")
+                .endpoint(edge_eu.addr())
+                .models(["small"]),
+        )
+        .pool(Pool::gpu("gpu").endpoint(gpu.addr()).per_request(0.0001))
+        .extra("observe: { decision_log: decisions.jsonl }");
+    let gw = Gateway::start(&policy.render()).await;
     let clients = ["192.0.2.10", "198.51.100.20", "203.0.113.30"];
     let tiers = ["realtime", "standard", "batch"];
     for i in 0..60 {

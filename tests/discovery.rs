@@ -9,36 +9,22 @@ mod support;
 use support::*;
 use switchyard_testkit::client::Response;
 
-/// Tier `standard` may use edge and GPU pools; `extra` is appended YAML (more sections).
-fn discovery_policy(pools: &str, routes: &str, extra: &str) -> String {
-    discovery_policy_tiers(STANDARD, pools, routes, extra)
+/// One region (`us`), one tier (`standard`, which may use edge and GPU pools), no tenants;
+/// the test gives the pools and routes.
+fn discovery_policy() -> Policy {
+    Policy::new()
+        .regions("regions:\n  default: us\n  map:\n    - { name: us, continents: [NA, SA] }\nrtt_ms:\n  us: { us: 5 }\n")
+        .tiers([Tier::standard()])
+        .tenants([])
 }
 
-const STANDARD: &str = "  standard: { deadline: 1s, weight: 0.3, pools: [edge, gpu] }\n";
-
-fn discovery_policy_tiers(tiers: &str, pools: &str, routes: &str, extra: &str) -> String {
-    format!(
-        r#"
-trusted_proxies: [127.0.0.0/8]
-geoip: {{ database: embedded }}
-regions:
-  default: us
-  map:
-    - {{ name: us, continents: [NA, SA] }}
-rtt_ms:
-  us: {{ us: 5 }}
-tiers:
-{tiers}pools:
-{pools}
-routes:
-{routes}upstream: {{ connect_timeout: 300ms, max_attempts: 3, down_backoff: 30s }}
-{extra}
-"#
-    )
+/// A GPU pool serving `resnet` at 0.01 USD a request.
+fn resnet_gpu(backend: &switchyard_testkit::mock::MockBackend) -> Pool {
+    Pool::gpu("gpu")
+        .endpoint(backend.addr())
+        .models(["resnet"])
+        .per_request(0.01)
 }
-
-const OPENAI_ROUTES: &str =
-    "  - { name: chat, match: /v1/chat/completions, protocol: openai, tier: standard }\n";
 
 fn ids(r: &Response) -> Vec<String> {
     let v = r.json().expect("json");
@@ -54,41 +40,25 @@ fn ids(r: &Response) -> Vec<String> {
 async fn openai_models_list_and_retrieve_follow_the_tier() {
     let edge = mock("edge", 0).await;
     let gpu = mock("gpu", 0).await;
-    let pools = pool(
-        "edge",
-        "edge",
-        "us",
-        &[edge.addr()],
-        "[small, tiny]",
-        "{ per_request: 0.001 }",
-    ) + &pool(
-        "gpu",
-        "gpu",
-        "us",
-        &[gpu.addr()],
-        r#"["*", big, small]"#,
-        "{ per_request: 0.01 }",
-    );
-    // A tier that may use only edge pools (tenant `acme`), and a model catalogue.
-    let tiers = format!("{STANDARD}  edge-only: {{ deadline: 1s, weight: 0.3, pools: [edge] }}\n");
-    let extra = format!(
-        r#"
-tenants:
-  - name: acme          # key "key-acme"
-    key_sha256: {}
-    tier: edge-only
-models:
-  catalogued: {{ version: "2024-06-01" }}
-"#,
-        sha256_hex("key-acme")
-    );
-    let gw = Gateway::start(&discovery_policy_tiers(
-        &tiers,
-        &pools,
-        OPENAI_ROUTES,
-        &extra,
-    ))
-    .await;
+    let policy = discovery_policy()
+        .pool(
+            Pool::edge("edge")
+                .endpoint(edge.addr())
+                .models(["small", "tiny"])
+                .per_request(0.001),
+        )
+        .pool(
+            Pool::gpu("gpu")
+                .endpoint(gpu.addr())
+                .models(["*", "big", "small"])
+                .per_request(0.01),
+        )
+        .routes([Route::new("chat", "/v1/chat/completions", "openai")])
+        // A tier that may use only edge pools (tenant `acme`), and a model catalogue.
+        .tier(Tier::new("edge-only", "1s", 0.3, ["edge"]))
+        .tenant(Tenant::new("acme", "key-acme", "edge-only"))
+        .extra("models:\n  catalogued: { version: \"2024-06-01\" }\n");
+    let gw = Gateway::start(&policy.render()).await;
 
     // `client.models.list()`: a list object whose `data` are model objects.
     let r = gw.get("/v1/models", &[]).await;
@@ -161,16 +131,10 @@ models:
 #[tokio::test]
 async fn oip_health_and_server_metadata_as_tritonclient_reads_them() {
     let backend = mock("gpu", 0).await;
-    let pools = pool(
-        "gpu",
-        "gpu",
-        "us",
-        &[backend.addr()],
-        "[resnet]",
-        "{ per_request: 0.01 }",
-    );
-    let routes = "  - { name: oip, match: /v2/models/*, protocol: oip-v2, tier: standard }\n";
-    let gw = Gateway::start(&discovery_policy(&pools, routes, "")).await;
+    let policy = discovery_policy()
+        .pool(resnet_gpu(&backend))
+        .routes([Route::new("oip", "/v2/models/*", "oip-v2")]);
+    let gw = Gateway::start(&policy.render()).await;
 
     let r = gw.get("/v2/health/live", &[]).await;
     assert_eq!(r.status, 200);
@@ -219,19 +183,12 @@ async fn oip_health_and_server_metadata_as_tritonclient_reads_them() {
 #[tokio::test]
 async fn model_metadata_is_proxied_never_cached_and_costs_nothing() {
     let backend = mock("gpu-a", 0).await;
-    let pools = pool(
-        "gpu",
-        "gpu",
-        "us",
-        &[backend.addr()],
-        "[resnet]",
-        "{ per_request: 0.01 }",
-    );
-    let routes = "  - { name: chat, match: /v1/chat/completions, protocol: openai, tier: standard }
-  - { name: oip, match: /v2/models/*, protocol: oip-v2, tier: standard, cache: { ttl: 10m } }
-  - { name: tf, match: /v1/models/*, protocol: tf-serving, tier: standard, cache: { ttl: 10m } }
-";
-    let gw = Gateway::start(&discovery_policy(&pools, routes, "")).await;
+    let policy = discovery_policy().pool(resnet_gpu(&backend)).routes([
+        Route::new("chat", "/v1/chat/completions", "openai"),
+        Route::new("oip", "/v2/models/*", "oip-v2").cache("{ ttl: 10m }"),
+        Route::new("tf", "/v1/models/*", "tf-serving").cache("{ ttl: 10m }"),
+    ]);
+    let gw = Gateway::start(&policy.render()).await;
 
     let reads = [
         // tritonclient: is_model_ready, get_model_metadata, get_model_config.

@@ -6,6 +6,7 @@ mod support;
 use serde_json::Value;
 use std::time::Duration;
 use support::*;
+use switchyard_testkit::mock::MockBackend;
 
 const EU: &str = "192.0.2.10";
 const US: &str = "198.51.100.20";
@@ -15,34 +16,42 @@ fn served_by(r: &switchyard_testkit::client::Response) -> String {
     r.header("x-served-by").unwrap_or("").to_string()
 }
 
+/// One edge pool, `edge`, serving every model.
+fn one_edge(edge: &MockBackend) -> Policy {
+    Policy::new().pool(Pool::edge("edge").endpoint(edge.addr()))
+}
+
+/// An edge pool in Europe serving `llama-3-8b` only, and a GPU pool serving every model.
+fn eu_edge_and_gpu(edge: &MockBackend, gpu: &MockBackend) -> Policy {
+    Policy::new()
+        .pool(
+            Pool::edge("edge-eu")
+                .region("eu")
+                .endpoint(edge.addr())
+                .models(["llama-3-8b"]),
+        )
+        .pool(Pool::gpu("gpu").endpoint(gpu.addr()))
+}
+
 #[tokio::test]
 async fn region_from_trusted_forwarded_for_picks_the_near_edge() {
     let eu = mock("edge-eu", 0).await;
     let us = mock("edge-us", 0).await;
     let gpu = mock("gpu", 0).await;
-    let pools = pool(
-        "edge-eu",
-        "edge",
-        "eu",
-        &[eu.addr()],
-        "[llama-3-8b]",
-        "{ per_request: 0.00002 }",
-    ) + &pool(
-        "edge-us",
-        "edge",
-        "us",
-        &[us.addr()],
-        "[llama-3-8b]",
-        "{ per_request: 0.00002 }",
-    ) + &pool(
-        "gpu",
-        "gpu",
-        "us",
-        &[gpu.addr()],
-        "[\"*\"]",
-        "{ per_gpu_hour: 12 }",
-    );
-    let gw = Gateway::start(&policy(&pools, "")).await;
+    let policy = Policy::new()
+        .pool(
+            Pool::edge("edge-eu")
+                .region("eu")
+                .endpoint(eu.addr())
+                .models(["llama-3-8b"]),
+        )
+        .pool(
+            Pool::edge("edge-us")
+                .endpoint(us.addr())
+                .models(["llama-3-8b"]),
+        )
+        .pool(Pool::gpu("gpu").endpoint(gpu.addr()));
+    let gw = Gateway::start(&policy.render()).await;
 
     let r = gw
         .post(
@@ -97,27 +106,12 @@ async fn region_from_trusted_forwarded_for_picks_the_near_edge() {
 async fn forwarded_for_from_an_untrusted_peer_is_ignored() {
     let eu = mock("edge-eu", 0).await;
     let us = mock("edge-us", 0).await;
-    let pools = pool(
-        "edge-eu",
-        "edge",
-        "eu",
-        &[eu.addr()],
-        "[\"*\"]",
-        "{ per_request: 0.00002 }",
-    ) + &pool(
-        "edge-us",
-        "edge",
-        "us",
-        &[us.addr()],
-        "[\"*\"]",
-        "{ per_request: 0.00002 }",
-    );
-    // Only 10.0.0.0/8 is trusted; the test connects from 127.0.0.1.
-    let text = policy(&pools, "").replace(
-        "trusted_proxies: [127.0.0.0/8]",
-        "trusted_proxies: [10.0.0.0/8]",
-    );
-    let gw = Gateway::start(&text).await;
+    let policy = Policy::new()
+        .pool(Pool::edge("edge-eu").region("eu").endpoint(eu.addr()))
+        .pool(Pool::edge("edge-us").endpoint(us.addr()))
+        // Only 10.0.0.0/8 is trusted; the test connects from 127.0.0.1.
+        .trusted_proxies("[10.0.0.0/8]");
+    let gw = Gateway::start(&policy.render()).await;
     let r = gw
         .post(
             "/v1/chat/completions",
@@ -135,22 +129,10 @@ async fn forwarded_for_from_an_untrusted_peer_is_ignored() {
 async fn tier_comes_from_api_key_then_header_then_route() {
     let edge = mock("edge", 0).await;
     let batch = mock("batch", 0).await;
-    let pools = pool(
-        "edge-us",
-        "edge",
-        "us",
-        &[edge.addr()],
-        "[\"*\"]",
-        "{ per_request: 0.00002 }",
-    ) + &pool(
-        "batch",
-        "batch",
-        "us",
-        &[batch.addr()],
-        "[\"*\"]",
-        "{ per_gpu_hour: 0.5 }",
-    );
-    let gw = Gateway::start(&policy(&pools, "")).await;
+    let policy = Policy::new()
+        .pool(Pool::edge("edge-us").endpoint(edge.addr()))
+        .pool(Pool::batch("batch").endpoint(batch.addr()));
+    let gw = Gateway::start(&policy.render()).await;
 
     let r = gw.post("/v1/chat/completions", &[], &chat("m")).await;
     assert_eq!(r.header("x-switchyard-tier"), Some("standard"));
@@ -201,22 +183,7 @@ async fn tier_comes_from_api_key_then_header_then_route() {
 async fn a_model_the_edge_does_not_serve_goes_to_the_gpu_pool() {
     let edge = mock("edge", 0).await;
     let gpu = mock("gpu", 0).await;
-    let pools = pool(
-        "edge-eu",
-        "edge",
-        "eu",
-        &[edge.addr()],
-        "[llama-3-8b]",
-        "{ per_request: 0.00002 }",
-    ) + &pool(
-        "gpu",
-        "gpu",
-        "us",
-        &[gpu.addr()],
-        "[\"*\"]",
-        "{ per_gpu_hour: 12 }",
-    );
-    let gw = Gateway::start(&policy(&pools, "")).await;
+    let gw = Gateway::start(&eu_edge_and_gpu(&edge, &gpu).render()).await;
     let r = gw
         .post(
             "/v1/chat/completions",
@@ -259,22 +226,15 @@ async fn tight_deadline_picks_the_near_pool_and_loose_deadline_the_cheap_one() {
     let near = mock("near", 0).await;
     let far = mock("far", 0).await;
     // Near (EU) is expensive per request; far (US) is cheap but 90 ms away from an EU client.
-    let pools = pool(
-        "near",
-        "edge",
-        "eu",
-        &[near.addr()],
-        "[\"*\"]",
-        "{ per_request: 0.001 }",
-    ) + &pool(
-        "far",
-        "gpu",
-        "us",
-        &[far.addr()],
-        "[\"*\"]",
-        "{ per_request: 0.0001 }",
-    );
-    let gw = Gateway::start(&policy(&pools, "")).await;
+    let policy = Policy::new()
+        .pool(
+            Pool::edge("near")
+                .region("eu")
+                .endpoint(near.addr())
+                .per_request(0.001),
+        )
+        .pool(Pool::gpu("far").endpoint(far.addr()).per_request(0.0001));
+    let gw = Gateway::start(&policy.render()).await;
     let r = gw
         .post(
             "/v1/chat/completions",
@@ -330,22 +290,10 @@ async fn a_dead_endpoint_fails_over_and_all_dead_is_a_503_with_retry_after() {
     let live = mock("live", 0).await;
     let dead = dead_addr();
     // The edge pool (cheaper, chosen first) has only a dead endpoint; the GPU pool is up.
-    let pools = pool(
-        "edge",
-        "edge",
-        "us",
-        &[dead],
-        "[\"*\"]",
-        "{ per_request: 0.00002 }",
-    ) + &pool(
-        "gpu",
-        "gpu",
-        "us",
-        &[live.addr()],
-        "[\"*\"]",
-        "{ per_gpu_hour: 12 }",
-    );
-    let gw = Gateway::start(&policy(&pools, "")).await;
+    let policy = Policy::new()
+        .pool(Pool::edge("edge").endpoint(dead))
+        .pool(Pool::gpu("gpu").endpoint(live.addr()));
+    let gw = Gateway::start(&policy.render()).await;
     let r = gw.post("/v1/chat/completions", &[], &chat("m")).await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(served_by(&r), "live");
@@ -405,15 +353,7 @@ async fn a_dead_endpoint_fails_over_and_all_dead_is_a_503_with_retry_after() {
 #[tokio::test]
 async fn bad_input_gets_json_4xx() {
     let edge = mock("edge", 0).await;
-    let pools = pool(
-        "edge",
-        "edge",
-        "us",
-        &[edge.addr()],
-        "[\"*\"]",
-        "{ per_request: 0.00002 }",
-    );
-    let gw = Gateway::start(&policy(&pools, "")).await;
+    let gw = Gateway::start(&one_edge(&edge).render()).await;
 
     let big = format!(r#"{{"model":"m","input":"{}"}}"#, "x".repeat(20 * 1024));
     let r = gw.post("/v1/chat/completions", &[], &big).await;
@@ -447,15 +387,8 @@ async fn bad_input_gets_json_4xx() {
 #[tokio::test]
 async fn metrics_count_requests_cost_and_decisions() {
     let edge = mock("edge", 0).await;
-    let pools = pool(
-        "edge",
-        "edge",
-        "us",
-        &[edge.addr()],
-        "[\"*\"]",
-        "{ per_request: 0.5 }",
-    );
-    let gw = Gateway::start(&policy(&pools, "")).await;
+    let policy = Policy::new().pool(Pool::edge("edge").endpoint(edge.addr()).per_request(0.5));
+    let gw = Gateway::start(&policy.render()).await;
     for _ in 0..4 {
         let r = gw
             .post(
@@ -519,22 +452,7 @@ async fn metrics_count_requests_cost_and_decisions() {
 async fn explain_agrees_with_what_the_proxy_did() {
     let eu = mock("edge-eu", 0).await;
     let gpu = mock("gpu", 0).await;
-    let pools = pool(
-        "edge-eu",
-        "edge",
-        "eu",
-        &[eu.addr()],
-        "[llama-3-8b]",
-        "{ per_request: 0.00002 }",
-    ) + &pool(
-        "gpu",
-        "gpu",
-        "us",
-        &[gpu.addr()],
-        "[\"*\"]",
-        "{ per_gpu_hour: 12 }",
-    );
-    let gw = Gateway::start(&policy(&pools, "")).await;
+    let gw = Gateway::start(&eu_edge_and_gpu(&eu, &gpu).render()).await;
     for (ip, model, tier) in [
         (EU, "llama-3-8b", "realtime"),
         (EU, "other", "realtime"),
@@ -595,15 +513,7 @@ async fn explain_agrees_with_what_the_proxy_did() {
 #[tokio::test]
 async fn streaming_responses_pass_through_unbuffered() {
     let edge = mock("edge", 0).await;
-    let pools = pool(
-        "edge",
-        "edge",
-        "us",
-        &[edge.addr()],
-        "[\"*\"]",
-        "{ per_request: 0.00002 }",
-    );
-    let gw = Gateway::start(&policy(&pools, "")).await;
+    let gw = Gateway::start(&one_edge(&edge).render()).await;
     let mut conn = switchyard_testkit::client::Connection::connect(gw.proxy)
         .await
         .unwrap();
@@ -628,19 +538,8 @@ async fn streaming_responses_pass_through_unbuffered() {
 #[tokio::test]
 async fn upstream_timeout_is_a_504() {
     let slow = mock("slow", 3000).await;
-    let pools = pool(
-        "edge",
-        "edge",
-        "us",
-        &[slow.addr()],
-        "[\"*\"]",
-        "{ per_request: 0.00002 }",
-    );
-    let text = policy(&pools, "").replace(
-        "standard: { deadline: 1s, weight: 0.3, pools: [edge, gpu] }",
-        "standard: { deadline: 100ms, weight: 0.3, pools: [edge, gpu], timeout: 300ms }",
-    );
-    let gw = Gateway::start(&text).await;
+    let policy = one_edge(&slow).tier(Tier::standard().deadline("100ms").with("timeout", "300ms"));
+    let gw = Gateway::start(&policy.render()).await;
     let r = gw.post("/v1/chat/completions", &[], &chat("m")).await;
     assert_eq!(r.status, 504, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.json().unwrap()["error"]["type"], "upstream_timeout");
@@ -649,15 +548,7 @@ async fn upstream_timeout_is_a_504() {
 #[tokio::test]
 async fn admin_reports_the_policy_and_health() {
     let edge = mock("edge", 0).await;
-    let pools = pool(
-        "edge",
-        "edge",
-        "us",
-        &[edge.addr()],
-        "[\"*\"]",
-        "{ per_request: 0.00002 }",
-    );
-    let gw = Gateway::start(&policy(&pools, "")).await;
+    let gw = Gateway::start(&one_edge(&edge).render()).await;
     assert_eq!(gw.admin_get("/healthz").await.status, 200);
     let p: Value = gw.admin_get("/admin/policy").await.json().unwrap();
     assert_eq!(p["version"].as_str().unwrap().len(), 12);
@@ -713,15 +604,12 @@ async fn a_backends_status_reason_headers_and_body_pass_through() {
 
 /// A gateway whose one pool (`edge-us`, model `llama-3-8b`) is `backend`.
 async fn edge_gateway(backend: std::net::SocketAddr) -> Gateway {
-    let pools = pool(
-        "edge-us",
-        "edge",
-        "us",
-        &[backend],
-        "[llama-3-8b]",
-        "{ per_request: 0.00002 }",
+    let policy = Policy::new().pool(
+        Pool::edge("edge-us")
+            .endpoint(backend)
+            .models(["llama-3-8b"]),
     );
-    Gateway::start(&policy(&pools, "")).await
+    Gateway::start(&policy.render()).await
 }
 
 /// A backend that records, for every request, its connection number, the bytes of the first

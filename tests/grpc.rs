@@ -16,28 +16,16 @@ use switchyard_testkit::grpc::{
 
 const INFER: &str = "ModelInfer";
 
-fn grpc_routes(cache: &str) -> String {
-    format!(
-        "{ROUTES}  - {{ name: grpc, match: \"/inference.GRPCInferenceService/*\", protocol: oip-v2-grpc, tier: standard{cache} }}\n"
-    )
+/// The default routes and gRPC inference.
+fn grpc_policy() -> Policy {
+    Policy::new().route(Route::grpc())
 }
 
-/// A pool whose endpoints speak HTTP on `http` and gRPC on `grpc`.
-fn grpc_pool(
-    name: &str,
-    kind: &str,
-    endpoints: &[(SocketAddr, SocketAddr)],
-    models: &str,
-    price: &str,
-) -> String {
-    let eps: Vec<String> = endpoints
-        .iter()
-        .map(|(h, g)| format!("{{ http: \"{h}\", grpc: \"{g}\" }}"))
-        .collect();
-    format!(
-        "  - {{ name: {name}, kind: {kind}, region: us, endpoints: [{}], models: {models}, concurrency: 64, service_time: 10ms, price: {price} }}\n",
-        eps.join(", ")
-    )
+/// A cheap edge pool serving `resnet` over gRPC on `grpc` (its HTTP port on `http`).
+fn resnet_edge(http: SocketAddr, grpc: SocketAddr) -> Pool {
+    Pool::edge("edge")
+        .grpc_endpoint(http, grpc)
+        .models(["resnet"])
 }
 
 async fn grpc_mock(name: &str) -> GrpcMock {
@@ -75,36 +63,23 @@ struct Fleet {
 
 /// A cheap edge pool serving `resnet` and a GPU pool serving every model, both over gRPC
 /// (their HTTP ports are dead addresses).
-fn edge_and_gpu_pools(edge: &GrpcMock, gpu: &GrpcMock) -> String {
-    grpc_pool(
-        "edge",
-        "edge",
-        &[(dead_addr(), edge.addr())],
-        "[resnet]",
-        "{ per_request: 0.00002 }",
-    ) + &grpc_pool(
-        "gpu",
-        "gpu",
-        &[(dead_addr(), gpu.addr())],
-        "[\"*\"]",
-        "{ per_gpu_hour: 12 }",
-    )
+fn edge_and_gpu(edge: &GrpcMock, gpu: &GrpcMock) -> Policy {
+    grpc_policy()
+        .pool(resnet_edge(dead_addr(), edge.addr()))
+        .pool(Pool::gpu("gpu").grpc_endpoint(dead_addr(), gpu.addr()))
 }
 
-async fn fleet(cache: &str) -> Fleet {
+/// [`Fleet`], its gRPC route `grpc`.
+async fn fleet(grpc: Route) -> Fleet {
     let edge = grpc_mock("edge").await;
     let gpu = grpc_mock("gpu").await;
     let http_only = mock("http-only", 0).await;
-    let pools = edge_and_gpu_pools(&edge, &gpu)
-        + &pool(
-            "http-only",
-            "edge",
-            "us",
-            &[http_only.addr()],
-            "[\"*\"]",
-            "{ per_request: 0.000001 }",
-        );
-    let gw = Gateway::start(&policy_with_routes(&pools, &grpc_routes(cache), "")).await;
+    let policy = edge_and_gpu(&edge, &gpu).route(grpc).pool(
+        Pool::edge("http-only")
+            .endpoint(http_only.addr())
+            .per_request(0.000001),
+    );
+    let gw = Gateway::start(&policy.render()).await;
     Fleet {
         gw,
         edge,
@@ -115,7 +90,7 @@ async fn fleet(cache: &str) -> Fleet {
 
 #[tokio::test]
 async fn model_infer_is_routed_by_the_model_in_the_protobuf() {
-    let f = fleet("").await;
+    let f = fleet(Route::grpc()).await;
 
     let r = infer(&f.gw, "resnet", &[]).await;
     assert_eq!(r.http_status, 200);
@@ -143,7 +118,7 @@ async fn model_infer_is_routed_by_the_model_in_the_protobuf() {
 
 #[tokio::test]
 async fn a_pool_without_a_grpc_address_is_never_chosen() {
-    let f = fleet("").await;
+    let f = fleet(Route::grpc()).await;
     // The HTTP-only pool is the cheapest for every model, yet never takes a gRPC call.
     for _ in 0..5 {
         let r = infer(&f.gw, "bert", &[]).await;
@@ -160,7 +135,7 @@ async fn a_pool_without_a_grpc_address_is_never_chosen() {
 
 #[tokio::test]
 async fn refusals_are_grpc_statuses_with_http_200() {
-    let f = fleet("").await;
+    let f = fleet(Route::grpc()).await;
 
     let r = infer(&f.gw, "resnet", &[]).await;
     assert_eq!(r.grpc_status(), Some(0));
@@ -206,14 +181,8 @@ async fn refusals_are_grpc_statuses_with_http_200() {
 #[tokio::test]
 async fn an_unknown_model_is_not_found() {
     let edge = grpc_mock("edge").await;
-    let pools = grpc_pool(
-        "edge",
-        "edge",
-        &[(dead_addr(), edge.addr())],
-        "[resnet]",
-        "{ per_request: 0.00002 }",
-    );
-    let gw = Gateway::start(&policy_with_routes(&pools, &grpc_routes(""), "")).await;
+    let policy = grpc_policy().pool(resnet_edge(dead_addr(), edge.addr()));
+    let gw = Gateway::start(&policy.render()).await;
     let r = infer(&gw, "no-such-model", &[]).await;
     assert_eq!(r.http_status, 200);
     assert_eq!(r.grpc_status(), Some(5), "{r:?}");
@@ -225,7 +194,7 @@ async fn an_unknown_model_is_not_found() {
 
 #[tokio::test]
 async fn server_live_and_ready_are_answered_by_the_gateway() {
-    let f = fleet("").await;
+    let f = fleet(Route::grpc()).await;
     for method in ["ServerLive", "ServerReady"] {
         let r = call(f.gw.proxy, method, b"", &[]).await.expect("call");
         assert_eq!(r.grpc_status(), Some(0), "{method}: {r:?}");
@@ -244,7 +213,7 @@ async fn server_live_and_ready_are_answered_by_the_gateway() {
 
 #[tokio::test]
 async fn model_ready_goes_to_a_pool_serving_the_model() {
-    let f = fleet("").await;
+    let f = fleet(Route::grpc()).await;
     let req = model_request("resnet");
     let r = call(f.gw.proxy, "ModelReady", &req, &[])
         .await
@@ -282,20 +251,10 @@ async fn model_ready_goes_to_a_pool_serving_the_model() {
 async fn a_refused_grpc_endpoint_fails_over_to_another_pool() {
     let gpu = grpc_mock("gpu").await;
     // The first choice (cheap edge) refuses connections on its gRPC port.
-    let pools = grpc_pool(
-        "edge",
-        "edge",
-        &[(dead_addr(), dead_addr())],
-        "[resnet]",
-        "{ per_request: 0.00002 }",
-    ) + &grpc_pool(
-        "gpu",
-        "gpu",
-        &[(dead_addr(), gpu.addr())],
-        "[\"*\"]",
-        "{ per_gpu_hour: 12 }",
-    );
-    let gw = Gateway::start(&policy_with_routes(&pools, &grpc_routes(""), "")).await;
+    let policy = grpc_policy()
+        .pool(resnet_edge(dead_addr(), dead_addr()))
+        .pool(Pool::gpu("gpu").grpc_endpoint(dead_addr(), gpu.addr()));
+    let gw = Gateway::start(&policy.render()).await;
     let r = infer(&gw, "resnet", &[]).await;
     assert_eq!(r.grpc_status(), Some(0), "{r:?}");
     assert_eq!(answered_by(&r), "gpu");
@@ -305,7 +264,7 @@ async fn a_refused_grpc_endpoint_fails_over_to_another_pool() {
 
 #[tokio::test]
 async fn an_upstream_grpc_error_reaches_the_client_unchanged() {
-    let f = fleet("").await;
+    let f = fleet(Route::grpc()).await;
     f.edge.fail_with(9);
     let r = infer(&f.gw, "resnet", &[]).await;
     assert_eq!(r.grpc_status(), Some(9), "{r:?}");
@@ -329,9 +288,8 @@ async fn an_upstream_grpc_error_reaches_the_client_unchanged() {
 async fn large_messages_are_routed_whole_fail_over_and_are_bounded_by_max_body() {
     let edge = grpc_mock("edge").await;
     let gpu = grpc_mock("gpu").await;
-    let pools = edge_and_gpu_pools(&edge, &gpu);
-    let routes = grpc_routes(", idempotent: true, max_body: 4MiB");
-    let gw = Gateway::start(&policy_with_routes(&pools, &routes, "")).await;
+    let policy = edge_and_gpu(&edge, &gpu).route(Route::grpc().idempotent().max_body("4MiB"));
+    let gw = Gateway::start(&policy.render()).await;
 
     // A 3 MiB tensor (past the 64 KiB Pingora can replay): sent by the gateway's own
     // sender over h2c, answered with its trailers.
@@ -361,9 +319,8 @@ async fn large_messages_are_routed_whole_fail_over_and_are_bounded_by_max_body()
 async fn an_unavailable_backend_is_retried_elsewhere_on_an_idempotent_route() {
     let edge = grpc_mock("edge").await;
     let gpu = grpc_mock("gpu").await;
-    let pools = edge_and_gpu_pools(&edge, &gpu);
-    let routes = grpc_routes(", idempotent: true");
-    let gw = Gateway::start(&policy_with_routes(&pools, &routes, "")).await;
+    let policy = edge_and_gpu(&edge, &gpu).route(Route::grpc().idempotent());
+    let gw = Gateway::start(&policy.render()).await;
     edge.fail_with(14);
     let r = infer(&gw, "resnet", &[]).await;
     assert_eq!(r.grpc_status(), Some(0), "{r:?}");
@@ -373,7 +330,7 @@ async fn an_unavailable_backend_is_retried_elsewhere_on_an_idempotent_route() {
 
 #[tokio::test]
 async fn a_cacheable_route_answers_a_repeated_model_infer_from_the_cache() {
-    let f = fleet(", cache: { ttl: 10m }").await;
+    let f = fleet(Route::grpc().cache("{ ttl: 10m }")).await;
     let first = infer(&f.gw, "resnet", &[]).await;
     assert_eq!(first.grpc_status(), Some(0), "{first:?}");
     assert_eq!(first.header("x-switchyard-cache"), Some("miss"));
@@ -394,7 +351,7 @@ async fn a_cacheable_route_answers_a_repeated_model_infer_from_the_cache() {
 
 #[tokio::test]
 async fn grpc_timeout_tightens_the_deadline_sent_upstream() {
-    let f = fleet("").await;
+    let f = fleet(Route::grpc()).await;
     let r = infer(&f.gw, "resnet", &[("grpc-timeout", "200m")]).await;
     assert_eq!(r.grpc_status(), Some(0), "{r:?}");
     let sent = f

@@ -58,15 +58,8 @@ fn in_flight_sum(v: &Value) -> u64 {
 async fn abandoned_requests_are_499s_that_still_cost_and_leave_nothing_in_flight() {
     // The backend takes 2 s; each client gives up after 300 ms.
     let slow = mock("slow", 2000).await;
-    let pools = pool(
-        "edge",
-        "edge",
-        "us",
-        &[slow.addr()],
-        "[\"*\"]",
-        "{ per_request: 0.5 }",
-    );
-    let gw = Gateway::start(&policy(&pools, "")).await;
+    let policy = Policy::new().pool(Pool::edge("edge").endpoint(slow.addr()).per_request(0.5));
+    let gw = Gateway::start(&policy.render()).await;
     let clients: Vec<_> = (0..40)
         .map(|_| tokio::spawn(send_and_abandon(gw.proxy, Duration::from_millis(300))))
         .collect();
@@ -109,22 +102,6 @@ async fn abandoned_requests_are_499s_that_still_cost_and_leave_nothing_in_flight
 /// stay queued), so the cache and the queue both have something to show.
 async fn cache_and_queue_fleet() -> (Gateway, switchyard_testkit::mock::MockBackend) {
     let edge = mock("edge", 0).await;
-    let pools = pool(
-        "edge",
-        "edge",
-        "us",
-        &[edge.addr()],
-        "[\"*\"]",
-        "{ per_request: 0.001 }",
-    ) + &pool(
-        "batch",
-        "batch",
-        "us",
-        &[dead_addr()],
-        "[\"*\"]",
-        "{ per_gpu_hour: 0.5 }",
-    );
-    let routes = "  - { name: chat, match: /v1/chat/completions, protocol: openai, max_body: 16KiB, tier: standard, cache: { ttl: 10m } }\n";
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
@@ -137,7 +114,12 @@ async fn cache_and_queue_fleet() -> (Gateway, switchyard_testkit::mock::MockBack
         e / 60,
         e % 60
     );
-    let gw = Gateway::start(&policy_with_routes(&pools, routes, &queue)).await;
+    let policy = Policy::new()
+        .pool(Pool::edge("edge").endpoint(edge.addr()).per_request(0.001))
+        .pool(Pool::batch("batch").endpoint(dead_addr()))
+        .routes([Route::chat().cache("{ ttl: 10m }")])
+        .extra(&queue);
+    let gw = Gateway::start(&policy.render()).await;
     (gw, edge)
 }
 
@@ -274,20 +256,11 @@ async fn a_live_scrape_passes_promtool() {
 #[tokio::test]
 async fn the_access_log_is_written_off_the_request_path_as_json_lines() {
     let edge = mock("edge", 0).await;
-    let pools = pool(
-        "edge",
-        "edge",
-        "us",
-        &[edge.addr()],
-        "[\"*\"]",
-        "{ per_request: 0.00002 }",
-    );
     // The policy names a file: written whatever RUST_LOG says about `switchyard::access`.
-    let gw = Gateway::start(&policy(
-        &pools,
-        "observe: { access_log: access.jsonl, access_log_format: json }\n",
-    ))
-    .await;
+    let policy = Policy::new()
+        .pool(Pool::edge("edge").endpoint(edge.addr()))
+        .extra("observe: { access_log: access.jsonl, access_log_format: json }");
+    let gw = Gateway::start(&policy.render()).await;
     for i in 0..20 {
         let r = gw
             .post(
@@ -347,19 +320,11 @@ async fn the_access_log_is_written_off_the_request_path_as_json_lines() {
 #[tokio::test]
 async fn decision_headers_hide_the_endpoint_or_go_off_and_follow_a_reload() {
     let backend = mock("edge-us", 0).await;
-    let pools = pool(
-        "edge-us",
-        "edge",
-        "us",
-        &[backend.addr()],
-        "[m]",
-        "{ per_request: 0.00002 }",
-    );
     let with = |which: &str| {
-        policy(
-            &pools,
-            &format!("observe: {{ decision_headers: {which} }}\n"),
-        )
+        Policy::new()
+            .pool(Pool::edge("edge-us").endpoint(backend.addr()).models(["m"]))
+            .extra(&format!("observe: {{ decision_headers: {which} }}"))
+            .render()
     };
     let gw = Gateway::start(&with("no-endpoint")).await;
     let r = gw.post("/v1/chat/completions", &[], &chat("m")).await;

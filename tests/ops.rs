@@ -16,15 +16,9 @@ async fn admin(gw: &Gateway, path: &str, auth: Option<&str>) -> Response {
     client::send(gw.admin, &req).await.expect("admin request")
 }
 
-fn edge(addr: std::net::SocketAddr) -> String {
-    pool(
-        "edge",
-        "edge",
-        "us",
-        &[addr],
-        "[\"*\"]",
-        "{ per_request: 0.0001 }",
-    )
+/// One edge pool at `endpoint` (an address or `host:port`).
+fn edge(endpoint: impl std::fmt::Display) -> Policy {
+    Policy::new().pool(Pool::edge("edge").endpoint(endpoint).per_request(0.0001))
 }
 
 #[tokio::test]
@@ -33,11 +27,9 @@ async fn with_an_admin_token_only_probes_and_metrics_are_open() {
     // A variable no other test uses, set before the gateway (a child process) starts.
     std::env::set_var("SWITCHYARD_OPS_TEST_TOKEN", token);
     let backend = mock("edge", 0).await;
-    let gw = Gateway::start(&policy(
-        &edge(backend.addr()),
-        "listeners: { admin_token: \"${SWITCHYARD_OPS_TEST_TOKEN}\" }\n",
-    ))
-    .await;
+    let policy =
+        edge(backend.addr()).extra("listeners: { admin_token: \"${SWITCHYARD_OPS_TEST_TOKEN}\" }");
+    let gw = Gateway::start(&policy.render()).await;
 
     let bearer = format!("Bearer {token}");
     assert_eq!(admin(&gw, "/admin/policy", None).await.status, 401);
@@ -78,10 +70,9 @@ async fn with_an_admin_token_only_probes_and_metrics_are_open() {
 #[test]
 fn check_requires_a_token_off_loopback_and_names_a_missing_variable() {
     let dir = tempfile::tempdir().unwrap();
-    let backend = "127.0.0.1:9".parse().unwrap();
     let write = |name: &str, listeners: &str| {
         let path = dir.path().join(name);
-        std::fs::write(&path, policy(&edge(backend), listeners)).unwrap();
+        std::fs::write(&path, edge("127.0.0.1:9").extra(listeners).render()).unwrap();
         path.to_string_lossy().into_owned()
     };
     let open = write("open.yaml", "listeners: { admin: 0.0.0.0:9090 }\n");
@@ -119,10 +110,7 @@ fn check_requires_a_token_off_loopback_and_names_a_missing_variable() {
 async fn an_endpoint_named_by_host_name_resolves_and_serves() {
     let backend = mock("by-name", 0).await;
     let named = format!("localhost:{}", backend.addr().port());
-    let pools = format!(
-        "  - {{ name: edge, kind: edge, region: us, endpoints: [\"{named}\"], models: [\"*\"], concurrency: 64, service_time: 10ms, price: {{ per_request: 0.0001 }} }}\n"
-    );
-    let gw = Gateway::start(&policy(&pools, "")).await;
+    let gw = Gateway::start(&edge(&named).render()).await;
     let r = gw.post("/v1/chat/completions", &[], &chat("m")).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(
@@ -141,11 +129,19 @@ async fn an_endpoint_named_by_host_name_resolves_and_serves() {
 async fn an_unresolvable_endpoint_is_a_warning_and_starts_down() {
     let backend = mock("edge-ok", 0).await;
     let ghost = "edge-gone.switchyard.invalid:9000";
-    let pools = format!(
-        "  - {{ name: edge, kind: edge, region: us, endpoints: [\"{}\", \"{ghost}\"], models: [\"*\"], concurrency: 64, service_time: 10ms, price: {{ per_request: 0.0001 }} }}\n  - {{ name: gpu, kind: gpu, region: us, endpoints: [\"gpu-gone.switchyard.invalid:9000\"], models: [\"*\"], concurrency: 64, service_time: 10ms, price: {{ per_request: 0.001 }} }}\n",
-        backend.addr()
-    );
-    let text = policy(&pools, "");
+    let text = Policy::new()
+        .pool(
+            Pool::edge("edge")
+                .endpoint(backend.addr())
+                .endpoint(ghost)
+                .per_request(0.0001),
+        )
+        .pool(
+            Pool::gpu("gpu")
+                .endpoint("gpu-gone.switchyard.invalid:9000")
+                .per_request(0.001),
+        )
+        .render();
 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("p.yaml");
@@ -236,8 +232,7 @@ fn a_re_resolution_keeps_the_live_state_of_addresses_that_stayed() {
     use switchyard_gateway::serving::state::Fleet;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("p.yaml");
-    let pools = "  - { name: edge, kind: edge, region: us, endpoints: [\"localhost:9\"], models: [\"*\"], concurrency: 64, service_time: 10ms, price: { per_request: 0.0001 } }\n";
-    let text = policy(pools, "");
+    let text = edge("localhost:9").render();
     std::fs::write(&path, &text).unwrap();
     let fleet = Fleet::new();
     let first = compile_str(
@@ -308,7 +303,7 @@ fn a_taken_proxy_port_or_an_open_admin_override_is_a_start_up_error() {
     let port = taken.local_addr().unwrap().to_string();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("p.yaml");
-    std::fs::write(&path, policy(&edge("127.0.0.1:9".parse().unwrap()), "")).unwrap();
+    std::fs::write(&path, edge("127.0.0.1:9").render()).unwrap();
     let path = path.to_string_lossy().into_owned();
     let admin = free_addr().to_string();
     let err = start_up_error(&[
@@ -343,7 +338,7 @@ fn a_taken_proxy_port_or_an_open_admin_override_is_a_start_up_error() {
 async fn readiness_asks_the_proxy_listener_who_it_is() {
     use switchyard_gateway::admin::ready::{Readiness, PATH};
     let backend = mock("edge", 0).await;
-    let gw = Gateway::start(&policy(&edge(backend.addr()), "")).await;
+    let gw = Gateway::start(&edge(backend.addr()).render()).await;
     let r = admin(&gw, "/readyz", None).await;
     assert_eq!(r.status, 200, "{}", r.text());
     let id = gw.get(PATH, &[]).await;

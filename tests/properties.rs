@@ -149,31 +149,20 @@ proptest! {
 // ---- classification ---------------------------------------------------------------------
 
 fn routing_table() -> Serving {
-    let edge = "127.0.0.1:1".parse().expect("addr");
-    let pools = support::pool(
-        "edge",
-        "edge",
-        "us",
-        &[edge],
-        "[\"*\"]",
-        "{ per_request: 0.001 }",
-    ) + &support::pool(
-        "gpu",
-        "gpu",
-        "eu",
-        &[edge],
-        "[\"*\"]",
-        "{ per_gpu_hour: 2 }",
-    ) + &support::pool(
-        "batch",
-        "batch",
-        "us",
-        &[edge],
-        "[\"*\"]",
-        "{ per_gpu_hour: 0.5 }",
-    );
-    let routes = "  - { name: chat, match: /v1/chat/completions, protocol: openai, max_body: 16KiB, tier: standard, cache: { ttl: 10m } }\n  - { name: embeddings, match: /v1/embeddings, protocol: openai, tier: standard }\n  - { name: oip, match: /v2/models/*, protocol: oip-v2, max_body: 1MiB, tier: standard, cache: { ttl: 1m } }\n  - { name: tf, match: /v1/models/*, protocol: tf-serving, tier: standard }\n";
-    let text = support::policy_with_routes(&pools, routes, "");
+    use support::{Policy, Pool, Route};
+    let edge = "127.0.0.1:1";
+    let text = Policy::new()
+        .pool(Pool::edge("edge").endpoint(edge).per_request(0.001))
+        .pool(
+            Pool::gpu("gpu")
+                .region("eu")
+                .endpoint(edge)
+                .per_gpu_hour(2.0),
+        )
+        .pool(Pool::batch("batch").endpoint(edge))
+        .route(Route::chat().cache("{ ttl: 10m }"))
+        .route(Route::oip().cache("{ ttl: 1m }"))
+        .render();
     let table = compile_str(
         &text,
         &CompileContext {

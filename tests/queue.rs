@@ -10,28 +10,17 @@ mod support;
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use support::{dead_addr, mock, policy, pool, test_redis, Gateway};
+use support::{dead_addr, mock, test_redis, Gateway, Policy, Pool};
 
 const BATCH: &[(&str, &str)] = &[("x-slo-tier", "batch")];
 
 /// Policy: an edge pool for the real-time tiers, a batch pool, and a `queue:` section.
 fn queue_policy(edge: SocketAddr, batch: SocketAddr, queue: &str) -> String {
-    let pools = pool(
-        "edge",
-        "edge",
-        "us",
-        &[edge],
-        "[\"*\"]",
-        "{ per_request: 0.0001 }",
-    ) + &pool(
-        "batch",
-        "batch",
-        "us",
-        &[batch],
-        "[\"*\"]",
-        "{ per_gpu_hour: 0.5 }",
-    );
-    policy(&pools, queue)
+    Policy::new()
+        .pool(Pool::edge("edge").endpoint(edge).per_request(0.0001))
+        .pool(Pool::batch("batch").endpoint(batch))
+        .extra(queue)
+        .render()
 }
 
 fn embedded(extra: &str) -> String {
@@ -253,23 +242,11 @@ async fn callbacks_go_only_to_allowed_hosts() {
 #[tokio::test]
 async fn jobs_survive_a_crash() {
     let (edge, batch) = (mock("edge", 0).await, mock("batch", 20).await);
-    let pools = pool(
-        "edge",
-        "edge",
-        "us",
-        &[edge.addr()],
-        "[\"*\"]",
-        "{ per_request: 0.0001 }",
-    ) + &pool(
-        "batch",
-        "batch",
-        "us",
-        &[batch.addr()],
-        "[\"*\"]",
-        "{ per_gpu_hour: 0.5 }",
-    )
-    .replace("concurrency: 64", "concurrency: 8");
-    let mut gw = Gateway::start(&policy(&pools, &embedded(""))).await;
+    let policy = Policy::new()
+        .pool(Pool::edge("edge").endpoint(edge.addr()).per_request(0.0001))
+        .pool(Pool::batch("batch").endpoint(batch.addr()).concurrency(8))
+        .extra(&embedded(""));
+    let mut gw = Gateway::start(&policy.render()).await;
 
     let mut ids = Vec::new();
     for chunk in 0..10 {

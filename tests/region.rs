@@ -34,13 +34,32 @@ fn reason(r: &Response) -> String {
         .to_string()
 }
 
-const REGIONS: &str = r#"
-geoip: { database: embedded }
-regions:
+/// Two regions, `eu` (the default) and `us`, 90 ms apart, and one route, chat, in tier
+/// `realtime`: each test adds that tier and an edge pool `edge-eu` and a GPU pool `gpu-us`.
+fn eu_and_us(realtime: Tier, edge: Pool, gpu: Pool) -> Policy {
+    Policy::minimal()
+        .regions(
+            "regions:
   default: eu
   map: [{ name: eu, continents: [EU] }, { name: us, continents: [NA, SA] }]
 rtt_ms: { eu: { eu: 5, us: 90 }, us: { us: 5 } }
-"#;
+",
+        )
+        .tier(realtime)
+        .pool(edge)
+        .pool(gpu)
+        .route(Route::new("chat", "/v1/chat/completions", "openai").tier("realtime"))
+}
+
+/// The edge pool in `eu` on `addr`.
+fn edge_eu(addr: std::net::SocketAddr) -> Pool {
+    Pool::edge("edge-eu").region("eu").endpoint(addr)
+}
+
+/// The GPU pool in `us` on `addr`, priced per request above the edge.
+fn gpu_us(addr: std::net::SocketAddr) -> Pool {
+    Pool::gpu("gpu-us").endpoint(addr).per_request(0.00005)
+}
 
 /// The issue's case: a gateway in `eu`, a GPU pool in `us` 90 ms away answering in 5 ms, a
 /// local edge pool that takes 200 ms, a real-time tier with a 150 ms deadline that sheds.
@@ -52,20 +71,12 @@ async fn a_far_pool_that_answers_in_time_keeps_its_traffic_and_sheds_say_why() {
     let relay = Relay::start(gpu.addr(), Duration::from_millis(90))
         .await
         .expect("relay");
-    let policy = format!(
-        r#"{REGIONS}
-tiers:
-  realtime: {{ deadline: 150ms, weight: 0.8, pools: [edge, gpu], on_slo_miss: shed }}
-pools:
-  - {{ name: edge-eu, kind: edge, region: eu, endpoints: [{edge}], models: ["*"], concurrency: 64, service_time: 200ms, price: {{ per_request: 0.00002 }} }}
-  - {{ name: gpu-us, kind: gpu, region: us, endpoints: [{relay}], models: ["*"], concurrency: 64, service_time: 5ms, price: {{ per_request: 0.00005 }} }}
-routes:
-  - {{ name: chat, match: /v1/chat/completions, protocol: openai, tier: realtime }}
-"#,
-        edge = edge.addr(),
-        relay = relay.addr(),
+    let policy = eu_and_us(
+        Tier::realtime().on_slo_miss("shed"),
+        edge_eu(edge.addr()).service_time("200ms"),
+        gpu_us(relay.addr()).service_time("5ms"),
     );
-    let gw = Gateway::start_with(&policy, &["--region", "eu"]).await;
+    let gw = Gateway::start_with(&policy.render(), &["--region", "eu"]).await;
 
     // Well past the five samples after which the live estimate replaces the baseline.
     let mut errors = Vec::new();
@@ -146,21 +157,14 @@ routes:
 async fn two_instances_of_one_policy_decide_for_their_own_region() {
     let edge = mock("edge-eu", 10).await;
     let gpu = mock("gpu-us", 10).await;
-    let policy = format!(
-        r#"trusted_proxies: [127.0.0.0/8]
-gateway_region: eu
-{REGIONS}
-tiers:
-  realtime: {{ deadline: 150ms, weight: 0.8, pools: [edge, gpu], on_slo_miss: shed }}
-pools:
-  - {{ name: edge-eu, kind: edge, region: eu, endpoints: [{edge}], models: ["*"], concurrency: 64, service_time: 10ms, price: {{ per_request: 0.00002 }} }}
-  - {{ name: gpu-us, kind: gpu, region: us, endpoints: [{gpu}], models: ["*"], concurrency: 64, service_time: 10ms, price: {{ per_request: 0.00005 }} }}
-routes:
-  - {{ name: chat, match: /v1/chat/completions, protocol: openai, tier: realtime }}
-"#,
-        edge = edge.addr(),
-        gpu = gpu.addr(),
-    );
+    let policy = eu_and_us(
+        Tier::realtime().on_slo_miss("shed"),
+        edge_eu(edge.addr()),
+        gpu_us(gpu.addr()),
+    )
+    .trusted_proxies("[127.0.0.0/8]")
+    .extra("gateway_region: eu")
+    .render();
     let in_eu = Gateway::start(&policy).await;
     let in_us = Gateway::start_with(&policy, &["--region", "us"]).await;
 
@@ -256,21 +260,15 @@ async fn a_pool_whose_round_trip_grows_is_avoided_and_used_again_when_it_drops()
     let near_relay = Relay::start(near.addr(), Duration::from_millis(10))
         .await
         .expect("relay");
-    let health = "health: { path: /healthz, interval: 100ms, timeout: 1s }";
-    let policy = format!(
-        r#"{REGIONS}
-tiers:
-  realtime: {{ deadline: 150ms, weight: 0.3, pools: [edge, gpu], on_slo_miss: fastest }}
-pools:
-  - {{ name: edge-eu, kind: edge, region: eu, endpoints: [{near}], models: ["*"], concurrency: 64, service_time: 10ms, price: {{ per_request: 0.001 }}, {health} }}
-  - {{ name: gpu-us, kind: gpu, region: us, endpoints: [{far}], models: ["*"], concurrency: 64, service_time: 10ms, price: {{ per_request: 0.00005 }}, {health} }}
-routes:
-  - {{ name: chat, match: /v1/chat/completions, protocol: openai, tier: realtime }}
-"#,
-        near = near_relay.addr(),
-        far = far_relay.addr(),
+    let health = "{ path: /healthz, interval: 100ms, timeout: 1s }";
+    let policy = eu_and_us(
+        Tier::realtime().weight(0.3),
+        edge_eu(near_relay.addr())
+            .per_request(0.001)
+            .with("health", health),
+        gpu_us(far_relay.addr()).with("health", health),
     );
-    let gw = Gateway::start_with(&policy, &["--region", "eu"]).await;
+    let gw = Gateway::start_with(&policy.render(), &["--region", "eu"]).await;
 
     // The probes replace the matrix's 90 ms with what they measure.
     let deadline = Instant::now() + Duration::from_secs(10);

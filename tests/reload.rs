@@ -19,17 +19,10 @@ const EU: &str = "192.0.2.10";
 
 /// A policy whose only edge pool is `name` on `addr`, plus `extra` YAML.
 fn one_pool(name: &str, addr: std::net::SocketAddr, extra: &str) -> String {
-    policy(
-        &pool(
-            name,
-            "edge",
-            "eu",
-            &[addr],
-            "[\"*\"]",
-            "{ per_request: 0.00002 }",
-        ),
-        extra,
-    )
+    Policy::new()
+        .pool(Pool::edge(name).region("eu").endpoint(addr))
+        .extra(extra)
+        .render()
 }
 
 /// `text` padded with a trailing comment to exactly `len` bytes, so that two versions of a
@@ -338,29 +331,15 @@ async fn zero_failed_requests_under_load_while_reloading() {
     let a = mock("edge-a", 0).await;
     let b = mock("edge-b", 0).await;
     let g = mock("gpu", 0).await;
-    let gpu = |price: &str| pool("gpu", "gpu", "us", &[g.addr()], "[\"*\"]", price);
-    let pa = policy(
-        &(pool(
-            "edge-a",
-            "edge",
-            "eu",
-            &[a.addr()],
-            "[\"*\"]",
-            "{ per_request: 0.00002 }",
-        ) + &gpu("{ per_gpu_hour: 12 }")),
-        "",
-    );
-    let pb = policy(
-        &(pool(
-            "edge-b",
-            "edge",
-            "eu",
-            &[b.addr()],
-            "[\"*\"]",
-            "{ per_request: 0.00002 }",
-        ) + &gpu("{ per_gpu_hour: 9 }")),
-        "",
-    );
+    let gpu = |usd: f64| Pool::gpu("gpu").endpoint(g.addr()).per_gpu_hour(usd);
+    let pa = Policy::new()
+        .pool(Pool::edge("edge-a").region("eu").endpoint(a.addr()))
+        .pool(gpu(12.0))
+        .render();
+    let pb = Policy::new()
+        .pool(Pool::edge("edge-b").region("eu").endpoint(b.addr()))
+        .pool(gpu(9.0))
+        .render();
     let broken = pb.replacen("concurrency: 64", "concurrency: -1", 1);
     let valid: HashSet<String> = [content_version(&pa), content_version(&pb)].into();
     let gw = Gateway::start(&pa).await;

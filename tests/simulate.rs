@@ -243,7 +243,14 @@ fn the_demo_records_traffic_that_simulate_replays() {
     let dir = tempfile::tempdir().expect("tempdir");
     let rec = dir.path().join("demo.jsonl");
     let out = Command::new(binary())
-        .args(["demo", "--once", "--requests", "120", "--record"])
+        .args([
+            "demo",
+            "--once",
+            "--free-ports",
+            "--requests",
+            "120",
+            "--record",
+        ])
         .arg(&rec)
         .env("RUST_LOG", "error")
         .current_dir(support::repo_root())

@@ -26,47 +26,47 @@ fn fresh_prefix() -> String {
 /// tier standard), their `limits:` blocks given as YAML flow maps (empty: none), one edge
 /// pool at `per_request: 0.01` USD, a cached chat route, and `extra` top-level YAML.
 fn tenant_policy(edge: SocketAddr, acme_limits: &str, beta_limits: &str, extra: &str) -> String {
-    let limits = |l: &str| {
-        if l.is_empty() {
-            String::new()
+    tenant_fleet(edge, acme_limits, beta_limits)
+        .extra(extra)
+        .render()
+}
+
+/// [`tenant_policy`] without its `extra`, to add to. One region holds every client; the
+/// tiers use the edge pool (batch: a batch pool first) with deadlines no test gets near.
+fn tenant_fleet(edge: SocketAddr, acme_limits: &str, beta_limits: &str) -> Policy {
+    let tenant = |name: &str, tier: &str, limits: &str| {
+        let t = Tenant::new(name, &format!("key-{name}"), tier);
+        if limits.is_empty() {
+            t
         } else {
-            format!("    limits: {l}\n")
+            t.limits(limits)
         }
     };
-    format!(
-        r#"
-trusted_proxies: [127.0.0.0/8]
-geoip: {{ database: embedded }}
-regions:
+    Policy::new()
+        .regions(
+            "regions:
   default: us
   map:
-    - {{ name: us, continents: [NA, SA, EU, AS, OC, AF] }}
+    - { name: us, continents: [NA, SA, EU, AS, OC, AF] }
 rtt_ms:
-  us: {{ us: 5 }}
-tiers:
-  realtime: {{ deadline: 2s, weight: 0.8, pools: [edge] }}
-  standard: {{ deadline: 5s, weight: 0.3, pools: [edge] }}
-  batch: {{ deadline: 1h, weight: 0.0, pools: [batch, edge], on_slo_miss: shed }}
-tenants:
-  - name: acme
-    key_sha256: {acme}
-    tier: realtime
-{acme_limits}  - name: beta
-    key_sha256: {beta}
-    tier: standard
-{beta_limits}pools:
-  - {{ name: edge, kind: edge, region: us, endpoints: [{edge}], models: ["*"], concurrency: 64, service_time: 10ms, price: {{ per_request: 0.01 }} }}
-routes:
-  - {{ name: chat, match: /v1/chat/completions, protocol: openai, tier: standard, cache: {{ ttl: 10m }} }}
-  - {{ name: embeddings, match: /v1/embeddings, protocol: openai, tier: standard }}
-upstream: {{ connect_timeout: 300ms, max_attempts: 1 }}
-{extra}
-"#,
-        acme = sha256_hex("key-acme"),
-        beta = sha256_hex("key-beta"),
-        acme_limits = limits(acme_limits),
-        beta_limits = limits(beta_limits),
-    )
+  us: { us: 5 }
+",
+        )
+        .tiers([
+            Tier::new("realtime", "2s", 0.8, ["edge"]),
+            Tier::new("standard", "5s", 0.3, ["edge"]),
+            Tier::new("batch", "1h", 0.0, ["batch", "edge"]).on_slo_miss("shed"),
+        ])
+        .tenants([
+            tenant("acme", "realtime", acme_limits),
+            tenant("beta", "standard", beta_limits),
+        ])
+        .pool(Pool::edge("edge").endpoint(edge).per_request(0.01))
+        .routes([
+            Route::new("chat", "/v1/chat/completions", "openai").cache("{ ttl: 10m }"),
+            Route::embeddings(),
+        ])
+        .upstream("{ connect_timeout: 300ms, max_attempts: 1 }")
 }
 
 /// A chat request that is never cached (sampling temperature), so each one costs.
@@ -317,19 +317,20 @@ async fn over_budget_requests_are_refused_but_cache_hits_stay_free() {
 async fn over_budget_requests_can_be_downgraded_to_the_batch_queue() {
     let edge = mock("edge", 0).await;
     let batch = mock("batch", 0).await;
-    let policy = tenant_policy(
+    let policy = tenant_fleet(
         edge.addr,
         "{ spend_per_day_usd: 0.005, on_budget: { downgrade: batch } }",
         "",
-        "queue:\n  path: data/queue.redb\n",
-    );
+    )
     // A batch pool for the batch tier, beside the edge pool.
-    let batch_pool = format!(
-        "  - {{ name: batchpool, kind: batch, region: us, endpoints: [{}], models: [\"*\"], concurrency: 4, service_time: 10ms, price: {{ per_request: 0.001 }} }}\nroutes:\n",
-        batch.addr
-    );
-    let policy = policy.replacen("routes:\n", &batch_pool, 1);
-    let gw = Gateway::start(&policy).await;
+    .pool(
+        Pool::batch("batchpool")
+            .endpoint(batch.addr)
+            .concurrency(4)
+            .per_request(0.001),
+    )
+    .extra("queue:\n  path: data/queue.redb\n");
+    let gw = Gateway::start(&policy.render()).await;
 
     let r = chat_as(&gw, Some("key-acme"), &uncached(1)).await;
     assert_eq!(r.status, 200);

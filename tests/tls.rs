@@ -262,16 +262,18 @@ fn write(dir: &Path, name: &str, text: &str) {
     std::fs::write(dir.join(name), text).unwrap();
 }
 
+/// One edge pool on `backend`.
+fn edge(backend: SocketAddr) -> Policy {
+    Policy::new().pool(Pool::edge("edge").endpoint(backend).per_request(0.001))
+}
+
 /// A policy whose listeners include TLS on `tls` with `server.pem`/`server.key`.
-fn with_tls_listener(pools: &str, tls: SocketAddr) -> String {
-    let mut p = policy(pools, "");
-    p.insert_str(
-        0,
-        &format!(
-            "listeners: {{ proxy: 127.0.0.1:8080, tls: {{ listen: \"{tls}\", cert: server.pem, key: server.key }} }}\n"
-        ),
-    );
-    p
+fn with_tls_listener(policy: Policy, tls: SocketAddr) -> String {
+    policy
+        .extra(&format!(
+            "listeners: {{ proxy: 127.0.0.1:8080, tls: {{ listen: \"{tls}\", cert: server.pem, key: server.key }} }}"
+        ))
+        .render()
 }
 
 /// Start a gateway whose policy directory already holds `files`.
@@ -291,16 +293,8 @@ async fn the_tls_listener_serves_http1_and_http2_chosen_by_alpn() {
     let ca = Ca::new("test ca");
     let leaf = ca.leaf();
     let tls = free_addr();
-    let pools = pool(
-        "edge",
-        "edge",
-        "us",
-        &[backend.addr()],
-        "[\"*\"]",
-        "{ per_request: 0.001 }",
-    );
     let gw = start_with_files(
-        &with_tls_listener(&pools, tls),
+        &with_tls_listener(edge(backend.addr()), tls),
         &[
             ("server.pem", &leaf.cert_pem),
             ("server.key", &leaf.key_pem),
@@ -358,16 +352,8 @@ async fn a_bad_certificate_reload_is_refused_and_the_old_one_keeps_serving() {
     let ca = Ca::new("test ca");
     let first = ca.leaf();
     let tls = free_addr();
-    let pools = pool(
-        "edge",
-        "edge",
-        "us",
-        &[backend.addr()],
-        "[\"*\"]",
-        "{ per_request: 0.001 }",
-    );
     let gw = start_with_files(
-        &with_tls_listener(&pools, tls),
+        &with_tls_listener(edge(backend.addr()), tls),
         &[
             ("server.pem", &first.cert_pem),
             ("server.key", &first.key_pem),
@@ -430,21 +416,11 @@ async fn a_gateway_with_only_a_tls_listener_becomes_ready() {
     let leaf = ca.leaf();
     let tls = free_addr();
     let admin = free_addr();
-    let pools = pool(
-        "edge",
-        "edge",
-        "us",
-        &[backend.addr()],
-        "[\"*\"]",
-        "{ per_request: 0.001 }",
-    );
-    let mut text = policy(&pools, "");
-    text.insert_str(
-        0,
-        &format!(
-            "listeners: {{ tls: {{ listen: \"{tls}\", cert: server.pem, key: server.key }} }}\n"
-        ),
-    );
+    let text = edge(backend.addr())
+        .extra(&format!(
+            "listeners: {{ tls: {{ listen: \"{tls}\", cert: server.pem, key: server.key }} }}"
+        ))
+        .render();
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "server.pem", &leaf.cert_pem);
     write(dir.path(), "server.key", &leaf.key_pem);
@@ -480,23 +456,28 @@ async fn a_gateway_with_only_a_tls_listener_becomes_ready() {
     assert_eq!(served, 200);
 }
 
-/// A hosted pool: `https://` endpoint, private CA, an injected key, a path prefix, per-token
-/// prices.
-fn hosted_pool(api: SocketAddr, ca_file: &str, key_var: &str) -> String {
-    format!(
-        r#"  - name: hosted
-    kind: gpu
-    region: us
-    endpoints: ["https://{api}"]
-    models: ["*"]
-    concurrency: 16
-    service_time: 10ms
-    price: {{ per_request: 0.01, per_1k_input_tokens: 0.01, per_1k_output_tokens: 0.03 }}
-    headers: {{ authorization: "Bearer ${{{key_var}}}", openai-organization: org-test }}
-    path_prefix: /openai/deployments/x
-    tls: {{ ca: {ca_file} }}
-"#
-    )
+/// A policy whose one pool is hosted: `https://` endpoint, private CA, an injected key, a
+/// path prefix, per-token prices.
+fn hosted_policy(api: SocketAddr, ca_file: &str, key_var: &str) -> String {
+    Policy::new()
+        .pool(hosted_pool(api, ca_file, key_var))
+        .render()
+}
+
+/// The pool of [`hosted_policy`].
+fn hosted_pool(api: SocketAddr, ca_file: &str, key_var: &str) -> Pool {
+    Pool::gpu("hosted")
+        .endpoint(format!("https://{api}"))
+        .concurrency(16)
+        .price("{ per_request: 0.01, per_1k_input_tokens: 0.01, per_1k_output_tokens: 0.03 }")
+        .with(
+            "headers",
+            format!(
+                "{{ authorization: \"Bearer ${{{key_var}}}\", openai-organization: org-test }}"
+            ),
+        )
+        .with("path_prefix", "/openai/deployments/x")
+        .with("tls", format!("{{ ca: {ca_file} }}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -506,10 +487,7 @@ async fn a_hosted_pool_gets_the_injected_key_over_verified_tls_and_never_the_cli
     let ca = Ca::new("pool ca");
     let (api, seen) = hosted_api(&ca).await;
     let gw = start_with_files(
-        &policy(
-            &hosted_pool(api, "pool-ca.pem", "SWITCHYARD_TEST_HOSTED_KEY_A"),
-            "",
-        ),
+        &hosted_policy(api, "pool-ca.pem", "SWITCHYARD_TEST_HOSTED_KEY_A"),
         &[("pool-ca.pem", &ca.pem())],
     )
     .await;
@@ -574,20 +552,13 @@ async fn a_hosted_pool_gets_the_injected_key_over_verified_tls_and_never_the_cli
 }
 
 /// An Azure-style pool: its credential goes in `api-key`, not `Authorization`.
-fn azure_pool(api: SocketAddr, ca_file: &str, key_var: &str) -> String {
-    format!(
-        r#"  - name: azure
-    kind: gpu
-    region: us
-    endpoints: ["https://{api}"]
-    models: ["*"]
-    concurrency: 16
-    service_time: 10ms
-    price: {{ per_request: 0.01 }}
-    headers: {{ api-key: "${{{key_var}}}" }}
-    tls: {{ ca: {ca_file} }}
-"#
-    )
+fn azure_pool(api: SocketAddr, ca_file: &str, key_var: &str) -> Pool {
+    Pool::gpu("azure")
+        .endpoint(format!("https://{api}"))
+        .concurrency(16)
+        .per_request(0.01)
+        .with("headers", format!("{{ api-key: \"${{{key_var}}}\" }}"))
+        .with("tls", format!("{{ ca: {ca_file} }}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -596,14 +567,11 @@ async fn a_tenant_key_the_gateway_consumed_never_reaches_a_hosted_provider() {
     std::env::set_var("SWITCHYARD_TEST_AZURE_KEY", SECRET);
     let ca = Ca::new("pool ca");
     let (api, seen) = hosted_api(&ca).await;
-    let gw = start_with_files(
-        &policy(
-            &azure_pool(api, "pool-ca.pem", "SWITCHYARD_TEST_AZURE_KEY"),
-            "auth: required\n",
-        ),
-        &[("pool-ca.pem", &ca.pem())],
-    )
-    .await;
+    let text = Policy::new()
+        .pool(azure_pool(api, "pool-ca.pem", "SWITCHYARD_TEST_AZURE_KEY"))
+        .extra("auth: required\n")
+        .render();
+    let gw = start_with_files(&text, &[("pool-ca.pem", &ca.pem())]).await;
     // The tenant's key, in either header a client may use.
     for creds in [
         [("authorization", "Bearer key-acme"), ("x-other", "1")],
@@ -642,23 +610,22 @@ async fn a_hosted_batch_pool_behind_the_queue_gets_its_jobs_over_verified_tls() 
     std::env::set_var("SWITCHYARD_TEST_BATCH_KEY", SECRET);
     let ca = Ca::new("pool ca");
     let (api, seen) = hosted_api(&ca).await;
-    let batch = format!(
-        r#"  - name: hosted-batch
-    kind: batch
-    region: us
-    endpoints: ["https://{api}"]
-    models: ["*"]
-    concurrency: 4
-    service_time: 10ms
-    price: {{ per_gpu_hour: 0.5 }}
-    headers: {{ authorization: "Bearer ${{SWITCHYARD_TEST_BATCH_KEY}}" }}
-    path_prefix: /batch
-    tls: {{ ca: pool-ca.pem }}
-"#
-    );
-    let pools = hosted_pool(api, "pool-ca.pem", "SWITCHYARD_TEST_BATCH_KEY") + &batch;
-    let queue = "queue:\n  path: data/queue.redb\n  max_attempts: 2\n  backoff: { base: 50ms, max: 200ms }\n";
-    let gw = start_with_files(&policy(&pools, queue), &[("pool-ca.pem", &ca.pem())]).await;
+    let batch = Pool::batch("hosted-batch")
+        .endpoint(format!("https://{api}"))
+        .concurrency(4)
+        .per_gpu_hour(0.5)
+        .with(
+            "headers",
+            "{ authorization: \"Bearer ${SWITCHYARD_TEST_BATCH_KEY}\" }",
+        )
+        .with("path_prefix", "/batch")
+        .with("tls", "{ ca: pool-ca.pem }");
+    let text = Policy::new()
+        .pool(hosted_pool(api, "pool-ca.pem", "SWITCHYARD_TEST_BATCH_KEY"))
+        .pool(batch)
+        .extra("queue:\n  path: data/queue.redb\n  max_attempts: 2\n  backoff: { base: 50ms, max: 200ms }\n")
+        .render();
+    let gw = start_with_files(&text, &[("pool-ca.pem", &ca.pem())]).await;
     let who = [("x-slo-tier", "batch"), ("x-api-key", "client-key-batch")];
     let r = gw.post("/v1/chat/completions", &who, &chat("m")).await;
     assert_eq!(r.status, 202, "{}", r.text());
@@ -698,14 +665,14 @@ async fn a_pool_certificate_from_the_wrong_ca_is_a_502_saying_why_not_an_ejectio
     let other_ca = Ca::new("someone else");
     let (api, seen) = hosted_api(&pool_ca).await;
     // The realtime tier hedges: its attempts fail the same way as any other's.
-    let text = policy(
-        &hosted_pool(api, "wrong-ca.pem", "SWITCHYARD_TEST_HOSTED_KEY_B"),
-        "",
-    )
-    .replace(
-        "realtime: { deadline: 150ms, weight: 0.8, pools: [edge, gpu], on_slo_miss: fastest }",
-        "realtime: { deadline: 150ms, weight: 0.8, pools: [edge, gpu], on_slo_miss: fastest, hedge_after: 2 }",
-    );
+    let text = Policy::new()
+        .pool(hosted_pool(
+            api,
+            "wrong-ca.pem",
+            "SWITCHYARD_TEST_HOSTED_KEY_B",
+        ))
+        .tier(Tier::realtime().with("hedge_after", 2))
+        .render();
     assert!(text.contains("hedge_after"));
     let gw = start_with_files(&text, &[("wrong-ca.pem", &other_ca.pem())]).await;
     for tier in ["standard", "standard", "realtime", "realtime"] {
@@ -767,10 +734,7 @@ async fn token_spend_comes_from_usage_in_plain_and_streamed_answers() {
     let ca = Ca::new("pool ca");
     let (api, _seen) = hosted_api(&ca).await;
     let gw = start_with_files(
-        &policy(
-            &hosted_pool(api, "pool-ca.pem", "SWITCHYARD_TEST_HOSTED_KEY_C"),
-            "",
-        ),
+        &hosted_policy(api, "pool-ca.pem", "SWITCHYARD_TEST_HOSTED_KEY_C"),
         &[("pool-ca.pem", &ca.pem())],
     )
     .await;

@@ -15,6 +15,12 @@
 //! built from), else the embedded copy written to the demo's per-process directory. That
 //! directory (`$TMPDIR/switchyard-demo-PID`) also holds the demo's job queue, so a second
 //! demo or a test never opens the same queue file.
+//!
+//! With `--free-ports` nothing listens on the policy's fixed ports: every mock starts on a
+//! port the system picks, the policy is copied into the demo's directory with each endpoint
+//! rewritten to its mock's address (that copy is what is served and watched), and the
+//! gateway and its admin listener take free ports too. Tests run the demo this way, so they
+//! pass while someone runs the demo itself on the same machine.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -49,6 +55,10 @@ pub enum DemoError {
     Io(#[from] std::io::Error),
     #[error("cannot prepare the demo directory {0}: {1}")]
     WorkDir(PathBuf, std::io::Error),
+    #[error("cannot read the policy {0}: {1}")]
+    Read(PathBuf, std::io::Error),
+    #[error("--free-ports: endpoint `{0}` of pool `{1}` is not written as an address the demo can rewrite in {2}")]
+    NotMoved(String, String, PathBuf),
 }
 
 pub struct DemoOptions {
@@ -58,6 +68,9 @@ pub struct DemoOptions {
     pub policy: Option<PathBuf>,
     /// Record the demo's traffic as a decision log here (`simulate --trace` replays it).
     pub record: Option<PathBuf>,
+    /// Free ports for the gateway, its admin listener and every mock instead of the policy's
+    /// (see the module docs).
+    pub free_ports: bool,
 }
 
 /// The demo's own directory: its job queue, and the policy when the embedded copy is used.
@@ -106,6 +119,27 @@ pub fn run(opts: DemoOptions) -> Result<(), DemoError> {
     let policy_path = policy_file(opts.policy.clone(), &dir)?;
     let fleet = Fleet::new();
     let mut table = switchyard_gateway::policy::load_file(&policy_path, fleet.gateway_region())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let (policy_path, mocks, listeners) = if opts.free_ports {
+        let mocks = runtime.block_on(start_mocks(&table, true))?;
+        let (proxy, admin) = (free_port()?, free_port()?);
+        let mut moves: Vec<(String, SocketAddr)> = mocks
+            .iter()
+            .map(|(name, m)| (name.clone(), m.addr()))
+            .collect();
+        moves.push((table.proxy_listener.to_string(), proxy));
+        moves.push((table.admin_listener.to_string(), admin));
+        let moved = on_free_ports(&policy_path, &dir, &moves)?;
+        table = switchyard_gateway::policy::load_file(&moved, fleet.gateway_region())?;
+        check_moved(&table, &mocks, &moved)?;
+        (moved, mocks, Some((proxy, admin)))
+    } else {
+        let mocks = runtime.block_on(start_mocks(&table, false))?;
+        (policy_path, mocks, None)
+    };
     // The queue backend is fixed at start-up, so this holds across reloads of the file.
     if let Some(compile::QueueSettings {
         backend: compile::QueueBackend::Embedded { path },
@@ -120,18 +154,13 @@ pub fn run(opts: DemoOptions) -> Result<(), DemoError> {
             switchyard_gateway::observe::decision::DEFAULT_MAX_BYTES,
         ));
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()?;
-    let mocks = runtime.block_on(start_mocks(&table))?;
     let built = server::build(
         table,
         fleet,
         server::Options {
             policy_path: Some(policy_path.clone()),
-            listen: None,
-            admin_listen: None,
+            listen: listeners.map(|(proxy, _)| proxy),
+            admin_listen: listeners.map(|(_, admin)| admin),
             region: None,
         },
     )?;
@@ -174,14 +203,93 @@ fn mock_profile(kind: PoolKind) -> (Duration, Duration) {
     }
 }
 
-async fn start_mocks(table: &RoutingTable) -> Result<Vec<MockBackend>, std::io::Error> {
-    let specs = table.pools.iter().flat_map(|pool| {
+/// One mock per endpoint of the policy, each paired with the endpoint as written
+/// (`host:port`): on the endpoint's own address, or with `free_ports` on a port the system
+/// picks (one mock for the addresses of one name).
+async fn start_mocks(
+    table: &RoutingTable,
+    free_ports: bool,
+) -> Result<Vec<(String, MockBackend)>, std::io::Error> {
+    let (mut written, mut specs) = (Vec::new(), Vec::new());
+    for pool in table.pools.iter() {
         let (latency, jitter) = mock_profile(pool.kind);
-        pool.endpoints.iter().filter(|e| e.resolved).map(move |ep| {
-            MockSpec::new(format!("{}@{}", pool.name, ep.name), latency, jitter).at(ep.addr)
-        })
-    });
-    fleet::start(specs).await
+        for ep in pool.endpoints.iter().filter(|e| e.resolved) {
+            if free_ports && written.contains(&ep.authority) {
+                continue;
+            }
+            let spec = MockSpec::new(format!("{}@{}", pool.name, ep.name), latency, jitter);
+            specs.push(if free_ports { spec } else { spec.at(ep.addr) });
+            written.push(ep.authority.clone());
+        }
+    }
+    let mocks = fleet::start(specs).await?;
+    Ok(written.into_iter().zip(mocks).collect())
+}
+
+/// A port on 127.0.0.1 that was free a moment ago.
+fn free_port() -> Result<SocketAddr, std::io::Error> {
+    std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
+}
+
+/// A copy of the policy at `source` in `dir` in which each address or `host:port` written
+/// in `moves` (the endpoints and the listeners) is replaced by its free one; its path.
+fn on_free_ports(
+    source: &Path,
+    dir: &Path,
+    moves: &[(String, SocketAddr)],
+) -> Result<PathBuf, DemoError> {
+    let mut text =
+        std::fs::read_to_string(source).map_err(|e| DemoError::Read(source.to_path_buf(), e))?;
+    for (written, to) in moves {
+        text = replace_name(&text, written, &to.to_string());
+    }
+    let copy = dir.join("demo-free-ports.yaml");
+    std::fs::write(&copy, text).map_err(|e| DemoError::WorkDir(dir.to_path_buf(), e))?;
+    Ok(copy)
+}
+
+/// `text` with every `from` that stands alone (not part of a longer name or address, such
+/// as `127.0.0.1:91010` for `127.0.0.1:9101`) replaced by `to`.
+fn replace_name(text: &str, from: &str, to: &str) -> String {
+    let part_of_name =
+        |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || ".-_:".contains(c));
+    let mut out = String::with_capacity(text.len());
+    let mut copied = 0;
+    for (at, _) in text.match_indices(from) {
+        let end = at + from.len();
+        if at < copied
+            || part_of_name(text[..at].chars().next_back())
+            || part_of_name(text[end..].chars().next())
+        {
+            continue;
+        }
+        out.push_str(&text[copied..at]);
+        out.push_str(to);
+        copied = end;
+    }
+    out.push_str(&text[copied..]);
+    out
+}
+
+/// Every endpoint of the rewritten policy is one of the mocks: none was missed by the
+/// rewrite (written in a way it did not recognise), so nothing goes to a fixed port.
+fn check_moved(
+    table: &RoutingTable,
+    mocks: &[(String, MockBackend)],
+    path: &Path,
+) -> Result<(), DemoError> {
+    for pool in table.pools.iter() {
+        for ep in pool.endpoints.iter().filter(|e| e.resolved) {
+            if !mocks.iter().any(|(_, m)| m.addr() == ep.addr) {
+                return Err(DemoError::NotMoved(
+                    ep.name.clone(),
+                    pool.name.to_string(),
+                    path.to_path_buf(),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn wait_ready(proxy: SocketAddr) -> bool {
@@ -496,4 +604,18 @@ Try:
 
 Ctrl-C to stop."#
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::replace_name;
+
+    #[test]
+    fn free_ports_rewrite_whole_addresses_only() {
+        let text = "endpoints: [127.0.0.1:9101, 127.0.0.1:91010, \"https://127.0.0.1:9101\"] # x127.0.0.1:9101\nproxy: 127.0.0.1:9101\n";
+        assert_eq!(
+            replace_name(text, "127.0.0.1:9101", "127.0.0.1:40000"),
+            "endpoints: [127.0.0.1:40000, 127.0.0.1:91010, \"https://127.0.0.1:40000\"] # x127.0.0.1:9101\nproxy: 127.0.0.1:40000\n"
+        );
+    }
 }

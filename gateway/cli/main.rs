@@ -116,6 +116,12 @@ enum Command {
         /// `switchyard simulate --trace FILE --policy policies/demo.yaml`.
         #[arg(long)]
         record: Option<PathBuf>,
+        /// Listen on free ports instead of the policy's (8080, 9090 and 9101… in the demo
+        /// policy): the gateway, its admin listener and every mock backend get a port from
+        /// the system, and the demo serves a copy of the policy naming them, written to its
+        /// own directory (the path is printed). For tests, or beside another demo.
+        #[arg(long)]
+        free_ports: bool,
         /// Run a fault scenario instead (`fleet-faults`): Switchyard against round-robin and
         /// always-GPU on the same traffic while the fleet slows down, loses an endpoint and
         /// recovers; prints the report and exits.
@@ -341,6 +347,7 @@ fn main() -> ExitCode {
             policy,
             requests,
             record,
+            free_ports,
             scenario,
             phase_secs,
             rate,
@@ -370,6 +377,7 @@ fn main() -> ExitCode {
                 requests,
                 policy,
                 record,
+                free_ports,
             }) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

@@ -5,7 +5,11 @@
 #![allow(dead_code)]
 
 pub mod json_schema;
+pub mod policy;
 pub mod report;
+
+#[allow(unused_imports)]
+pub use policy::{Policy, Pool, Route, Tenant, Tier};
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener};
@@ -406,70 +410,6 @@ pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
-}
-
-/// The routes of [`policy`]: chat, embeddings, OIP v2 and TF-Serving, none cached.
-pub const ROUTES: &str = r#"  - { name: chat, match: /v1/chat/completions, protocol: openai, max_body: 16KiB, tier: standard }
-  - { name: embeddings, match: /v1/embeddings, protocol: openai, tier: standard }
-  - { name: oip, match: /v2/models/*, protocol: oip-v2, max_body: 1MiB, tier: standard }
-  - { name: tf, match: /v1/models/*, protocol: tf-serving, tier: standard }
-"#;
-
-/// The common part of test policies: three regions, three tiers, the embedded GeoIP
-/// database, loopback trusted. `pools` and `extra` are appended YAML.
-pub fn policy(pools: &str, extra: &str) -> String {
-    policy_with_routes(pools, ROUTES, extra)
-}
-
-/// [`policy`] with its own `routes` (YAML list items).
-pub fn policy_with_routes(pools: &str, routes: &str, extra: &str) -> String {
-    format!(
-        r#"
-trusted_proxies: [127.0.0.0/8]
-geoip: {{ database: embedded }}
-regions:
-  default: us
-  map:
-    - {{ name: eu, continents: [EU] }}
-    - {{ name: us, continents: [NA, SA] }}
-    - {{ name: ap, continents: [AS, OC] }}
-rtt_ms:
-  eu: {{ eu: 5, us: 90, ap: 230 }}
-  us: {{ us: 5, ap: 150 }}
-  ap: {{ ap: 5 }}
-tiers:
-  realtime: {{ deadline: 150ms, weight: 0.8, pools: [edge, gpu], on_slo_miss: fastest }}
-  standard: {{ deadline: 1s, weight: 0.3, pools: [edge, gpu] }}
-  strict: {{ deadline: 20ms, weight: 0.5, pools: [edge, gpu], on_slo_miss: shed }}
-  batch: {{ deadline: 1h, weight: 0.0, pools: [batch, gpu, edge], on_slo_miss: shed }}
-tenants:
-  - name: acme          # key "key-acme"
-    key_sha256: {acme}
-    tier: realtime
-pools:
-{pools}
-routes:
-{routes}upstream: {{ connect_timeout: 300ms, max_attempts: 3, down_backoff: 30s }}
-{extra}
-"#,
-        acme = sha256_hex("key-acme"),
-    )
-}
-
-/// A pool entry for [`policy`].
-pub fn pool(
-    name: &str,
-    kind: &str,
-    region: &str,
-    endpoints: &[SocketAddr],
-    models: &str,
-    price: &str,
-) -> String {
-    let eps: Vec<String> = endpoints.iter().map(|a| a.to_string()).collect();
-    format!(
-        "  - {{ name: {name}, kind: {kind}, region: {region}, endpoints: [{}], models: {models}, concurrency: 64, service_time: 10ms, price: {price} }}\n",
-        eps.join(", ")
-    )
 }
 
 pub fn sha256_hex(s: &str) -> String {
