@@ -261,12 +261,12 @@ pub async fn cache_hit(
 pub async fn relay(
     session: &mut ServerSession,
     req: &mut Request,
-    mut answer: Answer,
+    answer: Answer,
 ) -> Result<()> {
-    let mut resp = std::mem::replace(
-        &mut answer.header,
-        ResponseHeader::from(http::Response::new(()).into_parts().0),
-    );
+    let Answer {
+        header: mut resp,
+        mut body,
+    } = answer;
     if session.is_http2() {
         for name in &ANSWER_HOP_BY_HOP {
             resp.remove_header(name);
@@ -290,7 +290,7 @@ pub async fn relay(
     // A gRPC trailers-only answer (its status in the header) ends with the header.
     let trailers_only = req.grpc && resp.headers.contains_key("grpc-status");
     if trailers_only {
-        answer.release().await;
+        body.release().await;
         session
             .response_duplex_vec(vec![HttpTask::Header(Box::new(resp), true)])
             .await?;
@@ -298,7 +298,7 @@ pub async fn relay(
     }
     session.write_response_header(Box::new(resp)).await?;
     loop {
-        match answer.next().await? {
+        match body.next().await? {
             Piece::Data { chunk, last } => {
                 // On the last chunk the cache learns that the body ended before the chunk
                 // goes out: a client with the whole answer may ask again at once and must

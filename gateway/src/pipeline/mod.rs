@@ -427,10 +427,11 @@ async fn stages(gw: &Gateway, session: &mut ServerSession, req: &mut Request) ->
         // gateway term of the estimate (one getsockopt, only for regional instances).
         class.client_rtt = downstream_rtt(session);
     }
-    req.class = Some(class.clone());
+    // Held by the request from here on (its record and decision headers read it).
+    let class = req.class.insert(class);
 
     // Authentication, rate and concurrency: before the cache (a limited caller gets no hits).
-    admit::check(&gw.limiter, &table, &class, &mut req.ticket).await?;
+    admit::check(&gw.limiter, &table, class, &mut req.ticket).await?;
 
     // The cache is looked up before deciding, so that a hit is answered even when no pool
     // could take the request now (the decision is still made, for the spend avoided).
@@ -442,7 +443,7 @@ async fn stages(gw: &Gateway, session: &mut ServerSession, req: &mut Request) ->
                 .path_and_query()
                 .map_or(header.uri.path(), |pq| pq.as_str());
             cache
-                .lookup(&class, &table, target, &header.headers, Some(&body))
+                .lookup(class, &table, target, &header.headers, Some(&body))
                 .await
         }
         None => Lookup::Bypass,
@@ -450,10 +451,9 @@ async fn stages(gw: &Gateway, session: &mut ServerSession, req: &mut Request) ->
     if !lookup.is_hit() {
         // The daily budget: only requests that will cost something (hits are free); may
         // move the request to the tenant's downgrade tier.
-        admit::spend(req.ticket.as_ref(), &table, &mut class)?;
-        req.class = Some(class.clone());
+        admit::spend(req.ticket.as_ref(), &table, class)?;
     }
-    let decision = decide(&class, &table, lookup.is_hit());
+    let decision = decide(class, &table, lookup.is_hit());
     req.decision = Some(decision);
 
     // A hit, or the answer of an identical request in flight, is served before any upstream
@@ -461,13 +461,13 @@ async fn stages(gw: &Gateway, session: &mut ServerSession, req: &mut Request) ->
     let bound = table.tiers[class.tier as usize].timeout;
     if let Some(entry) = req.cache.settle(lookup, bound).await {
         let saved = answer::estimated_cost(&decision);
-        record::saved(&table, &class, saved);
+        record::saved(&table, class, saved);
         req.status = entry.status;
         req.answered = Answered::Cache;
         answer::cache_hit(session, req, &entry, saved).await?;
         return Ok(());
     }
-    refuse(&class, &table, &decision)?;
+    refuse(class, &table, &decision)?;
 
     // A batch pool or `on_slo_miss: queue`: stored durably, answered 202.
     if let Some(queue) = gw
@@ -476,7 +476,7 @@ async fn stages(gw: &Gateway, session: &mut ServerSession, req: &mut Request) ->
         .filter(|_| class.inference && !req.grpc && queue::api::takes(&table, &decision))
     {
         let reply =
-            queue::api::enqueue(session.req_header(), queue, &table, &class, &decision, body)
+            queue::api::enqueue(session.req_header(), queue, &table, class, &decision, body)
                 .await?;
         req.status = reply.status;
         req.answered = Answered::Queue;
@@ -499,18 +499,14 @@ async fn stages(gw: &Gateway, session: &mut ServerSession, req: &mut Request) ->
     .map_err(|e| GatewayError::Internal(e.to_string()))?;
     let mut out = Outbound {
         table: &table,
-        class: &class,
+        class,
         request: prepared,
         body,
         grpc: grpc_route,
         start: req.start,
     };
-    req.trail = Some(Trail::new(decision));
     let sent = {
-        let trail = req
-            .trail
-            .as_mut()
-            .ok_or_else(|| GatewayError::Internal("no trail".into()))?;
+        let trail = req.trail.insert(Trail::new(decision));
         let hung_up = session.read_body_or_idle(true);
         tokio::select! {
             biased;

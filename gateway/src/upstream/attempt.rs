@@ -232,10 +232,15 @@ impl Drop for Attempt {
     }
 }
 
-/// The answer being relayed: the winning attempt (its slot held until the body ends) and
-/// the upstream session its body comes on.
+/// The answer of the winning attempt: its header, and its body to come.
 pub struct Answer {
     pub header: ResponseHeader,
+    pub body: Body,
+}
+
+/// An answer's body as it arrives: the winning attempt (its slot held until the body ends)
+/// and the upstream session the body comes on.
+pub struct Body {
     attempt: Option<Attempt>,
     session: Option<HttpSession>,
     peer: HttpPeer,
@@ -257,18 +262,17 @@ impl Answer {
     pub(super) fn new(attempt: Attempt, head: Head, trailers_follow: bool) -> Answer {
         Answer {
             header: head.header,
-            attempt: Some(attempt),
-            session: Some(head.session),
-            peer: head.peer,
-            trailers_follow,
+            body: Body {
+                attempt: Some(attempt),
+                session: Some(head.session),
+                peer: head.peer,
+                trailers_follow,
+            },
         }
     }
+}
 
-    /// Where the answer comes from.
-    pub fn target(&self) -> Option<(PoolId, u16)> {
-        self.attempt.as_ref().map(|a| a.target)
-    }
-
+impl Body {
     /// The next piece of the body. On the last data chunk the connection goes back to the
     /// pool before the chunk is handed over (as Pingora's own loop does): a client with the
     /// whole answer may send its next request at once, and must find the connection idle,
@@ -321,7 +325,7 @@ impl Answer {
     }
 }
 
-impl Answer {
+impl Body {
     /// The whole body, up to `max` bytes (more is an error: the answer is not kept).
     pub async fn read_all(&mut self, max: usize) -> Result<Bytes, BodyError> {
         let mut body = bytes::BytesMut::new();

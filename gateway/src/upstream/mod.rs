@@ -284,7 +284,7 @@ pub async fn fetch(
                 .map(str::to_string);
             attempt.answered(status);
             let mut answer = Answer::new(attempt, head, false);
-            match answer.read_all(max).await {
+            match answer.body.read_all(max).await {
                 Ok(body) => Fetched::Answer {
                     status,
                     content_type,
