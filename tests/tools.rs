@@ -503,6 +503,8 @@ fn schema_rejects_what_the_gateway_rejects() {
 /// Every object in `value` that the schema closes (`additionalProperties: false`), as a JSON
 /// pointer and the property names the schema allows there.
 fn closed_objects(schema: &Value, value: &Value, at: String, out: &mut Vec<(String, Vec<String>)>) {
+    // An `Option` of an enum, or an untagged enum (an endpoint): the branch the value takes.
+    let schema = json_schema::branch(schema, value);
     match value {
         Value::Object(obj) => {
             let props = schema["properties"].as_object();
