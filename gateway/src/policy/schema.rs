@@ -21,8 +21,9 @@ pub const SIZE_PATTERN: &str = r"^\s*[0-9]+\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*$";
 /// are left to `switchyard check`).
 pub const WINDOW_PATTERN: &str = r"^\s*\+?[0-9]+:\+?[0-9]+\s*-\s*\+?[0-9]+:\+?[0-9]+\s*$";
 
-/// Declares a schema-only string type: its name in the schema and the schema itself.
-macro_rules! string_type {
+/// Declares a schema-only type (a string, mostly): its name in the schema and the schema
+/// itself, always inlined.
+macro_rules! schema_type {
     ($(#[$doc:meta])* $name:ident, $schema:tt) => {
         $(#[$doc])*
         pub struct $name;
@@ -41,50 +42,56 @@ macro_rules! string_type {
     };
 }
 
-string_type!(
+schema_type!(
     /// A duration such as `150ms`, `1.5s`, `10m` (units `us`, `ms`, `s`, `m`, `h`).
     Duration,
     { "type": "string", "pattern": DURATION_PATTERN, "examples": ["150ms", "2s", "10m"] }
 );
 
-string_type!(
+schema_type!(
     /// A size in bytes such as `64KiB`, `256MiB` or `2048` (units `B`, `KB`, `KiB`, `MB`,
-    /// `MiB`, `GB`, `GiB`).
+    /// `MiB`, `GB`, `GiB`). A bare number is a YAML integer, which the gateway reads as the
+    /// same string.
     Size,
-    { "type": "string", "pattern": SIZE_PATTERN, "examples": ["64KiB", "32MiB"] }
+    {
+        "type": ["string", "integer"],
+        "minimum": 0,
+        "pattern": SIZE_PATTERN,
+        "examples": ["64KiB", "32MiB"]
+    }
 );
 
-string_type!(
+schema_type!(
     /// 64 lower-case hex characters.
     Sha256Hex,
     { "type": "string", "pattern": "^[0-9a-f]{64}$" }
 );
 
-string_type!(
+schema_type!(
     /// Two upper-case letters: an ISO 3166-1 country or a GeoIP continent code.
     AreaCode,
     { "type": "string", "pattern": "^[A-Z]{2}$" }
 );
 
-string_type!(
+schema_type!(
     /// A URL path, starting with `/`.
     UrlPath,
     { "type": "string", "pattern": "^/" }
 );
 
-string_type!(
+schema_type!(
     /// A URL path prefix: starts with `/`, no `?`, `#` or space.
     PathPrefix,
     { "type": "string", "pattern": "^/[^?# ]*$" }
 );
 
-string_type!(
+schema_type!(
     /// A daily UTC window `HH:MM-HH:MM`.
     Window,
     { "type": "string", "pattern": WINDOW_PATTERN, "examples": ["22:00-06:00"] }
 );
 
-string_type!(
+schema_type!(
     /// Milliseconds, 0 or more.
     Millis,
     { "type": "number", "minimum": 0 }
