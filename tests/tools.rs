@@ -483,6 +483,40 @@ fn schema_rejects_what_the_gateway_rejects() {
             text.replacen("    service_time: 40ms\n", "", 1),
             "missing required property `service_time`",
         ),
+        (
+            "a duration without a known unit",
+            text.replacen("deadline: 150ms", "deadline: 150 msec", 1),
+            "does not match the pattern",
+        ),
+        (
+            "a size without a known unit",
+            text.replacen("max_body: 8MiB", "max_body: 8 megs", 1),
+            "does not match the pattern",
+        ),
+        (
+            "an upper-case key digest",
+            text.replacen("key_sha256: 8649cdebee", "key_sha256: 8649CDEBEE", 1),
+            "does not match the pattern",
+        ),
+        (
+            "a lower-case continent",
+            text.replacen("continents: [EU, AF]", "continents: [EU, af]", 1),
+            "does not match the pattern",
+        ),
+        (
+            "a route path without its slash",
+            text.replacen("match: /v1/embeddings", "match: v1/embeddings", 1),
+            "does not match the pattern",
+        ),
+        (
+            "over budget: neither reject nor a downgrade",
+            text.replacen(
+                "    tier: ",
+                "    limits: { on_budget: refuse }\n    tier: ",
+                1,
+            ),
+            "matches no branch of anyOf",
+        ),
     ] {
         let errors = json_schema::validate(&schema, &yaml_as_json(&edited));
         assert!(
@@ -500,9 +534,92 @@ fn schema_rejects_what_the_gateway_rejects() {
     }
 }
 
+#[test]
+fn schema_accepts_what_the_gateway_accepts() {
+    // The other side of the test above: forms the gateway takes that a stricter schema would
+    // mark wrong in an editor.
+    let schema = schema();
+    let text = std::fs::read_to_string(repo_root().join("policies/demo.yaml")).unwrap();
+    for (what, edited) in [
+        (
+            "null sections and fields (an absent Option)",
+            format!("{text}\nobserve: ~\nlimits: ~\ngateway_region: ~\n")
+                .replacen("cache: { ttl: 1h, scope: shared }", "cache: ~", 1)
+                .replacen(
+                    "connect_timeout: 500ms",
+                    "connect_timeout: 500ms\n  retry_budget: { ratio: 0.1, min_per_second: ~ }",
+                    1,
+                ),
+        ),
+        ("a size as a bare number", text.replacen("max_body: 8MiB", "max_body: 8388608", 1)),
+        ("a size with a space", text.replacen("max_body: 8MiB", "max_body: 8 MiB", 1)),
+        ("a fractional duration", text.replacen("deadline: 150ms", "deadline: .15s", 1)),
+        (
+            "both endpoint forms",
+            text.replacen(
+                "endpoints: [127.0.0.1:9201, 127.0.0.1:9202]",
+                "endpoints: [127.0.0.1:9201, { http: 127.0.0.1:9202 }]",
+                1,
+            ),
+        ),
+        (
+            "over budget: a downgrade",
+            text.replacen(
+                "    tier: realtime",
+                "    tier: realtime\n    limits: { spend_per_day_usd: 5, on_budget: { downgrade: batch } }",
+                1,
+            ),
+        ),
+    ] {
+        let errors = json_schema::validate(&schema, &yaml_as_json(&edited));
+        assert!(errors.is_empty(), "{what}: {errors:?}");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.yaml");
+        std::fs::write(&path, &edited).unwrap();
+        if let Err(e) = tools::load(Path::new(&path)) {
+            panic!("{what}: the gateway refused it: {e}");
+        }
+    }
+}
+
+/// The schema's patterns for durations and sizes against the gateway's own parsers: every
+/// string a parser takes matches (an editor never marks a good policy wrong), and the shapes
+/// it refuses do not.
+#[test]
+fn schema_patterns_agree_with_the_parsers() {
+    use switchyard_gateway::policy::compile::{parse_duration, parse_size};
+    use switchyard_gateway::policy::schema::{DURATION_PATTERN, SIZE_PATTERN};
+    let duration = regex::Regex::new(DURATION_PATTERN).unwrap();
+    let size = regex::Regex::new(SIZE_PATTERN).unwrap();
+    let numbers = [
+        "0", "1", "150", "1.5", "1.", ".5", ".", "1.2.3", "", "-1", "+1", "1e3", " 7 ",
+    ];
+    let units = [
+        "", "us", "µs", "ms", "s", "m", "h", "d", "MS", "sec", " ms", "ms ", "B", "KB", "KiB",
+        "MB", "MiB", "GB", "GiB", "TiB", "kb", " MiB",
+    ];
+    for n in numbers {
+        for u in units {
+            let text = format!("{n}{u}");
+            for (what, re, parsed) in [
+                ("duration", &duration, parse_duration(&text).is_some()),
+                ("size", &size, parse_size(&text).is_some()),
+            ] {
+                assert_eq!(
+                    re.is_match(&text),
+                    parsed,
+                    "{what} {text:?}: the parser says {parsed}"
+                );
+            }
+        }
+    }
+}
+
 /// Every object in `value` that the schema closes (`additionalProperties: false`), as a JSON
 /// pointer and the property names the schema allows there.
 fn closed_objects(schema: &Value, value: &Value, at: String, out: &mut Vec<(String, Vec<String>)>) {
+    // An `Option` of an enum, or an untagged enum (an endpoint): the branch the value takes.
+    let schema = json_schema::branch(schema, value);
     match value {
         Value::Object(obj) => {
             let props = schema["properties"].as_object();

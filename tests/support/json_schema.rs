@@ -1,26 +1,48 @@
 //! A small JSON Schema validator for the subset `switchyard schema` uses (`type`, `properties`,
-//! `required`, `additionalProperties`, `items`, `enum`, `minimum`, `maximum`,
-//! `exclusiveMinimum`, `exclusiveMaximum`), so the tests can check shipped policies against
-//! the shipped schema without a heavy dependency. It is test support only: it must not grow into a general validator, and a keyword it does not
-//! know makes it fail loudly rather than pass silently.
+//! `required`, `additionalProperties`, `items`, `enum`, `const`, `pattern`, `minimum`,
+//! `maximum`, `exclusiveMinimum`, `exclusiveMaximum`, `anyOf`, `oneOf`; the schema is derived
+//! with every subschema inlined, so there is no `$ref`), so the tests can check shipped
+//! policies against the shipped schema without a heavy dependency. It is test support only:
+//! it must not grow into a general validator, and a keyword it does not know makes it fail
+//! loudly rather than pass silently.
 
+use regex::Regex;
 use serde_json::Value;
 
 const KNOWN: &[&str] = &[
     "$schema",
     "title",
     "description",
+    "default",
+    "examples",
     "type",
     "properties",
     "required",
     "additionalProperties",
     "items",
     "enum",
+    "const",
+    "pattern",
+    "anyOf",
+    "oneOf",
     "minimum",
     "maximum",
     "exclusiveMinimum",
     "exclusiveMaximum",
 ];
+
+/// The branch of `schema`'s `anyOf` / `oneOf` that `value` matches (the first, recursively),
+/// or `schema` itself when it has neither or no branch matches.
+pub fn branch<'a>(schema: &'a Value, value: &Value) -> &'a Value {
+    for key in ["anyOf", "oneOf"] {
+        if let Some(Value::Array(options)) = schema.get(key) {
+            if let Some(b) = options.iter().find(|b| validate(b, value).is_empty()) {
+                return branch(b, value);
+            }
+        }
+    }
+    schema
+}
 
 /// Every violation of `schema` by `value`, as `pointer: message`.
 pub fn validate(schema: &Value, value: &Value) -> Vec<String> {
@@ -65,6 +87,42 @@ fn check(schema: &Value, v: &Value, at: &str, errors: &mut Vec<String>) {
         if !ok {
             errors.push(format!("{at}: expected type {t}, found {v}"));
             return;
+        }
+    }
+    for (key, exactly_one) in [("anyOf", false), ("oneOf", true)] {
+        let Some(options) = s.get(key) else { continue };
+        let Value::Array(options) = options else {
+            panic!("{key} at {at:?} is not an array");
+        };
+        let results: Vec<Vec<String>> = options
+            .iter()
+            .map(|o| {
+                let mut found = Vec::new();
+                check(o, v, at, &mut found);
+                found
+            })
+            .collect();
+        let matched = results.iter().filter(|r| r.is_empty()).count();
+        if matched == 0 {
+            let why: Vec<String> = results.into_iter().flatten().collect();
+            errors.push(format!(
+                "{at}: matches no branch of {key}: {}",
+                why.join("; ")
+            ));
+        } else if exactly_one && matched > 1 {
+            errors.push(format!("{at}: matches {matched} branches of oneOf"));
+        }
+    }
+    if let Some(c) = s.get("const") {
+        if c != v {
+            errors.push(format!("{at}: {v} is not {c}"));
+        }
+    }
+    if let (Some(p), Value::String(text)) = (s.get("pattern"), v) {
+        let p = p.as_str().expect("pattern is a string");
+        let re = Regex::new(p).unwrap_or_else(|e| panic!("pattern {p:?} at {at:?}: {e}"));
+        if !re.is_match(text) {
+            errors.push(format!("{at}: {v} does not match the pattern {p}"));
         }
     }
     if let Some(Value::Array(options)) = s.get("enum") {

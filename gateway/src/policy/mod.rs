@@ -17,6 +17,8 @@ pub mod compile;
 pub mod hosted;
 pub mod raw;
 pub mod resolve;
+#[cfg(feature = "schema")]
+pub mod schema;
 pub mod secret;
 pub mod tenancy;
 

@@ -6,12 +6,15 @@
 //! to (names) and fields that refer to them are [`Spanned`] so that a semantic error can
 //! still point at the line and column the operator has to fix.
 
+#[cfg(feature = "schema")]
+use super::schema;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 use std::collections::BTreeMap;
 
-/// The whole policy file.
+/// A Switchyard routing policy: the whole file (see `policies/default.yaml`).
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Policy {
     /// Listener addresses. Default: proxy on 0.0.0.0:8080, admin on 127.0.0.1:9090.
@@ -19,6 +22,7 @@ pub struct Policy {
     pub listeners: Listeners,
     /// Peers whose `X-Forwarded-For` is believed (CIDRs). Default: none.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Vec<String>"))]
     pub trusted_proxies: Vec<Spanned<String>>,
     /// Where the MaxMind (MMDB) country database is.
     #[serde(default)]
@@ -29,22 +33,31 @@ pub struct Policy {
     /// name one at start-up (one policy file serves instances in several regions). Absent
     /// everywhere: the gateway is taken to sit beside its clients. Default: none.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<String>"))]
     pub gateway_region: Option<Spanned<String>>,
     /// Round-trip time in milliseconds between regions: `rtt_ms[from][to]`. Each unordered
     /// pair must be given at least once; the matrix is taken as symmetric.
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "BTreeMap<String, BTreeMap<String, schema::Millis>>")
+    )]
     pub rtt_ms: BTreeMap<String, BTreeMap<String, Spanned<f64>>>,
     /// SLO tiers by name.
+    #[cfg_attr(feature = "schema", schemars(with = "BTreeMap<String, Tier>"))]
     pub tiers: BTreeMap<String, Spanned<Tier>>,
     /// API keys (as SHA-256 hex only) and the tier each tenant gets.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Vec<Tenant>"))]
     pub tenants: Vec<Spanned<Tenant>>,
     /// `optional` (default): a request without a known tenant key is served as anonymous;
     /// `required`: it gets 401 `authentication_error`.
     #[serde(default)]
     pub auth: AuthMode,
     /// The backend pools.
+    #[cfg_attr(feature = "schema", schemars(with = "Vec<Pool>"))]
     pub pools: Vec<Spanned<Pool>>,
     /// Request routes, matched in order: the first whose `match` fits the path wins.
+    #[cfg_attr(feature = "schema", schemars(with = "Vec<Route>"))]
     pub routes: Vec<Spanned<Route>>,
     /// Upstream behaviour shared by all pools.
     #[serde(default)]
@@ -52,64 +65,80 @@ pub struct Policy {
     /// The batch queue (asynchronous jobs). Absent: no queue; requests routed to batch pools
     /// are proxied synchronously like any other.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<Queue>"))]
     pub queue: Option<Spanned<Queue>>,
     /// The prediction cache's size limits. Absent: the defaults below. Whether a route caches
     /// at all is the route's `cache:` block.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<CacheSection>"))]
     pub cache: Option<Spanned<CacheSection>>,
     /// Logs. Absent: the access log goes to stderr as text.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<Observe>"))]
     pub observe: Option<Spanned<Observe>>,
     /// Gateway-wide limits. Absent: the defaults below.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<Limits>"))]
     pub limits: Option<Spanned<Limits>>,
     /// Per model: the version being served. Part of every cache key for the model, so
     /// bumping it makes the old answers unreachable. Optional.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "BTreeMap<String, ModelDef>"))]
     pub models: BTreeMap<String, Spanned<ModelDef>>,
 }
 
 /// The `cache:` section. `max_bytes` and `idle` take effect at start-up (a reload that
 /// changes them reports that a restart is needed); `max_entry_bytes` on reload.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CacheSection {
     /// Memory bound of the whole cache (bodies, headers, per-entry overhead), e.g. `256MiB`.
     /// Default `64MiB`.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<schema::Size>"))]
     pub max_bytes: Option<Spanned<String>>,
     /// Largest response body stored; larger ones are served but not stored. Default `1MiB`.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<schema::Size>"))]
     pub max_entry_bytes: Option<Spanned<String>>,
     /// Drop entries not read for this long, e.g. `2m`. Default: none (TTL only).
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<schema::Duration>"))]
     pub idle: Option<Spanned<String>>,
     /// A second level shared by every instance (Redis): an L1 miss looks there before going
     /// upstream. Absent: none. Takes a restart.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<SharedCache>"))]
     pub shared: Option<Spanned<SharedCache>>,
 }
 
 /// `cache.shared`: the L2 prediction cache.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SharedCache {
     /// Only `redis`.
     pub backend: SharedCacheBackend,
     /// e.g. `redis://127.0.0.1:6379/0`.
+    #[cfg_attr(feature = "schema", schemars(with = "String"))]
     pub redis_url: Spanned<String>,
     /// Prefix of every Redis key. Default `switchyard`.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<String>"))]
     pub redis_prefix: Option<Spanned<String>>,
     /// Largest body stored in Redis. Default `256KiB`.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<schema::Size>"))]
     pub max_entry_bytes: Option<Spanned<String>>,
     /// Longest wait for Redis on a lookup; beyond it the request goes upstream. Default `5ms`.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<schema::Duration>"))]
     pub timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum SharedCacheBackend {
     Redis,
@@ -117,11 +146,13 @@ pub enum SharedCacheBackend {
 
 /// A route's `cache:` block: present means the route's deterministic answers are cached.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RouteCache {
     /// How long an answer is kept, e.g. `10m` (an upstream `max-age` may shorten it).
     /// Default `5m`.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<schema::Duration>"))]
     pub ttl: Option<Spanned<String>>,
     /// `tenant` (default): entries are per tenant (per API key when the key is unknown);
     /// `shared`: every caller shares them (public models only).
@@ -130,6 +161,7 @@ pub struct RouteCache {
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum CacheScope {
     #[default]
@@ -139,12 +171,14 @@ pub enum CacheScope {
 
 /// The `observe:` section (read at start-up: a change takes a restart).
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Observe {
     /// Where the access log goes: `stderr` (default), `stdout`, `off`, or a file path
     /// (relative to the policy file; appended to). Written off the request path; lines are
     /// dropped and counted, never waited for, when the destination cannot keep up.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<String>"))]
     pub access_log: Option<Spanned<String>>,
     /// `text` (default: `key=value` pairs) or `json` (one object per line, for log shippers).
     #[serde(default)]
@@ -153,19 +187,22 @@ pub struct Observe {
     /// `x-switchyard-endpoint`, an internal address) or `off`. Applies on reload.
     #[serde(default)]
     pub decision_headers: Option<DecisionHeaders>,
-    /// The decision log: one JSON line per request (format version 1, see
-    /// `observe::decision`) to this file, relative to the policy file; the trace
-    /// `switchyard simulate` replays. Absent: off. Written off the request path.
+    /// The decision log: one JSON line per request (format version 1, README "The decision
+    /// log") to this file, relative to the policy file; the trace `switchyard simulate`
+    /// replays. Absent: off. Written off the request path.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<String>"))]
     pub decision_log: Option<Spanned<String>>,
     /// Rotate the decision log at this size (e.g. `64MiB`, the default); the previous file is
     /// kept as `PATH.1`.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<schema::Size>"))]
     pub decision_log_max: Option<Spanned<String>>,
 }
 
 /// The `limits:` section.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
     /// Request-body bytes the gateway holds in memory at once, over all requests in flight
@@ -173,6 +210,7 @@ pub struct Limits {
     /// whose body would go beyond it gets 503 `overloaded` with `Retry-After`; bodies up to
     /// 64KiB are always admitted. Default `512MiB`.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<schema::Size>"))]
     pub max_buffered_bytes: Option<Spanned<String>>,
     /// Where tenant limits (rate, concurrency, daily spend) are kept: `local` (default, per
     /// instance) or `redis` (shared by every instance using the same Redis). Takes a restart.
@@ -180,26 +218,32 @@ pub struct Limits {
     pub backend: LimitsBackend,
     /// Redis URL for `backend: redis`, e.g. `redis://127.0.0.1:6379/0`.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<String>"))]
     pub redis_url: Option<Spanned<String>>,
     /// Prefix of every Redis key. Default `switchyard`.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<String>"))]
     pub redis_prefix: Option<Spanned<String>>,
     /// Longest wait for Redis on a request; beyond it the request is admitted on local
     /// limits. Default `20ms`.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<schema::Duration>"))]
     pub redis_timeout: Option<Spanned<String>>,
     /// How many gateway instances share the limits: while Redis is unreachable each one
     /// enforces a 1/N share of every limit. Absent: each enforces the full limit.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<u32>", range(min = 1)))]
     pub instances: Option<Spanned<u32>>,
     /// The limits of anonymous callers (no known tenant key, `auth: optional`), all of them
     /// together. Absent: unlimited.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<TenantLimits>"))]
     pub anonymous: Option<Spanned<TenantLimits>>,
 }
 
 /// `auth:`: whether a request must carry a known tenant key.
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum AuthMode {
     #[default]
@@ -208,6 +252,7 @@ pub enum AuthMode {
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum LimitsBackend {
     #[default]
@@ -218,50 +263,65 @@ pub enum LimitsBackend {
 /// A tenant's `limits:` block (and `limits.anonymous`). Every field is optional: absent
 /// means no limit of that kind.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct TenantLimits {
     /// Sustained requests per second.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<f64>", range(max = 1_000_000), extend("exclusiveMinimum" = 0)))]
     pub requests_per_second: Option<Spanned<f64>>,
     /// Requests allowed at once above the sustained rate. Default: one second's worth
     /// (`requests_per_second`, at least 1).
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<u32>", range(min = 1)))]
     pub burst: Option<Spanned<u32>>,
     /// Requests in flight at once.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<u32>", range(min = 1)))]
     pub max_concurrency: Option<Spanned<u32>>,
     /// Estimated spend per UTC day, in USD (cache hits are free).
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<f64>", range(min = 0)))]
     pub spend_per_day_usd: Option<Spanned<f64>>,
     /// Over the day's spend: `reject` (default, 429 `budget_exceeded`) or
     /// `{ downgrade: TIER }` (served under that tier, e.g. `batch`).
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<OnBudget>"))]
     pub on_budget: Option<Spanned<OnBudget>>,
 }
 
 #[derive(Debug, Deserialize, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum OnBudget {
+    /// Refuse with 429 `budget_exceeded` (the default).
     Reject,
+    /// Serve the tenant under this tier (e.g. `batch`); answers carry
+    /// `x-switchyard-budget: downgraded`.
     Downgrade(String),
 }
 
-/// An entry of the `models:` map.
+/// An entry of the `models:` map: the model's served version, part of its cache keys.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ModelDef {
     /// The version being served, e.g. `2024-06-01` or `"3"`.
+    #[cfg_attr(feature = "schema", schemars(with = "String"))]
     pub version: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Listeners {
     /// The proxy listener (HTTP/1.1 and h2c). Default `0.0.0.0:8080`.
     #[serde(default = "default_proxy_listener")]
+    #[cfg_attr(feature = "schema", schemars(with = "String"))]
     pub proxy: Spanned<String>,
     /// The admin listener (metrics, health, explain). Default `127.0.0.1:9090`.
     #[serde(default = "default_admin_listener")]
+    #[cfg_attr(feature = "schema", schemars(with = "String"))]
     pub admin: Spanned<String>,
     /// Worker threads for the proxy. Default: the number of CPUs.
     #[serde(default)]
@@ -269,28 +329,36 @@ pub struct Listeners {
     /// On `SIGTERM`: stop accepting, then let requests in flight finish for this long
     /// before exiting (whole seconds, rounded up). Default `5s`.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<schema::Duration>"))]
     pub shutdown_grace: Option<Spanned<String>>,
     /// Bearer token every admin endpoint but `/healthz`, `/readyz`, `/metrics` (and the
-    /// static status page) requires: `${NAME}` or `${NAME:-default}` from the environment
-    /// (see `policy::secret`). Required when `admin` is not on loopback. Default: none.
+    /// static status page) requires: `${NAME}` or `${NAME:-default}`, expanded from the
+    /// environment at load (an unset variable is a load error).
+    /// Required when `admin` is not on loopback. Default: none.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<String>"))]
     pub admin_token: Option<Spanned<String>>,
     /// A TLS listener (HTTP/1.1 and HTTP/2 by ALPN, TLS 1.2 and 1.3). With `tls` set and
     /// `proxy` not written, there is no plain listener. Absent: none.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<TlsListener>"))]
     pub tls: Option<Spanned<TlsListener>>,
 }
 
 /// `listeners.tls`: where to listen and the certificate to serve. The files are read again
 /// when they change; a pair that does not load is refused and the old one keeps serving.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct TlsListener {
     /// Address to listen on, e.g. `0.0.0.0:8443`.
+    #[cfg_attr(feature = "schema", schemars(with = "String"))]
     pub listen: Spanned<String>,
     /// PEM certificate chain (leaf first), relative to the policy file.
+    #[cfg_attr(feature = "schema", schemars(with = "String"))]
     pub cert: Spanned<String>,
     /// PEM private key (PKCS#8, PKCS#1 or SEC1), relative to the policy file.
+    #[cfg_attr(feature = "schema", schemars(with = "String"))]
     pub key: Spanned<String>,
 }
 
@@ -328,49 +396,66 @@ fn default_admin_listener() -> Spanned<String> {
 }
 
 #[derive(Debug, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct GeoIp {
     /// Path to an MMDB country database, relative to the policy file. `embedded` (the
     /// default) uses the small test database compiled into the binary.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<String>"))]
     pub database: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Regions {
     /// The region of clients whose address is private, unknown or unmapped.
+    #[cfg_attr(feature = "schema", schemars(with = "String"))]
     pub default: Spanned<String>,
     /// Region definitions. A country match wins over a continent match.
+    #[cfg_attr(feature = "schema", schemars(with = "Vec<RegionDef>"))]
     pub map: Vec<Spanned<RegionDef>>,
 }
 
+/// A region: the countries and continents whose clients belong to it.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RegionDef {
+    /// Region name, as pools, `rtt_ms` and `residency` name it.
+    #[cfg_attr(feature = "schema", schemars(with = "String"))]
     pub name: Spanned<String>,
     /// ISO 3166-1 alpha-2 country codes, e.g. `DE`.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Vec<schema::AreaCode>"))]
     pub countries: Vec<Spanned<String>>,
     /// Continent codes as in GeoIP: AF, AN, AS, EU, NA, OC, SA.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Vec<schema::AreaCode>"))]
     pub continents: Vec<Spanned<String>>,
     /// Data residency: the regions whose pools may serve this region's clients, e.g. `[eu]`.
     /// Default (absent): any region. A request no allowed pool can take is refused (503),
     /// never sent elsewhere.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<Vec<String>>"))]
     pub residency: Option<Vec<Spanned<String>>>,
 }
 
+/// An SLO tier: a latency objective and the pool kinds that may serve it.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Tier {
     /// End-to-end latency objective, e.g. `150ms`, `2s`, `1h`.
+    #[cfg_attr(feature = "schema", schemars(with = "schema::Duration"))]
     pub deadline: Spanned<String>,
     /// 0.0 = cost only … 1.0 = latency only, among candidates that meet the deadline.
     #[serde(default = "default_weight")]
+    #[cfg_attr(feature = "schema", schemars(with = "f64", range(min = 0, max = 1)))]
     pub weight: Spanned<f64>,
     /// Pool kinds this tier may use (`edge`, `gpu`, `batch`).
+    #[cfg_attr(feature = "schema", schemars(with = "Vec<PoolKind>"))]
     pub pools: Vec<Spanned<PoolKind>>,
     /// What to do when no candidate is estimated to meet the deadline.
     #[serde(default)]
@@ -378,12 +463,17 @@ pub struct Tier {
     /// How long to wait for an upstream answer before 504. Default: the larger of 4×
     /// deadline and 5s, at most 10m.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<schema::Duration>"))]
     pub timeout: Option<Spanned<String>>,
     /// Hedged requests: when the first attempt has not answered after this many times its
     /// pool's service-time estimate (a peak EWMA: roughly a high percentile), a second
     /// attempt goes to the next-best candidate and the first answer wins. 1.0–100.
     /// Absent: no hedging. Only for non-streaming requests whose body is read.
     #[serde(default)]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "Option<f64>", range(min = 1, max = 100))
+    )]
     pub hedge_after: Option<Spanned<f64>>,
 }
 
@@ -392,6 +482,7 @@ fn default_weight() -> Spanned<f64> {
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum OnSloMiss {
     /// Send it to the candidate with the lowest latency estimate anyway.
@@ -404,7 +495,9 @@ pub enum OnSloMiss {
     Queue,
 }
 
+/// A pool kind; tiers choose pools by kind.
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum PoolKind {
     Edge,
@@ -412,40 +505,60 @@ pub enum PoolKind {
     Batch,
 }
 
+/// A tenant: an API key (as SHA-256 only) and the tier its requests get.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Tenant {
+    /// Tenant name.
+    #[cfg_attr(feature = "schema", schemars(with = "String"))]
     pub name: Spanned<String>,
     /// SHA-256 of the API key, lower-case hex. Keys themselves never appear in a policy.
+    #[cfg_attr(feature = "schema", schemars(with = "schema::Sha256Hex"))]
     pub key_sha256: Spanned<String>,
     /// The tier this tenant's requests get.
+    #[cfg_attr(feature = "schema", schemars(with = "String"))]
     pub tier: Spanned<String>,
     /// Rate, concurrency and daily spend limits. Absent: unlimited.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<TenantLimits>"))]
     pub limits: Option<Spanned<TenantLimits>>,
 }
 
+/// A backend pool: endpoints in one region serving some models, at a price.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Pool {
+    /// Pool name; live estimates carry over a reload by this name.
+    #[cfg_attr(feature = "schema", schemars(with = "String"))]
     pub name: Spanned<String>,
+    /// The pool's kind; tiers choose pools by kind.
     pub kind: PoolKind,
+    #[cfg_attr(feature = "schema", schemars(with = "String"))]
+    /// The region the pool is in (one of `regions.map`).
     pub region: Spanned<String>,
     /// Each endpoint: `host:port` (plain HTTP/1.1 only), `https://host[:port]` (HTTPS, port 443
     /// by default; SNI and certificate checks use the host), or
     /// `{ http: host:port, grpc: host:port }` when the server also speaks gRPC (h2c) on its
     /// own port.
+    #[cfg_attr(feature = "schema", schemars(with = "Vec<EndpointEntry>"))]
     pub endpoints: Vec<Spanned<EndpointEntry>>,
     /// Model names served; `*` serves every model.
+    #[cfg_attr(feature = "schema", schemars(with = "Vec<String>"))]
     pub models: Vec<Spanned<String>>,
     /// Requests in flight the whole pool is sized for.
+    #[cfg_attr(feature = "schema", schemars(with = "u32", range(min = 1)))]
     pub concurrency: Spanned<u32>,
     /// Expected service time before any is measured, e.g. `40ms`.
+    #[cfg_attr(feature = "schema", schemars(with = "schema::Duration"))]
     pub service_time: Spanned<String>,
+    /// What the pool costs. Default: nothing.
     #[serde(default)]
     pub price: Price,
     /// Active health checks of every endpoint. Absent: none (passive ejection only).
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<HealthCheck>"))]
     pub health: Option<Spanned<HealthCheck>>,
     /// Upstream request headers set (or replaced) on every request to this pool, e.g.
     /// `authorization: "Bearer ${OPENAI_API_KEY}"`. `${NAME}` / `${NAME:-default}` are
@@ -453,32 +566,40 @@ pub struct Pool {
     /// values are never shown (`***`). When `authorization` is set here, the client's own
     /// `Authorization` and `x-api-key` are never forwarded to the pool.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "BTreeMap<String, String>"))]
     pub headers: BTreeMap<String, Spanned<String>>,
     /// `Host` (HTTP/1.1) / `:authority` (HTTP/2) of upstream requests. Default: the
     /// endpoint's host for `https://` endpoints, the client's otherwise.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<String>"))]
     pub host: Option<Spanned<String>>,
     /// Prepended to the upstream path, e.g. `/openai/deployments/gpt4o` (starts with `/`).
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<schema::PathPrefix>"))]
     pub path_prefix: Option<Spanned<String>>,
     /// TLS to `https://` endpoints. Absent: the system's roots, no client certificate.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<PoolTls>"))]
     pub tls: Option<Spanned<PoolTls>>,
 }
 
 /// A pool's `tls:` block (for its `https://` endpoints).
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PoolTls {
     /// PEM file of the CA certificates to trust instead of the system's, relative to the
     /// policy file.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<String>"))]
     pub ca: Option<Spanned<String>>,
     /// PEM client certificate chain for mTLS (with `client_key`).
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<String>"))]
     pub client_cert: Option<Spanned<String>>,
     /// PEM private key of `client_cert`.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<String>"))]
     pub client_key: Option<Spanned<String>>,
     /// Verify the endpoint's certificate and host name. Default true; false is accepted
     /// with a `check` warning (anyone on the path can read and change the traffic).
@@ -489,6 +610,8 @@ pub struct PoolTls {
 /// One endpoint as written: a plain `host:port` string (HTTP only), or a map naming the
 /// HTTP address and, optionally, the gRPC (h2c) address of the same server.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(untagged))]
 pub enum EndpointEntry {
     Http(String),
     Ports(EndpointPorts),
@@ -521,6 +644,7 @@ impl<'de> Deserialize<'de> for EndpointEntry {
 
 /// The map form of an endpoint.
 #[derive(Debug, Deserialize, Clone, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct EndpointPorts {
     /// `host:port` of the HTTP/1.1 listener.
@@ -551,39 +675,51 @@ impl EndpointEntry {
 
 /// A pool's `health:` block: `GET path` on every endpoint every `interval`.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheck {
     /// Path to `GET`; a 2xx answer is healthy. Default `/healthz`.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<schema::UrlPath>"))]
     pub path: Option<Spanned<String>>,
     /// Time between checks of one endpoint. Default `1s`.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<schema::Duration>"))]
     pub interval: Option<Spanned<String>>,
     /// A check not answered within this long failed. Default `500ms`.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<schema::Duration>"))]
     pub timeout: Option<Spanned<String>>,
     /// Passed checks in a row that make an unhealthy endpoint healthy. Default 2.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<u32>", range(min = 1)))]
     pub healthy_threshold: Option<Spanned<u32>>,
     /// Failed checks in a row that make a healthy endpoint unhealthy. Default 2.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<u32>", range(min = 1)))]
     pub unhealthy_threshold: Option<Spanned<u32>>,
 }
 
+/// A pool's price model; each price defaults to 0.
 #[derive(Debug, Deserialize, Default, Clone, Copy)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Price {
     /// USD per request.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(range(min = 0)))]
     pub per_request: f64,
     /// USD per GPU-hour, charged for the expected service time.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(range(min = 0)))]
     pub per_gpu_hour: f64,
     /// USD per 1000 prompt tokens (hosted LLM APIs): counted from the answer's `usage`.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(range(min = 0)))]
     pub per_1k_input_tokens: f64,
     /// USD per 1000 completion tokens.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(range(min = 0)))]
     pub per_1k_output_tokens: f64,
 }
 
@@ -594,12 +730,17 @@ impl Price {
     }
 }
 
+/// A request route; the first whose `match` fits the path wins.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Route {
+    /// Route name.
+    #[cfg_attr(feature = "schema", schemars(with = "String"))]
     pub name: Spanned<String>,
     /// Path to match: exact, or a prefix when it ends in `*` (`/v2/models/*`).
     #[serde(rename = "match")]
+    #[cfg_attr(feature = "schema", schemars(with = "schema::UrlPath"))]
     pub path: Spanned<String>,
     /// How to find the model: `openai` (JSON body field `model`), `oip-v2`
     /// (`/v2/models/{m}[/versions/{v}]/infer`), `tf-serving` (`/v1/models/{m}[/versions/{v}]:predict`),
@@ -608,11 +749,14 @@ pub struct Route {
     /// Largest request body accepted, e.g. `64MiB`; at most `256MiB`. Default `32MiB`. The
     /// whole body is read before routing (and re-sent whole on a failover); see `limits`.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<schema::Size>"))]
     pub max_body: Option<Spanned<String>>,
     /// Tier for requests that name none (no tenant key, no `x-slo-tier`).
+    #[cfg_attr(feature = "schema", schemars(with = "String"))]
     pub tier: Spanned<String>,
     /// Prediction caching for this route. Absent: never cached.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<RouteCache>"))]
     pub cache: Option<Spanned<RouteCache>>,
     /// Requests on this route may be sent twice: an upstream 5xx or timeout is retried on
     /// another endpoint or pool (within the deadline and the retry budget). Default false:
@@ -622,11 +766,15 @@ pub struct Route {
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum Protocol {
+    /// OpenAI-style JSON: the model is the body's `model` field.
     #[serde(rename = "openai")]
     OpenAi,
+    /// Open Inference Protocol v2 over HTTP: `/v2/models/{m}[/versions/{v}]/infer`.
     #[serde(rename = "oip-v2")]
     OipV2,
+    /// TensorFlow Serving REST: `/v1/models/{m}[/versions/{v}]:predict`.
     #[serde(rename = "tf-serving")]
     TfServing,
     /// gRPC `inference.GRPCInferenceService` (OIP v2 / KServe / Triton) over h2c; the model is
@@ -636,10 +784,12 @@ pub enum Protocol {
 }
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Upstream {
     /// TCP connect timeout per attempt. Default `1s`.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<schema::Duration>"))]
     pub connect_timeout: Option<Spanned<String>>,
     /// Most attempts per request (first try + retries on connect failure). Default 3.
     #[serde(default = "default_attempts")]
@@ -647,32 +797,46 @@ pub struct Upstream {
     /// How long an endpoint that failed to connect is skipped. Default `5s`. Also the first
     /// outlier-ejection back-off: the k-th ejection in a row lasts `down_backoff × 2^k`.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<schema::Duration>"))]
     pub down_backoff: Option<Spanned<String>>,
     /// Longest ejection back-off. Default `60s`.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<schema::Duration>"))]
     pub max_backoff: Option<Spanned<String>>,
     /// Consecutive 5xx answers or timeouts that eject an endpoint (a refused connect
     /// ejects at once). Default 5.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<u32>", range(min = 1)))]
     pub eject_after: Option<Spanned<u32>>,
     /// How many retries the gateway may add to the load. Default ratio 0.2, 5 per second.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<RetryBudget>"))]
     pub retry_budget: Option<Spanned<RetryBudget>>,
     /// How often endpoint host names are looked up again while serving (every address of a
     /// name is an endpoint; a failed lookup keeps the last good ones). Default `30s`.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<schema::Duration>"))]
     pub resolve_every: Option<Spanned<String>>,
 }
 
 /// `upstream.retry_budget`: retries ≤ `ratio` × requests + `min_per_second` × seconds.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RetryBudget {
     /// Retries allowed per request, 0.0–1.0. Default 0.2 (at most 20% extra load).
     #[serde(default)]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "Option<f64>", range(min = 0, max = 1))
+    )]
     pub ratio: Option<Spanned<f64>>,
     /// Retries allowed per second on top, so a quiet gateway can still retry. Default 5.
     #[serde(default)]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "Option<f64>", range(min = 0, max = 1000))
+    )]
     pub min_per_second: Option<Spanned<f64>>,
 }
 
@@ -696,6 +860,7 @@ fn default_attempts() -> u32 {
 
 /// The `queue:` section: where jobs are stored and how they are dispatched.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Queue {
     /// `embedded` (default: a local redb file, no external service) or `redis` (Redis
@@ -704,21 +869,27 @@ pub struct Queue {
     pub backend: QueueBackend,
     /// Embedded store file, relative to the policy file. Default `switchyard-queue.redb`.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<String>"))]
     pub path: Option<Spanned<String>>,
     /// Redis URL for `backend: redis`, e.g. `redis://127.0.0.1:6379/0`.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<String>"))]
     pub redis_url: Option<Spanned<String>>,
     /// Prefix of every Redis key, so several queues can share one Redis. Default `switchyard`.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<String>"))]
     pub redis_prefix: Option<Spanned<String>>,
     /// Most unfinished (queued + running) jobs; beyond it enqueue answers 503. Default 100000.
     #[serde(default = "default_max_jobs")]
+    #[cfg_attr(feature = "schema", schemars(with = "u64", range(min = 1)))]
     pub max_jobs: Spanned<u64>,
     /// Dispatch attempts per job before it is `failed`. Default 5.
     #[serde(default = "default_job_attempts")]
+    #[cfg_attr(feature = "schema", schemars(with = "u32", range(min = 1, max = 100)))]
     pub max_attempts: Spanned<u32>,
     /// How long a finished job (and its result) is kept. Default `24h`.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<schema::Duration>"))]
     pub result_ttl: Option<Spanned<String>>,
     /// Back-off between attempts: `base × 2^(attempt−1)`, at most `max`, ±20% jitter.
     #[serde(default)]
@@ -726,21 +897,26 @@ pub struct Queue {
     /// Largest request body a job may carry, e.g. `1MiB` (also bounded by the route's
     /// `max_body`). Default `1MiB`.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<schema::Size>"))]
     pub max_body: Option<Spanned<String>>,
     /// A running job not finished within this long is taken over by another dispatcher
     /// (Redis: the instance running it died). Default `5m`.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<schema::Duration>"))]
     pub lease: Option<Spanned<String>>,
     /// Hosts `x-switchyard-callback-url` may point at: exact names or addresses, or
     /// `*.example.com` for subdomains. Empty (default): callbacks are refused.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Vec<String>"))]
     pub callback_allow: Vec<Spanned<String>>,
     /// Per pool: when and how hard batch work may use it.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "BTreeMap<String, PoolDispatch>"))]
     pub pools: BTreeMap<String, Spanned<PoolDispatch>>,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum QueueBackend {
     #[default]
@@ -749,25 +925,32 @@ pub enum QueueBackend {
 }
 
 #[derive(Debug, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Backoff {
     /// First retry delay. Default `500ms`.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<schema::Duration>"))]
     pub base: Option<Spanned<String>>,
     /// Longest retry delay. Default `30s`.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<schema::Duration>"))]
     pub max: Option<Spanned<String>>,
 }
 
+/// When and how hard batch work may use a pool (`queue.pools.NAME`).
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PoolDispatch {
     /// Dispatch only inside this daily UTC window, `HH:MM-HH:MM` (may wrap midnight).
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<schema::Window>"))]
     pub window: Option<Spanned<String>>,
     /// Dispatch only while the pool's in-flight requests (real-time + batch) are below this
     /// fraction of its `concurrency`, 0.0–1.0. Default 1.0.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<f64>", range(max = 1), extend("exclusiveMinimum" = 0)))]
     pub max_utilisation: Option<Spanned<f64>>,
 }
 
@@ -781,6 +964,7 @@ fn default_job_attempts() -> Spanned<u32> {
 
 /// How access log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
     /// `key=value` pairs after a timestamp, like the rest of the gateway's log.
@@ -793,6 +977,7 @@ pub enum LogFormat {
 /// Which decision headers (`x-switchyard-policy-version`, `-tier`, `-region`, `-budget`,
 /// `-pool`, `-endpoint`, `-decision`) answers carry (`observe.decision_headers`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum DecisionHeaders {
     /// All of them.
