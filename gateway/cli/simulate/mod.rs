@@ -1318,7 +1318,7 @@ fn workload_of(opts: &SimOptions) -> Result<Workload, SimError> {
     }
     let mut w = match &opts.workload {
         Some(path) => workload::load(path, opts.seed)?,
-        None if opts.scenario == "fleet-faults" => {
+        None if opts.scenario == crate::fleet_faults::NAME => {
             fleet_faults::workload(opts.phase, opts.rate, opts.seed)
         }
         None => return Err(SimError::UnknownScenario(opts.scenario.clone())),
@@ -1347,9 +1347,9 @@ pub fn run(opts: &SimOptions) -> Result<SimReport, SimError> {
     let mut systems: Vec<(String, System)> = Vec::new();
     if opts.policies.is_empty() {
         let table = compile::compile_str(
-            fleet_faults::policy(),
+            crate::fleet_faults::POLICY,
             &CompileContext {
-                file: Path::new("fleet-faults.yaml"),
+                file: Path::new(crate::fleet_faults::POLICY_PATH),
                 gateway_region: None,
             },
         )?;
