@@ -83,6 +83,29 @@ fn policies_side_by_side_with_baselines_and_the_oracle() {
     assert_eq!(report, json(&run(&args)));
 }
 
+/// `policies/fleet-faults.yaml` is the scenario's policy: it passes `check`, and simulated as
+/// a policy file it does exactly what the built-in scenario's `switchyard` does.
+#[test]
+fn the_scenarios_policy_file_is_what_the_scenario_runs() {
+    let file = support::repo_root().join("policies/fleet-faults.yaml");
+    let path = file.to_str().unwrap_or_default();
+    let check = run(&["check", path]);
+    assert!(check.status.success(), "{check:?}");
+    let args = ["simulate", "--phase-secs", "2", "--json"];
+    let builtin = json(&run(&args));
+    let from_file = json(&run(&[&args[..], &["--policy", path]].concat()));
+    let phases = builtin["phases"].as_array().expect("phases");
+    assert_eq!(phases.len(), 4);
+    for (b, f) in phases
+        .iter()
+        .zip(from_file["phases"].as_array().expect("phases"))
+    {
+        let mut sys = system(f, "fleet-faults").clone();
+        sys["system"] = "switchyard".into();
+        assert_eq!(&sys, system(b, "switchyard"), "{b:#}\n{f:#}");
+    }
+}
+
 #[test]
 fn a_policy_that_does_not_fit_the_fleet_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
