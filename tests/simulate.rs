@@ -12,7 +12,7 @@ use support::report::{json, realtime, run, spend, system};
 
 /// Write the built-in `fleet-faults` policy to `path` with `from` replaced by `to`.
 fn write_variant(path: &std::path::Path, from: &str, to: &str) {
-    let text = switchyard::simulate::fleet_faults::policy();
+    let text = switchyard::fleet_faults::POLICY;
     assert!(
         text.contains(from),
         "`{from}` is not in the fleet-faults policy"
@@ -24,7 +24,7 @@ fn write_variant(path: &std::path::Path, from: &str, to: &str) {
 fn policies_side_by_side_with_baselines_and_the_oracle() {
     let dir = tempfile::tempdir().expect("tempdir");
     let tuned = dir.path().join("tuned.yaml");
-    std::fs::write(&tuned, switchyard::simulate::fleet_faults::policy()).expect("write");
+    std::fs::write(&tuned, switchyard::fleet_faults::POLICY).expect("write");
     // The same policy, but real-time traffic may only use the GPU pool in the US: clients in
     // Asia-Pacific (150 ms away) can no longer meet the 150 ms deadline.
     let gpu_only = dir.path().join("gpu-only.yaml");
@@ -81,6 +81,29 @@ fn policies_side_by_side_with_baselines_and_the_oracle() {
     assert!((1..20).contains(&retries), "retries in phase 3: {retries}");
     // Reproducible: the same seed gives the same figures.
     assert_eq!(report, json(&run(&args)));
+}
+
+/// `policies/fleet-faults.yaml` is the scenario's policy: it passes `check`, and simulated as
+/// a policy file it does exactly what the built-in scenario's `switchyard` does.
+#[test]
+fn the_scenarios_policy_file_is_what_the_scenario_runs() {
+    let file = support::repo_root().join("policies/fleet-faults.yaml");
+    let path = file.to_str().unwrap_or_default();
+    let check = run(&["check", path]);
+    assert!(check.status.success(), "{check:?}");
+    let args = ["simulate", "--phase-secs", "2", "--json"];
+    let builtin = json(&run(&args));
+    let from_file = json(&run(&[&args[..], &["--policy", path]].concat()));
+    let phases = builtin["phases"].as_array().expect("phases");
+    assert_eq!(phases.len(), 4);
+    for (b, f) in phases
+        .iter()
+        .zip(from_file["phases"].as_array().expect("phases"))
+    {
+        let mut sys = system(f, "fleet-faults").clone();
+        sys["system"] = "switchyard".into();
+        assert_eq!(&sys, system(b, "switchyard"), "{b:#}\n{f:#}");
+    }
 }
 
 #[test]
@@ -164,7 +187,7 @@ fn total_spend(report: &Value, name: &str) -> f64 {
 fn tune_finds_cheaper_weights_that_still_meet_the_target_and_writes_a_valid_policy() {
     let dir = tempfile::tempdir().expect("tempdir");
     let original = dir.path().join("original.yaml");
-    std::fs::write(&original, switchyard::simulate::fleet_faults::policy()).expect("write");
+    std::fs::write(&original, switchyard::fleet_faults::POLICY).expect("write");
     let tuned = dir.path().join("tuned.yaml");
     let out = run(&[
         "tune",
@@ -309,7 +332,7 @@ fn simulate_side_by_side(workload: &str, policies: &[(&str, &str)]) -> Value {
 
 #[test]
 fn repeats_are_answered_by_the_cache_only_when_the_route_caches() {
-    let policy = switchyard::simulate::fleet_faults::policy();
+    let policy = switchyard::fleet_faults::POLICY;
     let cached = policy.replace(
         "idempotent: true }",
         "idempotent: true, cache: { ttl: 1m } }",
@@ -337,7 +360,7 @@ const STALLS: &str = "phases: [{ duration: 20s, rate: 50 }]\nregions: { us: 1 }\
 
 #[test]
 fn a_hedging_tier_cuts_its_tail_in_simulation_and_pays_for_the_hedges() {
-    let policy = switchyard::simulate::fleet_faults::policy();
+    let policy = switchyard::fleet_faults::POLICY;
     let hedged = policy.replace(
         "realtime: { deadline: 150ms, weight: 0.8, pools: [edge, gpu], on_slo_miss: fastest }",
         "realtime: { deadline: 150ms, weight: 0.8, pools: [edge, gpu], on_slo_miss: fastest, hedge_after: 2 }",
@@ -360,7 +383,7 @@ fn a_hedging_tier_cuts_its_tail_in_simulation_and_pays_for_the_hedges() {
 
 #[test]
 fn identical_misses_in_flight_send_one_request_and_the_byte_bound_evicts() {
-    let cached = switchyard::simulate::fleet_faults::policy().replace(
+    let cached = switchyard::fleet_faults::POLICY.replace(
         "idempotent: true }",
         "idempotent: true, cache: { ttl: 1m } }",
     );
@@ -467,7 +490,7 @@ fn job_figure(report: &Value, name: &str, field: &str) -> f64 {
 
 #[test]
 fn queued_jobs_all_complete_and_wait_longer_when_the_batch_pool_is_narrower() {
-    let roomy = with_queue(switchyard::simulate::fleet_faults::policy(), "");
+    let roomy = with_queue(switchyard::fleet_faults::POLICY, "");
     // The batch pool takes 4 jobs at a time instead of 64: ~18 jobs/s for 40 arriving.
     let narrow = roomy.replace(
         "concurrency: 64, service_time: 225ms",
@@ -509,7 +532,7 @@ fn queued_jobs_all_complete_and_wait_longer_when_the_batch_pool_is_narrower() {
 fn a_utilisation_ceiling_holds_jobs_back_while_real_time_traffic_fills_the_pool() {
     // Standard requests can never meet a 1 ms deadline: queued for the GPU pool, where
     // real-time traffic keeps ~40 of its 128 slots busy.
-    let policy = switchyard::simulate::fleet_faults::policy().replace(
+    let policy = switchyard::fleet_faults::POLICY.replace(
         "standard: { deadline: 1s, weight: 0.3, pools: [edge, gpu], on_slo_miss: fastest }",
         "standard: { deadline: 1ms, weight: 0.3, pools: [gpu], on_slo_miss: queue }",
     );
@@ -536,7 +559,7 @@ fn a_utilisation_ceiling_holds_jobs_back_while_real_time_traffic_fills_the_pool(
 
 #[test]
 fn jobs_outlive_an_endpoint_outage_and_fail_when_it_never_ends() {
-    let policy = with_queue(switchyard::simulate::fleet_faults::policy(), "");
+    let policy = with_queue(switchyard::fleet_faults::POLICY, "");
     let outage = |until: &str| {
         let workload = format!("phases: [{{ duration: 4s, rate: 20 }}]\nregions: {{ us: 1 }}\ntiers: [{{ name: batch, share: 1, deadline: 60s, big_model: 100 }}]\nfaults:\n  - {{ pool: batch, endpoint: 0, down: true, from: 0s, to: {until} }}\n");
         simulate_side_by_side(&workload, &[("queued", &policy)])
@@ -561,7 +584,7 @@ fn jobs_outlive_an_endpoint_outage_and_fail_when_it_never_ends() {
 
 #[test]
 fn a_hedges_losing_attempt_is_cut_short_and_frees_its_server() {
-    let policy = switchyard::simulate::fleet_faults::policy();
+    let policy = switchyard::fleet_faults::POLICY;
     let hedged = policy.replace(
         "realtime: { deadline: 150ms, weight: 0.8, pools: [edge, gpu], on_slo_miss: fastest }",
         "realtime: { deadline: 150ms, weight: 0.8, pools: [edge, gpu], on_slo_miss: fastest, hedge_after: 2 }",

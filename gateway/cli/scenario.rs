@@ -1,26 +1,27 @@
 //! `switchyard demo --scenario fleet-faults`: the trade-off under real faults, measured.
 //!
-//! Three identical mock fleets (two edge pools — Europe and Asia-Pacific —, a GPU pool in the
-//! US with two endpoints, and a batch pool in the US) serve the same open-loop traffic
-//! schedule at the same time: one through Switchyard (one gateway instance per region, in
-//! this process, real Pingora, the real policy; each client uses its region's instance), one
-//! through a naive client-side round-robin over every pool that serves the model, one that
-//! always uses the GPU pool. The phases hit all three fleets
-//! at once: baseline → the Europe edge pool becomes 10× slower → a GPU endpoint dies (the
-//! edge pool is still slow) → everything recovers. Each phase is reported per system: SLO
-//! attainment and p50/p99 per tier, spend per 1,000 requests and where the traffic went.
+//! The scenario — fleet, traffic, phases, faults and Switchyard's policy — is defined once in
+//! [`crate::fleet_faults`] (the simulator runs the same definition); this module runs it live.
+//! Three identical mock fleets of its pools serve the same open-loop traffic schedule at the
+//! same time: one through Switchyard (one gateway instance per region, in this process, real
+//! Pingora, the scenario's policy; each client uses its region's instance), one through a
+//! naive client-side round-robin over every pool that serves the model, one that always uses
+//! the GPU pool. The faults hit all three fleets at once, at the phase boundaries. Each phase
+//! is reported per system: SLO attainment and p50/p99 per tier, spend per 1,000 requests and
+//! where the traffic went.
 //!
 //! **WAN latency is real delay on the wire.** Every path from a region to a pool endpoint
-//! crosses a TCP relay (`testkit::relay`) that delays each byte by half the policy's round
-//! trip between the two regions (`rtt_ms` below) in each direction. A client uses the
+//! crosses a TCP relay (`testkit::relay`) that delays each byte by half the round trip
+//! between the two regions ([`RTT_MS`], the policy's `rtt_ms`) in each direction. A client uses the
 //! gateway instance of its own region, which stands at the region's ingress (no hop of its
 //! own, as the client-side simulation before the relays assumed), and that instance reaches
 //! the pools through its region's relays; the baselines' clients reach the pools through the
 //! same region's relays. So every system crosses the same distances, and what a client
 //! measures is compared with the tier's deadline as it is. (Loopback has one path per
 //! address, so each regional instance reaches the fleet through its own relays: the
-//! instances' policies differ only in the endpoint addresses and in the instance region,
-//! which is also the default region of the loopback clients connecting to it. The clients
+//! instances' policies differ from `policies/fleet-faults.yaml` only in the endpoint
+//! addresses and in the instance region, which is also the default region of the loopback
+//! clients connecting to it (see [`policy_at_run_time`]). The clients
 //! connect directly, so each instance measures the client → gateway round trip on the
 //! client's own socket.)
 //! Spend is the pool's price model applied to the service time — the measured time of the
@@ -28,6 +29,7 @@
 //! the next pool / endpoint, so they are not punished for lacking what a trivial client would
 //! have.
 
+use crate::fleet_faults::{self as def, Job, MODELS, PHASES, POOLS, REGIONS, RTT_MS, TIERS};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -46,7 +48,7 @@ use switchyard_testkit::relay::Relay;
 use tokio::sync::{mpsc, Mutex};
 
 /// The scenarios `--scenario` knows.
-pub const SCENARIOS: &[&str] = &["fleet-faults"];
+pub const SCENARIOS: &[&str] = &[def::NAME];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScenarioError {
@@ -58,6 +60,8 @@ pub enum ScenarioError {
     Server(#[from] server::ServerError),
     #[error("cannot start the mock fleet: {0}")]
     Io(#[from] std::io::Error),
+    #[error("the scenario's policy ({path}) does not fit its fleet: {0}", path = def::POLICY_PATH)]
+    Definition(String),
 }
 
 /// How to run it.
@@ -72,106 +76,63 @@ pub struct ScenarioOptions {
     pub json: bool,
 }
 
-const TIERS: [&str; 3] = ["realtime", "standard", "batch"];
-/// Deadlines of the tiers above (as in the policy).
-const DEADLINES_MS: [f64; 3] = [150.0, 1000.0, 30_000.0];
-const PHASES: [&str; 4] = [
-    "1 baseline",
-    "2 edge-eu 10x slower",
-    "3 + gpu endpoint dead",
-    "4 recovered",
-];
 const SYSTEMS: [&str; 3] = ["switchyard", "round-robin", "always-gpu"];
-const REGIONS: [&str; 3] = ["eu", "us", "ap"];
-
-/// Mock service times (base, jitter) in ms.
-const EDGE_MS: (u64, u64) = (15, 5);
-const GPU_MS: (u64, u64) = (40, 10);
-const BATCH_MS: (u64, u64) = (200, 50);
-
-/// Pools: name, region index, price per request, price per GPU-hour.
-const POOLS: [(&str, usize, f64, f64); 4] = [
-    ("edge-eu", 0, 0.00002, 0.0),
-    ("edge-ap", 2, 0.00002, 0.0),
-    ("gpu", 1, 0.00005, 12.0),
-    ("batch", 1, 0.0, 0.9),
-];
-
-fn rtt_ms(a: usize, b: usize) -> f64 {
-    const M: [[f64; 3]; 3] = [[5.0, 80.0, 230.0], [80.0, 5.0, 150.0], [230.0, 150.0, 5.0]];
-    M[a][b]
-}
 
 fn rtt(a: usize, b: usize) -> Duration {
-    Duration::from_secs_f64(rtt_ms(a, b) / 1e3)
+    Duration::from_secs_f64(RTT_MS[a][b] / 1e3)
 }
 
 fn pool_index(name: &str) -> Option<usize> {
-    POOLS.iter().position(|p| p.0 == name)
+    POOLS.iter().position(|p| p.name == name)
 }
 
-/// One fleet: edge-eu, edge-ap, gpu (two endpoints), batch.
+/// One fleet: per pool of [`POOLS`], a mock backend per endpoint.
 struct MockFleet {
-    edge_eu: MockBackend,
-    edge_ap: MockBackend,
-    gpu: [MockBackend; 2],
-    batch: MockBackend,
+    pools: Vec<Vec<MockBackend>>,
 }
 
 impl MockFleet {
     async fn start(tag: &str) -> std::io::Result<MockFleet> {
-        let spec = |name: &str, (base, jitter): (u64, u64)| {
-            MockSpec::new(
-                format!("{tag}/{name}"),
-                Duration::from_millis(base),
-                Duration::from_millis(jitter),
-            )
-        };
-        Ok(MockFleet {
-            edge_eu: spec("edge-eu", EDGE_MS).start().await?,
-            edge_ap: spec("edge-ap", EDGE_MS).start().await?,
-            gpu: [
-                spec("gpu-0", GPU_MS).start().await?,
-                spec("gpu-1", GPU_MS).start().await?,
-            ],
-            batch: spec("batch", BATCH_MS).start().await?,
-        })
+        let mut pools = Vec::new();
+        for pool in &POOLS {
+            let mut mocks = Vec::new();
+            for e in 0..pool.endpoints {
+                let name = match pool.endpoints {
+                    1 => format!("{tag}/{}", pool.name),
+                    _ => format!("{tag}/{}-{e}", pool.name),
+                };
+                let spec = MockSpec::new(name, pool.base(), pool.jitter());
+                mocks.push(spec.start().await?);
+            }
+            pools.push(mocks);
+        }
+        Ok(MockFleet { pools })
     }
 
     /// Endpoints of pool `i` (index into [`POOLS`]).
     fn endpoints(&self, i: usize) -> Vec<SocketAddr> {
-        match i {
-            0 => vec![self.edge_eu.addr()],
-            1 => vec![self.edge_ap.addr()],
-            2 => vec![self.gpu[0].addr(), self.gpu[1].addr()],
-            _ => vec![self.batch.addr()],
-        }
+        self.pools[i].iter().map(MockBackend::addr).collect()
     }
 
     fn shutdown(&self) {
-        for m in [
-            &self.edge_eu,
-            &self.edge_ap,
-            &self.gpu[0],
-            &self.gpu[1],
-            &self.batch,
-        ] {
+        for m in self.pools.iter().flatten() {
             m.shutdown();
         }
     }
 
+    /// Put every endpoint in the state the fault timeline gives it for `phase`.
     fn apply_phase(&self, phase: usize) {
-        match phase {
-            1 => self
-                .edge_eu
-                .faults()
-                .set_extra_latency(Duration::from_millis(EDGE_MS.0 * 9)),
-            2 => self.gpu[0].faults().set_down(true),
-            3 => {
-                self.edge_eu.faults().set_extra_latency(Duration::ZERO);
-                self.gpu[0].faults().set_down(false);
+        for (p, mocks) in self.pools.iter().enumerate() {
+            for (e, mock) in mocks.iter().enumerate() {
+                let (extra, down) = def::endpoint_state(p, e, phase);
+                let faults = mock.faults();
+                if faults.extra_latency() != extra {
+                    faults.set_extra_latency(extra);
+                }
+                if faults.is_down() != down {
+                    faults.set_down(down);
+                }
             }
-            _ => {}
         }
     }
 }
@@ -196,7 +157,7 @@ impl Wan {
                 for (pool, def) in POOLS.iter().enumerate() {
                     let mut eps = Vec::new();
                     for ep in fleet.endpoints(pool) {
-                        let relay = Relay::start(ep, rtt(region, def.1)).await?;
+                        let relay = Relay::start(ep, rtt(region, def.region)).await?;
                         eps.push(relay.addr());
                         relays.push(relay);
                     }
@@ -213,91 +174,35 @@ impl Wan {
     }
 }
 
-/// The policy the Switchyard instances run: `endpoints[pool]` are the addresses the instance
-/// reaches each pool's endpoints by; `home` is the instance's region, also the default region
-/// of the (loopback, so unmapped) clients that connect to it.
-fn policy(endpoints: &[Vec<SocketAddr>], home: &str) -> String {
-    let eps = |i: usize| {
-        endpoints[i]
-            .iter()
-            .map(|a| a.to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    format!(
-        r#"
-listeners: {{ threads: 1, shutdown_grace: 1s }}
-geoip: {{ database: embedded }}
-regions:
-  default: {home}
-  map:
-    - {{ name: eu, continents: [EU, AF] }}
-    - {{ name: us, continents: [NA, SA] }}
-    - {{ name: ap, continents: [AS, OC] }}
-rtt_ms:
-  eu: {{ eu: 5, us: 80, ap: 230 }}
-  us: {{ us: 5, ap: 150 }}
-  ap: {{ ap: 5 }}
-tiers:
-  realtime: {{ deadline: 150ms, weight: 0.8, pools: [edge, gpu], on_slo_miss: fastest }}
-  standard: {{ deadline: 1s, weight: 0.3, pools: [edge, gpu], on_slo_miss: fastest }}
-  batch: {{ deadline: 30s, weight: 0.0, pools: [batch, gpu, edge], on_slo_miss: fastest }}
-pools:
-  - {{ name: edge-eu, kind: edge, region: eu, endpoints: [{e0}], models: [small], concurrency: 64, service_time: 17ms, price: {{ per_request: 0.00002 }} }}
-  - {{ name: edge-ap, kind: edge, region: ap, endpoints: [{e1}], models: [small], concurrency: 64, service_time: 17ms, price: {{ per_request: 0.00002 }} }}
-  - {{ name: gpu, kind: gpu, region: us, endpoints: [{e2}], models: ["*"], concurrency: 128, service_time: 45ms, price: {{ per_request: 0.00005, per_gpu_hour: 12.0 }} }}
-  - {{ name: batch, kind: batch, region: us, endpoints: [{e3}], models: ["*"], concurrency: 64, service_time: 225ms, price: {{ per_gpu_hour: 0.9 }} }}
-routes:
-  - {{ name: chat, match: /v1/chat/completions, protocol: openai, tier: standard, idempotent: true }}
-upstream: {{ connect_timeout: 200ms, max_attempts: 3, down_backoff: 1s, max_backoff: 8s, eject_after: 5 }}
-"#,
-        e0 = eps(0),
-        e1 = eps(1),
-        e2 = eps(2),
-        e3 = eps(3),
-    )
-}
-
-/// One request of the schedule.
-#[derive(Debug, Clone, Copy)]
-struct Job {
-    at: Duration,
-    region: usize,
-    tier: usize,
-    big: bool,
-}
-
-/// The open-loop schedule: regions us 50% / eu 25% / ap 25%; tiers realtime 50% /
-/// standard 30% / batch 20%; real-time asks for the small model, standard for the big one
-/// 30% of the time, batch half of the time. Seeded: every run sends the same traffic.
-fn schedule(rate: f64, total: Duration) -> Vec<Job> {
-    let mut rng = fastrand::Rng::with_seed(6);
-    let n = (rate * total.as_secs_f64()) as usize;
-    (0..n)
-        .map(|i| {
-            let region = match rng.u8(0..4) {
-                0 => 0,
-                1 => 2,
-                _ => 1,
-            };
-            let tier = match rng.u8(0..10) {
-                0..=4 => 0,
-                5..=7 => 1,
-                _ => 2,
-            };
-            let big = match tier {
-                0 => false,
-                1 => rng.u8(0..10) < 3,
-                _ => rng.bool(),
-            };
-            Job {
-                at: Duration::from_secs_f64(i as f64 / rate),
-                region,
-                tier,
-                big,
-            }
-        })
-        .collect()
+/// The scenario's policy as the instance in region `home` runs it: what differs at run time
+/// from `policies/fleet-faults.yaml`, and nothing else. Every pool's endpoints become
+/// `endpoints[pool]`, the addresses the instance reaches them by (its region's relays), and
+/// the default region becomes `home`, the region of the loopback (so unmapped) clients that
+/// connect to it.
+fn policy_at_run_time(endpoints: &[Vec<SocketAddr>], home: &str) -> Result<String, ScenarioError> {
+    let unfit = |what: String| ScenarioError::Definition(what);
+    let mut doc: serde_json::Value =
+        serde_saphyr::from_str(def::POLICY).map_err(|e| unfit(e.to_string()))?;
+    let default = doc
+        .pointer_mut("/regions/default")
+        .ok_or_else(|| unfit("no `regions.default`".into()))?;
+    *default = home.into();
+    let pools = doc
+        .pointer_mut("/pools")
+        .and_then(|p| p.as_array_mut())
+        .ok_or_else(|| unfit("no `pools`".into()))?;
+    for pool in pools {
+        let name = pool["name"].as_str().unwrap_or_default().to_string();
+        let addrs = pool_index(&name)
+            .and_then(|i| endpoints.get(i))
+            .ok_or_else(|| unfit(format!("pool `{name}` is not in the fleet")))?;
+        let listed = pool
+            .get_mut("endpoints")
+            .ok_or_else(|| unfit(format!("pool `{name}` has no `endpoints`")))?;
+        *listed = addrs.iter().map(|a| a.to_string()).collect();
+    }
+    // JSON is YAML: the gateway compiles it as it would the file.
+    serde_json::to_string(&doc).map_err(|e| unfit(e.to_string()))
 }
 
 /// What happened to one request.
@@ -315,8 +220,8 @@ struct Outcome {
 }
 
 fn cost(pool: usize, service: Duration) -> f64 {
-    let (_, _, per_request, per_gpu_hour) = POOLS[pool];
-    per_request + per_gpu_hour * service.as_secs_f64() / 3600.0
+    let p = &POOLS[pool];
+    p.per_request + p.per_gpu_hour * service.as_secs_f64() / 3600.0
 }
 
 /// Which system the traffic goes to; each is reached through the client region's relays.
@@ -326,12 +231,12 @@ enum Target {
     Gateway(Arc<Vec<SocketAddr>>),
     /// `[region][pool]`: the pools' endpoints as seen from the client's region.
     RoundRobin(Arc<Vec<Vec<Vec<SocketAddr>>>>, Arc<AtomicUsize>),
-    /// `[region]`: the GPU pool's endpoints as seen from the client's region.
+    /// `[region]`: the GPU pool's ([`def::GPU`]) endpoints as seen from the client's region.
     AlwaysGpu(Arc<Vec<Vec<SocketAddr>>>, Arc<AtomicUsize>),
 }
 
 fn body(big: bool) -> String {
-    let model = if big { "big" } else { "small" };
+    let model = MODELS[usize::from(big)];
     format!(r#"{{"model":"{model}","messages":[{{"role":"user","content":"route me"}}]}}"#)
 }
 
@@ -355,7 +260,7 @@ impl Conns {
             // The client connects to its region's instance directly: its region is that
             // instance's default (loopback is unmapped), and the instance measures the
             // client → gateway round trip on the connection itself.
-            req = req.header("x-slo-tier", TIERS[job.tier]);
+            req = req.header("x-slo-tier", TIERS[job.tier].0);
         }
         let started = Instant::now();
         let conn = match self.0.entry(addr) {
@@ -398,7 +303,10 @@ async fn serve_job(target: &Target, conns: &mut Conns, job: Job, phase: usize) -
         Target::Gateway(addrs) => vec![(None, addrs[job.region])],
         Target::RoundRobin(paths, next) => {
             let pools = &paths[job.region];
-            let serving: &[usize] = if job.big { &[2, 3] } else { &[0, 1, 2, 3] };
+            let model = usize::from(job.big);
+            let serving: Vec<usize> = (0..POOLS.len())
+                .filter(|&p| POOLS[p].serves(model))
+                .collect();
             let k = next.fetch_add(1, Ordering::Relaxed);
             (0..2)
                 .map(|j| {
@@ -412,7 +320,7 @@ async fn serve_job(target: &Target, conns: &mut Conns, job: Job, phase: usize) -
             let eps = &paths[job.region];
             let k = next.fetch_add(1, Ordering::Relaxed);
             (0..2)
-                .map(|j| (Some(2), eps[(k + j) % eps.len()]))
+                .map(|j| (Some(def::GPU), eps[(k + j) % eps.len()]))
                 .collect()
         }
     };
@@ -425,7 +333,7 @@ async fn serve_job(target: &Target, conns: &mut Conns, job: Job, phase: usize) -
                 let ok = (200..300).contains(&status);
                 // The service time: the attempt minus the round trip its relay added (from
                 // the client's region to the pool's, for every system).
-                let network = pool.map_or(Duration::ZERO, |p| rtt(job.region, POOLS[p].1));
+                let network = pool.map_or(Duration::ZERO, |p| rtt(job.region, POOLS[p].region));
                 let service = took.saturating_sub(network);
                 return Outcome {
                     phase,
@@ -464,7 +372,8 @@ async fn drive(
             loop {
                 let next = rx.lock().await.recv().await;
                 let Some((i, job)) = next else { break };
-                let phase = ((job.at.as_secs_f64() / phase_len.as_secs_f64()) as usize).min(3);
+                let last = PHASES.len() - 1;
+                let phase = ((job.at.as_secs_f64() / phase_len.as_secs_f64()) as usize).min(last);
                 let outcome = serve_job(&target, &mut conns, job, phase).await;
                 let _ = out_tx.send((i, outcome));
             }
@@ -557,11 +466,11 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 fn summarise(system: &str, outcomes: &[Outcome], phase: usize) -> SystemReport {
     let in_phase: Vec<&Outcome> = outcomes.iter().filter(|o| o.phase == phase).collect();
     let mut tiers = Vec::new();
-    for (t, name) in TIERS.iter().enumerate() {
+    for (t, (name, deadline_ms)) in TIERS.iter().enumerate() {
         let of_tier: Vec<&&Outcome> = in_phase.iter().filter(|o| o.tier == t).collect();
         let met = of_tier
             .iter()
-            .filter(|o| o.ok && o.latency_ms <= DEADLINES_MS[t])
+            .filter(|o| o.ok && o.latency_ms <= *deadline_ms)
             .count();
         let mut lat: Vec<f64> = of_tier.iter().map(|o| o.latency_ms).collect();
         lat.sort_by(|a, b| a.total_cmp(b));
@@ -581,7 +490,7 @@ fn summarise(system: &str, outcomes: &[Outcome], phase: usize) -> SystemReport {
     let mut traffic = BTreeMap::new();
     for o in in_phase.iter().filter(|o| o.ok) {
         if let Some(p) = o.pool {
-            *traffic.entry(POOLS[p].0.to_string()).or_insert(0.0) += 100.0 / answered as f64;
+            *traffic.entry(POOLS[p].name.to_string()).or_insert(0.0) += 100.0 / answered as f64;
         }
     }
     for v in traffic.values_mut() {
@@ -592,7 +501,7 @@ fn summarise(system: &str, outcomes: &[Outcome], phase: usize) -> SystemReport {
     for o in in_phase.iter().filter(|o| o.ok) {
         if let (Some(p), Some(est)) = (o.pool, o.estimate_ms) {
             errors
-                .entry(POOLS[p].0.to_string())
+                .entry(POOLS[p].name.to_string())
                 .or_default()
                 .push((est - o.latency_ms).abs());
         }
@@ -731,9 +640,9 @@ pub fn run(opts: ScenarioOptions) -> Result<(), ScenarioError> {
         let fleet_state = Fleet::new();
         fleet_state.set_gateway_region(Some(name.to_string()));
         let table = compile::compile_str(
-            &policy(&wan.paths[0][region], name),
+            &policy_at_run_time(&wan.paths[0][region], name)?,
             &CompileContext {
-                file: Path::new("scenario.yaml"),
+                file: Path::new(def::POLICY_PATH),
                 gateway_region: fleet_state.gateway_region(),
             },
         )?;
@@ -798,8 +707,10 @@ async fn scenario(
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    let jobs = Arc::new(schedule(opts.rate, opts.phase * 4));
-    let gpu_paths = wan.paths[2].iter().map(|by_pool| by_pool[2].clone());
+    let total = opts.phase * PHASES.len() as u32;
+    let jobs: Vec<Job> = def::Schedule::new(opts.rate, total).collect();
+    let jobs = Arc::new(jobs);
+    let gpu_paths = wan.paths[2].iter().map(|by_pool| by_pool[def::GPU].clone());
     let targets = [
         Target::Gateway(Arc::new(gateways.to_vec())),
         Target::RoundRobin(
@@ -814,7 +725,7 @@ async fn scenario(
         runs.push(tokio::spawn(drive(target, jobs.clone(), start, opts.phase)));
     }
     // The faults hit every fleet at the same moment.
-    for phase in 1..4 {
+    for phase in 1..PHASES.len() {
         tokio::time::sleep_until((start + opts.phase * phase as u32).into()).await;
         for f in fleets {
             f.apply_phase(phase);
@@ -824,7 +735,7 @@ async fn scenario(
     for r in runs {
         results.push(r.await.unwrap_or_default());
     }
-    let phases = (0..4)
+    let phases = (0..PHASES.len())
         .map(|p| PhaseReport {
             phase: PHASES[p].to_string(),
             systems: SYSTEMS
@@ -840,5 +751,54 @@ async fn scenario(
         rate_per_sec: opts.rate,
         note: "WAN RTT is real delay: every path from a region to a pool crosses a TCP relay adding the policy's rtt_ms (Switchyard: one instance per region at the region's ingress, reaching the pools through its region's relays; baselines: the client's region's relays). Latency is what the client measures. Spend = pool price model x service time (attempt time minus the relay's round trip), same formula for every system.".into(),
         phases,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn at_run_time_only_the_endpoints_and_the_default_region_change() {
+        let mut port = 40_000;
+        let endpoints: Vec<Vec<SocketAddr>> = POOLS
+            .iter()
+            .map(|p| {
+                (0..p.endpoints)
+                    .map(|_| {
+                        port += 1;
+                        SocketAddr::from(([127, 0, 0, 1], port))
+                    })
+                    .collect()
+            })
+            .collect();
+        let context = CompileContext {
+            file: Path::new(def::POLICY_PATH),
+            gateway_region: None,
+        };
+        let text = policy_at_run_time(&endpoints, "ap").unwrap_or_else(|e| panic!("{e}"));
+        let live = compile::compile_str(&text, &context).unwrap_or_else(|e| panic!("{e}"));
+        let file = compile::compile_str(def::POLICY, &context).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(live.regions[live.default_region as usize], "ap");
+        assert_eq!(file.regions[file.default_region as usize], "us");
+        for (i, (l, f)) in live.pools.iter().zip(&file.pools).enumerate() {
+            let addrs: Vec<SocketAddr> = l.endpoints.iter().map(|e| e.addr).collect();
+            assert_eq!(addrs, endpoints[i], "{}", l.name);
+            assert_eq!(
+                (l.name.as_str(), l.region, l.concurrency, l.service_time),
+                (f.name.as_str(), f.region, f.concurrency, f.service_time)
+            );
+            assert_eq!(l.price.per_request, f.price.per_request, "{}", l.name);
+            assert_eq!(l.price.per_gpu_hour, f.price.per_gpu_hour, "{}", l.name);
+        }
+        for (l, f) in live.tiers.iter().zip(&file.tiers) {
+            assert_eq!(
+                (&l.name, l.deadline, l.weight),
+                (&f.name, f.deadline, f.weight)
+            );
+        }
+        assert_eq!(live.threads, file.threads);
+        assert_eq!(live.trusted_proxies, file.trusted_proxies);
+        assert_eq!(live.upstream.max_attempts, file.upstream.max_attempts);
     }
 }

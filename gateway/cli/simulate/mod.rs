@@ -38,6 +38,8 @@
 //!   server's plus the client region's round trip from the policy's matrix, and the
 //!   estimates learn service time only (live: measured client and pool round trips, and
 //!   the service time is the upstream time less the endpoint's round trip).
+//! - **Hedging on cached routes**: not simulated (live, a hedged answer is captured like any
+//!   other); a tier's hedging applies to its uncached routes only.
 //! - **Failures**: endpoints refuse connections or get slower; there are no timeouts, no
 //!   5xx answers and no stale pooled connections, so no retry of those (the dispatcher
 //!   retries refused connections only); a refused connect costs 100 µs.
@@ -773,12 +775,11 @@ impl PolicySystem {
         })
     }
 
-    /// The tier's `hedge_after` when this request would be hedged live: an inference
-    /// request that is neither streamed nor cacheable (see `proxy::request_filter`).
+    /// The tier's `hedge_after` when this request is hedged (`rules::hedges`), but for a
+    /// route the simulated cache keeps (see the module's list of differences).
     fn hedge_after(&self, w: &Workload, req: &Request) -> Option<f64> {
         let class = self.class(w, req);
-        let factor = self.table.tiers[class.tier as usize].hedge_after?;
-        (class.inference && !class.streaming && self.cache.is_none()).then_some(factor)
+        rules::hedges(&self.table, class).filter(|_| self.cache.is_none())
     }
 
     /// A cache leader failed: its waiters each make their own request.
@@ -942,7 +943,7 @@ impl System {
 
     fn done(&mut self, eng: &mut Engine, f: InFlight, now: u64) {
         if let System::Policy(sys) = self {
-            // As `proxy::on_upstream_header` with a 2xx, then the request's release.
+            // As `Attempt::answered` with a 2xx, then the attempt's slots given back.
             let now_ms = now / 1000;
             let took = Duration::from_micros(now - f.sent_us);
             if let Some(&(p, e)) = f.tried.last() {
@@ -1284,7 +1285,7 @@ fn workload_of(opts: &SimOptions) -> Result<Workload, SimError> {
     }
     let mut w = match &opts.workload {
         Some(path) => workload::load(path, opts.seed)?,
-        None if opts.scenario == "fleet-faults" => {
+        None if opts.scenario == crate::fleet_faults::NAME => {
             fleet_faults::workload(opts.phase, opts.rate, opts.seed)
         }
         None => return Err(SimError::UnknownScenario(opts.scenario.clone())),
@@ -1313,9 +1314,9 @@ pub fn run(opts: &SimOptions) -> Result<SimReport, SimError> {
     let mut systems: Vec<(String, System)> = Vec::new();
     if opts.policies.is_empty() {
         let table = compile::compile_str(
-            fleet_faults::policy(),
+            crate::fleet_faults::POLICY,
             &CompileContext {
-                file: Path::new("fleet-faults.yaml"),
+                file: Path::new(crate::fleet_faults::POLICY_PATH),
                 gateway_region: None,
             },
         )?;

@@ -623,7 +623,7 @@ mod tests {
 
     #[test]
     fn weights_are_replaced_or_added_in_place() {
-        let text = crate::simulate::fleet_faults::policy()
+        let text = crate::fleet_faults::POLICY
             .replace("standard: { deadline: 1s, weight: 0.3, ", "standard: { deadline: 1s, ")
             .replace(
                 "  batch: { deadline: 30s, weight: 0.0, pools: [batch, gpu, edge], on_slo_miss: fastest }\n",
@@ -659,7 +659,7 @@ mod tests {
 
     #[test]
     fn on_slo_miss_and_hedging_are_set_added_or_removed_in_place() {
-        let text = crate::simulate::fleet_faults::policy()
+        let text = crate::fleet_faults::POLICY
             .replace("on_slo_miss: fastest }", "on_slo_miss: fastest, hedge_after: 3 }")
             .replace(
                 "  batch: { deadline: 30s, weight: 0.0, pools: [batch, gpu, edge], on_slo_miss: fastest, hedge_after: 3 }\n",

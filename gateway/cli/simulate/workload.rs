@@ -251,7 +251,10 @@ pub fn parse(text: &str, seed: u64) -> Result<Workload, Vec<String>> {
             repeat: raw.repeat / 100.0,
         },
         tiers,
-        models: fleet_faults::MODELS.iter().map(|m| m.to_string()).collect(),
+        models: crate::fleet_faults::MODELS
+            .iter()
+            .map(|m| m.to_string())
+            .collect(),
         fleet,
         faults,
         seed: raw.seed.unwrap_or(6) ^ seed.rotate_left(32),

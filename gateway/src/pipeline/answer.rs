@@ -258,11 +258,7 @@ pub async fn cache_hit(
 /// decision headers added, the cache deciding whether to capture it, the token meter
 /// started), then each body chunk (SSE stays unbuffered), then the trailers (gRPC's status
 /// travels in them). A backend's `grpc-status` counts as its HTTP equivalent in the record.
-pub async fn relay(
-    session: &mut ServerSession,
-    req: &mut Request,
-    answer: Answer,
-) -> Result<()> {
+pub async fn relay(session: &mut ServerSession, req: &mut Request, answer: Answer) -> Result<()> {
     let Answer {
         header: mut resp,
         mut body,

@@ -96,7 +96,7 @@ impl Trail {
 pub async fn send(out: &mut Outbound<'_>, trail: &mut Trail) -> Result<Answer, GatewayError> {
     let table = out.table;
     let tier = &table.tiers[out.class.tier as usize];
-    let hedge_after = tier.hedge_after.filter(|_| !out.class.streaming);
+    let hedge_after = rules::hedges(table, out.class);
     let timeouts = Timeouts {
         connect: table.upstream.connect_timeout,
         io: tier.timeout,

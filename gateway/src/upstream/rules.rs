@@ -117,6 +117,15 @@ pub fn may_retry(
         && retry_allowed(table, class, tried.len(), elapsed)
 }
 
+/// The tier's `hedge_after` when this request is hedged: an inference request that is not
+/// streamed (a hedge races response headers, and a stream's header says nothing of its
+/// first token).
+pub fn hedges(table: &Serving, class: &Class) -> Option<f64> {
+    table.tiers[class.tier as usize]
+        .hedge_after
+        .filter(|_| class.inference && !class.streaming)
+}
+
 /// How long a hedging tier waits for its first attempt on `pool` before sending a second:
 /// the attempt's expected time (`network`, the round trip, plus the pool's service-time
 /// estimate) times the tier's `hedge_after`.
