@@ -95,6 +95,7 @@ pub enum Framing {
 }
 
 /// `value` of a `Content-Length` field: digits only (no sign, no list), at most 19 of them.
+#[inline]
 pub fn parse_content_length(value: &[u8]) -> Option<usize> {
     let v = value.trim_ascii();
     if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
@@ -104,6 +105,7 @@ pub fn parse_content_length(value: &[u8]) -> Option<usize> {
 }
 
 /// Whether a comma-separated field value (`Connection`, ...) lists `token` (any case).
+#[inline]
 pub fn has_token(value: &[u8], token: &str) -> bool {
     value
         .split(|&b| b == b',')
@@ -111,6 +113,7 @@ pub fn has_token(value: &[u8], token: &str) -> bool {
 }
 
 /// Whether the last transfer coding of a `Transfer-Encoding` value is `chunked`.
+#[inline]
 pub fn ends_chunked(value: &[u8]) -> bool {
     value
         .rsplit(|&b| b == b',')
@@ -125,6 +128,7 @@ fn lossy(value: &[u8]) -> String {
 }
 
 /// httparse's result for a head of at most `limits`: `Ok(None)` when more bytes are needed.
+#[inline]
 fn head_len(
     parsed: Result<httparse::Status<usize>, httparse::Error>,
     buffered: usize,
@@ -167,6 +171,7 @@ pub struct RequestHead<'b> {
 /// complete. A server refuses what this refuses: a bad or conflicting `Content-Length`, a
 /// transfer coding other than `chunked` last, both framings at once, chunked HTTP/1.0, a body
 /// over [`Limits::max_body`].
+#[inline]
 pub fn parse_request_head<'b>(
     buf: &'b [u8],
     limits: &Limits,
