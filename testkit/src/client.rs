@@ -19,7 +19,8 @@
 //! one is what tests assert through it: the arrival time of each piece of a streamed answer
 //! as read off the socket, raw `Transfer-Encoding` bodies sent as given, and malformed or
 //! early-closed answers reported as errors rather than retried. A hyper client is the plan
-//! when tests need HTTP/2 or TLS clients; `tests/tls.rs` already uses tokio-rustls directly.
+//! when tests need HTTP/2 clients; `tests/tls.rs` speaks HTTP/1.1 over tokio-rustls with the
+//! same codec ([`crate::http1::ClientConn`] takes any stream).
 
 use crate::http1::{self, within, ClientConn, ConnError, Limits};
 use bytes::Bytes;
