@@ -7,14 +7,22 @@
 //!   cargo run --release --example openloop -- ADDR PATH BODY_FILE RATE SECONDS [CONNECTIONS]
 //! e.g. `openloop 127.0.0.1:18080 /v1/chat/completions benches/post_1k.json 2000 10 64`.
 //! Prints one line: `rate=… sent=… ok=… errors=… late=… p50_us=… p99_us=… p999_us=… max_us=…`.
-//! Only for loopback targets; it stops by itself after SECONDS (plus the answers in flight).
+//! Only for loopback targets; it stops by itself after SECONDS (plus the answers in flight,
+//! each given at most 30 s). HTTP/1.1 is the test kit's codec (`switchyard_testkit::http1`):
+//! the request is encoded once, answers are read by any framing, and an answer with a 4xx or
+//! 5xx status counts as an error but keeps its connection.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use switchyard_testkit::http1::{within, ClientConn, Limits, Request};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Mutex};
+
+/// Largest answer read; a larger one counts as an error.
+const LIMITS: Limits = Limits::with_max_body(16 * 1024 * 1024);
+/// Longest wait for one answer (from the request's write) before it counts as an error.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -30,13 +38,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let rate: f64 = args[3].parse()?;
     let secs: f64 = args[4].parse()?;
     let conns: usize = args.get(5).map(|c| c.parse()).transpose()?.unwrap_or(64);
-    let mut request = format!(
-        "POST {} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
-        args[1],
-        body.len()
-    )
-    .into_bytes();
-    request.extend_from_slice(&body);
+    let req = Request::post(&args[1], &body).header("content-type", "application/json");
+    let mut request = Vec::new();
+    req.encode(addr, false, &mut request);
+    if !req.body_inline() {
+        request.extend_from_slice(&body);
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -59,7 +66,7 @@ async fn run(
     for _ in 0..conns {
         let (rx, done, request) = (rx.clone(), done_tx.clone(), request.clone());
         tokio::spawn(async move {
-            let mut conn: Option<(TcpStream, Vec<u8>)> = None;
+            let mut conn: Option<ClientConn<TcpStream>> = None;
             loop {
                 let Some(scheduled) = rx.lock().await.recv().await else {
                     return;
@@ -115,55 +122,36 @@ async fn run(
     Ok(())
 }
 
-/// Send the request on the connection (opened if needed) and read one whole answer.
+/// Send the request on the connection (opened if needed) and read one whole answer:
+/// `Some` for a success status. A failed exchange drops the connection.
 async fn exchange(
-    conn: &mut Option<(TcpStream, Vec<u8>)>,
+    conn: &mut Option<ClientConn<TcpStream>>,
     addr: SocketAddr,
     request: &[u8],
 ) -> Option<()> {
-    if conn.is_none() {
-        let s = TcpStream::connect(addr).await.ok()?;
-        s.set_nodelay(true).ok()?;
-        *conn = Some((s, Vec::with_capacity(16 * 1024)));
-    }
-    let (stream, buf) = conn.as_mut()?;
-    let ok = async {
-        stream.write_all(request).await.ok()?;
-        buf.clear();
-        loop {
-            let mut headers = [httparse::EMPTY_HEADER; 32];
-            let mut resp = httparse::Response::new(&mut headers);
-            if let Ok(httparse::Status::Complete(head)) = resp.parse(buf) {
-                let ok = resp.code.is_some_and(|c| c < 400);
-                let len = resp
-                    .headers
-                    .iter()
-                    .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-                    .and_then(|h| {
-                        std::str::from_utf8(h.value)
-                            .ok()?
-                            .trim()
-                            .parse::<usize>()
-                            .ok()
-                    })?;
-                let want: usize = head + len;
-                while buf.len() < want {
-                    read_more(stream, buf).await?;
-                }
-                return ok.then_some(());
+    let answer = within(ANSWER_TIMEOUT, async {
+        let c = match conn {
+            Some(c) => c,
+            None => {
+                let s = TcpStream::connect(addr).await?;
+                s.set_nodelay(true)?;
+                conn.insert(ClientConn::new(s, LIMITS))
             }
-            read_more(stream, buf).await?;
+        };
+        c.send_raw(request).await?;
+        c.read_response(false, |_, _| {}, |_| {}).await
+    })
+    .await;
+    match answer {
+        Ok(head) => {
+            if !head.keep_alive {
+                *conn = None;
+            }
+            (head.status < 400).then_some(())
+        }
+        Err(_) => {
+            *conn = None;
+            None
         }
     }
-    .await;
-    if ok.is_none() {
-        *conn = None;
-    }
-    ok
-}
-
-async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<()> {
-    let mut chunk = [0u8; 16 * 1024];
-    let n = stream.read(&mut chunk).await.ok()?;
-    (n > 0).then(|| buf.extend_from_slice(&chunk[..n]))
 }

@@ -13,6 +13,8 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::*;
+use switchyard_testkit::client::{self, Request};
+use switchyard_testkit::http1::{self, ClientConn, Limits};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
@@ -87,54 +89,43 @@ async fn tls_connect(addr: SocketAddr, ca: &Ca, alpn: &[&[u8]]) -> std::io::Resu
     connector.connect(name, tcp).await
 }
 
-/// One HTTP/1.1 request over TLS (`connection: close`): status, head and body text.
+/// One HTTP/1.1 request over TLS (`connection: close`): status, head and body text (the
+/// head as `HTTP/1.1 STATUS` and its fields; the body de-chunked).
 async fn https_h1(
     addr: SocketAddr,
     ca: &Ca,
     headers: &[(&str, &str)],
     body: &str,
 ) -> (u16, String, String) {
-    let mut tls = tls_connect(addr, ca, &[b"http/1.1"])
+    let tls = tls_connect(addr, ca, &[b"http/1.1"])
         .await
         .expect("TLS connect");
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
-    let mut req = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nhost: gateway.test\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n",
-        body.len()
-    );
+    let mut req = Request::post("/v1/chat/completions", body.as_bytes())
+        .header("content-type", "application/json");
     for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
+        req = req.header(k, v);
     }
-    req.push_str("\r\n");
-    req.push_str(body);
-    tls.write_all(req.as_bytes()).await.unwrap();
-    let mut buf = Vec::new();
-    let _ = tls.read_to_end(&mut buf).await;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").expect("response head");
-    let status = head[9..12].parse().expect("status");
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_string()
-    };
-    (status, head.to_string(), body)
-}
-
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = s.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        s = rest[n..].trim_start_matches("\r\n");
-    }
-    out
+    let mut conn = ClientConn::new(tls, Limits::with_max_body(client::MAX_BODY));
+    let (mut fields, mut body) = (String::new(), Vec::new());
+    let head = http1::within(client::DEFAULT_TIMEOUT, async {
+        conn.send(&req, "gateway.test", true).await?;
+        conn.read_response(
+            false,
+            |name, value| {
+                fields.push_str(&format!("{name}: {}\r\n", String::from_utf8_lossy(value)));
+            },
+            |piece| body.extend_from_slice(&piece),
+        )
+        .await
+    })
+    .await
+    .expect("response");
+    (
+        head.status,
+        format!("HTTP/1.1 {}\r\n{fields}", head.status),
+        String::from_utf8_lossy(&body).into_owned(),
+    )
 }
 
 /// The leaf certificate a TLS listener presents.

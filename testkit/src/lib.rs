@@ -13,6 +13,7 @@
 pub mod client;
 pub mod fleet;
 pub mod grpc;
+pub mod http1;
 pub mod mmdb;
 pub mod mock;
 pub mod relay;

@@ -10,6 +10,8 @@
 //! per request (the `watch` channels are only waited on while stalled, down or shutting
 //! down). Bad input never panics: a malformed request gets a 4xx JSON answer and the
 //! connection is closed. This is not a general web server: no TLS, no HTTP/2, no upgrades.
+//! Requests are read with the kit's HTTP/1.1 codec ([`crate::http1`]: its head parser and
+//! framing rules, and the chunked decoder the client uses too); answers are written here.
 //!
 //! Surprises: stalls hold health checks too (a hung backend fails its health check), but never
 //! the `/_mock/*` control paths. Dropping a [`MockBackend`] does not stop it; call
@@ -34,6 +36,7 @@
 //! keeps the wire behaviour the tests rely on: one write per response, "down" closing every open
 //! connection at once, stalls that hold health checks.
 
+use crate::http1::{self, Chunk, ChunkedDecoder, Framing, Limits};
 use bytes::{Buf, BytesMut};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
@@ -49,9 +52,9 @@ use tokio::sync::watch;
 /// Largest request body the mock accepts (the gateway's own `max_body` ceiling); larger
 /// ones get 413.
 pub const MAX_BODY: usize = 256 * 1024 * 1024;
-/// Largest request head (request line + headers); larger ones get 431.
-const MAX_HEAD: usize = 64 * 1024;
-const MAX_HEADERS: usize = 64;
+/// What the mock reads: heads up to 64 KiB (larger ones get 431) of at most 64 fields, bodies
+/// up to [`MAX_BODY`].
+const LIMITS: Limits = Limits::with_max_body(MAX_BODY);
 /// Events in a streamed (SSE) answer before `[DONE]`.
 const STREAM_CHUNKS: u32 = 5;
 /// Smallest pause between two streamed events, so streaming is visible even at 0 latency.
@@ -649,13 +652,6 @@ fn metadata_body(
     let _ = serde_json::to_writer(&mut *json, &body);
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Framing {
-    Empty,
-    Length(usize),
-    Chunked,
-}
-
 /// The parts of a request head the mock uses, owned so the read buffer can move on.
 #[derive(Debug)]
 struct Head {
@@ -686,174 +682,71 @@ fn reject(status: u16, message: &'static str) -> Reject {
     Reject { status, message }
 }
 
-fn eq_token_list(value: &[u8], token: &str) -> bool {
-    value
-        .split(|&b| b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-}
-
-fn parse_length(value: &[u8]) -> Option<usize> {
-    let v = value.trim_ascii();
-    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(v).ok()?.parse().ok()
-}
-
 fn header_string(value: &[u8]) -> Option<String> {
     std::str::from_utf8(value)
         .ok()
         .map(|s| s.trim().to_string())
 }
 
+/// The answer to a request the codec refuses.
+fn refusal(e: http1::Error) -> Reject {
+    use http1::Error as E;
+    match e {
+        E::TooManyHeaders(_) => reject(431, "too many request headers"),
+        E::HeadTooLarge(_) => reject(431, "request head too large"),
+        E::BadHead(_) => reject(400, "malformed HTTP request"),
+        E::BadContentLength(_) => reject(400, "invalid content-length"),
+        E::ConflictingContentLength => reject(400, "conflicting content-length headers"),
+        E::UnsupportedTransferEncoding(_) => reject(501, "unsupported transfer-encoding"),
+        E::LengthAndChunked => reject(400, "both content-length and transfer-encoding"),
+        E::ChunkedInHttp10 => reject(400, "chunked body in HTTP/1.0"),
+        E::BodyTooLarge(_) => reject(413, "request body too large"),
+        E::BadChunkSize | E::ChunkLineTooLong(_) | E::BadChunkEnd | E::TrailersTooLarge(_) => {
+            reject(400, "malformed chunked body")
+        }
+    }
+}
+
 /// Parse a request head from the start of `buf`: `Ok(None)` when more bytes are needed.
 fn parse_head(buf: &[u8], health_path: &str) -> Result<Option<Head>, Reject> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    let len = match req.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => {
-            return Err(reject(431, "too many request headers"))
-        }
-        Err(_) => return Err(reject(400, "malformed HTTP request")),
-    };
-    let http11 = req.version == Some(1);
-    let method = match req.method {
-        Some("GET") => Method::Get,
-        Some("HEAD") => Method::Head,
-        Some("POST") => Method::Post,
-        _ => Method::Other,
-    };
-    let mut keep_alive = http11;
-    let mut length: Option<usize> = None;
-    let mut chunked = false;
-    let mut expect_continue = false;
     let mut request_id = None;
     let mut deadline_ms = None;
     let mut cache_control = None;
     let mut digest = false;
-    for h in req.headers.iter() {
-        let name = h.name;
-        if name.eq_ignore_ascii_case("content-length") {
-            let n = parse_length(h.value).ok_or(reject(400, "invalid content-length"))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(reject(400, "conflicting content-length headers"));
-            }
-            length = Some(n);
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            let last = h.value.rsplit(|&b| b == b',').next().unwrap_or_default();
-            if !last.trim_ascii().eq_ignore_ascii_case(b"chunked") {
-                return Err(reject(501, "unsupported transfer-encoding"));
-            }
-            chunked = true;
-        } else if name.eq_ignore_ascii_case("connection") {
-            if eq_token_list(h.value, "close") {
-                keep_alive = false;
-            } else if eq_token_list(h.value, "keep-alive") {
-                keep_alive = true;
-            }
-        } else if name.eq_ignore_ascii_case("expect") {
-            expect_continue = h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
-        } else if name.eq_ignore_ascii_case("x-request-id") {
-            request_id = header_string(h.value);
+    let parsed = http1::parse_request_head(buf, &LIMITS, |name, value| {
+        if name.eq_ignore_ascii_case("x-request-id") {
+            request_id = header_string(value);
         } else if name.eq_ignore_ascii_case("x-switchyard-deadline-ms") {
-            deadline_ms = header_string(h.value);
+            deadline_ms = header_string(value);
         } else if name.eq_ignore_ascii_case("x-mock-cache-control") {
-            cache_control = header_string(h.value);
+            cache_control = header_string(value);
         } else if name.eq_ignore_ascii_case("x-mock-digest") {
             digest = true;
         }
-    }
-    let framing = match (chunked, length) {
-        (true, Some(_)) => return Err(reject(400, "both content-length and transfer-encoding")),
-        (true, None) if !http11 => return Err(reject(400, "chunked body in HTTP/1.0")),
-        (true, None) => Framing::Chunked,
-        (false, Some(n)) if n > MAX_BODY => return Err(reject(413, "request body too large")),
-        (false, Some(0)) | (false, None) => Framing::Empty,
-        (false, Some(n)) => Framing::Length(n),
+    })
+    .map_err(refusal)?;
+    let Some(req) = parsed else {
+        return Ok(None);
     };
-    let path = req.path.unwrap_or("/");
+    let method = match req.method {
+        "GET" => Method::Get,
+        "HEAD" => Method::Head,
+        "POST" => Method::Post,
+        _ => Method::Other,
+    };
     Ok(Some(Head {
-        len,
+        len: req.len,
         method,
-        http11,
-        keep_alive,
-        framing,
-        expect_continue,
-        route: route(method, path, health_path),
+        http11: req.http11,
+        keep_alive: req.keep_alive,
+        framing: req.framing,
+        expect_continue: req.expect_continue,
+        route: route(method, req.target, health_path),
         request_id,
         deadline_ms,
         cache_control,
         digest,
     }))
-}
-
-/// One step of decoding a chunked body from the front of `buf` into `body`.
-enum ChunkStep {
-    NeedMore,
-    Progress,
-    Done,
-}
-
-fn find_crlf(buf: &[u8]) -> Option<usize> {
-    buf.windows(2).position(|w| w == b"\r\n")
-}
-
-/// Decode as much of a chunked body as `buf` holds. `trailers` is true once the last chunk
-/// has been seen and only the trailer section remains.
-fn decode_chunk(
-    buf: &mut BytesMut,
-    body: &mut BytesMut,
-    trailers: &mut bool,
-) -> Result<ChunkStep, Reject> {
-    let bad = || reject(400, "malformed chunked body");
-    let Some(line) = find_crlf(buf) else {
-        return if buf.len() > 4096 {
-            Err(bad())
-        } else {
-            Ok(ChunkStep::NeedMore)
-        };
-    };
-    if *trailers {
-        buf.advance(line + 2);
-        return Ok(if line == 0 {
-            ChunkStep::Done
-        } else {
-            ChunkStep::Progress
-        });
-    }
-    let size_text = buf[..line]
-        .split(|&b| b == b';')
-        .next()
-        .unwrap_or_default()
-        .trim_ascii();
-    if size_text.is_empty() || size_text.len() > 8 {
-        return Err(bad());
-    }
-    let size = std::str::from_utf8(size_text)
-        .ok()
-        .and_then(|s| usize::from_str_radix(s, 16).ok())
-        .ok_or_else(bad)?;
-    if size == 0 {
-        buf.advance(line + 2);
-        *trailers = true;
-        return Ok(ChunkStep::Progress);
-    }
-    if body.len() + size > MAX_BODY {
-        return Err(reject(413, "request body too large"));
-    }
-    let need = line + 2 + size + 2;
-    if buf.len() < need {
-        buf.reserve(need - buf.len());
-        return Ok(ChunkStep::NeedMore);
-    }
-    if &buf[need - 2..need] != b"\r\n" {
-        return Err(bad());
-    }
-    body.extend_from_slice(&buf[line + 2..need - 2]);
-    buf.advance(need);
-    Ok(ChunkStep::Progress)
 }
 
 /// `read_buf` with room for at least `want` bytes; 0 means the peer closed.
@@ -873,9 +766,6 @@ async fn serve(mut stream: TcpStream, sh: &Shared) -> std::io::Result<()> {
             if !buf.is_empty() {
                 match parse_head(&buf, &sh.health_path) {
                     Ok(Some(head)) => break head,
-                    Ok(None) if buf.len() > MAX_HEAD => {
-                        return refuse(&mut stream, sh, reject(431, "request head too large")).await
-                    }
                     Ok(None) => {}
                     Err(r) => return refuse(&mut stream, sh, r).await,
                 }
@@ -892,7 +782,8 @@ async fn serve(mut stream: TcpStream, sh: &Shared) -> std::io::Result<()> {
 
         // The body.
         let body = match head.framing {
-            Framing::Empty => BytesMut::new(),
+            // (A request body never ends with the connection.)
+            Framing::None | Framing::UntilClose => BytesMut::new(),
             Framing::Length(n) => {
                 if head.expect_continue && buf.len() < n {
                     stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
@@ -910,17 +801,17 @@ async fn serve(mut stream: TcpStream, sh: &Shared) -> std::io::Result<()> {
                     stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
                 }
                 let mut body = BytesMut::new();
-                let mut trailers = false;
+                let mut chunks = ChunkedDecoder::new(LIMITS);
                 loop {
-                    match decode_chunk(&mut buf, &mut body, &mut trailers) {
-                        Ok(ChunkStep::Done) => break,
-                        Ok(ChunkStep::Progress) => {}
-                        Ok(ChunkStep::NeedMore) => {
-                            if fill(&mut stream, &mut buf, 4096).await? == 0 {
+                    match chunks.decode(&mut buf) {
+                        Ok(Chunk::Done) => break,
+                        Ok(Chunk::Data(data)) => body.extend_from_slice(&data),
+                        Ok(Chunk::NeedMore(want)) => {
+                            if fill(&mut stream, &mut buf, want.max(4096)).await? == 0 {
                                 return Ok(());
                             }
                         }
-                        Err(r) => return refuse(&mut stream, sh, r).await,
+                        Err(e) => return refuse(&mut stream, sh, refusal(e)).await,
                     }
                 }
                 body
@@ -1632,33 +1523,6 @@ mod tests {
             status(format!("GET / HTTP/1.1\r\n{many}\r\n").as_bytes()),
             431
         );
-    }
-
-    #[test]
-    fn chunked_bodies_decode_across_partial_input() {
-        let wire = b"4;ext=1\r\nWiki\r\n5\r\npedia\r\n0\r\nTrailer: x\r\n\r\nNEXT";
-        // Feed the bytes one at a time: the decoder must only ever ask for more.
-        let mut buf = BytesMut::new();
-        let mut body = BytesMut::new();
-        let mut trailers = false;
-        let mut fed = 0;
-        loop {
-            match decode_chunk(&mut buf, &mut body, &mut trailers).unwrap() {
-                ChunkStep::Done => break,
-                ChunkStep::Progress => {}
-                ChunkStep::NeedMore => {
-                    buf.extend_from_slice(&wire[fed..fed + 1]);
-                    fed += 1;
-                }
-            }
-        }
-        assert_eq!(&body[..], b"Wikipedia");
-        assert_eq!(&buf[..], b"");
-        assert_eq!(&wire[fed..], b"NEXT");
-        let mut buf = BytesMut::from(&b"zz\r\n"[..]);
-        assert!(decode_chunk(&mut buf, &mut BytesMut::new(), &mut false).is_err());
-        let mut buf = BytesMut::from(&b"3\r\nabcX\r\n"[..]);
-        assert!(decode_chunk(&mut buf, &mut BytesMut::new(), &mut false).is_err());
     }
 
     #[test]

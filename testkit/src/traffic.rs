@@ -18,23 +18,18 @@
 //! Pacing is open-loop within the connection limit: request *i* is due at `start + i / rate`,
 //! so a slow gateway makes the generator fall behind rather than quietly send less.
 //!
-//! It speaks HTTP/1.1 over its own small keep-alive [`Connection`] (Content-Length bodies,
-//! which is what the gateway sends) so that it depends on nothing but tokio.
+//! It speaks HTTP/1.1 through the kit's client ([`crate::client::Connection`], one keep-alive
+//! connection per sender), so it reads every framing the gateway may answer with.
 
+use crate::client::{Connection, Request};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrafficError {
-    #[error("connection: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("bad response from the gateway: {0}")]
-    Response(String),
     #[error(
         "mix `{0}`: expected `name=weight,...` with non-negative weights, at least one positive"
     )]
@@ -447,7 +442,11 @@ pub async fn run(cfg: Arc<TrafficConfig>, stats: Arc<Stats>) -> Result<(), Traff
                 let (model_idx, prompt) = choose(&cfg, &recent, &stats, &mut rng, i);
                 let model = &cfg.models.items[model_idx].0;
                 let (path, body) = model.request(prompt);
-                let mut headers = vec![("content-type", "application/json".to_string())];
+                // (`host: switchyard`, as the demo's dashboards have always seen it.)
+                let mut headers = vec![
+                    ("host", "switchyard".to_string()),
+                    ("content-type", "application/json".to_string()),
+                ];
                 if let Some(ip) = cfg.regions.pick(rng.f64()).client(i) {
                     headers.push(("x-forwarded-for", ip));
                 }
@@ -460,17 +459,21 @@ pub async fn run(cfg: Arc<TrafficConfig>, stats: Arc<Stats>) -> Result<(), Traff
                 if conn.is_none() {
                     conn = Connection::connect(addr).await.ok();
                 }
+                let req = Request {
+                    method: "POST",
+                    path: &path,
+                    headers,
+                    body: body.as_bytes(),
+                };
                 let result = match conn.as_mut() {
-                    Some(c) => c.post(&path, &headers, body.as_bytes()).await.ok(),
+                    Some(c) => c.send(&req).await.ok(),
                     None => None,
                 };
                 let took = sent.elapsed();
                 match result {
-                    Some((status, pool)) => {
-                        stats.note(Some(status), pool.as_deref(), took);
-                        if conn.as_ref().is_some_and(|c| c.closed) {
-                            conn = None;
-                        }
+                    // (A connection the gateway closed is reopened by the next send.)
+                    Some(resp) => {
+                        stats.note(Some(resp.status), resp.header("x-switchyard-pool"), took)
                     }
                     None => {
                         conn = None;
@@ -486,97 +489,6 @@ pub async fn run(cfg: Arc<TrafficConfig>, stats: Arc<Stats>) -> Result<(), Traff
         let _ = t.await;
     }
     Ok(())
-}
-
-/// Largest response body the generator reads (the mock's answers are small).
-const MAX_RESPONSE_BODY: usize = 16 * 1024 * 1024;
-
-/// One keep-alive HTTP/1.1 connection to the gateway.
-pub struct Connection {
-    stream: BufReader<TcpStream>,
-    line: String,
-    body: Vec<u8>,
-    /// The server said `connection: close`: open a new connection for the next request.
-    pub closed: bool,
-}
-
-impl Connection {
-    pub async fn connect(addr: SocketAddr) -> Result<Connection, TrafficError> {
-        let stream = TcpStream::connect(addr).await?;
-        stream.set_nodelay(true)?;
-        Ok(Connection {
-            stream: BufReader::new(stream),
-            line: String::new(),
-            body: Vec::new(),
-            closed: false,
-        })
-    }
-
-    /// POST `body` to `path`; the status and the `x-switchyard-pool` header of the answer.
-    pub async fn post(
-        &mut self,
-        path: &str,
-        headers: &[(&str, String)],
-        body: &[u8],
-    ) -> Result<(u16, Option<String>), TrafficError> {
-        let mut head = format!(
-            "POST {path} HTTP/1.1\r\nhost: switchyard\r\ncontent-length: {}\r\n",
-            body.len()
-        );
-        for (k, v) in headers {
-            head.push_str(k);
-            head.push_str(": ");
-            head.push_str(v);
-            head.push_str("\r\n");
-        }
-        head.push_str("\r\n");
-        let stream = self.stream.get_mut();
-        stream.write_all(head.as_bytes()).await?;
-        stream.write_all(body).await?;
-
-        let bad = |m: &str| TrafficError::Response(m.to_string());
-        self.line.clear();
-        if self.stream.read_line(&mut self.line).await? == 0 {
-            return Err(bad("connection closed"));
-        }
-        let status = self
-            .line
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse::<u16>().ok())
-            .ok_or_else(|| bad(self.line.trim()))?;
-        let (mut length, mut pool, mut close) = (0usize, None, false);
-        loop {
-            self.line.clear();
-            if self.stream.read_line(&mut self.line).await? == 0 {
-                return Err(bad("connection closed in the headers"));
-            }
-            let line = self.line.trim_end();
-            if line.is_empty() {
-                break;
-            }
-            let Some((name, value)) = line.split_once(':') else {
-                continue;
-            };
-            let value = value.trim();
-            if name.eq_ignore_ascii_case("content-length") {
-                length = value.parse().map_err(|_| bad("bad content-length"))?;
-            } else if name.eq_ignore_ascii_case("x-switchyard-pool") {
-                pool = Some(value.to_string());
-            } else if name.eq_ignore_ascii_case("connection") {
-                close = value.eq_ignore_ascii_case("close");
-            } else if name.eq_ignore_ascii_case("transfer-encoding") {
-                return Err(bad("chunked responses are not supported"));
-            }
-        }
-        if length > MAX_RESPONSE_BODY {
-            return Err(bad("response body too large"));
-        }
-        self.body.resize(length, 0);
-        self.stream.read_exact(&mut self.body).await?;
-        self.closed = close;
-        Ok((status, pool))
-    }
 }
 
 /// Which model and prompt request `i` uses: a repeat of a recent one with probability
