@@ -314,7 +314,10 @@ async fn concurrency_limits_hold_under_a_burst() {
     assert!(
         answers.iter().all(|r| r.status == 200),
         "{:?}",
-        answers.iter().map(|r| (r.status, r.text())).collect::<Vec<_>>()
+        answers
+            .iter()
+            .map(|r| (r.status, r.text()))
+            .collect::<Vec<_>>()
     );
     assert!(a.stats().peak_in_flight <= 2, "{:?}", a.stats());
     assert!(b.stats().peak_in_flight <= 2, "{:?}", b.stats());
