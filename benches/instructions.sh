@@ -11,6 +11,8 @@
 # quiet (RUST_LOG=warn), on load.sh's policy. Usage: benches/instructions.sh [DURATION]
 # ONLY="quiet gateway" counts only those targets; KEEP=DIR keeps the callgrind files there
 # for `callgrind_annotate --inclusive=yes DIR/cg.quiet.*` (where the instructions go).
+# ALT_BIN=PATH [ALT_ENV='NAME=value'] with ONLY="… alt" counts another gateway binary (or
+# setting) quiet, on the same policy.
 # Needs valgrind (callgrind_control) and wrk. Only 127.0.0.1; every process is stopped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -60,6 +62,7 @@ count() { # name port env command...
 count pingora 18082 X=1 "$TARGET/release/examples/bare_pingora" 127.0.0.1:18082 127.0.0.1:18001 1
 count gateway 18080 X=1 "$TARGET/release/switchyard" run --policy "$WORK/policy.yaml"
 count quiet 18080 RUST_LOG=warn "$TARGET/release/switchyard" run --policy "$WORK/policy.yaml"
+[ -z "${ALT_BIN:-}" ] || count alt 18080 "RUST_LOG=warn ${ALT_ENV:-}" "$ALT_BIN" run --policy "$WORK/policy.yaml"
 [ "$ONLY" = "pingora gateway quiet" ] || exit 0
 awk -v b="$(cat "$WORK/pingora.ipr")" -v g="$(cat "$WORK/gateway.ipr")" -v q="$(cat "$WORK/quiet.ipr")" \
     'BEGIN { printf "user-space instructions per request: shipped/bare-pingora %.2f   quiet/bare-pingora %.2f\n", g / b, q / b }'

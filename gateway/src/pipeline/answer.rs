@@ -287,8 +287,7 @@ pub async fn relay(session: &mut ServerSession, req: &mut Request, answer: Answe
     let trailers_only = req.grpc && resp.headers.contains_key("grpc-status");
     if trailers_only {
         body.release().await;
-        session
-            .response_duplex_vec(vec![HttpTask::Header(Box::new(resp), true)])
+        crate::cold(|| session.response_duplex_vec(vec![HttpTask::Header(Box::new(resp), true)]))
             .await?;
         return Ok(());
     }
@@ -307,9 +306,8 @@ pub async fn relay(session: &mut ServerSession, req: &mut Request, answer: Answe
             }
             Piece::Trailers(trailers) => {
                 req.on_trailers(&trailers);
-                session
-                    .response_duplex_vec(vec![HttpTask::Trailer(Some(Box::new(trailers)))])
-                    .await?;
+                let tasks = vec![HttpTask::Trailer(Some(Box::new(trailers)))];
+                crate::cold(|| session.response_duplex_vec(tasks)).await?;
                 return Ok(());
             }
             Piece::End => {

@@ -74,9 +74,9 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn new(snapshot: Snapshot) -> Self {
-        // The upstream connector loads the system's CA certificates when it is built: built
-        // here, so that no request (and no endpoint's latency estimate) pays for it.
-        upstream::connect::connector();
+        // The upstream connectors load the system's CA certificates when they are built:
+        // built here, so that no request (and no endpoint's latency estimate) pays for it.
+        upstream::connect::connectors();
         let mut options = HttpServerOptions::default();
         options.h2c = true;
         Gateway {
@@ -164,8 +164,8 @@ impl HttpServerApp for Gateway {
             session.set_keepalive(None);
         }
         // Boxed: the pipeline's future is large and this one is moved into Pingora's box per
-        // request; a pointer keeps that move small.
-        let reusable = Box::pin(serve(self, &mut session)).await;
+        // request; a pointer keeps that move small (and `in_box` builds it in place).
+        let reusable = in_box!(serve(self, &mut session)).await;
         if !reusable {
             session.shutdown().await;
             return None;
@@ -313,7 +313,9 @@ async fn serve(gw: &Gateway, session: &mut ServerSession) -> bool {
     if session.req_header().uri.path() == ready::PATH {
         // The readiness self-check (`admin::ready`): which process holds this port. Not
         // traffic: nothing is recorded.
-        return answer::reply(session, ready::reply(), |_| {}).await.is_ok();
+        return crate::cold(|| answer::reply(session, ready::reply(), |_| {}))
+            .await
+            .is_ok();
     }
     let table = gw.snapshot.load_full();
     let grpc = crate::grpc::codec::is_grpc_content_type(
@@ -330,7 +332,9 @@ async fn serve(gw: &Gateway, session: &mut ServerSession) -> bool {
         Err(Ended::Refused(err)) => {
             req.status = err.status();
             req.error = Some(err.to_string());
-            if let Err(e) = answer::error(session, &req, &err).await {
+            // (Boxed, as every path most requests do not take: it keeps the request's future,
+            // which is moved into a box per request, small.)
+            if let Err(e) = crate::cold(|| answer::error(session, &req, &err)).await {
                 tracing::debug!(error = %e, "could not write the error answer");
             }
             true
@@ -385,7 +389,9 @@ async fn stages(gw: &Gateway, session: &mut ServerSession, req: &mut Request) ->
     let own = match crate::discovery::reply(session.req_header(), &table) {
         Some(reply) => Some(reply),
         None => match &gw.queue {
-            Some(queue) => queue::api::reply(session.req_header(), queue, &table).await,
+            Some(queue) => {
+                crate::cold(|| queue::api::reply(session.req_header(), queue, &table)).await
+            }
             None => None,
         },
     };
@@ -394,9 +400,9 @@ async fn stages(gw: &Gateway, session: &mut ServerSession, req: &mut Request) ->
         req.status = reply.status;
         if reply.is_trailers_only() || reply.trailers.is_some() {
             // (The gRPC server methods' empty request is read so the stream closes cleanly.)
-            body::linger(session).await;
+            crate::cold(|| body::linger(session)).await;
         }
-        answer::reply(session, reply, |_| {}).await?;
+        crate::cold(|| answer::reply(session, reply, |_| {})).await?;
         return Ok(());
     }
 
@@ -464,7 +470,7 @@ async fn stages(gw: &Gateway, session: &mut ServerSession, req: &mut Request) ->
         record::saved(&table, class, saved);
         req.status = entry.status;
         req.answered = Answered::Cache;
-        answer::cache_hit(session, req, &entry, saved).await?;
+        crate::cold(|| answer::cache_hit(session, req, &entry, saved)).await?;
         return Ok(());
     }
     refuse(class, &table, &decision)?;
@@ -475,12 +481,13 @@ async fn stages(gw: &Gateway, session: &mut ServerSession, req: &mut Request) ->
         .as_ref()
         .filter(|_| class.inference && !req.grpc && queue::api::takes(&table, &decision))
     {
-        let reply =
+        let reply = crate::cold(|| {
             queue::api::enqueue(session.req_header(), queue, &table, class, &decision, body)
-                .await?;
+        })
+        .await?;
         req.status = reply.status;
         req.answered = Answered::Queue;
-        if let Err(e) = answer::reply(session, reply, |_| {}).await {
+        if let Err(e) = crate::cold(|| answer::reply(session, reply, |_| {})).await {
             // The job is stored either way; the client can retry with its idempotency key.
             tracing::debug!(error = %e, "could not write the 202");
         }

@@ -11,7 +11,7 @@
 //! counts the same way. The winning attempt becomes an [`Answer`], which streams the body
 //! and keeps the slot until the body ends.
 
-use super::connect::{self, connector, Timeouts};
+use super::connect::{self, Timeouts};
 use crate::policy::compile::PoolId;
 use crate::route;
 use crate::serving::state::now_ms;
@@ -101,8 +101,7 @@ impl Attempt {
         let peer = connect::peer(pool, endpoint, tls, grpc, timeouts);
         self.started = Instant::now();
         let (upstream, reused) =
-            connector()
-                .get_http_session(&peer)
+            connect::session(&peer)
                 .await
                 .map_err(|error| Failure::Connect {
                     tls: connect::is_tls_failure(&error),
@@ -314,9 +313,7 @@ impl Body {
     pub async fn release(&mut self) {
         if let Some(mut session) = self.session.take() {
             if session.response_done() {
-                connector()
-                    .release_http_session(session, &self.peer, Some(connect::IDLE))
-                    .await;
+                connect::release(session, &self.peer).await;
             } else {
                 session.shutdown().await;
             }

@@ -1,6 +1,12 @@
-//! Connections to backends: the one connector (and so one keep-alive pool per protocol:
-//! HTTP/1.1 and HTTP/2), the peer of an endpoint (plain, TLS with the pool's trust settings,
-//! or h2c for gRPC), and the HTTP/1 request written in one send.
+//! Connections to backends: the connectors and their keep-alive pools, the peer of an
+//! endpoint (plain, TLS with the pool's trust settings, or h2c for gRPC), and the HTTP/1
+//! request written in one send.
+//!
+//! Each kind of connection lives in one pool: plain HTTP/1.1 (most in-house pools) in
+//! Pingora's HTTP/1 connector, which can be asked for a pooled connection alone
+//! ([`session`]: the common case costs a small future, and only a new connection pays for
+//! connecting); TLS endpoints (HTTP/2 or HTTP/1.1 by ALPN) and h2c (gRPC) in Pingora's full
+//! connector, which negotiates the protocol.
 //!
 //! A TLS handshake that fails (the pool's certificate is not trusted, names another host,
 //! or our client certificate is refused) is a configuration problem, not an outage: it is
@@ -9,7 +15,7 @@
 use crate::policy::compile::{Endpoint, Pool, INSPECT_LIMIT};
 use crate::serving::resources::PoolTls;
 use bytes::Bytes;
-use pingora::connectors::http::Connector;
+use pingora::connectors::http::{v1, Connector};
 use pingora::connectors::ConnectorOptions;
 use pingora::http::RequestHeader;
 use pingora::protocols::http::client::HttpSession;
@@ -26,12 +32,59 @@ pub const KEEPALIVE_POOL: usize = 1024;
 /// How long an idle pooled upstream connection is kept.
 pub const IDLE: Duration = Duration::from_secs(60);
 
-/// The process's one upstream connector: Pingora's, with its HTTP/1.1 and HTTP/2 pools.
-/// Built at start (`connector()` in `Gateway::new`): it loads the system's CA certificates,
+/// The connector for TLS and HTTP/2 peers: Pingora's, with its HTTP/1.1 and HTTP/2 pools.
+/// Built at start (`connectors()` in `Gateway::new`): it loads the system's CA certificates,
 /// which no request (and no endpoint's latency estimate) should pay for.
 pub fn connector() -> &'static Connector {
     static CONNECTOR: OnceLock<Connector> = OnceLock::new();
     CONNECTOR.get_or_init(|| Connector::new(Some(ConnectorOptions::new(KEEPALIVE_POOL))))
+}
+
+/// The connector for plain HTTP/1.1 peers, and its pool.
+fn plain() -> &'static v1::Connector {
+    static PLAIN: OnceLock<v1::Connector> = OnceLock::new();
+    PLAIN.get_or_init(|| v1::Connector::new(Some(ConnectorOptions::new(KEEPALIVE_POOL))))
+}
+
+/// Build both connectors now (start-up), not on a request.
+pub fn connectors() {
+    connector();
+    plain();
+}
+
+/// Whether `peer` is plain HTTP/1.1 (its connections live in [`plain`]'s pool).
+fn is_plain_h1(peer: &HttpPeer) -> bool {
+    !peer.is_tls() && peer.options.alpn.get_max_http_version() == 1
+}
+
+/// A session to `peer`, and whether it came from the pool. A pooled plain HTTP/1.1
+/// connection is found with a small future; connecting (and every TLS or HTTP/2 peer) goes
+/// through a boxed one, so the common case does not carry Pingora's connect machinery (~9
+/// KiB of future state, copied with every request's future) inline.
+pub async fn session(peer: &HttpPeer) -> Result<(HttpSession, bool)> {
+    if is_plain_h1(peer) {
+        if let Some(h1) = plain().reused_http_session(peer).await {
+            return Ok((HttpSession::H1(h1), true));
+        }
+        return crate::cold(|| plain().get_http_session(peer))
+            .await
+            .map(|(h1, reused)| (HttpSession::H1(h1), reused));
+    }
+    crate::cold(|| connector().get_http_session(peer)).await
+}
+
+/// Give a session whose answer was read to its end back to its pool (else close it).
+pub async fn release(session: HttpSession, peer: &HttpPeer) {
+    match session {
+        HttpSession::H1(h1) if is_plain_h1(peer) => {
+            plain().release_http_session(h1, peer, Some(IDLE)).await
+        }
+        session => {
+            connector()
+                .release_http_session(session, peer, Some(IDLE))
+                .await
+        }
+    }
 }
 
 /// How an attempt talks to an endpoint.
@@ -160,7 +213,7 @@ pub async fn request_once(
     body: &Bytes,
     max: usize,
 ) -> Result<(u16, Bytes)> {
-    let (session, _) = connector().get_http_session(peer).await?;
+    let (session, _) = self::session(peer).await?;
     let mut session = match session {
         HttpSession::H1(h1) => HttpSession::H1(one_write(h1, peer, req, body).await?),
         other => other,
@@ -178,9 +231,7 @@ pub async fn request_once(
         out.extend_from_slice(&chunk);
     }
     if session.response_done() {
-        connector()
-            .release_http_session(session, peer, Some(IDLE))
-            .await;
+        release(session, peer).await;
     }
     Ok((status, out.freeze()))
 }

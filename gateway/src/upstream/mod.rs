@@ -104,7 +104,9 @@ pub async fn send(out: &mut Outbound<'_>, trail: &mut Trail) -> Result<Answer, G
     loop {
         let attempt = acquire(out, trail)?;
         let (attempt, result) = match hedge_after {
-            Some(factor) => hedge(out, trail, attempt, factor, timeouts).await?,
+            // (Boxed: a hedging tier is the rare case, and inline its state would grow every
+            // request's future.)
+            Some(factor) => crate::cold(|| hedge(out, trail, attempt, factor, timeouts)).await?,
             None => {
                 let mut attempt = attempt;
                 let result = exchange(out, &mut attempt, timeouts).await;
