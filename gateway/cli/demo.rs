@@ -486,7 +486,11 @@ pub fn render_report(results: &[Outcome], snapshot: &Snapshot) -> String {
         .find(|(_, p)| p.kind == PoolKind::Gpu)
         .map(|(i, p)| {
             let state = table.live.pool(i as compile::PoolId);
-            p.price.per_request + p.price.per_gpu_hour * state.service_time().as_secs_f64() / 3600.0
+            switchyard_gateway::route::cost::usage(
+                &p.pricing,
+                state.service_time(),
+                state.tokens.get(),
+            )
         })
         .unwrap_or(0.0);
     let mut by_tier: BTreeMap<&str, Vec<&Outcome>> = BTreeMap::new();

@@ -310,8 +310,8 @@ mod tests {
                 p.name
             );
             assert_eq!(p.endpoints.len(), def.endpoints, "{}", p.name);
-            assert_eq!(p.price.per_request, def.per_request, "{}", p.name);
-            assert_eq!(p.price.per_gpu_hour, def.per_gpu_hour, "{}", p.name);
+            assert_eq!(p.pricing.per_request, def.per_request, "{}", p.name);
+            assert_eq!(p.pricing.per_gpu_hour, def.per_gpu_hour, "{}", p.name);
             for (m, model) in MODELS.iter().enumerate() {
                 assert_eq!(p.models.serves(model), def.serves(m), "{} {model}", p.name);
             }

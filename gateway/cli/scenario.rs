@@ -788,8 +788,7 @@ mod tests {
                 (l.name.as_str(), l.region, l.concurrency, l.service_time),
                 (f.name.as_str(), f.region, f.concurrency, f.service_time)
             );
-            assert_eq!(l.price.per_request, f.price.per_request, "{}", l.name);
-            assert_eq!(l.price.per_gpu_hour, f.price.per_gpu_hour, "{}", l.name);
+            assert_eq!(l.pricing, f.pricing, "{}", l.name);
         }
         for (l, f) in live.tiers.iter().zip(&file.tiers) {
             assert_eq!(

@@ -14,12 +14,28 @@ pub const REQUESTS: &str = "switchyard_requests_total";
 pub const REQUEST_DURATION: &str = "switchyard_request_duration_seconds";
 /// Time from sending upstream to the response header. Labels: pool.
 pub const UPSTREAM_DURATION: &str = "switchyard_upstream_duration_seconds";
-/// Estimated spend, in nano-USD (10⁻⁹ USD; divide by 1e9 for dollars). Labels: pool, tier.
+/// Usage spend: what pools billed per use for the requests (per request, per token, per
+/// GPU-hour of service; nothing on a provisioned pool, whose bill is
+/// [`CAPACITY_COST`]), in nano-USD (10⁻⁹ USD; divide by 1e9 for dollars). Labels: pool, tier.
 ///
 /// Spend is an integer counter in a sub-unit because the `metrics` facade's counters are
 /// `u64`; nano rather than micro so that a request of a cheap pool (a few µUSD) does not lose
 /// a visible share to rounding. A real counter, so `rate()` and `increase()` handle restarts.
 pub const COST: &str = "switchyard_cost_nanousd_total";
+/// Capacity spend of provisioned pools, accrued with time whether busy or idle (replicas ×
+/// price per replica-hour), in nano-USD. Labels: pool.
+pub const CAPACITY_COST: &str = "switchyard_capacity_cost_nanousd_total";
+/// Egress spend: request and answer bytes that crossed regions between the gateway and a
+/// pool, at `egress_usd_per_gb`, in nano-USD. Labels: pool, tier.
+pub const EGRESS_COST: &str = "switchyard_egress_cost_nanousd_total";
+/// Bytes that crossed regions between the gateway and a pool. Labels: pool, direction
+/// (`to_pool`, `from_pool`).
+pub const EGRESS_BYTES: &str = "switchyard_egress_bytes_total";
+/// Replicas a provisioned pool pays for. Labels: pool.
+pub const POOL_REPLICAS: &str = "switchyard_pool_replicas";
+/// A pool's utilisation: requests in flight over its `concurrency`, averaged over the last
+/// minute. Labels: pool.
+pub const POOL_UTILISATION: &str = "switchyard_pool_utilisation";
 /// Estimated spend avoided by answering from the prediction cache: what the request would
 /// have cost where routing would have sent it, in nano-USD. Labels: tier.
 pub const COST_SAVED: &str = "switchyard_cost_saved_nanousd_total";
@@ -173,7 +189,27 @@ fn describe() {
     );
     describe_counter!(
         COST,
-        "Estimated spend in nano-USD (1e-9 USD), by pool and tier"
+        "Usage spend in nano-USD (1e-9 USD): what pools billed per use for the requests, by pool and tier"
+    );
+    describe_counter!(
+        CAPACITY_COST,
+        "Capacity spend of provisioned pools in nano-USD, accrued busy or idle, by pool"
+    );
+    describe_counter!(
+        EGRESS_COST,
+        "Egress spend in nano-USD of bytes that crossed regions to and from pools, by pool and tier"
+    );
+    describe_counter!(
+        EGRESS_BYTES,
+        "Bytes that crossed regions between the gateway and pools, by pool and direction"
+    );
+    describe_gauge!(
+        POOL_REPLICAS,
+        "Replicas a provisioned pool pays for, by pool"
+    );
+    describe_gauge!(
+        POOL_UTILISATION,
+        "Requests in flight over concurrency, averaged over the last minute, by pool"
     );
     describe_counter!(
         TOKEN_COST,

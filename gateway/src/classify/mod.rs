@@ -89,6 +89,8 @@ pub struct Class {
     /// client connected directly (not through a trusted proxy) and the gateway knows its
     /// region; set by the proxy after classification. `None`: the policy's matrix is used.
     pub client_rtt: Option<Duration>,
+    /// The request body's length: the bytes that cross to the pool's region (egress).
+    pub request_bytes: u32,
 }
 
 impl Class {
@@ -118,6 +120,7 @@ impl Class {
             cacheable: false,
             inference: true,
             client_rtt: None,
+            request_bytes: 0,
         }
     }
 }
@@ -253,6 +256,9 @@ pub fn classify(
         cacheable,
         inference,
         client_rtt: None,
+        request_bytes: facts
+            .body
+            .map_or(0, |b| u32::try_from(b.len()).unwrap_or(u32::MAX)),
     })
 }
 

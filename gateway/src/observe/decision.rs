@@ -30,8 +30,9 @@
 //! | `attempts` | upstream attempts made |
 //! | `upstream_ms` | time to the answering attempt's response header (`null` if none) |
 //! | `elapsed_ms`, `status` | the request's whole time in the gateway and its status |
-//! | `spend_usd` | the spend counted for it (0 when not charged) |
-//! | `tokens` | tokens used when known (`null` today: the gateway does not read answers' usage) |
+//! | `spend_usd` | what it was billed: usage and egress (0 when not charged; capacity is billed by the hour) |
+//! | `egress_usd` | the egress part of `spend_usd` |
+//! | `tokens` | `{"input", "output"}` tokens the answer used, on a pool priced per token (else `null`) |
 
 use super::access::NONE;
 use crate::serving::Serving;
@@ -72,6 +73,10 @@ pub struct DecisionRecord {
     pub elapsed: Duration,
     pub status: u16,
     pub spend_usd: f64,
+    /// The part of `spend_usd` that is egress.
+    pub egress_usd: f64,
+    /// Tokens the answer used (input, output), on a pool priced per token.
+    pub tokens: Option<(u64, u64)>,
 }
 
 /// The protocol as written in the policy.
@@ -154,13 +159,20 @@ impl DecisionRecord {
             }
             None => out.push_str("null"),
         }
-        let _ = writeln!(
+        let _ = write!(
             out,
-            ",\"elapsed_ms\":{:.3},\"status\":{},\"spend_usd\":{:e},\"tokens\":null}}",
+            ",\"elapsed_ms\":{:.3},\"status\":{},\"spend_usd\":{:e},\"egress_usd\":{:e},\"tokens\":",
             self.elapsed.as_secs_f64() * 1e3,
             self.status,
-            self.spend_usd
+            self.spend_usd,
+            self.egress_usd,
         );
+        match self.tokens {
+            Some((input, output)) => {
+                let _ = writeln!(out, "{{\"input\":{input},\"output\":{output}}}}}");
+            }
+            None => out.push_str("null}\n"),
+        }
     }
 }
 

@@ -13,6 +13,7 @@
 
 pub mod access;
 pub mod decision;
+pub mod spend;
 pub mod status;
 pub mod text;
 

@@ -25,7 +25,6 @@
 use crate::cache::Outcome;
 use crate::classify::Class;
 use crate::policy::compile::PoolId;
-use crate::route::Decision;
 use crate::serving::state::now_ms;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -201,18 +200,18 @@ impl Via {
 /// Record one finished request (called once from the proxy's `logging` phase).
 ///
 /// `via` is where it was answered from, `cache` what the cache did with it, `status` the
-/// status sent (0 when none was; 499 when the client went away). Spend is counted by the same
-/// rule as `switchyard_cost_nanousd_total`.
+/// status sent (0 when none was; 499 when the client went away), `spend_usd` what it was
+/// billed (the record's usage and egress, as counted in the spend metrics).
 #[inline]
 pub fn record(
     class: Option<&Class>,
-    decision: Option<&Decision>,
     via: Via,
     cache: Option<Outcome>,
     status: u16,
     elapsed: Duration,
+    spend_usd: f64,
 ) {
-    AGGREGATE.record(class, decision, via, cache, status, elapsed, now_ms());
+    AGGREGATE.record(class, via, cache, status, elapsed, spend_usd, now_ms());
 }
 
 /// Record spend avoided by an answer from the cache, in nano-USD (called where the proxy
@@ -269,11 +268,11 @@ impl Aggregate {
     pub fn record(
         &self,
         class: Option<&Class>,
-        decision: Option<&Decision>,
         via: Via,
         cache: Option<Outcome>,
         status: u16,
         elapsed: Duration,
+        spend_usd: f64,
         now: u64,
     ) {
         self.requests.fetch_add(1, Ordering::Relaxed);
@@ -296,13 +295,8 @@ impl Aggregate {
         if let Some(p) = pool {
             self.pool_requests[p].fetch_add(1, Ordering::Relaxed);
             slot.pool_requests[p].fetch_add(1, Ordering::Relaxed);
-            // Metadata reads (`Class::inference` false) are routed but cost nothing.
-            let cost = decision
-                .and_then(|d| d.estimate)
-                .filter(|_| class.is_none_or(|c| c.inference))
-                .map(|e| e.cost_usd);
-            if let (Some(cost), true) = (cost, (200..500).contains(&status)) {
-                let nusd = crate::telemetry::nano_usd(cost);
+            if spend_usd > 0.0 {
+                let nusd = crate::telemetry::nano_usd(spend_usd);
                 self.pool_cost_nusd[p].fetch_add(nusd, Ordering::Relaxed);
                 slot.pool_cost_nusd[p].fetch_add(nusd, Ordering::Relaxed);
             }
@@ -495,20 +489,20 @@ mod tests {
         let t0 = 5 * SLOT_MS;
         agg.record(
             None,
-            None,
             Via::Pool(1),
             None,
             200,
             Duration::from_millis(3),
+            0.0,
             t0,
         );
         agg.record(
             None,
-            None,
             Via::Pool(1),
             None,
             200,
             Duration::from_millis(3),
+            0.0,
             t0 + 1,
         );
         assert_eq!(agg.window(t0 + 2).pool_requests[1], 2);
@@ -520,11 +514,11 @@ mod tests {
         assert_eq!(agg.window(much_later).pool_requests[1], 0);
         agg.record(
             None,
-            None,
             Via::Pool(1),
             None,
             200,
             Duration::from_millis(3),
+            0.0,
             much_later,
         );
         assert_eq!(agg.window(much_later).pool_requests[1], 1);
@@ -533,17 +527,18 @@ mod tests {
         // Pools past the limit are ignored, not a panic.
         agg.record(
             None,
-            None,
             Via::Pool(MAX_POOLS as PoolId),
             None,
             200,
             Duration::ZERO,
+            0.0,
             much_later,
         );
     }
 
     fn class(tier: u16, deadline_ms: u64) -> Class {
         Class {
+            request_bytes: 0,
             route: 0,
             client_ip: std::net::IpAddr::from([192, 0, 2, 1]),
             country: None,
@@ -569,47 +564,47 @@ mod tests {
         let rt = class(1, 100);
         agg.record(
             Some(&rt),
-            None,
             Via::Pool(0),
             None,
             200,
             Duration::from_millis(20),
+            0.0,
             now,
         );
         agg.record(
             Some(&rt),
-            None,
             Via::Pool(2),
             None,
             200,
             Duration::from_millis(200),
+            0.0,
             now,
         ); // too slow
         agg.record(
             Some(&rt),
-            None,
             Via::Nothing,
             None,
             503,
             Duration::from_millis(1),
+            0.0,
             now,
         ); // shed
         agg.record(
             Some(&rt),
-            None,
             Via::of(None, Some(Outcome::Hit), false),
             Some(Outcome::Hit),
             200,
             Duration::from_millis(1),
+            0.0,
             now,
         );
         agg.record(
             Some(&rt),
-            None,
             Via::of(None, Some(Outcome::Miss), true),
             Some(Outcome::Miss),
             202,
             Duration::from_millis(1),
+            0.0,
             now,
         );
         let w = agg.window(now);
@@ -627,11 +622,11 @@ mod tests {
         // Tiers past the limit are ignored.
         agg.record(
             Some(&class(MAX_TIERS as u16, 1)),
-            None,
             Via::Nothing,
             None,
             200,
             Duration::ZERO,
+            0.0,
             now,
         );
         assert_eq!(agg.requests.load(Ordering::Relaxed), 6);

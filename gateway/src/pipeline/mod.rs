@@ -205,6 +205,8 @@ pub(crate) struct Request {
     pub tokens: Option<Meter>,
     /// How it was answered.
     pub answered: Answered,
+    /// Bytes of the upstream answer's body relayed (egress, the pool's average).
+    pub answer_bytes: u64,
     /// The status it counts as (a gRPC error's HTTP equivalent; 499 for a client gone).
     pub status: u16,
     /// Why it failed, for the access log.
@@ -238,6 +240,7 @@ impl Request {
             ticket: None,
             tokens: None,
             answered: Answered::Gateway,
+            answer_bytes: 0,
             status: 0,
             error: None,
         }
@@ -262,7 +265,7 @@ impl Request {
         self.status = resp.status.as_u16();
         let target = self.trail.as_ref().and_then(|t| t.tried.last().copied());
         if let Some((p, _)) = target {
-            if self.table.pools[p as usize].price.per_token() && resp.status.is_success() {
+            if self.table.pools[p as usize].pricing.per_token() && resp.status.is_success() {
                 let ct = resp.headers.get(http::header::CONTENT_TYPE);
                 let ct = ct.map_or(&b""[..], |v| v.as_bytes());
                 let bytes = self.permit.as_ref().map_or(0, |p| p.bytes()) as usize;
@@ -281,6 +284,9 @@ impl Request {
     /// A piece of the answer's body on its way to the client: the cache's capture and the
     /// token meter see it.
     fn on_body(&mut self, chunk: Option<&Bytes>, end: bool) {
+        if let Some(chunk) = chunk {
+            self.answer_bytes += chunk.len() as u64;
+        }
         self.cache.on_body(&chunk.cloned(), end);
         if let (Some(meter), Some(chunk)) = (self.tokens.as_mut(), chunk) {
             meter.on_body(chunk);

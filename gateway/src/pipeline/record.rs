@@ -11,6 +11,7 @@ use crate::observe::access::AccessRecord;
 use crate::observe::decision::DecisionRecord;
 use crate::observe::status::{self, Via};
 use crate::policy::compile::PoolId;
+use crate::route::cost;
 use crate::serving::Serving;
 use crate::telemetry as t;
 use pingora::protocols::http::ServerSession;
@@ -37,14 +38,6 @@ pub(super) fn finish(gw: &Gateway, session: &ServerSession, mut req: Request) {
         (None, Answered::Queue) => Via::Queue,
         _ => Via::Nothing,
     };
-    status::record(
-        req.class.as_ref(),
-        decision.as_ref(),
-        via,
-        req.cache.outcome,
-        status,
-        elapsed,
-    );
     let table = req.table.clone();
     let none = u16::MAX;
     let class = req.class.as_ref();
@@ -75,7 +68,7 @@ pub(super) fn finish(gw: &Gateway, session: &ServerSession, mut req: Request) {
     });
     handles.requests.increment(1);
     handles.duration.record(elapsed.as_secs_f64());
-    let mut spend_usd = 0.0;
+    let mut bill = None;
     if let (Some(class), Some(d)) = (class, &decision) {
         handles.decisions.increment(1);
         if elapsed > class.deadline {
@@ -83,21 +76,32 @@ pub(super) fn finish(gw: &Gateway, session: &ServerSession, mut req: Request) {
         }
         // Metadata reads (`Class::inference` false) are routed like inference but are not
         // spend; neither is an error answer.
-        let spent = class.inference
-            && (200..500).contains(&status)
-            && target.is_some()
-            && counts_spend(session, &req);
-        if let (Some(est), true) = (d.estimate, spent) {
-            let usd = match req.tokens.as_mut() {
-                // Priced per token: what the answer used, not the estimate.
-                Some(meter) => token_spend(&table, target.map(|t| t.0), meter, tier),
-                None => est.cost_usd,
-            };
-            spend_usd = usd;
-            handles.cost.increment(t::nano_usd(usd));
-            admit::charge(req.ticket.as_ref(), usd);
+        let spent = class.inference && (200..500).contains(&status) && counts_spend(session, &req);
+        if let (Some((p, _)), Some(est), true) = (target, d.estimate, spent) {
+            // The service time the answer took, else what the decision expected.
+            let service = trail.and_then(|t| t.service_time).unwrap_or(est.service);
+            let billed = charge(
+                &table,
+                (p, class),
+                service,
+                req.tokens.as_mut(),
+                req.answer_bytes,
+                tier,
+            );
+            handles.cost.increment(billed.usage_nusd);
+            bill = Some(billed);
         }
     }
+    let spend_usd = bill.as_ref().map_or(0.0, Billed::usd);
+    admit::charge(req.ticket.as_ref(), spend_usd);
+    status::record(
+        req.class.as_ref(),
+        via,
+        req.cache.outcome,
+        status,
+        elapsed,
+        spend_usd,
+    );
     if let Some(log) = &gw.decisions {
         log.record(DecisionRecord {
             at: SystemTime::now(),
@@ -118,6 +122,10 @@ pub(super) fn finish(gw: &Gateway, session: &ServerSession, mut req: Request) {
             elapsed,
             status,
             spend_usd,
+            egress_usd: bill
+                .as_ref()
+                .map_or(0.0, |b| b.egress_nusd as f64 / t::NANO_USD),
+            tokens: bill.as_ref().and_then(|b| b.tokens),
         });
     }
     if let Some(log) = &gw.access {
@@ -154,32 +162,82 @@ fn counts_spend(session: &ServerSession, req: &Request) -> bool {
         || Method::from_path(session.req_header().uri.path()).is_some_and(|m| m.is_inference())
 }
 
-/// The spend of an answer from a pool priced per token: its `usage` (or the estimate from
-/// bytes), counted by source and folded into the pool's tokens-per-request average.
-fn token_spend(
+/// What one request was billed on the pool that answered it (`route::cost`).
+struct Billed {
+    usage_nusd: u64,
+    egress_nusd: u64,
+    /// Tokens the answer used (`usage`, or estimated from bytes), on a pool priced per token.
+    tokens: Option<(u64, u64)>,
+}
+
+impl Billed {
+    fn usd(&self) -> f64 {
+        (self.usage_nusd + self.egress_nusd) as f64 / t::NANO_USD
+    }
+}
+
+/// Bill a request on pool `p` as the pool's bill will: usage (per request, the tokens the
+/// answer used, the GPU-hours of its service time; nothing on a provisioned pool) and the
+/// egress of its bytes between the gateway's region and the pool's. Folds the answer's
+/// tokens and bytes into the pool's averages, and counts it in the pool's spend.
+fn charge(
     table: &Serving,
-    pool: Option<PoolId>,
-    meter: &mut crate::route::tokens::Meter,
+    (p, class): (PoolId, &Class),
+    service: std::time::Duration,
+    meter: Option<&mut crate::route::tokens::Meter>,
+    answer_bytes: u64,
     tier: &str,
-) -> f64 {
-    let Some(p) = pool else {
-        return 0.0;
-    };
+) -> Billed {
     let pool = &table.pools[p as usize];
     let state = table.live.pool(p);
-    let usage = meter.finish();
-    state.tokens.record(usage.input, usage.output);
-    let source = usage.source();
-    metrics::counter!(t::TOKENS, "pool" => pool.name.clone(), "kind" => "input", "source" => source)
-        .increment(usage.input);
-    metrics::counter!(t::TOKENS, "pool" => pool.name.clone(), "kind" => "output", "source" => source)
-        .increment(usage.output);
-    let usd = pool.price.per_request
-        + pool.price.per_gpu_hour * state.service_time().as_secs_f64() / 3600.0
-        + usage.cost_usd(&pool.price);
-    metrics::counter!(t::TOKEN_COST, "pool" => pool.name.clone(), "tier" => tier.to_string(), "source" => source)
-        .increment(t::nano_usd(usd));
-    usd
+    let tokens = meter.map(|meter| {
+        let usage = meter.finish();
+        state.tokens.record(usage.input, usage.output);
+        let source = usage.source();
+        metrics::counter!(t::TOKENS, "pool" => pool.name.clone(), "kind" => "input", "source" => source)
+            .increment(usage.input);
+        metrics::counter!(t::TOKENS, "pool" => pool.name.clone(), "kind" => "output", "source" => source)
+            .increment(usage.output);
+        (usage.input, usage.output, source)
+    });
+    // Without an answer's `usage` (an error, a client gone), the pool's average stands in.
+    let expected = match tokens {
+        Some((input, output, _)) => (input as f64, output as f64),
+        None => state.tokens.get(),
+    };
+    let usage_nusd = t::nano_usd(cost::usage(&pool.pricing, service, expected));
+    if let Some((_, _, source)) = tokens {
+        metrics::counter!(t::TOKEN_COST, "pool" => pool.name.clone(), "tier" => tier.to_string(), "source" => source)
+            .increment(usage_nusd);
+    }
+    if answer_bytes > 0 {
+        state.answer_bytes.record(answer_bytes as f64);
+    }
+    let here = cost::gateway_region(table, class);
+    let (up, down) = (u64::from(class.request_bytes), answer_bytes);
+    let egress_nusd = t::nano_usd(cost::egress(
+        table,
+        here,
+        pool.region,
+        up as f64,
+        down as f64,
+    ));
+    if here != pool.region {
+        metrics::counter!(t::EGRESS_BYTES, "pool" => pool.name.clone(), "direction" => "to_pool")
+            .increment(up);
+        metrics::counter!(t::EGRESS_BYTES, "pool" => pool.name.clone(), "direction" => "from_pool")
+            .increment(down);
+        if egress_nusd > 0 {
+            metrics::counter!(t::EGRESS_COST, "pool" => pool.name.clone(), "tier" => tier.to_string())
+                .increment(egress_nusd);
+        }
+    }
+    state.spend.bill(usage_nusd, egress_nusd);
+    Billed {
+        usage_nusd,
+        egress_nusd,
+        tokens: tokens.map(|(i, o, _)| (i, o)),
+    }
 }
 
 fn status_label(status: u16) -> &'static str {

@@ -35,6 +35,16 @@ pub struct Policy {
     #[serde(default)]
     #[cfg_attr(feature = "schema", schemars(with = "Option<String>"))]
     pub gateway_region: Option<Spanned<String>>,
+    /// USD per GB of traffic between regions, `egress_usd_per_gb[from][to]`, charged on the
+    /// request and answer bytes that cross regions between the gateway and a pool. A pair
+    /// given one way is taken for both; a pair not given, and a region to itself, cost 0.
+    /// Default: none.
+    #[serde(default)]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "BTreeMap<String, BTreeMap<String, f64>>")
+    )]
+    pub egress_usd_per_gb: BTreeMap<String, BTreeMap<String, Spanned<f64>>>,
     /// Round-trip time in milliseconds between regions: `rtt_ms[from][to]`. Each unordered
     /// pair must be given at least once; the matrix is taken as symmetric.
     #[cfg_attr(
@@ -563,8 +573,8 @@ pub struct Pool {
     /// Upstream request headers set (or replaced) on every request to this pool, e.g.
     /// `authorization: "Bearer ${OPENAI_API_KEY}"`. `${NAME}` / `${NAME:-default}` are
     /// expanded from the gateway's environment at load (an unset variable is a load error);
-    /// values are never shown (`***`). When `authorization` is set here, the client's own
-    /// `Authorization` and `x-api-key` are never forwarded to the pool.
+    /// values are never shown (`***`). A pool that sets a credential here (`authorization`,
+    /// `api-key`, `x-api-key`, or any value from `${…}`) never gets the client's own.
     #[serde(default)]
     #[cfg_attr(feature = "schema", schemars(with = "BTreeMap<String, String>"))]
     pub headers: BTreeMap<String, Spanned<String>>,
@@ -700,16 +710,42 @@ pub struct HealthCheck {
     pub unhealthy_threshold: Option<Spanned<u32>>,
 }
 
-/// A pool's price model; each price defaults to 0.
-#[derive(Debug, Deserialize, Default, Clone, Copy)]
+/// How a pool is paid for (`price.billing`).
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum Billing {
+    /// Replicas paid by the hour, busy or idle (`per_replica_hour` × `replicas`): a GPU
+    /// cluster the platform team runs. A request costs nothing more while the pool is under
+    /// its `safe_utilisation`, and more as it nears saturation.
+    Provisioned,
+    /// Paid per request and per token (`per_request`, `per_1k_input_tokens`,
+    /// `per_1k_output_tokens`): a hosted model API.
+    PerUse,
+    /// Paid per use like `per_use`, scaled to zero after `idle_timeout` without a request:
+    /// the first request after that waits for a `cold_start`.
+    Serverless,
+    /// Paid per GPU-hour of work (`per_gpu_hour` × service time): batch workers.
+    Batch,
+}
+
+/// A pool's price model: how it is billed, and its prices (each 0 unless written).
+#[derive(Debug, Deserialize, Default, Clone)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Price {
+    /// How the pool is paid for. Default: from the prices written: `per_replica_hour` →
+    /// `provisioned`, `cold_start` → `serverless`, only `per_gpu_hour` → `batch`, else
+    /// `per_use`.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<Billing>"))]
+    pub billing: Option<Spanned<Billing>>,
     /// USD per request.
     #[serde(default)]
     #[cfg_attr(feature = "schema", schemars(range(min = 0)))]
     pub per_request: f64,
-    /// USD per GPU-hour, charged for the expected service time.
+    /// USD per GPU-hour, charged for the service time of each request (`batch`; also adds to
+    /// a `per_use` pool's price).
     #[serde(default)]
     #[cfg_attr(feature = "schema", schemars(range(min = 0)))]
     pub per_gpu_hour: f64,
@@ -721,13 +757,30 @@ pub struct Price {
     #[serde(default)]
     #[cfg_attr(feature = "schema", schemars(range(min = 0)))]
     pub per_1k_output_tokens: f64,
-}
-
-impl Price {
-    /// Whether the pool bills per token (the spend then waits for the answer's `usage`).
-    pub fn per_token(&self) -> bool {
-        self.per_1k_input_tokens > 0.0 || self.per_1k_output_tokens > 0.0
-    }
+    /// `provisioned`: USD per replica-hour, paid busy or idle.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(range(min = 0)))]
+    pub per_replica_hour: f64,
+    /// `provisioned`: the replicas paid for. Default: the pool's endpoints (as resolved).
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<u32>", range(min = 1)))]
+    pub replicas: Option<Spanned<u32>>,
+    /// `provisioned`: the share of `concurrency` in flight up to which a request costs
+    /// nothing more (the pool meets its objectives up to there). Default 0.7.
+    #[serde(default)]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "Option<f64>", range(min = 0.05, max = 1.0))
+    )]
+    pub safe_utilisation: Option<Spanned<f64>>,
+    /// `serverless`: how long the first request waits when the pool has scaled to zero.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<schema::Duration>"))]
+    pub cold_start: Option<Spanned<String>>,
+    /// `serverless`: how long without a request before the pool scales to zero. Default 5m.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<schema::Duration>"))]
+    pub idle_timeout: Option<Spanned<String>>,
 }
 
 /// A request route; the first whose `match` fits the path wins.

@@ -16,12 +16,13 @@
 //! allocation (up to 24 candidates meeting the deadline), no locks. [`explain`] runs the same code and also reports every candidate, so
 //! the admin API's explanation cannot disagree with what the proxy does.
 
+pub mod cost;
 pub mod health;
 pub mod network;
 pub mod tokens;
 
 use crate::classify::Class;
-use crate::policy::compile::{Pool, PoolId};
+use crate::policy::compile::{Billing, Pool, PoolId};
 use crate::policy::raw::{OnSloMiss, Protocol};
 use crate::serving::state::{self, EndpointState, Live};
 use crate::serving::Serving;
@@ -43,6 +44,8 @@ pub struct Estimate {
     pub pool_rtt: Duration,
     #[serde(serialize_with = "ser_ms")]
     pub service: Duration,
+    /// The parts of `cost_usd` (`cost`): usage, egress, the capacity it displaces.
+    pub cost: cost::Terms,
 }
 
 fn ser_ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -224,29 +227,47 @@ pub fn estimate_at(
     // pool looks 10× slower rather than infinitely slow. An idle pool (most pools in most
     // decisions) has factor 1: no division.
     let in_flight = state.in_flight();
-    let queued = if in_flight == 0 {
+    let mut queued = if in_flight == 0 {
         service
     } else {
         let rho = (in_flight as f64 / pool.concurrency as f64).min(0.9);
         // (Integer nanoseconds rather than `mul_f64`, whose checked float conversion is slow.)
         Duration::from_nanos((service.as_nanos() as u64 as f64 / (1.0 - rho)) as u64)
     };
+    if let Billing::Serverless {
+        cold_start,
+        idle_timeout,
+    } = pool.pricing.billing
+    {
+        // Scaled to zero after `idle_timeout` without a request: the next one waits for a
+        // replica to start.
+        let idle = state.idle_ms(now_ms);
+        if idle.is_none_or(|ms| u128::from(ms) >= idle_timeout.as_millis()) {
+            queued += cold_start;
+        }
+    }
     // The network is not queued: only the service time is multiplied.
     let client_rtt = network::client_rtt(class, table);
     let pool_rtt = network::pool_rtt(pool, state, class, table);
     let latency = client_rtt + pool_rtt + queued;
-    // Per-token prices charge the pool's moving average of tokens per request (`tokens`).
-    let cost_usd = pool.price.per_request
-        // Nanoseconds times a constant: `as_secs_f64` and a division by 3600 were two
-        // dependent float divisions per pool, the slowest instructions in a decision.
-        + pool.price.per_gpu_hour * nanos(service) * (1.0 / 3.6e12)
-        + state.tokens.expected_cost_usd(&pool.price);
+    // Priced as the bill prices it (`cost`): usage at the pool's average tokens per request,
+    // the egress of this body and the pool's average answer, the capacity it displaces.
+    let cost = cost::marginal(
+        pool,
+        in_flight,
+        service,
+        state.tokens.get(),
+        state.answer_bytes.get(),
+        class,
+        table,
+    );
     Estimate {
         latency,
-        cost_usd,
+        cost_usd: cost.total(),
         client_rtt,
         pool_rtt,
         service: queued,
+        cost,
     }
 }
 

@@ -12,8 +12,6 @@
 //! - [`TokenAverage`] is the pool's moving average of tokens per request, which is what the
 //!   routing estimate charges before an answer is known (atomics; no lock on the hot path).
 
-use crate::policy::raw::Price;
-
 /// Largest plain JSON answer searched for `usage` (a bigger one is estimated).
 pub const MAX_JSON: usize = 1024 * 1024;
 /// Longest SSE line kept while looking for the `usage` event.
@@ -30,12 +28,6 @@ pub struct Usage {
 }
 
 impl Usage {
-    /// USD for these tokens at `price` (per-token part only).
-    pub fn cost_usd(&self, price: &Price) -> f64 {
-        self.input as f64 / 1000.0 * price.per_1k_input_tokens
-            + self.output as f64 / 1000.0 * price.per_1k_output_tokens
-    }
-
     /// The metric label: `usage` (reported by the pool) or `estimated` (from bytes).
     pub fn source(&self) -> &'static str {
         if self.estimated {

@@ -16,7 +16,6 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 pub use super::budget::RetryBudget;
-use crate::policy::raw::Price;
 
 /// Tokens per request a pool is assumed to use before any answer is measured.
 pub const PRIOR_INPUT_TOKENS: f64 = 500.0;
@@ -142,6 +141,13 @@ pub struct PoolState {
     started: [AtomicU64; TRACKED],
     /// Tokens per request, for per-token prices (`route::tokens`).
     pub tokens: TokenAverage,
+    /// Answer bytes per request, for egress prices (`route::cost`).
+    pub answer_bytes: Average,
+    /// What the pool has cost since start, as the bill shows it (`observe::spend`).
+    pub spend: Spend,
+    /// When an attempt last started on the pool (ms; 0: never): a serverless pool idle for
+    /// longer than its `idle_timeout` has scaled to zero.
+    last_used_ms: AtomicU64,
     /// Measured gateway → pool round trip (µs, EWMA of its endpoints' probes); 0 = none yet.
     rtt_us: AtomicU64,
     /// When a request was last let through as a probe (`route::probe_instead_of_shed`).
@@ -159,14 +165,28 @@ impl PoolState {
             in_flight: AtomicU32::new(0),
             started: std::array::from_fn(|_| AtomicU64::new(0)),
             tokens: Default::default(),
+            answer_bytes: Average::new(PRIOR_ANSWER_BYTES),
+            spend: Spend::default(),
+            last_used_ms: AtomicU64::new(0),
             rtt_us: AtomicU64::new(0),
             last_probe_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// How long the pool has gone without an attempt at `now` (`None`: never used).
+    pub fn idle_ms(&self, now: u64) -> Option<u64> {
+        match self.last_used_ms.load(Ordering::Relaxed) {
+            0 => None,
+            last => Some(now.saturating_sub(last)),
         }
     }
 
     /// Remember that an attempt started at `now` (a free slot, if any; `None` when all
     /// [`TRACKED`] slots are taken, which only loses precision).
     pub fn track_start(&self, now: u64) -> Option<u8> {
+        if self.last_used_ms.load(Ordering::Relaxed) != now {
+            self.last_used_ms.store(now.max(1), Ordering::Relaxed);
+        }
         (0..TRACKED)
             .find(|&i| {
                 self.started[i]
@@ -688,6 +708,86 @@ impl Fleet {
     }
 }
 
+/// What a pool has cost since the process started, in nano-USD, as its bill shows it:
+/// capacity (a provisioned pool's replica-hours, accrued with time by `observe::spend`),
+/// usage (what each request was billed) and egress; and its utilisation.
+#[derive(Debug, Default)]
+pub struct Spend {
+    capacity_nusd: AtomicU64,
+    usage_nusd: AtomicU64,
+    egress_nusd: AtomicU64,
+    /// Requests billed (answered, or abandoned after the pool started on them).
+    requests: AtomicU64,
+    /// In flight over concurrency, averaged over about a minute (f64 bits).
+    utilisation: AtomicU64,
+}
+
+/// A copy of a pool's [`Spend`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct SpendTotals {
+    pub capacity_usd: f64,
+    pub usage_usd: f64,
+    pub egress_usd: f64,
+    pub requests: u64,
+    pub utilisation: f64,
+}
+
+impl Spend {
+    /// One request billed `usage_nusd` and `egress_nusd`.
+    pub fn bill(&self, usage_nusd: u64, egress_nusd: u64) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.usage_nusd.fetch_add(usage_nusd, Ordering::Relaxed);
+        self.egress_nusd.fetch_add(egress_nusd, Ordering::Relaxed);
+    }
+
+    /// Capacity paid for over a stretch of time.
+    pub fn accrue(&self, nusd: u64) {
+        self.capacity_nusd.fetch_add(nusd, Ordering::Relaxed);
+    }
+
+    /// Fold a utilisation sample in, with weight `alpha`.
+    pub fn sample_utilisation(&self, sample: f64, alpha: f64) {
+        let old = f64::from_bits(self.utilisation.load(Ordering::Relaxed));
+        let new = old + alpha * (sample - old);
+        self.utilisation.store(new.to_bits(), Ordering::Relaxed);
+    }
+
+    pub fn totals(&self) -> SpendTotals {
+        let usd = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64 / 1e9;
+        SpendTotals {
+            capacity_usd: usd(&self.capacity_nusd),
+            usage_usd: usd(&self.usage_nusd),
+            egress_usd: usd(&self.egress_nusd),
+            requests: self.requests.load(Ordering::Relaxed),
+            utilisation: f64::from_bits(self.utilisation.load(Ordering::Relaxed)),
+        }
+    }
+}
+
+/// Answer bytes per request a pool is assumed to send before any answer is measured.
+pub const PRIOR_ANSWER_BYTES: f64 = 2048.0;
+
+/// A moving average (EWMA, α = 1/16) stored as f64 bits in an atomic: read by every routing
+/// estimate, written once per answer; a lost update under contention only slows it.
+#[derive(Debug)]
+pub struct Average(AtomicU64);
+
+impl Average {
+    pub fn new(prior: f64) -> Self {
+        Average(AtomicU64::new(prior.to_bits()))
+    }
+
+    pub fn record(&self, v: f64) {
+        let old = f64::from_bits(self.0.load(Ordering::Relaxed));
+        let new = old + TokenAverage::ALPHA * (v - old);
+        self.0.store(new.to_bits(), Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> f64 {
+        f64::from_bits(self.0.load(Ordering::Relaxed))
+    }
+}
+
 /// A pool's moving average of input and output tokens per request (EWMA, α = 1/16),
 /// stored as f64 bits in atomics: read by every routing estimate, written once per answer.
 #[derive(Debug)]
@@ -725,15 +825,6 @@ impl TokenAverage {
             f64::from_bits(self.input.load(Ordering::Relaxed)),
             f64::from_bits(self.output.load(Ordering::Relaxed)),
         )
-    }
-
-    /// The expected per-token cost of one request at `price`.
-    pub fn expected_cost_usd(&self, price: &Price) -> f64 {
-        if !price.per_token() {
-            return 0.0;
-        }
-        let (i, o) = self.get();
-        i / 1000.0 * price.per_1k_input_tokens + o / 1000.0 * price.per_1k_output_tokens
     }
 }
 

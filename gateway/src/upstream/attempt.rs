@@ -145,13 +145,13 @@ impl Attempt {
     /// The response header arrived, counting as `status` (a gRPC trailers-only UNAVAILABLE
     /// counts as 503): the time since the request was sent is the upstream time the
     /// estimates track (less the round trip: `route::network`), and a 5xx counts towards
-    /// ejecting the endpoint. Returns the upstream time.
-    pub fn answered(&mut self, status: u16) -> Duration {
+    /// ejecting the endpoint. Returns the upstream time and the service time in it.
+    pub fn answered(&mut self, status: u16) -> (Duration, Duration) {
         let took = self.started.elapsed();
         let table = &self.table;
         let (p, e) = self.target;
         let pool = &table.pools[p as usize];
-        route::network::observe_upstream(table, self.target, took);
+        let service = route::network::observe_upstream(table, self.target, took);
         // Answered: no longer a candidate for "overdue" (a streamed body may go on for long).
         if let Some(slot) = self.overdue.take() {
             table.live.pool(p).untrack(slot);
@@ -169,7 +169,7 @@ impl Attempt {
                 .increment(1);
             tracing::warn!(pool = %pool.name, endpoint = %pool.endpoints[e as usize].name, status, backoff_ms = backoff.as_millis() as u64, "endpoint ejected after consecutive failures");
         }
-        took
+        (took, service)
     }
 
     /// The attempt could not connect. A refused or timed-out connect ejects the endpoint at

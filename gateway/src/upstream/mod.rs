@@ -75,6 +75,9 @@ pub struct Trail {
     pub tried: Vec<(PoolId, u16)>,
     /// Time to the answering attempt's response header.
     pub upstream_time: Option<Duration>,
+    /// The service time in it (the upstream time less the network: `route::network`): what
+    /// a pool billed by the GPU-hour charges for.
+    pub service_time: Option<Duration>,
     /// `Some(true)`: a second attempt was sent (hedging tier); `Some(false)`: a hedging tier
     /// that did not need one.
     pub hedged: Option<bool>,
@@ -86,6 +89,7 @@ impl Trail {
             decision,
             tried: Vec::new(),
             upstream_time: None,
+            service_time: None,
             hedged: None,
         }
     }
@@ -117,7 +121,8 @@ pub async fn send(out: &mut Outbound<'_>, trail: &mut Trail) -> Result<Answer, G
             Ok(head) => {
                 let status = status_of(out.grpc, &head.header);
                 let mut attempt = attempt;
-                trail.upstream_time = Some(attempt.answered(status));
+                let (upstream, service) = attempt.answered(status);
+                (trail.upstream_time, trail.service_time) = (Some(upstream), Some(service));
                 if status >= 500 && may_retry(out, trail) {
                     // A 5xx on an idempotent route, retried elsewhere with the whole body.
                     let pool = &table.pools[attempt.target.0 as usize];

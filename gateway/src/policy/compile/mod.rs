@@ -25,6 +25,7 @@ mod observe;
 pub use super::raw::{DecisionHeaders, LogFormat};
 pub use observe::{LogTarget, DEFAULT_DECISION_LOG_BYTES};
 mod pools;
+mod pricing;
 mod queue;
 mod regions;
 mod routes;
@@ -36,6 +37,7 @@ pub use cache::CacheSettings;
 pub use limits::Limits;
 pub use listeners::TlsListener;
 pub use pools::{Endpoint, HealthCheck, ModelSet, Pool};
+pub use pricing::{Billing, Pricing, DEFAULT_IDLE_TIMEOUT, DEFAULT_SAFE_UTILISATION};
 pub use queue::{PoolDispatch, QueueBackend, QueueSettings};
 pub use routes::{PathMatch, Route, RouteCache};
 pub use tenants::Tenant;
@@ -166,6 +168,8 @@ pub struct RoutingTable {
     /// The `rtt_ms` matrix, `rtt[from * regions + to]`, as durations: converted once here
     /// because `decide` reads it for every candidate pool.
     rtt: Vec<Duration>,
+    /// `egress_usd_per_gb` as USD per byte, `[from * regions + to]`.
+    egress: Vec<f64>,
     /// Per client region, the pool regions allowed to serve it (`None`: any).
     residency: Vec<Option<Vec<RegionId>>>,
     pub tiers: Vec<Tier>,
@@ -244,6 +248,15 @@ impl RoutingTable {
             .get(from as usize * n + to as usize)
             .copied()
             .unwrap_or_default()
+    }
+
+    /// USD per byte of traffic from region `from` to region `to` (`egress_usd_per_gb`).
+    pub fn egress_per_byte(&self, from: RegionId, to: RegionId) -> f64 {
+        let n = self.regions.len();
+        self.egress
+            .get(from as usize * n + to as usize)
+            .copied()
+            .unwrap_or(0.0)
     }
 
     /// Whether residency rules let a pool in `pool` serve a client in `client`.
@@ -437,6 +450,7 @@ fn compile(
     limits::compile_admission(p, &raw, &tiers, &mut limits);
     let model_versions = pools::model_versions(p, &raw, &pools);
     let geoip = regions::geo_source(&raw, cx.file);
+    let egress = pricing::egress(p, &raw, &regions.names);
 
     if !problems.list.is_empty() {
         return Err(PolicyErrors(problems.list));
@@ -469,6 +483,7 @@ fn compile(
             .map(|ms| Duration::from_nanos((ms * 1e6) as u64))
             .collect(),
         residency: regions.residency,
+        egress,
         regions: regions.names,
         tiers: tiers.list,
         tenants: tenants.list,

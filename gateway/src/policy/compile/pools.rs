@@ -2,9 +2,10 @@
 //! `policy::resolve`), models, capacity, prices, health checks and hosted-API settings
 //! (`policy::hosted`), and the declared model versions.
 
+use super::pricing::{Billing, Pricing};
 use super::regions::Regions;
 use super::{duration_field, header_value, CompileContext, Problems, RegionId};
-use crate::policy::raw::{self, PoolKind, Price};
+use crate::policy::raw::{self, PoolKind};
 use crate::policy::resolve::NameResolution;
 use http::HeaderValue;
 use serde_saphyr::Spanned;
@@ -21,7 +22,8 @@ pub struct Pool {
     pub models: ModelSet,
     pub concurrency: u32,
     pub service_time: Duration,
-    pub price: Price,
+    /// How the pool is billed, and its prices (`policy::compile::pricing`).
+    pub pricing: Pricing,
     /// A batch pool behind the queue: requests for it become jobs, and the dispatcher keeps
     /// it within `concurrency`, so routing does not treat it as full (see `endpoint_limit`).
     pub queue_fed: bool,
@@ -46,6 +48,17 @@ impl Pool {
     /// makes that all or none, so the first one tells).
     pub fn serves_grpc(&self) -> bool {
         self.endpoints.first().is_some_and(|e| e.grpc.is_some())
+    }
+
+    /// The replicas a provisioned pool pays for: as written, else its endpoints (as
+    /// resolved); `None` for a pool billed per use.
+    pub fn replicas(&self) -> Option<u32> {
+        match self.pricing.billing {
+            Billing::Provisioned { replicas, .. } => {
+                Some(replicas.unwrap_or(self.endpoints.len().max(1) as u32))
+            }
+            _ => None,
+        }
     }
 
     /// The most requests one endpoint may have in flight: its share of `concurrency`.
@@ -138,17 +151,7 @@ pub(super) fn compile(
             );
         }
         let service_time = duration_field(p, &r.service_time, "service_time");
-        let price_ok = |v: f64| v.is_finite() && v >= 0.0;
-        if !price_ok(r.price.per_request)
-            || !price_ok(r.price.per_gpu_hour)
-            || !price_ok(r.price.per_1k_input_tokens)
-            || !price_ok(r.price.per_1k_output_tokens)
-        {
-            p.on(
-                pool,
-                format!("pool `{name}`: prices must be non-negative numbers"),
-            );
-        }
+        let pricing = super::pricing::compile(p, &name, pool, &r.price);
         let health = r.health.as_ref().map(|h| compile_health(p, &name, h));
         let hosted = crate::policy::hosted::compile(
             &name,
@@ -210,7 +213,7 @@ pub(super) fn compile(
             models: ModelSet::new(any, names),
             concurrency: r.concurrency.value.max(1),
             service_time,
-            price: r.price,
+            pricing,
             health,
             hosted,
         });
