@@ -1,7 +1,9 @@
 //! What an operator reads off a running gateway, on real sockets: abandoned requests are
 //! counted as `499` (not as errors the gateway never sent) and leave no in-flight count
 //! behind; the status JSON shows the cache and the queue; a live `/metrics` scrape passes
-//! `promtool check metrics` (when `promtool` is installed).
+//! `promtool check metrics` (when `promtool` is installed); the bill (capacity accrued busy or
+//! idle, usage per request, egress per byte that crosses regions) reads the same in
+//! `/admin/spend`, the metrics and the status JSON.
 
 mod support;
 
@@ -229,6 +231,11 @@ async fn a_live_scrape_passes_promtool() {
     ] {
         assert!(m.contains(family), "{family} missing from the scrape:\n{m}");
     }
+    promtool_accepts(&m);
+}
+
+/// `promtool check metrics` finds nothing to say about the scrape `m`.
+fn promtool_accepts(m: &str) {
     let mut child = std::process::Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(std::process::Stdio::piped())
@@ -368,5 +375,142 @@ async fn decision_headers_hide_the_endpoint_or_go_off_and_follow_a_reload() {
     assert_eq!(
         r.header("x-switchyard-endpoint"),
         Some(backend.addr().to_string().as_str())
+    );
+}
+
+fn promtool_installed() -> bool {
+    std::process::Command::new("promtool")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bill_shows_capacity_busy_or_idle_usage_and_egress() {
+    let (gpu, edge) = (mock("gpu", 0).await, mock("edge", 0).await);
+    // A provisioned GPU pool beside the clients (us): 1 replica at $36/hour is $0.01 a
+    // second, paid whether it serves or not. A per-use edge pool in eu, $0.001 a request,
+    // and $1,000 per GB from us to eu and back ($1e-6 a byte), so a few requests show.
+    let policy = Policy::new()
+        .pool(
+            Pool::gpu("gpu")
+                .endpoint(gpu.addr())
+                .price("{ per_replica_hour: 36 }"),
+        )
+        .pool(
+            Pool::edge("edge-eu")
+                .region("eu")
+                .endpoint(edge.addr())
+                .per_request(0.001),
+        )
+        .tier(Tier::new("standard", "5s", 0.0, ["edge"]))
+        .extra("egress_usd_per_gb: { us: { eu: 1000 } }\n");
+    let started = Instant::now();
+    let gw = Gateway::start(&policy.render()).await;
+    let body = chat("m");
+    let mut answer_bytes = 0;
+    for _ in 0..5 {
+        let r = gw.post("/v1/chat/completions", &[], &body).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.header("x-switchyard-pool"), Some("edge-eu"));
+        answer_bytes += r.body.len();
+    }
+    // Idle time is paid too.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let spend = gw.admin_get("/admin/spend").await;
+    assert_eq!(spend.status, 200, "{}", spend.text());
+    let spend: Value = serde_json::from_slice(&spend.body).expect("json");
+    let pool = |name: &str| {
+        spend["pools"]
+            .as_array()
+            .and_then(|a| a.iter().find(|p| p["pool"] == name))
+            .cloned()
+            .unwrap_or_else(|| panic!("no pool {name} in {spend}"))
+    };
+    let (g, e) = (pool("gpu"), pool("edge-eu"));
+    assert_eq!(g["billing"], "provisioned", "{g}");
+    assert_eq!(g["replicas"], 1, "{g}");
+    assert_eq!(g["capacity_usd_per_hour"], 36.0, "{g}");
+    let capacity = g["capacity_usd"].as_f64().unwrap_or(0.0);
+    let up_to = started.elapsed().as_secs_f64() * 0.01;
+    assert!(
+        capacity >= 0.01 && capacity <= up_to + 0.003,
+        "capacity accrues at $0.01/s for the ~{:.1} s the gateway ran: {g}",
+        up_to / 0.01
+    );
+    assert_eq!(
+        g["usage_usd"], 0.0,
+        "a provisioned pool bills nothing per request: {g}"
+    );
+    assert_eq!(e["requests"], 5, "{e}");
+    assert!(
+        (e["usage_usd"].as_f64().unwrap_or(0.0) - 0.005).abs() < 1e-9,
+        "{e}"
+    );
+    let bytes = 5 * body.len() + answer_bytes;
+    let egress = e["egress_usd"].as_f64().unwrap_or(0.0);
+    assert!(
+        (egress - bytes as f64 * 1e-6).abs() < 1e-5,
+        "egress on {bytes} bytes each way at $1e-6: {e}"
+    );
+    let standard = spend["tiers"]
+        .as_array()
+        .and_then(|a| a.iter().find(|t| t["tier"] == "standard"))
+        .and_then(|t| t["requests_usd"].as_f64());
+    assert!(
+        standard.is_some_and(|usd| (usd - (0.005 + egress)).abs() < 1e-5),
+        "the tier's requests were billed usage and egress: {spend}"
+    );
+
+    let m = gw
+        .metrics_when(|m| metric_sum(m, "switchyard_capacity_cost_nanousd_total", &[]) > 0.0)
+        .await;
+    assert!(
+        metric_sum(
+            &m,
+            "switchyard_capacity_cost_nanousd_total",
+            &[("pool", "gpu")]
+        ) > 0.0
+    );
+    assert_eq!(
+        metric_sum(&m, "switchyard_egress_bytes_total", &[("pool", "edge-eu")]),
+        bytes as f64,
+        "{m}"
+    );
+    assert!(
+        metric_sum(
+            &m,
+            "switchyard_egress_cost_nanousd_total",
+            &[("pool", "edge-eu"), ("tier", "standard")]
+        ) > 0.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric_sum(&m, "switchyard_pool_replicas", &[("pool", "gpu")]),
+        1.0,
+        "{m}"
+    );
+    assert!(m.contains("switchyard_pool_utilisation{"), "{m}");
+    if promtool_installed() {
+        promtool_accepts(&m);
+    }
+
+    // The status page: capacity per hour, idle included, and the cost per 1k requests.
+    let status: Value =
+        serde_json::from_slice(&gw.admin_get("/admin/status").await.body).expect("status json");
+    assert_eq!(status["totals"]["capacity_usd_per_hour"], 36.0, "{status}");
+    assert!(
+        status["totals"]["spend_usd_per_hour"]
+            .as_f64()
+            .unwrap_or(0.0)
+            >= 36.0,
+        "{status}"
+    );
+    assert!(
+        status["totals"]["usd_per_1k_requests"]
+            .as_f64()
+            .unwrap_or(0.0)
+            > 1.0,
+        "{status}"
     );
 }

@@ -225,6 +225,13 @@ pub fn build(table: RoutingTable, fleet: Arc<Fleet>, opts: Options) -> Result<Bu
     }
     server.add_service(proxy);
     server.add_service(admin);
+    // Provisioned capacity accrues with time, busy or idle; utilisation is sampled with it.
+    server.add_service(background_service(
+        "spend meter",
+        crate::observe::spend::SpendMeter {
+            snapshot: snapshot.clone(),
+        },
+    ));
     server.add_service(upkeep);
     server.add_service(health);
     if let Some(queue) = queue {

@@ -36,6 +36,8 @@ pub struct Summary {
     pub routes: usize,
     pub tiers: usize,
     pub regions: usize,
+    /// Per pool, how it is billed (`Pricing::describe`), and the egress matrix if any.
+    pub costs: Vec<String>,
 }
 
 /// One error or warning at a place in the file (line and column 0 when not known).
@@ -98,6 +100,7 @@ pub fn check_file(path: &Path) -> FileReport {
                 routes: table.routes.len(),
                 tiers: table.tiers.len(),
                 regions: table.regions.len(),
+                costs: costs(&table),
             });
             if let Ok(raw) = policy::parse(&text, path) {
                 report.warnings = warnings(&raw, &table);
@@ -363,6 +366,9 @@ pub fn render_text(reports: &[FileReport]) -> (String, String) {
                         format!(", {} warning(s)", r.warnings.len())
                     }
                 );
+                for line in &s.costs {
+                    let _ = writeln!(out, "  cost: {line}");
+                }
             }
             _ => {
                 let _ = writeln!(err, "{}: {} error(s)", r.file.display(), r.errors.len());
@@ -370,6 +376,32 @@ pub fn render_text(reports: &[FileReport]) -> (String, String) {
         }
     }
     (out, err)
+}
+
+/// How each pool is billed, and what crossing regions costs.
+fn costs(table: &RoutingTable) -> Vec<String> {
+    let mut lines: Vec<String> = table
+        .pools
+        .iter()
+        .map(|p| format!("{}: {}", p.name, p.pricing.describe(p.replicas())))
+        .collect();
+    let n = table.regions.len();
+    let mut egress = Vec::new();
+    for a in 0..n {
+        for b in 0..n {
+            let usd = table.egress_per_byte(a as _, b as _) * 1e9;
+            if a != b && usd > 0.0 {
+                egress.push(format!("{}→{} ${usd}", table.regions[a], table.regions[b]));
+            }
+        }
+    }
+    if !egress.is_empty() {
+        lines.push(format!(
+            "egress per GB, on request and answer bytes between the gateway's region and the pool's: {}",
+            egress.join(", ")
+        ));
+    }
+    lines
 }
 
 /// `check --format json` output.

@@ -161,8 +161,15 @@ pub fn render_explain(v: &Value) -> String {
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "  {:<20} {:<6} {:<8} {:>11} {:>20} {:>12} {:>7}  why",
-        "pool", "kind", "region", "latency", "client+pool+service", "cost", "score"
+        "  {:<20} {:<6} {:<8} {:>11} {:>20} {:>12} {:>32} {:>7}  why",
+        "pool",
+        "kind",
+        "region",
+        "latency",
+        "client+pool+service",
+        "cost",
+        "usage+egress+capacity",
+        "score"
     );
     for cand in v["candidates"].as_array().into_iter().flatten() {
         let mark = if cand["chosen"] == Value::Bool(true) {
@@ -171,7 +178,7 @@ pub fn render_explain(v: &Value) -> String {
             " "
         };
         let f = |e: &serde_json::Map<String, Value>, k: &str| e[k].as_f64().unwrap_or(0.0);
-        let (lat, parts, cost) = match &cand["estimate"] {
+        let (lat, parts, cost, terms) = match &cand["estimate"] {
             Value::Object(e) => (
                 format!("{:.1} ms", f(e, "latency")),
                 format!(
@@ -181,8 +188,17 @@ pub fn render_explain(v: &Value) -> String {
                     f(e, "service")
                 ),
                 format!("${:.6}", f(e, "cost_usd")),
+                match &e.get("cost") {
+                    Some(Value::Object(t)) => format!(
+                        "{:.6}+{:.6}+{:.6}",
+                        f(t, "usage_usd"),
+                        f(t, "egress_usd"),
+                        f(t, "capacity_usd")
+                    ),
+                    _ => "-".into(),
+                },
             ),
-            _ => ("-".into(), "-".into(), "-".into()),
+            _ => ("-".into(), "-".into(), "-".into(), "-".into()),
         };
         let score = cand["score"]
             .as_f64()
@@ -193,13 +209,14 @@ pub fn render_explain(v: &Value) -> String {
         };
         let _ = writeln!(
             out,
-            "{mark} {:<20} {:<6} {:<8} {:>11} {:>20} {:>12} {:>7}  {}",
+            "{mark} {:<20} {:<6} {:<8} {:>11} {:>20} {:>12} {:>32} {:>7}  {}",
             s(&cand["pool"]),
             s(&cand["kind"]),
             s(&cand["region"]),
             lat,
             parts,
             cost,
+            terms,
             score,
             why
         );

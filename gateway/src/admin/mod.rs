@@ -173,6 +173,10 @@ impl ServeHttp for AdminApp {
                 )
             }
             (&Method::GET, "/admin/policy") => self.policy(),
+            (&Method::GET, "/admin/spend") => json_response(
+                StatusCode::OK,
+                &crate::observe::spend::report(&self.control.snapshot.load()),
+            ),
             (&Method::GET, "/admin/pools") => {
                 json_response(StatusCode::OK, &pools(&self.control.snapshot.load()))
             }
@@ -206,7 +210,8 @@ impl ServeHttp for AdminApp {
             (
                 _,
                 "/" | "/admin/status" | "/metrics" | "/healthz" | "/readyz" | "/admin/policy"
-                | "/admin/reload" | "/admin/explain" | "/admin/pools" | "/admin/tenants",
+                | "/admin/reload" | "/admin/explain" | "/admin/pools" | "/admin/tenants"
+                | "/admin/spend",
             ) => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
             _ => error(StatusCode::NOT_FOUND, "not found"),
         }

@@ -58,6 +58,8 @@ pub fn status_of(
             let endpoints = table.live.endpoints(i as crate::policy::compile::PoolId);
             let up = endpoints.iter().filter(|e| e.is_up(now)).count();
             let in_flight = state.in_flight();
+            let spent = state.spend.totals();
+            let capacity_per_hour = crate::route::cost::capacity_per_second(p) * 3600.0;
             let (win_req, win_nusd, total_req, total_nusd) = if i < MAX_POOLS {
                 (
                     w.pool_requests[i],
@@ -78,6 +80,10 @@ pub fn status_of(
                 "in_flight": in_flight,
                 "concurrency": p.concurrency,
                 "utilisation": round(in_flight as f64 / p.concurrency.max(1) as f64, 3),
+                // In flight over concurrency, averaged over about a minute (`observe::spend`).
+                "utilisation_avg": round(spent.utilisation, 3),
+                "billing": p.pricing.billing.as_str(),
+                "replicas": p.replicas(),
                 "service_time_ms": round(state.service_time().as_secs_f64() * 1e3, 2),
                 // Gateway → pool round trip (measured, else the matrix prior), apart from
                 // the service time: the estimate adds them, each once.
@@ -86,8 +92,12 @@ pub fn status_of(
                 "samples": state.samples(),
                 "rps": per_s(win_req),
                 "requests_total": total_req,
-                "spend_usd_per_hour": per_hour(win_nusd),
-                "spend_usd_total": round(total_nusd as f64 / NANO, 6),
+                // As the bill shows it: a provisioned pool's replica-hours, idle included, plus
+                // what requests were billed (usage and egress) in the window.
+                "capacity_usd_per_hour": round(capacity_per_hour, 6),
+                "spend_usd_per_hour": round(per_hour(win_nusd) + capacity_per_hour, 6),
+                "requests_usd_total": round(total_nusd as f64 / NANO, 6),
+                "spend_usd_total": round(spent.capacity_usd + spent.usage_usd + spent.egress_usd, 6),
                 "endpoints": p.endpoints.iter().zip(endpoints).map(|(e, s)| json!({
                     "endpoint": e.name,
                     "up": s.is_up(now),
@@ -147,6 +157,13 @@ pub fn status_of(
     let pool_count = table.pools.len().min(MAX_POOLS);
     let win_nusd: u64 = w.pool_cost_nusd[..pool_count].iter().sum();
     let win_pool_req: u64 = w.pool_requests[..pool_count].iter().sum();
+    let capacity_per_hour: f64 = table
+        .pools
+        .iter()
+        .map(|p| crate::route::cost::capacity_per_second(p) * 3600.0)
+        .sum();
+    let spend_per_hour = round(per_hour(win_nusd) + capacity_per_hour, 6);
+    let rps = win_requests as f64 / w.seconds;
     let last_error = control.last_error.lock().ok().and_then(|e| e.clone());
     let loaded_at = table
         .loaded_at
@@ -168,7 +185,11 @@ pub fn status_of(
             "rps": per_s(win_requests),
             "proxied_rps": per_s(win_pool_req),
             "slo_attainment": (win_requests > 0).then(|| round(win_met as f64 / win_requests as f64, 4)),
-            "spend_usd_per_hour": per_hour(win_nusd),
+            // Capacity (idle included) plus what requests were billed, per hour; and per 1,000
+            // requests answered in the window (null while none was).
+            "spend_usd_per_hour": spend_per_hour,
+            "capacity_usd_per_hour": round(capacity_per_hour, 6),
+            "usd_per_1k_requests": (rps > 0.0).then(|| round(spend_per_hour / (rps * 3600.0) * 1000.0, 6)),
         },
         "pools": pools,
         "tiers": tiers,

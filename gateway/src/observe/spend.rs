@@ -97,9 +97,23 @@ pub fn report(table: &Serving) -> Value {
         })
         .collect();
     let total = all.capacity_usd + all.usage_usd + all.egress_usd;
+    // Usage and egress by the tier of the requests billed (capacity belongs to no tier).
+    let agg = &crate::observe::status::AGGREGATE;
+    let tiers: Vec<Value> = table
+        .tiers
+        .iter()
+        .zip(&agg.tier_cost_nusd)
+        .map(|(tier, nusd)| {
+            json!({
+                "tier": tier.name,
+                "requests_usd": round(nusd.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e9),
+            })
+        })
+        .collect();
     json!({
         "at_ms": now_ms(),
         "pools": pools,
+        "tiers": tiers,
         "total": {
             "capacity_usd": round(all.capacity_usd),
             "usage_usd": round(all.usage_usd),

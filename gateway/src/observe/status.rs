@@ -163,6 +163,8 @@ pub struct Aggregate {
     pub requests: AtomicU64,
     pub tier_requests: [AtomicU64; MAX_TIERS],
     pub tier_met: [AtomicU64; MAX_TIERS],
+    /// What requests of each tier were billed (usage and egress), nano-USD.
+    pub tier_cost_nusd: [AtomicU64; MAX_TIERS],
     pub pool_requests: [AtomicU64; MAX_POOLS],
     pub pool_cost_nusd: [AtomicU64; MAX_POOLS],
     pub cache: CacheCells,
@@ -234,6 +236,7 @@ impl Aggregate {
             requests: AtomicU64::new(0),
             tier_requests: zeros::<MAX_TIERS>(),
             tier_met: zeros::<MAX_TIERS>(),
+            tier_cost_nusd: zeros::<MAX_TIERS>(),
             pool_requests: zeros::<MAX_POOLS>(),
             pool_cost_nusd: zeros::<MAX_POOLS>(),
             cache: CacheCells::new(),
@@ -309,6 +312,10 @@ impl Aggregate {
         let cell = &slot.tiers[tier];
         cell.requests.fetch_add(1, Ordering::Relaxed);
         self.tier_requests[tier].fetch_add(1, Ordering::Relaxed);
+        if spend_usd > 0.0 {
+            let nusd = crate::telemetry::nano_usd(spend_usd);
+            self.tier_cost_nusd[tier].fetch_add(nusd, Ordering::Relaxed);
+        }
         if (200..300).contains(&status) && elapsed <= class.deadline {
             cell.met.fetch_add(1, Ordering::Relaxed);
             self.tier_met[tier].fetch_add(1, Ordering::Relaxed);

@@ -748,6 +748,74 @@ routes:
         assert!(picked[5..].iter().all(|p| *p), "{picked:?}");
     }
 
+    const COSTED: &str = r#"
+regions:
+  default: us
+  map: [{ name: eu, continents: [EU] }, { name: us, continents: [NA] }]
+rtt_ms: { eu: { eu: 5, us: 20 }, us: { us: 5 } }
+tiers:
+  cheap: { deadline: 2s, weight: 0.0, pools: [edge, gpu] }
+  quick: { deadline: 60ms, weight: 0.0, pools: [edge, gpu], on_slo_miss: fastest }
+pools:
+  - { name: paid, kind: gpu, region: eu, endpoints: [127.0.0.1:1], models: [m], concurrency: 10, service_time: 10ms, price: { per_replica_hour: 36, safe_utilisation: 0.5 } }
+  - { name: api, kind: edge, region: eu, endpoints: [127.0.0.1:2], models: [m], concurrency: 100, service_time: 10ms, price: { per_request: 0.000001 } }
+  - { name: wake, kind: edge, region: eu, endpoints: [127.0.0.1:3], models: [w], concurrency: 100, service_time: 10ms, price: { per_request: 0.0000001, cold_start: 100ms, idle_timeout: 60s } }
+  - { name: warm, kind: edge, region: eu, endpoints: [127.0.0.1:4], models: [w], concurrency: 100, service_time: 10ms, price: { per_request: 0.00001 } }
+routes:
+  - { name: r, match: /x, protocol: openai, tier: cheap }
+"#;
+
+    #[test]
+    fn paid_for_capacity_fills_first_then_spills_by_price() {
+        let (table, _f) = serving(COSTED);
+        let c = class(&table, "cheap", "m");
+        let pool = |d: &Decision| d.target.map(|(p, _)| table.pools[p as usize].name.clone());
+        let paid = table.live.pool(0);
+        // Up to half of its 10 slots (with this request), an idle replica serves it for
+        // nothing more than what is already paid: cheaper than $0.000001 per request.
+        for _ in 0..4 {
+            let d = decide(&c, &table, &[], 0);
+            assert_eq!(pool(&d).as_deref(), Some("paid"));
+            let est = d.estimate.unwrap();
+            assert_eq!((est.cost.capacity_usd, est.cost.usage_usd), (0.0, 0.0));
+            paid.acquire();
+        }
+        // Past 50 %, it displaces a rising share of a slot-time ($1e-5 for 10 ms at
+        // saturation): from 60 % that is dearer than the API's price, so the request spills.
+        paid.acquire();
+        let d = decide(&c, &table, &[], 0);
+        assert_eq!(pool(&d).as_deref(), Some("api"), "{d:?}");
+        let (_, reports) = explain(&c, &table, 0);
+        let displaced = reports[0].estimate.unwrap().cost.capacity_usd;
+        assert!((displaced - 2e-6).abs() < 1e-12, "{displaced}");
+        for _ in 0..5 {
+            paid.release();
+        }
+        assert_eq!(pool(&decide(&c, &table, &[], 0)).as_deref(), Some("paid"));
+    }
+
+    #[test]
+    fn a_serverless_pool_that_scaled_to_zero_is_estimated_with_its_cold_start() {
+        let (table, _f) = serving(COSTED);
+        let c = class(&table, "quick", "w");
+        let pool = |d: &Decision| d.target.map(|(p, _)| table.pools[p as usize].name.clone());
+        // Never used: scaled to zero, 100 ms to wake, beyond the 60 ms deadline.
+        let d = decide(&c, &table, &[], 1_000);
+        assert_eq!(pool(&d).as_deref(), Some("warm"));
+        let (_, reports) = explain(&c, &table, 1_000);
+        assert!(reports[2].estimate.unwrap().latency >= Duration::from_millis(100));
+        // A request started on it a second ago: warm, and the cheapest that meets it.
+        table.live.pool(2).track_start(1_000);
+        let d = decide(&c, &table, &[], 2_000);
+        assert_eq!(pool(&d).as_deref(), Some("wake"));
+        // Idle for its 60 s timeout: cold again.
+        let d = decide(&c, &table, &[], 61_000);
+        assert_eq!(pool(&d).as_deref(), Some("warm"));
+        // A tier with time to wait for it takes the cheap pool cold.
+        let d = decide(&class(&table, "cheap", "w"), &table, &[], 200_000);
+        assert_eq!(pool(&d).as_deref(), Some("wake"));
+    }
+
     fn regional(gateway_region: &str) -> (Serving, Fleet) {
         serving(&POLICY.replace(
             "tiers:",

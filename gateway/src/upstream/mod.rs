@@ -365,7 +365,7 @@ async fn hedge(
     metrics::counter!(t::HEDGES, "pool" => hedge_pool.name.clone()).increment(1);
     if let Some(est) = next.estimate {
         metrics::counter!(t::HEDGE_COST, "tier" => tier.name.clone())
-            .increment(t::nano_usd(est.cost_usd));
+            .increment(t::nano_usd(est.cost.usage_usd + est.cost.egress_usd));
     }
     trail.hedged = Some(true);
     let second_target = second.target;

@@ -151,7 +151,7 @@ pub(super) fn compile(
             );
         }
         let service_time = duration_field(p, &r.service_time, "service_time");
-        let pricing = super::pricing::compile(p, &name, pool, &r.price);
+        let pricing = super::pricing::compile(p, &name, pool, &r.price, r.kind == PoolKind::Batch);
         let health = r.health.as_ref().map(|h| compile_health(p, &name, h));
         let hosted = crate::policy::hosted::compile(
             &name,

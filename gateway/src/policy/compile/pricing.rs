@@ -78,12 +78,65 @@ impl Pricing {
     }
 }
 
+impl Pricing {
+    /// How the pool is billed and what a request costs there at the margin, in one
+    /// sentence (`switchyard check`). `replicas` is the pool's (`Pool::replicas`).
+    pub fn describe(&self, replicas: Option<u32>) -> String {
+        let mut per_use = Vec::new();
+        if self.per_request > 0.0 {
+            per_use.push(format!("${} per request", self.per_request));
+        }
+        if self.per_1k_input_tokens > 0.0 || self.per_1k_output_tokens > 0.0 {
+            per_use.push(format!(
+                "${} / ${} per 1k input / output tokens",
+                self.per_1k_input_tokens, self.per_1k_output_tokens
+            ));
+        }
+        if self.per_gpu_hour > 0.0 {
+            per_use.push(format!("${} per GPU-hour of service", self.per_gpu_hour));
+        }
+        let per_use = if per_use.is_empty() {
+            "free".to_string()
+        } else {
+            per_use.join(" + ")
+        };
+        match self.billing {
+            Billing::Provisioned {
+                per_replica_hour,
+                safe_utilisation,
+                ..
+            } => {
+                let n = replicas.unwrap_or(1);
+                format!(
+                    "provisioned: {n} replica(s) × ${per_replica_hour}/hour = ${:.4}/hour, busy or idle; a request costs nothing more below {:.0}% utilisation, then up to its share of the replicas at saturation",
+                    per_replica_hour * f64::from(n),
+                    safe_utilisation * 100.0
+                )
+            }
+            Billing::PerUse => format!("per use: {per_use}"),
+            Billing::Serverless {
+                cold_start,
+                idle_timeout,
+            } => format!(
+                "serverless: {per_use}; scales to zero after {} s idle, and the first request after that waits a {} ms cold start",
+                idle_timeout.as_secs(),
+                cold_start.as_millis()
+            ),
+            Billing::Batch => format!("batch: {per_use}"),
+        }
+    }
+}
+
 /// Compile `price:` of pool `name` (`node` names the pool, for errors without a place).
+/// Without `billing:`, the prices say which: `per_replica_hour` or `replicas` provisioned,
+/// `cold_start` serverless, a batch pool (`batch_pool`) priced per GPU-hour alone batch,
+/// anything else per use.
 pub(super) fn compile<T>(
     p: &mut Problems,
     name: &str,
     node: &Spanned<T>,
     r: &raw::Price,
+    batch_pool: bool,
 ) -> Pricing {
     let ok = |v: f64| v.is_finite() && v >= 0.0;
     if ![
@@ -108,7 +161,7 @@ pub(super) fn compile<T>(
         Written::Provisioned
     } else if r.cold_start.is_some() {
         Written::Serverless
-    } else if r.per_gpu_hour > 0.0 && !per_use_prices {
+    } else if batch_pool && !per_use_prices {
         Written::Batch
     } else {
         Written::PerUse
