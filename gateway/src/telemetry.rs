@@ -12,8 +12,12 @@ use std::sync::OnceLock;
 pub const REQUESTS: &str = "switchyard_requests_total";
 /// End-to-end time in the gateway. Labels: route, tier.
 pub const REQUEST_DURATION: &str = "switchyard_request_duration_seconds";
-/// Time from sending upstream to the response header. Labels: pool.
+/// Time from sending upstream to the response header (a new connection's set-up not
+/// included). Labels: pool.
 pub const UPSTREAM_DURATION: &str = "switchyard_upstream_duration_seconds";
+/// Time to set up a new upstream connection (TCP, and TLS when the pool uses it). Labels:
+/// pool.
+pub const UPSTREAM_CONNECT: &str = "switchyard_upstream_connect_seconds";
 /// Usage spend: what pools billed per use for the requests (per request, per token, per
 /// GPU-hour of service; nothing on a provisioned pool, whose bill is
 /// [`CAPACITY_COST`]), in nano-USD (10⁻⁹ USD; divide by 1e9 for dollars). Labels: pool, tier.
@@ -185,7 +189,12 @@ fn describe() {
     describe_histogram!(
         UPSTREAM_DURATION,
         Unit::Seconds,
-        "Time to the upstream response header"
+        "Time from sending the request upstream to the response header, connection set-up excluded"
+    );
+    describe_histogram!(
+        UPSTREAM_CONNECT,
+        Unit::Seconds,
+        "Time to set up a new upstream connection (TCP and TLS)"
     );
     describe_counter!(
         COST,

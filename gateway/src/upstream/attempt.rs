@@ -107,6 +107,15 @@ impl Attempt {
                     tls: connect::is_tls_failure(&error),
                     error,
                 })?;
+        if !reused {
+            // A new connection's set-up (TCP, TLS: round trips to the pool) is network time,
+            // paid once per connection: the upstream time the estimates learn starts when the
+            // request is sent, so a first request's handshake does not inflate the pool's
+            // service time for every later request on open connections.
+            metrics::histogram!(t::UPSTREAM_CONNECT, "pool" => pool.name.clone())
+                .record(self.started.elapsed().as_secs_f64());
+            self.started = Instant::now();
+        }
         let sent = match upstream {
             HttpSession::H1(h1) if req.method != http::Method::HEAD => {
                 connect::one_write(h1, &peer, req, body)
@@ -143,7 +152,8 @@ impl Attempt {
     }
 
     /// The response header arrived, counting as `status` (a gRPC trailers-only UNAVAILABLE
-    /// counts as 503): the time since the request was sent is the upstream time the
+    /// counts as 503): the time since the request was sent (on a new connection, since it
+    /// was set up) is the upstream time the
     /// estimates track (less the round trip: `route::network`), and a 5xx counts towards
     /// ejecting the endpoint. Returns the upstream time and the service time in it.
     pub fn answered(&mut self, status: u16) -> (Duration, Duration) {
