@@ -42,6 +42,16 @@ struct Args {
     /// Models served, comma-separated (default: every model).
     #[arg(long, value_delimiter = ',')]
     models: Option<Vec<String>>,
+    /// Answer OpenAI requests as a generating server: time to first token, in milliseconds
+    /// (with `--tpot-ms`; streamed heads go out at once).
+    #[arg(long)]
+    ttft_ms: Option<f64>,
+    /// Time per output token, in milliseconds (with `--ttft-ms`).
+    #[arg(long, default_value_t = 20.0)]
+    tpot_ms: f64,
+    /// Tokens per answer when the request names no `max_tokens` (with `--ttft-ms`).
+    #[arg(long, default_value_t = 16)]
+    tokens: u32,
     /// Runtime worker threads.
     #[arg(long, default_value_t = 1)]
     threads: usize,
@@ -87,6 +97,14 @@ fn run(args: Args) -> Result<(), String> {
         error_rate: args.error_rate,
         health_path: args.health_path,
         models: args.models,
+        generation: match args.ttft_ms {
+            Some(ttft) => Some(switchyard_testkit::mock::Generation {
+                ttft: millis("ttft-ms", ttft)?,
+                tpot: millis("tpot-ms", args.tpot_ms)?,
+                tokens: args.tokens,
+            }),
+            None => None,
+        },
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.threads.max(1))

@@ -15,6 +15,12 @@ pub const REQUEST_DURATION: &str = "switchyard_request_duration_seconds";
 /// Time from sending upstream to the response header (a new connection's set-up not
 /// included). Labels: pool.
 pub const UPSTREAM_DURATION: &str = "switchyard_upstream_duration_seconds";
+/// A streamed answer's time to first token, from the request's arrival to its first event
+/// relayed. Labels: pool, tier, model (a model the pool names, else `*`).
+pub const TTFT: &str = "switchyard_time_to_first_token_seconds";
+/// A streamed answer's mean time per output token (the gap between events after the
+/// first). Labels: pool, tier, model.
+pub const TPOT: &str = "switchyard_time_per_output_token_seconds";
 /// Time to set up a new upstream connection (TCP, and TLS when the pool uses it). Labels:
 /// pool.
 pub const UPSTREAM_CONNECT: &str = "switchyard_upstream_connect_seconds";
@@ -190,6 +196,16 @@ fn describe() {
         UPSTREAM_DURATION,
         Unit::Seconds,
         "Time from sending the request upstream to the response header, connection set-up excluded"
+    );
+    describe_histogram!(
+        TTFT,
+        Unit::Seconds,
+        "Streamed answers: time from the request's arrival to the first event relayed"
+    );
+    describe_histogram!(
+        TPOT,
+        Unit::Seconds,
+        "Streamed answers: mean time per output token (gap between events after the first)"
     );
     describe_histogram!(
         UPSTREAM_CONNECT,

@@ -75,6 +75,26 @@ pub struct MockConfig {
     pub health_path: String,
     /// `None` serves every model; `Some(list)` answers 404 for the others.
     pub models: Option<Vec<String>>,
+    /// Answer OpenAI requests as a generating model server does (`None`: the fixed service
+    /// time above): see [`Generation`].
+    pub generation: Option<Generation>,
+}
+
+/// How a generating model server times its answers: a streamed answer's head goes out at
+/// once, its first token after `ttft`, each next one `tpot` later, as many tokens as the
+/// request's `max_tokens` (else `tokens`; at most 1,024); a plain answer waits for all of
+/// them (`ttft + (n − 1) × tpot`). Extra latency faults add to the time to first token.
+#[derive(Debug, Clone, Copy)]
+pub struct Generation {
+    pub ttft: Duration,
+    pub tpot: Duration,
+    pub tokens: u32,
+}
+
+impl Generation {
+    fn tokens_for(&self, asked: Option<u32>) -> u32 {
+        asked.unwrap_or(self.tokens).clamp(1, 1024)
+    }
 }
 
 impl Default for MockConfig {
@@ -86,6 +106,7 @@ impl Default for MockConfig {
             error_rate: 0.0,
             health_path: "/healthz".to_string(),
             models: None,
+            generation: None,
         }
     }
 }
@@ -334,6 +355,7 @@ struct Shared {
     models: Option<Vec<String>>,
     latency: Duration,
     jitter: Duration,
+    generation: Option<Generation>,
     faults: Faults,
     counters: Counters,
     next_id: AtomicU64,
@@ -379,6 +401,7 @@ impl MockBackend {
             models: cfg.models,
             latency: cfg.latency,
             jitter: cfg.jitter,
+            generation: cfg.generation,
             faults: Faults::new(cfg.error_rate),
             counters: Counters::default(),
             next_id: AtomicU64::new(0),
@@ -1011,6 +1034,8 @@ struct OpenAiBody<'a> {
     model: Option<Cow<'a, str>>,
     #[serde(default)]
     stream: Option<serde_json::Value>,
+    #[serde(default)]
+    max_tokens: Option<u32>,
 }
 
 const ANSWER: &str = "Hello from the Switchyard mock backend.";
@@ -1099,13 +1124,30 @@ async fn respond(
                 }
                 let streaming = *kind != OpenAi::Embeddings
                     && matches!(parsed.stream, Some(serde_json::Value::Bool(true)));
-                let service = prepare(sh).await;
+                let generation = sh.generation.filter(|_| *kind != OpenAi::Embeddings);
+                let service = match generation {
+                    // A generating server times the answer itself (below, or as it streams).
+                    Some(_) => {
+                        sh.faults.wait_unstalled().await;
+                        Duration::ZERO
+                    }
+                    None => prepare(sh).await,
+                };
                 if inject_error(sh, json) {
                     break 'answer 500;
                 }
+                let tokens = generation.map(|g| (g, g.tokens_for(parsed.max_tokens)));
                 if streaming {
                     c.streams.fetch_add(1, Relaxed);
-                    return stream_sse(stream, sh, head, *kind, &model, id, service, out).await;
+                    let timing = match tokens {
+                        Some((g, n)) => Timing::Generated(g, n),
+                        None => Timing::Spread(service),
+                    };
+                    return stream_sse(stream, sh, head, *kind, &model, id, timing, out).await;
+                }
+                if let Some((g, n)) = tokens {
+                    let extra = sh.faults.extra_latency();
+                    tokio::time::sleep(extra + g.ttft + g.tpot * (n - 1)).await;
                 }
                 openai_body(json, sh, head, *kind, &model, id, body);
                 200
@@ -1316,8 +1358,17 @@ fn push_event(out: &mut Vec<u8>, chunked: bool, event: &[u8]) {
     }
 }
 
-/// Stream an OpenAI answer as Server-Sent Events: `STREAM_CHUNKS` events spread over the
-/// service time (at least `MIN_STREAM_GAP` apart), then `data: [DONE]`.
+/// When a streamed answer's events go out.
+#[derive(Debug, Clone, Copy)]
+enum Timing {
+    /// `STREAM_CHUNKS` events spread over the service time already waited (at least
+    /// `MIN_STREAM_GAP` apart).
+    Spread(Duration),
+    /// A generating server (the head at once, then `n` tokens: see [`Generation`]).
+    Generated(Generation, u32),
+}
+
+/// Stream an OpenAI answer as Server-Sent Events, timed by `timing`, then `data: [DONE]`.
 #[allow(clippy::too_many_arguments)]
 async fn stream_sse(
     stream: &mut TcpStream,
@@ -1326,13 +1377,20 @@ async fn stream_sse(
     kind: OpenAi,
     model: &str,
     id: u64,
-    service: Duration,
+    timing: Timing,
     out: &mut Vec<u8>,
 ) -> std::io::Result<bool> {
     // HTTP/1.0 has no chunked encoding: the body ends with the connection.
     let chunked = head.http11;
     let keep_alive = head.keep_alive && chunked;
-    let gap = (service / STREAM_CHUNKS).max(MIN_STREAM_GAP);
+    let (events, first, gap) = match timing {
+        Timing::Spread(service) => (
+            STREAM_CHUNKS,
+            Duration::ZERO,
+            (service / STREAM_CHUNKS).max(MIN_STREAM_GAP),
+        ),
+        Timing::Generated(g, n) => (n, g.ttft + sh.faults.extra_latency(), g.tpot),
+    };
     let created = unix_now();
     let mut model_json = Vec::with_capacity(model.len() + 2);
     push_json_bytes(&mut model_json, model);
@@ -1352,12 +1410,18 @@ async fn stream_sse(
         stream.write_all(out).await?;
         return Ok(keep_alive);
     }
+    if !first.is_zero() {
+        // A model server sends the head before its first token.
+        stream.write_all(out).await?;
+        out.clear();
+        tokio::time::sleep(first).await;
+    }
     let mut event = Vec::with_capacity(256);
-    for i in 0..STREAM_CHUNKS {
+    for i in 0..events {
         if i > 0 {
             tokio::time::sleep(gap).await;
         }
-        let last = i + 1 == STREAM_CHUNKS;
+        let last = i + 1 == events;
         event.clear();
         let (prefix, object) = match kind {
             OpenAi::Chat => ("chatcmpl", "chat.completion.chunk"),

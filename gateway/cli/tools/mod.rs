@@ -154,7 +154,12 @@ pub fn render_explain(v: &Value) -> String {
         residency,
         s(&c["tier"]),
         s(&c["tier_source"]),
-        s(&c["deadline_ms"]),
+        match (&c["ttft_ms"], &c["tpot_ms"]) {
+            (Value::Number(t), Value::Number(p)) =>
+                format!("{} (stream: ttft={t} ms tpot={p} ms)", s(&c["deadline_ms"])),
+            (Value::Number(t), _) => format!("{} (stream: ttft={t} ms)", s(&c["deadline_ms"])),
+            _ => s(&c["deadline_ms"]),
+        },
         s(&c["model"]),
         s(&c["cacheable"]),
     );

@@ -330,6 +330,8 @@ impl AdminApp {
                 "regions": table.regions,
                 "tiers": table.tiers.iter().map(|t| json!({
                     "name": t.name, "deadline_ms": t.deadline.as_millis() as u64, "weight": t.weight,
+                    "ttft_ms": t.ttft.map(|d| d.as_millis() as u64),
+                    "tpot_ms": t.tpot.map(|d| d.as_millis() as u64),
                 })).collect::<Vec<_>>(),
                 "pools": pools,
                 "routes": table.routes.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
@@ -526,6 +528,9 @@ pub fn explain(table: &Serving, req: &ExplainRequest) -> Result<Value, (StatusCo
             "tier": tier.name,
             "tier_source": class.tier_source.as_str(),
             "deadline_ms": class.deadline.as_millis() as u64,
+            // A stream judged on its first token: the objective the decision meets.
+            "ttft_ms": class.ttft.map(|d| d.as_millis() as u64),
+            "tpot_ms": class.tpot.map(|d| d.as_millis() as u64),
             "model": class.model,
             "model_version": class.model_version,
             "streaming": class.streaming,

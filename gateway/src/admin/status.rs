@@ -89,6 +89,10 @@ pub fn status_of(
                 // the service time: the estimate adds them, each once.
                 "rtt_ms": crate::route::network::pool_rtt_now(p, state, &table).0.map(|d| round(d.as_secs_f64() * 1e3, 2)),
                 "baseline_ms": round(p.service_time.as_secs_f64() * 1e3, 2),
+                // Streamed answers, once measured: the server's time to first token and per
+                // output token (what a stream with a `ttft` objective is routed on).
+                "ttft_ms": state.stream.ttft().map(|d| round(d.as_secs_f64() * 1e3, 2)),
+                "tpot_ms": state.stream.tpot().map(|d| round(d.as_secs_f64() * 1e3, 2)),
                 "samples": state.samples(),
                 "rps": per_s(win_req),
                 "requests_total": total_req,

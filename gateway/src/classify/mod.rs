@@ -23,6 +23,8 @@ const INFERENCE_HEADER_CONTENT_LENGTH: HeaderName =
     HeaderName::from_static("inference-header-content-length");
 const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 const X_SLO_TIER: HeaderName = HeaderName::from_static("x-slo-tier");
+const X_SLO_TTFT_MS: HeaderName = HeaderName::from_static("x-slo-ttft-ms");
+const X_SLO_TPOT_MS: HeaderName = HeaderName::from_static("x-slo-tpot-ms");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 
@@ -91,6 +93,20 @@ pub struct Class {
     pub client_rtt: Option<Duration>,
     /// The request body's length: the bytes that cross to the pool's region (egress).
     pub request_bytes: u32,
+    /// A streamed request's time-to-first-token objective (the tier's `ttft`, tightened by
+    /// `x-slo-ttft-ms`) and time per output token (`tpot`, `x-slo-tpot-ms`): `None` for
+    /// every other request, which is judged on its deadline.
+    pub ttft: Option<Duration>,
+    pub tpot: Option<Duration>,
+}
+
+impl Class {
+    /// What the decision must meet and attainment counts: the time to first token for a
+    /// stream with that objective, else the deadline.
+    #[inline]
+    pub fn objective(&self) -> Duration {
+        self.ttft.unwrap_or(self.deadline)
+    }
 }
 
 impl Class {
@@ -121,6 +137,8 @@ impl Class {
             inference: true,
             client_rtt: None,
             request_bytes: 0,
+            ttft: None,
+            tpot: None,
         }
     }
 }
@@ -131,6 +149,8 @@ pub enum ClassifyError {
     UnknownTier(String),
     #[error("x-deadline-ms must be a positive whole number of milliseconds")]
     BadDeadline,
+    #[error("{0} must be a positive whole number of milliseconds")]
+    BadObjective(&'static str),
     #[error("request body is not valid JSON: {0}")]
     BadJson(String),
     #[error("Inference-Header-Content-Length is not a length within the body")]
@@ -181,7 +201,9 @@ pub fn classify(
         tier,
         tier_source,
     } = caller(facts.headers, r.tier, table)?;
-    let mut deadline = table.tiers[tier as usize].deadline;
+    let tier_id = tier;
+    let tier = &table.tiers[tier_id as usize];
+    let mut deadline = tier.deadline;
     if let Some(v) = facts.headers.get(&X_DEADLINE_MS) {
         let ms: u64 = v
             .to_str()
@@ -247,7 +269,7 @@ pub fn classify(
         region,
         tenant,
         credential,
-        tier,
+        tier: tier_id,
         tier_source,
         deadline,
         model: peek.model,
@@ -259,7 +281,39 @@ pub fn classify(
         request_bytes: facts
             .body
             .map_or(0, |b| u32::try_from(b.len()).unwrap_or(u32::MAX)),
+        ttft: objective(facts.headers, &X_SLO_TTFT_MS, peek.streaming, tier.ttft)?
+            .map(|ttft| ttft.min(deadline)),
+        tpot: objective(facts.headers, &X_SLO_TPOT_MS, peek.streaming, tier.tpot)?,
     })
+}
+
+/// A stream's objective: the tier's `tier_value`, tightened by the client's `header` (which
+/// sets one when the tier has none). `None` for a request that does not stream, whatever
+/// it sent.
+fn objective(
+    headers: &HeaderMap,
+    header: &HeaderName,
+    streaming: bool,
+    tier_value: Option<Duration>,
+) -> Result<Option<Duration>, ClassifyError> {
+    if !streaming {
+        return Ok(None);
+    }
+    let Some(v) = headers.get(header) else {
+        return Ok(tier_value);
+    };
+    let ms: u64 = v
+        .to_str()
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .filter(|ms| *ms > 0)
+        .ok_or(ClassifyError::BadObjective(if *header == X_SLO_TTFT_MS {
+            "x-slo-ttft-ms"
+        } else {
+            "x-slo-tpot-ms"
+        }))?;
+    let asked = Duration::from_millis(ms);
+    Ok(Some(tier_value.map_or(asked, |t| t.min(asked))))
 }
 
 /// Who is asking and in which tier: the part of [`classify`] that needs only the headers,

@@ -202,8 +202,10 @@ impl Via {
 /// Record one finished request (called once from the proxy's `logging` phase).
 ///
 /// `via` is where it was answered from, `cache` what the cache did with it, `status` the
-/// status sent (0 when none was; 499 when the client went away), `spend_usd` what it was
-/// billed (the record's usage and egress, as counted in the spend metrics).
+/// status sent (0 when none was; 499 when the client went away), `elapsed` its time to the
+/// last byte, `judged` the time it is judged on against `Class::objective` (a stream with a
+/// time-to-first-token objective: its first token), `spend_usd` what it was billed (the
+/// record's usage and egress, as counted in the spend metrics).
 #[inline]
 pub fn record(
     class: Option<&Class>,
@@ -211,9 +213,19 @@ pub fn record(
     cache: Option<Outcome>,
     status: u16,
     elapsed: Duration,
+    judged: Duration,
     spend_usd: f64,
 ) {
-    AGGREGATE.record(class, via, cache, status, elapsed, spend_usd, now_ms());
+    AGGREGATE.record(
+        class,
+        via,
+        cache,
+        status,
+        elapsed,
+        judged,
+        spend_usd,
+        now_ms(),
+    );
 }
 
 /// Record spend avoided by an answer from the cache, in nano-USD (called where the proxy
@@ -275,6 +287,7 @@ impl Aggregate {
         cache: Option<Outcome>,
         status: u16,
         elapsed: Duration,
+        judged: Duration,
         spend_usd: f64,
         now: u64,
     ) {
@@ -316,7 +329,7 @@ impl Aggregate {
             let nusd = crate::telemetry::nano_usd(spend_usd);
             self.tier_cost_nusd[tier].fetch_add(nusd, Ordering::Relaxed);
         }
-        if (200..300).contains(&status) && elapsed <= class.deadline {
+        if (200..300).contains(&status) && judged <= class.objective() {
             cell.met.fetch_add(1, Ordering::Relaxed);
             self.tier_met[tier].fetch_add(1, Ordering::Relaxed);
         }
@@ -500,6 +513,7 @@ mod tests {
             None,
             200,
             Duration::from_millis(3),
+            Duration::from_millis(3),
             0.0,
             t0,
         );
@@ -508,6 +522,7 @@ mod tests {
             Via::Pool(1),
             None,
             200,
+            Duration::from_millis(3),
             Duration::from_millis(3),
             0.0,
             t0 + 1,
@@ -525,6 +540,7 @@ mod tests {
             None,
             200,
             Duration::from_millis(3),
+            Duration::from_millis(3),
             0.0,
             much_later,
         );
@@ -538,6 +554,7 @@ mod tests {
             None,
             200,
             Duration::ZERO,
+            Duration::ZERO,
             0.0,
             much_later,
         );
@@ -546,6 +563,8 @@ mod tests {
     fn class(tier: u16, deadline_ms: u64) -> Class {
         Class {
             request_bytes: 0,
+            ttft: None,
+            tpot: None,
             route: 0,
             client_ip: std::net::IpAddr::from([192, 0, 2, 1]),
             country: None,
@@ -575,6 +594,7 @@ mod tests {
             None,
             200,
             Duration::from_millis(20),
+            Duration::from_millis(20),
             0.0,
             now,
         );
@@ -583,6 +603,7 @@ mod tests {
             Via::Pool(2),
             None,
             200,
+            Duration::from_millis(200),
             Duration::from_millis(200),
             0.0,
             now,
@@ -593,6 +614,7 @@ mod tests {
             None,
             503,
             Duration::from_millis(1),
+            Duration::from_millis(1),
             0.0,
             now,
         ); // shed
@@ -602,6 +624,7 @@ mod tests {
             Some(Outcome::Hit),
             200,
             Duration::from_millis(1),
+            Duration::from_millis(1),
             0.0,
             now,
         );
@@ -610,6 +633,7 @@ mod tests {
             Via::of(None, Some(Outcome::Miss), true),
             Some(Outcome::Miss),
             202,
+            Duration::from_millis(1),
             Duration::from_millis(1),
             0.0,
             now,
@@ -632,6 +656,7 @@ mod tests {
             Via::Nothing,
             None,
             200,
+            Duration::ZERO,
             Duration::ZERO,
             0.0,
             now,

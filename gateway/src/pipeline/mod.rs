@@ -207,10 +207,46 @@ pub(crate) struct Request {
     pub answered: Answered,
     /// Bytes of the upstream answer's body relayed (egress, the pool's average).
     pub answer_bytes: u64,
+    /// A streamed answer's clock: first and last event relayed, events counted.
+    pub stream: Option<StreamClock>,
     /// The status it counts as (a gRPC error's HTTP equivalent; 499 for a client gone).
     pub status: u16,
     /// Why it failed, for the access log.
     pub error: Option<String>,
+}
+
+/// When a streamed answer's events were relayed: the first (the time to first token), the
+/// last, and how many (Server-Sent Events `data:` lines other than `[DONE]`; a stream that
+/// is not SSE counts its chunks), for its time per output token.
+#[derive(Debug, Default)]
+pub(crate) struct StreamClock {
+    pub first: Option<Instant>,
+    pub last: Option<Instant>,
+    pub events: u32,
+}
+
+impl StreamClock {
+    fn on_chunk(&mut self, chunk: &[u8]) {
+        if chunk.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        self.first.get_or_insert(now);
+        self.last = Some(now);
+        let data = chunk.windows(5).filter(|w| *w == b"data:").count() as u32;
+        let done = chunk.windows(6).filter(|w| *w == b"[DONE]").count() as u32;
+        self.events += if data == 0 {
+            1
+        } else {
+            data.saturating_sub(done)
+        };
+    }
+
+    /// The mean gap between events after the first (`None` below two events).
+    pub fn per_token(&self) -> Option<std::time::Duration> {
+        let (first, last) = (self.first?, self.last?);
+        (self.events >= 2).then(|| last.duration_since(first) / (self.events - 1))
+    }
 }
 
 /// How a request was answered.
@@ -241,6 +277,7 @@ impl Request {
             tokens: None,
             answered: Answered::Gateway,
             answer_bytes: 0,
+            stream: None,
             status: 0,
             error: None,
         }
@@ -272,6 +309,9 @@ impl Request {
                 self.tokens = Some(Meter::new(ct, bytes));
             }
         }
+        if resp.status.is_success() && self.class.as_ref().is_some_and(|c| c.streaming) {
+            self.stream = Some(StreamClock::default());
+        }
         self.cache.on_response_header(resp, &self.table);
         if let Some(code) = resp.headers.get("grpc-status").filter(|_| self.grpc) {
             if let Some(status) = crate::grpc::http_equivalent(code.as_bytes()) {
@@ -286,6 +326,9 @@ impl Request {
     fn on_body(&mut self, chunk: Option<&Bytes>, end: bool) {
         if let Some(chunk) = chunk {
             self.answer_bytes += chunk.len() as u64;
+            if let Some(clock) = self.stream.as_mut() {
+                clock.on_chunk(chunk);
+            }
         }
         self.cache.on_body(&chunk.cloned(), end);
         if let (Some(meter), Some(chunk)) = (self.tokens.as_mut(), chunk) {

@@ -68,18 +68,42 @@ pub(super) fn finish(gw: &Gateway, session: &ServerSession, mut req: Request) {
     });
     handles.requests.increment(1);
     handles.duration.record(elapsed.as_secs_f64());
+    let streamed = match (class, target, req.stream.as_ref()) {
+        (Some(class), Some(target), Some(clock)) => {
+            stream_times(&table, class, target, trail, clock, req.start, tier)
+        }
+        _ => None,
+    };
+    // What the request is judged on: a stream with a time-to-first-token objective on its
+    // first token (and its time per output token), anything else on its last byte.
+    let judged = match (class, &streamed) {
+        (Some(c), Some(s)) if c.ttft.is_some() => {
+            let slow = matches!((c.tpot, s.tpot), (Some(limit), Some(tpot)) if tpot > limit);
+            if slow {
+                std::time::Duration::MAX
+            } else {
+                s.ttft
+            }
+        }
+        _ => elapsed,
+    };
     let mut bill = None;
     if let (Some(class), Some(d)) = (class, &decision) {
         handles.decisions.increment(1);
-        if elapsed > class.deadline {
+        if judged > class.objective() {
             handles.deadline_misses.increment(1);
         }
         // Metadata reads (`Class::inference` false) are routed like inference but are not
         // spend; neither is an error answer.
         let spent = class.inference && (200..500).contains(&status) && counts_spend(session, &req);
         if let (Some((p, _)), Some(est), true) = (target, d.estimate, spent) {
-            // The service time the answer took, else what the decision expected.
-            let service = trail.and_then(|t| t.service_time).unwrap_or(est.service);
+            // The service time the answer took (a stream's, to its last event), else what
+            // the decision expected.
+            let service = streamed
+                .as_ref()
+                .and_then(|s| s.service)
+                .or(trail.and_then(|t| t.service_time))
+                .unwrap_or(est.service);
             let billed = charge(
                 &table,
                 (p, class),
@@ -100,6 +124,7 @@ pub(super) fn finish(gw: &Gateway, session: &ServerSession, mut req: Request) {
         req.cache.outcome,
         status,
         elapsed,
+        judged,
         spend_usd,
     );
     if let Some(log) = &gw.decisions {
@@ -160,6 +185,66 @@ pub(super) fn finish(gw: &Gateway, session: &ServerSession, mut req: Request) {
 fn counts_spend(session: &ServerSession, req: &Request) -> bool {
     !req.grpc
         || Method::from_path(session.req_header().uri.path()).is_some_and(|m| m.is_inference())
+}
+
+/// A streamed answer's times, as the client judges them.
+struct Streamed {
+    /// From the request's arrival to its first event relayed.
+    ttft: std::time::Duration,
+    /// Mean gap between events after the first (two events or more).
+    tpot: Option<std::time::Duration>,
+    /// The server's time on the whole stream (sent → last event, less the round trip).
+    service: Option<std::time::Duration>,
+}
+
+/// Time a streamed answer: its time to first token and per output token into the metrics,
+/// and into the pool's estimates the server's time to first token (from the request sent,
+/// less the network), its time per token, and the whole stream as a service-time sample
+/// (what a request that waits for the last byte takes there).
+fn stream_times(
+    table: &Serving,
+    class: &Class,
+    target: (PoolId, u16),
+    trail: Option<&crate::upstream::Trail>,
+    clock: &super::StreamClock,
+    start: std::time::Instant,
+    tier: &str,
+) -> Option<Streamed> {
+    let first = clock.first?;
+    let pool = &table.pools[target.0 as usize];
+    let state = table.live.pool(target.0);
+    let ttft = first.saturating_duration_since(start);
+    let tpot = clock.per_token();
+    let model = if !pool.models.any || pool.models.names.contains(&class.model) {
+        class.model.as_str()
+    } else {
+        "*"
+    };
+    metrics::histogram!(t::TTFT, "pool" => pool.name.clone(), "tier" => tier.to_string(), "model" => model.to_string())
+        .record(ttft.as_secs_f64());
+    if let Some(tpot) = tpot {
+        metrics::histogram!(t::TPOT, "pool" => pool.name.clone(), "tier" => tier.to_string(), "model" => model.to_string())
+            .record(tpot.as_secs_f64());
+        state.stream.observe_tpot(tpot);
+    }
+    let sent = trail.and_then(|t| t.sent_at);
+    let service = sent.map(|sent| {
+        let to_first = first.saturating_duration_since(sent);
+        let server_ttft = crate::route::network::observe_upstream(table, target, to_first, false);
+        state.stream.observe_ttft(server_ttft);
+        let last = clock.last.unwrap_or(first);
+        crate::route::network::observe_upstream(
+            table,
+            target,
+            last.saturating_duration_since(sent),
+            true,
+        )
+    });
+    Some(Streamed {
+        ttft,
+        tpot,
+        service,
+    })
 }
 
 /// What one request was billed on the pool that answered it (`route::cost`).

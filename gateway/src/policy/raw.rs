@@ -485,6 +485,19 @@ pub struct Tier {
         schemars(with = "Option<f64>", range(min = 1, max = 100))
     )]
     pub hedge_after: Option<Spanned<f64>>,
+    /// Streamed requests (`"stream": true`) are judged on their time to first token instead
+    /// of the deadline: the decision picks a pool estimated to send the first token within
+    /// it, and attainment counts it. A client's `x-slo-ttft-ms` may tighten it. Absent:
+    /// streams are judged on the deadline, like every other request.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<schema::Duration>"))]
+    pub ttft: Option<Spanned<String>>,
+    /// With `ttft`: the time per output token a stream must keep (mean gap between streamed
+    /// events after the first), e.g. `50ms`; a pool measured slower is not a candidate for
+    /// such a stream. `x-slo-tpot-ms` may tighten it.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<schema::Duration>"))]
+    pub tpot: Option<Spanned<String>>,
 }
 
 fn default_weight() -> Spanned<f64> {

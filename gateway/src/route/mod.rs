@@ -46,6 +46,29 @@ pub struct Estimate {
     pub service: Duration,
     /// The parts of `cost_usd` (`cost`): usage, egress, the capacity it displaces.
     pub cost: cost::Terms,
+    /// For a stream with a time-per-output-token objective: the pool's measured time per
+    /// output token (`None`: not measured yet, or not asked).
+    #[serde(serialize_with = "ser_opt_ms")]
+    pub tpot: Option<Duration>,
+}
+
+fn ser_opt_ms<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => ser_ms(d, s),
+        None => s.serialize_none(),
+    }
+}
+
+/// Whether `est` meets what `class` is judged on: its latency within the objective (the
+/// time to first token for a stream with one, else the deadline) and, for a stream with a
+/// `tpot`, the pool's measured time per output token within it.
+#[inline]
+pub fn meets(class: &Class, est: &Estimate) -> bool {
+    est.latency <= class.objective()
+        && match (class.tpot, est.tpot) {
+            (Some(limit), Some(tpot)) => tpot <= limit,
+            _ => true,
+        }
 }
 
 fn ser_ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -221,8 +244,17 @@ pub fn estimate_at(
     now_ms: u64,
 ) -> Estimate {
     let state = table.live.pool(pool_id);
-    // Live once enough samples exist (the baseline before), idle-decayed: see `state`.
-    let service = state.service_time_behind(now_ms, network::upstream_rtt(pool, state, table));
+    // Live once enough samples exist (the baseline before), idle-decayed: see `state`. A
+    // stream judged on its first token is estimated with the pool's measured time to first
+    // token (until one is measured, its service time).
+    let mut service = state.service_time_behind(now_ms, network::upstream_rtt(pool, state, table));
+    let mut tpot = None;
+    if class.ttft.is_some() {
+        if let Some(ttft) = state.stream.ttft() {
+            service = ttft;
+        }
+        tpot = class.tpot.and(state.stream.tpot());
+    }
     // M/M/1-style queueing factor on the pool's utilisation, capped so that a saturated
     // pool looks 10× slower rather than infinitely slow. An idle pool (most pools in most
     // decisions) has factor 1: no division.
@@ -268,6 +300,7 @@ pub fn estimate_at(
         pool_rtt,
         service: queued,
         cost,
+        tpot,
     }
 }
 
@@ -341,7 +374,7 @@ impl Meeting {
 /// Decide where `class` goes.
 pub fn decide(class: &Class, table: &Serving, tried: Tried, now_ms: u64) -> Decision {
     let tier = &table.tiers[class.tier as usize];
-    let deadline = class.deadline;
+    let deadline = class.objective();
 
     // Pass 1: the cost scale among feasible candidates, and the fastest candidate overall.
     let mut candidates = 0u16;
@@ -369,7 +402,7 @@ pub fn decide(class: &Class, table: &Serving, tried: Tried, now_ms: u64) -> Deci
         }
         candidates += 1;
         let est = estimate_at(id, pool, class, table, now_ms);
-        if est.latency <= deadline {
+        if meets(class, &est) {
             feasible += 1;
             max_cost = max_cost.max(est.cost_usd);
             meeting.push((id, est));
@@ -552,10 +585,14 @@ pub fn explain(class: &Class, table: &Serving, now_ms: u64) -> (Decision, Vec<Ca
         .enumerate()
         .filter(|(i, p)| exclusion(*i as PoolId, p, class, table, &[], now_ms).is_none())
         .map(|(i, p)| estimate(i as PoolId, p, class, table))
-        .filter(|e| e.latency <= class.deadline)
+        .filter(|e| meets(class, e))
         .map(|e| e.cost_usd)
         .fold(0.0, f64::max);
-    let scale = Scale::new(tier.weight, class.deadline, max_cost);
+    let scale = Scale::new(tier.weight, class.objective(), max_cost);
+    let objective = match class.ttft {
+        Some(ttft) => format!("{} ms time-to-first-token objective", ttft.as_millis()),
+        None => format!("{} ms deadline", class.deadline.as_millis()),
+    };
     let chosen_pool = decision.target.map(|(p, _)| p);
     let reports = table
         .pools
@@ -606,21 +643,24 @@ pub fn explain(class: &Class, table: &Serving, now_ms: u64) -> (Decision, Vec<Ca
                 };
             }
             let est = estimate(id, pool, class, table);
-            let meets = est.latency <= class.deadline;
+            let meets = meets(class, &est);
             let score = meets.then(|| scale.score(&est));
             let why = match (base.chosen, meets, decision.reason) {
                 (true, _, Reason::MeetsDeadline) => format!(
-                    "best latency/cost trade-off (weight {}) among {} pools meeting the {} ms deadline",
+                    "best latency/cost trade-off (weight {}) among {} pools meeting the {objective}",
                     tier.weight,
                     decision.feasible,
-                    class.deadline.as_millis()
                 ),
                 (true, _, _) => "fastest candidate; nothing meets the deadline".into(),
                 (false, true, _) => "meets the deadline but scores worse".into(),
+                (false, false, _) if est.latency <= class.objective() => format!(
+                    "measured {:.1} ms per output token exceeds the {} ms objective",
+                    est.tpot.unwrap_or_default().as_secs_f64() * 1e3,
+                    class.tpot.unwrap_or_default().as_millis()
+                ),
                 (false, false, _) => format!(
-                    "estimated {:.1} ms exceeds the {} ms deadline",
+                    "estimated {:.1} ms exceeds the {objective}",
                     est.latency.as_secs_f64() * 1e3,
-                    class.deadline.as_millis()
                 ),
             };
             CandidateReport {
@@ -837,7 +877,7 @@ routes:
         // An upstream time of 97 ms from that pool is 92 ms of service, not 97 on top of
         // the 5 ms round trip.
         for _ in 0..MIN_SAMPLES {
-            network::observe_upstream(&table, (1, 0), ms(97));
+            network::observe_upstream(&table, (1, 0), ms(97), true);
         }
         assert_eq!(estimate(1, &table.pools[1], &c, &table).latency, ms(187));
         // A measured round trip replaces the prior.

@@ -100,12 +100,13 @@ pub fn service_sample(
 }
 
 /// Feed one observed upstream time of `(pool, endpoint)` into the live estimates: the one
-/// place the proxy, the buffered sender, hedging and the batch dispatcher record a sample.
-/// Returns the service time recorded.
+/// place every attempt records a sample. Returns the service time in it; `learn: false`
+/// (a stream's head) computes it without feeding the estimates.
 pub fn observe_upstream(
     table: &Serving,
     (pool_id, ep): (PoolId, u16),
     upstream: Duration,
+    learn: bool,
 ) -> Duration {
     let pool = &table.pools[pool_id as usize];
     let prior = table.gateway_region.map(|g| table.rtt(g, pool.region));
@@ -114,8 +115,10 @@ pub fn observe_upstream(
     };
     let state = table.live.pool(pool_id);
     let service = service_sample(state, endpoint, prior, upstream);
-    state.observe(service);
-    endpoint.observe(service);
+    if learn {
+        state.observe(service);
+        endpoint.observe(service);
+    }
     service
 }
 

@@ -143,6 +143,8 @@ pub struct PoolState {
     pub tokens: TokenAverage,
     /// Answer bytes per request, for egress prices (`route::cost`).
     pub answer_bytes: Average,
+    /// Streamed answers: time to first token and per output token (`StreamTimes`).
+    pub stream: StreamTimes,
     /// What the pool has cost since start, as the bill shows it (`observe::spend`).
     pub spend: Spend,
     /// When an attempt last started on the pool (ms; 0: never): a serverless pool idle for
@@ -166,6 +168,7 @@ impl PoolState {
             started: std::array::from_fn(|_| AtomicU64::new(0)),
             tokens: Default::default(),
             answer_bytes: Average::new(PRIOR_ANSWER_BYTES),
+            stream: StreamTimes::default(),
             spend: Spend::default(),
             last_used_ms: AtomicU64::new(0),
             rtt_us: AtomicU64::new(0),
@@ -761,6 +764,65 @@ impl Spend {
             requests: self.requests.load(Ordering::Relaxed),
             utilisation: f64::from_bits(self.utilisation.load(Ordering::Relaxed)),
         }
+    }
+}
+
+/// What a pool's streamed answers take (EWMA, α = 1/16, seconds): the server's time to the
+/// first streamed event (from the request sent, less the network round trip) and the mean
+/// gap between events after it. Until a stream is measured the decision falls back on the
+/// pool's service-time estimate for the first token and takes no view of the rest.
+#[derive(Debug)]
+pub struct StreamTimes {
+    ttft: Average,
+    tpot: Average,
+    ttft_samples: AtomicU32,
+    tpot_samples: AtomicU32,
+}
+
+impl Default for StreamTimes {
+    fn default() -> Self {
+        StreamTimes {
+            ttft: Average::new(0.0),
+            tpot: Average::new(0.0),
+            ttft_samples: AtomicU32::new(0),
+            tpot_samples: AtomicU32::new(0),
+        }
+    }
+}
+
+impl StreamTimes {
+    /// One stream's server time to first token.
+    pub fn observe_ttft(&self, ttft: Duration) {
+        Self::observe(&self.ttft, &self.ttft_samples, ttft);
+    }
+
+    /// One stream's mean time per output token.
+    pub fn observe_tpot(&self, tpot: Duration) {
+        Self::observe(&self.tpot, &self.tpot_samples, tpot);
+    }
+
+    fn observe(avg: &Average, samples: &AtomicU32, d: Duration) {
+        // The first sample replaces the prior rather than being averaged with nothing.
+        if samples.fetch_add(1, Ordering::Relaxed) == 0 {
+            avg.0.store(d.as_secs_f64().to_bits(), Ordering::Relaxed);
+        } else {
+            avg.record(d.as_secs_f64());
+        }
+    }
+
+    /// The time to first token estimate, once a stream was measured.
+    pub fn ttft(&self) -> Option<Duration> {
+        Self::get(&self.ttft, &self.ttft_samples)
+    }
+
+    /// The time per output token estimate, once a stream of two events or more was measured.
+    pub fn tpot(&self) -> Option<Duration> {
+        Self::get(&self.tpot, &self.tpot_samples)
+    }
+
+    fn get(avg: &Average, samples: &AtomicU32) -> Option<Duration> {
+        (samples.load(Ordering::Relaxed) > 0)
+            .then(|| Duration::from_secs_f64(avg.get().clamp(0.0, 3600.0)))
     }
 }
 

@@ -156,12 +156,16 @@ impl Attempt {
     /// was set up) is the upstream time the
     /// estimates track (less the round trip: `route::network`), and a 5xx counts towards
     /// ejecting the endpoint. Returns the upstream time and the service time in it.
-    pub fn answered(&mut self, status: u16) -> (Duration, Duration) {
+    ///
+    /// A `streaming` answer's head says nothing of its service time (a model server sends it
+    /// before the first token): the pipeline observes the stream itself when it ends
+    /// (`pipeline::record`), and nothing is learned here.
+    pub fn answered(&mut self, status: u16, streaming: bool) -> (Duration, Duration) {
         let took = self.started.elapsed();
         let table = &self.table;
         let (p, e) = self.target;
         let pool = &table.pools[p as usize];
-        let service = route::network::observe_upstream(table, self.target, took);
+        let service = route::network::observe_upstream(table, self.target, took, !streaming);
         // Answered: no longer a candidate for "overdue" (a streamed body may go on for long).
         if let Some(slot) = self.overdue.take() {
             table.live.pool(p).untrack(slot);

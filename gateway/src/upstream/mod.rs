@@ -81,6 +81,9 @@ pub struct Trail {
     /// `Some(true)`: a second attempt was sent (hedging tier); `Some(false)`: a hedging tier
     /// that did not need one.
     pub hedged: Option<bool>,
+    /// When the answering attempt's request was sent (on a new connection, once it was set
+    /// up): a stream's time to first token is counted from here.
+    pub sent_at: Option<Instant>,
 }
 
 impl Trail {
@@ -91,6 +94,7 @@ impl Trail {
             upstream_time: None,
             service_time: None,
             hedged: None,
+            sent_at: None,
         }
     }
 }
@@ -121,8 +125,9 @@ pub async fn send(out: &mut Outbound<'_>, trail: &mut Trail) -> Result<Answer, G
             Ok(head) => {
                 let status = status_of(out.grpc, &head.header);
                 let mut attempt = attempt;
-                let (upstream, service) = attempt.answered(status);
+                let (upstream, service) = attempt.answered(status, out.class.streaming);
                 (trail.upstream_time, trail.service_time) = (Some(upstream), Some(service));
+                trail.sent_at = Instant::now().checked_sub(upstream);
                 if status >= 500 && may_retry(out, trail) {
                     // A 5xx on an idempotent route, retried elsewhere with the whole body.
                     let pool = &table.pools[attempt.target.0 as usize];
@@ -289,7 +294,7 @@ pub async fn fetch(
                 .get(http::header::CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string);
-            attempt.answered(status);
+            attempt.answered(status, false);
             let mut answer = Answer::new(attempt, head, false);
             match answer.body.read_all(max).await {
                 Ok(body) => Fetched::Answer {
@@ -428,7 +433,7 @@ async fn settle_loser(mut attempt: Attempt, result: Result<Head, Failure>) {
     match result {
         Ok(head) => {
             let status = head.header.status.as_u16();
-            attempt.answered(status);
+            attempt.answered(status, false);
             head.discard().await;
         }
         Err(failure) => attempt.report(&failure),

@@ -19,6 +19,10 @@ pub struct Tier {
     pub timeout: Duration,
     /// Hedge after this many times the pool's service-time estimate (`None`: never).
     pub hedge_after: Option<f64>,
+    /// A streamed request's time-to-first-token objective (`None`: streams are judged on
+    /// the deadline), and its time per output token.
+    pub ttft: Option<Duration>,
+    pub tpot: Option<Duration>,
 }
 
 /// A set of pool kinds as a bit mask.
@@ -114,6 +118,38 @@ pub(super) fn compile(p: &mut Problems, raw: &raw::Policy) -> Tiers {
             Some(node) => duration_field(p, node, "timeout"),
             None => (deadline * 4).clamp(Duration::from_secs(5), Duration::from_secs(600)),
         };
+        let objective = |p: &mut Problems, node: &Option<Spanned<String>>, what: &str| {
+            let node = node.as_ref()?;
+            let d = duration_field(p, node, what);
+            if d.is_zero() {
+                p.on(
+                    node,
+                    format!("tier `{name}`: {what} must be greater than zero"),
+                );
+                return None;
+            }
+            Some(d)
+        };
+        let ttft = objective(p, &t.ttft, "ttft");
+        let tpot = objective(p, &t.tpot, "tpot");
+        if let (Some(node), None) = (&t.tpot, &t.ttft) {
+            p.on(
+                node,
+                format!("tier `{name}`: tpot applies with a `ttft` objective; add one"),
+            );
+        }
+        if let (Some(node), Some(ttft)) = (&t.ttft, ttft) {
+            if ttft > deadline {
+                p.on(
+                    node,
+                    format!(
+                        "tier `{name}`: ttft ({} ms) is longer than the deadline ({} ms)",
+                        ttft.as_millis(),
+                        deadline.as_millis()
+                    ),
+                );
+            }
+        }
         tier_by_name.insert(name.clone(), tiers.len() as TierId);
         tiers.push(Tier {
             header: header_value(name),
@@ -123,6 +159,8 @@ pub(super) fn compile(p: &mut Problems, raw: &raw::Policy) -> Tiers {
             kinds,
             on_slo_miss: t.on_slo_miss,
             timeout,
+            ttft,
+            tpot,
             hedge_after: t.hedge_after.as_ref().and_then(|h| {
                 if h.value.is_finite() && (1.0..=100.0).contains(&h.value) {
                     Some(h.value)
