@@ -236,14 +236,21 @@ fn tune_finds_cheaper_weights_that_still_meet_the_target_and_writes_a_valid_poli
 }
 
 #[test]
-fn tune_says_so_when_no_weights_meet_the_target() {
+fn tune_says_so_when_no_settings_meet_the_target() {
     let dir = tempfile::tempdir().expect("tempdir");
+    // No edge pool at all: real-time clients in Asia-Pacific (150 ms from the GPU pool, and
+    // the batch pool slower still) cannot meet the 150 ms deadline, whatever the tier may use.
     let policy = dir.path().join("gpu-only.yaml");
-    write_variant(
-        &policy,
-        "realtime: { deadline: 150ms, weight: 0.8, pools: [edge, gpu]",
-        "realtime: { deadline: 150ms, weight: 0.8, pools: [gpu]",
+    let text: String = switchyard::fleet_faults::POLICY
+        .lines()
+        .filter(|l| !l.contains("kind: edge"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_eq!(
+        text.lines().count() + 2,
+        switchyard::fleet_faults::POLICY.lines().count()
     );
+    std::fs::write(&policy, text).expect("write");
     let written = dir.path().join("never.yaml");
     let out = run(&[
         "tune",
@@ -421,13 +428,14 @@ fn tune_searches_hedging_and_on_slo_miss_and_writes_a_valid_policy() {
     let dir = tempfile::tempdir().expect("tempdir");
     let workload = dir.path().join("stalls.yaml");
     std::fs::write(&workload, STALLS).expect("write");
-    // Every tier hedges: the untargeted ones pay for it for nothing.
+    // Every tier hedges; at a 95% target the real-time tier's hedges do not pay. The policy
+    // has a queue, so `on_slo_miss: queue` is tried too, and what it did is shown.
     let original = dir.path().join("original.yaml");
-    write_variant(
-        &original,
+    let hedged = switchyard::fleet_faults::POLICY.replace(
         "on_slo_miss: fastest }",
         "on_slo_miss: fastest, hedge_after: 1.5 }",
     );
+    std::fs::write(&original, with_queue(&hedged, "")).expect("write");
     let tuned = dir.path().join("tuned.yaml");
     let out = run(&[
         "tune",
@@ -446,7 +454,18 @@ fn tune_searches_hedging_and_on_slo_miss_and_writes_a_valid_policy() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("on_slo_miss: batch fastest"), "{stdout}");
+    assert!(
+        stdout.contains("realtime hedge_after 1.5 → off"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("the best tried that changed on_slo_miss: queue:"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("realtime on_slo_miss fastest → queue"),
+        "{stdout}"
+    );
     let check = run(&["check", tuned.to_str().unwrap_or_default()]);
     assert!(check.status.success(), "{check:?}");
     let text = std::fs::read_to_string(&tuned).expect("read");
@@ -474,6 +493,95 @@ fn tune_searches_hedging_and_on_slo_miss_and_writes_a_valid_policy() {
         spend(system(phase, "tuned")) < spend(system(phase, "original")),
         "{phase:#}"
     );
+}
+
+#[test]
+fn tune_searches_pool_lists_and_replicas_and_writes_a_valid_policy() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The GPU pool paid per replica-hour: its two endpoints are two replicas to search.
+    let original = dir.path().join("original.yaml");
+    write_variant(
+        &original,
+        "price: { per_request: 0.00005, per_gpu_hour: 12.0 } }",
+        "price: { per_replica_hour: 10.0 } }",
+    );
+    let tuned = dir.path().join("tuned.yaml");
+    let args = |json: bool| {
+        let mut a = vec![
+            "tune",
+            "--policy",
+            original.to_str().unwrap_or_default(),
+            "--target",
+            "realtime=99%",
+            "--target",
+            "standard=99%",
+            "--phase-secs",
+            "4",
+        ];
+        if json {
+            a.push("--json");
+        } else {
+            a.extend(["--write", tuned.to_str().unwrap_or_default()]);
+        }
+        a
+    };
+    let r = json(&run(&args(true)));
+    // Pool lists and the replica count were among the candidates simulated, within the bound.
+    assert!(
+        r["searched"]["pool_lists"].as_u64().unwrap_or(0) > 0,
+        "{r:#}"
+    );
+    assert!(r["searched"]["replicas"].as_u64().unwrap_or(0) > 0, "{r:#}");
+    let evaluated = r["evaluated"].as_u64().unwrap_or(0);
+    assert!(
+        evaluated > 1 && evaluated <= r["bound"].as_u64().unwrap_or(0),
+        "{r:#}"
+    );
+    assert_eq!(r["phases"].as_array().map(Vec::len), Some(4), "{r:#}");
+    // The one written meets both targets in every phase, and says what it saves.
+    let best = &r["best"][0];
+    assert_eq!(best["meets_targets"], true, "{best:#}");
+    for (tier, phases) in best["attainment"]
+        .as_array()
+        .expect("attainment")
+        .iter()
+        .filter_map(|t| Some((t[0].as_str()?, t[1].as_array()?)))
+    {
+        assert_eq!(phases.len(), 4, "{tier}: {best:#}");
+        for p in phases {
+            assert!(p.as_f64().unwrap_or(0.0) >= 99.0, "{tier}: {best:#}");
+        }
+    }
+    let saving = best["saving_percent"].as_f64().unwrap_or(0.0);
+    assert!(saving > 0.0, "{best:#}");
+    // As text, with the file written; `check` accepts it.
+    let out = run(&args(false));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains(&format!("({saving:.1}%)")), "{stdout}");
+    assert!(stdout.contains("realtime: 100.00% "), "{stdout}");
+    let check = run(&["check", tuned.to_str().unwrap_or_default()]);
+    assert!(check.status.success(), "{check:?}");
+    // Simulated beside the original: both targets in every phase, for less.
+    let report = json(&run(&[
+        "simulate",
+        "--policy",
+        original.to_str().unwrap_or_default(),
+        "--policy",
+        tuned.to_str().unwrap_or_default(),
+        "--phase-secs",
+        "4",
+        "--json",
+    ]));
+    for phase in report["phases"].as_array().expect("phases") {
+        let t = system(phase, "tuned");
+        assert!(realtime(t) >= 99.0, "{phase:#}");
+        assert!(
+            t["tiers"][1]["slo_attainment"].as_f64().unwrap_or(0.0) >= 99.0,
+            "{phase:#}"
+        );
+    }
+    assert!(total_spend(&report, "tuned") < total_spend(&report, "original"));
 }
 
 /// The scenario's policy with a batch queue (`extra` appended to its `queue:` section).

@@ -178,8 +178,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Search tier weights for the lowest spend that meets SLO targets in every phase of a
-    /// simulated workload; print the best candidates and the YAML lines to change.
+    /// Search tier weights, `on_slo_miss`, hedging and pool lists, and provisioned pools'
+    /// replicas, for the lowest spend that meets SLO targets in every phase of a simulated
+    /// workload; print the best candidates, their attainment per phase and the YAML lines to
+    /// change.
     Tune {
         /// The policy to tune.
         #[arg(long, short)]
