@@ -1616,6 +1616,48 @@ mod tests {
     }
 
     #[test]
+    fn requests_are_billed_by_route_cost_on_the_fleets_prices() {
+        let w = fleet_faults::workload(Duration::from_secs(10), 10.0, 1)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut req = fleet_faults::Schedule::new(10.0, Duration::from_secs(1), 1)
+            .next()
+            .unwrap_or_else(|| panic!("a request"));
+        req.region = 0; // eu
+        req.model = 0;
+        (req.tokens, req.bytes) = ((400, 150), (1_800, 1_000));
+        // edge-eu, in eu, per use: 0.00002 + 0.4 × 0.00005 + 0.15 × 0.0002; no egress.
+        let edge = w.bill(0, &req, 17_000);
+        assert!((edge.usage - 0.00007).abs() < 1e-12, "{edge:?}");
+        assert_eq!(edge.egress, 0.0);
+        // gpu, in us, provisioned: no usage; 2,800 bytes eu ↔ us at 0.02 USD/GB.
+        let gpu = w.bill(2, &req, 45_000);
+        assert_eq!(gpu.usage, 0.0);
+        assert!((gpu.egress - 2_800.0 * 0.02 / 1e9).abs() < 1e-15, "{gpu:?}");
+        // batch: 0.9 USD per GPU-hour of the 225 ms served.
+        let batch = w.bill(3, &req, 225_000);
+        assert!(
+            (batch.usage - 0.9 * 0.225 / 3600.0).abs() < 1e-12,
+            "{batch:?}"
+        );
+        // Capacity: 2 replicas × 4 USD per hour, over a 10 s phase.
+        let capacity = w.capacity_usd(&w.phases[0]);
+        assert!((capacity - 8.0 / 360.0).abs() < 1e-12, "{capacity}");
+    }
+
+    #[test]
+    fn downtime_and_own_faults_within_a_window() {
+        let w = fleet_faults::workload(Duration::from_secs(1), 10.0, 1)
+            .unwrap_or_else(|e| panic!("{e}"));
+        // The GPU's endpoint 0 is down in phase 3 (2 s..3 s).
+        assert_eq!(w.down_us(2, 0, 1_500_000, 2_500_000), 500_000);
+        assert_eq!(w.down_us(2, 1, 1_500_000, 2_500_000), 0);
+        assert_eq!(w.own_faults(2, 0, 2_000_000, 3_000_000), vec![1]);
+        assert!(w.own_faults(2, 0, 0, 2_000_000).is_empty());
+        // A pool-wide slowdown is no endpoint's own.
+        assert!(w.own_faults(0, 0, 1_000_000, 2_000_000).is_empty());
+    }
+
+    #[test]
     fn faults_slow_and_refuse_only_in_their_window() {
         let w = fleet_faults::workload(Duration::from_secs(1), 10.0, 1)
             .unwrap_or_else(|e| panic!("{e}"));
