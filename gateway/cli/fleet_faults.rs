@@ -13,11 +13,12 @@
 //! So the simulated and the live run see the same requests, the same service times and the
 //! same faults by construction; `tests/simulate_live.rs` compares their figures. The policy is
 //! `policies/fleet-faults.yaml`, compiled in ([`POLICY`]); the tests below check that it
-//! describes this fleet (pool names, regions, endpoint counts, prices, round trips, tier
-//! deadlines).
+//! describes this fleet (pool names, regions, endpoint counts, prices, round trips, egress
+//! prices, tier deadlines).
 
 use std::ops::Range;
 use std::time::Duration;
+use switchyard_gateway::policy::compile::{Billing, Pricing};
 
 /// The scenario's name (`--scenario`).
 pub const NAME: &str = "fleet-faults";
@@ -36,6 +37,11 @@ pub const REGIONS: [&str; 3] = ["eu", "us", "ap"];
 /// live, the simulator adds them to every answer.
 pub const RTT_MS: [[f64; 3]; 3] = [[5.0, 80.0, 230.0], [80.0, 5.0, 150.0], [230.0, 150.0, 5.0]];
 
+/// What traffic between [`REGIONS`] costs, USD per GB (`EGRESS_USD_PER_GB[from][to]`, the
+/// policy's `egress_usd_per_gb`): cloud inter-region prices, Europe–US the cheapest.
+pub const EGRESS_USD_PER_GB: [[f64; 3]; 3] =
+    [[0.0, 0.02, 0.09], [0.02, 0.0, 0.08], [0.09, 0.08, 0.0]];
+
 /// SLO tiers and the deadline each is measured against, ms (the report's objective, whatever
 /// a simulated policy says).
 pub const TIERS: [(&str, f64); 3] = [
@@ -46,6 +52,36 @@ pub const TIERS: [(&str, f64); 3] = [
 
 /// The models requests ask for, by index: a request asks for the big one or not.
 pub const MODELS: [&str; 2] = ["small", "big"];
+
+/// What one request of a model carries, by model index ([`MODELS`]): the same for every
+/// system, live and simulated, so the bill's per-token and egress terms are the workload's,
+/// not a measurement's.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Size {
+    /// Tokens in the prompt and in the answer (billed by per-token prices).
+    pub tokens_in: u32,
+    pub tokens_out: u32,
+    /// Bytes to the pool and back (billed as egress when the pool is in another region).
+    pub request_bytes: u32,
+    pub answer_bytes: u32,
+}
+
+/// Per model: a short chat turn for the small one; the big one is multimodal (an image of
+/// ~150 kB in the request), so its egress is not negligible.
+pub const SIZES: [Size; 2] = [
+    Size {
+        tokens_in: 400,
+        tokens_out: 150,
+        request_bytes: 1_800,
+        answer_bytes: 1_000,
+    },
+    Size {
+        tokens_in: 1_500,
+        tokens_out: 400,
+        request_bytes: 150_000,
+        answer_bytes: 2_500,
+    },
+];
 
 /// The four phases, of equal length (`--phase-secs`), back to back.
 pub const PHASES: [&str; 4] = [
@@ -65,9 +101,8 @@ pub struct Pool {
     /// Service time of one request: `base_ms` plus a uniform `0..jitter_ms`.
     pub base_ms: u64,
     pub jitter_ms: u64,
-    /// The bill: per request, plus per GPU-hour of service time.
-    pub per_request: f64,
-    pub per_gpu_hour: f64,
+    /// How it is billed and its prices (the policy's `price:`, compiled).
+    pub pricing: Pricing,
     /// Whether it serves the big model (every pool serves the small one).
     pub big_model: bool,
 }
@@ -92,8 +127,18 @@ pub const EDGE_EU: usize = 0;
 /// The GPU pool: the always-GPU baseline's; its first endpoint dies in phase 3.
 pub const GPU: usize = 2;
 
-/// The fleet: two edge pools (small model only), a GPU pool with two endpoints and a batch
-/// pool, both in the US.
+/// Per use: a request, plus its tokens.
+const EDGE_PRICE: Pricing = Pricing {
+    billing: Billing::PerUse,
+    per_request: 0.00002,
+    per_gpu_hour: 0.0,
+    per_1k_input_tokens: 0.00005,
+    per_1k_output_tokens: 0.0002,
+};
+
+/// The fleet: two edge pools (small model only, billed per use), a GPU pool with two
+/// endpoints (provisioned: two replicas paid by the hour, busy or idle) and a batch pool
+/// (billed per GPU-hour of work), both in the US.
 pub const POOLS: [Pool; 4] = [
     Pool {
         name: "edge-eu",
@@ -101,8 +146,7 @@ pub const POOLS: [Pool; 4] = [
         endpoints: 1,
         base_ms: 15,
         jitter_ms: 5,
-        per_request: 0.00002,
-        per_gpu_hour: 0.0,
+        pricing: EDGE_PRICE,
         big_model: false,
     },
     Pool {
@@ -111,8 +155,7 @@ pub const POOLS: [Pool; 4] = [
         endpoints: 1,
         base_ms: 15,
         jitter_ms: 5,
-        per_request: 0.00002,
-        per_gpu_hour: 0.0,
+        pricing: EDGE_PRICE,
         big_model: false,
     },
     Pool {
@@ -121,8 +164,17 @@ pub const POOLS: [Pool; 4] = [
         endpoints: 2,
         base_ms: 40,
         jitter_ms: 10,
-        per_request: 0.00005,
-        per_gpu_hour: 12.0,
+        pricing: Pricing {
+            billing: Billing::Provisioned {
+                per_replica_hour: 4.0,
+                replicas: Some(2),
+                safe_utilisation: 0.7,
+            },
+            per_request: 0.0,
+            per_gpu_hour: 0.0,
+            per_1k_input_tokens: 0.0,
+            per_1k_output_tokens: 0.0,
+        },
         big_model: true,
     },
     Pool {
@@ -131,8 +183,13 @@ pub const POOLS: [Pool; 4] = [
         endpoints: 1,
         base_ms: 200,
         jitter_ms: 50,
-        per_request: 0.0,
-        per_gpu_hour: 0.9,
+        pricing: Pricing {
+            billing: Billing::Batch,
+            per_request: 0.0,
+            per_gpu_hour: 0.9,
+            per_1k_input_tokens: 0.0,
+            per_1k_output_tokens: 0.0,
+        },
         big_model: true,
     },
 ];
@@ -299,6 +356,11 @@ mod tests {
                     Duration::from_secs_f64(RTT_MS[a][b] / 1e3),
                     "rtt_ms {from} → {to}"
                 );
+                let per_gb = table.egress_per_byte(ra, rb) * 1e9;
+                assert!(
+                    (per_gb - EGRESS_USD_PER_GB[a][b]).abs() < 1e-12,
+                    "egress_usd_per_gb {from} → {to}: {per_gb}"
+                );
             }
         }
         assert_eq!(table.pools.len(), POOLS.len());
@@ -310,8 +372,7 @@ mod tests {
                 p.name
             );
             assert_eq!(p.endpoints.len(), def.endpoints, "{}", p.name);
-            assert_eq!(p.pricing.per_request, def.per_request, "{}", p.name);
-            assert_eq!(p.pricing.per_gpu_hour, def.per_gpu_hour, "{}", p.name);
+            assert_eq!(p.pricing, def.pricing, "{}", p.name);
             for (m, model) in MODELS.iter().enumerate() {
                 assert_eq!(p.models.serves(model), def.serves(m), "{} {model}", p.name);
             }

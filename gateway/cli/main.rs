@@ -138,8 +138,10 @@ enum Command {
         json: bool,
     },
     /// Simulate policies on a virtual clock against a scenario's traffic and faults, beside
-    /// round-robin, always-GPU and an offline (greedy) oracle: SLO attainment, latency,
-    /// spend and pool utilisation per phase, in seconds instead of minutes.
+    /// round-robin, always-GPU and the exact offline bounds (`optimum` within the policy's
+    /// pool lists, `relaxed` without): SLO attainment, latency, spend (capacity, usage,
+    /// egress) and its distance to the bounds, pool utilisation, per phase, in seconds
+    /// instead of minutes.
     Simulate {
         /// The built-in scenario (`fleet-faults`, as in `demo --scenario`).
         #[arg(long, default_value = "fleet-faults")]

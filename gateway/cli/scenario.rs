@@ -24,8 +24,14 @@
 //! clients connecting to it (see [`policy_at_run_time`]). The clients
 //! connect directly, so each instance measures the client → gateway round trip on the
 //! client's own socket.)
-//! Spend is the pool's price model applied to the service time — the measured time of the
-//! attempt minus the round trip its relay adds —, the same formula for every system. The baselines retry a failed connection once on
+//! Spend is the bill as `route::cost` prices it on the policy's compiled prices, the same
+//! function and figures the simulator uses: per phase, the provisioned pools' capacity over
+//! the phase (paid alike by every system, busy or idle), plus each answered request's usage
+//! (per request, the scenario's tokens per model, GPU-hours of its service time — the
+//! measured time of the attempt minus the round trip its relay adds) and egress (the
+//! scenario's bytes per model, from the client's region, where its gateway instance is, to
+//! the pool's). Live, the gateway bills the same way (`record::charge`); the client-side
+//! bill is used so that the baselines, which have no gateway, are billed alike. The baselines retry a failed connection once on
 //! the next pool / endpoint, so they are not punished for lacking what a trivial client would
 //! have.
 
@@ -39,6 +45,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use switchyard_gateway::policy::compile::{self, CompileContext};
+use switchyard_gateway::route::cost;
 use switchyard_gateway::server;
 use switchyard_gateway::serving::state::Fleet;
 use switchyard_testkit::client::{Connection, Request};
@@ -214,14 +221,77 @@ struct Outcome {
     /// Observed latency plus the simulated round trip, ms.
     latency_ms: f64,
     pool: Option<usize>,
-    cost_usd: f64,
+    /// The client's region and whether it asked for the big model (what the bill prices).
+    region: usize,
+    big: bool,
+    /// The attempt's time less the round trip its relay added: the service time billed.
+    service: Duration,
     /// The gateway's own latency estimate for the request (`est_ms` of its decision header).
     estimate_ms: Option<f64>,
 }
 
-fn cost(pool: usize, service: Duration) -> f64 {
-    let p = &POOLS[pool];
-    p.per_request + p.per_gpu_hour * service.as_secs_f64() / 3600.0
+/// The fleet's bill: the scenario's policy compiled, priced by `route::cost` as the simulator
+/// prices it (the same function, the same prices, the same sizes per model).
+struct Bill {
+    table: switchyard_gateway::serving::Serving,
+    /// Per scenario region and pool, the policy's index.
+    regions: Vec<switchyard_gateway::policy::compile::RegionId>,
+    pools: Vec<usize>,
+}
+
+impl Bill {
+    fn new() -> Result<Bill, ScenarioError> {
+        let table = crate::simulate::fleet_faults::policy()
+            .map_err(|e| ScenarioError::Definition(e.to_string()))?;
+        let regions = REGIONS
+            .iter()
+            .map(|r| {
+                table
+                    .region_by_name(r)
+                    .ok_or_else(|| ScenarioError::Definition(format!("no region `{r}`")))
+            })
+            .collect::<Result<_, _>>()?;
+        let pools = POOLS
+            .iter()
+            .map(|p| {
+                table
+                    .pools
+                    .iter()
+                    .position(|q| q.name == p.name)
+                    .ok_or_else(|| ScenarioError::Definition(format!("no pool `{}`", p.name)))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Bill {
+            table,
+            regions,
+            pools,
+        })
+    }
+
+    /// What an answered request was billed: usage and egress (the client's region to the
+    /// pool's: each client's gateway instance is in its own region), USD.
+    fn charge(&self, o: &Outcome) -> f64 {
+        let Some(p) = o.pool.filter(|_| o.ok) else {
+            return 0.0;
+        };
+        let pool = &self.table.pools[self.pools[p]];
+        let size = def::SIZES[usize::from(o.big)];
+        let tokens = (f64::from(size.tokens_in), f64::from(size.tokens_out));
+        cost::usage(&pool.pricing, o.service, tokens)
+            + cost::egress(
+                &self.table,
+                self.regions[o.region],
+                pool.region,
+                f64::from(size.request_bytes),
+                f64::from(size.answer_bytes),
+            )
+    }
+
+    /// The provisioned pools' capacity over `len`, USD (every system pays it alike).
+    fn capacity(&self, len: Duration) -> f64 {
+        let per_second: f64 = self.table.pools.iter().map(cost::capacity_per_second).sum();
+        per_second * len.as_secs_f64()
+    }
 }
 
 /// Which system the traffic goes to; each is reached through the client region's relays.
@@ -295,7 +365,9 @@ async fn serve_job(target: &Target, conns: &mut Conns, job: Job, phase: usize) -
         ok: false,
         latency_ms: f64::INFINITY,
         pool: None,
-        cost_usd: 0.0,
+        region: job.region,
+        big: job.big,
+        service: Duration::ZERO,
         estimate_ms: None,
     };
     // (pool, addresses to try in order)
@@ -341,10 +413,9 @@ async fn serve_job(target: &Target, conns: &mut Conns, job: Job, phase: usize) -
                     ok,
                     latency_ms: started.elapsed().as_secs_f64() * 1e3,
                     pool,
-                    cost_usd: match (ok, pool) {
-                        (true, Some(p)) => cost(p, service),
-                        _ => 0.0,
-                    },
+                    region: job.region,
+                    big: job.big,
+                    service,
                     estimate_ms,
                 };
             }
@@ -463,7 +534,13 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     }
 }
 
-fn summarise(system: &str, outcomes: &[Outcome], phase: usize) -> SystemReport {
+fn summarise(
+    system: &str,
+    outcomes: &[Outcome],
+    phase: usize,
+    bill: &Bill,
+    len: Duration,
+) -> SystemReport {
     let in_phase: Vec<&Outcome> = outcomes.iter().filter(|o| o.phase == phase).collect();
     let mut tiers = Vec::new();
     for (t, (name, deadline_ms)) in TIERS.iter().enumerate() {
@@ -496,7 +573,7 @@ fn summarise(system: &str, outcomes: &[Outcome], phase: usize) -> SystemReport {
     for v in traffic.values_mut() {
         *v = (*v * 10.0_f64).round() / 10.0;
     }
-    let spend: f64 = in_phase.iter().map(|o| o.cost_usd).sum();
+    let spend: f64 = bill.capacity(len) + in_phase.iter().map(|o| bill.charge(o)).sum::<f64>();
     let mut errors: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     for o in in_phase.iter().filter(|o| o.ok) {
         if let (Some(p), Some(est)) = (o.pool, o.estimate_ms) {
@@ -610,6 +687,7 @@ pub fn run(opts: ScenarioOptions) -> Result<(), ScenarioError> {
     if !SCENARIOS.contains(&opts.name.as_str()) {
         return Err(ScenarioError::Unknown(opts.name));
     }
+    let bill = Bill::new()?;
     // The traffic runs on one runtime, the fleet and its relays (the "network") on another:
     // a burst of client work must not hold bytes in a relay longer than its delay.
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -667,7 +745,7 @@ pub fn run(opts: ScenarioOptions) -> Result<(), ScenarioError> {
         gateways.push(proxy);
     }
     runtime.block_on(async move {
-        let report = scenario(&opts, &gateways, &wan, &fleets).await;
+        let report = scenario(&opts, &gateways, &wan, &fleets, &bill).await;
         for f in &fleets {
             f.shutdown();
         }
@@ -698,6 +776,7 @@ async fn scenario(
     gateways: &[SocketAddr],
     wan: &Wan,
     fleets: &[MockFleet; 3],
+    bill: &Bill,
 ) -> Report {
     for gateway in gateways {
         for _ in 0..100 {
@@ -741,7 +820,7 @@ async fn scenario(
             systems: SYSTEMS
                 .iter()
                 .zip(&results)
-                .map(|(name, outcomes)| summarise(name, outcomes, p))
+                .map(|(name, outcomes)| summarise(name, outcomes, p, bill, opts.phase))
                 .collect(),
         })
         .collect();
@@ -749,7 +828,7 @@ async fn scenario(
         scenario: opts.name.clone(),
         phase_secs: opts.phase.as_secs_f64(),
         rate_per_sec: opts.rate,
-        note: "WAN RTT is real delay: every path from a region to a pool crosses a TCP relay adding the policy's rtt_ms (Switchyard: one instance per region at the region's ingress, reaching the pools through its region's relays; baselines: the client's region's relays). Latency is what the client measures. Spend = pool price model x service time (attempt time minus the relay's round trip), same formula for every system.".into(),
+        note: "WAN RTT is real delay: every path from a region to a pool crosses a TCP relay adding the policy's rtt_ms (Switchyard: one instance per region at the region's ingress, reaching the pools through its region's relays; baselines: the client's region's relays). Latency is what the client measures. Spend per phase = the provisioned pools' capacity over the phase (replicas x price per replica-hour, the same for every system) + usage (per request, the scenario's tokens per model, GPU-hours of service: attempt time minus the relay's round trip) + egress (the scenario's bytes per model, client region to pool region), priced by route::cost on the policy's prices, as the simulator prices them.".into(),
         phases,
     }
 }

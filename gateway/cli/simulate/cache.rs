@@ -166,6 +166,8 @@ mod tests {
             model: 0,
             service_quantile: 0.5,
             key,
+            tokens: (0, 0),
+            bytes: (0, 0),
         }
     }
 

@@ -13,11 +13,20 @@
 //! only by where they send it.
 //!
 //! Beside each policy it runs the baselines of the live scenario (client-side round-robin
-//! over every pool that serves the model, and always-GPU) and an `oracle`: a greedy offline
-//! bound that, knowing every service time and the queue at every endpoint, sends each
-//! request in arrival order to the cheapest pool that meets its deadline (any pool that serves
-//! the model, whatever a policy allows the tier), else to the fastest. Greedy, so it is a
-//! bound to compare spend with, not a proven optimum.
+//! over every pool that serves the model, and always-GPU) and two exact offline bounds
+//! (`simulate/optimum.rs`): `optimum`, the cheapest assignment of the same requests that
+//! meets the most deadlines within the first policy's restrictions (tier pool kinds,
+//! residency) and the fleet's capacity, solved as a linear programme per 1 s slot, and
+//! `relaxed`, the same with any pool that serves the model. Every system's distance to each
+//! is reported per phase.
+//!
+//! Every system is billed by `route::cost` — the live gateway's cost function — on the
+//! fleet policy's compiled prices ([`Bill`]): per phase, every provisioned pool's capacity
+//! over the phase (replicas × price per replica-hour, busy or idle, the same for every
+//! system), plus each answered request's usage (per request, its tokens at the per-1k
+//! prices, the GPU-hours of its actual service time) and the egress of its bytes between
+//! its client's region and the pool's. Tokens and bytes are the workload's per request
+//! (per model for the scenario and scripted workloads, a decision log's own for a trace).
 //!
 //! Every attempt follows the live gateway's rules, called from `switchyard_gateway::upstream::rules`
 //! with the virtual clock: the slot rule (`take_slot`: compare-and-swap, decide again on a
@@ -37,7 +46,11 @@
 //! - **Network**: the simulated gateway sits with its clients: an answer's time is the
 //!   server's plus the client region's round trip from the policy's matrix, and the
 //!   estimates learn service time only (live: measured client and pool round trips, and
-//!   the service time is the upstream time less the endpoint's round trip).
+//!   the service time is the upstream time less the endpoint's round trip). Egress is
+//!   billed from the client's region (live: from the gateway's, `gateway_region`).
+//! - **Bill**: tokens and answer bytes are the workload's, not an answer's `usage` (the
+//!   pools' token and answer-size averages learn them as live); a hedge's loser is billed
+//!   its estimate's usage and egress (live too), not its actual service.
 //! - **Hedging on cached routes**: not simulated (live, a hedged answer is captured like any
 //!   other); a tier's hedging applies to its uncached routes only.
 //! - **Failures**: endpoints refuse connections or get slower; there are no timeouts, no
@@ -53,6 +66,7 @@
 
 mod cache;
 pub mod fleet_faults;
+pub mod optimum;
 mod queue;
 mod race;
 pub mod trace;
@@ -69,8 +83,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use switchyard_gateway::classify::Class;
-use switchyard_gateway::policy::compile::{self, CompileContext, PoolId};
-use switchyard_gateway::route::{self, Reason};
+use switchyard_gateway::policy::compile::{self, CompileContext, PoolId, RegionId};
+use switchyard_gateway::route::{self, cost, Reason};
 use switchyard_gateway::serving::state::Fleet;
 use switchyard_gateway::serving::Serving;
 use switchyard_gateway::upstream::rules;
@@ -80,6 +94,10 @@ const CACHE_ENTRIES: usize = 1 << 20;
 /// The body of an answer the simulated cache stores (a typical chat completion); its weight
 /// against `cache.max_bytes` is the store's own rule for such an entry.
 const ANSWER_BYTES: usize = 2048;
+/// The exact bound within the first policy's restrictions (see `optimum.rs`).
+pub const OPTIMUM: &str = "optimum";
+/// The exact bound with any pool serving the model.
+pub const RELAXED: &str = "relaxed";
 /// A refused connection costs this much before the next attempt (loopback-like).
 const CONNECT_REFUSED_US: u64 = 100;
 /// The path the workload's requests are sent to (the route is matched on it).
@@ -110,9 +128,8 @@ pub struct PoolModel {
     /// Service time: `base + quantile × jitter` (uniform).
     pub base: Duration,
     pub jitter: Duration,
-    /// The bill: per request plus per GPU-hour of service time.
-    pub per_request: f64,
-    pub per_gpu_hour: f64,
+    /// The pool in [`FleetModel::bill`] whose compiled `price:` this pool is billed by.
+    pub bill: PoolId,
     /// Per model of the workload ([`Workload::models`]), whether the pool serves it.
     pub serves: Vec<bool>,
     /// A GPU pool (the always-GPU baseline's).
@@ -129,6 +146,51 @@ pub struct FleetModel {
     /// True round-trip times between regions, ms (`rtt_ms[client][pool]`).
     pub rtt_ms: Vec<Vec<f64>>,
     pub pools: Vec<PoolModel>,
+    /// What the fleet bills: its policy compiled (every pool's `Pricing` and replicas, the
+    /// `egress_usd_per_gb` matrix), read only through `route::cost`.
+    pub bill: Bill,
+}
+
+/// The fleet's compiled policy as its bill, and its regions in the policy's numbering.
+#[derive(Clone)]
+pub struct Bill {
+    pub table: Arc<Serving>,
+    /// Per region of [`FleetModel::regions`], the policy's `RegionId`.
+    pub regions: Vec<RegionId>,
+}
+
+impl std::fmt::Debug for Bill {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bill")
+            .field("pools", &self.table.pools.len())
+            .field("regions", &self.regions)
+            .finish()
+    }
+}
+
+impl Bill {
+    /// `table` as the bill of a fleet with these `regions` (each must be the policy's).
+    pub fn new(table: Arc<Serving>, regions: &[String]) -> Result<Bill, SimError> {
+        let regions = regions
+            .iter()
+            .map(|r| {
+                table.region_by_name(r).ok_or_else(|| {
+                    SimError::Workload(format!("the fleet's policy has no region `{r}`"))
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Bill { table, regions })
+    }
+
+    /// The pool of the bill named `name`.
+    pub fn pool(&self, name: &str) -> Result<PoolId, SimError> {
+        self.table
+            .pools
+            .iter()
+            .position(|p| p.name == name)
+            .map(|i| i as PoolId)
+            .ok_or_else(|| SimError::Workload(format!("the fleet's policy has no pool `{name}`")))
+    }
 }
 
 /// A change to the fleet for a while (`from` inclusive, `to` exclusive, from the start).
@@ -169,6 +231,27 @@ pub struct Request {
     pub service_quantile: f64,
     /// Identical requests share a key (a repeat the prediction cache can answer); 0: unique.
     pub key: u64,
+    /// Tokens in and out (the per-token prices), bytes to the pool and back (egress).
+    pub tokens: (u32, u32),
+    pub bytes: (u32, u32),
+}
+
+/// A request's bill on a pool: usage and egress, USD (capacity is billed by the hour).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Charge {
+    pub usage: f64,
+    pub egress: f64,
+}
+
+impl Charge {
+    pub fn total(&self) -> f64 {
+        self.usage + self.egress
+    }
+
+    fn add(&mut self, other: Charge) {
+        self.usage += other.usage;
+        self.egress += other.egress;
+    }
 }
 
 /// One reporting phase of a workload, back to back from the start.
@@ -208,6 +291,10 @@ pub struct Workload {
     pub tiers: Vec<(String, f64)>,
     /// The models requests ask for.
     pub models: Vec<String>,
+    /// Per model, what a typical request carries: tokens (in, out) and bytes (to the pool,
+    /// back). Each [`Request`] carries its own; these are the size a decision sees (the
+    /// class's `request_bytes`).
+    pub sizes: Vec<((u32, u32), (u32, u32))>,
     pub fleet: FleetModel,
     pub faults: Vec<Fault>,
     pub mix: Mix,
@@ -274,6 +361,58 @@ impl Workload {
         t.max(1)
     }
 
+    /// The faults that name `pool`'s `endpoint` itself (not the whole pool) and overlap
+    /// `from..to` (µs): endpoints with the same ones behave alike in that window.
+    fn own_faults(&self, pool: usize, endpoint: usize, from: u64, to: u64) -> Vec<usize> {
+        let overlaps = |a: &Duration, b: &Duration| us(*a) < to && us(*b) > from;
+        (0..self.faults.len())
+            .filter(|&i| match &self.faults[i] {
+                Fault::Slower {
+                    pool: fp,
+                    endpoint: Some(fe),
+                    from: a,
+                    to: b,
+                    ..
+                }
+                | Fault::Down {
+                    pool: fp,
+                    endpoint: fe,
+                    from: a,
+                    to: b,
+                } => *fp == pool && *fe == endpoint && overlaps(a, b),
+                Fault::Slower { endpoint: None, .. } => false,
+            })
+            .collect()
+    }
+
+    /// How long `pool`'s `endpoint` refuses connections within `from..to` (µs).
+    fn down_us(&self, pool: usize, endpoint: usize, from: u64, to: u64) -> u64 {
+        let mut windows: Vec<(u64, u64)> = self
+            .faults
+            .iter()
+            .filter_map(|f| match f {
+                Fault::Down {
+                    pool: fp,
+                    endpoint: fe,
+                    from: a,
+                    to: b,
+                } if *fp == pool && *fe == endpoint => Some((us(*a).max(from), us(*b).min(to))),
+                _ => None,
+            })
+            .filter(|(a, b)| a < b)
+            .collect();
+        windows.sort_unstable();
+        let (mut total, mut reach) = (0, from);
+        for (a, b) in windows {
+            let a = a.max(reach);
+            if b > a {
+                total += b - a;
+                reach = b;
+            }
+        }
+        total
+    }
+
     fn is_down(&self, pool: usize, endpoint: usize, now_us: u64) -> bool {
         self.faults.iter().any(|f| match f {
             Fault::Down {
@@ -290,9 +429,40 @@ impl Workload {
         (self.fleet.rtt_ms[region][self.fleet.pools[pool].region] * 1000.0) as u64
     }
 
-    fn cost(&self, pool: usize, service_us: u64) -> f64 {
-        let p = &self.fleet.pools[pool];
-        p.per_request + p.per_gpu_hour * service_us as f64 / 3.6e9
+    /// What `pool` bills for `req` served in `service_us`, as `route::cost` prices it on the
+    /// fleet's compiled policy: usage (per request, tokens, GPU-hours of service; nothing on a
+    /// provisioned pool) and the egress of its bytes between the client's region (the
+    /// simulated gateway sits with its clients) and the pool's.
+    fn bill(&self, pool: usize, req: &Request, service_us: u64) -> Charge {
+        let bill = &self.fleet.bill;
+        let p = &bill.table.pools[self.fleet.pools[pool].bill as usize];
+        let tokens = (f64::from(req.tokens.0), f64::from(req.tokens.1));
+        let here = bill.regions[req.region];
+        Charge {
+            usage: cost::usage(&p.pricing, Duration::from_micros(service_us), tokens),
+            egress: cost::egress(
+                &bill.table,
+                here,
+                p.region,
+                f64::from(req.bytes.0),
+                f64::from(req.bytes.1),
+            ),
+        }
+    }
+
+    /// A provisioned pool's capacity, USD per second (`route::cost::capacity_per_second`):
+    /// paid over every phase, busy or idle, whoever sends it traffic.
+    fn capacity_per_second(&self, pool: usize) -> f64 {
+        let bill = &self.fleet.bill;
+        cost::capacity_per_second(&bill.table.pools[self.fleet.pools[pool].bill as usize])
+    }
+
+    /// Every provisioned pool's capacity over `phase`, USD: the same for every system.
+    fn capacity_usd(&self, phase: &PhaseSpec) -> f64 {
+        let secs = phase.len.as_secs_f64();
+        (0..self.fleet.pools.len())
+            .map(|p| self.capacity_per_second(p) * secs)
+            .sum()
     }
 
     fn serves(&self, pool: usize, model: u16) -> bool {
@@ -338,8 +508,13 @@ const HIST_GROWTH: f64 = 1.01;
 
 impl Hist {
     fn add(&mut self, ms: f64) {
+        self.add_n(ms, 1);
+    }
+
+    /// `n` latencies of `ms` each.
+    fn add_n(&mut self, ms: f64, n: u64) {
         if !ms.is_finite() {
-            self.infinite += 1;
+            self.infinite += n;
             return;
         }
         let b = if ms <= HIST_MIN_MS {
@@ -350,7 +525,7 @@ impl Hist {
         if self.counts.len() <= b {
             self.counts.resize(b + 1, 0);
         }
-        self.counts[b] += 1;
+        self.counts[b] += n;
     }
 
     /// The scenario's percentile rule (`sorted[round((n − 1) × p)]`, −1 if infinite), read
@@ -386,7 +561,9 @@ struct PhaseStats {
     tiers: Vec<TierStats>,
     requests: u64,
     errors: u64,
-    spend: f64,
+    /// What the answered requests were billed (usage and egress; capacity accrues with the
+    /// phase's time, see [`Workload::capacity_usd`]).
+    bill: Charge,
     served: Vec<u64>,
     busy_us: Vec<u64>,
     shed: u64,
@@ -397,7 +574,7 @@ struct PhaseStats {
     cache_hits: u64,
     /// Requests answered with an identical in-flight request's answer (single flight).
     coalesced: u64,
-    /// Second attempts sent by a hedging tier, and their estimated cost (their bill).
+    /// Second attempts sent by a hedging tier, and their estimated bill (usage and egress).
     hedges: u64,
     hedge_spend: f64,
     /// Cached answers evicted to stay within `cache.max_bytes`.
@@ -414,7 +591,7 @@ impl PhaseStats {
             tiers: vec![TierStats::default(); tiers],
             requests: 0,
             errors: 0,
-            spend: 0.0,
+            bill: Charge::default(),
             served: vec![0; pools],
             busy_us: vec![0; pools],
             shed: 0,
@@ -603,12 +780,12 @@ impl<'w> Engine<'w> {
         let (pool, _) = f.target;
         let rtt = self.w.rtt_us(f.req.region, pool);
         let latency_ms = (now - us(f.req.at) + rtt) as f64 / 1000.0;
-        let cost = self.w.cost(pool, f.service_us);
+        let charge = self.w.bill(pool, &f.req, f.service_us);
         let deadline = self.w.tiers[f.req.tier].1;
         let s = self.phase(&f.req);
         s.requests += 1;
         s.served[pool] += 1;
-        s.spend += cost;
+        s.bill.add(charge);
         let t = &mut s.tiers[f.req.tier];
         t.requests += 1;
         t.met += u64::from(latency_ms <= deadline);
@@ -630,12 +807,12 @@ impl<'w> Engine<'w> {
         t.latency.add(latency_ms);
     }
 
-    /// A hedge sent: billed its estimated cost, as `hedge::run` counts it (the losing
-    /// attempt's bill, whichever loses).
-    fn lost(&mut self, req: &Request, cost: f64) {
+    /// A hedge sent: billed its estimate's usage and egress (the losing attempt's bill,
+    /// whichever loses; `hedge::run` counts the estimate too).
+    fn lost(&mut self, req: &Request, charge: Charge) {
         let s = self.phase(req);
-        s.spend += cost;
-        s.hedge_spend += cost;
+        s.bill.add(charge);
+        s.hedge_spend += charge.total();
     }
 
     /// Answered from the prediction cache at once (the client's time to the gateway is not
@@ -757,8 +934,10 @@ impl PolicySystem {
                 let t = table
                     .tier_by_name(tier)
                     .ok_or_else(|| mismatch(format!("no tier `{tier}`")))?;
-                for model in &w.models {
-                    classes.push(Class::what_if(&table, route, r, t, model));
+                for (m, model) in w.models.iter().enumerate() {
+                    let mut class = Class::what_if(&table, route, r, t, model);
+                    class.request_bytes = w.sizes.get(m).map_or(0, |s| s.1 .0);
+                    classes.push(class);
                 }
             }
         }
@@ -957,6 +1136,11 @@ impl System {
                 ep.mark_success();
                 pool.release();
                 ep.release();
+                // As `record::charge`: the answer's tokens and bytes into the pool's averages,
+                // which the next estimates price.
+                pool.tokens
+                    .record(u64::from(f.req.tokens.0), u64::from(f.req.tokens.1));
+                pool.answer_bytes.record(f64::from(f.req.bytes.1));
             }
             if sys.job_done(eng, &f, now) {
                 return;
@@ -1017,7 +1201,11 @@ impl System {
         };
         let ep = table.live.endpoint(p, e as usize);
         eng.phase(&f.req).hedges += 1;
-        eng.lost(&f.req, next.estimate.map_or(0.0, |e| e.cost_usd));
+        let charge = next.estimate.map_or(Charge::default(), |e| Charge {
+            usage: e.cost.usage_usd,
+            egress: e.cost.egress_usd,
+        });
+        eng.lost(&f.req, charge);
         let fleet_pool = sys.pools[p as usize];
         if w.is_down(fleet_pool, e as usize, now) {
             // The hedge cannot connect (`Attempt::failed_to_connect`): the first attempt's
@@ -1047,93 +1235,22 @@ fn w_rtt(eng: &Engine, f: &InFlight) -> u64 {
     eng.w.rtt_us(f.req.region, f.target.0)
 }
 
-/// The oracle: greedy in arrival order, with every service time and queue known.
-fn oracle(w: &Workload) -> Vec<PhaseStats> {
-    let mut stats: Vec<PhaseStats> = (0..w.phases.len())
-        .map(|_| PhaseStats::new(w.tiers.len(), w.fleet.pools.len()))
-        .collect();
-    // Per endpoint, when each of its servers is next free (min-heap).
-    let mut free: Vec<Vec<BinaryHeap<std::cmp::Reverse<u64>>>> = w
-        .fleet
-        .pools
-        .iter()
-        .map(|p| {
-            (0..p.endpoints)
-                .map(|_| {
-                    (0..p.servers_per_endpoint)
-                        .map(|_| std::cmp::Reverse(0))
-                        .collect()
-                })
-                .collect()
-        })
-        .collect();
-    // Perfect caching: any repeat of an answered request is free (a lower bound for any TTL).
-    let mut answered: std::collections::HashSet<u64> = std::collections::HashSet::new();
-    for req in w.requests() {
-        let at = us(req.at);
-        if req.key != 0 && answered.contains(&req.key) {
-            let s = &mut stats[w.phase_of(req.at)];
-            s.requests += 1;
-            s.cache_hits += 1;
-            let t = &mut s.tiers[req.tier];
-            t.requests += 1;
-            t.met += 1;
-            t.latency.add(0.0);
-            continue;
-        }
-        if req.key != 0 && answered.len() < CACHE_ENTRIES {
-            answered.insert(req.key);
-        }
-        let deadline_us = (w.tiers[req.tier].1 * 1000.0) as u64;
-        // (cost, latency, pool, endpoint, start, service)
-        let mut best: Option<(f64, u64, usize, usize, u64, u64)> = None;
-        let mut fastest: Option<(f64, u64, usize, usize, u64, u64)> = None;
-        for (p, eps) in free.iter().enumerate() {
-            if !w.serves(p, req.model) {
-                continue;
-            }
-            for (e, heap) in eps.iter().enumerate() {
-                if w.is_down(p, e, at) {
-                    continue;
-                }
-                let start = heap.peek().map_or(at, |r| r.0.max(at));
-                let service = w.service_at(p, e, req.service_quantile, start);
-                let latency = start - at + service + w.rtt_us(req.region, p);
-                let c = (w.cost(p, service), latency, p, e, start, service);
-                if latency <= deadline_us && best.is_none_or(|b| (c.0, c.1) < (b.0, b.1)) {
-                    best = Some(c);
-                }
-                if fastest.is_none_or(|b| c.1 < b.1) {
-                    fastest = Some(c);
-                }
-            }
-        }
-        let s = &mut stats[w.phase_of(req.at)];
-        s.requests += 1;
-        let t = &mut s.tiers[req.tier];
-        t.requests += 1;
-        let Some((cost, latency, p, e, start, service)) = best.or(fastest) else {
-            s.errors += 1;
-            t.latency.add(f64::INFINITY);
-            continue;
-        };
-        t.met += u64::from(latency <= deadline_us);
-        t.latency.add(latency as f64 / 1000.0);
-        s.spend += cost;
-        s.served[p] += 1;
-        busy(w, &mut stats, p, start, start + service);
-        let heap = &mut free[p][e];
-        heap.pop();
-        heap.push(std::cmp::Reverse(start + service));
-    }
-    stats
-}
-
 /// One system in one phase: the live scenario's figures plus what only a simulation sees.
 #[derive(Debug, Clone, Serialize)]
 pub struct SimSystemReport {
     #[serde(flatten)]
     pub base: SystemReport,
+    /// `spend_per_1k_usd`, split: provisioned pools' capacity over the phase (the same for
+    /// every system), usage (per request, tokens, GPU-hours of service) and egress.
+    pub capacity_per_1k_usd: f64,
+    pub usage_per_1k_usd: f64,
+    pub egress_per_1k_usd: f64,
+    /// Distance to the bounds, percent of the bound's whole bill (capacity included):
+    /// `(spend − optimum) / optimum` and the same against `relaxed`; and on usage + egress
+    /// alone (what routing can change). `None` when the bound's bill is zero.
+    pub vs_optimum_pct: Option<f64>,
+    pub vs_relaxed_pct: Option<f64>,
+    pub variable_vs_optimum_pct: Option<f64>,
     /// Busy servers ÷ servers per pool over the phase, percent.
     pub utilisation: BTreeMap<String, f64>,
     pub shed: u64,
@@ -1189,7 +1306,10 @@ fn round(v: f64, digits: i32) -> f64 {
     (v * f).round() / f
 }
 
-fn summarise(w: &Workload, name: &str, s: &PhaseStats, phase_len: Duration) -> SimSystemReport {
+fn summarise(w: &Workload, name: &str, s: &PhaseStats, phase: &PhaseSpec) -> SimSystemReport {
+    let phase_len = phase.len;
+    let per_1k = |usd: f64| round(usd * 1000.0 / s.requests.max(1) as f64, 5);
+    let capacity = w.capacity_usd(phase);
     let tiers = w
         .tiers
         .iter()
@@ -1234,13 +1354,19 @@ fn summarise(w: &Workload, name: &str, s: &PhaseStats, phase_len: Duration) -> S
             system: name.to_string(),
             requests: s.requests as usize,
             errors: s.errors as usize,
-            spend_per_1k_usd: round(s.spend * 1000.0 / s.requests.max(1) as f64, 5),
+            spend_per_1k_usd: per_1k(capacity + s.bill.total()),
             tiers,
             traffic,
             // The simulator estimates with the policy's baselines and knows the truth it
             // drew: no live estimate to compare (the scenario reports it for real runs).
             estimate_error: Default::default(),
         },
+        capacity_per_1k_usd: per_1k(capacity),
+        vs_optimum_pct: None,
+        vs_relaxed_pct: None,
+        variable_vs_optimum_pct: None,
+        usage_per_1k_usd: per_1k(s.bill.usage),
+        egress_per_1k_usd: per_1k(s.bill.egress),
         utilisation,
         shed: s.shed,
         overloaded: s.overloaded,
@@ -1280,13 +1406,13 @@ fn workload_of(opts: &SimOptions) -> Result<Workload, SimError> {
             .ok_or_else(|| {
                 SimError::Workload("--trace needs the fleet's policy: --fleet or --policy".into())
             })?;
-        let table = crate::tools::load(fleet)?;
-        return trace::load(path, &table, opts.phases, opts.rate_scale, opts.seed);
+        let table = Arc::new(crate::tools::load(fleet)?);
+        return trace::load(path, table, opts.phases, opts.rate_scale, opts.seed);
     }
     let mut w = match &opts.workload {
         Some(path) => workload::load(path, opts.seed)?,
         None if opts.scenario == crate::fleet_faults::NAME => {
-            fleet_faults::workload(opts.phase, opts.rate, opts.seed)
+            fleet_faults::workload(opts.phase, opts.rate, opts.seed)?
         }
         None => return Err(SimError::UnknownScenario(opts.scenario.clone())),
     };
@@ -1308,10 +1434,12 @@ fn simulate_policy(
     Ok(Engine::new(w).run(&mut system))
 }
 
-/// Simulate the scenario with every policy, the baselines and the oracle.
+/// Simulate the scenario with every policy, the baselines and the bounds.
 pub fn run(opts: &SimOptions) -> Result<SimReport, SimError> {
     let w = workload_of(opts)?;
     let mut systems: Vec<(String, System)> = Vec::new();
+    // The optimum's restrictions: the first policy's (the tier's pool kinds, residency).
+    let mut allowed: Option<optimum::Allowed> = None;
     if opts.policies.is_empty() {
         let table = compile::compile_str(
             crate::fleet_faults::POLICY,
@@ -1322,6 +1450,7 @@ pub fn run(opts: &SimOptions) -> Result<SimReport, SimError> {
         )?;
         let table = Serving::load(table, &Fleet::default())?;
         let sys = PolicySystem::new("switchyard", table, &w)?;
+        allowed.get_or_insert_with(|| optimum::Allowed::by_policy(&w, &sys.table));
         systems.push(("switchyard".into(), System::Policy(Box::new(sys))));
     }
     for path in &opts.policies {
@@ -1329,8 +1458,11 @@ pub fn run(opts: &SimOptions) -> Result<SimReport, SimError> {
         // A fresh live state per policy: nothing one run learns leaks into another.
         let table = crate::tools::load(path)?;
         let sys = PolicySystem::new(&name, table, &w)?;
+        allowed.get_or_insert_with(|| optimum::Allowed::by_policy(&w, &sys.table));
         systems.push((name, System::Policy(Box::new(sys))));
     }
+    let relaxed = optimum::Allowed::any(&w);
+    let allowed = allowed.unwrap_or_else(|| relaxed.clone());
     systems.push(("round-robin".into(), System::RoundRobin(0)));
     systems.push(("always-gpu".into(), System::AlwaysGpu(0)));
 
@@ -1341,18 +1473,40 @@ pub fn run(opts: &SimOptions) -> Result<SimReport, SimError> {
         let stats = Engine::new(&w).run(&mut system);
         results.push((name, stats));
     }
-    results.push(("oracle".into(), oracle(&w)));
+    results.push((OPTIMUM.into(), optimum::solve(&w, &allowed)?));
+    results.push((RELAXED.into(), optimum::solve(&w, &relaxed)?));
 
     let phases = w
         .phases
         .iter()
         .enumerate()
-        .map(|(i, phase)| SimPhaseReport {
-            phase: phase.name.clone(),
-            systems: results
+        .map(|(i, phase)| {
+            let capacity = w.capacity_usd(phase);
+            let bill = |name: &str| {
+                let (_, stats) = results.iter().find(|(n, _)| n == name)?;
+                Some(stats[i].bill.total())
+            };
+            let bounds = (bill(OPTIMUM), bill(RELAXED));
+            let systems = results
                 .iter()
-                .map(|(name, stats)| summarise(&w, name, &stats[i], phase.len))
-                .collect(),
+                .map(|(name, stats)| {
+                    let mut r = summarise(&w, name, &stats[i], phase);
+                    let own = stats[i].bill.total();
+                    let pct = |bound: Option<f64>, fixed: f64| {
+                        bound
+                            .filter(|b| b + fixed > 0.0)
+                            .map(|b| round((own - b) * 100.0 / (b + fixed), 2))
+                    };
+                    r.vs_optimum_pct = pct(bounds.0, capacity);
+                    r.vs_relaxed_pct = pct(bounds.1, capacity);
+                    r.variable_vs_optimum_pct = pct(bounds.0, 0.0);
+                    r
+                })
+                .collect();
+            SimPhaseReport {
+                phase: phase.name.clone(),
+                systems,
+            }
         })
         .collect();
     Ok(SimReport {
@@ -1361,7 +1515,7 @@ pub fn run(opts: &SimOptions) -> Result<SimReport, SimError> {
         phase_secs: mean(w.phases.iter().map(|p| p.len.as_secs_f64())),
         rate_per_sec: mean(w.phases.iter().map(|p| p.rate)),
         seed: opts.seed,
-        note: "Simulated on a virtual clock with the gateway's own decide and live state; RTT from the fleet's matrix, spend = pool price model x service time. The oracle is a greedy bound (cheapest pool meeting each deadline, any pool serving the model), not a proven optimum.".into(),
+        note: "Simulated on a virtual clock with the gateway's own decide and live state; RTT from the fleet's matrix. Spend per phase = provisioned capacity over the phase (the same for every system) + usage + egress, priced by route::cost on the fleet policy's prices. optimum: the cheapest assignment of the same requests that meets the most deadlines, within the first policy's tier pool kinds and residency, each endpoint's capacity per 1 s slot (down endpoints removed), exact service times, perfect caching; an exact LP optimum of a fluid model (no queueing within a slot, no work carried across slots). relaxed: the same, any pool serving the model. vs_optimum_pct = (spend - optimum) / optimum on the whole bill; variable_vs_optimum_pct on usage + egress only.".into(),
         phases,
     })
 }
@@ -1410,8 +1564,8 @@ pub fn render(report: &SimReport) -> String {
                 .collect();
             let _ = writeln!(
                 out,
-                "  {:<12} ${:.4}/1k req, {} requests, {} cache hits, {} errors (shed {}, overloaded {}, no candidate {}), queued {}, retries {}",
-                b.system, b.spend_per_1k_usd, b.requests, s.cache_hits, b.errors, s.shed, s.overloaded, s.no_candidate, s.queued, s.retries
+                "  {:<12} ${:.4}/1k req (capacity {:.4} + usage {:.4} + egress {:.4}), {} requests, {} cache hits, {} errors (shed {}, overloaded {}, no candidate {}), queued {}, retries {}",
+                b.system, b.spend_per_1k_usd, s.capacity_per_1k_usd, s.usage_per_1k_usd, s.egress_per_1k_usd, b.requests, s.cache_hits, b.errors, s.shed, s.overloaded, s.no_candidate, s.queued, s.retries
             );
             if s.coalesced + s.evictions + s.hedges > 0 {
                 let _ = writeln!(
@@ -1422,6 +1576,19 @@ pub fn render(report: &SimReport) -> String {
             }
             if let Some(line) = queue::render(s) {
                 let _ = writeln!(out, "  {:<12} {line}", "");
+            }
+            let bound = [OPTIMUM, RELAXED].contains(&b.system.as_str());
+            if let (Some(o), Some(r), Some(v), false) = (
+                s.vs_optimum_pct,
+                s.vs_relaxed_pct,
+                s.variable_vs_optimum_pct,
+                bound,
+            ) {
+                let _ = writeln!(
+                    out,
+                    "  {:<12} vs optimum {o:+.2}% (usage+egress {v:+.2}%), vs relaxed {r:+.2}%",
+                    ""
+                );
             }
             let _ = writeln!(out, "  {:<12} SLO: {}", "", tiers.join("; "));
             let _ = writeln!(out, "  {:<12} traffic: {}", "", traffic.join(", "));
@@ -1449,8 +1616,51 @@ mod tests {
     }
 
     #[test]
+    fn requests_are_billed_by_route_cost_on_the_fleets_prices() {
+        let w = fleet_faults::workload(Duration::from_secs(10), 10.0, 1)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut req = fleet_faults::Schedule::new(10.0, Duration::from_secs(1), 1)
+            .next()
+            .unwrap_or_else(|| panic!("a request"));
+        req.region = 0; // eu
+        req.model = 0;
+        (req.tokens, req.bytes) = ((400, 150), (1_800, 1_000));
+        // edge-eu, in eu, per use: 0.00002 + 0.4 × 0.00005 + 0.15 × 0.0002; no egress.
+        let edge = w.bill(0, &req, 17_000);
+        assert!((edge.usage - 0.00007).abs() < 1e-12, "{edge:?}");
+        assert_eq!(edge.egress, 0.0);
+        // gpu, in us, provisioned: no usage; 2,800 bytes eu ↔ us at 0.02 USD/GB.
+        let gpu = w.bill(2, &req, 45_000);
+        assert_eq!(gpu.usage, 0.0);
+        assert!((gpu.egress - 2_800.0 * 0.02 / 1e9).abs() < 1e-15, "{gpu:?}");
+        // batch: 0.9 USD per GPU-hour of the 225 ms served.
+        let batch = w.bill(3, &req, 225_000);
+        assert!(
+            (batch.usage - 0.9 * 0.225 / 3600.0).abs() < 1e-12,
+            "{batch:?}"
+        );
+        // Capacity: 2 replicas × 4 USD per hour, over a 10 s phase.
+        let capacity = w.capacity_usd(&w.phases[0]);
+        assert!((capacity - 8.0 / 360.0).abs() < 1e-12, "{capacity}");
+    }
+
+    #[test]
+    fn downtime_and_own_faults_within_a_window() {
+        let w = fleet_faults::workload(Duration::from_secs(1), 10.0, 1)
+            .unwrap_or_else(|e| panic!("{e}"));
+        // The GPU's endpoint 0 is down in phase 3 (2 s..3 s).
+        assert_eq!(w.down_us(2, 0, 1_500_000, 2_500_000), 500_000);
+        assert_eq!(w.down_us(2, 1, 1_500_000, 2_500_000), 0);
+        assert_eq!(w.own_faults(2, 0, 2_000_000, 3_000_000), vec![1]);
+        assert!(w.own_faults(2, 0, 0, 2_000_000).is_empty());
+        // A pool-wide slowdown is no endpoint's own.
+        assert!(w.own_faults(0, 0, 1_000_000, 2_000_000).is_empty());
+    }
+
+    #[test]
     fn faults_slow_and_refuse_only_in_their_window() {
-        let w = fleet_faults::workload(Duration::from_secs(1), 10.0, 1);
+        let w = fleet_faults::workload(Duration::from_secs(1), 10.0, 1)
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(w.service_us(0, 0.0, 0), 15_000);
         assert_eq!(w.service_us(0, 0.0, 1_500_000), 150_000);
         assert_eq!(w.service_us(0, 1.0, 3_000_000), 20_000);

@@ -234,12 +234,12 @@ impl PolicySystem {
         let pool = f.target.0;
         let result_us = now + eng.w.rtt_us(f.req.region, pool);
         let latency_ms = result_us.saturating_sub(job.enqueued_us) as f64 / 1000.0;
-        let cost = eng.w.cost(pool, f.service_us);
+        let charge = eng.w.bill(pool, &f.req, f.service_us);
         let deadline = eng.w.tiers[f.req.tier].1;
         let s = eng.phase(&f.req);
         s.served[pool] += 1;
-        s.spend += cost;
-        s.jobs.spend += cost;
+        s.bill.add(charge);
+        s.jobs.spend += charge.total();
         s.jobs.completed += 1;
         s.jobs.latency.add(latency_ms);
         let t = &mut s.tiers[f.req.tier];

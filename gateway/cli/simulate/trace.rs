@@ -23,7 +23,7 @@
 //! cache), as are lines without a region or tier (unclassified requests) and lines of
 //! another format version; the report's note says how many.
 
-use super::{FleetModel, Mix, PhaseSpec, PoolModel, Request, SimError, Workload};
+use super::{Bill, FleetModel, Mix, PhaseSpec, PoolModel, Request, SimError, Workload};
 use serde::Deserialize;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -32,7 +32,8 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use switchyard_gateway::policy::compile::RoutingTable;
+use switchyard_gateway::policy::compile::PoolId;
+use switchyard_gateway::serving::Serving;
 
 /// Samples of service time kept per pool.
 const RESERVOIR: usize = 4096;
@@ -53,6 +54,36 @@ struct Line {
     cache: Option<String>,
     upstream_ms: Option<f64>,
     elapsed_ms: f64,
+    #[serde(default)]
+    body_bytes: Option<u64>,
+    /// The tokens the answer used, on a pool priced per token (`null` elsewhere).
+    #[serde(default)]
+    tokens: Option<Tokens>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Tokens {
+    input: u64,
+    output: u64,
+}
+
+/// What a line's request carried, for its bill: tokens in and out, bytes up and down.
+/// Logged tokens are used as they are; a line without (its pool is not priced per token)
+/// counts them as the gateway's meter does without an answer's `usage` (a token per 4 bytes).
+/// The answer's bytes are not logged: 4 per output token, or the gateway's prior
+/// (`serving::state::PRIOR_ANSWER_BYTES`) when the tokens are not known either.
+fn sizes(line: &Line) -> [u32; 4] {
+    let per_token = switchyard_gateway::route::tokens::BYTES_PER_TOKEN;
+    let up = line.body_bytes.unwrap_or(0);
+    let (input, output, down) = match &line.tokens {
+        Some(t) => (t.input, t.output, t.output * per_token),
+        None => {
+            let down = switchyard_gateway::serving::state::PRIOR_ANSWER_BYTES as u64;
+            (up.div_ceil(per_token), down.div_ceil(per_token), down)
+        }
+    };
+    let clamp = |v: u64| v.min(u64::from(u32::MAX)) as u32;
+    [clamp(input), clamp(output), clamp(up), clamp(down)]
 }
 
 /// How trace names map to the fleet's indices.
@@ -115,14 +146,16 @@ fn open(path: &Path) -> Result<BufReader<File>, SimError> {
         .map_err(|e| SimError::Workload(format!("{}: cannot read: {e}", path.display())))
 }
 
-/// Read the trace once and build the workload that replays it on `fleet`'s pools.
+/// Read the trace once and build the workload that replays it on `fleet`'s pools, billed by
+/// `fleet`'s prices.
 pub fn load(
     path: &Path,
-    fleet: &RoutingTable,
+    table: Arc<Serving>,
     phases: usize,
     scale: f64,
     seed: u64,
 ) -> Result<Workload, SimError> {
+    let fleet: &Serving = &table;
     let regions: HashMap<String, usize> = fleet
         .regions
         .iter()
@@ -137,6 +170,8 @@ pub fn load(
         .collect();
     let mut models: HashMap<String, u16> = HashMap::new();
     let mut model_names: Vec<String> = Vec::new();
+    // Per model: the sums of its lines' sizes, and their number (the model's typical size).
+    let mut size_sums: Vec<([u64; 4], u64)> = Vec::new();
     let mut samples: HashMap<String, (u64, Vec<u64>)> = HashMap::new();
     let mut rng = fastrand::Rng::with_seed(seed);
     let (mut first, mut last, mut n, mut skipped) = (f64::MAX, f64::MIN, 0u64, 0u64);
@@ -172,6 +207,14 @@ pub fn load(
             }
             models.insert(line.model.clone(), model_names.len() as u16);
             model_names.push(line.model.clone());
+            size_sums.push(([0; 4], 0));
+        }
+        if let Some(&m) = models.get(&line.model) {
+            let (sums, count) = &mut size_sums[m as usize];
+            for (sum, v) in sums.iter_mut().zip(sizes(&line)) {
+                *sum += u64::from(v);
+            }
+            *count += 1;
         }
         if let (Some(pool), Some(ms)) = (&line.pool, line.upstream_ms) {
             // Reservoir sampling: every sample of the pool equally likely to be kept.
@@ -209,7 +252,9 @@ pub fn load(
         })
         .collect();
     let rate = n as f64 / span.as_secs_f64().max(0.001);
+    let bill = Bill::new(table.clone(), &fleet.regions)?;
     let fleet_model = FleetModel {
+        bill,
         regions: fleet.regions.clone(),
         rtt_ms: (0..fleet.regions.len())
             .map(|a| {
@@ -221,7 +266,8 @@ pub fn load(
         pools: fleet
             .pools
             .iter()
-            .map(|p| PoolModel {
+            .enumerate()
+            .map(|(i, p)| PoolModel {
                 name: p.name.clone(),
                 region: p.region as usize,
                 endpoints: p.endpoints.len(),
@@ -232,8 +278,7 @@ pub fn load(
                 },
                 base: p.service_time,
                 jitter: Duration::ZERO,
-                per_request: p.pricing.per_request,
-                per_gpu_hour: p.pricing.per_gpu_hour,
+                bill: i as PoolId,
                 serves: model_names.iter().map(|m| p.models.serves(m)).collect(),
                 gpu: p.kind.as_str() == "gpu",
                 empirical: samples.get(&p.name).cloned(),
@@ -257,6 +302,13 @@ pub fn load(
             .map(|t| (t.name.clone(), t.deadline.as_secs_f64() * 1000.0))
             .collect(),
         models: model_names,
+        sizes: size_sums
+            .iter()
+            .map(|(sums, n)| {
+                let mean = |i: usize| (sums[i] / (*n).max(1)) as u32;
+                ((mean(0), mean(1)), (mean(2), mean(3)))
+            })
+            .collect(),
         fleet: fleet_model,
         faults: Vec::new(),
         mix: Mix::Trace(Arc::new(TraceIndex {
@@ -273,8 +325,8 @@ pub fn load(
 }
 
 /// A line waiting in the re-order window: (arrival µs, line number, region, tier, model, its
-/// own service quantile's bits or [`DRAW`]).
-type Held = (u64, u64, usize, usize, u16, u64);
+/// own service quantile's bits or [`DRAW`], its [`sizes`]).
+type Held = (u64, u64, usize, usize, u16, u64, [u32; 4]);
 
 /// [`Held`]'s quantile when the line has none of its own (no quantile in 0..=1 has these bits).
 const DRAW: u64 = u64::MAX;
@@ -318,8 +370,9 @@ impl Replay {
                     ((at_ms - self.index.t0_ms).max(0.0) * 1000.0 / self.index.scale) as u64;
                 self.seq += 1;
                 let q = q.map_or(DRAW, f64::to_bits);
+                let sizes = sizes(&line);
                 self.held
-                    .push(Reverse((at_us, self.seq, region, tier, model, q)));
+                    .push(Reverse((at_us, self.seq, region, tier, model, q, sizes)));
             }
         }
     }
@@ -330,7 +383,7 @@ impl Iterator for Replay {
 
     fn next(&mut self) -> Option<Request> {
         self.fill();
-        let Reverse((at_us, _, region, tier, model, q)) = self.held.pop()?;
+        let Reverse((at_us, _, region, tier, model, q, sizes)) = self.held.pop()?;
         self.last_us = self.last_us.max(at_us);
         Some(Request {
             at: Duration::from_micros(self.last_us),
@@ -343,6 +396,8 @@ impl Iterator for Replay {
                 f64::from_bits(q)
             },
             key: 0,
+            tokens: (sizes[0], sizes[1]),
+            bytes: (sizes[2], sizes[3]),
         })
     }
 }

@@ -437,7 +437,10 @@ impl Search<'_> {
 
     fn candidate(&self, knobs: &Knobs, stats: &[PhaseStats]) -> Candidate {
         let requests: u64 = stats.iter().map(|s| s.requests).sum();
-        let spend: f64 = stats.iter().map(|s| s.spend).sum();
+        // Capacity is the same for every candidate, but counted so that the figure is the
+        // bill `simulate` reports.
+        let capacity: f64 = self.w.phases.iter().map(|p| self.w.capacity_usd(p)).sum();
+        let spend: f64 = capacity + stats.iter().map(|s| s.bill.total()).sum::<f64>();
         let mut meets = true;
         let mut worst_attainment = Vec::new();
         let mut attainment = Vec::new();

@@ -113,7 +113,7 @@ pub fn load(path: &Path, seed: u64) -> Result<Workload, SimError> {
 /// Parse and check a workload; every problem found.
 pub fn parse(text: &str, seed: u64) -> Result<Workload, Vec<String>> {
     let raw: RawWorkload = serde_saphyr::from_str(text).map_err(|e| vec![e.to_string()])?;
-    let fleet = fleet_faults::fleet();
+    let fleet = fleet_faults::fleet().map_err(|e| vec![e.to_string()])?;
     let mut problems = Vec::new();
 
     let mut phases = Vec::new();
@@ -255,6 +255,9 @@ pub fn parse(text: &str, seed: u64) -> Result<Workload, Vec<String>> {
             .iter()
             .map(|m| m.to_string())
             .collect(),
+        sizes: (0..crate::fleet_faults::MODELS.len())
+            .map(fleet_faults::size)
+            .collect(),
         fleet,
         faults,
         seed: raw.seed.unwrap_or(6) ^ seed.rotate_left(32),
@@ -358,6 +361,7 @@ impl Iterator for Scripted {
                 }
                 fresh
             };
+            let (tokens, bytes) = fleet_faults::size(usize::from(model));
             return Some(Request {
                 at,
                 region,
@@ -365,6 +369,8 @@ impl Iterator for Scripted {
                 model,
                 service_quantile: self.quantiles.f64(),
                 key,
+                tokens,
+                bytes,
             });
         }
     }
