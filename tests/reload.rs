@@ -133,35 +133,118 @@ async fn editing_the_file_changes_routing_within_two_seconds() {
     );
 }
 
+/// A ConfigMap volume as the kubelet writes it (`AtomicWriter` in kubelet's volume utils):
+/// the files live in a timestamped directory `..2026_12_07_16_00_00.NNN`, `..data` is a
+/// symlink to it, and each key is a symlink `policy.yaml -> ..data/policy.yaml`. An update
+/// writes a new timestamped directory, points a new symlink `..data_tmp` at it, renames that
+/// over `..data` (the one atomic step) and then deletes the old directory.
+struct ConfigMapVolume {
+    root: std::path::PathBuf,
+    current: String,
+    generation: u32,
+}
+
+impl ConfigMapVolume {
+    fn create(root: &Path, policy: &str) -> ConfigMapVolume {
+        let mut volume = ConfigMapVolume {
+            root: root.to_path_buf(),
+            current: String::new(),
+            generation: 0,
+        };
+        let first = volume.write_generation(policy);
+        std::os::unix::fs::symlink(&first, root.join("..data")).unwrap();
+        std::os::unix::fs::symlink("..data/policy.yaml", root.join("policy.yaml")).unwrap();
+        volume.current = first;
+        volume
+    }
+
+    /// Write `policy` into a new timestamped directory; returns its name.
+    fn write_generation(&mut self, policy: &str) -> String {
+        self.generation += 1;
+        let name = format!("..2026_12_07_16_00_0{}.{:09}", self.generation, 123_456_789);
+        let dir = self.root.join(&name);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("policy.yaml"), policy).unwrap();
+        name
+    }
+
+    /// The kubelet's update, step by step.
+    fn update(&mut self, policy: &str) {
+        let next = self.write_generation(policy);
+        std::os::unix::fs::symlink(&next, self.root.join("..data_tmp")).unwrap();
+        std::fs::rename(self.root.join("..data_tmp"), self.root.join("..data")).unwrap();
+        std::fs::remove_dir_all(self.root.join(&self.current)).unwrap();
+        self.current = next;
+    }
+}
+
 #[tokio::test]
-async fn a_kubernetes_configmap_symlink_swap_is_a_reload() {
+async fn a_kubernetes_configmap_update_is_a_reload_and_a_bad_one_is_not() {
     let a = mock("edge-a", 0).await;
     let b = mock("edge-b", 0).await;
     let v1 = one_pool("edge-a", a.addr(), "");
     let v2 = one_pool("edge-b", b.addr(), "");
-    // The kubelet's layout: policy.yaml → ..data/policy.yaml, ..data → ..<timestamp>/.
     let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
-    for (gen, text) in [("..gen1", &v1), ("..gen2", &v2)] {
-        std::fs::create_dir(root.join(gen)).unwrap();
-        std::fs::write(root.join(gen).join("policy.yaml"), text).unwrap();
-    }
-    std::os::unix::fs::symlink("..gen1", root.join("..data")).unwrap();
-    std::os::unix::fs::symlink("..data/policy.yaml", root.join("policy.yaml")).unwrap();
-    let path = root.join("policy.yaml");
+    let mut volume = ConfigMapVolume::create(dir.path(), &v1);
+    let path = dir.path().join("policy.yaml");
     let gw = Gateway::start_file(dir, path).await;
-    assert_eq!(route(&gw).await.1, "edge-a");
+    assert_eq!(
+        route(&gw).await,
+        (200, "edge-a".into(), content_version(&v1))
+    );
 
-    // Atomic swap of `..data`, as the kubelet does: new link, renamed over the old one.
-    let root = gw.dir.path();
-    std::os::unix::fs::symlink("..gen2", root.join("..data_tmp")).unwrap();
-    std::fs::rename(root.join("..data_tmp"), root.join("..data")).unwrap();
+    // A good update: served within a few seconds, named by its version.
+    volume.update(&v2);
     assert!(
-        served_by_within(&gw, "edge-b", Duration::from_secs(2)).await,
+        served_by_within(&gw, "edge-b", Duration::from_secs(3)).await,
         "{}",
         gw.log()
     );
     assert_eq!(route(&gw).await.2, content_version(&v2));
+    let p = admin_policy(&gw).await;
+    assert_eq!(p["version"], content_version(&v2));
+    assert_eq!(p["last_reload"]["trigger"], "file");
+
+    // A bad update (a typo, pointing back at edge-a): reported, never applied.
+    let broken = one_pool("edge-a", a.addr(), "").replacen(
+        "deadline: 150ms, weight: 0.8",
+        "deadline: 150ms, wieght: 0.8",
+        1,
+    );
+    volume.update(&broken);
+    let rejected = eventually(Duration::from_secs(3), || async {
+        !admin_policy(&gw).await["last_error"].is_null()
+    })
+    .await;
+    assert!(rejected.is_some(), "{}", gw.log());
+    let p = admin_policy(&gw).await;
+    let err = p["last_error"].as_str().unwrap();
+    assert!(err.contains("unknown field `wieght`"), "{err}");
+    assert_eq!(p["version"], content_version(&v2));
+    assert_eq!(p["last_reload"]["ok"], false);
+    for _ in 0..5 {
+        assert_eq!(
+            route(&gw).await,
+            (200, "edge-b".into(), content_version(&v2))
+        );
+    }
+
+    // The next good update clears the error; the old generations are gone from disk.
+    volume.update(&v1);
+    assert!(
+        served_by_within(&gw, "edge-a", Duration::from_secs(3)).await,
+        "{}",
+        gw.log()
+    );
+    assert!(admin_policy(&gw).await["last_error"].is_null());
+    let generations = std::fs::read_dir(gw.dir.path())
+        .unwrap()
+        .filter(|e| {
+            let name = e.as_ref().unwrap().file_name();
+            name.to_string_lossy().starts_with("..2026")
+        })
+        .count();
+    assert_eq!(generations, 1);
 }
 
 #[tokio::test]
