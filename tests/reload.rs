@@ -11,6 +11,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use support::kubelet::ConfigMapVolume;
 use support::*;
 use switchyard_gateway::policy::compile::content_version;
 use switchyard_testkit::client::{Connection, Request};
@@ -133,51 +134,6 @@ async fn editing_the_file_changes_routing_within_two_seconds() {
     );
 }
 
-/// A ConfigMap volume as the kubelet writes it (`AtomicWriter` in kubelet's volume utils):
-/// the files live in a timestamped directory `..2026_12_07_16_00_00.NNN`, `..data` is a
-/// symlink to it, and each key is a symlink `policy.yaml -> ..data/policy.yaml`. An update
-/// writes a new timestamped directory, points a new symlink `..data_tmp` at it, renames that
-/// over `..data` (the one atomic step) and then deletes the old directory.
-struct ConfigMapVolume {
-    root: std::path::PathBuf,
-    current: String,
-    generation: u32,
-}
-
-impl ConfigMapVolume {
-    fn create(root: &Path, policy: &str) -> ConfigMapVolume {
-        let mut volume = ConfigMapVolume {
-            root: root.to_path_buf(),
-            current: String::new(),
-            generation: 0,
-        };
-        let first = volume.write_generation(policy);
-        std::os::unix::fs::symlink(&first, root.join("..data")).unwrap();
-        std::os::unix::fs::symlink("..data/policy.yaml", root.join("policy.yaml")).unwrap();
-        volume.current = first;
-        volume
-    }
-
-    /// Write `policy` into a new timestamped directory; returns its name.
-    fn write_generation(&mut self, policy: &str) -> String {
-        self.generation += 1;
-        let name = format!("..2026_12_07_16_00_0{}.{:09}", self.generation, 123_456_789);
-        let dir = self.root.join(&name);
-        std::fs::create_dir(&dir).unwrap();
-        std::fs::write(dir.join("policy.yaml"), policy).unwrap();
-        name
-    }
-
-    /// The kubelet's update, step by step.
-    fn update(&mut self, policy: &str) {
-        let next = self.write_generation(policy);
-        std::os::unix::fs::symlink(&next, self.root.join("..data_tmp")).unwrap();
-        std::fs::rename(self.root.join("..data_tmp"), self.root.join("..data")).unwrap();
-        std::fs::remove_dir_all(self.root.join(&self.current)).unwrap();
-        self.current = next;
-    }
-}
-
 #[tokio::test]
 async fn a_kubernetes_configmap_update_is_a_reload_and_a_bad_one_is_not() {
     let a = mock("edge-a", 0).await;
@@ -237,14 +193,7 @@ async fn a_kubernetes_configmap_update_is_a_reload_and_a_bad_one_is_not() {
         gw.log()
     );
     assert!(admin_policy(&gw).await["last_error"].is_null());
-    let generations = std::fs::read_dir(gw.dir.path())
-        .unwrap()
-        .filter(|e| {
-            let name = e.as_ref().unwrap().file_name();
-            name.to_string_lossy().starts_with("..2026")
-        })
-        .count();
-    assert_eq!(generations, 1);
+    assert_eq!(volume.generations_on_disk(), 1);
 }
 
 #[tokio::test]
