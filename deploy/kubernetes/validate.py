@@ -93,16 +93,25 @@ def render(directory, seen=()):
             key, _, value = literal.partition("=")
             data[key] = value
         if not options.get("disableNameSuffixHash", False):
-            problem(rel(path), f"configMapGenerator {gen['name']}: the name hash is on; validate.py renders only hash-free names")
+            problem(
+                rel(path),
+                f"configMapGenerator {gen['name']}: the name hash is on; validate.py renders only hash-free names",
+            )
         objects.append(
-            (rel(path), {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": gen["name"]}, "data": data})
+            (
+                rel(path),
+                {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": gen["name"]}, "data": data},
+            )
         )
     namespace = kustomization.get("namespace")
     if namespace:
         for _, obj in objects:
             if obj.get("kind") == "Namespace":
                 if obj["metadata"].get("name") != namespace:
-                    problem(rel(path), f"Namespace object {obj['metadata'].get('name')} is not the kustomization's namespace {namespace}")
+                    problem(
+                        rel(path),
+                        f"Namespace object {obj['metadata'].get('name')} is not the kustomization's namespace {namespace}",
+                    )
             elif obj.get("kind") not in CLUSTER_SCOPED:
                 obj["metadata"]["namespace"] = namespace
     return objects
@@ -226,14 +235,19 @@ def cross_check(objects):
     policy_path = cmd[cmd.index("--policy") + 1]
     mounts = [m for m in container.get("volumeMounts", []) if os.path.dirname(policy_path) == m["mountPath"]]
     if any(m["mountPath"] == policy_path for m in container.get("volumeMounts", [])):
-        problem(ident(gateway), f"--policy {policy_path} is mounted as a single file (subPath): the kubelet never updates it; mount the ConfigMap as a directory")
+        problem(
+            ident(gateway),
+            f"--policy {policy_path} is mounted as a single file (subPath): the kubelet never updates it; mount the ConfigMap as a directory",
+        )
         return
     if not mounts:
         problem(ident(gateway), f"--policy {policy_path} is not in a mounted directory")
         return
     mount = mounts[0]
     if "subPath" in mount or "subPathExpr" in mount:
-        problem(ident(gateway), f"volume {mount['name']} is mounted with subPath: the kubelet never updates it")
+        problem(
+            ident(gateway), f"volume {mount['name']} is mounted with subPath: the kubelet never updates it"
+        )
     volume = next((v for v in spec.get("volumes", []) if v["name"] == mount["name"]), {})
     cm = configmaps.get(volume.get("configMap", {}).get("name"))
     key = os.path.basename(policy_path)
@@ -244,6 +258,7 @@ def cross_check(objects):
 
     # Every ${NAME} the policy expands is in the gateway's environment.
     env_names = {e["name"] for e in container.get("env", [])}
+
     def strings(node):
         if isinstance(node, str):
             yield node
@@ -254,7 +269,9 @@ def cross_check(objects):
             for v in node:
                 yield from strings(v)
 
-    expanded = {n for s in strings(policy) for n in re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-[^}]*)?\}", s)}
+    expanded = {
+        n for s in strings(policy) for n in re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-[^}]*)?\}", s)
+    }
     for name in sorted(expanded):
         if name not in env_names:
             problem(ident(gateway), f"the policy expands ${{{name}}} but the container does not set it")
@@ -267,7 +284,10 @@ def cross_check(objects):
     if sleep < 3:
         problem(ident(gateway), "preStop should sleep a few seconds so load balancers stop sending first")
     if grace is None or sleep + grace + 5 > period:
-        problem(ident(gateway), f"preStop {sleep}s + shutdown_grace {grace}s + 5s exceeds terminationGracePeriodSeconds {period}")
+        problem(
+            ident(gateway),
+            f"preStop {sleep}s + shutdown_grace {grace}s + 5s exceeds terminationGracePeriodSeconds {period}",
+        )
 
     # Each pool endpoint `host:port` is a headless Service of that name with that port.
     pools = {p["name"]: p for p in policy.get("pools", [])}
@@ -281,7 +301,10 @@ def cross_check(objects):
                 problem(f"policy pool {pool['name']}", f"endpoint {endpoint}: no Service {host}")
                 continue
             if svc["spec"].get("clusterIP") != "None":
-                problem(ident(svc), f"pool {pool['name']}'s Service must be headless (clusterIP: None) so each pod is an endpoint")
+                problem(
+                    ident(svc),
+                    f"pool {pool['name']}'s Service must be headless (clusterIP: None) so each pod is an endpoint",
+                )
             if int(port) not in {p["port"] for p in svc["spec"].get("ports", [])}:
                 problem(ident(svc), f"pool {pool['name']}: no port {port}")
 
@@ -301,7 +324,10 @@ def cross_check(objects):
             svc = services.get(parts[0])
             ns = so["metadata"].get("namespace")
             if svc is None or (len(parts) > 1 and parts[1] != ns):
-                problem(ident(so), f"scalerAddress {meta.get('scalerAddress')}: no Service {parts[0]} in namespace {ns}")
+                problem(
+                    ident(so),
+                    f"scalerAddress {meta.get('scalerAddress')}: no Service {parts[0]} in namespace {ns}",
+                )
                 continue
             keda = [p for p in svc["spec"]["ports"] if p.get("name") == "keda"]
             if not keda or str(keda[0]["port"]) != port:
@@ -317,7 +343,9 @@ def main(argv):
         for d in os.listdir(os.path.join(HERE, "overlays"))
         if os.path.isfile(os.path.join(HERE, "overlays", d, "kustomization.yaml"))
     )
-    print(f"validating against Kubernetes {KUBERNETES_VERSION} (kubernetes-validate {kubernetes_validate.__version__}) and {rel(KEDA_SCHEMA)}")
+    print(
+        f"validating against Kubernetes {KUBERNETES_VERSION} (kubernetes-validate {kubernetes_validate.__version__}) and {rel(KEDA_SCHEMA)}"
+    )
     for directory in dirs:
         before = len(problems)
         objects = render(directory)

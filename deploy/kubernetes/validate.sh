@@ -6,7 +6,8 @@
 # Runs in a virtualenv with `kubernetes-validate` (the Kubernetes JSON schemas of each
 # release; validate.py names the one it uses) and its dependencies (jsonschema, PyYAML). The
 # venv is made once, outside the work tree, and reused: it needs PyPI only the first time
-# (about 10 s and 145 MB, most of it the schemas of 13 Kubernetes releases). SWITCHYARD_K8S_VENV moves it.
+# (about 10 s and 145 MB, most of it the schemas of 13 Kubernetes releases).
+# SWITCHYARD_K8S_VENV moves it.
 #
 # The policy in base/ is checked by the gateway itself in tests/kubernetes.rs (`cargo test`).
 set -euo pipefail
