@@ -57,7 +57,7 @@ fn the_kubernetes_policy_passes_check() {
 async fn admin_get(gw: &Gateway, path: &str, token: Option<&str>) -> client::Response {
     let mut req = Request::get(path);
     if let Some(token) = token {
-        req = req.header("authorization", &format!("Bearer {token}"));
+        req = req.header("authorization", format!("Bearer {token}"));
     }
     client::send(gw.admin, &req).await.expect("admin request")
 }
