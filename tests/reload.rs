@@ -11,6 +11,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use support::kubelet::ConfigMapVolume;
 use support::*;
 use switchyard_gateway::policy::compile::content_version;
 use switchyard_testkit::client::{Connection, Request};
@@ -134,34 +135,65 @@ async fn editing_the_file_changes_routing_within_two_seconds() {
 }
 
 #[tokio::test]
-async fn a_kubernetes_configmap_symlink_swap_is_a_reload() {
+async fn a_kubernetes_configmap_update_is_a_reload_and_a_bad_one_is_not() {
     let a = mock("edge-a", 0).await;
     let b = mock("edge-b", 0).await;
     let v1 = one_pool("edge-a", a.addr(), "");
     let v2 = one_pool("edge-b", b.addr(), "");
-    // The kubelet's layout: policy.yaml → ..data/policy.yaml, ..data → ..<timestamp>/.
     let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
-    for (gen, text) in [("..gen1", &v1), ("..gen2", &v2)] {
-        std::fs::create_dir(root.join(gen)).unwrap();
-        std::fs::write(root.join(gen).join("policy.yaml"), text).unwrap();
-    }
-    std::os::unix::fs::symlink("..gen1", root.join("..data")).unwrap();
-    std::os::unix::fs::symlink("..data/policy.yaml", root.join("policy.yaml")).unwrap();
-    let path = root.join("policy.yaml");
+    let mut volume = ConfigMapVolume::create(dir.path(), &v1);
+    let path = dir.path().join("policy.yaml");
     let gw = Gateway::start_file(dir, path).await;
-    assert_eq!(route(&gw).await.1, "edge-a");
+    assert_eq!(
+        route(&gw).await,
+        (200, "edge-a".into(), content_version(&v1))
+    );
 
-    // Atomic swap of `..data`, as the kubelet does: new link, renamed over the old one.
-    let root = gw.dir.path();
-    std::os::unix::fs::symlink("..gen2", root.join("..data_tmp")).unwrap();
-    std::fs::rename(root.join("..data_tmp"), root.join("..data")).unwrap();
+    // A good update: served within a few seconds, named by its version.
+    volume.update(&v2);
     assert!(
-        served_by_within(&gw, "edge-b", Duration::from_secs(2)).await,
+        served_by_within(&gw, "edge-b", Duration::from_secs(3)).await,
         "{}",
         gw.log()
     );
     assert_eq!(route(&gw).await.2, content_version(&v2));
+    let p = admin_policy(&gw).await;
+    assert_eq!(p["version"], content_version(&v2));
+    assert_eq!(p["last_reload"]["trigger"], "file");
+
+    // A bad update (a typo, pointing back at edge-a): reported, never applied.
+    let broken = one_pool("edge-a", a.addr(), "").replacen(
+        "deadline: 150ms, weight: 0.8",
+        "deadline: 150ms, wieght: 0.8",
+        1,
+    );
+    volume.update(&broken);
+    let rejected = eventually(Duration::from_secs(3), || async {
+        !admin_policy(&gw).await["last_error"].is_null()
+    })
+    .await;
+    assert!(rejected.is_some(), "{}", gw.log());
+    let p = admin_policy(&gw).await;
+    let err = p["last_error"].as_str().unwrap();
+    assert!(err.contains("unknown field `wieght`"), "{err}");
+    assert_eq!(p["version"], content_version(&v2));
+    assert_eq!(p["last_reload"]["ok"], false);
+    for _ in 0..5 {
+        assert_eq!(
+            route(&gw).await,
+            (200, "edge-b".into(), content_version(&v2))
+        );
+    }
+
+    // The next good update clears the error; the old generations are gone from disk.
+    volume.update(&v1);
+    assert!(
+        served_by_within(&gw, "edge-a", Duration::from_secs(3)).await,
+        "{}",
+        gw.log()
+    );
+    assert!(admin_policy(&gw).await["last_error"].is_null());
+    assert_eq!(volume.generations_on_disk(), 1);
 }
 
 #[tokio::test]

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod json_schema;
+pub mod kubelet;
 pub mod policy;
 pub mod report;
 
