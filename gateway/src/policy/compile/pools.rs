@@ -21,6 +21,9 @@ pub struct Pool {
     pub endpoints: Vec<Endpoint>,
     pub models: ModelSet,
     pub concurrency: u32,
+    /// `√(2(c+1)) − 1` for `c` = `concurrency`: the exponent of the pool's multi-server
+    /// waiting time (`route::estimate_at`), taken once here rather than per decision.
+    pub wait_exponent: f64,
     pub service_time: Duration,
     /// How the pool is billed, and its prices (`policy::compile::pricing`).
     pub pricing: Pricing,
@@ -212,6 +215,7 @@ pub(super) fn compile(
             endpoints,
             models: ModelSet::new(any, names),
             concurrency: r.concurrency.value.max(1),
+            wait_exponent: (2.0 * (f64::from(r.concurrency.value.max(1)) + 1.0)).sqrt() - 1.0,
             service_time,
             pricing,
             health,
