@@ -459,9 +459,29 @@ impl Workload {
 
     /// Every provisioned pool's capacity over `phase`, USD: the same for every system.
     fn capacity_usd(&self, phase: &PhaseSpec) -> f64 {
+        self.capacity_usd_with(phase, &[])
+    }
+
+    /// [`Workload::capacity_usd`] with some pools' replica counts changed (`replicas[p]`
+    /// for fleet pool `p`; `None` or missing: the fleet's): what an operator who runs that
+    /// many replicas pays, at the fleet's price per replica-hour (`tune` bills a candidate
+    /// that changes `replicas` this way).
+    fn capacity_usd_with(&self, phase: &PhaseSpec, replicas: &[Option<u32>]) -> f64 {
         let secs = phase.len.as_secs_f64();
+        let bill = &self.fleet.bill;
         (0..self.fleet.pools.len())
-            .map(|p| self.capacity_per_second(p) * secs)
+            .map(|p| {
+                let pool = &bill.table.pools[self.fleet.pools[p].bill as usize];
+                match (pool.pricing.billing, replicas.get(p).copied().flatten()) {
+                    (
+                        compile::Billing::Provisioned {
+                            per_replica_hour, ..
+                        },
+                        Some(n),
+                    ) => per_replica_hour * f64::from(n) / 3600.0 * secs,
+                    _ => self.capacity_per_second(p) * secs,
+                }
+            })
             .sum()
     }
 

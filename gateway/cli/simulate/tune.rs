@@ -29,10 +29,10 @@
 //! when each targeted tier's SLO attainment reaches its target in **every** phase (the
 //! worst phase counts, so a policy cannot pass on average while failing during a fault);
 //! among those the lowest spend wins, then the fewest changes, then the fewest requests
-//! queued or shed, then the first tried. Spend is the simulator's bill, whatever it is:
-//! today each attempt's service time at the fleet model's per-request and per-GPU-hour
-//! prices, which bills no provisioned replica-hours, so a replica count can only win today
-//! by what it does to the routing.
+//! queued or shed, then the first tried. Spend is the simulator's bill (`route::cost` on
+//! the fleet's prices: provisioned capacity over every phase, usage and egress), with a
+//! candidate's provisioned pools billed for the replicas it runs, so fewer replicas save
+//! their replica-hours and must still meet the targets on the capacity left.
 //!
 //! The best found is then simplified: each of its changes is undone in turn and left undone
 //! when the targets still hold for no more spend, so no change that buys nothing is
@@ -361,8 +361,9 @@ pub struct TuneReport {
 }
 
 /// What the simulator bills today (see the module documentation).
-const BILL: &str = "the simulator's: each attempt's service time at the fleet model's \
-                    per-request and per-GPU-hour prices (provisioned replica-hours not billed)";
+const BILL: &str = "the simulator's (route::cost on the fleet's prices): provisioned \
+                    capacity over every phase for the replicas a candidate runs, plus usage \
+                    (per request, tokens, GPU-hours) and egress";
 
 /// Parse `realtime=99.5%` (the `%` is optional).
 pub fn parse_target(s: &str) -> Result<(String, f64), String> {
@@ -437,9 +438,25 @@ impl Search<'_> {
 
     fn candidate(&self, knobs: &Knobs, stats: &[PhaseStats]) -> Candidate {
         let requests: u64 = stats.iter().map(|s| s.requests).sum();
-        // Capacity is the same for every candidate, but counted so that the figure is the
-        // bill `simulate` reports.
-        let capacity: f64 = self.w.phases.iter().map(|p| self.w.capacity_usd(p)).sum();
+        // Capacity as the candidate would pay it: the fleet's price per replica-hour for the
+        // replicas it runs (a candidate that changes no replicas pays what `simulate`
+        // reports).
+        let replicas: Vec<Option<u32>> = self
+            .w
+            .fleet
+            .pools
+            .iter()
+            .map(|f| {
+                let i = self.pools.iter().position(|p| *p == f.name)?;
+                knobs.replicas.get(i).copied().flatten()
+            })
+            .collect();
+        let capacity: f64 = self
+            .w
+            .phases
+            .iter()
+            .map(|p| self.w.capacity_usd_with(p, &replicas))
+            .sum();
         let spend: f64 = capacity + stats.iter().map(|s| s.bill.total()).sum::<f64>();
         let mut meets = true;
         let mut worst_attainment = Vec::new();
@@ -1476,10 +1493,10 @@ mod tests {
         );
     }
 
-    /// The scenario's policy with its GPU pool paid per replica-hour (`price` as given).
+    /// The scenario's policy with its GPU pool's price as given (it is paid per replica-hour).
     fn provisioned(price: &str) -> String {
         let text = crate::fleet_faults::POLICY.replace(
-            "price: { per_request: 0.00005, per_gpu_hour: 12.0 } }",
+            "price: { per_replica_hour: 4.0, replicas: 2, safe_utilisation: 0.7 } }",
             &format!("{price} }}"),
         );
         assert_ne!(text, crate::fleet_faults::POLICY);
@@ -1512,7 +1529,7 @@ mod tests {
         // A block pool, its `price:` a block mapping with comments: `replicas` after its last
         // key, at its keys' indentation.
         let text = crate::fleet_faults::POLICY.replace(
-            "  - { name: gpu, kind: gpu, region: us, endpoints: [127.0.0.1:3, 127.0.0.1:4], models: [\"*\"], concurrency: 128, service_time: 45ms, price: { per_request: 0.00005, per_gpu_hour: 12.0 } }\n",
+            "  - { name: gpu, kind: gpu, region: us, endpoints: [127.0.0.1:3, 127.0.0.1:4], models: [\"*\"], concurrency: 128, service_time: 45ms, price: { per_replica_hour: 4.0, replicas: 2, safe_utilisation: 0.7 } }\n",
             "  - name: gpu\n    price: # paid busy or idle\n      per_replica_hour: 10.0 # each\n\n      # the rest by default\n    kind: gpu\n    region: us\n    endpoints: [127.0.0.1:3, 127.0.0.1:4]\n    models: [\"*\"]\n    concurrency: 128\n    service_time: 45ms\n",
         );
         let (_, pools, mut knobs) = setup(&text);
