@@ -209,6 +209,9 @@ pub(crate) struct Request {
     pub answer_bytes: u64,
     /// A streamed answer's clock: first and last event relayed, events counted.
     pub stream: Option<StreamClock>,
+    /// Meter the tokens of every OpenAI answer, not only a per-token pool's: the decision
+    /// log is on, and its `tokens` let `simulate --trace` price a token-billed pool.
+    pub record_tokens: bool,
     /// The status it counts as (a gRPC error's HTTP equivalent; 499 for a client gone).
     pub status: u16,
     /// Why it failed, for the access log.
@@ -278,6 +281,7 @@ impl Request {
             answered: Answered::Gateway,
             answer_bytes: 0,
             stream: None,
+            record_tokens: false,
             status: 0,
             error: None,
         }
@@ -296,13 +300,19 @@ impl Request {
     }
 
     /// The upstream answer's header is about to go to the client: the cache decides whether
-    /// to capture it, the token meter starts for a pool priced per token, and a gRPC status
-    /// in the header counts as its HTTP equivalent (never stored).
+    /// to capture it, the token meter starts for a pool priced per token (or for any OpenAI
+    /// answer while the decision log is on), and a gRPC status in the header counts as its
+    /// HTTP equivalent (never stored).
     fn on_response_header(&mut self, resp: &ResponseHeader) {
         self.status = resp.status.as_u16();
         let target = self.trail.as_ref().and_then(|t| t.tried.last().copied());
         if let Some((p, _)) = target {
-            if self.table.pools[p as usize].pricing.per_token() && resp.status.is_success() {
+            let logged = self.record_tokens
+                && self.class.as_ref().is_some_and(|c| {
+                    self.table.routes[c.route as usize].protocol == Protocol::OpenAi
+                });
+            let per_token = self.table.pools[p as usize].pricing.per_token();
+            if (per_token || logged) && resp.status.is_success() {
                 let ct = resp.headers.get(http::header::CONTENT_TYPE);
                 let ct = ct.map_or(&b""[..], |v| v.as_bytes());
                 let bytes = self.permit.as_ref().map_or(0, |p| p.bytes()) as usize;
@@ -375,6 +385,7 @@ async fn serve(gw: &Gateway, session: &mut ServerSession) -> bool {
             .map(|v| v.as_bytes()),
     );
     let mut req = Request::new(table, grpc);
+    req.record_tokens = gw.decisions.is_some();
     let outcome = stages(gw, session, &mut req).await;
     let reusable = match outcome {
         Ok(()) => true,

@@ -291,7 +291,7 @@ fn charge(
         None => state.tokens.get(),
     };
     let usage_nusd = t::nano_usd(cost::usage(&pool.pricing, service, expected));
-    if let Some((_, _, source)) = tokens {
+    if let (Some((_, _, source)), true) = (tokens, pool.pricing.per_token()) {
         metrics::counter!(t::TOKEN_COST, "pool" => pool.name.clone(), "tier" => tier.to_string(), "source" => source)
             .increment(usage_nusd);
     }
