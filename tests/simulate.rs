@@ -801,3 +801,60 @@ fn a_hedges_losing_attempt_is_cut_short_and_frees_its_server() {
     // without hedging: a loser running to its end (a stall of ~450 ms) would make it busier.
     assert!(gpu(h) > 0.0 && gpu(h) < gpu(p), "{phase:#}");
 }
+
+/// Streamed requests in simulation are judged as the gateway judges them: on their first
+/// token where the tier has a TTFT objective. A 30 ms tier from the US: the GPU pool's whole
+/// answer (40-50 ms + 5 ms) misses it, its first token (a tenth of that) meets it.
+#[test]
+fn streams_are_judged_on_their_first_token_in_simulation() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policy = dir.path().join("chat.yaml");
+    std::fs::write(
+        &policy,
+        switchyard::fleet_faults::POLICY.replace(
+            "  batch: { deadline: 30s,",
+            "  chat: { deadline: 30ms, ttft: 30ms, weight: 0.5, pools: [gpu], on_slo_miss: fastest }\n  batch: { deadline: 30s,",
+        ),
+    )
+    .expect("write");
+    let workload = |ttft: &str| {
+        let path = dir.path().join(format!("streams{}.yaml", ttft.len()));
+        std::fs::write(
+            &path,
+            format!(
+                "phases: [ {{ name: one, duration: 5s, rate: 50 }} ]\nregions: {{ us: 1 }}\ntiers:\n  - {{ name: chat, share: 1, deadline: 30ms, streamed: 100{ttft} }}\nfirst_token: {{ gpu: 0.1 }}\n"
+            ),
+        )
+        .expect("write");
+        path
+    };
+    let report = |path: &std::path::Path| {
+        json(&run(&[
+            "simulate",
+            "--workload",
+            path.to_str().unwrap_or_default(),
+            "--policy",
+            policy.to_str().unwrap_or_default(),
+            "--json",
+        ]))
+    };
+    let on_first_token = report(&workload(", ttft: 30ms"));
+    let phase = &on_first_token["phases"][0];
+    let chat = system(phase, "chat");
+    assert_eq!(chat["tiers"][0]["slo_attainment"], 100.0, "{chat:#}");
+    let streams = &chat["streams"][0];
+    assert_eq!(streams["tier"], "chat", "{chat:#}");
+    assert_eq!(streams["requests"], 250, "{chat:#}");
+    let p99 = streams["ttft_p99_ms"].as_f64().unwrap_or(f64::MAX);
+    assert!(p99 < 15.0, "{chat:#}");
+    // The optimum judges them the same way.
+    assert_eq!(
+        system(phase, "optimum")["tiers"][0]["slo_attainment"],
+        100.0,
+        "{phase:#}"
+    );
+    // The same streams judged on their last byte all miss 30 ms.
+    let on_last_byte = report(&workload(""));
+    let chat = system(&on_last_byte["phases"][0], "chat");
+    assert_eq!(chat["tiers"][0]["slo_attainment"], 0.0, "{chat:#}");
+}

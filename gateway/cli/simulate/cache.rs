@@ -168,6 +168,7 @@ mod tests {
             key,
             tokens: (0, 0),
             bytes: (0, 0),
+            stream: false,
         }
     }
 

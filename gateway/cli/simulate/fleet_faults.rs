@@ -113,6 +113,7 @@ pub fn workload(phase: Duration, rate: f64, seed: u64) -> Result<Workload, SimEr
         fleet: fleet()?,
         faults: faults(phase),
         seed,
+        streams: Default::default(),
     })
 }
 
@@ -148,6 +149,7 @@ impl Iterator for Schedule {
             key: 0,
             tokens,
             bytes,
+            stream: false,
         })
     }
 }

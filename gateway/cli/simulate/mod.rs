@@ -234,6 +234,9 @@ pub struct Request {
     /// Tokens in and out (the per-token prices), bytes to the pool and back (egress).
     pub tokens: (u32, u32),
     pub bytes: (u32, u32),
+    /// Streamed (`"stream": true`): judged on its first token where its tier has a TTFT
+    /// objective ([`Streams`]).
+    pub stream: bool,
 }
 
 /// A request's bill on a pool: usage and egress, USD (capacity is billed by the hour).
@@ -299,6 +302,28 @@ pub struct Workload {
     pub faults: Vec<Fault>,
     pub mix: Mix,
     pub seed: u64,
+    /// Streamed requests: what they are judged on and when their first token comes.
+    pub streams: Streams,
+}
+
+/// How streamed requests are timed and judged. A stream's first token arrives after
+/// `first_token[pool]` × its service time (the rest is the answer's other tokens; default
+/// 1: the whole answer at once); where its tier has a `ttft_ms` objective it is judged on
+/// that first token plus the round trip, as the gateway judges it, else on its deadline.
+#[derive(Debug, Clone, Default)]
+pub struct Streams {
+    /// Per workload tier, the share (0..1) of its requests that stream.
+    pub share: Vec<f64>,
+    /// Per workload tier, the time-to-first-token objective, ms.
+    pub ttft_ms: Vec<Option<f64>>,
+    /// Per fleet pool, the share (0..1] of a stream's service time before its first token.
+    pub first_token: Vec<f64>,
+}
+
+impl Streams {
+    fn first_token(&self, pool: usize) -> f64 {
+        self.first_token.get(pool).copied().unwrap_or(1.0)
+    }
 }
 
 fn us(d: Duration) -> u64 {
@@ -306,6 +331,23 @@ fn us(d: Duration) -> u64 {
 }
 
 impl Workload {
+    /// What a request answered by `pool` after `service_us` of service that started
+    /// `waited_us` after its arrival is judged on, and against what (µs): a stream with a
+    /// TTFT objective on its first token, anything else on its last byte and its deadline.
+    fn judged(&self, req: &Request, pool: usize, waited_us: u64, service_us: u64) -> (f64, f64) {
+        let rtt = self.rtt_us(req.region, pool) as f64;
+        match self.streams.ttft_ms.get(req.tier).copied().flatten() {
+            Some(ttft) if req.stream => {
+                let first = service_us as f64 * self.streams.first_token(pool);
+                (waited_us as f64 + first + rtt, ttft * 1000.0)
+            }
+            _ => (
+                (waited_us + service_us) as f64 + rtt,
+                self.tiers[req.tier].1 * 1000.0,
+            ),
+        }
+    }
+
     fn requests(&self) -> Box<dyn Iterator<Item = Request> + '_> {
         match &self.mix {
             Mix::FleetFaults => {
@@ -573,6 +615,9 @@ struct TierStats {
     requests: u64,
     met: u64,
     latency: Hist,
+    /// Streamed requests answered, and their time to first token (ms, client-side).
+    streams: u64,
+    ttft: Hist,
 }
 
 /// What one system did in one phase.
@@ -801,15 +846,21 @@ impl<'w> Engine<'w> {
         let rtt = self.w.rtt_us(f.req.region, pool);
         let latency_ms = (now - us(f.req.at) + rtt) as f64 / 1000.0;
         let charge = self.w.bill(pool, &f.req, f.service_us);
-        let deadline = self.w.tiers[f.req.tier].1;
+        let waited = (now - us(f.req.at)).saturating_sub(f.service_us);
+        let (judged, objective) = self.w.judged(&f.req, pool, waited, f.service_us);
+        let streamed = f.req.stream;
         let s = self.phase(&f.req);
         s.requests += 1;
         s.served[pool] += 1;
         s.bill.add(charge);
         let t = &mut s.tiers[f.req.tier];
         t.requests += 1;
-        t.met += u64::from(latency_ms <= deadline);
+        t.met += u64::from(judged <= objective);
         t.latency.add(latency_ms);
+        if streamed {
+            t.streams += 1;
+            t.ttft.add(judged / 1000.0);
+        }
     }
 
     /// Answered with the answer of an identical request in flight, when it arrives from
@@ -817,6 +868,7 @@ impl<'w> Engine<'w> {
     fn coalesced(&mut self, req: &Request, pool: usize, now: u64) {
         let rtt = self.w.rtt_us(req.region, pool);
         let latency_ms = (now - us(req.at) + rtt) as f64 / 1000.0;
+        // (Only non-streamed requests are cached, so never a stream.)
         let deadline = self.w.tiers[req.tier].1;
         let s = self.phase(req);
         s.requests += 1;
@@ -957,7 +1009,17 @@ impl PolicySystem {
                 for (m, model) in w.models.iter().enumerate() {
                     let mut class = Class::what_if(&table, route, r, t, model);
                     class.request_bytes = w.sizes.get(m).map_or(0, |s| s.1 .0);
+                    // The same request streamed, as `classify` makes it: judged on the
+                    // tier's time to first token, where it has one.
+                    let tier = &table.tiers[t as usize];
+                    let streamed = Class {
+                        streaming: true,
+                        ttft: tier.ttft.map(|ttft| ttft.min(class.deadline)),
+                        tpot: tier.tpot.filter(|_| tier.ttft.is_some()),
+                        ..class.clone()
+                    };
                     classes.push(class);
+                    classes.push(streamed);
                 }
             }
         }
@@ -995,7 +1057,8 @@ impl PolicySystem {
 
     fn class(&self, w: &Workload, req: &Request) -> &Class {
         let m = w.models.len();
-        &self.classes[(req.region * w.tiers.len() + req.tier) * m + req.model as usize]
+        let i = (req.region * w.tiers.len() + req.tier) * m + req.model as usize;
+        &self.classes[2 * i + usize::from(req.stream)]
     }
 }
 
@@ -1151,6 +1214,13 @@ impl System {
                 if let Some(slot) = f.slot {
                     pool.untrack(slot);
                 }
+                if f.req.stream {
+                    // As `pipeline::record` learns a stream: the server's time to its first
+                    // token (the whole stream is the service-time sample above).
+                    let first = f.service_us as f64 * eng.w.streams.first_token(f.target.0);
+                    pool.stream
+                        .observe_ttft(Duration::from_micros(first as u64));
+                }
                 let ep = sys.table.live.endpoint(p, e as usize);
                 ep.observe_at(took, now_ms);
                 ep.mark_success();
@@ -1260,6 +1330,11 @@ fn w_rtt(eng: &Engine, f: &InFlight) -> u64 {
 pub struct SimSystemReport {
     #[serde(flatten)]
     pub base: SystemReport,
+    /// Per tier with streamed requests: how many, and their time to first token as the
+    /// client sees it (the tier's attainment counts a stream on it where the tier has a
+    /// TTFT objective). Empty without streams.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub streams: Vec<StreamReport>,
     /// `spend_per_1k_usd`, split: provisioned pools' capacity over the phase (the same for
     /// every system), usage (per request, tokens, GPU-hours of service) and egress.
     pub capacity_per_1k_usd: f64,
@@ -1324,6 +1399,15 @@ fn mean(it: impl ExactSizeIterator<Item = f64>) -> f64 {
 fn round(v: f64, digits: i32) -> f64 {
     let f = 10f64.powi(digits);
     (v * f).round() / f
+}
+
+/// One tier's streamed requests in a phase.
+#[derive(Debug, Clone, Serialize)]
+pub struct StreamReport {
+    pub tier: String,
+    pub requests: u64,
+    pub ttft_p50_ms: f64,
+    pub ttft_p99_ms: f64,
 }
 
 fn summarise(w: &Workload, name: &str, s: &PhaseStats, phase: &PhaseSpec) -> SimSystemReport {
@@ -1400,6 +1484,18 @@ fn summarise(w: &Workload, name: &str, s: &PhaseStats, phase: &PhaseSpec) -> Sim
         hedge_spend_per_1k_usd: round(s.hedge_spend * 1000.0 / s.requests.max(1) as f64, 5),
         hedges_cut: s.hedges_cut,
         jobs: queue::report(&s.jobs, s.requests),
+        streams: w
+            .tiers
+            .iter()
+            .zip(&s.tiers)
+            .filter(|(_, t)| t.streams > 0)
+            .map(|((tier, _), t)| StreamReport {
+                tier: tier.clone(),
+                requests: t.streams,
+                ttft_p50_ms: t.ttft.percentile(0.5),
+                ttft_p99_ms: t.ttft.percentile(0.99),
+            })
+            .collect(),
     }
 }
 
@@ -1611,6 +1707,19 @@ pub fn render(report: &SimReport) -> String {
                 );
             }
             let _ = writeln!(out, "  {:<12} SLO: {}", "", tiers.join("; "));
+            if !s.streams.is_empty() {
+                let streams: Vec<String> = s
+                    .streams
+                    .iter()
+                    .map(|t| {
+                        format!(
+                            "{} {} streamed, first token p50 {:.0}ms p99 {:.0}ms",
+                            t.tier, t.requests, t.ttft_p50_ms, t.ttft_p99_ms
+                        )
+                    })
+                    .collect();
+                let _ = writeln!(out, "  {:<12} streams: {}", "", streams.join("; "));
+            }
             let _ = writeln!(out, "  {:<12} traffic: {}", "", traffic.join(", "));
             let _ = writeln!(out, "  {:<12} utilisation: {}", "", util.join(", "));
         }

@@ -302,7 +302,6 @@ impl Slot {
     }
 
     fn add(&mut self, w: &Workload, allowed: &Allowed, req: &Request) {
-        let deadline_us = w.tiers[req.tier].1 * 1000.0;
         let at = us(req.at);
         let ok = allowed.at(req.region, req.tier, req.model as usize);
         let n = self.targets.len();
@@ -316,9 +315,12 @@ impl Slot {
             }
             let service = w.service_at(t.pool, t.endpoint, req.service_quantile, at);
             let latency_us = service + w.rtt_us(req.region, t.pool);
+            // What the request is judged on there: its last byte against the deadline, or
+            // a stream's first token against its tier's TTFT objective.
+            let (judged_us, objective_us) = w.judged(req, t.pool, 0, service);
             // (The key has room for 64 targets: past them a target counts as late, and the
             // bound's attainment errs low.)
-            if (latency_us as f64) <= deadline_us && i < 64 {
+            if judged_us <= objective_us && i < 64 {
                 met_bits |= 1 << i;
             }
             let charge = w.bill(t.pool, req, service);

@@ -321,6 +321,7 @@ pub fn load(
             scale,
         })),
         seed,
+        streams: Default::default(),
     })
 }
 
@@ -398,6 +399,8 @@ impl Iterator for Replay {
             key: 0,
             tokens: (sizes[0], sizes[1]),
             bytes: (sizes[2], sizes[3]),
+            // (The decision log does not record whether a request streamed.)
+            stream: false,
         })
     }
 }

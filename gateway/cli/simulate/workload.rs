@@ -17,6 +17,10 @@
 //!   - { name: realtime, share: 50, deadline: 150ms }
 //!   - { name: standard, share: 30, deadline: 1s, big_model: 30 }
 //!   - { name: batch, share: 20, deadline: 30s, big_model: 50 }
+//!   # streamed: % of the tier's requests that stream; ttft: what a stream is judged on
+//!   # (its first token), e.g. - { name: chat, share: 10, deadline: 2s, streamed: 80, ttft: 300ms }
+//! first_token: { gpu: 0.2 }                    # share of a stream's service time before its
+//!                                              # first token, per pool (default 1)
 //! faults:                                      # from / to: time since the start
 //!   - { pool: edge-eu, slower: 10, from: 5s, to: 15s }
 //!   - { pool: gpu, endpoint: 1, slower: 3, from: 5s, to: 8s }  # one endpoint only
@@ -50,6 +54,10 @@ struct RawWorkload {
     repeat: f64,
     #[serde(default)]
     seed: Option<u64>,
+    /// Per pool, the share (0..1] of a streamed answer's service time before its first
+    /// token (default 1: all of it).
+    #[serde(default)]
+    first_token: BTreeMap<String, f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -70,6 +78,13 @@ struct RawTier {
     /// Percent of the tier's requests asking for the big model (default 0).
     #[serde(default)]
     big_model: f64,
+    /// Percent of the tier's requests that stream (default 0).
+    #[serde(default)]
+    streamed: f64,
+    /// What a streamed request of the tier is judged on: its time to first token (absent:
+    /// the deadline, its last byte).
+    #[serde(default)]
+    ttft: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -232,6 +247,30 @@ pub fn parse(text: &str, seed: u64) -> Result<Workload, Vec<String>> {
         if raw.tiers[..i].iter().any(|o| o.name == t.name) {
             problems.push(format!("tiers[{i}].name: `{}` twice", t.name));
         }
+        if !(0.0..=100.0).contains(&t.streamed) {
+            problems.push(format!("tiers[{i}].streamed: a percentage, 0 to 100"));
+        }
+    }
+    let ttft_ms: Vec<Option<f64>> = raw
+        .tiers
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let text = t.ttft.as_ref()?;
+            let d = duration(&mut problems, &format!("tiers[{i}].ttft"), text);
+            Some(d.as_secs_f64() * 1000.0)
+        })
+        .collect();
+    let mut first_token = vec![1.0; fleet.pools.len()];
+    for (name, share) in &raw.first_token {
+        match fleet.pools.iter().position(|p| p.name == *name) {
+            Some(p) if *share > 0.0 && *share <= 1.0 => first_token[p] = *share,
+            Some(_) => problems.push(format!("first_token.{name}: a share above 0, at most 1")),
+            None => problems.push(format!(
+                "first_token.{name}: no pool `{name}` in the fleet (known: {})",
+                super::names(fleet.pools.iter().map(|p| p.name.as_str()))
+            )),
+        }
     }
     for (i, from, to) in fault_windows {
         if to <= from {
@@ -261,6 +300,11 @@ pub fn parse(text: &str, seed: u64) -> Result<Workload, Vec<String>> {
         fleet,
         faults,
         seed: raw.seed.unwrap_or(6) ^ seed.rotate_left(32),
+        streams: super::Streams {
+            share: raw.tiers.iter().map(|t| t.streamed / 100.0).collect(),
+            ttft_ms,
+            first_token,
+        },
     })
 }
 
@@ -282,6 +326,8 @@ pub struct Scripted {
     tiers: Vec<f64>,
     big: Vec<f64>,
     repeat: f64,
+    /// Per tier, the share of requests that stream.
+    streamed: Vec<f64>,
     /// The last distinct requests: (key, model), a ring.
     recent: Vec<(u64, u16)>,
     next_key: u64,
@@ -311,6 +357,7 @@ impl Scripted {
             tiers,
             big,
             repeat,
+            streamed: w.streams.share.clone(),
             recent: Vec::with_capacity(RECENT),
             next_key: 1,
             rng: fastrand::Rng::with_seed(w.seed),
@@ -362,15 +409,21 @@ impl Iterator for Scripted {
                 fresh
             };
             let (tokens, bytes) = fleet_faults::size(usize::from(model));
+            // (Drawn only where a tier streams, so that a workload without streams draws
+            // the same requests as before they could be asked for.)
+            let share = self.streamed.get(tier).copied().unwrap_or(0.0);
+            let stream = share > 0.0 && self.rng.f64() < share;
             return Some(Request {
                 at,
                 region,
                 tier,
                 model,
                 service_quantile: self.quantiles.f64(),
-                key,
+                // A stream is never answered from the cache.
+                key: if stream { 0 } else { key },
                 tokens,
                 bytes,
+                stream,
             });
         }
     }
