@@ -179,7 +179,8 @@ pub enum CacheScope {
     Shared,
 }
 
-/// The `observe:` section (read at start-up: a change takes a restart).
+/// The `observe:` section (the logs are opened at start-up: changing them takes a restart;
+/// `decision_headers` and `traces` apply on reload).
 #[derive(Debug, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
