@@ -560,7 +560,7 @@ async fn stages(gw: &Gateway, session: &mut ServerSession, req: &mut Request) ->
 
     // Upstream: the attempts, while watching for the client hanging up.
     let grpc_route = req.grpc && route.protocol == Protocol::OipV2Grpc;
-    let prepared = Prepared::new(
+    let mut prepared = Prepared::new(
         session.req_header(),
         body.len(),
         grpc_route,
@@ -568,7 +568,6 @@ async fn stages(gw: &Gateway, session: &mut ServerSession, req: &mut Request) ->
         class.tenant.is_some(),
     )
     .map_err(|e| GatewayError::Internal(e.to_string()))?;
-    let mut prepared = prepared;
     if let Some(trace) = &req.trace {
         // The backend's parent is the gateway's span (`tracestate` passes as it came).
         prepared

@@ -69,6 +69,7 @@ impl Tracer {
             metrics::counter!(t::TRACE_SPANS_DROPPED).increment(1);
             return;
         }
+        // The first sampled span starts the thread (a gateway without traces has none).
         let tx = self.tx.get_or_init(|| self.start());
         if tx.as_ref().is_none_or(|tx| tx.send(span).is_err()) {
             self.queued.fetch_sub(1, Ordering::Relaxed);

@@ -99,6 +99,20 @@ fn provider(authority: &str) -> Option<&'static str> {
     })
 }
 
+/// `Host` as name and port: `name`, `name:port`, `[v6]`, `[v6]:port`.
+fn split_host(host: &str) -> (&str, Option<i64>) {
+    if let Some(rest) = host.strip_prefix('[') {
+        return match rest.split_once(']') {
+            Some((ip, tail)) => (ip, tail.strip_prefix(':').and_then(|p| p.parse().ok())),
+            None => (host, None),
+        };
+    }
+    match host.rsplit_once(':').map(|(n, p)| (n, p.parse())) {
+        Some((name, Ok(port))) => (name, Some(port)),
+        _ => (host, None),
+    }
+}
+
 impl SpanRecord {
     /// The OTLP span.
     pub fn to_proto(&self) -> Span {
@@ -115,13 +129,8 @@ impl SpanRecord {
             Value::IntValue(i64::from(self.status)),
         ));
         if let Some(host) = self.host.as_ref().and_then(|h| h.to_str().ok()) {
-            let (name, port) = match host.rsplit_once(':') {
-                Some((n, p)) if !n.ends_with(']') || host.starts_with('[') => {
-                    (n, p.parse::<i64>().ok())
-                }
-                _ => (host, None),
-            };
-            attrs.push(text("server.address", name.trim_matches(['[', ']'])));
+            let (name, port) = split_host(host);
+            attrs.push(text("server.address", name));
             if let Some(port) = port {
                 attrs.push(kv("server.port", Value::IntValue(port)));
             }
@@ -262,5 +271,9 @@ mod tests {
         assert_eq!(provider("api.openai.com:443"), Some("openai"));
         assert_eq!(provider("x.openai.azure.com"), Some("azure.ai.openai"));
         assert_eq!(provider("127.0.0.1:8000"), None);
+        assert_eq!(split_host("gw.example:8080"), ("gw.example", Some(8080)));
+        assert_eq!(split_host("gw.example"), ("gw.example", None));
+        assert_eq!(split_host("[::1]:8080"), ("::1", Some(8080)));
+        assert_eq!(split_host("[::1]"), ("::1", None));
     }
 }
