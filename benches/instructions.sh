@@ -12,7 +12,9 @@
 # ONLY="quiet gateway" counts only those targets; KEEP=DIR keeps the callgrind files there
 # for `callgrind_annotate --inclusive=yes DIR/cg.quiet.*` (where the instructions go).
 # ALT_BIN=PATH [ALT_ENV='NAME=value'] with ONLY="… alt" counts another gateway binary (or
-# setting) quiet, on the same policy.
+# setting) quiet, on the same policy. ALT_POLICY_EXTRA='YAML' appends top-level YAML to the
+# alt target's copy of the policy (e.g. `observe: { traces: { otlp_endpoint:
+# http://127.0.0.1:18003 } }`: a second mock backend listens there, answering the exports).
 # Needs valgrind (callgrind_control) and wrk. Only 127.0.0.1; every process is stopped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -62,7 +64,14 @@ count() { # name port env command...
 count pingora 18082 X=1 "$TARGET/release/examples/bare_pingora" 127.0.0.1:18082 127.0.0.1:18001 1
 count gateway 18080 X=1 "$TARGET/release/switchyard" run --policy "$WORK/policy.yaml"
 count quiet 18080 RUST_LOG=warn "$TARGET/release/switchyard" run --policy "$WORK/policy.yaml"
-[ -z "${ALT_BIN:-}" ] || count alt 18080 "RUST_LOG=warn ${ALT_ENV:-}" "$ALT_BIN" run --policy "$WORK/policy.yaml"
+ALT_POLICY="$WORK/policy.yaml"
+if [ -n "${ALT_POLICY_EXTRA:-}" ]; then
+    ALT_POLICY="$WORK/alt-policy.yaml"
+    { cat "$WORK/policy.yaml"; echo "$ALT_POLICY_EXTRA"; } >"$ALT_POLICY"
+    "$TARGET/release/examples/mock_backend" --listen 127.0.0.1:18003 --name collector --threads 1 >"$WORK/collector.log" 2>&1 &
+    PIDS+=($!)
+fi
+[ -z "${ALT_BIN:-}" ] || count alt 18080 "RUST_LOG=warn ${ALT_ENV:-}" "$ALT_BIN" run --policy "$ALT_POLICY"
 [ "$ONLY" = "pingora gateway quiet" ] || exit 0
 awk -v b="$(cat "$WORK/pingora.ipr")" -v g="$(cat "$WORK/gateway.ipr")" -v q="$(cat "$WORK/quiet.ipr")" \
     'BEGIN { printf "user-space instructions per request: shipped/bare-pingora %.2f   quiet/bare-pingora %.2f\n", g / b, q / b }'

@@ -18,6 +18,7 @@
 //! - [`observe`]: access and decision logs, the status page's aggregate;
 //! - [`discovery`]: each protocol's own endpoints; [`queue`]: the batch queue;
 //! - [`upstream`]: the one way to a backend (attempt, retries, hedging, connections);
+//! - [`trace`]: W3C trace context and the OTLP span exporter (off the request path);
 //! - [`pipeline`]: the request path top to bottom, the only writer to clients, the record;
 //! - [`admin`]: the admin listener and status page; [`tls`]: the certificate watcher;
 //! - [`server`]: wiring; [`telemetry`]: metric names; [`redis`]: the RESP client.
@@ -50,6 +51,7 @@ pub mod server;
 pub mod serving;
 pub mod telemetry;
 pub mod tls;
+pub mod trace;
 pub mod upstream;
 
 /// Run a future from a box, built by `make` outside the calling async body. An async body

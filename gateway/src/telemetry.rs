@@ -73,6 +73,12 @@ pub const BUFFERED_BODY_BYTES: &str = "switchyard_buffered_body_bytes";
 pub const ACCESS_LOG_DROPPED: &str = "switchyard_access_log_dropped_total";
 /// Decision log lines dropped because the writer could not keep up (or could not write).
 pub const DECISION_LOG_DROPPED: &str = "switchyard_decision_log_dropped_total";
+/// Spans dropped because the exporter's queue was full (`observe.traces.max_queue`).
+pub const TRACE_SPANS_DROPPED: &str = "switchyard_trace_spans_dropped_total";
+/// Spans the OTLP collector accepted.
+pub const TRACE_SPANS_EXPORTED: &str = "switchyard_trace_spans_exported_total";
+/// Spans given up after every export attempt failed (collector down, refused, 5xx).
+pub const TRACE_SPANS_FAILED: &str = "switchyard_trace_spans_failed_total";
 /// Prediction cache lookups. Labels: result (`hit`, `miss`, `bypass`, `coalesced`).
 pub const CACHE_LOOKUPS: &str = "switchyard_cache_lookups_total";
 /// Entries in the prediction cache (refreshed at scrape).
@@ -177,6 +183,15 @@ fn describe() {
     describe_counter!(
         DECISION_LOG_DROPPED,
         "Decision log lines dropped because the writer could not keep up or write"
+    );
+    describe_counter!(
+        TRACE_SPANS_DROPPED,
+        "Spans dropped because the trace exporter's queue was full (observe.traces.max_queue)"
+    );
+    describe_counter!(TRACE_SPANS_EXPORTED, "Spans the OTLP collector accepted");
+    describe_counter!(
+        TRACE_SPANS_FAILED,
+        "Spans given up after every OTLP export attempt failed"
     );
     describe_gauge!(
         BUFFERED_BODY_BYTES,

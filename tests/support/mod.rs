@@ -6,6 +6,7 @@
 
 pub mod json_schema;
 pub mod kubelet;
+pub mod otlp;
 pub mod policy;
 pub mod report;
 

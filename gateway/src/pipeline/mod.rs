@@ -53,6 +53,8 @@ use std::time::{Duration, Instant};
 /// (nginx's convention; never sent, only counted and logged).
 pub const CLIENT_CLOSED: u16 = 499;
 
+const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+
 /// The gateway's proxy service.
 pub struct Gateway {
     snapshot: Snapshot,
@@ -66,6 +68,8 @@ pub struct Gateway {
     access: Option<AccessLog>,
     /// The decision log's queue to its writer thread (`None`: off).
     decisions: Option<DecisionLog>,
+    /// The trace exporter's queue (used while the policy has `observe.traces`).
+    traces: crate::trace::Tracer,
     /// Live tenant limit state (rate, concurrency, spend), beside the snapshot.
     limiter: Arc<Limiter>,
     /// h2c on the plain listener (prior knowledge), as gRPC clients need.
@@ -80,6 +84,7 @@ impl Gateway {
         let mut options = HttpServerOptions::default();
         options.h2c = true;
         Gateway {
+            traces: crate::trace::Tracer::new(snapshot.clone()),
             snapshot,
             queue: None,
             cache: None,
@@ -216,6 +221,8 @@ pub(crate) struct Request {
     pub status: u16,
     /// Why it failed, for the access log.
     pub error: Option<String>,
+    /// Its place in a trace, when the policy has `observe.traces`.
+    pub trace: Option<crate::trace::TraceContext>,
 }
 
 /// When a streamed answer's events were relayed: the first (the time to first token), the
@@ -284,6 +291,7 @@ impl Request {
             record_tokens: false,
             status: 0,
             error: None,
+            trace: None,
         }
     }
 
@@ -385,7 +393,16 @@ async fn serve(gw: &Gateway, session: &mut ServerSession) -> bool {
             .map(|v| v.as_bytes()),
     );
     let mut req = Request::new(table, grpc);
-    req.record_tokens = gw.decisions.is_some();
+    if let Some(traces) = &req.table.traces {
+        let parent = session.req_header().headers.get(TRACEPARENT);
+        req.trace = Some(crate::trace::TraceContext::start(
+            parent,
+            traces.sample_ratio,
+        ));
+    }
+    // Tokens of every OpenAI answer, not only a per-token pool's, when something records
+    // them: the decision log, or a sampled span (`gen_ai.usage.*`).
+    req.record_tokens = gw.decisions.is_some() || req.trace.as_ref().is_some_and(|t| t.sampled);
     let outcome = stages(gw, session, &mut req).await;
     let reusable = match outcome {
         Ok(()) => true,
@@ -556,7 +573,7 @@ async fn stages(gw: &Gateway, session: &mut ServerSession, req: &mut Request) ->
 
     // Upstream: the attempts, while watching for the client hanging up.
     let grpc_route = req.grpc && route.protocol == Protocol::OipV2Grpc;
-    let prepared = Prepared::new(
+    let mut prepared = Prepared::new(
         session.req_header(),
         body.len(),
         grpc_route,
@@ -564,6 +581,12 @@ async fn stages(gw: &Gateway, session: &mut ServerSession, req: &mut Request) ->
         class.tenant.is_some(),
     )
     .map_err(|e| GatewayError::Internal(e.to_string()))?;
+    if let Some(trace) = &req.trace {
+        // The backend's parent is the gateway's span (`tracestate` passes as it came).
+        prepared
+            .set_header(TRACEPARENT, trace.traceparent())
+            .map_err(|e| GatewayError::Internal(e.to_string()))?;
+    }
     let mut out = Outbound {
         table: &table,
         class,

@@ -14,6 +14,7 @@ use crate::policy::compile::PoolId;
 use crate::route::cost;
 use crate::serving::Serving;
 use crate::telemetry as t;
+use crate::trace::SpanRecord;
 use pingora::protocols::http::ServerSession;
 use std::time::SystemTime;
 
@@ -153,6 +154,41 @@ pub(super) fn finish(gw: &Gateway, session: &ServerSession, mut req: Request) {
             tokens: bill.as_ref().and_then(|b| b.tokens),
         });
     }
+    if let (Some(context), Some(traces)) = (req.trace.filter(|c| c.sampled), &table.traces) {
+        // Moved to the exporter thread as indices and refcounts; encoded there.
+        let header = session.req_header();
+        let end = SystemTime::now();
+        gw.traces.record(
+            SpanRecord {
+                context,
+                trace_state: header.headers.get("tracestate").cloned(),
+                start: end.checked_sub(elapsed).unwrap_or(end),
+                end,
+                table: table.clone(),
+                method: header.method.clone(),
+                uri: header.uri.clone(),
+                host: header.headers.get(http::header::HOST).cloned(),
+                client: class.map(|c| c.client_ip),
+                route: key.route,
+                region: key.region,
+                tier: key.tier,
+                pool: key.pool,
+                model: class.map(|c| c.model.clone()).unwrap_or_default(),
+                status,
+                reason: decision.map(|d| d.reason.as_str()),
+                cache: req.cache.outcome.map(|o| o.as_str()),
+                estimate: decision.and_then(|d| d.estimate),
+                attempts: attempts.min(255) as u8,
+                spend_usd,
+                tokens: bill
+                    .as_ref()
+                    .and_then(|b| b.tokens.filter(|_| b.from_usage)),
+                ttft: streamed.as_ref().map(|s| s.ttft),
+                error: req.error.clone(),
+            },
+            traces.max_queue,
+        );
+    }
     if let Some(log) = &gw.access {
         // Moved to the writer thread as indices and refcounts; formatted there.
         let header = session.req_header();
@@ -253,6 +289,8 @@ struct Billed {
     egress_nusd: u64,
     /// Tokens the answer used (`usage`, or estimated from bytes), on a pool priced per token.
     tokens: Option<(u64, u64)>,
+    /// `tokens` came from the answer's `usage` (not estimated).
+    from_usage: bool,
 }
 
 impl Billed {
@@ -322,6 +360,7 @@ fn charge(
         usage_nusd,
         egress_nusd,
         tokens: tokens.map(|(i, o, _)| (i, o)),
+        from_usage: tokens.is_some_and(|(_, _, source)| source == "usage"),
     }
 }
 

@@ -179,7 +179,8 @@ pub enum CacheScope {
     Shared,
 }
 
-/// The `observe:` section (read at start-up: a change takes a restart).
+/// The `observe:` section (the logs are opened at start-up: changing them takes a restart;
+/// `decision_headers` and `traces` apply on reload).
 #[derive(Debug, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
@@ -208,6 +209,44 @@ pub struct Observe {
     #[serde(default)]
     #[cfg_attr(feature = "schema", schemars(with = "Option<schema::Size>"))]
     pub decision_log_max: Option<Spanned<String>>,
+    /// OpenTelemetry traces: one span per request, exported by OTLP/HTTP (protobuf) off the
+    /// request path (README "Traces"). Absent: off. Applies on reload.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<Traces>"))]
+    pub traces: Option<Spanned<Traces>>,
+}
+
+/// `observe.traces`: where spans go, which requests are sampled, and the exporter's limits.
+#[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Traces {
+    /// The OTLP/HTTP collector, `http://host:port` (spans are POSTed to `/v1/traces` under
+    /// it) or a full URL with its path. Plain HTTP only.
+    #[cfg_attr(feature = "schema", schemars(with = "String"))]
+    pub otlp_endpoint: Spanned<String>,
+    /// Share of new traces recorded, 0 to 1 (default 1). A request that arrives with a W3C
+    /// `traceparent` follows its caller's sampled flag instead (parent-based).
+    #[serde(default)]
+    pub sample_ratio: Option<f64>,
+    /// `service.name` of the exported resource. Default `switchyard`.
+    #[serde(default)]
+    pub service_name: Option<String>,
+    /// Spans per export request at most. Default 512.
+    #[serde(default)]
+    pub batch_max: Option<u32>,
+    /// How often waiting spans are exported (e.g. `1s`, the default).
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<schema::Duration>"))]
+    pub batch_every: Option<Spanned<String>>,
+    /// Spans waiting for the exporter at most; beyond it they are dropped and counted
+    /// (`switchyard_trace_spans_dropped_total`). Default 4096.
+    #[serde(default)]
+    pub max_queue: Option<u32>,
+    /// Attempts per export request (connection errors, 429 and 5xx are retried with
+    /// back-off); a batch that fails them all is dropped and counted. Default 3.
+    #[serde(default)]
+    pub max_attempts: Option<u8>,
 }
 
 /// The `limits:` section.

@@ -119,6 +119,11 @@ impl Prepared {
         })
     }
 
+    /// Set `name` on every attempt's request (the trace's `traceparent`).
+    pub fn set_header(&mut self, name: HeaderName, value: HeaderValue) -> Result<()> {
+        self.header.insert_header(name, value)
+    }
+
     /// The request for one attempt on `endpoint` of `pool`, with `left` before the deadline.
     pub fn for_attempt(
         &mut self,

@@ -23,7 +23,7 @@ mod limits;
 mod listeners;
 mod observe;
 pub use super::raw::{DecisionHeaders, LogFormat};
-pub use observe::{LogTarget, DEFAULT_DECISION_LOG_BYTES};
+pub use observe::{LogTarget, TraceSettings, DEFAULT_DECISION_LOG_BYTES};
 mod pools;
 mod pricing;
 mod queue;
@@ -191,6 +191,8 @@ pub struct RoutingTable {
     pub access_log: (LogTarget, LogFormat),
     /// The decision log's file and rotation size (`observe.decision_log`; `None`: off).
     pub decision_log: Option<(PathBuf, u64)>,
+    /// Where spans go and which requests are sampled (`observe.traces`; `None`: off).
+    pub traces: Option<observe::TraceSettings>,
     /// Which decision headers answers carry (`observe.decision_headers`).
     pub decision_headers: DecisionHeaders,
     /// Model → the version the policy declares (`models:`), part of the cache key.
@@ -447,6 +449,7 @@ fn compile(
         .unwrap_or_default();
     let access_log = observe::compile_access_log(p, raw.observe.as_ref(), cx.file);
     let decision_log = observe::compile_decision_log(p, raw.observe.as_ref(), cx.file);
+    let traces = observe::compile_traces(p, raw.observe.as_ref());
     limits::compile_admission(p, &raw, &tiers, &mut limits);
     let model_versions = pools::model_versions(p, &raw, &pools);
     let geoip = regions::geo_source(&raw, cx.file);
@@ -497,6 +500,7 @@ fn compile(
         limits,
         access_log,
         decision_log,
+        traces,
         decision_headers: raw
             .observe
             .as_ref()
