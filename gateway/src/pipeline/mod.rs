@@ -296,13 +296,16 @@ impl Request {
     }
 
     /// The upstream answer's header is about to go to the client: the cache decides whether
-    /// to capture it, the token meter starts for a pool priced per token, and a gRPC status
+    /// to capture it, the token meter starts for a pool priced per token (or a tenant with
+    /// `tokens_per_minute`), and a gRPC status
     /// in the header counts as its HTTP equivalent (never stored).
     fn on_response_header(&mut self, resp: &ResponseHeader) {
         self.status = resp.status.as_u16();
         let target = self.trail.as_ref().and_then(|t| t.tried.last().copied());
         if let Some((p, _)) = target {
-            if self.table.pools[p as usize].pricing.per_token() && resp.status.is_success() {
+            let metered = self.table.pools[p as usize].pricing.per_token()
+                || self.ticket.as_ref().is_some_and(|t| t.meters_tokens());
+            if metered && resp.status.is_success() {
                 let ct = resp.headers.get(http::header::CONTENT_TYPE);
                 let ct = ct.map_or(&b""[..], |v| v.as_bytes());
                 let bytes = self.permit.as_ref().map_or(0, |p| p.bytes()) as usize;
@@ -485,8 +488,9 @@ async fn stages(gw: &Gateway, session: &mut ServerSession, req: &mut Request) ->
     // Held by the request from here on (its record and decision headers read it).
     let class = req.class.insert(class);
 
-    // Authentication, rate and concurrency: before the cache (a limited caller gets no hits).
-    admit::check(&gw.limiter, &table, class, &mut req.ticket).await?;
+    // Authentication, rate, tokens and concurrency: before the cache (a limited caller gets
+    // no hits).
+    admit::check(&gw.limiter, &table, class, body.len(), &mut req.ticket).await?;
 
     // The cache is looked up before deciding, so that a hit is answered even when no pool
     // could take the request now (the decision is still made, for the spend avoided).

@@ -289,6 +289,11 @@ pub struct TenantLimits {
     #[serde(default)]
     #[cfg_attr(feature = "schema", schemars(with = "Option<u32>", range(min = 1)))]
     pub max_concurrency: Option<Spanned<u32>>,
+    /// Tokens per minute, input + output (the answer's `usage`; estimated from the request's
+    /// bytes until the answer tells). Up to one minute's worth may be used at once.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<u64>", range(min = 1)))]
+    pub tokens_per_minute: Option<Spanned<u64>>,
     /// Estimated spend per UTC day, in USD (cache hits are free).
     #[serde(default)]
     #[cfg_attr(feature = "schema", schemars(with = "Option<f64>", range(min = 0)))]
