@@ -20,9 +20,9 @@
 //!   any window. A lease is [`LEASE_SECS`] of the tenant's rate, at most its burst;
 //! - tokens are charged by estimate and corrected by `usage`: an instance may run into debt by
 //!   the requests it has in flight, paid back (charged to the shared bucket) at its next sync;
-//! - concurrency: an instance admits up to the slots it holds; it asks for more on the path
-//!   (slots are granted only while the fleet holds fewer than the limit), and gives back
-//!   what it did not use within a sync — never beyond the limit;
+//! - concurrency: an instance admits up to the slots it holds (twice its recent peak in
+//!   flight; the peak halves each sync); it asks for more on the path, granted only while the
+//!   fleet holds fewer than the limit, so never beyond the limit;
 //! - spend: each instance checks the shared spend it last read plus its own charges since,
 //!   so the fleet may overshoot a budget by what the other instances charge within one sync.
 //!
