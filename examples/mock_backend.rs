@@ -52,6 +52,10 @@ struct Args {
     /// Tokens per answer when the request names no `max_tokens` (with `--ttft-ms`).
     #[arg(long, default_value_t = 16)]
     tokens: u32,
+    /// Run at most this many inference requests at once; the others wait in a queue
+    /// (reported on `GET /metrics` as vLLM's gauges).
+    #[arg(long)]
+    max_running: Option<u32>,
     /// Runtime worker threads.
     #[arg(long, default_value_t = 1)]
     threads: usize,
@@ -105,6 +109,7 @@ fn run(args: Args) -> Result<(), String> {
             }),
             None => None,
         },
+        max_running: args.max_running,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.threads.max(1))

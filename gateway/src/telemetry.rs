@@ -149,6 +149,9 @@ pub const LIMITS_DEGRADED: &str = "switchyard_limits_redis_errors_total";
 /// (`background`: the sync loop; `request`: a request found its tenant's lease empty), lease
 /// (`all` for the loop; for a request the empty one: `first`, `rate`, `tokens`, `slots`).
 pub const LIMITS_SYNCS: &str = "switchyard_limits_syncs_total";
+/// Scrapes of model servers' own metrics (`server_metrics:`). Labels: pool, result (`ok`,
+/// `error`).
+pub const SERVER_SCRAPES: &str = "switchyard_server_metrics_scrapes_total";
 /// Lookups in the shared L2 prediction cache after an L1 miss. Labels: result (`hit`,
 /// `miss`, `error`: Redis failed or was too slow, `skipped`: not asked for a second after an
 /// error; either way the request went upstream).
@@ -352,6 +355,10 @@ fn describe() {
     describe_counter!(
         LIMITS_DEGRADED,
         "Redis calls of the tenant limits that failed or timed out, by op"
+    );
+    describe_counter!(
+        SERVER_SCRAPES,
+        "Scrapes of model servers' own metrics (server_metrics), by pool and result"
     );
     describe_counter!(
         LIMITS_SYNCS,

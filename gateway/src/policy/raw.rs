@@ -588,6 +588,12 @@ pub struct Pool {
     #[serde(default)]
     #[cfg_attr(feature = "schema", schemars(with = "Option<HealthCheck>"))]
     pub health: Option<Spanned<HealthCheck>>,
+    /// Scrape each endpoint's own load (Prometheus text at `path`): the model server's queue
+    /// replaces this gateway's in-flight count in the estimate, so instances sharing a pool
+    /// see the same load. Absent: in-flight counting only.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<ServerMetrics>"))]
+    pub server_metrics: Option<Spanned<ServerMetrics>>,
     /// Upstream request headers set (or replaced) on every request to this pool, e.g.
     /// `authorization: "Bearer ${OPENAI_API_KEY}"`. `${NAME}` / `${NAME:-default}` are
     /// expanded from the gateway's environment at load (an unset variable is a load error);
@@ -726,6 +732,52 @@ pub struct HealthCheck {
     #[serde(default)]
     #[cfg_attr(feature = "schema", schemars(with = "Option<u32>", range(min = 1)))]
     pub unhealthy_threshold: Option<Spanned<u32>>,
+}
+
+/// A pool's `server_metrics:` block. The gauge names default to vLLM's; name SGLang's, TGI's
+/// or Triton's here. A gauge with several label sets (e.g. one per model) is summed.
+#[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ServerMetrics {
+    /// Path to `GET`. Default `/metrics`.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<schema::UrlPath>"))]
+    pub path: Option<Spanned<String>>,
+    /// Time between scrapes of one endpoint. Default `200ms`.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<schema::Duration>"))]
+    pub interval: Option<Spanned<String>>,
+    /// Metrics older than this are stale: the estimate falls back to in-flight counting.
+    /// Default five intervals.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<schema::Duration>"))]
+    pub max_age: Option<Spanned<String>>,
+    /// The gauge of requests waiting in the server's queue. Default
+    /// `vllm:num_requests_waiting`.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<String>"))]
+    pub waiting: Option<Spanned<String>>,
+    /// The gauge of requests the server is running. Default `vllm:num_requests_running`.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<String>"))]
+    pub running: Option<Spanned<String>>,
+    /// The gauge of KV-cache use, 0 to 1. Default `vllm:kv_cache_usage_perc`.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<String>"))]
+    pub kv_cache: Option<Spanned<String>>,
+    /// An endpoint with more requests waiting is avoided for tiers that may be shed or
+    /// queued (`on_slo_miss: shed | queue`). Absent: no such threshold.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<u32>"))]
+    pub max_waiting: Option<Spanned<u32>>,
+    /// An endpoint with more KV cache in use (0 to 1) is avoided likewise.
+    #[serde(default)]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "Option<f64>", range(min = 0, max = 1))
+    )]
+    pub max_kv_cache: Option<Spanned<f64>>,
 }
 
 /// How a pool is paid for (`price.billing`).

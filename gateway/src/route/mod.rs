@@ -161,17 +161,38 @@ pub struct CandidateReport {
 /// Endpoints already tried by this request (pool, endpoint), so a retry goes elsewhere.
 pub type Tried<'a> = &'a [(PoolId, u16)];
 
-/// `states`: the live state of `pool`'s endpoints (`Live::endpoints`).
+/// `states`: the live state of `pool`'s endpoints (`Live::endpoints`). `sheddable`: the
+/// request's tier may be shed or queued, so it avoids a server over its queue or KV-cache
+/// threshold.
 fn endpoint_available(
     states: &[Arc<EndpointState>],
-    pool_id: PoolId,
+    (pool_id, pool): (PoolId, &Pool),
     ep: u16,
-    pool: &Pool,
     tried: Tried,
-    now_ms: u64,
+    (now_ms, sheddable): (u64, bool),
 ) -> bool {
-    states[ep as usize].is_available(now_ms, pool.endpoint_limit())
+    let state = &states[ep as usize];
+    state.is_available(now_ms, pool.endpoint_limit())
         && !tried.contains(&(pool_id, ep))
+        && !(sheddable && server_busy(state, pool, now_ms))
+}
+
+/// Whether the endpoint's own metrics (fresh ones) put it over the pool's `max_waiting` or
+/// `max_kv_cache`.
+fn server_busy(state: &EndpointState, pool: &Pool, now_ms: u64) -> bool {
+    let Some(m) = &pool.server_metrics else {
+        return false;
+    };
+    let Some(load) = state.server.fresh(now_ms, m.max_age) else {
+        return false;
+    };
+    m.max_waiting.is_some_and(|w| load.waiting > w)
+        || m.max_kv_cache.is_some_and(|k| load.kv_cache > k)
+}
+
+/// Whether `class`'s tier has somewhere else to go when no pool meets its objective.
+fn sheddable(class: &Class, table: &Serving) -> bool {
+    table.tiers[class.tier as usize].on_slo_miss != OnSloMiss::Fastest
 }
 
 // Inlined into `decide`'s loop: the call itself (registers saved and restored for each
@@ -200,13 +221,15 @@ fn exclusion(
     let (mut up, mut untried, mut room) = (false, false, false);
     let limit = pool.endpoint_limit();
     let states = table.live.endpoints(pool_id);
+    let shed = pool.server_metrics.is_some() && sheddable(class, table);
     for ep in 0..pool.endpoints.len() as u16 {
         let state = &states[ep as usize];
         if state.is_up(now_ms) {
             up = true;
             if !tried.contains(&(pool_id, ep)) {
                 untried = true;
-                if state.is_available(now_ms, limit) {
+                if state.is_available(now_ms, limit) && !(shed && server_busy(state, pool, now_ms))
+                {
                     room = true;
                     break;
                 }
@@ -258,7 +281,18 @@ pub fn estimate_at(
     // M/M/1-style queueing factor on the pool's utilisation, capped so that a saturated
     // pool looks 10× slower rather than infinitely slow. An idle pool (most pools in most
     // decisions) has factor 1: no division.
-    let in_flight = state.in_flight();
+    let in_flight = match &pool.server_metrics {
+        None => state.in_flight(),
+        // The servers' own queues (running + waiting: every gateway's requests), where
+        // fresh; this instance's in-flight where not, or where it is higher (sent since the
+        // last scrape). One pass over the pool's endpoints, only for scraped pools.
+        Some(m) => table
+            .live
+            .endpoints(pool_id)
+            .iter()
+            .map(|e| e.queue_at(now_ms, Some(m.max_age)))
+            .sum(),
+    };
     let mut queued = if in_flight == 0 {
         service
     } else {
@@ -467,7 +501,8 @@ pub fn decide(class: &Class, table: &Serving, tried: Tried, now_ms: u64) -> Deci
     match chosen {
         Some((pool_id, est, reason)) => {
             let pool = &table.pools[pool_id as usize];
-            match pick_endpoint(&table.live, pool_id, pool, tried, now_ms) {
+            let shed = sheddable(class, table);
+            match pick_endpoint(&table.live, (pool_id, pool), tried, (now_ms, shed)) {
                 Some(ep) => Decision {
                     target: Some((pool_id, ep)),
                     estimate: Some(est),
@@ -512,7 +547,12 @@ pub fn probe_instead_of_shed(class: &Class, table: &Serving, now_ms: u64) -> Opt
     if !table.live.pool(id).claim_probe(now_ms) {
         return None;
     }
-    let ep = pick_endpoint(&table.live, id, pool, &[], now_ms)?;
+    let ep = pick_endpoint(
+        &table.live,
+        (id, pool),
+        &[],
+        (now_ms, sheddable(class, table)),
+    )?;
     Some(Decision {
         target: Some((id, ep)),
         estimate: Some(est),
@@ -532,19 +572,21 @@ fn no_candidate(candidates: u16, feasible: u16) -> Decision {
     }
 }
 
-/// Power of two choices among the available endpoints, on latency × (in-flight + 1).
+/// Power of two choices among the available endpoints, on latency × (in-flight + 1) (the
+/// server's own queue instead of in-flight where it is scraped). `sheddable`: see
+/// [`endpoint_available`].
 pub fn pick_endpoint(
     live: &Live,
-    pool_id: PoolId,
-    pool: &Pool,
+    (pool_id, pool): (PoolId, &Pool),
     tried: Tried,
-    now_ms: u64,
+    (now_ms, sheddable): (u64, bool),
 ) -> Option<u16> {
     let n = pool.endpoints.len() as u16;
     let states = live.endpoints(pool_id);
     // One pass over the endpoints, the available ones noted on the stack (in a `Vec` for a
     // pool of more than 32).
-    let is_available = |&e: &u16| endpoint_available(states, pool_id, e, pool, tried, now_ms);
+    let is_available =
+        |&e: &u16| endpoint_available(states, (pool_id, pool), e, tried, (now_ms, sheddable));
     let mut inline = [0u16; 32];
     let spilled: Vec<u16>;
     let available: &[u16] = if usize::from(n) <= inline.len() {
@@ -568,8 +610,9 @@ pub fn pick_endpoint(
                 b += 1;
             }
             let (a, b) = (available[a], available[b]);
-            let sa = states[a as usize].load_score_at(now_ms);
-            let sb = states[b as usize].load_score_at(now_ms);
+            let max_age = pool.server_metrics.as_ref().map(|m| m.max_age);
+            let sa = states[a as usize].load_score_at(now_ms, max_age);
+            let sb = states[b as usize].load_score_at(now_ms, max_age);
             Some(if sb < sa { b } else { a })
         }
     }
@@ -781,7 +824,7 @@ routes:
         let tried: Vec<(PoolId, u16)> = (0..5).map(|e| (1, e)).collect();
         let mut picked = [false; 40];
         for _ in 0..4000 {
-            let ep = pick_endpoint(&table.live, 1, pool, &tried, 0).unwrap();
+            let ep = pick_endpoint(&table.live, (1, pool), &tried, (0, false)).unwrap();
             assert!(ep >= 5, "endpoint {ep} was tried already");
             picked[ep as usize] = true;
         }

@@ -29,6 +29,8 @@ pub struct Pool {
     pub queue_fed: bool,
     /// Active health checks, when the policy asks for them.
     pub health: Option<HealthCheck>,
+    /// Scraping of the endpoints' own load, when the policy asks for it.
+    pub server_metrics: Option<ServerMetrics>,
     /// Upstream TLS and request rewriting for hosted endpoints (`policy::hosted`).
     pub hosted: crate::policy::hosted::Hosted,
 }
@@ -41,6 +43,19 @@ pub struct HealthCheck {
     pub timeout: Duration,
     pub healthy_threshold: u32,
     pub unhealthy_threshold: u32,
+}
+
+/// A pool's compiled `server_metrics:` block.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerMetrics {
+    pub path: String,
+    pub interval: Duration,
+    pub max_age: Duration,
+    pub waiting: String,
+    pub running: String,
+    pub kv_cache: String,
+    pub max_waiting: Option<u32>,
+    pub max_kv_cache: Option<f64>,
 }
 
 impl Pool {
@@ -153,6 +168,10 @@ pub(super) fn compile(
         let service_time = duration_field(p, &r.service_time, "service_time");
         let pricing = super::pricing::compile(p, &name, pool, &r.price, r.kind == PoolKind::Batch);
         let health = r.health.as_ref().map(|h| compile_health(p, &name, h));
+        let server_metrics = r
+            .server_metrics
+            .as_ref()
+            .map(|m| compile_server_metrics(p, &name, m));
         let hosted = crate::policy::hosted::compile(
             &name,
             r,
@@ -215,6 +234,7 @@ pub(super) fn compile(
             service_time,
             pricing,
             health,
+            server_metrics,
             hosted,
         });
     }
@@ -261,6 +281,62 @@ fn compile_health(p: &mut Problems, pool: &str, node: &Spanned<raw::HealthCheck>
         timeout,
         healthy_threshold: threshold(p, &h.healthy_threshold, "healthy_threshold"),
         unhealthy_threshold: threshold(p, &h.unhealthy_threshold, "unhealthy_threshold"),
+    }
+}
+
+fn compile_server_metrics(
+    p: &mut Problems,
+    pool: &str,
+    node: &Spanned<raw::ServerMetrics>,
+) -> ServerMetrics {
+    let m = &node.value;
+    let path = m
+        .path
+        .as_ref()
+        .map_or("/metrics".to_string(), |n| n.value.clone());
+    if !path.starts_with('/') {
+        if let Some(n) = &m.path {
+            p.on(
+                n,
+                format!("pool `{pool}`: server_metrics.path must start with `/`"),
+            );
+        }
+    }
+    let interval = match &m.interval {
+        Some(n) => duration_field(p, n, "server_metrics.interval"),
+        None => Duration::from_millis(200),
+    };
+    if interval < Duration::from_millis(10) {
+        p.on(
+            node,
+            format!("pool `{pool}`: server_metrics.interval must be at least 10ms"),
+        );
+    }
+    let max_age = match &m.max_age {
+        Some(n) => duration_field(p, n, "server_metrics.max_age"),
+        None => interval * 5,
+    };
+    let name = |n: &Option<Spanned<String>>, default: &str| {
+        n.as_ref().map_or(default.to_string(), |n| n.value.clone())
+    };
+    let max_kv_cache = m.max_kv_cache.as_ref().map(|n| {
+        if !(0.0..=1.0).contains(&n.value) {
+            p.on(
+                n,
+                format!("pool `{pool}`: server_metrics.max_kv_cache is a fraction, 0 to 1"),
+            );
+        }
+        n.value
+    });
+    ServerMetrics {
+        path,
+        interval,
+        max_age,
+        waiting: name(&m.waiting, "vllm:num_requests_waiting"),
+        running: name(&m.running, "vllm:num_requests_running"),
+        kv_cache: name(&m.kv_cache, "vllm:kv_cache_usage_perc"),
+        max_waiting: m.max_waiting.as_ref().map(|n| n.value),
+        max_kv_cache,
     }
 }
 
