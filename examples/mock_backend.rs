@@ -56,6 +56,10 @@ struct Args {
     /// (reported on `GET /metrics` as vLLM's gauges).
     #[arg(long)]
     max_running: Option<u32>,
+    /// Keep a prefix cache: a conversation's next turn on this server gets this time to
+    /// first token, in milliseconds (with `--ttft-ms`).
+    #[arg(long)]
+    warm_ttft_ms: Option<f64>,
     /// Runtime worker threads.
     #[arg(long, default_value_t = 1)]
     threads: usize,
@@ -110,6 +114,10 @@ fn run(args: Args) -> Result<(), String> {
             None => None,
         },
         max_running: args.max_running,
+        prefix_cache: match args.warm_ttft_ms {
+            Some(ms) => Some(millis("warm-ttft-ms", ms)?),
+            None => None,
+        },
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.threads.max(1))

@@ -288,3 +288,107 @@ async fn two_instances_see_the_servers_own_queue_where_in_flight_counting_oversh
         scraped.on_gpu
     );
 }
+
+/// One run of [`multi_turn`]: `conversations` chats of `turns` turns each (each turn sends
+/// the whole conversation so far, as chat clients do), `parallel` conversations at a time,
+/// to a pool of four generating mocks with a prefix cache (first token in 200 ms cold, 40 ms
+/// when the server answered the conversation's previous turn). Returns the answers' times
+/// (ms, sorted), the prefix-cache hits and the most requests any server had at once.
+async fn multi_turn(
+    affinity: bool,
+    conversations: usize,
+    turns: usize,
+    parallel: usize,
+) -> (Vec<f64>, u64, u64) {
+    let mut mocks = Vec::new();
+    for i in 0..4 {
+        let mut spec = MockSpec::new(format!("llm-{i}"), Duration::ZERO, Duration::ZERO);
+        spec.config.generation = Some(Generation {
+            ttft: Duration::from_millis(200),
+            tpot: Duration::from_millis(1),
+            tokens: 1,
+        });
+        spec.config.prefix_cache = Some(Duration::from_millis(40));
+        mocks.push(spec.start().await.expect("start mock"));
+    }
+    let addrs: Vec<_> = mocks.iter().map(|m| m.addr()).collect();
+    let mut pool = Pool::gpu("llm")
+        .endpoints(&addrs)
+        .service_time("200ms")
+        .concurrency(256);
+    if affinity {
+        pool = pool.with("affinity", "{ prefix: true, load_factor: 1.25 }");
+    }
+    let policy = Policy::new()
+        .pool(pool)
+        .tier(Tier::new("chat", "10s", 1.0, ["gpu"]).on_slo_miss("fastest"))
+        .routes([Route::chat().tier("chat")]);
+    let gw = std::sync::Arc::new(Gateway::start(&policy.render()).await);
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..parallel {
+        let (gw, next) = (gw.clone(), next.clone());
+        workers.push(tokio::spawn(async move {
+            let mut times = Vec::new();
+            loop {
+                let c = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if c >= conversations {
+                    return times;
+                }
+                let mut messages = vec![serde_json::json!({"role": "system", "content": "You are a helpful assistant for a parcel delivery company."})];
+                for t in 0..turns {
+                    messages.push(serde_json::json!({"role": "user", "content": format!("conversation {c}, question {t}")}));
+                    let body = serde_json::json!({"model": "m", "max_tokens": 1, "messages": messages}).to_string();
+                    let started = Instant::now();
+                    let r = gw.post("/v1/chat/completions", &[], &body).await;
+                    assert_eq!(r.status, 200, "{}", r.text());
+                    times.push(started.elapsed().as_secs_f64() * 1e3);
+                    messages.push(serde_json::json!({"role": "assistant", "content": format!("answer {t}")}));
+                }
+            }
+        }));
+    }
+    let mut times = Vec::new();
+    for w in workers {
+        times.extend(w.await.unwrap());
+    }
+    times.sort_by(f64::total_cmp);
+    let hits = mocks.iter().map(|m| m.stats().prefix_hits).sum();
+    let peak = mocks
+        .iter()
+        .map(|m| m.stats().peak_in_flight)
+        .max()
+        .unwrap_or(0);
+    for m in &mocks {
+        m.shutdown();
+    }
+    (times, hits, peak)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conversations_stay_on_the_server_that_has_their_prefix_within_a_load_bound() {
+    let (conversations, turns, parallel) = (24, 5, 8);
+    let (without, hits_without, _) = multi_turn(false, conversations, turns, parallel).await;
+    let (with, hits_with, peak) = multi_turn(true, conversations, turns, parallel).await;
+    let p50 = |t: &[f64]| t[t.len() / 2];
+    eprintln!(
+        "{conversations} conversations x {turns} turns, {parallel} at a time, 4 servers: \
+         p50 {:.0} ms without affinity ({hits_without} prefix-cache hits), {:.0} ms with \
+         ({hits_with} hits; most in flight on one server: {peak})",
+        p50(&without),
+        p50(&with)
+    );
+    // Turns after the first find their prefix warm when they return to the same server.
+    assert!(
+        p50(&with) <= 0.5 * p50(&without),
+        "p50 {:.0} ms with affinity vs {:.0} ms without",
+        p50(&with),
+        p50(&without)
+    );
+    assert!(
+        hits_with >= (conversations * (turns - 1)) as u64 * 3 / 4,
+        "{hits_with} hits"
+    );
+    // Bounded load: 8 in flight over 4 servers, factor 1.25: at most ceil(1.25 × 8 / 4) = 3.
+    assert!(peak <= 3, "a server had {peak} in flight");
+}

@@ -83,6 +83,12 @@ pub struct MockConfig {
     /// gauges (`vllm:num_requests_waiting`, `vllm:num_requests_running`, and
     /// `vllm:kv_cache_usage_perc` as running / this). `None`: no limit, no queue.
     pub max_running: Option<u32>,
+    /// A per-server prefix cache (with [`Generation`]): the time to first token of a chat
+    /// whose conversation this server answered last turn (its messages but the last two —
+    /// the previous answer and the new question — are a prompt it served) is this instead
+    /// of `generation.ttft`, as a server that kept the prompt's KV cache computes only the
+    /// new tokens. `None`: every prompt is cold.
+    pub prefix_cache: Option<Duration>,
 }
 
 /// How a generating model server times its answers: a streamed answer's head goes out at
@@ -113,6 +119,7 @@ impl Default for MockConfig {
             models: None,
             generation: None,
             max_running: None,
+            prefix_cache: None,
         }
     }
 }
@@ -147,6 +154,8 @@ pub struct MockStats {
     pub peak_waiting: u64,
     /// Inference requests that had to wait for a slot (since start or the last reset).
     pub queued: u64,
+    /// Chats that found their conversation's prefix in this server's cache (`prefix_cache`).
+    pub prefix_hits: u64,
     /// TCP connections accepted (to check keep-alive reuse).
     pub connections: u64,
 }
@@ -169,6 +178,7 @@ struct Counters {
     waiting: AtomicU64,
     peak_waiting: AtomicU64,
     queued: AtomicU64,
+    prefix_hits: AtomicU64,
     connections: AtomicU64,
 }
 
@@ -190,6 +200,7 @@ impl Counters {
             waiting: self.waiting.load(Relaxed),
             peak_waiting: self.peak_waiting.load(Relaxed),
             queued: self.queued.load(Relaxed),
+            prefix_hits: self.prefix_hits.load(Relaxed),
             connections: self.connections.load(Relaxed),
         }
     }
@@ -207,6 +218,7 @@ impl Counters {
             &self.tf_predict,
             &self.metadata,
             &self.queued,
+            &self.prefix_hits,
             &self.connections,
         ] {
             c.store(0, Relaxed);
@@ -415,6 +427,9 @@ struct Shared {
     /// `max_running` slots (FIFO: tokio's semaphore is fair).
     slots: Option<tokio::sync::Semaphore>,
     max_running: Option<u32>,
+    /// The warm time to first token and the prompts served (hashes; a lock taken only by
+    /// mocks with a prefix cache, once per chat; cleared when it reaches 100 000).
+    prefix_cache: Option<(Duration, std::sync::Mutex<std::collections::HashSet<u64>>)>,
     faults: Faults,
     counters: Counters,
     next_id: AtomicU64,
@@ -465,6 +480,7 @@ impl MockBackend {
                 .max_running
                 .map(|n| tokio::sync::Semaphore::new(n.max(1) as usize)),
             max_running: cfg.max_running,
+            prefix_cache: cfg.prefix_cache.map(|warm| (warm, Default::default())),
             faults: Faults::new(cfg.error_rate),
             counters: Counters::default(),
             next_id: AtomicU64::new(0),
@@ -1107,6 +1123,37 @@ struct OpenAiBody<'a> {
     stream: Option<serde_json::Value>,
     #[serde(default)]
     max_tokens: Option<u32>,
+    #[serde(default)]
+    messages: Vec<serde_json::Value>,
+}
+
+/// A prompt's hash: its messages in order.
+fn prompt_hash(messages: &[serde_json::Value]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for m in messages {
+        m.to_string().hash(&mut h);
+    }
+    h.finish()
+}
+
+impl Shared {
+    /// With a prefix cache: whether this chat's conversation was served here last turn
+    /// (and remember its prompt for the next one).
+    fn prefix_warm(&self, messages: &[serde_json::Value]) -> Option<Duration> {
+        let (warm, seen) = self.prefix_cache.as_ref()?;
+        let mut seen = seen.lock().ok()?;
+        let hit =
+            messages.len() > 2 && seen.contains(&prompt_hash(&messages[..messages.len() - 2]));
+        if seen.len() >= 100_000 {
+            seen.clear();
+        }
+        seen.insert(prompt_hash(messages));
+        hit.then(|| {
+            self.counters.prefix_hits.fetch_add(1, Relaxed);
+            *warm
+        })
+    }
 }
 
 const ANSWER: &str = "Hello from the Switchyard mock backend.";
@@ -1217,7 +1264,12 @@ async fn respond(
                 }
                 let streaming = *kind != OpenAi::Embeddings
                     && matches!(parsed.stream, Some(serde_json::Value::Bool(true)));
-                let generation = sh.generation.filter(|_| *kind != OpenAi::Embeddings);
+                let mut generation = sh.generation.filter(|_| *kind != OpenAi::Embeddings);
+                if let Some(g) = generation.as_mut() {
+                    if let Some(warm) = sh.prefix_warm(&parsed.messages) {
+                        g.ttft = warm;
+                    }
+                }
                 let service = match generation {
                     // A generating server times the answer itself (below, or as it streams).
                     Some(_) => {

@@ -594,6 +594,11 @@ pub struct Pool {
     #[serde(default)]
     #[cfg_attr(feature = "schema", schemars(with = "Option<ServerMetrics>"))]
     pub server_metrics: Option<Spanned<ServerMetrics>>,
+    /// Prefix and session affinity: requests that share a conversation go to the endpoint
+    /// that served it, so the server's KV cache is reused, within a load bound. Absent: off.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<Affinity>"))]
+    pub affinity: Option<Spanned<Affinity>>,
     /// Upstream request headers set (or replaced) on every request to this pool, e.g.
     /// `authorization: "Bearer ${OPENAI_API_KEY}"`. `${NAME}` / `${NAME:-default}` are
     /// expanded from the gateway's environment at load (an unset variable is a load error);
@@ -778,6 +783,29 @@ pub struct ServerMetrics {
         schemars(with = "Option<f64>", range(min = 0, max = 1))
     )]
     pub max_kv_cache: Option<Spanned<f64>>,
+}
+
+/// A pool's `affinity:` block.
+#[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Affinity {
+    /// Key OpenAI chat requests by their prompt's prefix: the messages up to and including
+    /// the first user message (at most 4 KiB of them), which every turn of a conversation
+    /// repeats. Default `true`.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<bool>"))]
+    pub prefix: Option<Spanned<bool>>,
+    /// A request header naming the session (e.g. `x-session-id`); it wins over the prefix.
+    /// OpenAI's `user` field is a session key too. Absent: the `user` field only.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<String>"))]
+    pub session_header: Option<Spanned<String>>,
+    /// Bounded load: an endpoint takes a keyed request only while its load stays within this
+    /// factor of the pool's mean (else the key's next endpoint). Default `1.25`, at least 1.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<f64>", range(min = 1)))]
+    pub load_factor: Option<Spanned<f64>>,
 }
 
 /// How a pool is paid for (`price.billing`).

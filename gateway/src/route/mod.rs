@@ -9,7 +9,8 @@
 //! (`tokens`). Among candidates whose
 //! latency meets the deadline, the lowest `weight × latency/deadline + (1 − weight) ×
 //! cost/max cost` wins; none meets it → the tier's `on_slo_miss`. Inside the chosen pool the
-//! endpoint is picked by power of two choices on latency × in-flight.
+//! endpoint is picked by power of two choices on latency × in-flight (by affinity key with
+//! bounded loads on pools with `affinity:`).
 //!
 //! [`decide`] is a pure function of its inputs plus the live atomics in `state` (the
 //! `Serving` it takes is the routing table and its `state::Live`, indexed like the table): no
@@ -502,7 +503,8 @@ pub fn decide(class: &Class, table: &Serving, tried: Tried, now_ms: u64) -> Deci
         Some((pool_id, est, reason)) => {
             let pool = &table.pools[pool_id as usize];
             let shed = sheddable(class, table);
-            match pick_endpoint(&table.live, (pool_id, pool), tried, (now_ms, shed)) {
+            let key = affinity_key(class, pool);
+            match pick_endpoint(&table.live, (pool_id, pool), tried, (now_ms, shed), key) {
                 Some(ep) => Decision {
                     target: Some((pool_id, ep)),
                     estimate: Some(est),
@@ -547,11 +549,13 @@ pub fn probe_instead_of_shed(class: &Class, table: &Serving, now_ms: u64) -> Opt
     if !table.live.pool(id).claim_probe(now_ms) {
         return None;
     }
+    let when = (now_ms, sheddable(class, table));
     let ep = pick_endpoint(
         &table.live,
         (id, pool),
         &[],
-        (now_ms, sheddable(class, table)),
+        when,
+        affinity_key(class, pool),
     )?;
     Some(Decision {
         target: Some((id, ep)),
@@ -572,14 +576,58 @@ fn no_candidate(candidates: u16, feasible: u16) -> Decision {
     }
 }
 
+/// The affinity key `class` has on `pool` (0: none, or the pool has no `affinity:`): its
+/// session, else its prompt prefix.
+pub fn affinity_key(class: &Class, pool: &Pool) -> u64 {
+    match &pool.affinity {
+        Some(_) if class.affinity.session != 0 => class.affinity.session,
+        Some(a) if a.prefix => class.affinity.prefix,
+        _ => 0,
+    }
+}
+
+/// Rendezvous (highest random weight) score of endpoint `ep` for `key`.
+fn rendezvous(key: u64, ep: u16) -> u64 {
+    // splitmix64's finaliser on the pair: cheap, and well spread for any key.
+    let mut z = key ^ (u64::from(ep) + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// An affinity key's endpoint with bounded load: the available endpoint ranked highest for
+/// `key` whose queue stays within `load_factor` × the mean with this request added
+/// (consistent hashing with bounded loads, Mirrokni et al., on rendezvous hashing: an
+/// endpoint that goes away moves only its own keys). Some endpoint is always within the
+/// bound (one at or below the mean), so `None` only without endpoints.
+fn pick_by_affinity(
+    states: &[Arc<EndpointState>],
+    available: &[u16],
+    (key, load_factor): (u64, f64),
+    (now_ms, max_age): (u64, Option<Duration>),
+) -> Option<u16> {
+    let total: u64 = available
+        .iter()
+        .map(|&e| u64::from(states[e as usize].queue_at(now_ms, max_age)))
+        .sum();
+    let bound = (load_factor * (total + 1) as f64 / available.len() as f64).ceil() as u64;
+    available
+        .iter()
+        .filter(|&&e| u64::from(states[e as usize].queue_at(now_ms, max_age)) < bound)
+        .max_by_key(|&&e| rendezvous(key, e))
+        .copied()
+}
+
 /// Power of two choices among the available endpoints, on latency × (in-flight + 1) (the
 /// server's own queue instead of in-flight where it is scraped). `sheddable`: see
-/// [`endpoint_available`].
+/// [`endpoint_available`]. `affinity`: the request's key on this pool ([`affinity_key`]),
+/// which picks by [`pick_by_affinity`] instead.
 pub fn pick_endpoint(
     live: &Live,
     (pool_id, pool): (PoolId, &Pool),
     tried: Tried,
     (now_ms, sheddable): (u64, bool),
+    affinity: u64,
 ) -> Option<u16> {
     let n = pool.endpoints.len() as u16;
     let states = live.endpoints(pool_id);
@@ -600,6 +648,11 @@ pub fn pick_endpoint(
         spilled = (0..n).filter(is_available).collect();
         &spilled
     };
+    let max_age = pool.server_metrics.as_ref().map(|m| m.max_age);
+    if let (Some(a), true, false) = (&pool.affinity, affinity != 0, available.is_empty()) {
+        let key = (affinity, a.load_factor);
+        return pick_by_affinity(states, available, key, (now_ms, max_age));
+    }
     match available.len() {
         0 => None,
         1 => Some(available[0]),
@@ -610,7 +663,6 @@ pub fn pick_endpoint(
                 b += 1;
             }
             let (a, b) = (available[a], available[b]);
-            let max_age = pool.server_metrics.as_ref().map(|m| m.max_age);
             let sa = states[a as usize].load_score_at(now_ms, max_age);
             let sb = states[b as usize].load_score_at(now_ms, max_age);
             Some(if sb < sa { b } else { a })
@@ -824,7 +876,7 @@ routes:
         let tried: Vec<(PoolId, u16)> = (0..5).map(|e| (1, e)).collect();
         let mut picked = [false; 40];
         for _ in 0..4000 {
-            let ep = pick_endpoint(&table.live, (1, pool), &tried, (0, false)).unwrap();
+            let ep = pick_endpoint(&table.live, (1, pool), &tried, (0, false), 0).unwrap();
             assert!(ep >= 5, "endpoint {ep} was tried already");
             picked[ep as usize] = true;
         }

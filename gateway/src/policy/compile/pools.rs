@@ -31,6 +31,8 @@ pub struct Pool {
     pub health: Option<HealthCheck>,
     /// Scraping of the endpoints' own load, when the policy asks for it.
     pub server_metrics: Option<ServerMetrics>,
+    /// Prefix / session affinity, when the policy asks for it.
+    pub affinity: Option<Affinity>,
     /// Upstream TLS and request rewriting for hosted endpoints (`policy::hosted`).
     pub hosted: crate::policy::hosted::Hosted,
 }
@@ -43,6 +45,15 @@ pub struct HealthCheck {
     pub timeout: Duration,
     pub healthy_threshold: u32,
     pub unhealthy_threshold: u32,
+}
+
+/// A pool's compiled `affinity:` block.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Affinity {
+    pub prefix: bool,
+    /// Lower-case, as `http` names headers.
+    pub session_header: Option<http::HeaderName>,
+    pub load_factor: f64,
 }
 
 /// A pool's compiled `server_metrics:` block.
@@ -172,6 +183,7 @@ pub(super) fn compile(
             .server_metrics
             .as_ref()
             .map(|m| compile_server_metrics(p, &name, m));
+        let affinity = r.affinity.as_ref().map(|a| compile_affinity(p, &name, a));
         let hosted = crate::policy::hosted::compile(
             &name,
             r,
@@ -235,6 +247,7 @@ pub(super) fn compile(
             pricing,
             health,
             server_metrics,
+            affinity,
             hosted,
         });
     }
@@ -281,6 +294,34 @@ fn compile_health(p: &mut Problems, pool: &str, node: &Spanned<raw::HealthCheck>
         timeout,
         healthy_threshold: threshold(p, &h.healthy_threshold, "healthy_threshold"),
         unhealthy_threshold: threshold(p, &h.unhealthy_threshold, "unhealthy_threshold"),
+    }
+}
+
+fn compile_affinity(p: &mut Problems, pool: &str, node: &Spanned<raw::Affinity>) -> Affinity {
+    let a = &node.value;
+    let session_header = a.session_header.as_ref().and_then(|n| {
+        let parsed = http::HeaderName::from_bytes(n.value.as_bytes()).ok();
+        if parsed.is_none() {
+            p.on(
+                n,
+                format!("pool `{pool}`: affinity.session_header is not a header name"),
+            );
+        }
+        parsed
+    });
+    let load_factor = a.load_factor.as_ref().map_or(1.25, |n| {
+        if !(n.value >= 1.0 && n.value.is_finite()) {
+            p.on(
+                n,
+                format!("pool `{pool}`: affinity.load_factor must be at least 1"),
+            );
+        }
+        n.value.max(1.0)
+    });
+    Affinity {
+        prefix: a.prefix.as_ref().is_none_or(|n| n.value),
+        session_header,
+        load_factor,
     }
 }
 
