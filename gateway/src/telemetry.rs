@@ -143,7 +143,8 @@ pub const TENANT_BUDGET_REMAINING: &str = "switchyard_tenant_budget_remaining_us
 /// 1 while `limits.backend: redis` is reachable, 0 while limits fall back to local ones.
 pub const LIMITS_SHARED: &str = "switchyard_limits_shared";
 /// Redis calls of the limits that failed or timed out (each one degrades to local limits).
-/// Labels: op (`sync`, `ping`).
+/// Labels: op (`sync`, `ping`: the sync loop's, which mark Redis away; `refill`: a request's,
+/// admitted on local limits alone).
 pub const LIMITS_DEGRADED: &str = "switchyard_limits_redis_errors_total";
 /// Lease syncs of the shared tenant limits (one Lua script each). Labels: caller
 /// (`background`: the sync loop; `request`: a request found its tenant's lease empty), lease

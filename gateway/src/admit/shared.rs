@@ -21,8 +21,9 @@
 //! - tokens are charged by estimate and corrected by `usage`: an instance may run into debt by
 //!   the requests it has in flight, paid back (charged to the shared bucket) at its next sync;
 //! - concurrency: an instance admits up to the slots it holds (twice its recent peak in
-//!   flight; the peak halves each sync); it asks for more on the path, granted only while the
-//!   fleet holds fewer than the limit, so never beyond the limit;
+//!   flight, the peak halving each sync; at least a sixteenth of a large limit); it asks for
+//!   more on the path, granted only while the fleet holds fewer than the limit, so never
+//!   beyond the limit;
 //! - spend: each instance checks the shared spend it last read plus its own charges since,
 //!   so the fleet may overshoot a budget by what the other instances charge within one sync.
 //!
@@ -31,7 +32,8 @@
 //! `P:limits:T:spend:{utc day}` (USD, kept 2 days). An instance that dies loses its leases;
 //! its slots expire after [`SLOT_TTL`].
 //!
-//! A sync that fails marks the backend *away*: requests are then admitted on local limits
+//! A request whose refill fails is admitted on local limits (alone). A sync of the loop
+//! that fails marks the backend *away*: requests are then admitted on local limits
 //! (`local.rs`), which is logged and counted; the loop keeps syncing every [`SYNC_EVERY`]
 //! with its own timeout, and the first success returns the instance to the shared state.
 
@@ -378,7 +380,9 @@ impl Shared {
                     })
                     .unwrap_or(0)
                     .max(in_flight);
-                let mut want = peak * 2;
+                // A floor of a sixteenth of a large limit: a burst after a pause does not
+                // wait for Redis (a small limit is shared exactly, from zero).
+                let mut want = (peak * 2).max(c / 16);
                 if urgent {
                     want = want.max((in_flight + 1) * 2);
                 }
@@ -427,7 +431,14 @@ impl Shared {
             Ok(v) => v.into_array(),
             Err(e) => {
                 lease.unsent_spend.fetch_add(spend, Ordering::AcqRel);
-                self.failed("sync", &e);
+                match caller {
+                    // The loop decides whether Redis is away; a request whose refill was
+                    // slower than `redis_timeout` is admitted on local limits, alone.
+                    Caller::Request(_) => {
+                        metrics::counter!(t::LIMITS_DEGRADED, "op" => "refill").increment(1)
+                    }
+                    Caller::Background => self.failed("sync", &e),
+                }
                 return Err(e);
             }
         };
