@@ -840,6 +840,44 @@ routes:
     }
 
     #[test]
+    fn a_servers_own_queue_is_its_load_and_a_busy_one_is_avoided_by_sheddable_tiers() {
+        let text = POLICY.replace(
+            "price: { per_request: 0.001 } }",
+            "price: { per_request: 0.001 }, server_metrics: { max_waiting: 2, max_age: 1s } }",
+        );
+        let (table, _f) = serving(&text);
+        let fast = class(&table, "fast", "m");
+        let idle = estimate_at(0, &table.pools[0], &fast, &table, 0).latency;
+        // Both servers report 5 waiting and 3 running: 16 for a pool of concurrency 8,
+        // which this instance (nothing in flight) would not know by itself.
+        let busy = crate::serving::state::LoadSample {
+            waiting: 5,
+            running: 3,
+            kv_cache: 0.5,
+        };
+        for ep in 0..2 {
+            table.live.endpoint(0, ep).server.set(busy, 0, 0);
+        }
+        let loaded = estimate_at(0, &table.pools[0], &fast, &table, 0).latency;
+        assert!(loaded > idle * 5, "{loaded:?} vs {idle:?}");
+        // Over `max_waiting`: a tier that sheds goes without it (far is too far: shed), one
+        // that takes the fastest still uses it.
+        let tight = class(&table, "tight", "m");
+        let d = decide(&tight, &table, &[], 0);
+        assert_eq!(d.reason, Reason::Shed, "{d:?}");
+        assert_eq!(
+            explain(&tight, &table, 0).1[0].excluded,
+            Some(Exclusion::AtCapacity)
+        );
+        assert_eq!(explain(&fast, &table, 0).1[0].excluded, None);
+        // Stale metrics (older than `max_age`): in-flight counting again.
+        let later = estimate_at(0, &table.pools[0], &fast, &table, 2000).latency;
+        assert!(later < loaded, "{later:?}");
+        let d = decide(&class(&table, "tight", "m"), &table, &[], 2000);
+        assert_eq!(d.target.map(|(p, _)| p), Some(0), "{d:?}");
+    }
+
+    #[test]
     fn retries_avoid_tried_and_down_endpoints() {
         let (table, _f) = setup();
         let c = class(&table, "tight", "m");
