@@ -267,7 +267,8 @@ fi
 
 # ---- MODE=limits (tenants, issue 11): the same 1 KB POST as tenant `bench`, whose limits
 # never trip, against two gateways interleaved: `local` (limits.backend: local) and `redis`
-# (limits.backend: redis: one Lua script round trip per request, plus the charge after it).
+# (limits.backend: redis: the tenant's leases, topped up and charged by a background sync;
+# a request waits for Redis only when its lease is empty).
 # Redis at REDIS_URL (default redis://127.0.0.1:6379). Usage:
 #   MODE=limits benches/load.sh [DURATION] [ROUNDS] [CONNECTIONS]
 if [ "${MODE:-}" = limits ]; then
@@ -332,7 +333,7 @@ YAML
         p99=$(for r in $(seq "$ROUNDS"); do lms "$(awk '$1 == "99%" { print $2 }' "$LWORK/$m.$r.txt")"; echo; done | lmedian)
         printf '%-8s %12.0f %10.3f %10.3f\n' "$m" "$rps" "$p50" "$p99"
     done
-    curl -s "http://$GATEWAY2_ADMIN/metrics" | grep -E '^switchyard_limits_(shared|redis_errors_total)' || true
+    curl -s "http://$GATEWAY2_ADMIN/metrics" | grep -E '^switchyard_limits_(shared|redis_errors_total|syncs_total)' || true
     exit 0
 fi
 

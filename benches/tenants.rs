@@ -1,7 +1,7 @@
 //! Criterion benchmarks of admission and the L2 prediction cache (issue 11):
 //! - `admit/local`: auth, GCRA rate and concurrency check of a tenant on local state (plus
 //!   giving the slot back), what every limited request pays with `limits.backend: local`;
-//! - `admit/redis`: the same through Redis (one Lua script: one round trip);
+//! - `admit/redis`: the same on shared limits: the tenant's leases (Redis only when one runs empty);
 //! - `cache/l1_hit` vs `cache/l2_get`: a whole L1 hit lookup of a 1 KB body against the L2
 //!   half of an L2 hit (GET + decode of the stored answer).
 //!
@@ -121,6 +121,7 @@ fn benches(c: &mut Criterion) {
                 &limiter,
                 &local,
                 black_box(&class),
+                1024,
                 &mut ticket,
             ));
             (verdict.is_ok(), ticket)
@@ -135,7 +136,7 @@ fn benches(c: &mut Criterion) {
         );
     }
 
-    // Admission through Redis: one round trip.
+    // Admission on shared limits: the tenant's leases (Redis only when a lease runs empty).
     if redis {
         let prefix = format!("sybench{:08x}", fastrand::u32(..));
         let shared = compile(&policy(&format!(
@@ -151,11 +152,11 @@ fn benches(c: &mut Criterion) {
                     &limiter,
                     &shared,
                     black_box(&class),
+                    1024,
                     &mut ticket,
                 ))
                 .expect("admitted");
                 assert_eq!(limiter.shared_up(), Some(true), "served by Redis");
-                // Dropped inside the runtime: the lease release is spawned there.
                 rt.block_on(async move { drop(ticket) })
             })
         });

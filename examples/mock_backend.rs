@@ -52,6 +52,14 @@ struct Args {
     /// Tokens per answer when the request names no `max_tokens` (with `--ttft-ms`).
     #[arg(long, default_value_t = 16)]
     tokens: u32,
+    /// Run at most this many inference requests at once; the others wait in a queue
+    /// (reported on `GET /metrics` as vLLM's gauges).
+    #[arg(long)]
+    max_running: Option<u32>,
+    /// Keep a prefix cache: a conversation's next turn on this server gets this time to
+    /// first token, in milliseconds (with `--ttft-ms`).
+    #[arg(long)]
+    warm_ttft_ms: Option<f64>,
     /// Runtime worker threads.
     #[arg(long, default_value_t = 1)]
     threads: usize,
@@ -103,6 +111,11 @@ fn run(args: Args) -> Result<(), String> {
                 tpot: millis("tpot-ms", args.tpot_ms)?,
                 tokens: args.tokens,
             }),
+            None => None,
+        },
+        max_running: args.max_running,
+        prefix_cache: match args.warm_ttft_ms {
+            Some(ms) => Some(millis("warm-ttft-ms", ms)?),
             None => None,
         },
     };

@@ -157,3 +157,250 @@ async fn streams_go_where_the_first_token_comes_first_and_plain_answers_where_th
         r.header("x-switchyard-decision")
     );
 }
+
+/// One run of [`scraped_queue`]: two gateway instances share a `gpu` pool whose one server
+/// runs 2 requests at once and queues the rest (100 ms each), and a `spill` pool that answers
+/// in 165 ms; six clients (three per instance) send chats back to back for `secs`.
+async fn shared_pool_run(scrape: bool, secs: u64) -> Run {
+    let mut spec = MockSpec::new("gpu", Duration::from_millis(100), Duration::ZERO);
+    spec.config.max_running = Some(2);
+    let gpu = spec.start().await.expect("start mock");
+    let spill = MockSpec::new("spill", Duration::from_millis(165), Duration::ZERO)
+        .start()
+        .await
+        .expect("start mock");
+    // The estimates: gpu 10 ms of network + 100 ms / (1 − in-flight / 4), so 110, 143, then
+    // 210 ms with two in flight, against spill's 175 ms: each instance alone sends the gpu
+    // server two at a time, which is all it runs.
+    let mut gpu_pool = Pool::gpu("gpu")
+        .endpoint(gpu.addr())
+        .service_time("100ms")
+        .concurrency(4);
+    if scrape {
+        gpu_pool = gpu_pool.with("server_metrics", "{ interval: 20ms, max_age: 200ms }");
+    }
+    let policy = Policy::new()
+        .pool(gpu_pool)
+        .pool(
+            Pool::gpu("spill")
+                .endpoint(spill.addr())
+                .service_time("165ms")
+                .concurrency(64),
+        )
+        .tier(Tier::new("chat", "1s", 1.0, ["gpu"]).on_slo_miss("fastest"))
+        .routes([Route::chat().tier("chat")]);
+    let a = Gateway::start(&policy.render()).await;
+    let b = Gateway::start(&policy.render()).await;
+    if scrape {
+        // Both instances have scraped the server before the clients start.
+        for gw in [&a, &b] {
+            gw.metrics_when(|m| {
+                metric_sum(
+                    m,
+                    "switchyard_server_metrics_scrapes_total",
+                    &[("pool", "gpu"), ("result", "ok")],
+                ) >= 1.0
+            })
+            .await;
+        }
+    }
+    let until = Instant::now() + Duration::from_secs(secs);
+    let mut clients = Vec::new();
+    for c in 0..6 {
+        let proxy = if c % 2 == 0 { a.proxy } else { b.proxy };
+        clients.push(tokio::spawn(async move {
+            let (mut gpu, mut all) = (0u32, 0u32);
+            while Instant::now() < until {
+                let body = chat("m");
+                let req = switchyard_testkit::client::Request::post(
+                    "/v1/chat/completions",
+                    body.as_bytes(),
+                )
+                .header("content-type", "application/json");
+                let r = switchyard_testkit::client::send(proxy, &req)
+                    .await
+                    .expect("answer");
+                assert_eq!(r.status, 200, "{}", r.text());
+                all += 1;
+                gpu += u32::from(r.header("x-switchyard-pool") == Some("gpu"));
+            }
+            (gpu, all)
+        }));
+    }
+    let (mut on_gpu, mut all) = (0, 0);
+    for c in clients {
+        let (g, n) = c.await.unwrap();
+        on_gpu += g;
+        all += n;
+    }
+    let stats = gpu.stats();
+    gpu.shutdown();
+    spill.shutdown();
+    Run {
+        peak_waiting: stats.peak_waiting,
+        queued: stats.queued as f64 / stats.chat.max(1) as f64,
+        on_gpu: f64::from(on_gpu) / f64::from(all.max(1)),
+    }
+}
+
+/// What the gpu server saw in one [`shared_pool_run`].
+struct Run {
+    /// Most requests waiting at once.
+    peak_waiting: u64,
+    /// Share of its requests that waited for a slot.
+    queued: f64,
+    /// Share of all requests the gpu pool served.
+    on_gpu: f64,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_see_the_servers_own_queue_where_in_flight_counting_overshoots() {
+    let counted = shared_pool_run(false, 3).await;
+    let scraped = shared_pool_run(true, 3).await;
+    eprintln!(
+        "gpu server: counting in-flight {:.0} % of its requests queued (at most {} waiting; \
+         {:.0} % of requests on gpu); scraping its metrics {:.0} % queued (at most {}; {:.0} %)",
+        counted.queued * 100.0,
+        counted.peak_waiting,
+        counted.on_gpu * 100.0,
+        scraped.queued * 100.0,
+        scraped.peak_waiting,
+        scraped.on_gpu * 100.0,
+    );
+    // Each instance alone keeps the server within its two running; together, counting only
+    // their own requests, they queue more. Seeing the server's own queue (plus what they
+    // sent since the last scrape), they queue a fraction of that (two decisions made in the
+    // same instant on two instances can still both take the last slot).
+    assert!(
+        counted.queued > 0.2,
+        "in-flight counting queued {:.2}",
+        counted.queued
+    );
+    assert!(
+        scraped.queued < counted.queued / 2.0,
+        "scraped {:.2} vs counted {:.2}",
+        scraped.queued,
+        counted.queued
+    );
+    assert!(
+        scraped.on_gpu > 0.1,
+        "the gpu pool still served: {:.2}",
+        scraped.on_gpu
+    );
+}
+
+/// One run of [`multi_turn`]: `conversations` chats of `turns` turns each (each turn sends
+/// the whole conversation so far, as chat clients do), `parallel` conversations at a time,
+/// to a pool of four generating mocks with a prefix cache (first token in 200 ms cold, 40 ms
+/// when the server answered the conversation's previous turn). Returns the answers' times
+/// (ms, sorted), the prefix-cache hits and the most requests any server had at once.
+async fn multi_turn(
+    affinity: bool,
+    conversations: usize,
+    turns: usize,
+    parallel: usize,
+) -> (Vec<f64>, u64, u64) {
+    let mut mocks = Vec::new();
+    for i in 0..4 {
+        let mut spec = MockSpec::new(format!("llm-{i}"), Duration::ZERO, Duration::ZERO);
+        spec.config.generation = Some(Generation {
+            ttft: Duration::from_millis(200),
+            tpot: Duration::from_millis(1),
+            tokens: 1,
+        });
+        spec.config.prefix_cache = Some(Duration::from_millis(40));
+        mocks.push(spec.start().await.expect("start mock"));
+    }
+    let addrs: Vec<_> = mocks.iter().map(|m| m.addr()).collect();
+    let mut pool = Pool::gpu("llm")
+        .endpoints(&addrs)
+        .service_time("200ms")
+        .concurrency(256);
+    if affinity {
+        pool = pool.with("affinity", "{ prefix: true, load_factor: 1.25 }");
+    }
+    let policy = Policy::new()
+        .pool(pool)
+        .tier(Tier::new("chat", "10s", 1.0, ["gpu"]).on_slo_miss("fastest"))
+        .routes([Route::chat().tier("chat")]);
+    let gw = std::sync::Arc::new(Gateway::start(&policy.render()).await);
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..parallel {
+        let (gw, next) = (gw.clone(), next.clone());
+        workers.push(tokio::spawn(async move {
+            let mut times = Vec::new();
+            loop {
+                let c = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if c >= conversations {
+                    return times;
+                }
+                let mut messages = vec![serde_json::json!({"role": "system", "content": "You are a helpful assistant for a parcel delivery company."})];
+                for t in 0..turns {
+                    messages.push(serde_json::json!({"role": "user", "content": format!("conversation {c}, question {t}")}));
+                    let body = serde_json::json!({"model": "m", "max_tokens": 1, "messages": messages}).to_string();
+                    let started = Instant::now();
+                    let r = gw.post("/v1/chat/completions", &[], &body).await;
+                    assert_eq!(r.status, 200, "{}", r.text());
+                    times.push(started.elapsed().as_secs_f64() * 1e3);
+                    messages.push(serde_json::json!({"role": "assistant", "content": format!("answer {t}")}));
+                }
+            }
+        }));
+    }
+    let mut times = Vec::new();
+    for w in workers {
+        times.extend(w.await.unwrap());
+    }
+    times.sort_by(f64::total_cmp);
+    let hits = mocks.iter().map(|m| m.stats().prefix_hits).sum();
+    let peak = mocks
+        .iter()
+        .map(|m| m.stats().peak_in_flight)
+        .max()
+        .unwrap_or(0);
+    for m in &mocks {
+        m.shutdown();
+    }
+    (times, hits, peak)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conversations_stay_on_the_server_that_has_their_prefix_within_a_load_bound() {
+    // `SWITCHYARD_AFFINITY_RUN=200x5x16` for the measured run (conversations × turns ×
+    // at a time); the bound below assumes 8 at a time.
+    let run = std::env::var("SWITCHYARD_AFFINITY_RUN").unwrap_or_default();
+    let n: Vec<usize> = run.split('x').filter_map(|n| n.parse().ok()).collect();
+    let (conversations, turns, parallel) = match n[..] {
+        [c, t, p] => (c, t, p),
+        _ => (24, 5, 8),
+    };
+    let (without, hits_without, _) = multi_turn(false, conversations, turns, parallel).await;
+    let (with, hits_with, peak) = multi_turn(true, conversations, turns, parallel).await;
+    let p50 = |t: &[f64]| t[t.len() / 2];
+    eprintln!(
+        "{conversations} conversations x {turns} turns, {parallel} at a time, 4 servers: \
+         p50 {:.0} ms without affinity ({hits_without} prefix-cache hits), {:.0} ms with \
+         ({hits_with} hits; most in flight on one server: {peak})",
+        p50(&without),
+        p50(&with)
+    );
+    // Turns after the first find their prefix warm when they return to the same server.
+    assert!(
+        p50(&with) <= 0.5 * p50(&without),
+        "p50 {:.0} ms with affinity vs {:.0} ms without",
+        p50(&with),
+        p50(&without)
+    );
+    assert!(
+        hits_with >= (conversations * (turns - 1)) as u64 * 3 / 4,
+        "{hits_with} hits"
+    );
+    // Bounded load: `parallel` in flight over 4 servers, factor 1.25: at most
+    // ceil(1.25 × parallel / 4) (3 for 8).
+    let bound = (1.25 * parallel as f64 / 4.0).ceil() as u64;
+    assert!(
+        peak <= bound,
+        "a server had {peak} in flight (bound {bound})"
+    );
+}

@@ -372,26 +372,19 @@ async fn two_instances_on_one_redis_share_a_rate_limit_and_a_budget() {
     let a = Gateway::start(&policy).await;
     let b = Gateway::start(&policy).await;
 
-    // Three for the whole fleet, wherever they land.
-    assert_eq!(
-        chat_as(&a, Some("key-acme"), &uncached(1)).await.status,
-        200
-    );
-    assert_eq!(
-        chat_as(&b, Some("key-acme"), &uncached(2)).await.status,
-        200
-    );
-    assert_eq!(
-        chat_as(&a, Some("key-acme"), &uncached(3)).await.status,
-        200
-    );
-    let r = chat_as(&b, Some("key-acme"), &uncached(4)).await;
-    assert_eq!(r.status, 429, "{}", r.text());
-    assert_eq!(error_type(&r), "rate_limited");
-    assert_eq!(
-        chat_as(&a, Some("key-acme"), &uncached(5)).await.status,
-        429
-    );
+    // Three for the whole fleet, wherever they land (each instance admits from its lease of
+    // the shared bucket, refilled when empty).
+    let mut ok = 0;
+    for n in 0..6 {
+        let gw = if n % 2 == 0 { &a } else { &b };
+        let r = chat_as(gw, Some("key-acme"), &uncached(n)).await;
+        match r.status {
+            200 => ok += 1,
+            429 => assert_eq!(error_type(&r), "rate_limited"),
+            s => panic!("status {s}: {}", r.text()),
+        }
+    }
+    assert_eq!(ok, 3, "the fleet admitted {ok} of a burst of 3");
 
     // Beta's budget: spent on A, seen by B.
     assert_eq!(
@@ -425,12 +418,13 @@ async fn a_shared_concurrency_lease_blocks_the_other_instance_until_it_is_given_
     );
     let a = Gateway::start(&policy).await;
     let b = Gateway::start(&policy).await;
-    let leases = format!("{prefix}:limits:t:acme:leases");
+    // Each instance's slots: one field of this hash.
+    let leases = format!("{prefix}:limits:t:acme:slots");
     let held = |url: String, key: String| async move {
         let mut conn = switchyard_gateway::redis::resp::Connection::connect(&url)
             .await
             .expect("connect");
-        conn.cmd(&[b"ZCARD", key.as_bytes()])
+        conn.cmd(&[b"HLEN", key.as_bytes()])
             .await
             .ok()
             .and_then(|v| v.as_int())
@@ -457,7 +451,7 @@ async fn a_shared_concurrency_lease_blocks_the_other_instance_until_it_is_given_
     assert_eq!(error_type(&r), "rate_limited");
 
     assert_eq!(first.await.unwrap().unwrap(), 200);
-    // Given back when answered (well before the lease would expire by itself).
+    // Given back within two syncs of the answer (well before the slot would expire by itself).
     let deadline = Instant::now() + Duration::from_secs(5);
     while held(url.clone(), leases.clone()).await != 0 {
         assert!(Instant::now() < deadline, "lease never released");
@@ -558,6 +552,12 @@ async fn a_redis_outage_falls_back_to_local_limits_and_recovers() {
     assert_eq!(tenants(&gw).await["backend"], "redis");
 
     redis.stop();
+    // The sync loop notices within one sync (meanwhile the lease serves).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while tenants(&gw).await["backend"] == "redis" {
+        assert!(Instant::now() < deadline, "the outage was never noticed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // Still serving, on this instance's share: two more, then 429 (never a 5xx).
     assert_eq!(
         chat_as(&gw, Some("key-acme"), &uncached(2)).await.status,
@@ -724,5 +724,219 @@ async fn with_the_l2_redis_down_requests_are_served_from_upstream_and_l1() {
             "switchyard_cache_l2_lookups_total",
             &[("result", "error")]
         ) >= 1.0
+    );
+}
+
+/// Wait until `gw` has recorded `n` answered requests (its tenant's tokens are corrected by
+/// the answer's `usage` when the request is recorded, just after the client has it).
+async fn recorded(gw: &Gateway, n: f64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric_sum(&gw.metrics().await, "switchyard_requests_total", &[]) < n {
+        assert!(Instant::now() < deadline, "{n} requests never recorded");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn tokens_per_minute_counts_the_answers_usage_and_refuses_with_retry_after() {
+    let edge = mock("edge", 0).await;
+    let gw = Gateway::start(&tenant_policy(
+        edge.addr,
+        "{ tokens_per_minute: 100 }",
+        "",
+        "",
+    ))
+    .await;
+    // Each request is estimated at 20 tokens (its 77 bytes / 4) and the mock's `usage` says
+    // 27 (19 prompt + 8 completion): four fit in 100 by `usage` (five would by the estimate).
+    let body = uncached(0);
+    assert_eq!(body.len(), 77);
+    for n in 0..4 {
+        let r = chat_as(&gw, Some("key-acme"), &uncached(n)).await;
+        assert_eq!(r.status, 200, "request {n}: {}", r.text());
+        recorded(&gw, (n + 1) as f64).await;
+    }
+    let r = chat_as(&gw, Some("key-acme"), &uncached(4)).await;
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(error_type(&r), "rate_limited");
+    let message = r.json().unwrap()["error"]["message"].to_string();
+    assert!(message.contains("tokens per minute"), "{message}");
+    // 108 of 100 used: 8 tokens of debt at 0.6 s each, then one token.
+    let retry: u64 = r
+        .header("retry-after")
+        .expect("Retry-After")
+        .parse()
+        .unwrap();
+    assert!((5..=6).contains(&retry), "retry-after {retry}");
+    // Beta has no token limit.
+    assert_eq!(
+        chat_as(&gw, Some("key-beta"), &uncached(5)).await.status,
+        200
+    );
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric_sum(
+            &m,
+            "switchyard_tenant_limited_total",
+            &[("tenant", "acme"), ("reason", "tokens")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        tenant(&tenants(&gw).await, "acme")["tokens_per_minute"],
+        100
+    );
+}
+
+#[tokio::test]
+async fn two_instances_share_tokens_per_minute_within_one_lease_each() {
+    let Some(url) = test_redis("tenants") else {
+        return;
+    };
+    let edge = mock("edge", 0).await;
+    let policy = tenant_policy(
+        edge.addr,
+        "{ tokens_per_minute: 100 }",
+        "",
+        &shared_limits(&url, &fresh_prefix(), Some(2)),
+    );
+    let a = Gateway::start(&policy).await;
+    let b = Gateway::start(&policy).await;
+    // 27 tokens a request by `usage`: four fit the fleet's 100; an instance may still hold
+    // one lease (here one token, so one more request) when the shared bucket runs dry.
+    let mut ok = 0;
+    for n in 0..8 {
+        let gw = if n % 2 == 0 { &a } else { &b };
+        let r = chat_as(gw, Some("key-acme"), &uncached(n)).await;
+        match r.status {
+            200 => ok += 1,
+            429 => assert_eq!(error_type(&r), "rate_limited"),
+            s => panic!("status {s}: {}", r.text()),
+        }
+        // The answer's usage and the debt reach Redis within two syncs.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!((4..=5).contains(&ok), "the fleet admitted {ok}");
+}
+
+/// `GET /admin/tenants`'s `backend`: `redis`, or `redis (away: local limits)`.
+async fn backend(gw: &Gateway) -> String {
+    tenants(gw).await["backend"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+impl OwnRedis {
+    /// `kill -STOP` / `-CONT` this test's own redis-server (by its pid).
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let ok = Command::new("kill").args([sig, &pid]).status();
+        assert!(ok.is_ok_and(|s| s.success()), "kill {sig} {pid}");
+    }
+}
+
+#[tokio::test]
+async fn under_load_shared_limits_stay_off_the_request_path_and_return_within_a_second() {
+    if !redis_server_available() {
+        eprintln!("skipped: redis-server is not installed");
+        return;
+    }
+    let Some(redis) = OwnRedis::start(None) else {
+        eprintln!("skipped: could not start redis-server");
+        return;
+    };
+    let edge = mock("edge", 0).await;
+    let policy = tenant_policy(
+        edge.addr,
+        "{ requests_per_second: 100000, burst: 100000, max_concurrency: 1000, tokens_per_minute: 1000000000, spend_per_day_usd: 1000000 }",
+        "",
+        &shared_limits(&redis.url(), &fresh_prefix(), Some(2)),
+    );
+    let gw = Gateway::start(&policy).await;
+    // A client loop keeping the gateway busy: 8 connections back to back.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for c in 0..8 {
+        let (proxy, stop) = (gw.proxy, stop.clone());
+        clients.push(tokio::spawn(async move {
+            let (mut ok, mut other) = (0u64, Vec::new());
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                let body = uncached(c * 1_000_000 + n);
+                let req = switchyard_testkit::client::Request::post(
+                    "/v1/chat/completions",
+                    body.as_bytes(),
+                )
+                .header("authorization", "Bearer key-acme")
+                .header("content-type", "application/json");
+                match switchyard_testkit::client::send(proxy, &req).await {
+                    Ok(r) if r.status == 200 => ok += 1,
+                    Ok(r) => other.push(r.status),
+                    Err(e) => panic!("client: {e}"),
+                }
+            }
+            (ok, other)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(backend(&gw).await, "redis");
+    let refills =
+        |m: &str| metric_sum(m, "switchyard_limits_syncs_total", &[("caller", "request")]);
+    let warm = refills(&gw.metrics().await);
+
+    // Redis stops answering (SIGSTOP: connections hang rather than fail): local limits.
+    redis.signal("-STOP");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while backend(&gw).await == "redis" {
+        assert!(Instant::now() < deadline, "the outage was never noticed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+
+    // Back: shared limits again within a second, while the clients keep the gateway busy.
+    redis.signal("-CONT");
+    let back = Instant::now();
+    while backend(&gw).await != "redis" {
+        assert!(
+            back.elapsed() < Duration::from_secs(5),
+            "never returned to shared limits"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let took = back.elapsed();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut ok, mut other) = (0, Vec::new());
+    for c in clients {
+        let (o, x) = c.await.unwrap();
+        ok += o;
+        other.extend(x);
+    }
+    eprintln!(
+        "returned to shared limits {took:?} after Redis answered; {ok} requests answered 200"
+    );
+    assert!(other.is_empty(), "non-200 answers: {other:?}");
+    assert!(ok > 100, "the clients kept the gateway busy: {ok}");
+    assert!(
+        took < Duration::from_secs(1),
+        "returned to shared limits {took:?} after Redis answered"
+    );
+    // Redis stayed off the request path: after the first requests filled the leases, no
+    // request waited for Redis (before, during or after the outage).
+    let m = gw.metrics().await;
+    assert!(warm >= 1.0, "the first request refilled the empty lease");
+    let detail: Vec<&str> = m
+        .lines()
+        .filter(|l| l.starts_with("switchyard_limits_syncs"))
+        .collect();
+    assert_eq!(refills(&m), warm, "refills on the request path: {detail:?}");
+    assert!(
+        metric_sum(
+            &m,
+            "switchyard_limits_syncs_total",
+            &[("caller", "background")]
+        ) > 10.0
     );
 }

@@ -214,6 +214,14 @@ pub fn build(table: RoutingTable, fleet: Arc<Fleet>, opts: Options) -> Result<Bu
         },
     );
 
+    // The model servers' own load, for pools with `server_metrics:`.
+    server.add_service(background_service(
+        "server load scraper",
+        crate::upstream::scrape::LoadScraper {
+            snapshot: snapshot.clone(),
+        },
+    ));
+
     if let Some(serving) = serving {
         server.add_service(background_service(
             "tls certificate watcher",

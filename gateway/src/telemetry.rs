@@ -149,8 +149,16 @@ pub const TENANT_BUDGET_REMAINING: &str = "switchyard_tenant_budget_remaining_us
 /// 1 while `limits.backend: redis` is reachable, 0 while limits fall back to local ones.
 pub const LIMITS_SHARED: &str = "switchyard_limits_shared";
 /// Redis calls of the limits that failed or timed out (each one degrades to local limits).
-/// Labels: op (`admit`, `charge`, `release`).
+/// Labels: op (`sync`, `ping`: the sync loop's, which mark Redis away; `refill`: a request's,
+/// admitted on local limits alone).
 pub const LIMITS_DEGRADED: &str = "switchyard_limits_redis_errors_total";
+/// Lease syncs of the shared tenant limits (one Lua script each). Labels: caller
+/// (`background`: the sync loop; `request`: a request found its tenant's lease empty), lease
+/// (`all` for the loop; for a request the empty one: `first`, `rate`, `tokens`, `slots`).
+pub const LIMITS_SYNCS: &str = "switchyard_limits_syncs_total";
+/// Scrapes of model servers' own metrics (`server_metrics:`). Labels: pool, result (`ok`,
+/// `error`).
+pub const SERVER_SCRAPES: &str = "switchyard_server_metrics_scrapes_total";
 /// Lookups in the shared L2 prediction cache after an L1 miss. Labels: result (`hit`,
 /// `miss`, `error`: Redis failed or was too slow, `skipped`: not asked for a second after an
 /// error; either way the request went upstream).
@@ -363,6 +371,14 @@ fn describe() {
     describe_counter!(
         LIMITS_DEGRADED,
         "Redis calls of the tenant limits that failed or timed out, by op"
+    );
+    describe_counter!(
+        SERVER_SCRAPES,
+        "Scrapes of model servers' own metrics (server_metrics), by pool and result"
+    );
+    describe_counter!(
+        LIMITS_SYNCS,
+        "Lease syncs of the shared tenant limits, by caller (background, request)"
     );
     describe_counter!(
         CACHE_L2_LOOKUPS,

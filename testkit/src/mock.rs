@@ -78,6 +78,17 @@ pub struct MockConfig {
     /// Answer OpenAI requests as a generating model server does (`None`: the fixed service
     /// time above): see [`Generation`].
     pub generation: Option<Generation>,
+    /// A model server's scheduler: at most this many inference requests run at once, the
+    /// others wait their turn in a queue (FIFO). `GET /metrics` reports both as vLLM's
+    /// gauges (`vllm:num_requests_waiting`, `vllm:num_requests_running`, and
+    /// `vllm:kv_cache_usage_perc` as running / this). `None`: no limit, no queue.
+    pub max_running: Option<u32>,
+    /// A per-server prefix cache (with [`Generation`]): the time to first token of a chat
+    /// whose conversation this server answered last turn (its messages but the last two —
+    /// the previous answer and the new question — are a prompt it served) is this instead
+    /// of `generation.ttft`, as a server that kept the prompt's KV cache computes only the
+    /// new tokens. `None`: every prompt is cold.
+    pub prefix_cache: Option<Duration>,
 }
 
 /// How a generating model server times its answers: a streamed answer's head goes out at
@@ -107,6 +118,8 @@ impl Default for MockConfig {
             health_path: "/healthz".to_string(),
             models: None,
             generation: None,
+            max_running: None,
+            prefix_cache: None,
         }
     }
 }
@@ -135,6 +148,14 @@ pub struct MockStats {
     pub in_flight: u64,
     /// Most requests in flight at once since start or the last reset.
     pub peak_in_flight: u64,
+    /// Inference requests waiting in the queue (`max_running`), and the most at once since
+    /// start or the last reset.
+    pub waiting: u64,
+    pub peak_waiting: u64,
+    /// Inference requests that had to wait for a slot (since start or the last reset).
+    pub queued: u64,
+    /// Chats that found their conversation's prefix in this server's cache (`prefix_cache`).
+    pub prefix_hits: u64,
     /// TCP connections accepted (to check keep-alive reuse).
     pub connections: u64,
 }
@@ -153,6 +174,11 @@ struct Counters {
     metadata: AtomicU64,
     in_flight: AtomicU64,
     peak_in_flight: AtomicU64,
+    running: AtomicU64,
+    waiting: AtomicU64,
+    peak_waiting: AtomicU64,
+    queued: AtomicU64,
+    prefix_hits: AtomicU64,
     connections: AtomicU64,
 }
 
@@ -171,6 +197,10 @@ impl Counters {
             metadata: self.metadata.load(Relaxed),
             in_flight: self.in_flight.load(Relaxed),
             peak_in_flight: self.peak_in_flight.load(Relaxed),
+            waiting: self.waiting.load(Relaxed),
+            peak_waiting: self.peak_waiting.load(Relaxed),
+            queued: self.queued.load(Relaxed),
+            prefix_hits: self.prefix_hits.load(Relaxed),
             connections: self.connections.load(Relaxed),
         }
     }
@@ -187,12 +217,50 @@ impl Counters {
             &self.oip_infer,
             &self.tf_predict,
             &self.metadata,
+            &self.queued,
+            &self.prefix_hits,
             &self.connections,
         ] {
             c.store(0, Relaxed);
         }
         self.peak_in_flight
             .store(self.in_flight.load(Relaxed), Relaxed);
+        self.peak_waiting.store(self.waiting.load(Relaxed), Relaxed);
+    }
+}
+
+/// An inference request's turn on the server (`max_running`): waits in the queue for a
+/// slot, holds it until dropped.
+struct Running<'a> {
+    c: &'a Counters,
+    _slot: Option<tokio::sync::SemaphorePermit<'a>>,
+}
+
+impl<'a> Running<'a> {
+    async fn enter(sh: &'a Shared) -> Running<'a> {
+        let c = &sh.counters;
+        let slot = match &sh.slots {
+            Some(slots) => match slots.try_acquire() {
+                Ok(slot) => Some(slot),
+                Err(_) => {
+                    c.queued.fetch_add(1, Relaxed);
+                    let now = c.waiting.fetch_add(1, Relaxed) + 1;
+                    c.peak_waiting.fetch_max(now, Relaxed);
+                    let slot = slots.acquire().await.ok();
+                    c.waiting.fetch_sub(1, Relaxed);
+                    slot
+                }
+            },
+            None => None,
+        };
+        c.running.fetch_add(1, Relaxed);
+        Running { c, _slot: slot }
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.c.running.fetch_sub(1, Relaxed);
     }
 }
 
@@ -356,6 +424,12 @@ struct Shared {
     latency: Duration,
     jitter: Duration,
     generation: Option<Generation>,
+    /// `max_running` slots (FIFO: tokio's semaphore is fair).
+    slots: Option<tokio::sync::Semaphore>,
+    max_running: Option<u32>,
+    /// The warm time to first token and the prompts served (hashes; a lock taken only by
+    /// mocks with a prefix cache, once per chat; cleared when it reaches 100 000).
+    prefix_cache: Option<(Duration, std::sync::Mutex<std::collections::HashSet<u64>>)>,
     faults: Faults,
     counters: Counters,
     next_id: AtomicU64,
@@ -402,6 +476,11 @@ impl MockBackend {
             latency: cfg.latency,
             jitter: cfg.jitter,
             generation: cfg.generation,
+            slots: cfg
+                .max_running
+                .map(|n| tokio::sync::Semaphore::new(n.max(1) as usize)),
+            max_running: cfg.max_running,
+            prefix_cache: cfg.prefix_cache.map(|warm| (warm, Default::default())),
             faults: Faults::new(cfg.error_rate),
             counters: Counters::default(),
             next_id: AtomicU64::new(0),
@@ -515,6 +594,8 @@ enum OpenAi {
 #[derive(Debug, PartialEq, Eq)]
 enum Route {
     Health,
+    /// `GET /metrics`: the load as a vLLM server reports it.
+    Metrics,
     GetFaults,
     SetFaults,
     Stats,
@@ -543,7 +624,12 @@ impl Route {
     fn counted(&self) -> bool {
         !matches!(
             self,
-            Route::Health | Route::GetFaults | Route::SetFaults | Route::Stats | Route::ResetStats
+            Route::Health
+                | Route::Metrics
+                | Route::GetFaults
+                | Route::SetFaults
+                | Route::Stats
+                | Route::ResetStats
         )
     }
 }
@@ -558,6 +644,7 @@ fn route(method: Method, path: &str, health_path: &str) -> Route {
         {
             Route::Health
         }
+        "/metrics" if get => Route::Metrics,
         "/_mock/faults" if get => Route::GetFaults,
         "/_mock/faults" if post => Route::SetFaults,
         "/_mock/stats" if get => Route::Stats,
@@ -1036,6 +1123,37 @@ struct OpenAiBody<'a> {
     stream: Option<serde_json::Value>,
     #[serde(default)]
     max_tokens: Option<u32>,
+    #[serde(default)]
+    messages: Vec<serde_json::Value>,
+}
+
+/// A prompt's hash: its messages in order.
+fn prompt_hash(messages: &[serde_json::Value]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for m in messages {
+        m.to_string().hash(&mut h);
+    }
+    h.finish()
+}
+
+impl Shared {
+    /// With a prefix cache: whether this chat's conversation was served here last turn
+    /// (and remember its prompt for the next one).
+    fn prefix_warm(&self, messages: &[serde_json::Value]) -> Option<Duration> {
+        let (warm, seen) = self.prefix_cache.as_ref()?;
+        let mut seen = seen.lock().ok()?;
+        let hit =
+            messages.len() > 2 && seen.contains(&prompt_hash(&messages[..messages.len() - 2]));
+        if seen.len() >= 100_000 {
+            seen.clear();
+        }
+        seen.insert(prompt_hash(messages));
+        hit.then(|| {
+            self.counters.prefix_hits.fetch_add(1, Relaxed);
+            *warm
+        })
+    }
 }
 
 const ANSWER: &str = "Hello from the Switchyard mock backend.";
@@ -1052,6 +1170,11 @@ async fn respond(
     let id = sh.next_id.fetch_add(1, Relaxed) + 1;
     let c = &sh.counters;
     let _in_flight = head.route.counted().then(|| InFlight::enter(c));
+    // Inference waits its turn on a server with `max_running`.
+    let _running = match head.route {
+        Route::OpenAi(_) | Route::Oip { .. } | Route::Tf { .. } => Some(Running::enter(sh).await),
+        _ => None,
+    };
     json.clear();
     out.clear();
     let mut keep_alive = head.keep_alive;
@@ -1062,6 +1185,23 @@ async fn respond(
                 json.extend_from_slice(b"{\"status\":\"ok\",\"name\":");
                 json.extend_from_slice(sh.name_json.as_bytes());
                 json.push(b'}');
+                200
+            }
+            Route::Metrics => {
+                let running = c.running.load(Relaxed);
+                let kv = sh
+                    .max_running
+                    .map_or(0.0, |n| running as f64 / f64::from(n.max(1)));
+                let _ = write!(
+                    json,
+                    "# TYPE vllm:num_requests_running gauge\n\
+                     vllm:num_requests_running{{model_name=\"mock\"}} {running}\n\
+                     # TYPE vllm:num_requests_waiting gauge\n\
+                     vllm:num_requests_waiting{{model_name=\"mock\"}} {}\n\
+                     # TYPE vllm:kv_cache_usage_perc gauge\n\
+                     vllm:kv_cache_usage_perc{{model_name=\"mock\"}} {kv}\n",
+                    c.waiting.load(Relaxed)
+                );
                 200
             }
             Route::GetFaults => {
@@ -1124,7 +1264,12 @@ async fn respond(
                 }
                 let streaming = *kind != OpenAi::Embeddings
                     && matches!(parsed.stream, Some(serde_json::Value::Bool(true)));
-                let generation = sh.generation.filter(|_| *kind != OpenAi::Embeddings);
+                let mut generation = sh.generation.filter(|_| *kind != OpenAi::Embeddings);
+                if let Some(g) = generation.as_mut() {
+                    if let Some(warm) = sh.prefix_warm(&parsed.messages) {
+                        g.ttft = warm;
+                    }
+                }
                 let service = match generation {
                     // A generating server times the answer itself (below, or as it streams).
                     Some(_) => {
@@ -1221,11 +1366,15 @@ async fn respond(
         // A request we could read but not understand: answer, then close.
         keep_alive = false;
     }
+    let content_type = match head.route {
+        Route::Metrics => "text/plain; version=0.0.4",
+        _ => "application/json",
+    };
     write_head(
         out,
         sh,
         status,
-        "application/json",
+        content_type,
         Some(json.len()),
         id,
         Some(head),

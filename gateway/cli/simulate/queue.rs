@@ -184,7 +184,7 @@ impl PolicySystem {
                 job.attempts += 1;
                 // As the dispatcher's `attempt`: an endpoint as the proxy picks one.
                 let fleet_pool = self.pools[i];
-                let ep = route::pick_endpoint(live, i as PoolId, pool, &[], now_ms);
+                let ep = route::pick_endpoint(live, (i as PoolId, pool), &[], (now_ms, false), 0);
                 match ep {
                     Some(e) if !eng.w.is_down(fleet_pool, e as usize, now) => {
                         live.pool(i as PoolId).acquire();

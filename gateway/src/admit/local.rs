@@ -61,6 +61,47 @@ impl Gcra {
     }
 }
 
+/// Microseconds a bucket of `tokens_per_minute` takes to earn back `tokens`.
+pub fn token_cost_us(tokens: i64, tokens_per_minute: f64) -> i64 {
+    (tokens as f64 * 60e6 / tokens_per_minute.max(1e-6)).round() as i64
+}
+
+/// One minute: a token bucket holds (and may spend at once) one minute's worth.
+pub const TOKEN_WINDOW_US: u64 = 60_000_000;
+
+/// Tokens per minute, as a debt clock (GCRA's TAT, charged after the fact): a request is
+/// admitted while the bucket is not empty (`TAT - now < one minute`), then charged its
+/// estimated tokens; the answer's `usage` corrects the charge either way. The bucket may go
+/// into debt by one request's tokens, which later requests pay back by waiting.
+#[derive(Default)]
+pub struct TokenBucket {
+    tat: AtomicU64,
+}
+
+impl TokenBucket {
+    /// `Err(microseconds until the bucket holds a token again)`.
+    pub fn check(&self, now: u64) -> Result<(), u64> {
+        let tat = self.tat.load(Ordering::Acquire).max(now);
+        if tat - now >= TOKEN_WINDOW_US {
+            return Err(tat - now - TOKEN_WINDOW_US + 1);
+        }
+        Ok(())
+    }
+
+    /// Charge `cost_us` (negative: a refund, never below `now`).
+    pub fn charge(&self, now: u64, cost_us: i64) {
+        let _ = self
+            .tat
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |tat| {
+                Some(
+                    (tat.max(now) as i64)
+                        .saturating_add(cost_us)
+                        .max(now as i64) as u64,
+                )
+            });
+    }
+}
+
 /// Requests in flight.
 #[derive(Default)]
 pub struct InFlight(AtomicU32);
@@ -145,6 +186,24 @@ mod tests {
         assert_eq!(wait, 100_000);
         assert!(g.check(t0 + wait, interval, tolerance).is_ok());
         assert!(g.check(t0 + wait, interval, tolerance).is_err());
+    }
+
+    #[test]
+    fn a_token_bucket_holds_a_minute_and_is_corrected_by_usage() {
+        let b = TokenBucket::default();
+        let t0 = 1_000_000_000_000;
+        // 600 tokens a minute: 100 ms a token.
+        assert!(b.check(t0).is_ok());
+        b.charge(t0, token_cost_us(500, 600.0));
+        assert!(b.check(t0).is_ok(), "100 tokens left");
+        b.charge(t0, token_cost_us(200, 600.0));
+        // 100 tokens in debt: 10 s until the bucket holds one again.
+        let wait = b.check(t0).unwrap_err();
+        assert_eq!(wait, 10_000_001);
+        // The answers used 300 fewer than estimated: refunded.
+        b.charge(t0, token_cost_us(-300, 600.0));
+        assert!(b.check(t0).is_ok());
+        assert!(b.check(t0 + wait).is_ok());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! locks, no globals. It is unit-tested and benchmarked directly, and the proxy only gathers
 //! the facts and acts on the [`Class`] it returns.
 
+pub mod affinity;
 pub mod json;
 
 use crate::policy::compile::{RegionId, RouteId, TenantId, TierId};
@@ -98,6 +99,8 @@ pub struct Class {
     /// every other request, which is judged on its deadline.
     pub ttft: Option<Duration>,
     pub tpot: Option<Duration>,
+    /// Session and prompt-prefix keys, for pools with `affinity:` (`affinity.rs`).
+    pub affinity: affinity::AffinityKeys,
 }
 
 impl Class {
@@ -139,6 +142,7 @@ impl Class {
             request_bytes: 0,
             ttft: None,
             tpot: None,
+            affinity: Default::default(),
         }
     }
 }
@@ -284,6 +288,12 @@ pub fn classify(
         ttft: objective(facts.headers, &X_SLO_TTFT_MS, peek.streaming, tier.ttft)?
             .map(|ttft| ttft.min(deadline)),
         tpot: objective(facts.headers, &X_SLO_TPOT_MS, peek.streaming, tier.tpot)?,
+        affinity: affinity::keys(
+            table,
+            facts.headers,
+            facts.body,
+            r.protocol == Protocol::OpenAi,
+        ),
     })
 }
 

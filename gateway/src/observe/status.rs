@@ -565,6 +565,7 @@ mod tests {
             request_bytes: 0,
             ttft: None,
             tpot: None,
+            affinity: Default::default(),
             route: 0,
             client_ip: std::net::IpAddr::from([192, 0, 2, 1]),
             country: None,

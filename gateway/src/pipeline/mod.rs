@@ -308,9 +308,10 @@ impl Request {
     }
 
     /// The upstream answer's header is about to go to the client: the cache decides whether
-    /// to capture it, the token meter starts for a pool priced per token (or for any OpenAI
-    /// answer while the decision log is on), and a gRPC status in the header counts as its
-    /// HTTP equivalent (never stored).
+    /// to capture it, the token meter starts for a pool priced per token, a tenant with
+    /// `tokens_per_minute`, or any OpenAI answer while something records tokens (the
+    /// decision log, a sampled span), and a gRPC status in the header counts as its HTTP
+    /// equivalent (never stored).
     fn on_response_header(&mut self, resp: &ResponseHeader) {
         self.status = resp.status.as_u16();
         let target = self.trail.as_ref().and_then(|t| t.tried.last().copied());
@@ -319,8 +320,9 @@ impl Request {
                 && self.class.as_ref().is_some_and(|c| {
                     self.table.routes[c.route as usize].protocol == Protocol::OpenAi
                 });
-            let per_token = self.table.pools[p as usize].pricing.per_token();
-            if (per_token || logged) && resp.status.is_success() {
+            let metered = self.table.pools[p as usize].pricing.per_token()
+                || self.ticket.as_ref().is_some_and(|t| t.meters_tokens());
+            if (metered || logged) && resp.status.is_success() {
                 let ct = resp.headers.get(http::header::CONTENT_TYPE);
                 let ct = ct.map_or(&b""[..], |v| v.as_bytes());
                 let bytes = self.permit.as_ref().map_or(0, |p| p.bytes()) as usize;
@@ -513,8 +515,9 @@ async fn stages(gw: &Gateway, session: &mut ServerSession, req: &mut Request) ->
     // Held by the request from here on (its record and decision headers read it).
     let class = req.class.insert(class);
 
-    // Authentication, rate and concurrency: before the cache (a limited caller gets no hits).
-    admit::check(&gw.limiter, &table, class, &mut req.ticket).await?;
+    // Authentication, rate, tokens and concurrency: before the cache (a limited caller gets
+    // no hits).
+    admit::check(&gw.limiter, &table, class, body.len(), &mut req.ticket).await?;
 
     // The cache is looked up before deciding, so that a hit is answered even when no pool
     // could take the request now (the decision is still made, for the spend avoided).

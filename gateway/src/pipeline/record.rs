@@ -67,6 +67,13 @@ pub(super) fn finish(gw: &Gateway, session: &ServerSession, mut req: Request) {
         deadline_misses: metrics::counter!(t::DEADLINE_MISSES, "tier" => tier.to_string()),
         cost: metrics::counter!(t::COST, "pool" => pool.to_string(), "tier" => tier.to_string()),
     });
+    // The tenant's tokens first (before the request counts as answered): its next request
+    // is checked against the corrected bucket. `finish` gives the same usage when the bill
+    // below asks again.
+    if let Some(meter) = req.tokens.as_mut() {
+        let usage = meter.finish();
+        admit::used_tokens(req.ticket.as_ref(), usage.input, usage.output);
+    }
     handles.requests.increment(1);
     handles.duration.record(elapsed.as_secs_f64());
     let streamed = match (class, target, req.stream.as_ref()) {

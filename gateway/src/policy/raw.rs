@@ -328,6 +328,11 @@ pub struct TenantLimits {
     #[serde(default)]
     #[cfg_attr(feature = "schema", schemars(with = "Option<u32>", range(min = 1)))]
     pub max_concurrency: Option<Spanned<u32>>,
+    /// Tokens per minute, input + output (the answer's `usage`; estimated from the request's
+    /// bytes until the answer tells). Up to one minute's worth may be used at once.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<u64>", range(min = 1)))]
+    pub tokens_per_minute: Option<Spanned<u64>>,
     /// Estimated spend per UTC day, in USD (cache hits are free).
     #[serde(default)]
     #[cfg_attr(feature = "schema", schemars(with = "Option<f64>", range(min = 0)))]
@@ -622,6 +627,17 @@ pub struct Pool {
     #[serde(default)]
     #[cfg_attr(feature = "schema", schemars(with = "Option<HealthCheck>"))]
     pub health: Option<Spanned<HealthCheck>>,
+    /// Scrape each endpoint's own load (Prometheus text at `path`): the model server's queue
+    /// replaces this gateway's in-flight count in the estimate, so instances sharing a pool
+    /// see the same load. Absent: in-flight counting only.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<ServerMetrics>"))]
+    pub server_metrics: Option<Spanned<ServerMetrics>>,
+    /// Prefix and session affinity: requests that share a conversation go to the endpoint
+    /// that served it, so the server's KV cache is reused, within a load bound. Absent: off.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<Affinity>"))]
+    pub affinity: Option<Spanned<Affinity>>,
     /// Upstream request headers set (or replaced) on every request to this pool, e.g.
     /// `authorization: "Bearer ${OPENAI_API_KEY}"`. `${NAME}` / `${NAME:-default}` are
     /// expanded from the gateway's environment at load (an unset variable is a load error);
@@ -760,6 +776,75 @@ pub struct HealthCheck {
     #[serde(default)]
     #[cfg_attr(feature = "schema", schemars(with = "Option<u32>", range(min = 1)))]
     pub unhealthy_threshold: Option<Spanned<u32>>,
+}
+
+/// A pool's `server_metrics:` block. The gauge names default to vLLM's; name SGLang's, TGI's
+/// or Triton's here. A gauge with several label sets (e.g. one per model) is summed.
+#[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ServerMetrics {
+    /// Path to `GET`. Default `/metrics`.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<schema::UrlPath>"))]
+    pub path: Option<Spanned<String>>,
+    /// Time between scrapes of one endpoint. Default `200ms`.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<schema::Duration>"))]
+    pub interval: Option<Spanned<String>>,
+    /// Metrics older than this are stale: the estimate falls back to in-flight counting.
+    /// Default five intervals.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<schema::Duration>"))]
+    pub max_age: Option<Spanned<String>>,
+    /// The gauge of requests waiting in the server's queue. Default
+    /// `vllm:num_requests_waiting`.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<String>"))]
+    pub waiting: Option<Spanned<String>>,
+    /// The gauge of requests the server is running. Default `vllm:num_requests_running`.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<String>"))]
+    pub running: Option<Spanned<String>>,
+    /// The gauge of KV-cache use, 0 to 1. Default `vllm:kv_cache_usage_perc`.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<String>"))]
+    pub kv_cache: Option<Spanned<String>>,
+    /// An endpoint with more requests waiting is avoided for tiers that may be shed or
+    /// queued (`on_slo_miss: shed | queue`). Absent: no such threshold.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<u32>"))]
+    pub max_waiting: Option<Spanned<u32>>,
+    /// An endpoint with more KV cache in use (0 to 1) is avoided likewise.
+    #[serde(default)]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "Option<f64>", range(min = 0, max = 1))
+    )]
+    pub max_kv_cache: Option<Spanned<f64>>,
+}
+
+/// A pool's `affinity:` block.
+#[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Affinity {
+    /// Key OpenAI chat requests by their prompt's prefix: the messages up to and including
+    /// the first user message (at most 4 KiB of them), which every turn of a conversation
+    /// repeats. Default `true`.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<bool>"))]
+    pub prefix: Option<Spanned<bool>>,
+    /// A request header naming the session (e.g. `x-session-id`); it wins over the prefix.
+    /// OpenAI's `user` field is a session key too. Absent: the `user` field only.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<String>"))]
+    pub session_header: Option<Spanned<String>>,
+    /// Bounded load: an endpoint takes a keyed request only while its load stays within this
+    /// factor of the pool's mean (else the key's next endpoint). Default `1.25`, at least 1.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<f64>", range(min = 1)))]
+    pub load_factor: Option<Spanned<f64>>,
 }
 
 /// How a pool is paid for (`price.billing`).

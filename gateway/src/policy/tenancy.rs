@@ -28,6 +28,8 @@ pub struct TenantLimits {
     /// Requests allowed at once above the sustained rate (at least 1).
     pub burst: u32,
     pub max_concurrency: Option<u32>,
+    /// Input + output tokens per minute (a bucket of one minute's worth).
+    pub tokens_per_minute: Option<u64>,
     pub spend_per_day_usd: Option<f64>,
     pub on_budget: OnBudget,
 }
@@ -222,6 +224,15 @@ pub fn compile_tenant_limits(
         }
         n.value.max(1)
     });
+    let tokens_per_minute = l.tokens_per_minute.as_ref().map(|n| {
+        if n.value == 0 {
+            report.at(
+                &n.referenced,
+                format!("{what}.tokens_per_minute: at least 1"),
+            );
+        }
+        n.value.max(1)
+    });
     let spend_per_day_usd = l.spend_per_day_usd.as_ref().map(|n| {
         if !(n.value >= 0.0 && n.value.is_finite()) {
             report.at(
@@ -259,6 +270,7 @@ pub fn compile_tenant_limits(
         requests_per_second,
         burst,
         max_concurrency,
+        tokens_per_minute,
         spend_per_day_usd,
         on_budget,
     }

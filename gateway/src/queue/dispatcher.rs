@@ -267,7 +267,8 @@ async fn attempt(table: &Arc<Serving>, pool_id: PoolId, job: &Job) -> Attempt {
     let Some(pool) = table.pools.get(pool_id as usize) else {
         return Attempt::Retry("pool missing".into(), None);
     };
-    let Some(ep_id) = route::pick_endpoint(&table.live, pool_id, pool, &[], now_ms()) else {
+    let Some(ep_id) = route::pick_endpoint(&table.live, (pool_id, pool), &[], (now_ms(), false), 0)
+    else {
         return Attempt::Retry(format!("no endpoint of pool `{}` is up", pool.name), None);
     };
     let ep = &pool.endpoints[ep_id as usize];

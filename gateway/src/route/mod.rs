@@ -9,7 +9,8 @@
 //! (`tokens`). Among candidates whose
 //! latency meets the deadline, the lowest `weight × latency/deadline + (1 − weight) ×
 //! cost/max cost` wins; none meets it → the tier's `on_slo_miss`. Inside the chosen pool the
-//! endpoint is picked by power of two choices on latency × in-flight.
+//! endpoint is picked by power of two choices on latency × in-flight (by affinity key with
+//! bounded loads on pools with `affinity:`).
 //!
 //! [`decide`] is a pure function of its inputs plus the live atomics in `state` (the
 //! `Serving` it takes is the routing table and its `state::Live`, indexed like the table): no
@@ -161,17 +162,38 @@ pub struct CandidateReport {
 /// Endpoints already tried by this request (pool, endpoint), so a retry goes elsewhere.
 pub type Tried<'a> = &'a [(PoolId, u16)];
 
-/// `states`: the live state of `pool`'s endpoints (`Live::endpoints`).
+/// `states`: the live state of `pool`'s endpoints (`Live::endpoints`). `sheddable`: the
+/// request's tier may be shed or queued, so it avoids a server over its queue or KV-cache
+/// threshold.
 fn endpoint_available(
     states: &[Arc<EndpointState>],
-    pool_id: PoolId,
+    (pool_id, pool): (PoolId, &Pool),
     ep: u16,
-    pool: &Pool,
     tried: Tried,
-    now_ms: u64,
+    (now_ms, sheddable): (u64, bool),
 ) -> bool {
-    states[ep as usize].is_available(now_ms, pool.endpoint_limit())
+    let state = &states[ep as usize];
+    state.is_available(now_ms, pool.endpoint_limit())
         && !tried.contains(&(pool_id, ep))
+        && !(sheddable && server_busy(state, pool, now_ms))
+}
+
+/// Whether the endpoint's own metrics (fresh ones) put it over the pool's `max_waiting` or
+/// `max_kv_cache`.
+fn server_busy(state: &EndpointState, pool: &Pool, now_ms: u64) -> bool {
+    let Some(m) = &pool.server_metrics else {
+        return false;
+    };
+    let Some(load) = state.server.fresh(now_ms, m.max_age) else {
+        return false;
+    };
+    m.max_waiting.is_some_and(|w| load.waiting > w)
+        || m.max_kv_cache.is_some_and(|k| load.kv_cache > k)
+}
+
+/// Whether `class`'s tier has somewhere else to go when no pool meets its objective.
+fn sheddable(class: &Class, table: &Serving) -> bool {
+    table.tiers[class.tier as usize].on_slo_miss != OnSloMiss::Fastest
 }
 
 // Inlined into `decide`'s loop: the call itself (registers saved and restored for each
@@ -200,13 +222,15 @@ fn exclusion(
     let (mut up, mut untried, mut room) = (false, false, false);
     let limit = pool.endpoint_limit();
     let states = table.live.endpoints(pool_id);
+    let shed = pool.server_metrics.is_some() && sheddable(class, table);
     for ep in 0..pool.endpoints.len() as u16 {
         let state = &states[ep as usize];
         if state.is_up(now_ms) {
             up = true;
             if !tried.contains(&(pool_id, ep)) {
                 untried = true;
-                if state.is_available(now_ms, limit) {
+                if state.is_available(now_ms, limit) && !(shed && server_busy(state, pool, now_ms))
+                {
                     room = true;
                     break;
                 }
@@ -262,7 +286,18 @@ pub fn estimate_at(
     // waits almost nothing, as 128 parallel servers do, where treating it as one server
     // made it look 3× slower and sent traffic elsewhere. An idle pool (most pools in most
     // decisions) has factor 1: no arithmetic.
-    let in_flight = state.in_flight();
+    let in_flight = match &pool.server_metrics {
+        None => state.in_flight(),
+        // The servers' own queues (running + waiting: every gateway's requests), where
+        // fresh; this instance's in-flight where not, or where it is higher (sent since the
+        // last scrape). One pass over the pool's endpoints, only for scraped pools.
+        Some(m) => table
+            .live
+            .endpoints(pool_id)
+            .iter()
+            .map(|e| e.queue_at(now_ms, Some(m.max_age)))
+            .sum(),
+    };
     let mut queued = if in_flight == 0 {
         service
     } else {
@@ -473,7 +508,9 @@ pub fn decide(class: &Class, table: &Serving, tried: Tried, now_ms: u64) -> Deci
     match chosen {
         Some((pool_id, est, reason)) => {
             let pool = &table.pools[pool_id as usize];
-            match pick_endpoint(&table.live, pool_id, pool, tried, now_ms) {
+            let shed = sheddable(class, table);
+            let key = affinity_key(class, pool);
+            match pick_endpoint(&table.live, (pool_id, pool), tried, (now_ms, shed), key) {
                 Some(ep) => Decision {
                     target: Some((pool_id, ep)),
                     estimate: Some(est),
@@ -518,7 +555,14 @@ pub fn probe_instead_of_shed(class: &Class, table: &Serving, now_ms: u64) -> Opt
     if !table.live.pool(id).claim_probe(now_ms) {
         return None;
     }
-    let ep = pick_endpoint(&table.live, id, pool, &[], now_ms)?;
+    let when = (now_ms, sheddable(class, table));
+    let ep = pick_endpoint(
+        &table.live,
+        (id, pool),
+        &[],
+        when,
+        affinity_key(class, pool),
+    )?;
     Some(Decision {
         target: Some((id, ep)),
         estimate: Some(est),
@@ -538,19 +582,65 @@ fn no_candidate(candidates: u16, feasible: u16) -> Decision {
     }
 }
 
-/// Power of two choices among the available endpoints, on latency × (in-flight + 1).
+/// The affinity key `class` has on `pool` (0: none, or the pool has no `affinity:`): its
+/// session, else its prompt prefix.
+pub fn affinity_key(class: &Class, pool: &Pool) -> u64 {
+    match &pool.affinity {
+        Some(_) if class.affinity.session != 0 => class.affinity.session,
+        Some(a) if a.prefix => class.affinity.prefix,
+        _ => 0,
+    }
+}
+
+/// Rendezvous (highest random weight) score of endpoint `ep` for `key`.
+fn rendezvous(key: u64, ep: u16) -> u64 {
+    // splitmix64's finaliser on the pair: cheap, and well spread for any key.
+    let mut z = key ^ (u64::from(ep) + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// An affinity key's endpoint with bounded load: the available endpoint ranked highest for
+/// `key` whose queue stays within `load_factor` × the mean with this request added
+/// (consistent hashing with bounded loads, Mirrokni et al., on rendezvous hashing: an
+/// endpoint that goes away moves only its own keys). Some endpoint is always within the
+/// bound (one at or below the mean), so `None` only without endpoints.
+fn pick_by_affinity(
+    states: &[Arc<EndpointState>],
+    available: &[u16],
+    (key, load_factor): (u64, f64),
+    (now_ms, max_age): (u64, Option<Duration>),
+) -> Option<u16> {
+    let total: u64 = available
+        .iter()
+        .map(|&e| u64::from(states[e as usize].queue_at(now_ms, max_age)))
+        .sum();
+    let bound = (load_factor * (total + 1) as f64 / available.len() as f64).ceil() as u64;
+    available
+        .iter()
+        .filter(|&&e| u64::from(states[e as usize].queue_at(now_ms, max_age)) < bound)
+        .max_by_key(|&&e| rendezvous(key, e))
+        .copied()
+}
+
+/// Power of two choices among the available endpoints, on latency × (in-flight + 1) (the
+/// server's own queue instead of in-flight where it is scraped). `sheddable`: see
+/// [`endpoint_available`]. `affinity`: the request's key on this pool ([`affinity_key`]),
+/// which picks by [`pick_by_affinity`] instead.
 pub fn pick_endpoint(
     live: &Live,
-    pool_id: PoolId,
-    pool: &Pool,
+    (pool_id, pool): (PoolId, &Pool),
     tried: Tried,
-    now_ms: u64,
+    (now_ms, sheddable): (u64, bool),
+    affinity: u64,
 ) -> Option<u16> {
     let n = pool.endpoints.len() as u16;
     let states = live.endpoints(pool_id);
     // One pass over the endpoints, the available ones noted on the stack (in a `Vec` for a
     // pool of more than 32).
-    let is_available = |&e: &u16| endpoint_available(states, pool_id, e, pool, tried, now_ms);
+    let is_available =
+        |&e: &u16| endpoint_available(states, (pool_id, pool), e, tried, (now_ms, sheddable));
     let mut inline = [0u16; 32];
     let spilled: Vec<u16>;
     let available: &[u16] = if usize::from(n) <= inline.len() {
@@ -564,6 +654,11 @@ pub fn pick_endpoint(
         spilled = (0..n).filter(is_available).collect();
         &spilled
     };
+    let max_age = pool.server_metrics.as_ref().map(|m| m.max_age);
+    if let (Some(a), true, false) = (&pool.affinity, affinity != 0, available.is_empty()) {
+        let key = (affinity, a.load_factor);
+        return pick_by_affinity(states, available, key, (now_ms, max_age));
+    }
     match available.len() {
         0 => None,
         1 => Some(available[0]),
@@ -574,8 +669,8 @@ pub fn pick_endpoint(
                 b += 1;
             }
             let (a, b) = (available[a], available[b]);
-            let sa = states[a as usize].load_score_at(now_ms);
-            let sb = states[b as usize].load_score_at(now_ms);
+            let sa = states[a as usize].load_score_at(now_ms, max_age);
+            let sb = states[b as usize].load_score_at(now_ms, max_age);
             Some(if sb < sa { b } else { a })
         }
     }
@@ -751,6 +846,44 @@ routes:
     }
 
     #[test]
+    fn a_servers_own_queue_is_its_load_and_a_busy_one_is_avoided_by_sheddable_tiers() {
+        let text = POLICY.replace(
+            "price: { per_request: 0.001 } }",
+            "price: { per_request: 0.001 }, server_metrics: { max_waiting: 2, max_age: 1s } }",
+        );
+        let (table, _f) = serving(&text);
+        let fast = class(&table, "fast", "m");
+        let idle = estimate_at(0, &table.pools[0], &fast, &table, 0).latency;
+        // Both servers report 5 waiting and 3 running: 16 for a pool of concurrency 8,
+        // which this instance (nothing in flight) would not know by itself.
+        let busy = crate::serving::state::LoadSample {
+            waiting: 5,
+            running: 3,
+            kv_cache: 0.5,
+        };
+        for ep in 0..2 {
+            table.live.endpoint(0, ep).server.set(busy, 0, 0);
+        }
+        let loaded = estimate_at(0, &table.pools[0], &fast, &table, 0).latency;
+        assert!(loaded > idle * 5, "{loaded:?} vs {idle:?}");
+        // Over `max_waiting`: a tier that sheds goes without it (far is too far: shed), one
+        // that takes the fastest still uses it.
+        let tight = class(&table, "tight", "m");
+        let d = decide(&tight, &table, &[], 0);
+        assert_eq!(d.reason, Reason::Shed, "{d:?}");
+        assert_eq!(
+            explain(&tight, &table, 0).1[0].excluded,
+            Some(Exclusion::AtCapacity)
+        );
+        assert_eq!(explain(&fast, &table, 0).1[0].excluded, None);
+        // Stale metrics (older than `max_age`): in-flight counting again.
+        let later = estimate_at(0, &table.pools[0], &fast, &table, 2000).latency;
+        assert!(later < loaded, "{later:?}");
+        let d = decide(&class(&table, "tight", "m"), &table, &[], 2000);
+        assert_eq!(d.target.map(|(p, _)| p), Some(0), "{d:?}");
+    }
+
+    #[test]
     fn retries_avoid_tried_and_down_endpoints() {
         let (table, _f) = setup();
         let c = class(&table, "tight", "m");
@@ -787,7 +920,7 @@ routes:
         let tried: Vec<(PoolId, u16)> = (0..5).map(|e| (1, e)).collect();
         let mut picked = [false; 40];
         for _ in 0..4000 {
-            let ep = pick_endpoint(&table.live, 1, pool, &tried, 0).unwrap();
+            let ep = pick_endpoint(&table.live, (1, pool), &tried, (0, false), 0).unwrap();
             assert!(ep >= 5, "endpoint {ep} was tried already");
             picked[ep as usize] = true;
         }

@@ -332,6 +332,54 @@ impl PoolState {
     }
 }
 
+/// A model server's own load, as last scraped from its metrics (`upstream::scrape`):
+/// requests waiting and running, and KV-cache use. Written by the scraper, read by the
+/// router with atomic loads; stale after the pool's `server_metrics.max_age`.
+#[derive(Debug, Default)]
+pub struct ServerLoad {
+    waiting: AtomicU32,
+    running: AtomicU32,
+    /// KV-cache use in millionths (0 to 1 000 000).
+    kv_ppm: AtomicU32,
+    /// This gateway's in-flight count on the endpoint when the scrape answered: requests
+    /// sent since are not in the server's figures yet.
+    own_at_scrape: AtomicU32,
+    /// When scraped (`now_ms() + 1`; 0: never).
+    at_ms: AtomicU64,
+}
+
+/// One scrape's figures.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct LoadSample {
+    pub waiting: u32,
+    pub running: u32,
+    pub kv_cache: f64,
+}
+
+impl ServerLoad {
+    pub fn set(&self, sample: LoadSample, own_in_flight: u32, now_ms: u64) {
+        self.own_at_scrape.store(own_in_flight, Ordering::Relaxed);
+        self.waiting.store(sample.waiting, Ordering::Relaxed);
+        self.running.store(sample.running, Ordering::Relaxed);
+        let ppm = (sample.kv_cache.clamp(0.0, 1.0) * 1e6) as u32;
+        self.kv_ppm.store(ppm, Ordering::Relaxed);
+        self.at_ms.store(now_ms + 1, Ordering::Release);
+    }
+
+    /// The last sample, if taken within `max_age` of `now_ms`.
+    pub fn fresh(&self, now_ms: u64, max_age: Duration) -> Option<LoadSample> {
+        let at = self.at_ms.load(Ordering::Acquire);
+        if at == 0 || now_ms.saturating_sub(at - 1) > max_age.as_millis() as u64 {
+            return None;
+        }
+        Some(LoadSample {
+            waiting: self.waiting.load(Ordering::Relaxed),
+            running: self.running.load(Ordering::Relaxed),
+            kv_cache: f64::from(self.kv_ppm.load(Ordering::Relaxed)) / 1e6,
+        })
+    }
+}
+
 /// Live state of one endpoint.
 #[derive(Debug)]
 pub struct EndpointState {
@@ -352,6 +400,8 @@ pub struct EndpointState {
     health_fail_streak: AtomicU32,
     /// Measured gateway → endpoint round trip (µs, EWMA of health probes); 0 = none yet.
     rtt_us: AtomicU64,
+    /// The server's own load, when the pool scrapes it (`server_metrics:`).
+    pub server: ServerLoad,
 }
 
 /// What [`EndpointState::health_result`] changed.
@@ -379,6 +429,7 @@ impl EndpointState {
             health_ok_streak: AtomicU32::new(0),
             health_fail_streak: AtomicU32::new(0),
             rtt_us: AtomicU64::new(0),
+            server: ServerLoad::default(),
         }
     }
 
@@ -529,14 +580,29 @@ impl EndpointState {
 
     /// Power-of-two-choices score: expected latency times the queue it would join.
     pub fn load_score(&self) -> u64 {
-        self.load_score_at(now_ms())
+        self.load_score_at(now_ms(), None)
     }
 
-    pub fn load_score_at(&self, now: u64) -> u64 {
+    /// `server_max_age`: the pool scrapes its servers' load (metrics older are stale).
+    pub fn load_score_at(&self, now: u64, server_max_age: Option<Duration>) -> u64 {
         // Service time plus the endpoint's own network round trip (two endpoints of a pool
         // can sit at different distances), times the queue it would join.
         (self.latency_us(now) + self.rtt_us.load(Ordering::Relaxed))
-            .saturating_mul(self.in_flight.load(Ordering::Relaxed) as u64 + 1)
+            .saturating_mul(u64::from(self.queue_at(now, server_max_age)) + 1)
+    }
+
+    /// The queue a request would join: the server's own (running + waiting: every
+    /// gateway's requests) when scraped within `server_max_age`, plus what this gateway sent
+    /// since the scrape; this gateway's in-flight count when there is no fresh scrape.
+    pub fn queue_at(&self, now: u64, server_max_age: Option<Duration>) -> u32 {
+        let own = self.in_flight.load(Ordering::Relaxed);
+        match server_max_age.and_then(|age| self.server.fresh(now, age)) {
+            Some(load) => {
+                let since = own.saturating_sub(self.server.own_at_scrape.load(Ordering::Relaxed));
+                (load.waiting + load.running + since).max(own)
+            }
+            None => own,
+        }
     }
 
     /// The measured gateway → endpoint round trip, once a health probe has measured it.

@@ -34,6 +34,7 @@ pub mod attempt;
 pub mod connect;
 pub mod request;
 pub mod rules;
+pub mod scrape;
 
 use crate::classify::Class;
 use crate::error::GatewayError;

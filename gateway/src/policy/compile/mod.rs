@@ -36,7 +36,7 @@ mod upstream;
 pub use cache::CacheSettings;
 pub use limits::Limits;
 pub use listeners::TlsListener;
-pub use pools::{Endpoint, HealthCheck, ModelSet, Pool};
+pub use pools::{Affinity, Endpoint, HealthCheck, ModelSet, Pool, ServerMetrics};
 pub use pricing::{Billing, Pricing, DEFAULT_IDLE_TIMEOUT, DEFAULT_SAFE_UTILISATION};
 pub use queue::{PoolDispatch, QueueBackend, QueueSettings};
 pub use routes::{PathMatch, Route, RouteCache};

@@ -32,6 +32,10 @@ pub struct Pool {
     pub queue_fed: bool,
     /// Active health checks, when the policy asks for them.
     pub health: Option<HealthCheck>,
+    /// Scraping of the endpoints' own load, when the policy asks for it.
+    pub server_metrics: Option<ServerMetrics>,
+    /// Prefix / session affinity, when the policy asks for it.
+    pub affinity: Option<Affinity>,
     /// Upstream TLS and request rewriting for hosted endpoints (`policy::hosted`).
     pub hosted: crate::policy::hosted::Hosted,
 }
@@ -44,6 +48,28 @@ pub struct HealthCheck {
     pub timeout: Duration,
     pub healthy_threshold: u32,
     pub unhealthy_threshold: u32,
+}
+
+/// A pool's compiled `affinity:` block.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Affinity {
+    pub prefix: bool,
+    /// Lower-case, as `http` names headers.
+    pub session_header: Option<http::HeaderName>,
+    pub load_factor: f64,
+}
+
+/// A pool's compiled `server_metrics:` block.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerMetrics {
+    pub path: String,
+    pub interval: Duration,
+    pub max_age: Duration,
+    pub waiting: String,
+    pub running: String,
+    pub kv_cache: String,
+    pub max_waiting: Option<u32>,
+    pub max_kv_cache: Option<f64>,
 }
 
 impl Pool {
@@ -156,6 +182,11 @@ pub(super) fn compile(
         let service_time = duration_field(p, &r.service_time, "service_time");
         let pricing = super::pricing::compile(p, &name, pool, &r.price, r.kind == PoolKind::Batch);
         let health = r.health.as_ref().map(|h| compile_health(p, &name, h));
+        let server_metrics = r
+            .server_metrics
+            .as_ref()
+            .map(|m| compile_server_metrics(p, &name, m));
+        let affinity = r.affinity.as_ref().map(|a| compile_affinity(p, &name, a));
         let hosted = crate::policy::hosted::compile(
             &name,
             r,
@@ -219,6 +250,8 @@ pub(super) fn compile(
             service_time,
             pricing,
             health,
+            server_metrics,
+            affinity,
             hosted,
         });
     }
@@ -265,6 +298,90 @@ fn compile_health(p: &mut Problems, pool: &str, node: &Spanned<raw::HealthCheck>
         timeout,
         healthy_threshold: threshold(p, &h.healthy_threshold, "healthy_threshold"),
         unhealthy_threshold: threshold(p, &h.unhealthy_threshold, "unhealthy_threshold"),
+    }
+}
+
+fn compile_affinity(p: &mut Problems, pool: &str, node: &Spanned<raw::Affinity>) -> Affinity {
+    let a = &node.value;
+    let session_header = a.session_header.as_ref().and_then(|n| {
+        let parsed = http::HeaderName::from_bytes(n.value.as_bytes()).ok();
+        if parsed.is_none() {
+            p.on(
+                n,
+                format!("pool `{pool}`: affinity.session_header is not a header name"),
+            );
+        }
+        parsed
+    });
+    let load_factor = a.load_factor.as_ref().map_or(1.25, |n| {
+        if !(n.value >= 1.0 && n.value.is_finite()) {
+            p.on(
+                n,
+                format!("pool `{pool}`: affinity.load_factor must be at least 1"),
+            );
+        }
+        n.value.max(1.0)
+    });
+    Affinity {
+        prefix: a.prefix.as_ref().is_none_or(|n| n.value),
+        session_header,
+        load_factor,
+    }
+}
+
+fn compile_server_metrics(
+    p: &mut Problems,
+    pool: &str,
+    node: &Spanned<raw::ServerMetrics>,
+) -> ServerMetrics {
+    let m = &node.value;
+    let path = m
+        .path
+        .as_ref()
+        .map_or("/metrics".to_string(), |n| n.value.clone());
+    if !path.starts_with('/') {
+        if let Some(n) = &m.path {
+            p.on(
+                n,
+                format!("pool `{pool}`: server_metrics.path must start with `/`"),
+            );
+        }
+    }
+    let interval = match &m.interval {
+        Some(n) => duration_field(p, n, "server_metrics.interval"),
+        None => Duration::from_millis(200),
+    };
+    if interval < Duration::from_millis(10) {
+        p.on(
+            node,
+            format!("pool `{pool}`: server_metrics.interval must be at least 10ms"),
+        );
+    }
+    let max_age = match &m.max_age {
+        Some(n) => duration_field(p, n, "server_metrics.max_age"),
+        None => interval * 5,
+    };
+    let name = |n: &Option<Spanned<String>>, default: &str| {
+        n.as_ref().map_or(default.to_string(), |n| n.value.clone())
+    };
+    let max_kv_cache = m.max_kv_cache.as_ref().map(|n| {
+        if !(0.0..=1.0).contains(&n.value) {
+            p.on(
+                n,
+                format!("pool `{pool}`: server_metrics.max_kv_cache is a fraction, 0 to 1"),
+            );
+        }
+        n.value
+    });
+    ServerMetrics {
+        path,
+        interval,
+        max_age,
+        waiting: name(&m.waiting, "vllm:num_requests_waiting"),
+        running: name(&m.running, "vllm:num_requests_running"),
+        kv_cache: name(&m.kv_cache, "vllm:kv_cache_usage_perc"),
+        max_waiting: m.max_waiting.as_ref().map(|n| n.value),
+        max_kv_cache,
     }
 }
 
