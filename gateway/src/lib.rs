@@ -35,6 +35,7 @@ macro_rules! in_box {
 pub mod admin;
 pub mod admit;
 pub mod cache;
+pub mod capacity;
 pub mod classify;
 pub mod discovery;
 pub mod error;
