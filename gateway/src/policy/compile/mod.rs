@@ -19,6 +19,7 @@
 //! against earlier ones) and collects their problems.
 
 mod cache;
+mod capacity;
 mod limits;
 mod listeners;
 mod observe;
@@ -34,6 +35,7 @@ mod tiers;
 mod upstream;
 
 pub use cache::CacheSettings;
+pub use capacity::Capacity;
 pub use limits::Limits;
 pub use listeners::TlsListener;
 pub use pools::{Endpoint, HealthCheck, ModelSet, Pool};
@@ -144,6 +146,8 @@ pub struct RoutingTable {
     /// when the table is published: `serving::resources`).
     pub tls_listener: Option<TlsListener>,
     pub admin_listener: SocketAddr,
+    /// `listeners.keda`: the KEDA external scaler's gRPC listener (`None`: off).
+    pub keda_listener: Option<SocketAddr>,
     /// `listeners.admin_token`, expanded; `None`: the admin API is open (loopback only).
     pub admin_token: Option<super::secret::Secret>,
     pub threads: Option<usize>,
@@ -430,6 +434,7 @@ fn compile(
     let tenants = tenants::compile(p, &raw, &tiers);
     let (mut pools, host_names) = pools::compile(p, &raw, &regions, cx);
     tiers::check_kinds_served(p, &raw, &pools);
+    capacity::compile(p, &raw, &tiers, &mut pools);
     let routes = routes::compile(p, &raw, &tiers);
     let down_backoff = upstream::down_backoff(p, &raw);
     let shutdown_grace = listeners::shutdown_grace(p, &raw.listeners);
@@ -467,6 +472,7 @@ fn compile(
         plain_listener: listeners.plain,
         tls_listener: listeners.tls,
         admin_listener: listeners.admin,
+        keda_listener: listeners.keda,
         admin_token: listeners.admin_token,
         threads: raw.listeners.threads,
         shutdown_grace,

@@ -31,6 +31,8 @@ pub struct Pool {
     pub health: Option<HealthCheck>,
     /// Upstream TLS and request rewriting for hosted endpoints (`policy::hosted`).
     pub hosted: crate::policy::hosted::Hosted,
+    /// `capacity:` (`policy::compile::capacity`); `None`: desired replicas not computed.
+    pub capacity: Option<super::Capacity>,
 }
 
 /// A pool's compiled `health:` block.
@@ -216,6 +218,7 @@ pub(super) fn compile(
             pricing,
             health,
             hosted,
+            capacity: None,
         });
     }
     (pools, host_names)
