@@ -547,6 +547,8 @@ pub fn explain(table: &Serving, req: &ExplainRequest) -> Result<Value, (StatusCo
             "endpoint": decision.target.map(|(p, e)| table.pools[p as usize].endpoints[e as usize].name.clone()),
             "reason": decision.reason,
             "estimate": decision.estimate,
+            // The chosen pool's `capacity:` and desired replicas, when it has one.
+            "capacity": decision.target.and_then(|(p, _)| crate::capacity::pool_report(table, p)),
             "candidates": decision.candidates,
             "feasible": decision.feasible,
         },

@@ -232,49 +232,51 @@ impl CapacityMeter {
     }
 }
 
-/// Every pool with `capacity:`: its bounds, demand and desired replicas (`/admin/capacity`).
+/// One pool's capacity: demand, desired replicas and the bounds they are computed under
+/// (`None`: the pool has no `capacity:`). `/admin/capacity` lists these; `explain` shows the
+/// chosen pool's.
+pub fn pool_report(table: &Serving, pool: PoolId) -> Option<Value> {
+    let p = table.pools.get(pool as usize)?;
+    let c = p.capacity.as_ref()?;
+    let state = table.live.pool(pool);
+    let (rate, forecast) = state.demand.rates();
+    let service = state.service_time();
+    let cold_start = match p.pricing.billing {
+        crate::policy::compile::Billing::Serverless { cold_start, .. } => {
+            Some(cold_start.as_millis() as u64)
+        }
+        _ => None,
+    };
+    Some(json!({
+        "pool": p.name,
+        "desired_replicas": state.demand.desired(),
+        "active": state.demand.desired().is_none_or(|d| d > 0),
+        "replicas_for_rate_now": replicas_for(c, rate, service),
+        "replicas_for_forecast": replicas_for(c, forecast, service),
+        "arrival_rate_per_s": round3(rate),
+        "forecast_rate_per_s": round3(forecast),
+        "forecast_horizon_s": c.scale_up_time.as_secs(),
+        "service_time_ms": round3(service.as_secs_f64() * 1e3),
+        "in_flight": state.in_flight(),
+        "activations": state.demand.activations(),
+        "cold_start_ms": cold_start,
+        "min_replicas": c.min_replicas,
+        "max_replicas": c.max_replicas,
+        "concurrency_per_replica": c.concurrency_per_replica,
+        "deadline_ms": c.deadline.as_millis() as u64,
+        "deadline_tier": c.deadline_tier,
+        "percentile": c.percentile,
+        "scale_down_window_s": c.scale_down_window.as_secs(),
+    }))
+}
+
+/// Every pool with `capacity:` (`/admin/capacity`), and where demand comes from.
 pub fn report(table: &Serving, shared: Option<&shared::SharedDemand>) -> Value {
-    let now = now_ms();
-    let pools: Vec<Value> = table
-        .pools
-        .iter()
-        .enumerate()
-        .filter_map(|(i, pool)| {
-            let c = pool.capacity.as_ref()?;
-            let state = table.live.pool(i as PoolId);
-            let (rate, forecast) = state.demand.rates();
-            let service = state.service_time();
-            let cold_start = match pool.pricing.billing {
-                crate::policy::compile::Billing::Serverless { cold_start, .. } => {
-                    Some(cold_start.as_millis() as u64)
-                }
-                _ => None,
-            };
-            Some(json!({
-                "pool": pool.name,
-                "desired_replicas": state.demand.desired(),
-                "active": state.demand.desired().is_none_or(|d| d > 0),
-                "replicas_for_rate_now": replicas_for(c, rate, service),
-                "replicas_for_forecast": replicas_for(c, forecast, service),
-                "arrival_rate_per_s": round3(rate),
-                "forecast_rate_per_s": round3(forecast),
-                "forecast_horizon_s": c.scale_up_time.as_secs(),
-                "service_time_ms": round3(service.as_secs_f64() * 1e3),
-                "in_flight": state.in_flight(),
-                "activations": state.demand.activations(),
-                "cold_start_ms": cold_start,
-                "min_replicas": c.min_replicas,
-                "max_replicas": c.max_replicas,
-                "concurrency_per_replica": c.concurrency_per_replica,
-                "deadline_ms": c.deadline.as_millis() as u64,
-                "deadline_tier": c.deadline_tier,
-                "percentile": c.percentile,
-                "scale_down_window_s": c.scale_down_window.as_secs(),
-            }))
-        })
+    let pools: Vec<Value> = (0..table.pools.len())
+        .filter_map(|i| pool_report(table, i as PoolId))
         .collect();
     json!({
-        "at_ms": now,
+        "at_ms": now_ms(),
         "demand": shared.map_or(json!({"source": "local"}), |s| s.describe()),
         "pools": pools,
     })

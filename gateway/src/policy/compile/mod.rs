@@ -573,6 +573,39 @@ routes:
     }
 
     #[test]
+    fn capacity_defaults_and_errors_with_their_place() {
+        let table = compile_pools(
+            "  - { name: p, kind: edge, region: us, endpoints: [\"127.0.0.1:8000\", \"127.0.0.1:8001\"], models: [m], concurrency: 9, service_time: 10ms, capacity: { min_replicas: 0 } }",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let c = table.pools[0].capacity.clone().expect("capacity");
+        assert_eq!((c.min_replicas, c.max_replicas), (0, 10));
+        // 9 in flight over 2 endpoints: 5 per replica; the deadline is tier `t`'s.
+        assert_eq!(c.concurrency_per_replica, 5);
+        assert_eq!(c.deadline, Duration::from_secs(1));
+        assert_eq!(c.deadline_tier.as_deref(), Some("t"));
+        assert_eq!(c.percentile, 0.99);
+        assert_eq!(c.scale_down_window, Duration::from_secs(300));
+
+        let errors = compile_pools(
+            "  - { name: p, kind: edge, region: us, endpoints: [\"127.0.0.1:8000\"], models: [m], concurrency: 4, service_time: 10ms,\n      capacity: { min_replicas: 5, max_replicas: 2, percentile: 1.5, scale_up_time: soon } }",
+        )
+        .err()
+        .expect("errors")
+        .to_string();
+        for (what, line) in [
+            ("min_replicas (5) is more than max_replicas (2)", 7),
+            ("capacity.percentile", 7),
+            ("capacity.scale_up_time", 7),
+        ] {
+            assert!(
+                errors.contains(what) && errors.contains(&format!("t.yaml:{line}:")),
+                "{what}: {errors}"
+            );
+        }
+    }
+
+    #[test]
     fn endpoints_name_an_http_and_optionally_a_grpc_address() {
         let table = compile_pools(
             "  - { name: p, kind: edge, region: us, endpoints: [{ http: \"127.0.0.1:8000\", grpc: \"127.0.0.1:8001\" }], models: [m], concurrency: 4, service_time: 10ms }\n\
