@@ -367,3 +367,90 @@ async fn keda_errors_name_the_problem() {
         .expect("call");
     assert_eq!(r.grpc_status(), Some(12), "{r:?}");
 }
+
+/// Send `n` chat requests to `gw`, back to back.
+async fn traffic(gw: &Gateway, n: usize) {
+    for _ in 0..n {
+        let r = gw.post("/v1/chat/completions", &[], &chat("m")).await;
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+}
+
+async fn capacity_of(gw: &Gateway) -> serde_json::Value {
+    serde_json::from_slice(&gw.admin_get("/admin/capacity").await.body).expect("json")
+}
+
+fn shared_policy(backend: SocketAddr, limits: &str) -> String {
+    Policy::new()
+        .pool(
+            Pool::gpu("gpu")
+                .endpoints(&[backend])
+                .with("capacity", "{ min_replicas: 0, deadline: 500ms }"),
+        )
+        .extra(limits)
+        .render()
+}
+
+/// Two instances sharing Redis: desired replicas come from the fleet's demand, so an
+/// instance that receives nothing still sees the other's arrivals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_share_their_demand_through_redis() {
+    let Some(url) = test_redis("capacity") else {
+        return;
+    };
+    let backend = mock("gpu", 0).await;
+    let prefix = format!("cap{}", std::process::id());
+    let limits = format!(
+        "limits: {{ backend: redis, redis_url: \"{url}\", redis_prefix: {prefix}, redis_timeout: 500ms }}"
+    );
+    let a = Gateway::start(&shared_policy(backend.addr(), &limits)).await;
+    let b = Gateway::start(&shared_policy(backend.addr(), &limits)).await;
+    let sending = traffic(&a, 60);
+    let (_, seen) = tokio::join!(sending, async {
+        eventually(Duration::from_secs(10), || async {
+            capacity_of(&b).await["pools"][0]["arrival_rate_per_s"]
+                .as_f64()
+                .unwrap_or(0.0)
+                > 0.0
+        })
+        .await
+    });
+    let report = capacity_of(&b).await;
+    assert!(seen, "the idle instance sees the other's demand: {report}");
+    assert_eq!(report["demand"]["source"], "redis", "{report}");
+}
+
+/// Redis away: the demand is this instance's × `limits.instances`, said so in
+/// `/admin/capacity` and the `switchyard_capacity_shared` gauge.
+#[tokio::test]
+async fn without_redis_demand_is_local_times_instances() {
+    let backend = mock("gpu", 0).await;
+    let dead = dead_addr();
+    let limits = format!(
+        "limits: {{ backend: redis, redis_url: \"redis://{dead}\", redis_timeout: 200ms, instances: 3 }}"
+    );
+    let gw = Gateway::start(&shared_policy(backend.addr(), &limits)).await;
+    traffic(&gw, 20).await;
+    let estimated = eventually(Duration::from_secs(10), || async {
+        let report = capacity_of(&gw).await;
+        report["demand"]["source"] == "local_estimate"
+            && report["pools"][0]["arrival_rate_per_s"]
+                .as_f64()
+                .unwrap_or(0.0)
+                > 0.0
+    })
+    .await;
+    let report = capacity_of(&gw).await;
+    assert!(estimated, "{report}");
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric_sum(&m, "switchyard_capacity_shared", &[]),
+        0.0,
+        "{m}"
+    );
+    assert!(
+        gw.log().contains("capacity demand is this instance's"),
+        "{}",
+        gw.log()
+    );
+}
