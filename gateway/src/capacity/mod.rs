@@ -250,7 +250,7 @@ pub fn pool_report(table: &Serving, pool: PoolId) -> Option<Value> {
     Some(json!({
         "pool": p.name,
         "desired_replicas": state.demand.desired(),
-        "active": state.demand.desired().is_none_or(|d| d > 0),
+        "active": keda::desired(table, pool) > 0,
         "replicas_for_rate_now": replicas_for(c, rate, service),
         "replicas_for_forecast": replicas_for(c, forecast, service),
         "arrival_rate_per_s": round3(rate),
