@@ -323,7 +323,7 @@ mod tests {
         let state = PoolState::new(Duration::from_millis(100));
         let t0 = Instant::now();
         let mut track = Track::new(t0, 0);
-        let mut at = |track: &mut Track, s: u64, n: f64| {
+        let at = |track: &mut Track, s: u64, n: f64| {
             track.round(&c, &state, n, TICK, t0 + Duration::from_secs(s))
         };
         for s in 0..10 {
