@@ -44,6 +44,9 @@ fn the_kubernetes_policy_passes_check() {
     );
     assert!(out.status.success(), "{stdout}{stderr}");
     assert!(stdout.contains(": ok"), "{stdout}");
+    // Each pool KEDA scales has its capacity bounds, matching overlays/keda.
+    assert!(stdout.contains("edge: capacity: 1–8 replicas"), "{stdout}");
+    assert!(stdout.contains("gpu: capacity: 0–4 replicas"), "{stdout}");
     // Only the pools' Service names, unresolvable outside the cluster, and the in-cluster
     // plain-HTTP credential are warned about.
     for line in stderr.lines().filter(|l| l.contains("warning")) {

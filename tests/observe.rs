@@ -117,7 +117,12 @@ async fn cache_and_queue_fleet() -> (Gateway, switchyard_testkit::mock::MockBack
         e % 60
     );
     let policy = Policy::new()
-        .pool(Pool::edge("edge").endpoint(edge.addr()).per_request(0.001))
+        .pool(
+            Pool::edge("edge")
+                .endpoint(edge.addr())
+                .per_request(0.001)
+                .with("capacity", "{ min_replicas: 0 }"),
+        )
         .pool(Pool::batch("batch").endpoint(dead_addr()))
         .routes([Route::chat().cache("{ ttl: 10m }")])
         .extra(&queue);
@@ -220,10 +225,16 @@ async fn a_live_scrape_passes_promtool() {
     let (gw, _edge) = cache_and_queue_fleet().await;
     cache_and_queue_traffic(&gw).await;
     let m = gw
-        .metrics_when(|m| metric_sum(m, "switchyard_cost_saved_nanousd_total", &[]) > 0.0)
+        .metrics_when(|m| {
+            metric_sum(m, "switchyard_cost_saved_nanousd_total", &[]) > 0.0
+                && m.contains("switchyard_pool_desired_replicas{")
+        })
         .await;
     for family in [
         "switchyard_cost_nanousd_total",
+        "switchyard_pool_desired_replicas",
+        "switchyard_pool_arrival_rate",
+        "switchyard_pool_forecast_arrival_rate",
         "switchyard_cost_saved_nanousd_total",
         "switchyard_cache_lookups_total",
         "switchyard_queue_depth",

@@ -314,11 +314,16 @@ def cross_check(objects):
         if target.get("kind", "Deployment") != "Deployment" or target["name"] not in deployments:
             problem(ident(so), f"scaleTargetRef {target['name']} is not a Deployment here")
         for trigger in so["spec"].get("triggers", []):
-            if trigger.get("type") != "external":
+            if trigger.get("type") not in ("external", "external-push"):
                 continue
             meta = trigger.get("metadata", {})
             if meta.get("pool") not in pools:
                 problem(ident(so), f"trigger metadata.pool {meta.get('pool')!r} is not a pool of the policy")
+            elif "capacity" not in pools[meta["pool"]]:
+                problem(ident(so), f"pool {meta['pool']!r} has no `capacity:` block: the scaler has no replicas for it")
+            keda_listener = policy.get("listeners", {}).get("keda", "")
+            if keda_listener.rpartition(":")[2] != meta.get("scalerAddress", "").rpartition(":")[2]:
+                problem(ident(so), f"policy listeners.keda ({keda_listener or 'off'}) is not on scalerAddress's port")
             host, _, port = meta.get("scalerAddress", "").rpartition(":")
             parts = host.split(".")
             svc = services.get(parts[0])

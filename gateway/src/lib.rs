@@ -15,6 +15,7 @@
 //! - [`route`]: `Class` → `Decision` (estimates, candidates, endpoint); health checks;
 //! - [`error`]: every client-visible error and its one mapping; [`reply`]: answers as values;
 //! - [`admit`]: tenant limits and budgets; [`cache`]: the prediction cache;
+//! - [`capacity`]: desired replicas per pool (Erlang C, forecast) and the KEDA scaler;
 //! - [`observe`]: access and decision logs, the status page's aggregate;
 //! - [`discovery`]: each protocol's own endpoints; [`queue`]: the batch queue;
 //! - [`upstream`]: the one way to a backend (attempt, retries, hedging, connections);
@@ -36,6 +37,7 @@ macro_rules! in_box {
 pub mod admin;
 pub mod admit;
 pub mod cache;
+pub mod capacity;
 pub mod classify;
 pub mod discovery;
 pub mod error;

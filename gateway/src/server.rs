@@ -92,6 +92,10 @@ pub fn build(table: RoutingTable, fleet: Arc<Fleet>, opts: Options) -> Result<Bu
         check_listen(tls.listen)?;
     }
     check_listen(admin_addr)?;
+    let keda_addr = table.keda_listener;
+    if let Some(addr) = keda_addr {
+        check_listen(addr)?;
+    }
     if !admin_addr.ip().is_loopback() && table.admin_token.is_none() {
         // The policy's own address is checked at load; this is `--admin-listen`.
         return Err(ServerError::Listen(
@@ -191,6 +195,9 @@ pub fn build(table: RoutingTable, fleet: Arc<Fleet>, opts: Options) -> Result<Bu
         _ => crate::admin::ready::Readiness::new(proxy_addr),
     };
 
+    let demand = Arc::new(crate::capacity::shared::SharedDemand::new(
+        &snapshot.load().table.limits.admission.backend,
+    ));
     let mut admin = Service::new(
         "switchyard admin".to_string(),
         pingora::apps::http_app::HttpServer::new_app(AdminApp {
@@ -200,6 +207,7 @@ pub fn build(table: RoutingTable, fleet: Arc<Fleet>, opts: Options) -> Result<Bu
             bodies: Some(bodies),
             readiness: Arc::new(readiness),
             limiter: Some(limiter),
+            demand: Some(demand.clone()),
         }),
     );
     admin.add_tcp(&admin_addr.to_string());
@@ -240,6 +248,24 @@ pub fn build(table: RoutingTable, fleet: Arc<Fleet>, opts: Options) -> Result<Bu
             snapshot: snapshot.clone(),
         },
     ));
+    // Desired replicas per pool with `capacity:`, from the fleet's demand (Redis when the
+    // limits are shared); the KEDA external scaler serves them when `listeners.keda` is set.
+    server.add_service(background_service(
+        "capacity meter",
+        crate::capacity::CapacityMeter {
+            snapshot: snapshot.clone(),
+            shared: demand.clone(),
+        },
+    ));
+    if let Some(addr) = keda_addr {
+        let mut keda = Service::new(
+            "switchyard keda scaler".to_string(),
+            crate::capacity::keda::KedaScaler::new(snapshot.clone()),
+        );
+        keda.add_tcp(&addr.to_string());
+        keda.threads = Some(1);
+        server.add_service(keda);
+    }
     server.add_service(upkeep);
     server.add_service(health);
     if let Some(queue) = queue {

@@ -43,6 +43,19 @@ pub const EGRESS_COST: &str = "switchyard_egress_cost_nanousd_total";
 pub const EGRESS_BYTES: &str = "switchyard_egress_bytes_total";
 /// Replicas a provisioned pool pays for. Labels: pool.
 pub const POOL_REPLICAS: &str = "switchyard_pool_replicas";
+/// Replicas a pool with `capacity:` needs (now and at its forecast horizon, held through
+/// its scale-down window, within its bounds). Labels: pool.
+pub const POOL_DESIRED_REPLICAS: &str = "switchyard_pool_desired_replicas";
+/// Requests per second sent to a pool, across instances. Labels: pool.
+pub const POOL_ARRIVAL_RATE: &str = "switchyard_pool_arrival_rate";
+/// A pool's forecast arrival rate `scale_up_time` ahead, per second. Labels: pool.
+pub const POOL_FORECAST_RATE: &str = "switchyard_pool_forecast_arrival_rate";
+/// Requests that found their pool at zero replicas and activated it. Labels: pool.
+pub const POOL_ACTIVATIONS: &str = "switchyard_pool_activations_total";
+/// 1 while capacity demand is shared through Redis, 0 while it is this instance's estimate.
+pub const CAPACITY_SHARED: &str = "switchyard_capacity_shared";
+/// KEDA external scaler calls. Labels: method, code (gRPC status).
+pub const KEDA_CALLS: &str = "switchyard_keda_calls_total";
 /// A pool's utilisation: requests in flight over its `concurrency`, averaged over the last
 /// minute. Labels: pool.
 pub const POOL_UTILISATION: &str = "switchyard_pool_utilisation";
@@ -254,6 +267,30 @@ fn describe() {
     describe_gauge!(
         POOL_REPLICAS,
         "Replicas a provisioned pool pays for, by pool"
+    );
+    describe_gauge!(
+        POOL_DESIRED_REPLICAS,
+        "Replicas a pool needs to meet its deadline at its percentile, now and at its forecast horizon, by pool"
+    );
+    describe_gauge!(
+        POOL_ARRIVAL_RATE,
+        "Requests per second sent to a pool across instances, by pool"
+    );
+    describe_gauge!(
+        POOL_FORECAST_RATE,
+        "Forecast requests per second at the pool's scale_up_time ahead, by pool"
+    );
+    describe_counter!(
+        POOL_ACTIVATIONS,
+        "Requests that found their pool at zero replicas and activated it, by pool"
+    );
+    describe_gauge!(
+        CAPACITY_SHARED,
+        "1 while capacity demand is shared through Redis, 0 while it is this instance's estimate"
+    );
+    describe_counter!(
+        KEDA_CALLS,
+        "KEDA external scaler calls, by method and gRPC status code"
     );
     describe_gauge!(
         POOL_UTILISATION,

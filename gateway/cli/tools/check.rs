@@ -38,6 +38,8 @@ pub struct Summary {
     pub regions: usize,
     /// Per pool, how it is billed (`Pricing::describe`), and the egress matrix if any.
     pub costs: Vec<String>,
+    /// Per pool with `capacity:`, how its desired replicas are computed.
+    pub capacity: Vec<String>,
 }
 
 /// One error or warning at a place in the file (line and column 0 when not known).
@@ -101,6 +103,13 @@ pub fn check_file(path: &Path) -> FileReport {
                 tiers: table.tiers.len(),
                 regions: table.regions.len(),
                 costs: costs(&table),
+                capacity: table
+                    .pools
+                    .iter()
+                    .filter_map(|p| {
+                        Some(format!("{}: {}", p.name, p.capacity.as_ref()?.describe()))
+                    })
+                    .collect(),
             });
             if let Ok(raw) = policy::parse(&text, path) {
                 report.warnings = warnings(&raw, &table);
@@ -368,6 +377,9 @@ pub fn render_text(reports: &[FileReport]) -> (String, String) {
                 );
                 for line in &s.costs {
                     let _ = writeln!(out, "  cost: {line}");
+                }
+                for line in &s.capacity {
+                    let _ = writeln!(out, "  {line}");
                 }
             }
             _ => {

@@ -45,6 +45,8 @@ pub struct AdminApp {
     pub readiness: Arc<ready::Readiness>,
     /// Tenant limit state, for `/admin/tenants` and the spend gauges.
     pub limiter: Option<Arc<crate::admit::Limiter>>,
+    /// Where capacity demand comes from (Redis or local), for `/admin/capacity`.
+    pub demand: Option<Arc<crate::capacity::shared::SharedDemand>>,
 }
 
 fn json_response(status: StatusCode, body: &Value) -> Response<Vec<u8>> {
@@ -177,6 +179,10 @@ impl ServeHttp for AdminApp {
                 StatusCode::OK,
                 &crate::observe::spend::report(&self.control.snapshot.load()),
             ),
+            (&Method::GET, "/admin/capacity") => json_response(
+                StatusCode::OK,
+                &crate::capacity::report(&self.control.snapshot.load(), self.demand.as_deref()),
+            ),
             (&Method::GET, "/admin/pools") => {
                 json_response(StatusCode::OK, &pools(&self.control.snapshot.load()))
             }
@@ -211,7 +217,7 @@ impl ServeHttp for AdminApp {
                 _,
                 "/" | "/admin/status" | "/metrics" | "/healthz" | "/readyz" | "/admin/policy"
                 | "/admin/reload" | "/admin/explain" | "/admin/pools" | "/admin/tenants"
-                | "/admin/spend",
+                | "/admin/spend" | "/admin/capacity",
             ) => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
             _ => error(StatusCode::NOT_FOUND, "not found"),
         }
@@ -541,6 +547,8 @@ pub fn explain(table: &Serving, req: &ExplainRequest) -> Result<Value, (StatusCo
             "endpoint": decision.target.map(|(p, e)| table.pools[p as usize].endpoints[e as usize].name.clone()),
             "reason": decision.reason,
             "estimate": decision.estimate,
+            // The chosen pool's `capacity:` and desired replicas, when it has one.
+            "capacity": decision.target.and_then(|(p, _)| crate::capacity::pool_report(table, p)),
             "candidates": decision.candidates,
             "feasible": decision.feasible,
         },

@@ -84,6 +84,9 @@ pub fn status_of(
                 "utilisation_avg": round(spent.utilisation, 3),
                 "billing": p.pricing.billing.as_str(),
                 "replicas": p.replicas(),
+                // `capacity:` pools: the replicas they need, and requests that woke them.
+                "desired_replicas": p.capacity.as_ref().and(state.demand.desired()),
+                "activations": state.demand.activations(),
                 "service_time_ms": round(state.service_time().as_secs_f64() * 1e3, 2),
                 // Gateway → pool round trip (measured, else the matrix prior), apart from
                 // the service time: the estimate adds them, each once.

@@ -286,6 +286,12 @@ pub mod wire {
         buf.extend_from_slice(bytes);
     }
 
+    /// A 64-bit field (wire type 1): doubles.
+    pub fn put_double(buf: &mut Vec<u8>, field: u32, v: f64) {
+        put_varint(buf, (u64::from(field) << 3) | 1);
+        buf.extend_from_slice(&v.to_bits().to_le_bytes());
+    }
+
     /// One gRPC message: not compressed, u32 big-endian length, the message.
     pub fn frame(msg: &[u8]) -> Bytes {
         let mut out = BytesMut::with_capacity(5 + msg.len());

@@ -541,6 +541,10 @@ async fn stages(gw: &Gateway, session: &mut ServerSession, req: &mut Request) ->
     }
     let decision = decide(class, &table, lookup.is_hit());
     req.decision = Some(decision);
+    if let (false, Some((pool, _))) = (lookup.is_hit(), decision.target) {
+        // Demand for the capacity meter (an atomic add; wakes KEDA if the pool is at zero).
+        crate::capacity::arrive(&table, pool);
+    }
 
     // A hit, or the answer of an identical request in flight, is served before any upstream
     // work; waiters wait at most the tier's upstream timeout.

@@ -397,6 +397,12 @@ pub struct Listeners {
     #[serde(default)]
     #[cfg_attr(feature = "schema", schemars(with = "Option<TlsListener>"))]
     pub tls: Option<Spanned<TlsListener>>,
+    /// The KEDA external scaler (gRPC `externalscaler.ExternalScaler`, h2c), e.g.
+    /// `127.0.0.1:9091`: each pool's desired replicas (`capacity:`) for a ScaledObject of
+    /// `type: external` with metadata `pool: <name>`. Absent: off.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<String>"))]
+    pub keda: Option<Spanned<String>>,
 }
 
 /// `listeners.tls`: where to listen and the certificate to serve. The files are read again
@@ -429,6 +435,7 @@ impl Default for Listeners {
             shutdown_grace: None,
             admin_token: None,
             tls: None,
+            keda: None,
         }
     }
 }
@@ -659,6 +666,54 @@ pub struct Pool {
     #[serde(default)]
     #[cfg_attr(feature = "schema", schemars(with = "Option<PoolTls>"))]
     pub tls: Option<Spanned<PoolTls>>,
+    /// The replicas the pool needs, computed from its demand and told to autoscalers
+    /// (`/admin/capacity`, metrics, the KEDA scaler). Absent: not computed.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<Capacity>"))]
+    pub capacity: Option<Spanned<Capacity>>,
+}
+
+/// A pool's `capacity:` block: how its desired replicas are computed (an M/M/c queue per
+/// replica slot, for the rate now and the rate forecast `scale_up_time` ahead).
+#[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Capacity {
+    /// The fewest replicas asked for; 0 lets the pool scale to zero when idle. Default 1.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<u32>"))]
+    pub min_replicas: Option<Spanned<u32>>,
+    /// The most replicas asked for. Default 10.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<u32>", range(min = 1)))]
+    pub max_replicas: Option<Spanned<u32>>,
+    /// Requests one replica serves at once. Default: the pool's `concurrency` over its
+    /// replicas (`price.replicas`, else its endpoints), rounded up.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<u32>", range(min = 1)))]
+    pub concurrency_per_replica: Option<Spanned<u32>>,
+    /// How long a new replica takes to serve: replicas are asked for the rate forecast this
+    /// far ahead. Default `60s`.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<schema::Duration>"))]
+    pub scale_up_time: Option<Spanned<String>>,
+    /// Replicas are given back only when no computation in this window asked for more
+    /// (scale-down stabilisation). Default `5m`.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<schema::Duration>"))]
+    pub scale_down_window: Option<Spanned<String>>,
+    /// The share of requests that must meet the deadline. Default 0.99.
+    #[serde(default)]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "Option<f64>", range(min = 0.5, max = 0.99999))
+    )]
+    pub percentile: Option<Spanned<f64>>,
+    /// The deadline the pool is sized for. Default: the shortest deadline of the tiers
+    /// allowed on the pool's kind.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<schema::Duration>"))]
+    pub deadline: Option<Spanned<String>>,
 }
 
 /// A pool's `tls:` block (for its `https://` endpoints).

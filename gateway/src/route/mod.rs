@@ -319,6 +319,14 @@ pub fn estimate_at(
             queued += cold_start;
         }
     }
+    // A pool allowed to scale to zero (`capacity.min_replicas: 0`) whose desired replicas
+    // went to 0 has no replica, or soon none: the request waits `scale_up_time` for one, so
+    // it goes there only if its deadline allows (its arrival then activates the pool).
+    if let Some(c) = pool.capacity.as_ref().filter(|c| c.min_replicas == 0) {
+        if state.demand.desired() == Some(0) {
+            queued += c.scale_up_time;
+        }
+    }
     // The network is not queued: only the service time is multiplied.
     let client_rtt = network::client_rtt(class, table);
     let pool_rtt = network::pool_rtt(pool, state, class, table);
@@ -993,6 +1001,23 @@ routes:
         // A tier with time to wait for it takes the cheap pool cold.
         let d = decide(&class(&table, "cheap", "w"), &table, &[], 200_000);
         assert_eq!(pool(&d).as_deref(), Some("wake"));
+    }
+
+    #[test]
+    fn a_provisioned_pool_at_zero_replicas_is_estimated_with_its_scale_up_time() {
+        let (table, _f) = serving(&COSTED.replace(
+            "price: { per_replica_hour: 36, safe_utilisation: 0.5 } }",
+            "price: { per_replica_hour: 36, safe_utilisation: 0.5 }, capacity: { min_replicas: 0, scale_up_time: 30s } }",
+        ));
+        let c = class(&table, "cheap", "m");
+        let pool = |d: &Decision| d.target.map(|(p, _)| table.pools[p as usize].name.clone());
+        assert_eq!(pool(&decide(&c, &table, &[], 0)).as_deref(), Some("paid"));
+        // The capacity meter asked for no replica: 30 s to get one is past the 2 s deadline.
+        table.live.pool(0).demand.publish(0, 0.0, 0.0);
+        assert_eq!(pool(&decide(&c, &table, &[], 0)).as_deref(), Some("api"));
+        // Activated (a request arrived for it): no longer estimated cold.
+        assert!(table.live.pool(0).demand.arrive());
+        assert_eq!(pool(&decide(&c, &table, &[], 0)).as_deref(), Some("paid"));
     }
 
     fn regional(gateway_region: &str) -> (Serving, Fleet) {

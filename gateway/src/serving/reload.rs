@@ -84,6 +84,8 @@ pub struct StartupSettings {
     /// `listeners.tls.listen` and whether the plain listener runs (the certificate itself
     /// reloads: `tls`).
     pub tls_listener: (Option<SocketAddr>, bool),
+    /// `listeners.keda`: the KEDA scaler's listener is bound at start-up.
+    pub keda_listener: Option<SocketAddr>,
 }
 
 impl StartupSettings {
@@ -104,6 +106,7 @@ impl StartupSettings {
                 table.tls_listener.as_ref().map(|l| l.listen),
                 table.plain_listener,
             ),
+            keda_listener: table.keda_listener,
         }
     }
 
@@ -120,6 +123,14 @@ impl StartupSettings {
             out.push(format!(
                 "listeners.admin: serving on {}, policy says {}",
                 self.admin_listener, new.admin_listener
+            ));
+        }
+        if self.keda_listener != new.keda_listener {
+            let show = |a: Option<SocketAddr>| a.map_or("off".to_string(), |a| a.to_string());
+            out.push(format!(
+                "listeners.keda: {}, policy says {}",
+                show(self.keda_listener),
+                show(new.keda_listener)
             ));
         }
         if self.tls_listener != new.tls_listener {
@@ -418,6 +429,7 @@ mod tests {
             decision_log: None,
             shared_state: (crate::policy::tenancy::LimitsBackend::Local, None),
             tls_listener: (None, true),
+            keda_listener: None,
         };
         assert!(a.restart_required(&a.clone()).is_empty());
         let b = StartupSettings {
@@ -429,5 +441,11 @@ mod tests {
         assert_eq!(r.len(), 2, "{r:?}");
         assert!(r[0].starts_with("listeners.proxy"));
         assert!(r[1].starts_with("listeners.threads"));
+        let c = StartupSettings {
+            keda_listener: Some("127.0.0.1:9091".parse().unwrap()),
+            ..a.clone()
+        };
+        let r = a.restart_required(&c);
+        assert_eq!(r, ["listeners.keda: off, policy says 127.0.0.1:9091"]);
     }
 }

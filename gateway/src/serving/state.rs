@@ -147,6 +147,8 @@ pub struct PoolState {
     pub stream: StreamTimes,
     /// What the pool has cost since start, as the bill shows it (`observe::spend`).
     pub spend: Spend,
+    /// Arrivals and the replicas the pool needs (`capacity`).
+    pub demand: Demand,
     /// When an attempt last started on the pool (ms; 0: never): a serverless pool idle for
     /// longer than its `idle_timeout` has scaled to zero.
     last_used_ms: AtomicU64,
@@ -157,7 +159,7 @@ pub struct PoolState {
 }
 
 impl PoolState {
-    fn new(baseline: Duration) -> Self {
+    pub(crate) fn new(baseline: Duration) -> Self {
         let us = (baseline.as_micros() as u64).max(1);
         PoolState {
             ewma_us: AtomicU64::new(us),
@@ -170,6 +172,7 @@ impl PoolState {
             answer_bytes: Average::new(PRIOR_ANSWER_BYTES),
             stream: StreamTimes::default(),
             spend: Spend::default(),
+            demand: Demand::default(),
             last_used_ms: AtomicU64::new(0),
             rtt_us: AtomicU64::new(0),
             last_probe_ms: AtomicU64::new(0),
@@ -789,6 +792,83 @@ pub struct Spend {
     requests: AtomicU64,
     /// In flight over concurrency, averaged over about a minute (f64 bits).
     utilisation: AtomicU64,
+}
+
+/// A pool's demand and the replicas it needs: arrivals counted on the request path (one
+/// atomic add), the rest published by the capacity meter (`capacity::CapacityMeter`) for the
+/// admin API and the KEDA scaler to read.
+#[derive(Debug)]
+pub struct Demand {
+    arrivals: AtomicU64,
+    /// Desired replicas ([`Demand::UNKNOWN`]: not computed yet).
+    desired: AtomicU32,
+    /// Arrivals per second now, and forecast `scale_up_time` ahead, across all instances
+    /// (f64 bits).
+    rate: AtomicU64,
+    forecast: AtomicU64,
+    /// Requests that found the pool at zero replicas and activated it.
+    activations: AtomicU64,
+}
+
+impl Default for Demand {
+    fn default() -> Self {
+        Demand {
+            arrivals: AtomicU64::new(0),
+            desired: AtomicU32::new(Demand::UNKNOWN),
+            rate: AtomicU64::new(0),
+            forecast: AtomicU64::new(0),
+            activations: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Demand {
+    pub const UNKNOWN: u32 = u32::MAX;
+
+    /// A request was sent to the pool. True when it found the pool at zero replicas: the
+    /// pool is then asked for one at once (the meter confirms it on its next round).
+    pub fn arrive(&self) -> bool {
+        self.arrivals.fetch_add(1, Ordering::Relaxed);
+        if self.desired.load(Ordering::Relaxed) == 0
+            && self
+                .desired
+                .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.activations.fetch_add(1, Ordering::Relaxed);
+            return true;
+        }
+        false
+    }
+
+    pub fn arrivals(&self) -> u64 {
+        self.arrivals.load(Ordering::Relaxed)
+    }
+
+    pub fn activations(&self) -> u64 {
+        self.activations.load(Ordering::Relaxed)
+    }
+
+    /// Desired replicas (`None`: not computed yet).
+    pub fn desired(&self) -> Option<u32> {
+        Some(self.desired.load(Ordering::Relaxed)).filter(|d| *d != Demand::UNKNOWN)
+    }
+
+    /// The rate now and the forecast rate, per second.
+    pub fn rates(&self) -> (f64, f64) {
+        (
+            f64::from_bits(self.rate.load(Ordering::Relaxed)),
+            f64::from_bits(self.forecast.load(Ordering::Relaxed)),
+        )
+    }
+
+    /// Publish a computation. An activation that lands between the meter's count and this
+    /// store is overwritten, and restored by the next round, which counts its arrival.
+    pub fn publish(&self, desired: u32, rate: f64, forecast: f64) {
+        self.desired.store(desired, Ordering::Relaxed);
+        self.rate.store(rate.to_bits(), Ordering::Relaxed);
+        self.forecast.store(forecast.to_bits(), Ordering::Relaxed);
+    }
 }
 
 /// A copy of a pool's [`Spend`].

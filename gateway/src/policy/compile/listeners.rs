@@ -24,6 +24,7 @@ pub struct TlsListener {
 pub(super) struct Listeners {
     pub proxy: SocketAddr,
     pub admin: SocketAddr,
+    pub keda: Option<SocketAddr>,
     pub admin_token: Option<Secret>,
     pub tls: Option<TlsListener>,
     pub plain: bool,
@@ -33,6 +34,10 @@ pub(super) struct Listeners {
 pub(super) fn compile(p: &mut Problems, listeners: &raw::Listeners, file: &Path) -> Listeners {
     let proxy = socket_field(p, &listeners.proxy, "listeners.proxy");
     let admin = socket_field(p, &listeners.admin, "listeners.admin");
+    let keda = listeners
+        .keda
+        .as_ref()
+        .map(|k| socket_field(p, k, "listeners.keda"));
     let admin_token = compile_admin_token(p, listeners, admin);
     let tls = listeners.tls.as_ref().map(|node| {
         let t = &node.value;
@@ -47,6 +52,7 @@ pub(super) fn compile(p: &mut Problems, listeners: &raw::Listeners, file: &Path)
     Listeners {
         proxy,
         admin,
+        keda,
         admin_token,
         tls,
         plain,

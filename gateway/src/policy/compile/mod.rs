@@ -19,6 +19,7 @@
 //! against earlier ones) and collects their problems.
 
 mod cache;
+mod capacity;
 mod limits;
 mod listeners;
 mod observe;
@@ -34,6 +35,7 @@ mod tiers;
 mod upstream;
 
 pub use cache::CacheSettings;
+pub use capacity::Capacity;
 pub use limits::Limits;
 pub use listeners::TlsListener;
 pub use pools::{Affinity, Endpoint, HealthCheck, ModelSet, Pool, ServerMetrics};
@@ -144,6 +146,8 @@ pub struct RoutingTable {
     /// when the table is published: `serving::resources`).
     pub tls_listener: Option<TlsListener>,
     pub admin_listener: SocketAddr,
+    /// `listeners.keda`: the KEDA external scaler's gRPC listener (`None`: off).
+    pub keda_listener: Option<SocketAddr>,
     /// `listeners.admin_token`, expanded; `None`: the admin API is open (loopback only).
     pub admin_token: Option<super::secret::Secret>,
     pub threads: Option<usize>,
@@ -432,6 +436,7 @@ fn compile(
     let tenants = tenants::compile(p, &raw, &tiers);
     let (mut pools, host_names) = pools::compile(p, &raw, &regions, cx);
     tiers::check_kinds_served(p, &raw, &pools);
+    capacity::compile(p, &raw, &tiers, &mut pools);
     let routes = routes::compile(p, &raw, &tiers);
     let down_backoff = upstream::down_backoff(p, &raw);
     let shutdown_grace = listeners::shutdown_grace(p, &raw.listeners);
@@ -470,6 +475,7 @@ fn compile(
         plain_listener: listeners.plain,
         tls_listener: listeners.tls,
         admin_listener: listeners.admin,
+        keda_listener: listeners.keda,
         admin_token: listeners.admin_token,
         threads: raw.listeners.threads,
         shutdown_grace,
@@ -568,6 +574,39 @@ routes:
                 gateway_region: None,
             },
         )
+    }
+
+    #[test]
+    fn capacity_defaults_and_errors_with_their_place() {
+        let table = compile_pools(
+            "  - { name: p, kind: edge, region: us, endpoints: [\"127.0.0.1:8000\", \"127.0.0.1:8001\"], models: [m], concurrency: 9, service_time: 10ms, capacity: { min_replicas: 0 } }",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let c = table.pools[0].capacity.clone().expect("capacity");
+        assert_eq!((c.min_replicas, c.max_replicas), (0, 10));
+        // 9 in flight over 2 endpoints: 5 per replica; the deadline is tier `t`'s.
+        assert_eq!(c.concurrency_per_replica, 5);
+        assert_eq!(c.deadline, Duration::from_secs(1));
+        assert_eq!(c.deadline_tier.as_deref(), Some("t"));
+        assert_eq!(c.percentile, 0.99);
+        assert_eq!(c.scale_down_window, Duration::from_secs(300));
+
+        let errors = compile_pools(
+            "  - { name: p, kind: edge, region: us, endpoints: [\"127.0.0.1:8000\"], models: [m], concurrency: 4, service_time: 10ms,\n      capacity: { min_replicas: 5, max_replicas: 2, percentile: 1.5, scale_up_time: soon } }",
+        )
+        .err()
+        .expect("errors")
+        .to_string();
+        for (what, line) in [
+            ("min_replicas (5) is more than max_replicas (2)", 7),
+            ("capacity.percentile", 7),
+            ("capacity.scale_up_time", 7),
+        ] {
+            assert!(
+                errors.contains(what) && errors.contains(&format!("t.yaml:{line}:")),
+                "{what}: {errors}"
+            );
+        }
     }
 
     #[test]

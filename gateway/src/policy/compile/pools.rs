@@ -38,6 +38,8 @@ pub struct Pool {
     pub affinity: Option<Affinity>,
     /// Upstream TLS and request rewriting for hosted endpoints (`policy::hosted`).
     pub hosted: crate::policy::hosted::Hosted,
+    /// `capacity:` (`policy::compile::capacity`); `None`: desired replicas not computed.
+    pub capacity: Option<super::Capacity>,
 }
 
 /// A pool's compiled `health:` block.
@@ -253,6 +255,7 @@ pub(super) fn compile(
             server_metrics,
             affinity,
             hosted,
+            capacity: None,
         });
     }
     (pools, host_names)

@@ -1,0 +1,349 @@
+//! Capacity: the replicas each pool needs, now and ahead of demand, told to autoscalers.
+//!
+//! The request path counts one arrival per request sent to a pool (`Demand::arrive`, an
+//! atomic add; a request that finds the pool at zero replicas activates it). Every [`TICK`]
+//! the [`CapacityMeter`] turns those counts into, per pool with a `capacity:` block:
+//! - the rate now (arrivals per second over the last [`RATE_WINDOW`]), across all instances
+//!   when they share Redis (`shared.rs`), else this instance's × `limits.instances`;
+//! - the rate forecast `scale_up_time` ahead (`forecast.rs`: robust Holt-Winters, one
+//!   observation per [`BUCKET`], a daily season);
+//! - the servers each needs so the pool's deadline is met at its percentile (`erlang.rs`,
+//!   M/M/c with the pool's measured service time), in replicas of
+//!   `concurrency_per_replica` slots; the larger of the two, and at least what is in flight;
+//! - kept at the largest value of the last `scale_down_window` (scale up at once, down only
+//!   when the window agrees), within `min_replicas..=max_replicas`.
+//!
+//! The result is published in the pool's live state (`Demand`), where `/admin/capacity`
+//! ([`report`]), the metrics and the KEDA scaler (`keda.rs`) read it. [`ACTIVATED`] wakes
+//! the scaler's `StreamIsActive` streams when a request finds a pool at zero.
+
+pub mod erlang;
+pub mod forecast;
+pub mod keda;
+pub mod shared;
+
+use crate::policy::compile::{Capacity, PoolId};
+use crate::serving::state::{now_ms, PoolState};
+use crate::serving::{Serving, Snapshot};
+use crate::telemetry as t;
+use async_trait::async_trait;
+use forecast::HoltWinters;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use serde_json::{json, Value};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+
+/// How often desired replicas are computed.
+pub const TICK: Duration = Duration::from_secs(1);
+/// The span the rate now is measured over.
+pub const RATE_WINDOW: Duration = Duration::from_secs(10);
+/// One forecast observation; the season is a day of them.
+pub const BUCKET: Duration = Duration::from_secs(60);
+const SEASON: usize = (24 * 3600 / BUCKET.as_secs()) as usize;
+
+/// Notified when a request finds a pool at zero replicas (`StreamIsActive` waits on it).
+pub static ACTIVATED: Notify = Notify::const_new();
+
+/// A request was sent to pool `pool`: count it, and activate the pool if it was at zero.
+/// On the request path: one atomic add, and a wake-up only on activation.
+pub fn arrive(table: &Serving, pool: PoolId) {
+    if table.live.pool(pool).demand.arrive() {
+        if let Some(p) = table.pools.get(pool as usize) {
+            metrics::counter!(t::POOL_ACTIVATIONS, "pool" => p.name.clone()).increment(1);
+            tracing::info!(pool = %p.name, "a request found the pool at zero replicas: activating it");
+        }
+        ACTIVATED.notify_waiters();
+    }
+}
+
+/// What one computation found for a pool (also what `/admin/capacity` shows).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Sizing {
+    pub rate: f64,
+    pub forecast: f64,
+    pub replicas_now: u32,
+    pub replicas_ahead: u32,
+    /// Before the scale-down window and the bounds.
+    pub replicas_raw: u32,
+    pub desired: u32,
+}
+
+/// Replicas for `rate` per second: Erlang C servers over slots per replica.
+pub fn replicas_for(c: &Capacity, rate: f64, service: Duration) -> u32 {
+    let servers = erlang::servers_needed(
+        rate,
+        service.as_secs_f64(),
+        c.deadline.as_secs_f64(),
+        c.percentile,
+    );
+    servers.div_ceil(c.concurrency_per_replica.max(1))
+}
+
+/// One pool's history: what the meter keeps between rounds (by pool name, so a reload that
+/// keeps the pool keeps its forecast).
+struct Track {
+    last_arrivals: u64,
+    /// Arrivals per tick over the last [`RATE_WINDOW`] (all instances).
+    window: VecDeque<f64>,
+    bucket: f64,
+    bucket_started: Instant,
+    forecaster: HoltWinters,
+    /// (when, raw replicas) over the last `scale_down_window`.
+    history: VecDeque<(Instant, u32)>,
+}
+
+impl Track {
+    fn new(now: Instant, arrivals: u64) -> Self {
+        Track {
+            last_arrivals: arrivals,
+            window: VecDeque::new(),
+            bucket: 0.0,
+            bucket_started: now,
+            forecaster: HoltWinters::new(SEASON),
+            history: VecDeque::new(),
+        }
+    }
+
+    /// One round: `arrived` arrivals (all instances) over `elapsed`.
+    fn round(
+        &mut self,
+        c: &Capacity,
+        state: &PoolState,
+        arrived: f64,
+        elapsed: Duration,
+        now: Instant,
+    ) -> Sizing {
+        let ticks = (RATE_WINDOW.as_secs_f64() / TICK.as_secs_f64()).round() as usize;
+        self.window.push_back(arrived);
+        while self.window.len() > ticks.max(1) {
+            self.window.pop_front();
+        }
+        let span = (self.window.len() as f64 * TICK.as_secs_f64()).max(elapsed.as_secs_f64());
+        let rate = self.window.iter().sum::<f64>() / span.max(1e-3);
+        self.bucket += arrived;
+        if now.duration_since(self.bucket_started) >= BUCKET {
+            self.forecaster
+                .observe(self.bucket / now.duration_since(self.bucket_started).as_secs_f64());
+            self.bucket = 0.0;
+            self.bucket_started = now;
+        }
+        let ahead = (c.scale_up_time.as_secs_f64() / BUCKET.as_secs_f64()).ceil() as u32;
+        let forecast = self.forecaster.forecast(ahead.max(1));
+        let service = state.service_time();
+        let replicas_now = replicas_for(c, rate, service);
+        let replicas_ahead = replicas_for(c, forecast, service);
+        let in_flight = state.in_flight().div_ceil(c.concurrency_per_replica.max(1));
+        let raw = replicas_now.max(replicas_ahead).max(in_flight);
+        self.history.push_back((now, raw));
+        while self
+            .history
+            .front()
+            .is_some_and(|(at, _)| now.duration_since(*at) > c.scale_down_window)
+        {
+            self.history.pop_front();
+        }
+        let held = self.history.iter().map(|(_, r)| *r).max().unwrap_or(raw);
+        Sizing {
+            rate,
+            forecast,
+            replicas_now,
+            replicas_ahead,
+            replicas_raw: raw,
+            desired: held.clamp(c.min_replicas, c.max_replicas.max(c.min_replicas)),
+        }
+    }
+}
+
+/// Background service: computes every pool's desired replicas each [`TICK`].
+pub struct CapacityMeter {
+    pub snapshot: Snapshot,
+    /// Where the instances share their arrivals (`limits.backend: redis`), else local × N.
+    pub shared: Arc<shared::SharedDemand>,
+}
+
+#[async_trait]
+impl BackgroundService for CapacityMeter {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut tracks: HashMap<String, Track> = HashMap::new();
+        let mut last = Instant::now();
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => break,
+            }
+            let now = Instant::now();
+            let elapsed = now.duration_since(last);
+            last = now;
+            let table = self.snapshot.load_full();
+            self.round(&table, &mut tracks, elapsed, now).await;
+        }
+    }
+}
+
+impl CapacityMeter {
+    async fn round(
+        &self,
+        table: &Serving,
+        tracks: &mut HashMap<String, Track>,
+        elapsed: Duration,
+        now: Instant,
+    ) {
+        // This instance's arrivals since the last round, per pool with `capacity:`.
+        let mut local = Vec::new();
+        for (i, pool) in table.pools.iter().enumerate() {
+            if pool.capacity.is_none() {
+                continue;
+            }
+            let state = table.live.pool(i as PoolId);
+            let arrivals = state.demand.arrivals();
+            let track = tracks
+                .entry(pool.name.clone())
+                .or_insert_with(|| Track::new(now, arrivals));
+            let arrived = arrivals.saturating_sub(track.last_arrivals);
+            track.last_arrivals = arrivals;
+            local.push((i, arrived));
+        }
+        let names: Vec<&str> = local
+            .iter()
+            .map(|(i, _)| table.pools[*i].name.as_str())
+            .collect();
+        let counts: Vec<u64> = local.iter().map(|(_, n)| *n).collect();
+        let all = self.shared.exchange(table, &names, &counts).await;
+        for ((i, _), arrived) in local.iter().zip(all) {
+            let pool = &table.pools[*i];
+            let (Some(c), Some(track)) = (&pool.capacity, tracks.get_mut(&pool.name)) else {
+                continue;
+            };
+            let state = table.live.pool(*i as PoolId);
+            let s = track.round(c, state, arrived, elapsed, now);
+            state.demand.publish(s.desired, s.rate, s.forecast);
+            let name = pool.name.clone();
+            metrics::gauge!(t::POOL_DESIRED_REPLICAS, "pool" => name.clone())
+                .set(f64::from(s.desired));
+            metrics::gauge!(t::POOL_ARRIVAL_RATE, "pool" => name.clone()).set(s.rate);
+            metrics::gauge!(t::POOL_FORECAST_RATE, "pool" => name).set(s.forecast);
+        }
+        tracks.retain(|name, _| table.pools.iter().any(|p| &p.name == name));
+    }
+}
+
+/// One pool's capacity: demand, desired replicas and the bounds they are computed under
+/// (`None`: the pool has no `capacity:`). `/admin/capacity` lists these; `explain` shows the
+/// chosen pool's.
+pub fn pool_report(table: &Serving, pool: PoolId) -> Option<Value> {
+    let p = table.pools.get(pool as usize)?;
+    let c = p.capacity.as_ref()?;
+    let state = table.live.pool(pool);
+    let (rate, forecast) = state.demand.rates();
+    let service = state.service_time();
+    let cold_start = match p.pricing.billing {
+        crate::policy::compile::Billing::Serverless { cold_start, .. } => {
+            Some(cold_start.as_millis() as u64)
+        }
+        _ => None,
+    };
+    Some(json!({
+        "pool": p.name,
+        "desired_replicas": state.demand.desired(),
+        "active": keda::desired(table, pool) > 0,
+        "replicas_for_rate_now": replicas_for(c, rate, service),
+        "replicas_for_forecast": replicas_for(c, forecast, service),
+        "arrival_rate_per_s": round3(rate),
+        "forecast_rate_per_s": round3(forecast),
+        "forecast_horizon_s": c.scale_up_time.as_secs(),
+        "service_time_ms": round3(service.as_secs_f64() * 1e3),
+        "in_flight": state.in_flight(),
+        "activations": state.demand.activations(),
+        "cold_start_ms": cold_start,
+        "min_replicas": c.min_replicas,
+        "max_replicas": c.max_replicas,
+        "concurrency_per_replica": c.concurrency_per_replica,
+        "deadline_ms": c.deadline.as_millis() as u64,
+        "deadline_tier": c.deadline_tier,
+        "percentile": c.percentile,
+        "scale_down_window_s": c.scale_down_window.as_secs(),
+    }))
+}
+
+/// Every pool with `capacity:` (`/admin/capacity`), and where demand comes from.
+pub fn report(table: &Serving, shared: Option<&shared::SharedDemand>) -> Value {
+    let pools: Vec<Value> = (0..table.pools.len())
+        .filter_map(|i| pool_report(table, i as PoolId))
+        .collect();
+    json!({
+        "at_ms": now_ms(),
+        "demand": shared.map_or(json!({"source": "local"}), |s| s.describe()),
+        "pools": pools,
+    })
+}
+
+fn round3(v: f64) -> f64 {
+    (v * 1000.0).round() / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn capacity() -> Capacity {
+        Capacity {
+            min_replicas: 0,
+            max_replicas: 20,
+            concurrency_per_replica: 4,
+            scale_up_time: Duration::from_secs(60),
+            scale_down_window: Duration::from_secs(30),
+            percentile: 0.99,
+            deadline: Duration::from_millis(300),
+            deadline_tier: None,
+        }
+    }
+
+    #[test]
+    fn replicas_are_servers_over_slots() {
+        // 100/s at 100 ms, 300 ms at p99: 12 servers (erlang.rs), 4 per replica → 3.
+        assert_eq!(
+            replicas_for(&capacity(), 100.0, Duration::from_millis(100)),
+            3
+        );
+        assert_eq!(
+            replicas_for(&capacity(), 0.0, Duration::from_millis(100)),
+            0
+        );
+    }
+
+    /// Up at once, down only after the window; bounds applied last.
+    #[test]
+    fn scale_down_waits_for_the_window() {
+        let c = capacity();
+        let state = PoolState::new(Duration::from_millis(100));
+        let t0 = Instant::now();
+        let mut track = Track::new(t0, 0);
+        let at = |track: &mut Track, s: u64, n: f64| {
+            track.round(&c, &state, n, TICK, t0 + Duration::from_secs(s))
+        };
+        for s in 0..10 {
+            at(&mut track, s, 100.0);
+        }
+        assert_eq!(at(&mut track, 10, 100.0).desired, 3);
+        // Load stops: the rate falls with the 10 s window, but desired holds for 30 s.
+        for s in 11..35 {
+            let sz = at(&mut track, s, 0.0);
+            assert_eq!(sz.desired, 3, "at {s}s");
+        }
+        // The last second with any rate in its 10 s window was 19 s; 30 s after it, zero
+        // (before the first forecast bucket ends at 60 s).
+        for s in 35..50 {
+            assert!(at(&mut track, s, 0.0).desired > 0, "at {s}s");
+        }
+        assert_eq!(
+            at(&mut track, 50, 0.0).desired,
+            0,
+            "min_replicas 0: scales to zero"
+        );
+    }
+}
