@@ -533,6 +533,9 @@ pub fn explain(table: &Serving, req: &ExplainRequest) -> Result<Value, (StatusCo
             "tpot_ms": class.tpot.map(|d| d.as_millis() as u64),
             "model": class.model,
             "model_version": class.model_version,
+            // A split model: the version this request gets, and the split it came from.
+            "version": class.version.map(|(s, v)| table.splits[s as usize].versions[v as usize].name.clone()),
+            "split": class.version.map(|(s, _)| split_json(table, &table.splits[s as usize])),
             "streaming": class.streaming,
             "cacheable": class.cacheable,
         },
@@ -546,4 +549,27 @@ pub fn explain(table: &Serving, req: &ExplainRequest) -> Result<Value, (StatusCo
         },
         "candidates": candidates,
     }))
+}
+
+/// A split model as `explain` shows it: each version's weight (and share), pools and
+/// upstream names, and what keeps a caller on one version.
+pub fn split_json(
+    table: &policy::RoutingTable,
+    split: &crate::policy::compile::Split,
+) -> serde_json::Value {
+    let versions: Vec<_> = split
+        .versions
+        .iter()
+        .map(|v| {
+            json!({
+                "name": v.name,
+                "weight": v.weight,
+                "percent": f64::from(v.weight) * 100.0 / f64::from(split.total),
+                "pools": v.pools.iter().map(|p| table.pools[*p as usize].name.as_str()).collect::<Vec<_>>(),
+                "upstream_model": v.upstream_model,
+                "upstream_version": v.upstream_version,
+            })
+        })
+        .collect();
+    json!({ "sticky": split.sticky.describe(), "versions": versions })
 }

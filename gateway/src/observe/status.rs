@@ -576,6 +576,7 @@ mod tests {
             deadline: Duration::from_millis(deadline_ms),
             model: "m".into(),
             model_version: None,
+            version: None,
             streaming: false,
             cacheable: false,
             inference: true,

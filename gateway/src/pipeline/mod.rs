@@ -553,6 +553,7 @@ async fn stages(gw: &Gateway, session: &mut ServerSession, req: &mut Request) ->
         class.tenant.is_some(),
     )
     .map_err(|e| GatewayError::Internal(e.to_string()))?;
+    let (prepared, body) = for_version(&table, class, route.protocol, prepared, body)?;
     let mut out = Outbound {
         table: &table,
         class,
@@ -582,6 +583,53 @@ async fn stages(gw: &Gateway, session: &mut ServerSession, req: &mut Request) ->
     req.answered = Answered::Upstream;
     answer::relay(session, req, answer).await?;
     Ok(())
+}
+
+/// A split model's version as its backend knows it: the OpenAI body's `model`, or the OIP
+/// v2 / TF-Serving path's model and version segments, rewritten (`upstream::request`).
+/// (gRPC's `model_name`/`model_version` fields are sent as the client wrote them.)
+fn for_version(
+    table: &Serving,
+    class: &Class,
+    protocol: Protocol,
+    mut prepared: Prepared,
+    body: Bytes,
+) -> Result<(Prepared, Bytes), GatewayError> {
+    let Some((split, v)) = class.version else {
+        return Ok((prepared, body));
+    };
+    let version = &table.splits[split as usize].versions[v as usize];
+    let internal = |e: Box<pingora::Error>| GatewayError::Internal(e.to_string());
+    match protocol {
+        Protocol::OpenAi => match version.upstream_model.as_deref() {
+            Some(model) if model != class.model => {
+                let Some(rewritten) = upstream::request::version_body(&body, model) else {
+                    return Ok((prepared, body));
+                };
+                prepared.set_len(rewritten.len()).map_err(internal)?;
+                Ok((prepared, rewritten))
+            }
+            _ => Ok((prepared, body)),
+        },
+        Protocol::OipV2 | Protocol::TfServing => {
+            let prefix = if protocol == Protocol::OipV2 {
+                "/v2/models/"
+            } else {
+                "/v1/models/"
+            };
+            let path = upstream::request::version_path(
+                prepared.path_and_query(),
+                prefix,
+                version.upstream_model.as_deref(),
+                version.upstream_version.as_deref(),
+            );
+            if let Some(path) = path {
+                prepared.set_path(&path).map_err(internal)?;
+            }
+            Ok((prepared, body))
+        }
+        Protocol::OipV2Grpc => Ok((prepared, body)),
+    }
 }
 
 /// The decision for `class` now. A request the tier would shed goes to a pool kept out only

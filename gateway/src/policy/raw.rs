@@ -311,14 +311,58 @@ pub enum OnBudget {
     Downgrade(String),
 }
 
-/// An entry of the `models:` map: the model's served version, part of its cache keys.
+/// An entry of the `models:` map: the model's served version (part of its cache keys), or
+/// the versions served side by side with their weights (a canary split). Exactly one of
+/// `version` and `versions`.
 #[derive(Debug, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ModelDef {
     /// The version being served, e.g. `2024-06-01` or `"3"`.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<String>"))]
+    pub version: Option<Spanned<String>>,
+    /// Versions served at once: each request is given one by weight, the same one for the
+    /// same sticky key, and goes only to that version's pools. Answers carry
+    /// `x-switchyard-version`; the version is part of the cache key.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Vec<ModelVersion>"))]
+    pub versions: Vec<Spanned<ModelVersion>>,
+    /// What keeps a caller on one version: `tenant` (default: the tenant, else the API key,
+    /// else the client address), `user` (the OpenAI body's `user` field, else as `tenant`)
+    /// or `header:NAME` (that header's value, else as `tenant`).
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<String>"))]
+    pub sticky: Option<Spanned<String>>,
+}
+
+/// One version of a split model (`models.NAME.versions[]`).
+#[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ModelVersion {
+    /// The version's name, e.g. `v2`: in `x-switchyard-version` and the cache key. A
+    /// request whose path names this version (OIP v2, TF-Serving) gets it, whatever the
+    /// weights.
     #[cfg_attr(feature = "schema", schemars(with = "String"))]
-    pub version: Spanned<String>,
+    pub name: Spanned<String>,
+    /// Share of callers, relative to the other versions' weights (e.g. 90 and 10). 0: only
+    /// requests that name the version get it.
+    #[cfg_attr(feature = "schema", schemars(with = "u32"))]
+    pub weight: Spanned<u32>,
+    /// The pools that serve this version (and only they get its requests).
+    #[cfg_attr(feature = "schema", schemars(with = "Vec<String>"))]
+    pub pools: Vec<Spanned<String>>,
+    /// The model name the backend knows this version by: replaces the body's `model`
+    /// (OpenAI) or the path's model (OIP v2, TF-Serving). Default: the model as asked.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<String>"))]
+    pub upstream_model: Option<Spanned<String>>,
+    /// The version segment sent upstream (`/versions/{v}` of OIP v2 and TF-Serving paths).
+    /// Default: the client's, if any.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<String>"))]
+    pub upstream_version: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

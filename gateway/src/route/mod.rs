@@ -130,6 +130,8 @@ pub struct Decision {
 #[serde(rename_all = "snake_case")]
 pub enum Exclusion {
     ModelNotServed,
+    /// The request's version of a split model is served by other pools.
+    NotThisVersion,
     KindNotAllowedForTier,
     /// The client's region may not be served from this pool's region (data residency).
     Residency,
@@ -191,8 +193,16 @@ fn exclusion(
     if !table.residency_allows(class.region, pool.region) {
         return Some(Exclusion::Residency);
     }
-    if !pool.models.serves(&class.model) {
-        return Some(Exclusion::ModelNotServed);
+    match class.version {
+        // A split model's version goes to that version's pools only.
+        Some((split, v)) => {
+            let version = &table.splits[split as usize].versions[v as usize];
+            if !version.pools.contains(&pool_id) {
+                return Some(Exclusion::NotThisVersion);
+            }
+        }
+        None if !pool.models.serves(&class.model) => return Some(Exclusion::ModelNotServed),
+        None => {}
     }
     if table.routes[class.route as usize].protocol == Protocol::OipV2Grpc && !pool.serves_grpc() {
         return Some(Exclusion::NoGrpcEndpoint);
@@ -616,6 +626,14 @@ pub fn explain(class: &Class, table: &Serving, now_ms: u64) -> (Decision, Vec<Ca
                     excluded: Some(ex),
                     why: match ex {
                         Exclusion::ModelNotServed => format!("does not serve `{}`", class.model),
+                        Exclusion::NotThisVersion => format!(
+                            "does not serve version `{}` of `{}`",
+                            class
+                                .version
+                                .map(|(s, v)| table.splits[s as usize].versions[v as usize].name.as_str())
+                                .unwrap_or("-"),
+                            class.model
+                        ),
                         Exclusion::KindNotAllowedForTier => {
                             format!("{} pools are not allowed for tier `{}`", pool.kind.as_str(), tier.name)
                         }

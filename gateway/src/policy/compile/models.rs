@@ -1,0 +1,294 @@
+//! The `models:` section: a model's declared version (part of its cache keys), or its
+//! versions served side by side (a canary split) with their weights, pools, upstream names
+//! and what keeps a caller on one version.
+//!
+//! Only data: which version a request gets is `classify::version`, a pure function of the
+//! request and this table.
+
+use super::{header_value, PoolId, Problems};
+use crate::policy::raw;
+use http::{HeaderName, HeaderValue};
+use std::collections::{HashMap, HashSet};
+
+/// Index of a split in `RoutingTable::splits`.
+pub type SplitId = u16;
+
+/// A model served in several versions at once.
+#[derive(Debug, Clone)]
+pub struct Split {
+    pub model: String,
+    pub versions: Vec<Version>,
+    /// The sum of the weights (at least 1).
+    pub total: u32,
+    pub sticky: Sticky,
+}
+
+/// One version of a [`Split`].
+#[derive(Debug, Clone)]
+pub struct Version {
+    pub name: String,
+    pub weight: u32,
+    /// The pools that serve it (sorted, unique).
+    pub pools: Vec<PoolId>,
+    pub upstream_model: Option<String>,
+    pub upstream_version: Option<String>,
+    /// `x-switchyard-version`'s value, made once.
+    pub header: HeaderValue,
+}
+
+/// What keeps a caller on one version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sticky {
+    /// The tenant, else the API key's digest, else the client address.
+    Tenant,
+    /// The OpenAI body's `user`, else as `Tenant`.
+    User,
+    /// This header's value, else as `Tenant`.
+    Header(HeaderName),
+}
+
+impl Sticky {
+    pub fn describe(&self) -> String {
+        match self {
+            Sticky::Tenant => "tenant".into(),
+            Sticky::User => "user".into(),
+            Sticky::Header(h) => format!("header:{h}"),
+        }
+    }
+}
+
+impl Split {
+    /// The version a sticky key's hash falls on, by weight.
+    pub fn by_hash(&self, hash: u64) -> u16 {
+        let mut point = (hash % u64::from(self.total)) as u32;
+        for (i, v) in self.versions.iter().enumerate() {
+            if point < v.weight {
+                return i as u16;
+            }
+            point -= v.weight;
+        }
+        0
+    }
+
+    pub fn by_name(&self, name: &str) -> Option<u16> {
+        self.versions
+            .iter()
+            .position(|v| v.name == name)
+            .map(|i| i as u16)
+    }
+}
+
+/// The compiled `models:` section.
+#[derive(Debug, Default)]
+pub(super) struct Models {
+    /// Model → its one declared version.
+    pub versions: HashMap<String, String>,
+    pub splits: Vec<Split>,
+}
+
+pub(super) fn compile(p: &mut Problems, raw: &raw::Policy, pools: &[super::Pool]) -> Models {
+    let mut out = Models::default();
+    let pool_id = |name: &str| pools.iter().position(|pool| pool.name == name);
+    for (model, def) in &raw.models {
+        let d = &def.value;
+        match (&d.version, d.versions.is_empty()) {
+            (Some(version), true) => {
+                let v = version.value.trim();
+                if v.is_empty() {
+                    p.on(
+                        version,
+                        format!("models.{model}.version: must not be empty"),
+                    );
+                }
+                if !pools.iter().any(|pool| pool.models.serves(model)) {
+                    p.on(def, format!("models: no pool serves model `{model}`"));
+                }
+                if let Some(s) = &d.sticky {
+                    p.on(s, format!("models.{model}.sticky: only with `versions`"));
+                }
+                out.versions.insert(model.clone(), v.to_string());
+            }
+            (Some(version), false) => p.on(
+                version,
+                format!("models.{model}: give either `version` or `versions`, not both"),
+            ),
+            (None, true) => p.on(
+                def,
+                format!("models.{model}: expected `version` or `versions`"),
+            ),
+            (None, false) => {
+                if let Some(split) = compile_split(p, model, d, &pool_id) {
+                    out.splits.push(split);
+                }
+            }
+        }
+    }
+    out
+}
+
+fn compile_split(
+    p: &mut Problems,
+    model: &str,
+    d: &raw::ModelDef,
+    pool_id: &dyn Fn(&str) -> Option<usize>,
+) -> Option<Split> {
+    let sticky = match &d.sticky {
+        None => Sticky::Tenant,
+        Some(s) => match s.value.trim() {
+            "tenant" => Sticky::Tenant,
+            "user" => Sticky::User,
+            other => match other
+                .strip_prefix("header:")
+                .and_then(|h| HeaderName::from_bytes(h.trim().as_bytes()).ok())
+            {
+                Some(h) => Sticky::Header(h),
+                None => {
+                    p.on(
+                        s,
+                        format!(
+                            "models.{model}.sticky: expected `tenant`, `user` or `header:NAME`, found `{other}`"
+                        ),
+                    );
+                    Sticky::Tenant
+                }
+            },
+        },
+    };
+    let mut names = HashSet::new();
+    let mut versions = Vec::new();
+    for v in &d.versions {
+        let r = &v.value;
+        let name = r.name.value.trim().to_string();
+        if name.is_empty() || name.contains('/') {
+            p.on(
+                &r.name,
+                format!("models.{model}.versions: a name must be non-empty, without `/`"),
+            );
+        } else if !names.insert(name.clone()) {
+            p.on(
+                &r.name,
+                format!("models.{model}: version `{name}` named twice"),
+            );
+        }
+        if r.pools.is_empty() {
+            p.on(
+                v,
+                format!("models.{model}.versions.{name}: `pools` is empty"),
+            );
+        }
+        let mut ids = Vec::new();
+        for pool in &r.pools {
+            match pool_id(&pool.value) {
+                Some(id) => ids.push(id as PoolId),
+                None => p.on(
+                    pool,
+                    format!(
+                        "models.{model}.versions.{name}: unknown pool `{}`",
+                        pool.value
+                    ),
+                ),
+            }
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        let text = |s: &Option<serde_saphyr::Spanned<String>>| {
+            s.as_ref()
+                .map(|s| s.value.trim().to_string())
+                .filter(|s| !s.is_empty())
+        };
+        versions.push(Version {
+            header: header_value(&name),
+            name,
+            weight: r.weight.value,
+            pools: ids,
+            upstream_model: text(&r.upstream_model),
+            upstream_version: text(&r.upstream_version),
+        });
+    }
+    let total: u32 = versions.iter().map(|v| v.weight).sum();
+    if total == 0 {
+        if let Some(first) = d.versions.first() {
+            p.on(
+                &first.value.weight,
+                format!("models.{model}: the versions' weights add up to 0"),
+            );
+        }
+        return None;
+    }
+    Some(Split {
+        model: model.to_string(),
+        versions,
+        total,
+        sticky,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{compile_str, CompileContext, PolicyErrors, RoutingTable};
+    use super::*;
+
+    fn compile(models: &str) -> Result<RoutingTable, PolicyErrors> {
+        let text = format!(
+            "regions: {{ default: us, map: [{{ name: us, continents: [NA] }}] }}\n\
+             rtt_ms: {{ us: {{ us: 5 }} }}\n\
+             tiers: {{ t: {{ deadline: 1s, pools: [edge] }} }}\n\
+             pools:\n  - {{ name: a, kind: edge, region: us, endpoints: [127.0.0.1:1], models: [x], concurrency: 4, service_time: 10ms }}\n  - {{ name: b, kind: edge, region: us, endpoints: [127.0.0.1:2], models: [y], concurrency: 4, service_time: 10ms }}\n\
+             routes:\n  - {{ name: c, match: /v1/chat/completions, protocol: openai, tier: t }}\n\
+             models:\n{models}"
+        );
+        let cx = CompileContext {
+            file: std::path::Path::new("p.yaml"),
+            gateway_region: None,
+        };
+        compile_str(&text, &cx)
+    }
+
+    #[test]
+    fn a_split_compiles_with_pools_and_sticky_header() {
+        let t = compile(
+            "  chat:\n    sticky: \"header:x-session\"\n    versions:\n      - { name: v1, weight: 90, pools: [a], upstream_model: llama }\n      - { name: v2, weight: 10, pools: [b, a] }\n",
+        )
+        .unwrap();
+        let s = &t.splits[t.split_of["chat"] as usize];
+        assert_eq!(s.total, 100);
+        assert_eq!(
+            s.sticky,
+            Sticky::Header(HeaderName::from_static("x-session"))
+        );
+        assert_eq!(s.versions[0].upstream_model.as_deref(), Some("llama"));
+        assert_eq!(s.versions[1].pools, vec![0, 1]);
+        // Hash points below 90 fall on v1, the rest on v2.
+        assert_eq!(s.by_hash(89), 0);
+        assert_eq!(s.by_hash(90), 1);
+        assert_eq!(s.by_hash(199), 1);
+    }
+
+    #[test]
+    fn every_split_problem_is_reported_with_its_line() {
+        let e = compile(
+            "  chat:\n    sticky: session\n    versions:\n      - { name: v1, weight: 0, pools: [nope] }\n      - { name: v1, weight: 0, pools: [] }\n  other:\n    version: \"1\"\n    versions: [ { name: v, weight: 1, pools: [a] } ]\n  bare: {}\n",
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        for (want, line) in [
+            (
+                "expected `tenant`, `user` or `header:NAME`, found `session`",
+                11,
+            ),
+            ("unknown pool `nope`", 13),
+            ("version `v1` named twice", 14),
+            ("`pools` is empty", 14),
+            ("weights add up to 0", 13),
+            ("either `version` or `versions`, not both", 16),
+            ("expected `version` or `versions`", 18),
+        ] {
+            let at = format!("p.yaml:{line}:");
+            assert!(
+                e.lines().any(|l| l.starts_with(&at) && l.contains(want)),
+                "missing `{want}` at line {line} in:\n{e}"
+            );
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! Rollouts end to end: a model served in two versions at once (a canary split), each
+//! version on its own pool under its own upstream name, the version sticky per caller.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+use support::*;
+use switchyard_testkit::fleet::MockSpec;
+use switchyard_testkit::mock::MockBackend;
+
+/// A mock that answers only `model` (404 for any other name), so a request that reaches it
+/// un-rewritten fails.
+async fn serving_only(name: &str, model: &str) -> MockBackend {
+    let mut spec = MockSpec::new(name, Duration::ZERO, Duration::ZERO);
+    spec.config.models = Some(vec![model.to_string()]);
+    spec.start().await.expect("start mock")
+}
+
+/// `chat-v` split 90/10 between `v1` (pool `pool-v1`, upstream `llama-v1`) and `v2`
+/// (pool `pool-v2`, upstream `llama-v2`, version `2` in OIP paths), sticky on `sticky`.
+fn split_policy(v1: &MockBackend, v2: &MockBackend, sticky: &str) -> String {
+    Policy::new()
+        .pool(Pool::edge("pool-v1").endpoint(v1.addr()).models(["llama-v1"]))
+        .pool(Pool::edge("pool-v2").endpoint(v2.addr()).models(["llama-v2"]))
+        .extra(&format!(
+            "models:\n  chat-v:\n    sticky: \"{sticky}\"\n    versions:\n      \
+             - {{ name: v1, weight: 90, pools: [pool-v1], upstream_model: llama-v1 }}\n      \
+             - {{ name: v2, weight: 10, pools: [pool-v2], upstream_model: llama-v2, upstream_version: \"2\" }}\n"
+        ))
+        .render()
+}
+
+#[tokio::test]
+async fn a_90_10_split_lands_within_two_points_and_a_key_never_changes_version() {
+    let v1 = serving_only("v1-backend", "llama-v1").await;
+    let v2 = serving_only("v2-backend", "llama-v2").await;
+    let gw = Gateway::start(&split_policy(&v1, &v2, "header:x-session")).await;
+
+    const N: usize = 2000;
+    let mut seen: HashMap<String, String> = HashMap::new();
+    let mut on_v2 = 0;
+    for i in 0..N {
+        let key = format!("session-{i}");
+        let r = gw
+            .post(
+                "/v1/chat/completions",
+                &[("x-session", &key)],
+                &chat("chat-v"),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        let version = r.header("x-switchyard-version").unwrap_or("").to_string();
+        // The version's own pool answered, under the version's upstream name.
+        let backend = r.header("x-served-by").unwrap_or("");
+        assert_eq!(backend, format!("{version}-backend"), "request {i}");
+        if version == "v2" {
+            on_v2 += 1;
+        }
+        seen.insert(key, version);
+    }
+    let share = on_v2 as f64 * 100.0 / N as f64;
+    println!("v2 share over {N} keys: {share:.2}%");
+    assert!((8.0..=12.0).contains(&share), "v2 got {share:.2}% of {N}");
+
+    // The same keys again, in another order: every one on the version it had.
+    for i in (0..N).rev().step_by(3) {
+        let key = format!("session-{i}");
+        let r = gw
+            .post(
+                "/v1/chat/completions",
+                &[("x-session", &key)],
+                &chat("chat-v"),
+            )
+            .await;
+        assert_eq!(r.header("x-switchyard-version"), Some(seen[&key].as_str()));
+    }
+}
+
+#[tokio::test]
+async fn a_tenant_stays_on_one_version_and_a_path_can_name_one() {
+    let v1 = serving_only("v1-backend", "llama-v1").await;
+    let v2 = serving_only("v2-backend", "llama-v2").await;
+    let gw = Gateway::start(&split_policy(&v1, &v2, "tenant")).await;
+
+    let mut versions = std::collections::HashSet::new();
+    for _ in 0..50 {
+        let r = gw
+            .post(
+                "/v1/chat/completions",
+                &[("x-api-key", "key-acme")],
+                &chat("chat-v"),
+            )
+            .await;
+        assert_eq!(r.status, 200);
+        versions.insert(r.header("x-switchyard-version").unwrap_or("").to_string());
+    }
+    assert_eq!(versions.len(), 1, "{versions:?}");
+
+    // OIP v2: a path naming `v2` gets v2, sent upstream as `llama-v2` version `2`.
+    let infer = r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[1.0]}]}"#;
+    let r = gw
+        .post("/v2/models/chat-v/versions/v2/infer", &[], infer)
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.header("x-switchyard-version"), Some("v2"));
+    assert_eq!(r.header("x-served-by"), Some("v2-backend"));
+
+    // `explain` shows the version a request gets and the split.
+    let e = gw
+        .admin_post(
+            "/admin/explain",
+            r#"{"client_ip":"127.0.0.1","path":"/v1/chat/completions","headers":{"x-api-key":"key-acme"},"model":"chat-v"}"#,
+        )
+        .await;
+    assert_eq!(e.status, 200, "{}", String::from_utf8_lossy(&e.body));
+    let e: serde_json::Value = e.json().unwrap();
+    assert_eq!(
+        e["class"]["version"].as_str(),
+        versions.iter().next().map(String::as_str)
+    );
+    assert_eq!(e["class"]["split"]["versions"][1]["percent"], 10.0);
+    assert_eq!(e["class"]["split"]["versions"][1]["pools"][0], "pool-v2");
+}
+
+#[test]
+fn diff_shows_a_split_that_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("old.yaml"), dir.path().join("new.yaml"));
+    let policy = |w1: u32, w2: u32| {
+        Policy::new()
+            .pool(Pool::edge("pool-v1").endpoint("127.0.0.1:1"))
+            .pool(Pool::edge("pool-v2").endpoint("127.0.0.1:2"))
+            .extra(&format!(
+                "models:\n  chat-v:\n    versions:\n      \
+                 - {{ name: v1, weight: {w1}, pools: [pool-v1] }}\n      \
+                 - {{ name: v2, weight: {w2}, pools: [pool-v2] }}\n"
+            ))
+            .render()
+    };
+    std::fs::write(&a, policy(90, 10)).unwrap();
+    std::fs::write(&b, policy(75, 25)).unwrap();
+    let (code, out, err) = run_cli(
+        &["diff", a.to_str().unwrap(), b.to_str().unwrap()],
+        dir.path(),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(
+            "split chat-v: v1 90.0% [pool-v1], v2 10.0% [pool-v2]; sticky tenant → \
+             v1 75.0% [pool-v1], v2 25.0% [pool-v2]; sticky tenant"
+        ),
+        "{out}"
+    );
+    // The same split on both sides is not a change.
+    let (_, out, _) = run_cli(
+        &["diff", a.to_str().unwrap(), a.to_str().unwrap()],
+        dir.path(),
+    );
+    assert!(!out.contains("split chat-v"), "{out}");
+}
