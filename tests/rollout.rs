@@ -159,3 +159,179 @@ fn diff_shows_a_split_that_changes() {
     );
     assert!(!out.contains("split chat-v"), "{out}");
 }
+
+/// `chat-v` all on `v1` (pool `live`), mirrored to `v2` (pool `shadow`, weight 0) with
+/// this `shadow:` block.
+fn shadow_policy(live: &MockBackend, shadow: impl std::fmt::Display, block: &str) -> String {
+    Policy::new()
+        .pool(Pool::edge("live").endpoint(live.addr()))
+        .pool(
+            Pool::gpu("shadow")
+                .endpoint(shadow)
+                .price("{ per_request: 0.0002 }"),
+        )
+        .extra(&format!(
+            "models:\n  chat-v:\n    versions:\n      \
+             - {{ name: v1, weight: 100, pools: [live] }}\n      \
+             - {{ name: v2, weight: 0, pools: [shadow] }}\n    shadow: {block}\n"
+        ))
+        .render()
+}
+
+const INFER: &str = r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[1.0]}]}"#;
+
+#[tokio::test]
+async fn a_shadow_copy_is_compared_but_never_waited_for_nor_billed() {
+    let live = mock("live", 0).await;
+    let slow = mock("shadow", 500).await;
+    let gw = Gateway::start(&shadow_policy(
+        &live,
+        slow.addr(),
+        "{ version: v2, percent: 100, max_in_flight: 4, compare: \"label:/outputs/0/data\" }",
+    ))
+    .await;
+
+    // 12 requests back to back: each answered by v1 without waiting for its copy (a copy
+    // takes 500 ms: waiting would take 6 s); beyond 4 copies in flight, copies are dropped.
+    let start = std::time::Instant::now();
+    for _ in 0..12 {
+        let r = gw.post("/v2/models/chat-v/infer", &[], INFER).await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.header("x-switchyard-version"), Some("v1"));
+        assert_eq!(r.header("x-served-by"), Some("live"));
+    }
+    let took = start.elapsed();
+    assert!(took < Duration::from_secs(4), "clients waited: {took:?}");
+
+    // The copies that were sent answer and agree on the label; the rest were shed.
+    let report = loop {
+        let r = gw.admin_get("/admin/rollouts").await;
+        assert_eq!(r.status, 200);
+        let v: serde_json::Value = r.json().unwrap();
+        let s = v["models"]["chat-v"]["shadow"].clone();
+        if s["in_flight"] == 0 && s["sent"].as_u64() > Some(0) {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let sent = report["sent"].as_u64().unwrap();
+    assert!((4..12).contains(&sent), "{report}");
+    assert_eq!(
+        report["dropped_busy"].as_u64().unwrap() + sent,
+        12,
+        "{report}"
+    );
+    assert_eq!(report["agree"].as_u64(), Some(sent), "{report}");
+    assert!(
+        report["mean_shadow_ms"].as_f64().unwrap() >= 500.0,
+        "{report}"
+    );
+    assert_eq!(slow.stats().oip_infer, sent);
+
+    // Spend: the copies in their own counter, never in the requests' cost.
+    let m = gw.metrics().await;
+    assert!(
+        metric_sum(
+            &m,
+            "switchyard_shadow_cost_nanousd_total",
+            &[("version", "v2")]
+        ) > 0.0
+    );
+    assert_eq!(
+        metric_sum(&m, "switchyard_cost_nanousd_total", &[("pool", "shadow")]),
+        0.0
+    );
+    assert_eq!(
+        metric_sum(
+            &m,
+            "switchyard_shadow_compared_total",
+            &[("result", "agree")]
+        ),
+        sent as f64
+    );
+}
+
+#[tokio::test]
+async fn a_shadow_pool_that_is_down_costs_clients_nothing() {
+    let live = mock("live", 0).await;
+    let gw = Gateway::start(&shadow_policy(
+        &live,
+        dead_addr(),
+        "{ version: v2, compare: exact, budget_per_day_usd: 1 }",
+    ))
+    .await;
+    for _ in 0..10 {
+        let r = gw.post("/v1/chat/completions", &[], &chat("chat-v")).await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.header("x-served-by"), Some("live"));
+    }
+    let m = gw
+        .metrics_when(|m| {
+            metric_sum(
+                m,
+                "switchyard_shadow_compared_total",
+                &[("result", "failed")],
+            ) + metric_sum(
+                m,
+                "switchyard_shadow_requests_total",
+                &[("outcome", "unroutable")],
+            ) >= 10.0
+        })
+        .await;
+    let failed = metric_sum(
+        &m,
+        "switchyard_shadow_compared_total",
+        &[("result", "failed")],
+    );
+    let unroutable = metric_sum(
+        &m,
+        "switchyard_shadow_requests_total",
+        &[("outcome", "unroutable")],
+    );
+    assert_eq!(failed + unroutable, 10.0, "{m}");
+}
+
+#[tokio::test]
+async fn a_shadow_budget_stops_the_copies_for_the_day() {
+    let live = mock("live", 0).await;
+    let other = mock("shadow", 0).await;
+    // The shadow pool costs 0.0002 USD a request: a 0.0005 USD day holds two copies.
+    let gw = Gateway::start(&shadow_policy(
+        &live,
+        other.addr(),
+        "{ version: v2, budget_per_day_usd: 0.0005 }",
+    ))
+    .await;
+    for _ in 0..6 {
+        let r = gw.post("/v1/chat/completions", &[], &chat("chat-v")).await;
+        assert_eq!(r.status, 200);
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let m = gw
+        .metrics_when(|m| {
+            metric_sum(
+                m,
+                "switchyard_shadow_requests_total",
+                &[("outcome", "budget")],
+            ) >= 4.0
+        })
+        .await;
+    assert_eq!(
+        metric_sum(
+            &m,
+            "switchyard_shadow_requests_total",
+            &[("outcome", "sent")]
+        ),
+        2.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric_sum(
+            &m,
+            "switchyard_shadow_requests_total",
+            &[("outcome", "budget")]
+        ),
+        4.0,
+        "{m}"
+    );
+}

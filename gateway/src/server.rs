@@ -173,6 +173,7 @@ pub fn build(table: RoutingTable, fleet: Arc<Fleet>, opts: Options) -> Result<Bu
         .with_decision_log(decision_log)
         .with_limiter(limiter.clone());
     let bodies = gateway.body_budget();
+    let shadows = gateway.shadows();
     let mut proxy = Service::new("switchyard proxy".to_string(), gateway);
     if plain {
         proxy.add_tcp(&proxy_addr.to_string());
@@ -200,6 +201,7 @@ pub fn build(table: RoutingTable, fleet: Arc<Fleet>, opts: Options) -> Result<Bu
             bodies: Some(bodies),
             readiness: Arc::new(readiness),
             limiter: Some(limiter),
+            shadows: Some(shadows),
         }),
     );
     admin.add_tcp(&admin_addr.to_string());

@@ -45,6 +45,8 @@ pub struct AdminApp {
     pub readiness: Arc<ready::Readiness>,
     /// Tenant limit state, for `/admin/tenants` and the spend gauges.
     pub limiter: Option<Arc<crate::admit::Limiter>>,
+    /// Shadow traffic counters, for `/admin/rollouts`.
+    pub shadows: Option<Arc<crate::upstream::shadow::Shadows>>,
 }
 
 fn json_response(status: StatusCode, body: &Value) -> Response<Vec<u8>> {
@@ -200,6 +202,14 @@ impl ServeHttp for AdminApp {
                 Err(resp) => resp,
             },
             (&Method::GET, "/admin/cache") => cache::stats(self.cache.as_deref()).await,
+            (&Method::GET, "/admin/rollouts") => {
+                let table = self.control.snapshot.load();
+                let report = match &self.shadows {
+                    Some(s) => s.report(&table),
+                    None => crate::upstream::shadow::Shadows::default().report(&table),
+                };
+                json_response(StatusCode::OK, &report)
+            }
             (&Method::GET, "/admin/tenants") => match &self.limiter {
                 Some(limiter) => tenants::list(limiter, &self.control.snapshot.load_full()).await,
                 None => error(StatusCode::NOT_FOUND, "no tenant limits here"),
@@ -211,7 +221,7 @@ impl ServeHttp for AdminApp {
                 _,
                 "/" | "/admin/status" | "/metrics" | "/healthz" | "/readyz" | "/admin/policy"
                 | "/admin/reload" | "/admin/explain" | "/admin/pools" | "/admin/tenants"
-                | "/admin/spend",
+                | "/admin/spend" | "/admin/rollouts",
             ) => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
             _ => error(StatusCode::NOT_FOUND, "not found"),
         }

@@ -36,6 +36,7 @@ use crate::queue::{self, Queue};
 use crate::route::{self, tokens::Meter, Decision, Reason};
 use crate::serving::state::now_ms;
 use crate::serving::{Serving, Snapshot};
+use crate::upstream::shadow::{self, Shadows};
 use crate::upstream::{self, request::Prepared, Outbound, Trail};
 use async_trait::async_trait;
 use body::{BodyBudget, BodyLimits, BodyPermit};
@@ -70,6 +71,8 @@ pub struct Gateway {
     limiter: Arc<Limiter>,
     /// h2c on the plain listener (prior knowledge), as gRPC clients need.
     options: HttpServerOptions,
+    /// Shadow traffic's counters (`upstream::shadow`), beside the snapshot.
+    shadows: Arc<Shadows>,
 }
 
 impl Gateway {
@@ -88,6 +91,7 @@ impl Gateway {
             decisions: None,
             limiter: Limiter::local(),
             options,
+            shadows: Shadows::new(),
         }
     }
 
@@ -107,6 +111,11 @@ impl Gateway {
     pub fn with_limiter(mut self, limiter: Arc<Limiter>) -> Self {
         self.limiter = limiter;
         self
+    }
+
+    /// Shadow traffic's counters (the admin listener reports them).
+    pub fn shadows(&self) -> Arc<Shadows> {
+        self.shadows.clone()
     }
 
     /// The request-body budget (the admin listener exports how much of it is held).
@@ -213,6 +222,8 @@ pub(crate) struct Request {
     pub status: u16,
     /// Why it failed, for the access log.
     pub error: Option<String>,
+    /// A request mirrored to a shadow version: the client's answer captured for comparing.
+    pub shadow: Option<shadow::Capture>,
 }
 
 /// When a streamed answer's events were relayed: the first (the time to first token), the
@@ -280,6 +291,7 @@ impl Request {
             stream: None,
             status: 0,
             error: None,
+            shadow: None,
         }
     }
 
@@ -333,6 +345,9 @@ impl Request {
         self.cache.on_body(&chunk.cloned(), end);
         if let (Some(meter), Some(chunk)) = (self.tokens.as_mut(), chunk) {
             meter.on_body(chunk);
+        }
+        if let (Some(capture), Some(chunk)) = (self.shadow.as_mut(), chunk) {
+            capture.on_body(chunk);
         }
     }
 
@@ -581,7 +596,30 @@ async fn stages(gw: &Gateway, session: &mut ServerSession, req: &mut Request) ->
     };
     let answer = sent?;
     req.answered = Answered::Upstream;
+    // A request mirrored to a shadow version: the copy leaves once the client's answer is
+    // written, detached (`upstream::shadow`).
+    // (Only a split model's request is looked at: one branch for every other.)
+    let mirror = match out
+        .class
+        .version
+        .and_then(|_| gw.shadows.sample(&table, out.class))
+    {
+        Some(capture) => {
+            req.shadow = Some(capture);
+            Some((out.class.clone(), out.body.clone()))
+        }
+        None => None,
+    };
     answer::relay(session, req, answer).await?;
+    if let (Some((class, body)), Some(capture)) = (mirror, req.shadow.take()) {
+        let primary = shadow::Primary {
+            status: req.status,
+            elapsed: req.start.elapsed(),
+        };
+        let header = session.req_header().clone();
+        gw.shadows
+            .spawn(capture, table.clone(), class, header, body, primary);
+    }
     Ok(())
 }
 

@@ -334,6 +334,52 @@ pub struct ModelDef {
     #[serde(default)]
     #[cfg_attr(feature = "schema", schemars(with = "Option<String>"))]
     pub sticky: Option<Spanned<String>>,
+    /// Mirror a share of the model's requests to one of its versions (usually one of weight
+    /// 0): the client never waits for it nor sees its answer. Absent: no shadow.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<Shadow>"))]
+    pub shadow: Option<Spanned<Shadow>>,
+}
+
+/// `models.NAME.shadow`: mirrored (shadow) traffic to a version.
+#[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Shadow {
+    /// The version (of `versions`) the copies go to.
+    #[cfg_attr(feature = "schema", schemars(with = "String"))]
+    pub version: Spanned<String>,
+    /// Share of the model's requests mirrored, 0–100. Default 100.
+    #[serde(default)]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "Option<f64>", range(min = 0, max = 100))
+    )]
+    pub percent: Option<Spanned<f64>>,
+    /// Mirror only these tenants' requests. Default: every caller's.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Vec<String>"))]
+    pub tenants: Vec<Spanned<String>>,
+    /// Copies in flight at once; beyond it a copy is dropped (counted), never queued.
+    /// Default 16.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<u32>", range(min = 1)))]
+    pub max_in_flight: Option<Spanned<u32>>,
+    /// Estimated spend on copies per UTC day, in USD; beyond it copies stop until the next
+    /// day. Default: no cap.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<f64>", range(min = 0)))]
+    pub budget_per_day_usd: Option<Spanned<f64>>,
+    /// How a copy's answer is compared with the client's: `status` (default: the status
+    /// only), `exact` (the body byte for byte, for deterministic predictions) or
+    /// `label:/json/pointer` (the value at that JSON pointer, e.g. a classifier's label).
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<String>"))]
+    pub compare: Option<Spanned<String>>,
+    /// Longest wait for a copy's answer. Default `10s`.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<schema::Duration>"))]
+    pub timeout: Option<Spanned<String>>,
 }
 
 /// One version of a split model (`models.NAME.versions[]`).

@@ -34,6 +34,7 @@ pub mod attempt;
 pub mod connect;
 pub mod request;
 pub mod rules;
+pub mod shadow;
 
 use crate::classify::Class;
 use crate::error::GatewayError;

@@ -21,6 +21,33 @@ pub struct Split {
     /// The sum of the weights (at least 1).
     pub total: u32,
     pub sticky: Sticky,
+    /// Mirrored traffic to one of the versions (`models.NAME.shadow`).
+    pub shadow: Option<ShadowRule>,
+}
+
+/// `models.NAME.shadow`, compiled.
+#[derive(Debug, Clone)]
+pub struct ShadowRule {
+    /// The version (index in `versions`) the copies go to.
+    pub version: u16,
+    /// Share of requests mirrored, in millionths.
+    pub per_million: u32,
+    /// Only these tenants (empty: every caller).
+    pub tenants: Vec<super::TenantId>,
+    pub max_in_flight: u32,
+    /// Daily cap on the copies' estimated spend, in nano-USD.
+    pub budget_nanousd: Option<u64>,
+    pub compare: Compare,
+    pub timeout: std::time::Duration,
+}
+
+/// How a copy's answer is compared with the client's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Compare {
+    Status,
+    Exact,
+    /// The value at this JSON pointer.
+    Label(String),
 }
 
 /// One version of a [`Split`].
@@ -86,7 +113,12 @@ pub(super) struct Models {
     pub splits: Vec<Split>,
 }
 
-pub(super) fn compile(p: &mut Problems, raw: &raw::Policy, pools: &[super::Pool]) -> Models {
+pub(super) fn compile(
+    p: &mut Problems,
+    raw: &raw::Policy,
+    pools: &[super::Pool],
+    tenants: &[super::Tenant],
+) -> Models {
     let mut out = Models::default();
     let pool_id = |name: &str| pools.iter().position(|pool| pool.name == name);
     for (model, def) in &raw.models {
@@ -106,6 +138,9 @@ pub(super) fn compile(p: &mut Problems, raw: &raw::Policy, pools: &[super::Pool]
                 if let Some(s) = &d.sticky {
                     p.on(s, format!("models.{model}.sticky: only with `versions`"));
                 }
+                if let Some(s) = &d.shadow {
+                    p.on(s, format!("models.{model}.shadow: only with `versions`"));
+                }
                 out.versions.insert(model.clone(), v.to_string());
             }
             (Some(version), false) => p.on(
@@ -117,7 +152,10 @@ pub(super) fn compile(p: &mut Problems, raw: &raw::Policy, pools: &[super::Pool]
                 format!("models.{model}: expected `version` or `versions`"),
             ),
             (None, false) => {
-                if let Some(split) = compile_split(p, model, d, &pool_id) {
+                if let Some(mut split) = compile_split(p, model, d, &pool_id) {
+                    if let Some(shadow) = &d.shadow {
+                        split.shadow = compile_shadow(p, model, shadow, &split, tenants);
+                    }
                     out.splits.push(split);
                 }
             }
@@ -220,6 +258,89 @@ fn compile_split(
         versions,
         total,
         sticky,
+        shadow: None,
+    })
+}
+
+fn compile_shadow(
+    p: &mut Problems,
+    model: &str,
+    node: &serde_saphyr::Spanned<raw::Shadow>,
+    split: &Split,
+    tenants: &[super::Tenant],
+) -> Option<ShadowRule> {
+    let s = &node.value;
+    let at = format!("models.{model}.shadow");
+    let version = split.by_name(s.version.value.trim());
+    if version.is_none() {
+        p.on(
+            &s.version,
+            format!(
+                "{at}.version: `{}` is not one of the model's versions",
+                s.version.value
+            ),
+        );
+    }
+    let percent = s.percent.as_ref().map_or(100.0, |n| n.value);
+    if !(0.0..=100.0).contains(&percent) {
+        if let Some(n) = &s.percent {
+            p.on(n, format!("{at}.percent: expected 0 to 100"));
+        }
+    }
+    let mut ids = Vec::new();
+    for t in &s.tenants {
+        match tenants.iter().position(|x| x.name == t.value) {
+            Some(i) => ids.push(i as super::TenantId),
+            None => p.on(t, format!("{at}.tenants: unknown tenant `{}`", t.value)),
+        }
+    }
+    let max_in_flight = s.max_in_flight.as_ref().map_or(16, |n| n.value);
+    if max_in_flight == 0 {
+        if let Some(n) = &s.max_in_flight {
+            p.on(n, format!("{at}.max_in_flight: at least 1"));
+        }
+    }
+    let budget_nanousd = match &s.budget_per_day_usd {
+        Some(n) if n.value < 0.0 || !n.value.is_finite() => {
+            p.on(n, format!("{at}.budget_per_day_usd: a non-negative amount"));
+            None
+        }
+        Some(n) => Some((n.value * 1e9) as u64),
+        None => None,
+    };
+    let compare = match &s.compare {
+        None => Compare::Status,
+        Some(c) => match c.value.trim() {
+            "status" => Compare::Status,
+            "exact" => Compare::Exact,
+            other => match other.strip_prefix("label:") {
+                Some(ptr) if ptr.is_empty() || ptr.starts_with('/') => {
+                    Compare::Label(ptr.to_string())
+                }
+                _ => {
+                    p.on(
+                        c,
+                        format!("{at}.compare: expected `status`, `exact` or `label:/json/pointer`, found `{other}`"),
+                    );
+                    Compare::Status
+                }
+            },
+        },
+    };
+    let timeout = s
+        .timeout
+        .as_ref()
+        .map_or(std::time::Duration::from_secs(10), |t| {
+            super::duration_field(p, t, &format!("{at}.timeout"))
+        });
+    Some(ShadowRule {
+        version: version?,
+        per_million: (percent.clamp(0.0, 100.0) * 10_000.0).round() as u32,
+        tenants: ids,
+        max_in_flight: max_in_flight.max(1),
+        budget_nanousd,
+        compare,
+        timeout,
     })
 }
 
@@ -289,6 +410,31 @@ mod tests {
                 e.lines().any(|l| l.starts_with(&at) && l.contains(want)),
                 "missing `{want}` at line {line} in:\n{e}"
             );
+        }
+    }
+
+    #[test]
+    fn a_shadow_names_a_version_and_a_known_comparison() {
+        let t = compile(
+            "  chat:\n    versions: [ { name: v1, weight: 1, pools: [a] }, { name: v2, weight: 0, pools: [b] } ]\n    shadow: { version: v2, percent: 25, compare: \"label:/outputs/0\" }\n",
+        )
+        .ok()
+        .unwrap();
+        let rule = t.splits[0].shadow.as_ref().unwrap();
+        assert_eq!((rule.version, rule.per_million), (1, 250_000));
+        assert_eq!(rule.compare, Compare::Label("/outputs/0".into()));
+        let e = compile(
+            "  chat:\n    versions: [ { name: v1, weight: 1, pools: [a] } ]\n    shadow: { version: v9, percent: 101, compare: fuzzy }\n",
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        for want in [
+            "p.yaml:12:24: models.chat.shadow.version: `v9` is not one of",
+            "shadow.percent: expected 0 to 100",
+            "shadow.compare: expected `status`, `exact` or `label:/json/pointer`, found `fuzzy`",
+        ] {
+            assert!(e.contains(want), "missing `{want}` in:\n{e}");
         }
     }
 }
