@@ -335,3 +335,148 @@ async fn a_shadow_budget_stops_the_copies_for_the_day() {
         "{m}"
     );
 }
+
+/// `chat-v` rolled out from `v1` (pool `stable`) to `v2` (pool `canary`) by `steps`, each
+/// step ending after at least `min` canary requests; the version sticky on `x-session`.
+fn rollout_policy(stable: &MockBackend, canary: &MockBackend, steps: &str, min: u32) -> String {
+    Policy::new()
+        .pool(Pool::edge("stable").endpoint(stable.addr()))
+        .pool(Pool::edge("canary").endpoint(canary.addr()))
+        .extra(&format!(
+            "models:\n  chat-v:\n    sticky: \"header:x-session\"\n    versions:\n      \
+             - {{ name: v1, weight: 100, pools: [stable] }}\n      \
+             - {{ name: v2, weight: 0, pools: [canary] }}\n    \
+             rollout: {{ canary: v2, steps: {steps}, min_requests: {min} }}\n"
+        ))
+        .render()
+}
+
+async fn rollout_state(gw: &Gateway) -> serde_json::Value {
+    let r = gw.admin_get("/admin/rollouts").await;
+    assert_eq!(r.status, 200);
+    let v: serde_json::Value = r.json().unwrap();
+    v["models"]["chat-v"]["rollout"].clone()
+}
+
+/// Send requests from new sessions until the rollout leaves `running` (or `max` requests):
+/// how many were sent.
+async fn drive(gw: &Gateway, from: usize, max: usize) -> usize {
+    for i in 0..max {
+        let key = format!("s-{}", from + i);
+        let _ = gw
+            .post(
+                "/v1/chat/completions",
+                &[("x-session", &key)],
+                &chat("chat-v"),
+            )
+            .await;
+        if i % 20 == 19 && rollout_state(gw).await["phase"] != "running" {
+            return i + 1;
+        }
+    }
+    max
+}
+
+#[tokio::test]
+async fn a_canary_with_five_percent_errors_is_rolled_back_before_500_requests() {
+    let stable = mock("stable", 0).await;
+    let canary = mock("canary", 0).await;
+    canary.faults().set_error_rate(0.05);
+    let gw = Gateway::start(&rollout_policy(&stable, &canary, "[10, 50, 100]", 50)).await;
+    assert_eq!(rollout_state(&gw).await["canary_percent"], 10.0);
+
+    let sent = drive(&gw, 0, 8000).await;
+    let state = rollout_state(&gw).await;
+    let served = canary.stats().requests;
+    println!("rolled back after {sent} requests, {served} of them on the canary: {state}");
+    assert_eq!(state["phase"], "rolled_back", "{state}");
+    assert!(served < 500, "the canary served {served}");
+    assert_eq!(state["canary_percent"], 0.0);
+
+    // Rolled back: nobody reaches the canary any more.
+    canary.reset_stats();
+    drive(&gw, 100_000, 100).await;
+    assert_eq!(canary.stats().requests, 0);
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric_sum(
+            &m,
+            "switchyard_rollout_transitions_total",
+            &[("to", "rolled_back")]
+        ),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn a_good_canary_reaches_100_percent_through_its_steps_unattended() {
+    let stable = mock("stable", 0).await;
+    let canary = mock("canary", 0).await;
+    let gw = Gateway::start(&rollout_policy(&stable, &canary, "[20, 50, 100]", 50)).await;
+    let sent = drive(&gw, 0, 8000).await;
+    let state = rollout_state(&gw).await;
+    println!("promoted after {sent} requests: {state}");
+    assert_eq!(state["phase"], "promoted", "{state}");
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric_sum(
+            &m,
+            "switchyard_rollout_transitions_total",
+            &[("to", "step")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric_sum(&m, "switchyard_rollout_canary_percent", &[]),
+        100.0
+    );
+    stable.reset_stats();
+    drive(&gw, 100_000, 50).await;
+    assert_eq!(stable.stats().requests, 0);
+}
+
+#[tokio::test]
+async fn a_rollout_is_paused_promoted_and_aborted_by_hand_and_survives_a_restart() {
+    let stable = mock("stable", 0).await;
+    let canary = mock("canary", 0).await;
+    let mut gw = Gateway::start(&rollout_policy(&stable, &canary, "[10, 50, 100]", 1000)).await;
+    let r = gw.admin_post("/admin/rollouts/chat-v/pause", "").await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(rollout_state(&gw).await["phase"], "paused");
+    let r = gw.admin_post("/admin/rollouts/chat-v/promote", "").await;
+    assert_eq!(r.status, 200);
+    let r = gw.admin_post("/admin/rollouts/chat-v/resume", "").await;
+    assert_eq!(r.status, 200);
+    let state = rollout_state(&gw).await;
+    assert_eq!(
+        (state["step"].as_u64(), state["canary_percent"].as_f64()),
+        (Some(1), Some(50.0))
+    );
+
+    // A restart resumes at the step it had.
+    gw.restart().await;
+    let state = rollout_state(&gw).await;
+    assert_eq!(state["phase"], "running", "{state}");
+    assert_eq!(state["canary_percent"], 50.0, "{state}");
+
+    let r = gw.admin_post("/admin/rollouts/chat-v/abort", "").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(rollout_state(&gw).await["canary_percent"], 0.0);
+    // Nothing more to do on a rolled-back rollout, nor on an unknown model or action.
+    assert_eq!(
+        gw.admin_post("/admin/rollouts/chat-v/promote", "")
+            .await
+            .status,
+        409
+    );
+    assert_eq!(
+        gw.admin_post("/admin/rollouts/nope/abort", "").await.status,
+        409
+    );
+    assert_eq!(
+        gw.admin_post("/admin/rollouts/chat-v/jump", "")
+            .await
+            .status,
+        404
+    );
+}

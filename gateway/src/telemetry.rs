@@ -94,6 +94,10 @@ pub const SHADOW_DURATION: &str = "switchyard_shadow_duration_seconds";
 /// Estimated spend of shadow copies, in nano-USD (not in any tenant's bill nor
 /// `switchyard_cost_nanousd_total`). Labels: model, version.
 pub const SHADOW_COST: &str = "switchyard_shadow_cost_nanousd_total";
+/// Rollout transitions. Labels: model, to (`step`, `paused`, `promoted`, `rolled_back`).
+pub const ROLLOUT_TRANSITIONS: &str = "switchyard_rollout_transitions_total";
+/// A rollout's canary share of callers now, in percent. Labels: model.
+pub const ROLLOUT_CANARY_PERCENT: &str = "switchyard_rollout_canary_percent";
 /// Routing decisions. Labels: tier, reason.
 pub const DECISIONS: &str = "switchyard_decisions_total";
 /// Upstream attempts that failed and were retried elsewhere. Labels: pool.
@@ -297,6 +301,14 @@ fn describe() {
     describe_counter!(
         SHADOW_COST,
         "Estimated spend in nano-USD of shadow copies (never billed to a tenant), by model and version"
+    );
+    describe_counter!(
+        ROLLOUT_TRANSITIONS,
+        "Rollout transitions, by model and to (step, paused, promoted, rolled_back)"
+    );
+    describe_gauge!(
+        ROLLOUT_CANARY_PERCENT,
+        "A rollout's canary share of callers now, in percent, by model"
     );
     describe_counter!(
         DEADLINE_MISSES,

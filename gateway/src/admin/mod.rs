@@ -47,6 +47,8 @@ pub struct AdminApp {
     pub limiter: Option<Arc<crate::admit::Limiter>>,
     /// Shadow traffic counters, for `/admin/rollouts`.
     pub shadows: Option<Arc<crate::upstream::shadow::Shadows>>,
+    /// Rollouts' state, for `/admin/rollouts` and its commands.
+    pub rollouts: Option<Arc<crate::rollout::Rollouts>>,
 }
 
 fn json_response(status: StatusCode, body: &Value) -> Response<Vec<u8>> {
@@ -204,11 +206,19 @@ impl ServeHttp for AdminApp {
             (&Method::GET, "/admin/cache") => cache::stats(self.cache.as_deref()).await,
             (&Method::GET, "/admin/rollouts") => {
                 let table = self.control.snapshot.load();
-                let report = match &self.shadows {
+                let mut report = match &self.shadows {
                     Some(s) => s.report(&table),
                     None => crate::upstream::shadow::Shadows::default().report(&table),
                 };
+                if let Some(r) = &self.rollouts {
+                    for (model, state) in r.report(&table) {
+                        report["models"][model.as_str()]["rollout"] = state;
+                    }
+                }
                 json_response(StatusCode::OK, &report)
+            }
+            (&Method::POST, path) if path.starts_with("/admin/rollouts/") => {
+                self.rollout_command(path)
             }
             (&Method::GET, "/admin/tenants") => match &self.limiter {
                 Some(limiter) => tenants::list(limiter, &self.control.snapshot.load_full()).await,
@@ -229,6 +239,31 @@ impl ServeHttp for AdminApp {
 }
 
 impl AdminApp {
+    /// `POST /admin/rollouts/{model}/{pause|resume|promote|abort}`.
+    fn rollout_command(&self, path: &str) -> Response<Vec<u8>> {
+        let rest = path.trim_start_matches("/admin/rollouts/");
+        let Some((model, action)) = rest.rsplit_once('/') else {
+            return error(
+                StatusCode::NOT_FOUND,
+                "expected /admin/rollouts/{model}/{action}",
+            );
+        };
+        let Some(cmd) = crate::rollout::Command::parse(action) else {
+            return error(
+                StatusCode::NOT_FOUND,
+                "the actions are pause, resume, promote and abort",
+            );
+        };
+        let Some(rollouts) = &self.rollouts else {
+            return error(StatusCode::NOT_FOUND, "no rollouts here");
+        };
+        let table = self.control.snapshot.load();
+        match rollouts.command(&table, model, cmd) {
+            Ok(state) => json_response(StatusCode::OK, &state),
+            Err(e) => error(StatusCode::CONFLICT, &e),
+        }
+    }
+
     fn refresh_gauges(&self) {
         let table = self.control.snapshot.load();
         let now = now_ms();

@@ -81,6 +81,9 @@ pub struct Class {
     /// The version of a split model this request gets (`models.NAME.versions`): the split
     /// and the version's index in it. `None` for a model served in one version.
     pub version: Option<(SplitId, u16)>,
+    /// The sticky key's hash the version was chosen by (`None`: not split, or the path
+    /// named the version): a rollout moves a caller by it (`rollout::steer`).
+    pub version_key: Option<u64>,
     pub streaming: bool,
     /// The answer may be read from and written to the prediction cache: the route has a
     /// `cache:` block, POST with its body read, deterministic, not streaming, no client
@@ -136,6 +139,7 @@ impl Class {
             model: model.to_string(),
             model_version: None,
             version: None,
+            version_key: None,
             streaming: false,
             cacheable: false,
             inference: true,
@@ -265,7 +269,7 @@ pub fn classify(
         && peek.deterministic
         && !peek.streaming
         && !client_forbids_cache(facts.headers);
-    let version = version(
+    let (version, version_key) = version(
         table,
         &peek.model,
         peek.version.as_deref(),
@@ -289,6 +293,7 @@ pub fn classify(
         tier_source,
         deadline,
         version,
+        version_key,
         model: peek.model,
         model_version: peek.version,
         streaming: peek.streaming,
@@ -322,14 +327,16 @@ fn version(
     model: &str,
     named: Option<&str>,
     facts: &StickyFacts,
-) -> Option<(SplitId, u16)> {
+) -> (Option<(SplitId, u16)>, Option<u64>) {
     if table.splits.is_empty() {
-        return None;
+        return (None, None);
     }
-    let id = *table.split_of.get(model)?;
+    let Some(&id) = table.split_of.get(model) else {
+        return (None, None);
+    };
     let split = &table.splits[id as usize];
     if let Some(v) = named.and_then(|n| split.by_name(n)) {
-        return Some((id, v));
+        return (Some((id, v)), None);
     }
     let mut h = Fnv::new(model.as_bytes());
     let keyed = match &split.sticky {
@@ -370,7 +377,8 @@ fn version(
             }
         }
     }
-    Some((id, split.by_hash(h.finish())))
+    let key = h.finish();
+    (Some((id, split.by_hash(key))), Some(key))
 }
 
 /// The OpenAI body's `user` field (a second parse of the body, only for `sticky: user`).

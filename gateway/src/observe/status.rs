@@ -577,6 +577,7 @@ mod tests {
             model: "m".into(),
             model_version: None,
             version: None,
+            version_key: None,
             streaming: false,
             cacheable: false,
             inference: true,

@@ -33,6 +33,7 @@ use crate::observe::decision::DecisionLog;
 use crate::observe::AccessLog;
 use crate::policy::raw::Protocol;
 use crate::queue::{self, Queue};
+use crate::rollout::Rollouts;
 use crate::route::{self, tokens::Meter, Decision, Reason};
 use crate::serving::state::now_ms;
 use crate::serving::{Serving, Snapshot};
@@ -73,6 +74,8 @@ pub struct Gateway {
     options: HttpServerOptions,
     /// Shadow traffic's counters (`upstream::shadow`), beside the snapshot.
     shadows: Arc<Shadows>,
+    /// Rollouts' live state (`rollout`), beside the snapshot.
+    rollouts: Arc<Rollouts>,
 }
 
 impl Gateway {
@@ -92,6 +95,7 @@ impl Gateway {
             limiter: Limiter::local(),
             options,
             shadows: Shadows::new(),
+            rollouts: Rollouts::new(),
         }
     }
 
@@ -111,6 +115,11 @@ impl Gateway {
     pub fn with_limiter(mut self, limiter: Arc<Limiter>) -> Self {
         self.limiter = limiter;
         self
+    }
+
+    /// Rollouts' state (the admin listener reports and commands them).
+    pub fn rollouts(&self) -> Arc<Rollouts> {
+        self.rollouts.clone()
     }
 
     /// Shadow traffic's counters (the admin listener reports them).
@@ -496,6 +505,10 @@ async fn stages(gw: &Gateway, session: &mut ServerSession, req: &mut Request) ->
         // The client connected directly: its own connection's round trip is the client →
         // gateway term of the estimate (one getsockopt, only for regional instances).
         class.client_rtt = downstream_rtt(session);
+    }
+    if class.version_key.is_some() {
+        // A rolled-out model: the canary's share of this step decides the version.
+        gw.rollouts.steer(&table, &mut class);
     }
     // Held by the request from here on (its record and decision headers read it).
     let class = req.class.insert(class);

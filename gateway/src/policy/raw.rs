@@ -339,6 +339,56 @@ pub struct ModelDef {
     #[serde(default)]
     #[cfg_attr(feature = "schema", schemars(with = "Option<Shadow>"))]
     pub shadow: Option<Spanned<Shadow>>,
+    /// Progressive delivery of one version of two: its share goes up by `steps`, each step
+    /// ended by a sequential test against the other (stable) version, the canary rolled back
+    /// when it is worse. Absent: the weights as written.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<Rollout>"))]
+    pub rollout: Option<Spanned<Rollout>>,
+}
+
+/// `models.NAME.rollout`: progressive delivery of a canary version.
+#[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Rollout {
+    /// The version rolled out; the model's other version is the stable one.
+    #[cfg_attr(feature = "schema", schemars(with = "String"))]
+    pub canary: Spanned<String>,
+    /// The canary's share of callers at each step, in percent, rising; the last is 100.
+    /// Default `[5, 25, 50, 100]`.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Vec<f64>"))]
+    pub steps: Vec<Spanned<f64>>,
+    /// Canary requests a step serves before it may end either way. Default 200.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<u32>", range(min = 1)))]
+    pub min_requests: Option<Spanned<u32>>,
+    /// Error rate (5xx) above the stable version's that the test rejects, in absolute
+    /// terms (0.02: two points). Default 0.02.
+    #[serde(default)]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "Option<f64>", range(min = 0, max = 1))
+    )]
+    pub max_error_increase: Option<Spanned<f64>>,
+    /// The same for the SLO-miss rate (answers later than their objective). Default 0.05.
+    #[serde(default)]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "Option<f64>", range(min = 0, max = 1))
+    )]
+    pub max_slo_miss_increase: Option<Spanned<f64>>,
+    /// Mean cost per request above the stable version's, as a fraction (0.2: 20 % more),
+    /// that rolls the canary back at the end of a step. Default 0.2.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<f64>", range(min = 0)))]
+    pub max_cost_increase: Option<Spanned<f64>>,
+    /// Where the rollout's step and state are kept across restarts (JSON), relative to the
+    /// policy file. Default: `switchyard-rollout-NAME.json` beside the policy.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<String>"))]
+    pub state_file: Option<Spanned<String>>,
 }
 
 /// `models.NAME.shadow`: mirrored (shadow) traffic to a version.

@@ -37,7 +37,7 @@ mod upstream;
 pub use cache::CacheSettings;
 pub use limits::Limits;
 pub use listeners::TlsListener;
-pub use models::{Compare, ShadowRule, Split, SplitId, Sticky, Version};
+pub use models::{Compare, RolloutRule, ShadowRule, Split, SplitId, Sticky, Version};
 pub use pools::{Endpoint, HealthCheck, ModelSet, Pool};
 pub use pricing::{Billing, Pricing, DEFAULT_IDLE_TIMEOUT, DEFAULT_SAFE_UTILISATION};
 pub use queue::{PoolDispatch, QueueBackend, QueueSettings};
@@ -453,7 +453,7 @@ fn compile(
     let access_log = observe::compile_access_log(p, raw.observe.as_ref(), cx.file);
     let decision_log = observe::compile_decision_log(p, raw.observe.as_ref(), cx.file);
     limits::compile_admission(p, &raw, &tiers, &mut limits);
-    let models = models::compile(p, &raw, &pools, &tenants.list);
+    let models = models::compile(p, &raw, &pools, &tenants.list, cx.file);
     let geoip = regions::geo_source(&raw, cx.file);
     let egress = pricing::egress(p, &raw, &regions.names);
 

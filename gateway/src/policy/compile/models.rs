@@ -23,6 +23,23 @@ pub struct Split {
     pub sticky: Sticky,
     /// Mirrored traffic to one of the versions (`models.NAME.shadow`).
     pub shadow: Option<ShadowRule>,
+    /// Progressive delivery of one version (`models.NAME.rollout`).
+    pub rollout: Option<RolloutRule>,
+}
+
+/// `models.NAME.rollout`, compiled.
+#[derive(Debug, Clone)]
+pub struct RolloutRule {
+    /// The canary's and the stable version's index in `versions`.
+    pub canary: u16,
+    pub stable: u16,
+    /// The canary's share at each step, in millionths (rising, the last 1,000,000).
+    pub steps: Vec<u32>,
+    pub min_requests: u32,
+    pub max_error_increase: f64,
+    pub max_slo_miss_increase: f64,
+    pub max_cost_increase: f64,
+    pub state_file: std::path::PathBuf,
 }
 
 /// `models.NAME.shadow`, compiled.
@@ -118,6 +135,7 @@ pub(super) fn compile(
     raw: &raw::Policy,
     pools: &[super::Pool],
     tenants: &[super::Tenant],
+    file: &std::path::Path,
 ) -> Models {
     let mut out = Models::default();
     let pool_id = |name: &str| pools.iter().position(|pool| pool.name == name);
@@ -141,6 +159,9 @@ pub(super) fn compile(
                 if let Some(s) = &d.shadow {
                     p.on(s, format!("models.{model}.shadow: only with `versions`"));
                 }
+                if let Some(s) = &d.rollout {
+                    p.on(s, format!("models.{model}.rollout: only with `versions`"));
+                }
                 out.versions.insert(model.clone(), v.to_string());
             }
             (Some(version), false) => p.on(
@@ -155,6 +176,9 @@ pub(super) fn compile(
                 if let Some(mut split) = compile_split(p, model, d, &pool_id) {
                     if let Some(shadow) = &d.shadow {
                         split.shadow = compile_shadow(p, model, shadow, &split, tenants);
+                    }
+                    if let Some(rollout) = &d.rollout {
+                        split.rollout = compile_rollout(p, model, rollout, &split, file);
                     }
                     out.splits.push(split);
                 }
@@ -259,6 +283,90 @@ fn compile_split(
         total,
         sticky,
         shadow: None,
+        rollout: None,
+    })
+}
+
+fn compile_rollout(
+    p: &mut Problems,
+    model: &str,
+    node: &serde_saphyr::Spanned<raw::Rollout>,
+    split: &Split,
+    file: &std::path::Path,
+) -> Option<RolloutRule> {
+    let r = &node.value;
+    let at = format!("models.{model}.rollout");
+    if split.versions.len() != 2 {
+        p.on(
+            node,
+            format!("{at}: a rollout needs exactly two versions (stable and canary)"),
+        );
+        return None;
+    }
+    let Some(canary) = split.by_name(r.canary.value.trim()) else {
+        p.on(
+            &r.canary,
+            format!(
+                "{at}.canary: `{}` is not one of the model's versions",
+                r.canary.value
+            ),
+        );
+        return None;
+    };
+    let steps: Vec<u32> = if r.steps.is_empty() {
+        vec![50_000, 250_000, 500_000, 1_000_000]
+    } else {
+        let mut prev = 0.0;
+        for s in &r.steps {
+            if !(s.value > prev && s.value <= 100.0) {
+                p.on(
+                    s,
+                    format!("{at}.steps: percentages must rise, above 0, up to 100"),
+                );
+            }
+            prev = s.value;
+        }
+        if prev != 100.0 {
+            if let Some(last) = r.steps.last() {
+                p.on(last, format!("{at}.steps: the last step must be 100"));
+            }
+        }
+        r.steps
+            .iter()
+            .map(|s| (s.value.clamp(0.0, 100.0) * 10_000.0).round() as u32)
+            .collect()
+    };
+    let fraction = |n: &Option<serde_saphyr::Spanned<f64>>,
+                    default: f64,
+                    what: &str,
+                    p: &mut Problems| {
+        match n {
+            Some(n) if !(n.value >= 0.0 && n.value.is_finite()) => {
+                p.on(n, format!("{at}.{what}: a non-negative number"));
+                default
+            }
+            Some(n) => n.value,
+            None => default,
+        }
+    };
+    let max_error_increase = fraction(&r.max_error_increase, 0.02, "max_error_increase", p);
+    let max_slo_miss_increase =
+        fraction(&r.max_slo_miss_increase, 0.05, "max_slo_miss_increase", p);
+    let max_cost_increase = fraction(&r.max_cost_increase, 0.2, "max_cost_increase", p);
+    let name = match &r.state_file {
+        Some(f) => f.value.clone(),
+        None => format!("switchyard-rollout-{model}.json"),
+    };
+    let base = file.parent().unwrap_or(std::path::Path::new("."));
+    Some(RolloutRule {
+        canary,
+        stable: 1 - canary,
+        steps,
+        min_requests: r.min_requests.as_ref().map_or(200, |n| n.value.max(1)),
+        max_error_increase,
+        max_slo_miss_increase,
+        max_cost_increase,
+        state_file: base.join(name),
     })
 }
 
