@@ -433,6 +433,15 @@ async fn a_good_canary_reaches_100_percent_through_its_steps_unattended() {
     stable.reset_stats();
     drive(&gw, 100_000, 50).await;
     assert_eq!(stable.stats().requests, 0);
+    // `explain` chooses as the rollout does (the weights as written say v1).
+    let e = gw
+        .admin_post(
+            "/admin/explain",
+            r#"{"client_ip":"127.0.0.1","path":"/v1/chat/completions","headers":{"x-session":"anyone"},"model":"chat-v"}"#,
+        )
+        .await;
+    let e: serde_json::Value = e.json().unwrap();
+    assert_eq!(e["class"]["version"], "v2", "{e}");
 }
 
 #[tokio::test]
@@ -479,4 +488,39 @@ async fn a_rollout_is_paused_promoted_and_aborted_by_hand_and_survives_a_restart
             .status,
         404
     );
+}
+
+#[test]
+fn the_simulator_rolls_back_bad_canaries_and_promotes_a_good_one() {
+    let (code, out, err) = run_cli(
+        &[
+            "simulate",
+            "--rollout",
+            "chat-v",
+            "--policy",
+            "policies/canary.yaml",
+            "--rate",
+            "50",
+            "--json",
+        ],
+        &repo_root(),
+    );
+    assert_eq!(code, 0, "{err}");
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let run = |name: &str| {
+        r["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["canary"] == name)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(run("good")["outcome"], "promoted", "{r}");
+    assert_eq!(run("good")["hurt"], 0, "{r}");
+    for bad in ["3x slower", "5% errors"] {
+        let c = run(bad);
+        assert_eq!(c["outcome"], "rolled_back", "{r}");
+        assert!(c["canary_requests"].as_u64().unwrap() < 500, "{r}");
+    }
 }

@@ -298,6 +298,14 @@ impl Rollouts {
         }))
     }
 
+    /// `model`'s rollout phase and canary share (millionths) now.
+    pub fn phase(&self, table: &RoutingTable, model: &str) -> Option<(Phase, u32)> {
+        let split = &table.splits[*table.split_of.get(model)? as usize];
+        let rollout = self.get(model, split.rollout.as_ref()?);
+        let phase = rollout.state.lock().ok()?.phase;
+        Some((phase, rollout.share.load(Relaxed)))
+    }
+
     /// Every rollout, by model (for `GET /admin/rollouts`).
     pub fn report(&self, table: &RoutingTable) -> HashMap<String, serde_json::Value> {
         table
@@ -370,8 +378,10 @@ fn judge(s: &State, rule: &RolloutRule) -> Option<((usize, Phase), String)> {
 
 impl Rollout {
     fn start(model: &str, rule: &RolloutRule) -> Rollout {
-        let saved: Option<Saved> = std::fs::read(&rule.state_file)
-            .ok()
+        let saved: Option<Saved> = rule
+            .state_file
+            .as_ref()
+            .and_then(|f| std::fs::read(f).ok())
             .and_then(|b| serde_json::from_slice(&b).ok());
         let (step, phase, last) = match saved {
             Some(s) => (
@@ -426,19 +436,22 @@ impl Rollout {
         metrics::counter!(t::ROLLOUT_TRANSITIONS, "model" => model.to_string(), "to" => to)
             .increment(1);
         metrics::gauge!(t::ROLLOUT_CANARY_PERCENT, "model" => model.to_string()).set(percent);
+        let Some(file) = &rule.state_file else {
+            return;
+        };
         let saved = Saved {
             step,
             phase,
             last: s.last.clone(),
         };
         // Written beside and renamed: a crash never leaves half a file.
-        let tmp = rule.state_file.with_extension("tmp");
+        let tmp = file.with_extension("tmp");
         let written = serde_json::to_vec(&saved)
             .map_err(std::io::Error::other)
             .and_then(|b| std::fs::write(&tmp, b))
-            .and_then(|()| std::fs::rename(&tmp, &rule.state_file));
+            .and_then(|()| std::fs::rename(&tmp, file));
         if let Err(e) = written {
-            tracing::warn!(model, file = %rule.state_file.display(), error = %e, "cannot save the rollout state");
+            tracing::warn!(model, file = %file.display(), error = %e, "cannot save the rollout state");
         }
     }
 }

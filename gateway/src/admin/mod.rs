@@ -390,7 +390,7 @@ impl AdminApp {
             Err(e) => return error(StatusCode::BAD_REQUEST, &format!("explain request: {e}")),
         };
         let table = self.control.snapshot.load_full();
-        match explain(&table, &req) {
+        match explain_with(&table, &req, self.rollouts.as_deref()) {
             Ok(v) => json_response(StatusCode::OK, &v),
             Err((status, msg)) => error(status, &msg),
         }
@@ -518,6 +518,15 @@ fn unspecified_ip() -> IpAddr {
 
 /// Classify and route a described request against `table`, reporting every candidate.
 pub fn explain(table: &Serving, req: &ExplainRequest) -> Result<Value, (StatusCode, String)> {
+    explain_with(table, req, None)
+}
+
+/// [`explain`], with a rolled-out model's version chosen by the rollout's step now.
+pub fn explain_with(
+    table: &Serving,
+    req: &ExplainRequest,
+    rollouts: Option<&crate::rollout::Rollouts>,
+) -> Result<Value, (StatusCode, String)> {
     let bad = |m: String| (StatusCode::BAD_REQUEST, m);
     let mut headers = HeaderMap::new();
     for (k, v) in &req.headers {
@@ -545,6 +554,9 @@ pub fn explain(table: &Serving, req: &ExplainRequest) -> Result<Value, (StatusCo
         body: Some(&body),
     };
     let mut class = classify::classify(&facts, route, table).map_err(|e| bad(e.to_string()))?;
+    if let Some(r) = rollouts {
+        r.steer(table, &mut class);
+    }
     if let Some(name) = &req.region {
         class.region = table.region_by_name(name).ok_or_else(|| {
             bad(format!(

@@ -39,7 +39,8 @@ pub struct RolloutRule {
     pub max_error_increase: f64,
     pub max_slo_miss_increase: f64,
     pub max_cost_increase: f64,
-    pub state_file: std::path::PathBuf,
+    /// Where the state is kept (`None`: nowhere, as in the simulator).
+    pub state_file: Option<std::path::PathBuf>,
 }
 
 /// `models.NAME.shadow`, compiled.
@@ -366,7 +367,7 @@ fn compile_rollout(
         max_error_increase,
         max_slo_miss_increase,
         max_cost_increase,
-        state_file: base.join(name),
+        state_file: Some(base.join(name)),
     })
 }
 
