@@ -169,13 +169,14 @@ async fn shared_pool_run(scrape: bool, secs: u64) -> Run {
         .start()
         .await
         .expect("start mock");
-    // The estimates: gpu 10 ms of network + 100 ms / (1 − in-flight / 4), so 110, 143, then
-    // 210 ms with two in flight, against spill's 175 ms: each instance alone sends the gpu
-    // server two at a time, which is all it runs.
+    // The pool is what the server is, two at a time. The estimates: gpu 10 ms of network +
+    // 100 ms × its two-server wait, so 110 ms idle, 147 ms with one in flight, 539 ms with
+    // two, against spill's 175 ms: each instance alone sends the gpu server two at a time,
+    // which is all it runs; two instances counting only their own send it four.
     let mut gpu_pool = Pool::gpu("gpu")
         .endpoint(gpu.addr())
         .service_time("100ms")
-        .concurrency(4);
+        .concurrency(2);
     if scrape {
         gpu_pool = gpu_pool.with("server_metrics", "{ interval: 20ms, max_age: 200ms }");
     }

@@ -410,12 +410,13 @@ async fn a_shared_concurrency_lease_blocks_the_other_instance_until_it_is_given_
     };
     let slow = mock("slow", 1500).await;
     let prefix = fresh_prefix();
-    let policy = tenant_policy(
-        slow.addr,
-        "{ max_concurrency: 1 }",
-        "",
-        &shared_limits(&url, &prefix, None),
-    );
+    // A refill that Redis does not answer within `redis_timeout` admits the request on local
+    // limits and writes no slot: the likely cause of this test failing once ("no lease
+    // taken") on a machine at a load average of ~12. It is about the slot itself, so it
+    // gives Redis longer than the 500 ms the others use.
+    let limits =
+        shared_limits(&url, &prefix, None).replace("redis_timeout: 500ms", "redis_timeout: 5s");
+    let policy = tenant_policy(slow.addr, "{ max_concurrency: 1 }", "", &limits);
     let a = Gateway::start(&policy).await;
     let b = Gateway::start(&policy).await;
     // Each instance's slots: one field of this hash.

@@ -179,6 +179,13 @@ enum Command {
         /// Print the report as JSON (the shape of `demo --scenario --json`).
         #[arg(long)]
         json: bool,
+        /// Play the first `--policy`'s rollout of this model against a good, a 3× slower
+        /// and a 5 %-error canary instead (`simulate/rollout.rs`).
+        #[arg(long)]
+        rollout: Option<String>,
+        /// With `--rollout`: the most requests per canary.
+        #[arg(long, default_value_t = 200_000)]
+        requests: u64,
     },
     /// Search tier weights, `on_slo_miss`, hedging and pool lists, and provisioned pools'
     /// replicas, for the lowest spend that meets SLO targets in every phase of a simulated
@@ -279,7 +286,14 @@ fn main() -> ExitCode {
             fleet,
             phases,
             json,
+            rollout,
+            requests,
         } => {
+            if let Some(model) = rollout {
+                return report(simulate_rollout(
+                    &policy, &model, rate, requests, seed, json,
+                ));
+            }
             let opts = switchyard::simulate::SimOptions {
                 scenario,
                 workload,
@@ -407,6 +421,28 @@ fn check(files: &[PathBuf], format: Format) -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// `simulate --rollout MODEL`.
+fn simulate_rollout(
+    policy: &[PathBuf],
+    model: &str,
+    rate: f64,
+    requests: u64,
+    seed: u64,
+    json: bool,
+) -> Result<()> {
+    let path = policy
+        .first()
+        .ok_or_else(|| anyhow::anyhow!("--rollout needs a --policy"))?;
+    let r = switchyard::simulate::rollout::run(path, model, rate.max(0.001), requests, seed)
+        .map_err(anyhow::Error::msg)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        print!("{}", switchyard::simulate::rollout::render(&r));
+    }
+    Ok(())
 }
 
 fn report(result: Result<()>) -> ExitCode {

@@ -18,7 +18,7 @@
 
 use crate::classify;
 use crate::error::GatewayError;
-use crate::policy::compile::{PoolId, RoutingTable, TierId};
+use crate::policy::compile::{KindSet, PoolId, RoutingTable, Split, TierId};
 use crate::policy::raw::Protocol;
 use crate::reply::Reply;
 use crate::serving::state::now_ms;
@@ -195,13 +195,32 @@ pub fn models_for_tier(table: &RoutingTable, tier: TierId) -> BTreeSet<&str> {
             .filter(|m| pools().any(|p| p.models.serves(m)))
             .map(String::as_str),
     );
+    // A split model is served by its versions' pools, whatever their `models:` lists say.
+    names.extend(
+        table
+            .splits
+            .iter()
+            .filter(|s| split_reaches(table, kinds, s))
+            .map(|s| s.model.as_str()),
+    );
     names
+}
+
+fn split_reaches(table: &RoutingTable, kinds: KindSet, split: &Split) -> bool {
+    split.versions.iter().any(|v| {
+        v.pools
+            .iter()
+            .any(|p| kinds.contains(table.pools[*p as usize].kind))
+    })
 }
 
 /// Whether a pool the tier may use serves `model` (a `*` pool serves every model, so a
 /// retrieve succeeds for any id a request could actually be routed with).
 pub fn tier_reaches(table: &RoutingTable, tier: TierId, model: &str) -> bool {
     let kinds = table.tiers[tier as usize].kinds;
+    if let Some(s) = table.split_of.get(model) {
+        return split_reaches(table, kinds, &table.splits[*s as usize]);
+    }
     table
         .pools
         .iter()

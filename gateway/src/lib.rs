@@ -48,6 +48,7 @@ pub mod policy;
 pub mod queue;
 pub mod redis;
 pub mod reply;
+pub mod rollout;
 pub mod route;
 pub mod server;
 pub mod serving;

@@ -177,6 +177,8 @@ pub fn build(table: RoutingTable, fleet: Arc<Fleet>, opts: Options) -> Result<Bu
         .with_decision_log(decision_log)
         .with_limiter(limiter.clone());
     let bodies = gateway.body_budget();
+    let shadows = gateway.shadows();
+    let rollouts = gateway.rollouts();
     let mut proxy = Service::new("switchyard proxy".to_string(), gateway);
     if plain {
         proxy.add_tcp(&proxy_addr.to_string());
@@ -208,6 +210,8 @@ pub fn build(table: RoutingTable, fleet: Arc<Fleet>, opts: Options) -> Result<Bu
             readiness: Arc::new(readiness),
             limiter: Some(limiter),
             demand: Some(demand.clone()),
+            shadows: Some(shadows),
+            rollouts: Some(rollouts),
         }),
     );
     admin.add_tcp(&admin_addr.to_string());

@@ -102,6 +102,21 @@ pub const CACHE_BYTES: &str = "switchyard_cache_bytes";
 pub const CACHE_EVICTIONS: &str = "switchyard_cache_evictions_total";
 /// Requests whose end-to-end time exceeded their deadline. Labels: tier.
 pub const DEADLINE_MISSES: &str = "switchyard_deadline_misses_total";
+/// Shadow (mirrored) copies by outcome: `sent`, `busy` (over `max_in_flight`, dropped),
+/// `budget` (over the day's cap), `unroutable`. Labels: model, version.
+pub const SHADOW_REQUESTS: &str = "switchyard_shadow_requests_total";
+/// Shadow copies compared with the client's answer: `agree`, `disagree`, `status_differs`,
+/// `failed`. Labels: model, version.
+pub const SHADOW_COMPARED: &str = "switchyard_shadow_compared_total";
+/// A shadow copy's time to its whole answer. Labels: model, version.
+pub const SHADOW_DURATION: &str = "switchyard_shadow_duration_seconds";
+/// Estimated spend of shadow copies, in nano-USD (not in any tenant's bill nor
+/// `switchyard_cost_nanousd_total`). Labels: model, version.
+pub const SHADOW_COST: &str = "switchyard_shadow_cost_nanousd_total";
+/// Rollout transitions. Labels: model, to (`step`, `paused`, `promoted`, `rolled_back`).
+pub const ROLLOUT_TRANSITIONS: &str = "switchyard_rollout_transitions_total";
+/// A rollout's canary share of callers now, in percent. Labels: model.
+pub const ROLLOUT_CANARY_PERCENT: &str = "switchyard_rollout_canary_percent";
 /// Routing decisions. Labels: tier, reason.
 pub const DECISIONS: &str = "switchyard_decisions_total";
 /// Upstream attempts that failed and were retried elsewhere. Labels: pool.
@@ -329,6 +344,31 @@ fn describe() {
     describe_counter!(
         CACHE_EVICTIONS,
         "Prediction cache entries evicted, by cause (size, expired)"
+    );
+    describe_counter!(
+        SHADOW_REQUESTS,
+        "Shadow copies by outcome (sent, busy, budget, unroutable), by model and version"
+    );
+    describe_counter!(
+        SHADOW_COMPARED,
+        "Shadow copies compared with the client's answer (agree, disagree, status_differs, failed), by model and version"
+    );
+    describe_histogram!(
+        SHADOW_DURATION,
+        Unit::Seconds,
+        "Time of a shadow copy to its whole answer, by model and version"
+    );
+    describe_counter!(
+        SHADOW_COST,
+        "Estimated spend in nano-USD of shadow copies (never billed to a tenant), by model and version"
+    );
+    describe_counter!(
+        ROLLOUT_TRANSITIONS,
+        "Rollout transitions, by model and to (step, paused, promoted, rolled_back)"
+    );
+    describe_gauge!(
+        ROLLOUT_CANARY_PERCENT,
+        "A rollout's canary share of callers now, in percent, by model"
     );
     describe_counter!(
         DEADLINE_MISSES,

@@ -69,6 +69,7 @@ pub mod fleet_faults;
 pub mod optimum;
 mod queue;
 mod race;
+pub mod rollout;
 pub mod trace;
 pub mod tune;
 pub mod workload;

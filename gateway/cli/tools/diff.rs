@@ -7,7 +7,10 @@
 //! comparison is about the policy, not about the traffic of the moment). A cell changes when
 //! the pool or the reason changes; its latency and cost estimates are reported either way.
 //!
-//! Only routing is compared: the route a path maps to, caching and limits are not.
+//! Only routing is compared: the route a path maps to, caching and limits are not. Split
+//! models (`models.NAME.versions`) are listed apart, each side's versions with their share
+//! and pools, when the split changes; the grid decides a split model as a caller without a
+//! version would be routed before the split (by the pools' `models:` lists).
 //! `--gateway-region` compiles both policies as the instance in that region would, so an
 //! operator sees what each regional instance decides (the estimates' network terms depend on
 //! where the gateway runs).
@@ -55,12 +58,63 @@ pub struct Report {
     pub models: Vec<String>,
     pub cells: usize,
     pub changes: Vec<Change>,
+    /// Split models whose versions, weights, pools or stickiness change.
+    pub splits: Vec<SplitChange>,
     /// Sum of estimated cost over the cells routed in both policies, one request each.
     pub old_cost_usd: f64,
     pub new_cost_usd: f64,
     /// Mean estimated latency over the cells routed in both policies.
     pub old_mean_latency_ms: f64,
     pub new_mean_latency_ms: f64,
+}
+
+/// A split model on each side (`None`: not split there), as `v1 90% [pool-a], …`.
+#[derive(Debug, Serialize)]
+pub struct SplitChange {
+    pub model: String,
+    pub old: Option<String>,
+    pub new: Option<String>,
+}
+
+fn split_text(t: &RoutingTable, model: &str) -> Option<String> {
+    let split = &t.splits[*t.split_of.get(model)? as usize];
+    let versions: Vec<String> = split
+        .versions
+        .iter()
+        .map(|v| {
+            let pools: Vec<&str> = v
+                .pools
+                .iter()
+                .map(|p| t.pools[*p as usize].name.as_str())
+                .collect();
+            let pct = f64::from(v.weight) * 100.0 / f64::from(split.total);
+            format!("{} {pct:.1}% [{}]", v.name, pools.join(", "))
+        })
+        .collect();
+    Some(format!(
+        "{}; sticky {}",
+        versions.join(", "),
+        split.sticky.describe()
+    ))
+}
+
+fn split_changes(old: &RoutingTable, new: &RoutingTable) -> Vec<SplitChange> {
+    let mut names: Vec<String> = union(
+        old.splits.iter().map(|s| s.model.clone()),
+        new.splits.iter().map(|s| s.model.clone()),
+    );
+    names.sort();
+    names
+        .into_iter()
+        .filter_map(|model| {
+            let (a, b) = (split_text(old, &model), split_text(new, &model));
+            (a != b).then_some(SplitChange {
+                model,
+                old: a,
+                new: b,
+            })
+        })
+        .collect()
 }
 
 fn union(a: impl IntoIterator<Item = String>, b: impl IntoIterator<Item = String>) -> Vec<String> {
@@ -161,6 +215,7 @@ pub fn diff(old: &Serving, new: &Serving) -> Report {
         models,
         cells,
         changes,
+        splits: split_changes(old, new),
         old_cost_usd: old_cost,
         new_cost_usd: new_cost,
         old_mean_latency_ms: mean(old_lat),
@@ -229,6 +284,16 @@ pub fn render_text(r: &Report) -> String {
             } else {
                 format!("; {d}")
             }
+        );
+    }
+    for c in &r.splits {
+        let side = |s: &Option<String>| s.clone().unwrap_or_else(|| "(not split)".into());
+        let _ = writeln!(
+            out,
+            "  split {}: {} → {}",
+            c.model,
+            side(&c.old),
+            side(&c.new)
         );
     }
     let refused = |o: &Option<Outcome>| {

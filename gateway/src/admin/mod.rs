@@ -47,6 +47,10 @@ pub struct AdminApp {
     pub limiter: Option<Arc<crate::admit::Limiter>>,
     /// Where capacity demand comes from (Redis or local), for `/admin/capacity`.
     pub demand: Option<Arc<crate::capacity::shared::SharedDemand>>,
+    /// Shadow traffic counters, for `/admin/rollouts`.
+    pub shadows: Option<Arc<crate::upstream::shadow::Shadows>>,
+    /// Rollouts' state, for `/admin/rollouts` and its commands.
+    pub rollouts: Option<Arc<crate::rollout::Rollouts>>,
 }
 
 fn json_response(status: StatusCode, body: &Value) -> Response<Vec<u8>> {
@@ -206,6 +210,22 @@ impl ServeHttp for AdminApp {
                 Err(resp) => resp,
             },
             (&Method::GET, "/admin/cache") => cache::stats(self.cache.as_deref()).await,
+            (&Method::GET, "/admin/rollouts") => {
+                let table = self.control.snapshot.load();
+                let mut report = match &self.shadows {
+                    Some(s) => s.report(&table),
+                    None => crate::upstream::shadow::Shadows::default().report(&table),
+                };
+                if let Some(r) = &self.rollouts {
+                    for (model, state) in r.report(&table) {
+                        report["models"][model.as_str()]["rollout"] = state;
+                    }
+                }
+                json_response(StatusCode::OK, &report)
+            }
+            (&Method::POST, path) if path.starts_with("/admin/rollouts/") => {
+                self.rollout_command(path)
+            }
             (&Method::GET, "/admin/tenants") => match &self.limiter {
                 Some(limiter) => tenants::list(limiter, &self.control.snapshot.load_full()).await,
                 None => error(StatusCode::NOT_FOUND, "no tenant limits here"),
@@ -217,7 +237,7 @@ impl ServeHttp for AdminApp {
                 _,
                 "/" | "/admin/status" | "/metrics" | "/healthz" | "/readyz" | "/admin/policy"
                 | "/admin/reload" | "/admin/explain" | "/admin/pools" | "/admin/tenants"
-                | "/admin/spend" | "/admin/capacity",
+                | "/admin/spend" | "/admin/capacity" | "/admin/rollouts",
             ) => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
             _ => error(StatusCode::NOT_FOUND, "not found"),
         }
@@ -225,6 +245,31 @@ impl ServeHttp for AdminApp {
 }
 
 impl AdminApp {
+    /// `POST /admin/rollouts/{model}/{pause|resume|promote|abort}`.
+    fn rollout_command(&self, path: &str) -> Response<Vec<u8>> {
+        let rest = path.trim_start_matches("/admin/rollouts/");
+        let Some((model, action)) = rest.rsplit_once('/') else {
+            return error(
+                StatusCode::NOT_FOUND,
+                "expected /admin/rollouts/{model}/{action}",
+            );
+        };
+        let Some(cmd) = crate::rollout::Command::parse(action) else {
+            return error(
+                StatusCode::NOT_FOUND,
+                "the actions are pause, resume, promote and abort",
+            );
+        };
+        let Some(rollouts) = &self.rollouts else {
+            return error(StatusCode::NOT_FOUND, "no rollouts here");
+        };
+        let table = self.control.snapshot.load();
+        match rollouts.command(&table, model, cmd) {
+            Ok(state) => json_response(StatusCode::OK, &state),
+            Err(e) => error(StatusCode::CONFLICT, &e),
+        }
+    }
+
     fn refresh_gauges(&self) {
         let table = self.control.snapshot.load();
         let now = now_ms();
@@ -351,7 +396,7 @@ impl AdminApp {
             Err(e) => return error(StatusCode::BAD_REQUEST, &format!("explain request: {e}")),
         };
         let table = self.control.snapshot.load_full();
-        match explain(&table, &req) {
+        match explain_with(&table, &req, self.rollouts.as_deref()) {
             Ok(v) => json_response(StatusCode::OK, &v),
             Err((status, msg)) => error(status, &msg),
         }
@@ -479,6 +524,15 @@ fn unspecified_ip() -> IpAddr {
 
 /// Classify and route a described request against `table`, reporting every candidate.
 pub fn explain(table: &Serving, req: &ExplainRequest) -> Result<Value, (StatusCode, String)> {
+    explain_with(table, req, None)
+}
+
+/// [`explain`], with a rolled-out model's version chosen by the rollout's step now.
+pub fn explain_with(
+    table: &Serving,
+    req: &ExplainRequest,
+    rollouts: Option<&crate::rollout::Rollouts>,
+) -> Result<Value, (StatusCode, String)> {
     let bad = |m: String| (StatusCode::BAD_REQUEST, m);
     let mut headers = HeaderMap::new();
     for (k, v) in &req.headers {
@@ -506,6 +560,9 @@ pub fn explain(table: &Serving, req: &ExplainRequest) -> Result<Value, (StatusCo
         body: Some(&body),
     };
     let mut class = classify::classify(&facts, route, table).map_err(|e| bad(e.to_string()))?;
+    if let Some(r) = rollouts {
+        r.steer(table, &mut class);
+    }
     if let Some(name) = &req.region {
         class.region = table.region_by_name(name).ok_or_else(|| {
             bad(format!(
@@ -539,6 +596,9 @@ pub fn explain(table: &Serving, req: &ExplainRequest) -> Result<Value, (StatusCo
             "tpot_ms": class.tpot.map(|d| d.as_millis() as u64),
             "model": class.model,
             "model_version": class.model_version,
+            // A split model: the version this request gets, and the split it came from.
+            "version": class.version.map(|(s, v)| table.splits[s as usize].versions[v as usize].name.clone()),
+            "split": class.version.map(|(s, _)| split_json(table, &table.splits[s as usize])),
             "streaming": class.streaming,
             "cacheable": class.cacheable,
         },
@@ -554,4 +614,27 @@ pub fn explain(table: &Serving, req: &ExplainRequest) -> Result<Value, (StatusCo
         },
         "candidates": candidates,
     }))
+}
+
+/// A split model as `explain` shows it: each version's weight (and share), pools and
+/// upstream names, and what keeps a caller on one version.
+pub fn split_json(
+    table: &policy::RoutingTable,
+    split: &crate::policy::compile::Split,
+) -> serde_json::Value {
+    let versions: Vec<_> = split
+        .versions
+        .iter()
+        .map(|v| {
+            json!({
+                "name": v.name,
+                "weight": v.weight,
+                "percent": f64::from(v.weight) * 100.0 / f64::from(split.total),
+                "pools": v.pools.iter().map(|p| table.pools[*p as usize].name.as_str()).collect::<Vec<_>>(),
+                "upstream_model": v.upstream_model,
+                "upstream_version": v.upstream_version,
+            })
+        })
+        .collect();
+    json!({ "sticky": split.sticky.describe(), "versions": versions })
 }

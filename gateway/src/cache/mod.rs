@@ -204,10 +204,14 @@ impl Cache {
             target,
             model: &class.model,
             path_version: class.model_version.as_deref(),
-            policy_version: table
-                .model_versions
-                .get(class.model.as_str())
-                .map(String::as_str),
+            // A split model's version, else the version the policy declares.
+            policy_version: match class.version {
+                Some((s, v)) => Some(table.splits[s as usize].versions[v as usize].name.as_str()),
+                None => table
+                    .model_versions
+                    .get(class.model.as_str())
+                    .map(String::as_str),
+            },
         };
         // Protobuf has no canonical text form here: a gRPC message is keyed by its bytes.
         let form = if route.protocol == crate::policy::raw::Protocol::OipV2Grpc {

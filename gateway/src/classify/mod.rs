@@ -8,7 +8,7 @@
 pub mod affinity;
 pub mod json;
 
-use crate::policy::compile::{RegionId, RouteId, TenantId, TierId};
+use crate::policy::compile::{RegionId, RouteId, SplitId, Sticky, TenantId, TierId};
 use crate::policy::raw::Protocol;
 use crate::policy::RoutingTable;
 use crate::serving::Serving;
@@ -79,6 +79,12 @@ pub struct Class {
     pub deadline: Duration,
     pub model: String,
     pub model_version: Option<String>,
+    /// The version of a split model this request gets (`models.NAME.versions`): the split
+    /// and the version's index in it. `None` for a model served in one version.
+    pub version: Option<(SplitId, u16)>,
+    /// The sticky key's hash the version was chosen by (`None`: not split, or the path
+    /// named the version): a rollout moves a caller by it (`rollout::steer`).
+    pub version_key: Option<u64>,
     pub streaming: bool,
     /// The answer may be read from and written to the prediction cache: the route has a
     /// `cache:` block, POST with its body read, deterministic, not streaming, no client
@@ -135,6 +141,8 @@ impl Class {
             deadline: table.tiers[tier as usize].deadline,
             model: model.to_string(),
             model_version: None,
+            version: None,
+            version_key: None,
             streaming: false,
             cacheable: false,
             inference: true,
@@ -265,6 +273,18 @@ pub fn classify(
         && peek.deterministic
         && !peek.streaming
         && !client_forbids_cache(facts.headers);
+    let (version, version_key) = version(
+        table,
+        &peek.model,
+        peek.version.as_deref(),
+        &StickyFacts {
+            tenant: tenant.map(|t| table.tenants[t as usize].name.as_str()),
+            credential: credential.as_ref(),
+            client_ip,
+            headers: facts.headers,
+            body: facts.body.filter(|_| r.protocol == Protocol::OpenAi),
+        },
+    );
 
     Ok(Class {
         route,
@@ -276,6 +296,8 @@ pub fn classify(
         tier: tier_id,
         tier_source,
         deadline,
+        version,
+        version_key,
         model: peek.model,
         model_version: peek.version,
         streaming: peek.streaming,
@@ -295,6 +317,112 @@ pub fn classify(
             r.protocol == Protocol::OpenAi,
         ),
     })
+}
+
+/// What a sticky version key may be made of.
+struct StickyFacts<'a> {
+    tenant: Option<&'a str>,
+    credential: Option<&'a [u8; 32]>,
+    client_ip: IpAddr,
+    headers: &'a HeaderMap,
+    /// An OpenAI body (for `sticky: user`).
+    body: Option<&'a [u8]>,
+}
+
+/// The version of a split `model` a request gets: the one its path names, else the one its
+/// sticky key hashes to by weight (so one caller always sees one version while the weights
+/// stay the same). `None` when the model is not split.
+fn version(
+    table: &RoutingTable,
+    model: &str,
+    named: Option<&str>,
+    facts: &StickyFacts,
+) -> (Option<(SplitId, u16)>, Option<u64>) {
+    if table.splits.is_empty() {
+        return (None, None);
+    }
+    let Some(&id) = table.split_of.get(model) else {
+        return (None, None);
+    };
+    let split = &table.splits[id as usize];
+    if let Some(v) = named.and_then(|n| split.by_name(n)) {
+        return (Some((id, v)), None);
+    }
+    let mut h = Fnv::new(model.as_bytes());
+    let keyed = match &split.sticky {
+        Sticky::Tenant => false,
+        Sticky::Header(name) => match facts.headers.get(name) {
+            Some(v) => {
+                h.write(b"h");
+                h.write(v.as_bytes());
+                true
+            }
+            None => false,
+        },
+        Sticky::User => match facts.body.and_then(user_of) {
+            Some(user) => {
+                h.write(b"u");
+                h.write(user.as_bytes());
+                true
+            }
+            None => false,
+        },
+    };
+    if !keyed {
+        match (facts.tenant, facts.credential) {
+            (Some(t), _) => {
+                h.write(b"t");
+                h.write(t.as_bytes());
+            }
+            (None, Some(digest)) => {
+                h.write(b"k");
+                h.write(digest);
+            }
+            (None, None) => {
+                h.write(b"a");
+                match facts.client_ip {
+                    IpAddr::V4(ip) => h.write(&ip.octets()),
+                    IpAddr::V6(ip) => h.write(&ip.octets()),
+                }
+            }
+        }
+    }
+    let key = h.finish();
+    (Some((id, split.by_hash(key))), Some(key))
+}
+
+/// The OpenAI body's `user` field (a second parse of the body, only for `sticky: user`).
+fn user_of(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct User {
+        user: Option<String>,
+    }
+    serde_json::from_slice::<User>(body).ok()?.user
+}
+
+/// FNV-1a with a final mix (splitmix64): stable across processes and releases (every
+/// instance puts a key on the same version), well spread in the low bits the weights read.
+struct Fnv(u64);
+
+impl Fnv {
+    fn new(seed: &[u8]) -> Fnv {
+        let mut h = Fnv(0xcbf2_9ce4_8422_2325);
+        h.write(seed);
+        h.write(&[0]);
+        h
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    fn finish(&self) -> u64 {
+        let mut z = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
 }
 
 /// A stream's objective: the tier's `tier_value`, tightened by the client's `header` (which

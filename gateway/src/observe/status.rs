@@ -577,6 +577,8 @@ mod tests {
             deadline: Duration::from_millis(deadline_ms),
             model: "m".into(),
             model_version: None,
+            version: None,
+            version_key: None,
             streaming: false,
             cacheable: false,
             inference: true,

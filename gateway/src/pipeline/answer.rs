@@ -31,6 +31,7 @@ mod names {
     pub const ENDPOINT: HeaderName = HeaderName::from_static("x-switchyard-endpoint");
     pub const DECISION: HeaderName = HeaderName::from_static("x-switchyard-decision");
     pub const HEDGED: HeaderName = HeaderName::from_static("x-switchyard-hedged");
+    pub const VERSION: HeaderName = HeaderName::from_static("x-switchyard-version");
 }
 
 /// What the decision headers say about a request.
@@ -44,7 +45,7 @@ pub struct Stamp<'a> {
 }
 
 /// The most headers [`decision_headers`], the cache and the hedge add to an answer.
-const DECISION_HEADERS: usize = 10;
+const DECISION_HEADERS: usize = 11;
 
 /// Add the decision headers (`observe.decision_headers` says which). Names and values come
 /// ready-made from the compiled table (a refcount bump each), so an answer pays for map
@@ -61,6 +62,10 @@ pub fn decision_headers(headers: &mut HeaderMap, s: &Stamp) {
         let _ = headers.try_insert(names::TIER, table.tiers[class.tier as usize].header.clone());
         if let Some(region) = table.region_headers.get(class.region as usize) {
             let _ = headers.try_insert(names::REGION, region.clone());
+        }
+        if let Some((split, v)) = class.version {
+            let version = &table.splits[split as usize].versions[v as usize];
+            let _ = headers.try_insert(names::VERSION, version.header.clone());
         }
         if class.tier_source == classify::TierSource::Budget {
             let _ = headers.try_insert(names::BUDGET, HeaderValue::from_static("downgraded"));

@@ -33,9 +33,11 @@ use crate::observe::decision::DecisionLog;
 use crate::observe::AccessLog;
 use crate::policy::raw::Protocol;
 use crate::queue::{self, Queue};
+use crate::rollout::Rollouts;
 use crate::route::{self, tokens::Meter, Decision, Reason};
 use crate::serving::state::now_ms;
 use crate::serving::{Serving, Snapshot};
+use crate::upstream::shadow::{self, Shadows};
 use crate::upstream::{self, request::Prepared, Outbound, Trail};
 use async_trait::async_trait;
 use body::{BodyBudget, BodyLimits, BodyPermit};
@@ -74,6 +76,10 @@ pub struct Gateway {
     limiter: Arc<Limiter>,
     /// h2c on the plain listener (prior knowledge), as gRPC clients need.
     options: HttpServerOptions,
+    /// Shadow traffic's counters (`upstream::shadow`), beside the snapshot.
+    shadows: Arc<Shadows>,
+    /// Rollouts' live state (`rollout`), beside the snapshot.
+    rollouts: Arc<Rollouts>,
 }
 
 impl Gateway {
@@ -93,6 +99,8 @@ impl Gateway {
             decisions: None,
             limiter: Limiter::local(),
             options,
+            shadows: Shadows::new(),
+            rollouts: Rollouts::new(),
         }
     }
 
@@ -112,6 +120,16 @@ impl Gateway {
     pub fn with_limiter(mut self, limiter: Arc<Limiter>) -> Self {
         self.limiter = limiter;
         self
+    }
+
+    /// Rollouts' state (the admin listener reports and commands them).
+    pub fn rollouts(&self) -> Arc<Rollouts> {
+        self.rollouts.clone()
+    }
+
+    /// Shadow traffic's counters (the admin listener reports them).
+    pub fn shadows(&self) -> Arc<Shadows> {
+        self.shadows.clone()
     }
 
     /// The request-body budget (the admin listener exports how much of it is held).
@@ -223,6 +241,8 @@ pub(crate) struct Request {
     pub error: Option<String>,
     /// Its place in a trace, when the policy has `observe.traces`.
     pub trace: Option<crate::trace::TraceContext>,
+    /// A request mirrored to a shadow version: the client's answer captured for comparing.
+    pub shadow: Option<shadow::Capture>,
 }
 
 /// When a streamed answer's events were relayed: the first (the time to first token), the
@@ -292,6 +312,7 @@ impl Request {
             status: 0,
             error: None,
             trace: None,
+            shadow: None,
         }
     }
 
@@ -353,6 +374,9 @@ impl Request {
         self.cache.on_body(&chunk.cloned(), end);
         if let (Some(meter), Some(chunk)) = (self.tokens.as_mut(), chunk) {
             meter.on_body(chunk);
+        }
+        if let (Some(capture), Some(chunk)) = (self.shadow.as_mut(), chunk) {
+            capture.on_body(chunk);
         }
     }
 
@@ -512,6 +536,10 @@ async fn stages(gw: &Gateway, session: &mut ServerSession, req: &mut Request) ->
         // gateway term of the estimate (one getsockopt, only for regional instances).
         class.client_rtt = downstream_rtt(session);
     }
+    if class.version_key.is_some() {
+        // A rolled-out model: the canary's share of this step decides the version.
+        gw.rollouts.steer(&table, &mut class);
+    }
     // Held by the request from here on (its record and decision headers read it).
     let class = req.class.insert(class);
 
@@ -580,7 +608,7 @@ async fn stages(gw: &Gateway, session: &mut ServerSession, req: &mut Request) ->
 
     // Upstream: the attempts, while watching for the client hanging up.
     let grpc_route = req.grpc && route.protocol == Protocol::OipV2Grpc;
-    let mut prepared = Prepared::new(
+    let prepared = Prepared::new(
         session.req_header(),
         body.len(),
         grpc_route,
@@ -588,6 +616,7 @@ async fn stages(gw: &Gateway, session: &mut ServerSession, req: &mut Request) ->
         class.tenant.is_some(),
     )
     .map_err(|e| GatewayError::Internal(e.to_string()))?;
+    let (mut prepared, body) = for_version(&table, class, route.protocol, prepared, body)?;
     if let Some(trace) = &req.trace {
         // The backend's parent is the gateway's span (`tracestate` passes as it came).
         prepared
@@ -621,8 +650,78 @@ async fn stages(gw: &Gateway, session: &mut ServerSession, req: &mut Request) ->
     };
     let answer = sent?;
     req.answered = Answered::Upstream;
+    // A request mirrored to a shadow version: the copy leaves once the client's answer is
+    // written, detached (`upstream::shadow`).
+    // (Only a split model's request is looked at: one branch for every other.)
+    let mirror = match out
+        .class
+        .version
+        .and_then(|_| gw.shadows.sample(&table, out.class))
+    {
+        Some(capture) => {
+            req.shadow = Some(capture);
+            Some((out.class.clone(), out.body.clone()))
+        }
+        None => None,
+    };
     answer::relay(session, req, answer).await?;
+    if let (Some((class, body)), Some(capture)) = (mirror, req.shadow.take()) {
+        let primary = shadow::Primary {
+            status: req.status,
+            elapsed: req.start.elapsed(),
+        };
+        let header = session.req_header().clone();
+        gw.shadows
+            .spawn(capture, table.clone(), class, header, body, primary);
+    }
     Ok(())
+}
+
+/// A split model's version as its backend knows it: the OpenAI body's `model`, or the OIP
+/// v2 / TF-Serving path's model and version segments, rewritten (`upstream::request`).
+/// (gRPC's `model_name`/`model_version` fields are sent as the client wrote them.)
+fn for_version(
+    table: &Serving,
+    class: &Class,
+    protocol: Protocol,
+    mut prepared: Prepared,
+    body: Bytes,
+) -> Result<(Prepared, Bytes), GatewayError> {
+    let Some((split, v)) = class.version else {
+        return Ok((prepared, body));
+    };
+    let version = &table.splits[split as usize].versions[v as usize];
+    let internal = |e: Box<pingora::Error>| GatewayError::Internal(e.to_string());
+    match protocol {
+        Protocol::OpenAi => match version.upstream_model.as_deref() {
+            Some(model) if model != class.model => {
+                let Some(rewritten) = upstream::request::version_body(&body, model) else {
+                    return Ok((prepared, body));
+                };
+                prepared.set_len(rewritten.len()).map_err(internal)?;
+                Ok((prepared, rewritten))
+            }
+            _ => Ok((prepared, body)),
+        },
+        Protocol::OipV2 | Protocol::TfServing => {
+            let prefix = if protocol == Protocol::OipV2 {
+                "/v2/models/"
+            } else {
+                "/v1/models/"
+            };
+            let path = upstream::request::version_path(
+                prepared.path_and_query(),
+                prefix,
+                version.upstream_model.as_deref(),
+                version.upstream_version.as_deref(),
+            );
+            if let Some(path) = path {
+                prepared.set_path(&path).map_err(internal)?;
+            }
+            Ok((prepared, body))
+        }
+        Protocol::OipV2Grpc => Ok((prepared, body)),
+    }
 }
 
 /// The decision for `class` now. A request the tier would shed goes to a pool kept out only

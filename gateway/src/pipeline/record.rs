@@ -125,6 +125,11 @@ pub(super) fn finish(gw: &Gateway, session: &ServerSession, mut req: Request) {
         }
     }
     let spend_usd = bill.as_ref().map_or(0.0, Billed::usd);
+    if let Some(c) = class.filter(|c| c.version.is_some() && req.answered == Answered::Upstream) {
+        // A rolled-out model's evidence: status, SLO, cost (`rollout`).
+        gw.rollouts
+            .observe(&table, c, status, judged > c.objective(), spend_usd);
+    }
     admit::charge(req.ticket.as_ref(), spend_usd);
     status::record(
         req.class.as_ref(),

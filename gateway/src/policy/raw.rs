@@ -355,14 +355,154 @@ pub enum OnBudget {
     Downgrade(String),
 }
 
-/// An entry of the `models:` map: the model's served version, part of its cache keys.
+/// An entry of the `models:` map: the model's served version (part of its cache keys), or
+/// the versions served side by side with their weights (a canary split). Exactly one of
+/// `version` and `versions`.
 #[derive(Debug, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ModelDef {
     /// The version being served, e.g. `2024-06-01` or `"3"`.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<String>"))]
+    pub version: Option<Spanned<String>>,
+    /// Versions served at once: each request is given one by weight, the same one for the
+    /// same sticky key, and goes only to that version's pools. Answers carry
+    /// `x-switchyard-version`; the version is part of the cache key.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Vec<ModelVersion>"))]
+    pub versions: Vec<Spanned<ModelVersion>>,
+    /// What keeps a caller on one version: `tenant` (default: the tenant, else the API key,
+    /// else the client address), `user` (the OpenAI body's `user` field, else as `tenant`)
+    /// or `header:NAME` (that header's value, else as `tenant`).
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<String>"))]
+    pub sticky: Option<Spanned<String>>,
+    /// Mirror a share of the model's requests to one of its versions (usually one of weight
+    /// 0): the client never waits for it nor sees its answer. Absent: no shadow.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<Shadow>"))]
+    pub shadow: Option<Spanned<Shadow>>,
+    /// Progressive delivery of one version of two: its share goes up by `steps`, each step
+    /// ended by a sequential test against the other (stable) version, the canary rolled back
+    /// when it is worse. Absent: the weights as written.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<Rollout>"))]
+    pub rollout: Option<Spanned<Rollout>>,
+}
+
+/// `models.NAME.rollout`: progressive delivery of a canary version.
+#[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Rollout {
+    /// The version rolled out; the model's other version is the stable one.
+    #[cfg_attr(feature = "schema", schemars(with = "String"))]
+    pub canary: Spanned<String>,
+    /// The canary's share of callers at each step, in percent, rising; the last is 100.
+    /// Default `[5, 25, 50, 100]`.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Vec<f64>"))]
+    pub steps: Vec<Spanned<f64>>,
+    /// Canary requests a step serves before it may end either way. Default 200.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<u32>", range(min = 1)))]
+    pub min_requests: Option<Spanned<u32>>,
+    /// Error rate (5xx) above the stable version's that the test rejects, in absolute
+    /// terms (0.02: two points). Default 0.02.
+    #[serde(default)]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "Option<f64>", range(min = 0, max = 1))
+    )]
+    pub max_error_increase: Option<Spanned<f64>>,
+    /// The same for the SLO-miss rate (answers later than their objective). Default 0.05.
+    #[serde(default)]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "Option<f64>", range(min = 0, max = 1))
+    )]
+    pub max_slo_miss_increase: Option<Spanned<f64>>,
+    /// Mean cost per request above the stable version's, as a fraction (0.2: 20 % more),
+    /// that rolls the canary back at the end of a step. Default 0.2.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<f64>", range(min = 0)))]
+    pub max_cost_increase: Option<Spanned<f64>>,
+    /// Where the rollout's step and state are kept across restarts (JSON), relative to the
+    /// policy file. Default: `switchyard-rollout-NAME.json` beside the policy.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<String>"))]
+    pub state_file: Option<Spanned<String>>,
+}
+
+/// `models.NAME.shadow`: mirrored (shadow) traffic to a version.
+#[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Shadow {
+    /// The version (of `versions`) the copies go to.
     #[cfg_attr(feature = "schema", schemars(with = "String"))]
     pub version: Spanned<String>,
+    /// Share of the model's requests mirrored, 0–100. Default 100.
+    #[serde(default)]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "Option<f64>", range(min = 0, max = 100))
+    )]
+    pub percent: Option<Spanned<f64>>,
+    /// Mirror only these tenants' requests. Default: every caller's.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Vec<String>"))]
+    pub tenants: Vec<Spanned<String>>,
+    /// Copies in flight at once; beyond it a copy is dropped (counted), never queued.
+    /// Default 16.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<u32>", range(min = 1)))]
+    pub max_in_flight: Option<Spanned<u32>>,
+    /// Estimated spend on copies per UTC day, in USD; beyond it copies stop until the next
+    /// day. Default: no cap.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<f64>", range(min = 0)))]
+    pub budget_per_day_usd: Option<Spanned<f64>>,
+    /// How a copy's answer is compared with the client's: `status` (default: the status
+    /// only), `exact` (the body byte for byte, for deterministic predictions) or
+    /// `label:/json/pointer` (the value at that JSON pointer, e.g. a classifier's label).
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<String>"))]
+    pub compare: Option<Spanned<String>>,
+    /// Longest wait for a copy's answer. Default `10s`.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<schema::Duration>"))]
+    pub timeout: Option<Spanned<String>>,
+}
+
+/// One version of a split model (`models.NAME.versions[]`).
+#[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ModelVersion {
+    /// The version's name, e.g. `v2`: in `x-switchyard-version` and the cache key. A
+    /// request whose path names this version (OIP v2, TF-Serving) gets it, whatever the
+    /// weights.
+    #[cfg_attr(feature = "schema", schemars(with = "String"))]
+    pub name: Spanned<String>,
+    /// Share of callers, relative to the other versions' weights (e.g. 90 and 10). 0: only
+    /// requests that name the version get it.
+    #[cfg_attr(feature = "schema", schemars(with = "u32"))]
+    pub weight: Spanned<u32>,
+    /// The pools that serve this version (and only they get its requests).
+    #[cfg_attr(feature = "schema", schemars(with = "Vec<String>"))]
+    pub pools: Vec<Spanned<String>>,
+    /// The model name the backend knows this version by: replaces the body's `model`
+    /// (OpenAI) or the path's model (OIP v2, TF-Serving). Default: the model as asked.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<String>"))]
+    pub upstream_model: Option<Spanned<String>>,
+    /// The version segment sent upstream (`/versions/{v}` of OIP v2 and TF-Serving paths).
+    /// Default: the client's, if any.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<String>"))]
+    pub upstream_version: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -35,6 +35,7 @@ pub mod connect;
 pub mod request;
 pub mod rules;
 pub mod scrape;
+pub mod shadow;
 
 use crate::classify::Class;
 use crate::error::GatewayError;

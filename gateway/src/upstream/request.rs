@@ -146,6 +146,77 @@ impl Prepared {
     }
 }
 
+/// A split model's version as the backend knows it (`models.NAME.versions[]`): the path of
+/// an OIP v2 or TF-Serving request with its model and version segments replaced, `None`
+/// when the path is not one of theirs or nothing changes. `prefix` is `/v2/models/` or
+/// `/v1/models/`; the query string is kept.
+pub fn version_path(
+    path_and_query: &str,
+    prefix: &str,
+    model: Option<&str>,
+    version: Option<&str>,
+) -> Option<String> {
+    if model.is_none() && version.is_none() {
+        return None;
+    }
+    let rest = path_and_query.strip_prefix(prefix)?;
+    // The model segment ends at `/` (OIP v2: `/infer`, `/versions/…`) or `:` (TF-Serving:
+    // `:predict`), or at the query.
+    let end = rest.find(['/', ':', '?']).unwrap_or(rest.len());
+    let (asked, mut tail) = rest.split_at(end);
+    if let Some(after) = tail.strip_prefix("/versions/") {
+        let v_end = after.find(['/', ':', '?']).unwrap_or(after.len());
+        let client_version = &after[..v_end];
+        tail = &after[v_end..];
+        let v = version.unwrap_or(client_version);
+        return Some(format!(
+            "{prefix}{}/versions/{v}{tail}",
+            model.unwrap_or(asked)
+        ));
+    }
+    Some(match version {
+        Some(v) => format!("{prefix}{}/versions/{v}{tail}", model.unwrap_or(asked)),
+        None => format!("{prefix}{}{tail}", model.unwrap_or(asked)),
+    })
+}
+
+/// An OpenAI JSON body with `model` replaced (`None`: not a JSON object). Re-serialised:
+/// only for a split model's version that names an `upstream_model`.
+pub fn version_body(body: &[u8], model: &str) -> Option<bytes::Bytes> {
+    let mut v: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body).ok()?;
+    v.insert("model".into(), serde_json::Value::String(model.into()));
+    serde_json::to_vec(&v).ok().map(bytes::Bytes::from)
+}
+
+impl Prepared {
+    /// The path and query the backend gets.
+    pub fn path_and_query(&self) -> &str {
+        self.header
+            .uri
+            .path_and_query()
+            .map_or("/", |pq| pq.as_str())
+    }
+
+    /// Send the request to this path (and query) instead of the client's.
+    pub fn set_path(&mut self, path_and_query: &str) -> Result<()> {
+        let uri = http::Uri::builder()
+            .path_and_query(path_and_query)
+            .build()
+            .map_err(|e| Error::because(ErrorType::InternalError, "upstream path", e))?;
+        self.header.set_uri(uri);
+        Ok(())
+    }
+
+    /// The body's length changed (a rewritten `model`).
+    pub fn set_len(&mut self, len: usize) -> Result<()> {
+        if self.header.headers.contains_key(header::CONTENT_LENGTH) {
+            self.header
+                .insert_header(header::CONTENT_LENGTH, HeaderValue::from(len))?;
+        }
+        Ok(())
+    }
+}
+
 /// Remove every client credential header.
 fn strip_credentials(req: &mut RequestHeader) {
     for name in &CLIENT_CREDENTIALS {
@@ -200,6 +271,49 @@ fn rewrite(req: &mut RequestHeader, pool: &Pool, endpoint: &Endpoint) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn version_paths() {
+        let oip = "/v2/models/";
+        assert_eq!(
+            version_path("/v2/models/m/infer", oip, None, Some("2")).as_deref(),
+            Some("/v2/models/m/versions/2/infer")
+        );
+        assert_eq!(
+            version_path(
+                "/v2/models/m/versions/1/infer?x=1",
+                oip,
+                Some("up"),
+                Some("2")
+            )
+            .as_deref(),
+            Some("/v2/models/up/versions/2/infer?x=1")
+        );
+        assert_eq!(
+            version_path("/v2/models/m/versions/1/infer", oip, Some("up"), None).as_deref(),
+            Some("/v2/models/up/versions/1/infer")
+        );
+        let tf = "/v1/models/";
+        assert_eq!(
+            version_path("/v1/models/m:predict", tf, None, Some("7")).as_deref(),
+            Some("/v1/models/m/versions/7:predict")
+        );
+        assert_eq!(
+            version_path("/v1/models/m/versions/3:predict", tf, Some("n"), Some("7")).as_deref(),
+            Some("/v1/models/n/versions/7:predict")
+        );
+        assert_eq!(version_path("/v1/models/m:predict", tf, None, None), None);
+        assert_eq!(version_path("/other", tf, Some("n"), None), None);
+    }
+
+    #[test]
+    fn version_body_replaces_model_only() {
+        let b = version_body(br#"{"model":"chat","messages":[],"user":"u"}"#, "llama").unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!(v["model"], "llama");
+        assert_eq!(v["user"], "u");
+        assert!(version_body(b"[1]", "x").is_none());
+    }
 
     fn client(headers: &[(&str, &str)]) -> RequestHeader {
         let mut req = RequestHeader::build("POST", b"/v1/chat/completions", None).unwrap();

@@ -22,6 +22,7 @@ mod cache;
 mod capacity;
 mod limits;
 mod listeners;
+mod models;
 mod observe;
 pub use super::raw::{DecisionHeaders, LogFormat};
 pub use observe::{LogTarget, TraceSettings, DEFAULT_DECISION_LOG_BYTES};
@@ -38,6 +39,7 @@ pub use cache::CacheSettings;
 pub use capacity::Capacity;
 pub use limits::Limits;
 pub use listeners::TlsListener;
+pub use models::{Compare, RolloutRule, ShadowRule, Split, SplitId, Sticky, Version};
 pub use pools::{Affinity, Endpoint, HealthCheck, ModelSet, Pool, ServerMetrics};
 pub use pricing::{Billing, Pricing, DEFAULT_IDLE_TIMEOUT, DEFAULT_SAFE_UTILISATION};
 pub use queue::{PoolDispatch, QueueBackend, QueueSettings};
@@ -201,6 +203,9 @@ pub struct RoutingTable {
     pub decision_headers: DecisionHeaders,
     /// Model → the version the policy declares (`models:`), part of the cache key.
     pub model_versions: HashMap<String, String>,
+    /// Models served in several versions at once (`models.NAME.versions`), and by name.
+    pub splits: Vec<Split>,
+    pub split_of: HashMap<String, SplitId>,
     /// The policy text this table was compiled from (compiled again when an endpoint host
     /// name's addresses change: `policy::resolve`).
     pub text: Arc<str>,
@@ -456,7 +461,7 @@ fn compile(
     let decision_log = observe::compile_decision_log(p, raw.observe.as_ref(), cx.file);
     let traces = observe::compile_traces(p, raw.observe.as_ref());
     limits::compile_admission(p, &raw, &tiers, &mut limits);
-    let model_versions = pools::model_versions(p, &raw, &pools);
+    let models = models::compile(p, &raw, &pools, &tenants.list, cx.file);
     let geoip = regions::geo_source(&raw, cx.file);
     let egress = pricing::egress(p, &raw, &regions.names);
 
@@ -512,7 +517,14 @@ fn compile(
             .as_ref()
             .and_then(|o| o.value.decision_headers)
             .unwrap_or_default(),
-        model_versions,
+        model_versions: models.versions,
+        split_of: models
+            .splits
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.model.clone(), i as SplitId))
+            .collect(),
+        splits: models.splits,
         text: Arc::from(""),
         host_names,
     })

@@ -9,7 +9,7 @@ use crate::policy::raw::{self, PoolKind};
 use crate::policy::resolve::NameResolution;
 use http::HeaderValue;
 use serde_saphyr::Spanned;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -386,27 +386,4 @@ fn compile_server_metrics(
         max_waiting: m.max_waiting.as_ref().map(|n| n.value),
         max_kv_cache,
     }
-}
-
-/// `models:`: each declared model has a version and a pool that serves it.
-pub(super) fn model_versions(
-    p: &mut Problems,
-    raw: &raw::Policy,
-    pools: &[Pool],
-) -> HashMap<String, String> {
-    let mut model_versions = HashMap::new();
-    for (model, def) in &raw.models {
-        let version = def.value.version.value.trim();
-        if version.is_empty() {
-            p.on(
-                &def.value.version,
-                format!("models.{model}.version: must not be empty"),
-            );
-        }
-        if !pools.iter().any(|pool| pool.models.serves(model)) {
-            p.on(def, format!("models: no pool serves model `{model}`"));
-        }
-        model_versions.insert(model.clone(), version.to_string());
-    }
-    model_versions
 }

@@ -1,0 +1,361 @@
+//! Shadow (mirrored) traffic: a copy of a client's request sent to another version of its
+//! model (`models.NAME.shadow`), that the client never waits for and never sees.
+//!
+//! The pipeline asks [`Shadows::sample`] before relaying an upstream answer (so that the
+//! client's answer body is captured, up to [`CAPTURE_MAX`], for the comparison), and hands
+//! the copy to [`Shadows::spawn`] once the client's answer is written: the copy is a
+//! detached task, one [`super::fetch`] attempt (the same attempt type as every request:
+//! slot, estimates, health and ejection of the shadow pool) with the buffered body re-sent.
+//! What keeps clients unaffected: the copy starts after the answer; at most
+//! `max_in_flight` copies per model run at once and a copy beyond that is dropped, never
+//! queued (shed first); a daily cap on the copies' estimated spend; the shadow version's
+//! own pools only. Copies are not requests of the tenant: not in its limits, bill, budget,
+//! SLO or the request metrics; their spend is `switchyard_shadow_cost_nanousd_total`.
+//!
+//! Each copy is compared with the client's answer (status, latency, and by the rule's
+//! `compare`: the status only, the exact body, or a label at a JSON pointer), counted in
+//! metrics and in [`Shadows::report`] (`GET /admin/rollouts`). The counters live here,
+//! beside the table and kept by model name across reloads.
+
+use super::{fetch, Fetched};
+use crate::classify::Class;
+use crate::policy::compile::{Compare, RoutingTable, ShadowRule, SplitId};
+use crate::policy::hosted::CLIENT_CREDENTIALS;
+use crate::policy::raw::Protocol;
+use crate::serving::state::now_ms;
+use crate::serving::Serving;
+use crate::telemetry as t;
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use pingora::http::RequestHeader;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Most bytes of the client's answer kept for the comparison (and of a copy's answer read).
+pub const CAPTURE_MAX: usize = 256 * 1024;
+
+/// Every model's shadow counters.
+#[derive(Default)]
+pub struct Shadows {
+    by_model: ArcSwap<HashMap<String, Arc<Stats>>>,
+}
+
+/// One model's shadow counters (monotonic, except `in_flight` and the day's spend).
+#[derive(Default)]
+pub struct Stats {
+    /// Requests seen for sampling.
+    seen: AtomicU64,
+    in_flight: AtomicU32,
+    sent: AtomicU64,
+    dropped_busy: AtomicU64,
+    dropped_budget: AtomicU64,
+    unroutable: AtomicU64,
+    failed: AtomicU64,
+    status_differs: AtomicU64,
+    agree: AtomicU64,
+    disagree: AtomicU64,
+    /// Sums of the answered copies' and their clients' times, in µs.
+    shadow_us: AtomicU64,
+    primary_us: AtomicU64,
+    answered: AtomicU64,
+    /// The UTC day (days since the epoch) `spent_today` is for.
+    day: AtomicU64,
+    spent_today: AtomicU64,
+    spent_total: AtomicU64,
+}
+
+/// A request chosen to be mirrored: its split, and the client's answer being captured.
+pub struct Capture {
+    split: SplitId,
+    body: Vec<u8>,
+    truncated: bool,
+}
+
+impl Capture {
+    /// A piece of the client's answer body.
+    pub fn on_body(&mut self, chunk: &[u8]) {
+        if self.body.len() + chunk.len() > CAPTURE_MAX {
+            self.truncated = true;
+        } else {
+            self.body.extend_from_slice(chunk);
+        }
+    }
+}
+
+/// What the client got, for the comparison.
+pub struct Primary {
+    pub status: u16,
+    pub elapsed: Duration,
+}
+
+impl Shadows {
+    pub fn new() -> Arc<Shadows> {
+        Arc::new(Shadows::default())
+    }
+
+    fn stats(&self, model: &str) -> Arc<Stats> {
+        if let Some(s) = self.by_model.load().get(model) {
+            return s.clone();
+        }
+        // First copy of a model: added once (a reload keeps the counters by name).
+        let mut out = None;
+        self.by_model.rcu(|map| {
+            let mut map = HashMap::clone(map);
+            let s = map.entry(model.to_string()).or_default().clone();
+            out = Some(s);
+            map
+        });
+        out.unwrap_or_default()
+    }
+
+    /// Whether this request is mirrored: its model has a shadow rule, the tenant is one the
+    /// rule names (if it names any), and it falls in the rule's share (every n-th request by
+    /// a counter: exact shares, no random draw).
+    pub fn sample(&self, table: &RoutingTable, class: &Class) -> Option<Capture> {
+        let (split_id, _) = class.version?;
+        let split = &table.splits[split_id as usize];
+        let rule = split.shadow.as_ref()?;
+        if !rule.tenants.is_empty() && !class.tenant.is_some_and(|t| rule.tenants.contains(&t)) {
+            return None;
+        }
+        if !class.inference || rule.per_million == 0 {
+            return None;
+        }
+        let n = self.stats(&split.model).seen.fetch_add(1, Relaxed);
+        let p = u64::from(rule.per_million);
+        let picked = (n + 1) * p / 1_000_000 > n * p / 1_000_000;
+        picked.then(|| Capture {
+            split: split_id,
+            body: Vec::new(),
+            truncated: false,
+        })
+    }
+
+    /// Send the copy, detached. `header` and `body` are the client's request as it came
+    /// (the shadow version's upstream model and version are applied here).
+    pub fn spawn(
+        self: &Arc<Self>,
+        capture: Capture,
+        table: Arc<Serving>,
+        class: Class,
+        header: RequestHeader,
+        body: Bytes,
+        primary: Primary,
+    ) {
+        let split = &table.splits[capture.split as usize];
+        let Some(rule) = split.shadow.clone() else {
+            return;
+        };
+        let stats = self.stats(&split.model);
+        let version = split.versions[rule.version as usize].name.clone();
+        let model = split.model.clone();
+        if stats.in_flight.fetch_add(1, Relaxed) >= rule.max_in_flight {
+            stats.in_flight.fetch_sub(1, Relaxed);
+            stats.dropped_busy.fetch_add(1, Relaxed);
+            count(&model, &version, "busy");
+            return;
+        }
+        let guard = InFlight(stats.clone());
+        tokio::spawn(async move {
+            let _guard = guard;
+            mirror(&table, class, &rule, header, body, capture, primary, &stats).await;
+        });
+    }
+
+    /// Every model's counters, for `GET /admin/rollouts`.
+    pub fn report(&self, table: &RoutingTable) -> serde_json::Value {
+        let map = self.by_model.load();
+        let mut models = serde_json::Map::new();
+        for split in &table.splits {
+            let shadow = split.shadow.as_ref().map(|rule| {
+                let s = map.get(&split.model).cloned().unwrap_or_default();
+                let answered = s.answered.load(Relaxed).max(1) as f64;
+                let compared = s.agree.load(Relaxed) + s.disagree.load(Relaxed);
+                serde_json::json!({
+                    "version": split.versions[rule.version as usize].name,
+                    "percent": f64::from(rule.per_million) / 10_000.0,
+                    "compare": match &rule.compare {
+                        Compare::Status => "status".to_string(),
+                        Compare::Exact => "exact".to_string(),
+                        Compare::Label(p) => format!("label:{p}"),
+                    },
+                    "in_flight": s.in_flight.load(Relaxed),
+                    "sent": s.sent.load(Relaxed),
+                    "dropped_busy": s.dropped_busy.load(Relaxed),
+                    "dropped_budget": s.dropped_budget.load(Relaxed),
+                    "unroutable": s.unroutable.load(Relaxed),
+                    "failed": s.failed.load(Relaxed),
+                    "status_differs": s.status_differs.load(Relaxed),
+                    "agree": s.agree.load(Relaxed),
+                    "disagree": s.disagree.load(Relaxed),
+                    "agreement": (compared > 0).then(|| s.agree.load(Relaxed) as f64 / compared as f64),
+                    "mean_shadow_ms": s.shadow_us.load(Relaxed) as f64 / answered / 1000.0,
+                    "mean_client_ms": s.primary_us.load(Relaxed) as f64 / answered / 1000.0,
+                    "spent_today_usd": s.spent_today.load(Relaxed) as f64 / 1e9,
+                    "spent_usd": s.spent_total.load(Relaxed) as f64 / 1e9,
+                })
+            });
+            let versions: Vec<_> = split
+                .versions
+                .iter()
+                .map(|v| serde_json::json!({ "name": v.name, "weight": v.weight }))
+                .collect();
+            models.insert(
+                split.model.clone(),
+                serde_json::json!({ "versions": versions, "shadow": shadow }),
+            );
+        }
+        serde_json::json!({ "models": models })
+    }
+}
+
+/// Gives a copy's in-flight place back, however its task ends.
+struct InFlight(Arc<Stats>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Relaxed);
+    }
+}
+
+fn count(model: &str, version: &str, outcome: &'static str) {
+    metrics::counter!(t::SHADOW_REQUESTS, "model" => model.to_string(), "version" => version.to_string(), "outcome" => outcome)
+        .increment(1);
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn mirror(
+    table: &Arc<Serving>,
+    mut class: Class,
+    rule: &ShadowRule,
+    mut header: RequestHeader,
+    body: Bytes,
+    capture: Capture,
+    primary: Primary,
+    stats: &Stats,
+) {
+    let Some((split_id, _)) = class.version else {
+        return;
+    };
+    let split = &table.splits[split_id as usize];
+    let version = &split.versions[rule.version as usize];
+    let (model, vname) = (split.model.as_str(), version.name.as_str());
+    class.version = Some((split_id, rule.version));
+    class.deadline = rule.timeout;
+    class.ttft = None;
+    let decision = crate::route::decide(&class, table, &[], now_ms());
+    let Some(target) = decision.target else {
+        stats.unroutable.fetch_add(1, Relaxed);
+        count(model, vname, "unroutable");
+        return;
+    };
+    // The day's cap, on the estimate (a copy is charged before it is sent).
+    let cost = decision
+        .estimate
+        .map_or(0, |e| (e.cost_usd.max(0.0) * 1e9) as u64);
+    let today = now_ms() / 86_400_000;
+    if stats.day.swap(today, Relaxed) != today {
+        stats.spent_today.store(0, Relaxed);
+    }
+    let spent = stats.spent_today.fetch_add(cost, Relaxed) + cost;
+    if rule.budget_nanousd.is_some_and(|cap| spent > cap) {
+        stats.spent_today.fetch_sub(cost, Relaxed);
+        stats.dropped_budget.fetch_add(1, Relaxed);
+        count(model, vname, "budget");
+        return;
+    }
+    stats.spent_total.fetch_add(cost, Relaxed);
+    metrics::counter!(t::SHADOW_COST, "model" => model.to_string(), "version" => vname.to_string())
+        .increment(cost);
+    // The copy as the shadow version's backend knows it, without the client's credentials.
+    for name in &CLIENT_CREDENTIALS {
+        header.remove_header(name);
+    }
+    let protocol = table.routes[class.route as usize].protocol;
+    let mut body = body;
+    match protocol {
+        Protocol::OpenAi => {
+            if let Some(b) = version
+                .upstream_model
+                .as_deref()
+                .and_then(|m| super::request::version_body(&body, m))
+            {
+                body = b;
+            }
+        }
+        Protocol::OipV2 | Protocol::TfServing => {
+            let prefix = if protocol == Protocol::OipV2 {
+                "/v2/models/"
+            } else {
+                "/v1/models/"
+            };
+            let pq = header.uri.path_and_query().map_or("/", |pq| pq.as_str());
+            let path = super::request::version_path(
+                pq,
+                prefix,
+                version.upstream_model.as_deref(),
+                version.upstream_version.as_deref(),
+            );
+            if let Some(uri) =
+                path.and_then(|p| http::Uri::builder().path_and_query(p).build().ok())
+            {
+                header.set_uri(uri);
+            }
+        }
+        // gRPC copies are not sent: `fetch` speaks HTTP/1 only.
+        Protocol::OipV2Grpc => return,
+    }
+    stats.sent.fetch_add(1, Relaxed);
+    count(model, vname, "sent");
+    let start = Instant::now();
+    let fetched = fetch(table, target, &header, &body, rule.timeout, CAPTURE_MAX).await;
+    let took = start.elapsed();
+    let (status, answer) = match fetched {
+        Fetched::Answer { status, body, .. } => (status, body),
+        Fetched::Failed { error, .. } => {
+            stats.failed.fetch_add(1, Relaxed);
+            compared(model, vname, "failed");
+            tracing::debug!(model, version = vname, %error, "shadow copy failed");
+            return;
+        }
+    };
+    stats.answered.fetch_add(1, Relaxed);
+    stats.shadow_us.fetch_add(took.as_micros() as u64, Relaxed);
+    stats
+        .primary_us
+        .fetch_add(primary.elapsed.as_micros() as u64, Relaxed);
+    metrics::histogram!(t::SHADOW_DURATION, "model" => model.to_string(), "version" => vname.to_string())
+        .record(took.as_secs_f64());
+    if status != primary.status {
+        stats.status_differs.fetch_add(1, Relaxed);
+        compared(model, vname, "status_differs");
+        return;
+    }
+    let agree = match &rule.compare {
+        Compare::Status => true,
+        Compare::Exact => !capture.truncated && capture.body == answer[..],
+        Compare::Label(ptr) => {
+            let label = |b: &[u8]| {
+                serde_json::from_slice::<serde_json::Value>(b)
+                    .ok()
+                    .and_then(|v| v.pointer(ptr).cloned())
+            };
+            let mine = label(&capture.body);
+            !capture.truncated && mine.is_some() && mine == label(&answer)
+        }
+    };
+    if agree {
+        stats.agree.fetch_add(1, Relaxed);
+        compared(model, vname, "agree");
+    } else {
+        stats.disagree.fetch_add(1, Relaxed);
+        compared(model, vname, "disagree");
+    }
+}
+
+fn compared(model: &str, version: &str, result: &'static str) {
+    metrics::counter!(t::SHADOW_COMPARED, "model" => model.to_string(), "version" => version.to_string(), "result" => result)
+        .increment(1);
+}

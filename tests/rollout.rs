@@ -1,0 +1,526 @@
+//! Rollouts end to end: a model served in two versions at once (a canary split), each
+//! version on its own pool under its own upstream name, the version sticky per caller.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+use support::*;
+use switchyard_testkit::fleet::MockSpec;
+use switchyard_testkit::mock::MockBackend;
+
+/// A mock that answers only `model` (404 for any other name), so a request that reaches it
+/// un-rewritten fails.
+async fn serving_only(name: &str, model: &str) -> MockBackend {
+    let mut spec = MockSpec::new(name, Duration::ZERO, Duration::ZERO);
+    spec.config.models = Some(vec![model.to_string()]);
+    spec.start().await.expect("start mock")
+}
+
+/// `chat-v` split 90/10 between `v1` (pool `pool-v1`, upstream `llama-v1`) and `v2`
+/// (pool `pool-v2`, upstream `llama-v2`, version `2` in OIP paths), sticky on `sticky`.
+fn split_policy(v1: &MockBackend, v2: &MockBackend, sticky: &str) -> String {
+    Policy::new()
+        .pool(Pool::edge("pool-v1").endpoint(v1.addr()).models(["llama-v1"]))
+        .pool(Pool::edge("pool-v2").endpoint(v2.addr()).models(["llama-v2"]))
+        .extra(&format!(
+            "models:\n  chat-v:\n    sticky: \"{sticky}\"\n    versions:\n      \
+             - {{ name: v1, weight: 90, pools: [pool-v1], upstream_model: llama-v1 }}\n      \
+             - {{ name: v2, weight: 10, pools: [pool-v2], upstream_model: llama-v2, upstream_version: \"2\" }}\n"
+        ))
+        .render()
+}
+
+#[tokio::test]
+async fn a_90_10_split_lands_within_two_points_and_a_key_never_changes_version() {
+    let v1 = serving_only("v1-backend", "llama-v1").await;
+    let v2 = serving_only("v2-backend", "llama-v2").await;
+    let gw = Gateway::start(&split_policy(&v1, &v2, "header:x-session")).await;
+
+    const N: usize = 2000;
+    let mut seen: HashMap<String, String> = HashMap::new();
+    let mut on_v2 = 0;
+    for i in 0..N {
+        let key = format!("session-{i}");
+        let r = gw
+            .post(
+                "/v1/chat/completions",
+                &[("x-session", &key)],
+                &chat("chat-v"),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        let version = r.header("x-switchyard-version").unwrap_or("").to_string();
+        // The version's own pool answered, under the version's upstream name.
+        let backend = r.header("x-served-by").unwrap_or("");
+        assert_eq!(backend, format!("{version}-backend"), "request {i}");
+        if version == "v2" {
+            on_v2 += 1;
+        }
+        seen.insert(key, version);
+    }
+    let share = on_v2 as f64 * 100.0 / N as f64;
+    println!("v2 share over {N} keys: {share:.2}%");
+    assert!((8.0..=12.0).contains(&share), "v2 got {share:.2}% of {N}");
+
+    // The same keys again, in another order: every one on the version it had.
+    for i in (0..N).rev().step_by(3) {
+        let key = format!("session-{i}");
+        let r = gw
+            .post(
+                "/v1/chat/completions",
+                &[("x-session", &key)],
+                &chat("chat-v"),
+            )
+            .await;
+        assert_eq!(r.header("x-switchyard-version"), Some(seen[&key].as_str()));
+    }
+}
+
+#[tokio::test]
+async fn a_tenant_stays_on_one_version_and_a_path_can_name_one() {
+    let v1 = serving_only("v1-backend", "llama-v1").await;
+    let v2 = serving_only("v2-backend", "llama-v2").await;
+    let gw = Gateway::start(&split_policy(&v1, &v2, "tenant")).await;
+
+    let mut versions = std::collections::HashSet::new();
+    for _ in 0..50 {
+        let r = gw
+            .post(
+                "/v1/chat/completions",
+                &[("x-api-key", "key-acme")],
+                &chat("chat-v"),
+            )
+            .await;
+        assert_eq!(r.status, 200);
+        versions.insert(r.header("x-switchyard-version").unwrap_or("").to_string());
+    }
+    assert_eq!(versions.len(), 1, "{versions:?}");
+
+    // OIP v2: a path naming `v2` gets v2, sent upstream as `llama-v2` version `2`.
+    let infer = r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[1.0]}]}"#;
+    let r = gw
+        .post("/v2/models/chat-v/versions/v2/infer", &[], infer)
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.header("x-switchyard-version"), Some("v2"));
+    assert_eq!(r.header("x-served-by"), Some("v2-backend"));
+
+    // `explain` shows the version a request gets and the split.
+    let e = gw
+        .admin_post(
+            "/admin/explain",
+            r#"{"client_ip":"127.0.0.1","path":"/v1/chat/completions","headers":{"x-api-key":"key-acme"},"model":"chat-v"}"#,
+        )
+        .await;
+    assert_eq!(e.status, 200, "{}", String::from_utf8_lossy(&e.body));
+    let e: serde_json::Value = e.json().unwrap();
+    assert_eq!(
+        e["class"]["version"].as_str(),
+        versions.iter().next().map(String::as_str)
+    );
+    assert_eq!(e["class"]["split"]["versions"][1]["percent"], 10.0);
+    assert_eq!(e["class"]["split"]["versions"][1]["pools"][0], "pool-v2");
+}
+
+#[test]
+fn diff_shows_a_split_that_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("old.yaml"), dir.path().join("new.yaml"));
+    let policy = |w1: u32, w2: u32| {
+        Policy::new()
+            .pool(Pool::edge("pool-v1").endpoint("127.0.0.1:1"))
+            .pool(Pool::edge("pool-v2").endpoint("127.0.0.1:2"))
+            .extra(&format!(
+                "models:\n  chat-v:\n    versions:\n      \
+                 - {{ name: v1, weight: {w1}, pools: [pool-v1] }}\n      \
+                 - {{ name: v2, weight: {w2}, pools: [pool-v2] }}\n"
+            ))
+            .render()
+    };
+    std::fs::write(&a, policy(90, 10)).unwrap();
+    std::fs::write(&b, policy(75, 25)).unwrap();
+    let (code, out, err) = run_cli(
+        &["diff", a.to_str().unwrap(), b.to_str().unwrap()],
+        dir.path(),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(
+            "split chat-v: v1 90.0% [pool-v1], v2 10.0% [pool-v2]; sticky tenant → \
+             v1 75.0% [pool-v1], v2 25.0% [pool-v2]; sticky tenant"
+        ),
+        "{out}"
+    );
+    // The same split on both sides is not a change.
+    let (_, out, _) = run_cli(
+        &["diff", a.to_str().unwrap(), a.to_str().unwrap()],
+        dir.path(),
+    );
+    assert!(!out.contains("split chat-v"), "{out}");
+}
+
+/// `chat-v` all on `v1` (pool `live`), mirrored to `v2` (pool `shadow`, weight 0) with
+/// this `shadow:` block.
+fn shadow_policy(live: &MockBackend, shadow: impl std::fmt::Display, block: &str) -> String {
+    Policy::new()
+        .pool(Pool::edge("live").endpoint(live.addr()))
+        .pool(
+            Pool::gpu("shadow")
+                .endpoint(shadow)
+                .price("{ per_request: 0.0002 }"),
+        )
+        .extra(&format!(
+            "models:\n  chat-v:\n    versions:\n      \
+             - {{ name: v1, weight: 100, pools: [live] }}\n      \
+             - {{ name: v2, weight: 0, pools: [shadow] }}\n    shadow: {block}\n"
+        ))
+        .render()
+}
+
+const INFER: &str = r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[1.0]}]}"#;
+
+#[tokio::test]
+async fn a_shadow_copy_is_compared_but_never_waited_for_nor_billed() {
+    let live = mock("live", 0).await;
+    let slow = mock("shadow", 500).await;
+    let gw = Gateway::start(&shadow_policy(
+        &live,
+        slow.addr(),
+        "{ version: v2, percent: 100, max_in_flight: 4, compare: \"label:/outputs/0/data\" }",
+    ))
+    .await;
+
+    // 12 requests back to back: each answered by v1 without waiting for its copy (a copy
+    // takes 500 ms: waiting would take 6 s); beyond 4 copies in flight, copies are dropped.
+    let start = std::time::Instant::now();
+    for _ in 0..12 {
+        let r = gw.post("/v2/models/chat-v/infer", &[], INFER).await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.header("x-switchyard-version"), Some("v1"));
+        assert_eq!(r.header("x-served-by"), Some("live"));
+    }
+    let took = start.elapsed();
+    assert!(took < Duration::from_secs(4), "clients waited: {took:?}");
+
+    // The copies that were sent answer and agree on the label; the rest were shed.
+    let report = loop {
+        let r = gw.admin_get("/admin/rollouts").await;
+        assert_eq!(r.status, 200);
+        let v: serde_json::Value = r.json().unwrap();
+        let s = v["models"]["chat-v"]["shadow"].clone();
+        if s["in_flight"] == 0 && s["sent"].as_u64() > Some(0) {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let sent = report["sent"].as_u64().unwrap();
+    assert!((4..12).contains(&sent), "{report}");
+    assert_eq!(
+        report["dropped_busy"].as_u64().unwrap() + sent,
+        12,
+        "{report}"
+    );
+    assert_eq!(report["agree"].as_u64(), Some(sent), "{report}");
+    assert!(
+        report["mean_shadow_ms"].as_f64().unwrap() >= 500.0,
+        "{report}"
+    );
+    assert_eq!(slow.stats().oip_infer, sent);
+
+    // Spend: the copies in their own counter, never in the requests' cost.
+    let m = gw.metrics().await;
+    assert!(
+        metric_sum(
+            &m,
+            "switchyard_shadow_cost_nanousd_total",
+            &[("version", "v2")]
+        ) > 0.0
+    );
+    assert_eq!(
+        metric_sum(&m, "switchyard_cost_nanousd_total", &[("pool", "shadow")]),
+        0.0
+    );
+    assert_eq!(
+        metric_sum(
+            &m,
+            "switchyard_shadow_compared_total",
+            &[("result", "agree")]
+        ),
+        sent as f64
+    );
+}
+
+#[tokio::test]
+async fn a_shadow_pool_that_is_down_costs_clients_nothing() {
+    let live = mock("live", 0).await;
+    let gw = Gateway::start(&shadow_policy(
+        &live,
+        dead_addr(),
+        "{ version: v2, compare: exact, budget_per_day_usd: 1 }",
+    ))
+    .await;
+    for _ in 0..10 {
+        let r = gw.post("/v1/chat/completions", &[], &chat("chat-v")).await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.header("x-served-by"), Some("live"));
+    }
+    let m = gw
+        .metrics_when(|m| {
+            metric_sum(
+                m,
+                "switchyard_shadow_compared_total",
+                &[("result", "failed")],
+            ) + metric_sum(
+                m,
+                "switchyard_shadow_requests_total",
+                &[("outcome", "unroutable")],
+            ) >= 10.0
+        })
+        .await;
+    let failed = metric_sum(
+        &m,
+        "switchyard_shadow_compared_total",
+        &[("result", "failed")],
+    );
+    let unroutable = metric_sum(
+        &m,
+        "switchyard_shadow_requests_total",
+        &[("outcome", "unroutable")],
+    );
+    assert_eq!(failed + unroutable, 10.0, "{m}");
+}
+
+#[tokio::test]
+async fn a_shadow_budget_stops_the_copies_for_the_day() {
+    let live = mock("live", 0).await;
+    let other = mock("shadow", 0).await;
+    // The shadow pool costs 0.0002 USD a request: a 0.0005 USD day holds two copies.
+    let gw = Gateway::start(&shadow_policy(
+        &live,
+        other.addr(),
+        "{ version: v2, budget_per_day_usd: 0.0005 }",
+    ))
+    .await;
+    for _ in 0..6 {
+        let r = gw.post("/v1/chat/completions", &[], &chat("chat-v")).await;
+        assert_eq!(r.status, 200);
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let m = gw
+        .metrics_when(|m| {
+            metric_sum(
+                m,
+                "switchyard_shadow_requests_total",
+                &[("outcome", "budget")],
+            ) >= 4.0
+        })
+        .await;
+    assert_eq!(
+        metric_sum(
+            &m,
+            "switchyard_shadow_requests_total",
+            &[("outcome", "sent")]
+        ),
+        2.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric_sum(
+            &m,
+            "switchyard_shadow_requests_total",
+            &[("outcome", "budget")]
+        ),
+        4.0,
+        "{m}"
+    );
+}
+
+/// `chat-v` rolled out from `v1` (pool `stable`) to `v2` (pool `canary`) by `steps`, each
+/// step ending after at least `min` canary requests; the version sticky on `x-session`.
+fn rollout_policy(stable: &MockBackend, canary: &MockBackend, steps: &str, min: u32) -> String {
+    Policy::new()
+        .pool(Pool::edge("stable").endpoint(stable.addr()))
+        .pool(Pool::edge("canary").endpoint(canary.addr()))
+        .extra(&format!(
+            "models:\n  chat-v:\n    sticky: \"header:x-session\"\n    versions:\n      \
+             - {{ name: v1, weight: 100, pools: [stable] }}\n      \
+             - {{ name: v2, weight: 0, pools: [canary] }}\n    \
+             rollout: {{ canary: v2, steps: {steps}, min_requests: {min} }}\n"
+        ))
+        .render()
+}
+
+async fn rollout_state(gw: &Gateway) -> serde_json::Value {
+    let r = gw.admin_get("/admin/rollouts").await;
+    assert_eq!(r.status, 200);
+    let v: serde_json::Value = r.json().unwrap();
+    v["models"]["chat-v"]["rollout"].clone()
+}
+
+/// Send requests from new sessions until the rollout leaves `running` (or `max` requests):
+/// how many were sent.
+async fn drive(gw: &Gateway, from: usize, max: usize) -> usize {
+    for i in 0..max {
+        let key = format!("s-{}", from + i);
+        let _ = gw
+            .post(
+                "/v1/chat/completions",
+                &[("x-session", &key)],
+                &chat("chat-v"),
+            )
+            .await;
+        if i % 20 == 19 && rollout_state(gw).await["phase"] != "running" {
+            return i + 1;
+        }
+    }
+    max
+}
+
+#[tokio::test]
+async fn a_canary_with_five_percent_errors_is_rolled_back_before_500_requests() {
+    let stable = mock("stable", 0).await;
+    let canary = mock("canary", 0).await;
+    canary.faults().set_error_rate(0.05);
+    let gw = Gateway::start(&rollout_policy(&stable, &canary, "[10, 50, 100]", 50)).await;
+    assert_eq!(rollout_state(&gw).await["canary_percent"], 10.0);
+
+    let sent = drive(&gw, 0, 8000).await;
+    let state = rollout_state(&gw).await;
+    let served = canary.stats().requests;
+    println!("rolled back after {sent} requests, {served} of them on the canary: {state}");
+    assert_eq!(state["phase"], "rolled_back", "{state}");
+    assert!(served < 500, "the canary served {served}");
+    assert_eq!(state["canary_percent"], 0.0);
+
+    // Rolled back: nobody reaches the canary any more.
+    canary.reset_stats();
+    drive(&gw, 100_000, 100).await;
+    assert_eq!(canary.stats().requests, 0);
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric_sum(
+            &m,
+            "switchyard_rollout_transitions_total",
+            &[("to", "rolled_back")]
+        ),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn a_good_canary_reaches_100_percent_through_its_steps_unattended() {
+    let stable = mock("stable", 0).await;
+    let canary = mock("canary", 0).await;
+    let gw = Gateway::start(&rollout_policy(&stable, &canary, "[20, 50, 100]", 50)).await;
+    let sent = drive(&gw, 0, 8000).await;
+    let state = rollout_state(&gw).await;
+    println!("promoted after {sent} requests: {state}");
+    assert_eq!(state["phase"], "promoted", "{state}");
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric_sum(
+            &m,
+            "switchyard_rollout_transitions_total",
+            &[("to", "step")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric_sum(&m, "switchyard_rollout_canary_percent", &[]),
+        100.0
+    );
+    stable.reset_stats();
+    drive(&gw, 100_000, 50).await;
+    assert_eq!(stable.stats().requests, 0);
+    // `explain` chooses as the rollout does (the weights as written say v1).
+    let e = gw
+        .admin_post(
+            "/admin/explain",
+            r#"{"client_ip":"127.0.0.1","path":"/v1/chat/completions","headers":{"x-session":"anyone"},"model":"chat-v"}"#,
+        )
+        .await;
+    let e: serde_json::Value = e.json().unwrap();
+    assert_eq!(e["class"]["version"], "v2", "{e}");
+}
+
+#[tokio::test]
+async fn a_rollout_is_paused_promoted_and_aborted_by_hand_and_survives_a_restart() {
+    let stable = mock("stable", 0).await;
+    let canary = mock("canary", 0).await;
+    let mut gw = Gateway::start(&rollout_policy(&stable, &canary, "[10, 50, 100]", 1000)).await;
+    let r = gw.admin_post("/admin/rollouts/chat-v/pause", "").await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(rollout_state(&gw).await["phase"], "paused");
+    let r = gw.admin_post("/admin/rollouts/chat-v/promote", "").await;
+    assert_eq!(r.status, 200);
+    let r = gw.admin_post("/admin/rollouts/chat-v/resume", "").await;
+    assert_eq!(r.status, 200);
+    let state = rollout_state(&gw).await;
+    assert_eq!(
+        (state["step"].as_u64(), state["canary_percent"].as_f64()),
+        (Some(1), Some(50.0))
+    );
+
+    // A restart resumes at the step it had.
+    gw.restart().await;
+    let state = rollout_state(&gw).await;
+    assert_eq!(state["phase"], "running", "{state}");
+    assert_eq!(state["canary_percent"], 50.0, "{state}");
+
+    let r = gw.admin_post("/admin/rollouts/chat-v/abort", "").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(rollout_state(&gw).await["canary_percent"], 0.0);
+    // Nothing more to do on a rolled-back rollout, nor on an unknown model or action.
+    assert_eq!(
+        gw.admin_post("/admin/rollouts/chat-v/promote", "")
+            .await
+            .status,
+        409
+    );
+    assert_eq!(
+        gw.admin_post("/admin/rollouts/nope/abort", "").await.status,
+        409
+    );
+    assert_eq!(
+        gw.admin_post("/admin/rollouts/chat-v/jump", "")
+            .await
+            .status,
+        404
+    );
+}
+
+#[test]
+fn the_simulator_rolls_back_bad_canaries_and_promotes_a_good_one() {
+    let (code, out, err) = run_cli(
+        &[
+            "simulate",
+            "--rollout",
+            "chat-v",
+            "--policy",
+            "policies/canary.yaml",
+            "--rate",
+            "50",
+            "--json",
+        ],
+        &repo_root(),
+    );
+    assert_eq!(code, 0, "{err}");
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let run = |name: &str| {
+        r["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["canary"] == name)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(run("good")["outcome"], "promoted", "{r}");
+    assert_eq!(run("good")["hurt"], 0, "{r}");
+    for bad in ["3x slower", "5% errors"] {
+        let c = run(bad);
+        assert_eq!(c["outcome"], "rolled_back", "{r}");
+        assert!(c["canary_requests"].as_u64().unwrap() < 500, "{r}");
+    }
+}
