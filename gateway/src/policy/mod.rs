@@ -21,6 +21,7 @@ pub mod resolve;
 pub mod schema;
 pub mod secret;
 pub mod tenancy;
+pub mod url;
 
 pub use compile::{RoutingTable, INSPECT_LIMIT};
 

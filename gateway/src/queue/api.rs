@@ -11,12 +11,12 @@
 //! those routed to a pool of kind `batch` — when the policy has a `queue:` section. Without
 //! one, batch pools are proxied synchronously like any other.
 
-use super::callback::parse_url;
 use super::{unix_ms, Enqueued, Job, JobClass, JobRequest, JobStatus, Queue, QueueError};
 use crate::classify::{self, Class};
 use crate::error::GatewayError;
 use crate::policy::compile::RoutingTable;
 use crate::policy::raw::PoolKind;
+use crate::policy::url::parse_url;
 use crate::reply::Reply;
 use crate::route::{Decision, Reason};
 use crate::telemetry as t;

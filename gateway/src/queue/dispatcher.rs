@@ -15,9 +15,9 @@
 //! answer and the store update sends the job again, but the job record — what the client
 //! reads — gets exactly one final result.
 
-use super::callback::parse_url;
 use super::{unix_ms, Job, JobResult, JobStatus, Queue, QueueGauges};
 use crate::policy::compile::{PoolDispatch, PoolId};
+use crate::policy::url::parse_url;
 use crate::route;
 use crate::serving::state::now_ms;
 use crate::serving::Serving;

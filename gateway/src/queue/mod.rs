@@ -17,7 +17,6 @@
 //! scope (tenant or credential) that created it; any other caller gets 404.
 
 pub mod api;
-pub mod callback;
 pub mod dispatcher;
 pub mod embedded;
 pub mod redis;

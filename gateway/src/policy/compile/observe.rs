@@ -170,35 +170,12 @@ pub(super) fn compile_traces(
 /// `http://host[:port][/path]` as host, port (80) and path (`/v1/traces` when none: OTLP's
 /// signal path under a base URL).
 fn split_http_url(text: &str) -> Option<(String, u16, String)> {
-    let rest = text.strip_prefix("http://")?;
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, ""),
+    let url = crate::policy::url::parse_url(text)?;
+    let path = match url.path.as_str() {
+        "/" => "/v1/traces".to_string(),
+        _ => url.path,
     };
-    if authority.is_empty() || authority.contains('@') || path.contains(['\r', '\n', ' ']) {
-        return None;
-    }
-    let (host, port) = if let Some(h) = authority.strip_prefix('[') {
-        let end = h.find(']')?;
-        let port = match &h[end + 1..] {
-            "" => 80,
-            p => p.strip_prefix(':')?.parse().ok()?,
-        };
-        (&h[..end], port)
-    } else {
-        match authority.rsplit_once(':') {
-            Some((h, p)) => (h, p.parse().ok()?),
-            None => (authority, 80),
-        }
-    };
-    if host.is_empty() {
-        return None;
-    }
-    let path = match path {
-        "" | "/" => "/v1/traces".to_string(),
-        p => p.to_string(),
-    };
-    Some((host.to_string(), port, path))
+    Some((url.host, url.port, path))
 }
 
 #[cfg(test)]

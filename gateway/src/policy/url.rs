@@ -1,6 +1,6 @@
-//! Callback URLs: `x-switchyard-callback-url` as a client writes it, parsed and checked
-//! (plain `http://`, no user info). Callbacks are delivered through the upstream connector
-//! (`queue::dispatcher`), like every request the gateway makes.
+//! Plain `http://` URLs the policy or a client names for the gateway to call (job
+//! callbacks, the OTLP trace endpoint), parsed and checked: no TLS, no user info, no
+//! whitespace in the path. Those requests go through the upstream connector.
 
 /// A parsed `http://host[:port]/path` URL (callbacks are plain HTTP, like upstreams).
 #[derive(Debug, Clone, PartialEq, Eq)]
