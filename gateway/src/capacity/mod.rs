@@ -166,15 +166,13 @@ pub struct CapacityMeter {
 
 #[async_trait]
 impl BackgroundService for CapacityMeter {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    async fn start(&self, shutdown: ShutdownWatch) {
+        let mut ticker = crate::serving::ticker::Ticker::new(TICK, shutdown);
         let mut tracks: HashMap<String, Track> = HashMap::new();
         let mut last = Instant::now();
         loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = shutdown.changed() => break,
+            if !ticker.tick().await {
+                break;
             }
             let now = Instant::now();
             let elapsed = now.duration_since(last);

@@ -30,14 +30,12 @@ pub struct SpendMeter {
 
 #[async_trait]
 impl BackgroundService for SpendMeter {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    async fn start(&self, shutdown: ShutdownWatch) {
+        let mut ticker = crate::serving::ticker::Ticker::new(TICK, shutdown);
         let mut last = Instant::now();
         loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = shutdown.changed() => break,
+            if !ticker.tick().await {
+                break;
             }
             let now = Instant::now();
             let elapsed = now.duration_since(last);

@@ -17,6 +17,7 @@ pub mod reload;
 pub mod resolve;
 pub mod resources;
 pub mod state;
+pub mod ticker;
 
 use crate::policy::{PolicyErrors, RoutingTable};
 use arc_swap::{ArcSwap, Guard};

@@ -302,7 +302,7 @@ pub struct PolicyWatcher {
 
 #[async_trait]
 impl BackgroundService for PolicyWatcher {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
+    async fn start(&self, shutdown: ShutdownWatch) {
         let mut seen = Fingerprint::of(&self.path);
         self.control
             .reload_status
@@ -312,12 +312,10 @@ impl BackgroundService for PolicyWatcher {
         // The file may have changed between start-up's load and now.
         let (control, path) = (self.control.clone(), self.path.clone());
         let _ = tokio::task::spawn_blocking(move || reload_if_changed(&control, &path)).await;
-        let mut tick = tokio::time::interval(POLL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticker = crate::serving::ticker::Ticker::new(POLL, shutdown);
         loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = shutdown.changed() => break,
+            if !ticker.tick().await {
+                break;
             }
             let now = Fingerprint::of(&self.path);
             if now.is_none() || now == seen {

@@ -33,7 +33,7 @@ pub struct CertWatcher {
 
 #[async_trait]
 impl BackgroundService for CertWatcher {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
+    async fn start(&self, shutdown: ShutdownWatch) {
         let paths = |s: &Snapshot| {
             s.load()
                 .tls_listener
@@ -43,12 +43,11 @@ impl BackgroundService for CertWatcher {
         let print = |(c, k): &(PathBuf, PathBuf)| (Fingerprint::of(c), Fingerprint::of(k));
         let mut watched = paths(&self.snapshot);
         let mut seen = watched.as_ref().map(print);
-        let mut tick = tokio::time::interval(crate::serving::reload::POLL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticker =
+            crate::serving::ticker::Ticker::new(crate::serving::reload::POLL, shutdown);
         loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = shutdown.changed() => break,
+            if !ticker.tick().await {
+                break;
             }
             let now_paths = paths(&self.snapshot);
             let Some(current) = now_paths.clone() else {

@@ -37,14 +37,12 @@ pub struct LoadScraper {
 
 #[async_trait]
 impl BackgroundService for LoadScraper {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
+    async fn start(&self, shutdown: ShutdownWatch) {
         let mut next_due: HashMap<(String, String), Instant> = HashMap::new();
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticker = crate::serving::ticker::Ticker::new(TICK, shutdown);
         loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = shutdown.changed() => break,
+            if !ticker.tick().await {
+                break;
             }
             let table = self.snapshot.load_full();
             let now = Instant::now();
