@@ -135,7 +135,24 @@ fn the_optimum_is_a_bound_on_every_system() {
         "300",
         "--json",
     ]));
-    for phase in report["phases"].as_array().expect("phases") {
+    for (i, phase) in report["phases"]
+        .as_array()
+        .expect("phases")
+        .iter()
+        .enumerate()
+    {
+        // Cost only (every weight 0): Switchyard's spend within 10 % of the optimum in the
+        // calm phases 1 and 4 and 25 % in the faulty 2 and 3, at 99 % real-time attainment
+        // (issue 23's targets; 0.0 % measured).
+        let cost_only = system(phase, "w0");
+        let bound = if i == 0 || i == 3 { 10.0 } else { 25.0 };
+        let distance = cost_only["vs_optimum_pct"].as_f64().unwrap_or(f64::MAX);
+        assert!(
+            distance <= bound,
+            "phase {}: {distance} %: {phase:#}",
+            i + 1
+        );
+        assert!(realtime(cost_only) >= 99.0, "phase {}: {phase:#}", i + 1);
         let (optimum, relaxed) = (system(phase, "optimum"), system(phase, "relaxed"));
         assert!(spend(relaxed) <= spend(optimum) + 1e-5, "{phase:#}");
         assert!(met(relaxed) >= met(optimum), "{phase:#}");
@@ -653,6 +670,18 @@ fn tune_searches_pool_lists_and_replicas_and_writes_a_valid_policy() {
             t["tiers"][1]["slo_attainment"].as_f64().unwrap_or(0.0) >= 99.0,
             "{phase:#}"
         );
+        // Where the relaxed plan keeps both targets, the tuned policy closes at least half
+        // of the original's distance to it (issue 23).
+        let relaxed = system(phase, "relaxed");
+        if realtime(relaxed) >= 99.0 {
+            let to_relaxed = |name: &str| {
+                system(phase, name)["vs_relaxed_pct"]
+                    .as_f64()
+                    .unwrap_or(f64::MAX)
+            };
+            let (was, now) = (to_relaxed("original"), to_relaxed("tuned"));
+            assert!(now <= was / 2.0 + 0.01, "{was} % → {now} %: {phase:#}");
+        }
     }
     assert!(total_spend(&report, "tuned") < total_spend(&report, "original"));
 }
