@@ -1169,9 +1169,9 @@ async fn respond(
 ) -> std::io::Result<bool> {
     let id = sh.next_id.fetch_add(1, Relaxed) + 1;
     let c = &sh.counters;
-    let _in_flight = head.route.counted().then(|| InFlight::enter(c));
+    let in_flight = head.route.counted().then(|| InFlight::enter(c));
     // Inference waits its turn on a server with `max_running`.
-    let _running = match head.route {
+    let running = match head.route {
         Route::OpenAi(_) | Route::Oip { .. } | Route::Tf { .. } => Some(Running::enter(sh).await),
         _ => None,
     };
@@ -1384,6 +1384,11 @@ async fn respond(
     if head.method != Method::Head {
         out.extend_from_slice(json);
     }
+    // The request leaves the server's count before its answer is written, as a server's
+    // own metrics would have it: once the client can see the last byte, the count never
+    // still holds the request (a preempted mock thread would otherwise count it a moment
+    // after the gateway has sent the next one).
+    drop((in_flight, running));
     stream.write_all(out).await?;
     Ok(keep_alive)
 }

@@ -646,6 +646,32 @@ fn pick_by_affinity(
         .copied()
 }
 
+/// Call `f` with the endpoints of `pool` that may take a request now
+/// ([`endpoint_available`]), noted on the stack for a pool of up to 32.
+fn with_available<R>(
+    live: &Live,
+    (pool_id, pool): (PoolId, &Pool),
+    tried: Tried,
+    when: (u64, bool),
+    f: impl FnOnce(&[Arc<EndpointState>], &[u16]) -> R,
+) -> R {
+    let n = pool.endpoints.len() as u16;
+    let states = live.endpoints(pool_id);
+    let is_available = |&e: &u16| endpoint_available(states, (pool_id, pool), e, tried, when);
+    let mut inline = [0u16; 32];
+    if usize::from(n) <= inline.len() {
+        let mut count = 0;
+        for e in (0..n).filter(is_available) {
+            inline[count] = e;
+            count += 1;
+        }
+        f(states, &inline[..count])
+    } else {
+        let spilled: Vec<u16> = (0..n).filter(is_available).collect();
+        f(states, &spilled)
+    }
+}
+
 /// Power of two choices among the available endpoints, on latency × (in-flight + 1) (the
 /// server's own queue instead of in-flight where it is scraped). `sheddable`: see
 /// [`endpoint_available`]. `affinity`: the request's key on this pool ([`affinity_key`]),
@@ -657,45 +683,65 @@ pub fn pick_endpoint(
     (now_ms, sheddable): (u64, bool),
     affinity: u64,
 ) -> Option<u16> {
-    let n = pool.endpoints.len() as u16;
-    let states = live.endpoints(pool_id);
-    // One pass over the endpoints, the available ones noted on the stack (in a `Vec` for a
-    // pool of more than 32).
-    let is_available =
-        |&e: &u16| endpoint_available(states, (pool_id, pool), e, tried, (now_ms, sheddable));
-    let mut inline = [0u16; 32];
-    let spilled: Vec<u16>;
-    let available: &[u16] = if usize::from(n) <= inline.len() {
-        let mut count = 0;
-        for e in (0..n).filter(is_available) {
-            inline[count] = e;
-            count += 1;
+    let max_age = pool.server_metrics.as_ref().map(|m| m.max_age);
+    let when = (now_ms, sheddable);
+    with_available(live, (pool_id, pool), tried, when, |states, available| {
+        if let (Some(a), true, false) = (&pool.affinity, affinity != 0, available.is_empty()) {
+            let key = (affinity, a.load_factor);
+            return pick_by_affinity(states, available, key, (now_ms, max_age));
         }
-        &inline[..count]
-    } else {
-        spilled = (0..n).filter(is_available).collect();
-        &spilled
+        match available.len() {
+            0 => None,
+            1 => Some(available[0]),
+            count => {
+                let a = fastrand::usize(0..count);
+                let mut b = fastrand::usize(0..count - 1);
+                if b >= a {
+                    b += 1;
+                }
+                let (a, b) = (available[a], available[b]);
+                let sa = states[a as usize].load_score_at(now_ms, max_age);
+                let sb = states[b as usize].load_score_at(now_ms, max_age);
+                Some(if sb < sa { b } else { a })
+            }
+        }
+    })
+}
+
+/// Whether `target`, picked by affinity and its slot now taken, is still within the bounded
+/// load on the fresh counts: [`pick_by_affinity`] reads the queues before the slot is taken,
+/// so two requests picking at once could both pass its check. Checked after the take (which
+/// counts every earlier take), at most the bound pass. Always true for a request without an
+/// affinity key on the pool.
+pub fn affinity_holds(
+    class: &Class,
+    table: &Serving,
+    target: (PoolId, u16),
+    tried: Tried,
+    now_ms: u64,
+) -> bool {
+    let (pool_id, ep) = target;
+    let pool = &table.pools[pool_id as usize];
+    let (Some(a), true) = (&pool.affinity, affinity_key(class, pool) != 0) else {
+        return true;
     };
     let max_age = pool.server_metrics.as_ref().map(|m| m.max_age);
-    if let (Some(a), true, false) = (&pool.affinity, affinity != 0, available.is_empty()) {
-        let key = (affinity, a.load_factor);
-        return pick_by_affinity(states, available, key, (now_ms, max_age));
-    }
-    match available.len() {
-        0 => None,
-        1 => Some(available[0]),
-        count => {
-            let a = fastrand::usize(0..count);
-            let mut b = fastrand::usize(0..count - 1);
-            if b >= a {
-                b += 1;
-            }
-            let (a, b) = (available[a], available[b]);
-            let sa = states[a as usize].load_score_at(now_ms, max_age);
-            let sb = states[b as usize].load_score_at(now_ms, max_age);
-            Some(if sb < sa { b } else { a })
-        }
-    }
+    let when = (now_ms, sheddable(class, table));
+    with_available(
+        &table.live,
+        (pool_id, pool),
+        tried,
+        when,
+        |states, available| {
+            let queue = |e: u16| u64::from(states[e as usize].queue_at(now_ms, max_age));
+            // The target may have just filled its endpoint limit: counted whether or not it is
+            // still "available".
+            let others = available.iter().filter(|&&e| e != ep);
+            let (total, n) = others.fold((queue(ep), 1u64), |(t, n), &e| (t + queue(e), n + 1));
+            let bound = (a.load_factor * total as f64 / n as f64).ceil() as u64;
+            queue(ep) <= bound
+        },
+    )
 }
 
 /// The decision plus a report on every pool: what the admin API's explain returns.
@@ -1182,5 +1228,37 @@ routes:
         assert_eq!(d.reason, Reason::Overloaded, "everything is full");
         let (_, reports) = explain(&c, &table, 0);
         assert_eq!(reports[0].excluded, Some(Exclusion::AtCapacity));
+    }
+
+    /// Bounded load holds when two requests pick the same endpoint at once: the pick reads
+    /// the queues before the slot is taken, so the check after the take is what keeps the
+    /// second one off an endpoint already over the bound.
+    #[test]
+    fn affinity_bound_is_checked_after_the_slot_is_taken() {
+        let text = POLICY.replace(
+            "  - { name: far,",
+            "  - { name: chat, kind: gpu, region: eu, endpoints: [127.0.0.1:4, 127.0.0.1:5, 127.0.0.1:6, 127.0.0.1:7], models: [llm], concurrency: 64, service_time: 10ms, price: { per_request: 0.00001 }, affinity: { prefix: true, load_factor: 1.25 } }\n  - { name: far,",
+        );
+        let (table, _f) = serving(&text);
+        let mut c = class(&table, "loose", "llm");
+        c.affinity.prefix = 42;
+        let d = decide(&c, &table, &[], 0);
+        let (pool, ep) = d.target.expect("a target");
+        assert_eq!(table.pools[pool as usize].name, "chat");
+        // Another request with the same prefix picked the same endpoint and took its slot
+        // first; then this one takes its own.
+        assert!(crate::upstream::rules::take(&table, (pool, ep)));
+        assert!(
+            affinity_holds(&c, &table, (pool, ep), &[], 0),
+            "1 of 1 in flight"
+        );
+        assert!(crate::upstream::rules::take(&table, (pool, ep)));
+        assert!(
+            !affinity_holds(&c, &table, (pool, ep), &[], 0),
+            "2 in flight on one endpoint of 4, none elsewhere: over 1.25 x the mean"
+        );
+        // Without an affinity key the bound does not apply.
+        c.affinity.prefix = 0;
+        assert!(affinity_holds(&c, &table, (pool, ep), &[], 0));
     }
 }

@@ -37,8 +37,8 @@ pub fn give_back(table: &Serving, target: (PoolId, u16)) {
 }
 
 /// The slot for the next attempt: `decision`'s target, and on a lost race for the last slot
-/// a new decision on the fresh counts (the next candidate, or the tier's fallback), up to
-/// four times. Returns the decision that holds, and the target whose slots were taken.
+/// (or for an affinity endpoint's bounded load, [`route::affinity_holds`]) a new decision on
+/// the fresh counts (the next candidate, or the tier's fallback), up to four times. Returns the decision that holds, and the target whose slots were taken.
 pub fn take_slot(
     table: &Serving,
     class: &Class,
@@ -46,12 +46,16 @@ pub fn take_slot(
     mut decision: Decision,
     now_ms: u64,
 ) -> (Decision, Option<(PoolId, u16)>) {
-    for _ in 0..4 {
+    for round in 0..4 {
         let Some(target) = decision.target else {
             break;
         };
         if take(table, target) {
-            return (decision, Some(target));
+            // Bounded load is a preference: the last round keeps what it took.
+            if round == 3 || route::affinity_holds(class, table, target, tried, now_ms) {
+                return (decision, Some(target));
+            }
+            give_back(table, target);
         }
         decision = route::decide(class, table, tried, now_ms);
     }
