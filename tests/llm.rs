@@ -204,6 +204,14 @@ async fn shared_pool_run(scrape: bool, secs: u64) -> Run {
             })
             .await;
         }
+        // Operators see what routing sees: the server's own queue per endpoint, and
+        // nothing for a pool that is not scraped.
+        let pools = a.pools().await;
+        let endpoint = |pool: usize| pools["pools"][pool]["endpoints"][0]["server"].clone();
+        assert_eq!(pools["pools"][0]["server_metrics"]["interval_ms"], 20);
+        assert!(endpoint(0)["waiting"].is_u64(), "{}", pools["pools"][0]);
+        assert!(endpoint(0)["kv_cache"].is_number(), "{}", pools["pools"][0]);
+        assert!(endpoint(1).is_null(), "{}", pools["pools"][1]);
     }
     let until = Instant::now() + Duration::from_secs(secs);
     let mut clients = Vec::new();
@@ -325,6 +333,8 @@ async fn multi_turn(
         .tier(Tier::new("chat", "10s", 1.0, ["gpu"]).on_slo_miss("fastest"))
         .routes([Route::chat().tier("chat")]);
     let gw = std::sync::Arc::new(Gateway::start(&policy.render()).await);
+    let shown = &gw.pools().await["pools"][0]["affinity"];
+    assert_eq!(shown.is_null(), !affinity, "{shown}");
     let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut workers = Vec::new();
     for _ in 0..parallel {

@@ -9,7 +9,7 @@ use crate::classify::{self, RequestFacts};
 use crate::policy;
 use crate::policy::compile::PoolId;
 use crate::route::{self, CandidateReport};
-use crate::serving::state::now_ms;
+use crate::serving::state::{now_ms, EndpointState};
 use crate::serving::Serving;
 use crate::telemetry as t;
 use async_trait::async_trait;
@@ -410,6 +410,36 @@ pub fn gateway_region(table: &policy::RoutingTable) -> Option<&str> {
         .map(|g| table.regions[g as usize].as_str())
 }
 
+/// An endpoint's own load as its model server last reported it (`server_metrics:` pools;
+/// `null` when the pool scrapes none, or the last scrape is older than `max_age`, in which
+/// case routing counts this gateway's in-flight requests instead).
+pub fn server_load(pool: &policy::compile::Pool, state: &EndpointState, now: u64) -> Value {
+    let sample = pool
+        .server_metrics
+        .as_ref()
+        .and_then(|m| state.server.fresh(now, m.max_age));
+    match sample {
+        Some(l) => json!({
+            "waiting": l.waiting,
+            "running": l.running,
+            "kv_cache": (l.kv_cache * 1e3).round() / 1e3,
+        }),
+        None => Value::Null,
+    }
+}
+
+/// A pool's `affinity:` as it routes (`null`: endpoints by power of two choices).
+pub fn affinity(pool: &policy::compile::Pool) -> Value {
+    match &pool.affinity {
+        Some(a) => json!({
+            "prefix": a.prefix,
+            "session_header": a.session_header.as_ref().map(|h| h.as_str()),
+            "load_factor": a.load_factor,
+        }),
+        None => Value::Null,
+    }
+}
+
 /// `GET /admin/pools`: the live estimates and health of every pool and endpoint.
 pub fn pools(table: &Serving) -> Value {
     let now = now_ms();
@@ -442,6 +472,12 @@ pub fn pools(table: &Serving) -> Value {
                 "service_ms": ms(service),
                 "rtt_ms": rtt.map(ms),
                 "rtt_source": rtt_source,
+                "affinity": affinity(p),
+                "server_metrics": p.server_metrics.as_ref().map(|m| json!({
+                    "path": m.path, "interval_ms": m.interval.as_millis() as u64,
+                    "max_age_ms": m.max_age.as_millis() as u64,
+                    "max_waiting": m.max_waiting, "max_kv_cache": m.max_kv_cache,
+                })),
                 "health_check": p.health.as_ref().map(|h| json!({
                     "path": h.path, "interval_ms": h.interval.as_millis() as u64,
                     "timeout_ms": h.timeout.as_millis() as u64,
@@ -473,6 +509,7 @@ pub fn pools(table: &Serving) -> Value {
                         "ewma_ms": ms(s.ewma()),
                         "latency_ms": ms(s.latency()),
                         "rtt_ms": s.rtt().map(ms),
+                        "server": server_load(p, s, now),
                     })
                 }).collect::<Vec<_>>(),
             })

@@ -111,7 +111,9 @@ pub fn status_of(
                     "in_flight": s.in_flight(),
                     "latency_ms": round(s.latency().as_secs_f64() * 1e3, 2),
                     "consecutive_failures": s.consecutive_failures(),
+                    "server": super::server_load(p, s, now),
                 })).collect::<Vec<_>>(),
+                "affinity": super::affinity(p),
             })
         })
         .collect();
