@@ -328,6 +328,62 @@ async fn keda_sees_desired_replicas_rise_under_load_and_fall_after_it() {
     assert_eq!(back.ok(), Some(true), "the stream says inactive again");
 }
 
+/// A pool at zero that a request would take warm is woken by it, though the request goes
+/// elsewhere now: a paid-for GPU pool scaled to zero behind a per-use API is asked for a
+/// replica by the first request its deadline keeps off it, not never.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_kept_off_a_cold_pool_wakes_it_on_its_way_elsewhere() {
+    let gpu = mock("gpu", 10).await;
+    let api = mock("api", 10).await;
+    let keda = free_addr();
+    let policy = Policy::new()
+        .pool(
+            Pool::gpu("gpu")
+                .endpoints(&[gpu.addr()])
+                .with("price", "{ per_replica_hour: 1 }")
+                .with(
+                    "capacity",
+                    "{ min_replicas: 0, deadline: 200ms, scale_down_window: 1s, scale_up_time: 30s }",
+                ),
+        )
+        .pool(Pool::edge("api").endpoints(&[api.addr()]))
+        .extra(&format!("listeners: {{ keda: \"{keda}\" }}"));
+    let gw = Gateway::start(&policy.render()).await;
+    scaler_up(keda).await;
+    let metric = "desired-replicas-gpu";
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            !is_active(keda, "gpu").await && desired(keda, "gpu", metric).await == 0
+        })
+        .await,
+        "an idle pool with min_replicas 0 is inactive at 0"
+    );
+
+    // 30 s to start a replica is past the standard tier's 1 s: the request goes to the API
+    // now, and the GPU pool, cheaper at the margin once warm, is woken.
+    let r = gw.post("/v1/chat/completions", &[], &chat("m")).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.header("x-switchyard-pool"), Some("api"));
+    assert!(is_active(keda, "gpu").await, "the request woke the pool");
+    let metrics = gw.metrics().await;
+    assert_eq!(
+        metric_sum(
+            &metrics,
+            "switchyard_pool_cold_displaced_total",
+            &[("pool", "gpu")]
+        ),
+        1.0,
+        "{metrics}"
+    );
+    let report = capacity_of(&gw).await;
+    assert_eq!(report["pools"][0]["displaced"], 1, "{report}");
+    assert_eq!(report["pools"][0]["activations"], 1, "{report}");
+
+    // Warm (as far as the gateway knows: a replica is asked for), it takes the traffic.
+    let r = gw.post("/v1/chat/completions", &[], &chat("m")).await;
+    assert_eq!(r.header("x-switchyard-pool"), Some("gpu"), "{r:?}");
+}
+
 /// A ScaledObject naming no pool, or one without `capacity:`, gets a gRPC error, not a
 /// number KEDA would scale on.
 #[tokio::test]

@@ -52,6 +52,9 @@ pub const POOL_ARRIVAL_RATE: &str = "switchyard_pool_arrival_rate";
 pub const POOL_FORECAST_RATE: &str = "switchyard_pool_forecast_arrival_rate";
 /// Requests that found their pool at zero replicas and activated it. Labels: pool.
 pub const POOL_ACTIVATIONS: &str = "switchyard_pool_activations_total";
+/// Requests sent elsewhere (or queued or shed) because their pool was at zero replicas,
+/// where they would have gone warm; each also wakes it. Labels: pool.
+pub const POOL_COLD_DISPLACED: &str = "switchyard_pool_cold_displaced_total";
 /// 1 while capacity demand is shared through Redis, 0 while it is this instance's estimate.
 pub const CAPACITY_SHARED: &str = "switchyard_capacity_shared";
 /// KEDA external scaler calls. Labels: method, code (gRPC status).
@@ -298,6 +301,10 @@ fn describe() {
     describe_counter!(
         POOL_ACTIVATIONS,
         "Requests that found their pool at zero replicas and activated it, by pool"
+    );
+    describe_counter!(
+        POOL_COLD_DISPLACED,
+        "Requests sent elsewhere because their pool was at zero replicas (each wakes it), by pool"
     );
     describe_gauge!(
         CAPACITY_SHARED,

@@ -648,6 +648,9 @@ pub fn explain_with(
             "capacity": decision.target.and_then(|(p, _)| crate::capacity::pool_report(table, p)),
             "candidates": decision.candidates,
             "feasible": decision.feasible,
+            // A pool at zero replicas this request would take warm: it wakes it on its way
+            // elsewhere.
+            "wakes": decision.wake.map(|p| table.pools[p as usize].name.clone()),
         },
         "candidates": candidates,
     }))

@@ -87,6 +87,7 @@ pub fn status_of(
                 // `capacity:` pools: the replicas they need, and requests that woke them.
                 "desired_replicas": p.capacity.as_ref().and(state.demand.desired()),
                 "activations": state.demand.activations(),
+                "displaced": state.demand.displaced(),
                 "service_time_ms": round(state.service_time().as_secs_f64() * 1e3, 2),
                 // Gateway → pool round trip (measured, else the matrix prior), apart from
                 // the service time: the estimate adds them, each once.

@@ -59,6 +59,18 @@ pub fn arrive(table: &Serving, pool: PoolId) {
     }
 }
 
+/// A request went elsewhere now (or was queued or shed) because pool `pool` was at zero
+/// replicas, where it would have gone warm (`route::Decision::wake`): it is the pool's
+/// demand all the same, so it counts as an arrival (and activates the pool), and it is
+/// counted apart as displaced.
+pub fn displaced(table: &Serving, pool: PoolId) {
+    table.live.pool(pool).demand.displace();
+    if let Some(p) = table.pools.get(pool as usize) {
+        metrics::counter!(t::POOL_COLD_DISPLACED, "pool" => p.name.clone()).increment(1);
+    }
+    arrive(table, pool);
+}
+
 /// What one computation found for a pool (also what `/admin/capacity` shows).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Sizing {
@@ -257,6 +269,7 @@ pub fn pool_report(table: &Serving, pool: PoolId) -> Option<Value> {
         "service_time_ms": round3(service.as_secs_f64() * 1e3),
         "in_flight": state.in_flight(),
         "activations": state.demand.activations(),
+        "displaced": state.demand.displaced(),
         "cold_start_ms": cold_start,
         "min_replicas": c.min_replicas,
         "max_replicas": c.max_replicas,

@@ -569,9 +569,14 @@ async fn stages(gw: &Gateway, session: &mut ServerSession, req: &mut Request) ->
     }
     let decision = decide(class, &table, lookup.is_hit());
     req.decision = Some(decision);
-    if let (false, Some((pool, _))) = (lookup.is_hit(), decision.target) {
+    if !lookup.is_hit() {
         // Demand for the capacity meter (an atomic add; wakes KEDA if the pool is at zero).
-        crate::capacity::arrive(&table, pool);
+        if let Some((pool, _)) = decision.target {
+            crate::capacity::arrive(&table, pool);
+        }
+        if let Some(pool) = decision.wake {
+            crate::capacity::displaced(&table, pool);
+        }
     }
 
     // A hit, or the answer of an identical request in flight, is served before any upstream

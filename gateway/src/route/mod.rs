@@ -51,6 +51,22 @@ pub struct Estimate {
     /// output token (`None`: not measured yet, or not asked).
     #[serde(serialize_with = "ser_opt_ms")]
     pub tpot: Option<Duration>,
+    /// The wait for a pool at zero replicas to start one (`capacity.scale_up_time`),
+    /// included in `service` and `latency`.
+    #[serde(serialize_with = "ser_ms")]
+    pub activation: Duration,
+}
+
+impl Estimate {
+    /// The estimate once the pool has a replica again: without its activation wait.
+    fn warm(&self) -> Estimate {
+        Estimate {
+            latency: self.latency.saturating_sub(self.activation),
+            service: self.service.saturating_sub(self.activation),
+            activation: Duration::ZERO,
+            ..*self
+        }
+    }
 }
 
 fn ser_opt_ms<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
@@ -124,6 +140,10 @@ pub struct Decision {
     /// How many pools were candidates, and how many of those met the deadline.
     pub candidates: u16,
     pub feasible: u16,
+    /// A pool at zero replicas (`capacity.min_replicas: 0`) that this request would have
+    /// gone to were it warm: the request goes elsewhere now (or is queued or shed), and the
+    /// pool is woken for the requests after it (`capacity::displaced`).
+    pub wake: Option<PoolId>,
 }
 
 /// Why a pool is not a candidate.
@@ -336,9 +356,11 @@ pub fn estimate_at(
     // A pool allowed to scale to zero (`capacity.min_replicas: 0`) whose desired replicas
     // went to 0 has no replica, or soon none: the request waits `scale_up_time` for one, so
     // it goes there only if its deadline allows (its arrival then activates the pool).
+    let mut activation = Duration::ZERO;
     if let Some(c) = pool.capacity.as_ref().filter(|c| c.min_replicas == 0) {
         if state.demand.desired() == Some(0) {
-            queued += c.scale_up_time;
+            activation = c.scale_up_time;
+            queued += activation;
         }
     }
     // The network is not queued: only the service time is multiplied.
@@ -364,6 +386,7 @@ pub fn estimate_at(
         service: queued,
         cost,
         tpot,
+        activation,
     }
 }
 
@@ -450,6 +473,8 @@ pub fn decide(class: &Class, table: &Serving, tried: Tried, now_ms: u64) -> Deci
     // Candidates that meet the deadline, kept for pass 2 so that nothing is estimated twice
     // (on the stack instead of a second round of exclusion checks and estimates).
     let mut meeting = Meeting::new();
+    // The cheapest pool at zero replicas that would meet the objective once warm.
+    let mut cold: Option<(PoolId, Estimate)> = None;
     for (i, pool) in table.pools.iter().enumerate() {
         let id = i as PoolId;
         match exclusion(id, pool, class, table, tried, now_ms) {
@@ -476,75 +501,106 @@ pub fn decide(class: &Class, table: &Serving, tried: Tried, now_ms: u64) -> Deci
         if cheapest.is_none_or(|(_, c)| est.cost_usd < c.cost_usd) {
             cheapest = Some((id, est));
         }
-    }
-
-    let chosen = if feasible > 0 {
-        // Pass 2: the best trade-off among those that meet the deadline.
-        let scale = Scale::new(tier.weight, deadline, max_cost);
-        let mut best: Option<(PoolId, Estimate, f64)> = None;
-        for &(id, est) in meeting.iter() {
-            let s = scale.score(&est);
-            if best.is_none_or(|(_, _, b)| s < b) {
-                best = Some((id, est, s));
+        if !est.activation.is_zero() {
+            let warm = est.warm();
+            if meets(class, &warm) && cold.is_none_or(|(_, c)| warm.cost_usd < c.cost_usd) {
+                cold = Some((id, warm));
             }
         }
-        best.map(|(id, est, _)| (id, est, Reason::MeetsDeadline))
-    } else {
-        match (fastest, tier.on_slo_miss) {
-            // Everything that could take it is full: queue it when the tier queues, else
-            // refuse now (overflow never waits in a local queue).
-            (None, OnSloMiss::Queue) if cheapest_full.is_some() => {
-                return Decision {
-                    target: cheapest_full.map(|(id, _)| (id, 0)),
-                    estimate: cheapest_full.map(|(_, e)| e),
-                    reason: Reason::Queued,
-                    candidates,
-                    feasible,
+    }
+
+    let mut decision = 'decided: {
+        let chosen = if feasible > 0 {
+            // Pass 2: the best trade-off among those that meet the deadline.
+            let scale = Scale::new(tier.weight, deadline, max_cost);
+            let mut best: Option<(PoolId, Estimate, f64)> = None;
+            for &(id, est) in meeting.iter() {
+                let s = scale.score(&est);
+                if best.is_none_or(|(_, _, b)| s < b) {
+                    best = Some((id, est, s));
                 }
             }
-            (None, _) if cheapest_full.is_some() => {
-                return Decision {
-                    target: None,
-                    estimate: cheapest_full.map(|(_, e)| e),
-                    reason: Reason::Overloaded,
-                    candidates,
-                    feasible,
+            best.map(|(id, est, _)| (id, est, Reason::MeetsDeadline))
+        } else {
+            match (fastest, tier.on_slo_miss) {
+                // Everything that could take it is full: queue it when the tier queues, else
+                // refuse now (overflow never waits in a local queue).
+                (None, OnSloMiss::Queue) if cheapest_full.is_some() => {
+                    break 'decided Decision {
+                        target: cheapest_full.map(|(id, _)| (id, 0)),
+                        estimate: cheapest_full.map(|(_, e)| e),
+                        reason: Reason::Queued,
+                        candidates,
+                        feasible,
+                        wake: None,
+                    }
+                }
+                (None, _) if cheapest_full.is_some() => {
+                    break 'decided Decision {
+                        target: None,
+                        estimate: cheapest_full.map(|(_, e)| e),
+                        reason: Reason::Overloaded,
+                        candidates,
+                        feasible,
+                        wake: None,
+                    }
+                }
+                (None, _) => None,
+                (Some(_), OnSloMiss::Shed) => {
+                    break 'decided Decision {
+                        target: None,
+                        estimate: fastest.map(|(_, e)| e),
+                        reason: Reason::Shed,
+                        candidates,
+                        feasible,
+                        wake: None,
+                    }
+                }
+                (Some((id, est)), OnSloMiss::Fastest) => Some((id, est, Reason::FallbackFastest)),
+                // Late anyway: take the cheapest; the queue answers 202 and dispatches later.
+                (Some(_), OnSloMiss::Queue) => cheapest.map(|(id, est)| (id, est, Reason::Queued)),
+            }
+        };
+
+        match chosen {
+            Some((pool_id, est, reason)) => {
+                let pool = &table.pools[pool_id as usize];
+                let shed = sheddable(class, table);
+                let key = affinity_key(class, pool);
+                match pick_endpoint(&table.live, (pool_id, pool), tried, (now_ms, shed), key) {
+                    Some(ep) => Decision {
+                        target: Some((pool_id, ep)),
+                        estimate: Some(est),
+                        reason,
+                        candidates,
+                        feasible,
+                        wake: None,
+                    },
+                    None => no_candidate(candidates, feasible),
                 }
             }
-            (None, _) => None,
-            (Some(_), OnSloMiss::Shed) => {
-                return Decision {
-                    target: None,
-                    estimate: fastest.map(|(_, e)| e),
-                    reason: Reason::Shed,
-                    candidates,
-                    feasible,
-                }
-            }
-            (Some((id, est)), OnSloMiss::Fastest) => Some((id, est, Reason::FallbackFastest)),
-            // Late anyway: take the cheapest; the queue answers 202 and dispatches later.
-            (Some(_), OnSloMiss::Queue) => cheapest.map(|(id, est)| (id, est, Reason::Queued)),
+            None => no_candidate(candidates, feasible),
         }
     };
-
-    match chosen {
-        Some((pool_id, est, reason)) => {
-            let pool = &table.pools[pool_id as usize];
-            let shed = sheddable(class, table);
-            let key = affinity_key(class, pool);
-            match pick_endpoint(&table.live, (pool_id, pool), tried, (now_ms, shed), key) {
-                Some(ep) => Decision {
-                    target: Some((pool_id, ep)),
-                    estimate: Some(est),
-                    reason,
-                    candidates,
-                    feasible,
-                },
-                None => no_candidate(candidates, feasible),
+    // A pool at zero that the request would have taken warm is woken by it, though the
+    // request goes elsewhere now: else a cold pool that only deadline-bound traffic wants
+    // would never be asked for a replica.
+    if let Some((id, warm)) = cold {
+        let warm_wins = match (decision.target, decision.estimate, decision.reason) {
+            // It goes there, and its arrival wakes the pool.
+            (Some((p, _)), _, _) if p == id => false,
+            (Some(_), Some(est), Reason::MeetsDeadline) => {
+                let scale = Scale::new(tier.weight, deadline, max_cost.max(warm.cost_usd));
+                scale.score(&warm) < scale.score(&est)
             }
+            // Late, queued, shed or refused now, where the warm pool would meet it.
+            _ => true,
+        };
+        if warm_wins {
+            decision.wake = Some(id);
         }
-        None => no_candidate(candidates, feasible),
     }
+    decision
 }
 
 /// When [`decide`] sheds: the candidate pool with the lowest estimate among those whose
@@ -591,11 +647,13 @@ pub fn probe_instead_of_shed(class: &Class, table: &Serving, now_ms: u64) -> Opt
         reason: Reason::Probe,
         candidates,
         feasible: 0,
+        wake: None,
     })
 }
 
 fn no_candidate(candidates: u16, feasible: u16) -> Decision {
     Decision {
+        wake: None,
         target: None,
         estimate: None,
         reason: Reason::NoCandidate,
@@ -1088,7 +1146,15 @@ routes:
         assert_eq!(pool(&decide(&c, &table, &[], 0)).as_deref(), Some("paid"));
         // The capacity meter asked for no replica: 30 s to get one is past the 2 s deadline.
         table.live.pool(0).demand.publish(0, 0.0, 0.0);
-        assert_eq!(pool(&decide(&c, &table, &[], 0)).as_deref(), Some("api"));
+        let d = decide(&c, &table, &[], 0);
+        assert_eq!(pool(&d).as_deref(), Some("api"));
+        // Warm, it would have taken the request: the request wakes it on its way elsewhere.
+        assert_eq!(d.wake, Some(0), "{d:?}");
+        let est = d.estimate.unwrap();
+        assert_eq!(est.activation, Duration::ZERO, "api has no activation wait");
+        // Not woken by a request it does not serve.
+        let other = class(&table, "cheap", "w");
+        assert_eq!(decide(&other, &table, &[], 0).wake, None);
         // Activated (a request arrived for it): no longer estimated cold.
         assert!(table.live.pool(0).demand.arrive());
         assert_eq!(pool(&decide(&c, &table, &[], 0)).as_deref(), Some("paid"));
@@ -1247,12 +1313,12 @@ routes:
         assert_eq!(table.pools[pool as usize].name, "chat");
         // Another request with the same prefix picked the same endpoint and took its slot
         // first; then this one takes its own.
-        assert!(crate::upstream::rules::take(&table, (pool, ep)));
+        table.live.endpoint(pool, ep as usize).acquire();
         assert!(
             affinity_holds(&c, &table, (pool, ep), &[], 0),
             "1 of 1 in flight"
         );
-        assert!(crate::upstream::rules::take(&table, (pool, ep)));
+        table.live.endpoint(pool, ep as usize).acquire();
         assert!(
             !affinity_holds(&c, &table, (pool, ep), &[], 0),
             "2 in flight on one endpoint of 4, none elsewhere: over 1.25 x the mean"

@@ -808,6 +808,9 @@ pub struct Demand {
     forecast: AtomicU64,
     /// Requests that found the pool at zero replicas and activated it.
     activations: AtomicU64,
+    /// Requests sent elsewhere (or queued or shed) because the pool was at zero replicas,
+    /// where they would have gone warm.
+    displaced: AtomicU64,
 }
 
 impl Default for Demand {
@@ -818,6 +821,7 @@ impl Default for Demand {
             rate: AtomicU64::new(0),
             forecast: AtomicU64::new(0),
             activations: AtomicU64::new(0),
+            displaced: AtomicU64::new(0),
         }
     }
 }
@@ -847,6 +851,15 @@ impl Demand {
 
     pub fn activations(&self) -> u64 {
         self.activations.load(Ordering::Relaxed)
+    }
+
+    /// One request went elsewhere because the pool was at zero ([`Demand::displaced`]).
+    pub fn displace(&self) {
+        self.displaced.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn displaced(&self) -> u64 {
+        self.displaced.load(Ordering::Relaxed)
     }
 
     /// Desired replicas (`None`: not computed yet).
