@@ -335,6 +335,15 @@ async fn multi_turn(
     let gw = std::sync::Arc::new(Gateway::start(&policy.render()).await);
     let shown = &gw.pools().await["pools"][0]["affinity"];
     assert_eq!(shown.is_null(), !affinity, "{shown}");
+    let body = serde_json::json!({"path": "/v1/chat/completions", "body": {"model": "m", "messages": [{"role": "user", "content": "hi"}]}});
+    let explained = gw.admin_post("/admin/explain", &body.to_string()).await;
+    let by = explained.json().expect("explain json")["decision"]["endpoint_by"].clone();
+    let expected = if affinity {
+        "affinity_prefix"
+    } else {
+        "power_of_two_choices"
+    };
+    assert_eq!(by, expected, "{}", explained.text());
     let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut workers = Vec::new();
     for _ in 0..parallel {

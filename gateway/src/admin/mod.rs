@@ -428,6 +428,15 @@ pub fn server_load(pool: &policy::compile::Pool, state: &EndpointState, now: u64
     }
 }
 
+/// How [`route::pick_endpoint`] picks `class`'s endpoint on `pool`.
+fn endpoint_by(class: &classify::Class, pool: &policy::compile::Pool) -> &'static str {
+    match route::affinity_key(class, pool) {
+        0 => "power_of_two_choices",
+        _ if class.affinity.session != 0 => "affinity_session",
+        _ => "affinity_prefix",
+    }
+}
+
 /// A pool's `affinity:` as it routes (`null`: endpoints by power of two choices).
 pub fn affinity(pool: &policy::compile::Pool) -> Value {
     match &pool.affinity {
@@ -642,6 +651,10 @@ pub fn explain_with(
         "decision": {
             "pool": decision.target.map(|(p, _)| table.pools[p as usize].name.clone()),
             "endpoint": decision.target.map(|(p, e)| table.pools[p as usize].endpoints[e as usize].name.clone()),
+            // How the endpoint was picked: by the request's session or prompt prefix on a pool
+            // with `affinity:` (rendezvous hashing within the load bound), else the less
+            // loaded of two at random.
+            "endpoint_by": decision.target.map(|(p, _)| endpoint_by(&class, &table.pools[p as usize])),
             "reason": decision.reason,
             "estimate": decision.estimate,
             // The chosen pool's `capacity:` and desired replicas, when it has one.
