@@ -122,6 +122,12 @@ impl Gateway {
         self
     }
 
+    /// Keep rollouts' state in `rollouts` (shared through Redis when it has a backend).
+    pub fn with_rollouts(mut self, rollouts: Arc<Rollouts>) -> Self {
+        self.rollouts = rollouts;
+        self
+    }
+
     /// Rollouts' state (the admin listener reports and commands them).
     pub fn rollouts(&self) -> Arc<Rollouts> {
         self.rollouts.clone()
