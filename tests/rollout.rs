@@ -683,7 +683,7 @@ async fn a_rollback_on_one_instance_and_commands_on_either_reach_the_other() {
     let policy =
         shared_rollout_policy(&stable, &canary, "[10, 50, 100]", 20, &url, &fresh_prefix());
     let a = Gateway::start(&policy).await;
-    let b = Gateway::start(&policy).await;
+    let mut b = Gateway::start(&policy).await;
     for gw in [&a, &b] {
         rollout_until(gw, Duration::from_secs(5), |s| {
             s["state"]["source"] == "redis"
@@ -696,6 +696,18 @@ async fn a_rollback_on_one_instance_and_commands_on_either_reach_the_other() {
     assert_eq!(r.status, 200, "{}", r.text());
     let (state, took) = rollout_until(&b, Duration::from_secs(2), |s| s["step"] == 1).await;
     println!("B followed A's promote in {took:?}");
+    assert_eq!(state["canary_percent"], 50.0, "{state}");
+    // B restarts with a stale state file (step 0): the fleet's state in Redis wins.
+    let file = b.dir.path().join("switchyard-rollout-chat-v.json");
+    let saved = std::fs::read_to_string(&file).expect("B wrote its state file");
+    assert!(saved.contains("\"step\":1"), "{saved}");
+    std::fs::write(&file, r#"{"step":0,"phase":"running","last":"stale"}"#).unwrap();
+    b.restart().await;
+    let (state, _) = rollout_until(&b, Duration::from_secs(5), |s| {
+        s["state"]["source"] == "redis"
+    })
+    .await;
+    assert_eq!(state["step"], 1, "{state}");
     assert_eq!(state["canary_percent"], 50.0, "{state}");
     assert_eq!(
         b.admin_post("/admin/rollouts/chat-v/pause", "")
