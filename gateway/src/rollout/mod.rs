@@ -563,8 +563,9 @@ impl Rollouts {
                     || (s.phase == Phase::RolledBack && held.phase != Phase::RolledBack))
             {
                 Some((held.epoch, (s.step, s.phase), s.last.clone()))
-            } else if (held.step, held.phase) == (s.step, s.phase) && !away {
-                // Joining a state this instance already has (a start): keep its counts.
+            } else if epoch == 0 && !away && (held.step, held.phase) == (s.step, s.phase) {
+                // Joining, at start-up, the state this instance already has (from its
+                // state file): its counts so far are of this step, kept to be flushed.
                 s.epoch = held.epoch;
                 s.last = held.last;
                 s.fleet = got.fleet;
