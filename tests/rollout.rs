@@ -845,3 +845,55 @@ async fn with_redis_stopped_both_instances_serve_on_local_state_and_rejoin() {
         409
     );
 }
+
+#[tokio::test]
+async fn a_step_taken_while_redis_hangs_is_the_fleets_when_it_answers_again() {
+    if !redis_server_available() {
+        eprintln!("skipped: redis-server is not installed");
+        return;
+    }
+    let Some(redis) = OwnRedis::start(None) else {
+        eprintln!("skipped: could not start redis-server");
+        return;
+    };
+    let stable = mock("stable", 0).await;
+    let canary = mock("canary", 0).await;
+    let policy = shared_rollout_policy(
+        &stable,
+        &canary,
+        "[10, 50, 100]",
+        1000,
+        &redis.url(),
+        "hang",
+    );
+    let a = Gateway::start(&policy).await;
+    let b = Gateway::start(&policy).await;
+    for gw in [&a, &b] {
+        rollout_until(gw, Duration::from_secs(5), |s| {
+            s["state"]["source"] == "redis"
+        })
+        .await;
+    }
+    // Redis hangs (its data kept): calls time out, both instances fall back.
+    redis.signal("-STOP");
+    for gw in [&a, &b] {
+        rollout_until(gw, Duration::from_secs(5), |s| {
+            s["state"]["source"] == "local_fallback"
+        })
+        .await;
+    }
+    // A promote on A alone, while nobody can move the fleet's state...
+    let r = a.admin_post("/admin/rollouts/chat-v/promote", "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(rollout_state(&b).await["step"], 0);
+    assert!(send(&b, 0, 20).await.iter().all(|s| *s == 200));
+    // ...is the newest decision when Redis answers again: A pushes it, B adopts it.
+    redis.signal("-CONT");
+    for gw in [&a, &b] {
+        let (state, _) = rollout_until(gw, Duration::from_secs(10), |s| {
+            s["state"]["source"] == "redis" && s["step"] == 1
+        })
+        .await;
+        assert_eq!(state["canary_percent"], 50.0, "{state}");
+    }
+}

@@ -12,7 +12,6 @@ mod support;
 
 use serde_json::Value;
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::{Duration, Instant};
 use support::*;
 use switchyard_testkit::client::Response;
@@ -763,15 +762,6 @@ async fn backend(gw: &Gateway) -> String {
         .as_str()
         .unwrap_or_default()
         .to_string()
-}
-
-impl OwnRedis {
-    /// `kill -STOP` / `-CONT` this test's own redis-server (by its pid).
-    fn signal(&self, sig: &str) {
-        let pid = self.child.as_ref().expect("running").id().to_string();
-        let ok = Command::new("kill").args([sig, &pid]).status();
-        assert!(ok.is_ok_and(|s| s.success()), "kill {sig} {pid}");
-    }
 }
 
 #[tokio::test]

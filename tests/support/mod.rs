@@ -493,6 +493,13 @@ impl OwnRedis {
         })
     }
 
+    /// `kill -STOP` / `-CONT` this test's own redis-server (by its pid).
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let ok = Command::new("kill").args([sig, &pid]).status();
+        assert!(ok.is_ok_and(|s| s.success()), "kill {sig} {pid}");
+    }
+
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
