@@ -43,7 +43,8 @@
 //! mutex below); every [`shared::SYNC_EVERY`] the [`RolloutSync`] service flushes them into
 //! the step's counts in Redis (one script per rollout: `HINCRBY`s, only under the epoch they
 //! were counted in) and reads back the state and the counts summed over every instance. The
-//! step is judged on those sums, by the tick, not by requests; a transition (next step,
+//! step is judged on those sums by the tick (which a request that finds the step decidable
+//! wakes at once), never by a request; a transition (next step,
 //! rollback, promote, a manual command on any instance) is applied by compare-and-set on
 //! the state's epoch, so of two instances deciding on the same step one wins and the other
 //! adopts the winner's state on its next tick, as every instance does. Redis' state is read
@@ -57,12 +58,15 @@
 //! file; warned once, `switchyard_rollout_shared` 0, `"state": {"source": "local_fallback"}`
 //! in `/admin/rollouts`. Admin commands then reach only the instance asked. **Rejoin**, at
 //! the first tick that Redis answers: an instance that made no transition while away adopts
-//! Redis' state and adds the counts it kept. One that did pushes its state (compare-and-set)
+//! Redis' state, adding the counts it kept if the step is still the one they were counted
+//! in (else they are dropped with their step). One that did pushes its state (compare-and-set)
 //! when Redis has not moved since it left, since it then holds the newer decision; and
 //! pushes a rollback whatever Redis holds, because a canary found worse on one instance's
 //! evidence must not be put back in front of users by another's; otherwise it adopts Redis'
 //! state (decided on the fleet's counts, more evidence than its own). A Redis that lost its
-//! data (restarted empty) is seeded from the first instance that syncs.
+//! data (restarted empty) is seeded from the first instance that syncs. One inaccuracy: a
+//! sync that Redis ran but whose answer timed out is sent again, so a step's counts may
+//! hold one instance's tick of requests twice.
 //!
 //! State lives here, beside the table, by model name across reloads. The counts of one
 //! rollout are behind a mutex held for a few additions per request of that model (the sync
