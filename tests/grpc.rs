@@ -371,3 +371,149 @@ async fn grpc_timeout_tightens_the_deadline_sent_upstream() {
     let r = infer(&f.gw, "resnet", &[("grpc-timeout", "soon")]).await;
     assert_eq!(r.grpc_status(), Some(3), "{r:?}");
 }
+
+/// `resnet` split 90/10 between `v1` (pool `grpc-v1`, upstream `resnet-v1` version `1`) and
+/// `v2` (pool `grpc-v2`, upstream `resnet-canary` version `2`), sticky on `x-session`.
+fn grpc_split(v1: &GrpcMock, v2: &GrpcMock, weights: (u32, u32), shadow: &str) -> String {
+    grpc_policy()
+        .pool(Pool::edge("grpc-v1").grpc_endpoint(dead_addr(), v1.addr()).models(["resnet-v1"]))
+        .pool(Pool::edge("grpc-v2").grpc_endpoint(dead_addr(), v2.addr()).models(["resnet-canary"]))
+        .extra(&format!(
+            "models:\n  resnet:\n    sticky: \"header:x-session\"\n    versions:\n      \
+             - {{ name: v1, weight: {}, pools: [grpc-v1], upstream_model: resnet-v1, upstream_version: \"1\" }}\n      \
+             - {{ name: v2, weight: {}, pools: [grpc-v2], upstream_model: resnet-canary, upstream_version: \"2\" }}\n{shadow}",
+            weights.0, weights.1
+        ))
+        .render()
+}
+
+async fn infer_version(gw: &Gateway, version: &str, session: &str) -> GrpcResponse {
+    call(
+        gw.proxy,
+        INFER,
+        &infer_request("resnet", version, b"tensor"),
+        &[("x-session", session)],
+    )
+    .await
+    .expect("grpc call through the gateway")
+}
+
+#[tokio::test]
+async fn a_grpc_call_for_the_canary_version_reaches_it_with_model_name_and_version_rewritten() {
+    let v1 = grpc_mock("v1").await;
+    let v2 = grpc_mock("v2").await;
+    let gw = Gateway::start(&grpc_split(&v1, &v2, (90, 10), "")).await;
+
+    // The client names the split's version `v2` in `model_version`.
+    let r = infer_version(&gw, "v2", "anyone").await;
+    assert_eq!(r.grpc_status(), Some(0), "{r:?}");
+    assert_eq!(answered_by(&r), "v2");
+    assert_eq!(r.header("x-switchyard-version"), Some("v2"));
+    // The backend decoded a well-framed message naming its own model and version.
+    assert_eq!(
+        v2.infers(),
+        vec![("resnet-canary".to_string(), "2".to_string())]
+    );
+    let answer = r
+        .decode::<ModelInferResponse>()
+        .expect("a ModelInferResponse");
+    assert_eq!(
+        (answer.model_name.as_str(), answer.model_version.as_str()),
+        ("resnet-canary", "2")
+    );
+    // Without a version: the caller's sticky version, rewritten the same way.
+    let r = infer_version(&gw, "", "someone").await;
+    assert_eq!(r.grpc_status(), Some(0), "{r:?}");
+    let on = answered_by(&r);
+    let expected = if on == "v1" {
+        ("resnet-v1", "1")
+    } else {
+        ("resnet-canary", "2")
+    };
+    let mock = if on == "v1" { &v1 } else { &v2 };
+    let last = mock.infers().last().cloned().expect("received");
+    assert_eq!((last.0.as_str(), last.1.as_str()), expected);
+}
+
+#[tokio::test]
+async fn a_90_10_split_holds_for_grpc_and_every_call_reaches_its_versions_model() {
+    let v1 = grpc_mock("v1").await;
+    let v2 = grpc_mock("v2").await;
+    let gw = Gateway::start(&grpc_split(&v1, &v2, (90, 10), "")).await;
+    const N: usize = 1000;
+    let mut on_v2 = 0;
+    for i in 0..N {
+        let r = infer_version(&gw, "", &format!("session-{i}")).await;
+        assert_eq!(r.grpc_status(), Some(0), "{r:?}");
+        let version = r.header("x-switchyard-version").unwrap_or("").to_string();
+        assert_eq!(answered_by(&r), version, "call {i}");
+        on_v2 += usize::from(version == "v2");
+    }
+    let share = on_v2 as f64 * 100.0 / N as f64;
+    println!("v2 share over {N} gRPC sessions: {share:.1}%");
+    assert!((7.0..=13.0).contains(&share), "v2 got {share:.1}%");
+    assert_eq!(v2.infers().len(), on_v2);
+    assert!(v1
+        .infers()
+        .iter()
+        .all(|(m, v)| m == "resnet-v1" && v == "1"));
+    assert!(v2
+        .infers()
+        .iter()
+        .all(|(m, v)| m == "resnet-canary" && v == "2"));
+}
+
+#[tokio::test]
+async fn grpc_shadow_copies_are_rewritten_for_their_version_and_compared_on_grpc_status() {
+    let live = grpc_mock("v1").await;
+    let shadow = grpc_mock("v2").await;
+    let gw = Gateway::start(&grpc_split(
+        &live,
+        &shadow,
+        (100, 0),
+        "    shadow: { version: v2, percent: 100, compare: status }\n",
+    ))
+    .await;
+    for i in 0..5 {
+        let r = infer_version(&gw, "", &format!("s-{i}")).await;
+        assert_eq!(r.grpc_status(), Some(0), "{r:?}");
+        assert_eq!(answered_by(&r), "v1");
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let s = loop {
+        let s = shadow_report(&gw).await;
+        if s["agree"] == 5 {
+            break s;
+        }
+        assert!(std::time::Instant::now() < deadline, "{s}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(s["sent"], 5, "{s}");
+    assert_eq!(shadow.infers().len(), 5);
+    assert!(shadow
+        .infers()
+        .iter()
+        .all(|(m, v)| m == "resnet-canary" && v == "2"));
+
+    // A shadow answering UNAVAILABLE (grpc-status 14) differs from the client's OK.
+    shadow.fail_with(14);
+    for i in 0..3 {
+        let r = infer_version(&gw, "", &format!("t-{i}")).await;
+        assert_eq!(r.grpc_status(), Some(0), "{r:?}");
+    }
+    let s = loop {
+        let s = shadow_report(&gw).await;
+        if s["status_differs"] == 3 {
+            break s;
+        }
+        assert!(std::time::Instant::now() < deadline, "{s}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(s["agree"], 5, "{s}");
+}
+
+/// `GET /admin/rollouts`'s shadow counters of `resnet`.
+async fn shadow_report(gw: &Gateway) -> serde_json::Value {
+    let v: serde_json::Value = gw.admin_get("/admin/rollouts").await.json().expect("json");
+    v["models"]["resnet"]["shadow"].clone()
+}

@@ -524,3 +524,376 @@ fn the_simulator_rolls_back_bad_canaries_and_promotes_a_good_one() {
         assert!(c["canary_requests"].as_u64().unwrap() < 500, "{r}");
     }
 }
+
+#[tokio::test]
+async fn a_state_file_that_cannot_be_written_is_warned_once_and_the_steps_still_apply() {
+    let stable = mock("stable", 0).await;
+    let canary = mock("canary", 0).await;
+    // As under a read-only ConfigMap mount: the file's directory cannot be written.
+    let policy = rollout_policy(&stable, &canary, "[10, 50, 100]", 1000).replace(
+        "min_requests: 1000",
+        "min_requests: 1000, state_file: no-such-dir/chat-v.json",
+    );
+    let gw = Gateway::start(&policy).await;
+    for _ in 0..2 {
+        let r = gw.admin_post("/admin/rollouts/chat-v/promote", "").await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let state = rollout_state(&gw).await;
+    assert_eq!(state["step"], 2, "{state}");
+    assert_eq!(state["canary_percent"], 100.0, "{state}");
+    assert!(
+        state["state_file_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("no-such-dir")),
+        "{state}"
+    );
+    assert_eq!(
+        state["history"].as_array().map(Vec::len),
+        Some(2),
+        "{state}"
+    );
+    let log = gw.log();
+    assert_eq!(
+        log.matches("cannot write the rollout state file").count(),
+        1,
+        "{log}"
+    );
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric_sum(&m, "switchyard_rollout_state_file_errors_total", &[]),
+        2.0
+    );
+}
+
+/// [`rollout_policy`] with its state shared on the Redis at `url` under `prefix`.
+fn shared_rollout_policy(
+    stable: &MockBackend,
+    canary: &MockBackend,
+    steps: &str,
+    min: u32,
+    url: &str,
+    prefix: &str,
+) -> String {
+    format!(
+        "{}limits:\n  backend: redis\n  redis_url: {url}\n  redis_prefix: {prefix}\n  redis_timeout: 500ms\n",
+        rollout_policy(stable, canary, steps, min)
+    )
+}
+
+fn fresh_prefix() -> String {
+    format!("syroll{:016x}", fastrand::u64(..))
+}
+
+/// Poll `gw`'s rollout until `done` holds (at most `within`): the state, and how long it took.
+async fn rollout_until(
+    gw: &Gateway,
+    within: Duration,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> (serde_json::Value, Duration) {
+    let start = std::time::Instant::now();
+    loop {
+        let state = rollout_state(gw).await;
+        if done(&state) {
+            return (state, start.elapsed());
+        }
+        assert!(start.elapsed() < within, "not within {within:?}: {state}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `n` requests from new sessions `from..from + n`; every status seen.
+async fn send(gw: &Gateway, from: usize, n: usize) -> Vec<u16> {
+    let mut out = Vec::with_capacity(n);
+    for i in from..from + n {
+        let key = format!("s-{i}");
+        let r = gw
+            .post(
+                "/v1/chat/completions",
+                &[("x-session", &key)],
+                &chat("chat-v"),
+            )
+            .await;
+        out.push(r.status);
+    }
+    out
+}
+
+#[tokio::test]
+async fn two_instances_on_one_redis_judge_one_rollout_on_their_summed_counts() {
+    let Some(url) = test_redis("rollout") else {
+        return;
+    };
+    let stable = mock("stable", 0).await;
+    let canary = mock("canary", 0).await;
+    // A clean canary is accepted after ~145 canary requests (0 errors): at 50 %, 160 requests
+    // to one instance give it ~80, too few alone; both instances' together suffice.
+    let policy = shared_rollout_policy(&stable, &canary, "[50, 100]", 100, &url, &fresh_prefix());
+    let a = Gateway::start(&policy).await;
+    let b = Gateway::start(&policy).await;
+    for gw in [&a, &b] {
+        let (state, _) = rollout_until(gw, Duration::from_secs(5), |s| {
+            s["state"]["source"] == "redis"
+        })
+        .await;
+        assert_eq!(state["canary_percent"], 50.0, "{state}");
+    }
+
+    assert!(send(&a, 0, 160).await.iter().all(|s| *s == 200));
+    let on_canary = canary.stats().requests;
+    assert!((50..145).contains(&on_canary), "{on_canary} on the canary");
+    // B, which served nothing, sees A's counts within a tick or two.
+    let (state, _) = rollout_until(&b, Duration::from_secs(3), |s| {
+        s["canary_counts"]["requests"].as_u64() == Some(on_canary)
+    })
+    .await;
+    assert_eq!(state["phase"], "running", "{state}");
+
+    assert!(send(&b, 1000, 160).await.iter().all(|s| *s == 200));
+    let (state, _) = rollout_until(&a, Duration::from_secs(3), |s| s["phase"] == "promoted").await;
+    let last = state["last"].as_str().unwrap_or_default();
+    // The decision counted more canary requests than A's alone.
+    let counted: u64 = last
+        .split("canary 0/")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(counted > on_canary, "{last} (A alone: {on_canary})");
+    rollout_until(&b, Duration::from_secs(3), |s| s["phase"] == "promoted").await;
+    // Applied once for the fleet: one instance counts the transition, the other adopted it.
+    let promoted = |m: &str| {
+        metric_sum(
+            m,
+            "switchyard_rollout_transitions_total",
+            &[("to", "promoted")],
+        )
+    };
+    let (ma, mb) = (a.metrics().await, b.metrics().await);
+    assert_eq!(promoted(&ma) + promoted(&mb), 1.0);
+}
+
+#[tokio::test]
+async fn a_rollback_on_one_instance_and_commands_on_either_reach_the_other() {
+    let Some(url) = test_redis("rollout") else {
+        return;
+    };
+    let stable = mock("stable", 0).await;
+    let canary = mock("canary", 0).await;
+    let policy =
+        shared_rollout_policy(&stable, &canary, "[10, 50, 100]", 20, &url, &fresh_prefix());
+    let a = Gateway::start(&policy).await;
+    let mut b = Gateway::start(&policy).await;
+    for gw in [&a, &b] {
+        rollout_until(gw, Duration::from_secs(5), |s| {
+            s["state"]["source"] == "redis"
+        })
+        .await;
+    }
+
+    // A manual promote on A moves B; a pause on B stops A; a resume on A runs both again.
+    let r = a.admin_post("/admin/rollouts/chat-v/promote", "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let (state, took) = rollout_until(&b, Duration::from_secs(2), |s| s["step"] == 1).await;
+    println!("B followed A's promote in {took:?}");
+    assert_eq!(state["canary_percent"], 50.0, "{state}");
+    // B restarts with a stale state file (step 0): the fleet's state in Redis wins.
+    let file = b.dir.path().join("switchyard-rollout-chat-v.json");
+    let saved = std::fs::read_to_string(&file).expect("B wrote its state file");
+    assert!(saved.contains("\"step\":1"), "{saved}");
+    std::fs::write(&file, r#"{"step":0,"phase":"running","last":"stale"}"#).unwrap();
+    b.restart().await;
+    let (state, _) = rollout_until(&b, Duration::from_secs(5), |s| {
+        s["state"]["source"] == "redis"
+    })
+    .await;
+    assert_eq!(state["step"], 1, "{state}");
+    assert_eq!(state["canary_percent"], 50.0, "{state}");
+    assert_eq!(
+        b.admin_post("/admin/rollouts/chat-v/pause", "")
+            .await
+            .status,
+        200
+    );
+    rollout_until(&a, Duration::from_secs(2), |s| s["phase"] == "paused").await;
+    assert_eq!(
+        a.admin_post("/admin/rollouts/chat-v/resume", "")
+            .await
+            .status,
+        200
+    );
+    rollout_until(&b, Duration::from_secs(2), |s| s["phase"] == "running").await;
+
+    // A canary failing 30 % of requests (not enough in a row to be ejected), seen by A only:
+    // the fleet's state rolls it back (decided by whichever instance's tick is first), and
+    // B follows.
+    canary.faults().set_error_rate(0.3);
+    let mut from = 0;
+    let state = loop {
+        send(&a, from, 20).await;
+        from += 20;
+        let s = rollout_state(&a).await;
+        if s["phase"] == "rolled_back" {
+            break s;
+        }
+        assert!(from < 2000, "never rolled back: {s}");
+    };
+    let (_, took) =
+        rollout_until(&b, Duration::from_secs(2), |s| s["phase"] == "rolled_back").await;
+    println!("B followed A's rollback in {took:?}: {state}");
+    assert!(took < Duration::from_secs(1), "B followed after {took:?}");
+    canary.reset_stats();
+    assert!(send(&b, 100_000, 50).await.iter().all(|s| *s == 200));
+    assert_eq!(canary.stats().requests, 0);
+    // A command on a rolled-back rollout is refused on either instance.
+    assert_eq!(
+        b.admin_post("/admin/rollouts/chat-v/promote", "")
+            .await
+            .status,
+        409
+    );
+}
+
+#[tokio::test]
+async fn with_redis_stopped_both_instances_serve_on_local_state_and_rejoin() {
+    if !redis_server_available() {
+        eprintln!("skipped: redis-server is not installed");
+        return;
+    }
+    let Some(mut redis) = OwnRedis::start(None) else {
+        eprintln!("skipped: could not start redis-server");
+        return;
+    };
+    let stable = mock("stable", 0).await;
+    let canary = mock("canary", 0).await;
+    let policy = shared_rollout_policy(
+        &stable,
+        &canary,
+        "[10, 50, 100]",
+        1000,
+        &redis.url(),
+        "outage",
+    );
+    let a = Gateway::start(&policy).await;
+    let b = Gateway::start(&policy).await;
+    for gw in [&a, &b] {
+        rollout_until(gw, Duration::from_secs(5), |s| {
+            s["state"]["source"] == "redis"
+        })
+        .await;
+    }
+    assert_eq!(
+        a.admin_post("/admin/rollouts/chat-v/promote", "")
+            .await
+            .status,
+        200
+    );
+    rollout_until(&b, Duration::from_secs(2), |s| s["step"] == 1).await;
+
+    redis.stop();
+    // Both keep serving (never a 5xx) while they notice, and after.
+    let mut statuses = Vec::new();
+    statuses.extend(send(&a, 0, 30).await);
+    statuses.extend(send(&b, 1000, 30).await);
+    for gw in [&a, &b] {
+        let (state, _) = rollout_until(gw, Duration::from_secs(5), |s| {
+            s["state"]["source"] == "local_fallback"
+        })
+        .await;
+        assert_eq!(state["canary_percent"], 50.0, "{state}");
+    }
+    statuses.extend(send(&a, 2000, 30).await);
+    statuses.extend(send(&b, 3000, 30).await);
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    for gw in [&a, &b] {
+        let m = gw.metrics().await;
+        assert_eq!(metric_sum(&m, "switchyard_rollout_shared", &[]), 0.0);
+        assert!(metric_sum(&m, "switchyard_rollout_redis_errors_total", &[]) >= 1.0);
+        let log = gw.log();
+        assert_eq!(
+            log.matches("redis unreachable: rollouts decide").count(),
+            1,
+            "{log}"
+        );
+    }
+    // An abort while Redis is away reaches only the instance asked...
+    let r = a.admin_post("/admin/rollouts/chat-v/abort", "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(rollout_state(&a).await["canary_percent"], 0.0);
+    assert_eq!(rollout_state(&b).await["canary_percent"], 50.0);
+
+    // ...and, Redis back (empty), both rejoin one state: a rollback wins the rejoin.
+    let port = redis.port;
+    let _redis = OwnRedis::start(Some(port)).expect("restart redis-server");
+    for gw in [&a, &b] {
+        let (state, _) = rollout_until(gw, Duration::from_secs(10), |s| {
+            s["state"]["source"] == "redis" && s["phase"] == "rolled_back"
+        })
+        .await;
+        assert_eq!(state["canary_percent"], 0.0, "{state}");
+        let m = gw.metrics().await;
+        assert_eq!(metric_sum(&m, "switchyard_rollout_shared", &[]), 1.0);
+    }
+    canary.reset_stats();
+    assert!(send(&b, 5000, 30).await.iter().all(|s| *s == 200));
+    assert_eq!(canary.stats().requests, 0);
+    // Commands reach the fleet again.
+    assert_eq!(
+        b.admin_post("/admin/rollouts/chat-v/promote", "")
+            .await
+            .status,
+        409
+    );
+}
+
+#[tokio::test]
+async fn a_step_taken_while_redis_hangs_is_the_fleets_when_it_answers_again() {
+    if !redis_server_available() {
+        eprintln!("skipped: redis-server is not installed");
+        return;
+    }
+    let Some(redis) = OwnRedis::start(None) else {
+        eprintln!("skipped: could not start redis-server");
+        return;
+    };
+    let stable = mock("stable", 0).await;
+    let canary = mock("canary", 0).await;
+    let policy = shared_rollout_policy(
+        &stable,
+        &canary,
+        "[10, 50, 100]",
+        1000,
+        &redis.url(),
+        "hang",
+    );
+    let a = Gateway::start(&policy).await;
+    let b = Gateway::start(&policy).await;
+    for gw in [&a, &b] {
+        rollout_until(gw, Duration::from_secs(5), |s| {
+            s["state"]["source"] == "redis"
+        })
+        .await;
+    }
+    // Redis hangs (its data kept): calls time out, both instances fall back.
+    redis.signal("-STOP");
+    for gw in [&a, &b] {
+        rollout_until(gw, Duration::from_secs(5), |s| {
+            s["state"]["source"] == "local_fallback"
+        })
+        .await;
+    }
+    // A promote on A alone, while nobody can move the fleet's state...
+    let r = a.admin_post("/admin/rollouts/chat-v/promote", "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(rollout_state(&b).await["step"], 0);
+    assert!(send(&b, 0, 20).await.iter().all(|s| *s == 200));
+    // ...is the newest decision when Redis answers again: A pushes it, B adopts it.
+    redis.signal("-CONT");
+    for gw in [&a, &b] {
+        let (state, _) = rollout_until(gw, Duration::from_secs(10), |s| {
+            s["state"]["source"] == "redis" && s["step"] == 1
+        })
+        .await;
+        assert_eq!(state["canary_percent"], 50.0, "{state}");
+    }
+}

@@ -12,7 +12,6 @@ mod support;
 
 use serde_json::Value;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use support::*;
 use switchyard_testkit::client::Response;
@@ -464,69 +463,6 @@ async fn a_shared_concurrency_lease_blocks_the_other_instance_until_it_is_given_
     );
 }
 
-/// A `redis-server` of the test's own, on a free port, without persistence.
-struct OwnRedis {
-    port: u16,
-    child: Option<Child>,
-}
-
-impl OwnRedis {
-    fn start(port: Option<u16>) -> Option<OwnRedis> {
-        let port = port.unwrap_or_else(|| free_addr().port());
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .ok()?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Some(OwnRedis {
-            port,
-            child: Some(child),
-        })
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn redis_server_available() -> bool {
-    Command::new("redis-server")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 #[tokio::test]
 async fn a_redis_outage_falls_back_to_local_limits_and_recovers() {
     if !redis_server_available() {
@@ -826,15 +762,6 @@ async fn backend(gw: &Gateway) -> String {
         .as_str()
         .unwrap_or_default()
         .to_string()
-}
-
-impl OwnRedis {
-    /// `kill -STOP` / `-CONT` this test's own redis-server (by its pid).
-    fn signal(&self, sig: &str) {
-        let pid = self.child.as_ref().expect("running").id().to_string();
-        let ok = Command::new("kill").args([sig, &pid]).status();
-        assert!(ok.is_ok_and(|s| s.success()), "kill {sig} {pid}");
-    }
 }
 
 #[tokio::test]

@@ -154,6 +154,9 @@ pub fn build(table: RoutingTable, fleet: Arc<Fleet>, opts: Options) -> Result<Bu
     // Tenant limit state lives beside the table and survives reloads; its backend (local or
     // Redis) is fixed at start-up.
     let limiter = crate::admit::Limiter::new(&table.limits.admission.backend);
+    // Rollouts' state likewise: shared by the fleet on the limits' Redis, else this
+    // instance's (and its state files).
+    let rollouts = crate::rollout::Rollouts::with_backend(&table.limits.admission.backend);
     let tls_listener = table.tls_listener.clone();
     let plain = table.plain_listener;
     let snapshot = crate::serving::snapshot(table, fleet)?;
@@ -175,10 +178,10 @@ pub fn build(table: RoutingTable, fleet: Arc<Fleet>, opts: Options) -> Result<Bu
         .with_cache(Some(cache.clone()))
         .with_access_log(access)
         .with_decision_log(decision_log)
-        .with_limiter(limiter.clone());
+        .with_limiter(limiter.clone())
+        .with_rollouts(rollouts.clone());
     let bodies = gateway.body_budget();
     let shadows = gateway.shadows();
-    let rollouts = gateway.rollouts();
     let mut proxy = Service::new("switchyard proxy".to_string(), gateway);
     if plain {
         proxy.add_tcp(&proxy_addr.to_string());
@@ -211,7 +214,7 @@ pub fn build(table: RoutingTable, fleet: Arc<Fleet>, opts: Options) -> Result<Bu
             limiter: Some(limiter),
             demand: Some(demand.clone()),
             shadows: Some(shadows),
-            rollouts: Some(rollouts),
+            rollouts: Some(rollouts.clone()),
         }),
     );
     admin.add_tcp(&admin_addr.to_string());
@@ -261,6 +264,16 @@ pub fn build(table: RoutingTable, fleet: Arc<Fleet>, opts: Options) -> Result<Bu
             shared: demand.clone(),
         },
     ));
+    // The fleet's rollout state: counts flushed and state read every 250 ms.
+    if rollouts.is_shared() {
+        server.add_service(background_service(
+            "rollout sync",
+            crate::rollout::RolloutSync {
+                snapshot: snapshot.clone(),
+                rollouts,
+            },
+        ));
+    }
     if let Some(addr) = keda_addr {
         let mut keda = Service::new(
             "switchyard keda scaler".to_string(),

@@ -120,6 +120,13 @@ pub const SHADOW_COST: &str = "switchyard_shadow_cost_nanousd_total";
 pub const ROLLOUT_TRANSITIONS: &str = "switchyard_rollout_transitions_total";
 /// A rollout's canary share of callers now, in percent. Labels: model.
 pub const ROLLOUT_CANARY_PERCENT: &str = "switchyard_rollout_canary_percent";
+/// Whether the rollouts' state is the fleet's from Redis (1) or this instance's while Redis is
+/// away (0); absent with `limits.backend: local`.
+pub const ROLLOUT_SHARED: &str = "switchyard_rollout_shared";
+/// Rollout syncs and transitions Redis did not answer (in time). Labels: op (sync, transition).
+pub const ROLLOUT_REDIS_ERRORS: &str = "switchyard_rollout_redis_errors_total";
+/// A rollout's state file could not be written (the transition still applies). Labels: model.
+pub const ROLLOUT_STATE_FILE_ERRORS: &str = "switchyard_rollout_state_file_errors_total";
 /// Routing decisions. Labels: tier, reason.
 pub const DECISIONS: &str = "switchyard_decisions_total";
 /// Upstream attempts that failed and were retried elsewhere. Labels: pool.
@@ -376,6 +383,18 @@ fn describe() {
     describe_gauge!(
         ROLLOUT_CANARY_PERCENT,
         "A rollout's canary share of callers now, in percent, by model"
+    );
+    describe_gauge!(
+        ROLLOUT_SHARED,
+        "Whether rollout state is shared through Redis (1) or this instance's while Redis is away (0)"
+    );
+    describe_counter!(
+        ROLLOUT_REDIS_ERRORS,
+        "Rollout syncs and transitions Redis did not answer, by op (sync, transition)"
+    );
+    describe_counter!(
+        ROLLOUT_STATE_FILE_ERRORS,
+        "Rollout state file writes that failed (the transition still applied), by model"
     );
     describe_counter!(
         DEADLINE_MISSES,

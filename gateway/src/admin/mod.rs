@@ -224,7 +224,7 @@ impl ServeHttp for AdminApp {
                 json_response(StatusCode::OK, &report)
             }
             (&Method::POST, path) if path.starts_with("/admin/rollouts/") => {
-                self.rollout_command(path)
+                self.rollout_command(path).await
             }
             (&Method::GET, "/admin/tenants") => match &self.limiter {
                 Some(limiter) => tenants::list(limiter, &self.control.snapshot.load_full()).await,
@@ -246,7 +246,7 @@ impl ServeHttp for AdminApp {
 
 impl AdminApp {
     /// `POST /admin/rollouts/{model}/{pause|resume|promote|abort}`.
-    fn rollout_command(&self, path: &str) -> Response<Vec<u8>> {
+    async fn rollout_command(&self, path: &str) -> Response<Vec<u8>> {
         let rest = path.trim_start_matches("/admin/rollouts/");
         let Some((model, action)) = rest.rsplit_once('/') else {
             return error(
@@ -263,8 +263,8 @@ impl AdminApp {
         let Some(rollouts) = &self.rollouts else {
             return error(StatusCode::NOT_FOUND, "no rollouts here");
         };
-        let table = self.control.snapshot.load();
-        match rollouts.command(&table, model, cmd) {
+        let table = self.control.snapshot.load_full();
+        match rollouts.command(&table, model, cmd).await {
             Ok(state) => json_response(StatusCode::OK, &state),
             Err(e) => error(StatusCode::CONFLICT, &e),
         }

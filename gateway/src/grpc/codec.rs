@@ -150,6 +150,49 @@ pub fn unary_message(body: &[u8]) -> Result<&[u8], CodecError> {
     Ok(rest)
 }
 
+/// A unary call's body with the message's `model_name` (field 1) and `model_version` (field
+/// 2) replaced where given, framed again with the new length: a split model's version as
+/// its backend knows it. Every other field is copied byte for byte, in order; a message
+/// without field 2 gets it appended (protobuf fields may come in any order). `Ok(None)`:
+/// nothing to replace.
+pub fn with_model(
+    body: &[u8],
+    model: Option<&str>,
+    version: Option<&str>,
+) -> Result<Option<bytes::Bytes>, CodecError> {
+    if model.is_none() && version.is_none() {
+        return Ok(None);
+    }
+    let msg = unary_message(body)?;
+    let extra = model.map_or(0, str::len) + version.map_or(0, str::len) + 16;
+    let mut out = Vec::with_capacity(msg.len() + extra);
+    let mut fields = Fields::new(msg);
+    let mut version_written = false;
+    loop {
+        let start = msg.len() - fields.rest.len();
+        let Some(field) = fields.next() else {
+            break;
+        };
+        let (number, _) = field?;
+        let end = msg.len() - fields.rest.len();
+        match (number, model, version) {
+            (1, Some(m), _) => wire::put_bytes(&mut out, 1, m.as_bytes()),
+            // The last of repeated scalars wins when parsed: one is enough.
+            (2, _, Some(v)) if !version_written => {
+                wire::put_bytes(&mut out, 2, v.as_bytes());
+                version_written = true;
+            }
+            (2, _, Some(_)) => {}
+            _ => out.extend_from_slice(&msg[start..end]),
+        }
+    }
+    if let (Some(v), false) = (version, version_written) {
+        wire::put_bytes(&mut out, 2, v.as_bytes());
+    }
+    // Bodies are bounded by the route's `max_body`, far below the prefix's 4 GiB.
+    Ok(Some(wire::frame(&out)))
+}
+
 /// A protobuf field value, borrowed from the message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Value<'a> {
@@ -317,6 +360,46 @@ mod tests {
         m.extend_from_slice(&[0x51, 1, 2, 3, 4, 5, 6, 7, 8]); // field 10, 64-bit
         m.extend_from_slice(&[0x5d, 1, 2, 3, 4]); // field 11, 32-bit
         wire::frame(&m).to_vec()
+    }
+
+    #[test]
+    fn a_version_rewrites_model_and_version_and_keeps_every_other_field() {
+        let body = infer_request("resnet", "3");
+        let out = with_model(&body, Some("resnet-canary"), Some("7"))
+            .unwrap()
+            .unwrap();
+        let p = peek("/inference.GRPCInferenceService/ModelInfer", Some(&out)).unwrap();
+        assert_eq!(
+            (p.model.as_str(), p.version.as_deref()),
+            ("resnet-canary", Some("7"))
+        );
+        // The length prefix is the new message's, and the fields after 1 and 2 are intact.
+        let msg = unary_message(&out).unwrap();
+        let orig = unary_message(&body).unwrap();
+        // `resnet` (field 1, 8 bytes) and `3` (field 2, 3 bytes) come first in the original.
+        let rest = &orig[11..];
+        assert!(msg.ends_with(rest));
+        assert_eq!(msg.len(), (2 + 13) + (2 + 1) + rest.len());
+        assert_eq!(out.len(), 5 + msg.len());
+        // Only the version, on a message without one: appended.
+        let mut m = Vec::new();
+        wire::put_bytes(&mut m, 1, b"resnet");
+        wire::put_bytes(&mut m, 3, b"id");
+        let out = with_model(&wire::frame(&m), None, Some("2"))
+            .unwrap()
+            .unwrap();
+        let p = peek("/inference.GRPCInferenceService/ModelInfer", Some(&out)).unwrap();
+        assert_eq!(
+            (p.model.as_str(), p.version.as_deref()),
+            ("resnet", Some("2"))
+        );
+        assert_eq!(with_model(&body, None, None), Ok(None));
+        assert_eq!(
+            with_model(&body[..body.len() - 1], Some("x"), None),
+            Err(CodecError::BadProtobuf(
+                "message length does not match the body (a unary call carries one message)"
+            ))
+        );
     }
 
     #[test]

@@ -122,6 +122,12 @@ impl Gateway {
         self
     }
 
+    /// Keep rollouts' state in `rollouts` (shared through Redis when it has a backend).
+    pub fn with_rollouts(mut self, rollouts: Arc<Rollouts>) -> Self {
+        self.rollouts = rollouts;
+        self
+    }
+
     /// Rollouts' state (the admin listener reports and commands them).
     pub fn rollouts(&self) -> Arc<Rollouts> {
         self.rollouts.clone()
@@ -683,8 +689,8 @@ async fn stages(gw: &Gateway, session: &mut ServerSession, req: &mut Request) ->
 }
 
 /// A split model's version as its backend knows it: the OpenAI body's `model`, or the OIP
-/// v2 / TF-Serving path's model and version segments, rewritten (`upstream::request`).
-/// (gRPC's `model_name`/`model_version` fields are sent as the client wrote them.)
+/// v2 / TF-Serving path's model and version segments (`upstream::request`), or the gRPC
+/// message's `model_name` / `model_version` fields (`grpc::codec::with_model`), rewritten.
 fn for_version(
     table: &Serving,
     class: &Class,
@@ -725,7 +731,26 @@ fn for_version(
             }
             Ok((prepared, body))
         }
-        Protocol::OipV2Grpc => Ok((prepared, body)),
+        Protocol::OipV2Grpc => {
+            // `ModelInferRequest` (and the metadata calls' `ModelRef`): field 1 the name,
+            // field 2 the version; the message framed again with its new length.
+            let rewritten = crate::grpc::codec::with_model(
+                &body,
+                version
+                    .upstream_model
+                    .as_deref()
+                    .filter(|m| *m != class.model),
+                version.upstream_version.as_deref(),
+            )
+            .map_err(|e| GatewayError::BadRequest(e.into()))?;
+            match rewritten {
+                Some(rewritten) => {
+                    prepared.set_len(rewritten.len()).map_err(internal)?;
+                    Ok((prepared, rewritten))
+                }
+                None => Ok((prepared, body)),
+            }
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! Redis for the parts of the gateway that several instances share: the job queue
-//! (`queue::redis`), the tenant limits (`admit::shared`) and the prediction cache's L2
-//! (`cache::shared`).
+//! (`queue::redis`), the tenant limits (`admit::shared`), the prediction cache's L2
+//! (`cache::shared`), the capacity demand (`capacity::shared`) and the rollouts' state
+//! (`rollout::shared`).
 //!
 //! [`resp`] is the protocol (one connection, RESP2). [`Pool`] adds what the request path
 //! needs on top: a few idle connections reused, and a hard timeout on every call (connect

@@ -1,5 +1,6 @@
 //! The clock of the gateway's periodic background services (health checks, the server load
-//! scraper, the spend and capacity meters, the policy and certificate watchers): a tick
+//! scraper, the spend and capacity meters, the rollout sync, the policy and certificate
+//! watchers): a tick
 //! every period, a late one delayed rather than bunched, until the server shuts down.
 
 use pingora::server::ShutdownWatch;

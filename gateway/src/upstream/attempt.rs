@@ -339,6 +339,14 @@ impl Body {
 impl Body {
     /// The whole body, up to `max` bytes (more is an error: the answer is not kept).
     pub async fn read_all(&mut self, max: usize) -> Result<Bytes, BodyError> {
+        Ok(self.read_all_with_trailers(max).await?.0)
+    }
+
+    /// [`Body::read_all`], and the trailers that ended the body, if any (gRPC's status).
+    pub async fn read_all_with_trailers(
+        &mut self,
+        max: usize,
+    ) -> Result<(Bytes, Option<http::HeaderMap>), BodyError> {
         let mut body = bytes::BytesMut::new();
         loop {
             match self.next().await.map_err(BodyError::Read)? {
@@ -349,10 +357,11 @@ impl Body {
                     }
                     body.extend_from_slice(&chunk);
                     if last {
-                        return Ok(body.freeze());
+                        return Ok((body.freeze(), None));
                     }
                 }
-                Piece::Trailers(_) | Piece::End => return Ok(body.freeze()),
+                Piece::Trailers(t) => return Ok((body.freeze(), Some(t))),
+                Piece::End => return Ok((body.freeze(), None)),
             }
         }
     }

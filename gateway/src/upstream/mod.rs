@@ -270,6 +270,21 @@ pub async fn fetch(
     timeout: Duration,
     max: usize,
 ) -> Fetched {
+    fetch_as(table, target, header, body, timeout, max, false).await
+}
+
+/// [`fetch`], of a gRPC call when `grpc` (a shadow copy of one): over the pool's h2c
+/// connection, its status the HTTP equivalent of the answer's `grpc-status` (header or
+/// trailer), as the client's is counted.
+pub async fn fetch_as(
+    table: &Arc<Serving>,
+    target: (PoolId, u16),
+    header: &pingora::http::RequestHeader,
+    body: &Bytes,
+    timeout: Duration,
+    max: usize,
+    grpc: bool,
+) -> Fetched {
     let failed = |error: String, retryable| Fetched::Failed { error, retryable };
     let pool = &table.pools[target.0 as usize];
     let endpoint = &pool.endpoints[target.1 as usize];
@@ -277,7 +292,7 @@ pub async fn fetch(
         connect: table.upstream.connect_timeout,
         io: timeout,
     };
-    let prepared = request::Prepared::new(header, body.len(), false, None, false);
+    let prepared = request::Prepared::new(header, body.len(), grpc, None, false);
     let mut prepared = match prepared {
         Ok(p) => p,
         Err(e) => return failed(e.to_string(), false),
@@ -287,9 +302,17 @@ pub async fn fetch(
         Err(e) => return failed(e.to_string(), false),
     };
     let mut attempt = Attempt::take(table, target);
-    match attempt.exchange(&req, body, false, timeouts).await {
+    match attempt.exchange(&req, body, grpc, timeouts).await {
         Ok(head) => {
-            let status = head.header.status.as_u16();
+            let mut status = head.header.status.as_u16();
+            // A trailers-only gRPC answer carries its status in the header.
+            let grpc_status = |h: &http::HeaderMap| {
+                h.get("grpc-status")
+                    .and_then(|v| crate::grpc::http_equivalent(v.as_bytes()))
+            };
+            if grpc {
+                status = grpc_status(&head.header.headers).unwrap_or(status);
+            }
             let content_type = head
                 .header
                 .headers
@@ -297,10 +320,14 @@ pub async fn fetch(
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string);
             attempt.answered(status, false);
-            let mut answer = Answer::new(attempt, head, false);
-            match answer.body.read_all(max).await {
-                Ok(body) => Fetched::Answer {
-                    status,
+            let mut answer = Answer::new(attempt, head, grpc);
+            match answer.body.read_all_with_trailers(max).await {
+                Ok((body, trailers)) => Fetched::Answer {
+                    status: trailers
+                        .as_ref()
+                        .filter(|_| grpc)
+                        .and_then(grpc_status)
+                        .unwrap_or(status),
                     content_type,
                     body,
                 },

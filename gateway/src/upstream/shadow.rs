@@ -4,8 +4,10 @@
 //! The pipeline asks [`Shadows::sample`] before relaying an upstream answer (so that the
 //! client's answer body is captured, up to [`CAPTURE_MAX`], for the comparison), and hands
 //! the copy to [`Shadows::spawn`] once the client's answer is written: the copy is a
-//! detached task, one [`super::fetch`] attempt (the same attempt type as every request:
-//! slot, estimates, health and ejection of the shadow pool) with the buffered body re-sent.
+//! detached task, one [`super::fetch_as`] attempt (the same attempt type as every request:
+//! slot, estimates, health and ejection of the shadow pool) with the buffered body re-sent
+//! (a gRPC call's over h2c, its message's model and version rewritten for the shadow
+//! version; its status is the HTTP equivalent of its `grpc-status`, as the client's is).
 //! What keeps clients unaffected: the copy starts after the answer; at most
 //! `max_in_flight` copies per model run at once and a copy beyond that is dropped, never
 //! queued (shed first); a daily cap on the copies' estimated spend; the shadow version's
@@ -17,7 +19,7 @@
 //! metrics and in [`Shadows::report`] (`GET /admin/rollouts`). The counters live here,
 //! beside the table and kept by model name across reloads.
 
-use super::{fetch, Fetched};
+use super::{fetch_as, Fetched};
 use crate::classify::Class;
 use crate::policy::compile::{Compare, RoutingTable, ShadowRule, SplitId};
 use crate::policy::hosted::CLIENT_CREDENTIALS;
@@ -304,13 +306,33 @@ async fn mirror(
                 header.set_uri(uri);
             }
         }
-        // gRPC copies are not sent: `fetch` speaks HTTP/1 only.
-        Protocol::OipV2Grpc => return,
+        // The message's `model_name` / `model_version` as the shadow version's backend
+        // knows them, over its h2c connection; compared on the `grpc-status`.
+        Protocol::OipV2Grpc => {
+            let rewritten = crate::grpc::codec::with_model(
+                &body,
+                version.upstream_model.as_deref(),
+                version.upstream_version.as_deref(),
+            );
+            if let Ok(Some(b)) = rewritten {
+                body = b;
+            }
+        }
     }
     stats.sent.fetch_add(1, Relaxed);
     count(model, vname, "sent");
     let start = Instant::now();
-    let fetched = fetch(table, target, &header, &body, rule.timeout, CAPTURE_MAX).await;
+    let grpc = protocol == Protocol::OipV2Grpc;
+    let fetched = fetch_as(
+        table,
+        target,
+        &header,
+        &body,
+        rule.timeout,
+        CAPTURE_MAX,
+        grpc,
+    )
+    .await;
     let took = start.elapsed();
     let (status, answer) = match fetched {
         Fetched::Answer { status, body, .. } => (status, body),

@@ -51,6 +51,8 @@ struct Seen {
     calls: Mutex<HashMap<String, u64>>,
     infer: AtomicU64,
     last_headers: Mutex<Option<HeaderMap>>,
+    /// The `model_name` and `model_version` of every `ModelInfer` request received, in order.
+    infers: Mutex<Vec<(String, String)>>,
 }
 
 /// A mock gRPC inference server on h2c.
@@ -120,6 +122,16 @@ impl GrpcMock {
     /// The metadata (headers) of the last call.
     pub fn last_headers(&self) -> Option<HeaderMap> {
         self.seen.last_headers.lock().ok().and_then(|h| h.clone())
+    }
+
+    /// The `(model_name, model_version)` of every `ModelInfer` request received (decoded
+    /// from the wire: a bad length prefix or message is answered INVALID_ARGUMENT instead).
+    pub fn infers(&self) -> Vec<(String, String)> {
+        self.seen
+            .infers
+            .lock()
+            .map(|v| v.clone())
+            .unwrap_or_default()
     }
 
     /// Fail every call with gRPC status `code` (0 heals).
@@ -229,6 +241,9 @@ fn answer_message(
         .encode_to_vec(),
         "ModelInfer" => {
             let req = ModelInferRequest::decode(request?).map_err(|e| invalid(&e))?;
+            if let Ok(mut infers) = backend.seen.infers.lock() {
+                infers.push((req.model_name.clone(), req.model_version.clone()));
+            }
             ModelInferResponse {
                 model_name: req.model_name,
                 model_version: req.model_version,
