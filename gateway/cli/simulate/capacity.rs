@@ -464,6 +464,12 @@ fn simulate(
             serve(i, now, &mut busy, &mut done);
         }
     }
+    // Never served (a backlog an hour past the end): misses.
+    for a in queue.iter().map(|&i| &arrivals[i]).filter(|a| a.counted) {
+        rt += u64::from(a.realtime);
+        misses += 1;
+        ramp_misses += u64::from(a.ramp);
+    }
     let hours = replica_us / 3.6e9;
     let counted_secs = (s.end.saturating_sub(s.warm_up)) as f64 / 1e6;
     StrategyReport {

@@ -63,6 +63,9 @@
 //!
 //! The arrivals are streamed and latencies go into fixed-size log histograms (1% buckets),
 //! so memory does not grow with the number of requests.
+//!
+//! `simulate --capacity` (`capacity.rs`) is another simulation on the same workloads: one
+//! provisioned pool whose replicas change over time, sized four ways.
 
 mod cache;
 pub mod capacity;
