@@ -186,6 +186,12 @@ enum Command {
         /// With `--rollout`: the most requests per canary.
         #[arg(long, default_value_t = 200_000)]
         requests: u64,
+        /// Autoscale the workload's `capacity:` pool instead, four ways on the same arrivals
+        /// (fixed for the peak, a CPU HPA at 70 %, Switchyard's desired replicas reactive
+        /// and forecast): replica-hours, capacity cost, realtime attainment, misses during
+        /// ramps (`simulate/capacity.rs`).
+        #[arg(long, requires = "workload")]
+        capacity: bool,
     },
     /// Search tier weights, `on_slo_miss`, hedging and pool lists, and provisioned pools'
     /// replicas, for the lowest spend that meets SLO targets in every phase of a simulated
@@ -288,6 +294,7 @@ fn main() -> ExitCode {
             json,
             rollout,
             requests,
+            capacity,
         } => {
             if let Some(model) = rollout {
                 return report(simulate_rollout(
@@ -306,6 +313,9 @@ fn main() -> ExitCode {
                 fleet,
                 phases,
             };
+            if capacity {
+                return report(simulate_capacity(&opts, json));
+            }
             report(simulate(&opts, json))
         }
         Command::Tune {
@@ -466,6 +476,17 @@ fn explain(
     match format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&v)?),
         Format::Text => print!("{}", tools::render_explain(&v)),
+    }
+    Ok(())
+}
+
+/// `simulate --workload FILE --capacity`.
+fn simulate_capacity(opts: &switchyard::simulate::SimOptions, json: bool) -> Result<()> {
+    let r = switchyard::simulate::run_capacity(opts)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        print!("{}", switchyard::simulate::capacity::render(&r));
     }
     Ok(())
 }

@@ -101,6 +101,7 @@ pub fn workload(phase: Duration, rate: f64, seed: u64) -> Result<Workload, SimEr
                 start: phase * i as u32,
                 len: phase,
                 rate,
+                to_rate: rate,
             })
             .collect(),
         mix: Mix::FleetFaults,
@@ -114,6 +115,7 @@ pub fn workload(phase: Duration, rate: f64, seed: u64) -> Result<Workload, SimEr
         faults: faults(phase),
         seed,
         streams: Default::default(),
+        capacity: None,
     })
 }
 

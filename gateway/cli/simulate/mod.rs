@@ -63,8 +63,12 @@
 //!
 //! The arrivals are streamed and latencies go into fixed-size log histograms (1% buckets),
 //! so memory does not grow with the number of requests.
+//!
+//! `simulate --capacity` (`capacity.rs`) is another simulation on the same workloads: one
+//! provisioned pool whose replicas change over time, sized four ways.
 
 mod cache;
+pub mod capacity;
 pub mod fleet_faults;
 pub mod optimum;
 mod queue;
@@ -264,8 +268,23 @@ pub struct PhaseSpec {
     pub name: String,
     pub start: Duration,
     pub len: Duration,
-    /// Requests per second, evenly spaced (open loop).
+    /// Requests per second at the phase's start (open loop).
     pub rate: f64,
+    /// Requests per second at its end: the rate moves linearly from `rate` to this over the
+    /// phase (equal to `rate`: a constant rate).
+    pub to_rate: f64,
+}
+
+impl PhaseSpec {
+    /// The mean rate over the phase.
+    pub fn mean_rate(&self) -> f64 {
+        (self.rate + self.to_rate) / 2.0
+    }
+
+    /// Whether the rate rises over the phase (a ramp up).
+    pub fn rising(&self) -> bool {
+        self.to_rate > self.rate
+    }
 }
 
 /// Who sends what.
@@ -281,6 +300,8 @@ pub enum Mix {
         big: Vec<f64>,
         /// Share (0..1) of requests repeating one of the recent distinct ones.
         repeat: f64,
+        /// Poisson arrivals at the phase's rate (else evenly spaced).
+        poisson: bool,
     },
     /// A decision log, replayed (see [`trace`]).
     Trace(Arc<trace::TraceIndex>),
@@ -305,6 +326,8 @@ pub struct Workload {
     pub seed: u64,
     /// Streamed requests: what they are judged on and when their first token comes.
     pub streams: Streams,
+    /// The workload's `capacity:` section: what `simulate --capacity` autoscales.
+    pub capacity: Option<capacity::Setup>,
 }
 
 /// How streamed requests are timed and judged. A stream's first token arrives after
@@ -515,14 +538,9 @@ impl Workload {
         (0..self.fleet.pools.len())
             .map(|p| {
                 let pool = &bill.table.pools[self.fleet.pools[p].bill as usize];
-                match (pool.pricing.billing, replicas.get(p).copied().flatten()) {
-                    (
-                        compile::Billing::Provisioned {
-                            per_replica_hour, ..
-                        },
-                        Some(n),
-                    ) => per_replica_hour * f64::from(n) / 3600.0 * secs,
-                    _ => self.capacity_per_second(p) * secs,
+                match replicas.get(p).copied().flatten() {
+                    Some(n) => cost::capacity_per_second_at(pool, n) * secs,
+                    None => self.capacity_per_second(p) * secs,
                 }
             })
             .sum()
@@ -1535,6 +1553,7 @@ fn workload_of(opts: &SimOptions) -> Result<Workload, SimError> {
     };
     for p in &mut w.phases {
         p.rate *= opts.rate_scale;
+        p.to_rate *= opts.rate_scale;
     }
     Ok(w)
 }
@@ -1549,6 +1568,25 @@ fn simulate_policy(
     let mut system = System::Policy(Box::new(PolicySystem::new(name, table, w)?));
     fastrand::seed(seed);
     Ok(Engine::new(w).run(&mut system))
+}
+
+/// `simulate --workload FILE --capacity`: the workload's `capacity:` pool autoscaled four
+/// ways (see `capacity.rs`), sized and priced by the first policy (else the fleet's).
+pub fn run_capacity(opts: &SimOptions) -> Result<capacity::CapacityReport, SimError> {
+    if opts.workload.is_none() {
+        return Err(SimError::Workload(
+            "--capacity needs a --workload with a `capacity:` section".into(),
+        ));
+    }
+    let w = workload_of(opts)?;
+    let (name, table) = match opts.policies.first() {
+        Some(path) => (policy_name(path), crate::tools::load(path)?),
+        None => (
+            crate::fleet_faults::POLICY_PATH.to_string(),
+            fleet_faults::policy()?,
+        ),
+    };
+    capacity::run(&w, &table, &name)
 }
 
 /// Simulate the scenario with every policy, the baselines and the bounds.
@@ -1630,7 +1668,7 @@ pub fn run(opts: &SimOptions) -> Result<SimReport, SimError> {
         scenario: w.name.clone(),
         simulated: true,
         phase_secs: mean(w.phases.iter().map(|p| p.len.as_secs_f64())),
-        rate_per_sec: mean(w.phases.iter().map(|p| p.rate)),
+        rate_per_sec: mean(w.phases.iter().map(|p| p.mean_rate())),
         seed: opts.seed,
         note: "Simulated on a virtual clock with the gateway's own decide and live state; RTT from the fleet's matrix. Spend per phase = provisioned capacity over the phase (the same for every system) + usage + egress, priced by route::cost on the fleet policy's prices. optimum: the cheapest assignment of the same requests that meets the most deadlines, within the first policy's tier pool kinds and residency, each endpoint's capacity per 1 s slot (down endpoints removed), exact service times, perfect caching; an exact LP optimum of a fluid model (no queueing within a slot, no work carried across slots). relaxed: the same, any pool serving the model. vs_optimum_pct = (spend - optimum) / optimum on the whole bill; variable_vs_optimum_pct on usage + egress only.".into(),
         phases,

@@ -294,6 +294,7 @@ pub fn load(
                 start: len * i as u32,
                 len,
                 rate,
+                to_rate: rate,
             })
             .collect(),
         tiers: fleet
@@ -322,6 +323,7 @@ pub fn load(
         })),
         seed,
         streams: Default::default(),
+        capacity: None,
     })
 }
 

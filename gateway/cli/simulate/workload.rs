@@ -1,12 +1,29 @@
 //! `switchyard simulate --workload FILE`: a scripted workload in a small YAML file — phases
-//! with their length and request rate (a rate curve, one step per phase), the mix of client
-//! regions, tiers (with the deadline each is measured against) and big-model requests, and a
-//! timeline of faults — played against the `fleet-faults` fleet.
+//! with their length and request rate (a rate curve: a step per phase, or a linear ramp
+//! within one with `to_rate`), the mix of client regions, tiers (with the deadline each is
+//! measured against) and big-model requests, and a timeline of faults — played against the
+//! `fleet-faults` fleet.
 //!
 //! The file is parsed into plain "as written" types with unknown fields rejected, then
 //! checked as a whole (every problem reported, not just the first) and turned into a
 //! [`Workload`]. Arrivals are evenly spaced within a phase (open loop, as the live scenario
-//! sends them) and generated one at a time, so a long workload costs no memory.
+//! sends them; on a ramp, evenly spaced in the ramp's cumulative count), or a Poisson
+//! process of the same rate with `arrivals: poisson`, and generated one at a time, so a
+//! long workload costs no memory.
+//!
+//! A daily curve for `simulate --capacity` (`examples/workloads/diurnal.yaml`) is its day's
+//! phases with ramps, played `cycles` times back to back, and a `capacity:` section naming
+//! the pool whose replicas are simulated, the virtual length of a day (the forecast's
+//! season: a day compressed into less virtual time) and a warm-up left out of the figures:
+//!
+//! ```yaml
+//! phases:
+//!   - { name: night, duration: 15m, rate: 24 }
+//!   - { name: morning, duration: 10m, rate: 24, to_rate: 200 }   # a linear ramp
+//! cycles: 3                                    # the phases, three times (default 1)
+//! arrivals: poisson                            # default: even
+//! capacity: { pool: gpu, day: 1h, warm_up: 1h }  # day default 24h, warm_up default 0
+//! ```
 //!
 //! ```yaml
 //! phases:
@@ -58,6 +75,28 @@ struct RawWorkload {
     /// token (default 1: all of it).
     #[serde(default)]
     first_token: BTreeMap<String, f64>,
+    /// The phases played this many times back to back (default 1).
+    #[serde(default)]
+    cycles: Option<u32>,
+    /// `even` (default) or `poisson`.
+    #[serde(default)]
+    arrivals: Option<String>,
+    /// What `simulate --capacity` autoscales.
+    #[serde(default)]
+    capacity: Option<RawCapacity>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCapacity {
+    /// The fleet pool whose replicas change over time (its policy's `capacity:` and price).
+    pool: String,
+    /// A day's length in virtual time (default 24h).
+    #[serde(default)]
+    day: Option<String>,
+    /// Figures count from this time on (default 0).
+    #[serde(default)]
+    warm_up: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -67,6 +106,9 @@ struct RawPhase {
     name: Option<String>,
     duration: String,
     rate: f64,
+    /// The rate at the phase's end (a linear ramp from `rate`; default: `rate`).
+    #[serde(default)]
+    to_rate: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -131,18 +173,69 @@ pub fn parse(text: &str, seed: u64) -> Result<Workload, Vec<String>> {
     let fleet = fleet_faults::fleet().map_err(|e| vec![e.to_string()])?;
     let mut problems = Vec::new();
 
-    let mut phases = Vec::new();
+    let mut phases: Vec<PhaseSpec> = Vec::new();
     let mut start = Duration::ZERO;
-    for (i, p) in raw.phases.iter().enumerate() {
-        let len = duration(&mut problems, &format!("phases[{i}].duration"), &p.duration);
-        phases.push(PhaseSpec {
-            name: p.name.clone().unwrap_or_else(|| (i + 1).to_string()),
-            start,
-            len,
-            rate: p.rate,
-        });
-        start += len;
+    let cycles = raw.cycles.unwrap_or(1);
+    if cycles == 0 {
+        problems.push("cycles: at least 1".into());
     }
+    for cycle in 0..cycles.max(1) {
+        for (i, p) in raw.phases.iter().enumerate() {
+            let len = if cycle == 0 {
+                duration(&mut problems, &format!("phases[{i}].duration"), &p.duration)
+            } else {
+                phases[i].len
+            };
+            let name = p.name.clone().unwrap_or_else(|| (i + 1).to_string());
+            phases.push(PhaseSpec {
+                name: if cycles > 1 {
+                    format!("{} {name}", cycle + 1)
+                } else {
+                    name
+                },
+                start,
+                len,
+                rate: p.rate,
+                to_rate: p.to_rate.unwrap_or(p.rate),
+            });
+            start += len;
+        }
+    }
+    let poisson = match raw.arrivals.as_deref() {
+        None | Some("even") => false,
+        Some("poisson") => true,
+        Some(other) => {
+            problems.push(format!("arrivals: `even` or `poisson`, not `{other}`"));
+            false
+        }
+    };
+    let capacity = raw.capacity.as_ref().map(|c| {
+        let day = c.day.as_ref().map_or(Duration::from_secs(24 * 3600), |d| {
+            duration(&mut problems, "capacity.day", d)
+        });
+        let warm_up = c.warm_up.as_ref().map_or(Duration::ZERO, |d| {
+            duration(&mut problems, "capacity.warm_up", d)
+        });
+        // A forecast bucket (a day's 1/1440th) is at least the sizing's 1 s round.
+        if day < Duration::from_secs(1440) {
+            problems.push("capacity.day: at least 24m".into());
+        }
+        if warm_up >= start {
+            problems.push("capacity.warm_up: shorter than the workload".into());
+        }
+        if fleet.pools.iter().all(|p| p.name != c.pool) {
+            problems.push(format!(
+                "capacity.pool: no pool `{}` in the fleet (known: {})",
+                c.pool,
+                super::names(fleet.pools.iter().map(|p| p.name.as_str()))
+            ));
+        }
+        super::capacity::Setup {
+            pool: c.pool.clone(),
+            day,
+            warm_up,
+        }
+    });
     let tiers: Vec<(String, f64)> = raw
         .tiers
         .iter()
@@ -211,6 +304,11 @@ pub fn parse(text: &str, seed: u64) -> Result<Workload, Vec<String>> {
         if !(p.rate > 0.0 && p.rate <= MAX_RATE) {
             problems.push(format!(
                 "phases[{i}].rate: between 0 and {MAX_RATE} requests per second"
+            ));
+        }
+        if p.to_rate.is_some_and(|r| !(r > 0.0 && r <= MAX_RATE)) {
+            problems.push(format!(
+                "phases[{i}].to_rate: between 0 and {MAX_RATE} requests per second"
             ));
         }
         if phases[i].len.is_zero() && parse_duration(&p.duration).is_some() {
@@ -288,6 +386,7 @@ pub fn parse(text: &str, seed: u64) -> Result<Workload, Vec<String>> {
             tiers: raw.tiers.iter().map(|t| t.share).collect(),
             big: raw.tiers.iter().map(|t| t.big_model / 100.0).collect(),
             repeat: raw.repeat / 100.0,
+            poisson,
         },
         tiers,
         models: crate::fleet_faults::MODELS
@@ -305,6 +404,7 @@ pub fn parse(text: &str, seed: u64) -> Result<Workload, Vec<String>> {
             ttft_ms,
             first_token,
         },
+        capacity,
     })
 }
 
@@ -319,9 +419,13 @@ fn duration(problems: &mut Vec<String>, what: &str, text: &str) -> Duration {
 
 /// The scripted arrivals, one at a time.
 pub struct Scripted {
-    phases: Vec<(Duration, Duration, f64)>,
+    /// (start, length, rate at the start, rate at the end).
+    phases: Vec<(Duration, Duration, f64, f64)>,
     phase: usize,
     k: u64,
+    /// Poisson arrivals: the phase's cumulative count reached so far (a sum of unit
+    /// exponential gaps), and their own generator (so that other draws do not move).
+    poisson: Option<(f64, fastrand::Rng)>,
     regions: Vec<f64>,
     tiers: Vec<f64>,
     big: Vec<f64>,
@@ -340,19 +444,36 @@ const RECENT: usize = 1000;
 
 impl Scripted {
     pub fn new(w: &Workload) -> Scripted {
-        let (regions, tiers, big, repeat) = match &w.mix {
+        let (regions, tiers, big, repeat, poisson) = match &w.mix {
             Mix::Scripted {
                 regions,
                 tiers,
                 big,
                 repeat,
-            } => (regions.clone(), tiers.clone(), big.clone(), *repeat),
-            Mix::FleetFaults | Mix::Trace(_) => (vec![1.0], vec![1.0], vec![0.0], 0.0),
+                poisson,
+            } => (
+                regions.clone(),
+                tiers.clone(),
+                big.clone(),
+                *repeat,
+                *poisson,
+            ),
+            Mix::FleetFaults | Mix::Trace(_) => (vec![1.0], vec![1.0], vec![0.0], 0.0, false),
         };
         Scripted {
-            phases: w.phases.iter().map(|p| (p.start, p.len, p.rate)).collect(),
+            phases: w
+                .phases
+                .iter()
+                .map(|p| (p.start, p.len, p.rate, p.to_rate))
+                .collect(),
             phase: 0,
             k: 0,
+            poisson: poisson.then(|| {
+                (
+                    0.0,
+                    fastrand::Rng::with_seed(w.seed.wrapping_mul(0x2545_f491)),
+                )
+            }),
             regions,
             tiers,
             big,
@@ -364,6 +485,17 @@ impl Scripted {
             quantiles: fastrand::Rng::with_seed(w.seed.wrapping_add(0x9e37_79b9_7f4a_7c15)),
         }
     }
+}
+
+/// When, in a phase of `secs` whose rate moves linearly from `r0` to `r1`, the cumulative
+/// count reaches `u`: the root of `r0·t + (r1 − r0)·t²/(2·secs) = u` (a constant rate: `u/r0`).
+fn time_of(u: f64, r0: f64, r1: f64, secs: f64) -> f64 {
+    if r0 == r1 {
+        return u / r0;
+    }
+    let a = (r1 - r0) / (2.0 * secs);
+    // The stable form of (−r0 + √(r0² + 4au)) / 2a.
+    (2.0 * u / (r0 + (r0 * r0 + 4.0 * a * u).max(0.0).sqrt())).min(secs)
 }
 
 /// Index drawn with probability proportional to its weight.
@@ -384,13 +516,28 @@ impl Iterator for Scripted {
 
     fn next(&mut self) -> Option<Request> {
         loop {
-            let &(start, len, rate) = self.phases.get(self.phase)?;
-            if self.k >= (rate * len.as_secs_f64()) as u64 {
+            let &(start, len, rate, to_rate) = self.phases.get(self.phase)?;
+            let secs = len.as_secs_f64();
+            let total = (rate + to_rate) / 2.0 * secs;
+            // The arrival's place in the phase's cumulative count: the k-th (even), or the
+            // sum of unit exponential gaps (Poisson).
+            let u = match &mut self.poisson {
+                None if self.k >= total as u64 => None,
+                None => Some(self.k as f64),
+                Some((u, rng)) => {
+                    *u += -(1.0 - rng.f64()).ln();
+                    (*u < total).then_some(*u)
+                }
+            };
+            let Some(u) = u else {
                 self.phase += 1;
                 self.k = 0;
+                if let Some((u, _)) = &mut self.poisson {
+                    *u = 0.0;
+                }
                 continue;
-            }
-            let at = start + Duration::from_secs_f64(self.k as f64 / rate);
+            };
+            let at = start + Duration::from_secs_f64(time_of(u, rate, to_rate, secs));
             self.k += 1;
             let region = weighted(&mut self.rng, &self.regions);
             let tier = weighted(&mut self.rng, &self.tiers);
@@ -500,6 +647,75 @@ faults:
             "no pool `edge-mars`",
             "faults[1].endpoint",
             "tiers[0].deadline",
+        ] {
+            assert!(
+                problems.iter().any(|p| p.contains(needle)),
+                "{needle}: {problems:#?}"
+            );
+        }
+    }
+
+    const DIURNAL: &str = r#"
+phases:
+  - { name: flat, duration: 10s, rate: 10 }
+  - { name: ramp, duration: 10s, rate: 10, to_rate: 110 }
+cycles: 2
+regions: { us: 1 }
+tiers:
+  - { name: realtime, share: 1, deadline: 150ms }
+capacity: { pool: gpu, day: 40m, warm_up: 20s }
+"#;
+
+    /// A ramp's arrivals: the mean rate × its length, denser towards its end; `cycles`
+    /// repeats the phases; Poisson arrivals keep the count within chance.
+    #[test]
+    fn ramps_cycles_and_poisson_arrivals() {
+        let w = parse(DIURNAL, 1).unwrap_or_else(|e| panic!("{e:?}"));
+        let names: Vec<&str> = w.phases.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["1 flat", "1 ramp", "2 flat", "2 ramp"]);
+        assert!(w.phases[1].rising() && !w.phases[0].rising());
+        let c = w.capacity.as_ref().unwrap_or_else(|| panic!("capacity"));
+        assert_eq!(
+            (c.pool.as_str(), c.day.as_secs(), c.warm_up.as_secs()),
+            ("gpu", 2400, 20)
+        );
+        let reqs: Vec<Request> = Scripted::new(&w).collect();
+        let ramp: Vec<f64> = reqs
+            .iter()
+            .map(|r| r.at.as_secs_f64())
+            .filter(|t| (10.0..20.0).contains(t))
+            .collect();
+        assert_eq!(ramp.len(), 600, "(10 + 110) / 2 × 10 s");
+        assert!(ramp.windows(2).all(|p| p[0] <= p[1]));
+        // The rate at t is 10 + 10t: the first second of the ramp has ~15, the last ~105.
+        let first = ramp.iter().filter(|t| **t < 11.0).count();
+        let last = ramp.iter().filter(|t| **t >= 19.0).count();
+        assert!(
+            (14..=16).contains(&first) && (104..=106).contains(&last),
+            "{first} {last}"
+        );
+        assert_eq!(reqs.len(), 2 * (100 + 600));
+        let poisson =
+            parse(&format!("{DIURNAL}arrivals: poisson\n"), 1).unwrap_or_else(|e| panic!("{e:?}"));
+        let n = Scripted::new(&poisson).count();
+        assert!(n != 1400 && (1300..1500).contains(&n), "{n}");
+    }
+
+    #[test]
+    fn a_bad_capacity_section_is_reported() {
+        let bad = DIURNAL
+            .replace("pool: gpu", "pool: tpu")
+            .replace("day: 40m", "day: 10m")
+            .replace("warm_up: 20s", "warm_up: 1h")
+            .replace("to_rate: 110", "to_rate: -1")
+            .replace("cycles: 2", "cycles: 2\narrivals: bursty");
+        let problems = parse(&bad, 1).err().unwrap_or_default();
+        for needle in [
+            "capacity.pool",
+            "capacity.day",
+            "capacity.warm_up",
+            "phases[1].to_rate",
+            "arrivals",
         ] {
             assert!(
                 problems.iter().any(|p| p.contains(needle)),

@@ -13,6 +13,10 @@
 //! - kept at the largest value of the last `scale_down_window` (scale up at once, down only
 //!   when the window agrees), within `min_replicas..=max_replicas`.
 //!
+//! That round is [`Sizer::step`], a function of the arrival counts and a clock the caller
+//! owns: the meter runs it on the process's clock, `switchyard simulate --capacity` on a
+//! virtual one (with a compressed day, and with the forecast off for comparison).
+//!
 //! The result is published in the pool's live state (`Demand`), where `/admin/capacity`
 //! ([`report`]), the metrics and the KEDA scaler (`keda.rs`) read it. [`ACTIVATED`] wakes
 //! the scaler's `StreamIsActive` streams when a request finds a pool at zero.
@@ -23,7 +27,7 @@ pub mod keda;
 pub mod shared;
 
 use crate::policy::compile::{Capacity, PoolId};
-use crate::serving::state::{now_ms, PoolState};
+use crate::serving::state::now_ms;
 use crate::serving::{Serving, Snapshot};
 use crate::telemetry as t;
 use async_trait::async_trait;
@@ -94,66 +98,96 @@ pub fn replicas_for(c: &Capacity, rate: f64, service: Duration) -> u32 {
     servers.div_ceil(c.concurrency_per_replica.max(1))
 }
 
-/// One pool's history: what the meter keeps between rounds (by pool name, so a reload that
-/// keeps the pool keeps its forecast).
-struct Track {
-    last_arrivals: u64,
-    /// Arrivals per tick over the last [`RATE_WINDOW`] (all instances).
-    window: VecDeque<f64>,
-    bucket: f64,
-    bucket_started: Instant,
-    forecaster: HoltWinters,
-    /// (when, raw replicas) over the last `scale_down_window`.
-    history: VecDeque<(Instant, u32)>,
+/// What one sizing round is given: the arrivals since the last round (all instances), the
+/// time since it, the clock (any origin, monotonic), the pool's service time and what it
+/// has in flight.
+#[derive(Debug, Clone, Copy)]
+pub struct Tick {
+    pub arrived: f64,
+    pub elapsed: Duration,
+    pub now: Duration,
+    pub service: Duration,
+    pub in_flight: u32,
 }
 
-impl Track {
-    fn new(now: Instant, arrivals: u64) -> Self {
-        Track {
-            last_arrivals: arrivals,
+/// One pool's sizing between rounds: the rate window, the forecaster and the scale-down
+/// history. [`Sizer::step`] is a function of the [`Tick`]s it has been given and nothing
+/// else (no process clock, no live state), so the meter (on the process's clock) and the
+/// simulator (`switchyard simulate --capacity`, on a virtual one) run the same code.
+#[derive(Debug, Clone)]
+pub struct Sizer {
+    /// Arrivals per round over the last [`RATE_WINDOW`].
+    window: VecDeque<f64>,
+    bucket: f64,
+    bucket_started: Duration,
+    /// One forecast observation ([`BUCKET`] live; a day's 1/1440th when a simulated day
+    /// is compressed).
+    bucket_len: Duration,
+    forecaster: HoltWinters,
+    /// Whether replicas are asked for the forecast too (live: always; the simulator
+    /// compares with and without).
+    ahead: bool,
+    /// (when, raw replicas) over the last `scale_down_window`.
+    history: VecDeque<(Duration, u32)>,
+}
+
+impl Sizer {
+    /// The gateway's sizing from `now` on: a daily season of [`BUCKET`]s, forecast used.
+    pub fn new(now: Duration) -> Self {
+        Self::with_day(now, BUCKET * SEASON as u32, true)
+    }
+
+    /// Sizing whose season is a `day` of that length (its 1/1440th per bucket, so the
+    /// forecaster sees a compressed day as it sees a real one; at least 1,440 [`TICK`]s, a
+    /// bucket being at least a round); `ahead: false` sizes for the rate now only.
+    pub fn with_day(now: Duration, day: Duration, ahead: bool) -> Self {
+        Sizer {
             window: VecDeque::new(),
             bucket: 0.0,
             bucket_started: now,
+            bucket_len: (day / SEASON as u32).max(Duration::from_millis(1)),
             forecaster: HoltWinters::new(SEASON),
+            ahead,
             history: VecDeque::new(),
         }
     }
 
-    /// One round: `arrived` arrivals (all instances) over `elapsed`.
-    fn round(
-        &mut self,
-        c: &Capacity,
-        state: &PoolState,
-        arrived: f64,
-        elapsed: Duration,
-        now: Instant,
-    ) -> Sizing {
+    /// One round under `c`.
+    pub fn step(&mut self, c: &Capacity, t: Tick) -> Sizing {
         let ticks = (RATE_WINDOW.as_secs_f64() / TICK.as_secs_f64()).round() as usize;
-        self.window.push_back(arrived);
+        self.window.push_back(t.arrived);
         while self.window.len() > ticks.max(1) {
             self.window.pop_front();
         }
-        let span = (self.window.len() as f64 * TICK.as_secs_f64()).max(elapsed.as_secs_f64());
+        let span = (self.window.len() as f64 * TICK.as_secs_f64()).max(t.elapsed.as_secs_f64());
         let rate = self.window.iter().sum::<f64>() / span.max(1e-3);
-        self.bucket += arrived;
-        if now.duration_since(self.bucket_started) >= BUCKET {
-            self.forecaster
-                .observe(self.bucket / now.duration_since(self.bucket_started).as_secs_f64());
+        self.bucket += t.arrived;
+        let open = t.now.saturating_sub(self.bucket_started);
+        if open >= self.bucket_len {
+            self.forecaster.observe(self.bucket / open.as_secs_f64());
             self.bucket = 0.0;
-            self.bucket_started = now;
+            // Buckets stay on their grid: restarting one at `now` made each a round longer
+            // than `bucket_len` whenever a round came late (61 s buckets: the season drifted
+            // from the day by 24 minutes a day).
+            let whole = open.as_nanos() / self.bucket_len.as_nanos().max(1);
+            self.bucket_started += self.bucket_len * whole as u32;
         }
-        let ahead = (c.scale_up_time.as_secs_f64() / BUCKET.as_secs_f64()).ceil() as u32;
+        let ahead = (c.scale_up_time.as_secs_f64() / self.bucket_len.as_secs_f64()).ceil() as u32;
         let forecast = self.forecaster.forecast(ahead.max(1));
-        let service = state.service_time();
-        let replicas_now = replicas_for(c, rate, service);
-        let replicas_ahead = replicas_for(c, forecast, service);
-        let in_flight = state.in_flight().div_ceil(c.concurrency_per_replica.max(1));
-        let raw = replicas_now.max(replicas_ahead).max(in_flight);
-        self.history.push_back((now, raw));
+        let replicas_now = replicas_for(c, rate, t.service);
+        let replicas_ahead = replicas_for(c, forecast, t.service);
+        let in_flight = t.in_flight.div_ceil(c.concurrency_per_replica.max(1));
+        let sized = if self.ahead {
+            replicas_now.max(replicas_ahead)
+        } else {
+            replicas_now
+        };
+        let raw = sized.max(in_flight);
+        self.history.push_back((t.now, raw));
         while self
             .history
             .front()
-            .is_some_and(|(at, _)| now.duration_since(*at) > c.scale_down_window)
+            .is_some_and(|(at, _)| t.now.saturating_sub(*at) > c.scale_down_window)
         {
             self.history.pop_front();
         }
@@ -169,6 +203,13 @@ impl Track {
     }
 }
 
+/// One pool's history: what the meter keeps between rounds (by pool name, so a reload that
+/// keeps the pool keeps its forecast).
+struct Track {
+    last_arrivals: u64,
+    sizer: Sizer,
+}
+
 /// Background service: computes every pool's desired replicas each [`TICK`].
 pub struct CapacityMeter {
     pub snapshot: Snapshot,
@@ -181,7 +222,8 @@ impl BackgroundService for CapacityMeter {
     async fn start(&self, shutdown: ShutdownWatch) {
         let mut ticker = crate::serving::ticker::Ticker::new(TICK, shutdown);
         let mut tracks: HashMap<String, Track> = HashMap::new();
-        let mut last = Instant::now();
+        let epoch = Instant::now();
+        let mut last = epoch;
         loop {
             if !ticker.tick().await {
                 break;
@@ -190,7 +232,8 @@ impl BackgroundService for CapacityMeter {
             let elapsed = now.duration_since(last);
             last = now;
             let table = self.snapshot.load_full();
-            self.round(&table, &mut tracks, elapsed, now).await;
+            self.round(&table, &mut tracks, elapsed, now.duration_since(epoch))
+                .await;
         }
     }
 }
@@ -201,7 +244,7 @@ impl CapacityMeter {
         table: &Serving,
         tracks: &mut HashMap<String, Track>,
         elapsed: Duration,
-        now: Instant,
+        now: Duration,
     ) {
         // This instance's arrivals since the last round, per pool with `capacity:`.
         let mut local = Vec::new();
@@ -211,9 +254,10 @@ impl CapacityMeter {
             }
             let state = table.live.pool(i as PoolId);
             let arrivals = state.demand.arrivals();
-            let track = tracks
-                .entry(pool.name.clone())
-                .or_insert_with(|| Track::new(now, arrivals));
+            let track = tracks.entry(pool.name.clone()).or_insert_with(|| Track {
+                last_arrivals: arrivals,
+                sizer: Sizer::new(now),
+            });
             let arrived = arrivals.saturating_sub(track.last_arrivals);
             track.last_arrivals = arrivals;
             local.push((i, arrived));
@@ -230,7 +274,16 @@ impl CapacityMeter {
                 continue;
             };
             let state = table.live.pool(*i as PoolId);
-            let s = track.round(c, state, arrived, elapsed, now);
+            let s = track.sizer.step(
+                c,
+                Tick {
+                    arrived,
+                    elapsed,
+                    now,
+                    service: state.service_time(),
+                    in_flight: state.in_flight(),
+                },
+            );
             state.demand.publish(s.desired, s.rate, s.forecast);
             let name = pool.name.clone();
             metrics::gauge!(t::POOL_DESIRED_REPLICAS, "pool" => name.clone())
@@ -331,11 +384,18 @@ mod tests {
     #[test]
     fn scale_down_waits_for_the_window() {
         let c = capacity();
-        let state = PoolState::new(Duration::from_millis(100));
-        let t0 = Instant::now();
-        let mut track = Track::new(t0, 0);
-        let at = |track: &mut Track, s: u64, n: f64| {
-            track.round(&c, &state, n, TICK, t0 + Duration::from_secs(s))
+        let mut track = Sizer::new(Duration::ZERO);
+        let at = |track: &mut Sizer, s: u64, n: f64| {
+            track.step(
+                &c,
+                Tick {
+                    arrived: n,
+                    elapsed: TICK,
+                    now: Duration::from_secs(s),
+                    service: Duration::from_millis(100),
+                    in_flight: 0,
+                },
+            )
         };
         for s in 0..10 {
             at(&mut track, s, 100.0);
@@ -356,5 +416,54 @@ mod tests {
             0,
             "min_replicas 0: scales to zero"
         );
+    }
+
+    fn tick(now: u64, arrived: f64) -> Tick {
+        Tick {
+            arrived,
+            elapsed: TICK,
+            now: Duration::from_secs(now),
+            service: Duration::from_millis(100),
+            in_flight: 0,
+        }
+    }
+
+    /// A compressed day of 3,600 s is 1,440 buckets of 2.5 s: rounds of 1 s close them
+    /// after 3 s and 2 s in turn, so the season is exactly that day (not 1,440 × 3 s).
+    #[test]
+    fn buckets_stay_on_their_grid() {
+        let c = capacity();
+        let mut sizer = Sizer::with_day(Duration::ZERO, Duration::from_secs(3600), true);
+        for s in 1..3600 {
+            sizer.step(&c, tick(s, 10.0));
+        }
+        assert!(!sizer.forecaster.seasonal(), "a day is not over yet");
+        sizer.step(&c, tick(3600, 10.0));
+        assert!(sizer.forecaster.seasonal(), "1,440 buckets in 3,600 s");
+    }
+
+    /// Without the forecast, desired is the rate now's (held by the window); with it, a
+    /// day-old ramp is asked for ahead of time.
+    #[test]
+    fn the_forecast_can_be_left_out() {
+        let c = Capacity {
+            scale_down_window: Duration::from_secs(5),
+            ..capacity()
+        };
+        let day = 1440;
+        // A day: 10/s, then 200/s for its second half.
+        let rate = |s: u64| if s % day < day / 2 { 10.0 } else { 200.0 };
+        let mut with = Sizer::with_day(Duration::ZERO, Duration::from_secs(day), true);
+        let mut without = Sizer::with_day(Duration::ZERO, Duration::from_secs(day), false);
+        // Two days and most of the next night; `scale_up_time` (60 s) before the step.
+        let before = 2 * day + day / 2 - 30;
+        let (mut a, mut b) = (Sizing::default(), Sizing::default());
+        for s in 1..=before {
+            a = with.step(&c, tick(s, rate(s)));
+            b = without.step(&c, tick(s, rate(s)));
+        }
+        let low = replicas_for(&c, 10.0, Duration::from_millis(100));
+        assert_eq!(b.desired, low, "{b:?}");
+        assert!(a.desired > low, "the forecast sees the step coming: {a:?}");
     }
 }

@@ -79,13 +79,18 @@ pub fn egress(table: &RoutingTable, here: RegionId, there: RegionId, up: f64, do
 
 /// A provisioned pool's capacity cost, USD per second (0 for other pools).
 pub fn capacity_per_second(pool: &Pool) -> f64 {
-    match (pool.pricing.billing, pool.replicas()) {
-        (
-            Billing::Provisioned {
-                per_replica_hour, ..
-            },
-            Some(replicas),
-        ) => per_replica_hour * f64::from(replicas) / 3600.0,
+    pool.replicas()
+        .map_or(0.0, |replicas| capacity_per_second_at(pool, replicas))
+}
+
+/// What a provisioned pool would bill per second running `replicas` replicas, busy or idle
+/// (0 for other pools): the price of a replica count that changes over time (an autoscaled
+/// pool in `simulate --capacity`, a replica count `tune` tries).
+pub fn capacity_per_second_at(pool: &Pool, replicas: u32) -> f64 {
+    match pool.pricing.billing {
+        Billing::Provisioned {
+            per_replica_hour, ..
+        } => per_replica_hour * f64::from(replicas) / 3600.0,
         _ => 0.0,
     }
 }
