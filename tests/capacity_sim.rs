@@ -40,9 +40,8 @@ fn num(v: &Value, field: &str) -> f64 {
 /// Issue 24 item 6's targets, on the shipped diurnal workload after the forecaster's first
 /// day: the forecast meets the real-time tier (≥ 99 %) and misses fewer requests during the
 /// morning ramps than the CPU HPA, and than the same sizing without its forecast (so the
-/// forecast is what does it). Its replica-hours are asserted at ≤ 0.8× fixed-for-peak, what
-/// it achieves (0.75); the issue's 0.6× is NOT met: the gateway's own floor of "at least
-/// what is in flight" turns every transient queue into replicas (see the report).
+/// forecast is what does it), at ≤ 0.6× the replica-hours of fixed-for-peak (0.593 measured;
+/// sizing on the true rate every second would need 0.56).
 #[test]
 fn a_diurnal_day_autoscaled_four_ways() {
     let report = json(&diurnal(&["--json"]));
@@ -86,7 +85,7 @@ fn a_diurnal_day_autoscaled_four_ways() {
     );
     let ratio = num(forecast, "replica_hours") / num(fixed, "replica_hours");
     assert!(
-        ratio <= 0.8,
+        ratio <= 0.6,
         "forecast at {ratio:.3} of fixed-peak: {report:#}"
     );
     assert!((ratio - num(forecast, "vs_fixed_peak")).abs() < 0.001);

@@ -9,7 +9,8 @@
 //!   observation per [`BUCKET`], a daily season);
 //! - the servers each needs so the pool's deadline is met at its percentile (`erlang.rs`,
 //!   M/M/c with the pool's measured service time), in replicas of
-//!   `concurrency_per_replica` slots; the larger of the two, and at least what is in flight;
+//!   `concurrency_per_replica` slots; the larger of the two, and at least enough to clear
+//!   what is in flight within the deadline;
 //! - kept at the largest value of the last `scale_down_window` (scale up at once, down only
 //!   when the window agrees), within `min_replicas..=max_replicas`.
 //!
@@ -176,7 +177,15 @@ impl Sizer {
         let forecast = self.forecaster.forecast(ahead.max(1));
         let replicas_now = replicas_for(c, rate, t.service);
         let replicas_ahead = replicas_for(c, forecast, t.service);
-        let in_flight = t.in_flight.div_ceil(c.concurrency_per_replica.max(1));
+        // What is in flight now must clear within the deadline: `in_flight × S` of work on
+        // `servers` takes `in_flight × S / servers`, so at least `in_flight × S / D` servers
+        // (every request its own server only when the deadline is no longer than the
+        // service). A floor for a backlog the rate has not shown yet; one server per
+        // request in flight sized every short queue at its peak.
+        let service_us = t.service.as_micros() as u64;
+        let deadline_us = (c.deadline.as_micros() as u64).max(service_us).max(1);
+        let backlog = (u64::from(t.in_flight) * service_us).div_ceil(deadline_us) as u32;
+        let in_flight = backlog.div_ceil(c.concurrency_per_replica.max(1));
         let sized = if self.ahead {
             replicas_now.max(replicas_ahead)
         } else {
@@ -378,6 +387,30 @@ mod tests {
             replicas_for(&capacity(), 0.0, Duration::from_millis(100)),
             0
         );
+    }
+
+    /// What is in flight must clear within the deadline, not get a slot each: 60 requests of
+    /// 100 ms against 300 ms need 20 slots (5 replicas of 4); against a deadline no longer
+    /// than the service, one slot each (15 replicas).
+    #[test]
+    fn a_backlog_is_sized_to_clear_within_the_deadline() {
+        let backlog = |deadline_ms: u64| {
+            let c = Capacity {
+                deadline: Duration::from_millis(deadline_ms),
+                ..capacity()
+            };
+            let tick = Tick {
+                arrived: 0.0,
+                elapsed: TICK,
+                now: TICK,
+                service: Duration::from_millis(100),
+                in_flight: 60,
+            };
+            Sizer::new(Duration::ZERO).step(&c, tick).replicas_raw
+        };
+        assert_eq!(backlog(300), 5);
+        assert_eq!(backlog(100), 15);
+        assert_eq!(backlog(50), 15);
     }
 
     /// Up at once, down only after the window; bounds applied last.
