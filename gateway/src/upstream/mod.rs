@@ -261,7 +261,8 @@ pub enum Fetched {
 /// the pool's rewriting for hosted batch pools), with the answer read whole up to `max`
 /// bytes. Its retries are the queue's (back-off between dispatches), not [`send`]'s; the
 /// slot is taken whatever the limits say, because the dispatcher keeps its own count
-/// (`queue::dispatcher::room`).
+/// (`queue::dispatcher::room`). `keepalive`: the pool its plain HTTP/1.1 connection comes
+/// from (a shadow copy's own).
 pub async fn fetch(
     table: &Arc<Serving>,
     target: (PoolId, u16),
@@ -269,6 +270,7 @@ pub async fn fetch(
     body: &Bytes,
     timeout: Duration,
     max: usize,
+    keepalive: connect::Keepalive,
 ) -> Fetched {
     let failed = |error: String, retryable| Fetched::Failed { error, retryable };
     let pool = &table.pools[target.0 as usize];
@@ -286,7 +288,7 @@ pub async fn fetch(
         Ok(req) => req,
         Err(e) => return failed(e.to_string(), false),
     };
-    let mut attempt = Attempt::take(table, target);
+    let mut attempt = Attempt::take(table, target).keep_alive_in(keepalive);
     match attempt.exchange(&req, body, false, timeouts).await {
         Ok(head) => {
             let status = head.header.status.as_u16();

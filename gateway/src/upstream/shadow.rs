@@ -10,8 +10,9 @@
 //! waits behind a copy's wake-up. The copy is one [`super::fetch`] attempt, the same
 //! attempt type as every request (slot, estimates, health and ejection of the shadow pool:
 //! a copy's outcome teaches the shadow pool's estimates like any answer's), with the
-//! buffered body re-sent by reference; its connection comes from the same keep-alive pool,
-//! so the copies' in-flight set of connections is opened once and reused.
+//! buffered body re-sent by reference; its plain HTTP/1.1 connection comes from the copies'
+//! own keep-alive pool (`connect::Keepalive::Shadow`: opened on the shadow thread, never
+//! handed to a client's request), so their in-flight set is opened once and reused.
 //!
 //! What keeps clients unaffected: the copy starts after the answer and off the proxy's
 //! threads; at most `max_in_flight` copies per model run (or wait in the queue) at once, and
@@ -488,7 +489,16 @@ async fn mirror(
     stats.sent.fetch_add(1, Relaxed);
     handles.sent.increment(1);
     let start = Instant::now();
-    let fetched = fetch(table, target, &header, &body, rule.timeout, CAPTURE_MAX).await;
+    let fetched = fetch(
+        table,
+        target,
+        &header,
+        &body,
+        rule.timeout,
+        CAPTURE_MAX,
+        super::connect::Keepalive::Shadow,
+    )
+    .await;
     let took = start.elapsed();
     let (status, answer) = match fetched {
         Fetched::Answer { status, body, .. } => (status, body),
