@@ -2,11 +2,11 @@
 //! endpoint (plain, TLS with the pool's trust settings, or h2c for gRPC), and the HTTP/1
 //! request written in one send.
 //!
-//! Each kind of connection lives in one pool: plain HTTP/1.1 (most in-house pools) in
-//! Pingora's HTTP/1 connector, which can be asked for a pooled connection alone
-//! ([`session`]: the common case costs a small future, and only a new connection pays for
-//! connecting); TLS endpoints (HTTP/2 or HTTP/1.1 by ALPN) and h2c (gRPC) in Pingora's full
-//! connector, which negotiates the protocol.
+//! Each kind of connection lives in one pool (shadow copies' aside, below): plain HTTP/1.1
+//! (most in-house pools) in Pingora's HTTP/1 connector, which can be asked for a pooled
+//! connection alone ([`session`]: the common case costs a small future, and only a new
+//! connection pays for connecting); TLS endpoints (HTTP/2 or HTTP/1.1 by ALPN) and h2c
+//! (gRPC) in Pingora's full connector, which negotiates the protocol.
 //!
 //! Shadow copies (`upstream::shadow`) keep their plain HTTP/1.1 connections in a pool of
 //! their own ([`Keepalive::Shadow`]): those connections are opened on the shadow thread and

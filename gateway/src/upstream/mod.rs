@@ -15,7 +15,8 @@
 //! reference on every attempt, so a failover can always replay it, whatever its size. The
 //! request header is prepared once ([`request::Prepared`]: the one hop-by-hop list, the
 //! credential rules) and finished per attempt. Connections come from one connector with one
-//! keep-alive pool per protocol ([`connect`]).
+//! keep-alive pool per protocol ([`connect`]); shadow copies' plain HTTP/1.1 connections
+//! from a pool of their own.
 //!
 //! Why not Pingora's `ProxyHttp` loop: it drives exactly one attempt at a time (a hedge needs
 //! two in flight, a shadow one more the client never waits for), replays a body only through
