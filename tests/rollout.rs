@@ -251,6 +251,87 @@ async fn a_shadow_copy_is_compared_but_never_waited_for_nor_billed() {
     );
 }
 
+/// Copies run on the gateway's shadow thread, not the proxy's: 200 requests from 20
+/// clients at once, each mirrored to a pool that takes 500 ms, are answered as fast as the
+/// live backend alone allows, and every copy is accounted for exactly once: sent (and then
+/// compared) or dropped as `busy` beyond `max_in_flight`.
+#[tokio::test]
+async fn concurrent_clients_never_wait_for_their_copies() {
+    let live = mock("live", 0).await;
+    let slow = mock("shadow", 500).await;
+    let gw = std::sync::Arc::new(
+        Gateway::start(&shadow_policy(
+            &live,
+            slow.addr(),
+            "{ version: v2, percent: 100, max_in_flight: 64 }",
+        ))
+        .await,
+    );
+    let start = std::time::Instant::now();
+    let mut clients = Vec::new();
+    for _ in 0..20 {
+        let gw = gw.clone();
+        clients.push(tokio::spawn(async move {
+            let mut slowest = Duration::ZERO;
+            for _ in 0..10 {
+                let t = std::time::Instant::now();
+                let r = gw.post("/v1/chat/completions", &[], &chat("chat-v")).await;
+                assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+                assert_eq!(r.header("x-served-by"), Some("live"));
+                slowest = slowest.max(t.elapsed());
+            }
+            slowest
+        }));
+    }
+    let mut slowest = Duration::ZERO;
+    for c in clients {
+        slowest = slowest.max(c.await.expect("client"));
+    }
+    // Ten requests in a row per client: waiting for one copy would take 500 ms, for all 5 s.
+    assert!(
+        slowest < Duration::from_millis(450),
+        "a client waited {slowest:?}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        start.elapsed()
+    );
+
+    let report = loop {
+        let v: serde_json::Value = gw.admin_get("/admin/rollouts").await.json().unwrap();
+        let s = v["models"]["chat-v"]["shadow"].clone();
+        if s["in_flight"] == 0 {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let sent = report["sent"].as_u64().unwrap();
+    let busy = report["dropped_busy"].as_u64().unwrap();
+    assert_eq!(sent + busy, 200, "{report}");
+    assert!(sent >= 64, "{report}");
+    // Compared by status (the default): both versions answer 200.
+    assert_eq!(report["agree"].as_u64(), Some(sent), "{report}");
+    assert_eq!(slow.stats().chat, sent);
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric_sum(
+            &m,
+            "switchyard_shadow_requests_total",
+            &[("outcome", "sent")]
+        ),
+        sent as f64
+    );
+    assert_eq!(
+        metric_sum(
+            &m,
+            "switchyard_shadow_requests_total",
+            &[("outcome", "busy")]
+        ),
+        busy as f64
+    );
+}
+
 #[tokio::test]
 async fn a_shadow_pool_that_is_down_costs_clients_nothing() {
     let live = mock("live", 0).await;

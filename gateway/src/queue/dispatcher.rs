@@ -289,6 +289,7 @@ async fn attempt(table: &Arc<Serving>, pool_id: PoolId, job: &Job) -> Attempt {
         &job.body,
         timeout,
         MAX_RESULT,
+        upstream::connect::Keepalive::Shared,
     )
     .await;
     metrics::histogram!(t::JOB_DISPATCH, "pool" => pool.name.clone())

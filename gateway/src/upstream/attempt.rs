@@ -11,7 +11,7 @@
 //! counts the same way. The winning attempt becomes an [`Answer`], which streams the body
 //! and keeps the slot until the body ends.
 
-use super::connect::{self, Timeouts};
+use super::connect::{self, Keepalive, Timeouts};
 use crate::policy::compile::PoolId;
 use crate::route;
 use crate::serving::state::now_ms;
@@ -34,6 +34,8 @@ pub struct Attempt {
     /// response header arrives.
     overdue: Option<u8>,
     started: Instant,
+    /// The keep-alive pool its connection comes from and goes back to.
+    keepalive: Keepalive,
 }
 
 /// How an attempt ended before it had an answer.
@@ -65,6 +67,7 @@ pub struct Head {
     pub header: ResponseHeader,
     session: HttpSession,
     peer: HttpPeer,
+    keepalive: Keepalive,
 }
 
 impl Attempt {
@@ -75,7 +78,14 @@ impl Attempt {
             target,
             overdue: table.live.pool(target.0).track_start(now_ms()),
             started: Instant::now(),
+            keepalive: Keepalive::Shared,
         }
+    }
+
+    /// The attempt's connection from (and back to) `keepalive`'s pool.
+    pub fn keep_alive_in(mut self, keepalive: Keepalive) -> Attempt {
+        self.keepalive = keepalive;
+        self
     }
 
     /// Take a slot on `target` whatever the limits say: for a caller that keeps its own count
@@ -101,7 +111,7 @@ impl Attempt {
         let peer = connect::peer(pool, endpoint, tls, grpc, timeouts);
         self.started = Instant::now();
         let (upstream, reused) =
-            connect::session(&peer)
+            connect::session(&peer, self.keepalive)
                 .await
                 .map_err(|error| Failure::Connect {
                     tls: connect::is_tls_failure(&error),
@@ -140,6 +150,7 @@ impl Attempt {
                 header,
                 session,
                 peer,
+                keepalive: self.keepalive,
             }),
             None => {
                 session.shutdown().await;
@@ -257,6 +268,7 @@ pub struct Body {
     attempt: Option<Attempt>,
     session: Option<HttpSession>,
     peer: HttpPeer,
+    keepalive: Keepalive,
     /// The body ends with trailers (HTTP/2, gRPC): the last data chunk is not the end.
     trailers_follow: bool,
 }
@@ -279,6 +291,7 @@ impl Answer {
                 attempt: Some(attempt),
                 session: Some(head.session),
                 peer: head.peer,
+                keepalive: head.keepalive,
                 trailers_follow,
             },
         }
@@ -327,7 +340,7 @@ impl Body {
     pub async fn release(&mut self) {
         if let Some(mut session) = self.session.take() {
             if session.response_done() {
-                connect::release(session, &self.peer).await;
+                connect::release(session, &self.peer, self.keepalive).await;
             } else {
                 session.shutdown().await;
             }

@@ -2,11 +2,17 @@
 //! endpoint (plain, TLS with the pool's trust settings, or h2c for gRPC), and the HTTP/1
 //! request written in one send.
 //!
-//! Each kind of connection lives in one pool: plain HTTP/1.1 (most in-house pools) in
-//! Pingora's HTTP/1 connector, which can be asked for a pooled connection alone
-//! ([`session`]: the common case costs a small future, and only a new connection pays for
-//! connecting); TLS endpoints (HTTP/2 or HTTP/1.1 by ALPN) and h2c (gRPC) in Pingora's full
-//! connector, which negotiates the protocol.
+//! Each kind of connection lives in one pool (shadow copies' aside, below): plain HTTP/1.1
+//! (most in-house pools) in Pingora's HTTP/1 connector, which can be asked for a pooled
+//! connection alone ([`session`]: the common case costs a small future, and only a new
+//! connection pays for connecting); TLS endpoints (HTTP/2 or HTTP/1.1 by ALPN) and h2c
+//! (gRPC) in Pingora's full connector, which negotiates the protocol.
+//!
+//! Shadow copies (`upstream::shadow`) keep their plain HTTP/1.1 connections in a pool of
+//! their own ([`Keepalive::Shadow`]): those connections are opened on the shadow thread and
+//! registered with its runtime, so a client's request never picks one up and waits on the
+//! shadow thread to be told its answer has come. (TLS and h2c copies share the full
+//! connector's pools.)
 //!
 //! A TLS handshake that fails (the pool's certificate is not trusted, names another host,
 //! or our client certificate is refused) is a configuration problem, not an outage: it is
@@ -46,6 +52,32 @@ fn plain() -> &'static v1::Connector {
     PLAIN.get_or_init(|| v1::Connector::new(Some(ConnectorOptions::new(KEEPALIVE_POOL))))
 }
 
+/// The plain HTTP/1.1 connector of shadow copies, and its pool (sized like the clients':
+/// it holds the copies' in-flight set of connections between copies).
+fn shadow_plain() -> &'static v1::Connector {
+    static SHADOW: OnceLock<v1::Connector> = OnceLock::new();
+    SHADOW.get_or_init(|| v1::Connector::new(Some(ConnectorOptions::new(KEEPALIVE_POOL))))
+}
+
+/// Which keep-alive pool an attempt's plain HTTP/1.1 connection comes from and goes back to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Keepalive {
+    /// Clients' requests, retries, hedges and queued jobs.
+    #[default]
+    Shared,
+    /// Shadow copies, on the shadow thread.
+    Shadow,
+}
+
+impl Keepalive {
+    fn plain(self) -> &'static v1::Connector {
+        match self {
+            Keepalive::Shared => plain(),
+            Keepalive::Shadow => shadow_plain(),
+        }
+    }
+}
+
 /// Build both connectors now (start-up), not on a request.
 pub fn connectors() {
     connector();
@@ -61,12 +93,13 @@ fn is_plain_h1(peer: &HttpPeer) -> bool {
 /// connection is found with a small future; connecting (and every TLS or HTTP/2 peer) goes
 /// through a boxed one, so the common case does not carry Pingora's connect machinery (~9
 /// KiB of future state, copied with every request's future) inline.
-pub async fn session(peer: &HttpPeer) -> Result<(HttpSession, bool)> {
+pub async fn session(peer: &HttpPeer, keepalive: Keepalive) -> Result<(HttpSession, bool)> {
     if is_plain_h1(peer) {
-        if let Some(h1) = plain().reused_http_session(peer).await {
+        let plain = keepalive.plain();
+        if let Some(h1) = plain.reused_http_session(peer).await {
             return Ok((HttpSession::H1(h1), true));
         }
-        return crate::cold(|| plain().get_http_session(peer))
+        return crate::cold(|| plain.get_http_session(peer))
             .await
             .map(|(h1, reused)| (HttpSession::H1(h1), reused));
     }
@@ -74,10 +107,13 @@ pub async fn session(peer: &HttpPeer) -> Result<(HttpSession, bool)> {
 }
 
 /// Give a session whose answer was read to its end back to its pool (else close it).
-pub async fn release(session: HttpSession, peer: &HttpPeer) {
+pub async fn release(session: HttpSession, peer: &HttpPeer, keepalive: Keepalive) {
     match session {
         HttpSession::H1(h1) if is_plain_h1(peer) => {
-            plain().release_http_session(h1, peer, Some(IDLE)).await
+            keepalive
+                .plain()
+                .release_http_session(h1, peer, Some(IDLE))
+                .await
         }
         session => {
             connector()
@@ -213,7 +249,7 @@ pub async fn request_once(
     body: &Bytes,
     max: usize,
 ) -> Result<(u16, Bytes)> {
-    let (session, _) = self::session(peer).await?;
+    let (session, _) = self::session(peer, Keepalive::Shared).await?;
     let mut session = match session {
         HttpSession::H1(h1) => HttpSession::H1(one_write(h1, peer, req, body).await?),
         other => other,
@@ -231,7 +267,7 @@ pub async fn request_once(
         out.extend_from_slice(&chunk);
     }
     if session.response_done() {
-        release(session, peer).await;
+        release(session, peer, Keepalive::Shared).await;
     }
     Ok((status, out.freeze()))
 }

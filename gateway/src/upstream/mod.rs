@@ -15,7 +15,8 @@
 //! reference on every attempt, so a failover can always replay it, whatever its size. The
 //! request header is prepared once ([`request::Prepared`]: the one hop-by-hop list, the
 //! credential rules) and finished per attempt. Connections come from one connector with one
-//! keep-alive pool per protocol ([`connect`]).
+//! keep-alive pool per protocol ([`connect`]); shadow copies' plain HTTP/1.1 connections
+//! from a pool of their own.
 //!
 //! Why not Pingora's `ProxyHttp` loop: it drives exactly one attempt at a time (a hedge needs
 //! two in flight, a shadow one more the client never waits for), replays a body only through
@@ -261,7 +262,8 @@ pub enum Fetched {
 /// the pool's rewriting for hosted batch pools), with the answer read whole up to `max`
 /// bytes. Its retries are the queue's (back-off between dispatches), not [`send`]'s; the
 /// slot is taken whatever the limits say, because the dispatcher keeps its own count
-/// (`queue::dispatcher::room`).
+/// (`queue::dispatcher::room`). `keepalive`: the pool its plain HTTP/1.1 connection comes
+/// from (a shadow copy's own).
 pub async fn fetch(
     table: &Arc<Serving>,
     target: (PoolId, u16),
@@ -269,8 +271,17 @@ pub async fn fetch(
     body: &Bytes,
     timeout: Duration,
     max: usize,
+    keepalive: connect::Keepalive,
 ) -> Fetched {
-    fetch_as(table, target, header, body, timeout, max, false).await
+    fetch_as(
+        table,
+        target,
+        header,
+        body,
+        (timeout, max),
+        (keepalive, false),
+    )
+    .await
 }
 
 /// [`fetch`], of a gRPC call when `grpc` (a shadow copy of one): over the pool's h2c
@@ -281,9 +292,8 @@ pub async fn fetch_as(
     target: (PoolId, u16),
     header: &pingora::http::RequestHeader,
     body: &Bytes,
-    timeout: Duration,
-    max: usize,
-    grpc: bool,
+    (timeout, max): (Duration, usize),
+    (keepalive, grpc): (connect::Keepalive, bool),
 ) -> Fetched {
     let failed = |error: String, retryable| Fetched::Failed { error, retryable };
     let pool = &table.pools[target.0 as usize];
@@ -301,7 +311,7 @@ pub async fn fetch_as(
         Ok(req) => req,
         Err(e) => return failed(e.to_string(), false),
     };
-    let mut attempt = Attempt::take(table, target);
+    let mut attempt = Attempt::take(table, target).keep_alive_in(keepalive);
     match attempt.exchange(&req, body, grpc, timeouts).await {
         Ok(head) => {
             let mut status = head.header.status.as_u16();
