@@ -459,6 +459,25 @@ impl Meeting {
 
 /// Decide where `class` goes.
 pub fn decide(class: &Class, table: &Serving, tried: Tried, now_ms: u64) -> Decision {
+    let mut decision = decide_once(class, table, tried, now_ms);
+    // A pool admitted as a candidate whose last free endpoint slot a concurrent request
+    // took between that check and the pick leaves the decision with no endpoint: decide
+    // again on the fresh counts, where that pool is at capacity, rather than refuse with
+    // "no pool serves" while another pool could (CI saw it on a pool of one endpoint
+    // with two slots, shared by six clients).
+    for _ in 0..2 {
+        if decision.target.is_some()
+            || decision.reason != Reason::NoCandidate
+            || decision.candidates == 0
+        {
+            break;
+        }
+        decision = decide_once(class, table, tried, now_ms);
+    }
+    decision
+}
+
+fn decide_once(class: &Class, table: &Serving, tried: Tried, now_ms: u64) -> Decision {
     let tier = &table.tiers[class.tier as usize];
     let deadline = class.objective();
 
