@@ -308,7 +308,7 @@ async fn multi_turn(
     conversations: usize,
     turns: usize,
     parallel: usize,
-) -> (Vec<f64>, u64, u64) {
+) -> (Vec<f64>, u64, (u64, u64, u64)) {
     let mut mocks = Vec::new();
     for i in 0..4 {
         let mut spec = MockSpec::new(format!("llm-{i}"), Duration::ZERO, Duration::ZERO);
@@ -379,10 +379,15 @@ async fn multi_turn(
         .map(|m| m.stats().peak_in_flight)
         .max()
         .unwrap_or(0);
+    // Endpoints taken out of the choice (ejected after failures) make the mean, and so the
+    // bound, larger for the rest: the run reports them with its peak.
+    let metrics = gw.metrics().await;
+    let ejected = metric_sum(&metrics, "switchyard_endpoint_ejections_total", &[]) as u64;
+    let retried = metric_sum(&metrics, "switchyard_upstream_retries_total", &[]) as u64;
     for m in &mocks {
         m.shutdown();
     }
-    (times, hits, peak)
+    (times, hits, (peak, ejected, retried))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -396,12 +401,14 @@ async fn conversations_stay_on_the_server_that_has_their_prefix_within_a_load_bo
         _ => (24, 5, 8),
     };
     let (without, hits_without, _) = multi_turn(false, conversations, turns, parallel).await;
-    let (with, hits_with, peak) = multi_turn(true, conversations, turns, parallel).await;
+    let (with, hits_with, (peak, ejected, retried)) =
+        multi_turn(true, conversations, turns, parallel).await;
     let p50 = |t: &[f64]| t[t.len() / 2];
     eprintln!(
         "{conversations} conversations x {turns} turns, {parallel} at a time, 4 servers: \
          p50 {:.0} ms without affinity ({hits_without} prefix-cache hits), {:.0} ms with \
-         ({hits_with} hits; most in flight on one server: {peak})",
+         ({hits_with} hits; most in flight on one server: {peak}; ejections {ejected}, \
+         retries {retried})",
         p50(&without),
         p50(&with)
     );
@@ -416,9 +423,10 @@ async fn conversations_stay_on_the_server_that_has_their_prefix_within_a_load_bo
         hits_with >= (conversations * (turns - 1)) as u64 * 3 / 4,
         "{hits_with} hits"
     );
-    // Bounded load: `parallel` in flight over 4 servers, factor 1.25: at most
-    // ceil(1.25 × parallel / 4) (3 for 8).
-    let bound = (1.25 * parallel as f64 / 4.0).ceil() as u64;
+    // Bounded load: `parallel` in flight over the servers in the choice, factor 1.25: at
+    // most ceil(1.25 × parallel / 4) (3 for 8), or over 3 while one was ejected.
+    let servers = if ejected > 0 { 3.0 } else { 4.0 };
+    let bound = (1.25 * parallel as f64 / servers).ceil() as u64;
     assert!(
         peak <= bound,
         "a server had {peak} in flight (bound {bound})"
