@@ -667,6 +667,24 @@ fn fresh_prefix() -> String {
 }
 
 /// Poll `gw`'s rollout until `done` holds (at most `within`): the state, and how long it took.
+/// Two gateway instances sharing a canary rollout (10 → 50 → 100 %, 1,000 requests a step)
+/// through the Redis at `url` under key prefix `prefix`, both reading their state from it;
+/// with the stable and canary mocks they route to.
+async fn two_instances_on(url: &str, prefix: &str) -> (MockBackend, MockBackend, Gateway, Gateway) {
+    let stable = mock("stable", 0).await;
+    let canary = mock("canary", 0).await;
+    let policy = shared_rollout_policy(&stable, &canary, "[10, 50, 100]", 1000, url, prefix);
+    let a = Gateway::start(&policy).await;
+    let b = Gateway::start(&policy).await;
+    for gw in [&a, &b] {
+        rollout_until(gw, Duration::from_secs(5), |s| {
+            s["state"]["source"] == "redis"
+        })
+        .await;
+    }
+    (stable, canary, a, b)
+}
+
 async fn rollout_until(
     gw: &Gateway,
     within: Duration,
@@ -837,32 +855,10 @@ async fn a_rollback_on_one_instance_and_commands_on_either_reach_the_other() {
 
 #[tokio::test]
 async fn with_redis_stopped_both_instances_serve_on_local_state_and_rejoin() {
-    if !redis_server_available() {
-        eprintln!("skipped: redis-server is not installed");
-        return;
-    }
-    let Some(mut redis) = OwnRedis::start(None) else {
-        eprintln!("skipped: could not start redis-server");
+    let Some(mut redis) = own_redis("shared rollout outage") else {
         return;
     };
-    let stable = mock("stable", 0).await;
-    let canary = mock("canary", 0).await;
-    let policy = shared_rollout_policy(
-        &stable,
-        &canary,
-        "[10, 50, 100]",
-        1000,
-        &redis.url(),
-        "outage",
-    );
-    let a = Gateway::start(&policy).await;
-    let b = Gateway::start(&policy).await;
-    for gw in [&a, &b] {
-        rollout_until(gw, Duration::from_secs(5), |s| {
-            s["state"]["source"] == "redis"
-        })
-        .await;
-    }
+    let (_stable, canary, a, b) = two_instances_on(&redis.url(), "outage").await;
     assert_eq!(
         a.admin_post("/admin/rollouts/chat-v/promote", "")
             .await
@@ -929,32 +925,10 @@ async fn with_redis_stopped_both_instances_serve_on_local_state_and_rejoin() {
 
 #[tokio::test]
 async fn a_step_taken_while_redis_hangs_is_the_fleets_when_it_answers_again() {
-    if !redis_server_available() {
-        eprintln!("skipped: redis-server is not installed");
-        return;
-    }
-    let Some(redis) = OwnRedis::start(None) else {
-        eprintln!("skipped: could not start redis-server");
+    let Some(redis) = own_redis("shared rollout hang") else {
         return;
     };
-    let stable = mock("stable", 0).await;
-    let canary = mock("canary", 0).await;
-    let policy = shared_rollout_policy(
-        &stable,
-        &canary,
-        "[10, 50, 100]",
-        1000,
-        &redis.url(),
-        "hang",
-    );
-    let a = Gateway::start(&policy).await;
-    let b = Gateway::start(&policy).await;
-    for gw in [&a, &b] {
-        rollout_until(gw, Duration::from_secs(5), |s| {
-            s["state"]["source"] == "redis"
-        })
-        .await;
-    }
+    let (_stable, _canary, a, b) = two_instances_on(&redis.url(), "hang").await;
     // Redis hangs (its data kept): calls time out, both instances fall back.
     redis.signal("-STOP");
     for gw in [&a, &b] {

@@ -465,12 +465,7 @@ async fn a_shared_concurrency_lease_blocks_the_other_instance_until_it_is_given_
 
 #[tokio::test]
 async fn a_redis_outage_falls_back_to_local_limits_and_recovers() {
-    if !redis_server_available() {
-        eprintln!("skipped: redis-server is not installed");
-        return;
-    }
-    let Some(mut redis) = OwnRedis::start(None) else {
-        eprintln!("skipped: could not start redis-server");
+    let Some(mut redis) = own_redis("limits outage") else {
         return;
     };
     let edge = mock("edge", 0).await;
@@ -766,12 +761,7 @@ async fn backend(gw: &Gateway) -> String {
 
 #[tokio::test]
 async fn under_load_shared_limits_stay_off_the_request_path_and_return_within_a_second() {
-    if !redis_server_available() {
-        eprintln!("skipped: redis-server is not installed");
-        return;
-    }
-    let Some(redis) = OwnRedis::start(None) else {
-        eprintln!("skipped: could not start redis-server");
+    let Some(redis) = own_redis("limits under load") else {
         return;
     };
     let edge = mock("edge", 0).await;

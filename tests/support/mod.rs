@@ -456,6 +456,22 @@ pub fn test_redis(what: &str) -> Option<String> {
     }
 }
 
+/// A `redis-server` of the `what` test's own (one it may stop, hang or restart): required
+/// under CI, where `.ci/run` installs it and a failure to start fails the test; elsewhere
+/// the test is skipped loudly without one, as [`test_redis`] does.
+pub fn own_redis(what: &str) -> Option<OwnRedis> {
+    let started = redis_server_available()
+        .then(|| OwnRedis::start(None))
+        .flatten();
+    if started.is_none() {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("cannot start redis-server under CI: .ci/run must install it");
+        }
+        eprintln!("\n!!! SKIPPING Redis {what} test: cannot start redis-server !!!\n");
+    }
+    started
+}
+
 /// A `redis-server` of the test's own, on a free port, without persistence.
 pub struct OwnRedis {
     pub port: u16,
