@@ -420,16 +420,31 @@ async fn a_shadow_budget_stops_the_copies_for_the_day() {
 /// `chat-v` rolled out from `v1` (pool `stable`) to `v2` (pool `canary`) by `steps`, each
 /// step ending after at least `min` canary requests; the version sticky on `x-session`.
 /// Outlier ejection is out of the way (`eject_after: 1000`): a canary failing at random runs
-/// into five errors in a row sooner or later, and ejected it would take no requests, so the
-/// rollout would never see its step's minimum (CI saw it once); these tests are about the
-/// rollout's judgement.
+/// into five errors in a row sooner or later, and ejected, each of its callers would be
+/// charged to it as an error (see `a_canary_ejected_for_its_errors_…`), which would
+/// change the error rate these tests measure the rollout's judgement on.
 fn rollout_policy(stable: &MockBackend, canary: &MockBackend, steps: &str, min: u32) -> String {
+    rollout_policy_on(
+        "{ connect_timeout: 300ms, max_attempts: 3, down_backoff: 30s, eject_after: 1000 }",
+        stable.addr(),
+        canary.addr(),
+        steps,
+        min,
+    )
+}
+
+/// [`rollout_policy`] with this `upstream:` block, on these endpoints.
+fn rollout_policy_on(
+    upstream: &str,
+    stable: impl std::fmt::Display,
+    canary: impl std::fmt::Display,
+    steps: &str,
+    min: u32,
+) -> String {
     Policy::new()
-        .upstream(
-            "{ connect_timeout: 300ms, max_attempts: 3, down_backoff: 30s, eject_after: 1000 }",
-        )
-        .pool(Pool::edge("stable").endpoint(stable.addr()))
-        .pool(Pool::edge("canary").endpoint(canary.addr()))
+        .upstream(upstream)
+        .pool(Pool::edge("stable").endpoint(stable))
+        .pool(Pool::edge("canary").endpoint(canary))
         .extra(&format!(
             "models:\n  chat-v:\n    sticky: \"header:x-session\"\n    versions:\n      \
              - {{ name: v1, weight: 100, pools: [stable] }}\n      \
@@ -494,6 +509,129 @@ async fn a_canary_with_five_percent_errors_is_rolled_back_before_500_requests() 
         ),
         1.0
     );
+}
+
+/// Outlier ejection as it is by default (five 5xx answers in a row), ejected for 30 s.
+const EJECTING: &str = "{ connect_timeout: 300ms, max_attempts: 3, down_backoff: 30s }";
+
+/// One request from session `s-{i}`: status and `x-switchyard-version`.
+async fn ask(gw: &Gateway, i: usize) -> (u16, String, Option<String>) {
+    let key = format!("s-{i}");
+    let r = gw
+        .post(
+            "/v1/chat/completions",
+            &[("x-session", &key)],
+            &chat("chat-v"),
+        )
+        .await;
+    let version = r.header("x-switchyard-version").unwrap_or("").to_string();
+    (
+        r.status,
+        version,
+        r.header("retry-after").map(str::to_string),
+    )
+}
+
+#[tokio::test]
+async fn a_canary_ejected_for_its_errors_is_charged_while_down_and_rolled_back() {
+    let stable = mock("stable", 0).await;
+    let canary = mock("canary", 0).await;
+    canary.faults().set_error_rate(1.0);
+    let policy = rollout_policy_on(EJECTING, stable.addr(), canary.addr(), "[50, 100]", 20);
+    let gw = Gateway::start(&policy).await;
+
+    // Half the callers on a canary that answers 500 to everything: after five in a row it is
+    // ejected, and every canary caller after that is charged to it and served by v1. The
+    // step rolls back when the canary has 20 requests (a few times 20 in all: at 50 %, ~40).
+    let mut answers = Vec::new();
+    let mut explained = None;
+    while rollout_state(&gw).await["phase"] == "running" {
+        assert!(answers.len() < 120, "not rolled back after 120 requests");
+        answers.push(ask(&gw, answers.len()).await);
+        let fives = answers.iter().filter(|a| a.0 >= 500).count();
+        if fives == 5 && explained.is_none() {
+            // Ejected now: `explain` shows the last canary caller re-steered to v1.
+            let body = format!(
+                r#"{{"client_ip":"127.0.0.1","path":"/v1/chat/completions","headers":{{"x-session":"s-{}"}},"model":"chat-v"}}"#,
+                answers.len() - 1
+            );
+            let e = gw.admin_post("/admin/explain", &body).await;
+            explained = Some(e.json().unwrap());
+        }
+    }
+    let e = explained.expect("five failures seen");
+    assert_eq!(e["class"]["version"], "v1", "{e}");
+    assert_eq!(e["class"]["resteered_from"], "v2", "{e}");
+    assert_eq!(e["decision"]["pool"], "stable", "{e}");
+    let state = rollout_state(&gw).await;
+    println!("rolled back after {} requests: {state}", answers.len());
+    assert_eq!(state["phase"], "rolled_back", "{state}");
+    let last = state["last"].as_str().unwrap_or_default();
+    assert!(
+        last.starts_with("error rate worse (canary 20/20 errors"),
+        "{last}"
+    );
+
+    // The canary answered (500) until its ejection: five times, the first answers of v2.
+    let failed: Vec<usize> = (0..answers.len())
+        .filter(|&i| answers[i].0 != 200)
+        .collect();
+    assert_eq!(failed.len(), 5, "{answers:?}");
+    assert_eq!(canary.stats().requests, 5);
+    for &i in &failed {
+        assert_eq!((answers[i].0, answers[i].1.as_str()), (500, "v2"), "{i}");
+    }
+    // From then on every caller got 200 from the stable version, its canary ones too.
+    for (i, (status, version, _)) in answers.iter().enumerate().skip(failed[4] + 1) {
+        assert_eq!((*status, version.as_str()), (200, "v1"), "request {i}");
+    }
+    let m = gw.metrics().await;
+    let charged = metric_sum(&m, "switchyard_rollout_canary_unservable_total", &[]);
+    assert_eq!(charged, 15.0, "20 canary requests: 5 answered, 15 charged");
+    assert_eq!(
+        metric_sum(
+            &m,
+            "switchyard_rollout_transitions_total",
+            &[("to", "rolled_back")]
+        ),
+        1.0
+    );
+
+    // Rolled back: everyone on v1, the canary never asked again.
+    for i in 1000..1040 {
+        let (status, version, _) = ask(&gw, i).await;
+        assert_eq!((status, version.as_str()), (200, "v1"));
+    }
+    assert_eq!(canary.stats().requests, 5);
+}
+
+#[tokio::test]
+async fn with_both_versions_down_a_canary_caller_gets_503_and_the_canary_is_still_charged() {
+    let policy = rollout_policy_on(EJECTING, dead_addr(), dead_addr(), "[50, 100]", 10);
+    let gw = Gateway::start(&policy).await;
+    // Each version's endpoint refuses its first connection and is ejected at once; after
+    // that no request finds a pool: 503 with Retry-After, the canary charged for its callers.
+    let mut answers = Vec::new();
+    while rollout_state(&gw).await["phase"] == "running" {
+        assert!(answers.len() < 80, "not rolled back after 80 requests");
+        answers.push(ask(&gw, answers.len()).await);
+    }
+    let state = rollout_state(&gw).await;
+    assert_eq!(state["phase"], "rolled_back", "{state}");
+    assert!(
+        answers
+            .iter()
+            .all(|(status, _, retry)| *status == 503 && retry.is_some()),
+        "{answers:?}"
+    );
+    // Only the canary's first caller was on v2 (its connection refused); the rest went to v1.
+    assert!(
+        answers.iter().filter(|a| a.1 == "v2").count() <= 1,
+        "{answers:?}"
+    );
+    let m = gw.metrics().await;
+    let charged = metric_sum(&m, "switchyard_rollout_canary_unservable_total", &[]);
+    assert!((9.0..=10.0).contains(&charged), "{charged} charged");
 }
 
 #[tokio::test]

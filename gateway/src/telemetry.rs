@@ -127,6 +127,9 @@ pub const ROLLOUT_SHARED: &str = "switchyard_rollout_shared";
 pub const ROLLOUT_REDIS_ERRORS: &str = "switchyard_rollout_redis_errors_total";
 /// A rollout's state file could not be written (the transition still applies). Labels: model.
 pub const ROLLOUT_STATE_FILE_ERRORS: &str = "switchyard_rollout_state_file_errors_total";
+/// Requests steered to a canary whose pools were all down or ejected: each charged to the
+/// canary as an error and served by the stable version instead. Labels: model.
+pub const ROLLOUT_CANARY_UNSERVABLE: &str = "switchyard_rollout_canary_unservable_total";
 /// Routing decisions. Labels: tier, reason.
 pub const DECISIONS: &str = "switchyard_decisions_total";
 /// Upstream attempts that failed and were retried elsewhere. Labels: pool.
@@ -395,6 +398,10 @@ fn describe() {
     describe_counter!(
         ROLLOUT_STATE_FILE_ERRORS,
         "Rollout state file writes that failed (the transition still applied), by model"
+    );
+    describe_counter!(
+        ROLLOUT_CANARY_UNSERVABLE,
+        "Requests steered to a canary with no pool up: charged to it as errors and sent to the stable version, by model"
     );
     describe_counter!(
         DEADLINE_MISSES,

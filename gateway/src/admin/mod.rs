@@ -622,6 +622,17 @@ pub fn explain_with(
             .map(|id| table.regions[*id as usize].as_str())
             .collect()
     });
+    // A canary with no pool up for this request: the request goes to the stable version
+    // (and, served, the canary is charged an error; explaining charges nothing).
+    let mut resteered_from = None;
+    if rollouts.is_some_and(|r| r.on_canary(table, &class))
+        && route::version_unservable(&class, table, now_ms())
+    {
+        resteered_from = class
+            .version
+            .map(|(s, v)| table.splits[s as usize].versions[v as usize].name.clone());
+        crate::rollout::to_stable(table, &mut class);
+    }
     let (decision, candidates): (_, Vec<CandidateReport>) = route::explain(&class, table, now_ms());
     let tier = &table.tiers[class.tier as usize];
     Ok(json!({
@@ -645,6 +656,8 @@ pub fn explain_with(
             // A split model: the version this request gets, and the split it came from.
             "version": class.version.map(|(s, v)| table.splits[s as usize].versions[v as usize].name.clone()),
             "split": class.version.map(|(s, _)| split_json(table, &table.splits[s as usize])),
+            // Steered to a canary that has no pool up, so re-steered to the stable version.
+            "resteered_from": resteered_from,
             "streaming": class.streaming,
             "cacheable": class.cacheable,
         },

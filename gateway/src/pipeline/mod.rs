@@ -555,25 +555,26 @@ async fn stages(gw: &Gateway, session: &mut ServerSession, req: &mut Request) ->
 
     // The cache is looked up before deciding, so that a hit is answered even when no pool
     // could take the request now (the decision is still made, for the spend avoided).
-    let lookup = match &gw.cache {
-        Some(cache) => {
-            let header = session.req_header();
-            let target = header
-                .uri
-                .path_and_query()
-                .map_or(header.uri.path(), |pq| pq.as_str());
-            cache
-                .lookup(class, &table, target, &header.headers, Some(&body))
-                .await
-        }
-        None => Lookup::Bypass,
-    };
+    let mut lookup = look_up(gw, session, class, &table, &body).await;
     if !lookup.is_hit() {
         // The daily budget: only requests that will cost something (hits are free); may
         // move the request to the tenant's downgrade tier.
         admit::spend(req.ticket.as_ref(), &table, class)?;
     }
-    let decision = decide(class, &table, lookup.is_hit());
+    let mut decision = decide(class, &table, lookup.is_hit());
+    if decision.reason == Reason::NoCandidate
+        && !lookup.is_hit()
+        && gw.rollouts.on_canary(&table, class)
+        && route::version_unservable(class, &table, now_ms())
+    {
+        // A canary with no pool up (`rollout`'s module docs): charged one error, and the
+        // request goes to the stable version, looked up in the cache under that version
+        // (the canary's lookup let go: a leader's waiters go upstream themselves).
+        gw.rollouts.canary_unservable(&table, class);
+        drop(lookup);
+        lookup = crate::cold(|| look_up(gw, session, class, &table, &body)).await;
+        decision = decide(class, &table, lookup.is_hit());
+    }
     req.decision = Some(decision);
     if !lookup.is_hit() {
         // Demand for the capacity meter (an atomic add; wakes KEDA if the pool is at zero).
@@ -686,6 +687,29 @@ async fn stages(gw: &Gateway, session: &mut ServerSession, req: &mut Request) ->
             .spawn(capture, table.clone(), class, header, body, primary);
     }
     Ok(())
+}
+
+/// The prediction cache's lookup for `class` (`Bypass` without a cache).
+async fn look_up(
+    gw: &Gateway,
+    session: &ServerSession,
+    class: &Class,
+    table: &Serving,
+    body: &Bytes,
+) -> Lookup {
+    match &gw.cache {
+        Some(cache) => {
+            let header = session.req_header();
+            let target = header
+                .uri
+                .path_and_query()
+                .map_or(header.uri.path(), |pq| pq.as_str());
+            cache
+                .lookup(class, table, target, &header.headers, Some(body))
+                .await
+        }
+        None => Lookup::Bypass,
+    }
 }
 
 /// A split model's version as its backend knows it: the OpenAI body's `model`, or the OIP

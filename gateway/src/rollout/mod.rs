@@ -22,6 +22,26 @@
 //! alongside) makes the test approximate; the 1 % floor and the minimum sample keep it from
 //! deciding on a handful of requests.
 //!
+//! **A canary that cannot be served counts against it.** The evidence is answered requests,
+//! so a canary bad enough to be ejected (outlier ejection, failed health checks, refused
+//! connects) would otherwise stop collecting it and its step would stall, its callers
+//! refused. So a request [`steer`](Rollouts::steer)ed to the canary (not one whose path
+//! names the version) that finds no pool, because every canary pool it may use has no
+//! endpoint up (`route::version_unservable`), is one canary request with one error (no SLO
+//! miss, no cost) in the step's pending counts, judged and flushed to Redis like any other
+//! evidence, and counted in `switchyard_rollout_canary_unservable_total`. It is then steered
+//! to the stable version and decided again (and looked up in the cache under that version):
+//! the client is not punished for a broken canary, and its answer says `v1` in
+//! `x-switchyard-version`. That stable answer counts once, as stable evidence, as any stable
+//! answer does (it is one); it is never canary evidence, and the canary's charge is made at
+//! the refusal, not from the answer. Stable unable to serve too: the usual 503 with
+//! `Retry-After`, the canary still charged. Not charged (and not re-steered: the usual
+//! refusal) is a canary that is merely full or whose servers report themselves busy
+//! (overloaded says nothing about its quality), or whose pools the request may not use at
+//! all (the tier's pool kinds, residency, no gRPC address: a policy matter). While the step
+//! is paused nothing is counted, but the request is still re-steered. The check runs only
+//! on that refusal path: a served request pays one branch for it.
+//!
 //! A caller keeps its version within a step and only moves forward: a caller is on the
 //! canary when its sticky key's hash (`Class::version_key`) falls below the step's share,
 //! so the canary's callers at 5 % are still on it at 25 %. A request whose path names a
@@ -266,6 +286,16 @@ fn rate(bad: u64, n: u64) -> f64 {
     }
 }
 
+/// Put a rolled-out model's request on its stable version (`explain` shows a request re-steered
+/// from an unservable canary with this, without charging the canary).
+pub fn to_stable(table: &RoutingTable, class: &mut Class) {
+    if let Some((split_id, _)) = class.version {
+        if let Some(rule) = &table.splits[split_id as usize].rollout {
+            class.version = Some((split_id, rule.stable));
+        }
+    }
+}
+
 /// A split model's rollout rule and its canary's name.
 fn rule_of<'a>(table: &'a RoutingTable, model: &str) -> Option<(&'a RolloutRule, &'a str)> {
     let split = &table.splits[*table.split_of.get(model)? as usize];
@@ -372,23 +402,66 @@ impl Rollouts {
         if status == 0 || status == 499 {
             return;
         }
-        let rollout = self.get(&split.model, rule);
+        let answer = Counts {
+            requests: 1,
+            errors: u64::from(status >= 500),
+            slo_misses: u64::from(slo_miss),
+            cost_nanousd: t::nano_usd(cost_usd),
+        };
+        self.count(&split.model, rule, v == rule.canary, &answer);
+    }
+
+    /// Whether `class` was put on its model's canary by [`steer`](Self::steer) (not by a
+    /// path naming the version): one branch for every request that is not.
+    pub fn on_canary(&self, table: &RoutingTable, class: &Class) -> bool {
+        let (Some((split_id, v)), Some(_)) = (class.version, class.version_key) else {
+            return false;
+        };
+        table.splits[split_id as usize]
+            .rollout
+            .as_ref()
+            .is_some_and(|rule| v == rule.canary)
+    }
+
+    /// A request [`on_canary`](Self::on_canary) that the canary cannot serve for its
+    /// health (`route::version_unservable`, decided by the caller): charged to the canary
+    /// as one errored request (no SLO miss, no cost) while the step runs, counted in
+    /// `switchyard_rollout_canary_unservable_total`, and moved to the stable version, which
+    /// the caller then decides for as for any stable request (see the module docs).
+    pub fn canary_unservable(&self, table: &RoutingTable, class: &mut Class) {
+        let Some((split_id, _)) = class.version else {
+            return;
+        };
+        let split = &table.splits[split_id as usize];
+        let Some(rule) = &split.rollout else {
+            return;
+        };
+        metrics::counter!(t::ROLLOUT_CANARY_UNSERVABLE, "model" => split.model.clone())
+            .increment(1);
+        let refused = Counts {
+            requests: 1,
+            errors: 1,
+            ..Counts::default()
+        };
+        self.count(&split.model, rule, true, &refused);
+        to_stable(table, class);
+    }
+
+    /// Add one request's evidence to its version's pending counts (while the step runs)
+    /// and, for the canary, decide the step when the evidence allows (here when alone, by
+    /// waking the sync when the fleet shares the state).
+    fn count(&self, model: &str, rule: &RolloutRule, canary: bool, one: &Counts) {
+        let rollout = self.get(model, rule);
         let Ok(mut s) = rollout.state.lock() else {
             return;
         };
         if s.phase != Phase::Running {
             return;
         }
-        let counts = if v == rule.canary {
-            &mut s.pending.canary
+        if canary {
+            s.pending.canary.add(one);
         } else {
-            &mut s.pending.stable
-        };
-        counts.requests += 1;
-        counts.errors += u64::from(status >= 500);
-        counts.slo_misses += u64::from(slo_miss);
-        counts.cost_nanousd += t::nano_usd(cost_usd);
-        if v != rule.canary {
+            s.pending.stable.add(one);
             return;
         }
         if let Some((next, why)) = judge(s.step, &s.fleet.sum(&s.pending), rule) {
@@ -397,7 +470,7 @@ impl Rollouts {
                 // next tick.
                 self.wake.notify_one();
             } else {
-                self.apply(&rollout, &mut s, &split.model, rule, next, why, Via::Local);
+                self.apply(&rollout, &mut s, model, rule, next, why, Via::Local);
             }
         }
     }
@@ -904,6 +977,73 @@ fn share(rule: &RolloutRule, step: usize, phase: Phase) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::compile::{compile_str, CompileContext};
+
+    /// `m` rolled out from `v1` (pool `a`) to `v2` (pool `b`) at 50 %, 10 canary requests a
+    /// step, its state file in `dir`.
+    fn table(dir: &std::path::Path) -> RoutingTable {
+        let text = r#"
+regions: { default: us, map: [{ name: us, continents: [NA] }] }
+rtt_ms: { us: { us: 5 } }
+tiers:
+  t: { deadline: 2s, weight: 0.0, pools: [edge] }
+pools:
+  - { name: a, kind: edge, region: us, endpoints: [127.0.0.1:1], models: ["*"], concurrency: 8, service_time: 10ms }
+  - { name: b, kind: edge, region: us, endpoints: [127.0.0.1:2], models: ["*"], concurrency: 8, service_time: 10ms }
+routes:
+  - { name: r, match: /x, protocol: openai, tier: t }
+models:
+  m:
+    versions:
+      - { name: v1, weight: 100, pools: [a] }
+      - { name: v2, weight: 0, pools: [b] }
+    rollout: { canary: v2, steps: [50, 100], min_requests: 10 }
+"#;
+        compile_str(
+            text,
+            &CompileContext {
+                file: &dir.join("p.yaml"),
+                gateway_region: None,
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn an_unservable_canary_request_is_one_canary_error_and_goes_to_the_stable_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let table = table(dir.path());
+        let rollouts = Rollouts::new();
+        let on = |v: u16, key: Option<u64>| {
+            let mut c = Class::what_if(&table, 0, 0, 0, "m");
+            c.version = Some((0, v));
+            c.version_key = key;
+            c
+        };
+        // Steered to the canary, not named by the path, not on the stable version.
+        assert!(rollouts.on_canary(&table, &on(1, Some(7))));
+        assert!(!rollouts.on_canary(&table, &on(1, None)));
+        assert!(!rollouts.on_canary(&table, &on(0, Some(7))));
+
+        let mut c = on(1, Some(7));
+        rollouts.canary_unservable(&table, &mut c);
+        assert_eq!(c.version, Some((0, 0)), "moved to v1");
+        // Its stable answer is stable evidence, once, like any stable answer.
+        rollouts.observe(&table, &c, 200, false, 0.0);
+        let report = rollouts.report(&table);
+        let m = &report["m"];
+        assert_eq!(m["canary_counts"]["requests"], 1);
+        assert_eq!(m["canary_counts"]["errors"], 1);
+        assert_eq!(m["canary_counts"]["slo_misses"], 0);
+        assert_eq!(m["canary_counts"]["cost_nanousd"], 0);
+        assert_eq!(m["stable_counts"]["requests"], 1);
+        assert_eq!(m["stable_counts"]["errors"], 0);
+        // The step's minimum of such requests rolls the canary back on the usual rule.
+        for _ in 1..10 {
+            rollouts.canary_unservable(&table, &mut on(1, Some(7)));
+        }
+        assert_eq!(rollouts.phase(&table, "m"), Some((Phase::RolledBack, 0)));
+    }
 
     #[test]
     fn sprt_rejects_a_five_percent_canary_and_accepts_a_clean_one() {

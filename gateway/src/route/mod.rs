@@ -670,6 +670,37 @@ pub fn probe_instead_of_shed(class: &Class, table: &Serving, now_ms: u64) -> Opt
     })
 }
 
+/// Whether `class`'s version of a split model cannot serve it for its health alone: at least
+/// one of the version's pools has no endpoint up (ejected after consecutive failures, failing
+/// its health checks, or skipped after a refused connect) and every other one is kept from
+/// this request by something that says nothing about the version's health (its kind not
+/// allowed for the tier, data residency, no gRPC address). A pool that is up but full or
+/// whose servers are busy (`AtCapacity`) says the version is loaded, not broken: then this
+/// is `false`, as it is when no pool of the version was ever open to the request (a policy
+/// matter, not evidence). Called only on the refusal path (`rollout` charges the canary).
+pub fn version_unservable(class: &Class, table: &Serving, now_ms: u64) -> bool {
+    let Some((split, v)) = class.version else {
+        return false;
+    };
+    let version = &table.splits[split as usize].versions[v as usize];
+    let mut down = false;
+    for &id in &version.pools {
+        let pool = &table.pools[id as usize];
+        match exclusion(id, pool, class, table, &[], now_ms) {
+            Some(Exclusion::NoEndpointUp) => down = true,
+            Some(
+                Exclusion::KindNotAllowedForTier
+                | Exclusion::Residency
+                | Exclusion::NoGrpcEndpoint
+                | Exclusion::ModelNotServed
+                | Exclusion::NotThisVersion,
+            ) => {}
+            Some(Exclusion::AtCapacity | Exclusion::AlreadyTried) | None => return false,
+        }
+    }
+    down
+}
+
 fn no_candidate(candidates: u16, feasible: u16) -> Decision {
     Decision {
         wake: None,
@@ -1313,6 +1344,60 @@ routes:
         assert_eq!(d.reason, Reason::Overloaded, "everything is full");
         let (_, reports) = explain(&c, &table, 0);
         assert_eq!(reports[0].excluded, Some(Exclusion::AtCapacity));
+    }
+
+    /// A version is unservable for its health only when its pools that the request may use
+    /// are all down: not when one is merely full, nor when the tier keeps it from every one.
+    #[test]
+    fn a_version_is_unservable_only_when_its_usable_pools_are_down() {
+        let text = POLICY.replace(
+            "  fast:",
+            "  edge_only: { deadline: 2s, weight: 0.0, pools: [edge] }\n  fast:",
+        ) + "models:\n  s:\n    versions:\n      \
+             - { name: v1, weight: 50, pools: [far] }\n      \
+             - { name: v2, weight: 50, pools: [near, far] }\n";
+        let (table, _f) = serving(&text);
+        let on = |tier: &str, v: u16| {
+            let mut c = class(&table, tier, "s");
+            c.version = Some((0, v));
+            c
+        };
+        assert!(!version_unservable(&on("loose", 1), &table, 1));
+        // `near` at capacity (both endpoints full), `far` allowed and up: servable; for the
+        // edge-only tier `near` is the only pool it may use, and full is not broken.
+        for ep in 0..2 {
+            for _ in 0..4 {
+                assert!(table.live.endpoint(0, ep).try_acquire(4));
+            }
+        }
+        assert!(!version_unservable(&on("edge_only", 1), &table, 1));
+        for ep in 0..2 {
+            for _ in 0..4 {
+                table.live.endpoint(0, ep).release();
+            }
+        }
+        // `near` down: the edge-only tier's only pool is down (`far` is a gpu pool, which
+        // says nothing about the version); the loose tier still has `far`.
+        for ep in 0..2 {
+            table
+                .live
+                .endpoint(0, ep)
+                .mark_down(0, Duration::from_secs(60));
+        }
+        assert!(version_unservable(&on("edge_only", 1), &table, 1));
+        assert!(!version_unservable(&on("loose", 1), &table, 1));
+        // v1 lives on `far` alone, which the edge-only tier may never use: a policy matter.
+        assert!(!version_unservable(&on("edge_only", 0), &table, 1));
+        table
+            .live
+            .endpoint(1, 0)
+            .mark_down(0, Duration::from_secs(60));
+        assert!(version_unservable(&on("loose", 1), &table, 1));
+        assert!(version_unservable(&on("loose", 0), &table, 1));
+        // Back after the back-off: servable again.
+        assert!(!version_unservable(&on("loose", 1), &table, 120_000));
+        // Not a split model's request: never.
+        assert!(!version_unservable(&class(&table, "loose", "m"), &table, 1));
     }
 
     /// Bounded load holds when two requests pick the same endpoint at once: the pick reads
