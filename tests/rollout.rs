@@ -801,9 +801,13 @@ fn shared_rollout_policy(
     url: &str,
     prefix: &str,
 ) -> String {
+    shared(rollout_policy(stable, canary, steps, min), url, prefix)
+}
+
+/// `policy` with its rollouts' state shared on the Redis at `url` under `prefix`.
+fn shared(policy: String, url: &str, prefix: &str) -> String {
     format!(
-        "{}limits:\n  backend: redis\n  redis_url: {url}\n  redis_prefix: {prefix}\n  redis_timeout: 500ms\n",
-        rollout_policy(stable, canary, steps, min)
+        "{policy}limits:\n  backend: redis\n  redis_url: {url}\n  redis_prefix: {prefix}\n  redis_timeout: 500ms\n"
     )
 }
 
@@ -915,6 +919,90 @@ async fn two_instances_on_one_redis_judge_one_rollout_on_their_summed_counts() {
     };
     let (ma, mb) = (a.metrics().await, b.metrics().await);
     assert_eq!(promoted(&ma) + promoted(&mb), 1.0);
+}
+
+#[tokio::test]
+async fn two_instances_charge_an_ejected_canary_into_the_fleets_counts_and_roll_it_back() {
+    let Some(url) = test_redis("rollout") else {
+        return;
+    };
+    let stable = mock("stable", 0).await;
+    let canary = mock("canary", 0).await;
+    canary.faults().set_error_rate(1.0);
+    let policy = shared(
+        rollout_policy_on(EJECTING, stable.addr(), canary.addr(), "[50, 100]", 30),
+        &url,
+        &fresh_prefix(),
+    );
+    let a = Gateway::start(&policy).await;
+    let b = Gateway::start(&policy).await;
+    for gw in [&a, &b] {
+        rollout_until(gw, Duration::from_secs(5), |s| {
+            s["state"]["source"] == "redis"
+        })
+        .await;
+    }
+    // Each instance ejects the canary after its own five 500s, then charges its canary
+    // callers to the step's counts in Redis and serves them from v1. 30 canary requests a
+    // step: neither instance reaches it alone in 20 requests to each (at 50 %, ~10 canary
+    // callers each); together, with a few more, they do.
+    let mut answers = Vec::new();
+    for i in 0..20 {
+        answers.push(ask(&a, i).await);
+        answers.push(ask(&b, 1000 + i).await);
+    }
+    // Each instance's canary requests so far (its 500s and its charges), and A's view of the
+    // step's counts: both instances' once flushed.
+    let charged = |m: &str| metric_sum(m, "switchyard_rollout_canary_unservable_total", &[]);
+    let own = |m: &str, from: usize| {
+        charged(m) as u64
+            + answers[from..]
+                .iter()
+                .step_by(2)
+                .filter(|a| a.0 == 500)
+                .count() as u64
+    };
+    let (own_a, own_b) = (own(&a.metrics().await, 0), own(&b.metrics().await, 1));
+    assert!(own_a > 5 && own_b > 5, "A {own_a}, B {own_b}: both charged");
+    let (state, _) = rollout_until(&a, Duration::from_secs(3), |s| {
+        s["canary_counts"]["requests"].as_u64() == Some(own_a + own_b)
+    })
+    .await;
+    println!("after 40 requests, A {own_a} and B {own_b} canary requests: {state}");
+    assert_eq!(
+        state["phase"], "running",
+        "neither alone nor together at 30 yet"
+    );
+    assert_eq!(state["canary_counts"]["errors"], own_a + own_b);
+    let mut i = 20;
+    while rollout_state(&a).await["phase"] == "running" {
+        assert!(i < 120, "not rolled back after {} requests", 2 * i);
+        answers.push(ask(&a, i).await);
+        answers.push(ask(&b, 1000 + i).await);
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (state, _) = rollout_until(&b, Duration::from_secs(3), |s| s["phase"] != "running").await;
+    assert_eq!(state["phase"], "rolled_back", "{state}");
+    let last = state["last"].as_str().unwrap_or_default();
+    assert!(last.starts_with("error rate worse (canary "), "{last}");
+    // At most five 500s per instance (their ejections), everything else 200 from v1.
+    let failed = answers.iter().filter(|a| a.0 != 200).count();
+    assert!(failed <= 10, "{answers:?}");
+    assert!(answers.iter().all(
+        |(status, version, _)| (*status, version.as_str()) == (500, "v2")
+            || (*status, version.as_str()) == (200, "v1")
+    ));
+    assert!(canary.stats().requests <= 10);
+    let (ma, mb) = (a.metrics().await, b.metrics().await);
+    let rolled = |m: &str| {
+        metric_sum(
+            m,
+            "switchyard_rollout_transitions_total",
+            &[("to", "rolled_back")],
+        )
+    };
+    assert_eq!(rolled(&ma) + rolled(&mb), 1.0, "applied once for the fleet");
 }
 
 #[tokio::test]
