@@ -38,9 +38,13 @@
 //! `Retry-After`, the canary still charged. Not charged (and not re-steered: the usual
 //! refusal) is a canary that is merely full or whose servers report themselves busy
 //! (overloaded says nothing about its quality), or whose pools the request may not use at
-//! all (the tier's pool kinds, residency, no gRPC address: a policy matter). While the step
-//! is paused nothing is counted, but the request is still re-steered. The check runs only
-//! on that refusal path: a served request pays one branch for it.
+//! all (the tier's pool kinds, residency, no gRPC address: a policy matter). While the
+//! rollout is not running (paused, or promoted with the stable version still in the policy)
+//! nothing is counted, but the request is still re-steered. The check runs only on that
+//! refusal path (a decision with no candidate, not from the cache, of a request on a
+//! canary): a served request pays one comparison for it. One canary request that fails to
+//! connect and is then refused (the attempt that ejects the endpoint) is still no evidence:
+//! it was neither answered nor refused by the decision.
 //!
 //! A caller keeps its version within a step and only moves forward: a caller is on the
 //! canary when its sticky key's hash (`Class::version_key`) falls below the step's share,
