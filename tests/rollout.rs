@@ -606,18 +606,23 @@ async fn a_canary_ejected_for_its_errors_is_charged_while_down_and_rolled_back()
 }
 
 #[tokio::test]
-async fn with_both_versions_down_a_canary_caller_gets_503_and_the_canary_is_still_charged() {
-    let policy = rollout_policy_on(EJECTING, dead_addr(), dead_addr(), "[50, 100]", 10);
+async fn with_both_versions_down_a_canary_caller_gets_503_the_canary_is_charged_and_judged_once_stable_is_back(
+) {
+    // Both versions down: an outage, not a canary worse than stable. Each endpoint refuses
+    // its first connection (that request is its version's error) and is ejected; every
+    // request after that finds no pool: 503 with Retry-After, the canary charged for its
+    // callers. The step is not decided on it: stable failed as often (1 of 1), and the test
+    // is against stable's rate. Once stable is back, its answers are the yardstick and the
+    // charged canary is rolled back.
+    let stable = mock("stable", 0).await;
+    stable.faults().set_down(true);
+    let upstream = "{ connect_timeout: 300ms, max_attempts: 3, down_backoff: 500ms }";
+    let policy = rollout_policy_on(upstream, stable.addr(), dead_addr(), "[50, 100]", 10);
     let gw = Gateway::start(&policy).await;
-    // Each version's endpoint refuses its first connection and is ejected at once; after
-    // that no request finds a pool: 503 with Retry-After, the canary charged for its callers.
     let mut answers = Vec::new();
-    while rollout_state(&gw).await["phase"] == "running" {
-        assert!(answers.len() < 80, "not rolled back after 80 requests");
-        answers.push(ask(&gw, answers.len()).await);
+    for i in 0..30 {
+        answers.push(ask(&gw, i).await);
     }
-    let state = rollout_state(&gw).await;
-    assert_eq!(state["phase"], "rolled_back", "{state}");
     assert!(
         answers
             .iter()
@@ -629,9 +634,83 @@ async fn with_both_versions_down_a_canary_caller_gets_503_and_the_canary_is_stil
         answers.iter().filter(|a| a.1 == "v2").count() <= 1,
         "{answers:?}"
     );
+    let state = rollout_state(&gw).await;
+    assert_eq!(state["phase"], "running", "decided on an outage: {state}");
     let m = gw.metrics().await;
     let charged = metric_sum(&m, "switchyard_rollout_canary_unservable_total", &[]);
-    assert!((9.0..=10.0).contains(&charged), "{charged} charged");
+    assert!(charged >= 10.0, "{charged} charged");
+
+    // Stable back: once its endpoint's back-off has passed, it answers, and the canary is
+    // rolled back on the stable version's answers.
+    stable.faults().set_down(false);
+    let mut n = answers.len();
+    while rollout_state(&gw).await["phase"] == "running" {
+        assert!(n < 400, "not rolled back after stable came back");
+        let _ = ask(&gw, n).await;
+        n += 1;
+        if n % 10 == 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let state = rollout_state(&gw).await;
+    assert_eq!(state["phase"], "rolled_back", "{state}");
+    let (status, version, _) = ask(&gw, 10_000).await;
+    assert_eq!((status, version.as_str()), (200, "v1"));
+}
+
+#[tokio::test]
+async fn a_canary_that_hangs_is_judged_on_its_timeouts_and_rolled_back() {
+    // The canary answers after 2 s; the tier gives up after 250 ms: every canary caller gets
+    // the gateway's 504, which is the canary's error (the evidence is every request that went
+    // upstream, not only the answered ones). Ejection is off, so the timeouts themselves are
+    // the evidence, not the charge of an ejected canary.
+    let stable = mock("stable", 0).await;
+    let canary = mock("canary", 0).await;
+    canary.faults().set_extra_latency(Duration::from_secs(2));
+    let policy = Policy::new()
+        .tier(Tier::standard().with("timeout", "250ms"))
+        .upstream(
+            "{ connect_timeout: 300ms, max_attempts: 3, down_backoff: 30s, eject_after: 1000 }",
+        )
+        .pool(Pool::edge("stable").endpoint(stable.addr()))
+        .pool(Pool::edge("canary").endpoint(canary.addr()))
+        .extra(
+            "models:\n  chat-v:\n    sticky: \"header:x-session\"\n    versions:\n      \
+             - { name: v1, weight: 100, pools: [stable] }\n      \
+             - { name: v2, weight: 0, pools: [canary] }\n    \
+             rollout: { canary: v2, steps: [50, 100], min_requests: 10 }\n",
+        )
+        .render();
+    let gw = Gateway::start(&policy).await;
+    let mut answers = Vec::new();
+    while rollout_state(&gw).await["phase"] == "running" {
+        assert!(
+            answers.len() < 60,
+            "not rolled back after 60 requests: {answers:?}"
+        );
+        answers.push(ask(&gw, answers.len()).await);
+    }
+    let state = rollout_state(&gw).await;
+    println!("rolled back after {} requests: {state}", answers.len());
+    assert_eq!(state["phase"], "rolled_back", "{state}");
+    let last = state["last"].as_str().unwrap_or_default();
+    assert!(
+        last.starts_with("error rate worse (canary 10/10 errors"),
+        "{last}"
+    );
+    // Every canary caller timed out (504, v2); every stable one was answered.
+    for (i, (status, version, _)) in answers.iter().enumerate() {
+        match version.as_str() {
+            "v2" => assert_eq!(*status, 504, "request {i}"),
+            _ => assert_eq!((*status, version.as_str()), (200, "v1"), "request {i}"),
+        }
+    }
+    assert_eq!(answers.iter().filter(|a| a.1 == "v2").count(), 10);
+    // Rolled back: nobody waits on the canary any more.
+    for i in 1000..1020 {
+        let (status, version, _) = ask(&gw, i).await;
+        assert_eq!((status, version.as_str()), (200, "v1"));
+    }
 }
 
 #[tokio::test]

@@ -125,8 +125,13 @@ pub(super) fn finish(gw: &Gateway, session: &ServerSession, mut req: Request) {
         }
     }
     let spend_usd = bill.as_ref().map_or(0.0, Billed::usd);
-    if let Some(c) = class.filter(|c| c.version.is_some() && req.answered == Answered::Upstream) {
-        // A rolled-out model's evidence: status, SLO, cost (`rollout`).
+    // A rolled-out model's evidence (`rollout`): status, SLO, cost of every request an
+    // attempt went upstream for: answered, or failed there (a timeout, a cut or refused
+    // connection: the gateway's 502/503/504 is the version's error, or a hanging canary
+    // would never be judged). A refusal before any attempt is the decision's, not the
+    // version's (an unservable canary is charged where it is refused, `rollout`).
+    let went_upstream = req.answered == Answered::Upstream || (attempts > 0 && status >= 500);
+    if let Some(c) = class.filter(|c| c.version.is_some() && went_upstream) {
         gw.rollouts
             .observe(&table, c, status, judged > c.objective(), spend_usd);
     }

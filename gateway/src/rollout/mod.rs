@@ -42,9 +42,15 @@
 //! rollout is not running (paused, or promoted with the stable version still in the policy)
 //! nothing is counted, but the request is still re-steered. The check runs only on that
 //! refusal path (a decision with no candidate, not from the cache, of a request on a
-//! canary): a served request pays one comparison for it. One canary request that fails to
-//! connect and is then refused (the attempt that ejects the endpoint) is still no evidence:
-//! it was neither answered nor refused by the decision.
+//! canary): a served request pays one comparison for it.
+//!
+//! **Evidence is every request an attempt went upstream for** (`pipeline::record`): an
+//! answer, and a failure there too (a timeout, a cut or refused connection, after the
+//! version's own retries), which is the gateway's 502/503/504 to the client and one error of
+//! the version; an SLO miss when it took longer than the objective, as for an answer. So a
+//! canary that hangs, or that refuses the connect that ejects it, is judged on those
+//! requests. Not evidence: a request answered from the cache or queued, one refused before
+//! any attempt (above), and one whose client went away (499).
 //!
 //! A caller keeps its version within a step and only moves forward: a caller is on the
 //! canary when its sticky key's hash (`Class::version_key`) falls below the step's share,
@@ -402,7 +408,7 @@ impl Rollouts {
         let Some(rule) = &split.rollout else {
             return;
         };
-        // Not answered (0) or the client gone (499): no evidence either way.
+        // No status (0) or the client gone (499): no evidence either way.
         if status == 0 || status == 499 {
             return;
         }
