@@ -517,3 +517,44 @@ async fn shadow_report(gw: &Gateway) -> serde_json::Value {
     let v: serde_json::Value = gw.admin_get("/admin/rollouts").await.json().expect("json");
     v["models"]["resnet"]["shadow"].clone()
 }
+
+#[tokio::test]
+async fn concurrent_calls_share_a_few_h2_connections_to_the_backend() {
+    // 60 calls in flight at once (each from its own client connection) to a backend that
+    // holds each for 300 ms: the gateway multiplexes them over its h2c connections to the
+    // backend instead of opening one per call, as gRPC clients and Envoy do.
+    let gpu = grpc_mock("gpu").await;
+    gpu.set_delay(std::time::Duration::from_millis(300));
+    let gw = Gateway::start(
+        &grpc_policy()
+            .pool(Pool::gpu("gpu").grpc_endpoint(dead_addr(), gpu.addr()))
+            .render(),
+    )
+    .await;
+    // One call first: the connection is open before the crowd arrives.
+    assert_eq!(infer(&gw, "resnet", &[]).await.grpc_status(), Some(0));
+    let before = gpu.connections();
+    const N: usize = 60;
+    let calls: Vec<_> = (0..N)
+        .map(|_| {
+            let proxy = gw.proxy;
+            tokio::spawn(async move {
+                call(proxy, INFER, &infer_request("resnet", "", b"tensor"), &[]).await
+            })
+        })
+        .collect();
+    for c in calls {
+        let r = c.await.expect("join").expect("call");
+        assert_eq!(r.grpc_status(), Some(0), "{r:?}");
+        assert_eq!(answered_by(&r), "gpu");
+    }
+    let opened = gpu.connections() - before;
+    println!(
+        "{N} concurrent calls: {opened} new backend connections, {} calls held at once",
+        gpu.most_open()
+    );
+    assert!(gpu.most_open() >= (N / 2) as u64, "the calls did overlap");
+    // (Pingora's connector can miss a connection while another call is opening a stream on
+    // it, and opens one more: a few, never one per call.)
+    assert!(opened <= 20, "{opened} connections for {N} calls in flight");
+}

@@ -6,7 +6,8 @@
 //! (most in-house pools) in Pingora's HTTP/1 connector, which can be asked for a pooled
 //! connection alone ([`session`]: the common case costs a small future, and only a new
 //! connection pays for connecting); TLS endpoints (HTTP/2 or HTTP/1.1 by ALPN) and h2c
-//! (gRPC) in Pingora's full connector, which negotiates the protocol.
+//! (gRPC) in Pingora's full connector, which negotiates the protocol. An HTTP/2 connection
+//! carries up to [`H2_STREAMS`] requests at once.
 //!
 //! Shadow copies (`upstream::shadow`) keep their plain HTTP/1.1 connections in a pool of
 //! their own ([`Keepalive::Shadow`]): those connections are opened on the shadow thread and
@@ -31,6 +32,13 @@ use pingora::{Error, ErrorType, Result};
 use std::sync::OnceLock;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
+
+/// Requests one HTTP/2 connection to a backend carries at once (gRPC over h2c, `https://`
+/// endpoints that choose h2): in-flight calls share a few connections, as gRPC clients and
+/// Envoy do, instead of one connection each (Pingora's default). The server's own
+/// `SETTINGS_MAX_CONCURRENT_STREAMS` caps it further; a call beyond it opens another
+/// connection.
+pub const H2_STREAMS: usize = 100;
 
 /// Idle upstream connections kept per process.
 pub const KEEPALIVE_POOL: usize = 1024;
@@ -164,6 +172,7 @@ pub fn peer(
     if grpc {
         peer.options.set_http_version(2, 2);
     }
+    peer.options.max_h2_streams = H2_STREAMS;
     peer.options.connection_timeout = Some(timeouts.connect);
     peer.options.read_timeout = Some(timeouts.io);
     peer.options.write_timeout = Some(timeouts.io);

@@ -9,7 +9,8 @@
 //! with a `ModelInferResponse` naming the model and the backend (`id`; also the
 //! `x-mock-backend` metadata), so a test sees who answered; `ModelReady`, `ModelMetadata`,
 //! `ModelConfig` and the server methods are answered too. It counts calls per method,
-//! remembers the last request's metadata, and can be made to fail every call with a gRPC
+//! remembers the last request's metadata, counts its connections and the most calls it held
+//! at once, can hold every `ModelInfer` for a service time, and can be made to fail every call with a gRPC
 //! status, or stop listening (connection refused). A message that does not decode gets
 //! INVALID_ARGUMENT, as a real server answers.
 
@@ -53,6 +54,13 @@ struct Seen {
     last_headers: Mutex<Option<HeaderMap>>,
     /// The `model_name` and `model_version` of every `ModelInfer` request received, in order.
     infers: Mutex<Vec<(String, String)>>,
+    /// TCP connections accepted.
+    connections: AtomicU64,
+    /// Calls being answered now, and the most at once.
+    open: AtomicU64,
+    most_open: AtomicU64,
+    /// How long every `ModelInfer` is held before its answer, in ms.
+    delay_ms: AtomicU64,
 }
 
 /// A mock gRPC inference server on h2c.
@@ -82,6 +90,7 @@ impl GrpcMock {
                 let Ok((tcp, _)) = listener.accept().await else {
                     continue;
                 };
+                backend.seen.connections.fetch_add(1, Ordering::Relaxed);
                 let backend = backend.clone();
                 tokio::spawn(async move {
                     let _ = serve_connection(tcp, backend).await;
@@ -135,6 +144,23 @@ impl GrpcMock {
     }
 
     /// Fail every call with gRPC status `code` (0 heals).
+    /// TCP connections it accepted (a client multiplexing its calls opens few).
+    pub fn connections(&self) -> u64 {
+        self.seen.connections.load(Ordering::Relaxed)
+    }
+
+    /// The most calls it was answering at once.
+    pub fn most_open(&self) -> u64 {
+        self.seen.most_open.load(Ordering::Relaxed)
+    }
+
+    /// Hold every `ModelInfer` this long before answering it (a model's service time).
+    pub fn set_delay(&self, delay: Duration) {
+        self.seen
+            .delay_ms
+            .store(delay.as_millis() as u64, Ordering::Relaxed);
+    }
+
     pub fn fail_with(&self, code: u32) {
         self.fail.store(code, Ordering::Relaxed);
     }
@@ -163,7 +189,11 @@ async fn serve_connection(tcp: TcpStream, backend: Arc<Backend>) -> Result<(), h
         let (req, respond) = next?;
         let backend = backend.clone();
         tokio::spawn(async move {
+            let seen = &backend.seen;
+            let open = seen.open.fetch_add(1, Ordering::Relaxed) + 1;
+            seen.most_open.fetch_max(open, Ordering::Relaxed);
             let _ = answer(req, respond, &backend).await;
+            seen.open.fetch_sub(1, Ordering::Relaxed);
         });
     }
     Ok(())
@@ -191,6 +221,10 @@ async fn answer(
     }
     if method_name == "ModelInfer" {
         backend.seen.infer.fetch_add(1, Ordering::Relaxed);
+        let delay = backend.seen.delay_ms.load(Ordering::Relaxed);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
     }
     let fail = backend.fail.load(Ordering::Relaxed);
     if fail != 0 {
