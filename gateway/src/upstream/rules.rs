@@ -62,11 +62,15 @@ pub fn take_slot(
     (decision, None)
 }
 
-/// What a request that found no slot is refused as: every pool that could take it is full
-/// (`overloaded`), the tier sheds, or nothing serves it.
+/// What a request that found no slot is refused as: the pool it was decided for filled up
+/// meanwhile, or every pool that could take it is full (`overloaded`: 503 with
+/// `Retry-After`, whatever the decision's reason was — meets the deadline, the tier's
+/// fastest fallback, a probe), the tier sheds, or nothing serves it.
 pub fn no_slot(reason: Reason) -> Reason {
     match reason {
-        Reason::MeetsDeadline | Reason::Overloaded => Reason::Overloaded,
+        Reason::MeetsDeadline | Reason::Overloaded | Reason::FallbackFastest | Reason::Probe => {
+            Reason::Overloaded
+        }
         Reason::Shed => Reason::Shed,
         _ => Reason::NoCandidate,
     }
@@ -156,4 +160,25 @@ pub fn hedge_target(
     (next.target.is_some()
         && matches!(next.reason, Reason::MeetsDeadline | Reason::FallbackFastest))
     .then_some(next)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_whose_pool_filled_up_is_overloaded_whatever_it_was_decided_for() {
+        // Told "overloaded, retry after", not "no healthy pool serves the model": the pool
+        // exists and is up, it is full.
+        for r in [
+            Reason::MeetsDeadline,
+            Reason::FallbackFastest,
+            Reason::Probe,
+            Reason::Overloaded,
+        ] {
+            assert_eq!(no_slot(r), Reason::Overloaded, "{r:?}");
+        }
+        assert_eq!(no_slot(Reason::Shed), Reason::Shed);
+        assert_eq!(no_slot(Reason::NoCandidate), Reason::NoCandidate);
+    }
 }
