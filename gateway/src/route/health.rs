@@ -21,7 +21,6 @@ use crate::telemetry as t;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -38,7 +37,7 @@ pub struct HealthChecker {
 #[async_trait]
 impl BackgroundService for HealthChecker {
     async fn start(&self, shutdown: ShutdownWatch) {
-        let mut next_due: HashMap<(String, String), Instant> = HashMap::new();
+        let mut due = crate::serving::ticker::Due::default();
         let mut ticker = crate::serving::ticker::Ticker::new(TICK, shutdown);
         loop {
             if !ticker.tick().await {
@@ -68,11 +67,9 @@ impl BackgroundService for HealthChecker {
                     .zip(states)
                     .filter(|(e, _)| e.resolved)
                 {
-                    let key = (pool.name.clone(), ep.name.clone());
-                    if next_due.get(&key).is_some_and(|due| now < *due) {
+                    if !due.take(&pool.name, &ep.name, now, hc.interval) {
                         continue;
                     }
-                    next_due.insert(key, now + hc.interval);
                     let job = Check {
                         pool: pool.name.clone(),
                         endpoint: ep.name.clone(),
@@ -87,12 +84,7 @@ impl BackgroundService for HealthChecker {
                     tokio::spawn(job.run());
                 }
             }
-            // Forget endpoints a reload removed.
-            if next_due.len()
-                > 4 * table.pools.iter().map(|p| p.endpoints.len()).sum::<usize>() + 16
-            {
-                next_due.retain(|_, due| *due + Duration::from_secs(60) > now);
-            }
+            due.forget_gone(table.pools.iter().map(|p| p.endpoints.len()).sum(), now);
         }
     }
 }

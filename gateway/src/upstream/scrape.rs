@@ -21,7 +21,6 @@ use async_trait::async_trait;
 use pingora::http::RequestHeader;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,7 +37,7 @@ pub struct LoadScraper {
 #[async_trait]
 impl BackgroundService for LoadScraper {
     async fn start(&self, shutdown: ShutdownWatch) {
-        let mut next_due: HashMap<(String, String), Instant> = HashMap::new();
+        let mut due = crate::serving::ticker::Due::default();
         let mut ticker = crate::serving::ticker::Ticker::new(TICK, shutdown);
         loop {
             if !ticker.tick().await {
@@ -54,19 +53,12 @@ impl BackgroundService for LoadScraper {
                     if !endpoint.resolved {
                         continue;
                     }
-                    let key = (pool.name.clone(), endpoint.name.clone());
-                    if next_due.get(&key).is_some_and(|due| now < *due) {
-                        continue;
+                    if due.take(&pool.name, &endpoint.name, now, m.interval) {
+                        tokio::spawn(scrape(table.clone(), id as PoolId, ep));
                     }
-                    next_due.insert(key, now + m.interval);
-                    tokio::spawn(scrape(table.clone(), id as PoolId, ep));
                 }
             }
-            if next_due.len()
-                > 4 * table.pools.iter().map(|p| p.endpoints.len()).sum::<usize>() + 16
-            {
-                next_due.retain(|_, due| *due + Duration::from_secs(60) > now);
-            }
+            due.forget_gone(table.pools.iter().map(|p| p.endpoints.len()).sum(), now);
         }
     }
 }
