@@ -4,7 +4,8 @@
 # (`plain`), the other mirroring 100 % of it to a shadow pool that answers in 500 ms
 # (`mirror`). Runs interleaved (plain, mirror, plain, …), ROUNDS of DURATION each, wrk with
 # CONNECTIONS; reports each run's requests/s, p50 and p99, the gateway's CPU time per client
-# request (user + system from /proc/PID/stat over the run), the copies sent and dropped and
+# request (user + system from /proc/PID/stat over the run) and the shadow thread's part of it
+# (its /proc/PID/task/TID/stat: what the copies cost on their own thread), the copies sent and dropped and
 # the TCP connections the shadow backend accepted during the run (keep-alive reuse: 0 once
 # the copies' connections are open).
 #
@@ -118,26 +119,39 @@ done
 sleep 2
 
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# The shadow thread's own ticks (0 without one): what the copies cost, apart from the
+# proxy threads' share of the request.
+shadow_ticks() {
+    local t s=0
+    for t in /proc/"$1"/task/*; do
+        [ "$(cat "$t/comm" 2>/dev/null)" = shadow ] || continue
+        s=$((s + $(sed 's/.*) //' "$t/stat" | awk '{print $12 + $13}')))
+    done
+    echo "$s"
+}
 HZ=$(getconf CLK_TCK)
-printf '%-7s %5s %10s %9s %9s %14s %10s %10s %8s\n' target round req/s p50 p99 cpu_us/req copies_sent dropped conns
+printf '%-7s %5s %10s %9s %9s %14s %14s %10s %10s %8s\n' target round req/s p50 p99 cpu_us/req shadow_us/req copies_sent dropped conns
 for round in $(seq 1 "$ROUNDS"); do
     for name in $NAMES; do
         pid_var=${name^^}_PID; addr_var=${name^^}; admin_var=${name^^}_ADMIN
         pid=${!pid_var}
         before=$(ticks "$pid")
+        sbefore=$(shadow_ticks "$pid")
         conns0=$(shadow_conns)
         out=$(wrk -t1 -c"$CONNS" -d"$DURATION" --latency -s benches/post_1k.lua "http://${!addr_var}/v1/chat/completions")
         # Copies still in flight when the run ends are the mirror's too: wait for them.
         sleep 1.5
         after=$(ticks "$pid")
+        safter=$(shadow_ticks "$pid")
         conns=$(( $(shadow_conns) - conns0 - 1 )) # (less the stats request itself)
         reqs=$(echo "$out" | awk '/requests in/ {print $1}')
         rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
         p50=$(echo "$out" | awk '$1=="50%" {print $2}')
         p99=$(echo "$out" | awk '$1=="99%" {print $2}')
         cpu=$(awk -v t=$((after - before)) -v hz="$HZ" -v n="$reqs" 'BEGIN { printf "%.1f", t / hz * 1e6 / n }')
+        scpu=$(awk -v t=$((safter - sbefore)) -v hz="$HZ" -v n="$reqs" 'BEGIN { printf "%.1f", t / hz * 1e6 / n }')
         sent=$(copies "${!admin_var}" sent)
         dropped=$(copies "${!admin_var}" dropped_busy)
-        printf '%-7s %5s %10s %9s %9s %14s %10s %10s %8s\n' "$name" "$round" "$rps" "$p50" "$p99" "$cpu" "$sent" "$dropped" "$conns"
+        printf '%-7s %5s %10s %9s %9s %14s %14s %10s %10s %8s\n' "$name" "$round" "$rps" "$p50" "$p99" "$cpu" "$scpu" "$sent" "$dropped" "$conns"
     done
 done
