@@ -6,6 +6,9 @@ mod support;
 use std::collections::HashMap;
 use std::time::Duration;
 use support::*;
+use switchyard_gateway::redis::Pool as RedisPool;
+use switchyard_gateway::rollout::shared::{Batch, Held, Pair, Shared};
+use switchyard_gateway::rollout::{Counts, Phase};
 use switchyard_testkit::fleet::MockSpec;
 use switchyard_testkit::mock::MockBackend;
 
@@ -1263,4 +1266,196 @@ async fn a_step_taken_while_redis_hangs_is_the_fleets_when_it_answers_again() {
         .await;
         assert_eq!(state["canary_percent"], 50.0, "{state}");
     }
+}
+
+/// A batch of `canary` and `stable` requests with `errors` canary errors.
+fn deltas(canary: u64, errors: u64, stable: u64) -> Pair {
+    Pair {
+        canary: Counts {
+            requests: canary,
+            errors,
+            slo_misses: 0,
+            cost_nanousd: canary * 10,
+        },
+        stable: Counts {
+            requests: stable,
+            errors: 0,
+            slo_misses: 0,
+            cost_nanousd: stable * 10,
+        },
+    }
+}
+
+/// `field` of `chat-v`'s rollout hash under `prefix`, read by a client of the test's own
+/// (0 when absent).
+async fn hash_field(redis: &RedisPool, prefix: &str, field: &str) -> u64 {
+    let key = format!("{prefix}:rollout:chat-v");
+    let v = redis
+        .cmd(&[b"HGET", key.as_bytes(), field.as_bytes()])
+        .await
+        .expect("HGET");
+    v.as_str().and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_flush_whose_answer_was_lost_is_sent_again_and_added_once() {
+    let Some(mut redis) = own_redis("rollout sync replay") else {
+        return;
+    };
+    let prefix = fresh_prefix();
+    let sh = Shared::new(&redis.url(), &prefix, Duration::from_millis(500)).expect("shared");
+    let seed = Held {
+        epoch: 1,
+        step: 0,
+        phase: Phase::Running,
+        last: "started".into(),
+        by: sh.instance.clone(),
+    };
+    let sync = |batch: Batch| {
+        let (sh, seed) = (&sh, seed.clone());
+        async move { sh.sync("chat-v", "v2", &batch, &seed).await }
+    };
+    let first = sync(sh.batch(None, Pair::default())).await.expect("seed");
+    assert!(first.seeded);
+    let held_epoch = first.held.epoch;
+    let epoch = Some(held_epoch);
+
+    // 1. The script ran but its answer came after the timeout: Redis is stopped with the
+    // call sent, and reads and runs it once continued, the client gone.
+    let one = sh.batch(epoch, deltas(7, 2, 30));
+    redis.signal("-STOP");
+    let lost = sync(one.clone()).await;
+    redis.signal("-CONT");
+    assert!(lost.is_err(), "{lost:?}");
+    let probe = RedisPool::new(&redis.url(), Duration::from_secs(5)).expect("pool");
+    let mut ran = 0;
+    for _ in 0..50 {
+        ran = hash_field(&probe, &prefix, "c_n").await;
+        if ran > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(ran, 7, "the timed-out sync ran on Redis");
+    // The same batch again (as the sync tick sends it): the counts hold it once.
+    let again = sync(one.clone()).await.expect("resend");
+    assert!(again.added && again.replayed, "{again:?}");
+    assert_eq!(again.fleet, deltas(7, 2, 30));
+    // And again, however many times.
+    let thrice = sync(one).await.expect("resend");
+    assert_eq!(thrice.fleet, deltas(7, 2, 30));
+
+    // 2. The script did not run: writes are paused for longer than the timeout.
+    let two = sh.batch(epoch, deltas(5, 0, 40));
+    probe
+        .cmd(&[b"CLIENT", b"PAUSE", b"900", b"WRITE"])
+        .await
+        .expect("CLIENT PAUSE");
+    let lost = sync(two.clone()).await;
+    assert!(lost.is_err(), "{lost:?}");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(hash_field(&probe, &prefix, "c_n").await, 7, "not run");
+    let again = sync(two).await.expect("resend");
+    assert!(again.added && !again.replayed, "{again:?}");
+    assert_eq!(again.fleet, deltas(12, 2, 70));
+
+    // 3. Another instance (or this one restarted: a new instance id) numbers its batches
+    // from 1 again: they are its own, added.
+    let other = Shared::new(&redis.url(), &prefix, Duration::from_millis(500)).expect("shared");
+    let theirs = other
+        .sync("chat-v", "v2", &other.batch(epoch, deltas(1, 1, 1)), &seed)
+        .await
+        .expect("other instance");
+    assert!(theirs.added && !theirs.replayed);
+    assert_eq!(theirs.fleet, deltas(13, 3, 71));
+
+    // 4. A batch counted under an epoch Redis has left is refused, not added, numbered or not.
+    let stale = sh.batch(Some(held_epoch + 7), deltas(100, 0, 0));
+    let refused = sync(stale).await.expect("stale");
+    assert!(!refused.added, "{refused:?}");
+    assert_eq!(refused.fleet, deltas(13, 3, 71));
+
+    // 5. Redis restarted empty while a batch was unanswered: the resend seeds the new hash
+    // and is added there once (the counts it was to join are gone with the numbers).
+    let five = sh.batch(epoch, deltas(3, 0, 3));
+    let port = redis.port;
+    redis.stop();
+    assert!(sync(five.clone()).await.is_err());
+    let _redis = OwnRedis::start(Some(port)).expect("restart redis-server");
+    let again = sync(five.clone()).await.expect("resend after restart");
+    assert!(again.seeded && again.added && !again.replayed, "{again:?}");
+    assert_eq!(again.fleet, deltas(3, 0, 3));
+    let again = sync(five).await.expect("resend");
+    assert!(again.replayed);
+    assert_eq!(again.fleet, deltas(3, 0, 3));
+}
+
+#[tokio::test]
+async fn requests_whose_flush_timed_out_are_in_the_fleets_counts_once() {
+    let Some(redis) = own_redis("rollout sync late") else {
+        return;
+    };
+    let prefix = fresh_prefix();
+    let stable = mock("stable", 0).await;
+    let canary = mock("canary", 0).await;
+    // No step decidable within the test: no transition zeroes the counts under it.
+    let policy = shared_rollout_policy(
+        &stable,
+        &canary,
+        "[50, 100]",
+        100_000,
+        &redis.url(),
+        &prefix,
+    );
+    let gw = Gateway::start(&policy).await;
+    rollout_until(&gw, Duration::from_secs(5), |s| {
+        s["state"]["source"] == "redis"
+    })
+    .await;
+    let mut statuses = send(&gw, 0, 40).await;
+    // Redis stops with the next flushes sent to it: they time out on the gateway, are sent
+    // again, and all run once Redis continues.
+    redis.signal("-STOP");
+    statuses.extend(send(&gw, 1000, 40).await);
+    let sync_errors = |m: &str| {
+        metric_sum(
+            m,
+            "switchyard_rollout_redis_errors_total",
+            &[("op", "sync")],
+        )
+    };
+    let start = std::time::Instant::now();
+    while sync_errors(&gw.metrics().await) < 2.0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "no sync timed out"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    redis.signal("-CONT");
+    statuses.extend(send(&gw, 2000, 40).await);
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    let served = stable.stats().requests + canary.stats().requests;
+    assert_eq!(served, 120);
+    // Settled: nothing of this instance's unflushed, and the fleet's counts (read from
+    // Redis) are the requests served, each once.
+    let total = |s: &serde_json::Value| {
+        s["canary_counts"]["requests"].as_u64().unwrap_or(0)
+            + s["stable_counts"]["requests"].as_u64().unwrap_or(0)
+    };
+    let (state, _) = rollout_until(&gw, Duration::from_secs(5), |s| {
+        s["state"]["source"] == "redis" && s["state"]["local_counts"] == 0 && total(s) >= served
+    })
+    .await;
+    assert_eq!(total(&state), served, "{state}");
+    assert_eq!(
+        state["canary_counts"]["requests"].as_u64(),
+        Some(canary.stats().requests),
+        "{state}"
+    );
+    let probe = RedisPool::new(&redis.url(), Duration::from_secs(5)).expect("pool");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let held = hash_field(&probe, &prefix, "c_n").await + hash_field(&probe, &prefix, "s_n").await;
+    assert_eq!(held, served);
+    assert_eq!(total(&rollout_state(&gw).await), served);
 }

@@ -1,8 +1,9 @@
 //! Traces (`observe.traces`), on a real gateway: a span per request exported by OTLP/HTTP to
 //! a receiver that decodes it with the official protobuf types; the caller's `traceparent`
 //! continued (the span is its child, the backend's parent is the span); the GenAI and
-//! HTTP attributes and the decision; and with the collector down, requests still succeed
-//! while the lost spans are counted.
+//! HTTP attributes and the decision; with the collector down, requests still succeed
+//! while the lost spans are counted; and at `SIGTERM` the queued spans are exported before
+//! the process exits, within a bound even when the collector never answers.
 
 mod support;
 
@@ -314,5 +315,108 @@ async fn traces_turn_on_with_a_reload_and_sample_ratio_zero_records_no_new_trace
     assert!(
         header(&sent[1], "traceparent").is_some_and(|t| t.ends_with("-00")),
         "the unsampled new trace is still propagated: {sent:?}"
+    );
+}
+
+/// A collector that takes connections and reads what it is sent but never answers.
+async fn silent_collector() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind collector");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 16 * 1024];
+                use tokio::io::AsyncReadExt;
+                while s.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_queued_at_sigterm_are_exported_before_the_gateway_exits() {
+    let (collector, seen) = otlp_receiver().await;
+    let (backend, _heads) = recording_backend().await;
+    // A batch every 30 s: nothing is exported in the test's time but by the shutdown's flush.
+    let text = format!(
+        "{}listeners: {{ shutdown_grace: 1s }}\n",
+        policy(
+            backend,
+            &format!("{{ otlp_endpoint: 'http://{collector}/v1/traces', batch_every: 30s, sample_ratio: 1 }}"),
+        )
+    );
+    let mut gw = Gateway::start(&text).await;
+    const N: usize = 25;
+    for _ in 0..N {
+        let r = gw.post("/v1/chat/completions", &[], &chat("model-a")).await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        seen.lock().unwrap().spans().len(),
+        0,
+        "nothing exported yet"
+    );
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric_sum(&m, "switchyard_trace_spans_exported_total", &[]),
+        0.0
+    );
+
+    let sent = Instant::now();
+    gw.signal("TERM");
+    let status = gw.wait_exit(Duration::from_secs(10)).await;
+    println!("exited {:?} after SIGTERM (grace 1 s)", sent.elapsed());
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}: {}",
+        gw.log()
+    );
+    let spans = seen.lock().unwrap().spans();
+    assert_eq!(spans.len(), N, "every span queued at shutdown was exported");
+    let mut ids: Vec<_> = spans.iter().map(|s| hex(&s.span_id)).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), N, "each once");
+    assert!(!gw.log().contains("spans not exported"), "{}", gw.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_never_answers_delays_shutdown_by_the_flush_bound_at_most() {
+    let collector = silent_collector().await;
+    let (backend, _heads) = recording_backend().await;
+    let text = format!(
+        "{}listeners: {{ shutdown_grace: 1s }}\n",
+        policy(
+            backend,
+            &format!("{{ otlp_endpoint: 'http://{collector}/v1/traces', batch_every: 30s, sample_ratio: 1 }}"),
+        )
+    );
+    let mut gw = Gateway::start(&text).await;
+    for _ in 0..5 {
+        let r = gw.post("/v1/chat/completions", &[], &chat("model-a")).await;
+        assert_eq!(r.status, 200);
+    }
+    let sent = Instant::now();
+    gw.signal("TERM");
+    // The grace period (1 s) and the flush's bound (min(2 s, grace): 1 s), with room for
+    // the runtimes' shutdown; without the bound the export's own 5 s read timeout and its
+    // retries would hold the process.
+    let status = gw.wait_exit(Duration::from_secs(10)).await;
+    let took = sent.elapsed();
+    println!("exited {took:?} after SIGTERM (grace 1 s, collector silent)");
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}: {}",
+        gw.log()
+    );
+    assert!(took < Duration::from_secs(5), "exited after {took:?}");
+    assert!(
+        gw.log().contains("spans not exported at shutdown are lost"),
+        "{}",
+        gw.log()
     );
 }

@@ -191,7 +191,7 @@ pub fn run(opts: DemoOptions) -> Result<(), DemoError> {
             std::future::pending::<()>().await;
         })
     });
-    built.server.run_forever()
+    built.run_forever()
 }
 
 /// Mock service times per pool kind: edge is quick, the GPU pool slower, batch slowest.

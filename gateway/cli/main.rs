@@ -569,5 +569,5 @@ fn run(
         .gateway_region
         .map_or("unknown", |g| table.regions[g as usize].as_str());
     tracing::info!(proxy = %built.proxy_addr, admin = %built.admin_addr, version = %table.version, region, "switchyard serving");
-    built.server.run_forever()
+    built.run_forever()
 }

@@ -65,6 +65,24 @@ pub struct Built {
     pub control: Arc<ControlPlane>,
     pub proxy_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// The trace exporter, flushed by [`Built::run_forever`] once the server has stopped.
+    pub traces: crate::trace::Tracer,
+    /// `listeners.shutdown_grace`, which also bounds that flush.
+    pub shutdown_grace: Duration,
+}
+
+/// The longest the queued spans are waited for at shutdown (less when the grace period is).
+const TRACE_FLUSH: Duration = Duration::from_secs(2);
+
+impl Built {
+    /// Serve until a shutdown signal, then drain as Pingora does (SIGTERM: stop accepting,
+    /// the grace period, the runtimes stopped), export the spans still queued within
+    /// `min(2 s, shutdown_grace)` (no wait when none is), and exit.
+    pub fn run_forever(self) -> ! {
+        self.server.run(pingora::server::RunArgs::default());
+        self.traces.flush(TRACE_FLUSH.min(self.shutdown_grace));
+        std::process::exit(0)
+    }
 }
 
 /// Load the policy file and build the server.
@@ -119,7 +137,8 @@ pub fn build(table: RoutingTable, fleet: Arc<Fleet>, opts: Options) -> Result<Bu
     // SIGTERM: Pingora stops accepting, then sleeps `grace_period_seconds` while requests in
     // flight finish, then shuts the runtimes down (tasks still running after that are
     // dropped; `graceful_shutdown_timeout_seconds` only bounds that shutdown itself).
-    let grace = table.shutdown_grace.as_secs_f64().ceil() as u64;
+    let shutdown_grace = table.shutdown_grace;
+    let grace = shutdown_grace.as_secs_f64().ceil() as u64;
     let conf = ServerConf {
         threads,
         grace_period_seconds: Some(grace),
@@ -181,6 +200,7 @@ pub fn build(table: RoutingTable, fleet: Arc<Fleet>, opts: Options) -> Result<Bu
         .with_limiter(limiter.clone())
         .with_rollouts(rollouts.clone());
     let bodies = gateway.body_budget();
+    let traces = gateway.tracer();
     let shadows = gateway.shadows();
     let mut proxy = Service::new("switchyard proxy".to_string(), gateway);
     if plain {
@@ -319,6 +339,8 @@ pub fn build(table: RoutingTable, fleet: Arc<Fleet>, opts: Options) -> Result<Bu
         control,
         proxy_addr,
         admin_addr,
+        traces,
+        shutdown_grace,
     })
 }
 

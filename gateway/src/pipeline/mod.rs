@@ -143,6 +143,11 @@ impl Gateway {
         self.bodies.clone()
     }
 
+    /// The trace exporter's handle (the server flushes it at shutdown).
+    pub fn tracer(&self) -> crate::trace::Tracer {
+        self.traces.clone()
+    }
+
     /// Answer repeat predictions from `cache` and store new ones in it.
     pub fn with_cache(mut self, cache: Option<Arc<Cache>>) -> Self {
         self.cache = cache;

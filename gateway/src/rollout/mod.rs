@@ -94,9 +94,12 @@
 //! pushes a rollback whatever Redis holds, because a canary found worse on one instance's
 //! evidence must not be put back in front of users by another's; otherwise it adopts Redis'
 //! state (decided on the fleet's counts, more evidence than its own). A Redis that lost its
-//! data (restarted empty) is seeded from the first instance that syncs. One inaccuracy: a
-//! sync that Redis ran but whose answer timed out is sent again, so a step's counts may
-//! hold one instance's tick of requests twice.
+//! data (restarted empty) is seeded from the first instance that syncs. A flush whose answer
+//! did not come (an error or the timeout: Redis may have run it or not) is sent again as the
+//! same numbered batch until an answer comes, and Redis adds a batch once whatever the
+//! number of times it is sent (`shared.rs`): a step's counts hold each request once.
+//! Evidence counted meanwhile waits for the next batch, so after Redis was away the counts
+//! it kept reach the fleet one tick later.
 //!
 //! State lives here, beside the table, by model name across reloads. The counts of one
 //! rollout are behind a mutex held for a few additions per request of that model (the sync
@@ -114,7 +117,7 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
-use shared::{Held, Pair, Shared};
+use shared::{Batch, Held, Pair, Shared};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -197,8 +200,11 @@ struct State {
     phase: Phase,
     /// The step's counts summed over the fleet as last read from Redis (zero when local).
     fleet: Pair,
-    /// This instance's counts not in `fleet` yet (all of them when local).
+    /// This instance's counts not in `fleet` yet and in no batch (all of them when local).
     pending: Pair,
+    /// The batch sent to Redis and not answered yet: sent again as it is at the next sync
+    /// (see the module docs of `shared.rs`); its counts are not in `fleet` either.
+    unanswered: Option<Batch>,
     /// Why the last transition happened.
     last: String,
     /// The Redis epoch this state is (0: not read from Redis yet).
@@ -209,6 +215,22 @@ struct State {
     history: VecDeque<serde_json::Value>,
     /// The state file's last write error (warned once), until a write succeeds.
     file_error: Option<String>,
+}
+
+impl State {
+    /// This instance's counts not in `fleet` yet: the unanswered batch's and the pending.
+    fn unflushed(&self) -> Pair {
+        match &self.unanswered {
+            Some(b) => self.pending.sum(&b.deltas),
+            None => self.pending,
+        }
+    }
+
+    /// The step's counts as this instance knows them: the fleet's as last read plus its own
+    /// since.
+    fn counts(&self) -> Pair {
+        self.fleet.sum(&self.unflushed())
+    }
 }
 
 /// What the state file holds.
@@ -474,7 +496,7 @@ impl Rollouts {
             s.pending.stable.add(one);
             return;
         }
-        if let Some((next, why)) = judge(s.step, &s.fleet.sum(&s.pending), rule) {
+        if let Some((next, why)) = judge(s.step, &s.counts(), rule) {
             if self.joined(&s) {
                 // The fleet's transition is the sync's (compare-and-set): now, not at its
                 // next tick.
@@ -601,7 +623,7 @@ impl Rollouts {
         canary: &str,
         rollout: &Rollout,
     ) -> bool {
-        let (deltas, epoch, away, seed) = {
+        let (batch, epoch, away, seed) = {
             let Ok(mut s) = rollout.state.lock() else {
                 return false;
             };
@@ -612,23 +634,44 @@ impl Rollouts {
                 last: s.last.clone(),
                 by: sh.instance.clone(),
             };
-            (std::mem::take(&mut s.pending), s.epoch, s.away, seed)
+            // The batch whose answer did not come goes again, unchanged: Redis may have
+            // added it already, and only its number tells.
+            let batch = match &s.unanswered {
+                Some(b) => b.clone(),
+                None => {
+                    let counted = (!s.away && s.epoch > 0).then_some(s.epoch);
+                    let b = sh.batch(counted, std::mem::take(&mut s.pending));
+                    s.unanswered = Some(b.clone());
+                    b
+                }
+            };
+            (batch, s.epoch, s.away, seed)
         };
-        let counted = (!away && epoch > 0).then_some(epoch);
-        let got = sh.sync(model, canary, counted, &deltas, &seed).await;
+        let got = sh.sync(model, canary, &batch, &seed).await;
         let push = {
             let Ok(mut s) = rollout.state.lock() else {
                 return false;
             };
-            let got = match got {
-                Ok(got) => got,
-                Err(_) => {
-                    s.pending.add(&deltas);
-                    return false;
-                }
+            // Kept to be sent again when no answer came.
+            let Ok(got) = got else {
+                return false;
             };
-            if !got.added {
-                s.pending.add(&deltas);
+            // Answered: the batch is settled, unless a transition dropped it meanwhile or
+            // another sync of this rollout settled it first.
+            if s.unanswered.as_ref().is_some_and(|b| b.seq == batch.seq) {
+                s.unanswered = None;
+                if !got.added {
+                    // Refused (counted under another epoch): the deltas are this instance's
+                    // again, for the step they belong to if it is still this one.
+                    s.pending.add(&batch.deltas);
+                }
+            }
+            if got.replayed {
+                tracing::debug!(
+                    model,
+                    seq = batch.seq,
+                    "rollout sync: the batch was added by an earlier sync whose answer was lost"
+                );
             }
             let held = got.held;
             if s.epoch != epoch || s.away != away {
@@ -692,7 +735,7 @@ impl Rollouts {
             if !self.joined(&s) || s.phase != Phase::Running {
                 None
             } else {
-                judge(s.step, &s.fleet.sum(&s.pending), rule).map(|d| (d, s.epoch))
+                judge(s.step, &s.counts(), rule).map(|d| (d, s.epoch))
             }
         };
         if let Some(((to, why), expected)) = decision {
@@ -713,7 +756,8 @@ impl Rollouts {
         let rule = split.rollout.as_ref()?;
         let rollout = self.get(model, rule);
         let s = rollout.state.lock().ok()?;
-        let total = s.fleet.sum(&s.pending);
+        let total = s.counts();
+        let own = s.unflushed();
         let (c, st) = (&total.canary, &total.stable);
         let p0e = rate(st.errors, st.requests);
         let p0s = rate(st.slo_misses, st.requests);
@@ -721,7 +765,7 @@ impl Rollouts {
             None => serde_json::json!({"source": "local"}),
             Some(sh) if self.joined(&s) => serde_json::json!({
                 "source": "redis", "epoch": s.epoch, "instance": sh.instance,
-                "local_counts": s.pending.canary.requests + s.pending.stable.requests,
+                "local_counts": own.canary.requests + own.stable.requests,
             }),
             Some(sh) => serde_json::json!({
                 "source": "local_fallback", "epoch": s.epoch, "instance": sh.instance,
@@ -876,6 +920,7 @@ impl Rollout {
                 phase,
                 fleet: Pair::default(),
                 pending: Pair::default(),
+                unanswered: None,
                 last,
                 epoch: 0,
                 away: false,
@@ -905,6 +950,8 @@ impl Rollout {
         s.phase = phase;
         s.fleet = Pair::default();
         s.pending = Pair::default();
+        // Its deltas are of the step left: added there or not, never to the new one.
+        s.unanswered = None;
         s.last = why;
         let share = share(rule, step, phase);
         self.share.store(share, Relaxed);

@@ -4,19 +4,43 @@
 //!
 //! One hash per rolled-out model, `P:rollout:MODEL`: `canary` (the version rolled out: a hash
 //! naming another canary is an earlier rollout's, replaced), `epoch` (+1 at every transition),
-//! `step`, `phase`, `last` (why), `by` (the instance that applied it) and the step's counts
+//! `step`, `phase`, `last` (why), `by` (the instance that applied it), the step's counts
 //! summed over the instances (`c_n c_err c_slo c_cost` for the canary, `s_…` for the stable
-//! version; cost in nano-USD). [`SYNC`] adds an instance's deltas (only those counted under
-//! the hash's epoch: a step's counts never leak into the next) and returns the state with the
-//! sums, seeding the hash from the instance's own state when it has none. [`TRANSITION`] is
-//! the compare-and-set: it applies a transition only if the epoch is still the one it was
+//! version; cost in nano-USD) and `q:INSTANCE`, the last [`Batch`] of each instance added.
+//! [`SYNC`] adds an instance's batch of deltas (only one counted under the hash's epoch: a
+//! step's counts never leak into the next) and returns the state with the sums, seeding the
+//! hash from the instance's own state when it has none. [`TRANSITION`] is the
+//! compare-and-set: it applies a transition only if the epoch is still the one it was
 //! decided on, and zeroes the counts. No TTL: the state outlives every instance.
+//!
+//! **A flush is idempotent.** A sync that times out on the client may still have run on
+//! Redis, so resending its deltas as new ones would count that tick's requests twice (and
+//! the SPRT would judge on them). So every batch an instance sends has a sequence number,
+//! increasing over the process' life (one counter per [`Shared`], whatever the model), and
+//! the script adds a batch only if its number is above the instance's `q:INSTANCE`, which it
+//! then sets: a batch seen before is not added again but answered as added (`replayed`),
+//! with the state. The caller sends the *same* batch (deltas, number, epoch) again until
+//! one answer says it was added or refused (another epoch: those deltas are then the
+//! caller's again); evidence counted meanwhile waits for a later batch, so no number ever
+//! stands for two sets of deltas. Why this and not the alternatives: it is one field and
+//! one comparison in the script already run, with no extra round trip (a two-phase
+//! "reserve, then commit" would need one) and no TTL to tune (a set of applied batch ids
+//! would). The cases: the script ran and the answer was late: the resend is replayed, added
+//! once. It did not run (Redis paused or away, the connection dropped first): the resend
+//! adds it. Redis lost the hash (a restart without persistence): the numbers went with the
+//! counts they guard (one hash, written by one script), and the resend seeds a new hash and
+//! is added there, once, as the only copy. An instance that restarts has a new random
+//! instance id and so a new `q:` field starting from nothing; its old batches in flight
+//! died with it (added once or not at all). The number needs no reset at a transition: a
+//! batch of an earlier epoch is refused by the epoch check before its number is looked at,
+//! so `q:` fields survive transitions and go only with the hash (a new canary): one small
+//! field per instance start per rollout.
 
 use super::{Counts, Phase};
 use crate::redis::resp::Value;
 use crate::redis::{Pool, RedisError, Script};
 use crate::telemetry as t;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 /// How often each instance flushes its counts and reads the fleet's state.
@@ -36,9 +60,20 @@ if redis.call('HGET', KEYS[1], 'canary') ~= ARGV[1] then
 end
 local added = 0
 if seeded == 1 or redis.call('HGET', KEYS[1], 'epoch') == ARGV[2] then
-  added = 1
-  for i = 1, 8 do
-    if ARGV[2 + i] ~= '0' then redis.call('HINCRBY', KEYS[1], F[i], ARGV[2 + i]) end
+  local q = 'q:' .. ARGV[15]
+  if tonumber(ARGV[16]) <= tonumber(redis.call('HGET', KEYS[1], q) or '0') then
+    added = 2
+  else
+    added = 1
+    local any = false
+    for i = 1, 8 do
+      if ARGV[2 + i] ~= '0' then
+        redis.call('HINCRBY', KEYS[1], F[i], ARGV[2 + i])
+        any = true
+      end
+    end
+    -- An empty batch is harmless twice: no write for it.
+    if any then redis.call('HSET', KEYS[1], q, ARGV[16]) end
   end
 end
 local out = {seeded, added}
@@ -122,13 +157,27 @@ pub struct Held {
     pub by: String,
 }
 
+/// One instance's deltas as flushed to Redis: sent again, unchanged, until an answer says
+/// whether they were added (see the module docs).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Batch {
+    /// This instance's number for it, above every earlier batch's.
+    pub seq: u64,
+    /// The epoch the deltas were counted under (`None`: under no epoch Redis knows).
+    pub counted: Option<u64>,
+    pub deltas: Pair,
+}
+
 /// What one [`SYNC`] found.
 #[derive(Debug)]
 pub struct Synced {
     /// Redis had no state for this rollout and took the instance's.
     pub seeded: bool,
-    /// The deltas were added (counted under the hash's epoch, or seeded).
+    /// The batch's deltas are in the counts (counted under the hash's epoch, or seeded):
+    /// added now, or by an earlier call whose answer was lost (`replayed`).
     pub added: bool,
+    /// The batch had been added before: nothing was added this time.
+    pub replayed: bool,
     pub held: Held,
     /// The step's counts summed over the instances (this one's deltas included if added).
     pub fleet: Pair,
@@ -141,6 +190,8 @@ pub struct Shared {
     /// This instance's name in the state (`by`).
     pub instance: String,
     up: AtomicBool,
+    /// The last batch number given out.
+    seq: AtomicU64,
 }
 
 impl Shared {
@@ -151,6 +202,7 @@ impl Shared {
             prefix: prefix.to_string(),
             instance: format!("{:016x}", fastrand::u64(..)),
             up: AtomicBool::new(true),
+            seq: AtomicU64::new(0),
         })
     }
 
@@ -179,19 +231,30 @@ impl Shared {
         }
     }
 
-    /// Add `deltas` counted under `counted` (`None`: under no epoch Redis knows) to `model`'s
-    /// rollout of `canary`, seeding it with `seed` when Redis has none; the state and sums.
+    /// A new batch of `deltas` counted under `counted`, numbered after every earlier one.
+    pub fn batch(&self, counted: Option<u64>, deltas: Pair) -> Batch {
+        Batch {
+            seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1,
+            counted,
+            deltas,
+        }
+    }
+
+    /// Add `batch` to `model`'s rollout of `canary` unless it was added before, seeding the
+    /// rollout with `seed` when Redis has none; the state and sums.
     pub async fn sync(
         &self,
         model: &str,
         canary: &str,
-        counted: Option<u64>,
-        deltas: &Pair,
+        batch: &Batch,
         seed: &Held,
     ) -> Result<Synced, RedisError> {
         let key = self.key(model);
-        let counted = counted.map_or_else(|| "none".to_string(), |e| e.to_string());
-        let deltas = deltas.fields().map(|d| d.to_string());
+        let counted = batch
+            .counted
+            .map_or_else(|| "none".to_string(), |e| e.to_string());
+        let deltas = batch.deltas.fields().map(|d| d.to_string());
+        let seq = batch.seq.to_string();
         let (step, epoch) = (seed.step.to_string(), seed.epoch.to_string());
         let mut args: Vec<&[u8]> = vec![canary.as_bytes(), counted.as_bytes()];
         args.extend(deltas.iter().map(|d| d.as_bytes()));
@@ -201,6 +264,7 @@ impl Shared {
             seed.last.as_bytes(),
             epoch.as_bytes(),
             self.instance.as_bytes(),
+            seq.as_bytes(),
         ]);
         let answer = match self.pool.eval(&SYNC, &[key.as_bytes()], &args).await {
             Ok(v) => v.into_array(),
@@ -274,9 +338,11 @@ fn parse_synced(v: &[Value]) -> Option<Synced> {
         // A count never written is 0.
         *f = int(7 + i).unwrap_or(0);
     }
+    let added = int(1)?;
     Some(Synced {
         seeded: int(0)? == 1,
-        added: int(1)? == 1,
+        added: added >= 1,
+        replayed: added == 2,
         held: Held {
             epoch: int(2)?,
             step: int(3)? as usize,
@@ -306,13 +372,16 @@ mod tests {
         ];
         reply.extend((0..8).map(|i| b(&i.to_string())));
         let s = parse_synced(&reply).unwrap();
-        assert!(!s.seeded && s.added);
+        assert!(!s.seeded && s.added && !s.replayed);
         assert_eq!(
             (s.held.epoch, s.held.step, s.held.phase),
             (4, 1, Phase::Running)
         );
         assert_eq!(s.fleet.canary.errors, 1);
         assert_eq!(s.fleet.stable.cost_nanousd, 7);
+        reply[1] = Value::Int(2);
+        let s = parse_synced(&reply).unwrap();
+        assert!(s.added && s.replayed);
         assert!(parse_synced(&reply[..10]).is_none());
         reply[4] = b("sideways");
         assert!(parse_synced(&reply).is_none());

@@ -14,6 +14,14 @@
 //! them all is dropped and counted (`switchyard_trace_spans_failed_total`). It reads the
 //! collector's address and the service name from the current snapshot, so a reload moves
 //! or stops the export without a restart.
+//!
+//! **At shutdown** ([`Tracer::flush`], called by `server` once Pingora's grace period is over
+//! and the proxy's runtimes have stopped, so every request's span is queued) the exporter
+//! exports what waits at once, whatever `batch_every`, and the process exits when it has or
+//! when the time given (at most 2 s, and not more than `listeners.shutdown_grace`) is up,
+//! whichever comes first; spans still unexported then are lost with the process and counted
+//! in the log line that says so. A gateway that never sampled a span has no exporter and
+//! does not wait.
 
 pub mod context;
 pub mod span;
@@ -33,7 +41,7 @@ use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
 use pingora::http::RequestHeader;
 use prost::Message;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
+use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender, TryRecvError};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -43,13 +51,22 @@ const TICK: Duration = Duration::from_millis(50);
 /// The collector's answer is read up to this size (an `ExportTraceServiceResponse`).
 const MAX_ANSWER: usize = 64 * 1024;
 
-/// The request side of the exporter, held by the gateway.
+/// The exporter thread's two queues: spans (a request sends one, unboxed), and flushes
+/// asked for (each answered on its channel once the spans sent before it are exported).
+struct Queues {
+    spans: Sender<SpanRecord>,
+    flushes: Sender<SyncSender<()>>,
+}
+
+/// The request side of the exporter, held by the gateway (and, cloned, by the server for
+/// the flush at shutdown).
+#[derive(Clone)]
 pub struct Tracer {
     snapshot: Snapshot,
     /// Spans queued or in the exporter's batch, not yet exported or given up.
     queued: Arc<AtomicUsize>,
     /// The exporter's queue, made with the first span (`None`: its thread could not start).
-    tx: OnceLock<Option<Sender<SpanRecord>>>,
+    tx: Arc<OnceLock<Option<Queues>>>,
 }
 
 impl Tracer {
@@ -57,8 +74,36 @@ impl Tracer {
         Tracer {
             snapshot,
             queued: Arc::new(AtomicUsize::new(0)),
-            tx: OnceLock::new(),
+            tx: Arc::new(OnceLock::new()),
         }
+    }
+
+    /// Export every queued span now, waiting at most `within` (the shutdown's flush, see the
+    /// module docs): whether none is left unexported. Returns at once when no span waits.
+    pub fn flush(&self, within: Duration) -> bool {
+        let waiting = self.queued.load(Ordering::Relaxed);
+        if waiting == 0 {
+            return true;
+        }
+        let Some(Some(tx)) = self.tx.get() else {
+            return true;
+        };
+        let (done_tx, done) = sync_channel(1);
+        let flushed = tx.flushes.send(done_tx).is_ok() && done.recv_timeout(within).is_ok();
+        if !flushed {
+            let left = self.queued.load(Ordering::Relaxed);
+            tracing::warn!(
+                spans = left,
+                ?within,
+                "spans not exported at shutdown are lost"
+            );
+            return left == 0;
+        }
+        tracing::info!(
+            spans = waiting,
+            "queued spans sent to the collector at shutdown"
+        );
+        true
     }
 
     /// Queue a sampled request's span, unless `max_queue` spans wait already (then it is
@@ -71,20 +116,21 @@ impl Tracer {
         }
         // The first sampled span starts the thread (a gateway without traces has none).
         let tx = self.tx.get_or_init(|| self.start());
-        if tx.as_ref().is_none_or(|tx| tx.send(span).is_err()) {
+        if tx.as_ref().is_none_or(|tx| tx.spans.send(span).is_err()) {
             self.queued.fetch_sub(1, Ordering::Relaxed);
             metrics::counter!(t::TRACE_SPANS_DROPPED).increment(1);
         }
     }
 
-    fn start(&self) -> Option<Sender<SpanRecord>> {
-        let (tx, rx) = channel();
+    fn start(&self) -> Option<Queues> {
+        let (spans, rx) = channel();
+        let (flushes, asked) = channel();
         let (queued, snapshot) = (self.queued.clone(), self.snapshot.clone());
         match std::thread::Builder::new()
             .name("trace-export".into())
-            .spawn(move || export_all(rx, queued, snapshot))
+            .spawn(move || export_all(rx, asked, queued, snapshot))
         {
-            Ok(_) => Some(tx),
+            Ok(_) => Some(Queues { spans, flushes }),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot start the trace exporter; spans are dropped");
                 None
@@ -94,8 +140,13 @@ impl Tracer {
 }
 
 /// The exporter thread: collect spans on a clock, export a batch when `batch_max` wait or
-/// `batch_every` has passed, until the gateway goes.
-fn export_all(rx: Receiver<SpanRecord>, queued: Arc<AtomicUsize>, snapshot: Snapshot) {
+/// `batch_every` has passed (everything at once when asked to flush), until the gateway goes.
+fn export_all(
+    rx: Receiver<SpanRecord>,
+    asked: Receiver<SyncSender<()>>,
+    queued: Arc<AtomicUsize>,
+    snapshot: Snapshot,
+) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -111,6 +162,9 @@ fn export_all(rx: Receiver<SpanRecord>, queued: Arc<AtomicUsize>, snapshot: Snap
     loop {
         std::thread::sleep(TICK);
         let mut open = true;
+        // Flushes asked for, taken before the spans: every span sent before a flush was
+        // asked for is in this round's batch.
+        let mut flushes: Vec<SyncSender<()>> = asked.try_iter().collect();
         loop {
             match rx.try_recv() {
                 Ok(span) => batch.push(span),
@@ -125,14 +179,16 @@ fn export_all(rx: Receiver<SpanRecord>, queued: Arc<AtomicUsize>, snapshot: Snap
         let Some(settings) = settings else {
             // Traces were turned off by a reload: what waits is dropped.
             give_up(&queued, &mut batch, t::TRACE_SPANS_DROPPED);
+            answer(&mut flushes);
             if !open {
                 return;
             }
             continue;
         };
         let max = settings.batch_max.max(1);
+        let now = !open || !flushes.is_empty();
         while batch.len() >= max
-            || (!batch.is_empty() && (last.elapsed() >= settings.batch_every || !open))
+            || (!batch.is_empty() && (last.elapsed() >= settings.batch_every || now))
         {
             let rest = batch.split_off(max.min(batch.len()));
             let n = batch.len();
@@ -151,9 +207,17 @@ fn export_all(rx: Receiver<SpanRecord>, queued: Arc<AtomicUsize>, snapshot: Snap
         if batch.is_empty() {
             last = Instant::now();
         }
+        answer(&mut flushes);
         if !open {
             return;
         }
+    }
+}
+
+/// Tell each flush waiting that it is done (one whose caller gave up is not waited on).
+fn answer(flushes: &mut Vec<SyncSender<()>>) {
+    for done in flushes.drain(..) {
+        let _ = done.try_send(());
     }
 }
 
