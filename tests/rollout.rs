@@ -798,6 +798,76 @@ async fn a_rollout_is_paused_promoted_and_aborted_by_hand_and_survives_a_restart
     );
 }
 
+/// [`rollout_policy`] with the canary version named `canary`.
+fn rollout_of(stable: &MockBackend, canary_mock: &MockBackend, canary: &str) -> String {
+    Policy::new()
+        .pool(Pool::edge("stable").endpoint(stable.addr()))
+        .pool(Pool::edge("canary").endpoint(canary_mock.addr()))
+        .extra(&format!(
+            "models:\n  chat-v:\n    sticky: \"header:x-session\"\n    versions:\n      \
+             - {{ name: v1, weight: 100, pools: [stable] }}\n      \
+             - {{ name: {canary}, weight: 0, pools: [canary] }}\n    \
+             rollout: {{ canary: {canary}, steps: [10, 50, 100], min_requests: 1000 }}\n"
+        ))
+        .render()
+}
+
+#[tokio::test]
+async fn a_new_canary_starts_its_own_rollout_after_a_reload_or_a_restart() {
+    let stable = mock("stable", 0).await;
+    let canary = mock("canary", 0).await;
+    let mut gw = Gateway::start(&rollout_of(&stable, &canary, "v2")).await;
+    assert_eq!(
+        gw.admin_post("/admin/rollouts/chat-v/abort", "")
+            .await
+            .status,
+        200
+    );
+    assert_eq!(rollout_state(&gw).await["phase"], "rolled_back");
+
+    // The operator ships v3 as the new canary: it starts at its first step, not at v2's
+    // rolled-back 0 % (nor, had v2 been promoted, at 100 %).
+    std::fs::write(&gw.policy_path, rollout_of(&stable, &canary, "v3")).expect("write");
+    assert_eq!(gw.admin_post("/admin/reload", "").await.status, 200);
+    let state = rollout_state(&gw).await;
+    assert_eq!(
+        (
+            state["canary"].as_str(),
+            state["phase"].as_str(),
+            state["canary_percent"].as_f64()
+        ),
+        (Some("v3"), Some("running"), Some(10.0)),
+        "{state}"
+    );
+    // v3's own progress survives a restart.
+    assert_eq!(
+        gw.admin_post("/admin/rollouts/chat-v/promote", "")
+            .await
+            .status,
+        200
+    );
+    gw.restart().await;
+    let state = rollout_state(&gw).await;
+    assert_eq!(
+        (state["canary"].as_str(), state["canary_percent"].as_f64()),
+        (Some("v3"), Some(50.0)),
+        "{state}"
+    );
+    // A restart on a policy naming another canary does not resume v3's state file.
+    std::fs::write(&gw.policy_path, rollout_of(&stable, &canary, "v4")).expect("write");
+    gw.restart().await;
+    let state = rollout_state(&gw).await;
+    assert_eq!(
+        (
+            state["canary"].as_str(),
+            state["phase"].as_str(),
+            state["canary_percent"].as_f64()
+        ),
+        (Some("v4"), Some("running"), Some(10.0)),
+        "{state}"
+    );
+}
+
 #[test]
 fn the_simulator_rolls_back_bad_canaries_and_promotes_a_good_one() {
     let (code, out, err) = run_cli(

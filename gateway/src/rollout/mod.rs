@@ -60,6 +60,11 @@
 //! (`switchyard_rollout_transitions_total`, once, by the instance that applied it). Manual
 //! control: pause, resume, promote (next step), abort (roll back) through the admin API.
 //!
+//! **A rollout is its canary's.** The state below (step, phase, counts, state file, Redis
+//! hash) is kept for the canary version it was started for (`RolloutRule::canary_name`): a
+//! reload or restart on a policy naming another canary starts that one at its first step,
+//! never at the previous canary's step or phase.
+//!
 //! **One instance** (`limits.backend: local`): the state (step, phase) is written to the
 //! rollout's `state_file` at each transition and read back when the gateway starts, so a
 //! restart resumes the step (the counts of the step in progress start again). A state file
@@ -141,6 +146,8 @@ pub struct Rollouts {
 
 /// One rollout.
 pub struct Rollout {
+    /// The canary this rollout is of (`RolloutRule::canary_name`).
+    canary: String,
     /// The canary's share now, in millionths (read on every request of the model).
     share: AtomicU32,
     state: Mutex<State>,
@@ -236,6 +243,10 @@ impl State {
 /// What the state file holds.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Saved {
+    /// The canary it is for (absent in files written before it was recorded: taken as the
+    /// current one's).
+    #[serde(default)]
+    canary: Option<String>,
     step: usize,
     phase: Phase,
     last: String,
@@ -379,15 +390,24 @@ impl Rollouts {
     /// The rollout of `model`, made (from its state file, if any) on first use.
     fn get(&self, model: &str, rule: &RolloutRule) -> Arc<Rollout> {
         if let Some(r) = self.by_model.load().get(model) {
-            return r.clone();
+            if r.canary == rule.canary_name {
+                return r.clone();
+            }
         }
+        // The model's first request, or a reload that names another canary: a new rollout
+        // from its first step (the previous canary's phase, step and counts are not this
+        // one's).
         let mut out = None;
         self.by_model.rcu(|map| {
             let mut map = HashMap::clone(map);
-            let r = map
-                .entry(model.to_string())
-                .or_insert_with(|| Arc::new(Rollout::start(model, rule)))
-                .clone();
+            let r = match map.get(model) {
+                Some(r) if r.canary == rule.canary_name => r.clone(),
+                _ => {
+                    let r = Arc::new(Rollout::start(model, rule));
+                    map.insert(model.to_string(), r.clone());
+                    r
+                }
+            };
             out = Some(r);
             map
         });
@@ -904,6 +924,14 @@ impl Rollout {
             .as_ref()
             .and_then(|f| std::fs::read(f).ok())
             .and_then(|b| serde_json::from_slice(&b).ok());
+        let saved = saved.filter(|s| {
+            let ours = s.canary.as_ref().is_none_or(|c| *c == rule.canary_name);
+            if !ours {
+                tracing::info!(model, canary = %rule.canary_name, was = ?s.canary,
+                    "the rollout state file is another canary's: starting at the first step");
+            }
+            ours
+        });
         let (step, phase, last) = match saved {
             Some(s) => (
                 s.step.min(rule.steps.len().saturating_sub(1)),
@@ -914,6 +942,7 @@ impl Rollout {
         };
         tracing::info!(model, step, ?phase, "rollout state");
         let r = Rollout {
+            canary: rule.canary_name.clone(),
             share: AtomicU32::new(0),
             state: Mutex::new(State {
                 step,
@@ -993,6 +1022,7 @@ impl Rollout {
             return;
         };
         let saved = Saved {
+            canary: Some(rule.canary_name.clone()),
             step,
             phase,
             last: s.last.clone(),

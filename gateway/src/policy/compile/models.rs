@@ -33,6 +33,9 @@ pub struct RolloutRule {
     /// The canary's and the stable version's index in `versions`.
     pub canary: u16,
     pub stable: u16,
+    /// The canary's name: the rollout's identity. State kept for another canary (in memory
+    /// across a reload, in the state file, in Redis) is another rollout's, never resumed.
+    pub canary_name: String,
     /// The canary's share at each step, in millionths (rising, the last 1,000,000).
     pub steps: Vec<u32>,
     pub min_requests: u32,
@@ -362,6 +365,7 @@ fn compile_rollout(
     Some(RolloutRule {
         canary,
         stable: 1 - canary,
+        canary_name: split.versions[canary as usize].name.clone(),
         steps,
         min_requests: r.min_requests.as_ref().map_or(200, |n| n.value.max(1)),
         max_error_increase,
