@@ -1529,3 +1529,87 @@ async fn requests_whose_flush_timed_out_are_in_the_fleets_counts_once() {
     assert_eq!(held, served);
     assert_eq!(total(&rollout_state(&gw).await), served);
 }
+
+#[tokio::test]
+async fn a_redis_that_lost_its_data_never_puts_a_rolled_back_canary_back() {
+    let Some(redis) = own_redis("rollout reseed") else {
+        return;
+    };
+    let prefix = fresh_prefix();
+    let stable = mock("stable", 0).await;
+    let canary = mock("canary", 0).await;
+    let policy = shared_rollout_policy(
+        &stable,
+        &canary,
+        "[10, 50, 100]",
+        1000,
+        &redis.url(),
+        &prefix,
+    );
+    let gw = Gateway::start(&policy).await;
+    rollout_until(&gw, Duration::from_secs(5), |s| {
+        s["state"]["source"] == "redis"
+    })
+    .await;
+    assert_eq!(
+        gw.admin_post("/admin/rollouts/chat-v/abort", "")
+            .await
+            .status,
+        200
+    );
+    let probe = RedisPool::new(&redis.url(), Duration::from_secs(5)).expect("pool");
+    let key = format!("{prefix}:rollout:chat-v");
+    let phase = || async {
+        let v = probe
+            .cmd(&[b"HGET", key.as_bytes(), b"phase"])
+            .await
+            .expect("HGET");
+        v.as_str().unwrap_or_default().to_string()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while phase().await != "rolled_back" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the rollback never reached Redis"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let epoch = hash_field(&probe, &prefix, "epoch").await;
+
+    // Redis loses its data, and an instance that lagged a step behind (it never saw the
+    // abort) seeds it first, with its own state: running, at this instance's very epoch.
+    probe.cmd(&[b"FLUSHALL"]).await.expect("FLUSHALL");
+    let epoch = epoch.to_string();
+    probe
+        .cmd(&[
+            b"HSET",
+            key.as_bytes(),
+            b"canary",
+            b"v2",
+            b"epoch",
+            epoch.as_bytes(),
+            b"step",
+            b"0",
+            b"phase",
+            b"running",
+            b"last",
+            b"started",
+            b"by",
+            b"lagging-instance",
+        ])
+        .await
+        .expect("HSET");
+    // The instance that rolled back puts its rollback back in Redis (for every instance to
+    // adopt), instead of taking the seed for its own state.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while phase().await != "rolled_back" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "Redis kept the lagging instance's running state"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let state = rollout_state(&gw).await;
+    assert_eq!(state["phase"], "rolled_back", "{state}");
+    assert_eq!(state["canary_percent"], 0.0, "{state}");
+}

@@ -99,7 +99,14 @@
 //! pushes a rollback whatever Redis holds, because a canary found worse on one instance's
 //! evidence must not be put back in front of users by another's; otherwise it adopts Redis'
 //! state (decided on the fleet's counts, more evidence than its own). A Redis that lost its
-//! data (restarted empty) is seeded from the first instance that syncs. A flush whose answer
+//! data (restarted empty) is seeded from the first instance that syncs, which may be one
+//! that lagged a transition behind: an instance is in step with Redis only when the epoch
+//! and the step and phase all match (the lagging one's seed can carry this instance's very
+//! epoch), else it adopts Redis' state; except that an instance that has joined the fleet
+//! and holds a finished rollout (promoted, or rolled back, which no command leaves) pushes
+//! it over an unfinished one, and a rollback over a promotion, so a Redis restart never
+//! puts a rolled-back canary back in front of users. (At start-up, before joining, Redis'
+//! state wins over the state file's, as above.) A flush whose answer
 //! did not come (an error or the timeout: Redis may have run it or not) is sent again as the
 //! same numbered batch until an answer comes, and Redis adds a batch once whatever the
 //! number of times it is sent (`shared.rs`): a step's counts hold each request once.
@@ -308,6 +315,19 @@ impl Command {
                 ))
             }
         })
+    }
+}
+
+/// Whether this instance's phase `mine` must replace the fleet's `held` in Redis: a
+/// finished rollout (promoted or rolled back: no command leaves either) is never undone by a
+/// state from before it, such as the one a lagging instance writes into a Redis that lost
+/// its data (its epoch can even equal this instance's); and a rollback wins over a
+/// promotion.
+fn finished_wins(mine: Phase, held: Phase) -> bool {
+    match mine {
+        Phase::RolledBack => held != Phase::RolledBack,
+        Phase::Promoted => matches!(held, Phase::Running | Phase::Paused),
+        Phase::Running | Phase::Paused => false,
     }
 }
 
@@ -705,12 +725,11 @@ impl Rollouts {
                 s.away = false;
                 s.fleet = got.fleet;
                 None
-            } else if !away && held.epoch == epoch {
+            } else if !away && held.epoch == epoch && (held.step, held.phase) == (s.step, s.phase) {
                 s.fleet = got.fleet;
                 None
-            } else if away
-                && (held.epoch == epoch
-                    || (s.phase == Phase::RolledBack && held.phase != Phase::RolledBack))
+            } else if (away && held.epoch == epoch)
+                || ((away || epoch > 0) && finished_wins(s.phase, held.phase))
             {
                 Some((held.epoch, (s.step, s.phase), s.last.clone()))
             } else if epoch == 0 && !away && (held.step, held.phase) == (s.step, s.phase) {
@@ -1065,6 +1084,22 @@ fn share(rule: &RolloutRule, step: usize, phase: Phase) -> u32 {
 mod tests {
     use super::*;
     use crate::policy::compile::{compile_str, CompileContext};
+
+    #[test]
+    fn a_finished_rollout_is_never_undone_and_a_rollback_beats_a_promotion() {
+        use Phase::*;
+        for held in [Running, Paused, Promoted] {
+            assert!(finished_wins(RolledBack, held), "{held:?}");
+        }
+        assert!(!finished_wins(RolledBack, RolledBack));
+        assert!(finished_wins(Promoted, Running) && finished_wins(Promoted, Paused));
+        assert!(!finished_wins(Promoted, Promoted) && !finished_wins(Promoted, RolledBack));
+        for mine in [Running, Paused] {
+            for held in [Running, Paused, Promoted, RolledBack] {
+                assert!(!finished_wins(mine, held), "{mine:?} over {held:?}");
+            }
+        }
+    }
 
     /// `m` rolled out from `v1` (pool `a`) to `v2` (pool `b`) at 50 %, 10 canary requests a
     /// step, its state file in `dir`.
