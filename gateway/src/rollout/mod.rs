@@ -104,8 +104,9 @@
 //! and the step and phase all match (the lagging one's seed can carry this instance's very
 //! epoch), else it adopts Redis' state; except that an instance that has joined the fleet
 //! and holds a finished rollout (promoted, or rolled back, which no command leaves) pushes
-//! it over an unfinished one, and a rollback over a promotion, so a Redis restart never
-//! puts a rolled-back canary back in front of users. (At start-up, before joining, Redis'
+//! it over an unfinished one from no later an epoch than its own (a seed from before it; a
+//! later epoch is a transition the fleet applied after it), and a rollback over a
+//! promotion, so a Redis restart never puts a rolled-back canary back in front of users. (At start-up, before joining, Redis'
 //! state wins over the state file's, as above.) A flush whose answer
 //! did not come (an error or the timeout: Redis may have run it or not) is sent again as the
 //! same numbered batch until an answer comes, and Redis adds a batch once whatever the
@@ -728,8 +729,8 @@ impl Rollouts {
             } else if !away && held.epoch == epoch && (held.step, held.phase) == (s.step, s.phase) {
                 s.fleet = got.fleet;
                 None
-            } else if (away && held.epoch == epoch)
-                || ((away || epoch > 0) && finished_wins(s.phase, held.phase))
+            } else if (away && (held.epoch == epoch || finished_wins(s.phase, held.phase)))
+                || (epoch > 0 && held.epoch <= epoch && finished_wins(s.phase, held.phase))
             {
                 Some((held.epoch, (s.step, s.phase), s.last.clone()))
             } else if epoch == 0 && !away && (held.step, held.phase) == (s.step, s.phase) {
