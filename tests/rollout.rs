@@ -796,6 +796,31 @@ async fn a_rollout_is_paused_promoted_and_aborted_by_hand_and_survives_a_restart
             .status,
         404
     );
+    // The canary fixed under the same name: restarted from its first step, counts afresh.
+    assert_eq!(
+        gw.admin_post("/admin/rollouts/chat-v/restart", "")
+            .await
+            .status,
+        200
+    );
+    let state = rollout_state(&gw).await;
+    assert_eq!(
+        (
+            state["phase"].as_str(),
+            state["step"].as_u64(),
+            state["canary_percent"].as_f64()
+        ),
+        (Some("running"), Some(0), Some(10.0)),
+        "{state}"
+    );
+    assert_eq!(state["canary_counts"]["requests"], 0, "{state}");
+    // Restart applies to a rolled-back rollout only.
+    assert_eq!(
+        gw.admin_post("/admin/rollouts/chat-v/restart", "")
+            .await
+            .status,
+        409
+    );
 }
 
 /// [`rollout_policy`] with the canary version named `canary`.
@@ -1236,6 +1261,23 @@ async fn a_rollback_on_one_instance_and_commands_on_either_reach_the_other() {
             .status,
         409
     );
+    // Restarted on B (the canary fixed): A follows to the first step, and does not push its
+    // rollback back over it (the restart is a later epoch than its rollback).
+    assert_eq!(
+        b.admin_post("/admin/rollouts/chat-v/restart", "")
+            .await
+            .status,
+        200
+    );
+    let (state, took) =
+        rollout_until(&a, Duration::from_secs(2), |s| s["phase"] == "running").await;
+    assert_eq!(state["canary_percent"], 10.0, "{state}");
+    println!("A followed B's restart in {took:?}");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    for gw in [&a, &b] {
+        let state = rollout_state(gw).await;
+        assert_eq!(state["phase"], "running", "{state}");
+    }
 }
 
 #[tokio::test]

@@ -245,7 +245,7 @@ impl ServeHttp for AdminApp {
 }
 
 impl AdminApp {
-    /// `POST /admin/rollouts/{model}/{pause|resume|promote|abort}`.
+    /// `POST /admin/rollouts/{model}/{pause|resume|promote|abort|restart}`.
     async fn rollout_command(&self, path: &str) -> Response<Vec<u8>> {
         let rest = path.trim_start_matches("/admin/rollouts/");
         let Some((model, action)) = rest.rsplit_once('/') else {
@@ -257,7 +257,7 @@ impl AdminApp {
         let Some(cmd) = crate::rollout::Command::parse(action) else {
             return error(
                 StatusCode::NOT_FOUND,
-                "the actions are pause, resume, promote and abort",
+                "the actions are pause, resume, promote, abort and restart",
             );
         };
         let Some(rollouts) = &self.rollouts else {

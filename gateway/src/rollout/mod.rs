@@ -58,7 +58,9 @@
 //! version keeps it. Every transition is logged (tracing), kept in the rollout's recent
 //! history (`GET /admin/rollouts`, the status page) and counted
 //! (`switchyard_rollout_transitions_total`, once, by the instance that applied it). Manual
-//! control: pause, resume, promote (next step), abort (roll back) through the admin API.
+//! control: pause, resume, promote (next step), abort (roll back) and restart (a rolled-back
+//! rollout from its first step, e.g. once the canary is fixed under the same name) through
+//! the admin API.
 //!
 //! **A rollout is its canary's.** The state below (step, phase, counts, state file, Redis
 //! hash) is kept for the canary version it was started for (`RolloutRule::canary_name`): a
@@ -103,7 +105,7 @@
 //! that lagged a transition behind: an instance is in step with Redis only when the epoch
 //! and the step and phase all match (the lagging one's seed can carry this instance's very
 //! epoch), else it adopts Redis' state; except that an instance that has joined the fleet
-//! and holds a finished rollout (promoted, or rolled back, which no command leaves) pushes
+//! and holds a finished rollout (promoted, or rolled back, which only `restart` leaves) pushes
 //! it over an unfinished one from no later an epoch than its own (a seed from before it; a
 //! later epoch is a transition the fleet applied after it), and a rollback over a
 //! promotion, so a Redis restart never puts a rolled-back canary back in front of users. (At start-up, before joining, Redis'
@@ -278,6 +280,9 @@ pub enum Command {
     Resume,
     Promote,
     Abort,
+    /// A rolled-back rollout from its first step again (the canary fixed under the same
+    /// name): the step's counts start afresh.
+    Restart,
 }
 
 impl Command {
@@ -287,6 +292,7 @@ impl Command {
             "resume" => Command::Resume,
             "promote" => Command::Promote,
             "abort" => Command::Abort,
+            "restart" => Command::Restart,
             _ => return None,
         })
     }
@@ -310,6 +316,7 @@ impl Command {
                 }
             }
             (Command::Abort, Phase::Running | Phase::Paused) => (step, Phase::RolledBack),
+            (Command::Restart, Phase::RolledBack) => (0, Phase::Running),
             (_, phase) => {
                 return Err(format!(
                     "the rollout of `{model}` is {phase:?}: nothing to {self:?}"
@@ -320,10 +327,10 @@ impl Command {
 }
 
 /// Whether this instance's phase `mine` must replace the fleet's `held` in Redis: a
-/// finished rollout (promoted or rolled back: no command leaves either) is never undone by a
-/// state from before it, such as the one a lagging instance writes into a Redis that lost
-/// its data (its epoch can even equal this instance's); and a rollback wins over a
-/// promotion.
+/// finished rollout (promoted, or rolled back, which only `restart` leaves, by a transition
+/// that moves the epoch) is never undone by a state from before it, such as the one a
+/// lagging instance writes into a Redis that lost its data (its epoch can even equal this
+/// instance's); and a rollback wins over a promotion. (The caller compares the epochs.)
 fn finished_wins(mine: Phase, held: Phase) -> bool {
     match mine {
         Phase::RolledBack => held != Phase::RolledBack,
