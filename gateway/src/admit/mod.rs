@@ -34,6 +34,7 @@ use crate::classify::{Class, TierSource};
 use crate::error::GatewayError;
 use crate::policy::compile::RoutingTable;
 use crate::policy::tenancy::{AuthMode, LimitsBackend, OnBudget, TenantLimits};
+use crate::serving::by_name::{self, ByName};
 use crate::telemetry as t;
 use arc_swap::ArcSwap;
 use local::{DailySpend, Gcra, InFlight, TokenBucket};
@@ -59,7 +60,7 @@ pub struct TenantState {
 /// The live limit state of every tenant, and the shared backend if there is one.
 pub struct Limiter {
     /// Copy on write: a tenant's state is created once (first request), read lock-free after.
-    states: ArcSwap<HashMap<String, Arc<TenantState>>>,
+    states: ByName<TenantState>,
     shared: Option<Arc<shared::Shared>>,
 }
 
@@ -95,22 +96,9 @@ impl Limiter {
         Limiter::new(&LimitsBackend::Local)
     }
 
+    /// A tenant's state (made at its first request since start-up).
     fn state(&self, who: &str) -> Arc<TenantState> {
-        if let Some(s) = self.states.load().get(who) {
-            return s.clone();
-        }
-        // First request of this tenant since start-up: copy the map once.
-        let mut made = None;
-        self.states.rcu(|map| {
-            let mut map = HashMap::clone(map);
-            let s = map
-                .entry(who.to_string())
-                .or_insert_with(|| Arc::new(TenantState::default()))
-                .clone();
-            made = Some(s);
-            map
-        });
-        made.unwrap_or_default()
+        by_name::get_or_make(&self.states, who, |_| true, TenantState::default)
     }
 
     /// Whether limits are served from Redis right now (`None`: local backend).

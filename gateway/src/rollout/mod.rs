@@ -126,6 +126,7 @@ pub mod shared;
 use crate::classify::Class;
 use crate::policy::compile::{RolloutRule, RoutingTable};
 use crate::policy::tenancy::LimitsBackend;
+use crate::serving::by_name::{self, ByName};
 use crate::serving::Snapshot;
 use crate::telemetry as t;
 use arc_swap::ArcSwap;
@@ -148,7 +149,7 @@ const HISTORY: usize = 20;
 /// Every rollout's live state, and the Redis backend when the fleet shares it.
 #[derive(Default)]
 pub struct Rollouts {
-    by_model: ArcSwap<HashMap<String, Arc<Rollout>>>,
+    by_model: ByName<Rollout>,
     shared: Option<Shared>,
     /// Wakes the sync tick early: a request found the fleet's step decidable.
     wake: tokio::sync::Notify,
@@ -417,29 +418,15 @@ impl Rollouts {
 
     /// The rollout of `model`, made (from its state file, if any) on first use.
     fn get(&self, model: &str, rule: &RolloutRule) -> Arc<Rollout> {
-        if let Some(r) = self.by_model.load().get(model) {
-            if r.canary == rule.canary_name {
-                return r.clone();
-            }
-        }
         // The model's first request, or a reload that names another canary: a new rollout
         // from its first step (the previous canary's phase, step and counts are not this
         // one's).
-        let mut out = None;
-        self.by_model.rcu(|map| {
-            let mut map = HashMap::clone(map);
-            let r = match map.get(model) {
-                Some(r) if r.canary == rule.canary_name => r.clone(),
-                _ => {
-                    let r = Arc::new(Rollout::start(model, rule));
-                    map.insert(model.to_string(), r.clone());
-                    r
-                }
-            };
-            out = Some(r);
-            map
-        });
-        out.unwrap_or_else(|| Arc::new(Rollout::start(model, rule)))
+        by_name::get_or_make(
+            &self.by_model,
+            model,
+            |r| r.canary == rule.canary_name,
+            || Rollout::start(model, rule),
+        )
     }
 
     /// Put a request of a rolled-out model on the canary or the stable version by its sticky

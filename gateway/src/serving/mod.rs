@@ -11,6 +11,7 @@
 //! itself stays free of live state.
 
 pub mod budget;
+pub mod by_name;
 pub mod control;
 pub mod geo;
 pub mod reload;

@@ -34,13 +34,13 @@ use crate::classify::Class;
 use crate::policy::compile::{Compare, RoutingTable, ShadowRule, SplitId};
 use crate::policy::hosted::CLIENT_CREDENTIALS;
 use crate::policy::raw::Protocol;
+use crate::serving::by_name::{self, ByName};
 use crate::serving::state::now_ms;
 use crate::serving::Serving;
 use crate::telemetry as t;
-use arc_swap::{ArcSwap, ArcSwapOption};
+use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use pingora::http::RequestHeader;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -61,7 +61,7 @@ const GATHER: Duration = Duration::from_millis(2);
 /// Every model's shadow counters, and the queue to the shadow thread.
 #[derive(Default)]
 pub struct Shadows {
-    by_model: ArcSwap<HashMap<String, Arc<Stats>>>,
+    by_model: ByName<Stats>,
     /// Started with the first copy (a gateway without shadows has no thread); `None`: the
     /// thread could not be started, and copies run on the proxy's runtime.
     queue: OnceLock<Option<mpsc::Sender<CopyJob>>>,
@@ -215,19 +215,9 @@ impl Shadows {
         Arc::new(Shadows::default())
     }
 
+    /// A model's counters (made at its first copy; a reload keeps them by name).
     fn stats(&self, model: &str) -> Arc<Stats> {
-        if let Some(s) = self.by_model.load().get(model) {
-            return s.clone();
-        }
-        // First copy of a model: added once (a reload keeps the counters by name).
-        let mut out = None;
-        self.by_model.rcu(|map| {
-            let mut map = HashMap::clone(map);
-            let s = map.entry(model.to_string()).or_default().clone();
-            out = Some(s);
-            map
-        });
-        out.unwrap_or_default()
+        by_name::get_or_make(&self.by_model, model, |_| true, Stats::default)
     }
 
     /// Whether this request is mirrored: its model has a shadow rule, the tenant is one the
