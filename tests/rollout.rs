@@ -992,6 +992,33 @@ fn fresh_prefix() -> String {
     format!("syroll{:016x}", fastrand::u64(..))
 }
 
+/// `gw`'s rollout once it reads its state from Redis (at most 5 s).
+async fn joined(gw: &Gateway) -> serde_json::Value {
+    rollout_until(gw, Duration::from_secs(5), |s| {
+        s["state"]["source"] == "redis"
+    })
+    .await
+    .0
+}
+
+/// One gateway sharing a canary rollout (`steps`, `min` requests a step) through the Redis
+/// at `url` under `prefix`, joined to it; with the stable and canary mocks it routes to.
+async fn one_instance_on(
+    url: &str,
+    prefix: &str,
+    steps: &str,
+    min: u32,
+) -> (MockBackend, MockBackend, Gateway) {
+    let stable = mock("stable", 0).await;
+    let canary = mock("canary", 0).await;
+    let gw = Gateway::start(&shared_rollout_policy(
+        &stable, &canary, steps, min, url, prefix,
+    ))
+    .await;
+    joined(&gw).await;
+    (stable, canary, gw)
+}
+
 /// Two gateway instances sharing a canary rollout (10 → 50 → 100 %, 1,000 requests a step)
 /// through the Redis at `url` under key prefix `prefix`, both reading their state from it;
 /// with the stable and canary mocks they route to.
@@ -1002,10 +1029,7 @@ async fn two_instances_on(url: &str, prefix: &str) -> (MockBackend, MockBackend,
     let a = Gateway::start(&policy).await;
     let b = Gateway::start(&policy).await;
     for gw in [&a, &b] {
-        rollout_until(gw, Duration::from_secs(5), |s| {
-            s["state"]["source"] == "redis"
-        })
-        .await;
+        joined(gw).await;
     }
     (stable, canary, a, b)
 }
@@ -1057,10 +1081,7 @@ async fn two_instances_on_one_redis_judge_one_rollout_on_their_summed_counts() {
     let a = Gateway::start(&policy).await;
     let b = Gateway::start(&policy).await;
     for gw in [&a, &b] {
-        let (state, _) = rollout_until(gw, Duration::from_secs(5), |s| {
-            s["state"]["source"] == "redis"
-        })
-        .await;
+        let state = joined(gw).await;
         assert_eq!(state["canary_percent"], 50.0, "{state}");
     }
 
@@ -1114,10 +1135,7 @@ async fn two_instances_charge_an_ejected_canary_into_the_fleets_counts_and_roll_
     let a = Gateway::start(&policy).await;
     let b = Gateway::start(&policy).await;
     for gw in [&a, &b] {
-        rollout_until(gw, Duration::from_secs(5), |s| {
-            s["state"]["source"] == "redis"
-        })
-        .await;
+        joined(gw).await;
     }
     // Each instance ejects the canary after its own five 500s, then charges its canary
     // callers to the step's counts in Redis and serves them from v1. 30 canary requests a
@@ -1194,10 +1212,7 @@ async fn a_rollback_on_one_instance_and_commands_on_either_reach_the_other() {
     let a = Gateway::start(&policy).await;
     let mut b = Gateway::start(&policy).await;
     for gw in [&a, &b] {
-        rollout_until(gw, Duration::from_secs(5), |s| {
-            s["state"]["source"] == "redis"
-        })
-        .await;
+        joined(gw).await;
     }
 
     // A manual promote on A moves B; a pause on B stops A; a resume on A runs both again.
@@ -1212,10 +1227,7 @@ async fn a_rollback_on_one_instance_and_commands_on_either_reach_the_other() {
     assert!(saved.contains("\"step\":1"), "{saved}");
     std::fs::write(&file, r#"{"step":0,"phase":"running","last":"stale"}"#).unwrap();
     b.restart().await;
-    let (state, _) = rollout_until(&b, Duration::from_secs(5), |s| {
-        s["state"]["source"] == "redis"
-    })
-    .await;
+    let state = joined(&b).await;
     assert_eq!(state["step"], 1, "{state}");
     assert_eq!(state["canary_percent"], 50.0, "{state}");
     assert_eq!(
@@ -1508,22 +1520,8 @@ async fn requests_whose_flush_timed_out_are_in_the_fleets_counts_once() {
         return;
     };
     let prefix = fresh_prefix();
-    let stable = mock("stable", 0).await;
-    let canary = mock("canary", 0).await;
     // No step decidable within the test: no transition zeroes the counts under it.
-    let policy = shared_rollout_policy(
-        &stable,
-        &canary,
-        "[50, 100]",
-        100_000,
-        &redis.url(),
-        &prefix,
-    );
-    let gw = Gateway::start(&policy).await;
-    rollout_until(&gw, Duration::from_secs(5), |s| {
-        s["state"]["source"] == "redis"
-    })
-    .await;
+    let (stable, canary, gw) = one_instance_on(&redis.url(), &prefix, "[50, 100]", 100_000).await;
     let mut statuses = send(&gw, 0, 40).await;
     // Redis stops with the next flushes sent to it: they time out on the gateway, are sent
     // again, and all run once Redis continues.
@@ -1578,21 +1576,8 @@ async fn a_redis_that_lost_its_data_never_puts_a_rolled_back_canary_back() {
         return;
     };
     let prefix = fresh_prefix();
-    let stable = mock("stable", 0).await;
-    let canary = mock("canary", 0).await;
-    let policy = shared_rollout_policy(
-        &stable,
-        &canary,
-        "[10, 50, 100]",
-        1000,
-        &redis.url(),
-        &prefix,
-    );
-    let gw = Gateway::start(&policy).await;
-    rollout_until(&gw, Duration::from_secs(5), |s| {
-        s["state"]["source"] == "redis"
-    })
-    .await;
+    let (_stable, _canary, gw) =
+        one_instance_on(&redis.url(), &prefix, "[10, 50, 100]", 1000).await;
     assert_eq!(
         gw.admin_post("/admin/rollouts/chat-v/abort", "")
             .await

@@ -318,6 +318,25 @@ async fn traces_turn_on_with_a_reload_and_sample_ratio_zero_records_no_new_trace
     );
 }
 
+/// A gateway (grace 1 s) exporting to `collector` in batches every 30 s, so that nothing is
+/// exported in a test's time but by the shutdown's flush, after `n` sampled requests.
+async fn spans_queued_for(collector: SocketAddr, n: usize) -> Gateway {
+    let (backend, _heads) = recording_backend().await;
+    let text = format!(
+        "{}listeners: {{ shutdown_grace: 1s }}\n",
+        policy(
+            backend,
+            &format!("{{ otlp_endpoint: 'http://{collector}/v1/traces', batch_every: 30s, sample_ratio: 1 }}"),
+        )
+    );
+    let gw = Gateway::start(&text).await;
+    for _ in 0..n {
+        let r = gw.post("/v1/chat/completions", &[], &chat("model-a")).await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    }
+    gw
+}
+
 /// A collector that takes connections and reads what it is sent but never answers.
 async fn silent_collector() -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -339,21 +358,8 @@ async fn silent_collector() -> SocketAddr {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_queued_at_sigterm_are_exported_before_the_gateway_exits() {
     let (collector, seen) = otlp_receiver().await;
-    let (backend, _heads) = recording_backend().await;
-    // A batch every 30 s: nothing is exported in the test's time but by the shutdown's flush.
-    let text = format!(
-        "{}listeners: {{ shutdown_grace: 1s }}\n",
-        policy(
-            backend,
-            &format!("{{ otlp_endpoint: 'http://{collector}/v1/traces', batch_every: 30s, sample_ratio: 1 }}"),
-        )
-    );
-    let mut gw = Gateway::start(&text).await;
     const N: usize = 25;
-    for _ in 0..N {
-        let r = gw.post("/v1/chat/completions", &[], &chat("model-a")).await;
-        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-    }
+    let mut gw = spans_queued_for(collector, N).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         seen.lock().unwrap().spans().len(),
@@ -386,20 +392,7 @@ async fn spans_queued_at_sigterm_are_exported_before_the_gateway_exits() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_collector_that_never_answers_delays_shutdown_by_the_flush_bound_at_most() {
-    let collector = silent_collector().await;
-    let (backend, _heads) = recording_backend().await;
-    let text = format!(
-        "{}listeners: {{ shutdown_grace: 1s }}\n",
-        policy(
-            backend,
-            &format!("{{ otlp_endpoint: 'http://{collector}/v1/traces', batch_every: 30s, sample_ratio: 1 }}"),
-        )
-    );
-    let mut gw = Gateway::start(&text).await;
-    for _ in 0..5 {
-        let r = gw.post("/v1/chat/completions", &[], &chat("model-a")).await;
-        assert_eq!(r.status, 200);
-    }
+    let mut gw = spans_queued_for(silent_collector().await, 5).await;
     let sent = Instant::now();
     gw.signal("TERM");
     // The grace period (1 s) and the flush's bound (min(2 s, grace): 1 s), with room for
