@@ -823,6 +823,15 @@ async fn a_rollout_is_paused_promoted_and_aborted_by_hand_and_survives_a_restart
     );
 }
 
+/// A rollout's canary, phase and canary share, as `GET /admin/rollouts` shows them.
+fn at(state: &serde_json::Value) -> (Option<&str>, Option<&str>, Option<f64>) {
+    (
+        state["canary"].as_str(),
+        state["phase"].as_str(),
+        state["canary_percent"].as_f64(),
+    )
+}
+
 /// [`rollout_policy`] with the canary version named `canary`.
 fn rollout_of(stable: &MockBackend, canary_mock: &MockBackend, canary: &str) -> String {
     Policy::new()
@@ -856,11 +865,7 @@ async fn a_new_canary_starts_its_own_rollout_after_a_reload_or_a_restart() {
     assert_eq!(gw.admin_post("/admin/reload", "").await.status, 200);
     let state = rollout_state(&gw).await;
     assert_eq!(
-        (
-            state["canary"].as_str(),
-            state["phase"].as_str(),
-            state["canary_percent"].as_f64()
-        ),
+        at(&state),
         (Some("v3"), Some("running"), Some(10.0)),
         "{state}"
     );
@@ -883,11 +888,7 @@ async fn a_new_canary_starts_its_own_rollout_after_a_reload_or_a_restart() {
     gw.restart().await;
     let state = rollout_state(&gw).await;
     assert_eq!(
-        (
-            state["canary"].as_str(),
-            state["phase"].as_str(),
-            state["canary_percent"].as_f64()
-        ),
+        at(&state),
         (Some("v4"), Some("running"), Some(10.0)),
         "{state}"
     );

@@ -160,20 +160,17 @@ struct CopyJob {
 
 impl CopyJob {
     async fn run(self) {
-        let CopyJob {
-            table,
-            class,
-            rule,
-            header,
-            body,
-            capture,
-            primary,
-            handles,
-            guard,
-        } = self;
-        let stats = &guard.0;
+        let stats = &self.guard.0;
         mirror(
-            &table, class, &rule, header, body, capture, primary, stats, &handles,
+            &self.table,
+            self.class,
+            &self.rule,
+            self.header,
+            self.body,
+            self.capture,
+            self.primary,
+            stats,
+            &self.handles,
         )
         .await;
     }
